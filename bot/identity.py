@@ -1,0 +1,116 @@
+"""Slack user -> ``Actor``: who is acting, by their Kubeflow email, and whether they are an admin.
+
+The email comes from ``users.info`` (the app needs ``users:read.email``), lowercased, because
+Kubeflow compares user ids byte for byte. A user without an email cannot be mapped to a Kubeflow
+identity, so they get a clear refusal rather than a guess. Admins are ``KFBOT_ADMIN_USERS`` plus
+the members of ``KFBOT_ADMIN_GROUP`` (``usergroups.users.list``). Both lookups are cached briefly:
+a click storm must not become a ``users.info`` storm (Slack rate-limits it at tier 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from handlers import errors, naming, policy
+from handlers.model import Actor
+from handlers.settings import CoreSettings
+
+logger = logging.getLogger(__name__)
+
+
+class _TtlCache:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._clock = ttl, clock
+        self._items: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None or hit[0] < self._clock():
+                return None
+            return hit[1]
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._items[key] = (self._clock() + self._ttl, value)
+
+
+class Identity:
+    def __init__(self, client: WebClient, core: CoreSettings, *, cache_seconds: float = 60.0) -> None:
+        self._client = client
+        self._core = core
+        self._users = _TtlCache(cache_seconds)
+        self._groups = _TtlCache(cache_seconds)
+
+    def email(self, user_id: str) -> str:
+        """The lowercased email of a Slack user; ``KfError`` when there is none."""
+        cached = self._users.get(user_id)
+        if cached is not None:
+            return str(cached)
+        try:
+            user = self._client.users_info(user=user_id)["user"]
+        except SlackApiError as exc:
+            error = exc.response.get("error", "") if exc.response is not None else ""
+            if error in ("user_not_found", "users_not_found"):
+                raise errors.NotFound(f"Slack does not know the user {naming.show_value(user_id)}.") from exc
+            raise
+        if user.get("deleted"):
+            raise errors.Forbidden("That Slack account is deactivated.")
+        if user.get("is_bot") or user.get("is_app_user"):
+            raise errors.Forbidden("Bots and apps cannot make requests.")
+        raw = (user.get("profile") or {}).get("email")
+        if not raw:
+            raise errors.InvalidInput(
+                "Your Slack profile has no email address, and kf-chatops knows people in Kubeflow by "
+                "email. Ask a Slack admin to add one (or, if it is there, to grant the app the "
+                "`users:read.email` scope).",
+                field="email",
+            )
+        email = naming.normalize_email(str(raw))
+        self._users.put(user_id, email)
+        return email
+
+    def email_of_other(self, user_id: str) -> str:
+        """For mentions in commands (``/kf share ws <@U123>``)."""
+        try:
+            return self.email(user_id)
+        except errors.InvalidInput as exc:
+            raise errors.InvalidInput(f"<@{user_id}> has no email address in Slack; type their email instead.",
+                                      field="user") from exc
+
+    def is_admin(self, user_id: str) -> bool:
+        return policy.is_admin(user_id, self._core, self._group_members())
+
+    def _group_members(self) -> list[str]:
+        group = self._core.policy.admin_group
+        if not group:
+            return []
+        cached = self._groups.get(group)
+        if cached is not None:
+            return list(cached)
+        try:
+            members = list(self._client.usergroups_users_list(usergroup=group)["users"])
+        except SlackApiError:
+            logger.warning("could not read admin user group %s; treating it as empty", group, exc_info=True)
+            return []
+        self._groups.put(group, members)
+        return members
+
+    def actor(self, user_id: str) -> Actor:
+        return Actor(user_id=user_id, email=self.email(user_id), is_admin=self.is_admin(user_id))
+
+    def user_id_for_email(self, email: str) -> str | None:
+        """The Slack user with this email, for DMs to someone other than the requester."""
+        try:
+            user = self._client.users_lookupByEmail(email=email)["user"]
+        except SlackApiError:
+            return None
+        return str(user["id"])

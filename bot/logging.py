@@ -1,0 +1,168 @@
+"""Logs: JSON lines (or text) with a correlation id per Slack request, and a filter for secrets.
+
+Why the filter sits on the handler and not in the code that logs: secrets reach log records by
+paths nobody wrote on purpose (slack_sdk logs request bodies at DEBUG, an exception message can
+quote a payload). So every record is scrubbed on its way out: Slack tokens, bearer tokens, JWTs,
+bcrypt hashes, ``password=``/``token=``/``secret=`` values, and any value registered with
+``forget_later`` (a password or token shown in a modal a moment ago) are replaced by
+``[redacted]``. The correlation id lives in a ``ContextVar`` set by ``bound()``; Bolt runs
+listeners on worker threads, so each listener binds it itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import secrets
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+_correlation: ContextVar[str] = ContextVar("kfbot_correlation_id", default="")
+REDACTED = "[redacted]"
+_PATTERNS = [
+    re.compile(r"xox[abeprs]-[A-Za-z0-9-]{6,}"),
+    re.compile(r"xapp-[A-Za-z0-9-]{6,}"),
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWTs (ServiceAccount tokens)
+    re.compile(r"\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}"),  # bcrypt hashes
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)((?:password|passwd|token|secret|audit_key|signing_secret)[\"']?\s*[:=]\s*[\"']?)"
+               r"[^\s\"',&}]{3,}"),
+]
+
+
+def new_correlation_id() -> str:
+    """Short, readable and typeable: shown to users as "ref XYZ"."""
+    return secrets.token_hex(4).upper()
+
+
+def correlation_id() -> str:
+    return _correlation.get()
+
+
+@contextlib.contextmanager
+def bound(cid: str) -> Iterator[str]:
+    """Log everything inside with correlation id ``cid``."""
+    token = _correlation.set(cid)
+    try:
+        yield cid
+    finally:
+        _correlation.reset(token)
+
+
+class _Registered:
+    """Secret values to scrub, kept briefly (bounded) in memory only."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        if len(value) < 6:
+            return
+        with self._lock:
+            self._values[value] = None
+            while len(self._values) > self._size:
+                self._values.popitem(last=False)
+
+    def values(self) -> list[str]:
+        with self._lock:
+            return list(self._values)
+
+
+_registered = _Registered()
+
+
+def forget_later(value: str) -> None:
+    """Never let ``value`` (a secret just made) appear in any log record."""
+    _registered.add(value)
+
+
+def scrub(text: str) -> str:
+    for value in _registered.values():
+        if value in text:
+            text = text.replace(value, REDACTED)
+    for pattern in _PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(REDACTED, text)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Renders the message, scrubs it and any traceback, and stamps the correlation id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg, record.args = scrub(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        if not getattr(record, "correlation_id", ""):
+            record.correlation_id = _correlation.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, static: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._static = dict(static or {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **self._static,
+        }
+        cid = getattr(record, "correlation_id", "")
+        if cid:
+            entry["correlation_id"] = cid
+        for key in ("request_id", "event", "slack_method", "slack_error"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "correlation_id"):
+            record.correlation_id = ""
+        return super().format(record)
+
+
+def configure(*, fmt: str, level: str, provisioner: str, stream: Any = None) -> logging.Handler:
+    """Send all logs through one scrubbing handler (stderr by default); returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(SecretFilter())
+    handler.setFormatter(JsonFormatter({"provisioner": provisioner}) if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_kfbot", False):
+            root.removeHandler(old)
+    handler._kfbot = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Slack's clients log whole request bodies at DEBUG; keep them at INFO at least.
+    for noisy in ("slack_sdk", "slack_bolt", "urllib3", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    return handler

@@ -1,0 +1,329 @@
+"""The one place that reads the environment.
+
+``Settings.from_env(environ)`` turns environment variables into typed, frozen settings for every
+layer: the Slack edge (``SlackSettings``), the core (``handlers.settings.CoreSettings``),
+provisioning (``provisioning.ProvisioningSettings``), the HTTP server and logging. A bad value
+stops the bot at start-up with a ``SettingsError`` that names the variable; nothing is inferred
+(``KFBOT_PROVISIONER`` is ``dry-run`` unless it is exactly ``live``). Tests build ``Settings``
+directly or call ``from_env`` with a dict. docs/SETTINGS.md lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import provisioning
+from handlers import errors, units
+from handlers.naming import NamingSettings
+from handlers.settings import CoreSettings, PolicySettings, TokenSettings, WorkspaceDefaults
+
+T = TypeVar("T")
+DEFAULT_DATABASE_URL = "sqlite:///./kfbot.db"
+AUDIT_KEY_FILE = ".kfbot-audit-key"
+MIN_AUDIT_KEY = 16
+LogFormat = Literal["json", "text"]
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(errors.KfError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str = field(default="", repr=False)
+    """``SLACK_BOT_TOKEN`` (xoxb-…)."""
+    signing_secret: str = field(default="", repr=False)
+    """``SLACK_SIGNING_SECRET``: verifies requests in HTTP mode."""
+    app_token: str = field(default="", repr=False)
+    """``SLACK_APP_TOKEN`` (xapp-…): set it to run in Socket Mode."""
+    api_url: str | None = None
+    """``KFBOT_SLACK_API_URL``: Web API base URL (GovSlack, tests); ends with '/'."""
+    admin_channel: str = ""
+    """``KFBOT_ADMIN_CHANNEL``: channel id where approval cards are posted."""
+    admin_cache_seconds: float = 60.0
+    """How long user profiles and admin group members are cached."""
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.app_token)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "0.0.0.0"  # noqa: S104 - the pod's port; the Service decides who reaches it
+    """``KFBOT_HTTP_HOST``."""
+    port: int = 3000
+    """``KFBOT_HTTP_PORT``: /slack/events (HTTP mode), /healthz, /readyz."""
+    sweep_seconds: float = 15.0
+    """``KFBOT_SWEEP_SECONDS``: how often the leader sweeps due timers."""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: LogFormat = "json"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack: SlackSettings = field(default_factory=SlackSettings)
+    core: CoreSettings = field(default_factory=CoreSettings)
+    provisioning: provisioning.ProvisioningSettings = field(default_factory=provisioning.ProvisioningSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def mode(self) -> str:
+        return self.provisioning.mode
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        env = _Env(environ)
+        naming = env.build("KFBOT_NAME_* naming templates", _naming)
+        policy = PolicySettings(
+            admin_users=frozenset(env.csv("KFBOT_ADMIN_USERS")),
+            admin_group=env.text("KFBOT_ADMIN_GROUP") or None,
+            request_ttl=env.duration("KFBOT_REQUEST_TTL", timedelta(hours=72)),
+            nudge_after=env.duration("KFBOT_NUDGE_AFTER", timedelta(hours=4)),
+        )
+        dex_mode = env.choice("KFBOT_DEX_MODE", ("password-cr", "configmap", "external"), "password-cr")
+        region = env.text("KFBOT_AWS_REGION", "us-east-1")
+        workspace = WorkspaceDefaults(
+            region=region,
+            cluster=env.text("KFBOT_EKS_CLUSTER", "kubeflow"),
+            subnets=tuple(env.csv("KFBOT_NODEGROUP_SUBNETS")),
+            node_role_arn=env.text("KFBOT_NODE_ROLE_ARN"),
+            iam_policy_arns=tuple(env.csv("KFBOT_IAM_POLICY_ARNS")),
+            gpu_instance_type=env.text("KFBOT_DEFAULT_GPU_INSTANCE_TYPE", "g4dn.xlarge"),
+            dex_mode=dex_mode,
+            price_overrides={k: env.convert("KFBOT_PRICE_OVERRIDES", v, _price)
+                             for k, v in env.pairs("KFBOT_PRICE_OVERRIDES").items()},
+            user_id_map={k.lower(): v.lower() for k, v in env.pairs("KFBOT_USER_ID_MAP").items()},
+        )
+        tokens = TokenSettings(
+            max_ttl=env.duration("KFBOT_TOKEN_MAX_TTL", timedelta(hours=24)),
+            api_audience=env.text("KFBOT_TOKEN_API_AUDIENCE", "https://kubernetes.default.svc"),
+        )
+        core = CoreSettings(policy=policy, naming=naming, workspace=workspace, tokens=tokens)
+        prov = provisioning.ProvisioningSettings(
+            mode="live" if env.text("KFBOT_PROVISIONER") == "live" else "dry-run",
+            database_url=env.text("KFBOT_DATABASE_URL", DEFAULT_DATABASE_URL),
+            audit_key=env.text("KFBOT_AUDIT_KEY").encode(),
+            engine=provisioning.EngineSettings(
+                worker_id=env.text("KFBOT_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+                lease=timedelta(seconds=env.number("KFBOT_LEASE_SECONDS", 60.0, minimum=5)),
+                step_deadline=env.duration("KFBOT_STEP_DEADLINE", timedelta(minutes=30)),
+            ),
+            kubeflow=provisioning.KubeflowSettings(
+                userid_header=env.text("KFBOT_USERID_HEADER") or None,
+                userid_prefix=env.get_raw("KFBOT_USERID_PREFIX"),
+                ingress_principal=env.text("KFBOT_INGRESS_PRINCIPAL") or None,
+                kfp_ui_principal=env.text("KFBOT_KFP_UI_PRINCIPAL") or None,
+                kube_api_url=env.text("KFBOT_KUBE_API_URL"),
+                kube_ca_file=env.text("KFBOT_KUBE_CA_FILE") or None,
+            ),
+            dex=provisioning.DexSettings(
+                mode=dex_mode,
+                namespace=env.text("KFBOT_DEX_NAMESPACE", "auth"),
+                bcrypt_cost=int(env.number("KFBOT_BCRYPT_COST", 12, minimum=4, maximum=16, integer=True)),
+            ),
+            aws_region=region,
+        )
+        api_url = env.text("KFBOT_SLACK_API_URL") or None
+        if api_url is not None and not (api_url.endswith("/") and api_url.startswith(("http://", "https://"))):
+            raise SettingsError(f"KFBOT_SLACK_API_URL={api_url!r}: give an http(s) URL that ends with '/'.")
+        slack = SlackSettings(
+            bot_token=env.text("SLACK_BOT_TOKEN"),
+            signing_secret=env.text("SLACK_SIGNING_SECRET"),
+            app_token=env.text("SLACK_APP_TOKEN"),
+            api_url=api_url,
+            admin_channel=env.text("KFBOT_ADMIN_CHANNEL"),
+        )
+        http = HttpSettings(
+            host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
+            port=int(env.number("KFBOT_HTTP_PORT", 3000, minimum=0, maximum=65535, integer=True)),
+            sweep_seconds=env.number("KFBOT_SWEEP_SECONDS", 15.0, minimum=1),
+        )
+        level = env.text("KFBOT_LOG_LEVEL", "INFO").upper()
+        if level not in _LEVELS:
+            raise SettingsError(f"KFBOT_LOG_LEVEL={level!r}: use one of {', '.join(_LEVELS)}.")
+        log_format: LogFormat = "text" if env.choice("KFBOT_LOG_FORMAT", ("json", "text"), "json") == "text" else "json"
+        return cls(slack=slack, core=core, provisioning=prov, http=http, log=LogSettings(log_format, level))
+
+    # -- what each command needs ------------------------------------------------------------------
+    def require_serve(self) -> None:
+        """``kfbot serve`` needs Slack credentials, the admin channel and the audit key."""
+        if not self.slack.bot_token:
+            raise SettingsError("SLACK_BOT_TOKEN is not set; `kfbot serve` needs the bot token (xoxb-…).")
+        if not self.slack.socket_mode and not self.slack.signing_secret:
+            raise SettingsError("SLACK_SIGNING_SECRET is not set; HTTP mode needs it to verify Slack's requests "
+                                "(or set SLACK_APP_TOKEN for Socket Mode).")
+        if not self.slack.admin_channel:
+            raise SettingsError("KFBOT_ADMIN_CHANNEL is not set; approval cards need a channel id.")
+        self.require_audit_key()
+
+    def require_audit_key(self) -> None:
+        key = self.provisioning.audit_key
+        if not key:
+            raise SettingsError("KFBOT_AUDIT_KEY is not set; the audit log's HMAC chain needs a secret key "
+                                "kept outside the database.")
+        if len(key) < MIN_AUDIT_KEY:
+            raise SettingsError(f"KFBOT_AUDIT_KEY is too short; use at least {MIN_AUDIT_KEY} characters "
+                                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`).")
+
+    def with_local_audit_key(self, *, create: bool) -> tuple[Settings, str | None]:
+        """On SQLite without ``KFBOT_AUDIT_KEY``: the key from ``.kfbot-audit-key`` beside the
+        database file, made (mode 0600) when ``create``. Returns the settings and a note to show
+        the user when a key file was used or made."""
+        if self.provisioning.audit_key:
+            return self, None
+        path = sqlite_path(self.provisioning.database_url)
+        if path is None:
+            return self, None
+        key_file = path.parent / AUDIT_KEY_FILE
+        if key_file.exists():
+            if key_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise SettingsError(f"{key_file} is readable by others; run `chmod 600 {key_file}`.")
+            key = key_file.read_text(encoding="utf-8").strip()
+            note = None
+        elif create:
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_hex(32)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(key + "\n")
+            note = (f"KFBOT_AUDIT_KEY is not set: generated one into {key_file} (mode 0600). "
+                    "Keep it: the audit log cannot be verified without it.")
+        else:
+            return self, None
+        prov = replace(self.provisioning, audit_key=key.encode())
+        return replace(self, provisioning=prov), note
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if database_url.startswith(prefix):
+            rest = database_url.removeprefix(prefix).split("?", 1)[0]
+            return None if rest in ("", ":memory:") else Path(rest).resolve()
+    return None
+
+
+def is_default_sqlite(database_url: str) -> bool:
+    return sqlite_path(database_url) is not None
+
+
+# -- parsing helpers ---------------------------------------------------------------------------------
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get_raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return None if value is None else value.strip()
+
+    def text(self, name: str, default: str = "") -> str:
+        value = self.get_raw(name)
+        if value is None or value == "":
+            return default
+        if any(ord(c) < 32 for c in value):
+            raise SettingsError(f"{name} contains control characters.")
+        return value
+
+    def build(self, name: str, build: Callable[[_Env], T]) -> T:
+        try:
+            return build(self)
+        except ValueError as exc:
+            raise SettingsError(_name_var(name, str(exc))) from exc
+
+    def convert(self, name: str, value: str, convert: Callable[[str], T]) -> T:
+        try:
+            return convert(value)
+        except (ValueError, errors.KfError) as exc:
+            detail = exc.user_message if isinstance(exc, errors.KfError) else str(exc)
+            raise SettingsError(f"{name}: {detail}") from exc
+
+    def csv(self, name: str) -> list[str]:
+        return [part.strip() for part in self.text(name).split(",") if part.strip()]
+
+    def pairs(self, name: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for part in self.csv(name):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise SettingsError(f"{name}: `{part}` is not KEY=VALUE (comma-separated pairs).")
+            out[key.strip()] = value.strip()
+        return out
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r}: use one of {', '.join(choices)}.")
+        return value
+
+    def duration(self, name: str, default: timedelta) -> timedelta:
+        value = self.text(name)
+        if not value:
+            return default
+        return self.convert(name, value, lambda v: units.parse_duration(v, what=name))
+
+    def number(self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None,
+               integer: bool = False) -> float:
+        value = self.text(name)
+        if not value:
+            return default
+        try:
+            number = float(int(value)) if integer else float(value)
+        except ValueError as exc:
+            kind = "a whole number" if integer else "a number"
+            raise SettingsError(f"{name}={value!r}: give {kind}.") from exc
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise SettingsError(f"{name}={value!r}: must be between {minimum} and {maximum}.")
+        return number
+
+
+_TEMPLATE_VARS = {"namespace": "KFBOT_NAME_NAMESPACE", "bucket": "KFBOT_NAME_BUCKET",
+                  "nodegroup": "KFBOT_NAME_NODEGROUP", "node_label_key": "KFBOT_NAME_NODE_LABEL_KEY",
+                  "node_label_value": "KFBOT_NAME_NODE_LABEL_VALUE", "region_alias": "KFBOT_REGION_ALIAS",
+                  "infra": "KFBOT_INFRA", "env": "KFBOT_ENV", "instance_specs": "KFBOT_INSTANCE_SPECS"}
+
+
+def _name_var(fallback: str, message: str) -> str:
+    """Name the variable in a ``NamingSettings`` error ("naming template bucket=…")."""
+    for which, var in _TEMPLATE_VARS.items():
+        if f"template {which}=" in message or f"setting {which}" in message:
+            return f"{var}: {message}"
+    return f"{fallback}: {message}"
+
+
+def _price(value: str) -> float:
+    price = float(value)
+    if not 0 <= price < 10_000:
+        raise ValueError(f"price {value!r} must be between 0 and 10000 USD per hour")
+    return price
+
+
+def _naming(env: _Env) -> NamingSettings:
+    defaults = NamingSettings()
+    return NamingSettings(
+        namespace=env.text("KFBOT_NAME_NAMESPACE", defaults.namespace),
+        bucket=env.text("KFBOT_NAME_BUCKET", defaults.bucket),
+        nodegroup=env.text("KFBOT_NAME_NODEGROUP", defaults.nodegroup),
+        node_label_key=env.text("KFBOT_NAME_NODE_LABEL_KEY", defaults.node_label_key),
+        node_label_value=env.text("KFBOT_NAME_NODE_LABEL_VALUE", defaults.node_label_value),
+        region_alias=env.text("KFBOT_REGION_ALIAS"),
+        infra=env.text("KFBOT_INFRA"),
+        env=env.text("KFBOT_ENV"),
+        instance_specs=env.pairs("KFBOT_INSTANCE_SPECS"),
+    )

@@ -1,0 +1,62 @@
+"""Our own small error hierarchy.
+
+Every error a user can see derives from ``KfError`` and carries a message written for that user
+(never a raw API payload). Adapters translate third-party exceptions into these at their boundary
+(``raise ... from exc``), so the edges need to know only this module. Anything that is not a
+``KfError`` is a bug: the edge logs it with a correlation id and shows the user only the id.
+"""
+
+from __future__ import annotations
+
+
+class KfError(Exception):
+    """A failure we expected and can explain; ``user_message`` is safe to show in Slack."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class InvalidInput(KfError):
+    """Bad names, emails, sizes or flags. Nothing was recorded or applied."""
+
+    def __init__(self, user_message: str, *, usage: str | None = None, field: str | None = None) -> None:
+        super().__init__(user_message)
+        self.usage = usage
+        self.field = field
+
+
+class NotFound(KfError):
+    """The request, workspace or object named does not exist."""
+
+
+class Forbidden(KfError):
+    """The actor may not do this (not an admin, own request, not the owner)."""
+
+
+class IllegalTransition(KfError):
+    """A request was asked to move to a state its current state does not lead to."""
+
+
+class StaleVersion(KfError):
+    """Another writer changed the row first (optimistic concurrency); re-read and decide again."""
+
+
+class AlreadyDone(KfError):
+    """A duplicate delivery or second click: the first one already took effect."""
+
+
+class ProvisioningError(KfError):
+    """A step failed while applying a plan."""
+
+
+class TemporaryError(ProvisioningError):
+    """Worth retrying: throttling, 5xx, a webhook or controller not ready yet."""
+
+    def __init__(self, user_message: str, *, delay: float = 2.0) -> None:
+        super().__init__(user_message)
+        self.delay = delay
+
+
+class PermanentError(ProvisioningError):
+    """Retrying cannot help: invalid, forbidden, a name collision, a quota limit."""

@@ -1,0 +1,509 @@
+"""Request kinds: typed commands that know their arguments, their plan and their subject.
+
+Each kind is a frozen dataclass built by ``handlers.parse`` (or from stored ``args``), validated
+on construction, so an invalid kind cannot exist. ``plan(ctx)`` is pure: it reads only the kind's
+arguments, the settings and the facts passed in, and returns the desired end state as steps.
+Which kinds need an admin is decided in ``handlers.policy``, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import ClassVar, Protocol
+
+from handlers import errors, naming, prices, units
+from handlers.plan import JSON, Plan, Step
+from handlers.ports import Facts, WorkspaceFacts
+from handlers.settings import CoreSettings
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kf-chatops"}
+GPU_RESOURCE = "requests.nvidia.com/gpu"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
+ROLES = ("edit", "view")
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    settings: CoreSettings
+    facts: Facts
+    request_id: str
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """Timed work a kind needs once it has succeeded (a grant's expiry, a quota revert)."""
+
+    kind: str
+    ref: str
+    due_at: datetime
+    payload: Mapping[str, JSON] = field(default_factory=dict)
+
+
+class RequestKind(Protocol):
+    KIND: ClassVar[str]
+    USAGE: ClassVar[str]
+
+    def subject(self) -> str | None:
+        """What the request is about; two open requests for one subject are refused (None: never)."""
+        ...
+
+    def describe(self) -> str: ...
+
+    def plan(self, ctx: PlanContext) -> Plan: ...
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]: ...
+
+
+def to_args(kind: RequestKind) -> dict[str, JSON]:
+    out: dict[str, JSON] = {}
+    for f in dataclasses.fields(kind):  # type: ignore[arg-type]
+        value = getattr(kind, f.name)
+        out[f.name] = units.format_duration(value) if isinstance(value, timedelta) else value
+    return out
+
+
+def from_args(kind_name: str, args: Mapping[str, JSON]) -> RequestKind:
+    cls = KINDS.get(kind_name)
+    if cls is None:
+        raise errors.InvalidInput(f"Unknown request kind {kind_name!r}.")
+    values = dict(args)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.type in ("timedelta | None", "timedelta") and isinstance(values.get(f.name), str):
+            values[f.name] = units.parse_duration(values[f.name])
+    return cls(**values)
+
+
+def _require_workspace(ctx: PlanContext, name: str) -> WorkspaceFacts:
+    ws = ctx.facts.workspace(name)
+    if ws is None:
+        raise errors.NotFound(f"There is no workspace named `{name}`.")
+    return ws
+
+
+def _kubeflow_user(settings: CoreSettings, email: str) -> str:
+    return settings.workspace.user_id_map.get(email, email)
+
+
+# -- workspaces --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkspaceCreate:
+    KIND: ClassVar[str] = "workspace.create"
+    USAGE: ClassVar[str] = (
+        "/kf workspace new NAME [--owner EMAIL] [--gpu N] [--cpu N] [--memory 16Gi] [--storage 100Gi] "
+        "[--pvcs N] [--instance-type g4dn.xlarge] [--nodes MIN:MAX] [--desired N]"
+    )
+
+    name: str
+    owner: str
+    gpu: int = 0
+    cpu: str | None = None
+    memory: str | None = None
+    storage: str | None = None
+    pvcs: int | None = None
+    instance_type: str | None = None
+    nodes_min: int | None = None
+    nodes_max: int | None = None
+    desired: int | None = None
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.name)
+        object.__setattr__(self, "owner", naming.normalize_email(self.owner))
+        units.normalize_count(str(self.gpu), "--gpu", 512)
+        if self.cpu is not None:
+            object.__setattr__(self, "cpu", units.normalize_cpu(self.cpu))
+        for attr in ("memory", "storage"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, units.normalize_memory(value))
+        if self.pvcs is not None:
+            units.normalize_count(str(self.pvcs), "--pvcs", 1000)
+        if self.instance_type is not None and not _INSTANCE_TYPE.fullmatch(self.instance_type):
+            raise errors.InvalidInput(f"`{naming.truncate(self.instance_type, 40)}` is not an EC2 instance type.",
+                                      field="instance_type")
+        for attr in ("nodes_min", "nodes_max", "desired"):
+            value = getattr(self, attr)
+            if value is not None and not 0 <= value <= 100:
+                raise errors.InvalidInput(f"--{attr.replace('_', '-')} must be between 0 and 100.", field=attr)
+
+    def subject(self) -> str:
+        return f"workspace:{self.name}"
+
+    def describe(self) -> str:
+        gpu = f", {self.gpu} GPU" if self.gpu else ""
+        return f"new workspace `{self.name}` for {self.owner}{gpu}"
+
+    def wants_nodegroup(self) -> bool:
+        return self.instance_type is not None or self.gpu > 0
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        s, d = ctx.settings, ctx.settings.workspace
+        if ctx.facts.workspace(self.name) is not None:
+            raise errors.InvalidInput(f"A workspace named `{self.name}` already exists.", field="name")
+        instance_type = self.instance_type or (d.gpu_instance_type if self.gpu > 0 else None)
+        names = naming.render_names(s.naming, self.name, instance_type)
+        user = _kubeflow_user(s, self.owner)
+        tags = {**MANAGED_BY, "kf-chatops/workspace": self.name, "kf-chatops/owner": self.owner}
+        hard = {
+            "cpu": self.cpu or d.cpu,
+            "memory": self.memory or d.memory,
+            GPU_RESOURCE: str(self.gpu),
+            "persistentvolumeclaims": str(self.pvcs if self.pvcs is not None else d.pvcs),
+            "requests.storage": self.storage or d.storage,
+        }
+        steps = [
+            Step("kubeflow.profile", f"Profile/{names.namespace}",
+                 {"name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)},
+                 f"Kubeflow Profile `{names.namespace}` owned by {user}"),
+        ]
+        if d.dex_mode != "external":
+            steps.append(Step("dex.user", f"DexUser/{user}",
+                              {"email": user, "username": naming.dex_username(s.naming, user), "mode": d.dex_mode},
+                              f"Dex login for {user} ({d.dex_mode}), password set by the owner later"))
+        steps.append(Step("aws.bucket", f"Bucket/{names.bucket}",
+                          {"bucket": names.bucket, "region": d.region, "tags": tags},
+                          f"S3 bucket `{names.bucket}` (private, encrypted)"))
+        resources = [f"arn:aws:s3:::{names.bucket}", f"arn:aws:s3:::{names.bucket}/*"]
+        for arn in d.iam_policy_arns:
+            steps.append(Step("aws.iam_resources", f"IamPolicy/{arn}", {"policy_arn": arn, "resources": resources},
+                              f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}`"))
+        warnings: list[str] = []
+        cost: dict[str, JSON] = {}
+        if instance_type is not None and names.nodegroup is not None and names.node_label is not None:
+            steps.extend(self._nodegroup_steps(ctx, instance_type, names, tags, warnings, cost))
+        return Plan.of(steps, warnings, cost)
+
+    def _nodegroup_steps(self, ctx: PlanContext, instance_type: str, names: naming.WorkspaceNames,
+                         tags: dict[str, str], warnings: list[str], cost: dict[str, JSON]) -> list[Step]:
+        d = ctx.settings.workspace
+        assert names.nodegroup is not None and names.node_label is not None
+        lo = d.nodes_min if self.nodes_min is None else self.nodes_min
+        hi = d.nodes_max if self.nodes_max is None else self.nodes_max
+        desired = lo if self.desired is None else self.desired
+        if hi < 1:
+            raise errors.InvalidInput("--nodes MAX must be at least 1 (EKS needs maxSize >= 1).", field="nodes")
+        if not lo <= desired <= hi:
+            raise errors.InvalidInput(f"Need MIN <= desired <= MAX, got {lo} <= {desired} <= {hi}.", field="desired")
+        gpus = prices.gpus_per_instance(instance_type)
+        if gpus is not None and hi * gpus < self.gpu:
+            warnings.append(f"{hi} node(s) x {gpus} GPU(s) of {instance_type} cannot satisfy the quota of {self.gpu} GPUs.")
+        if lo == 0:
+            warnings.append("The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler or Karpenter.")
+        hourly = prices.hourly_price(d.region, instance_type, d.price_overrides)
+        if hourly is not None:
+            cost.update({"instance_type": instance_type, "hourly_per_node": hourly, "max_nodes": hi,
+                         "hourly_max": round(hourly * hi, 2), "monthly_max": round(prices.monthly(hourly * hi), 2)})
+        label_key, label_value = names.node_label
+        is_gpu = gpus is not None and gpus > 0
+        taints = [dict(GPU_TAINT, effect="NO_SCHEDULE")] if is_gpu else []
+        nodegroup: dict[str, JSON] = {
+            "cluster": d.cluster, "name": names.nodegroup, "instance_types": [instance_type],
+            "ami_type": prices.gpu_ami_type(instance_type) if is_gpu else "AL2023_x86_64_STANDARD",
+            "scaling": {"minSize": lo, "maxSize": hi, "desiredSize": desired},
+            "labels": {label_key: label_value}, "taints": taints, "subnets": list(d.subnets),
+            "node_role": d.node_role_arn, "tags": tags,
+        }
+        tolerations = [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}] if is_gpu else []
+        return [
+            Step("aws.nodegroup", f"Nodegroup/{names.nodegroup}", nodegroup,
+                 f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes"),
+            Step("kubeflow.poddefault", f"PodDefault/{names.namespace}/{names.nodegroup}",
+                 {"namespace": names.namespace, "name": names.nodegroup, "node_selector": {label_key: label_value},
+                  "tolerations": tolerations, "description": f"Run on the {instance_type} nodegroup"},
+                 "PodDefault so notebooks can select the nodegroup"),
+        ]
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        return []
+
+
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,15}\.[a-z0-9]{1,16}")
+
+# Deletion walks the create steps backwards; each create action has a removal twin.
+_REMOVAL = {
+    "aws.nodegroup": "aws.nodegroup.remove",
+    "aws.iam_resources": "aws.iam_resources.remove",
+    "aws.bucket": "aws.bucket.remove",
+    "dex.user": "dex.user.remove",
+    "kubeflow.poddefault": None,  # goes with the namespace
+    "kubeflow.profile": "kubeflow.profile.remove",
+}
+
+
+@dataclass(frozen=True)
+class WorkspaceDelete:
+    KIND: ClassVar[str] = "workspace.delete"
+    USAGE: ClassVar[str] = "/kf workspace delete NAME --confirm NAME [--purge-data]"
+
+    name: str
+    confirm: str
+    purge_data: bool = False
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.name)
+        if self.confirm != self.name:
+            raise errors.InvalidInput(f"To delete `{self.name}`, repeat its name: `--confirm {self.name}`.",
+                                      usage=self.USAGE, field="confirm")
+
+    def subject(self) -> str:
+        return f"workspace:{self.name}"
+
+    def describe(self) -> str:
+        return f"delete workspace `{self.name}`" + (" *and its data*" if self.purge_data else "")
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        ws = _require_workspace(ctx, self.name)
+        steps: list[Step] = []
+        warnings: list[str] = []
+        for key, created in reversed(list(ws.created.items())):
+            action, params = created["action"], dict(created["params"])
+            removal = _REMOVAL.get(action)
+            if removal is None:
+                continue
+            if action == "dex.user" and ctx.facts.user_in_use(params["email"], self.name):
+                warnings.append(f"The Dex login {params['email']} is kept: it still owns or shares another workspace.")
+                continue
+            if action in ("aws.bucket", "kubeflow.profile"):
+                params["purge_data"] = self.purge_data
+            steps.append(Step(removal, key, params, f"remove {key}"))
+        if not self.purge_data:
+            warnings.append("Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted.")
+        return Plan.of(steps, warnings)
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        return []
+
+
+# -- sharing -----------------------------------------------------------------------------------
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise errors.InvalidInput(f"--role must be `edit` or `view`, not `{naming.truncate(role, 20)}`.", field="role")
+
+
+@dataclass(frozen=True)
+class Share:
+    KIND: ClassVar[str] = "share"
+    USAGE: ClassVar[str] = "/kf share WORKSPACE USER [--role edit|view] [--for 7d]"
+
+    workspace: str
+    user: str
+    role: str = "edit"
+    duration: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.workspace)
+        object.__setattr__(self, "user", naming.normalize_email(self.user))
+        _check_role(self.role)
+
+    def subject(self) -> str:
+        return f"grant:{self.workspace}:{self.user}"
+
+    def describe(self) -> str:
+        until = f" for {units.format_duration(self.duration)}" if self.duration else ""
+        return f"share `{self.workspace}` with {self.user} as {self.role}{until}"
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        ws = _require_workspace(ctx, self.workspace)
+        user = _kubeflow_user(ctx.settings, self.user)
+        if user == ws.owner:
+            raise errors.InvalidInput(f"{self.user} owns `{self.workspace}` already.")
+        warnings = [] if self.role == "edit" else [
+            "View grants do not show in the Kubeflow dashboard's contributor list (it lists only edit); "
+            "`/kf contributors` shows them."]
+        previous = ws.contributors.get(user)
+        if previous is not None and previous != self.role:
+            warnings.append(f"{user} is a {previous} contributor now; the grant is replaced by {self.role}.")
+        return Plan.of([Step("kubeflow.contributor", f"Contributor/{ws.namespace}/{user}",
+                             {"namespace": ws.namespace, "user": user, "role": self.role},
+                             f"{self.role} access to `{ws.namespace}` for {user} "
+                             f"(RoleBinding + AuthorizationPolicy `{naming.kfam_binding_name(user, self.role)}`)")],
+                       warnings)
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        if self.duration is None:
+            return []
+        return [TimerSpec("grant.expire", f"{self.workspace}:{self.user}", at + self.duration,
+                          {"workspace": self.workspace, "user": self.user, "request_id": request_id})]
+
+
+@dataclass(frozen=True)
+class Unshare:
+    KIND: ClassVar[str] = "unshare"
+    USAGE: ClassVar[str] = "/kf unshare WORKSPACE USER"
+
+    workspace: str
+    user: str
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.workspace)
+        object.__setattr__(self, "user", naming.normalize_email(self.user))
+
+    def subject(self) -> str:
+        return f"grant:{self.workspace}:{self.user}"
+
+    def describe(self) -> str:
+        return f"remove {self.user} from `{self.workspace}`"
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        ws = _require_workspace(ctx, self.workspace)
+        user = _kubeflow_user(ctx.settings, self.user)
+        return Plan.of([Step("kubeflow.contributor.remove", f"Contributor/{ws.namespace}/{user}",
+                             {"namespace": ws.namespace, "user": user},
+                             f"remove {user}'s RoleBinding and AuthorizationPolicy from `{ws.namespace}`")])
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        return []
+
+
+# -- quota -------------------------------------------------------------------------------------
+
+QUOTA_FLAGS = {"gpu": GPU_RESOURCE, "cpu": "cpu", "memory": "memory", "storage": "requests.storage"}
+
+
+@dataclass(frozen=True)
+class QuotaChange:
+    KIND: ClassVar[str] = "quota"
+    USAGE: ClassVar[str] = "/kf quota WORKSPACE [--gpu N] [--cpu N] [--memory 32Gi] [--storage 200Gi] [--for 3d]"
+
+    workspace: str
+    gpu: str | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    storage: str | None = None
+    duration: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.workspace)
+        if self.gpu is not None:
+            object.__setattr__(self, "gpu", units.normalize_count(self.gpu, "--gpu", 512, allow_zero=True))
+        if self.cpu is not None:
+            object.__setattr__(self, "cpu", units.normalize_cpu(self.cpu))
+        for attr in ("memory", "storage"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, units.normalize_memory(value))
+        if not self.changes():
+            raise errors.InvalidInput("Say what to change: --gpu, --cpu, --memory or --storage.", usage=self.USAGE)
+
+    def changes(self) -> dict[str, str]:
+        return {resource: getattr(self, flag) for flag, resource in QUOTA_FLAGS.items() if getattr(self, flag) is not None}
+
+    def subject(self) -> str:
+        return f"quota:{self.workspace}"
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k}={v}" for k, v in self.changes().items())
+        until = f" for {units.format_duration(self.duration)}" if self.duration else ""
+        return f"quota of `{self.workspace}`: {parts}{until}"
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        ws = _require_workspace(ctx, self.workspace)
+        hard = {**ws.quota, **self.changes()}
+        diff = ", ".join(f"{k}: {ws.quota.get(k, 'unset')} -> {v}" for k, v in self.changes().items())
+        return Plan.of([Step("kubeflow.quota", f"Quota/{ws.namespace}", {"profile": ws.namespace, "hard": hard},
+                             f"Profile `{ws.namespace}` quota {diff}")])
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        if self.duration is None:
+            return []
+        return [TimerSpec("quota.revert", self.workspace, at + self.duration,
+                          {"workspace": self.workspace, "request_id": request_id})]
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+AUDIENCES = ("kubernetes", "pipelines")
+PIPELINES_AUDIENCE = "pipelines.kubeflow.org"
+
+
+def token_account_name(request_id: str) -> str:
+    return f"kfbot-token-{request_id.lower()}"
+
+
+@dataclass(frozen=True)
+class TokenIssue:
+    KIND: ClassVar[str] = "token"
+    USAGE: ClassVar[str] = "/kf token WORKSPACE [--ttl 1h] [--audience kubernetes|pipelines] [--read-only]"
+
+    workspace: str
+    ttl: timedelta = timedelta(hours=1)
+    audience: str = "kubernetes"
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.workspace)
+        if self.audience not in AUDIENCES:
+            raise errors.InvalidInput(f"--audience must be `kubernetes` or `pipelines`, not "
+                                      f"`{naming.truncate(self.audience, 20)}`.", field="audience")
+
+    @property
+    def role(self) -> str:
+        return "view" if self.read_only else "edit"
+
+    def audiences(self, settings: CoreSettings) -> list[str]:
+        api = settings.tokens.api_audience
+        return [PIPELINES_AUDIENCE, api] if self.audience == "pipelines" else [api]
+
+    def subject(self) -> str | None:
+        return None  # each token is its own account; parallel requests are fine
+
+    def describe(self) -> str:
+        return f"{self.role} token for `{self.workspace}` ({self.audience}, {units.format_duration(self.ttl)})"
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        limits = ctx.settings.tokens
+        units.check_range(self.ttl, minimum=timedelta(minutes=10), maximum=limits.max_ttl, what="--ttl")
+        ws = _require_workspace(ctx, self.workspace)
+        name = token_account_name(ctx.request_id)
+        return Plan.of([Step("kubeflow.token_account", f"TokenAccount/{ws.namespace}/{name}",
+                             {"namespace": ws.namespace, "name": name, "role": self.role, "token_id": ctx.request_id,
+                              "audiences": self.audiences(ctx.settings), "ttl_seconds": int(self.ttl.total_seconds())},
+                             f"ServiceAccount `{name}` bound to kubeflow-{self.role} in `{ws.namespace}`; "
+                             "the token is made when you click Show token")])
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        return [TimerSpec("token.expire", request_id, at + self.ttl, {"request_id": request_id})]
+
+
+@dataclass(frozen=True)
+class TokenRevoke:
+    KIND: ClassVar[str] = "token.revoke"
+    USAGE: ClassVar[str] = "/kf token revoke TOKEN_ID"
+
+    token_id: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,32}", self.token_id):
+            raise errors.InvalidInput("That is not a token id; `/kf tokens` lists yours.", usage=self.USAGE)
+
+    def subject(self) -> str:
+        return f"token:{self.token_id}"
+
+    def describe(self) -> str:
+        return f"revoke token {self.token_id}"
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        owner = ctx.facts.token_owner(self.token_id)
+        if owner is None:
+            raise errors.NotFound(f"Token {self.token_id} is not active.")
+        ws = _require_workspace(ctx, owner[1])
+        name = token_account_name(self.token_id)
+        return Plan.of([Step("kubeflow.token_account.remove", f"TokenAccount/{ws.namespace}/{name}",
+                             {"namespace": ws.namespace, "name": name},
+                             f"delete ServiceAccount `{name}` (its tokens stop working)")])
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        return []
+
+
+KINDS: Mapping[str, type[RequestKind]] = {
+    cls.KIND: cls for cls in (WorkspaceCreate, WorkspaceDelete, Share, Unshare, QuotaChange, TokenIssue, TokenRevoke)
+}
+

@@ -1,0 +1,271 @@
+"""``/kf …`` text -> a typed command. Shared by the Slack edge and the local shell.
+
+Parsing is strict: an unknown subcommand, an unknown or repeated flag, a missing value or a
+value of the wrong type raises ``InvalidInput`` carrying the usage line, and nothing is recorded.
+Users may be named by email or by Slack mention (``<@U123|alice>``); mentions are resolved to an
+email by the ``resolve_user`` callable the edge passes in (``users.info`` on Slack).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from handlers import errors, kinds, naming, units
+
+
+@dataclass(frozen=True)
+class Help:
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class ListRequests:
+    pass
+
+
+@dataclass(frozen=True)
+class Cancel:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class WorkspaceList:
+    pass
+
+
+@dataclass(frozen=True)
+class WorkspaceShow:
+    name: str
+
+
+@dataclass(frozen=True)
+class Contributors:
+    workspace: str
+
+
+@dataclass(frozen=True)
+class Tokens:
+    pass
+
+
+@dataclass(frozen=True)
+class PasswordReset:
+    pass
+
+
+@dataclass(frozen=True)
+class WorkspaceForm:
+    """``/kf workspace new`` with no arguments: the edge opens the form."""
+
+
+Control = Help | ListRequests | Cancel | Retry | WorkspaceList | WorkspaceShow | Contributors | Tokens | PasswordReset | WorkspaceForm
+Command = kinds.RequestKind | Control
+UserResolver = Callable[[str], str]
+"""Slack user id -> lowercased email; raises InvalidInput when the user has none."""
+
+USAGE = {
+    "help": "/kf help [COMMAND]",
+    "requests": "/kf requests",
+    "cancel": "/kf cancel REQUEST_ID",
+    "retry": "/kf retry REQUEST_ID",
+    "workspace new": kinds.WorkspaceCreate.USAGE,
+    "workspace delete": kinds.WorkspaceDelete.USAGE,
+    "workspace list": "/kf workspace list",
+    "workspace show": "/kf workspace show NAME",
+    "share": kinds.Share.USAGE,
+    "unshare": kinds.Unshare.USAGE,
+    "contributors": "/kf contributors WORKSPACE",
+    "quota": kinds.QuotaChange.USAGE,
+    "token": kinds.TokenIssue.USAGE,
+    "token revoke": kinds.TokenRevoke.USAGE,
+    "tokens": "/kf tokens",
+    "password reset": "/kf password reset",
+}
+
+_MENTION = re.compile(r"<@([UW][A-Z0-9]{2,20})(?:\|[^>]*)?>")
+_MAILTO = re.compile(r"<mailto:([^|>]+)(?:\|[^>]*)?>")
+_REQUEST_ID = re.compile(r"R[A-Z0-9]{4,12}")
+_MAX_TEXT = 1000
+
+
+def _int(flag: str) -> Callable[[str], int]:
+    def convert(value: str) -> int:
+        if not re.fullmatch(r"\d{1,6}", value):
+            raise errors.InvalidInput(f"{flag} takes a whole number, not `{naming.truncate(value, 20)}`.")
+        return int(value)
+    return convert
+
+
+def _text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class _Flag:
+    dest: str
+    convert: Callable[[str], Any] | None  # None: a switch without a value
+
+
+def _flags(usage_key: str, args: Sequence[str], spec: Mapping[str, _Flag]) -> tuple[list[str], dict[str, Any]]:
+    positional: list[str] = []
+    values: dict[str, Any] = {}
+    it = iter(args)
+    for token in it:
+        if not token.startswith("--"):
+            positional.append(token)
+            continue
+        name, eq, inline = token.partition("=")
+        flag = spec.get(name)
+        if flag is None:
+            raise errors.InvalidInput(f"Unknown option `{naming.truncate(name, 30)}`.", usage=USAGE[usage_key])
+        if flag.dest in values:
+            raise errors.InvalidInput(f"`{name}` is given twice.", usage=USAGE[usage_key])
+        if flag.convert is None:
+            if eq:
+                raise errors.InvalidInput(f"`{name}` takes no value.", usage=USAGE[usage_key])
+            values[flag.dest] = True
+            continue
+        raw = inline if eq else next(it, None)
+        if raw is None or (not eq and raw.startswith("--")):
+            raise errors.InvalidInput(f"`{name}` needs a value.", usage=USAGE[usage_key])
+        values[flag.dest] = flag.convert(raw)
+    return positional, values
+
+
+def _positional(usage_key: str, positional: list[str], names: Sequence[str]) -> list[str]:
+    if len(positional) != len(names):
+        what = "Missing" if len(positional) < len(names) else "Too many"
+        raise errors.InvalidInput(f"{what} arguments: expected {' '.join(names)}.", usage=USAGE[usage_key])
+    return positional
+
+
+def _nodes(value: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{1,3}):(\d{1,3})", value)
+    if not m:
+        raise errors.InvalidInput(f"--nodes takes MIN:MAX, e.g. `0:2`, not `{naming.truncate(value, 20)}`.")
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if lo > hi:
+        raise errors.InvalidInput(f"--nodes {value}: MIN is larger than MAX.")
+    return lo, hi
+
+
+def tokenize(text: str) -> list[str]:
+    if len(text) > _MAX_TEXT:
+        raise errors.InvalidInput(f"That command is too long ({len(text)} characters; at most {_MAX_TEXT}).")
+    if any(ord(c) < 32 and c not in "\t\n" for c in text):
+        raise errors.InvalidInput("The command contains control characters.")
+    # Slack sends smart quotes when users type them; treat them as plain quotes.
+    text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"}))
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise errors.InvalidInput(f"Could not read the command: {exc}.") from exc
+
+
+def _user(token: str, resolve_user: UserResolver) -> str:
+    mention = _MENTION.fullmatch(token)
+    if mention:
+        return resolve_user(mention.group(1))
+    mailto = _MAILTO.fullmatch(token)
+    return naming.normalize_email(mailto.group(1) if mailto else token)
+
+
+def _request_id(usage_key: str, value: str) -> str:
+    value = value.strip().upper()
+    if not _REQUEST_ID.fullmatch(value):
+        raise errors.InvalidInput(f"`{naming.truncate(value, 20)}` is not a request id.", usage=USAGE[usage_key])
+    return value
+
+
+def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver) -> Command:
+    """Parse the text after ``/kf``. ``requester_email`` is the default workspace owner."""
+    words = tokenize(text)
+    if not words:
+        return Help()
+    head, rest = words[0].lower(), words[1:]
+    if head in ("help", "-h", "--help"):
+        return Help(" ".join(rest))
+    if head == "requests":
+        _positional("requests", rest, [])
+        return ListRequests()
+    if head in ("cancel", "retry"):
+        (rid,) = _positional(head, rest, ["REQUEST_ID"])
+        return Cancel(_request_id(head, rid)) if head == "cancel" else Retry(_request_id(head, rid))
+    if head in ("workspace", "ws"):
+        return _workspace(rest, requester_email, resolve_user)
+    if head == "share":
+        pos, opts = _flags("share", rest, {"--role": _Flag("role", _text), "--for": _Flag("duration", units.parse_duration)})
+        workspace, user = _positional("share", pos, ["WORKSPACE", "USER"])
+        return kinds.Share(workspace, _user(user, resolve_user), **opts)
+    if head == "unshare":
+        workspace, user = _positional("unshare", rest, ["WORKSPACE", "USER"])
+        return kinds.Unshare(workspace, _user(user, resolve_user))
+    if head == "contributors":
+        (workspace,) = _positional("contributors", rest, ["WORKSPACE"])
+        naming.validate_workspace_name(workspace)
+        return Contributors(workspace)
+    if head == "quota":
+        spec = {f"--{flag}": _Flag(flag, _text) for flag in kinds.QUOTA_FLAGS}
+        spec["--for"] = _Flag("duration", units.parse_duration)
+        pos, opts = _flags("quota", rest, spec)
+        (workspace,) = _positional("quota", pos, ["WORKSPACE"])
+        return kinds.QuotaChange(workspace, **opts)
+    if head == "token":
+        if rest[:1] == ["revoke"]:
+            (token_id,) = _positional("token revoke", rest[1:], ["TOKEN_ID"])
+            return kinds.TokenRevoke(token_id)
+        pos, opts = _flags("token", rest, {"--ttl": _Flag("ttl", units.parse_duration),
+                                           "--audience": _Flag("audience", _text),
+                                           "--read-only": _Flag("read_only", None)})
+        (workspace,) = _positional("token", pos, ["WORKSPACE"])
+        return kinds.TokenIssue(workspace, **opts)
+    if head == "tokens":
+        _positional("tokens", rest, [])
+        return Tokens()
+    if head == "password":
+        _positional("password reset", rest, ["reset"])
+        if rest[0].lower() != "reset":
+            raise errors.InvalidInput("Did you mean `/kf password reset`?", usage=USAGE["password reset"])
+        return PasswordReset()
+    raise errors.InvalidInput(f"Unknown command `{naming.truncate(head, 30)}`. Try `/kf help`.")
+
+
+def _workspace(rest: list[str], requester_email: str, resolve_user: UserResolver) -> Command:
+    sub, args = (rest[0].lower(), rest[1:]) if rest else ("", [])
+    if sub in ("new", "create"):
+        if not args:
+            return WorkspaceForm()
+        spec = {
+            "--owner": _Flag("owner", _text), "--gpu": _Flag("gpu", _int("--gpu")), "--cpu": _Flag("cpu", _text),
+            "--memory": _Flag("memory", _text), "--storage": _Flag("storage", _text),
+            "--pvcs": _Flag("pvcs", _int("--pvcs")), "--instance-type": _Flag("instance_type", _text),
+            "--nodes": _Flag("nodes", _nodes), "--desired": _Flag("desired", _int("--desired")),
+        }
+        pos, opts = _flags("workspace new", args, spec)
+        (name,) = _positional("workspace new", pos, ["NAME"])
+        if "nodes" in opts:
+            opts["nodes_min"], opts["nodes_max"] = opts.pop("nodes")
+        owner = _user(opts.pop("owner"), resolve_user) if "owner" in opts else requester_email
+        return kinds.WorkspaceCreate(name, owner, **opts)
+    if sub == "delete":
+        pos, opts = _flags("workspace delete", args, {"--confirm": _Flag("confirm", _text),
+                                                      "--purge-data": _Flag("purge_data", None)})
+        (name,) = _positional("workspace delete", pos, ["NAME"])
+        return kinds.WorkspaceDelete(name, opts.pop("confirm", ""), **opts)
+    if sub == "list":
+        _positional("workspace list", args, [])
+        return WorkspaceList()
+    if sub == "show":
+        (name,) = _positional("workspace show", args, ["NAME"])
+        naming.validate_workspace_name(name)
+        return WorkspaceShow(name)
+    raise errors.InvalidInput("Use `/kf workspace new|delete|list|show`.", usage=USAGE["workspace new"])

@@ -1,0 +1,116 @@
+"""Plans: the concrete steps a request will take, as data.
+
+A plan is built by a request kind from its arguments and the settings, and nothing else it
+observed: the digest covers only the desired end state (actions, object keys and desired
+parameters), never resourceVersions, existing policy versions or usage. That makes "approved ==
+applied" checkable: at approved -> applying the plan is rendered again and its digest compared
+with the approved one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+JSON: TypeAlias = Any
+"""A JSON-serialisable value (dict/list/str/int/float/bool/None); checked by ``canonical_json``."""
+
+
+def canonical_json(value: JSON) -> str:
+    """Stable JSON text: sorted keys, no whitespace; raises TypeError for non-JSON values."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One idempotent ``ensure``-style action.
+
+    Attributes:
+        action: which adapter operation runs it, e.g. ``"kubeflow.profile"`` or ``"aws.bucket"``.
+        key: the identity of the object it manages, unique within a plan (``"Profile/team-a"``).
+        params: the desired object or call parameters; JSON only, part of the plan digest.
+        summary: one line for people; not part of the digest.
+    """
+
+    action: str
+    key: str
+    params: Mapping[str, JSON]
+    summary: str = ""
+
+    def identity(self) -> JSON:
+        return {"action": self.action, "key": self.key, "params": self.params}
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"action": self.action, "key": self.key, "params": dict(self.params), "summary": self.summary}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> Step:
+        return cls(action=data["action"], key=data["key"], params=data["params"], summary=data.get("summary", ""))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ordered steps plus warnings for the approver (warnings are advice, not part of the digest)."""
+
+    steps: tuple[Step, ...]
+    warnings: tuple[str, ...] = ()
+    cost: Mapping[str, JSON] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        body = canonical_json([step.identity() for step in self.steps])
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "steps": [step.to_json() for step in self.steps],
+            "warnings": list(self.warnings),
+            "cost": dict(self.cost),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> Plan:
+        return cls(
+            steps=tuple(Step.from_json(s) for s in data["steps"]),
+            warnings=tuple(data.get("warnings", ())),
+            cost=data.get("cost", {}),
+        )
+
+    @classmethod
+    def of(cls, steps: Sequence[Step], warnings: Sequence[str] = (), cost: Mapping[str, JSON] | None = None) -> Plan:
+        keys = [s.key for s in steps]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"duplicate step keys in plan: {keys}")
+        return cls(steps=tuple(steps), warnings=tuple(warnings), cost=dict(cost or {}))
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    UNDONE = "undone"
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What an ``ensure`` found or did.
+
+    Attributes:
+        created: True when the bot created the object (so compensation and delete may remove it);
+            False when it already existed and is left alone.
+        details: observed facts compensation needs (a previous value, an id AWS assigned). Never a
+            secret.
+    """
+
+    created: bool
+    details: Mapping[str, JSON] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"created": self.created, "details": dict(self.details)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> StepOutcome:
+        return cls(created=bool(data["created"]), details=data.get("details", {}))

@@ -1,0 +1,165 @@
+"""Ports: what the core needs from the outside world, as Protocols.
+
+``provisioning`` implements storage, facts and secrets; ``bot`` implements the notifier. Tests
+run the core against the real implementations over SQLite/PostgreSQL; only pure-logic tests use
+small in-memory fakes of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from handlers.model import Event, Request, RequestState
+from handlers.plan import JSON
+
+
+class Clock(Protocol):
+    """Time, injected so tests drive it (timeouts, polling, expiry)."""
+
+    def now(self) -> datetime:
+        """An aware UTC datetime."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class RequestRepository(Protocol):
+    def add(self, request: Request, idempotency_key: str | None = None) -> Request:
+        """Insert a new request. If ``idempotency_key`` was used before, insert nothing and return
+        the request stored under it (a duplicate delivery)."""
+        ...
+
+    def find_by_key(self, idempotency_key: str) -> Request | None: ...
+
+    def get(self, request_id: str) -> Request:
+        """Raises ``errors.NotFound``."""
+        ...
+
+    def save(self, request: Request, expected_version: int) -> None:
+        """Write the request if its stored version is still ``expected_version``; else raise
+        ``errors.StaleVersion`` and write nothing."""
+        ...
+
+    def list(
+        self,
+        *,
+        requester_id: str | None = None,
+        states: Sequence[RequestState] | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+    ) -> list[Request]:
+        """Newest first."""
+        ...
+
+    def set_card(self, request_id: str, channel: str, ts: str) -> None:
+        """Remember where the approval card was posted (not versioned: it is not a decision)."""
+        ...
+
+    def card(self, request_id: str) -> tuple[str, str] | None: ...
+
+
+class DecisionKeys(Protocol):
+    def claim(self, key: str, request_id: str) -> bool:
+        """Record a decision key (message ts + action + user + version) under a unique
+        constraint; False when it was already recorded (a second click or redelivery)."""
+        ...
+
+
+class AuditLog(Protocol):
+    def append(self, events: Sequence[Event]) -> None:
+        """Append in order, chained; secrets must already have been replaced by fingerprints."""
+        ...
+
+
+class Timers(Protocol):
+    def schedule(self, kind: str, ref: str, due_at: datetime, payload: dict[str, JSON] | None = None) -> None:
+        """Create or move the timer (kind, ref): one pending timer per pair."""
+        ...
+
+    def cancel(self, kind: str, ref: str) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction. Leaving the ``with`` block without ``commit()`` rolls back."""
+
+    requests: RequestRepository
+    decisions: DecisionKeys
+    audit: AuditLog
+    timers: Timers
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> AbstractContextManager[UnitOfWork]: ...
+
+
+@dataclass(frozen=True)
+class WorkspaceFacts:
+    """What the planner and the policy need to know about an existing workspace."""
+
+    name: str
+    namespace: str
+    owner: str
+    """The owner's Kubeflow user id (lowercased email)."""
+    contributors: dict[str, str] = field(default_factory=dict)
+    """user id -> role (``edit``/``view``) for grants that exist now."""
+    quota: dict[str, str] = field(default_factory=dict)
+    """``spec.resourceQuotaSpec.hard`` of the Profile."""
+    created: dict[str, JSON] = field(default_factory=dict)
+    """Objects the bot created for this workspace, by step key, with their params (for delete)."""
+
+
+class Facts(Protocol):
+    """Read-only view of the current world, for planning and policy."""
+
+    def workspace(self, name: str) -> WorkspaceFacts | None: ...
+
+    def user_in_use(self, user: str, except_workspace: str) -> bool:
+        """Whether ``user`` owns or holds a grant on a workspace other than ``except_workspace``."""
+        ...
+
+    def token_owner(self, token_id: str) -> tuple[str, str] | None:
+        """(requester user id, workspace) of an issued token, if it is still active."""
+        ...
+
+
+class Notifier(Protocol):
+    """Tells people what happened; Slack in production, stdout in the shell."""
+
+    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> tuple[str, str] | None:
+        """Deliver the events of one committed change. Returns a new card location when it
+        posted the approval card, else None. Must not raise for delivery failures."""
+        ...
+
+
+@dataclass(frozen=True)
+class RevealedSecret:
+    """A secret made at the moment its owner asked to see it. ``value`` goes to that person's
+    modal only; ``fingerprint`` (a short hash) is what the audit log keeps."""
+
+    kind: str
+    """``password`` or ``token``."""
+    value: str
+    fingerprint: str
+    expires_at: datetime | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    """Ready-to-use text built around the secret (a kubeconfig, a ``kfp.Client`` snippet)."""
+
+
+class SecretIssuer(Protocol):
+    def password(self, email: str) -> RevealedSecret:
+        """Generate a password for the Dex user ``email``, store only its hash, return it."""
+        ...
+
+    def token(self, request: Request) -> RevealedSecret:
+        """Make a TokenRequest for the account the token request created."""
+        ...

@@ -1,0 +1,273 @@
+"""Use cases: one function per thing a person (or a timer) does with a request.
+
+Each function opens one unit of work, loads what it needs, lets the aggregate decide, writes with
+the version it read, appends the resulting events to the audit log in the same transaction, and
+only after the commit tells people (the notifier). A lost race surfaces as ``AlreadyDone`` with
+what happened instead, never as a second decision.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from handlers import errors, kinds, policy
+from handlers.kinds import PlanContext, RequestKind
+from handlers.model import OPEN_STATES, SYSTEM, Actor, Event, EventType, Request, RequestState
+from handlers.plan import Plan
+from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer, UnitOfWork, UnitOfWorkFactory
+from handlers.settings import CoreSettings
+
+_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: ids are read aloud and retyped
+
+
+def new_request_id() -> str:
+    return "R" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
+
+
+@dataclass(frozen=True)
+class Core:
+    """Everything the use cases need, wired once by the composition root."""
+
+    settings: CoreSettings
+    uow: UnitOfWorkFactory
+    facts: Facts
+    clock: Clock
+    notifier: Notifier
+    secrets: SecretIssuer
+    new_id: Callable[[], str] = new_request_id
+
+
+@dataclass(frozen=True)
+class Submitted:
+    request: Request
+    duplicate: bool
+    """True when the idempotency key was seen before: nothing new was recorded."""
+    auto_reason: str | None = None
+
+
+def _publish(core: Core, uow: UnitOfWork, request: Request, events: Sequence[Event]) -> None:
+    card = uow.requests.card(request.id)
+    posted = core.notifier.publish(request, events, card)
+    if posted is not None and posted != card:
+        uow.requests.set_card(request.id, *posted)
+        uow.commit()
+
+
+def _commit(core: Core, uow: UnitOfWork, request: Request, expected_version: int) -> list[Event]:
+    events = request.take_events()
+    uow.requests.save(request, expected_version)
+    uow.audit.append(events)
+    uow.commit()
+    return events
+
+
+def build_plan(core: Core, kind: RequestKind, request_id: str) -> Plan:
+    return kind.plan(PlanContext(core.settings, core.facts, request_id))
+
+
+def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | None]:
+    """The plan and the auto-apply reason, without recording anything (``kfbot plan``)."""
+    policy.check_may_request(kind, actor, core.facts)
+    return build_plan(core, kind, "RPREVIEW"), policy.auto_apply_reason(kind, actor, core.facts, core.settings)
+
+
+def submit(core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None,
+           correlation_id: str = "") -> Submitted:
+    policy.check_may_request(kind, actor, core.facts)
+    auto = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
+    return _record(core, actor, kind, idempotency_key, auto, correlation_id)
+
+
+def _record(core: Core, actor: Actor, kind: RequestKind, idempotency_key: str | None, auto: str | None,
+            correlation_id: str) -> Submitted:
+    if idempotency_key is not None:
+        with core.uow() as uow:
+            seen = uow.requests.find_by_key(idempotency_key)
+        if seen is not None:
+            return Submitted(seen, duplicate=True)
+    request_id = core.new_id()
+    plan = build_plan(core, kind, request_id)
+    now = core.clock.now()
+    request = Request(id=request_id, kind=kind.KIND, args=kinds.to_args(kind), requester_id=actor.user_id,
+                      requester_email=actor.email, plan=plan, created_at=now, updated_at=now,
+                      correlation_id=correlation_id or request_id)
+    request.events.append(Event(EventType.CREATED, request_id, now, actor.user_id,
+                                {"kind": kind.KIND, "args": request.args, "summary": kind.describe(),
+                                 "plan": plan.to_json(), "plan_digest": request.plan_digest}))
+    if auto is not None:
+        request.approve(SYSTEM, now, auto=True)
+        request.reason = auto
+    with core.uow() as uow:
+        _refuse_open_duplicate(uow, kind, request_id)
+        stored = uow.requests.add(request, idempotency_key)
+        if stored.id != request.id:
+            return Submitted(stored, duplicate=True)
+        if auto is None:
+            uow.timers.schedule("request.expire", request.id, now + core.settings.policy.request_ttl)
+            uow.timers.schedule("request.nudge", request.id, now + core.settings.policy.nudge_after)
+        events = request.take_events()
+        uow.audit.append(events)
+        uow.commit()
+        _publish(core, uow, request, events)
+    return Submitted(request, duplicate=False, auto_reason=auto)
+
+
+def _refuse_open_duplicate(uow: UnitOfWork, kind: RequestKind, request_id: str) -> None:
+    subject = kind.subject()
+    if subject is None:
+        return
+    for other in uow.requests.list(states=sorted(OPEN_STATES), limit=500):
+        if other.id != request_id and kinds.from_args(other.kind, other.args).subject() == subject:
+            raise errors.InvalidInput(f"{other.id} about the same thing is still open ({other.state.value}).")
+
+
+def decide(core: Core, actor: Actor, request_id: str, *, approve: bool, decision_key: str,
+           reason: str = "", seen_version: int | None = None) -> Request:
+    """Approve or reject. ``seen_version`` is the version the card showed: a card made stale by a
+    plan change cannot approve the new plan."""
+    with core.uow() as uow:
+        request = uow.requests.get(request_id)
+        policy.check_may_decide(actor, request)
+        if request.state is not RequestState.PENDING:
+            raise errors.AlreadyDone(_already(request))
+        if seen_version is not None and seen_version != request.version:
+            raise errors.AlreadyDone(f"The plan of {request.id} changed since this card was posted; use the new card.")
+        if not uow.decisions.claim(decision_key, request.id):
+            raise errors.AlreadyDone(_already(request))
+        before = request.version
+        now = core.clock.now()
+        if approve:
+            request.approve(actor, now)
+        else:
+            if not reason.strip():
+                raise errors.InvalidInput("Say why the request is rejected.", field="reason")
+            request.reject(actor, reason.strip(), now)
+        uow.timers.cancel("request.expire", request.id)
+        uow.timers.cancel("request.nudge", request.id)
+        try:
+            events = _commit(core, uow, request, before)
+        except errors.StaleVersion as exc:
+            raise errors.AlreadyDone(_already(uow.requests.get(request_id))) from exc
+        _publish(core, uow, request, events)
+    return request
+
+
+def _already(request: Request) -> str:
+    who = f" by <@{request.decided_by}>" if request.decided_by and request.decided_by != SYSTEM.user_id else ""
+    return f"{request.id} is already {request.state.value}{who}."
+
+
+def cancel(core: Core, actor: Actor, request_id: str) -> Request:
+    return _change(core, request_id, lambda r, now: r.cancel(actor, now), cancel_timers=True)
+
+
+def retry(core: Core, actor: Actor, request_id: str) -> Request:
+    return _change(core, request_id, lambda r, now: r.retry(actor, now))
+
+
+def expire(core: Core, request_id: str) -> Request | None:
+    """Timer: a request nobody decided within the TTL. A decided one is left alone."""
+    try:
+        return _change(core, request_id, lambda r, now: r.expire(now), cancel_timers=True)
+    except errors.IllegalTransition:
+        return None
+
+
+def _change(core: Core, request_id: str, change: Callable[[Request, object], None], *,
+            cancel_timers: bool = False) -> Request:
+    with core.uow() as uow:
+        request = uow.requests.get(request_id)
+        before = request.version
+        change(request, core.clock.now())
+        if cancel_timers:
+            uow.timers.cancel("request.expire", request.id)
+            uow.timers.cancel("request.nudge", request.id)
+        events = _commit(core, uow, request, before)
+        _publish(core, uow, request, events)
+    return request
+
+
+def nudge(core: Core, request_id: str) -> None:
+    """Timer: remind approvers of a request still pending; reschedules itself."""
+    with core.uow() as uow:
+        request = uow.requests.get(request_id)
+        if request.state is not RequestState.PENDING:
+            return
+        now = core.clock.now()
+        event = Event(EventType.NUDGED, request.id, now, SYSTEM.user_id)
+        uow.audit.append([event])
+        uow.timers.schedule("request.nudge", request.id, now + core.settings.policy.nudge_after)
+        uow.commit()
+        _publish(core, uow, request, [event])
+
+
+def list_requests(core: Core, actor: Actor) -> list[Request]:
+    """Mine (newest first); admins also see every pending request."""
+    with core.uow() as uow:
+        mine = uow.requests.list(requester_id=actor.user_id, limit=20)
+        if not actor.is_admin:
+            return mine
+        pending = uow.requests.list(states=[RequestState.PENDING], limit=50)
+    seen = {r.id for r in pending}
+    return pending + [r for r in mine if r.id not in seen]
+
+
+def get_request(core: Core, actor: Actor, request_id: str) -> Request:
+    with core.uow() as uow:
+        request = uow.requests.get(request_id)
+    if not actor.is_admin and request.requester_id != actor.user_id:
+        raise errors.NotFound(f"There is no request {request_id} of yours.")
+    return request
+
+
+def reveal_token(core: Core, actor: Actor, request_id: str) -> RevealedSecret:
+    """The requester's click on "Show token": make the token now, once, for them only."""
+    with core.uow() as uow:
+        request = uow.requests.get(request_id)
+        if request.requester_id != actor.user_id:
+            raise errors.Forbidden("Only the person who asked for this token can see it.")
+        if request.kind != kinds.TokenIssue.KIND or request.state is not RequestState.SUCCEEDED:
+            raise errors.InvalidInput(f"{request_id} has no token to show.")
+        secret = core.secrets.token(request)
+        _record_reveal(core, uow, request.id, actor, secret)
+    return secret
+
+
+def reveal_password(core: Core, actor: Actor) -> RevealedSecret:
+    """"Set my password" and ``/kf password reset``: a new password for the actor's own Dex user."""
+    secret = core.secrets.password(actor.email)
+    with core.uow() as uow:
+        _record_reveal(core, uow, None, actor, secret)
+    return secret
+
+
+def _record_reveal(core: Core, uow: UnitOfWork, request_id: str | None, actor: Actor, secret: RevealedSecret) -> None:
+    expires = secret.expires_at.isoformat() if secret.expires_at else None
+    uow.audit.append([Event(EventType.SECRET_REVEALED, request_id, core.clock.now(), actor.user_id,
+                            {"kind": secret.kind, "fingerprint": secret.fingerprint, "expires_at": expires})])
+    uow.commit()
+
+
+def handle_timer(core: Core, kind: str, ref: str, payload: dict[str, object]) -> None:
+    """Dispatch one due timer. Expiries of grants, quotas and tokens become system requests
+    that auto-apply, so they take the same audited, resumable path as everything else."""
+    if kind == "request.expire":
+        expire(core, ref)
+    elif kind == "request.nudge":
+        nudge(core, ref)
+    elif kind == "grant.expire":
+        _system_request(core, kinds.Unshare(str(payload["workspace"]), str(payload["user"])), f"timer:{kind}:{ref}")
+    elif kind == "token.expire":
+        if core.facts.token_owner(ref) is not None:
+            _system_request(core, kinds.TokenRevoke(ref), f"timer:{kind}:{ref}")
+    else:
+        raise ValueError(f"unknown timer kind {kind!r}")
+
+
+def _system_request(core: Core, kind: RequestKind, key: str) -> Submitted | None:
+    try:
+        return _record(core, SYSTEM, kind, key, "expiry", key)
+    except errors.InvalidInput:
+        return None  # an open request about the same grant or token already handles it

@@ -1,0 +1,67 @@
+"""The core's settings: policy, defaults for new workspaces, limits. Plain frozen dataclasses;
+``bot.settings`` builds them from the environment, tests build them directly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from handlers.naming import NamingSettings
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    admin_users: frozenset[str] = frozenset()
+    """Slack user ids of admins (``KFBOT_ADMIN_USERS``)."""
+    admin_group: str | None = None
+    """A Slack user group whose members are admins (``KFBOT_ADMIN_GROUP``)."""
+    request_ttl: timedelta = timedelta(hours=72)
+    """A pending request expires after this long (``KFBOT_REQUEST_TTL``)."""
+    nudge_after: timedelta = timedelta(hours=4)
+    """Approvers are reminded of a request still pending after this long."""
+    quota_auto_increase: Mapping[str, str] = field(
+        default_factory=lambda: {"requests.nvidia.com/gpu": "1", "cpu": "4", "memory": "16Gi", "requests.storage": "50Gi"}
+    )
+    """An owner's quota increase up to these amounts (per resource) applies without an admin."""
+
+
+@dataclass(frozen=True)
+class WorkspaceDefaults:
+    region: str = "us-east-1"
+    cluster: str = "kubeflow"
+    """EKS cluster name for nodegroups."""
+    subnets: tuple[str, ...] = ()
+    node_role_arn: str = ""
+    iam_policy_arns: tuple[str, ...] = ()
+    """Managed policies that get each workspace bucket added (``KFBOT_IAM_POLICY_ARNS``)."""
+    gpu_instance_type: str = "g4dn.xlarge"
+    """Instance type for ``--gpu N`` without ``--instance-type``."""
+    nodes_min: int = 0
+    nodes_max: int = 2
+    cpu: str = "8"
+    memory: str = "32Gi"
+    storage: str = "100Gi"
+    pvcs: int = 10
+    dex_mode: str = "password-cr"
+    """``password-cr`` | ``configmap`` | ``external`` (``KFBOT_DEX_MODE``)."""
+    price_overrides: Mapping[str, float] = field(default_factory=dict)
+    """Instance type -> hourly USD, overriding the built-in table."""
+    user_id_map: Mapping[str, str] = field(default_factory=dict)
+    """Slack email -> Kubeflow user id, where logins use another form."""
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    max_ttl: timedelta = timedelta(hours=24)
+    default_ttl: timedelta = timedelta(hours=1)
+    api_audience: str = "https://kubernetes.default.svc"
+    """The API server's own audience, requested beside pipelines.kubeflow.org."""
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    naming: NamingSettings = field(default_factory=NamingSettings)
+    workspace: WorkspaceDefaults = field(default_factory=WorkspaceDefaults)
+    tokens: TokenSettings = field(default_factory=TokenSettings)

@@ -1,0 +1,858 @@
+"""Live AWS actions for a workspace: its S3 bucket, its grants in IAM policies, its EKS nodegroup.
+
+The engine may run a step again at any time (a retry, a crash and resume, a second worker after
+a lease expired), so every ``ensure`` reads first, changes only what differs and reports through
+``StepOutcome.created`` whether this bot made the object; ``undo`` removes only such objects.
+
+Why some things are done the way they are:
+
+- Bucket ownership is decided by ``CreateBucket``'s answer, not by ``HeadBucket``: a HEAD succeeds
+  for any bucket we may read, including another account's, while only CreateBucket says whose the
+  name is. The HEAD first is still needed because in us-east-1 re-creating our own bucket answers
+  200, which would otherwise look like a fresh creation.
+- An IAM managed policy has no compare-and-set: adding an ARN is a read-modify-write of the whole
+  document, so two workspaces sharing one policy would lose each other's ARNs. Every rewrite runs
+  under ``KeyedLock.hold(policy_arn)`` (a database lock across bot processes). IAM keeps at most
+  five versions, so the oldest non-default one is deleted before a new default is created. The
+  bot edits only its own statement (``KfChatopsWorkspaceBuckets``); the rest stays byte-for-byte
+  what the administrators wrote.
+- Nodegroups take minutes. Waiting uses the injected ``Clock`` so the engine and the tests own
+  time; a wait that runs out is a ``TemporaryError`` (the engine retries), a failed nodegroup a
+  ``PermanentError`` carrying EKS's health issues.
+- botocore's exceptions never leave this module: they become ``TemporaryError`` (throttling, 5xx,
+  connection trouble) or ``PermanentError`` (denied, invalid, limits) whose message names the
+  bucket, policy or nodegroup and never quotes a response body.
+- Nothing talks to AWS at import or construction (the bot must start, and dry-run, without AWS):
+  the boto3 session and clients are made on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import unquote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from handlers.errors import KfError, PermanentError, TemporaryError
+from handlers.plan import JSON, StepOutcome, canonical_json
+from handlers.ports import Clock
+from provisioning.actions import Action, KeyedLock
+
+if TYPE_CHECKING:
+    from mypy_boto3_eks import EKSClient
+    from mypy_boto3_eks.type_defs import NodegroupTypeDef
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.literals import BucketLocationConstraintType
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef, PublicAccessBlockConfigurationTypeDef
+    from mypy_boto3_sts import STSClient
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    """``AWS_ENDPOINT_URL`` for tests and LocalStack; None keeps boto3's standard resolution."""
+    nodegroup_active_timeout: float = 1800.0
+    """Seconds to wait for a nodegroup to become ACTIVE or to disappear."""
+    poll_interval: float = 15.0
+    max_policy_chars: int = 6144
+    """IAM's managed-policy size quota, counted without whitespace."""
+
+
+# Standard mode backs off on throttling and 5xx; the attempt count is left to AWS_MAX_ATTEMPTS or
+# the AWS config file, since the engine retries TemporaryError on top of botocore.
+_CLIENT_CONFIG: Final = Config(
+    retries={"mode": "standard"}, connect_timeout=10, read_timeout=60, user_agent_extra="kf-chatops"
+)
+
+BOT_SID: Final = "KfChatopsWorkspaceBuckets"
+BUCKET_ACTIONS: Final = (
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:ListBucket",
+    "s3:GetBucketLocation",
+)
+# IAM rejects a document without statements (MalformedPolicyDocument). When the bot's statement
+# is the only one and loses its last ARN it becomes this grant of a non-existent action instead.
+_GRANTS_NOTHING: Final = "none:null"
+_MAX_POLICY_VERSIONS: Final = 5
+
+_PUBLIC_ACCESS_BLOCK: Final[PublicAccessBlockConfigurationTypeDef] = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
+
+_NODEGROUP_READY: Final = frozenset({"ACTIVE", "UPDATING"})
+_NODEGROUP_FAILED: Final = frozenset({"CREATE_FAILED", "DEGRADED", "DELETE_FAILED"})
+_TOKEN_NAMESPACE: Final = uuid.UUID("0b0e5a0c-6f2e-4bb8-9d59-6b1f0f4c1a7e")
+
+_THROTTLING: Final = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "BandwidthLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "PriorRequestNotComplete",
+    }
+)
+_TRANSIENT: Final = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceFailure",
+        "ServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "OperationAborted",
+        "ConcurrentModification",
+        "ConcurrentModificationException",
+    }
+)
+_BAD_CREDENTIALS: Final = frozenset(
+    {
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "UnrecognizedClientException",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "AuthFailure",
+    }
+)
+_DENIED: Final = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AllAccessDisabled"}
+)
+_LIMITS: Final = frozenset(
+    {
+        "LimitExceeded",
+        "LimitExceededException",
+        "ResourceLimitExceededException",
+        "TooManyBuckets",
+        "ServiceQuotaExceededException",
+        "QuotaExceededException",
+    }
+)
+# AWS's text for these explains what was wrong with our input, which is what the admin must fix.
+_INVALID: Final = frozenset(
+    {
+        "InvalidParameterException",
+        "InvalidRequestException",
+        "InvalidParameterValue",
+        "ValidationError",
+        "ValidationException",
+        "MalformedPolicyDocument",
+        "InvalidBucketName",
+        "InvalidArgument",
+        "InvalidInput",
+        "ClientException",
+    }
+)
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _short(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _translate(error: ClientError, what: str) -> KfError:
+    code = _code(error)
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    label = code or f"HTTP {status}"
+    if code in _THROTTLING:
+        return TemporaryError(f"AWS is throttling the bot while {what}; will retry.", delay=10.0)
+    if code in _TRANSIENT or status >= 500:
+        return TemporaryError(f"AWS had a temporary failure ({label}) while {what}; will retry.")
+    if code in _BAD_CREDENTIALS:
+        return PermanentError(f"AWS rejected the bot's credentials ({label}) while {what}.")
+    if code in _DENIED or status == 403:
+        return PermanentError(
+            f"AWS denied access while {what} ({label}): the bot's IAM role needs permission for "
+            f"{error.operation_name}."
+        )
+    if code in _LIMITS:
+        return PermanentError(f"An AWS limit was reached while {what} ({label}).")
+    if code in _INVALID:
+        message = str(error.response.get("Error", {}).get("Message", ""))
+        return PermanentError(f"AWS refused the request while {what} ({label}): {_short(message)}")
+    return PermanentError(f"AWS refused the request while {what} ({label}).")
+
+
+@contextmanager
+def _aws_call(what: str) -> Iterator[None]:
+    """Translate botocore's exceptions raised inside into ``handlers.errors`` types."""
+    try:
+        yield
+    except ClientError as e:
+        raise _translate(e, what) from e
+    except (BotoConnectionError, HTTPClientError) as e:
+        raise TemporaryError(f"Could not reach AWS while {what}; will retry.") from e
+    except (NoCredentialsError, PartialCredentialsError) as e:
+        raise PermanentError(f"The bot has no usable AWS credentials ({what}).") from e
+    except ParamValidationError as e:
+        raise PermanentError(f"Invalid AWS request while {what}: {_short(str(e))}") from e
+    except BotoCoreError as e:
+        raise TemporaryError(f"The AWS call failed while {what} ({type(e).__name__}); will retry.") from e
+
+
+@dataclass(frozen=True)
+class _Action:
+    ensure_fn: Callable[[Mapping[str, JSON]], StepOutcome]
+    undo_fn: Callable[[Mapping[str, JSON], StepOutcome], None]
+
+    def ensure(self, params: Mapping[str, JSON]) -> StepOutcome:
+        return self.ensure_fn(params)
+
+    def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        self.undo_fn(params, outcome)
+
+
+def _irreversible(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    """Removals have no compensation: deleted data cannot be brought back."""
+
+
+def _text(params: Mapping[str, JSON], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise PermanentError(f"The plan step lacks a valid '{key}' parameter.")
+    return value
+
+
+def _texts(params: Mapping[str, JSON], key: str) -> list[str]:
+    value = params.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PermanentError(f"The plan step lacks a valid '{key}' list.")
+    return list(dict.fromkeys(value))
+
+
+def _text_map(params: Mapping[str, JSON], key: str) -> dict[str, str]:
+    value = params.get(key) or {}
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise PermanentError(f"The plan step's '{key}' must map names to strings.")
+    return {str(k): v for k, v in value.items()}
+
+
+def _scaling(name: str, raw: JSON) -> dict[str, int]:
+    """EKS rejects bad scaling only after the call (and moto not at all), so check it first."""
+    keys = ("minSize", "maxSize", "desiredSize")
+    if not isinstance(raw, Mapping) or not all(type(raw.get(k)) is int for k in keys):
+        raise PermanentError(f"Nodegroup {name} needs integer minSize, maxSize and desiredSize.")
+    low, high, desired = raw["minSize"], raw["maxSize"], raw["desiredSize"]
+    if high < 1:
+        raise PermanentError(f"Nodegroup {name}: maxSize must be at least 1 (got {high}).")
+    if not 0 <= low <= desired <= high:
+        raise PermanentError(
+            f"Nodegroup {name}: need 0 <= minSize <= desiredSize <= maxSize, got {low}, {desired}, {high}."
+        )
+    return {"minSize": low, "maxSize": high, "desiredSize": desired}
+
+
+def _policy_name(policy_arn: str) -> str:
+    return policy_arn.rsplit("/", 1)[-1]
+
+
+def _chars_without_whitespace(text: str) -> int:
+    return sum(1 for char in text if not char.isspace())
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _bot_resources(statement: Mapping[str, Any] | None) -> list[str]:
+    if statement is None or statement.get("Action") == _GRANTS_NOTHING:
+        return []
+    return [str(r) for r in _as_list(statement.get("Resource", []))]
+
+
+def _rewrite_statements(document: Mapping[str, Any], resources: Sequence[str]) -> dict[str, Any]:
+    """The document with the bot's statement granting exactly ``resources``; others untouched."""
+    statements = _as_list(document.get("Statement", []))
+    others = [s for s in statements if not (isinstance(s, Mapping) and s.get("Sid") == BOT_SID)]
+    ours: dict[str, Any] | None
+    if resources:
+        ours = {
+            "Sid": BOT_SID,
+            "Effect": "Allow",
+            "Action": list(BUCKET_ACTIONS),
+            "Resource": list(resources),
+        }
+    elif others:
+        ours = None
+    else:
+        ours = {"Sid": BOT_SID, "Effect": "Allow", "Action": _GRANTS_NOTHING, "Resource": "*"}
+    rewritten: list[Any] = []
+    placed = False
+    for statement in statements:
+        if isinstance(statement, Mapping) and statement.get("Sid") == BOT_SID:
+            if ours is not None and not placed:
+                rewritten.append(ours)
+                placed = True
+        else:
+            rewritten.append(statement)
+    if ours is not None and not placed:
+        rewritten.append(ours)
+    return {**document, "Statement": rewritten}
+
+
+def _health_message(name: str, status: str, nodegroup: NodegroupTypeDef) -> str:
+    issues = nodegroup.get("health", {}).get("issues", [])
+    described = "; ".join(
+        f"{issue.get('code', 'Unknown')}: {_short(issue.get('message', ''), 160)}" for issue in issues[:5]
+    )
+    return f"EKS nodegroup {name} is {status}" + (
+        f": {described}" if described else " (EKS reports no details)."
+    )
+
+
+class AwsActions:
+    """The ``aws.*`` step actions and a few read helpers for the doctor, ``workspace show`` and reports."""
+
+    def __init__(
+        self,
+        settings: AwsSettings,
+        clock: Clock,
+        policy_lock: KeyedLock,
+        session: boto3.Session | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._policy_lock = policy_lock
+        self._session = session
+        self._clients_lock = threading.Lock()
+        self._s3_clients: dict[str, S3Client] = {}
+        self._iam_client: IAMClient | None = None
+        self._eks_client: EKSClient | None = None
+        self._sts_client: STSClient | None = None
+
+    def registry(self) -> dict[str, Action]:
+        return {
+            "aws.bucket": _Action(self._ensure_bucket, self._undo_bucket),
+            "aws.bucket.remove": _Action(self._remove_bucket, _irreversible),
+            "aws.iam_resources": _Action(self._ensure_iam_resources, self._undo_iam_resources),
+            "aws.iam_resources.remove": _Action(self._remove_iam_resources, _irreversible),
+            "aws.nodegroup": _Action(self._ensure_nodegroup, self._undo_nodegroup),
+            "aws.nodegroup.remove": _Action(self._remove_nodegroup, _irreversible),
+        }
+
+    # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --
+
+    def _boto_session(self) -> boto3.Session:
+        if self._session is None:
+            self._session = boto3.Session()
+        return self._session
+
+    def _s3(self, region: str | None = None) -> S3Client:
+        region = region or self._settings.region
+        with self._clients_lock:
+            client = self._s3_clients.get(region)
+            if client is None:
+                client = self._boto_session().client(
+                    "s3", region_name=region, endpoint_url=self._settings.endpoint_url, config=_CLIENT_CONFIG
+                )
+                self._s3_clients[region] = client
+            return client
+
+    def _iam(self) -> IAMClient:
+        with self._clients_lock:
+            if self._iam_client is None:
+                self._iam_client = self._boto_session().client(
+                    "iam",
+                    region_name=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
+                    config=_CLIENT_CONFIG,
+                )
+            return self._iam_client
+
+    def _eks(self) -> EKSClient:
+        with self._clients_lock:
+            if self._eks_client is None:
+                self._eks_client = self._boto_session().client(
+                    "eks",
+                    region_name=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
+                    config=_CLIENT_CONFIG,
+                )
+            return self._eks_client
+
+    def _sts(self) -> STSClient:
+        with self._clients_lock:
+            if self._sts_client is None:
+                self._sts_client = self._boto_session().client(
+                    "sts",
+                    region_name=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
+                    config=_CLIENT_CONFIG,
+                )
+            return self._sts_client
+
+    # -- read helpers --
+
+    def caller_identity(self) -> dict[str, str]:
+        with _aws_call("checking the bot's AWS identity"):
+            identity = self._sts().get_caller_identity()
+        return {"Account": identity.get("Account", ""), "Arn": identity.get("Arn", "")}
+
+    def describe_nodegroup(self, cluster: str, name: str) -> dict[str, Any] | None:
+        with _aws_call(f"reading nodegroup {name} in cluster {cluster}"):
+            nodegroup = self._describe(cluster, name)
+        return None if nodegroup is None else dict(nodegroup)
+
+    def bucket_summary(self, bucket: str) -> dict[str, Any] | None:
+        s3 = self._s3()
+        with _aws_call(f"reading bucket {bucket}"):
+            if not self._bucket_exists(s3, bucket):
+                return None
+            return {
+                "bucket": bucket,
+                "exists": True,
+                "tags": self._bucket_tags(s3, bucket),
+                "is_empty": self._is_empty(s3, bucket),
+            }
+
+    def scale_nodegroup(self, cluster: str, name: str, desired: int, minimum: int | None = None) -> None:
+        """Set desiredSize (and minSize); maxSize grows to fit, minSize shrinks to fit unless given."""
+        if desired < 0 or (minimum is not None and not 0 <= minimum <= desired):
+            raise PermanentError(f"Nodegroup {name}: need 0 <= minimum <= desired, got {minimum}, {desired}.")
+        with _aws_call(f"scaling nodegroup {name} in cluster {cluster}"):
+            nodegroup = self._describe(cluster, name)
+            if nodegroup is None:
+                raise PermanentError(f"EKS nodegroup {name} does not exist in cluster {cluster}.")
+            current = nodegroup.get("scalingConfig", {})
+            low = minimum if minimum is not None else min(current.get("minSize", 0), desired)
+            wanted = {
+                "minSize": low,
+                "maxSize": max(current.get("maxSize", 1), desired, 1),
+                "desiredSize": desired,
+            }
+            if {k: current.get(k) for k in wanted} == wanted:
+                return
+            try:
+                self._eks().update_nodegroup_config(
+                    clusterName=cluster,
+                    nodegroupName=name,
+                    scalingConfig={
+                        "minSize": wanted["minSize"],
+                        "maxSize": wanted["maxSize"],
+                        "desiredSize": wanted["desiredSize"],
+                    },
+                )
+            except ClientError as e:
+                if _code(e) == "ResourceInUseException":
+                    raise TemporaryError(
+                        f"EKS nodegroup {name} is busy with another update; will retry."
+                    ) from e
+                raise
+
+    # -- aws.bucket --
+
+    def _ensure_bucket(self, params: Mapping[str, JSON]) -> StepOutcome:
+        bucket, region, tags = _text(params, "bucket"), _text(params, "region"), _text_map(params, "tags")
+        s3 = self._s3(region)
+        with _aws_call(f"creating bucket {bucket}"):
+            created = self._create_bucket(s3, bucket, region)
+        with _aws_call(f"securing bucket {bucket}"):
+            self._block_public_access(s3, bucket)
+            self._default_encryption(s3, bucket)
+        with _aws_call(f"tagging bucket {bucket}"):
+            current = self._bucket_tags(s3, bucket)
+            wanted = {**current, **tags}
+            if wanted != current:
+                s3.put_bucket_tagging(
+                    Bucket=bucket,
+                    Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in sorted(wanted.items())]},
+                )
+        return StepOutcome(created=created)
+
+    def _create_bucket(self, s3: S3Client, bucket: str, region: str) -> bool:
+        existed = self._bucket_exists(s3, bucket)
+        try:
+            if region == "us-east-1":
+                s3.create_bucket(Bucket=bucket)
+            else:
+                location = cast("BucketLocationConstraintType", region)
+                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": location})
+        except ClientError as e:
+            if _code(e) == "BucketAlreadyOwnedByYou":
+                return False
+            if _code(e) == "BucketAlreadyExists":
+                raise PermanentError(
+                    f"The S3 bucket name {bucket} is taken by another AWS account; "
+                    "pick another name (bucket names are global)."
+                ) from e
+            raise
+        return not existed
+
+    @staticmethod
+    def _bucket_exists(s3: S3Client, bucket: str) -> bool:
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchBucket"):
+                return False
+            if _code(e) == "403":
+                # S3 answers 403 both for another account's bucket and for a missing
+                # s3:ListBucket permission, and does not say which.
+                raise PermanentError(
+                    f"AWS denied access to S3 bucket {bucket}: it belongs to another account, "
+                    "or the bot's IAM role lacks s3:ListBucket."
+                ) from e
+            raise
+        return True
+
+    @staticmethod
+    def _block_public_access(s3: S3Client, bucket: str) -> None:
+        try:
+            current = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        except ClientError as e:
+            if _code(e) != "NoSuchPublicAccessBlockConfiguration":
+                raise
+            current = {}
+        if current != _PUBLIC_ACCESS_BLOCK:
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=_PUBLIC_ACCESS_BLOCK)
+
+    @staticmethod
+    def _default_encryption(s3: S3Client, bucket: str) -> None:
+        # Any existing default (SSE-KMS chosen by an admin included) is kept; only a bucket with
+        # none gets SSE-S3. New buckets have had SSE-S3 by default since 2023, so this is rare.
+        try:
+            rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        except ClientError as e:
+            if _code(e) != "ServerSideEncryptionConfigurationNotFoundError":
+                raise
+            rules = []
+        if not any(rule.get("ApplyServerSideEncryptionByDefault") for rule in rules):
+            s3.put_bucket_encryption(
+                Bucket=bucket,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+            )
+
+    @staticmethod
+    def _bucket_tags(s3: S3Client, bucket: str) -> dict[str, str]:
+        try:
+            tag_set = s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
+        except ClientError as e:
+            if _code(e) != "NoSuchTagSet":
+                raise
+            return {}
+        return {tag["Key"]: tag["Value"] for tag in tag_set}
+
+    @staticmethod
+    def _is_empty(s3: S3Client, bucket: str) -> bool:
+        # Versions and delete markers block DeleteBucket just like current objects do.
+        page = s3.list_object_versions(Bucket=bucket, MaxKeys=1)
+        return not page.get("Versions") and not page.get("DeleteMarkers")
+
+    def _undo_bucket(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if not outcome.created:
+            return
+        bucket = _text(params, "bucket")
+        s3 = self._s3(_text(params, "region"))
+        kept = PermanentError(f"S3 bucket {bucket} was kept: it already holds data.")
+        with _aws_call(f"deleting bucket {bucket}"):
+            try:
+                if not self._is_empty(s3, bucket):
+                    raise kept
+                s3.delete_bucket(Bucket=bucket)
+            except ClientError as e:
+                if _code(e) == "NoSuchBucket":
+                    return
+                if _code(e) == "BucketNotEmpty":
+                    raise kept from e
+                raise
+
+    # -- aws.bucket.remove --
+
+    def _remove_bucket(self, params: Mapping[str, JSON]) -> StepOutcome:
+        bucket, purge = _text(params, "bucket"), params.get("purge_data") is True
+        s3 = self._s3()
+        with _aws_call(f"deleting bucket {bucket}"):
+            try:
+                if purge:
+                    self._purge(s3, bucket)
+                elif not self._is_empty(s3, bucket):
+                    raise PermanentError(f"S3 bucket {bucket} is not empty; kept (use --purge-data).")
+                s3.delete_bucket(Bucket=bucket)
+            except ClientError as e:
+                if _code(e) == "NoSuchBucket":
+                    return StepOutcome(created=False, details={"deleted": False})
+                if _code(e) == "BucketNotEmpty":
+                    raise TemporaryError(
+                        f"S3 bucket {bucket} received new objects while being emptied; will retry."
+                    ) from e
+                raise
+        return StepOutcome(created=False, details={"deleted": True, "purged": purge})
+
+    @staticmethod
+    def _purge(s3: S3Client, bucket: str) -> None:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            doomed: list[ObjectIdentifierTypeDef] = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            ]
+            if not doomed:
+                continue
+            failed = s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True}).get(
+                "Errors", []
+            )
+            if failed:
+                raise TemporaryError(
+                    f"{len(failed)} object(s) in S3 bucket {bucket} could not be deleted; will retry."
+                )
+
+    # -- aws.iam_resources --
+
+    def _ensure_iam_resources(self, params: Mapping[str, JSON]) -> StepOutcome:
+        added, _ = self._edit_policy(_text(params, "policy_arn"), add=_texts(params, "resources"), remove=[])
+        return StepOutcome(created=bool(added), details={"added": added})
+
+    def _undo_iam_resources(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        added = outcome.details.get("added") or []
+        if added:
+            self._edit_policy(_text(params, "policy_arn"), add=[], remove=[str(arn) for arn in added])
+
+    def _remove_iam_resources(self, params: Mapping[str, JSON]) -> StepOutcome:
+        _, removed = self._edit_policy(
+            _text(params, "policy_arn"), add=[], remove=_texts(params, "resources")
+        )
+        return StepOutcome(created=False, details={"removed": removed})
+
+    def _edit_policy(
+        self, policy_arn: str, add: Sequence[str], remove: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """Add and remove ARNs in the bot's statement by a new default version; returns what changed."""
+        name = _policy_name(policy_arn)
+        iam = self._iam()
+        with self._policy_lock.hold(policy_arn), _aws_call(f"updating IAM policy {name}"):
+            document = self._default_document(iam, policy_arn)
+            ours = next(
+                (
+                    s
+                    for s in _as_list(document.get("Statement", []))
+                    if isinstance(s, Mapping) and s.get("Sid") == BOT_SID
+                ),
+                None,
+            )
+            current = _bot_resources(ours)
+            added = [arn for arn in add if arn not in current]
+            removed = [arn for arn in dict.fromkeys(remove) if arn in current]
+            if not added and not removed:
+                return [], []
+            text = json.dumps(
+                _rewrite_statements(document, [a for a in current if a not in removed] + added),
+                separators=(",", ":"),
+            )
+            if _chars_without_whitespace(text) > self._settings.max_policy_chars:
+                raise PermanentError(
+                    f"IAM policy {name} would exceed the managed-policy size limit of "
+                    f"{self._settings.max_policy_chars} characters; grant the bucket through another policy."
+                )
+            self._make_room_for_version(iam, policy_arn)
+            try:
+                iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=text, SetAsDefault=True)
+            except ClientError as e:
+                if _code(e) == "LimitExceeded":
+                    raise TemporaryError(
+                        f"IAM policy {name} was changed by someone else meanwhile; will retry."
+                    ) from e
+                raise
+        return added, removed
+
+    @staticmethod
+    def _default_document(iam: IAMClient, policy_arn: str) -> dict[str, Any]:
+        version_id = iam.get_policy(PolicyArn=policy_arn)["Policy"]["DefaultVersionId"]
+        document = iam.get_policy_version(PolicyArn=policy_arn, VersionId=version_id)["PolicyVersion"][
+            "Document"
+        ]
+        # botocore decodes IAM's URL-encoded JSON into a dict; the raw string is the fallback it
+        # leaves when decoding fails.
+        if isinstance(document, str):
+            return cast(dict[str, Any], json.loads(unquote(document)))
+        return dict(document)
+
+    @staticmethod
+    def _make_room_for_version(iam: IAMClient, policy_arn: str) -> None:
+        versions = [
+            v
+            for page in iam.get_paginator("list_policy_versions").paginate(PolicyArn=policy_arn)
+            for v in page["Versions"]
+        ]
+        excess = len(versions) - (_MAX_POLICY_VERSIONS - 1)
+        if excess <= 0:
+            return
+        oldest_first = sorted(
+            (v for v in versions if not v.get("IsDefaultVersion")), key=lambda v: v["CreateDate"]
+        )
+        for version in oldest_first[:excess]:
+            try:
+                iam.delete_policy_version(PolicyArn=policy_arn, VersionId=version["VersionId"])
+            except ClientError as e:
+                if _code(e) != "NoSuchEntity":
+                    raise
+
+    # -- aws.nodegroup --
+
+    def _ensure_nodegroup(self, params: Mapping[str, JSON]) -> StepOutcome:
+        cluster, name = _text(params, "cluster"), _text(params, "name")
+        scaling = _scaling(name, params.get("scaling"))
+        with _aws_call(f"creating nodegroup {name} in cluster {cluster}"):
+            created = False
+            if self._describe(cluster, name) is None:
+                created = self._create_nodegroup(params, scaling)
+        try:
+            nodegroup = self._wait_ready(cluster, name)
+        except PermanentError as failure:
+            if not created:
+                raise
+            # The step did not complete, so the engine will not compensate it, yet a failed or
+            # degraded group may still run GPU instances: remove it, keep EKS's diagnosis.
+            try:
+                self._delete_nodegroup(cluster, name, wait=False)
+            except KfError:
+                raise PermanentError(
+                    f"{failure.user_message} Deleting it failed too; delete it by hand."
+                ) from failure
+            raise PermanentError(f"{failure.user_message} The bot deleted it.") from failure
+        return StepOutcome(created=created, details={"arn": nodegroup.get("nodegroupArn", "")})
+
+    def _create_nodegroup(self, params: Mapping[str, JSON], scaling: dict[str, int]) -> bool:
+        cluster, name = _text(params, "cluster"), _text(params, "name")
+        request: dict[str, Any] = {
+            "clusterName": cluster,
+            "nodegroupName": name,
+            "subnets": _texts(params, "subnets"),
+            "nodeRole": _text(params, "node_role"),
+            "scalingConfig": scaling,
+            "instanceTypes": _texts(params, "instance_types"),
+            "amiType": _text(params, "ami_type"),
+            # The same step retried after a crash sends the same token, so EKS answers with the
+            # nodegroup the first attempt started instead of a second one or a conflict.
+            "clientRequestToken": str(
+                uuid.uuid5(
+                    _TOKEN_NAMESPACE,
+                    canonical_json({"cluster": cluster, "name": name, "params": dict(params)}),
+                )
+            ),
+        }
+        labels, tags = _text_map(params, "labels"), _text_map(params, "tags")
+        taints = params.get("taints") or []
+        # EKS's model refuses empty tag maps; leave absent what the plan leaves empty.
+        optional = {
+            "labels": labels,
+            "tags": tags,
+            "taints": taints,
+            "capacityType": params.get("capacity_type"),
+        }
+        request.update({k: v for k, v in optional.items() if v})
+        try:
+            self._eks().create_nodegroup(**request)
+        except ClientError as e:
+            if _code(e) == "ResourceInUseException":
+                return False
+            raise
+        return True
+
+    def _describe(self, cluster: str, name: str) -> NodegroupTypeDef | None:
+        try:
+            return self._eks().describe_nodegroup(clusterName=cluster, nodegroupName=name)["nodegroup"]
+        except ClientError as e:
+            if _code(e) == "ResourceNotFoundException":
+                return None
+            raise
+
+    def _wait_ready(self, cluster: str, name: str) -> NodegroupTypeDef:
+        nodegroup = self._wait(cluster, name, gone=False)
+        if nodegroup is None:
+            raise TemporaryError(f"EKS nodegroup {name} disappeared while starting; will retry.")
+        return nodegroup
+
+    def _wait(self, cluster: str, name: str, *, gone: bool) -> NodegroupTypeDef | None:
+        """Poll until the nodegroup is ready, or with ``gone`` until EKS no longer knows it."""
+        timeout = self._settings.nodegroup_active_timeout
+        deadline = self._clock.now() + timedelta(seconds=timeout)
+        while True:
+            with _aws_call(f"waiting for nodegroup {name} in cluster {cluster}"):
+                nodegroup = self._describe(cluster, name)
+            if nodegroup is None:
+                return None
+            status = nodegroup.get("status", "UNKNOWN")
+            if status in _NODEGROUP_FAILED:
+                raise PermanentError(_health_message(name, status, nodegroup))
+            if not gone and status in _NODEGROUP_READY:
+                return nodegroup
+            if not gone and status == "DELETING":
+                raise TemporaryError(
+                    f"EKS nodegroup {name} is being deleted; will create it again afterwards."
+                )
+            if self._clock.now() >= deadline:
+                goal = "gone" if gone else "ACTIVE"
+                raise TemporaryError(
+                    f"EKS nodegroup {name} is still {status}, not {goal}, after {timeout:.0f} s; "
+                    "will keep checking."
+                )
+            self._clock.sleep(self._settings.poll_interval)
+
+    def _delete_nodegroup(self, cluster: str, name: str, *, wait: bool = True) -> bool:
+        """Delete and (by default) wait until EKS no longer knows it; False if it was already gone."""
+        with _aws_call(f"deleting nodegroup {name} in cluster {cluster}"):
+            try:
+                self._eks().delete_nodegroup(clusterName=cluster, nodegroupName=name)
+            except ClientError as e:
+                if _code(e) == "ResourceNotFoundException":
+                    return False
+                if _code(e) != "ResourceInUseException":
+                    raise
+                nodegroup = self._describe(cluster, name)
+                if nodegroup is None:
+                    return False
+                if nodegroup.get("status") != "DELETING":
+                    raise TemporaryError(
+                        f"EKS nodegroup {name} is busy ({nodegroup.get('status')}); will retry the deletion."
+                    ) from e
+        if wait:
+            self._wait(cluster, name, gone=True)
+        return True
+
+    def _undo_nodegroup(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if outcome.created:
+            self._delete_nodegroup(_text(params, "cluster"), _text(params, "name"))
+
+    # -- aws.nodegroup.remove --
+
+    def _remove_nodegroup(self, params: Mapping[str, JSON]) -> StepOutcome:
+        deleted = self._delete_nodegroup(_text(params, "cluster"), _text(params, "name"))
+        return StepOutcome(created=False, details={"deleted": deleted})

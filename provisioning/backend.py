@@ -1,0 +1,201 @@
+"""Assembles the provisioning layer from settings: the database, the actions (dry-run or live),
+facts, secrets, the engine and the timer sweeper. ``provisioning/__init__.py`` re-exports it;
+``bot/app.py`` (the composition root) is its only caller."""
+
+from __future__ import annotations
+
+import logging
+import secrets as pysecrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers.model import Request
+from handlers.plan import JSON
+from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
+from handlers.settings import CoreSettings
+from provisioning import audit, dryrun
+from provisioning.actions import ActionRegistry
+from provisioning.engine import Engine
+from provisioning.facts import LiveWorkspaces, RegistryFacts
+from provisioning.settings import ProvisioningSettings
+from provisioning.store import Database, LeaderElection, SqlUnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class DryRunSecrets:
+    """Dry-run makes no secrets: there is no Dex and no ServiceAccount to make them for."""
+
+    def password(self, email: str) -> RevealedSecret:
+        return RevealedSecret(kind="password", value="(dry-run: no password was set)", fingerprint="dry-run")
+
+    def token(self, request: Request) -> RevealedSecret:
+        return RevealedSecret(kind="token", value="(dry-run: no token was made)", fingerprint="dry-run")
+
+
+class Backend:
+    def __init__(self, settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database,
+                 actions: ActionRegistry, facts: Facts, secrets: SecretIssuer, live: LiveWorkspaces | None) -> None:
+        self.settings, self.core, self.clock, self.db = settings, core, clock, db
+        self.mode = settings.mode
+        self.actions, self.facts, self.secrets, self._live = actions, facts, secrets, live
+        self._leader = LeaderElection(db, "kfbot-scheduler")
+
+    def uow(self) -> SqlUnitOfWork:
+        return self.db.uow()
+
+    # -- schema ----------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        self.db.migrate()
+
+    def check_migrated(self) -> None:
+        self.db.check_migrated()
+
+    # -- work ------------------------------------------------------------------------------------
+    def engine(self, notifier: Notifier) -> Engine:
+        return Engine(self.db, self.actions, self.core, self.facts, self.clock, self.settings.engine, notifier)
+
+    def run_until_idle(self, notifier: Notifier) -> int:
+        return self.engine(notifier).run_until_idle()
+
+    def start_worker(self, notifier: Notifier, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.engine(notifier).run_forever, args=(stop,), name="kfbot-engine",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def sweep_timers(self, on_timer: Callable[[str, str, dict[str, JSON]], None], limit: int = 50) -> int:
+        """Run due timers, each claimed with a lease so two sweepers never both run one."""
+        worker, lease = self.settings.engine.worker_id, self.settings.engine.lease
+        now = self.clock.now()
+        with self.db.uow() as uow:
+            due = uow.work.claim_timers(worker, now, now + lease, limit)
+            uow.commit()
+        for timer in due:
+            try:
+                on_timer(timer.kind, timer.ref, dict(timer.payload or {}))
+            except Exception as exc:
+                log.exception("timer %s %s failed", timer.kind, timer.ref)
+                with self.db.uow() as uow:
+                    uow.work.fail_timer(timer.id, worker, type(exc).__name__, self.clock.now() + lease)
+                    uow.commit()
+                continue
+            with self.db.uow() as uow:
+                uow.work.finish_timer(timer.id, worker, self.clock.now())
+                uow.commit()
+        return len(due)
+
+    def try_lead(self) -> bool:
+        return self._leader.try_acquire()
+
+    # -- audit -----------------------------------------------------------------------------------
+    def audit_verify(self, expect_head: str | None = None) -> audit.VerifyResult:
+        return audit.verify(self.db, self.settings.audit_key, expect_head)
+
+    def audit_export(self, fmt: str, since: datetime | None = None) -> Iterator[str]:
+        return audit.export(self.db, fmt, since)
+
+    # -- read models -----------------------------------------------------------------------------
+    def render_step(self, action: str, params: Mapping[str, JSON]) -> list[str]:
+        """The calls and objects a step makes, as text (plans, cards, ``kfbot plan``)."""
+        return dryrun.render(action, params)
+
+    def workspaces(self, owner: str | None = None) -> list[dict[str, Any]]:
+        with self.db.uow() as uow:
+            return [w for w in uow.registry.list_workspaces(owner=owner) if w.get("deleted_at") is None]
+
+    def workspace_view(self, name: str) -> dict[str, Any] | None:
+        with self.db.uow() as uow:
+            row = uow.registry.get_workspace(name)
+            if row is None or row.get("deleted_at") is not None:
+                return None
+            grants = uow.registry.grants(name)
+        view: dict[str, Any] = {**row, "grants": grants, "live": None, "drift": []}
+        if self._live is not None:
+            live = self._live.workspace_state(row["namespace"])
+            view["live"] = live
+            view["drift"] = _drift({g["user"]: g["role"] for g in grants}, dict(live.get("contributors", {})),
+                                   row["owner"], live.get("owner"))
+        return view
+
+    def contributors(self, workspace: str) -> list[dict[str, Any]]:
+        view = self.workspace_view(workspace)
+        if view is None:
+            return []
+        recorded = {g["user"]: g for g in view["grants"]}
+        live = dict((view["live"] or {}).get("contributors", {})) if view["live"] is not None else None
+        rows = [{**g, "in_cluster": None if live is None else g["user"] in live, "recorded": True}
+                for g in recorded.values()]
+        if live is not None:
+            rows += [{"workspace": workspace, "user": user, "role": role, "expires_at": None, "in_cluster": True,
+                      "recorded": False} for user, role in live.items() if user not in recorded]
+        return rows
+
+    def tokens(self, requester_id: str) -> list[dict[str, Any]]:
+        now = self.clock.now()
+        with self.db.uow() as uow:
+            return [t for t in uow.registry.tokens_of(requester_id)
+                    if t.get("revoked_at") is None and t["expires_at"] > now]
+
+    def readiness(self) -> dict[str, object]:
+        status: dict[str, object] = {"provisioner": self.mode}
+        try:
+            self.db.check_migrated()
+            status.update(database=True, migrated=True)
+        except Exception as exc:  # readiness reports, it does not raise
+            status.update(database=False, migrated=False, problem=getattr(exc, "user_message", type(exc).__name__))
+        return status
+
+    def close(self) -> None:
+        self._leader.release()
+        self.db.dispose()
+
+
+def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: object) -> list[str]:
+    notes = [f"{u} has {r} access in the cluster but not in the audit log (added by hand?)"
+             for u, r in live.items() if u not in recorded]
+    notes += [f"{u} should have {r} access but the cluster has {live.get(u, 'none')}"
+              for u, r in recorded.items() if live.get(u) != r]
+    if live_owner not in (None, owner):
+        notes.append(f"the Profile owner is {live_owner}, the bot recorded {owner}")
+    return notes
+
+
+def build_backend(settings: ProvisioningSettings, core: CoreSettings, clock: Clock) -> Backend:
+    db = Database(settings.database_url, audit_key=settings.audit_key)
+    if settings.mode != "live":
+        return Backend(settings, core, clock, db, dryrun.registry(), RegistryFacts(db, clock), DryRunSecrets(), None)
+    return _build_live(settings, core, clock, db)
+
+
+def _build_live(settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database) -> Backend:
+    # Imported here so the dry-run default (the local shell) never loads the cloud SDKs.
+    from provisioning.aws import AwsActions, AwsSettings
+    from provisioning.dex import DexActions
+    from provisioning.k8s import api_client_from_environment
+    from provisioning.kubeflow import KubeflowActions
+    from provisioning.secrets import Secrets
+    from provisioning.store import DbLock
+
+    api = api_client_from_environment()
+    kubeflow = KubeflowActions(api, settings.kubeflow, clock)
+    dex = DexActions(api, settings.dex, clock)
+    aws = AwsActions(AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db))
+    actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
+    secrets = Secrets(api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)
+    return Backend(settings, core, clock, db, actions, RegistryFacts(db, clock, kubeflow), secrets, kubeflow)
+
+
+def generate_audit_key() -> bytes:
+    return pysecrets.token_bytes(32)

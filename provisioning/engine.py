@@ -1,0 +1,377 @@
+"""The step engine: applies approved requests, one claimed request at a time.
+
+Why it looks like this:
+
+* **Claims are leases.** A worker claims a request row (``claimed_by``, ``lease_until``) in a
+  short transaction and a heartbeat renews the lease while a step runs (a nodegroup can take
+  many minutes). Every outcome write checks the claim, so a worker that lost its lease (paused,
+  partitioned) records nothing; another worker takes over once the lease has expired and resumes
+  from the last recorded step.
+* **Each step's outcome is committed before the next step starts.** Actions are idempotent
+  (read, then create or patch), so re-running a step whose outcome was not recorded is safe:
+  it finds its object and reports ``created=False``... except that it was the bot that created
+  it in the crashed attempt. To keep "only remove what the bot created" true across crashes, a
+  step's ``created`` is sticky: once any attempt of a step recorded ``created=True`` it stays.
+  And since the create calls use deterministic names/tokens, a crash between the API call and
+  the outcome write is covered by a RUNNING record written *before* the call: a step that was
+  RUNNING when the worker died and now finds its object counts as created.
+* **Temporary errors retry with capped exponential backoff** until the step's deadline, then
+  count as permanent. A permanent failure compensates completed steps in reverse, undoing only
+  objects the bot created; an undo that fails leaves the request ``needs-attention`` for admins.
+* **Approved == applied.** At approved -> applying the plan is rendered again; a different digest
+  sends the request back to pending for a new approval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from handlers import errors, kinds
+from handlers.kinds import PlanContext
+from handlers.model import Event, EventType, Request, RequestState
+from handlers.plan import Step, StepOutcome, StepStatus
+from handlers.ports import Clock, Facts, Notifier
+from handlers.settings import CoreSettings
+from provisioning.actions import ActionRegistry
+from provisioning.settings import EngineSettings
+from provisioning.store import Database, LeaseLost, SqlUnitOfWork, StepRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Heartbeat:
+    """Renews the lease on a claimed request from a side thread while a step runs."""
+
+    engine: Engine
+    request_id: str
+    lost: threading.Event
+    stop: threading.Event
+
+    def run(self) -> None:
+        interval = max(self.engine.settings.lease.total_seconds() / 3, 0.05)
+        while not self.stop.wait(interval):
+            now = self.engine.clock.now()
+            with self.engine.db.uow() as uow:
+                if not uow.work.renew(self.request_id, self.engine.settings.worker_id, now, now + self.engine.settings.lease):
+                    self.lost.set()
+                    return
+                uow.commit()
+
+
+class Engine:
+    def __init__(self, db: Database, actions: ActionRegistry, core: CoreSettings, facts: Facts, clock: Clock,
+                 settings: EngineSettings, notifier: Notifier) -> None:
+        self.db, self.actions, self.core, self.facts = db, actions, core, facts
+        self.clock, self.settings, self.notifier = clock, settings, notifier
+
+    # -- loop ----------------------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """Claim one request and take it as far as it goes. False when there was nothing to do."""
+        now = self.clock.now()
+        with self.db.uow() as uow:
+            request = uow.work.claim_request(self.settings.worker_id, now, now + self.settings.lease)
+            uow.commit()
+        if request is None:
+            return False
+        try:
+            self._process(request)
+        except LeaseLost:
+            log.warning("lost the lease on %s; another worker resumes it", request.id,
+                        extra={"correlation_id": request.correlation_id})
+        return True
+
+    def run_until_idle(self, limit: int = 1000) -> int:
+        done = 0
+        while done < limit and self.run_once():
+            done += 1
+        return done
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("engine loop failed; retrying")
+                busy = False
+            if not busy:
+                stop.wait(self.settings.poll_interval)
+
+    # -- one request ---------------------------------------------------------------------------
+    def _process(self, request: Request) -> None:
+        if request.state is RequestState.APPROVED and not self._begin(request):
+            return
+        if request.state is RequestState.APPLYING:
+            self._apply(request)
+        if request.state is RequestState.COMPENSATING:
+            self._compensate(request)
+        with self.db.uow() as uow:
+            uow.work.release(request.id, self.settings.worker_id)
+            uow.commit()
+
+    def _begin(self, request: Request) -> bool:
+        try:
+            current = kinds.from_args(request.kind, request.args).plan(
+                PlanContext(self.core, self.facts, request.id))
+        except errors.KfError as exc:
+            # The world moved under the request (the name got taken, the workspace is gone):
+            # nothing was applied, so it fails without compensation.
+            before = request.version
+            now = self.clock.now()
+            request.begin_apply(request.plan, now)
+            request.start_compensation(f"The plan cannot be built any more: {exc.user_message}", now)
+            request.fail(now)
+            self._save(request, before)
+            return False
+        before = request.version
+        started = request.begin_apply(current, self.clock.now())
+        self._save(request, before)
+        return started
+
+    def _apply(self, request: Request) -> None:
+        records = {r.idx: r for r in self._steps(request.id)}
+        for idx, step in enumerate(request.plan.steps):
+            record = records.get(idx)
+            if record is not None and record.status is StepStatus.DONE:
+                continue
+            failure = self._run_step(request, idx, step, record)
+            if failure is not None:
+                before = request.version
+                request.start_compensation(f"Step {idx + 1} of {len(request.plan.steps)} "
+                                           f"({step.summary or step.key}) failed: {failure}", self.clock.now())
+                self._save(request, before)
+                return
+        before = request.version
+        now = self.clock.now()
+        request.succeed(now)
+        self._save(request, before, on_commit=lambda uow: self._record_success(uow, request, now))
+
+    def _run_step(self, request: Request, idx: int, step: Step, record: StepRecord | None) -> str | None:
+        """Run one step to DONE; return the user-facing reason when it failed for good."""
+        action = self.actions.get(step.action)
+        attempts = record.attempts if record else 0
+        first_failure = record.first_failure_at if record else None
+        was_running = record is not None and record.status is StepStatus.RUNNING
+        self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts, first_failure=first_failure,
+                     event=Event(EventType.STEP_STARTED, request.id, self.clock.now(), None,
+                                 {"idx": idx, "key": step.key, "action": step.action}))
+        if action is None:
+            return self._step_failed(request, idx, step, attempts, first_failure,
+                                     f"this bot has no implementation of `{step.action}`")
+        while True:
+            attempts += 1
+            try:
+                outcome = self._with_heartbeat(request, lambda: action.ensure(step.params))
+            except errors.TemporaryError as exc:
+                now = self.clock.now()
+                first_failure = first_failure or now
+                if now - first_failure >= self.settings.step_deadline:
+                    return self._step_failed(request, idx, step, attempts, first_failure,
+                                             f"{exc.user_message} (still failing after "
+                                             f"{self.settings.step_deadline})")
+                self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts,
+                             first_failure=first_failure, error=exc.user_message)
+                self.clock.sleep(max(exc.delay, self._backoff(attempts)))
+                continue
+            except errors.KfError as exc:
+                return self._step_failed(request, idx, step, attempts, first_failure, exc.user_message)
+            except LeaseLost:
+                raise
+            except Exception:
+                log.exception("step %s of %s crashed", step.key, request.id,
+                              extra={"correlation_id": request.correlation_id})
+                return self._step_failed(request, idx, step, attempts, first_failure,
+                                         f"an unexpected error (ref {request.correlation_id})")
+            if was_running and not outcome.created:
+                # The previous attempt died after its call went out: that object is ours.
+                outcome = StepOutcome(created=True, details={**outcome.details, "adopted_after_crash": True})
+            self._record(request, idx, step, StepStatus.DONE, outcome=outcome, attempts=attempts,
+                         first_failure=first_failure,
+                         event=Event(EventType.STEP_SUCCEEDED, request.id, self.clock.now(), None,
+                                     {"idx": idx, "key": step.key, "created": outcome.created}))
+            return None
+
+    def _step_failed(self, request: Request, idx: int, step: Step, attempts: int, first_failure: datetime | None,
+                     reason: str) -> str:
+        self._record(request, idx, step, StepStatus.FAILED, attempts=attempts, first_failure=first_failure,
+                     error=reason, event=Event(EventType.STEP_FAILED, request.id, self.clock.now(), None,
+                                               {"idx": idx, "key": step.key, "error": reason}))
+        return reason
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self.settings.retry_max, self.settings.retry_initial * 2 ** (attempts - 1)))
+
+    def _with_heartbeat(self, request: Request, call: Callable[[], StepOutcome]) -> StepOutcome:
+        beat = _Heartbeat(self, request.id, threading.Event(), threading.Event())
+        thread = threading.Thread(target=beat.run, name=f"lease-{request.id}", daemon=True)
+        thread.start()
+        try:
+            return call()
+        finally:
+            beat.stop.set()
+            thread.join()
+
+    def _compensate(self, request: Request) -> None:
+        problems: list[str] = []
+        for record in sorted(self._steps(request.id), key=lambda r: r.idx, reverse=True):
+            if record.status is not StepStatus.DONE or record.idx >= len(request.plan.steps):
+                continue
+            step = request.plan.steps[record.idx]
+            outcome = record.outcome or StepOutcome(created=False)
+            problem = self._undo(request, record.idx, step, outcome) if outcome.created else None
+            if problem is not None:
+                problems.append(f"{step.summary or step.key}: {problem}")
+                continue
+            self._record(request, record.idx, step, StepStatus.UNDONE, outcome=outcome, attempts=record.attempts,
+                         event=Event(EventType.STEP_UNDONE, request.id, self.clock.now(), None,
+                                     {"idx": record.idx, "key": step.key, "removed": outcome.created}))
+        before = request.version
+        now = self.clock.now()
+        if problems:
+            request.need_attention("could not undo " + "; ".join(problems) + ". Fix it and `/kf retry " + request.id + "`.",
+                                   now)
+        else:
+            request.fail(now)
+        self._save(request, before)
+
+    def _undo(self, request: Request, idx: int, step: Step, outcome: StepOutcome) -> str | None:
+        action = self.actions.get(step.action)
+        if action is None:
+            return f"no implementation of `{step.action}`"
+        started = self.clock.now()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._with_heartbeat(request, lambda: (action.undo(step.params, outcome), outcome)[1])
+                return None
+            except errors.TemporaryError as exc:
+                if self.clock.now() - started >= self.settings.step_deadline:
+                    return exc.user_message
+                self.clock.sleep(max(exc.delay, self._backoff(attempts)))
+            except errors.KfError as exc:
+                return exc.user_message
+            except LeaseLost:
+                raise
+            except Exception:
+                log.exception("undo of %s for %s crashed", step.key, request.id,
+                              extra={"correlation_id": request.correlation_id})
+                return f"an unexpected error (ref {request.correlation_id})"
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _steps(self, request_id: str) -> list[StepRecord]:
+        with self.db.uow() as uow:
+            return uow.work.steps(request_id)
+
+    def _record(self, request: Request, idx: int, step: Step, status: StepStatus, *, attempts: int,
+                first_failure: datetime | None = None, outcome: StepOutcome | None = None, error: str | None = None,
+                event: Event | None = None) -> None:
+        with self.db.uow() as uow:
+            uow.work.record_step(request.id, self.settings.worker_id, self.clock.now(), idx, step.key, step.action,
+                                 status, outcome=outcome, error=error, attempts=attempts,
+                                 first_failure_at=first_failure)
+            if event is not None:
+                uow.audit.append([event])
+            uow.commit()
+        if event is not None:
+            self._notify(request, [event])
+
+    def _save(self, request: Request, expected_version: int,
+              on_commit: Callable[[SqlUnitOfWork], None] | None = None) -> None:
+        events = request.take_events()
+        with self.db.uow() as uow:
+            uow.work.save_claimed(request, expected_version, self.settings.worker_id, self.clock.now())
+            if on_commit is not None:
+                on_commit(uow)
+            uow.audit.append(events)
+            uow.commit()
+        self._notify(request, events)
+
+    def _notify(self, request: Request, events: list[Event]) -> None:
+        with self.db.uow() as uow:
+            card = uow.requests.card(request.id)
+            posted = self.notifier.publish(request, events, card)
+            if posted is not None and posted != card:
+                uow.requests.set_card(request.id, *posted)
+                uow.commit()
+
+    def _record_success(self, uow: SqlUnitOfWork, request: Request, now: datetime) -> None:
+        """Keep the registry (workspaces, grants, tokens) and timed work in step with what was applied."""
+        kind = kinds.from_args(request.kind, request.args)
+        outcomes = {r.idx: r.outcome for r in uow.work.steps(request.id)}
+        for timer in kind.timers_after_success(request.id, now):
+            payload = dict(timer.payload)
+            if isinstance(kind, kinds.QuotaChange):
+                previous = outcomes.get(0)
+                payload["previous"] = dict(previous.details.get("previous", {})) if previous else {}
+                payload["set"] = dict(request.plan.steps[0].params["hard"])
+            uow.timers.schedule(timer.kind, timer.ref, timer.due_at, payload)
+        _REGISTRY_UPDATES.get(request.kind, _no_update)(uow, request, kind, outcomes, now)
+
+
+Outcomes = Mapping[int, StepOutcome | None]
+
+
+def _no_update(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime) -> None:
+    return None
+
+
+def _workspace_created(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
+                       now: datetime) -> None:
+    assert isinstance(kind, kinds.WorkspaceCreate)
+    created = {step.key: {"action": step.action, "params": dict(step.params)}
+               for idx, step in enumerate(request.plan.steps)
+               if (outcome := outcomes.get(idx)) is not None and outcome.created}
+    profile = request.plan.steps[0]
+    uow.registry.put_workspace(kind.name, str(profile.params["name"]), str(profile.params["owner"]), request.id,
+                               created, now)
+
+
+def _workspace_deleted(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
+                       now: datetime) -> None:
+    assert isinstance(kind, kinds.WorkspaceDelete)
+    uow.registry.mark_workspace_deleted(kind.name, now)
+
+
+def _granted(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime) -> None:
+    assert isinstance(kind, kinds.Share)
+    expires = now + kind.duration if kind.duration else None
+    uow.registry.put_grant(kind.workspace, str(request.plan.steps[0].params["user"]), kind.role, request.id, expires, now)
+    if kind.duration is None:
+        uow.timers.cancel("grant.expire", f"{kind.workspace}:{kind.user}")
+
+
+def _ungranted(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime) -> None:
+    assert isinstance(kind, kinds.Unshare)
+    uow.registry.delete_grant(kind.workspace, str(request.plan.steps[0].params["user"]))
+    uow.timers.cancel("grant.expire", f"{kind.workspace}:{kind.user}")
+
+
+def _token_issued(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
+                  now: datetime) -> None:
+    assert isinstance(kind, kinds.TokenIssue)
+    params = request.plan.steps[0].params
+    uow.registry.put_token(request.id, request.requester_id, kind.workspace, str(params["namespace"]),
+                           str(params["name"]), kind.role, list(params["audiences"]), now + kind.ttl, now)
+
+
+def _token_revoked(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
+                   now: datetime) -> None:
+    assert isinstance(kind, kinds.TokenRevoke)
+    uow.registry.revoke_token(kind.token_id, now)
+    uow.timers.cancel("token.expire", kind.token_id)
+
+
+_REGISTRY_UPDATES: Mapping[str, Callable[[SqlUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]] = {
+    kinds.WorkspaceCreate.KIND: _workspace_created,
+    kinds.WorkspaceDelete.KIND: _workspace_deleted,
+    kinds.Share.KIND: _granted,
+    kinds.Unshare.KIND: _ungranted,
+    kinds.TokenIssue.KIND: _token_issued,
+    kinds.TokenRevoke.KIND: _token_revoked,
+}
+

@@ -1,0 +1,69 @@
+"""Facts for planning and policy: the bot's registry (what it created, grants, tokens) joined with
+the live cluster where a live backend is active.
+
+The registry says what the bot did; the cluster says what is true now. Planning reads ownership
+and created objects from the registry (the bot must only ever remove what it made) and
+contributors and quota from the cluster when it can see it, so a grant added by hand in the
+dashboard is not silently overwritten.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from handlers import kinds
+from handlers.model import RequestState
+from handlers.ports import Clock, WorkspaceFacts
+from provisioning.store import Database
+
+
+class LiveWorkspaces(Protocol):
+    def workspace_state(self, namespace: str) -> dict[str, Any]: ...
+
+
+class RegistryFacts:
+    def __init__(self, db: Database, clock: Clock, live: LiveWorkspaces | None = None) -> None:
+        self.db, self.clock, self.live = db, clock, live
+
+    def workspace(self, name: str) -> WorkspaceFacts | None:
+        with self.db.uow() as uow:
+            row = uow.registry.get_workspace(name)
+            if row is None or row.get("deleted_at") is not None:
+                return None
+            grants = {g["user"]: g["role"] for g in uow.registry.grants(name) if not self._expired(g.get("expires_at"))}
+            quota = self._last_quota(uow, name, row)
+        if self.live is not None:
+            state = self.live.workspace_state(row["namespace"])
+            grants = dict(state.get("contributors", grants))
+            quota = dict(state.get("quota_hard", quota))
+        return WorkspaceFacts(name=name, namespace=row["namespace"], owner=row["owner"], contributors=grants,
+                              quota=quota, created=dict(row["created"]))
+
+    @staticmethod
+    def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+        # Without a cluster to ask, the quota is what the last applied change set.
+        for request in uow.requests.list(kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200):
+            if request.args.get("workspace") == name:
+                return dict(request.plan.steps[0].params["hard"])
+        for entry in row["created"].values():
+            if entry["action"] == "kubeflow.profile":
+                return dict(entry["params"]["hard"])
+        return {}
+
+    def _expired(self, at: datetime | None) -> bool:
+        return at is not None and at <= self.clock.now()
+
+    def user_in_use(self, user: str, except_workspace: str) -> bool:
+        with self.db.uow() as uow:
+            owned = [w for w in uow.registry.list_workspaces(owner=user)
+                     if w["name"] != except_workspace and w.get("deleted_at") is None]
+            granted = [g for g in uow.registry.grants_of(user) if g["workspace"] != except_workspace]
+        return bool(owned or granted)
+
+    def token_owner(self, token_id: str) -> tuple[str, str] | None:
+        with self.db.uow() as uow:
+            token = uow.registry.token(token_id)
+        if token is None or token.get("revoked_at") is not None:
+            return None
+        return str(token["requester_id"]), str(token["workspace"])

@@ -1,0 +1,64 @@
+"""Typed settings of the provisioning layer; ``bot.settings`` fills them from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+ProvisionerMode = Literal["dry-run", "live"]
+DexMode = Literal["password-cr", "configmap", "external"]
+
+
+@dataclass(frozen=True)
+class KubeflowSettings:
+    userid_header: str | None = None
+    """Identity header in AuthorizationPolicies; None: read ``USERID_HEADER`` from the profiles
+    Deployment, falling back to ``kubeflow-userid``."""
+    userid_prefix: str | None = None
+    ingress_principal: str | None = None
+    kfp_ui_principal: str | None = None
+    profiles_namespace: str = "kubeflow"
+    profiles_deployment: str = "profiles-deployment"
+    namespace_timeout: float = 120.0
+    """Seconds to wait for the profile controller to create a Profile's namespace."""
+    poll_interval: float = 2.0
+    kube_api_url: str = ""
+    """API server URL written into kubeconfigs handed to users (``KFBOT_KUBE_API_URL``)."""
+    kube_ca_file: str | None = None
+    """CA bundle for those kubeconfigs; None: the namespace's ``kube-root-ca.crt``."""
+
+
+@dataclass(frozen=True)
+class DexSettings:
+    mode: DexMode = "password-cr"
+    namespace: str = "auth"
+    configmap: str = "dex"
+    secret: str = "dex-passwords"
+    deployment: str = "dex"
+    bcrypt_cost: int = 12
+    restart_quiet_period: float = 10.0
+    """Seconds without new additions before the one Dex restart (configmap mode)."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    worker_id: str = "kfbot"
+    lease: timedelta = timedelta(seconds=60)
+    step_deadline: timedelta = timedelta(minutes=30)
+    """A step that keeps failing temporarily counts as failed permanently after this long."""
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    poll_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class ProvisioningSettings:
+    mode: ProvisionerMode = "dry-run"
+    database_url: str = "sqlite:///./kfbot.db"
+    audit_key: bytes = field(default=b"", repr=False)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    kubeflow: KubeflowSettings = field(default_factory=KubeflowSettings)
+    dex: DexSettings = field(default_factory=DexSettings)
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None

@@ -1,0 +1,24 @@
+"""In-memory facts for tests of the pure core only (planning and policy); everything with I/O is
+tested against the real registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from handlers.ports import WorkspaceFacts
+
+
+@dataclass
+class StaticFacts:
+    workspaces: dict[str, WorkspaceFacts] = field(default_factory=dict)
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
+    users_elsewhere: set[str] = field(default_factory=set)
+
+    def workspace(self, name: str) -> WorkspaceFacts | None:
+        return self.workspaces.get(name)
+
+    def user_in_use(self, user: str, except_workspace: str) -> bool:
+        return user in self.users_elsewhere
+
+    def token_owner(self, token_id: str) -> tuple[str, str] | None:
+        return self.tokens.get(token_id)
