@@ -83,8 +83,9 @@ class Identity:
         try:
             return self.email(user_id)
         except errors.InvalidInput as exc:
-            raise errors.InvalidInput(f"<@{user_id}> has no email address in Slack; type their email instead.",
-                                      field="user") from exc
+            raise errors.InvalidInput(
+                f"<@{user_id}> has no email address in Slack; type their email instead.", field="user"
+            ) from exc
 
     def is_admin(self, user_id: str) -> bool:
         return policy.is_admin(user_id, self._core, self._group_members())

@@ -32,8 +32,10 @@ _PATTERNS = [
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWTs (ServiceAccount tokens)
     re.compile(r"\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}"),  # bcrypt hashes
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"(?i)((?:password|passwd|token|secret|audit_key|signing_secret)[\"']?\s*[:=]\s*[\"']?)"
-               r"[^\s\"',&}]{3,}"),
+    re.compile(
+        r"(?i)((?:password|passwd|token|secret|audit_key|signing_secret)[\"']?\s*[:=]\s*[\"']?)"
+        r"[^\s\"',&}]{3,}"
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast, get_args
 
 import provisioning
 from handlers import errors, units
@@ -30,6 +30,7 @@ DEFAULT_DATABASE_URL = "sqlite:///./kfbot.db"
 AUDIT_KEY_FILE = ".kfbot-audit-key"
 MIN_AUDIT_KEY = 16
 LogFormat = Literal["json", "text"]
+DexMode = Literal["password-cr", "configmap", "external"]
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -95,7 +96,7 @@ class Settings:
             request_ttl=env.duration("KFBOT_REQUEST_TTL", timedelta(hours=72)),
             nudge_after=env.duration("KFBOT_NUDGE_AFTER", timedelta(hours=4)),
         )
-        dex_mode = env.choice("KFBOT_DEX_MODE", ("password-cr", "configmap", "external"), "password-cr")
+        dex_mode = cast(DexMode, env.choice("KFBOT_DEX_MODE", get_args(DexMode), "password-cr"))
         region = env.text("KFBOT_AWS_REGION", "us-east-1")
         workspace = WorkspaceDefaults(
             region=region,
@@ -105,8 +106,10 @@ class Settings:
             iam_policy_arns=tuple(env.csv("KFBOT_IAM_POLICY_ARNS")),
             gpu_instance_type=env.text("KFBOT_DEFAULT_GPU_INSTANCE_TYPE", "g4dn.xlarge"),
             dex_mode=dex_mode,
-            price_overrides={k: env.convert("KFBOT_PRICE_OVERRIDES", v, _price)
-                             for k, v in env.pairs("KFBOT_PRICE_OVERRIDES").items()},
+            price_overrides={
+                k: env.convert("KFBOT_PRICE_OVERRIDES", v, _price)
+                for k, v in env.pairs("KFBOT_PRICE_OVERRIDES").items()
+            },
             user_id_map={k.lower(): v.lower() for k, v in env.pairs("KFBOT_USER_ID_MAP").items()},
         )
         tokens = TokenSettings(
@@ -139,7 +142,9 @@ class Settings:
             aws_region=region,
         )
         api_url = env.text("KFBOT_SLACK_API_URL") or None
-        if api_url is not None and not (api_url.endswith("/") and api_url.startswith(("http://", "https://"))):
+        if api_url is not None and not (
+            api_url.endswith("/") and api_url.startswith(("http://", "https://"))
+        ):
             raise SettingsError(f"KFBOT_SLACK_API_URL={api_url!r}: give an http(s) URL that ends with '/'.")
         slack = SlackSettings(
             bot_token=env.text("SLACK_BOT_TOKEN"),
@@ -156,7 +161,9 @@ class Settings:
         level = env.text("KFBOT_LOG_LEVEL", "INFO").upper()
         if level not in _LEVELS:
             raise SettingsError(f"KFBOT_LOG_LEVEL={level!r}: use one of {', '.join(_LEVELS)}.")
-        log_format: LogFormat = "text" if env.choice("KFBOT_LOG_FORMAT", ("json", "text"), "json") == "text" else "json"
+        log_format: LogFormat = (
+            "text" if env.choice("KFBOT_LOG_FORMAT", ("json", "text"), "json") == "text" else "json"
+        )
         return cls(slack=slack, core=core, provisioning=prov, http=http, log=LogSettings(log_format, level))
 
     # -- what each command needs ------------------------------------------------------------------
@@ -165,8 +172,10 @@ class Settings:
         if not self.slack.bot_token:
             raise SettingsError("SLACK_BOT_TOKEN is not set; `kfbot serve` needs the bot token (xoxb-…).")
         if not self.slack.socket_mode and not self.slack.signing_secret:
-            raise SettingsError("SLACK_SIGNING_SECRET is not set; HTTP mode needs it to verify Slack's requests "
-                                "(or set SLACK_APP_TOKEN for Socket Mode).")
+            raise SettingsError(
+                "SLACK_SIGNING_SECRET is not set; HTTP mode needs it to verify Slack's requests "
+                "(or set SLACK_APP_TOKEN for Socket Mode)."
+            )
         if not self.slack.admin_channel:
             raise SettingsError("KFBOT_ADMIN_CHANNEL is not set; approval cards need a channel id.")
         self.require_audit_key()
@@ -174,11 +183,15 @@ class Settings:
     def require_audit_key(self) -> None:
         key = self.provisioning.audit_key
         if not key:
-            raise SettingsError("KFBOT_AUDIT_KEY is not set; the audit log's HMAC chain needs a secret key "
-                                "kept outside the database.")
+            raise SettingsError(
+                "KFBOT_AUDIT_KEY is not set; the audit log's HMAC chain needs a secret key "
+                "kept outside the database."
+            )
         if len(key) < MIN_AUDIT_KEY:
-            raise SettingsError(f"KFBOT_AUDIT_KEY is too short; use at least {MIN_AUDIT_KEY} characters "
-                                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`).")
+            raise SettingsError(
+                f"KFBOT_AUDIT_KEY is too short; use at least {MIN_AUDIT_KEY} characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)."
+            )
 
     def with_local_audit_key(self, *, create: bool) -> tuple[Settings, str | None]:
         """On SQLite without ``KFBOT_AUDIT_KEY``: the key from ``.kfbot-audit-key`` beside the
@@ -201,8 +214,10 @@ class Settings:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(key + "\n")
-            note = (f"KFBOT_AUDIT_KEY is not set: generated one into {key_file} (mode 0600). "
-                    "Keep it: the audit log cannot be verified without it.")
+            note = (
+                f"KFBOT_AUDIT_KEY is not set: generated one into {key_file} (mode 0600). "
+                "Keep it: the audit log cannot be verified without it."
+            )
         else:
             return self, None
         prov = replace(self.provisioning, audit_key=key.encode())
@@ -278,8 +293,15 @@ class _Env:
             return default
         return self.convert(name, value, lambda v: units.parse_duration(v, what=name))
 
-    def number(self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None,
-               integer: bool = False) -> float:
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        integer: bool = False,
+    ) -> float:
         value = self.text(name)
         if not value:
             return default
@@ -293,10 +315,17 @@ class _Env:
         return number
 
 
-_TEMPLATE_VARS = {"namespace": "KFBOT_NAME_NAMESPACE", "bucket": "KFBOT_NAME_BUCKET",
-                  "nodegroup": "KFBOT_NAME_NODEGROUP", "node_label_key": "KFBOT_NAME_NODE_LABEL_KEY",
-                  "node_label_value": "KFBOT_NAME_NODE_LABEL_VALUE", "region_alias": "KFBOT_REGION_ALIAS",
-                  "infra": "KFBOT_INFRA", "env": "KFBOT_ENV", "instance_specs": "KFBOT_INSTANCE_SPECS"}
+_TEMPLATE_VARS = {
+    "namespace": "KFBOT_NAME_NAMESPACE",
+    "bucket": "KFBOT_NAME_BUCKET",
+    "nodegroup": "KFBOT_NAME_NODEGROUP",
+    "node_label_key": "KFBOT_NAME_NODE_LABEL_KEY",
+    "node_label_value": "KFBOT_NAME_NODE_LABEL_VALUE",
+    "region_alias": "KFBOT_REGION_ALIAS",
+    "infra": "KFBOT_INFRA",
+    "env": "KFBOT_ENV",
+    "instance_specs": "KFBOT_INSTANCE_SPECS",
+}
 
 
 def _name_var(fallback: str, message: str) -> str:

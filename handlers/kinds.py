@@ -117,19 +117,20 @@ class WorkspaceCreate:
         units.normalize_count(str(self.gpu), "--gpu", 512)
         if self.cpu is not None:
             object.__setattr__(self, "cpu", units.normalize_cpu(self.cpu))
-        for attr in ("memory", "storage"):
-            value = getattr(self, attr)
-            if value is not None:
-                object.__setattr__(self, attr, units.normalize_memory(value))
+        if self.memory is not None:
+            object.__setattr__(self, "memory", units.normalize_memory(self.memory))
+        if self.storage is not None:
+            object.__setattr__(self, "storage", units.normalize_storage(self.storage))
         if self.pvcs is not None:
             units.normalize_count(str(self.pvcs), "--pvcs", 1000)
-        if self.instance_type is not None and not _INSTANCE_TYPE.fullmatch(self.instance_type):
-            raise errors.InvalidInput(f"`{naming.truncate(self.instance_type, 40)}` is not an EC2 instance type.",
-                                      field="instance_type")
+        if self.instance_type is not None:
+            naming.validate_instance_type(self.instance_type)
         for attr in ("nodes_min", "nodes_max", "desired"):
             value = getattr(self, attr)
             if value is not None and not 0 <= value <= 100:
-                raise errors.InvalidInput(f"--{attr.replace('_', '-')} must be between 0 and 100.", field=attr)
+                raise errors.InvalidInput(
+                    f"--{attr.replace('_', '-')} must be between 0 and 100.", field=attr
+                )
 
     def subject(self) -> str:
         return f"workspace:{self.name}"
@@ -157,72 +158,131 @@ class WorkspaceCreate:
             "requests.storage": self.storage or d.storage,
         }
         steps = [
-            Step("kubeflow.profile", f"Profile/{names.namespace}",
-                 {"name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)},
-                 f"Kubeflow Profile `{names.namespace}` owned by {user}"),
+            Step(
+                "kubeflow.profile",
+                f"Profile/{names.namespace}",
+                {"name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)},
+                f"Kubeflow Profile `{names.namespace}` owned by {user}",
+            ),
         ]
         if d.dex_mode != "external":
-            steps.append(Step("dex.user", f"DexUser/{user}",
-                              {"email": user, "username": naming.dex_username(s.naming, user), "mode": d.dex_mode},
-                              f"Dex login for {user} ({d.dex_mode}), password set by the owner later"))
-        steps.append(Step("aws.bucket", f"Bucket/{names.bucket}",
-                          {"bucket": names.bucket, "region": d.region, "tags": tags},
-                          f"S3 bucket `{names.bucket}` (private, encrypted)"))
+            steps.append(
+                Step(
+                    "dex.user",
+                    f"DexUser/{user}",
+                    {"email": user, "username": naming.dex_username(s.naming, user), "mode": d.dex_mode},
+                    f"Dex login for {user} ({d.dex_mode}), password set by the owner later",
+                )
+            )
+        steps.append(
+            Step(
+                "aws.bucket",
+                f"Bucket/{names.bucket}",
+                {"bucket": names.bucket, "region": d.region, "tags": tags},
+                f"S3 bucket `{names.bucket}` (private, encrypted)",
+            )
+        )
         resources = [f"arn:aws:s3:::{names.bucket}", f"arn:aws:s3:::{names.bucket}/*"]
         for arn in d.iam_policy_arns:
-            steps.append(Step("aws.iam_resources", f"IamPolicy/{arn}", {"policy_arn": arn, "resources": resources},
-                              f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}`"))
+            steps.append(
+                Step(
+                    "aws.iam_resources",
+                    f"IamPolicy/{arn}",
+                    {"policy_arn": arn, "resources": resources},
+                    f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}`",
+                )
+            )
         warnings: list[str] = []
         cost: dict[str, JSON] = {}
         if instance_type is not None and names.nodegroup is not None and names.node_label is not None:
             steps.extend(self._nodegroup_steps(ctx, instance_type, names, tags, warnings, cost))
         return Plan.of(steps, warnings, cost)
 
-    def _nodegroup_steps(self, ctx: PlanContext, instance_type: str, names: naming.WorkspaceNames,
-                         tags: dict[str, str], warnings: list[str], cost: dict[str, JSON]) -> list[Step]:
+    def _nodegroup_steps(
+        self,
+        ctx: PlanContext,
+        instance_type: str,
+        names: naming.WorkspaceNames,
+        tags: dict[str, str],
+        warnings: list[str],
+        cost: dict[str, JSON],
+    ) -> list[Step]:
         d = ctx.settings.workspace
         assert names.nodegroup is not None and names.node_label is not None
         lo = d.nodes_min if self.nodes_min is None else self.nodes_min
         hi = d.nodes_max if self.nodes_max is None else self.nodes_max
         desired = lo if self.desired is None else self.desired
         if hi < 1:
-            raise errors.InvalidInput("--nodes MAX must be at least 1 (EKS needs maxSize >= 1).", field="nodes")
+            raise errors.InvalidInput(
+                "--nodes MAX must be at least 1 (EKS needs maxSize >= 1).", field="nodes"
+            )
         if not lo <= desired <= hi:
-            raise errors.InvalidInput(f"Need MIN <= desired <= MAX, got {lo} <= {desired} <= {hi}.", field="desired")
+            raise errors.InvalidInput(
+                f"Need MIN <= desired <= MAX, got {lo} <= {desired} <= {hi}.", field="desired"
+            )
         gpus = prices.gpus_per_instance(instance_type)
         if gpus is not None and hi * gpus < self.gpu:
-            warnings.append(f"{hi} node(s) x {gpus} GPU(s) of {instance_type} cannot satisfy the quota of {self.gpu} GPUs.")
+            warnings.append(
+                f"{hi} node(s) x {gpus} GPU(s) of {instance_type} cannot satisfy "
+                f"the quota of {self.gpu} GPUs."
+            )
         if lo == 0:
-            warnings.append("The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler or Karpenter.")
+            warnings.append(
+                "The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler or Karpenter."
+            )
         hourly = prices.hourly_price(d.region, instance_type, d.price_overrides)
         if hourly is not None:
-            cost.update({"instance_type": instance_type, "hourly_per_node": hourly, "max_nodes": hi,
-                         "hourly_max": round(hourly * hi, 2), "monthly_max": round(prices.monthly(hourly * hi), 2)})
+            cost.update(
+                {
+                    "instance_type": instance_type,
+                    "hourly_per_node": hourly,
+                    "max_nodes": hi,
+                    "hourly_max": round(hourly * hi, 2),
+                    "monthly_max": round(prices.monthly(hourly * hi), 2),
+                }
+            )
         label_key, label_value = names.node_label
         is_gpu = gpus is not None and gpus > 0
         taints = [dict(GPU_TAINT, effect="NO_SCHEDULE")] if is_gpu else []
         nodegroup: dict[str, JSON] = {
-            "cluster": d.cluster, "name": names.nodegroup, "instance_types": [instance_type],
+            "cluster": d.cluster,
+            "name": names.nodegroup,
+            "instance_types": [instance_type],
             "ami_type": prices.gpu_ami_type(instance_type) if is_gpu else "AL2023_x86_64_STANDARD",
             "scaling": {"minSize": lo, "maxSize": hi, "desiredSize": desired},
-            "labels": {label_key: label_value}, "taints": taints, "subnets": list(d.subnets),
-            "node_role": d.node_role_arn, "tags": tags,
+            "labels": {label_key: label_value},
+            "taints": taints,
+            "subnets": list(d.subnets),
+            "node_role": d.node_role_arn,
+            "tags": tags,
         }
-        tolerations = [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}] if is_gpu else []
+        tolerations = (
+            [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}] if is_gpu else []
+        )
         return [
-            Step("aws.nodegroup", f"Nodegroup/{names.nodegroup}", nodegroup,
-                 f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes"),
-            Step("kubeflow.poddefault", f"PodDefault/{names.namespace}/{names.nodegroup}",
-                 {"namespace": names.namespace, "name": names.nodegroup, "node_selector": {label_key: label_value},
-                  "tolerations": tolerations, "description": f"Run on the {instance_type} nodegroup"},
-                 "PodDefault so notebooks can select the nodegroup"),
+            Step(
+                "aws.nodegroup",
+                f"Nodegroup/{names.nodegroup}",
+                nodegroup,
+                f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes",
+            ),
+            Step(
+                "kubeflow.poddefault",
+                f"PodDefault/{names.namespace}/{names.nodegroup}",
+                {
+                    "namespace": names.namespace,
+                    "name": names.nodegroup,
+                    "node_selector": {label_key: label_value},
+                    "tolerations": tolerations,
+                    "description": f"Run on the {instance_type} nodegroup",
+                },
+                "PodDefault so notebooks can select the nodegroup",
+            ),
         ]
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
         return []
 
-
-_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,15}\.[a-z0-9]{1,16}")
 
 # Deletion walks the create steps backwards; each create action has a removal twin.
 _REMOVAL = {
@@ -247,8 +307,11 @@ class WorkspaceDelete:
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.name)
         if self.confirm != self.name:
-            raise errors.InvalidInput(f"To delete `{self.name}`, repeat its name: `--confirm {self.name}`.",
-                                      usage=self.USAGE, field="confirm")
+            raise errors.InvalidInput(
+                f"To delete `{self.name}`, repeat its name: `--confirm {self.name}`.",
+                usage=self.USAGE,
+                field="confirm",
+            )
 
     def subject(self) -> str:
         return f"workspace:{self.name}"
@@ -266,13 +329,17 @@ class WorkspaceDelete:
             if removal is None:
                 continue
             if action == "dex.user" and ctx.facts.user_in_use(params["email"], self.name):
-                warnings.append(f"The Dex login {params['email']} is kept: it still owns or shares another workspace.")
+                warnings.append(
+                    f"The Dex login {params['email']} is kept: it still owns or shares another workspace."
+                )
                 continue
             if action in ("aws.bucket", "kubeflow.profile"):
                 params["purge_data"] = self.purge_data
             steps.append(Step(removal, key, params, f"remove {key}"))
         if not self.purge_data:
-            warnings.append("Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted.")
+            warnings.append(
+                "Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted."
+            )
         return Plan.of(steps, warnings)
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
@@ -284,7 +351,9 @@ class WorkspaceDelete:
 
 def _check_role(role: str) -> None:
     if role not in ROLES:
-        raise errors.InvalidInput(f"--role must be `edit` or `view`, not `{naming.truncate(role, 20)}`.", field="role")
+        raise errors.InvalidInput(
+            f"--role must be `edit` or `view`, not {naming.show_value(role)}.", field="role"
+        )
 
 
 @dataclass(frozen=True)
@@ -314,23 +383,41 @@ class Share:
         user = _kubeflow_user(ctx.settings, self.user)
         if user == ws.owner:
             raise errors.InvalidInput(f"{self.user} owns `{self.workspace}` already.")
-        warnings = [] if self.role == "edit" else [
-            "View grants do not show in the Kubeflow dashboard's contributor list (it lists only edit); "
-            "`/kf contributors` shows them."]
+        warnings = (
+            []
+            if self.role == "edit"
+            else [
+                "View grants do not show in the Kubeflow dashboard's contributor list (it lists only edit); "
+                "`/kf contributors` shows them."
+            ]
+        )
         previous = ws.contributors.get(user)
         if previous is not None and previous != self.role:
             warnings.append(f"{user} is a {previous} contributor now; the grant is replaced by {self.role}.")
-        return Plan.of([Step("kubeflow.contributor", f"Contributor/{ws.namespace}/{user}",
-                             {"namespace": ws.namespace, "user": user, "role": self.role},
-                             f"{self.role} access to `{ws.namespace}` for {user} "
-                             f"(RoleBinding + AuthorizationPolicy `{naming.kfam_binding_name(user, self.role)}`)")],
-                       warnings)
+        return Plan.of(
+            [
+                Step(
+                    "kubeflow.contributor",
+                    f"Contributor/{ws.namespace}/{user}",
+                    {"namespace": ws.namespace, "user": user, "role": self.role},
+                    f"{self.role} access to `{ws.namespace}` for {user} "
+                    f"(RoleBinding + AuthorizationPolicy `{naming.kfam_binding_name(user, self.role)}`)",
+                )
+            ],
+            warnings,
+        )
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
         if self.duration is None:
             return []
-        return [TimerSpec("grant.expire", f"{self.workspace}:{self.user}", at + self.duration,
-                          {"workspace": self.workspace, "user": self.user, "request_id": request_id})]
+        return [
+            TimerSpec(
+                "grant.expire",
+                f"{self.workspace}:{self.user}",
+                at + self.duration,
+                {"workspace": self.workspace, "user": self.user, "request_id": request_id},
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -354,9 +441,16 @@ class Unshare:
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
         user = _kubeflow_user(ctx.settings, self.user)
-        return Plan.of([Step("kubeflow.contributor.remove", f"Contributor/{ws.namespace}/{user}",
-                             {"namespace": ws.namespace, "user": user},
-                             f"remove {user}'s RoleBinding and AuthorizationPolicy from `{ws.namespace}`")])
+        return Plan.of(
+            [
+                Step(
+                    "kubeflow.contributor.remove",
+                    f"Contributor/{ws.namespace}/{user}",
+                    {"namespace": ws.namespace, "user": user},
+                    f"remove {user}'s RoleBinding and AuthorizationPolicy from `{ws.namespace}`",
+                )
+            ]
+        )
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
         return []
@@ -370,7 +464,9 @@ QUOTA_FLAGS = {"gpu": GPU_RESOURCE, "cpu": "cpu", "memory": "memory", "storage":
 @dataclass(frozen=True)
 class QuotaChange:
     KIND: ClassVar[str] = "quota"
-    USAGE: ClassVar[str] = "/kf quota WORKSPACE [--gpu N] [--cpu N] [--memory 32Gi] [--storage 200Gi] [--for 3d]"
+    USAGE: ClassVar[str] = (
+        "/kf quota WORKSPACE [--gpu N] [--cpu N] [--memory 32Gi] [--storage 200Gi] [--for 3d]"
+    )
 
     workspace: str
     gpu: str | None = None
@@ -385,15 +481,21 @@ class QuotaChange:
             object.__setattr__(self, "gpu", units.normalize_count(self.gpu, "--gpu", 512, allow_zero=True))
         if self.cpu is not None:
             object.__setattr__(self, "cpu", units.normalize_cpu(self.cpu))
-        for attr in ("memory", "storage"):
-            value = getattr(self, attr)
-            if value is not None:
-                object.__setattr__(self, attr, units.normalize_memory(value))
+        if self.memory is not None:
+            object.__setattr__(self, "memory", units.normalize_memory(self.memory))
+        if self.storage is not None:
+            object.__setattr__(self, "storage", units.normalize_storage(self.storage))
         if not self.changes():
-            raise errors.InvalidInput("Say what to change: --gpu, --cpu, --memory or --storage.", usage=self.USAGE)
+            raise errors.InvalidInput(
+                "Say what to change: --gpu, --cpu, --memory or --storage.", usage=self.USAGE
+            )
 
     def changes(self) -> dict[str, str]:
-        return {resource: getattr(self, flag) for flag, resource in QUOTA_FLAGS.items() if getattr(self, flag) is not None}
+        return {
+            resource: getattr(self, flag)
+            for flag, resource in QUOTA_FLAGS.items()
+            if getattr(self, flag) is not None
+        }
 
     def subject(self) -> str:
         return f"quota:{self.workspace}"
@@ -407,14 +509,28 @@ class QuotaChange:
         ws = _require_workspace(ctx, self.workspace)
         hard = {**ws.quota, **self.changes()}
         diff = ", ".join(f"{k}: {ws.quota.get(k, 'unset')} -> {v}" for k, v in self.changes().items())
-        return Plan.of([Step("kubeflow.quota", f"Quota/{ws.namespace}", {"profile": ws.namespace, "hard": hard},
-                             f"Profile `{ws.namespace}` quota {diff}")])
+        return Plan.of(
+            [
+                Step(
+                    "kubeflow.quota",
+                    f"Quota/{ws.namespace}",
+                    {"profile": ws.namespace, "hard": hard},
+                    f"Profile `{ws.namespace}` quota {diff}",
+                )
+            ]
+        )
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
         if self.duration is None:
             return []
-        return [TimerSpec("quota.revert", self.workspace, at + self.duration,
-                          {"workspace": self.workspace, "request_id": request_id})]
+        return [
+            TimerSpec(
+                "quota.revert",
+                self.workspace,
+                at + self.duration,
+                {"workspace": self.workspace, "request_id": request_id},
+            )
+        ]
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -440,8 +556,10 @@ class TokenIssue:
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.workspace)
         if self.audience not in AUDIENCES:
-            raise errors.InvalidInput(f"--audience must be `kubernetes` or `pipelines`, not "
-                                      f"`{naming.truncate(self.audience, 20)}`.", field="audience")
+            raise errors.InvalidInput(
+                f"--audience must be `kubernetes` or `pipelines`, not {naming.show_value(self.audience)}.",
+                field="audience",
+            )
 
     @property
     def role(self) -> str:
@@ -455,18 +573,33 @@ class TokenIssue:
         return None  # each token is its own account; parallel requests are fine
 
     def describe(self) -> str:
-        return f"{self.role} token for `{self.workspace}` ({self.audience}, {units.format_duration(self.ttl)})"
+        return (
+            f"{self.role} token for `{self.workspace}` ({self.audience}, {units.format_duration(self.ttl)})"
+        )
 
     def plan(self, ctx: PlanContext) -> Plan:
         limits = ctx.settings.tokens
         units.check_range(self.ttl, minimum=timedelta(minutes=10), maximum=limits.max_ttl, what="--ttl")
         ws = _require_workspace(ctx, self.workspace)
         name = token_account_name(ctx.request_id)
-        return Plan.of([Step("kubeflow.token_account", f"TokenAccount/{ws.namespace}/{name}",
-                             {"namespace": ws.namespace, "name": name, "role": self.role, "token_id": ctx.request_id,
-                              "audiences": self.audiences(ctx.settings), "ttl_seconds": int(self.ttl.total_seconds())},
-                             f"ServiceAccount `{name}` bound to kubeflow-{self.role} in `{ws.namespace}`; "
-                             "the token is made when you click Show token")])
+        return Plan.of(
+            [
+                Step(
+                    "kubeflow.token_account",
+                    f"TokenAccount/{ws.namespace}/{name}",
+                    {
+                        "namespace": ws.namespace,
+                        "name": name,
+                        "role": self.role,
+                        "token_id": ctx.request_id,
+                        "audiences": self.audiences(ctx.settings),
+                        "ttl_seconds": int(self.ttl.total_seconds()),
+                    },
+                    f"ServiceAccount `{name}` bound to kubeflow-{self.role} in `{ws.namespace}`; "
+                    "the token is made when you click Show token",
+                )
+            ]
+        )
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
         return [TimerSpec("token.expire", request_id, at + self.ttl, {"request_id": request_id})]
@@ -495,15 +628,22 @@ class TokenRevoke:
             raise errors.NotFound(f"Token {self.token_id} is not active.")
         ws = _require_workspace(ctx, owner[1])
         name = token_account_name(self.token_id)
-        return Plan.of([Step("kubeflow.token_account.remove", f"TokenAccount/{ws.namespace}/{name}",
-                             {"namespace": ws.namespace, "name": name},
-                             f"delete ServiceAccount `{name}` (its tokens stop working)")])
+        return Plan.of(
+            [
+                Step(
+                    "kubeflow.token_account.remove",
+                    f"TokenAccount/{ws.namespace}/{name}",
+                    {"namespace": ws.namespace, "name": name},
+                    f"delete ServiceAccount `{name}` (its tokens stop working)",
+                )
+            ]
+        )
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
         return []
 
 
 KINDS: Mapping[str, type[RequestKind]] = {
-    cls.KIND: cls for cls in (WorkspaceCreate, WorkspaceDelete, Share, Unshare, QuotaChange, TokenIssue, TokenRevoke)
+    cls.KIND: cls
+    for cls in (WorkspaceCreate, WorkspaceDelete, Share, Unshare, QuotaChange, TokenIssue, TokenRevoke)
 }
-

@@ -77,7 +77,7 @@ class EventType(StrEnum):
     STEP_UNDONE = "step.undone"
     NUDGED = "request.nudged"
     NOTIFIED = "notification.sent"
-    SECRET_REVEALED = "secret.revealed"
+    SECRET_REVEALED = "secret.revealed"  # noqa: S105 (an event name, not a secret)
     TIMER_FIRED = "timer.fired"
 
 
@@ -136,8 +136,12 @@ class Request:
             raise errors.Forbidden("You cannot approve your own request.")
         self._move(RequestState.APPROVED, at)
         self.decided_by, self.decided_at = actor.user_id, at
-        self._emit(EventType.AUTO_APPROVED if auto else EventType.APPROVED, at, actor.user_id,
-                   {"plan_digest": self.plan_digest})
+        self._emit(
+            EventType.AUTO_APPROVED if auto else EventType.APPROVED,
+            at,
+            actor.user_id,
+            {"plan_digest": self.plan_digest},
+        )
 
     def reject(self, actor: Actor, reason: str, at: datetime) -> None:
         if actor.user_id == self.requester_id:
@@ -209,7 +213,9 @@ class Request:
         self.updated_at = at
         self.version += 1
 
-    def _emit(self, type_: EventType, at: datetime, actor: str | None, data: Mapping[str, JSON] | None = None) -> None:
+    def _emit(
+        self, type_: EventType, at: datetime, actor: str | None, data: Mapping[str, JSON] | None = None
+    ) -> None:
         self.events.append(Event(type_, self.id, at, actor, dict(data or {})))
 
     def take_events(self) -> list[Event]:

@@ -708,8 +708,9 @@ def check_templates(settings: NamingSettings) -> None:
 
     Checks the placeholder syntax of every template, that per-workspace templates contain NAME
     (``{name}`` or ``{project}``), the settings values, and renders everything for a sample
-    one-letter NAME so that a template that can never be valid (uppercase literal, ``_`` in a
-    namespace) is found at start-up. Long NAMEs may still be refused per request.
+    NAME (``team1``) so that a template that can never be valid (uppercase literal, ``_`` in a
+    namespace, a reserved bucket prefix) is found at start-up. NAMEs that make a name too long
+    are still refused per request by ``render_names``.
     """
     templates = {
         "namespace": settings.namespace,
@@ -740,11 +741,14 @@ def check_templates(settings: NamingSettings) -> None:
                 f"naming setting instance_specs[{instance_type!r}]={spec!r}: "
                 "use at most 30 lowercase letters, digits and '-'"
             )
-    samples = ["m5.large", *settings.instance_specs]
+    # A typical short NAME: problems it shows are in the template, not in some unusual NAME.
+    sample = "team1"
     try:
-        render_names(settings, "w", None)
-        for instance_type in samples:
-            render_names(settings, "w", instance_type)
+        render_names(settings, sample, None)
+        for instance_type in ["m5.large", *settings.instance_specs]:
+            render_names(settings, sample, instance_type)
         dex_username(settings, "user@example.com")
     except errors.InvalidInput as exc:
-        raise ValueError(f"naming templates cannot produce valid names: {exc.user_message}") from exc
+        raise ValueError(
+            f"naming templates cannot produce valid names (tried workspace {sample!r}): {exc.user_message}"
+        ) from exc

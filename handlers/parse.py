@@ -67,7 +67,18 @@ class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
 
-Control = Help | ListRequests | Cancel | Retry | WorkspaceList | WorkspaceShow | Contributors | Tokens | PasswordReset | WorkspaceForm
+Control = (
+    Help
+    | ListRequests
+    | Cancel
+    | Retry
+    | WorkspaceList
+    | WorkspaceShow
+    | Contributors
+    | Tokens
+    | PasswordReset
+    | WorkspaceForm
+)
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
 """Slack user id -> lowercased email; raises InvalidInput when the user has none."""
@@ -95,13 +106,15 @@ _MENTION = re.compile(r"<@([UW][A-Z0-9]{2,20})(?:\|[^>]*)?>")
 _MAILTO = re.compile(r"<mailto:([^|>]+)(?:\|[^>]*)?>")
 _REQUEST_ID = re.compile(r"R[A-Z0-9]{4,12}")
 _MAX_TEXT = 1000
+_SMART_QUOTES = {0x201C: '"', 0x201D: '"', 0x2018: "'", 0x2019: "'"}  # what Slack clients type for quotes
 
 
 def _int(flag: str) -> Callable[[str], int]:
     def convert(value: str) -> int:
         if not re.fullmatch(r"\d{1,6}", value):
-            raise errors.InvalidInput(f"{flag} takes a whole number, not `{naming.truncate(value, 20)}`.")
+            raise errors.InvalidInput(f"{flag} takes a whole number, not {naming.show_value(value)}.")
         return int(value)
+
     return convert
 
 
@@ -115,7 +128,9 @@ class _Flag:
     convert: Callable[[str], Any] | None  # None: a switch without a value
 
 
-def _flags(usage_key: str, args: Sequence[str], spec: Mapping[str, _Flag]) -> tuple[list[str], dict[str, Any]]:
+def _flags(
+    usage_key: str, args: Sequence[str], spec: Mapping[str, _Flag]
+) -> tuple[list[str], dict[str, Any]]:
     positional: list[str] = []
     values: dict[str, Any] = {}
     it = iter(args)
@@ -126,7 +141,7 @@ def _flags(usage_key: str, args: Sequence[str], spec: Mapping[str, _Flag]) -> tu
         name, eq, inline = token.partition("=")
         flag = spec.get(name)
         if flag is None:
-            raise errors.InvalidInput(f"Unknown option `{naming.truncate(name, 30)}`.", usage=USAGE[usage_key])
+            raise errors.InvalidInput(f"Unknown option {naming.show_value(name)}.", usage=USAGE[usage_key])
         if flag.dest in values:
             raise errors.InvalidInput(f"`{name}` is given twice.", usage=USAGE[usage_key])
         if flag.convert is None:
@@ -151,7 +166,7 @@ def _positional(usage_key: str, positional: list[str], names: Sequence[str]) -> 
 def _nodes(value: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d{1,3}):(\d{1,3})", value)
     if not m:
-        raise errors.InvalidInput(f"--nodes takes MIN:MAX, e.g. `0:2`, not `{naming.truncate(value, 20)}`.")
+        raise errors.InvalidInput(f"--nodes takes MIN:MAX, e.g. `0:2`, not {naming.show_value(value)}.")
     lo, hi = int(m.group(1)), int(m.group(2))
     if lo > hi:
         raise errors.InvalidInput(f"--nodes {value}: MIN is larger than MAX.")
@@ -164,7 +179,7 @@ def tokenize(text: str) -> list[str]:
     if any(ord(c) < 32 and c not in "\t\n" for c in text):
         raise errors.InvalidInput("The command contains control characters.")
     # Slack sends smart quotes when users type them; treat them as plain quotes.
-    text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"}))
+    text = text.translate(_SMART_QUOTES)
     try:
         return shlex.split(text)
     except ValueError as exc:
@@ -182,7 +197,7 @@ def _user(token: str, resolve_user: UserResolver) -> str:
 def _request_id(usage_key: str, value: str) -> str:
     value = value.strip().upper()
     if not _REQUEST_ID.fullmatch(value):
-        raise errors.InvalidInput(f"`{naming.truncate(value, 20)}` is not a request id.", usage=USAGE[usage_key])
+        raise errors.InvalidInput(f"{naming.show_value(value)} is not a request id.", usage=USAGE[usage_key])
     return value
 
 
@@ -203,7 +218,9 @@ def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver
     if head in ("workspace", "ws"):
         return _workspace(rest, requester_email, resolve_user)
     if head == "share":
-        pos, opts = _flags("share", rest, {"--role": _Flag("role", _text), "--for": _Flag("duration", units.parse_duration)})
+        pos, opts = _flags(
+            "share", rest, {"--role": _Flag("role", _text), "--for": _Flag("duration", units.parse_duration)}
+        )
         workspace, user = _positional("share", pos, ["WORKSPACE", "USER"])
         return kinds.Share(workspace, _user(user, resolve_user), **opts)
     if head == "unshare":
@@ -223,9 +240,15 @@ def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver
         if rest[:1] == ["revoke"]:
             (token_id,) = _positional("token revoke", rest[1:], ["TOKEN_ID"])
             return kinds.TokenRevoke(token_id)
-        pos, opts = _flags("token", rest, {"--ttl": _Flag("ttl", units.parse_duration),
-                                           "--audience": _Flag("audience", _text),
-                                           "--read-only": _Flag("read_only", None)})
+        pos, opts = _flags(
+            "token",
+            rest,
+            {
+                "--ttl": _Flag("ttl", units.parse_duration),
+                "--audience": _Flag("audience", _text),
+                "--read-only": _Flag("read_only", None),
+            },
+        )
         (workspace,) = _positional("token", pos, ["WORKSPACE"])
         return kinds.TokenIssue(workspace, **opts)
     if head == "tokens":
@@ -236,7 +259,7 @@ def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver
         if rest[0].lower() != "reset":
             raise errors.InvalidInput("Did you mean `/kf password reset`?", usage=USAGE["password reset"])
         return PasswordReset()
-    raise errors.InvalidInput(f"Unknown command `{naming.truncate(head, 30)}`. Try `/kf help`.")
+    raise errors.InvalidInput(f"Unknown command {naming.show_value(head)}. Try `/kf help`.")
 
 
 def _workspace(rest: list[str], requester_email: str, resolve_user: UserResolver) -> Command:
@@ -245,10 +268,15 @@ def _workspace(rest: list[str], requester_email: str, resolve_user: UserResolver
         if not args:
             return WorkspaceForm()
         spec = {
-            "--owner": _Flag("owner", _text), "--gpu": _Flag("gpu", _int("--gpu")), "--cpu": _Flag("cpu", _text),
-            "--memory": _Flag("memory", _text), "--storage": _Flag("storage", _text),
-            "--pvcs": _Flag("pvcs", _int("--pvcs")), "--instance-type": _Flag("instance_type", _text),
-            "--nodes": _Flag("nodes", _nodes), "--desired": _Flag("desired", _int("--desired")),
+            "--owner": _Flag("owner", _text),
+            "--gpu": _Flag("gpu", _int("--gpu")),
+            "--cpu": _Flag("cpu", _text),
+            "--memory": _Flag("memory", _text),
+            "--storage": _Flag("storage", _text),
+            "--pvcs": _Flag("pvcs", _int("--pvcs")),
+            "--instance-type": _Flag("instance_type", _text),
+            "--nodes": _Flag("nodes", _nodes),
+            "--desired": _Flag("desired", _int("--desired")),
         }
         pos, opts = _flags("workspace new", args, spec)
         (name,) = _positional("workspace new", pos, ["NAME"])
@@ -257,8 +285,11 @@ def _workspace(rest: list[str], requester_email: str, resolve_user: UserResolver
         owner = _user(opts.pop("owner"), resolve_user) if "owner" in opts else requester_email
         return kinds.WorkspaceCreate(name, owner, **opts)
     if sub == "delete":
-        pos, opts = _flags("workspace delete", args, {"--confirm": _Flag("confirm", _text),
-                                                      "--purge-data": _Flag("purge_data", None)})
+        pos, opts = _flags(
+            "workspace delete",
+            args,
+            {"--confirm": _Flag("confirm", _text), "--purge-data": _Flag("purge_data", None)},
+        )
         (name,) = _positional("workspace delete", pos, ["NAME"])
         return kinds.WorkspaceDelete(name, opts.pop("confirm", ""), **opts)
     if sub == "list":

@@ -49,7 +49,9 @@ class Step:
 
     @classmethod
     def from_json(cls, data: Mapping[str, JSON]) -> Step:
-        return cls(action=data["action"], key=data["key"], params=data["params"], summary=data.get("summary", ""))
+        return cls(
+            action=data["action"], key=data["key"], params=data["params"], summary=data.get("summary", "")
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ class Plan:
         )
 
     @classmethod
-    def of(cls, steps: Sequence[Step], warnings: Sequence[str] = (), cost: Mapping[str, JSON] | None = None) -> Plan:
+    def of(
+        cls, steps: Sequence[Step], warnings: Sequence[str] = (), cost: Mapping[str, JSON] | None = None
+    ) -> Plan:
         keys = [s.key for s in steps]
         if len(keys) != len(set(keys)):
             raise ValueError(f"duplicate step keys in plan: {keys}")

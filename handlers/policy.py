@@ -41,7 +41,9 @@ def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts) -> No
         owner = facts.token_owner(kind.token_id)
         ws = facts.workspace(owner[1]) if owner else None
         if owner is not None and actor.user_id != owner[0] and (ws is None or ws.owner != actor.email):
-            raise errors.Forbidden("Only the token's requester, the workspace owner or an admin can revoke it.")
+            raise errors.Forbidden(
+                "Only the token's requester, the workspace owner or an admin can revoke it."
+            )
 
 
 def _owner(actor: Actor, facts: Facts, workspace: str) -> bool:
@@ -103,9 +105,9 @@ AUTO_APPLY: dict[str, AutoRule] = {
 """Kinds absent here (workspace create and delete) always need an admin."""
 
 
-def auto_apply_reason(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
+def auto_apply_reason(
+    kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings
+) -> str | None:
     """Why this request may apply without an admin, or None if it needs one."""
     rule = AUTO_APPLY.get(kind.KIND)
     return rule(kind, actor, facts, settings) if rule else None
-
-

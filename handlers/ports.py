@@ -135,7 +135,9 @@ class Facts(Protocol):
 class Notifier(Protocol):
     """Tells people what happened; Slack in production, stdout in the shell."""
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> tuple[str, str] | None:
+    def publish(
+        self, request: Request, events: Sequence[Event], card: tuple[str, str] | None
+    ) -> tuple[str, str] | None:
         """Deliver the events of one committed change. Returns a new card location when it
         posted the approval card, else None. Must not raise for delivery failures."""
         ...

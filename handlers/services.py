@@ -9,13 +9,14 @@ what happened instead, never as a second decision.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from handlers import errors, kinds, policy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, Actor, Event, EventType, Request, RequestState
-from handlers.plan import Plan
+from handlers.plan import JSON, Plan
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer, UnitOfWork, UnitOfWorkFactory
 from handlers.settings import CoreSettings
 
@@ -70,18 +71,27 @@ def build_plan(core: Core, kind: RequestKind, request_id: str) -> Plan:
 def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | None]:
     """The plan and the auto-apply reason, without recording anything (``kfbot plan``)."""
     policy.check_may_request(kind, actor, core.facts)
-    return build_plan(core, kind, "RPREVIEW"), policy.auto_apply_reason(kind, actor, core.facts, core.settings)
+    return build_plan(core, kind, "RPREVIEW"), policy.auto_apply_reason(
+        kind, actor, core.facts, core.settings
+    )
 
 
-def submit(core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None,
-           correlation_id: str = "") -> Submitted:
+def submit(
+    core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None, correlation_id: str = ""
+) -> Submitted:
     policy.check_may_request(kind, actor, core.facts)
     auto = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
     return _record(core, actor, kind, idempotency_key, auto, correlation_id)
 
 
-def _record(core: Core, actor: Actor, kind: RequestKind, idempotency_key: str | None, auto: str | None,
-            correlation_id: str) -> Submitted:
+def _record(
+    core: Core,
+    actor: Actor,
+    kind: RequestKind,
+    idempotency_key: str | None,
+    auto: str | None,
+    correlation_id: str,
+) -> Submitted:
     if idempotency_key is not None:
         with core.uow() as uow:
             seen = uow.requests.find_by_key(idempotency_key)
@@ -90,12 +100,32 @@ def _record(core: Core, actor: Actor, kind: RequestKind, idempotency_key: str | 
     request_id = core.new_id()
     plan = build_plan(core, kind, request_id)
     now = core.clock.now()
-    request = Request(id=request_id, kind=kind.KIND, args=kinds.to_args(kind), requester_id=actor.user_id,
-                      requester_email=actor.email, plan=plan, created_at=now, updated_at=now,
-                      correlation_id=correlation_id or request_id)
-    request.events.append(Event(EventType.CREATED, request_id, now, actor.user_id,
-                                {"kind": kind.KIND, "args": request.args, "summary": kind.describe(),
-                                 "plan": plan.to_json(), "plan_digest": request.plan_digest}))
+    request = Request(
+        id=request_id,
+        kind=kind.KIND,
+        args=kinds.to_args(kind),
+        requester_id=actor.user_id,
+        requester_email=actor.email,
+        plan=plan,
+        created_at=now,
+        updated_at=now,
+        correlation_id=correlation_id or request_id,
+    )
+    request.events.append(
+        Event(
+            EventType.CREATED,
+            request_id,
+            now,
+            actor.user_id,
+            {
+                "kind": kind.KIND,
+                "args": request.args,
+                "summary": kind.describe(),
+                "plan": plan.to_json(),
+                "plan_digest": request.plan_digest,
+            },
+        )
+    )
     if auto is not None:
         request.approve(SYSTEM, now, auto=True)
         request.reason = auto
@@ -123,8 +153,16 @@ def _refuse_open_duplicate(uow: UnitOfWork, kind: RequestKind, request_id: str) 
             raise errors.InvalidInput(f"{other.id} about the same thing is still open ({other.state.value}).")
 
 
-def decide(core: Core, actor: Actor, request_id: str, *, approve: bool, decision_key: str,
-           reason: str = "", seen_version: int | None = None) -> Request:
+def decide(
+    core: Core,
+    actor: Actor,
+    request_id: str,
+    *,
+    approve: bool,
+    decision_key: str,
+    reason: str = "",
+    seen_version: int | None = None,
+) -> Request:
     """Approve or reject. ``seen_version`` is the version the card showed: a card made stale by a
     plan change cannot approve the new plan."""
     with core.uow() as uow:
@@ -133,7 +171,9 @@ def decide(core: Core, actor: Actor, request_id: str, *, approve: bool, decision
         if request.state is not RequestState.PENDING:
             raise errors.AlreadyDone(_already(request))
         if seen_version is not None and seen_version != request.version:
-            raise errors.AlreadyDone(f"The plan of {request.id} changed since this card was posted; use the new card.")
+            raise errors.AlreadyDone(
+                f"The plan of {request.id} changed since this card was posted; use the new card."
+            )
         if not uow.decisions.claim(decision_key, request.id):
             raise errors.AlreadyDone(_already(request))
         before = request.version
@@ -155,7 +195,9 @@ def decide(core: Core, actor: Actor, request_id: str, *, approve: bool, decision
 
 
 def _already(request: Request) -> str:
-    who = f" by <@{request.decided_by}>" if request.decided_by and request.decided_by != SYSTEM.user_id else ""
+    who = (
+        f" by <@{request.decided_by}>" if request.decided_by and request.decided_by != SYSTEM.user_id else ""
+    )
     return f"{request.id} is already {request.state.value}{who}."
 
 
@@ -175,8 +217,9 @@ def expire(core: Core, request_id: str) -> Request | None:
         return None
 
 
-def _change(core: Core, request_id: str, change: Callable[[Request, object], None], *,
-            cancel_timers: bool = False) -> Request:
+def _change(
+    core: Core, request_id: str, change: Callable[[Request, datetime], None], *, cancel_timers: bool = False
+) -> Request:
     with core.uow() as uow:
         request = uow.requests.get(request_id)
         before = request.version
@@ -236,21 +279,32 @@ def reveal_token(core: Core, actor: Actor, request_id: str) -> RevealedSecret:
 
 
 def reveal_password(core: Core, actor: Actor) -> RevealedSecret:
-    """"Set my password" and ``/kf password reset``: a new password for the actor's own Dex user."""
+    """ "Set my password" and ``/kf password reset``: a new password for the actor's own Dex user."""
     secret = core.secrets.password(actor.email)
     with core.uow() as uow:
         _record_reveal(core, uow, None, actor, secret)
     return secret
 
 
-def _record_reveal(core: Core, uow: UnitOfWork, request_id: str | None, actor: Actor, secret: RevealedSecret) -> None:
+def _record_reveal(
+    core: Core, uow: UnitOfWork, request_id: str | None, actor: Actor, secret: RevealedSecret
+) -> None:
     expires = secret.expires_at.isoformat() if secret.expires_at else None
-    uow.audit.append([Event(EventType.SECRET_REVEALED, request_id, core.clock.now(), actor.user_id,
-                            {"kind": secret.kind, "fingerprint": secret.fingerprint, "expires_at": expires})])
+    uow.audit.append(
+        [
+            Event(
+                EventType.SECRET_REVEALED,
+                request_id,
+                core.clock.now(),
+                actor.user_id,
+                {"kind": secret.kind, "fingerprint": secret.fingerprint, "expires_at": expires},
+            )
+        ]
+    )
     uow.commit()
 
 
-def handle_timer(core: Core, kind: str, ref: str, payload: dict[str, object]) -> None:
+def handle_timer(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -> None:
     """Dispatch one due timer. Expiries of grants, quotas and tokens become system requests
     that auto-apply, so they take the same audited, resumable path as everything else."""
     if kind == "request.expire":
@@ -258,12 +312,54 @@ def handle_timer(core: Core, kind: str, ref: str, payload: dict[str, object]) ->
     elif kind == "request.nudge":
         nudge(core, ref)
     elif kind == "grant.expire":
-        _system_request(core, kinds.Unshare(str(payload["workspace"]), str(payload["user"])), f"timer:{kind}:{ref}")
+        _system_request(
+            core, kinds.Unshare(str(payload["workspace"]), str(payload["user"])), f"timer:{kind}:{ref}"
+        )
     elif kind == "token.expire":
         if core.facts.token_owner(ref) is not None:
             _system_request(core, kinds.TokenRevoke(ref), f"timer:{kind}:{ref}")
+    elif kind == "quota.revert":
+        _revert_quota(core, ref, payload)
     else:
         raise ValueError(f"unknown timer kind {kind!r}")
+
+
+def _revert_quota(core: Core, workspace: str, payload: Mapping[str, JSON]) -> None:
+    """Undo a temporary quota raise, unless someone changed the quota since: then say so instead
+    of clobbering their change."""
+    ws = core.facts.workspace(workspace)
+    if ws is None:
+        return
+    was_set, previous = dict(payload.get("set", {})), dict(payload.get("previous", {}))
+    changed = {r: v for r, v in was_set.items() if ws.quota.get(r) != v}
+    origin_id = str(payload.get("request_id", ""))
+    if changed:
+        with core.uow() as uow:
+            origin = uow.requests.get(origin_id)
+            event = Event(
+                EventType.TIMER_FIRED,
+                origin_id,
+                core.clock.now(),
+                SYSTEM.user_id,
+                {
+                    "timer": "quota.revert",
+                    "skipped": True,
+                    "message": f"The temporary quota of `{workspace}` was not reverted: "
+                    f"{', '.join(sorted(changed))} changed since; the current values stay.",
+                },
+            )
+            uow.audit.append([event])
+            uow.commit()
+            _publish(core, uow, origin, [event])
+        return
+    revert = {r: previous.get(r) for r in was_set}
+    restore = {
+        flag: revert[resource]
+        for flag, resource in kinds.QUOTA_FLAGS.items()
+        if resource in revert and revert[resource] is not None
+    }
+    if restore:
+        _system_request(core, kinds.QuotaChange(workspace, **restore), f"timer:quota.revert:{origin_id}")
 
 
 def _system_request(core: Core, kind: RequestKind, key: str) -> Submitted | None:

@@ -21,7 +21,12 @@ class PolicySettings:
     nudge_after: timedelta = timedelta(hours=4)
     """Approvers are reminded of a request still pending after this long."""
     quota_auto_increase: Mapping[str, str] = field(
-        default_factory=lambda: {"requests.nvidia.com/gpu": "1", "cpu": "4", "memory": "16Gi", "requests.storage": "50Gi"}
+        default_factory=lambda: {
+            "requests.nvidia.com/gpu": "1",
+            "cpu": "4",
+            "memory": "16Gi",
+            "requests.storage": "50Gi",
+        }
     )
     """An owner's quota increase up to these amounts (per resource) applies without an admin."""
 

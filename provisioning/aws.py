@@ -161,6 +161,9 @@ _LIMITS: Final = frozenset(
         "QuotaExceededException",
     }
 )
+_NOT_FOUND: Final = frozenset(
+    {"NoSuchEntity", "NoSuchBucket", "ResourceNotFoundException", "NotFoundException"}
+)
 # AWS's text for these explains what was wrong with our input, which is what the admin must fix.
 _INVALID: Final = frozenset(
     {
@@ -204,6 +207,8 @@ def _translate(error: ClientError, what: str) -> KfError:
         )
     if code in _LIMITS:
         return PermanentError(f"An AWS limit was reached while {what} ({label}).")
+    if code in _NOT_FOUND:
+        return PermanentError(f"Something AWS needed does not exist ({label}) while {what}.")
     if code in _INVALID:
         message = str(error.response.get("Error", {}).get("Message", ""))
         return PermanentError(f"AWS refused the request while {what} ({label}): {_short(message)}")
@@ -810,7 +815,8 @@ class AwsActions:
             if nodegroup is None:
                 return None
             status = nodegroup.get("status", "UNKNOWN")
-            if status in _NODEGROUP_FAILED:
+            # A group being deleted may still show how it failed before; only DELETE_FAILED counts then.
+            if status == "DELETE_FAILED" or (not gone and status in _NODEGROUP_FAILED):
                 raise PermanentError(_health_message(name, status, nodegroup))
             if not gone and status in _NODEGROUP_READY:
                 return nodegroup

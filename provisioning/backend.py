@@ -172,14 +172,18 @@ def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owne
     return notes
 
 
-def build_backend(settings: ProvisioningSettings, core: CoreSettings, clock: Clock) -> Backend:
-    db = Database(settings.database_url, audit_key=settings.audit_key)
+def build_backend(settings: ProvisioningSettings, core: CoreSettings, clock: Clock, *,
+                  kube_api: Any | None = None) -> Backend:
+    """Build the backend ``settings.mode`` names. ``kube_api`` (a ``kubernetes.client.ApiClient``)
+    replaces the standard kubeconfig/in-cluster discovery; tests point it at a fake apiserver."""
+    db = Database(settings.database_url, audit_key=settings.audit_key, now=clock.now)
     if settings.mode != "live":
         return Backend(settings, core, clock, db, dryrun.registry(), RegistryFacts(db, clock), DryRunSecrets(), None)
-    return _build_live(settings, core, clock, db)
+    return _build_live(settings, core, clock, db, kube_api)
 
 
-def _build_live(settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database) -> Backend:
+def _build_live(settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database,
+                kube_api: Any | None) -> Backend:
     # Imported here so the dry-run default (the local shell) never loads the cloud SDKs.
     from provisioning.aws import AwsActions, AwsSettings
     from provisioning.dex import DexActions
@@ -188,7 +192,7 @@ def _build_live(settings: ProvisioningSettings, core: CoreSettings, clock: Clock
     from provisioning.secrets import Secrets
     from provisioning.store import DbLock
 
-    api = api_client_from_environment()
+    api = kube_api if kube_api is not None else api_client_from_environment()
     kubeflow = KubeflowActions(api, settings.kubeflow, clock)
     dex = DexActions(api, settings.dex, clock)
     aws = AwsActions(AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db))

@@ -32,7 +32,6 @@ from tests.fakes.slack import (
 )
 
 # Until the lead's conftest loads it for everyone; pytest ignores a second registration.
-pytest_plugins = ["tests.fakes.slack_fixtures"]
 
 ADMINS = "CADMINS01"
 

@@ -332,27 +332,31 @@ _REQUIREMENT = re.compile(
 
 def label_selector(text: str) -> Callable[[dict[str, str]], bool]:
     """kubectl's label selector grammar: =, ==, !=, in, notin, key (exists), !key (does not exist)."""
-    tests: list[Callable[[dict[str, str]], bool]] = []
+    requirements: list[tuple[str, str, frozenset[str]]] = []
     for part in _split_top_level(text):
         m = _REQUIREMENT.match(part)
         if not m or (m["not"] and (m["op"] or m["setop"])):
             raise _bad_request(f"unable to parse requirement: found '{part}', expected: valid selector")
-        key = m["key"]
-        if m["op"] in ("=", "=="):
-            tests.append(lambda labels, k=key, v=m["value"]: labels.get(k) == v)
-        elif m["op"] == "!=":
-            tests.append(lambda labels, k=key, v=m["value"]: labels.get(k) != v)
+        if m["op"]:
+            op, values = ("!=" if m["op"] == "!=" else "in"), frozenset([m["value"]])
         elif m["setop"]:
-            values = {v.strip() for v in m["values"].split(",") if v.strip()}
-            if m["setop"] == "in":
-                tests.append(lambda labels, k=key, vs=values: k in labels and labels[k] in vs)
-            else:
-                tests.append(lambda labels, k=key, vs=values: k not in labels or labels[k] not in vs)
-        elif m["not"]:
-            tests.append(lambda labels, k=key: k not in labels)
+            op, values = m["setop"], frozenset(v.strip() for v in m["values"].split(",") if v.strip())
         else:
-            tests.append(lambda labels, k=key: k in labels)
-    return lambda labels: all(t(labels) for t in tests)
+            op, values = ("!" if m["not"] else "exists"), frozenset()
+        requirements.append((op, m["key"], values))
+
+    def matches(labels: dict[str, str]) -> bool:
+        for op, key, values in requirements:
+            present = key in labels
+            if op == "in" and not (present and labels[key] in values):
+                return False
+            if op in ("!=", "notin") and present and labels[key] in values:
+                return False
+            if op in ("exists", "!") and present != (op == "exists"):
+                return False
+        return True
+
+    return matches
 
 
 def _dig(obj: JSON, dotted: str) -> str:
@@ -364,17 +368,16 @@ def _dig(obj: JSON, dotted: str) -> str:
 
 def _field_selector(res: Resource, text: str) -> Callable[[JSON], bool]:
     allowed = ("metadata.name", "metadata.namespace", *_EXTRA_FIELD_SELECTORS.get(res.plural, ()))
-    tests: list[Callable[[JSON], bool]] = []
+    requirements: list[tuple[str, str, bool]] = []
     for part in _split_top_level(text):
         m = re.match(r"^([A-Za-z.]+)\s*(==|=|!=)\s*(.*)$", part)
         if not m:
             raise _bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         path, op, value = m.groups()
         if path not in allowed:
-            raise _bad_request(f'field label not supported: {path}')
-        want = op != "!="
-        tests.append(lambda obj, p=path, v=value, w=want: (_dig(obj, p) == v) == w)
-    return lambda obj: all(t(obj) for t in tests)
+            raise _bad_request(f"field label not supported: {path}")
+        requirements.append((path, value, op != "!="))
+    return lambda obj: all((_dig(obj, path) == value) == equal for path, value, equal in requirements)
 
 
 def _prune(value: Any, schema: JSON, root: bool = False) -> None:
@@ -488,10 +491,9 @@ class FakeApiServer:
             for name, crd in self._crds.items() for v in crd["spec"]["versions"] if "schema" in v}
         self._validators = {key: jsonschema.Draft7Validator(s) for key, s in self._schemas.items()}
         labels_file = ref / "kubeflow-manifests" / "profiles-namespace-labels.yaml"
-        self.namespace_labels: dict[str, str] = (
+        self._default_namespace_labels = (
             {k: str(v) for k, v in (yaml.safe_load(labels_file.read_text()) or {}).items()}
             if labels_file.exists() else dict(DEFAULT_NAMESPACE_LABELS))
-        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self.reset()
 
     # ---- lifecycle and test-facing API -------------------------------------------------------------
@@ -501,7 +503,8 @@ class FakeApiServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-apiserver", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-apiserver",
+                                        daemon=True)  # a short poll interval makes stop() quick
         self._thread.start()
 
     def stop(self) -> None:
@@ -525,6 +528,8 @@ class FakeApiServer:
             self.hold_rollouts = False
             self.max_token_expiration_seconds: int | None = None
             self.schema_validation = bool(self._validators)
+            self.namespace_labels = dict(self._default_namespace_labels)  # the profile controller's file
+            self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
             for res in RESOURCES:
                 if res.custom:
                     self._seed_crd(res)
@@ -920,7 +925,7 @@ class FakeApiServer:
         self._enqueue_owner(obj)
         if res is NAMESPACES:
             for key, inner in list(self._objects.items()):
-                if key[2] == meta["name"] and self._by_plural[key[:2]].namespaced:
+                if key[2] == meta["name"]:
                     self._remove(self._by_plural[key[:2]], inner)
         live_uids = {o["metadata"].get("uid") for o in self._objects.values()}
         for key, dependent in list(self._objects.items()):
@@ -1193,6 +1198,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as urllib3's pool expects
+    disable_nagle_algorithm = True  # headers and body go out in two writes: Nagle would add 40 ms each
     server: _HTTPServer
 
     def _serve(self) -> None:

@@ -59,6 +59,7 @@ class MotoServer:
     def __init__(self) -> None:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.url = ""
+        self._session: boto3.Session | None = None
 
     def start(self) -> None:
         self._server.start()
@@ -68,8 +69,17 @@ class MotoServer:
     def stop(self) -> None:
         self._server.stop()
 
+    def boto_session(self) -> boto3.Session:
+        """One session for all tests: each new session loads the service models again (~0.2 s)."""
+        if self._session is None:
+            self._session = boto3.Session()
+        return self._session
+
     def _post(self, path: str, body: bytes = b"") -> None:
-        with urllib.request.urlopen(urllib.request.Request(self.url + path, data=body, method="POST")):
+        request = urllib.request.Request(
+            self.url + path, data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )
+        with urllib.request.urlopen(request):
             pass
 
     def reset(self) -> None:
@@ -105,8 +115,12 @@ class Fault:
 
     def matches(self, method: str, path: str, body: bytes) -> bool:
         live = self.times is None or self.fired < self.times
-        return (live and method == self.method and re.search(self.path, path) is not None
-                and self.body_contains.encode() in body)
+        return (
+            live
+            and method == self.method
+            and re.search(self.path, path) is not None
+            and self.body_contains.encode() in body
+        )
 
 
 _HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive", "expect"}
@@ -161,11 +175,23 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 fault.fired += 1
             answer = json.dumps(fault.rewrite(json.loads(answer))).encode()
         upstream.close()
-        self._answer(response.status, out_headers, answer, head=self.command == "HEAD",
-                     length=response.getheader("Content-Length"))
+        self._answer(
+            response.status,
+            out_headers,
+            answer,
+            head=self.command == "HEAD",
+            length=response.getheader("Content-Length"),
+        )
 
-    def _answer(self, status: int, headers: dict[str, str], body: bytes, *, head: bool = False,
-                length: str | None = None) -> None:
+    def _answer(
+        self,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        head: bool = False,
+        length: str | None = None,
+    ) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -179,8 +205,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 def aws_error_xml(code: str, message: str) -> bytes:
     """An AWS query/REST-XML error body (IAM, STS, S3 all parse this shape)."""
-    return (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message>"
-            f"</Error><RequestId>req-1</RequestId></ErrorResponse>").encode()
+    return (
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message>"
+        f"</Error><RequestId>req-1</RequestId></ErrorResponse>"
+    ).encode()
 
 
 @dataclass
@@ -190,19 +218,29 @@ class AwsEnv:
     server: MotoServer
     clock: FakeClock = field(default_factory=FakeClock)
     lock: ThreadKeyedLock = field(default_factory=ThreadKeyedLock)
+    _clients: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.server.url
 
     def client(self, service: str, region: str = "us-east-1") -> Any:
-        return boto3.client(service, region_name=region, endpoint_url=self.url)
+        """A plain boto3 client on moto, for arranging and asserting (cached: clients are slow to make)."""
+        if (service, region) not in self._clients:
+            self._clients[service, region] = boto3.client(service, region_name=region, endpoint_url=self.url)
+        return self._clients[service, region]
 
-    def actions(self, endpoint_url: str | None = None, session: boto3.Session | None = None,
-                **settings: Any) -> AwsActions:
+    def actions(
+        self, endpoint_url: str | None = None, session: boto3.Session | None = None, **settings: Any
+    ) -> AwsActions:
         """``AwsActions`` over moto (or ``endpoint_url``, e.g. a ``FaultProxy``), fast polling."""
         merged: dict[str, Any] = {"poll_interval": 5.0, "nodegroup_active_timeout": 60.0, **settings}
-        return AwsActions(AwsSettings(endpoint_url=endpoint_url, **merged), self.clock, self.lock, session)
+        return AwsActions(
+            AwsSettings(endpoint_url=endpoint_url, **merged),
+            self.clock,
+            self.lock,
+            session or self.server.boto_session(),
+        )
 
 
 @pytest.fixture(scope="session")
@@ -217,8 +255,14 @@ def moto_server() -> Iterator[MotoServer]:
 def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AwsEnv:
     """A clean moto and an environment in which boto3 reaches only moto, never a real account."""
     moto_server.reset()
-    for name in ("AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_SESSION_TOKEN",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

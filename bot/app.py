@@ -1,0 +1,198 @@
+"""The composition root: settings -> backend -> core -> Slack app / shell. Nothing happens at import.
+
+Only this module knows the concrete pieces: ``provisioning.build_backend`` (storage, engine,
+dry-run or live actions, secrets), the Slack ``WebClient`` with its retry handlers, the Bolt
+``App`` with our listeners, the worker thread, the timer scheduler and the HTTP server. Tests
+use ``start_slack`` with settings that point at the fake Slack and a temporary database, so they
+exercise exactly what ``kfbot serve`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+import provisioning
+from bot import listeners
+from bot.http import HttpServer, wsgi_app
+from bot.identity import Identity
+from bot.notify import SlackNotifier
+from bot.scheduler import start_scheduler
+from bot.settings import Settings
+from handlers.ports import Clock, Notifier
+from handlers.services import Core
+
+logger = logging.getLogger(__name__)
+SLACK_PATH = "/slack/events"
+
+
+def build_backend(settings: Settings, clock: Clock | None = None) -> Any:
+    """``provisioning.Backend`` for these settings (dry-run unless ``KFBOT_PROVISIONER=live``)."""
+    return provisioning.build_backend(
+        settings.provisioning, settings.core, clock or provisioning.SystemClock()
+    )
+
+
+def build_core(settings: Settings, backend: Any, notifier: Notifier, clock: Clock) -> Core:
+    return Core(
+        settings=settings.core,
+        uow=backend.uow,
+        facts=backend.facts,
+        clock=clock,
+        notifier=notifier,
+        secrets=backend.secrets,
+    )
+
+
+def make_client(settings: Settings) -> WebClient:
+    kwargs: dict[str, Any] = {"base_url": settings.slack.api_url} if settings.slack.api_url else {}
+    return WebClient(
+        token=settings.slack.bot_token,
+        timeout=10,
+        **kwargs,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=1),
+            RateLimitErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+@dataclass
+class SlackEdge:
+    app: App
+    deps: listeners.Deps
+    notifier: SlackNotifier
+    client: WebClient
+
+
+def build_slack(settings: Settings, backend: Any, clock: Clock) -> SlackEdge:
+    client = make_client(settings)
+    identity = Identity(client, settings.core, cache_seconds=settings.slack.admin_cache_seconds)
+    calls = backend.render_step if backend.mode == "dry-run" else None
+    notifier = SlackNotifier(client, settings.slack.admin_channel, identity.user_id_for_email, calls)
+    core = build_core(settings, backend, notifier, clock)
+    app = App(
+        client=client,
+        signing_secret=settings.slack.signing_secret,
+        process_before_response=False,
+        logger=logging.getLogger("kfbot.bolt"),
+    )
+    deps = listeners.Deps(settings=settings, core=core, identity=identity, backend=backend)
+    listeners.register(app, deps)
+    return SlackEdge(app, deps, notifier, client)
+
+
+def readiness(backend: Any, mode: str, slack_connected: Any) -> tuple[bool, dict[str, object]]:
+    body: dict[str, object] = {"provisioner": mode}
+    try:
+        body.update(backend.readiness())
+    except Exception as exc:  # a broken database must answer 503, not crash the probe
+        body.update(database=False, error=type(exc).__name__)
+    body["provisioner"] = mode
+    body["slack"] = bool(slack_connected())
+    ready = bool(body.get("database")) and bool(body.get("migrated")) and bool(body["slack"])
+    return ready, body
+
+
+@dataclass
+class Running:
+    """A started bot: Slack listeners, worker, scheduler and HTTP server."""
+
+    settings: Settings
+    backend: Any
+    edge: SlackEdge
+    http: HttpServer
+    stop_event: threading.Event
+    worker: threading.Thread
+    scheduler: BackgroundScheduler
+    socket_handler: Any = None
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.http.url(SLACK_PATH)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stop_event.set()
+        if self.socket_handler is not None:
+            self.socket_handler.close()
+        self.http.stop()
+        self.scheduler.shutdown(wait=False)
+        self.worker.join(timeout=10)
+        self.backend.close()
+        logger.info("kfbot stopped")
+
+
+def start_slack(
+    settings: Settings, *, clock: Clock | None = None, port: int | None = None, host: str | None = None
+) -> Running:
+    """Build and start everything ``kfbot serve`` runs. Raises ``KfError`` when the database is
+    behind (``kfbot migrate``) or a setting is missing; never creates or migrates the database."""
+    settings.require_serve()
+    clock = clock or provisioning.SystemClock()
+    backend = build_backend(settings, clock)
+    try:
+        backend.check_migrated()
+        edge = build_slack(settings, backend, clock)
+    except BaseException:
+        backend.close()
+        raise
+    stop_event = threading.Event()
+    worker = backend.start_worker(edge.notifier, stop_event)
+    scheduler = start_scheduler(backend, edge.deps.core, settings.http.sweep_seconds)
+    socket_handler = None
+    if settings.slack.socket_mode:
+        socket_handler = SocketModeHandler(edge.app, settings.slack.app_token)
+        socket_handler.connect()  # type: ignore[no-untyped-call]
+
+        def connected() -> bool:
+            return bool(socket_handler.client.is_connected())
+
+        app = wsgi_app(lambda: readiness(backend, settings.mode, connected))
+    else:
+        app = wsgi_app(
+            lambda: readiness(backend, settings.mode, lambda: True),
+            slack=SlackRequestHandler(edge.app, path=SLACK_PATH),
+            slack_path=SLACK_PATH,
+        )
+    http = HttpServer(app, host or settings.http.host, settings.http.port if port is None else port).start()
+    logger.info(
+        "kfbot serving: provisioner=%s, slack=%s, http port %d",
+        settings.mode,
+        "socket-mode" if socket_handler is not None else "http",
+        http.port,
+    )
+    return Running(settings, backend, edge, http, stop_event, worker, scheduler, socket_handler)
+
+
+def serve(settings: Settings) -> int:
+    """``kfbot serve``: run until SIGTERM/SIGINT."""
+    running = start_slack(settings)
+    done = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not done.wait(1.0):
+            if not running.worker.is_alive():
+                logger.error("the provisioning worker stopped; exiting so the pod restarts")
+                return 1
+    finally:
+        running.stop()
+    return 0

@@ -1,0 +1,87 @@
+"""The HTTP face of ``kfbot serve``: ``/slack/events`` (HTTP mode), ``/healthz`` and ``/readyz``.
+
+A plain WSGI app on a threaded ``wsgiref`` server: Bolt's WSGI adapter handles Slack's signed
+requests, and one thread per request lets Bolt's 3-second ack window hold while other requests
+are in flight. In Socket Mode the same server serves only the health endpoints.
+
+``/healthz`` says the process is up. ``/readyz`` says whether it can do its job: the database is
+reachable and migrated, Slack is connected, and which provisioner is active; 503 when not ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+logger = logging.getLogger(__name__)
+Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Readiness = Callable[[], tuple[bool, dict[str, object]]]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("http %s", format % args)
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, object]) -> list[bytes]:
+    data = json.dumps(body, default=str).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def wsgi_app(readiness: Readiness, slack: Wsgi | None = None, slack_path: str = "/slack/events") -> Wsgi:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return _json(start_response, "200 OK", {"status": "ok"})
+        if path == "/readyz":
+            ready, body = readiness()
+            return _json(
+                start_response, "200 OK" if ready else "503 Service Unavailable", {"ready": ready, **body}
+            )
+        if slack is not None and path == slack_path:
+            return slack(environ, start_response)
+        return _json(start_response, "404 Not Found", {"error": "not found"})
+
+    return app
+
+
+class HttpServer:
+    """A threaded WSGI server on its own thread; ``port`` 0 picks a free one (tests)."""
+
+    def __init__(self, app: Wsgi, host: str, port: int) -> None:
+        self._server = make_server(host, port, app, server_class=_Server, handler_class=_Handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def url(self, path: str = "") -> str:
+        raw = self._server.server_address[0]
+        host = raw.decode() if isinstance(raw, bytes) else str(raw)
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        return f"http://{host}:{self.port}{path}"
+
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="kfbot-http", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,26 @@
+"""Slack listeners: thin, registered per area, errors handled in one place.
+
+Every listener calls ``ack()`` first (Bolt answers Slack's HTTP request at that moment; the rest
+runs on Bolt's worker thread), then resolves the actor, calls one use case in
+``handlers.services`` and replies. Nothing here catches ``Exception``: ``on_error`` (the one
+``@app.error``) turns a ``KfError`` into its ``user_message`` and anything else into "Something
+went wrong (ref XYZ)" with the traceback logged under that correlation id.
+"""
+
+from __future__ import annotations
+
+from slack_bolt import App
+
+from bot.listeners import actions, commands, common, views
+from bot.listeners.common import Deps, correlation, on_error, tell
+
+__all__ = ["Deps", "correlation", "on_error", "register", "tell"]
+
+
+def register(app: App, deps: Deps) -> None:
+    """Install the correlation middleware, the global error handler and every listener."""
+    app.middleware(common.correlation_middleware)
+    app.error(on_error)
+    commands.register(app, deps)
+    actions.register(app, deps)
+    views.register(app, deps)

@@ -1,0 +1,115 @@
+"""Modal submissions: the reject reason and the new-workspace form.
+
+Both validate before ``ack()`` because that is the only moment Slack accepts field errors
+(``response_action="errors"``); the work itself runs after the ack. The form's idempotency key
+is the view id, so a submission delivered twice records one request.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from typing import Any
+
+from slack_bolt import Ack, App, BoltContext
+from slack_sdk import WebClient
+
+from bot import blocks, render
+from bot import logging as log
+from bot.listeners.common import Deps, correlation, tell
+from handlers import errors, kinds, naming, services
+
+logger = logging.getLogger(__name__)
+_NODES = re.compile(r"(\d{1,3}):(\d{1,3})")
+
+
+def _int(values: dict[str, str], key: str) -> int | None:
+    raw = values.get(key)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"\d{1,4}", raw):
+        raise errors.InvalidInput(f"Give a whole number, not {naming.show_value(raw)}.", field=key)
+    return int(raw)
+
+
+def workspace_from_form(values: dict[str, str], requester_email: str) -> kinds.WorkspaceCreate:
+    """The form's fields as a ``WorkspaceCreate``; ``InvalidInput.field`` names the bad field."""
+    nodes_min = nodes_max = None
+    if "nodes" in values:
+        match = _NODES.fullmatch(values["nodes"])
+        if match is None:
+            raise errors.InvalidInput("Give MIN:MAX, e.g. `0:2`.", field="nodes")
+        nodes_min, nodes_max = int(match.group(1)), int(match.group(2))
+        if nodes_min > nodes_max:
+            raise errors.InvalidInput("MIN is larger than MAX.", field="nodes")
+    owner = naming.normalize_email(values["owner"]) if "owner" in values else requester_email
+    return kinds.WorkspaceCreate(
+        name=values.get("name", ""),
+        owner=owner,
+        gpu=_int(values, "gpu") or 0,
+        cpu=values.get("cpu"),
+        memory=values.get("memory"),
+        storage=values.get("storage"),
+        instance_type=values.get("instance_type"),
+        nodes_min=nodes_min,
+        nodes_max=nodes_max,
+    )
+
+
+def field_errors(exc: errors.KfError) -> dict[str, str]:
+    block = blocks.FIELD_BLOCKS.get(getattr(exc, "field", None) or "", "name")
+    # Modal errors are plain text: show the message unescaped and short.
+    return {block: naming.truncate(html.unescape(exc.user_message), 300)}
+
+
+def register(app: App, deps: Deps) -> None:
+    core, identity = deps.core, deps.identity
+
+    def reject_reason(
+        ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
+        reason = blocks.form_values(view).get(blocks.REASON_BLOCK, "")
+        if not reason:
+            ack(response_action="errors", errors={blocks.REASON_BLOCK: "Say why the request is rejected."})
+            return
+        ack()
+        with log.bound(correlation(context)):
+            user = body["user"]["id"]
+            meta = blocks.RejectContext.load(view.get("private_metadata") or "")
+            actor = identity.actor(user)
+            key = f"{meta.message_ts}:reject:{user}:{meta.version}"
+            request = services.decide(
+                core,
+                actor,
+                meta.request_id,
+                approve=False,
+                reason=reason,
+                decision_key=key,
+                seen_version=meta.version,
+            )
+            logger.info("%s rejected %s", user, request.id, extra={"request_id": request.id})
+            tell(body, client, None, f"You rejected `{request.id}`.")
+
+    def workspace_form(
+        ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
+        with log.bound(correlation(context)) as cid:
+            try:
+                actor = identity.actor(body["user"]["id"])
+                kind = workspace_from_form(blocks.form_values(view), actor.email)
+                services.preview(core, actor, kind)
+            except errors.KfError as exc:  # the only moment Slack shows errors on the fields
+                ack(response_action="errors", errors=field_errors(exc))
+                return
+            ack()
+            result = services.submit(
+                core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=cid
+            )
+            text = render.submitted_text(
+                result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=render.SLACK
+            )
+            client.chat_postMessage(channel=actor.user_id, text=blocks.fallback(text))
+
+    app.view(blocks.REJECT_VIEW)(reject_reason)
+    app.view(blocks.WORKSPACE_VIEW)(workspace_form)

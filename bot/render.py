@@ -1,0 +1,372 @@
+"""Plain text for people: Slack's fallback text and ephemeral replies, and the local shell.
+
+The same functions serve both so the shell shows what Slack would show. ``Style`` carries the
+two differences: Slack needs user-supplied text escaped (``naming.escape_slack_text``: no forged
+mentions, links or ``@channel``) and shows users as ``<@U…>`` mentions and times as
+``<!date^…>``; the shell prints plain text. Messages from ``KfError.user_message`` are already
+Slack-safe and are never escaped twice.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from handlers import errors, kinds, naming, parse
+from handlers.model import SYSTEM, Event, EventType, Request, RequestState
+from handlers.plan import Plan, Step
+
+_SHELL_MENTION = re.compile(r"<@shell:([^>|]+)>")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _shell_text(text: str) -> str:
+    return _CONTROL.sub("?", text)
+
+
+@dataclass(frozen=True)
+class Style:
+    esc: Callable[[str], str]
+    slack: bool
+
+    def user(self, user_id: str | None, email: str | None = None) -> str:
+        if not user_id:
+            return "someone"
+        if user_id == SYSTEM.user_id:
+            return "kfbot"
+        if user_id.startswith("shell:"):
+            return self.esc(user_id.removeprefix("shell:"))
+        if self.slack and user_id[:1] in ("U", "W"):
+            return f"<@{user_id}>"
+        return self.esc(email or user_id)
+
+    def when(self, at: datetime | None) -> str:
+        if at is None:
+            return "?"
+        iso = at.strftime("%Y-%m-%d %H:%M UTC")
+        if self.slack:
+            return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{iso}>"
+        return iso
+
+    def message(self, user_message: str) -> str:
+        """A ``KfError.user_message``: Slack-safe already; the shell shows it unescaped."""
+        if self.slack:
+            return user_message
+        return _shell_text(html.unescape(_SHELL_MENTION.sub(r"\1", user_message)))
+
+
+SLACK = Style(naming.escape_slack_text, slack=True)
+SHELL = Style(_shell_text, slack=False)
+
+STATE_WORDS: Mapping[RequestState, str] = {
+    RequestState.PENDING: "waiting for an admin",
+    RequestState.APPROVED: "approved, queued to apply",
+    RequestState.REJECTED: "rejected",
+    RequestState.CANCELLED: "cancelled",
+    RequestState.EXPIRED: "expired (nobody decided in time)",
+    RequestState.APPLYING: "applying",
+    RequestState.SUCCEEDED: "done",
+    RequestState.COMPENSATING: "failed; undoing what was made",
+    RequestState.FAILED: "failed (what was made has been removed)",
+    RequestState.NEEDS_ATTENTION: "needs an admin's attention",
+}
+
+
+# -- errors and help -------------------------------------------------------------------------------
+
+
+def error_text(exc: errors.KfError, style: Style) -> str:
+    text = style.message(exc.user_message)
+    usage = getattr(exc, "usage", None)
+    if usage:
+        text += f"\nUsage: `{usage}`"
+    return text
+
+
+def internal_error_text(cid: str) -> str:
+    return f"Something went wrong (ref {cid}). An admin can find the details in the logs."
+
+
+def help_text(topic: str = "") -> str:
+    topic = topic.strip().lower()
+    if topic:
+        matches = {k: v for k, v in parse.USAGE.items() if k == topic or k.startswith(topic + " ")}
+        if matches:
+            return "\n".join(f"`{usage}`" for usage in matches.values())
+    lines = ["*kf-chatops*: ask for Kubeflow workspaces, sharing, quotas and tokens; admins approve.", ""]
+    lines += [f"• `{usage}`" for usage in parse.USAGE.values()]
+    lines += [
+        "",
+        "Requests that grant something new wait for an admin's approval; you get a DM with the result.",
+    ]
+    return "\n".join(lines)
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def describe(request: Request, style: Style) -> str:
+    try:
+        text = kinds.from_args(request.kind, request.args).describe()
+    except (errors.KfError, TypeError, ValueError):
+        text = request.kind
+    return style.esc(text)
+
+
+def args_text(request: Request, style: Style) -> str:
+    shown = []
+    for key, value in request.args.items():
+        if value is None or value is False or value == "":
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        shown.append(f"{key}={style.esc(naming.truncate(text, 200))}")
+    return ", ".join(shown) or "(none)"
+
+
+def request_line(request: Request, style: Style) -> str:
+    who = style.user(request.requester_id, request.requester_email)
+    return f"`{request.id}` {describe(request, style)}: {STATE_WORDS[request.state]} (by {who})"
+
+
+def request_list(requests: Sequence[Request], style: Style, *, admin: bool) -> str:
+    if not requests:
+        return "No requests." if admin else "You have no requests."
+    heading = "Pending requests and yours:" if admin else "Your requests:"
+    return "\n".join([heading, *(f"• {request_line(r, style)}" for r in requests)])
+
+
+def cost_text(cost: Mapping[str, Any]) -> str:
+    if not cost.get("hourly_max"):
+        return ""
+    return (
+        f"up to ${cost['hourly_max']:.2f}/hour (~${cost.get('monthly_max', 0):,.0f}/month) for "
+        f"{cost.get('max_nodes', '?')} x {cost.get('instance_type', '?')} "
+        f"at ${cost.get('hourly_per_node', 0):.3f}/hour, "
+        "on-demand list price"
+    )
+
+
+def plan_summary(plan: Plan, style: Style) -> str:
+    lines = [f"{n}. {style.esc(step.summary or step.key)}" for n, step in enumerate(plan.steps, 1)]
+    if not lines:
+        lines = ["(nothing to do)"]
+    for warning in plan.warnings:
+        lines.append(f"⚠ {style.esc(warning)}")
+    cost = cost_text(plan.cost)
+    if cost:
+        lines.append(f"Cost: {cost}")
+    return "\n".join(lines)
+
+
+def step_params(step: Step) -> str:
+    return json.dumps(dict(step.params), indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def plan_full(
+    plan: Plan, style: Style, calls: Callable[[str, Mapping[str, Any]], list[str]] | None = None
+) -> str:
+    """Every step with its action, object, parameters and (with ``calls``, the backend's
+    ``render_step``) the API calls it makes (``kfbot plan``, the shell's ``show``)."""
+    lines: list[str] = []
+    for n, step in enumerate(plan.steps, 1):
+        lines.append(f"{n}. {style.esc(step.summary or step.key)}")
+        lines.append(f"   action: {step.action}   object: {style.esc(step.key)}")
+        lines.append("   params:")
+        lines.extend("     " + style.esc(line) for line in step_params(step).splitlines())
+        if calls is not None:
+            lines.append("   calls:")
+            lines.extend("     " + style.esc(call) for call in calls(step.action, step.params))
+    if not plan.steps:
+        lines.append("(nothing to do)")
+    lines.extend(f"⚠ {style.esc(w)}" for w in plan.warnings)
+    cost = cost_text(plan.cost)
+    if cost:
+        lines.append(f"Cost: {cost}")
+    lines.append(f"Plan digest: {plan.digest()[:16]}")
+    return "\n".join(lines)
+
+
+def request_detail(request: Request, style: Style) -> str:
+    who = style.user(request.requester_id, request.requester_email)
+    if style.esc(request.requester_email) not in who:
+        who += f" ({style.esc(request.requester_email)})"
+    lines = [
+        f"Request `{request.id}`: {describe(request, style)}",
+        f"Requested by {who} · {request.kind} · {STATE_WORDS[request.state]}",
+        f"Arguments: {args_text(request, style)}",
+        "Plan:",
+        plan_summary(request.plan, style),
+    ]
+    return "\n".join(lines)
+
+
+def submitted_text(request: Request, *, duplicate: bool, auto_reason: str | None, style: Style) -> str:
+    if duplicate:
+        return f"Already recorded as `{request.id}` ({STATE_WORDS[request.state]})."
+    head = f"Request `{request.id}` recorded: {describe(request, style)}."
+    if request.state is RequestState.PENDING:
+        tail = "An admin has to approve it; you will get a DM with the decision and the result."
+    elif auto_reason:
+        tail = f"It applies without an admin ({style.esc(auto_reason)}); you will get a DM with the result."
+    else:
+        tail = STATE_WORDS[request.state]
+    return f"{head}\n{tail}\n{plan_summary(request.plan, style)}"
+
+
+def decision_text(request: Request, style: Style) -> str:
+    who = style.user(request.decided_by)
+    when = style.when(request.decided_at or request.updated_at)
+    if request.state is RequestState.REJECTED:
+        return f"Rejected by {who} at {when}: {style.esc(request.reason or '')}"
+    if request.state is RequestState.CANCELLED:
+        return f"Cancelled at {style.when(request.updated_at)}."
+    if request.state is RequestState.EXPIRED:
+        return f"Expired at {style.when(request.updated_at)}: nobody decided in time."
+    if request.decided_by == SYSTEM.user_id:
+        return f"Applies without an admin ({style.esc(request.reason or 'policy')})."
+    if request.decided_by:
+        return f"Approved by {who} at {when}. State: {STATE_WORDS[request.state]}."
+    return STATE_WORDS[request.state]
+
+
+def result_text(request: Request, style: Style) -> str:
+    """The requester's DM once a request has finished (or is stuck)."""
+    what = describe(request, style)
+    if request.state is RequestState.SUCCEEDED:
+        return f"✅ `{request.id}` is done: {what}."
+    if request.state is RequestState.FAILED:
+        return (
+            f"❌ `{request.id}` failed: {what}. What had been made was removed.\n"
+            f"Reason: {style.esc(request.error or 'unknown')}"
+        )
+    if request.state is RequestState.NEEDS_ATTENTION:
+        return (
+            f"⚠ `{request.id}` failed and could not be fully undone: {what}. The admins have been told.\n"
+            f"Reason: {style.esc(request.error or 'unknown')}"
+        )
+    return f"`{request.id}`: {STATE_WORDS[request.state]}."
+
+
+def step_of(request: Request, data: Mapping[str, Any]) -> Step | None:
+    idx = data.get("idx")
+    if isinstance(idx, int) and 0 <= idx < len(request.plan.steps):
+        return request.plan.steps[idx]
+    key = data.get("key")
+    return next((s for s in request.plan.steps if s.key == key), None)
+
+
+def step_name(request: Request, data: Mapping[str, Any]) -> str:
+    step = step_of(request, data)
+    if step is not None and step.summary:
+        return step.summary
+    return str(data.get("key") or data.get("summary") or "")
+
+
+def event_text(request: Request, event: Event, style: Style) -> str | None:
+    """One progress line for the card's thread (None: not worth a line)."""
+    data = event.data
+    step = style.esc(step_name(request, data))
+    t = event.type
+    if t is EventType.APPLY_STARTED:
+        count = len(request.plan.steps)
+        return f"Applying `{request.id}` ({count} step{'' if count == 1 else 's'})…"
+    if t is EventType.STEP_STARTED:
+        return f"▶ {step}"
+    if t is EventType.STEP_SUCCEEDED:
+        made = data.get("created")
+        note = " (created)" if made is True else " (already there)" if made is False else ""
+        return f"✔ {step}{note}"
+    if t is EventType.STEP_FAILED:
+        return f"✖ {step}: {style.esc(str(data.get('error') or ''))}"
+    if t is EventType.STEP_UNDONE:
+        return f"↩ undone: {step}"
+    if t is EventType.COMPENSATING:
+        return f"Failed: {style.esc(str(data.get('error') or request.error or ''))}. Undoing completed steps…"
+    if t in (EventType.SUCCEEDED, EventType.FAILED, EventType.NEEDS_ATTENTION):
+        return result_text(request, style)
+    if t is EventType.RETRIED:
+        return f"Retry requested by {style.user(event.actor)}."
+    if t is EventType.NUDGED:
+        return f"Still waiting for an approver: `{request.id}`."
+    if t is EventType.PLAN_CHANGED:
+        return "The plan changed since it was approved; it needs a new approval (see the new card)."
+    return None
+
+
+# -- read models -------------------------------------------------------------------------------------
+
+
+def _when(value: Any, style: Style) -> str:
+    return style.when(value) if isinstance(value, datetime) else style.esc(str(value))
+
+
+def workspaces_text(rows: Sequence[Mapping[str, Any]], style: Style, *, admin: bool) -> str:
+    if not rows:
+        return "No workspaces." if admin else "You own no workspaces."
+    lines = ["Workspaces:" if admin else "Your workspaces:"]
+    for row in rows:
+        lines.append(
+            f"• `{style.esc(str(row.get('name')))}` namespace `{style.esc(str(row.get('namespace')))}`, "
+            f"owner {style.esc(str(row.get('owner')))}, since {_when(row.get('created_at'), style)}"
+        )
+    return "\n".join(lines)
+
+
+def grant_line(grant: Mapping[str, Any], style: Style) -> str:
+    line = f"{style.esc(str(grant.get('user')))} ({style.esc(str(grant.get('role')))})"
+    if grant.get("expires_at"):
+        line += f" until {_when(grant['expires_at'], style)}"
+    in_cluster = grant.get("in_cluster")
+    if in_cluster is not None:
+        line += "" if in_cluster else " — missing in the cluster"
+    if grant.get("recorded") is False:
+        line += " — in the cluster only (not granted through kf-chatops)"
+    return line
+
+
+def workspace_text(view: Mapping[str, Any], style: Style) -> str:
+    lines = [
+        f"Workspace `{style.esc(str(view.get('name')))}`",
+        f"Namespace `{style.esc(str(view.get('namespace')))}` · owner {style.esc(str(view.get('owner')))} · "
+        f"created {_when(view.get('created_at'), style)} "
+        f"by request `{style.esc(str(view.get('request_id')))}`",
+    ]
+    created = view.get("created") or {}
+    if created:
+        lines.append("Made by kf-chatops: " + ", ".join(f"`{style.esc(str(key))}`" for key in created))
+    grants = view.get("grants") or []
+    lines.append("Contributors: " + (", ".join(grant_line(g, style) for g in grants) if grants else "none"))
+    live = view.get("live")
+    if isinstance(live, Mapping) and live.get("quota"):
+        lines.append(
+            "Quota: "
+            + ", ".join(f"{style.esc(str(k))}={style.esc(str(v))}" for k, v in dict(live["quota"]).items())
+        )
+    for note in view.get("drift") or []:
+        lines.append(f"⚠ {style.esc(str(note))}")
+    return "\n".join(lines)
+
+
+def contributors_text(workspace: str, rows: Sequence[Mapping[str, Any]], style: Style) -> str:
+    if not rows:
+        return f"`{style.esc(workspace)}` has no contributors besides its owner."
+    return "\n".join(
+        [f"Contributors of `{style.esc(workspace)}`:", *(f"• {grant_line(r, style)}" for r in rows)]
+    )
+
+
+def tokens_text(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
+    if not rows:
+        return "You have no active tokens."
+    lines = ["Your active tokens (revoke with `/kf token revoke ID`):"]
+    for row in rows:
+        lines.append(
+            f"• `{style.esc(str(row.get('token_id')))}` {style.esc(str(row.get('role')))} in "
+            f"`{style.esc(str(row.get('workspace')))}`, expires {_when(row.get('expires_at'), style)}"
+        )
+    return "\n".join(lines)

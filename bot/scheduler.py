@@ -1,0 +1,62 @@
+"""Timed work: one APScheduler job that sweeps due timers, on the elected leader only.
+
+The timers themselves are rows in our own table (``due_at``), claimed like requests, so
+APScheduler keeps only a memory job store: its job stores must not be shared between schedulers,
+and nothing in it needs to survive a restart. Every replica runs the sweeper; only the one
+holding the leader lock (``backend.try_lead()``: a PostgreSQL advisory lock; SQLite: the single
+process) does anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot import logging as log
+from handlers import services
+from handlers.services import Core
+
+logger = logging.getLogger(__name__)
+JOB_ID = "kfbot-timer-sweeper"
+
+
+def sweep_once(backend: Any, core: Core) -> int:
+    """Handle the timers due now if this process leads; returns how many were handled."""
+    if not backend.try_lead():
+        return 0
+    with log.bound(log.new_correlation_id()):
+        count = int(
+            backend.sweep_timers(lambda kind, ref, payload: services.handle_timer(core, kind, ref, payload))
+        )
+        if count:
+            logger.info("handled %d due timers", count)
+        return count
+
+
+def start_scheduler(backend: Any, core: Core, interval_seconds: float) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(
+        jobstores={"default": MemoryJobStore()},
+        executors={"default": ThreadPoolExecutor(1)},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": int(max(interval_seconds, 1)),
+        },
+        timezone=UTC,
+    )
+    scheduler.add_job(
+        sweep_once,
+        "interval",
+        seconds=interval_seconds,
+        args=[backend, core],
+        id=JOB_ID,
+        next_run_time=datetime.now(UTC),
+        replace_existing=True,
+    )
+    scheduler.start()
+    return scheduler

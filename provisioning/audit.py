@@ -1,0 +1,232 @@
+"""The append-only, HMAC-chained audit log: append, verify, export.
+
+Chain design
+------------
+Row ``n`` carries ``mac_n = HMAC-SHA256(key, canonical_json({seq, at, request_id, type, actor,
+data}) + mac_{n-1})`` and stores ``mac_{n-1}`` as ``prev_mac`` (the first row chains to
+``GENESIS_MAC``). The key (``KFBOT_AUDIT_KEY``) lives outside the database, so someone who can
+write the tables but does not have the key cannot edit a row, insert one or delete one from the
+middle without ``verify`` naming the first row where the chain breaks: an edit breaks that row's
+MAC, a deletion leaves a gap in ``seq`` (or, if renumbered, a MAC/``prev_mac`` mismatch), an
+insertion carries a MAC nobody could compute.
+
+What the chain alone cannot show is a truncated *tail*: cutting the last rows and rewinding the
+head row leaves a shorter but valid chain. ``kfbot audit verify`` prints the head MAC; keeping
+that value somewhere else (a ticket, the deploy log) and passing it back as ``expect_head``
+catches the truncation.
+
+Appends are serialised on the single ``audit_head`` row (``SELECT … FOR UPDATE`` on PostgreSQL;
+on SQLite the write transaction already holds the database lock), and ``seq`` is the primary
+key, so two writers can never fork the chain: the second waits and chains onto the first.
+Events are appended in the same transaction as the change they describe.
+
+Secrets never enter the log: data keys that look like secrets are refused (callers log a
+``fingerprint`` instead), and the CSV export defuses spreadsheet formulas.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from handlers.model import Event
+from handlers.plan import JSON, canonical_json
+from provisioning import store
+
+__all__ = [
+    "GENESIS_MAC", "SqlAuditLog", "VerifyResult", "check_no_secrets", "compute_mac", "export", "verify",
+]
+
+GENESIS_MAC = store.GENESIS_MAC
+
+_SECRET_WORDS = ("password", "token", "secret", "hash", "kubeconfig")
+_ALLOWED_KEYS = frozenset({"fingerprint", "token_id"})
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_COLUMNS = ("seq", "at", "request_id", "type", "actor", "data", "prev_mac", "mac")
+
+
+def check_no_secrets(data: JSON, path: str = "data") -> None:
+    """Raise ``ValueError`` if any key, at any depth, looks like it holds a secret."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            name = str(key).lower()
+            if name not in _ALLOWED_KEYS and any(word in name for word in _SECRET_WORDS):
+                raise ValueError(f"audit data {path}.{key} looks like a secret; log a fingerprint instead")
+            check_no_secrets(value, f"{path}.{key}")
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            check_no_secrets(value, f"{path}[{i}]")
+
+
+def _iso(at: datetime) -> str:
+    # Fixed precision and zone, so the text MACed at append is the text rebuilt at verify.
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def compute_mac(key: bytes, *, seq: int, at: datetime, request_id: str | None, type_: str, actor: str | None,
+                data: JSON, prev_mac: str) -> str:
+    body = canonical_json({"seq": seq, "at": _iso(at), "request_id": request_id, "type": type_,
+                           "actor": actor, "data": data})
+    return hmac.new(key, body.encode() + prev_mac.encode(), hashlib.sha256).hexdigest()
+
+
+class SqlAuditLog:
+    """``handlers.ports.AuditLog`` writing into the caller's transaction."""
+
+    def __init__(self, connection: Connection, key: bytes) -> None:
+        self._conn = connection
+        self._key = key
+
+    def append(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        prepared = []
+        for event in events:
+            if event.at.tzinfo is None:
+                raise ValueError(f"audit event {event.type} has a naive timestamp")
+            check_no_secrets(event.data)
+            # Through JSON and back: what is stored (tuples become lists, keys strings) is exactly
+            # what was MACed, so verify recomputes the same bytes.
+            data = json.loads(canonical_json(dict(event.data)))
+            prepared.append((event, data))
+        head = self._conn.execute(
+            sa.select(store.audit_head.c.seq, store.audit_head.c.mac)
+            .where(store.audit_head.c.id == 1)
+            .with_for_update()
+        ).first()
+        if head is None:
+            raise RuntimeError("the audit chain head row is missing: run `kfbot migrate`")
+        seq, prev = int(head.seq), str(head.mac)
+        rows: list[dict[str, Any]] = []
+        for event, data in prepared:
+            seq += 1
+            type_ = str(event.type.value)
+            mac = compute_mac(self._key, seq=seq, at=event.at, request_id=event.request_id, type_=type_,
+                              actor=event.actor, data=data, prev_mac=prev)
+            rows.append({"seq": seq, "at": event.at, "request_id": event.request_id, "type": type_,
+                         "actor": event.actor, "data": data, "prev_mac": prev, "mac": mac})
+            prev = mac
+        self._conn.execute(sa.insert(store.audit_events), rows)
+        self._conn.execute(
+            sa.update(store.audit_head).where(store.audit_head.c.id == 1).values(seq=seq, mac=prev)
+        )
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    rows: int
+    """Rows checked (all of them when ok)."""
+    head: str
+    """MAC of the last good row: keep it and pass it as ``expect_head`` next time."""
+    first_bad_seq: int | None
+    problem: str
+
+
+def verify(source: Connection | store.Database, key: bytes, expect_head: str | None = None) -> VerifyResult:
+    """Walk the chain in ``seq`` order and name the first row that was edited, inserted or deleted.
+
+    ``expect_head`` is a head MAC printed by an earlier verify: it must still be in the chain
+    (the log may have grown since), else the tail was truncated or rewritten.
+    """
+    if isinstance(source, Connection):
+        return _verify(source, key, expect_head)
+    with source.reader() as conn:
+        return _verify(conn, key, expect_head)
+
+
+def _verify(conn: Connection, key: bytes, expect_head: str | None) -> VerifyResult:
+    events = store.audit_events
+    prev, expected, count = GENESIS_MAC, 1, 0
+    seen_expected = expect_head is None or hmac.compare_digest(expect_head, GENESIS_MAC)
+
+    def bad(seq: int | None, problem: str) -> VerifyResult:
+        return VerifyResult(ok=False, rows=count, head=prev, first_bad_seq=seq, problem=problem)
+
+    result = conn.execute(sa.select(events).order_by(events.c.seq).execution_options(yield_per=1000))
+    for row in result:
+        count += 1
+        if row.seq != expected:
+            missing = (f"row {expected} is" if row.seq == expected + 1
+                       else f"rows {expected}-{row.seq - 1} are")
+            return bad(expected, f"{missing} missing: deleted from the log")
+        if not hmac.compare_digest(row.prev_mac, prev):
+            return bad(row.seq, f"row {row.seq} does not chain to row {row.seq - 1}: inserted or replaced")
+        mac = compute_mac(key, seq=row.seq, at=row.at, request_id=row.request_id, type_=row.type,
+                          actor=row.actor, data=row.data, prev_mac=row.prev_mac)
+        if not hmac.compare_digest(mac, row.mac):
+            return bad(row.seq, f"row {row.seq} does not match its MAC: edited, or forged without the key")
+        prev, expected = row.mac, expected + 1
+        if expect_head is not None and hmac.compare_digest(row.mac, expect_head):
+            seen_expected = True
+    last = expected - 1
+    head = conn.execute(
+        sa.select(store.audit_head.c.seq, store.audit_head.c.mac).where(store.audit_head.c.id == 1)
+    ).first()
+    if head is None:
+        return bad(None, "the chain head row is missing")
+    if head.seq > last:
+        return bad(last + 1, f"rows {last + 1}-{head.seq} at the end are missing: the tail was deleted")
+    if head.seq < last:
+        return bad(int(head.seq) + 1,
+                   f"rows {head.seq + 1}-{last} were added behind the head, outside the log")
+    if not hmac.compare_digest(head.mac, prev):
+        return bad(last, f"the head does not match row {last}: the head row was edited")
+    if not seen_expected:
+        return bad(last + 1, "the expected head is not in the chain: the tail was truncated or rewritten")
+    return VerifyResult(ok=True, rows=count, head=prev, first_bad_seq=None, problem="")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    # A spreadsheet runs a cell starting with these as a formula (CSV injection).
+    return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
+
+
+def export(db: store.Database, fmt: str, since: datetime | None = None) -> Iterator[str]:
+    """The log as lines (each ends with a newline), oldest first; ``since`` keeps rows at or after it.
+
+    Rows are streamed: the read connection stays open until the iterator is exhausted or closed.
+    Raises ``ValueError`` at once (not on first iteration) for a format other than jsonl or csv.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise ValueError(f"unknown export format {fmt!r}: jsonl or csv")
+    return _export(db, fmt, since)
+
+
+def _export(db: store.Database, fmt: str, since: datetime | None) -> Iterator[str]:
+    events = store.audit_events
+    query = sa.select(events).order_by(events.c.seq)
+    if since is not None:
+        query = query.where(events.c.at >= since)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def csv_line(cells: Sequence[object]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow([_cell(c) for c in cells])
+        return buffer.getvalue()
+
+    with db.reader() as conn:
+        if fmt == "csv":
+            yield csv_line(_COLUMNS)
+        for row in conn.execute(query.execution_options(yield_per=1000)):
+            record = {"seq": row.seq, "at": _iso(row.at), "request_id": row.request_id, "type": row.type,
+                      "actor": row.actor, "data": row.data, "prev_mac": row.prev_mac, "mac": row.mac}
+            if fmt == "jsonl":
+                yield canonical_json(record) + "\n"
+            else:
+                yield csv_line([record[c] if c != "data" else canonical_json(record[c]) for c in _COLUMNS])

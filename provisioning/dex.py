@@ -1,0 +1,510 @@
+"""Live Dex actions: a login for a workspace owner, in the way this cluster's Dex keeps users.
+
+Three modes (``DexSettings.mode``; the planned step carries the mode it was approved with):
+
+* ``password-cr`` (default): a ``passwords.dex.coreos.com`` object in Dex's namespace, exactly as
+  Dex's kubernetes storage writes it (``docs/kubeflow-reference.md`` §3.2): named by Dex's
+  ``idToName`` (``naming.dex_password_object_name``), top-level ``email``/``hash``/``username``/
+  ``userID`` with ``hash`` the base64 of the bcrypt string. Dex reads storage on every login, so
+  no restart is needed.
+* ``configmap``: Kubeflow 1.9+ static users: an entry ``{email, hashFromEnv: KEY, username,
+  userID}`` in ``staticPasswords`` of ConfigMap ``dex`` (key ``config.yaml``) and the hash under
+  ``KEY`` in Secret ``dex-passwords`` (the Deployment loads it with ``envFrom``). The YAML is
+  parsed and dumped, never spliced as text (an email or username must not be able to inject YAML);
+  the cost is that comments in ``config.yaml`` are not kept. Each write is a PUT carrying the
+  resourceVersion it read and is re-applied on 409, so concurrent additions never lose one
+  another. Dex does not reload its config, so the Deployment is restarted
+  (``kubectl.kubernetes.io/restartedAt``) and the step completes when the rollout has.
+* ``external``: logins come from an upstream identity provider; the actions do nothing.
+
+One restart for a burst: ``RestartCoordinator`` lets every addition register and makes the first
+waiter restart once ``restart_quiet_period`` has passed without a new registration; everyone
+registered by then waits for that one rollout. This is in-process: with several bot processes,
+each may restart once per burst. The issue asks for the request to go through a database row
+(the timers table) so one restart serves all processes; that comes with the store, and only
+``RestartCoordinator`` needs to change. The Deployment's pod template also carries a digest of the
+config it was restarted for (``kf-chatops/dex-config-digest``), so a step that is re-run (after a
+crash or a rollout timeout) can tell whether Dex has already loaded its entry.
+
+Passwords: the user is created with the bcrypt hash of random bytes nobody ever sees; the owner
+sets a real one later through ``set_password_hash`` (the reveal flow in ``provisioning.secrets``).
+Only hashes travel to the cluster. bcrypt cost is checked to be 10..16, the range Dex accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import bcrypt
+import yaml
+from kubernetes import client
+
+from handlers.errors import PermanentError, TemporaryError
+from handlers.naming import dex_password_object_name
+from handlers.plan import JSON, StepOutcome
+from handlers.ports import Clock
+from provisioning import k8s
+from provisioning.actions import Action
+from provisioning.k8s import Kube, Obj
+from provisioning.settings import DexSettings
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY: Final = "config.yaml"
+RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
+CONFIG_DIGEST: Final = "kf-chatops/dex-config-digest"
+ENV_KEY_PREFIX: Final = "DEX_USER_"
+MIN_COST: Final = 10
+MAX_COST: Final = 16
+_USER_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:kf-chatops:dex-user")
+
+
+def check_cost(cost: int) -> int:
+    """Dex refuses bcrypt hashes outside 10..16 at login; refuse them before one is ever written."""
+    if isinstance(cost, bool) or not isinstance(cost, int) or not MIN_COST <= cost <= MAX_COST:
+        raise ValueError(f"bcrypt cost must be an integer from {MIN_COST} to {MAX_COST}, not {cost!r}")
+    return cost
+
+
+def user_id_for(email: str) -> str:
+    """A stable ``userID`` (the OIDC ``sub`` with the local connector): the same email always gets
+    the same id, so a user re-created after a delete keeps their identity in Kubeflow Pipelines."""
+    return str(uuid.uuid5(_USER_ID_NAMESPACE, email.strip().lower()))
+
+
+def env_key_for(email: str) -> str:
+    """The Secret key (and env var name) holding ``email``'s hash: letters, digits and ``_`` only,
+    derived from the email so a re-run finds the key it wrote."""
+    return ENV_KEY_PREFIX + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:20].upper()
+
+
+def _email(params: Mapping[str, JSON]) -> str:
+    value = params.get("email")
+    if not isinstance(value, str) or "@" not in value:
+        raise PermanentError("The Dex step is missing a valid `email` parameter.")
+    return value.strip().lower()
+
+
+def _secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
+    data = secret.get("data")
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+class RestartCoordinator:
+    """One Dex restart for a burst of additions (thread-safe, in-process).
+
+    ``register()`` after a write returns a ticket; ``wait(ticket)`` returns once a restart that
+    started after that registration has rolled out. The first waiter to see ``quiet_period``
+    seconds without a new registration performs the restart; later waiters whose tickets it
+    covers wait for it instead of restarting again."""
+
+    def __init__(self, clock: Clock, quiet_period: float, restart: Callable[[], None], *,
+                 poll: float = 0.2, timeout: float = 900.0) -> None:
+        self._clock, self._quiet, self._restart = clock, quiet_period, restart
+        self._poll, self._timeout = poll, timeout
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._last = clock.now()
+        self._done = 0  # the highest ticket whose restart has rolled out
+        self._running = False
+        self.restarts = 0
+
+    def register(self) -> int:
+        with self._cond:
+            self._seq += 1
+            self._last = self._clock.now()
+            return self._seq
+
+    def wait(self, ticket: int) -> None:
+        start = self._clock.now()
+        while True:
+            with self._cond:
+                if self._done >= ticket:
+                    return
+                if self._running:
+                    # Someone restarts; if it covers us we are done when it is, else we go next.
+                    self._cond.wait(timeout=self._poll)
+                    continue
+                quiet_for = (self._clock.now() - self._last).total_seconds()
+                if quiet_for >= self._quiet:
+                    self._running, covering = True, self._seq  # it covers every write registered so far
+                    break
+                remaining = self._quiet - quiet_for
+            if (self._clock.now() - start).total_seconds() > self._timeout:
+                raise TemporaryError("Dex was not restarted in time; the step will try again.")
+            # Sleeping the rest of the quiet period is enough: a registration meanwhile moves
+            # `_last`, and the check above runs again on waking.
+            self._clock.sleep(max(remaining, 0.01))
+        succeeded = False
+        try:
+            self._restart()
+            succeeded = True
+        finally:
+            # On failure the error goes to this caller; the other waiters see no progress and
+            # one of them tries again (the quiet period is long over by then).
+            with self._cond:
+                self._running = False
+                if succeeded:
+                    self.restarts += 1
+                    self._done = max(self._done, covering)
+                self._cond.notify_all()
+
+    def request(self) -> None:
+        self.wait(self.register())
+
+
+class DexActions:
+    def __init__(self, api: client.ApiClient, settings: DexSettings, clock: Clock, *,
+                 rollout_timeout: float = 600.0, poll_interval: float = 2.0) -> None:
+        check_cost(settings.bcrypt_cost)
+        self.kube = Kube(api)
+        self.settings = settings
+        self.clock = clock
+        self.rollout_timeout = rollout_timeout
+        self.poll_interval = poll_interval
+        self.restart_coordinator = RestartCoordinator(clock, settings.restart_quiet_period,
+                                                      self._restart_and_wait)
+        # For messages: "auth/dex".
+        self._cm_ref = f"{settings.namespace}/{settings.configmap}"
+        self._deploy_ref = f"{settings.namespace}/{settings.deployment}"
+
+    def registry(self) -> dict[str, Action]:
+        return {
+            "dex.user": k8s.BoundAction(self.ensure_user, self.undo_user),
+            "dex.user.remove": k8s.BoundAction(self.remove_user, k8s.no_undo),
+        }
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def _config(self) -> tuple[Obj | None, dict[str, Any]]:
+        cm = self.kube.get(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace)
+        if cm is None:
+            return None, {}
+        return cm, self._parse(cm)
+
+    def _parse(self, cm: Obj) -> dict[str, Any]:
+        text = (cm.get("data") or {}).get(CONFIG_KEY) or ""
+        try:
+            parsed = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise PermanentError(f"ConfigMap {self._cm_ref} has no valid `{CONFIG_KEY}`; fix it before "
+                                 "adding users.") from exc
+        if not isinstance(parsed, dict):
+            raise PermanentError(f"`{CONFIG_KEY}` in ConfigMap {self._cm_ref} is not a YAML mapping.")
+        return parsed
+
+    @staticmethod
+    def _static_entry(config: Mapping[str, Any], email: str) -> dict[str, Any] | None:
+        for entry in config.get("staticPasswords") or []:
+            # Dex's static lookup is case-insensitive, so ours is too.
+            if isinstance(entry, dict) and str(entry.get("email", "")).lower() == email:
+                return entry
+        return None
+
+    def _password_object(self, email: str) -> Obj | None:
+        return self.kube.get(k8s.DEX_PASSWORD, dex_password_object_name(email), self.settings.namespace)
+
+    def user_exists(self, email: str) -> bool:
+        """Whether Dex already has a login for ``email`` (a static entry or a Password object)."""
+        if self.settings.mode == "external":
+            return False
+        email = email.strip().lower()
+        _, config = self._config()
+        return self._static_entry(config, email) is not None or self._password_object(email) is not None
+
+    # -- hashes ------------------------------------------------------------------------------
+
+    def _unusable_hash(self) -> str:
+        # A real bcrypt hash of 32 random bytes that are thrown away: nobody can log in until the
+        # owner sets a password, yet Dex sees a well-formed user.
+        salt = bcrypt.gensalt(self.settings.bcrypt_cost)
+        return bcrypt.hashpw(secrets.token_urlsafe(32).encode(), salt).decode()
+
+    @staticmethod
+    def _check_hash(bcrypt_hash: str) -> None:
+        if not bcrypt_hash.startswith(("$2a$", "$2b$", "$2y$")) or len(bcrypt_hash) != 60:
+            raise ValueError("not a bcrypt hash")
+        check_cost(int(bcrypt_hash[4:6]))
+
+    # -- dex.user ----------------------------------------------------------------------------
+
+    def ensure_user(self, params: Mapping[str, JSON]) -> StepOutcome:
+        email = _email(params)
+        mode = str(params.get("mode") or self.settings.mode)
+        if mode == "external":
+            return StepOutcome(created=False, details={"mode": mode})
+        username = str(params.get("username") or email.split("@", 1)[0])
+        user_id = str(params.get("user_id") or user_id_for(email))
+        cm, config = self._config()
+        entry = self._static_entry(config, email)
+        if mode == "password-cr":
+            if entry is not None:  # a static entry wins over storage in Dex: nothing to add
+                return StepOutcome(created=False, details={"mode": mode, "found": "staticPasswords"})
+            return self._ensure_password_object(email, username, user_id)
+        if mode != "configmap":
+            raise PermanentError(f"Unknown Dex mode `{mode}`.")
+        if cm is None:
+            raise PermanentError(f"ConfigMap {self._cm_ref} does not exist; is Dex installed in configmap "
+                                 "mode?")
+        if entry is None and self._password_object(email) is not None:
+            return StepOutcome(created=False, details={"mode": mode, "found": "password-object"})
+        key = env_key_for(email)
+        if entry is not None and entry.get("hashFromEnv") != key:
+            return StepOutcome(created=False, details={"mode": mode, "found": "staticPasswords"})
+        self._check_deployment_loads_secret()
+        created = False
+        if entry is None:
+            # The hash first: the moment the entry exists, a restart must find its env var.
+            self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
+            created = self._add_static_entry(email, key, username, user_id)
+        else:
+            # Ours from an earlier attempt: make sure its hash is there too (repair a lost half).
+            self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
+        self._apply_config()
+        details: dict[str, JSON] = {"mode": mode, "env_key": key}
+        if not created:
+            details["found"] = "staticPasswords"
+        return StepOutcome(created=created, details=details)
+
+    def _ensure_password_object(self, email: str, username: str, user_id: str) -> StepOutcome:
+        name = dex_password_object_name(email)
+        body: Obj = {
+            "metadata": {"name": name, "namespace": self.settings.namespace, "labels": dict(k8s.MANAGED_BY)},
+            "email": email,
+            "hash": base64.b64encode(self._unusable_hash().encode()).decode(),
+            "username": username,
+            "userID": user_id,
+        }
+        existing, created = self.kube.create(k8s.DEX_PASSWORD, body)
+        if not created and str(existing.get("email", "")).lower() != email:
+            raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
+                                 "inconsistent and needs an administrator.")
+        details: dict[str, JSON] = {"mode": "password-cr", "object": name}
+        if not created:
+            details["found"] = "password-object"
+        return StepOutcome(created=created, details=details)
+
+    def undo_user(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if outcome.created:
+            self.remove_user(params)
+
+    def remove_user(self, params: Mapping[str, JSON]) -> StepOutcome:
+        email = _email(params)
+        mode = str(params.get("mode") or self.settings.mode)
+        if mode == "external":
+            return StepOutcome(created=False, details={"mode": mode})
+        if mode == "password-cr":
+            name = dex_password_object_name(email)
+            deleted = self.kube.delete(k8s.DEX_PASSWORD, name, self.settings.namespace)
+            return StepOutcome(created=deleted, details={"mode": mode, "deleted": deleted})
+        key = env_key_for(email)
+        # Only the entry the bot wrote (its own env key) goes; a hand-made user with that email stays.
+        removed = self._remove_static_entry(email, key)
+        # Entry first, then its hash: Dex restarted in between would find a user without a hash.
+        removed_key = self._remove_secret_key(key)
+        if removed or removed_key:
+            self._apply_config()
+        return StepOutcome(created=removed, details={"mode": mode, "deleted": removed})
+
+    # -- configmap mode: writes --------------------------------------------------------------
+
+    def _check_deployment_loads_secret(self) -> None:
+        deployment = self._deployment()
+        template = (deployment.get("spec") or {}).get("template") or {}
+        for container in (template.get("spec") or {}).get("containers") or []:
+            for source in container.get("envFrom") or []:
+                if ((source.get("secretRef") or {}).get("name") == self.settings.secret
+                        and not source.get("prefix")):
+                    return
+        raise PermanentError(f"Deployment {self._deploy_ref} does not load Secret `{self.settings.secret}` "
+                             "with envFrom, so `hashFromEnv` users would have no password. Use the "
+                             "Kubeflow 1.9+ Dex manifests or the password-cr mode.")
+
+    def _deployment(self) -> Obj:
+        deployment = self.kube.get(k8s.DEPLOYMENT, self.settings.deployment, self.settings.namespace)
+        if deployment is None:
+            raise PermanentError(f"Deployment {self._deploy_ref} does not exist; is Dex installed there?")
+        return deployment
+
+    def _dump(self, cm: Obj, config: Mapping[str, Any]) -> None:
+        cm.setdefault("data", {})[CONFIG_KEY] = yaml.safe_dump(dict(config), sort_keys=False,
+                                                               default_flow_style=False, allow_unicode=True)
+
+    def _add_static_entry(self, email: str, key: str, username: str, user_id: str) -> bool:
+        added = False
+
+        def mutate(cm: Obj) -> bool:
+            nonlocal added
+            config = self._parse(cm)
+            if self._static_entry(config, email) is not None:  # another writer added it first
+                added = False
+                return False
+            entries = config.get("staticPasswords")
+            if not isinstance(entries, list):
+                entries = []
+            entries.append({"email": email, "hashFromEnv": key, "username": username, "userID": user_id})
+            config["staticPasswords"] = entries
+            if "enablePasswordDB" not in config:
+                config["enablePasswordDB"] = True  # Dex refuses staticPasswords without it
+            self._dump(cm, config)
+            added = True
+            return True
+
+        if self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace,
+                                       mutate) is None:
+            raise PermanentError(f"ConfigMap {self._cm_ref} disappeared.")
+        return added
+
+    def _remove_static_entry(self, email: str, key: str) -> bool:
+        removed = False
+
+        def mutate(cm: Obj) -> bool:
+            nonlocal removed
+            config = self._parse(cm)
+            entries = config.get("staticPasswords") or []
+            kept = [e for e in entries if not (isinstance(e, dict) and e.get("hashFromEnv") == key
+                                               and str(e.get("email", "")).lower() == email)]
+            removed = len(kept) != len(entries)
+            if not removed:
+                return False
+            config["staticPasswords"] = kept
+            self._dump(cm, config)
+            return True
+
+        self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)
+        return removed
+
+    def _write_secret_key(self, key: str, bcrypt_hash: str, *, only_if_absent: bool) -> None:
+        encoded = base64.b64encode(bcrypt_hash.encode()).decode()
+
+        def mutate(secret: Obj) -> bool:
+            data = _secret_data(secret)
+            if key in data and (only_if_absent or data[key] == encoded):
+                return False
+            data[key] = encoded
+            secret["data"] = data
+            return True
+
+        ns, name = self.settings.namespace, self.settings.secret
+        if self.kube.read_modify_write(k8s.SECRET, name, ns, mutate) is None:
+            _, created = self.kube.create(k8s.SECRET, {"metadata": {"name": name, "namespace": ns},
+                                                       "type": "Opaque", "data": {key: encoded}})
+            if not created:  # made by someone else in between: add ours to theirs
+                self.kube.read_modify_write(k8s.SECRET, name, ns, mutate)
+
+    def _remove_secret_key(self, key: str) -> bool:
+        removed = False
+
+        def mutate(secret: Obj) -> bool:
+            nonlocal removed
+            data = _secret_data(secret)
+            removed = data.pop(key, None) is not None
+            secret["data"] = data
+            return removed
+
+        self.kube.read_modify_write(k8s.SECRET, self.settings.secret, self.settings.namespace, mutate)
+        return removed
+
+    # -- configmap mode: restarts ------------------------------------------------------------
+
+    def _config_digest(self) -> str:
+        cm = self.kube.get(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace) or {}
+        secret = self.kube.get(k8s.SECRET, self.settings.secret, self.settings.namespace) or {}
+        digest = hashlib.sha256(str((cm.get("data") or {}).get(CONFIG_KEY, "")).encode())
+        for key, value in sorted(_secret_data(secret).items()):
+            digest.update(f"\0{key}={value}".encode())
+        return digest.hexdigest()[:16]
+
+    def _applied_digest(self) -> str | None:
+        template = (self._deployment().get("spec") or {}).get("template") or {}
+        value = k8s.annotations_of(template).get(CONFIG_DIGEST)
+        return value if isinstance(value, str) else None
+
+    def _apply_config(self) -> None:
+        """Make Dex run the current config: one coordinated restart if it has not loaded it yet,
+        else just make sure the last rollout has finished."""
+        if self._applied_digest() != self._config_digest():
+            self.restart_coordinator.request()
+        else:
+            self._wait_rollout()
+
+    def _restart_and_wait(self) -> None:
+        # Read the digest right before the restart: every write registered so far is in it.
+        digest = self._config_digest()
+        now = self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch: dict[str, JSON] = {"spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_AT: now, CONFIG_DIGEST: digest}}}}}
+        self.kube.merge_patch(k8s.DEPLOYMENT, self.settings.deployment, patch, self.settings.namespace)
+        log.info("restarted Deployment %s/%s for Dex config %s", self.settings.namespace,
+                 self.settings.deployment, digest)
+        self._wait_rollout()
+
+    def _wait_rollout(self) -> None:
+        start = self.clock.now()
+        while True:
+            deployment = self._deployment()
+            generation = int(k8s.meta(deployment).get("generation") or 0)
+            status = deployment.get("status") or {}
+            replicas = (deployment.get("spec") or {}).get("replicas")
+            replicas = 1 if replicas is None else int(replicas)
+            if (int(status.get("observedGeneration") or 0) >= generation
+                    and int(status.get("updatedReplicas") or 0) == replicas):
+                return
+            if (self.clock.now() - start).total_seconds() >= self.rollout_timeout:
+                raise TemporaryError(f"Dex ({self._deploy_ref}) has not finished restarting after "
+                                     f"{self.rollout_timeout:.0f}s.", delay=10.0)
+            self.clock.sleep(self.poll_interval)
+
+    # -- the reveal flow ---------------------------------------------------------------------
+
+    def set_password_hash(self, email: str, bcrypt_hash: str) -> None:
+        """Give ``email``'s existing Dex login this hash, where that login lives; in configmap
+        mode this returns only when Dex has restarted with it."""
+        if self.settings.mode == "external":
+            raise PermanentError("Passwords are managed by the upstream identity provider, not by this bot.")
+        self._check_hash(bcrypt_hash)
+        email = email.strip().lower()
+        cm, config = self._config()
+        entry = self._static_entry(config, email)
+        if entry is not None and cm is not None:
+            key = entry.get("hashFromEnv")
+            if not isinstance(key, str) or not key:
+                # An inline `hash:` entry: move it to a key of ours rather than put a hash in the ConfigMap.
+                key = env_key_for(email)
+                self._write_secret_key(key, bcrypt_hash, only_if_absent=False)
+                self._set_entry_key(email, key)
+            else:
+                self._write_secret_key(key, bcrypt_hash, only_if_absent=False)
+            self._apply_config()
+            return
+        name = dex_password_object_name(email)
+        encoded = base64.b64encode(bcrypt_hash.encode()).decode()
+
+        def mutate(obj: Obj) -> bool:
+            if obj.get("hash") == encoded:
+                return False
+            obj["hash"] = encoded
+            return True
+
+        if self.kube.read_modify_write(k8s.DEX_PASSWORD, name, self.settings.namespace, mutate) is None:
+            raise PermanentError(f"Dex has no login for {email}; it is created with the workspace.")
+
+    def _set_entry_key(self, email: str, key: str) -> None:
+        def mutate(cm: Obj) -> bool:
+            config = self._parse(cm)
+            entry = self._static_entry(config, email)
+            if entry is None or entry.get("hashFromEnv") == key:
+                return False
+            entry.pop("hash", None)
+            entry["hashFromEnv"] = key
+            self._dump(cm, config)
+            return True
+
+        self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)

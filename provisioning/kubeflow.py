@@ -1,0 +1,592 @@
+"""Live Kubeflow actions: Profiles, contributors (KFAM's pair), quotas, PodDefaults, token accounts.
+
+The objects must be indistinguishable from what Kubeflow's own components make
+(``docs/kubeflow-reference.md``), because those components read them back:
+
+* **Profiles** are only created; the profile controller makes the namespace and everything in it.
+  The bot waits for the namespace to carry ``owner: <owner>`` (that is when the controller has
+  finished the part the next steps need) and reports the controller's ``Failed`` condition in its
+  own words. It refuses up front what the controller would refuse: a namespace that exists with
+  another (or no) owner, so one tenant can never take over another's namespace.
+* **Contributors** are KFAM's RoleBinding + AuthorizationPolicy pair, created directly because KFAM
+  is not reachable for a bot in a stock install (only the dashboard's mesh principal may call it).
+  Same name (``naming.kfam_binding_name``), same ``user``/``role`` annotations, exactly one subject
+  (KFAM's list fails for the whole namespace otherwise), ``apiGroup`` set explicitly. KFAM's names
+  are lossy (``a.b@x.com`` and ``a-b@x.com`` collide), so the existing subject is always compared
+  before anything is created or deleted. The two halves are never left alone: a missing half is
+  repaired on share and its partner removed on unshare.
+* **Quotas** change only ``Profile.spec.resourceQuotaSpec`` by merge patch; the controller owns
+  ``kf-resource-quota`` and would revert any direct edit.
+* **Token accounts** are a ServiceAccount + RoleBinding per token with *no* ``user``/``role``
+  annotations, so KFAM and the dashboard never list them as contributors.
+* **Identity** (header, prefix, principals) must equal what the profile controller writes into
+  ``ns-owner-access-istio``; settings win, else the bot reads the profiles Deployment's environment
+  once, else it uses the kubeflow/manifests values.
+
+Waiting uses the injected ``Clock``: a wait that runs out is a ``TemporaryError`` (the engine
+retries within the step's deadline). Nothing talks to the cluster at import or construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from kubernetes import client
+
+from handlers.errors import PermanentError, TemporaryError
+from handlers.naming import kfam_binding_name
+from handlers.plan import JSON, StepOutcome
+from handlers.ports import Clock
+from provisioning import k8s
+from provisioning.actions import Action
+from provisioning.k8s import Kube, Obj
+from provisioning.settings import KubeflowSettings
+
+log = logging.getLogger(__name__)
+
+RBAC_GROUP: Final = "rbac.authorization.k8s.io"
+QUOTA_NAME: Final = "kf-resource-quota"
+TOKEN_ID_LABEL: Final = "kf-chatops/token-id"  # noqa: S105 - a label key, not a secret
+CONTRIBUTOR_ROLES: Final = ("edit", "view")
+KFAM_ROLES: Final = ("edit", "view", "admin")
+
+# kubeflow/manifests values (applications/profiles/upstream/manager/kustomization.yaml).
+DEFAULT_HEADER: Final = "kubeflow-userid"
+DEFAULT_PREFIX: Final = ""
+DEFAULT_INGRESS_PRINCIPAL: Final = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+DEFAULT_KFP_UI_PRINCIPAL: Final = "cluster.local/ns/kubeflow/sa/ml-pipeline-ui"
+
+_ENV_NAMES: Final = {
+    "header": "USERID_HEADER",
+    "prefix": "USERID_PREFIX",
+    "ingress_principal": "ISTIO_INGRESS_GATEWAY_PRINCIPAL",
+    "kfp_ui_principal": "KFP_UI_PRINCIPAL",
+}
+_DEFAULTS: Final = {
+    "header": DEFAULT_HEADER,
+    "prefix": DEFAULT_PREFIX,
+    "ingress_principal": DEFAULT_INGRESS_PRINCIPAL,
+    "kfp_ui_principal": DEFAULT_KFP_UI_PRINCIPAL,
+}
+
+
+_Pair = tuple[Obj | None, Obj | None]
+"""A KFAM grant: (RoleBinding, AuthorizationPolicy); either half may be missing."""
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """How Kubeflow recognises a user in AuthorizationPolicies, and where each value came from."""
+
+    header: str
+    prefix: str
+    ingress_principal: str
+    kfp_ui_principal: str
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """field -> ``settings`` | ``profiles-deployment`` | ``default``."""
+
+    @property
+    def principals(self) -> list[str]:
+        return [self.ingress_principal, self.kfp_ui_principal]
+
+
+def _str(params: Mapping[str, JSON], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise PermanentError(f"The step is missing its `{key}` parameter.")
+    return value
+
+
+def _str_map(value: JSON) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _subjects(binding: Mapping[str, Any]) -> list[dict[str, Any]]:
+    value = binding.get("subjects")
+    return [s for s in value if isinstance(s, dict)] if isinstance(value, list) else []
+
+
+def _profile_hard(profile: Mapping[str, Any]) -> dict[str, str]:
+    spec = profile.get("spec") or {}
+    return _str_map((spec.get("resourceQuotaSpec") or {}).get("hard"))
+
+
+def _profile_owner(profile: Mapping[str, Any]) -> str | None:
+    owner = (profile.get("spec") or {}).get("owner") or {}
+    name = owner.get("name") if isinstance(owner, dict) else None
+    return name if isinstance(name, str) else None
+
+
+class KubeflowActions:
+    def __init__(self, api: client.ApiClient, settings: KubeflowSettings, clock: Clock) -> None:
+        self.kube = Kube(api)
+        self.settings = settings
+        self.clock = clock
+        self._identity: IdentityConfig | None = None
+        self._identity_lock = threading.Lock()
+
+    def registry(self) -> dict[str, Action]:
+        return {
+            "kubeflow.profile": k8s.BoundAction(self.ensure_profile, self.undo_profile),
+            "kubeflow.profile.remove": k8s.BoundAction(self.remove_profile, k8s.no_undo),
+            "kubeflow.poddefault": k8s.BoundAction(self.ensure_poddefault, self.undo_poddefault),
+            "kubeflow.contributor": k8s.BoundAction(self.ensure_contributor, self.undo_contributor),
+            "kubeflow.contributor.remove": k8s.BoundAction(self.remove_contributor, k8s.no_undo),
+            "kubeflow.quota": k8s.BoundAction(self.ensure_quota, self.undo_quota),
+            "kubeflow.token_account": k8s.BoundAction(self.ensure_token_account, self.undo_token_account),
+            "kubeflow.token_account.remove": k8s.BoundAction(self.remove_token_account, k8s.no_undo),
+        }
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _elapsed(self, since: Any) -> float:
+        return float((self.clock.now() - since).total_seconds())
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def identity_config(self) -> IdentityConfig:
+        """Settings win; else the profiles Deployment's env; else kubeflow/manifests defaults.
+
+        Read once and cached: the values change only when Kubeflow is reinstalled, and every share
+        would otherwise read a Deployment. A failure that a retry may fix is raised, not cached,
+        because a wrong principal would write AuthorizationPolicies that silently grant nothing."""
+        with self._identity_lock:
+            if self._identity is None:
+                self._identity = self._read_identity()
+            return self._identity
+
+    def _read_identity(self) -> IdentityConfig:
+        s = self.settings
+        from_settings = {"header": s.userid_header, "prefix": s.userid_prefix,
+                         "ingress_principal": s.ingress_principal, "kfp_ui_principal": s.kfp_ui_principal}
+        values: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        for key, value in from_settings.items():
+            if value is not None:
+                values[key], sources[key] = value, "settings"
+        missing = [key for key in _ENV_NAMES if key not in values]
+        if missing:
+            env = self._profiles_env([_ENV_NAMES[key] for key in missing])
+            for key in missing:
+                if _ENV_NAMES[key] in env:
+                    values[key], sources[key] = env[_ENV_NAMES[key]], "profiles-deployment"
+                else:
+                    values[key], sources[key] = _DEFAULTS[key], "default"
+        if not values["header"]:
+            raise PermanentError("The identity header (USERID_HEADER) is empty; set KFBOT_USERID_HEADER.")
+        return IdentityConfig(header=values["header"], prefix=values["prefix"],
+                              ingress_principal=values["ingress_principal"],
+                              kfp_ui_principal=values["kfp_ui_principal"], sources=sources)
+
+    def _profiles_env(self, names: list[str]) -> dict[str, str]:
+        """The named env values of the profiles Deployment, following ``value``,
+        ``valueFrom.configMapKeyRef`` and ``envFrom.configMapRef`` (manifests have used all three)."""
+        ns, name = self.settings.profiles_namespace, self.settings.profiles_deployment
+        try:
+            deployment = self.kube.get(k8s.DEPLOYMENT, name, ns)
+        except TemporaryError:
+            raise
+        except PermanentError as exc:  # typically 403: the bot may not read kubeflow's Deployments
+            log.warning("cannot read Deployment %s/%s for identity settings, using defaults: %s", ns, name,
+                        exc.user_message)
+            return {}
+        if deployment is None:
+            log.warning("Deployment %s/%s not found; identity settings fall back to kubeflow/manifests "
+                        "defaults", ns, name)
+            return {}
+        template = (deployment.get("spec") or {}).get("template") or {}
+        containers = (template.get("spec") or {}).get("containers") or []
+        # The manager container is the one that writes ns-owner-access-istio; prefer its values.
+        containers = sorted(containers, key=lambda c: c.get("name") != "manager")
+        found: dict[str, str] = {}
+        config_maps: dict[str, dict[str, str]] = {}
+
+        def config_map(cm_name: str) -> dict[str, str]:
+            if cm_name not in config_maps:
+                try:
+                    cm = self.kube.get(k8s.CONFIG_MAP, cm_name, ns)
+                except PermanentError as exc:
+                    log.warning("cannot read ConfigMap %s/%s: %s", ns, cm_name, exc.user_message)
+                    cm = None
+                config_maps[cm_name] = _str_map((cm or {}).get("data"))
+            return config_maps[cm_name]
+
+        for container in containers:
+            for env in container.get("env") or []:
+                key = env.get("name")
+                if key not in names or key in found:
+                    continue
+                if "value" in env:
+                    found[key] = str(env.get("value") or "")
+                    continue
+                ref = (env.get("valueFrom") or {}).get("configMapKeyRef") or {}
+                if ref.get("name") and ref.get("key") in config_map(ref["name"]):
+                    found[key] = config_map(ref["name"])[ref["key"]]
+            for source in container.get("envFrom") or []:
+                ref = source.get("configMapRef") or {}
+                if not ref.get("name"):
+                    continue
+                prefix = source.get("prefix") or ""
+                for cm_key, value in config_map(ref["name"]).items():
+                    key = prefix + cm_key
+                    if key in names and key not in found:
+                        found[key] = value
+        return found
+
+    # -- profile -----------------------------------------------------------------------------
+
+    def ensure_profile(self, params: Mapping[str, JSON]) -> StepOutcome:
+        name, owner = _str(params, "name"), _str(params, "owner")
+        hard = _str_map(params.get("hard"))
+        existing = self.kube.get(k8s.PROFILE, name)
+        created = False
+        if existing is None:
+            namespace = self.kube.get(k8s.NAMESPACE, name)
+            if namespace is not None and k8s.annotations_of(namespace).get("owner") != owner:
+                # Exactly the controller's rule: it would set a Failed condition and stop.
+                raise PermanentError(f"The namespace `{name}` already exists and is not owned by {owner}; "
+                                     "Kubeflow will not hand it to a new Profile. Pick another name.")
+            spec: dict[str, Any] = {"owner": {"kind": "User", "name": owner}}
+            if hard:
+                spec["resourceQuotaSpec"] = {"hard": hard}
+            body: Obj = {"metadata": {"name": name, "labels": _str_map(params.get("labels"))}, "spec": spec}
+            existing, created = self.kube.create(k8s.PROFILE, body)
+        current_owner = _profile_owner(existing)
+        if current_owner != owner:
+            raise PermanentError(f"A Profile `{name}` already exists, owned by {current_owner or 'nobody'}; "
+                                 f"it cannot become {owner}'s workspace.")
+        try:
+            self._await_namespace(name, owner)
+        except PermanentError:
+            if created:  # the step records nothing when it fails, so nobody else would remove it
+                self.kube.delete(k8s.PROFILE, name)
+            raise
+        return StepOutcome(created=created, details={"profile": name, "owner": owner})
+
+    def _await_namespace(self, name: str, owner: str) -> None:
+        start = self.clock.now()
+        while True:
+            namespace = self.kube.get(k8s.NAMESPACE, name)
+            if namespace is not None and k8s.annotations_of(namespace).get("owner") == owner:
+                return
+            profile = self.kube.get(k8s.PROFILE, name)
+            if profile is None:
+                raise TemporaryError(f"The Profile `{name}` disappeared while the bot waited for its "
+                                     "namespace.")
+            for condition in (profile.get("status") or {}).get("conditions") or []:
+                if isinstance(condition, dict) and condition.get("type") == "Failed":
+                    message = k8s.scrub(str(condition.get("message") or "no message"))
+                    raise PermanentError(f"Kubeflow's profile controller refused `{name}`: {message}")
+            if self._elapsed(start) >= self.settings.namespace_timeout:
+                raise TemporaryError(f"The profile controller has not created namespace `{name}` after "
+                                     f"{self.settings.namespace_timeout:.0f}s; is it running?", delay=10.0)
+            self.clock.sleep(self.settings.poll_interval)
+
+    def undo_profile(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if outcome.created:
+            self.kube.delete(k8s.PROFILE, _str(params, "name"))
+
+    def remove_profile(self, params: Mapping[str, JSON]) -> StepOutcome:
+        name = _str(params, "name")
+        profile = self.kube.get(k8s.PROFILE, name)
+        deleted = False
+        if profile is not None and not (profile.get("metadata") or {}).get("deletionTimestamp"):
+            pvcs = self.kube.list(k8s.PVC, name)
+            if pvcs and not params.get("purge_data"):
+                raise PermanentError(f"Namespace `{name}` still has {len(pvcs)} PersistentVolumeClaim(s); "
+                                     "deleting it would delete their data. Delete them first or use "
+                                     "--purge-data.")
+            deleted = self.kube.delete(k8s.PROFILE, name)
+        if profile is None:
+            namespace = self.kube.get(k8s.NAMESPACE, name)
+            if namespace is None or not k8s.meta(namespace).get("deletionTimestamp"):
+                # No Profile and no namespace being deleted: nothing of ours is left to wait for.
+                return StepOutcome(created=False, details={"profile": name, "deleted": False})
+        start = self.clock.now()
+        while self.kube.get(k8s.NAMESPACE, name) is not None:
+            if self._elapsed(start) >= self.settings.namespace_timeout:
+                raise TemporaryError(f"Namespace `{name}` is still terminating after "
+                                     f"{self.settings.namespace_timeout:.0f}s.", delay=10.0)
+            self.clock.sleep(self.settings.poll_interval)
+        return StepOutcome(created=deleted, details={"profile": name, "deleted": deleted})
+
+    # -- PodDefault --------------------------------------------------------------------------
+
+    def _poddefault_body(self, params: Mapping[str, JSON]) -> Obj:
+        name = _str(params, "name")
+        spec: dict[str, Any] = {"selector": {"matchLabels": {name: "true"}},
+                                "desc": str(params.get("description") or f"Run on nodegroup {name}")}
+        node_selector = _str_map(params.get("node_selector"))
+        if node_selector:
+            spec["nodeSelector"] = node_selector
+        tolerations = params.get("tolerations")
+        if isinstance(tolerations, list) and tolerations:
+            spec["tolerations"] = [dict(t) for t in tolerations if isinstance(t, dict)]
+        metadata = {"name": name, "namespace": _str(params, "namespace"), "labels": dict(k8s.MANAGED_BY)}
+        return {"metadata": metadata, "spec": spec}
+
+    def ensure_poddefault(self, params: Mapping[str, JSON]) -> StepOutcome:
+        body = self._poddefault_body(params)
+        existing, created = self.kube.create(k8s.POD_DEFAULT, body)
+        if not created and k8s.is_managed(existing) and existing.get("spec") != body["spec"]:
+            # Ours but drifted (edited by hand, or an older bot): converge on the planned spec.
+            self.kube.merge_patch(k8s.POD_DEFAULT, body["metadata"]["name"], {"spec": body["spec"]},
+                                  body["metadata"]["namespace"])
+        return StepOutcome(created=created, details={"poddefault": body["metadata"]["name"]})
+
+    def undo_poddefault(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if outcome.created:
+            self.kube.delete(k8s.POD_DEFAULT, _str(params, "name"), _str(params, "namespace"))
+
+    # -- contributors (KFAM's pair) ----------------------------------------------------------
+
+    def _pair(self, namespace: str, user: str, role: str) -> tuple[Obj, Obj]:
+        identity = self.identity_config()
+        name = kfam_binding_name(user, role)
+        def metadata() -> Obj:  # each object gets its own dicts: they are mutated and sent separately
+            return {"name": name, "namespace": namespace, "annotations": {"user": user, "role": role},
+                    "labels": dict(k8s.MANAGED_BY)}
+
+        binding: Obj = {
+            "metadata": metadata(),
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": f"kubeflow-{role}"},
+            "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": user}],
+        }
+        policy: Obj = {
+            "metadata": metadata(),
+            "spec": {"rules": [{
+                "when": [{"key": f"request.headers[{identity.header}]", "values": [identity.prefix + user]}],
+                "from": [{"source": {"principals": identity.principals}}],
+            }]},
+        }
+        return binding, policy
+
+    @staticmethod
+    def _subject_names(binding: Obj) -> list[str]:
+        return [str(s.get("name")) for s in _subjects(binding)]
+
+    def _lookup(self, namespace: str, user: str) -> tuple[dict[str, _Pair], dict[str, str]]:
+        """KFAM pairs under ``user``'s computed names: ``(mine, clashes)``.
+
+        ``mine``: role -> (RoleBinding, AuthorizationPolicy) belonging to ``user`` (either half may
+        be None). ``clashes``: role -> who holds that name instead. Looking up by KFAM's computed
+        names (not by annotation alone) keeps the owner's ``namespaceAdmin``, which also carries
+        ``user``/``role`` annotations, out of reach."""
+        mine: dict[str, _Pair] = {}
+        clashes: dict[str, str] = {}
+        for role in KFAM_ROLES:
+            name = kfam_binding_name(user, role)
+            binding = self.kube.get(k8s.ROLE_BINDING, name, namespace)
+            policy = self.kube.get(k8s.AUTHORIZATION_POLICY, name, namespace)
+            if binding is not None and self._subject_names(binding) != [user]:
+                clashes[role] = ", ".join(self._subject_names(binding)) or "no subject"
+            elif policy is not None and k8s.annotations_of(policy).get("user") not in (None, user):
+                clashes[role] = k8s.annotations_of(policy)["user"]
+            elif binding is not None or policy is not None:
+                mine[role] = (binding, policy)
+        return mine, clashes
+
+    @staticmethod
+    def _clash_error(namespace: str, user: str, role: str, holder: str) -> PermanentError:
+        return PermanentError(
+            f"`{kfam_binding_name(user, role)}` in `{namespace}` already grants {role} access to {holder}, "
+            f"not {user}. KFAM names fold every non-alphanumeric character to `-`, so these addresses share "
+            "one name and Kubeflow cannot hold a grant for both; remove the other grant first or use another "
+            "address.")
+
+    def _create_pair(self, namespace: str, user: str, role: str) -> tuple[bool, bool]:
+        """Create both halves, or converge existing ones; returns which halves this call created."""
+        binding, policy = self._pair(namespace, user, role)
+        name = binding["metadata"]["name"]
+        existing_rb, rb_created = self.kube.create(k8s.ROLE_BINDING, binding)
+        if not rb_created and (existing_rb.get("roleRef") != binding["roleRef"]
+                               or _subjects(existing_rb) != binding["subjects"]
+                               or k8s.annotations_of(existing_rb) != binding["metadata"]["annotations"]):
+            if self._subject_names(existing_rb) != [user]:
+                raise self._clash_error(namespace, user, role, ", ".join(self._subject_names(existing_rb)))
+            # roleRef is immutable, so a drifted binding is replaced rather than patched.
+            self.kube.delete(k8s.ROLE_BINDING, name, namespace)
+            self.kube.create(k8s.ROLE_BINDING, binding)
+        existing_ap, ap_created = self.kube.create(k8s.AUTHORIZATION_POLICY, policy)
+        if not ap_created and existing_ap.get("spec") != policy["spec"]:
+            holder = k8s.annotations_of(existing_ap).get("user")
+            if holder not in (None, user):
+                raise self._clash_error(namespace, user, role, holder)
+            # The principals or header changed (settings, a Kubeflow upgrade): the policy follows.
+            self.kube.merge_patch(k8s.AUTHORIZATION_POLICY, name, {"spec": policy["spec"]}, namespace)
+        return rb_created, ap_created
+
+    def _delete_pair(self, namespace: str, name: str) -> list[str]:
+        removed = []
+        if self.kube.delete(k8s.ROLE_BINDING, name, namespace):
+            removed.append("RoleBinding")
+        if self.kube.delete(k8s.AUTHORIZATION_POLICY, name, namespace):
+            removed.append("AuthorizationPolicy")
+        return removed
+
+    def ensure_contributor(self, params: Mapping[str, JSON]) -> StepOutcome:
+        namespace, user, role = _str(params, "namespace"), _str(params, "user"), _str(params, "role")
+        if role not in CONTRIBUTOR_ROLES:
+            raise PermanentError(f"A contributor role must be edit or view, not {role}.")
+        if self.kube.get(k8s.NAMESPACE, namespace) is None:
+            raise PermanentError(f"The workspace namespace `{namespace}` does not exist.")
+        mine, clashes = self._lookup(namespace, user)
+        # Every check happens before the first write, so a refused share changes nothing.
+        if role in clashes:
+            raise self._clash_error(namespace, user, role, clashes[role])
+        previous = [r for r in CONTRIBUTOR_ROLES if r != role and r in mine]
+        for old in previous:  # one grant per (workspace, user): a new role replaces the old pair
+            self._delete_pair(namespace, kfam_binding_name(user, old))
+        rb_created, ap_created = self._create_pair(namespace, user, role)
+        halves = [h for h, made in (("RoleBinding", rb_created), ("AuthorizationPolicy", ap_created)) if made]
+        details: dict[str, JSON] = {"binding": kfam_binding_name(user, role), "created_halves": halves}
+        if previous:
+            details["previous_role"] = previous[0]
+        return StepOutcome(created=bool(halves or previous), details=details)
+
+    def undo_contributor(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if not outcome.created:
+            return
+        namespace, user, role = _str(params, "namespace"), _str(params, "user"), _str(params, "role")
+        # Both halves go, even one that pre-existed alone: a lone half is never a useful state.
+        self._delete_pair(namespace, kfam_binding_name(user, role))
+        previous = outcome.details.get("previous_role")
+        if isinstance(previous, str) and previous in CONTRIBUTOR_ROLES:
+            self._create_pair(namespace, user, previous)
+
+    def remove_contributor(self, params: Mapping[str, JSON]) -> StepOutcome:
+        namespace, user = _str(params, "namespace"), _str(params, "user")
+        mine, clashes = self._lookup(namespace, user)
+        if clashes:  # deleting by name would remove someone else's grant
+            role, holder = next(iter(clashes.items()))
+            raise self._clash_error(namespace, user, role, holder)
+        removed: dict[str, JSON] = {}
+        for role in mine:
+            halves = self._delete_pair(namespace, kfam_binding_name(user, role))
+            if halves:
+                removed[role] = list(halves)
+        return StepOutcome(created=bool(removed), details={"removed": removed})
+
+    # -- quota -------------------------------------------------------------------------------
+
+    def _set_hard(self, profile: str, old: Mapping[str, str], new: Mapping[str, str]) -> None:
+        # A merge patch merges maps: resources dropped from `hard` must be sent as null.
+        patch_hard: dict[str, JSON] = {key: None for key in old if key not in new}
+        patch_hard.update(new)
+        self.kube.merge_patch(k8s.PROFILE, profile, {"spec": {"resourceQuotaSpec": {"hard": patch_hard}}})
+
+    def ensure_quota(self, params: Mapping[str, JSON]) -> StepOutcome:
+        name = _str(params, "profile")
+        hard = _str_map(params.get("hard"))
+        profile = self.kube.get(k8s.PROFILE, name)
+        if profile is None:
+            raise PermanentError(f"There is no Profile `{name}` to change the quota of.")
+        previous = _profile_hard(profile)
+        if previous == hard:
+            return StepOutcome(created=False, details={"previous": dict(previous)})
+        self._set_hard(name, previous, hard)
+        return StepOutcome(created=True, details={"previous": dict(previous)})
+
+    def undo_quota(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if not outcome.created:
+            return
+        name = _str(params, "profile")
+        previous = _str_map(outcome.details.get("previous"))
+        profile = self.kube.get(k8s.PROFILE, name)
+        if profile is None:
+            return
+        current = _profile_hard(profile)
+        if current == previous:
+            return
+        if current != _str_map(params.get("hard")):
+            # Someone changed it after us: restoring would clobber their change.
+            raise PermanentError(f"The quota of `{name}` was changed by someone else since the bot set it; "
+                                 "it was not reverted.")
+        self._set_hard(name, current, previous)
+
+    # -- token accounts ----------------------------------------------------------------------
+
+    def ensure_token_account(self, params: Mapping[str, JSON]) -> StepOutcome:
+        namespace, name = _str(params, "namespace"), _str(params, "name")
+        role, token_id = _str(params, "role"), _str(params, "token_id")
+        if role not in CONTRIBUTOR_ROLES:
+            raise PermanentError(f"A token's role must be edit or view, not {role}.")
+        object_labels = {**k8s.MANAGED_BY, TOKEN_ID_LABEL: token_id}
+        account: Obj = {"metadata": {"name": name, "namespace": namespace, "labels": dict(object_labels)}}
+        binding: Obj = {
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(object_labels)},
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": f"kubeflow-{role}"},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        }
+        made = []
+        for kind, body in ((k8s.SERVICE_ACCOUNT, account), (k8s.ROLE_BINDING, binding)):
+            existing, created = self.kube.create(kind, body)
+            if not created and k8s.labels_of(existing).get(TOKEN_ID_LABEL) != token_id:
+                raise PermanentError(f"A {kind.kind} `{name}` that is not this token's already exists in "
+                                     f"`{namespace}`.")
+            if not created and kind is k8s.ROLE_BINDING and existing.get("roleRef") != binding["roleRef"]:
+                raise PermanentError(f"The token's RoleBinding `{name}` grants another role; revoke the "
+                                     "token.")
+            made.append(created)
+        # The names embed the token id, so an existing pair labelled with it is this step's own.
+        return StepOutcome(created=True, details={"account": name, "token_id": token_id,
+                                                  "found_existing": not any(made)})
+
+    def undo_token_account(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        if outcome.created:
+            self.remove_token_account(params)
+
+    def remove_token_account(self, params: Mapping[str, JSON]) -> StepOutcome:
+        namespace, name = _str(params, "namespace"), _str(params, "name")
+        removed = []
+        for kind in (k8s.ROLE_BINDING, k8s.SERVICE_ACCOUNT):
+            existing = self.kube.get(kind, name, namespace)
+            if existing is None:
+                continue
+            if TOKEN_ID_LABEL not in k8s.labels_of(existing):
+                raise PermanentError(f"{kind.kind} `{name}` in `{namespace}` was not made by the bot for a "
+                                     "token; it was left alone.")
+            if self.kube.delete(kind, name, namespace):
+                removed.append(kind.kind)
+        # Deleting the ServiceAccount is what invalidates its tokens.
+        return StepOutcome(created=bool(removed), details={"removed": removed})
+
+    # -- read models -------------------------------------------------------------------------
+
+    def workspace_state(self, namespace: str) -> dict[str, Any]:
+        """The live truth about one workspace, for ``/kf workspace show`` and planning facts."""
+        state: dict[str, Any] = {"namespace": namespace, "exists": False, "profile_exists": False,
+                                 "owner": None, "contributors": {}, "pvcs": 0,
+                                 "quota": {"hard": {}, "used": {}}}
+        profile = self.kube.get(k8s.PROFILE, namespace)
+        if profile is not None:
+            state["profile_exists"] = True
+            state["owner"] = _profile_owner(profile)
+            state["quota_hard"] = _profile_hard(profile)
+        if self.kube.get(k8s.NAMESPACE, namespace) is None:
+            return state
+        state["exists"] = True
+        quota = self.kube.get(k8s.RESOURCE_QUOTA, QUOTA_NAME, namespace)
+        if quota is not None:
+            status = quota.get("status") or {}
+            state["quota"] = {"hard": _str_map(status.get("hard") or (quota.get("spec") or {}).get("hard")),
+                              "used": _str_map(status.get("used"))}
+        contributors: dict[str, str] = {}
+        for binding in self.kube.list(k8s.ROLE_BINDING, namespace):
+            notes = k8s.annotations_of(binding)
+            user, role = notes.get("user"), notes.get("role")
+            # KFAM's own listing rule (both annotations); the owner's admin binding is not a contributor.
+            if user and role and role != "admin":
+                contributors[user] = role
+        state["contributors"] = contributors
+        state["pvcs"] = len(self.kube.list(k8s.PVC, namespace))
+        return state
+
+    def list_profiles(self) -> list[dict[str, Any]]:
+        return [{"name": k8s.meta(p).get("name"), "owner": _profile_owner(p), "labels": k8s.labels_of(p),
+                 "hard": _profile_hard(p), "managed": k8s.is_managed(p)}
+                for p in self.kube.list(k8s.PROFILE)]

@@ -1,0 +1,291 @@
+"""Live Dex actions against the fake apiserver: Password objects, and static users in the ConfigMap
+with their hashes in Secret ``dex-passwords`` and a coordinated restart."""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import yaml
+from kubernetes import client
+
+from handlers.errors import PermanentError, TemporaryError
+from handlers.naming import dex_password_object_name
+from provisioning import k8s
+from provisioning.dex import DexActions, RestartCoordinator, env_key_for, user_id_for
+from provisioning.settings import DexSettings
+from tests.fakes.apiserver import FakeApiServer, reference_dir
+from tests.fakes.apiserver_fixtures import *  # noqa: F403  (until tests/conftest.py registers the plugin)
+from tests.fakes.clock import FakeClock
+
+COST = 10  # the cheapest cost Dex accepts keeps the tests fast
+DEFAULT_HASH = "$2y$12$4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72"
+# Used only when ../shared/reference is absent: the shape of manifests' common/dex/base config.
+MINIMAL_CONFIG = """\
+issuer: http://dex.auth.svc.cluster.local:5556/dex
+storage: {type: kubernetes, config: {inCluster: true}}
+enablePasswordDB: true
+staticPasswords:
+- email: user@example.com
+  hashFromEnv: DEX_USER_PASSWORD
+  username: user
+  userID: "15841185641784"
+"""
+
+
+class RealClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _reference(name: str) -> dict[str, Any] | None:
+    path = reference_dir() / "kubeflow-manifests" / name
+    return yaml.safe_load(Path(path).read_text()) if path.exists() else None
+
+
+def install_dex(server: FakeApiServer, api: client.ApiClient, *, load_secret: bool = True) -> None:
+    """Dex as Kubeflow 1.9+ ships it, in namespace auth."""
+    server.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "auth"}})
+    cm = _reference("dex-config-map.yaml") or {"metadata": {"name": "dex"}, "data": {"config.yaml": MINIMAL_CONFIG}}
+    server.seed({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dex", "namespace": "auth"},
+                 "data": cm["data"]})
+    server.seed({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dex-passwords", "namespace": "auth"},
+                 "type": "Opaque", "data": {"DEX_USER_PASSWORD": base64.b64encode(DEFAULT_HASH.encode()).decode()}})
+    deployment = _reference("dex-deployment.yaml") or {"spec": {
+        "replicas": 1, "selector": {"matchLabels": {"app": "dex"}},
+        "template": {"metadata": {"labels": {"app": "dex"}}, "spec": {"containers": [
+            {"name": "dex", "image": "ghcr.io/dexidp/dex:v2.45.0",
+             "envFrom": [{"secretRef": {"name": "dex-oidc-client"}}, {"secretRef": {"name": "dex-passwords"}}]}]}}}}
+    if not load_secret:
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            container["envFrom"] = [{"secretRef": {"name": "dex-oidc-client"}}]
+    # Created through the API (not seeded) so the fake's rollout controller gives it a status.
+    k8s.Kube(api).create(k8s.DEPLOYMENT, {"metadata": {"name": "dex", "namespace": "auth"},
+                                          "spec": deployment["spec"]})
+
+
+def dex(api: client.ApiClient, mode: str, clock: Any = None, **kwargs: Any) -> DexActions:
+    settings = DexSettings(mode=mode, bcrypt_cost=COST, restart_quiet_period=kwargs.pop("quiet", 5.0))  # type: ignore[arg-type]
+    return DexActions(api, settings, clock or FakeClock(), **kwargs)
+
+
+def static_passwords(server: FakeApiServer) -> list[dict[str, Any]]:
+    cm = server.get("v1", "configmaps", "dex", "auth")
+    assert cm is not None
+    return list(yaml.safe_load(cm["data"]["config.yaml"])["staticPasswords"])
+
+
+def secret_data(server: FakeApiServer) -> dict[str, str]:
+    secret = server.get("v1", "secrets", "dex-passwords", "auth")
+    assert secret is not None
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def restarts(server: FakeApiServer) -> int:
+    return sum(1 for r in server.requests if r.method == "PATCH" and r.path.endswith("/deployments/dex"))
+
+
+def user_params(email: str, mode: str, username: str | None = None) -> dict[str, Any]:
+    return {"email": email, "username": username or email.split("@")[0], "mode": mode}
+
+
+# -- password-cr ----------------------------------------------------------------------------------
+
+
+def test_password_object_is_named_by_dex_and_shaped_like_dex_storage(apiserver: FakeApiServer,
+                                                                     kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "password-cr")
+
+    outcome = actions.registry()["dex.user"].ensure(user_params("admin@example.com", "password-cr"))
+
+    assert outcome.created is True
+    name = dex_password_object_name("admin@example.com")
+    assert name == "mfsg22loibsxqylnobwgkltdn5w4x4u44scceizf"  # the reference's test vector
+    obj = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
+    assert obj is not None and "spec" not in obj
+    assert (obj["email"], obj["username"]) == ("admin@example.com", "admin")
+    assert obj["userID"] == user_id_for("ADMIN@example.com") and uuid.UUID(obj["userID"])
+    hashed = base64.b64decode(obj["hash"])
+    assert re.fullmatch(rb"\$2[aby]\$10\$[./A-Za-z0-9]{53}", hashed)
+    assert bcrypt.checkpw(b"not the password", hashed) is False  # a real bcrypt hash bcrypt can check
+    assert actions.user_exists("Admin@Example.com")
+    assert restarts(apiserver) == 0  # Dex reads storage on each login: no restart
+
+
+def test_password_cr_existing_user_is_found_not_created(apiserver: FakeApiServer,
+                                                        kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    action = dex(kube_api_client, "password-cr").registry()["dex.user"]
+    first = action.ensure(user_params("alice@example.com", "password-cr"))
+    second = action.ensure(user_params("alice@example.com", "password-cr"))
+    assert (first.created, second.created) == (True, False)
+
+    static = action.ensure(user_params("user@example.com", "password-cr"))  # in staticPasswords already
+    assert static.created is False and static.details["found"] == "staticPasswords"
+    assert apiserver.get("dex.coreos.com/v1", "passwords", dex_password_object_name("user@example.com"),
+                         "auth") is None
+
+    action.undo(user_params("alice@example.com", "password-cr"), second)  # not created: kept
+    assert apiserver.list("dex.coreos.com/v1", "passwords", "auth")
+    action.undo(user_params("alice@example.com", "password-cr"), first)
+    assert apiserver.list("dex.coreos.com/v1", "passwords", "auth") == []
+
+
+def test_password_cr_remove(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "password-cr")
+    actions.registry()["dex.user"].ensure(user_params("alice@example.com", "password-cr"))
+    remove = actions.registry()["dex.user.remove"]
+    assert remove.ensure({"email": "alice@example.com", "mode": "password-cr"}).created is True
+    assert not actions.user_exists("alice@example.com")
+    assert remove.ensure({"email": "alice@example.com", "mode": "password-cr"}).created is False
+
+
+# -- configmap ------------------------------------------------------------------------------------
+
+
+def test_configmap_user_gets_an_entry_a_hash_key_and_one_restart(apiserver: FakeApiServer,
+                                                                  kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    clock = FakeClock()
+    actions = dex(kube_api_client, "configmap", clock)
+    action = actions.registry()["dex.user"]
+
+    outcome = action.ensure(user_params("alice@example.com", "configmap"))
+
+    assert outcome.created is True
+    key = env_key_for("alice@example.com")
+    assert {"email": "alice@example.com", "hashFromEnv": key, "username": "alice",
+            "userID": user_id_for("alice@example.com")} in static_passwords(apiserver)
+    data = secret_data(apiserver)
+    assert data["DEX_USER_PASSWORD"] == DEFAULT_HASH  # the existing user is untouched
+    assert re.fullmatch(r"\$2[aby]\$10\$[./A-Za-z0-9]{53}", data[key])
+    assert restarts(apiserver) == 1 and sum(clock.slept) >= 5.0  # after the quiet period
+    deployment = apiserver.get("apps/v1", "deployments", "dex", "auth")
+    assert deployment is not None
+    assert "kubectl.kubernetes.io/restartedAt" in deployment["spec"]["template"]["metadata"]["annotations"]
+
+    again = action.ensure(user_params("alice@example.com", "configmap"))
+    assert again.created is False and restarts(apiserver) == 1  # Dex runs this config already
+    assert action.ensure(user_params("user@example.com", "configmap")).created is False  # hand-made user
+
+
+def test_twenty_concurrent_additions_lose_nobody_and_restart_at_most_twice(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap", RealClock(), quiet=0.5, poll_interval=0.05)
+    action = actions.registry()["dex.user"]
+    emails = [f"user{i:02d}@example.com" for i in range(20)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(emails))
+
+    def add(email: str) -> None:
+        try:
+            start.wait()
+            assert action.ensure(user_params(email, "configmap")).created is True
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(email,)) for email in emails]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    entries = {e["email"]: e for e in static_passwords(apiserver)}
+    assert set(emails) <= set(entries) and len(entries) == 21
+    data = secret_data(apiserver)
+    assert all(entries[e]["hashFromEnv"] in data for e in emails) and len(data) == 21
+    assert 1 <= restarts(apiserver) <= 2
+    assert actions.restart_coordinator.restarts == restarts(apiserver)
+    conflicts = [r for r in apiserver.requests if r.method == "PUT"]
+    assert len(conflicts) >= 40  # every write was a PUT carrying a resourceVersion
+
+
+def test_configmap_remove_takes_only_the_bots_entry(apiserver: FakeApiServer,
+                                                    kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap")
+    outcome = actions.registry()["dex.user"].ensure(user_params("alice@example.com", "configmap"))
+
+    actions.registry()["dex.user"].undo(user_params("alice@example.com", "configmap"), outcome)
+
+    assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
+    assert list(secret_data(apiserver)) == ["DEX_USER_PASSWORD"]
+    assert restarts(apiserver) == 2  # one to add, one to forget
+    remove = actions.registry()["dex.user.remove"]
+    assert remove.ensure({"email": "user@example.com", "mode": "configmap"}).created is False  # hand-made
+    assert len(static_passwords(apiserver)) == 1 and restarts(apiserver) == 2
+
+
+def test_yaml_metacharacters_stay_data(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap")
+    hostile = "x: y\n- email: evil@example.com #"
+    actions.registry()["dex.user"].ensure(user_params("odd+tag@example.com", "configmap", username=hostile))
+    entries = static_passwords(apiserver)
+    assert [e["email"] for e in entries] == ["user@example.com", "odd+tag@example.com"]
+    assert entries[1]["username"] == hostile
+
+
+def test_unfinished_rollout_is_temporary_and_a_rerun_completes(apiserver: FakeApiServer,
+                                                               kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap", rollout_timeout=30.0)
+    action = actions.registry()["dex.user"]
+    apiserver.hold_rollouts = True
+    with pytest.raises(TemporaryError, match="has not finished restarting"):
+        action.ensure(user_params("alice@example.com", "configmap"))
+    apiserver.complete_rollouts()
+
+    outcome = action.ensure(user_params("alice@example.com", "configmap"))
+
+    assert outcome.created is False and restarts(apiserver) == 1  # the restart it asked for is enough
+    assert actions.user_exists("alice@example.com")
+
+
+def test_dex_that_does_not_load_the_secret_is_refused(apiserver: FakeApiServer,
+                                                      kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client, load_secret=False)
+    with pytest.raises(PermanentError, match="does not load Secret"):
+        dex(kube_api_client, "configmap").registry()["dex.user"].ensure(user_params("a@example.com", "configmap"))
+    assert len(static_passwords(apiserver)) == 1
+
+
+def test_external_mode_does_nothing(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    actions = dex(kube_api_client, "external")
+    assert actions.registry()["dex.user"].ensure(user_params("a@example.com", "external")).created is False
+    assert actions.registry()["dex.user.remove"].ensure({"email": "a@example.com", "mode": "external"}).created is False
+    assert actions.user_exists("a@example.com") is False
+    assert apiserver.requests == []
+
+
+@pytest.mark.parametrize("cost", [9, 17])
+def test_bcrypt_cost_outside_what_dex_accepts_is_refused(kube_api_client: client.ApiClient, cost: int) -> None:
+    with pytest.raises(ValueError, match="10 to 16"):
+        DexActions(kube_api_client, DexSettings(bcrypt_cost=cost), FakeClock())
+
+
+def test_restart_coordinator_restarts_once_for_a_burst() -> None:
+    clock = FakeClock()
+    done: list[int] = []
+    coordinator = RestartCoordinator(clock, 10.0, lambda: done.append(1))
+    tickets = [coordinator.register() for _ in range(5)]
+    for ticket in tickets:
+        coordinator.wait(ticket)
+    assert done == [1] and sum(clock.slept) >= 10.0
+    coordinator.request()  # a later addition gets its own restart
+    assert done == [1, 1]

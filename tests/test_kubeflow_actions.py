@@ -1,0 +1,593 @@
+"""Live Kubeflow actions against the fake apiserver, through the official client.
+
+Every test asserts on the state the fake ends up in (what a real cluster would hold), not on the
+calls made. The fake plays the profile controller, validates Profiles and AuthorizationPolicies
+against the real CRD schemas (when ../shared/reference is present) and applies RBAC defaulting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from handlers.errors import PermanentError, TemporaryError
+from handlers.naming import kfam_binding_name
+from handlers.plan import StepOutcome
+from provisioning import k8s
+from provisioning.kubeflow import KubeflowActions
+from provisioning.settings import KubeflowSettings
+from tests.fakes.apiserver import FakeApiServer, crd_schemas_available
+from tests.fakes.apiserver_fixtures import *  # noqa: F403  (until tests/conftest.py registers the plugin)
+from tests.fakes.clock import FakeClock
+
+RBAC = "rbac.authorization.k8s.io"
+RBAC_V1 = f"{RBAC}/v1"
+ISTIO = "security.istio.io/v1beta1"
+OWNER = "owner@example.com"
+HARD = {"cpu": "8", "memory": "32Gi", "requests.nvidia.com/gpu": "1", "persistentvolumeclaims": "5",
+        "requests.storage": "100Gi"}
+MANAGED = {"app.kubernetes.io/managed-by": "kf-chatops"}
+DEFAULT_PRINCIPALS = ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+                      "cluster.local/ns/kubeflow/sa/ml-pipeline-ui"]
+
+# KFAM's own test vectors (kfam/bindings_test.go) plus the one from the issue.
+KFAM_VECTORS = [
+    ("lalith.vaka@zq.msds.kp.org", "user-lalith-vaka-zq-msds-kp-org-clusterrole-edit"),
+    ("397401@zq.msds.kp.org", "user-397401-zq-msds-kp-org-clusterrole-edit"),
+    ("lalith.397401@zq.msds.kp.org", "user-lalith-397401-zq-msds-kp-org-clusterrole-edit"),
+    ("397401.vaka@zq.msds.kp.org", "user-397401-vaka-zq-msds-kp-org-clusterrole-edit"),
+    ("i397401@zq.msds.kp.org", "user-i397401-zq-msds-kp-org-clusterrole-edit"),
+    ("Alice.Smith+ml@Example.COM", "user-alice-smith-ml-example-com-clusterrole-edit"),
+]
+
+
+class HookClock(FakeClock):
+    """A fake clock that runs a callback on each sleep (to change the world while a step polls)."""
+
+    def __init__(self, on_sleep: Callable[[int], None]) -> None:
+        super().__init__()
+        self.on_sleep = on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.on_sleep(len(self.slept))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings() -> KubeflowSettings:
+    return KubeflowSettings(namespace_timeout=60.0, poll_interval=2.0, kube_api_url="https://api.example:6443")
+
+
+@pytest.fixture
+def kf(kube_api_client: client.ApiClient, settings: KubeflowSettings, clock: FakeClock) -> KubeflowActions:
+    return KubeflowActions(kube_api_client, settings, clock)
+
+
+def profile_params(name: str = "team-a", owner: str = OWNER,
+                   hard: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "owner": owner, "hard": dict(HARD if hard is None else hard),
+            "labels": dict(MANAGED)}
+
+
+def workspace(kf: KubeflowActions, name: str = "team-a") -> str:
+    kf.registry()["kubeflow.profile"].ensure(profile_params(name))
+    return name
+
+
+def share(kf: KubeflowActions, ns: str, user: str, role: str = "edit") -> StepOutcome:
+    return kf.registry()["kubeflow.contributor"].ensure({"namespace": ns, "user": user, "role": role})
+
+
+def unshare(kf: KubeflowActions, ns: str, user: str) -> StepOutcome:
+    return kf.registry()["kubeflow.contributor.remove"].ensure({"namespace": ns, "user": user})
+
+
+def pair(server: FakeApiServer, ns: str, name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    return server.get(RBAC_V1, "rolebindings", name, ns), server.get(ISTIO, "authorizationpolicies", name, ns)
+
+
+# -- Profile ------------------------------------------------------------------------------------
+
+
+def test_profile_has_the_reference_shape_and_the_controllers_namespace_is_awaited(
+        apiserver: FakeApiServer, kf: KubeflowActions, clock: FakeClock) -> None:
+    apiserver.profile_controller_delay = 3  # the namespace shows up on the 4th look
+
+    outcome = kf.registry()["kubeflow.profile"].ensure(profile_params())
+
+    assert outcome.created is True
+    profile = apiserver.get("kubeflow.org/v1", "profiles", "team-a")
+    assert profile is not None
+    assert profile["metadata"]["labels"] == MANAGED
+    assert profile["spec"] == {"owner": {"kind": "User", "name": OWNER}, "resourceQuotaSpec": {"hard": HARD}}
+    namespace = apiserver.get("v1", "namespaces", "team-a")
+    assert namespace is not None and namespace["metadata"]["annotations"]["owner"] == OWNER
+    assert len(clock.slept) == 3 and set(clock.slept) == {2.0}
+    quota = apiserver.get("v1", "resourcequotas", "kf-resource-quota", "team-a")
+    assert quota is not None and quota["spec"]["hard"] == HARD
+
+
+def test_profile_without_quota_has_no_resource_quota_spec(apiserver: FakeApiServer,
+                                                          kf: KubeflowActions) -> None:
+    kf.registry()["kubeflow.profile"].ensure(profile_params(hard={}))
+    profile = apiserver.get("kubeflow.org/v1", "profiles", "team-a")
+    assert profile is not None and profile["spec"] == {"owner": {"kind": "User", "name": OWNER}}
+
+
+def test_profile_rerun_is_idempotent_and_undo_removes_only_what_it_made(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    action = kf.registry()["kubeflow.profile"]
+    first = action.ensure(profile_params())
+    second = action.ensure(profile_params())
+
+    assert (first.created, second.created) == (True, False)
+    assert len(apiserver.list("kubeflow.org/v1", "profiles")) == 1
+    action.undo(profile_params(), second)  # found, not made: left alone
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is not None
+    action.undo(profile_params(), first)
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is None
+    assert apiserver.get("v1", "namespaces", "team-a") is None  # the controller's objects go with it
+
+
+def test_namespace_of_someone_else_is_refused_before_anything_is_created(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    apiserver.seed({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "team-a", "annotations": {"owner": "mallory@example.com"}}})
+
+    with pytest.raises(PermanentError, match=re.escape("not owned by owner@example.com")):
+        kf.registry()["kubeflow.profile"].ensure(profile_params())
+
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is None
+
+
+def test_profile_of_another_owner_is_refused(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    kf.registry()["kubeflow.profile"].ensure(profile_params(owner="bob@example.com"))
+    with pytest.raises(PermanentError, match=re.escape("owned by bob@example.com")):
+        kf.registry()["kubeflow.profile"].ensure(profile_params())
+    profile = apiserver.get("kubeflow.org/v1", "profiles", "team-a")
+    assert profile is not None and profile["spec"]["owner"]["name"] == "bob@example.com"
+
+
+def test_failed_condition_is_surfaced_and_the_profile_the_step_made_is_removed(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, settings: KubeflowSettings) -> None:
+    def namespace_taken_meanwhile(sleeps: int) -> None:
+        if sleeps == 1:  # someone else's namespace appears while the controller is still slow
+            apiserver.seed({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": "team-a", "annotations": {"owner": "mallory@example.com"}}})
+            apiserver.run_profile_controller()
+
+    apiserver.profile_controller_delay = 5
+    kf = KubeflowActions(kube_api_client, settings, HookClock(namespace_taken_meanwhile))
+
+    with pytest.raises(PermanentError, match="namespace already exist, but not owned by profile creator"):
+        kf.registry()["kubeflow.profile"].ensure(profile_params())
+
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is None
+
+
+def test_failed_condition_on_an_existing_profile_is_reported(apiserver: FakeApiServer,
+                                                             kf: KubeflowActions) -> None:
+    apiserver.profile_controller = False
+    apiserver.seed({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "team-a"},
+                    "spec": {"owner": {"kind": "User", "name": OWNER}},
+                    "status": {"conditions": [{"type": "Failed", "message": "plugin AwsIamForServiceAccount: "
+                                                                            "AccessDenied"}]}})
+    with pytest.raises(PermanentError, match="AccessDenied"):
+        kf.registry()["kubeflow.profile"].ensure(profile_params())
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is not None  # not ours to delete
+
+
+def test_slow_controller_is_a_temporary_error_after_the_timeout(apiserver: FakeApiServer, kf: KubeflowActions,
+                                                                clock: FakeClock) -> None:
+    apiserver.profile_controller = False
+    with pytest.raises(TemporaryError, match="has not created namespace"):
+        kf.registry()["kubeflow.profile"].ensure(profile_params())
+    assert sum(clock.slept) >= 60.0
+
+
+def test_profile_remove_keeps_data_unless_purged(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    for i in range(2):
+        apiserver.seed({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": f"vol-{i}", "namespace": ns}, "spec": {}})
+    remove = kf.registry()["kubeflow.profile.remove"]
+
+    with pytest.raises(PermanentError, match="2 PersistentVolumeClaim"):
+        remove.ensure({**profile_params(), "purge_data": False})
+    assert apiserver.get("kubeflow.org/v1", "profiles", ns) is not None
+
+    outcome = remove.ensure({**profile_params(), "purge_data": True})
+    assert outcome.details["deleted"] is True
+    assert apiserver.get("kubeflow.org/v1", "profiles", ns) is None
+    assert apiserver.get("v1", "namespaces", ns) is None
+    assert remove.ensure({**profile_params(), "purge_data": True}).created is False  # already gone: done
+
+
+# -- PodDefault ---------------------------------------------------------------------------------
+
+
+def test_poddefault_selects_the_nodegroup(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    params = {"namespace": ns, "name": "ng-gpu", "node_selector": {"aic-role": "team-a-ws-g4dn"},
+              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+              "description": "Run on the g4dn.xlarge nodegroup"}
+    action = kf.registry()["kubeflow.poddefault"]
+    outcome = action.ensure(params)
+    assert outcome.created is True and action.ensure(params).created is False
+
+    pd = apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "ng-gpu", ns)
+    assert pd is not None and pd["metadata"]["labels"] == MANAGED
+    assert pd["spec"] == {"selector": {"matchLabels": {"ng-gpu": "true"}},
+                          "desc": "Run on the g4dn.xlarge nodegroup",
+                          "nodeSelector": {"aic-role": "team-a-ws-g4dn"},
+                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                           "effect": "NoSchedule"}]}
+    action.undo(params, outcome)
+    assert apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "ng-gpu", ns) is None
+
+
+# -- contributors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("email", "expected"), KFAM_VECTORS)
+def test_contributor_pair_is_exactly_kfams(apiserver: FakeApiServer, kf: KubeflowActions,
+                                           email: str, expected: str) -> None:
+    ns = workspace(kf)
+    outcome = share(kf, ns, email)
+
+    assert outcome.created is True and kfam_binding_name(email, "edit") == expected
+    binding, policy = pair(apiserver, ns, expected)
+    assert binding is not None and policy is not None
+    assert binding["metadata"]["annotations"] == {"user": email, "role": "edit"}
+    assert binding["metadata"]["labels"] == MANAGED
+    assert binding["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole", "name": "kubeflow-edit"}
+    assert binding["subjects"] == [{"apiGroup": RBAC, "kind": "User", "name": email}]
+    assert policy["metadata"]["annotations"] == {"user": email, "role": "edit"}
+    assert policy["metadata"]["labels"] == MANAGED
+    assert policy["spec"] == {"rules": [{
+        "when": [{"key": "request.headers[kubeflow-userid]", "values": [email]}],
+        "from": [{"source": {"principals": DEFAULT_PRINCIPALS}}]}]}
+    # The dashboard's list (KFAM) reads exactly this back.
+    assert kf.workspace_state(ns)["contributors"] == {email: "edit"}
+
+
+@pytest.mark.skipif(not crd_schemas_available(),
+                    reason="../shared/reference (the real CRD schemas) is absent")
+def test_authorization_policy_passes_the_real_crd_schema(apiserver: FakeApiServer,
+                                                         kf: KubeflowActions) -> None:
+    assert apiserver.schema_validation
+    ns = workspace(kf)
+    share(kf, ns, "alice@example.com", "view")
+    _, policy = pair(apiserver, ns, "user-alice-example-com-clusterrole-view")
+    # Nothing pruned: every field we sent is in the schema.
+    assert policy is not None
+    assert policy["spec"]["rules"][0]["from"][0]["source"]["principals"] == DEFAULT_PRINCIPALS
+    # And the fake does reject what the schema refuses, so the check above means something.
+    with pytest.raises(ApiException) as err:
+        client.CustomObjectsApi(kf.kube.api).create_namespaced_custom_object(
+            "security.istio.io", "v1beta1", ns, "authorizationpolicies",
+            {"apiVersion": ISTIO, "kind": "AuthorizationPolicy", "metadata": {"name": "bad"},
+             "spec": {"action": "MAYBE"}})
+    assert err.value.status == 422
+
+
+def test_rerun_of_an_identical_pair_creates_nothing(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    share(kf, ns, "alice@example.com")
+    again = share(kf, ns, "alice@example.com")
+    assert again.created is False
+    assert again.details["created_halves"] == []
+
+
+def test_kfam_name_collision_is_refused_and_changes_nothing(apiserver: FakeApiServer,
+                                                            kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    share(kf, ns, "a.b@x.com")
+    before = pair(apiserver, ns, "user-a-b-x-com-clusterrole-edit")
+
+    with pytest.raises(PermanentError, match=re.escape("a.b@x.com, not a-b@x.com")):
+        share(kf, ns, "a-b@x.com")
+    with pytest.raises(PermanentError, match="KFAM names"):
+        unshare(kf, ns, "a-b@x.com")
+
+    assert pair(apiserver, ns, "user-a-b-x-com-clusterrole-edit") == before
+
+
+def test_role_change_replaces_the_pair_and_undo_restores_it(apiserver: FakeApiServer,
+                                                            kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    user = "alice@example.com"
+    share(kf, ns, user, "edit")
+    outcome = share(kf, ns, user, "view")
+
+    assert outcome.created is True and outcome.details["previous_role"] == "edit"
+    assert pair(apiserver, ns, kfam_binding_name(user, "edit")) == (None, None)
+    binding, policy = pair(apiserver, ns, kfam_binding_name(user, "view"))
+    assert binding is not None and binding["roleRef"]["name"] == "kubeflow-view" and policy is not None
+    assert kf.workspace_state(ns)["contributors"] == {user: "view"}
+
+    kf.registry()["kubeflow.contributor"].undo({"namespace": ns, "user": user, "role": "view"}, outcome)
+    assert pair(apiserver, ns, kfam_binding_name(user, "view")) == (None, None)
+    assert all(half is not None for half in pair(apiserver, ns, kfam_binding_name(user, "edit")))
+    assert kf.workspace_state(ns)["contributors"] == {user: "edit"}
+
+
+@pytest.mark.parametrize("missing", ["rolebindings", "authorizationpolicies"])
+def test_share_repairs_a_missing_half(apiserver: FakeApiServer, kf: KubeflowActions, missing: str) -> None:
+    ns = workspace(kf)
+    share(kf, ns, "alice@example.com")
+    name = "user-alice-example-com-clusterrole-edit"
+    _delete(kf, missing, ns, name)
+
+    outcome = share(kf, ns, "alice@example.com")
+
+    assert outcome.created is True and len(outcome.details["created_halves"]) == 1
+    assert all(half is not None for half in pair(apiserver, ns, name))
+
+
+@pytest.mark.parametrize("missing", ["rolebindings", "authorizationpolicies"])
+def test_unshare_with_a_missing_half_removes_the_other(apiserver: FakeApiServer, kf: KubeflowActions,
+                                                      missing: str) -> None:
+    ns = workspace(kf)
+    share(kf, ns, "alice@example.com")
+    name = "user-alice-example-com-clusterrole-edit"
+    _delete(kf, missing, ns, name)
+
+    outcome = unshare(kf, ns, "alice@example.com")
+
+    assert outcome.created is True
+    assert pair(apiserver, ns, name) == (None, None)
+    assert unshare(kf, ns, "alice@example.com").created is False  # nothing there: success
+
+
+def test_unshare_never_touches_the_owners_objects(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    unshare(kf, ns, OWNER)
+    assert apiserver.get(RBAC_V1, "rolebindings", "namespaceAdmin", ns) is not None
+    assert apiserver.get(ISTIO, "authorizationpolicies", "ns-owner-access-istio", ns) is not None
+
+
+def test_unshare_refuses_a_binding_whose_subject_is_someone_else(apiserver: FakeApiServer,
+                                                                 kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    name = kfam_binding_name("alice@example.com", "edit")
+    apiserver.seed({"apiVersion": RBAC_V1, "kind": "RoleBinding",
+                    "metadata": {"name": name, "namespace": ns, "annotations": {"user": "alice@example.com",
+                                                                                "role": "edit"}},
+                    "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "kubeflow-edit"},
+                    "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "eve@example.com"}]})
+    with pytest.raises(PermanentError, match=re.escape("eve@example.com")):
+        unshare(kf, ns, "alice@example.com")
+    assert apiserver.get(RBAC_V1, "rolebindings", name, ns) is not None
+
+
+def _delete(kf: KubeflowActions, plural: str, ns: str, name: str) -> None:
+    kind = k8s.ROLE_BINDING if plural == "rolebindings" else k8s.AUTHORIZATION_POLICY
+    assert kf.kube.delete(kind, name, ns)
+
+
+# -- identity -----------------------------------------------------------------------------------
+
+
+def _profiles_deployment(containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "profiles-deployment", "namespace": "kubeflow"},
+            "spec": {"selector": {"matchLabels": {"app": "profiles"}},
+                     "template": {"metadata": {"labels": {"app": "profiles"}},
+                                  "spec": {"containers": containers}}}}
+
+
+def _seed_kubeflow_namespace(server: FakeApiServer) -> None:
+    server.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubeflow"}})
+
+
+def test_identity_is_read_from_the_profiles_deployment(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    _seed_kubeflow_namespace(apiserver)
+    apiserver.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "profiles-config-4b8d", "namespace": "kubeflow"},
+                    "data": {"USERID_HEADER": "x-auth-email", "USERID_PREFIX": "accounts:"}})
+    apiserver.seed(_profiles_deployment([
+        {"name": "kfam", "image": "kfam", "envFrom": [{"configMapRef": {"name": "profiles-config-4b8d"}}]},
+        {"name": "manager", "image": "manager", "env": [
+            {"name": "ISTIO_INGRESS_GATEWAY_PRINCIPAL", "value": "cluster.local/ns/gw/sa/gateway"},
+            {"name": "KFP_UI_PRINCIPAL",
+             "valueFrom": {"configMapKeyRef": {"name": "profiles-config-4b8d", "key": "KFP"}}}]},
+    ]))
+    identity = kf.identity_config()
+
+    assert (identity.header, identity.prefix) == ("x-auth-email", "accounts:")
+    assert identity.principals == ["cluster.local/ns/gw/sa/gateway", DEFAULT_PRINCIPALS[1]]
+    assert identity.sources == {"header": "profiles-deployment", "prefix": "profiles-deployment",
+                                "ingress_principal": "profiles-deployment", "kfp_ui_principal": "default"}
+    ns = workspace(kf)
+    share(kf, ns, "alice@example.com")
+    _, policy = pair(apiserver, ns, "user-alice-example-com-clusterrole-edit")
+    assert policy is not None and policy["spec"]["rules"][0] == {
+        "when": [{"key": "request.headers[x-auth-email]", "values": ["accounts:alice@example.com"]}],
+        "from": [{"source": {"principals": ["cluster.local/ns/gw/sa/gateway", DEFAULT_PRINCIPALS[1]]}}]}
+
+
+def test_identity_falls_back_to_the_manifests_defaults_and_settings_win(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, clock: FakeClock) -> None:
+    fallback = KubeflowActions(kube_api_client, KubeflowSettings(), clock).identity_config()
+    assert (fallback.header, fallback.prefix) == ("kubeflow-userid", "")
+    assert fallback.principals == DEFAULT_PRINCIPALS
+    assert set(fallback.sources.values()) == {"default"}
+
+    _seed_kubeflow_namespace(apiserver)
+    apiserver.seed(_profiles_deployment([{"name": "manager", "image": "m", "env": [
+        {"name": "USERID_HEADER", "value": "from-deployment"}, {"name": "USERID_PREFIX", "value": "p:"}]}]))
+    mixed = KubeflowActions(kube_api_client, KubeflowSettings(userid_header="from-settings"), clock)
+    identity = mixed.identity_config()
+    assert (identity.header, identity.prefix) == ("from-settings", "p:")
+    assert identity.sources["header"] == "settings" and identity.sources["prefix"] == "profiles-deployment"
+    reads = len(apiserver.requests)
+    mixed.identity_config()
+    assert len(apiserver.requests) == reads  # cached after the first read
+
+
+# -- quota --------------------------------------------------------------------------------------
+
+
+def test_quota_merge_patch_nulls_removed_resources_and_undo_restores(apiserver: FakeApiServer,
+                                                                     kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    new = {"cpu": "16", "memory": "32Gi", "requests.nvidia.com/gpu": "4"}
+    action = kf.registry()["kubeflow.quota"]
+
+    outcome = action.ensure({"profile": ns, "hard": new})
+
+    assert outcome.created is True and outcome.details == {"previous": HARD}
+    profile = apiserver.get("kubeflow.org/v1", "profiles", ns)
+    assert profile is not None and profile["spec"]["resourceQuotaSpec"]["hard"] == new
+    patches = [r for r in apiserver.requests if r.method == "PATCH" and r.path.endswith(f"/profiles/{ns}")]
+    assert patches and patches[-1].content_type == "application/merge-patch+json"
+    quota = apiserver.get("v1", "resourcequotas", "kf-resource-quota", ns)
+    assert quota is not None and quota["spec"]["hard"] == new  # the controller followed the Profile
+    assert kf.workspace_state(ns)["quota_hard"] == new
+
+    assert action.ensure({"profile": ns, "hard": new}).created is False
+    action.undo({"profile": ns, "hard": new}, outcome)
+    profile = apiserver.get("kubeflow.org/v1", "profiles", ns)
+    assert profile is not None and profile["spec"]["resourceQuotaSpec"]["hard"] == HARD
+
+
+def test_quota_undo_does_not_clobber_a_later_change(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    action = kf.registry()["kubeflow.quota"]
+    outcome = action.ensure({"profile": ns, "hard": {**HARD, "cpu": "16"}})
+    kf.kube.merge_patch(k8s.PROFILE, ns, {"spec": {"resourceQuotaSpec": {"hard": {"cpu": "32"}}}})
+
+    with pytest.raises(PermanentError, match="changed by someone else"):
+        action.undo({"profile": ns, "hard": {**HARD, "cpu": "16"}}, outcome)
+    profile = apiserver.get("kubeflow.org/v1", "profiles", ns)
+    assert profile is not None and profile["spec"]["resourceQuotaSpec"]["hard"]["cpu"] == "32"
+
+
+# -- token accounts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["edit", "view"])
+def test_token_account_is_labelled_and_never_a_contributor(apiserver: FakeApiServer, kf: KubeflowActions,
+                                                           role: str) -> None:
+    ns = workspace(kf)
+    params = {"namespace": ns, "name": "kfbot-token-r42", "role": role, "token_id": "R42",
+              "audiences": ["https://kubernetes.default.svc"], "ttl_seconds": 3600}
+    action = kf.registry()["kubeflow.token_account"]
+    outcome = action.ensure(params)
+    assert outcome.created is True and action.ensure(params).created is True  # its own, by token id
+
+    labels = {**MANAGED, "kf-chatops/token-id": "R42"}
+    account = apiserver.get("v1", "serviceaccounts", "kfbot-token-r42", ns)
+    binding = apiserver.get(RBAC_V1, "rolebindings", "kfbot-token-r42", ns)
+    assert account is not None and binding is not None
+    for obj in (account, binding):
+        assert obj["metadata"]["labels"] == labels
+        assert not {"user", "role"} & set(obj["metadata"].get("annotations") or {})
+    assert binding["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole", "name": f"kubeflow-{role}"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfbot-token-r42", "namespace": ns}]
+    assert kf.workspace_state(ns)["contributors"] == {}
+
+    action.undo(params, outcome)
+    assert apiserver.get("v1", "serviceaccounts", "kfbot-token-r42", ns) is None
+    assert apiserver.get(RBAC_V1, "rolebindings", "kfbot-token-r42", ns) is None
+    remove = kf.registry()["kubeflow.token_account.remove"]
+    assert remove.ensure({"namespace": ns, "name": "kfbot-token-r42"}).created is False  # 404 is fine
+
+
+def test_token_account_remove_deletes_both(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    kf.registry()["kubeflow.token_account"].ensure(
+        {"namespace": ns, "name": "kfbot-token-r7", "role": "edit", "token_id": "R7", "audiences": [],
+         "ttl_seconds": 600})
+    remove = kf.registry()["kubeflow.token_account.remove"]
+    outcome = remove.ensure({"namespace": ns, "name": "kfbot-token-r7"})
+    assert sorted(outcome.details["removed"]) == ["RoleBinding", "ServiceAccount"]
+    assert apiserver.get("v1", "serviceaccounts", "kfbot-token-r7", ns) is None
+
+
+# -- read models --------------------------------------------------------------------------------
+
+
+def test_workspace_state_and_profiles(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    share(kf, ns, "alice@example.com", "edit")
+    share(kf, ns, "bob@example.com", "view")
+    apiserver.seed({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "data", "namespace": ns}, "spec": {}})
+
+    state = kf.workspace_state(ns)
+
+    assert state["exists"] and state["owner"] == OWNER and state["pvcs"] == 1
+    assert state["contributors"] == {"alice@example.com": "edit", "bob@example.com": "view"}
+    assert state["quota"]["hard"] == HARD and set(state["quota"]["used"]) == set(HARD)
+    missing = kf.workspace_state("nope")
+    assert missing["exists"] is False and missing["owner"] is None and "quota_hard" not in missing
+    assert kf.list_profiles() == [{"name": ns, "owner": OWNER, "labels": MANAGED, "hard": HARD,
+                                   "managed": True}]
+
+
+# -- error translation (provisioning/k8s.py) ------------------------------------------------------
+
+
+def test_forbidden_names_the_missing_permission(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    apiserver.fail_next("POST", r"/rolebindings$", 403)
+    with pytest.raises(PermanentError) as err:
+        share(kf, ns, "alice@example.com")
+    assert err.value.user_message.startswith(
+        "The bot's ServiceAccount may not create rolebindings.rbac.authorization.k8s.io in namespace team-a")
+
+
+def test_server_errors_are_temporary_and_invalid_is_permanent_without_secrets(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    apiserver.fail_next("GET", r"/namespaces/team-a$", 500)
+    with pytest.raises(TemporaryError):
+        share(kf, ns, "alice@example.com")
+    leaky = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422, "reason": "Invalid",
+             "message": "Secret \"x\" is invalid: data[K]: $2b$12$" + "a" * 53
+                        + " eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig" + "\nsecond line" + "z" * 400}
+    apiserver.fail_next("POST", r"/rolebindings$", 422, body=leaky)
+    with pytest.raises(PermanentError) as err:
+        share(kf, ns, "alice@example.com")
+    message = err.value.user_message
+    assert "$2b$" not in message and "eyJ" not in message and "\n" not in message
+    assert "is invalid" in message and len(message) < 400
+
+
+def test_translate_honours_retry_after_and_connection_errors_are_temporary(clock: FakeClock) -> None:
+    throttled = ApiException(status=429, reason="Too Many Requests")
+    throttled.headers = {"Retry-After": "7"}
+    error = k8s.translate(throttled, verb="list", kind=k8s.PROFILE, namespace=None, name=None)
+    assert isinstance(error, TemporaryError) and error.delay == 7.0
+
+    unreachable = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
+    unreachable.configuration.retries = 0
+    kf = KubeflowActions(unreachable, KubeflowSettings(), clock)
+    with pytest.raises(TemporaryError, match=r"could not be reached|connection failed"):
+        kf.list_profiles()
+
+
+def test_no_io_at_construction(clock: FakeClock) -> None:
+    api = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
+    KubeflowActions(api, KubeflowSettings(), clock).registry()  # would raise if it connected
+
+
+def test_outcomes_are_plain_json(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    outcomes = [kf.registry()["kubeflow.profile"].ensure(profile_params()), share(kf, ns, "a@example.com"),
+                share(kf, ns, "a@example.com", "view"), unshare(kf, ns, "a@example.com")]
+    for outcome in outcomes:  # the store keeps details as JSON
+        assert StepOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome

@@ -1,0 +1,531 @@
+"""The Slack edge end to end: signed requests over real HTTP to the app served by ``bot.http``,
+Slack's Web API played by the fake in ``tests/fakes/slack.py``, and the real composition
+(``bot.app.start_slack``: SQLite + the dry-run provisioner, the worker thread, the scheduler).
+
+Assertions are on outcomes: what the admin channel, the DMs, the modals and the ``response_url``
+posts hold afterwards, and what the database recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import app as composition
+from bot import blocks, render
+from bot import logging as log
+from bot.app import Running
+from bot.http import HttpServer, wsgi_app
+from bot.settings import Settings
+from handlers.model import Request, RequestState
+from handlers.plan import Plan, Step
+from tests.fakes.slack import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    block_action_body,
+    post_signed,
+    slash_command_body,
+    view_submission_body,
+)
+
+ADMIN_CHANNEL = "CADMINS01"
+ALICE, BOB, CAROL, DAVE, EVE, GRACE = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0DAVE001", "U0EVE0001", "U0GRACE01"
+ADMIN_GROUP = "S0ADMINS1"
+WAIT = 15.0
+_ID = re.compile(r"\bR[A-Z0-9]{6}\b")
+
+
+def settings_for(fake: FakeSlack, tmp_path: Path, **extra: str) -> Settings:
+    env = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "KFBOT_SLACK_API_URL": fake.base_url,
+        "KFBOT_ADMIN_CHANNEL": ADMIN_CHANNEL,
+        "KFBOT_ADMIN_USERS": f"{BOB},{CAROL}",
+        "KFBOT_ADMIN_GROUP": ADMIN_GROUP,
+        "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
+        "KFBOT_AUDIT_KEY": "test-audit-key-0123456789abcdef",
+        "KFBOT_HTTP_HOST": "127.0.0.1",
+        "KFBOT_HTTP_PORT": "0",
+        "KFBOT_WORKER_ID": "slack-edge-test",
+        **extra,
+    }
+    settings = Settings.from_env(env)
+    engine = dataclasses.replace(settings.provisioning.engine, poll_interval=0.05)
+    return dataclasses.replace(settings, provisioning=dataclasses.replace(settings.provisioning, engine=engine))
+
+
+@pytest.fixture
+def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
+    fake_slack.add_user(ALICE, "Alice@Example.com", "alice")
+    fake_slack.add_user(BOB, "bob@example.com", "bob")
+    fake_slack.add_user(CAROL, "carol@example.com", "carol")
+    fake_slack.add_user(DAVE, "dave@example.com", "dave")
+    fake_slack.add_user(EVE, None, "eve")  # no email in the profile
+    fake_slack.add_user(GRACE, "grace@example.com", "grace")
+    fake_slack.set_usergroup(ADMIN_GROUP, [GRACE])
+    settings = settings_for(fake_slack, tmp_path)
+    backend = composition.build_backend(settings)
+    backend.migrate()
+    backend.close()
+    running = composition.start_slack(settings, port=0)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def requests_in_db(bot: Running) -> list[Request]:
+    with bot.backend.uow() as uow:
+        return list(uow.requests.list(limit=500))
+
+
+def audit_types(bot: Running) -> list[str]:
+    return [json.loads(line)["type"] for line in bot.backend.audit_export("jsonl", None)]
+
+
+def slash(bot: Running, fake: FakeSlack, text: str, *, user: str = ALICE, name: str = "cmd",
+          trigger_id: str | None = None) -> str:
+    """Run ``/kf text``; returns the text of the ephemeral reply posted to the response_url."""
+    before = len(fake.responses.get(name, []))
+    body = slash_command_body(text, user_id=user, response_url=fake.response_url(name), trigger_id=trigger_id)
+    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
+    assert status == 200
+    reply = fake.wait_for(lambda: fake.responses.get(name, [])[before:], WAIT, f"reply to /kf {text}")
+    return str(reply[0].get("text", ""))
+
+
+def cards(fake: FakeSlack) -> list[dict[str, Any]]:
+    return [m for m in fake.messages_in(ADMIN_CHANNEL) if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
+
+
+def card_for(fake: FakeSlack, request_id: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        return next((c for c in reversed(cards(fake)) if request_id in c["text"]), None)
+
+    found: dict[str, Any] = fake.wait_for(find, WAIT, f"the card of {request_id}")
+    return found
+
+
+def button(message: dict[str, Any], action_id: str) -> dict[str, Any] | None:
+    for block in message.get("blocks", []):
+        for element in block.get("elements", []):
+            if element.get("action_id") == action_id:
+                return dict(element)
+    return None
+
+
+def click(bot: Running, fake: FakeSlack, message: dict[str, Any], action_id: str, *, user: str,
+          name: str = "click", value: str | None = None) -> int:
+    found = button(message, action_id)
+    assert found is not None, f"no {action_id} button on {message.get('text')}"
+    body = block_action_body(action_id, value if value is not None else found["value"], user_id=user,
+                             channel_id=message["channel"], message_ts=message["ts"],
+                             response_url=fake.response_url(name), message_blocks=message.get("blocks"))
+    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
+    return status
+
+
+def response_texts(fake: FakeSlack, name: str) -> list[str]:
+    return [str(r.get("text", "")) for r in fake.responses.get(name, [])]
+
+
+def wait_response(fake: FakeSlack, name: str, needle: str) -> str:
+    found: str = fake.wait_for(lambda: next((t for t in response_texts(fake, name) if needle in t), None), WAIT,
+                               f"a reply containing {needle!r} at {name}")
+    return found
+
+
+def dm_texts(fake: FakeSlack, user: str) -> list[str]:
+    return [m.get("text", "") for m in fake.messages_in(fake.dm_channel(user))]
+
+
+def wait_state(bot: Running, request_id: str, state: RequestState) -> Request:
+    def current() -> Request | None:
+        request = next(r for r in requests_in_db(bot) if r.id == request_id)
+        return request if request.state is state else None
+
+    found: Request = _wait(current, f"{request_id} to be {state.value}")
+    return found
+
+
+def _wait(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def new_workspace_request(bot: Running, fake: FakeSlack, *, user: str = ALICE, name: str = "team-a") -> str:
+    reply = slash(bot, fake, f"workspace new {name} --gpu 1", user=user, name=f"new-{name}-{user}")
+    match = _ID.search(reply)
+    assert match, reply
+    return match.group(0)
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - our own test server
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+# -- the happy paths -------------------------------------------------------------------------------------
+
+
+def test_slash_command_records_one_request_and_posts_the_card(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+
+    [request] = requests_in_db(bot)
+    assert (request.id, request.state, request.requester_email) == (request_id, RequestState.PENDING,
+                                                                     "alice@example.com")
+    card = card_for(fake_slack, request_id)
+    text = json.dumps(card["blocks"])
+    assert f"<@{ALICE}>" in text and "workspace.create" in text and "team-a" in text
+    assert "EKS nodegroup" in text and "/hour" in text  # plan summary with cost
+    assert {button(card, a) is not None for a in (blocks.APPROVE, blocks.REJECT, blocks.VIEW_PLAN)} == {True}
+    assert button(card, blocks.APPROVE)["value"] == f"{request_id}:{request.version}"  # type: ignore[index]
+
+
+def test_approve_updates_the_card_threads_progress_and_dms_the_requester(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+
+    assert click(bot, fake_slack, card, blocks.APPROVE, user=BOB) == 200
+
+    wait_state(bot, request_id, RequestState.SUCCEEDED)
+    updated = fake_slack.wait_for(lambda: fake_slack.messages[(card["channel"], card["ts"])].get("edited")
+                                  and "Done" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
+                                  and fake_slack.messages[(card["channel"], card["ts"])], WAIT)
+    assert button(updated, blocks.APPROVE) is None and button(updated, blocks.REJECT) is None
+    assert f"Approved by <@{BOB}>" in json.dumps(updated["blocks"])
+    thread = [m["text"] for m in fake_slack.replies(card["channel"], card["ts"])]
+    assert any("Applying" in t for t in thread) and any("S3 bucket" in t for t in thread)
+    assert any("s3:CreateBucket" in t for t in thread)  # the dry-run rendering of each step
+    dms = fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, ALICE) if "is done" in t], WAIT)
+    assert any(f"approved by <@{BOB}>" in t for t in dm_texts(fake_slack, ALICE))
+    dm = next(m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE)) if m["text"] == dms[0])
+    assert button(dm, blocks.SET_PASSWORD) is not None  # the owner sets their Dex password with a click
+    assert audit_types(bot).count("request.approved") == 1
+
+
+def test_reject_asks_for_a_reason_in_a_modal(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+
+    assert click(bot, fake_slack, card, blocks.REJECT, user=BOB) == 200
+    view = fake_slack.wait_for(lambda: [v for v in fake_slack.views.values()
+                                        if v.get("callback_id") == blocks.REJECT_VIEW], WAIT)[0]
+    assert requests_in_db(bot)[0].state is RequestState.PENDING  # nothing decided before the reason
+
+    empty = view_submission_body(blocks.REJECT_VIEW, {"reason": {"reason": ""}}, user_id=BOB,
+                                 private_metadata=view["private_metadata"], view_id=view["id"])
+    status, _, answer = post_signed(bot.url, empty, SIGNING_SECRET)
+    assert status == 200 and json.loads(answer)["response_action"] == "errors"
+
+    reason = "Too big for this quarter <!channel> @here <@U0DAVE001>"
+    body = view_submission_body(blocks.REJECT_VIEW, {"reason": {"reason": reason}}, user_id=BOB,
+                                private_metadata=view["private_metadata"], view_id=view["id"])
+    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
+    assert status == 200
+
+    request = wait_state(bot, request_id, RequestState.REJECTED)
+    assert request.reason == reason
+    dm = fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, ALICE) if "rejected" in t], WAIT)[0]
+    assert "Too big for this quarter" in dm
+    assert "<!channel>" not in dm and "&lt;!channel&gt;" in dm and "<@U0DAVE001>" not in dm  # escaped
+    updated = fake_slack.wait_for(lambda: "Rejected" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
+                                  and fake_slack.messages[(card["channel"], card["ts"])], WAIT)
+    assert button(updated, blocks.APPROVE) is None
+
+
+def test_view_plan_opens_every_step_in_a_modal(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+
+    assert click(bot, fake_slack, card, blocks.VIEW_PLAN, user=BOB) == 200
+
+    view = fake_slack.wait_for(lambda: list(fake_slack.views.values())[-1], WAIT)
+    text = json.dumps(view["blocks"])
+    assert request_id in view["title"]["text"]
+    for action in ("kubeflow.profile", "dex.user", "aws.bucket", "aws.nodegroup", "kubeflow.poddefault"):
+        assert action in text
+    assert '\\"minSize\\": 0' in text  # the params, as code
+
+
+def test_workspace_form_validates_on_the_fields_and_records_once(bot: Running, fake_slack: FakeSlack) -> None:
+    slash_body = slash_command_body("workspace new", user_id=ALICE, response_url=fake_slack.response_url("form"))
+    assert post_signed(bot.url, slash_body, SIGNING_SECRET)[0] == 200
+    view = fake_slack.wait_for(lambda: list(fake_slack.views.values())[-1], WAIT)
+    assert view["callback_id"] == blocks.WORKSPACE_VIEW
+
+    bad = view_submission_body(blocks.WORKSPACE_VIEW, {"name": {"name": "Team_A"}, "gpu": {"gpu": "2"}},
+                               user_id=ALICE, view_id="VFORM00001")
+    status, _, answer = post_signed(bot.url, bad, SIGNING_SECRET)
+    assert status == 200
+    assert set(json.loads(answer)["errors"]) == {"name"}
+    bad_nodes = view_submission_body(blocks.WORKSPACE_VIEW, {"name": {"name": "team-b"}, "nodes": {"nodes": "3"}},
+                                     user_id=ALICE, view_id="VFORM00001")
+    assert set(json.loads(post_signed(bot.url, bad_nodes, SIGNING_SECRET)[2])["errors"]) == {"nodes"}
+
+    good = view_submission_body(blocks.WORKSPACE_VIEW, {"name": {"name": "team-b"}, "gpu": {"gpu": "1"}},
+                                user_id=ALICE, view_id="VFORM00002")
+    for _ in range(2):  # a redelivered submission records nothing new
+        status, _, answer = post_signed(bot.url, good, SIGNING_SECRET)
+        assert status == 200 and answer in (b"", b"{}")
+    fake_slack.wait_for(lambda: len([t for t in dm_texts(fake_slack, ALICE) if "team-b" in t]) >= 2, WAIT)
+    assert [r.args["name"] for r in requests_in_db(bot)] == ["team-b"]
+
+
+# -- security and idempotency ---------------------------------------------------------------------------
+
+
+def test_bad_signature_and_stale_timestamp_are_401(bot: Running, fake_slack: FakeSlack) -> None:
+    body = slash_command_body("requests", user_id=ALICE, response_url=fake_slack.response_url("sig"))
+    assert post_signed(bot.url, body, "not-the-signing-secret")[0] == 401
+    assert post_signed(bot.url, body, SIGNING_SECRET, timestamp=int(time.time()) - 600)[0] == 401
+    time.sleep(0.2)
+    assert fake_slack.responses.get("sig") is None and requests_in_db(bot) == []
+
+
+def test_a_redelivered_slash_command_records_one_request(bot: Running, fake_slack: FakeSlack) -> None:
+    trigger = "1234567890.1234567890.abcdef0123456789abcdef0123456789"
+    first = slash(bot, fake_slack, "workspace new team-a", trigger_id=trigger, name="dup")
+    second = slash(bot, fake_slack, "workspace new team-a", trigger_id=trigger, name="dup")
+
+    assert "recorded" in first and "Already recorded" in second
+    assert len(requests_in_db(bot)) == 1
+    assert len(cards(fake_slack)) == 1
+
+
+def test_a_double_click_makes_one_decision(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+
+    threads = [threading.Thread(target=click, args=(bot, fake_slack, card, blocks.APPROVE),
+                                kwargs={"user": BOB, "name": "double"}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    replies = fake_slack.wait_for(lambda: len(response_texts(fake_slack, "double")) >= 2
+                                  and response_texts(fake_slack, "double"), WAIT)
+    assert sum("You approved" in t for t in replies) == 1
+    assert sum(f"{request_id} is already approved by <@{BOB}>" in t for t in replies) == 1
+    wait_state(bot, request_id, RequestState.SUCCEEDED)
+    assert audit_types(bot).count("request.approved") == 1
+    assert audit_types(bot).count("request.apply_started") == 1
+
+
+@pytest.mark.parametrize(
+    ("clicker", "requester", "action", "outcome"),
+    [
+        # who clicks, who asked, which button or command, what happens
+        (ALICE, ALICE, blocks.APPROVE, "Only admins"),
+        (DAVE, ALICE, blocks.APPROVE, "Only admins"),
+        (DAVE, ALICE, blocks.REJECT, "Only admins"),
+        (CAROL, CAROL, blocks.APPROVE, "cannot decide your own request"),
+        (CAROL, CAROL, blocks.REJECT, "cannot decide your own request"),
+        (BOB, ALICE, blocks.APPROVE, "approved"),
+        (GRACE, ALICE, blocks.APPROVE, "approved"),  # admin through KFBOT_ADMIN_GROUP
+        (BOB, ALICE, blocks.REJECT, "modal"),
+        (DAVE, ALICE, blocks.VIEW_PLAN, "There is no request"),
+        (ALICE, ALICE, blocks.VIEW_PLAN, "modal"),
+        (BOB, ALICE, blocks.VIEW_PLAN, "modal"),
+        (DAVE, ALICE, "cancel", "Only the requester or an admin"),
+        (ALICE, ALICE, "cancel", "cancelled"),
+        (BOB, ALICE, "cancel", "cancelled"),
+        (ALICE, ALICE, "retry", "Only an admin"),
+    ],
+)
+def test_authorization_matrix(bot: Running, fake_slack: FakeSlack, clicker: str, requester: str, action: str,
+                              outcome: str) -> None:
+    request_id = new_workspace_request(bot, fake_slack, user=requester)
+    card = card_for(fake_slack, request_id)
+
+    if action in ("cancel", "retry"):
+        reply = slash(bot, fake_slack, f"{action} {request_id}", user=clicker, name="matrix")
+        expected = outcome if outcome != "cancelled" else f"Cancelled `{request_id}`"
+        assert expected in reply
+        state = RequestState.CANCELLED if outcome == "cancelled" else RequestState.PENDING
+        assert requests_in_db(bot)[0].state is state
+        return
+    assert click(bot, fake_slack, card, action, user=clicker, name="matrix") == 200
+    if outcome == "approved":
+        wait_response(fake_slack, "matrix", "You approved")
+        wait_state(bot, request_id, RequestState.SUCCEEDED)
+    elif outcome == "modal":
+        fake_slack.wait_for(lambda: fake_slack.views, WAIT)
+        assert requests_in_db(bot)[0].state is RequestState.PENDING
+    else:
+        reply = wait_response(fake_slack, "matrix", outcome)
+        assert fake_slack.responses["matrix"][0].get("response_type") == "ephemeral", reply
+        assert not fake_slack.views
+        assert requests_in_db(bot)[0].state is RequestState.PENDING
+        assert "request.approved" not in audit_types(bot)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("frobnicate", "Unknown command"),
+        ("workspace new Team_A", "Workspace names"),
+        ("workspace new team-a --gpu two", "whole number"),
+        ("workspace new team-a --colour blue", "Usage: `/kf workspace new NAME"),
+        ("share team-a", "Usage: `/kf share WORKSPACE USER"),
+        ("token team-a --ttl 2h --ttl 3h", "given twice"),
+        ("workspace new team-a; rm -rf /", "Too many arguments"),
+        ("quota team-a", "Say what to change"),
+    ],
+)
+def test_malformed_input_gets_usage_and_records_nothing(bot: Running, fake_slack: FakeSlack, text: str,
+                                                        expected: str) -> None:
+    reply = slash(bot, fake_slack, text, name="bad")
+
+    assert expected in reply
+    assert fake_slack.responses["bad"][0]["response_type"] == "ephemeral"
+    assert requests_in_db(bot) == [] and cards(fake_slack) == []
+
+
+def test_a_user_without_email_gets_a_clear_error(bot: Running, fake_slack: FakeSlack) -> None:
+    reply = slash(bot, fake_slack, "workspace new team-e", user=EVE, name="eve")
+    assert "no email address" in reply and "users:read.email" in reply
+    assert requests_in_db(bot) == []
+
+
+def test_an_unexpected_error_shows_only_a_reference(bot: Running, fake_slack: FakeSlack) -> None:
+    fake_slack.fail_next("users.info", "fatal_error")
+    reply = slash(bot, fake_slack, "requests", user=DAVE, name="boom")
+    assert re.fullmatch(r"Something went wrong \(ref [0-9A-F]{8}\)\. .*", reply)
+    assert "fatal_error" not in reply
+
+
+def test_help_requests_cancel_and_read_models(bot: Running, fake_slack: FakeSlack) -> None:
+    assert "/kf workspace new NAME" in slash(bot, fake_slack, "help", name="help")
+    assert "no requests" in slash(bot, fake_slack, "requests", name="mine")
+    request_id = new_workspace_request(bot, fake_slack)
+    assert request_id in slash(bot, fake_slack, "requests", user=BOB, name="pending")
+    assert "no workspace" in slash(bot, fake_slack, "workspace show team-a", name="show").lower()
+    click(bot, fake_slack, card_for(fake_slack, request_id), blocks.APPROVE, user=BOB)
+    wait_state(bot, request_id, RequestState.SUCCEEDED)
+    assert "`team-a`" in slash(bot, fake_slack, "workspace list", name="list")
+    assert "owner alice@example.com" in slash(bot, fake_slack, "workspace show team-a", name="show2")
+    assert "There is no workspace" in slash(bot, fake_slack, "workspace show team-a", user=DAVE, name="show3")
+    assert "no contributors" in slash(bot, fake_slack, "contributors team-a", name="contrib")
+
+
+def test_token_and_password_are_made_at_the_click_and_shown_once(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    click(bot, fake_slack, card_for(fake_slack, request_id), blocks.APPROVE, user=BOB)
+    wait_state(bot, request_id, RequestState.SUCCEEDED)
+    reply = slash(bot, fake_slack, "token team-a --ttl 2h", name="token")
+    token_id = _ID.search(reply).group(0)  # type: ignore[union-attr]
+    wait_state(bot, token_id, RequestState.SUCCEEDED)
+    dm = fake_slack.wait_for(lambda: next((m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE))
+                                           if button(m, blocks.SHOW_TOKEN)), None), WAIT)
+    assert len(fake_slack.views) == 0
+
+    click(bot, fake_slack, dm, blocks.SHOW_TOKEN, user=BOB, name="steal")
+    wait_response(fake_slack, "steal", "Only the person who asked")
+    click(bot, fake_slack, dm, blocks.SHOW_TOKEN, user=ALICE, name="show")
+    view = fake_slack.wait_for(lambda: list(fake_slack.views.values())[-1], WAIT)
+    assert "Your token" in view["title"]["text"] and "shown once" in json.dumps(view["blocks"])
+
+    password_dm = next(m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE)) if button(m, blocks.SET_PASSWORD))
+    click(bot, fake_slack, password_dm, blocks.SET_PASSWORD, user=ALICE, name="password")
+    fake_slack.wait_for(lambda: len(fake_slack.views) == 2, WAIT)
+    assert "Your password" in fake_slack.last_view()["title"]["text"]
+    assert "secret.revealed" in audit_types(bot)
+    # The secrets went into the modals only, never into a message.
+    secrets = [json.dumps(v["blocks"]).split("```")[1] for v in fake_slack.views.values()]
+    posted = json.dumps([c for c in fake_slack.calls if c.method.startswith("chat.")][-50:])
+    assert all(s not in posted for s in secrets)
+
+
+# -- health ---------------------------------------------------------------------------------------------
+
+
+def test_healthz_and_readyz(bot: Running) -> None:
+    assert get(bot.http.url("/healthz")) == (200, {"status": "ok"})
+    status, ready = get(bot.http.url("/readyz"))
+    assert status == 200
+    assert ready["ready"] is True and ready["database"] is True and ready["migrated"] is True
+    assert ready["slack"] is True and ready["provisioner"] == "dry-run"
+
+
+def test_readyz_is_503_on_a_database_that_is_behind(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    settings = settings_for(fake_slack, tmp_path)
+    backend = composition.build_backend(settings)  # never migrated
+    server = HttpServer(wsgi_app(lambda: composition.readiness(backend, "dry-run", lambda: True)), "127.0.0.1", 0)
+    server.start()
+    try:
+        status, body = get(server.url("/readyz"))
+    finally:
+        server.stop()
+        backend.close()
+    assert status == 503 and body["ready"] is False and body["migrated"] is False
+    assert "kfbot migrate" in str(body.get("problem"))
+
+
+def test_serve_refuses_a_database_that_is_behind(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="kfbot migrate"):
+        composition.start_slack(settings_for(fake_slack, tmp_path), port=0)
+
+
+# -- Block Kit limits and escaping (pure) ----------------------------------------------------------------
+
+
+def _huge_request() -> Request:
+    steps = [Step("kubeflow.profile", f"Profile/p{n}", {"name": f"p{n}", "blob": "x" * 5000, "n": n},
+                  f"step {n} <!channel> " + "y" * 300) for n in range(120)]
+    plan = Plan.of(steps, warnings=["w" * 4000])
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    return Request(id="RHUGE01", kind="workspace.create", args={"name": "<@U0EVIL>" + "z" * 5000, "owner": "a@b.co"},
+                   requester_id=ALICE, requester_email="alice@example.com", plan=plan, created_at=now)
+
+
+def _section_texts(block_list: list[dict[str, Any]]) -> list[str]:
+    return [b["text"]["text"] for b in block_list if b["type"] == "section"]
+
+
+def test_blocks_stay_within_block_kit_limits_and_escape_user_text() -> None:
+    request = _huge_request()
+    text, card = blocks.card(request)
+    assert len(card) <= blocks.MESSAGE_BLOCKS and len(text) <= blocks.FALLBACK_LIMIT
+    assert all(len(t) <= blocks.SECTION_LIMIT for t in _section_texts(card))
+    assert "<!channel>" not in json.dumps(card) and "<@U0EVIL>" not in json.dumps(card)
+    modal = blocks.plan_modal(request)
+    assert len(modal["blocks"]) <= blocks.MODAL_BLOCKS and len(modal["title"]["text"]) <= blocks.TITLE_LIMIT
+    assert all(len(t) <= blocks.SECTION_LIMIT for t in _section_texts(modal["blocks"]))
+    assert "kfbot plan" in json.dumps(modal["blocks"][-1])
+    for chunk in blocks.code_chunks("a" * 10_000 + "\n" + "b```c\n" * 2000):
+        assert len(chunk) <= blocks.SECTION_LIMIT and chunk.count("```") == 2
+
+
+def test_the_log_filter_never_lets_secrets_through() -> None:
+    log.forget_later("s3cr3t-password-value")
+    record_text = log.scrub("made s3cr3t-password-value and xoxb-123456-abcdef and password=hunter22 "
+                            "and eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJlLXZhbHVl")
+    assert "s3cr3t" not in record_text and "xoxb-123456" not in record_text and "hunter22" not in record_text
+    assert "eyJhbGci" not in record_text
+    assert render.internal_error_text("ABCD1234").startswith("Something went wrong (ref ABCD1234)")
