@@ -1,3 +1,4 @@
+# ruff: noqa: PLC0415  (the live adapters are imported lazily on purpose, see _build_live)
 """Assembles the provisioning layer from settings: the database, the actions (dry-run or live),
 facts, secrets, the engine and the timer sweeper. ``provisioning/__init__.py`` re-exports it;
 ``bot/app.py`` (the composition root) is its only caller."""
@@ -45,8 +46,17 @@ class DryRunSecrets:
 
 
 class Backend:
-    def __init__(self, settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database,
-                 actions: ActionRegistry, facts: Facts, secrets: SecretIssuer, live: LiveWorkspaces | None) -> None:
+    def __init__(
+        self,
+        settings: ProvisioningSettings,
+        core: CoreSettings,
+        clock: Clock,
+        db: Database,
+        actions: ActionRegistry,
+        facts: Facts,
+        secrets: SecretIssuer,
+        live: LiveWorkspaces | None,
+    ) -> None:
         self.settings, self.core, self.clock, self.db = settings, core, clock, db
         self.mode = settings.mode
         self.actions, self.facts, self.secrets, self._live = actions, facts, secrets, live
@@ -64,14 +74,17 @@ class Backend:
 
     # -- work ------------------------------------------------------------------------------------
     def engine(self, notifier: Notifier) -> Engine:
-        return Engine(self.db, self.actions, self.core, self.facts, self.clock, self.settings.engine, notifier)
+        return Engine(
+            self.db, self.actions, self.core, self.facts, self.clock, self.settings.engine, notifier
+        )
 
     def run_until_idle(self, notifier: Notifier) -> int:
         return self.engine(notifier).run_until_idle()
 
     def start_worker(self, notifier: Notifier, stop: threading.Event) -> threading.Thread:
-        thread = threading.Thread(target=self.engine(notifier).run_forever, args=(stop,), name="kfbot-engine",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self.engine(notifier).run_forever, args=(stop,), name="kfbot-engine", daemon=True
+        )
         thread.start()
         return thread
 
@@ -125,8 +138,12 @@ class Backend:
         if self._live is not None:
             live = self._live.workspace_state(row["namespace"])
             view["live"] = live
-            view["drift"] = _drift({g["user"]: g["role"] for g in grants}, dict(live.get("contributors", {})),
-                                   row["owner"], live.get("owner"))
+            view["drift"] = _drift(
+                {g["user"]: g["role"] for g in grants},
+                dict(live.get("contributors", {})),
+                row["owner"],
+                live.get("owner"),
+            )
         return view
 
     def contributors(self, workspace: str) -> list[dict[str, Any]]:
@@ -135,18 +152,33 @@ class Backend:
             return []
         recorded = {g["user"]: g for g in view["grants"]}
         live = dict((view["live"] or {}).get("contributors", {})) if view["live"] is not None else None
-        rows = [{**g, "in_cluster": None if live is None else g["user"] in live, "recorded": True}
-                for g in recorded.values()]
+        rows = [
+            {**g, "in_cluster": None if live is None else g["user"] in live, "recorded": True}
+            for g in recorded.values()
+        ]
         if live is not None:
-            rows += [{"workspace": workspace, "user": user, "role": role, "expires_at": None, "in_cluster": True,
-                      "recorded": False} for user, role in live.items() if user not in recorded]
+            rows += [
+                {
+                    "workspace": workspace,
+                    "user": user,
+                    "role": role,
+                    "expires_at": None,
+                    "in_cluster": True,
+                    "recorded": False,
+                }
+                for user, role in live.items()
+                if user not in recorded
+            ]
         return rows
 
     def tokens(self, requester_id: str) -> list[dict[str, Any]]:
         now = self.clock.now()
         with self.db.uow() as uow:
-            return [t for t in uow.registry.tokens_of(requester_id)
-                    if t.get("revoked_at") is None and t["expires_at"] > now]
+            return [
+                t
+                for t in uow.registry.tokens_of(requester_id)
+                if t.get("revoked_at") is None and t["expires_at"] > now
+            ]
 
     def readiness(self) -> dict[str, object]:
         status: dict[str, object] = {"provisioner": self.mode}
@@ -154,7 +186,9 @@ class Backend:
             self.db.check_migrated()
             status.update(database=True, migrated=True)
         except Exception as exc:  # readiness reports, it does not raise
-            status.update(database=False, migrated=False, problem=getattr(exc, "user_message", type(exc).__name__))
+            status.update(
+                database=False, migrated=False, problem=getattr(exc, "user_message", type(exc).__name__)
+            )
         return status
 
     def close(self) -> None:
@@ -163,27 +197,37 @@ class Backend:
 
 
 def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: object) -> list[str]:
-    notes = [f"{u} has {r} access in the cluster but not in the audit log (added by hand?)"
-             for u, r in live.items() if u not in recorded]
-    notes += [f"{u} should have {r} access but the cluster has {live.get(u, 'none')}"
-              for u, r in recorded.items() if live.get(u) != r]
+    notes = [
+        f"{u} has {r} access in the cluster but not in the audit log (added by hand?)"
+        for u, r in live.items()
+        if u not in recorded
+    ]
+    notes += [
+        f"{u} should have {r} access but the cluster has {live.get(u, 'none')}"
+        for u, r in recorded.items()
+        if live.get(u) != r
+    ]
     if live_owner not in (None, owner):
         notes.append(f"the Profile owner is {live_owner}, the bot recorded {owner}")
     return notes
 
 
-def build_backend(settings: ProvisioningSettings, core: CoreSettings, clock: Clock, *,
-                  kube_api: Any | None = None) -> Backend:
+def build_backend(
+    settings: ProvisioningSettings, core: CoreSettings, clock: Clock, *, kube_api: Any | None = None
+) -> Backend:
     """Build the backend ``settings.mode`` names. ``kube_api`` (a ``kubernetes.client.ApiClient``)
     replaces the standard kubeconfig/in-cluster discovery; tests point it at a fake apiserver."""
     db = Database(settings.database_url, audit_key=settings.audit_key, now=clock.now)
     if settings.mode != "live":
-        return Backend(settings, core, clock, db, dryrun.registry(), RegistryFacts(db, clock), DryRunSecrets(), None)
+        return Backend(
+            settings, core, clock, db, dryrun.registry(), RegistryFacts(db, clock), DryRunSecrets(), None
+        )
     return _build_live(settings, core, clock, db, kube_api)
 
 
-def _build_live(settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database,
-                kube_api: Any | None) -> Backend:
+def _build_live(
+    settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database, kube_api: Any | None
+) -> Backend:
     # Imported here so the dry-run default (the local shell) never loads the cloud SDKs.
     from provisioning.aws import AwsActions, AwsSettings
     from provisioning.dex import DexActions
@@ -195,7 +239,9 @@ def _build_live(settings: ProvisioningSettings, core: CoreSettings, clock: Clock
     api = kube_api if kube_api is not None else api_client_from_environment()
     kubeflow = KubeflowActions(api, settings.kubeflow, clock)
     dex = DexActions(api, settings.dex, clock)
-    aws = AwsActions(AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db))
+    aws = AwsActions(
+        AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db)
+    )
     actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
     secrets = Secrets(api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)
     return Backend(settings, core, clock, db, actions, RegistryFacts(db, clock, kubeflow), secrets, kubeflow)

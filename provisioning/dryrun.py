@@ -24,10 +24,16 @@ def _profile(p: Mapping[str, JSON]) -> list[str]:
     spec: dict[str, JSON] = {"owner": {"kind": "User", "name": p["owner"]}}
     if p["hard"]:
         spec["resourceQuotaSpec"] = {"hard": p["hard"]}
-    body = {"apiVersion": "kubeflow.org/v1", "kind": "Profile",
-            "metadata": {"name": p["name"], "labels": p["labels"]}, "spec": spec}
-    return [_k8s("POST", "/apis/kubeflow.org/v1/profiles", body),
-            f"wait for Namespace {p['name']} with annotation owner={p['owner']}"]
+    body = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "Profile",
+        "metadata": {"name": p["name"], "labels": p["labels"]},
+        "spec": spec,
+    }
+    return [
+        _k8s("POST", "/apis/kubeflow.org/v1/profiles", body),
+        f"wait for Namespace {p['name']} with annotation owner={p['owner']}",
+    ]
 
 
 def _profile_remove(p: Mapping[str, JSON]) -> list[str]:
@@ -36,23 +42,43 @@ def _profile_remove(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _poddefault(p: Mapping[str, JSON]) -> list[str]:
-    body = {"apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
-            "metadata": {"name": p["name"], "namespace": p["namespace"], "labels": dict(MANAGED_BY)},
-            "spec": {"desc": p.get("description", ""), "selector": {"matchLabels": {p["name"]: "true"}},
-                     "nodeSelector": p["node_selector"], "tolerations": p["tolerations"]}}
+    body = {
+        "apiVersion": "kubeflow.org/v1alpha1",
+        "kind": "PodDefault",
+        "metadata": {"name": p["name"], "namespace": p["namespace"], "labels": dict(MANAGED_BY)},
+        "spec": {
+            "desc": p.get("description", ""),
+            "selector": {"matchLabels": {p["name"]: "true"}},
+            "nodeSelector": p["node_selector"],
+            "tolerations": p["tolerations"],
+        },
+    }
     return [_k8s("POST", f"/apis/kubeflow.org/v1alpha1/namespaces/{p['namespace']}/poddefaults", body)]
 
 
 def _contributor(p: Mapping[str, JSON]) -> list[str]:
     name = kfam_binding_name(str(p["user"]), str(p["role"]))
     ns = p["namespace"]
-    return [_k8s("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-                 {"metadata": {"name": name, "annotations": {"user": p["user"], "role": p["role"]}},
-                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                              "name": f"kubeflow-{p['role']}"},
-                  "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": p["user"]}]}),
-            _k8s("POST", f"/apis/security.istio.io/v1beta1/namespaces/{ns}/authorizationpolicies/{name}"
-                         " (identity-header rule for the user, ingress and KFP UI principals)")]
+    return [
+        _k8s(
+            "POST",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+            {
+                "metadata": {"name": name, "annotations": {"user": p["user"], "role": p["role"]}},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": f"kubeflow-{p['role']}",
+                },
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": p["user"]}],
+            },
+        ),
+        _k8s(
+            "POST",
+            f"/apis/security.istio.io/v1beta1/namespaces/{ns}/authorizationpolicies/{name}"
+            " (identity-header rule for the user, ingress and KFP UI principals)",
+        ),
+    ]
 
 
 def _contributor_remove(p: Mapping[str, JSON]) -> list[str]:
@@ -61,31 +87,56 @@ def _contributor_remove(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _quota(p: Mapping[str, JSON]) -> list[str]:
-    return [_k8s("PATCH", f"/apis/kubeflow.org/v1/profiles/{p['profile']} (merge-patch)",
-                 {"spec": {"resourceQuotaSpec": {"hard": p["hard"]}}})]
+    return [
+        _k8s(
+            "PATCH",
+            f"/apis/kubeflow.org/v1/profiles/{p['profile']} (merge-patch)",
+            {"spec": {"resourceQuotaSpec": {"hard": p["hard"]}}},
+        )
+    ]
 
 
 def _token_account(p: Mapping[str, JSON]) -> list[str]:
     ns, name = p["namespace"], p["name"]
-    return [_k8s("POST", f"/api/v1/namespaces/{ns}/serviceaccounts",
-                 {"metadata": {"name": name, "labels": {"kf-chatops/token-id": p["token_id"]}}}),
-            _k8s("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-                 {"metadata": {"name": name}, "roleRef": {"kind": "ClusterRole", "name": f"kubeflow-{p['role']}"},
-                  "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]})]
+    return [
+        _k8s(
+            "POST",
+            f"/api/v1/namespaces/{ns}/serviceaccounts",
+            {"metadata": {"name": name, "labels": {"kf-chatops/token-id": p["token_id"]}}},
+        ),
+        _k8s(
+            "POST",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+            {
+                "metadata": {"name": name},
+                "roleRef": {"kind": "ClusterRole", "name": f"kubeflow-{p['role']}"},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+            },
+        ),
+    ]
 
 
 def _token_account_remove(p: Mapping[str, JSON]) -> list[str]:
-    return [_k8s("DELETE", f"/api/v1/namespaces/{p['namespace']}/serviceaccounts/{p['name']}"),
-            _k8s("DELETE", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{p['namespace']}/rolebindings/{p['name']}")]
+    return [
+        _k8s("DELETE", f"/api/v1/namespaces/{p['namespace']}/serviceaccounts/{p['name']}"),
+        _k8s(
+            "DELETE",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{p['namespace']}/rolebindings/{p['name']}",
+        ),
+    ]
 
 
 def _dex_user(p: Mapping[str, JSON]) -> list[str]:
     email = str(p["email"])
     if p["mode"] == "configmap":
-        return [f"add {email} to staticPasswords in ConfigMap auth/dex and a hash key to Secret auth/dex-passwords",
-                "restart Deployment auth/dex once the burst of additions is over"]
-    return [f"POST /apis/dex.coreos.com/v1/namespaces/auth/passwords/{dex_password_object_name(email)} "
-            f"(email {email}, bcrypt hash of a random password nobody sees)"]
+        return [
+            f"add {email} to staticPasswords in ConfigMap auth/dex, its hash to Secret auth/dex-passwords",
+            "restart Deployment auth/dex once the burst of additions is over",
+        ]
+    return [
+        f"POST /apis/dex.coreos.com/v1/namespaces/auth/passwords/{dex_password_object_name(email)} "
+        f"(email {email}, bcrypt hash of a random password nobody sees)"
+    ]
 
 
 def _dex_user_remove(p: Mapping[str, JSON]) -> list[str]:
@@ -94,8 +145,12 @@ def _dex_user_remove(p: Mapping[str, JSON]) -> list[str]:
 
 def _bucket(p: Mapping[str, JSON]) -> list[str]:
     b = p["bucket"]
-    return [f"s3:CreateBucket {b} ({p['region']})", f"s3:PutPublicAccessBlock {b} (all four blocks)",
-            f"s3:PutBucketEncryption {b} (AES256)", f"s3:PutBucketTagging {b} {canonical_json(p['tags'])}"]
+    return [
+        f"s3:CreateBucket {b} ({p['region']})",
+        f"s3:PutPublicAccessBlock {b} (all four blocks)",
+        f"s3:PutBucketEncryption {b} (AES256)",
+        f"s3:PutBucketTagging {b} {canonical_json(p['tags'])}",
+    ]
 
 
 def _bucket_remove(p: Mapping[str, JSON]) -> list[str]:
@@ -105,8 +160,10 @@ def _bucket_remove(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _iam(p: Mapping[str, JSON]) -> list[str]:
-    return [f"iam:CreatePolicyVersion {p['policy_arn']} adding {', '.join(p['resources'])} "
-            "(deleting the oldest non-default version at 5)"]
+    return [
+        f"iam:CreatePolicyVersion {p['policy_arn']} adding {', '.join(p['resources'])} "
+        "(deleting the oldest non-default version at 5)"
+    ]
 
 
 def _iam_remove(p: Mapping[str, JSON]) -> list[str]:
@@ -114,7 +171,10 @@ def _iam_remove(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _nodegroup(p: Mapping[str, JSON]) -> list[str]:
-    call = {k: p[k] for k in ("instance_types", "ami_type", "scaling", "labels", "taints", "subnets", "node_role", "tags")}
+    call = {
+        k: p[k]
+        for k in ("instance_types", "ami_type", "scaling", "labels", "taints", "subnets", "node_role", "tags")
+    }
     return [f"eks:CreateNodegroup {p['cluster']}/{p['name']} {canonical_json(call)}", "wait until ACTIVE"]
 
 

@@ -57,15 +57,25 @@ class _Heartbeat:
         while not self.stop.wait(interval):
             now = self.engine.clock.now()
             with self.engine.db.uow() as uow:
-                if not uow.work.renew(self.request_id, self.engine.settings.worker_id, now, now + self.engine.settings.lease):
+                if not uow.work.renew(
+                    self.request_id, self.engine.settings.worker_id, now, now + self.engine.settings.lease
+                ):
                     self.lost.set()
                     return
                 uow.commit()
 
 
 class Engine:
-    def __init__(self, db: Database, actions: ActionRegistry, core: CoreSettings, facts: Facts, clock: Clock,
-                 settings: EngineSettings, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        db: Database,
+        actions: ActionRegistry,
+        core: CoreSettings,
+        facts: Facts,
+        clock: Clock,
+        settings: EngineSettings,
+        notifier: Notifier,
+    ) -> None:
         self.db, self.actions, self.core, self.facts = db, actions, core, facts
         self.clock, self.settings, self.notifier = clock, settings, notifier
 
@@ -81,8 +91,11 @@ class Engine:
         try:
             self._process(request)
         except LeaseLost:
-            log.warning("lost the lease on %s; another worker resumes it", request.id,
-                        extra={"correlation_id": request.correlation_id})
+            log.warning(
+                "lost the lease on %s; another worker resumes it",
+                request.id,
+                extra={"correlation_id": request.correlation_id},
+            )
         return True
 
     def run_until_idle(self, limit: int = 1000) -> int:
@@ -116,7 +129,8 @@ class Engine:
     def _begin(self, request: Request) -> bool:
         try:
             current = kinds.from_args(request.kind, request.args).plan(
-                PlanContext(self.core, self.facts, request.id))
+                PlanContext(self.core, self.facts, request.id)
+            )
         except errors.KfError as exc:
             # The world moved under the request (the name got taken, the workspace is gone):
             # nothing was applied, so it fails without compensation.
@@ -141,8 +155,11 @@ class Engine:
             failure = self._run_step(request, idx, step, record)
             if failure is not None:
                 before = request.version
-                request.start_compensation(f"Step {idx + 1} of {len(request.plan.steps)} "
-                                           f"({step.summary or step.key}) failed: {failure}", self.clock.now())
+                request.start_compensation(
+                    f"Step {idx + 1} of {len(request.plan.steps)} "
+                    f"({step.summary or step.key}) failed: {failure}",
+                    self.clock.now(),
+                )
                 self._save(request, before)
                 return
         before = request.version
@@ -156,12 +173,30 @@ class Engine:
         attempts = record.attempts if record else 0
         first_failure = record.first_failure_at if record else None
         was_running = record is not None and record.status is StepStatus.RUNNING
-        self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts, first_failure=first_failure,
-                     event=Event(EventType.STEP_STARTED, request.id, self.clock.now(), None,
-                                 {"idx": idx, "key": step.key, "action": step.action}))
+        self._record(
+            request,
+            idx,
+            step,
+            StepStatus.RUNNING,
+            attempts=attempts,
+            first_failure=first_failure,
+            event=Event(
+                EventType.STEP_STARTED,
+                request.id,
+                self.clock.now(),
+                None,
+                {"idx": idx, "key": step.key, "action": step.action},
+            ),
+        )
         if action is None:
-            return self._step_failed(request, idx, step, attempts, first_failure,
-                                     f"this bot has no implementation of `{step.action}`")
+            return self._step_failed(
+                request,
+                idx,
+                step,
+                attempts,
+                first_failure,
+                f"this bot has no implementation of `{step.action}`",
+            )
         while True:
             attempts += 1
             try:
@@ -170,11 +205,23 @@ class Engine:
                 now = self.clock.now()
                 first_failure = first_failure or now
                 if now - first_failure >= self.settings.step_deadline:
-                    return self._step_failed(request, idx, step, attempts, first_failure,
-                                             f"{exc.user_message} (still failing after "
-                                             f"{self.settings.step_deadline})")
-                self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts,
-                             first_failure=first_failure, error=exc.user_message)
+                    return self._step_failed(
+                        request,
+                        idx,
+                        step,
+                        attempts,
+                        first_failure,
+                        f"{exc.user_message} (still failing after {self.settings.step_deadline})",
+                    )
+                self._record(
+                    request,
+                    idx,
+                    step,
+                    StepStatus.RUNNING,
+                    attempts=attempts,
+                    first_failure=first_failure,
+                    error=exc.user_message,
+                )
                 self.clock.sleep(max(exc.delay, self._backoff(attempts)))
                 continue
             except errors.KfError as exc:
@@ -182,24 +229,66 @@ class Engine:
             except LeaseLost:
                 raise
             except Exception:
-                log.exception("step %s of %s crashed", step.key, request.id,
-                              extra={"correlation_id": request.correlation_id})
-                return self._step_failed(request, idx, step, attempts, first_failure,
-                                         f"an unexpected error (ref {request.correlation_id})")
+                log.exception(
+                    "step %s of %s crashed",
+                    step.key,
+                    request.id,
+                    extra={"correlation_id": request.correlation_id},
+                )
+                return self._step_failed(
+                    request,
+                    idx,
+                    step,
+                    attempts,
+                    first_failure,
+                    f"an unexpected error (ref {request.correlation_id})",
+                )
             if was_running and not outcome.created:
                 # The previous attempt died after its call went out: that object is ours.
                 outcome = StepOutcome(created=True, details={**outcome.details, "adopted_after_crash": True})
-            self._record(request, idx, step, StepStatus.DONE, outcome=outcome, attempts=attempts,
-                         first_failure=first_failure,
-                         event=Event(EventType.STEP_SUCCEEDED, request.id, self.clock.now(), None,
-                                     {"idx": idx, "key": step.key, "created": outcome.created}))
+            self._record(
+                request,
+                idx,
+                step,
+                StepStatus.DONE,
+                outcome=outcome,
+                attempts=attempts,
+                first_failure=first_failure,
+                event=Event(
+                    EventType.STEP_SUCCEEDED,
+                    request.id,
+                    self.clock.now(),
+                    None,
+                    {"idx": idx, "key": step.key, "created": outcome.created},
+                ),
+            )
             return None
 
-    def _step_failed(self, request: Request, idx: int, step: Step, attempts: int, first_failure: datetime | None,
-                     reason: str) -> str:
-        self._record(request, idx, step, StepStatus.FAILED, attempts=attempts, first_failure=first_failure,
-                     error=reason, event=Event(EventType.STEP_FAILED, request.id, self.clock.now(), None,
-                                               {"idx": idx, "key": step.key, "error": reason}))
+    def _step_failed(
+        self,
+        request: Request,
+        idx: int,
+        step: Step,
+        attempts: int,
+        first_failure: datetime | None,
+        reason: str,
+    ) -> str:
+        self._record(
+            request,
+            idx,
+            step,
+            StepStatus.FAILED,
+            attempts=attempts,
+            first_failure=first_failure,
+            error=reason,
+            event=Event(
+                EventType.STEP_FAILED,
+                request.id,
+                self.clock.now(),
+                None,
+                {"idx": idx, "key": step.key, "error": reason},
+            ),
+        )
         return reason
 
     def _backoff(self, attempts: int) -> float:
@@ -226,14 +315,27 @@ class Engine:
             if problem is not None:
                 problems.append(f"{step.summary or step.key}: {problem}")
                 continue
-            self._record(request, record.idx, step, StepStatus.UNDONE, outcome=outcome, attempts=record.attempts,
-                         event=Event(EventType.STEP_UNDONE, request.id, self.clock.now(), None,
-                                     {"idx": record.idx, "key": step.key, "removed": outcome.created}))
+            self._record(
+                request,
+                record.idx,
+                step,
+                StepStatus.UNDONE,
+                outcome=outcome,
+                attempts=record.attempts,
+                event=Event(
+                    EventType.STEP_UNDONE,
+                    request.id,
+                    self.clock.now(),
+                    None,
+                    {"idx": record.idx, "key": step.key, "removed": outcome.created},
+                ),
+            )
         before = request.version
         now = self.clock.now()
         if problems:
-            request.need_attention("could not undo " + "; ".join(problems) + ". Fix it and `/kf retry " + request.id + "`.",
-                                   now)
+            request.need_attention(
+                "could not undo " + "; ".join(problems) + ". Fix it and `/kf retry " + request.id + "`.", now
+            )
         else:
             request.fail(now)
         self._save(request, before)
@@ -242,12 +344,17 @@ class Engine:
         action = self.actions.get(step.action)
         if action is None:
             return f"no implementation of `{step.action}`"
+
+        def undo() -> StepOutcome:
+            action.undo(step.params, outcome)
+            return outcome
+
         started = self.clock.now()
         attempts = 0
         while True:
             attempts += 1
             try:
-                self._with_heartbeat(request, lambda: (action.undo(step.params, outcome), outcome)[1])
+                self._with_heartbeat(request, undo)
                 return None
             except errors.TemporaryError as exc:
                 if self.clock.now() - started >= self.settings.step_deadline:
@@ -258,8 +365,12 @@ class Engine:
             except LeaseLost:
                 raise
             except Exception:
-                log.exception("undo of %s for %s crashed", step.key, request.id,
-                              extra={"correlation_id": request.correlation_id})
+                log.exception(
+                    "undo of %s for %s crashed",
+                    step.key,
+                    request.id,
+                    extra={"correlation_id": request.correlation_id},
+                )
                 return f"an unexpected error (ref {request.correlation_id})"
 
     # -- persistence ---------------------------------------------------------------------------
@@ -267,21 +378,45 @@ class Engine:
         with self.db.uow() as uow:
             return uow.work.steps(request_id)
 
-    def _record(self, request: Request, idx: int, step: Step, status: StepStatus, *, attempts: int,
-                first_failure: datetime | None = None, outcome: StepOutcome | None = None, error: str | None = None,
-                event: Event | None = None) -> None:
+    def _record(
+        self,
+        request: Request,
+        idx: int,
+        step: Step,
+        status: StepStatus,
+        *,
+        attempts: int,
+        first_failure: datetime | None = None,
+        outcome: StepOutcome | None = None,
+        error: str | None = None,
+        event: Event | None = None,
+    ) -> None:
         with self.db.uow() as uow:
-            uow.work.record_step(request.id, self.settings.worker_id, self.clock.now(), idx, step.key, step.action,
-                                 status, outcome=outcome, error=error, attempts=attempts,
-                                 first_failure_at=first_failure)
+            uow.work.record_step(
+                request.id,
+                self.settings.worker_id,
+                self.clock.now(),
+                idx,
+                step.key,
+                step.action,
+                status,
+                outcome=outcome,
+                error=error,
+                attempts=attempts,
+                first_failure_at=first_failure,
+            )
             if event is not None:
                 uow.audit.append([event])
             uow.commit()
         if event is not None:
             self._notify(request, [event])
 
-    def _save(self, request: Request, expected_version: int,
-              on_commit: Callable[[SqlUnitOfWork], None] | None = None) -> None:
+    def _save(
+        self,
+        request: Request,
+        expected_version: int,
+        on_commit: Callable[[SqlUnitOfWork], None] | None = None,
+    ) -> None:
         events = request.take_events()
         with self.db.uow() as uow:
             uow.work.save_claimed(request, expected_version, self.settings.worker_id, self.clock.now())
@@ -316,57 +451,83 @@ class Engine:
 Outcomes = Mapping[int, StepOutcome | None]
 
 
-def _no_update(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime) -> None:
+def _no_update(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     return None
 
 
-def _workspace_created(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
-                       now: datetime) -> None:
+def _workspace_created(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     assert isinstance(kind, kinds.WorkspaceCreate)
-    created = {step.key: {"action": step.action, "params": dict(step.params)}
-               for idx, step in enumerate(request.plan.steps)
-               if (outcome := outcomes.get(idx)) is not None and outcome.created}
+    created = {
+        step.key: {"action": step.action, "params": dict(step.params)}
+        for idx, step in enumerate(request.plan.steps)
+        if (outcome := outcomes.get(idx)) is not None and outcome.created
+    }
     profile = request.plan.steps[0]
-    uow.registry.put_workspace(kind.name, str(profile.params["name"]), str(profile.params["owner"]), request.id,
-                               created, now)
+    uow.registry.put_workspace(
+        kind.name, str(profile.params["name"]), str(profile.params["owner"]), request.id, created, now
+    )
 
 
-def _workspace_deleted(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
-                       now: datetime) -> None:
+def _workspace_deleted(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     assert isinstance(kind, kinds.WorkspaceDelete)
     uow.registry.mark_workspace_deleted(kind.name, now)
 
 
-def _granted(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime) -> None:
+def _granted(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     assert isinstance(kind, kinds.Share)
     expires = now + kind.duration if kind.duration else None
-    uow.registry.put_grant(kind.workspace, str(request.plan.steps[0].params["user"]), kind.role, request.id, expires, now)
+    uow.registry.put_grant(
+        kind.workspace, str(request.plan.steps[0].params["user"]), kind.role, request.id, expires, now
+    )
     if kind.duration is None:
         uow.timers.cancel("grant.expire", f"{kind.workspace}:{kind.user}")
 
 
-def _ungranted(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime) -> None:
+def _ungranted(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     assert isinstance(kind, kinds.Unshare)
     uow.registry.delete_grant(kind.workspace, str(request.plan.steps[0].params["user"]))
     uow.timers.cancel("grant.expire", f"{kind.workspace}:{kind.user}")
 
 
-def _token_issued(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
-                  now: datetime) -> None:
+def _token_issued(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     assert isinstance(kind, kinds.TokenIssue)
     params = request.plan.steps[0].params
-    uow.registry.put_token(request.id, request.requester_id, kind.workspace, str(params["namespace"]),
-                           str(params["name"]), kind.role, list(params["audiences"]), now + kind.ttl, now)
+    uow.registry.put_token(
+        request.id,
+        request.requester_id,
+        kind.workspace,
+        str(params["namespace"]),
+        str(params["name"]),
+        kind.role,
+        list(params["audiences"]),
+        now + kind.ttl,
+        now,
+    )
 
 
-def _token_revoked(uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes,
-                   now: datetime) -> None:
+def _token_revoked(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
     assert isinstance(kind, kinds.TokenRevoke)
     uow.registry.revoke_token(kind.token_id, now)
     uow.timers.cancel("token.expire", kind.token_id)
 
 
-_REGISTRY_UPDATES: Mapping[str, Callable[[SqlUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]] = {
+_REGISTRY_UPDATES: Mapping[
+    str, Callable[[SqlUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]
+] = {
     kinds.WorkspaceCreate.KIND: _workspace_created,
     kinds.WorkspaceDelete.KIND: _workspace_deleted,
     kinds.Share.KIND: _granted,
@@ -374,4 +535,3 @@ _REGISTRY_UPDATES: Mapping[str, Callable[[SqlUnitOfWork, Request, kinds.RequestK
     kinds.TokenIssue.KIND: _token_issued,
     kinds.TokenRevoke.KIND: _token_revoked,
 }
-

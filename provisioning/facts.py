@@ -31,19 +31,31 @@ class RegistryFacts:
             row = uow.registry.get_workspace(name)
             if row is None or row.get("deleted_at") is not None:
                 return None
-            grants = {g["user"]: g["role"] for g in uow.registry.grants(name) if not self._expired(g.get("expires_at"))}
+            grants = {
+                g["user"]: g["role"]
+                for g in uow.registry.grants(name)
+                if not self._expired(g.get("expires_at"))
+            }
             quota = self._last_quota(uow, name, row)
         if self.live is not None:
             state = self.live.workspace_state(row["namespace"])
             grants = dict(state.get("contributors", grants))
             quota = dict(state.get("quota_hard", quota))
-        return WorkspaceFacts(name=name, namespace=row["namespace"], owner=row["owner"], contributors=grants,
-                              quota=quota, created=dict(row["created"]))
+        return WorkspaceFacts(
+            name=name,
+            namespace=row["namespace"],
+            owner=row["owner"],
+            contributors=grants,
+            quota=quota,
+            created=dict(row["created"]),
+        )
 
     @staticmethod
     def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
         # Without a cluster to ask, the quota is what the last applied change set.
-        for request in uow.requests.list(kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200):
+        for request in uow.requests.list(
+            kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
+        ):
             if request.args.get("workspace") == name:
                 return dict(request.plan.steps[0].params["hard"])
         for entry in row["created"].values():
@@ -56,8 +68,11 @@ class RegistryFacts:
 
     def user_in_use(self, user: str, except_workspace: str) -> bool:
         with self.db.uow() as uow:
-            owned = [w for w in uow.registry.list_workspaces(owner=user)
-                     if w["name"] != except_workspace and w.get("deleted_at") is None]
+            owned = [
+                w
+                for w in uow.registry.list_workspaces(owner=user)
+                if w["name"] != except_workspace and w.get("deleted_at") is None
+            ]
             granted = [g for g in uow.registry.grants_of(user) if g["workspace"] != except_workspace]
         return bool(owned or granted)
 

@@ -173,8 +173,10 @@ def translate(exc: Exception, *, verb: str, kind: Kind, namespace: str | None, n
     if status == 0:  # the client wraps SSL and protocol failures this way
         return TemporaryError(f"The Kubernetes API connection failed while trying to {verb} {what}.",
                               delay=5.0)
+    if status == 404 and verb == "create" and namespace:
+        return Missing(f"Cannot create {what}: namespace {namespace} does not exist (any more).")
     if status == 404:
-        return Missing(f"{what} {_where(namespace)} does not exist ({status_message(exc)}).")
+        return Missing(f"{what} {_where(namespace)} does not exist.")
     if status == 409:
         reason = _status_reason(exc) or "Conflict"
         return Conflict(f"{what} {_where(namespace)} changed or exists already ({reason}).", reason=reason)

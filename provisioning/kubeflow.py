@@ -255,6 +255,10 @@ class KubeflowActions:
                 spec["resourceQuotaSpec"] = {"hard": hard}
             body: Obj = {"metadata": {"name": name, "labels": _str_map(params.get("labels"))}, "spec": spec}
             existing, created = self.kube.create(k8s.PROFILE, body)
+        if k8s.meta(existing).get("deletionTimestamp"):
+            # A delete of this workspace is still finishing; creating now would race the finalizer.
+            raise TemporaryError(f"The Profile `{name}` is being deleted; the bot will try again.",
+                                 delay=10.0)
         current_owner = _profile_owner(existing)
         if current_owner != owner:
             raise PermanentError(f"A Profile `{name}` already exists, owned by {current_owner or 'nobody'}; "

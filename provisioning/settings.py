@@ -34,7 +34,7 @@ class DexSettings:
     mode: DexMode = "password-cr"
     namespace: str = "auth"
     configmap: str = "dex"
-    secret: str = "dex-passwords"
+    secret: str = "dex-passwords"  # noqa: S105 (the Secret's name)
     deployment: str = "dex"
     bcrypt_cost: int = 12
     restart_quiet_period: float = 10.0

@@ -44,8 +44,9 @@ class ScriptedWorld:
 
     @staticmethod
     def key(action: str, params: Mapping[str, JSON]) -> tuple[str, str]:
-        return action.removesuffix(".remove"), canonical_json(params.get("name") or params.get("bucket")
-                                                               or params.get("email") or params)
+        return action.removesuffix(".remove"), canonical_json(
+            params.get("name") or params.get("bucket") or params.get("email") or params
+        )
 
     def fail(self, action: str, *excs: Exception) -> None:
         self.failures.setdefault(action, []).extend(excs)
@@ -93,7 +94,9 @@ class RecordingNotifier:
     published: list[tuple[str, str, list[str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> tuple[str, str] | None:
+    def publish(
+        self, request: Request, events: Sequence[Event], card: tuple[str, str] | None
+    ) -> tuple[str, str] | None:
         with self.lock:
             self.published.append((request.id, request.state.value, [e.type.value for e in events]))
         return card or ("CADMIN", f"{len(self.published)}.0001")
@@ -118,23 +121,42 @@ class Stack:
         return self.backend.run_until_idle(self.notifier)
 
     def approve(self, request_id: str, actor: Actor = ADMIN) -> Request:
-        return services.decide(self.core, actor, request_id, approve=True, decision_key=f"test:{request_id}:{actor.user_id}")
+        return services.decide(
+            self.core, actor, request_id, approve=True, decision_key=f"test:{request_id}:{actor.user_id}"
+        )
 
 
 def engine_settings(worker_id: str = "worker-1") -> EngineSettings:
-    return EngineSettings(worker_id=worker_id, lease=timedelta(seconds=30), step_deadline=timedelta(minutes=5),
-                          retry_initial=1.0, retry_max=8.0, poll_interval=0.01)
+    return EngineSettings(
+        worker_id=worker_id,
+        lease=timedelta(seconds=30),
+        step_deadline=timedelta(minutes=5),
+        retry_initial=1.0,
+        retry_max=8.0,
+        poll_interval=0.01,
+    )
 
 
-def build_stack(db_url: str, *, clock: FakeClock | None = None, world: ScriptedWorld | None = None,
-                core: CoreSettings = CORE, worker_id: str = "worker-1", migrate: bool = True) -> Stack:
+def build_stack(
+    db_url: str,
+    *,
+    clock: FakeClock | None = None,
+    world: ScriptedWorld | None = None,
+    core: CoreSettings = CORE,
+    worker_id: str = "worker-1",
+    migrate: bool = True,
+) -> Stack:
     clock = clock or FakeClock()
     world = world or ScriptedWorld()
-    settings = ProvisioningSettings(database_url=db_url, audit_key=AUDIT_KEY, engine=engine_settings(worker_id))
+    settings = ProvisioningSettings(
+        database_url=db_url, audit_key=AUDIT_KEY, engine=engine_settings(worker_id)
+    )
     db = Database(db_url, audit_key=AUDIT_KEY, now=clock.now)
     if migrate:
         db.migrate()
-    backend = Backend(settings, core, clock, db, world.registry(), RegistryFacts(db, clock), DryRunSecrets(), None)
+    backend = Backend(
+        settings, core, clock, db, world.registry(), RegistryFacts(db, clock), DryRunSecrets(), None
+    )
     notifier = RecordingNotifier()
     core_services = services.Core(core, backend.uow, backend.facts, clock, notifier, backend.secrets)
     return Stack(backend, core_services, clock, world, notifier)

@@ -24,11 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("killed_at", ["dex.user", "aws.bucket"])
 def test_killed_worker_is_resumed_after_its_lease(db_url: str, tmp_path: Path, killed_at: str) -> None:
     stack = build_stack(db_url)
-    rid = services.submit(stack.core, ALICE, kinds.WorkspaceCreate("team-a", ALICE.email), idempotency_key="t").request.id
+    rid = services.submit(
+        stack.core, ALICE, kinds.WorkspaceCreate("team-a", ALICE.email), idempotency_key="t"
+    ).request.id
     stack.approve(rid)
     marker = tmp_path / "reached"
-    worker = subprocess.Popen([sys.executable, "-m", "tests.crash_worker", db_url, str(marker), killed_at],
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_worker", db_url, str(marker), killed_at],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -52,6 +57,8 @@ def test_killed_worker_is_resumed_after_its_lease(db_url: str, tmp_path: Path, k
         after = {r.key: r for r in uow.work.steps(rid)}
     assert all(r.status is StepStatus.DONE for r in after.values())
     assert before["Profile/team-a"] is StepStatus.DONE
-    assert "kubeflow.profile" not in stack.world.ensure_calls, "a step the dead worker finished is not run again"
+    assert "kubeflow.profile" not in stack.world.ensure_calls, (
+        "a step the dead worker finished is not run again"
+    )
     assert killed_at in stack.world.ensure_calls
     assert after[killed_step].outcome is not None and after[killed_step].outcome.created

@@ -23,7 +23,6 @@ from provisioning import k8s
 from provisioning.dex import DexActions, RestartCoordinator, env_key_for, user_id_for
 from provisioning.settings import DexSettings
 from tests.fakes.apiserver import FakeApiServer, reference_dir
-from tests.fakes.apiserver_fixtures import *  # noqa: F403  (until tests/conftest.py registers the plugin)
 from tests.fakes.clock import FakeClock
 
 COST = 10  # the cheapest cost Dex accepts keeps the tests fast
@@ -57,16 +56,20 @@ def _reference(name: str) -> dict[str, Any] | None:
 def install_dex(server: FakeApiServer, api: client.ApiClient, *, load_secret: bool = True) -> None:
     """Dex as Kubeflow 1.9+ ships it, in namespace auth."""
     server.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "auth"}})
-    cm = _reference("dex-config-map.yaml") or {"metadata": {"name": "dex"}, "data": {"config.yaml": MINIMAL_CONFIG}}
+    cm = _reference("dex-config-map.yaml") or {"data": {"config.yaml": MINIMAL_CONFIG}}
     server.seed({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dex", "namespace": "auth"},
                  "data": cm["data"]})
-    server.seed({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dex-passwords", "namespace": "auth"},
-                 "type": "Opaque", "data": {"DEX_USER_PASSWORD": base64.b64encode(DEFAULT_HASH.encode()).decode()}})
+    # Stored as a real apiserver keeps it: the manifests' stringData folded into base64 data.
+    hashed = base64.b64encode(DEFAULT_HASH.encode()).decode()
+    server.seed({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                 "metadata": {"name": "dex-passwords", "namespace": "auth"},
+                 "data": {"DEX_USER_PASSWORD": hashed}})
     deployment = _reference("dex-deployment.yaml") or {"spec": {
         "replicas": 1, "selector": {"matchLabels": {"app": "dex"}},
         "template": {"metadata": {"labels": {"app": "dex"}}, "spec": {"containers": [
             {"name": "dex", "image": "ghcr.io/dexidp/dex:v2.45.0",
-             "envFrom": [{"secretRef": {"name": "dex-oidc-client"}}, {"secretRef": {"name": "dex-passwords"}}]}]}}}}
+             "envFrom": [{"secretRef": {"name": "dex-oidc-client"}},
+                         {"secretRef": {"name": "dex-passwords"}}]}]}}}}
     if not load_secret:
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             container["envFrom"] = [{"secretRef": {"name": "dex-oidc-client"}}]
@@ -76,7 +79,8 @@ def install_dex(server: FakeApiServer, api: client.ApiClient, *, load_secret: bo
 
 
 def dex(api: client.ApiClient, mode: str, clock: Any = None, **kwargs: Any) -> DexActions:
-    settings = DexSettings(mode=mode, bcrypt_cost=COST, restart_quiet_period=kwargs.pop("quiet", 5.0))  # type: ignore[arg-type]
+    settings = DexSettings(mode=mode, bcrypt_cost=COST,  # type: ignore[arg-type]
+                           restart_quiet_period=kwargs.pop("quiet", 5.0))
     return DexActions(api, settings, clock or FakeClock(), **kwargs)
 
 
@@ -97,14 +101,14 @@ def restarts(server: FakeApiServer) -> int:
 
 
 def user_params(email: str, mode: str, username: str | None = None) -> dict[str, Any]:
-    return {"email": email, "username": username or email.split("@")[0], "mode": mode}
+    return {"email": email, "username": username or email.split("@", 1)[0], "mode": mode}
 
 
 # -- password-cr ----------------------------------------------------------------------------------
 
 
-def test_password_object_is_named_by_dex_and_shaped_like_dex_storage(apiserver: FakeApiServer,
-                                                                     kube_api_client: client.ApiClient) -> None:
+def test_password_object_is_named_by_dex_and_shaped_like_dex_storage(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
     actions = dex(kube_api_client, "password-cr")
 
@@ -261,20 +265,23 @@ def test_dex_that_does_not_load_the_secret_is_refused(apiserver: FakeApiServer,
                                                       kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client, load_secret=False)
     with pytest.raises(PermanentError, match="does not load Secret"):
-        dex(kube_api_client, "configmap").registry()["dex.user"].ensure(user_params("a@example.com", "configmap"))
+        dex(kube_api_client, "configmap").registry()["dex.user"].ensure(
+            user_params("a@example.com", "configmap"))
     assert len(static_passwords(apiserver)) == 1
 
 
 def test_external_mode_does_nothing(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     actions = dex(kube_api_client, "external")
     assert actions.registry()["dex.user"].ensure(user_params("a@example.com", "external")).created is False
-    assert actions.registry()["dex.user.remove"].ensure({"email": "a@example.com", "mode": "external"}).created is False
+    remove = actions.registry()["dex.user.remove"]
+    assert remove.ensure({"email": "a@example.com", "mode": "external"}).created is False
     assert actions.user_exists("a@example.com") is False
     assert apiserver.requests == []
 
 
 @pytest.mark.parametrize("cost", [9, 17])
-def test_bcrypt_cost_outside_what_dex_accepts_is_refused(kube_api_client: client.ApiClient, cost: int) -> None:
+def test_bcrypt_cost_outside_what_dex_accepts_is_refused(kube_api_client: client.ApiClient,
+                                                         cost: int) -> None:
     with pytest.raises(ValueError, match="10 to 16"):
         DexActions(kube_api_client, DexSettings(bcrypt_cost=cost), FakeClock())
 

@@ -11,11 +11,21 @@ from handlers.settings import CoreSettings, WorkspaceDefaults
 from tests.fakes.facts import StaticFacts
 
 RUNBOOK = CoreSettings(
-    naming=NamingSettings(namespace="aic-ns-{project}-ws", bucket="s3-{region_alias}-{infra}-{env}-{project}",
-                          nodegroup="ng-{region_alias}-aicond-{project}-ws-{spec}", node_label_key="aic-role",
-                          node_label_value="{project}-ws-{spec}", region_alias="use1", infra="infra", env="dev"),
-    workspace=WorkspaceDefaults(iam_policy_arns=("arn:aws:iam::123456789012:policy/kubeflow-s3",),
-                                subnets=("subnet-1", "subnet-2"), node_role_arn="arn:aws:iam::123456789012:role/ng"),
+    naming=NamingSettings(
+        namespace="aic-ns-{project}-ws",
+        bucket="s3-{region_alias}-{infra}-{env}-{project}",
+        nodegroup="ng-{region_alias}-aicond-{project}-ws-{spec}",
+        node_label_key="aic-role",
+        node_label_value="{project}-ws-{spec}",
+        region_alias="use1",
+        infra="infra",
+        env="dev",
+    ),
+    workspace=WorkspaceDefaults(
+        iam_policy_arns=("arn:aws:iam::123456789012:policy/kubeflow-s3",),
+        subnets=("subnet-1", "subnet-2"),
+        node_role_arn="arn:aws:iam::123456789012:role/ng",
+    ),
 )
 
 
@@ -24,7 +34,9 @@ def ctx(settings: CoreSettings = RUNBOOK, facts: StaticFacts | None = None) -> k
 
 
 def test_runbook_naming_by_configuration_alone() -> None:
-    plan = kinds.WorkspaceCreate("myproj", "Alice@Example.com", gpu=1, instance_type="g4dn.xlarge").plan(ctx())
+    plan = kinds.WorkspaceCreate("myproj", "Alice@Example.com", gpu=1, instance_type="g4dn.xlarge").plan(
+        ctx()
+    )
     by_action = {s.action: s for s in plan.steps}
     assert by_action["kubeflow.profile"].params["name"] == "aic-ns-myproj-ws"
     assert by_action["kubeflow.profile"].params["owner"] == "alice@example.com"
@@ -32,9 +44,17 @@ def test_runbook_naming_by_configuration_alone() -> None:
     assert by_action["aws.nodegroup"].params["name"] == "ng-use1-aicond-myproj-ws-g4dn-xlarge"
     assert by_action["aws.nodegroup"].params["labels"] == {"aic-role": "myproj-ws-g4dn-xlarge"}
     assert by_action["aws.iam_resources"].params["resources"] == [
-        "arn:aws:s3:::s3-use1-infra-dev-myproj", "arn:aws:s3:::s3-use1-infra-dev-myproj/*"]
-    assert [s.action for s in plan.steps] == ["kubeflow.profile", "dex.user", "aws.bucket", "aws.iam_resources",
-                                             "aws.nodegroup", "kubeflow.poddefault"]
+        "arn:aws:s3:::s3-use1-infra-dev-myproj",
+        "arn:aws:s3:::s3-use1-infra-dev-myproj/*",
+    ]
+    assert [s.action for s in plan.steps] == [
+        "kubeflow.profile",
+        "dex.user",
+        "aws.bucket",
+        "aws.iam_resources",
+        "aws.nodegroup",
+        "kubeflow.poddefault",
+    ]
 
 
 def test_gpu_nodegroup_spec_taint_ami_and_poddefault() -> None:
@@ -63,11 +83,24 @@ def test_no_nodegroup_without_gpu_or_instance_type_and_no_dex_when_external() ->
     assert [s.action for s in plan.steps] == ["kubeflow.profile", "aws.bucket"]
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("name", "Team-A"), ("name", "a" * 41), ("name", "team_a"), ("name", "team\na"), ("name", "tеam"),  # Cyrillic е
-    ("name", "team: {a}"), ("name", "-team"), ("owner", "not-an-email"), ("owner", "a@b"),
-    ("memory", "16 Gi"), ("memory", "-1Gi"), ("cpu", "1e9"), ("instance_type", "g4dn.xlarge; rm"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "Team-A"),
+        ("name", "a" * 41),
+        ("name", "team_a"),
+        ("name", "team\na"),
+        ("name", "t\u0435am"),  # Cyrillic ie, a lookalike of e
+        ("name", "team: {a}"),
+        ("name", "-team"),
+        ("owner", "not-an-email"),
+        ("owner", "a@b"),
+        ("memory", "16 Gi"),
+        ("memory", "-1Gi"),
+        ("cpu", "1e9"),
+        ("instance_type", "g4dn.xlarge; rm"),
+    ],
+)
 def test_hostile_input_is_refused_before_any_plan(field: str, value: str) -> None:
     args: dict[str, object] = {"name": "ok", "owner": "a@example.com", field: value}
     with pytest.raises(errors.InvalidInput):
@@ -75,7 +108,9 @@ def test_hostile_input_is_refused_before_any_plan(field: str, value: str) -> Non
 
 
 def test_names_longer_than_63_after_templating_are_refused() -> None:
-    long_prefix = CoreSettings(naming=NamingSettings(namespace="a-very-long-platform-prefix-for-{name}-workspace"))
+    long_prefix = CoreSettings(
+        naming=NamingSettings(namespace="a-very-long-platform-prefix-for-{name}-workspace")
+    )
     with pytest.raises(errors.InvalidInput):
         kinds.WorkspaceCreate("abcdefghijklmnopqrstuvwxyz0123", "a@example.com").plan(ctx(long_prefix))
 
@@ -88,15 +123,21 @@ def test_existing_workspace_name_is_refused() -> None:
 
 def _created_workspace() -> WorkspaceFacts:
     create = kinds.WorkspaceCreate("team-a", "owner@example.com", gpu=1).plan(ctx())
-    created = {s.key: {"action": s.action, "params": dict(s.params)} for s in create.steps if s.action != "dex.user"}
+    created = {
+        s.key: {"action": s.action, "params": dict(s.params)} for s in create.steps if s.action != "dex.user"
+    }
     return WorkspaceFacts("team-a", "aic-ns-team-a-ws", "owner@example.com", created=created)
 
 
 def test_delete_removes_only_what_the_bot_created_in_reverse() -> None:
     facts = StaticFacts(workspaces={"team-a": _created_workspace()})
     plan = kinds.WorkspaceDelete("team-a", "team-a").plan(ctx(facts=facts))
-    assert [s.action for s in plan.steps] == ["aws.nodegroup.remove", "aws.iam_resources.remove", "aws.bucket.remove",
-                                             "kubeflow.profile.remove"]  # no dex.user: the bot did not create it
+    assert [s.action for s in plan.steps] == [
+        "aws.nodegroup.remove",
+        "aws.iam_resources.remove",
+        "aws.bucket.remove",
+        "kubeflow.profile.remove",
+    ]  # no dex.user: the bot did not create it
     bucket = next(s for s in plan.steps if s.action == "aws.bucket.remove")
     assert bucket.params["purge_data"] is False
     assert any("Data is kept" in w for w in plan.warnings)
@@ -104,8 +145,10 @@ def test_delete_removes_only_what_the_bot_created_in_reverse() -> None:
 
 def test_delete_keeps_a_dex_login_still_in_use() -> None:
     ws = _created_workspace()
-    ws.created["DexUser/owner@example.com"] = {"action": "dex.user", "params": {"email": "owner@example.com",
-                                                                               "mode": "password-cr"}}
+    ws.created["DexUser/owner@example.com"] = {
+        "action": "dex.user",
+        "params": {"email": "owner@example.com", "mode": "password-cr"},
+    }
     facts = StaticFacts(workspaces={"team-a": ws}, users_elsewhere={"owner@example.com"})
     plan = kinds.WorkspaceDelete("team-a", "team-a", purge_data=True).plan(ctx(facts=facts))
     assert "dex.user.remove" not in [s.action for s in plan.steps]
@@ -118,9 +161,17 @@ def test_delete_needs_the_name_typed_again() -> None:
 
 
 def test_share_quota_token_plans() -> None:
-    facts = StaticFacts(workspaces={"team-a": WorkspaceFacts("team-a", "ns-a", "o@example.com",
-                                                             contributors={"b@example.com": "view"},
-                                                             quota={"cpu": "8", "requests.nvidia.com/gpu": "1"})})
+    facts = StaticFacts(
+        workspaces={
+            "team-a": WorkspaceFacts(
+                "team-a",
+                "ns-a",
+                "o@example.com",
+                contributors={"b@example.com": "view"},
+                quota={"cpu": "8", "requests.nvidia.com/gpu": "1"},
+            )
+        }
+    )
     share = kinds.Share("team-a", "B@Example.com", role="edit").plan(ctx(facts=facts))
     assert share.steps[0].params == {"namespace": "ns-a", "user": "b@example.com", "role": "edit"}
     assert any("replaced" in w for w in share.warnings)
@@ -134,7 +185,9 @@ def test_share_quota_token_plans() -> None:
 
 
 def test_args_round_trip_through_storage() -> None:
-    for kind in (kinds.Share("team-a", "b@example.com", duration=__import__("datetime").timedelta(days=7)),
-                 kinds.TokenIssue("team-a", read_only=True),
-                 kinds.WorkspaceCreate("w", "a@example.com", gpu=2, nodes_min=1, nodes_max=3)):
+    for kind in (
+        kinds.Share("team-a", "b@example.com", duration=__import__("datetime").timedelta(days=7)),
+        kinds.TokenIssue("team-a", read_only=True),
+        kinds.WorkspaceCreate("w", "a@example.com", gpu=2, nodes_min=1, nodes_max=3),
+    ):
         assert kinds.from_args(kind.KIND, kinds.to_args(kind)) == kind

@@ -23,7 +23,6 @@ from provisioning import k8s
 from provisioning.kubeflow import KubeflowActions
 from provisioning.settings import KubeflowSettings
 from tests.fakes.apiserver import FakeApiServer, crd_schemas_available
-from tests.fakes.apiserver_fixtures import *  # noqa: F403  (until tests/conftest.py registers the plugin)
 from tests.fakes.clock import FakeClock
 
 RBAC = "rbac.authorization.k8s.io"
@@ -591,3 +590,22 @@ def test_outcomes_are_plain_json(apiserver: FakeApiServer, kf: KubeflowActions) 
                 share(kf, ns, "a@example.com", "view"), unshare(kf, ns, "a@example.com")]
     for outcome in outcomes:  # the store keeps details as JSON
         assert StepOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
+
+
+def test_a_profile_still_being_deleted_is_retried_later(apiserver: FakeApiServer,
+                                                        kf: KubeflowActions) -> None:
+    apiserver.profile_controller = False  # nobody removes the finalizer
+    apiserver.seed({"apiVersion": "kubeflow.org/v1", "kind": "Profile",
+                    "metadata": {"name": "team-a", "finalizers": ["profile-finalizer"],
+                                 "deletionTimestamp": "2026-11-22T08:00:00Z"},
+                    "spec": {"owner": {"kind": "User", "name": OWNER}}})
+    with pytest.raises(TemporaryError, match="being deleted"):
+        kf.registry()["kubeflow.profile"].ensure(profile_params())
+
+
+def test_writes_into_a_missing_namespace_are_permanent(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    with pytest.raises(PermanentError, match="`ghost` does not exist"):
+        share(kf, "ghost", "alice@example.com")
+    params = {"namespace": "ghost", "name": "ng", "node_selector": {}, "tolerations": [], "description": "x"}
+    with pytest.raises(PermanentError, match="namespace ghost does not exist"):
+        kf.registry()["kubeflow.poddefault"].ensure(params)

@@ -18,8 +18,15 @@ S = RequestState
 
 
 def request_in(state: RequestState) -> Request:
-    r = Request(id="RTEST01", kind="workspace.create", args={}, requester_id=ALICE.user_id,
-                requester_email=ALICE.email, plan=PLAN, created_at=NOW)
+    r = Request(
+        id="RTEST01",
+        kind="workspace.create",
+        args={},
+        requester_id=ALICE.user_id,
+        requester_email=ALICE.email,
+        plan=PLAN,
+        created_at=NOW,
+    )
     r.state = state
     return r
 
@@ -63,8 +70,15 @@ def test_retry_moves_failed_back_to_approved_for_admins_only() -> None:
 
 
 def test_nobody_approves_their_own_request_not_even_an_admin() -> None:
-    r = Request(id="RTEST02", kind="share", args={}, requester_id=ADMIN.user_id, requester_email=ADMIN.email,
-                plan=PLAN, created_at=NOW)
+    r = Request(
+        id="RTEST02",
+        kind="share",
+        args={},
+        requester_id=ADMIN.user_id,
+        requester_email=ADMIN.email,
+        plan=PLAN,
+        created_at=NOW,
+    )
     with pytest.raises(errors.Forbidden):
         r.approve(ADMIN, NOW)
     with pytest.raises(errors.Forbidden):
@@ -93,7 +107,9 @@ def test_changed_plan_returns_to_pending_and_clears_the_approval() -> None:
 def test_same_plan_starts_applying() -> None:
     r = request_in(S.PENDING)
     r.approve(ADMIN, NOW)
-    assert r.begin_apply(Plan.of(list(PLAN.steps), warnings=["advice is not part of the digest"]), NOW) is True
+    assert (
+        r.begin_apply(Plan.of(list(PLAN.steps), warnings=["advice is not part of the digest"]), NOW) is True
+    )
     assert r.state is S.APPLYING
 
 

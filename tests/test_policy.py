@@ -20,10 +20,15 @@ STRANGER = Actor("USTRANGER", "stranger@example.com")
 ADMIN = Actor("UADMIN", "admin@example.com", is_admin=True)
 SETTINGS = CoreSettings(policy=PolicySettings(admin_users=frozenset({"UADMIN"}), admin_group="S123"))
 FACTS = StaticFacts(
-    workspaces={"team-a": WorkspaceFacts(
-        name="team-a", namespace="team-a", owner=OWNER.email,
-        contributors={EDITOR.email: "edit", VIEWER.email: "view"},
-        quota={"requests.nvidia.com/gpu": "2", "cpu": "8", "memory": "32Gi", "requests.storage": "100Gi"})},
+    workspaces={
+        "team-a": WorkspaceFacts(
+            name="team-a",
+            namespace="team-a",
+            owner=OWNER.email,
+            contributors={EDITOR.email: "edit", VIEWER.email: "view"},
+            quota={"requests.nvidia.com/gpu": "2", "cpu": "8", "memory": "32Gi", "requests.storage": "100Gi"},
+        )
+    },
     tokens={"RTOKEN1": (EDITOR.user_id, "team-a")},
 )
 ACTORS = {"owner": OWNER, "editor": EDITOR, "viewer": VIEWER, "stranger": STRANGER, "admin": ADMIN}
@@ -41,30 +46,46 @@ revoke = kinds.TokenRevoke("RTOKEN1")
 
 # (request, actor) -> does it apply without an admin?  (False = an admin must approve)
 AUTO_APPLY_TABLE = [
-    (create, "owner", False), (create, "admin", False),
-    (delete, "owner", False), (delete, "admin", False),
-    (share, "owner", True), (share, "editor", False), (share, "stranger", False), (share, "admin", False),
-    (unshare_editor, "owner", True), (unshare_editor, "editor", True), (unshare_editor, "viewer", False),
+    (create, "owner", False),
+    (create, "admin", False),
+    (delete, "owner", False),
+    (delete, "admin", False),
+    (share, "owner", True),
+    (share, "editor", False),
+    (share, "stranger", False),
+    (share, "admin", False),
+    (unshare_editor, "owner", True),
+    (unshare_editor, "editor", True),
+    (unshare_editor, "viewer", False),
     (unshare_editor, "admin", False),
-    (gpu_plus_1, "owner", True), (gpu_plus_4, "owner", False), (gpu_plus_1, "editor", False),
+    (gpu_plus_1, "owner", True),
+    (gpu_plus_4, "owner", False),
+    (gpu_plus_1, "editor", False),
     (gpu_down, "owner", False),  # memory +32Gi exceeds the 16Gi self-service step, though GPU goes down
     (kinds.QuotaChange("team-a", gpu="1"), "owner", True),
-    (edit_token, "owner", True), (edit_token, "editor", True), (edit_token, "viewer", False),
-    (view_token, "viewer", True), (edit_token, "stranger", False), (view_token, "stranger", False),
-    (revoke, "editor", True), (revoke, "owner", False), (revoke, "admin", False),
+    (edit_token, "owner", True),
+    (edit_token, "editor", True),
+    (edit_token, "viewer", False),
+    (view_token, "viewer", True),
+    (edit_token, "stranger", False),
+    (view_token, "stranger", False),
+    (revoke, "editor", True),
+    (revoke, "owner", False),
+    (revoke, "admin", False),
 ]
 
 
-@pytest.mark.parametrize(("kind", "who", "auto"), AUTO_APPLY_TABLE,
-                         ids=[f"{k.KIND}-{w}-{a}" for k, w, a in AUTO_APPLY_TABLE])
+@pytest.mark.parametrize(
+    ("kind", "who", "auto"), AUTO_APPLY_TABLE, ids=[f"{k.KIND}-{w}-{a}" for k, w, a in AUTO_APPLY_TABLE]
+)
 def test_auto_apply_table(kind: kinds.RequestKind, who: str, auto: bool) -> None:
     reason = policy.auto_apply_reason(kind, ACTORS[who], FACTS, SETTINGS)
     assert (reason is not None) is auto, reason
 
 
 DECIDE_TABLE = [
-    ("admin", "owner", True),    # an admin decides someone else's request
-    ("admin", "admin", False),   # never their own
+    ("admin", "owner", True),  # an admin decides someone else's request
+    ("admin", "admin", False),  # never their own
     ("owner", "editor", False),  # owners are not admins
     ("stranger", "owner", False),
 ]
@@ -72,8 +93,15 @@ DECIDE_TABLE = [
 
 @pytest.mark.parametrize(("decider", "requester", "allowed"), DECIDE_TABLE)
 def test_who_may_decide(decider: str, requester: str, allowed: bool) -> None:
-    req = Request(id="RX", kind="share", args={}, requester_id=ACTORS[requester].user_id,
-                  requester_email=ACTORS[requester].email, plan=Plan.of([]), created_at=datetime.now(UTC))
+    req = Request(
+        id="RX",
+        kind="share",
+        args={},
+        requester_id=ACTORS[requester].user_id,
+        requester_email=ACTORS[requester].email,
+        plan=Plan.of([]),
+        created_at=datetime.now(UTC),
+    )
     if allowed:
         policy.check_may_decide(ACTORS[decider], req)
     else:
@@ -82,14 +110,21 @@ def test_who_may_decide(decider: str, requester: str, allowed: bool) -> None:
 
 
 REQUEST_TABLE = [
-    (delete, "owner", True), (delete, "admin", True), (delete, "editor", False), (delete, "stranger", False),
-    (revoke, "editor", True), (revoke, "owner", True), (revoke, "admin", True), (revoke, "viewer", False),
+    (delete, "owner", True),
+    (delete, "admin", True),
+    (delete, "editor", False),
+    (delete, "stranger", False),
+    (revoke, "editor", True),
+    (revoke, "owner", True),
+    (revoke, "admin", True),
+    (revoke, "viewer", False),
     (share, "stranger", True),  # anyone may ask; an admin decides
 ]
 
 
-@pytest.mark.parametrize(("kind", "who", "allowed"), REQUEST_TABLE,
-                         ids=[f"{k.KIND}-{w}-{a}" for k, w, a in REQUEST_TABLE])
+@pytest.mark.parametrize(
+    ("kind", "who", "allowed"), REQUEST_TABLE, ids=[f"{k.KIND}-{w}-{a}" for k, w, a in REQUEST_TABLE]
+)
 def test_who_may_ask(kind: kinds.RequestKind, who: str, allowed: bool) -> None:
     if allowed:
         policy.check_may_request(kind, ACTORS[who], FACTS)
@@ -108,6 +143,6 @@ def test_token_ttl_bounds_name_the_range() -> None:
     ctx = kinds.PlanContext(SETTINGS, FACTS, "RT1")
     with pytest.raises(errors.InvalidInput, match="10m"):
         kinds.TokenIssue("team-a", ttl=timedelta(minutes=5)).plan(ctx)
-    with pytest.raises(errors.InvalidInput, match="1d|24h"):
+    with pytest.raises(errors.InvalidInput, match=r"1d|24h"):
         kinds.TokenIssue("team-a", ttl=timedelta(days=2)).plan(ctx)
     assert kinds.TokenIssue("team-a", ttl=timedelta(minutes=10)).plan(ctx).steps

@@ -292,7 +292,7 @@ def test_workspace_form_validates_on_the_fields_and_records_once(bot: Running, f
     for _ in range(2):  # a redelivered submission records nothing new
         status, _, answer = post_signed(bot.url, good, SIGNING_SECRET)
         assert status == 200 and answer in (b"", b"{}")
-    fake_slack.wait_for(lambda: len([t for t in dm_texts(fake_slack, ALICE) if "team-b" in t]) >= 2, WAIT)
+    fake_slack.wait_for(lambda: len([t for t in dm_texts(fake_slack, ALICE) if "recorded" in t]) >= 2, WAIT)
     assert [r.args["name"] for r in requests_in_db(bot)] == ["team-b"]
 
 
@@ -331,7 +331,9 @@ def test_a_double_click_makes_one_decision(bot: Running, fake_slack: FakeSlack) 
     replies = fake_slack.wait_for(lambda: len(response_texts(fake_slack, "double")) >= 2
                                   and response_texts(fake_slack, "double"), WAIT)
     assert sum("You approved" in t for t in replies) == 1
-    assert sum(f"{request_id} is already approved by <@{BOB}>" in t for t in replies) == 1
+    # The second click finds the first's decision (the worker may already be applying it).
+    assert sum(bool(re.search(rf"{request_id} is already (approved|applying|succeeded) by <@{BOB}>", t))
+               for t in replies) == 1, replies
     wait_state(bot, request_id, RequestState.SUCCEEDED)
     assert audit_types(bot).count("request.approved") == 1
     assert audit_types(bot).count("request.apply_started") == 1
@@ -389,7 +391,7 @@ def test_authorization_matrix(bot: Running, fake_slack: FakeSlack, clicker: str,
     ("text", "expected"),
     [
         ("frobnicate", "Unknown command"),
-        ("workspace new Team_A", "Workspace names"),
+        ("workspace new Team_A", "lowercase letters"),
         ("workspace new team-a --gpu two", "whole number"),
         ("workspace new team-a --colour blue", "Usage: `/kf workspace new NAME"),
         ("share team-a", "Usage: `/kf share WORKSPACE USER"),
@@ -458,7 +460,7 @@ def test_token_and_password_are_made_at_the_click_and_shown_once(bot: Running, f
     assert "secret.revealed" in audit_types(bot)
     # The secrets went into the modals only, never into a message.
     secrets = [json.dumps(v["blocks"]).split("```")[1] for v in fake_slack.views.values()]
-    posted = json.dumps([c for c in fake_slack.calls if c.method.startswith("chat.")][-50:])
+    posted = json.dumps([c.params for c in fake_slack.calls if c.method.startswith("chat.")])
     assert all(s not in posted for s in secrets)
 
 

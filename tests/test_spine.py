@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from handlers import errors, kinds, services
-from handlers.model import EventType, RequestState
+from handlers.model import Actor, EventType, RequestState
 from handlers.plan import StepStatus
 from handlers.settings import CoreSettings, WorkspaceDefaults
 from provisioning.store import LeaseLost
@@ -41,11 +41,20 @@ def test_request_is_planned_approved_applied_and_audited(stack: Stack) -> None:
     request = stack.request(rid)
     assert request.state is RequestState.SUCCEEDED
     assert step_statuses(stack, rid) == [StepStatus.DONE] * 3
-    assert sorted(action for action, _ in stack.world.objects) == ["aws.bucket", "dex.user", "kubeflow.profile"]
+    assert sorted(action for action, _ in stack.world.objects) == [
+        "aws.bucket",
+        "dex.user",
+        "kubeflow.profile",
+    ]
     assert stack.backend.workspace_view("team-a")["owner"] == ALICE.email
     types = stack.notifier.types_for(rid)
-    for expected in (EventType.CREATED, EventType.APPROVED, EventType.APPLY_STARTED, EventType.STEP_SUCCEEDED,
-                     EventType.SUCCEEDED):
+    for expected in (
+        EventType.CREATED,
+        EventType.APPROVED,
+        EventType.APPLY_STARTED,
+        EventType.STEP_SUCCEEDED,
+        EventType.SUCCEEDED,
+    ):
         assert expected.value in types
     result = stack.backend.audit_verify()
     assert result.ok, result.problem
@@ -71,7 +80,9 @@ def test_double_click_and_second_admin_get_already_done(stack: Stack) -> None:
     with pytest.raises(errors.AlreadyDone, match="already approved by <@UADMIN>"):
         services.decide(stack.core, ADMIN, rid, approve=True, decision_key="ts1:approve:UADMIN:1")
     with pytest.raises(errors.AlreadyDone):
-        services.decide(stack.core, ADMIN2, rid, approve=False, reason="no", decision_key="ts1:reject:UADMIN2:1")
+        services.decide(
+            stack.core, ADMIN2, rid, approve=False, reason="no", decision_key="ts1:reject:UADMIN2:1"
+        )
     assert stack.request(rid).decided_by == ADMIN.user_id
 
 
@@ -102,7 +113,9 @@ def test_two_admins_approving_at_once_make_one_decision_and_one_apply(postgres_u
         barrier = threading.Barrier(2)
         outcomes: list[str] = []
 
-        def decide(admin: services.Actor) -> None:  # type: ignore[name-defined]
+        def decide(
+            admin: Actor, rid: str = rid, barrier: threading.Barrier = barrier, outcomes: list[str] = outcomes
+        ) -> None:
             barrier.wait()
             try:
                 services.decide(stack.core, admin, rid, approve=True, decision_key=f"{rid}:{admin.user_id}")
@@ -116,8 +129,10 @@ def test_two_admins_approving_at_once_make_one_decision_and_one_apply(postgres_u
         for t in threads:
             t.join()
         assert sorted(outcomes) == ["already", "approved"]
-        workers = [build_stack(postgres_url, clock=stack.clock, world=stack.world, worker_id=f"w{i}", migrate=False)
-                   for i in range(2)]
+        workers = [
+            build_stack(postgres_url, clock=stack.clock, world=stack.world, worker_id=f"w{i}", migrate=False)
+            for i in range(2)
+        ]
         runners = [threading.Thread(target=w.run) for w in workers]
         for t in runners:
             t.start()
@@ -210,8 +225,17 @@ def test_a_worker_that_lost_its_lease_records_nothing(stack: Stack) -> None:
     assert stack.run() == 1, "the lease expired: another worker takes the request"
     assert stack.request(rid).state is RequestState.SUCCEEDED
     with pytest.raises(LeaseLost), stack.backend.uow() as uow:
-        uow.work.record_step(rid, "stale-worker", stack.clock.now(), 0, "Profile/team-a", "kubeflow.profile",
-                             StepStatus.FAILED, error="late", attempts=1)
+        uow.work.record_step(
+            rid,
+            "stale-worker",
+            stack.clock.now(),
+            0,
+            "Profile/team-a",
+            "kubeflow.profile",
+            StepStatus.FAILED,
+            error="late",
+            attempts=1,
+        )
     assert step_statuses(stack, rid) == [StepStatus.DONE] * 3
 
 
@@ -259,7 +283,10 @@ def test_two_sweepers_handle_each_due_timer_once(postgres_url: str) -> None:
         with lock:
             handled.append(ref)
 
-    sweepers = [build_stack(postgres_url, clock=stack.clock, worker_id=f"sweeper-{i}", migrate=False) for i in range(2)]
+    sweepers = [
+        build_stack(postgres_url, clock=stack.clock, worker_id=f"sweeper-{i}", migrate=False)
+        for i in range(2)
+    ]
     barrier = threading.Barrier(2)
 
     def sweep(s: Stack) -> None:

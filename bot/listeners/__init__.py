@@ -2,9 +2,10 @@
 
 Every listener calls ``ack()`` first (Bolt answers Slack's HTTP request at that moment; the rest
 runs on Bolt's worker thread), then resolves the actor, calls one use case in
-``handlers.services`` and replies. Nothing here catches ``Exception``: ``on_error`` (the one
-``@app.error``) turns a ``KfError`` into its ``user_message`` and anything else into "Something
-went wrong (ref XYZ)" with the traceback logged under that correlation id.
+``handlers.services`` and replies. No listener catches ``Exception``: ``common.on_error`` (the
+one error handler, installed as ``@app.error`` and reached after the ack through
+``common.after_ack``, see there why) turns a ``KfError`` into its ``user_message`` and anything
+else into "Something went wrong (ref XYZ)" with the traceback logged under that correlation id.
 """
 
 from __future__ import annotations

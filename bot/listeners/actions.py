@@ -15,9 +15,9 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot import blocks, render
+from bot import blocks
 from bot import logging as log
-from bot.listeners.common import Deps, correlation, tell
+from bot.listeners.common import Deps, after_ack, tell
 from handlers import errors, policy, services
 from handlers.model import SYSTEM, RequestState
 from handlers.ports import RevealedSecret
@@ -57,7 +57,8 @@ def register(app: App, deps: Deps) -> None:
         respond: Respond,
     ) -> None:
         ack()
-        with log.bound(correlation(context)):
+
+        def work() -> None:
             user = body["user"]["id"]
             actor = identity.actor(user)
             request_id, version = blocks.parse_decision_value(str(action.get("value", "")))
@@ -72,37 +73,62 @@ def register(app: App, deps: Deps) -> None:
             logger.info("%s approved %s", user, request.id, extra={"request_id": request.id})
             tell(body, client, respond, f"You approved `{request.id}`; it is being applied.")
 
+        after_ack(context, body, client, respond, work)
+
     def reject(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext, client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        respond: Respond,
     ) -> None:
         ack()
-        with log.bound(correlation(context)):
+
+        def work() -> None:
             actor = identity.actor(body["user"]["id"])
             request_id, version = blocks.parse_decision_value(str(action.get("value", "")))
+            if not actor.is_admin:  # the same refusal decide() gives, before any lookup or modal
+                raise errors.Forbidden("Only admins can approve or reject requests.")
             request = services.get_request(core, actor, request_id)
-            policy.check_may_decide(actor, request)  # refuse before asking for a reason
+            policy.check_may_decide(actor, request)
             if request.state is not RequestState.PENDING:
                 raise errors.AlreadyDone(already_text(request.id, request.state, request.decided_by))
-            channel = str(
-                (body.get("container") or {}).get("channel_id") or (body.get("channel") or {}).get("id")
-            )
+            container = body.get("container") or {}
+            channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
             metadata = blocks.RejectContext(request.id, version, channel, message_ts(body))
             client.views_open(trigger_id=body["trigger_id"], view=blocks.reject_modal(request, metadata))
 
+        after_ack(context, body, client, respond, work)
+
     def view_plan(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext, client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        respond: Respond,
     ) -> None:
         ack()
-        with log.bound(correlation(context)):
+
+        def work() -> None:
             actor = identity.actor(body["user"]["id"])
             request = services.get_request(core, actor, str(action.get("value", "")))
             client.views_open(trigger_id=body["trigger_id"], view=blocks.plan_modal(request))
 
+        after_ack(context, body, client, respond, work)
+
     def show_token(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext, client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        respond: Respond,
     ) -> None:
         ack()
-        with log.bound(correlation(context)):
+
+        def work() -> None:
             actor = identity.actor(body["user"]["id"])
             request_id = str(action.get("value", ""))
             secret = services.reveal_token(core, actor, request_id)
@@ -112,9 +138,14 @@ def register(app: App, deps: Deps) -> None:
             )
             logger.info("token shown to %s", actor.user_id, extra={"request_id": request_id})
 
-    def set_password(ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        after_ack(context, body, client, respond, work)
+
+    def set_password(
+        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond
+    ) -> None:
         ack()
-        with log.bound(correlation(context)):
+
+        def work() -> None:
             actor = identity.actor(body["user"]["id"])
             secret = services.reveal_password(core, actor)
             _forget(secret)
@@ -123,11 +154,10 @@ def register(app: App, deps: Deps) -> None:
             )
             logger.info("password shown to %s", actor.user_id)
 
+        after_ack(context, body, client, respond, work)
+
     app.action(blocks.APPROVE)(approve)
     app.action(blocks.REJECT)(reject)
     app.action(blocks.VIEW_PLAN)(view_plan)
     app.action(blocks.SHOW_TOKEN)(show_token)
     app.action(blocks.SET_PASSWORD)(set_password)
-
-
-__all__ = ["already_text", "decision_key", "register", "render"]

@@ -13,8 +13,7 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
-from bot import logging as log
-from bot.listeners.common import Deps, correlation
+from bot.listeners.common import Deps, after_ack, correlation
 from handlers import errors, parse, services
 from handlers.kinds import RequestKind
 from handlers.model import Actor
@@ -25,11 +24,21 @@ S = render.SLACK
 
 def register(app: App, deps: Deps) -> None:
     def kf(
-        ack: Ack, command: dict[str, Any], respond: Respond, context: BoltContext, client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        command: dict[str, Any],
+        respond: Respond,
+        context: BoltContext,
+        client: WebClient,
     ) -> None:
         ack()
-        with log.bound(correlation(context)) as cid:
-            handle(deps, command, respond, client, cid)
+        after_ack(
+            context,
+            body,
+            client,
+            respond,
+            lambda: handle(deps, command, respond, client, correlation(context)),
+        )
 
     app.command("/kf")(kf)
 

@@ -41,7 +41,32 @@ def correlation_middleware(context: BoltContext, next: Callable[[], None]) -> No
 
 def correlation(context: BoltContext) -> str:
     cid = context.get("correlation_id")
-    return str(cid) if cid else log.new_correlation_id()
+    if not cid:
+        cid = context["correlation_id"] = log.new_correlation_id()
+    return str(cid)
+
+
+def after_ack(
+    context: BoltContext,
+    body: dict[str, Any],
+    client: WebClient,
+    respond: Respond | None,
+    work: Callable[[], None],
+) -> None:
+    """Run a listener's work once it has acked, with its correlation id bound; a failure goes to
+    ``on_error``, the same single handler ``@app.error`` is.
+
+    Why not simply let the exception reach ``@app.error``: with ``process_before_response=False``
+    Bolt 1.30 (``listener/thread_runner.py``) sets ``ack.response`` back to None when a listener
+    raises after ``ack()``; if that happens before the HTTP thread has seen the ack, Slack gets a
+    404 "unhandled request" three seconds later instead of the 200 it was owed. Refusals (not an
+    admin, already approved) fail within milliseconds, so they hit that race routinely.
+    """
+    with log.bound(correlation(context)):
+        try:
+            work()
+        except Exception as error:  # the one handler, reached without Bolt's post-ack race
+            on_error(error, body, context, client, respond)
 
 
 def user_id(body: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 
 from bot import blocks, render
 from bot import logging as log
-from bot.listeners.common import Deps, correlation, tell
+from bot.listeners.common import Deps, after_ack, correlation, tell
 from handlers import errors, kinds, naming, services
 
 logger = logging.getLogger(__name__)
@@ -74,42 +74,48 @@ def register(app: App, deps: Deps) -> None:
             ack(response_action="errors", errors={blocks.REASON_BLOCK: "Say why the request is rejected."})
             return
         ack()
-        with log.bound(correlation(context)):
+
+        def work() -> None:
             user = body["user"]["id"]
             meta = blocks.RejectContext.load(view.get("private_metadata") or "")
             actor = identity.actor(user)
-            key = f"{meta.message_ts}:reject:{user}:{meta.version}"
             request = services.decide(
                 core,
                 actor,
                 meta.request_id,
                 approve=False,
                 reason=reason,
-                decision_key=key,
+                decision_key=f"{meta.message_ts}:reject:{user}:{meta.version}",
                 seen_version=meta.version,
             )
             logger.info("%s rejected %s", user, request.id, extra={"request_id": request.id})
             tell(body, client, None, f"You rejected `{request.id}`.")
 
+        after_ack(context, body, client, None, work)
+
     def workspace_form(
         ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
-        with log.bound(correlation(context)) as cid:
+        with log.bound(correlation(context)):
             try:
                 actor = identity.actor(body["user"]["id"])
                 kind = workspace_from_form(blocks.form_values(view), actor.email)
                 services.preview(core, actor, kind)
-            except errors.KfError as exc:  # the only moment Slack shows errors on the fields
+            except errors.KfError as exc:  # before ack is the only moment Slack shows errors on fields
                 ack(response_action="errors", errors=field_errors(exc))
                 return
-            ack()
+        ack()
+
+        def work() -> None:
             result = services.submit(
-                core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=cid
+                core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=correlation(context)
             )
             text = render.submitted_text(
                 result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=render.SLACK
             )
             client.chat_postMessage(channel=actor.user_id, text=blocks.fallback(text))
+
+        after_ack(context, body, client, None, work)
 
     app.view(blocks.REJECT_VIEW)(reject_reason)
     app.view(blocks.WORKSPACE_VIEW)(workspace_form)
