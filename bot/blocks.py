@@ -93,6 +93,10 @@ def parse_decision_value(value: str) -> tuple[str, int | None]:
     return request_id, int(version) if version.isdigit() else None
 
 
+def _steps(plan: Plan) -> str:
+    return f"{len(plan.steps)} step{'' if len(plan.steps) == 1 else 's'}"
+
+
 # -- the approval card ---------------------------------------------------------------------------------
 
 
@@ -121,7 +125,7 @@ def card(request: Request, *, superseded: bool = False) -> tuple[str, list[dict[
             f"*Kind* `{request.kind}`"
         ),
         section(f"*Arguments*\n{render.args_text(request, S)}"),
-        section(f"*Plan* ({len(request.plan.steps)} steps)\n{render.plan_summary(request.plan, S)}"),
+        section(f"*Plan* ({_steps(request.plan)})\n{render.plan_summary(request.plan, S)}"),
     ]
     if superseded:
         blocks.append(

@@ -103,7 +103,6 @@ USAGE = {
 }
 
 _MENTION = re.compile(r"<@([UW][A-Z0-9]{2,20})(?:\|[^>]*)?>")
-_MAILTO = re.compile(r"<mailto:([^|>]+)(?:\|[^>]*)?>")
 _REQUEST_ID = re.compile(r"R[A-Z0-9]{4,12}")
 _MAX_TEXT = 1000
 _SMART_QUOTES = {0x201C: '"', 0x201D: '"', 0x2018: "'", 0x2019: "'"}  # what Slack clients type for quotes
@@ -190,8 +189,9 @@ def _user(token: str, resolve_user: UserResolver) -> str:
     mention = _MENTION.fullmatch(token)
     if mention:
         return resolve_user(mention.group(1))
-    mailto = _MAILTO.fullmatch(token)
-    return naming.normalize_email(mailto.group(1) if mailto else token)
+    # normalize_email reads Slack's <mailto:a|label> itself and refuses a label that differs
+    # from the target, so a link cannot show one address and grant another.
+    return naming.normalize_email(token)
 
 
 def _request_id(usage_key: str, value: str) -> str:

@@ -156,6 +156,8 @@ def _verify(conn: Connection, key: bytes, expect_head: str | None) -> VerifyResu
     result = conn.execute(sa.select(events).order_by(events.c.seq).execution_options(yield_per=1000))
     for row in result:
         count += 1
+        if row.seq < expected:  # only a forged row can sit before the first one (seq <= 0)
+            return bad(row.seq, f"row {row.seq} is out of sequence: inserted")
         if row.seq != expected:
             missing = (f"row {expected} is" if row.seq == expected + 1
                        else f"rows {expected}-{row.seq - 1} are")
@@ -212,7 +214,8 @@ def _export(db: store.Database, fmt: str, since: datetime | None) -> Iterator[st
     if since is not None:
         query = query.where(events.c.at >= since)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: with them the writer also quotes a field holding a lone CR.
+    writer = csv.writer(buffer)
 
     def csv_line(cells: Sequence[object]) -> str:
         buffer.seek(0)

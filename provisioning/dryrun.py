@@ -203,6 +203,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
 
 
 def render(action: str, params: Mapping[str, JSON]) -> list[str]:
+    params = {k: v for k, v in params.items() if not k.startswith("_")}  # engine-supplied, not desired state
     renderer = RENDERERS.get(action)
     return renderer(params) if renderer else [f"{action} {canonical_json(params)}"]
 

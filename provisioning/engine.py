@@ -7,14 +7,13 @@ Why it looks like this:
   many minutes). Every outcome write checks the claim, so a worker that lost its lease (paused,
   partitioned) records nothing; another worker takes over once the lease has expired and resumes
   from the last recorded step.
-* **Each step's outcome is committed before the next step starts.** Actions are idempotent
-  (read, then create or patch), so re-running a step whose outcome was not recorded is safe:
-  it finds its object and reports ``created=False``... except that it was the bot that created
-  it in the crashed attempt. To keep "only remove what the bot created" true across crashes, a
-  step's ``created`` is sticky: once any attempt of a step recorded ``created=True`` it stays.
-  And since the create calls use deterministic names/tokens, a crash between the API call and
-  the outcome write is covered by a RUNNING record written *before* the call: a step that was
-  RUNNING when the worker died and now finds its object counts as created.
+* **Each step's outcome is committed before the next step starts**, and a RUNNING record is
+  committed before its call goes out. Actions are idempotent (read, then create or patch), so
+  re-running a step whose outcome was not recorded is safe. Whether the bot *created* an object
+  must survive that too (compensation and delete remove only what the bot made), so the engine
+  passes the request id to every action as ``params["_request"]``; actions mark what they create
+  with it and report ``created=True`` when they find their own mark. That is exact across crashes
+  and in-process retries, and never claims an object that existed before the request.
 * **Temporary errors retry with capped exponential backoff** until the step's deadline, then
   count as permanent. A permanent failure compensates completed steps in reverse, undoing only
   objects the bot created; an undo that fails leaves the request ``needs-attention`` for admins.
@@ -33,7 +32,7 @@ from datetime import datetime
 from handlers import errors, kinds
 from handlers.kinds import PlanContext
 from handlers.model import Event, EventType, Request, RequestState
-from handlers.plan import Step, StepOutcome, StepStatus
+from handlers.plan import JSON, Step, StepOutcome, StepStatus
 from handlers.ports import Clock, Facts, Notifier
 from handlers.settings import CoreSettings
 from provisioning.actions import ActionRegistry
@@ -41,6 +40,13 @@ from provisioning.settings import EngineSettings
 from provisioning.store import Database, LeaseLost, SqlUnitOfWork, StepRecord
 
 log = logging.getLogger(__name__)
+
+REQUEST_MARK = "_request"
+"""The param key under which actions receive the id of the request they act for."""
+
+
+def marked(step: Step, request: Request) -> dict[str, JSON]:
+    return {**step.params, REQUEST_MARK: request.id}
 
 
 @dataclass
@@ -172,7 +178,6 @@ class Engine:
         action = self.actions.get(step.action)
         attempts = record.attempts if record else 0
         first_failure = record.first_failure_at if record else None
-        was_running = record is not None and record.status is StepStatus.RUNNING
         self._record(
             request,
             idx,
@@ -200,7 +205,7 @@ class Engine:
         while True:
             attempts += 1
             try:
-                outcome = self._with_heartbeat(request, lambda: action.ensure(step.params))
+                outcome = self._with_heartbeat(request, lambda: action.ensure(marked(step, request)))
             except errors.TemporaryError as exc:
                 now = self.clock.now()
                 first_failure = first_failure or now
@@ -243,9 +248,6 @@ class Engine:
                     first_failure,
                     f"an unexpected error (ref {request.correlation_id})",
                 )
-            if was_running and not outcome.created:
-                # The previous attempt died after its call went out: that object is ours.
-                outcome = StepOutcome(created=True, details={**outcome.details, "adopted_after_crash": True})
             self._record(
                 request,
                 idx,
@@ -346,7 +348,7 @@ class Engine:
             return f"no implementation of `{step.action}`"
 
         def undo() -> StepOutcome:
-            action.undo(step.params, outcome)
+            action.undo(marked(step, request), outcome)
             return outcome
 
         started = self.clock.now()

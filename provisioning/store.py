@@ -826,20 +826,20 @@ class SqlRegistry:
 
 
 def _workspace(row: sa.Row[Any]) -> dict[str, Any]:
-    return dict(name=row.name, namespace=row.namespace, owner=row.owner, request_id=row.request_id,
-                           created=dict(row.created), created_at=row.created_at, deleted_at=row.deleted_at)
+    return {"name": row.name, "namespace": row.namespace, "owner": row.owner, "request_id": row.request_id,
+            "created": dict(row.created), "created_at": row.created_at, "deleted_at": row.deleted_at}
 
 
 def _grant(row: sa.Row[Any]) -> dict[str, Any]:
-    return dict(workspace=row.workspace, user=row.user, role=row.role, request_id=row.request_id,
-                       expires_at=row.expires_at, created_at=row.created_at)
+    return {"workspace": row.workspace, "user": row.user, "role": row.role, "request_id": row.request_id,
+            "expires_at": row.expires_at, "created_at": row.created_at}
 
 
 def _token(row: sa.Row[Any]) -> dict[str, Any]:
-    return dict(token_id=row.token_id, requester_id=row.requester_id, workspace=row.workspace,
-                       namespace=row.namespace, account=row.account, role=row.role,
-                       audiences=list(row.audiences), expires_at=row.expires_at, created_at=row.created_at,
-                       revoked_at=row.revoked_at)
+    return {"token_id": row.token_id, "requester_id": row.requester_id, "workspace": row.workspace,
+            "namespace": row.namespace, "account": row.account, "role": row.role,
+            "audiences": list(row.audiences), "expires_at": row.expires_at, "created_at": row.created_at,
+            "revoked_at": row.revoked_at}
 
 
 # -- unit of work ---------------------------------------------------------------------------------

@@ -73,8 +73,10 @@ class ScriptedAction:
             if self.name.endswith(".remove"):
                 self.world.objects.pop(key, None)
                 return StepOutcome(created=False)
-            if key in self.world.objects:
-                return StepOutcome(created=False)
+            existing = self.world.objects.get(key)
+            if existing is not None:
+                # Like the live actions: an object carrying this request's mark is one it made.
+                return StepOutcome(created=existing.get("_request") == params.get("_request"))
             self.world.objects[key] = params
             return StepOutcome(created=True)
 

@@ -28,27 +28,42 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def kfbot(args: list[str], cwd: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, input=stdin, text=True,
-                          capture_output=True, env=clean_env(**env), timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        env=clean_env(**env),
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.slow
 def test_shell_on_a_fresh_checkout_runs_a_request_end_to_end(tmp_path: Path) -> None:
-    first = kfbot(["shell", "--as", "alice@example.com"], tmp_path,
-                  "/kf workspace new team-a --gpu 1\n/kf requests\n")
+    first = kfbot(
+        ["shell", "--as", "alice@example.com"], tmp_path, "/kf workspace new team-a --gpu 1\n/kf requests\n"
+    )
 
     assert first.returncode == 0, first.stderr
     assert "provisioner dry-run" in first.stdout
     request_id = _ID.search(first.stdout).group(0)  # type: ignore[union-attr]
-    assert f"[Approve: approve {request_id}]" in first.stdout and f"[Reject: reject {request_id} REASON]" in first.stdout
+    assert (
+        f"[Approve: approve {request_id}]" in first.stdout
+        and f"[Reject: reject {request_id} REASON]" in first.stdout
+    )
     assert "waiting for an admin" in first.stdout
     key_file = tmp_path / ".kfbot-audit-key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and "generated one" in first.stderr
     assert (tmp_path / "kfbot.db").exists()
 
-    second = kfbot(["shell", "--as", "alice@example.com"], tmp_path,
-                   f"approve {request_id}\nas bob@example.com --admin\napprove {request_id}\n/kf requests\nquit\n"
-                   "/kf help\n")
+    second = kfbot(
+        ["shell", "--as", "alice@example.com"],
+        tmp_path,
+        f"approve {request_id}\nas bob@example.com --admin\napprove {request_id}\n/kf requests\nquit\n"
+        "/kf help\n",
+    )
 
     out = second.stdout
     assert second.returncode == 0, second.stderr
@@ -64,8 +79,12 @@ def test_shell_on_a_fresh_checkout_runs_a_request_end_to_end(tmp_path: Path) -> 
 
 
 def run_shell(tmp_path: Path, lines: str, *, as_: str = "alice@example.com", admin: bool = False) -> str:
-    settings = Settings.from_env({"KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
-                                  "KFBOT_AUDIT_KEY": "shell-test-audit-key-0123456789"})
+    settings = Settings.from_env(
+        {
+            "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
+            "KFBOT_AUDIT_KEY": "shell-test-audit-key-0123456789",
+        }
+    )
     out = io.StringIO()
     code = cli.run_shell(Namespace(as_=as_, admin=admin), settings, stdin=io.StringIO(lines), stdout=out)
     assert code == 0
@@ -80,8 +99,13 @@ def request_count(tmp_path: Path) -> int:
 def test_reject_token_share_and_errors_in_one_session(tmp_path: Path) -> None:
     out = run_shell(tmp_path, "/kf workspace new team-a\n")
     request_id = _ID.search(out).group(0)  # type: ignore[union-attr]
-    out = run_shell(tmp_path, f"reject {request_id}\nreject {request_id} not this quarter\n"
-                              f"show {request_id}\n/kf cancel {request_id}\n", as_="bob@example.com", admin=True)
+    out = run_shell(
+        tmp_path,
+        f"reject {request_id}\nreject {request_id} not this quarter\n"
+        f"show {request_id}\n/kf cancel {request_id}\n",
+        as_="bob@example.com",
+        admin=True,
+    )
     assert "Say why the request is rejected." in out
     assert f"[card {request_id}] Rejected by bob@example.com" in out and "not this quarter" in out
     assert "calls:" in out and "s3:CreateBucket kf-team-a" in out  # show = the View plan button
@@ -89,10 +113,14 @@ def test_reject_token_share_and_errors_in_one_session(tmp_path: Path) -> None:
 
     out = run_shell(tmp_path, "/kf workspace new team-b\n")
     new_id = _ID.search(out.split("[admin channel]")[1]).group(0)  # type: ignore[union-attr]
-    out = run_shell(tmp_path, f"approve {new_id}\nas alice@example.com\n/kf token team-b --ttl 2h\n"
-                              "/kf share team-b carol@example.com --role view --for 3d\n/kf tokens\n"
-                              "/kf contributors team-b\n/kf workspace list\n/kf password reset\npassword\n",
-                    as_="bob@example.com", admin=True)
+    out = run_shell(
+        tmp_path,
+        f"approve {new_id}\nas alice@example.com\n/kf token team-b --ttl 2h\n"
+        "/kf share team-b carol@example.com --role view --for 3d\n/kf tokens\n"
+        "/kf contributors team-b\n/kf workspace list\n/kf password reset\npassword\n",
+        as_="bob@example.com",
+        admin=True,
+    )
     token_id = re.search(r"\[Show token: reveal (R[A-Z0-9]{6})\]", out).group(1)  # type: ignore[union-attr]
     assert "It applies without an admin" in out
     assert f"`{token_id}` edit in `team-b`" in out

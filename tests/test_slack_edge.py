@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,11 @@ from bot import blocks, render
 from bot import logging as log
 from bot.app import Running
 from bot.http import HttpServer, wsgi_app
+from bot.scheduler import sweep_once
 from bot.settings import Settings
 from handlers.model import Request, RequestState
 from handlers.plan import Plan, Step
+from tests.fakes.clock import FakeClock
 from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -41,7 +43,14 @@ from tests.fakes.slack import (
 )
 
 ADMIN_CHANNEL = "CADMINS01"
-ALICE, BOB, CAROL, DAVE, EVE, GRACE = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0DAVE001", "U0EVE0001", "U0GRACE01"
+ALICE, BOB, CAROL, DAVE, EVE, GRACE = (
+    "U0ALICE01",
+    "U0BOB0001",
+    "U0CAROL01",
+    "U0DAVE001",
+    "U0EVE0001",
+    "U0GRACE01",
+)
 ADMIN_GROUP = "S0ADMINS1"
 WAIT = 15.0
 _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
@@ -64,7 +73,9 @@ def settings_for(fake: FakeSlack, tmp_path: Path, **extra: str) -> Settings:
     }
     settings = Settings.from_env(env)
     engine = dataclasses.replace(settings.provisioning.engine, poll_interval=0.05)
-    return dataclasses.replace(settings, provisioning=dataclasses.replace(settings.provisioning, engine=engine))
+    return dataclasses.replace(
+        settings, provisioning=dataclasses.replace(settings.provisioning, engine=engine)
+    )
 
 
 @pytest.fixture
@@ -99,8 +110,15 @@ def audit_types(bot: Running) -> list[str]:
     return [json.loads(line)["type"] for line in bot.backend.audit_export("jsonl", None)]
 
 
-def slash(bot: Running, fake: FakeSlack, text: str, *, user: str = ALICE, name: str = "cmd",
-          trigger_id: str | None = None) -> str:
+def slash(
+    bot: Running,
+    fake: FakeSlack,
+    text: str,
+    *,
+    user: str = ALICE,
+    name: str = "cmd",
+    trigger_id: str | None = None,
+) -> str:
     """Run ``/kf text``; returns the text of the ephemeral reply posted to the response_url."""
     before = len(fake.responses.get(name, []))
     body = slash_command_body(text, user_id=user, response_url=fake.response_url(name), trigger_id=trigger_id)
@@ -130,13 +148,27 @@ def button(message: dict[str, Any], action_id: str) -> dict[str, Any] | None:
     return None
 
 
-def click(bot: Running, fake: FakeSlack, message: dict[str, Any], action_id: str, *, user: str,
-          name: str = "click", value: str | None = None) -> int:
+def click(
+    bot: Running,
+    fake: FakeSlack,
+    message: dict[str, Any],
+    action_id: str,
+    *,
+    user: str,
+    name: str = "click",
+    value: str | None = None,
+) -> int:
     found = button(message, action_id)
     assert found is not None, f"no {action_id} button on {message.get('text')}"
-    body = block_action_body(action_id, value if value is not None else found["value"], user_id=user,
-                             channel_id=message["channel"], message_ts=message["ts"],
-                             response_url=fake.response_url(name), message_blocks=message.get("blocks"))
+    body = block_action_body(
+        action_id,
+        value if value is not None else found["value"],
+        user_id=user,
+        channel_id=message["channel"],
+        message_ts=message["ts"],
+        response_url=fake.response_url(name),
+        message_blocks=message.get("blocks"),
+    )
     status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
     return status
 
@@ -146,8 +178,11 @@ def response_texts(fake: FakeSlack, name: str) -> list[str]:
 
 
 def wait_response(fake: FakeSlack, name: str, needle: str) -> str:
-    found: str = fake.wait_for(lambda: next((t for t in response_texts(fake, name) if needle in t), None), WAIT,
-                               f"a reply containing {needle!r} at {name}")
+    found: str = fake.wait_for(
+        lambda: next((t for t in response_texts(fake, name) if needle in t), None),
+        WAIT,
+        f"a reply containing {needle!r} at {name}",
+    )
     return found
 
 
@@ -183,7 +218,7 @@ def new_workspace_request(bot: Running, fake: FakeSlack, *, user: str = ALICE, n
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - our own test server
+        with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -196,8 +231,11 @@ def test_slash_command_records_one_request_and_posts_the_card(bot: Running, fake
     request_id = new_workspace_request(bot, fake_slack)
 
     [request] = requests_in_db(bot)
-    assert (request.id, request.state, request.requester_email) == (request_id, RequestState.PENDING,
-                                                                     "alice@example.com")
+    assert (request.id, request.state, request.requester_email) == (
+        request_id,
+        RequestState.PENDING,
+        "alice@example.com",
+    )
     card = card_for(fake_slack, request_id)
     text = json.dumps(card["blocks"])
     assert f"<@{ALICE}>" in text and "workspace.create" in text and "team-a" in text
@@ -206,16 +244,23 @@ def test_slash_command_records_one_request_and_posts_the_card(bot: Running, fake
     assert button(card, blocks.APPROVE)["value"] == f"{request_id}:{request.version}"  # type: ignore[index]
 
 
-def test_approve_updates_the_card_threads_progress_and_dms_the_requester(bot: Running, fake_slack: FakeSlack) -> None:
+def test_approve_updates_the_card_threads_progress_and_dms_the_requester(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
     request_id = new_workspace_request(bot, fake_slack)
     card = card_for(fake_slack, request_id)
 
     assert click(bot, fake_slack, card, blocks.APPROVE, user=BOB) == 200
 
     wait_state(bot, request_id, RequestState.SUCCEEDED)
-    updated = fake_slack.wait_for(lambda: fake_slack.messages[(card["channel"], card["ts"])].get("edited")
-                                  and "Done" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
-                                  and fake_slack.messages[(card["channel"], card["ts"])], WAIT)
+    updated = fake_slack.wait_for(
+        lambda: (
+            fake_slack.messages[(card["channel"], card["ts"])].get("edited")
+            and "Done" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
+            and fake_slack.messages[(card["channel"], card["ts"])]
+        ),
+        WAIT,
+    )
     assert button(updated, blocks.APPROVE) is None and button(updated, blocks.REJECT) is None
     assert f"Approved by <@{BOB}>" in json.dumps(updated["blocks"])
     thread = [m["text"] for m in fake_slack.replies(card["channel"], card["ts"])]
@@ -233,18 +278,29 @@ def test_reject_asks_for_a_reason_in_a_modal(bot: Running, fake_slack: FakeSlack
     card = card_for(fake_slack, request_id)
 
     assert click(bot, fake_slack, card, blocks.REJECT, user=BOB) == 200
-    view = fake_slack.wait_for(lambda: [v for v in fake_slack.views.values()
-                                        if v.get("callback_id") == blocks.REJECT_VIEW], WAIT)[0]
+    view = fake_slack.wait_for(
+        lambda: [v for v in fake_slack.views.values() if v.get("callback_id") == blocks.REJECT_VIEW], WAIT
+    )[0]
     assert requests_in_db(bot)[0].state is RequestState.PENDING  # nothing decided before the reason
 
-    empty = view_submission_body(blocks.REJECT_VIEW, {"reason": {"reason": ""}}, user_id=BOB,
-                                 private_metadata=view["private_metadata"], view_id=view["id"])
+    empty = view_submission_body(
+        blocks.REJECT_VIEW,
+        {"reason": {"reason": ""}},
+        user_id=BOB,
+        private_metadata=view["private_metadata"],
+        view_id=view["id"],
+    )
     status, _, answer = post_signed(bot.url, empty, SIGNING_SECRET)
     assert status == 200 and json.loads(answer)["response_action"] == "errors"
 
     reason = "Too big for this quarter <!channel> @here <@U0DAVE001>"
-    body = view_submission_body(blocks.REJECT_VIEW, {"reason": {"reason": reason}}, user_id=BOB,
-                                private_metadata=view["private_metadata"], view_id=view["id"])
+    body = view_submission_body(
+        blocks.REJECT_VIEW,
+        {"reason": {"reason": reason}},
+        user_id=BOB,
+        private_metadata=view["private_metadata"],
+        view_id=view["id"],
+    )
     status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
     assert status == 200
 
@@ -253,8 +309,13 @@ def test_reject_asks_for_a_reason_in_a_modal(bot: Running, fake_slack: FakeSlack
     dm = fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, ALICE) if "rejected" in t], WAIT)[0]
     assert "Too big for this quarter" in dm
     assert "<!channel>" not in dm and "&lt;!channel&gt;" in dm and "<@U0DAVE001>" not in dm  # escaped
-    updated = fake_slack.wait_for(lambda: "Rejected" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
-                                  and fake_slack.messages[(card["channel"], card["ts"])], WAIT)
+    updated = fake_slack.wait_for(
+        lambda: (
+            "Rejected" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
+            and fake_slack.messages[(card["channel"], card["ts"])]
+        ),
+        WAIT,
+    )
     assert button(updated, blocks.APPROVE) is None
 
 
@@ -273,22 +334,36 @@ def test_view_plan_opens_every_step_in_a_modal(bot: Running, fake_slack: FakeSla
 
 
 def test_workspace_form_validates_on_the_fields_and_records_once(bot: Running, fake_slack: FakeSlack) -> None:
-    slash_body = slash_command_body("workspace new", user_id=ALICE, response_url=fake_slack.response_url("form"))
+    slash_body = slash_command_body(
+        "workspace new", user_id=ALICE, response_url=fake_slack.response_url("form")
+    )
     assert post_signed(bot.url, slash_body, SIGNING_SECRET)[0] == 200
     view = fake_slack.wait_for(lambda: list(fake_slack.views.values())[-1], WAIT)
     assert view["callback_id"] == blocks.WORKSPACE_VIEW
 
-    bad = view_submission_body(blocks.WORKSPACE_VIEW, {"name": {"name": "Team_A"}, "gpu": {"gpu": "2"}},
-                               user_id=ALICE, view_id="VFORM00001")
+    bad = view_submission_body(
+        blocks.WORKSPACE_VIEW,
+        {"name": {"name": "Team_A"}, "gpu": {"gpu": "2"}},
+        user_id=ALICE,
+        view_id="VFORM00001",
+    )
     status, _, answer = post_signed(bot.url, bad, SIGNING_SECRET)
     assert status == 200
     assert set(json.loads(answer)["errors"]) == {"name"}
-    bad_nodes = view_submission_body(blocks.WORKSPACE_VIEW, {"name": {"name": "team-b"}, "nodes": {"nodes": "3"}},
-                                     user_id=ALICE, view_id="VFORM00001")
+    bad_nodes = view_submission_body(
+        blocks.WORKSPACE_VIEW,
+        {"name": {"name": "team-b"}, "nodes": {"nodes": "3"}},
+        user_id=ALICE,
+        view_id="VFORM00001",
+    )
     assert set(json.loads(post_signed(bot.url, bad_nodes, SIGNING_SECRET)[2])["errors"]) == {"nodes"}
 
-    good = view_submission_body(blocks.WORKSPACE_VIEW, {"name": {"name": "team-b"}, "gpu": {"gpu": "1"}},
-                                user_id=ALICE, view_id="VFORM00002")
+    good = view_submission_body(
+        blocks.WORKSPACE_VIEW,
+        {"name": {"name": "team-b"}, "gpu": {"gpu": "1"}},
+        user_id=ALICE,
+        view_id="VFORM00002",
+    )
     for _ in range(2):  # a redelivered submission records nothing new
         status, _, answer = post_signed(bot.url, good, SIGNING_SECRET)
         assert status == 200 and answer in (b"", b"{}")
@@ -321,19 +396,29 @@ def test_a_double_click_makes_one_decision(bot: Running, fake_slack: FakeSlack) 
     request_id = new_workspace_request(bot, fake_slack)
     card = card_for(fake_slack, request_id)
 
-    threads = [threading.Thread(target=click, args=(bot, fake_slack, card, blocks.APPROVE),
-                                kwargs={"user": BOB, "name": "double"}) for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=click, args=(bot, fake_slack, card, blocks.APPROVE), kwargs={"user": BOB, "name": "double"}
+        )
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
 
-    replies = fake_slack.wait_for(lambda: len(response_texts(fake_slack, "double")) >= 2
-                                  and response_texts(fake_slack, "double"), WAIT)
+    replies = fake_slack.wait_for(
+        lambda: len(response_texts(fake_slack, "double")) >= 2 and response_texts(fake_slack, "double"), WAIT
+    )
     assert sum("You approved" in t for t in replies) == 1
     # The second click finds the first's decision (the worker may already be applying it).
-    assert sum(bool(re.search(rf"{request_id} is already (approved|applying|succeeded) by <@{BOB}>", t))
-               for t in replies) == 1, replies
+    assert (
+        sum(
+            bool(re.search(rf"{request_id} is already (approved|applying|succeeded) by <@{BOB}>", t))
+            for t in replies
+        )
+        == 1
+    ), replies
     wait_state(bot, request_id, RequestState.SUCCEEDED)
     assert audit_types(bot).count("request.approved") == 1
     assert audit_types(bot).count("request.apply_started") == 1
@@ -360,8 +445,9 @@ def test_a_double_click_makes_one_decision(bot: Running, fake_slack: FakeSlack) 
         (ALICE, ALICE, "retry", "Only an admin"),
     ],
 )
-def test_authorization_matrix(bot: Running, fake_slack: FakeSlack, clicker: str, requester: str, action: str,
-                              outcome: str) -> None:
+def test_authorization_matrix(
+    bot: Running, fake_slack: FakeSlack, clicker: str, requester: str, action: str, outcome: str
+) -> None:
     request_id = new_workspace_request(bot, fake_slack, user=requester)
     card = card_for(fake_slack, request_id)
 
@@ -400,8 +486,9 @@ def test_authorization_matrix(bot: Running, fake_slack: FakeSlack, clicker: str,
         ("quota team-a", "Say what to change"),
     ],
 )
-def test_malformed_input_gets_usage_and_records_nothing(bot: Running, fake_slack: FakeSlack, text: str,
-                                                        expected: str) -> None:
+def test_malformed_input_gets_usage_and_records_nothing(
+    bot: Running, fake_slack: FakeSlack, text: str, expected: str
+) -> None:
     reply = slash(bot, fake_slack, text, name="bad")
 
     assert expected in reply
@@ -443,8 +530,13 @@ def test_token_and_password_are_made_at_the_click_and_shown_once(bot: Running, f
     reply = slash(bot, fake_slack, "token team-a --ttl 2h", name="token")
     token_id = _ID.search(reply).group(0)  # type: ignore[union-attr]
     wait_state(bot, token_id, RequestState.SUCCEEDED)
-    dm = fake_slack.wait_for(lambda: next((m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE))
-                                           if button(m, blocks.SHOW_TOKEN)), None), WAIT)
+    dm = fake_slack.wait_for(
+        lambda: next(
+            (m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE)) if button(m, blocks.SHOW_TOKEN)),
+            None,
+        ),
+        WAIT,
+    )
     assert len(fake_slack.views) == 0
 
     click(bot, fake_slack, dm, blocks.SHOW_TOKEN, user=BOB, name="steal")
@@ -453,7 +545,9 @@ def test_token_and_password_are_made_at_the_click_and_shown_once(bot: Running, f
     view = fake_slack.wait_for(lambda: list(fake_slack.views.values())[-1], WAIT)
     assert "Your token" in view["title"]["text"] and "shown once" in json.dumps(view["blocks"])
 
-    password_dm = next(m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE)) if button(m, blocks.SET_PASSWORD))
+    password_dm = next(
+        m for m in fake_slack.messages_in(fake_slack.dm_channel(ALICE)) if button(m, blocks.SET_PASSWORD)
+    )
     click(bot, fake_slack, password_dm, blocks.SET_PASSWORD, user=ALICE, name="password")
     fake_slack.wait_for(lambda: len(fake_slack.views) == 2, WAIT)
     assert "Your password" in fake_slack.last_view()["title"]["text"]
@@ -462,6 +556,47 @@ def test_token_and_password_are_made_at_the_click_and_shown_once(bot: Running, f
     secrets = [json.dumps(v["blocks"]).split("```")[1] for v in fake_slack.views.values()]
     posted = json.dumps([c.params for c in fake_slack.calls if c.method.startswith("chat.")])
     assert all(s not in posted for s in secrets)
+
+
+def test_slack_failures_never_fail_a_request(bot: Running, fake_slack: FakeSlack) -> None:
+    fake_slack.rate_limit_next("chat.postMessage", retry_after=1)  # retried by the client's handler
+    first = new_workspace_request(bot, fake_slack)
+    assert card_for(fake_slack, first)
+
+    fake_slack.fail_next("chat.postMessage", "channel_not_found")  # the card cannot be posted
+    reply = slash(bot, fake_slack, "workspace new team-b", name="nocard")
+    assert "recorded" in reply
+    assert {r.args["name"] for r in requests_in_db(bot)} == {"team-a", "team-b"}
+
+
+def test_the_sweeper_expires_a_pending_request(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    fake_slack.add_user(ALICE, "alice@example.com")
+    settings = settings_for(fake_slack, tmp_path, KFBOT_REQUEST_TTL="1h", KFBOT_NUDGE_AFTER="30m")
+    backend = composition.build_backend(settings)
+    backend.migrate()
+    backend.close()
+    clock = FakeClock(datetime.now(UTC))
+    running = composition.start_slack(settings, clock=clock, port=0)
+    try:
+        request_id = new_workspace_request(running, fake_slack)
+        card = card_for(fake_slack, request_id)
+        clock.advance(timedelta(minutes=31))
+        sweep_once(running.backend, running.edge.deps.core)
+        fake_slack.wait_for(
+            lambda: any(
+                "Still waiting" in m["text"] for m in fake_slack.replies(card["channel"], card["ts"])
+            ),
+            WAIT,
+        )
+        clock.advance(timedelta(hours=1))
+        sweep_once(running.backend, running.edge.deps.core)
+        wait_state(running, request_id, RequestState.EXPIRED)
+        fake_slack.wait_for(
+            lambda: "Expired" in fake_slack.messages[(card["channel"], card["ts"])]["text"], WAIT
+        )
+        fake_slack.wait_for(lambda: any("expired" in t for t in dm_texts(fake_slack, ALICE)), WAIT)
+    finally:
+        running.stop()
 
 
 # -- health ---------------------------------------------------------------------------------------------
@@ -478,7 +613,9 @@ def test_healthz_and_readyz(bot: Running) -> None:
 def test_readyz_is_503_on_a_database_that_is_behind(fake_slack: FakeSlack, tmp_path: Path) -> None:
     settings = settings_for(fake_slack, tmp_path)
     backend = composition.build_backend(settings)  # never migrated
-    server = HttpServer(wsgi_app(lambda: composition.readiness(backend, "dry-run", lambda: True)), "127.0.0.1", 0)
+    server = HttpServer(
+        wsgi_app(lambda: composition.readiness(backend, "dry-run", lambda: True)), "127.0.0.1", 0
+    )
     server.start()
     try:
         status, body = get(server.url("/readyz"))
@@ -498,12 +635,26 @@ def test_serve_refuses_a_database_that_is_behind(fake_slack: FakeSlack, tmp_path
 
 
 def _huge_request() -> Request:
-    steps = [Step("kubeflow.profile", f"Profile/p{n}", {"name": f"p{n}", "blob": "x" * 5000, "n": n},
-                  f"step {n} <!channel> " + "y" * 300) for n in range(120)]
+    steps = [
+        Step(
+            "kubeflow.profile",
+            f"Profile/p{n}",
+            {"name": f"p{n}", "blob": "x" * 5000, "n": n},
+            f"step {n} <!channel> " + "y" * 300,
+        )
+        for n in range(120)
+    ]
     plan = Plan.of(steps, warnings=["w" * 4000])
     now = datetime(2026, 11, 22, tzinfo=UTC)
-    return Request(id="RHUGE01", kind="workspace.create", args={"name": "<@U0EVIL>" + "z" * 5000, "owner": "a@b.co"},
-                   requester_id=ALICE, requester_email="alice@example.com", plan=plan, created_at=now)
+    return Request(
+        id="RHUGE01",
+        kind="workspace.create",
+        args={"name": "<@U0EVIL>" + "z" * 5000, "owner": "a@b.co"},
+        requester_id=ALICE,
+        requester_email="alice@example.com",
+        plan=plan,
+        created_at=now,
+    )
 
 
 def _section_texts(block_list: list[dict[str, Any]]) -> list[str]:
@@ -526,8 +677,10 @@ def test_blocks_stay_within_block_kit_limits_and_escape_user_text() -> None:
 
 def test_the_log_filter_never_lets_secrets_through() -> None:
     log.forget_later("s3cr3t-password-value")
-    record_text = log.scrub("made s3cr3t-password-value and xoxb-123456-abcdef and password=hunter22 "
-                            "and eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJlLXZhbHVl")
+    record_text = log.scrub(
+        "made s3cr3t-password-value and xoxb-123456-abcdef and password=hunter22 "
+        "and eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJlLXZhbHVl"
+    )
     assert "s3cr3t" not in record_text and "xoxb-123456" not in record_text and "hunter22" not in record_text
     assert "eyJhbGci" not in record_text
     assert render.internal_error_text("ABCD1234").startswith("Something went wrong (ref ABCD1234)")

@@ -10,7 +10,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -22,7 +21,6 @@ from handlers.plan import Plan, Step, StepOutcome, StepStatus
 from provisioning import store
 from provisioning.store import Database, DbLock, LeaderElection, LeaseLost
 from tests.fakes.db_fixtures import AUDIT_KEY
-
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ADMIN = Actor("UADMIN1", "admin@example.com", is_admin=True)
@@ -61,9 +59,28 @@ def count(db: Database, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
 
 
-def run_threads(n: int, target: Callable[[int], object]) -> list[object]:
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(target, range(n)))
+def run_threads(n: int, target: Callable[[int], object], timeout: float = 30) -> list[object]:
+    """Run ``target(0..n-1)`` on daemon threads; a thread still running after ``timeout`` fails the
+    test instead of hanging the session (a pool's exit would wait for it forever)."""
+    results: list[object] = [None] * n
+    failures: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = target(i)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a thread did not finish in time"
+    if failures:
+        raise failures[0]
+    return results
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -89,7 +106,7 @@ def test_timestamps_are_stored_as_utc_and_naive_ones_refused(database: Database)
         loaded = uow.requests.get("RAAAAAA")
         assert loaded.created_at == T0 and loaded.created_at.tzinfo == UTC
         with pytest.raises(sa.exc.StatementError, match="naive"):
-            uow.requests.add(make_request("RBBBBBB", at=datetime(2026, 1, 1)))  # noqa: DTZ001
+            uow.requests.add(make_request("RBBBBBB", at=datetime(2026, 1, 1)))
 
 
 def test_add_with_the_same_key_twice_stores_one_request(database: Database) -> None:
@@ -108,6 +125,30 @@ def test_add_with_the_same_key_twice_stores_one_request(database: Database) -> N
         found = uow.requests.find_by_key("trigger-1")
         assert found is not None and found.id == "RAAAAAA"
         assert uow.requests.find_by_key("trigger-2") is None
+
+
+@pytest.mark.postgres
+def test_a_duplicate_delivery_racing_the_first_stores_one_request_on_postgres(postgres_url: str) -> None:
+    db = Database(postgres_url, audit_key=AUDIT_KEY)
+    db.migrate()
+    try:
+        barrier = threading.Barrier(3, timeout=10)
+
+        def deliver(n: int) -> str:
+            with db.uow() as uow:
+                uow.timers.schedule("request.nudge", f"R{n}", T0)  # earlier work in the same transaction
+                barrier.wait()
+                stored = uow.requests.add(make_request(f"RDUP{n}"), "trigger-race")
+                time.sleep(0.05)  # the others' inserts now wait on this key
+                uow.commit()
+                return stored.id
+
+        ids = set(map(str, run_threads(3, deliver)))
+        assert len(ids) == 1
+        assert count(db, store.requests) == 1 and count(db, store.idempotency_keys) == 1
+        assert count(db, store.timers) == 3  # the losers' transactions survived the duplicate
+    finally:
+        db.dispose()
 
 
 def test_add_with_an_existing_id_and_new_key_raises(database: Database) -> None:
@@ -312,7 +353,8 @@ def test_save_claimed_and_steps_by_the_lease_holder(database: Database) -> None:
         before = request.version
         assert request.begin_apply(request.plan, T0)
         uow.work.save_claimed(request, before, "w1", T0)
-        uow.work.record_step("RAAAAAA", "w1", T0, 0, "Profile/raaaaaa", "kubeflow.profile", StepStatus.RUNNING)
+        uow.work.record_step("RAAAAAA", "w1", T0, 0, "Profile/raaaaaa", "kubeflow.profile",
+                             StepStatus.RUNNING)
         uow.commit()
     t1 = T0 + timedelta(seconds=10)
     with database.uow() as uow:
@@ -325,7 +367,8 @@ def test_save_claimed_and_steps_by_the_lease_holder(database: Database) -> None:
     with database.uow() as uow:
         steps = uow.work.steps("RAAAAAA")
         assert uow.requests.get("RAAAAAA").state is RequestState.APPLYING
-    assert [(s.idx, s.status, s.attempts) for s in steps] == [(0, StepStatus.DONE, 2), (1, StepStatus.FAILED, 1)]
+    assert [(s.idx, s.status, s.attempts) for s in steps] == [
+        (0, StepStatus.DONE, 2), (1, StepStatus.FAILED, 1)]
     assert steps[0].outcome == StepOutcome(created=True, details={"uid": "u-1"})
     assert steps[0].started_at == T0  # kept from the first write
     assert steps[0].first_failure_at == T0 + timedelta(seconds=1)
@@ -348,7 +391,7 @@ def test_concurrent_workers_claim_each_request_once_on_postgres(postgres_url: st
         def worker(n: int) -> list[str]:
             start.wait()
             mine: list[str] = []
-            while True:
+            for _ in range(len(ids) + 1):  # bounded: a bug must fail the test, not hang it
                 with db.uow() as uow:
                     request = uow.work.claim_request(f"w{n}", T0, T0 + LEASE)
                     if request is None:
@@ -356,6 +399,14 @@ def test_concurrent_workers_claim_each_request_once_on_postgres(postgres_url: st
                     time.sleep(0.005)  # hold the row lock a moment: others must skip, not wait
                     uow.commit()
                 mine.append(request.id)
+                with db.uow() as uow:  # "apply" it, so it leaves the work states
+                    before = request.version
+                    request.begin_apply(request.plan, T0)
+                    request.succeed(T0)
+                    uow.work.save_claimed(request, before, f"w{n}", T0)
+                    uow.work.release(request.id, f"w{n}")
+                    uow.commit()
+            raise AssertionError("worker never ran out of work")
 
         claims = [rid for got in run_threads(4, worker) for rid in got]
         assert sorted(claims) == ids  # every request once, none twice
@@ -375,7 +426,8 @@ def test_scheduling_twice_keeps_one_pending_timer(database: Database) -> None:
     assert count(database, store.timers) == 2
     with database.reader() as conn:
         due_at, payload = conn.execute(
-            sa.select(store.timers.c.due_at, store.timers.c.payload).where(store.timers.c.kind == "request.expire")
+            sa.select(store.timers.c.due_at, store.timers.c.payload)
+            .where(store.timers.c.kind == "request.expire")
         ).one()
     assert (due_at, payload) == (T0 + timedelta(hours=1), {"a": 2})
     with database.uow() as uow:
@@ -395,7 +447,8 @@ def test_due_timers_are_claimed_finished_and_failed(database: Database) -> None:
         due = uow.work.claim_timers("s1", T0, T0 + LEASE, limit=10)
         assert uow.work.claim_timers("s2", T0, T0 + LEASE, limit=10) == []
         uow.commit()
-    assert [(t.kind, t.ref, t.attempts) for t in due] == [("request.expire", "R1", 1), ("grant.expire", "ws:bob", 1)]
+    assert [(t.kind, t.ref, t.attempts) for t in due] == [
+        ("request.expire", "R1", 1), ("grant.expire", "ws:bob", 1)]
     assert due[1].payload == {"workspace": "ws", "user": "bob"}
     expire, grant = due
     with database.uow() as uow:
@@ -457,7 +510,7 @@ def test_two_sweepers_handle_each_due_timer_once_on_postgres(postgres_url: str) 
 
         def sweeper(n: int) -> None:
             start.wait()
-            while True:
+            for _ in range(41):  # bounded: a bug must fail the test, not hang it
                 with db.uow() as uow:
                     due = uow.work.claim_timers(f"s{n}", T0, T0 + LEASE, limit=3)
                     time.sleep(0.005)
@@ -470,6 +523,7 @@ def test_two_sweepers_handle_each_due_timer_once_on_postgres(postgres_url: str) 
                     with db.uow() as uow:
                         assert uow.work.finish_timer(timer.id, f"s{n}", T0)
                         uow.commit()
+            raise AssertionError("sweeper never ran out of timers")
 
         run_threads(2, sweeper)
         assert sorted(handled) == sorted(f"R{n}" for n in range(40))
@@ -605,6 +659,24 @@ def test_db_lock_serialises_holders_of_one_key(database: Database) -> None:
     assert _overlaps(database) == 1
 
 
+def test_db_lock_times_out_as_a_temporary_error_on_sqlite(sqlite_url: str) -> None:
+    db = Database(sqlite_url, audit_key=AUDIT_KEY)
+    with DbLock(db).hold("k"):
+        waiter: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                with DbLock(db, timeout=0.1).hold("k"):
+                    pass
+            except errors.TemporaryError as exc:
+                waiter.append(exc)
+
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        thread.join(5)
+    assert len(waiter) == 1
+
+
 @pytest.mark.postgres
 def test_db_lock_times_out_as_a_temporary_error_on_postgres(postgres_url: str) -> None:
     db = Database(postgres_url, audit_key=AUDIT_KEY)
@@ -616,7 +688,7 @@ def test_db_lock_times_out_as_a_temporary_error_on_postgres(postgres_url: str) -
                 holding.set()
                 done.wait(10)
 
-        thread = threading.Thread(target=holder)
+        thread = threading.Thread(target=holder, daemon=True)
         thread.start()
         assert holding.wait(10)
         with pytest.raises(errors.TemporaryError), DbLock(db, timeout=0.2).hold("k"):
@@ -633,7 +705,8 @@ def test_db_lock_times_out_as_a_temporary_error_on_postgres(postgres_url: str) -
 
 @pytest.mark.postgres
 def test_one_leader_at_a_time_on_postgres(postgres_url: str) -> None:
-    first_db, second_db = Database(postgres_url, audit_key=AUDIT_KEY), Database(postgres_url, audit_key=AUDIT_KEY)
+    first_db = Database(postgres_url, audit_key=AUDIT_KEY)
+    second_db = Database(postgres_url, audit_key=AUDIT_KEY)
     first, second = LeaderElection(first_db, "sweeper"), LeaderElection(second_db, "sweeper")
     try:
         assert first.try_acquire() is True

@@ -62,7 +62,8 @@ def upgrade() -> None:
         sa.Column("key", sa.String(), nullable=False),
         sa.Column("request_id", sa.String(), nullable=False),
         sa.PrimaryKeyConstraint("key", name="pk_idempotency_keys"),
-        sa.ForeignKeyConstraint(["request_id"], ["requests.id"], name="fk_idempotency_keys_request_id_requests"),
+        sa.ForeignKeyConstraint(["request_id"], ["requests.id"],
+                                name="fk_idempotency_keys_request_id_requests"),
     )
 
     op.create_table(

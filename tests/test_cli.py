@@ -1,0 +1,216 @@
+"""``kfbot`` subcommands as a user runs them: subprocesses with their own environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bot import cli
+from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
+
+AUDIT_KEY = "cli-test-audit-key-0123456789abcdef"
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KFBOT_", "SLACK_"))}
+    return {
+        **env,
+        "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
+        "KFBOT_AUDIT_KEY": AUDIT_KEY,
+        **extra,
+    }
+
+
+def kfbot(tmp_path: Path, *args: str, stdin: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=tmp_path,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        env=env_for(tmp_path, **extra),
+        timeout=120,
+        check=False,
+    )
+
+
+def rows(tmp_path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(tmp_path / "kfbot.db") as conn:
+        return list(conn.execute(query))
+
+
+def test_subcommand_table_has_room_for_more() -> None:
+    assert list(cli.COMMANDS) == ["serve", "shell", "migrate", "plan", "audit"]
+    parser = cli.build_parser()
+    assert parser.parse_args(["audit", "export", "--format", "csv"]).format == "csv"
+
+
+def test_plan_prints_every_step_and_records_nothing(tmp_path: Path) -> None:
+    done = kfbot(
+        tmp_path, "plan", "/kf workspace new team-a --gpu 1 --nodes 0:3", "--as", "alice@example.com"
+    )
+
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Approval: needs an admin" in out and "Provisioner: dry-run" in out
+    for action in ("kubeflow.profile", "dex.user", "aws.bucket", "aws.nodegroup", "kubeflow.poddefault"):
+        assert f"action: {action}" in out
+    assert "POST /apis/kubeflow.org/v1/profiles" in out and "s3:CreateBucket kf-team-a" in out
+    assert '"maxSize": 3' in out and "Nothing was applied or recorded." in out
+    assert rows(tmp_path, "select count(*) from requests") == [(0,)]
+    assert rows(tmp_path, "select count(*) from audit_events") == [(0,)]
+
+
+def test_plan_refuses_what_is_not_a_request(tmp_path: Path) -> None:
+    done = kfbot(tmp_path, "plan", "/kf requests", "--as", "alice@example.com")
+    assert done.returncode == 2 and "shows the plan of a request" in done.stderr
+    bad = kfbot(tmp_path, "plan", "/kf workspace new Team_A", "--as", "alice@example.com")
+    assert bad.returncode == 2 and "lowercase" in bad.stderr
+
+
+def test_audit_verify_ok_then_catches_an_edited_row(tmp_path: Path) -> None:
+    shell = kfbot(tmp_path, "shell", "--as", "alice@example.com", stdin="/kf workspace new team-a\n")
+    request_id = re.search(r"\bR[A-Z0-9]{6}\b", shell.stdout).group(0)  # type: ignore[union-attr]
+    kfbot(tmp_path, "shell", "--as", "bob@example.com", "--admin", stdin=f"approve {request_id}\n")
+
+    ok = kfbot(tmp_path, "audit", "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    head = re.search(r"head (\S+)", ok.stdout).group(1)  # type: ignore[union-attr]
+    assert kfbot(tmp_path, "audit", "verify", "--expect-head", head).returncode == 0
+    exported = kfbot(tmp_path, "audit", "export", "--format", "jsonl").stdout.splitlines()
+    assert [json.loads(line)["type"] for line in exported][:2] == ["request.created", "request.approved"]
+    assert kfbot(tmp_path, "audit", "export", "--format", "csv").stdout.startswith("seq,")
+
+    with sqlite3.connect(tmp_path / "kfbot.db") as conn:
+        conn.execute("update audit_events set actor = 'shell:mallory@example.com' where seq = 2")
+    bad = kfbot(tmp_path, "audit", "verify")
+    assert bad.returncode == 1 and "seq 2" in bad.stdout
+
+    wrong_key = kfbot(tmp_path, "audit", "verify", KFBOT_AUDIT_KEY="another-key-0123456789abcdef")
+    assert wrong_key.returncode == 1
+
+
+def test_audit_verify_catches_a_truncated_tail_with_expect_head(tmp_path: Path) -> None:
+    kfbot(
+        tmp_path,
+        "shell",
+        "--as",
+        "alice@example.com",
+        stdin="/kf workspace new team-a\n/kf workspace new team-b\n",
+    )
+    head = re.search(r"head (\S+)", kfbot(tmp_path, "audit", "verify").stdout).group(1)  # type: ignore[union-attr]
+    with sqlite3.connect(tmp_path / "kfbot.db") as conn:
+        last = conn.execute("select max(seq) from audit_events").fetchone()[0]
+        conn.execute("delete from audit_events where seq = ?", (last,))
+        conn.execute(
+            "update audit_head set seq = seq - 1, mac = (select mac from audit_events "
+            "order by seq desc limit 1)"
+        )
+    assert kfbot(tmp_path, "audit", "verify", "--expect-head", head).returncode == 1
+
+
+def test_serve_refuses_a_database_that_is_behind_and_never_creates_it(tmp_path: Path) -> None:
+    done = kfbot(
+        tmp_path,
+        "serve",
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        KFBOT_ADMIN_CHANNEL="CADMINS01",
+    )
+    assert done.returncode == 2 and "kfbot migrate" in done.stderr
+    assert rows(tmp_path, "select count(*) from sqlite_master where type = 'table'") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"KFBOT_AUDIT_KEY": ""}, "KFBOT_AUDIT_KEY"),
+        ({"KFBOT_AUDIT_KEY": "short"}, "KFBOT_AUDIT_KEY"),
+        ({"KFBOT_ADMIN_CHANNEL": ""}, "KFBOT_ADMIN_CHANNEL"),
+        ({"SLACK_SIGNING_SECRET": ""}, "SLACK_SIGNING_SECRET"),
+        ({"KFBOT_HTTP_PORT": "http"}, "KFBOT_HTTP_PORT"),
+        ({"KFBOT_REQUEST_TTL": "forever"}, "KFBOT_REQUEST_TTL"),
+    ],
+)
+def test_serve_names_the_bad_setting(tmp_path: Path, extra: dict[str, str], named: str) -> None:
+    settings = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "KFBOT_ADMIN_CHANNEL": "CADMINS01",
+        **extra,
+    }
+    done = kfbot(tmp_path, "serve", **settings)
+    assert done.returncode == 2 and named in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> None:
+    fake_slack.add_user("U0ALICE01", "alice@example.com")
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    port = _free_port()
+    env = env_for(
+        tmp_path,
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        KFBOT_ADMIN_CHANNEL="CADMINS01",
+        KFBOT_SLACK_API_URL=fake_slack.base_url,
+        KFBOT_HTTP_HOST="127.0.0.1",
+        KFBOT_HTTP_PORT=str(port),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        ready = fake_slack.wait_for(lambda: _ready(port), 20, "kfbot serve to be ready")
+        assert ready["provisioner"] == "dry-run" and ready["migrated"] is True
+        body = slash_command_body(
+            "workspace new team-a", user_id="U0ALICE01", response_url=fake_slack.response_url("serve")
+        )
+        assert post_signed(f"http://127.0.0.1:{port}/slack/events", body, SIGNING_SECRET)[0] == 200
+        fake_slack.wait_for(lambda: fake_slack.messages_in("CADMINS01"), 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any("provisioner=dry-run" in entry["msg"] for entry in logs)
+    assert all(entry["provisioner"] == "dry-run" for entry in logs)
+    assert BOT_TOKEN not in stderr
+
+
+def _ready(port: int) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            answer: dict[str, object] = json.loads(resp.read())
+            return answer
+    except OSError:
+        time.sleep(0.1)
+        return None
+
+
+def test_migrate_is_idempotent(tmp_path: Path) -> None:
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    again = kfbot(tmp_path, "migrate")
+    assert again.returncode == 0 and "migrated" in again.stdout
