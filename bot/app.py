@@ -13,19 +13,24 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry.handler import RetryHandler
 
 import provisioning
 from bot import listeners
+from bot import logging as log
 from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
+from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
 from bot.notify import SlackNotifier
 from bot.scheduler import start_scheduler
 from bot.settings import Settings
@@ -36,10 +41,23 @@ logger = logging.getLogger(__name__)
 SLACK_PATH = "/slack/events"
 
 
-def build_backend(settings: Settings, clock: Clock | None = None) -> Any:
-    """``provisioning.Backend`` for these settings (dry-run unless ``KFBOT_PROVISIONER=live``)."""
+def build_backend(
+    settings: Settings,
+    clock: Clock | None = None,
+    *,
+    metrics: provisioning.Metrics | None = None,
+    kube_api: Any | None = None,
+) -> Any:
+    """``provisioning.Backend`` for these settings (dry-run unless ``KFBOT_PROVISIONER=live``).
+    ``metrics``: the engine's and sweeper's instruments (default: unregistered); ``kube_api``: a
+    ``kubernetes.client.ApiClient`` instead of the kubeconfig/in-cluster one (tests)."""
     return provisioning.build_backend(
-        settings.provisioning, settings.core, clock or provisioning.SystemClock()
+        settings.provisioning,
+        settings.core,
+        clock or provisioning.SystemClock(),
+        kube_api=kube_api,
+        metrics=metrics,
+        log_context=log.bound,
     )
 
 
@@ -54,13 +72,17 @@ def build_core(settings: Settings, backend: Any, notifier: Notifier, clock: Cloc
     )
 
 
-def make_client(settings: Settings) -> WebClient:
+def make_client(settings: Settings, metrics: BotMetrics | None = None) -> WebClient:
+    """The bot's WebClient. With ``metrics``, every call's API errors and rate limits are counted
+    (the observer goes first; Bolt copies the handlers into each listener's client)."""
     kwargs: dict[str, Any] = {"base_url": settings.slack.api_url} if settings.slack.api_url else {}
+    observer: list[RetryHandler] = [SlackCallObserver(metrics)] if metrics is not None else []
     return WebClient(
         token=settings.slack.bot_token,
         timeout=10,
         **kwargs,
         retry_handlers=[
+            *observer,
             ConnectionErrorRetryHandler(max_retry_count=1),
             RateLimitErrorRetryHandler(max_retry_count=2),
         ],
@@ -71,15 +93,21 @@ def make_client(settings: Settings) -> WebClient:
 class SlackEdge:
     app: App
     deps: listeners.Deps
-    notifier: SlackNotifier
+    notifier: Notifier
     client: WebClient
 
 
-def build_slack(settings: Settings, backend: Any, clock: Clock) -> SlackEdge:
-    client = make_client(settings)
+def build_slack(
+    settings: Settings, backend: Any, clock: Clock, metrics: BotMetrics | None = None
+) -> SlackEdge:
+    client = make_client(settings, metrics)
     identity = Identity(client, settings.core, cache_seconds=settings.slack.admin_cache_seconds)
     calls = backend.render_step if backend.mode == "dry-run" else None
-    notifier = SlackNotifier(client, settings.slack.admin_channel, identity.user_id_for_email, calls)
+    notifier: Notifier = SlackNotifier(
+        client, settings.slack.admin_channel, identity.user_id_for_email, calls
+    )
+    if metrics is not None:
+        notifier = MeteredNotifier(notifier, metrics)
     core = build_core(settings, backend, notifier, clock)
     app = App(
         client=client,
@@ -116,6 +144,8 @@ class Running:
     worker: threading.Thread
     scheduler: BackgroundScheduler
     socket_handler: Any = None
+    registry: CollectorRegistry | None = None
+    """What ``/metrics`` serves: this bot's own registry."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -143,10 +173,11 @@ def start_slack(
     behind (``kfbot migrate``) or a setting is missing; never creates or migrates the database."""
     settings.require_serve()
     clock = clock or provisioning.SystemClock()
-    backend = build_backend(settings, clock)
+    registry, bot_metrics = new_registry(settings.mode)
+    backend = build_backend(settings, clock, metrics=provisioning.Metrics(registry))
     try:
         backend.check_migrated()
-        edge = build_slack(settings, backend, clock)
+        edge = build_slack(settings, backend, clock, bot_metrics)
     except BaseException:
         backend.close()
         raise
@@ -161,12 +192,15 @@ def start_slack(
         def connected() -> bool:
             return bool(socket_handler.client.is_connected())
 
-        app = wsgi_app(lambda: readiness(backend, settings.mode, connected))
+        app = wsgi_app(
+            lambda: readiness(backend, settings.mode, connected), metrics=partial(exposition, registry)
+        )
     else:
         app = wsgi_app(
             lambda: readiness(backend, settings.mode, lambda: True),
             slack=SlackRequestHandler(edge.app, path=SLACK_PATH),
             slack_path=SLACK_PATH,
+            metrics=partial(exposition, registry),
         )
     http = HttpServer(app, host or settings.http.host, settings.http.port if port is None else port).start()
     logger.info(
@@ -175,7 +209,7 @@ def start_slack(
         "socket-mode" if socket_handler is not None else "http",
         http.port,
     )
-    return Running(settings, backend, edge, http, stop_event, worker, scheduler, socket_handler)
+    return Running(settings, backend, edge, http, stop_event, worker, scheduler, socket_handler, registry)
 
 
 def serve(settings: Settings) -> int:

@@ -1,7 +1,7 @@
-"""``kfbot``: serve, shell, migrate, plan, audit verify|export.
+"""``kfbot``: serve, shell, migrate, plan, audit verify|export, doctor.
 
-Each subcommand is one row of ``COMMANDS`` (name -> arguments, runner), so new ones (``doctor``)
-slot in without touching the others. Settings are read once from the environment; a bad setting
+Each subcommand is one row of ``COMMANDS`` (name -> arguments, runner), so new ones slot in
+without touching the others. Settings are read once from the environment; a bad setting
 or a database that is behind prints a message and exits 2. ``shell`` and ``plan`` on a SQLite
 file create and migrate it themselves (the fresh-checkout path); ``serve`` never does.
 """
@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 import provisioning
 from bot import app as composition
+from bot import doctor, render
 from bot import logging as log
-from bot import render
 from bot.notify import NullNotifier, ShellNotifier
 from bot.settings import Settings, SettingsError, sqlite_path
 from bot.shell import Shell, _no_mentions, shell_actor
@@ -229,6 +229,21 @@ def run_audit(args: argparse.Namespace, settings: Settings) -> int:
         backend.close()
 
 
+# -- doctor -----------------------------------------------------------------------------------------------
+
+
+def doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="in dry-run, check Kubernetes, Kubeflow, Dex and AWS too (always checked when live)",
+    )
+
+
+def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    return doctor.run(settings, live=args.live)
+
+
 COMMANDS: dict[str, Subcommand] = {
     "serve": Subcommand(
         "run the Slack bot (Socket Mode when SLACK_APP_TOKEN is set, else HTTP)", _no_arguments, run_serve
@@ -241,7 +256,11 @@ COMMANDS: dict[str, Subcommand] = {
         "print the plan of a /kf request; applies and records nothing", plan_arguments, run_plan
     ),
     "audit": Subcommand("verify or export the audit log", audit_arguments, run_audit),
-    # "doctor" goes here.
+    "doctor": Subcommand(
+        "check Slack, the database, Kubernetes, Kubeflow, Dex and AWS access; prints what to fix",
+        doctor_arguments,
+        run_doctor,
+    ),
 }
 
 

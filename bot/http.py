@@ -1,4 +1,5 @@
-"""The HTTP face of ``kfbot serve``: ``/slack/events`` (HTTP mode), ``/healthz`` and ``/readyz``.
+"""The HTTP face of ``kfbot serve``: ``/slack/events`` (HTTP mode), ``/healthz``, ``/readyz``
+and ``/metrics``.
 
 A plain WSGI app on a threaded ``wsgiref`` server: Bolt's WSGI adapter handles Slack's signed
 requests, and one thread per request lets Bolt's 3-second ack window hold while other requests
@@ -6,6 +7,7 @@ are in flight. In Socket Mode the same server serves only the health endpoints.
 
 ``/healthz`` says the process is up. ``/readyz`` says whether it can do its job: the database is
 reachable and migrated, Slack is connected, and which provisioner is active; 503 when not ready.
+``/metrics`` is the Prometheus text format of the running bot's own registry (``bot.metrics``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 logger = logging.getLogger(__name__)
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Readiness = Callable[[], tuple[bool, dict[str, object]]]
+Exposition = Callable[[str], tuple[bytes, str]]
+"""The metrics page and its content type for an ``Accept`` header (``bot.metrics.exposition``)."""
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -39,11 +43,20 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, objec
     return [data]
 
 
-def wsgi_app(readiness: Readiness, slack: Wsgi | None = None, slack_path: str = "/slack/events") -> Wsgi:
+def wsgi_app(
+    readiness: Readiness,
+    slack: Wsgi | None = None,
+    slack_path: str = "/slack/events",
+    metrics: Exposition | None = None,
+) -> Wsgi:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             return _json(start_response, "200 OK", {"status": "ok"})
+        if path == "/metrics" and metrics is not None:
+            data, content_type = metrics(environ.get("HTTP_ACCEPT", ""))
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(data)))])
+            return [data]
         if path == "/readyz":
             ready, body = readiness()
             return _json(

@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot import blocks, render
 from bot import logging as log
 from handlers import kinds
-from handlers.model import Event, EventType, Request, RequestState
+from handlers.model import SYSTEM, Event, EventType, Request, RequestState
 
 logger = logging.getLogger(__name__)
 Card = tuple[str, str]
@@ -67,6 +67,30 @@ def decision_dm(request: Request, style: render.Style) -> str:
     if request.state is RequestState.EXPIRED:
         return f"Your request {what} expired: no admin decided in time. Ask again if you still need it."
     return f"Your request {what} was approved by {style.user(request.decided_by)}; applying it now."
+
+
+def concerned_text(request: Request, style: render.Style) -> str:
+    """For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
+    an expired grant, the owner of a reverted quota."""
+    return f"⏰ A time limit ran out. {render.result_text(request, style)}"
+
+
+def grantee_text(request: Request, style: render.Style) -> str | None:
+    """For the person a share or unshare by someone else is about; None: nobody else to tell."""
+    user = str(request.args.get("user") or "")
+    if request.requester_id == SYSTEM.user_id or not user or user == request.requester_email:
+        return None
+    who, workspace = (
+        style.user(request.requester_id, request.requester_email),
+        style.esc(str(request.args.get("workspace"))),
+    )
+    if request.kind == kinds.Share.KIND:
+        until = f" for {style.esc(str(request.args['duration']))}" if request.args.get("duration") else ""
+        role = style.esc(str(request.args.get("role") or "edit"))
+        return f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
+    if request.kind == kinds.Unshare.KIND:
+        return f"{who} removed your access to Kubeflow workspace `{workspace}` (`{request.id}`)."
+    return None
 
 
 def needs_password_button(request: Request) -> bool:
@@ -146,10 +170,13 @@ class SlackNotifier:
                     current,
                     line + (f"\n```{render.SLACK.esc(calls.strip())}```" if calls else "") if line else None,
                 )
+            if t is EventType.TIMER_FIRED:
+                self._timer_message(event)
             if t in _DECISIONS:
                 self._dm(request.requester_id, decision_dm(request, render.SLACK))
             elif t in _RESULTS:
                 self._results(request)
+                self._tell_concerned(request)
                 if t is EventType.NEEDS_ATTENTION and current is None:
                     self._call(
                         "chat_postMessage",
@@ -182,6 +209,35 @@ class SlackNotifier:
             return
         fallback_text, blks = blocks.dm(text, action=action)
         self._call("chat_postMessage", channel=channel, text=fallback_text, blocks=blks)
+
+    def _dm_email(self, email: str, text: str) -> None:
+        user_id = self._find_user(email)
+        if user_id is None:
+            logger.warning("no Slack user with the email of a person to tell", extra={"event": "notify"})
+            return
+        self._dm(user_id, text)
+
+    def _timer_message(self, event: Event) -> None:
+        """A timer that did not make a request (a quota revert skipped so as not to clobber a newer
+        change): its message goes to the people it names, and to the admins when it says so."""
+        message = event.data.get("message")
+        if not isinstance(message, str) or not message:
+            return
+        for email in kinds.people_to_tell(event.data):
+            self._dm_email(email, message)
+        if event.data.get("admins"):
+            self._call("chat_postMessage", channel=self._channel, text=blocks.fallback(message))
+
+    def _tell_concerned(self, request: Request) -> None:
+        if request.state is not RequestState.SUCCEEDED and request.requester_id != SYSTEM.user_id:
+            return
+        if request.requester_id == SYSTEM.user_id:
+            for email in kinds.people_to_tell(request.args):
+                self._dm_email(email, concerned_text(request, render.SLACK))
+            return
+        text = grantee_text(request, render.SLACK)
+        if text is not None:
+            self._dm_email(str(request.args["user"]), text)
 
     def _results(self, request: Request) -> None:
         text = render.result_text(request, render.SLACK)
@@ -261,10 +317,20 @@ class ShellNotifier:
                         f"[{'thread' if has_card else 'progress'} {request.id}]",
                         line + self._step_calls(request, event),
                     )
+            if t is EventType.TIMER_FIRED and isinstance(event.data.get("message"), str):
+                for email in kinds.people_to_tell(event.data):
+                    self._dm(request, str(event.data["message"]), to=email)
+                if event.data.get("admins"):
+                    self._print("[admin channel]", str(event.data["message"]))
             if t in _DECISIONS:
                 self._dm(request, decision_dm(request, style))
             elif t in _RESULTS:
                 self._result(request)
+                if request.requester_id == SYSTEM.user_id:
+                    for email in kinds.people_to_tell(request.args):
+                        self._dm(request, concerned_text(request, style), to=email)
+                elif request.state is RequestState.SUCCEEDED and (text := grantee_text(request, style)):
+                    self._dm(request, text, to=str(request.args["user"]))
         return new_card
 
     def _step_calls(self, request: Request, event: Event) -> str:

@@ -237,11 +237,20 @@ def decision_text(request: Request, style: Style) -> str:
 def result_text(request: Request, style: Style) -> str:
     """The requester's DM once a request has finished (or is stuck)."""
     what = describe(request, style)
+    deleting = request.kind == kinds.WorkspaceDelete.KIND
     if request.state is RequestState.SUCCEEDED:
-        return f"✅ `{request.id}` is done: {what}."
+        # What a delete deliberately left in place (data, a login still in use) is part of its result.
+        kept = [f"\n• {style.esc(w)}" for w in request.plan.warnings if deleting and " is kept" in w]
+        return f"✅ `{request.id}` is done: {what}." + "".join(kept)
     if request.state is RequestState.FAILED:
+        # Removals are not undone (deleted data cannot be brought back): say what that means.
+        undone = (
+            "What was removed before the failure stays removed; the rest is still there."
+            if deleting
+            else "What had been made was removed."
+        )
         return (
-            f"❌ `{request.id}` failed: {what}. What had been made was removed.\n"
+            f"❌ `{request.id}` failed: {what}. {undone}\n"
             f"Reason: {style.esc(request.error or 'unknown')}"
         )
     if request.state is RequestState.NEEDS_ATTENTION:

@@ -19,14 +19,14 @@ from bot import logging as log
 from bot import render
 from bot.listeners.commands import control
 from handlers import errors, naming, parse, services
-from handlers.model import Actor
+from handlers.model import Actor, Request, RequestState
 
 logger = logging.getLogger(__name__)
 S = render.SHELL
 
 SHELL_HELP = """Shell commands:
   /kf …                  any Slack command (try `/kf help`)
-  approve ID             approve a request (admins)
+  approve [ID]           approve a request (admins; no ID: the only one waiting)
   reject ID REASON…      reject a request with a reason (admins)
   show ID                the full plan of a request (the card's View plan button)
   reveal ID              show a token once (the DM's Show token button)
@@ -113,9 +113,11 @@ class Shell:
             self.say(f"You are now {self.actor.email}{' (admin)' if admin else ''}.")
         elif word in ("approve", "reject"):
             request_id, _, reason = rest.strip().partition(" ")
-            if not request_id:
-                raise errors.InvalidInput(f"Use `{word} ID{' REASON' if word == 'reject' else ''}`.")
-            request = services.get_request(core, self.actor, request_id.upper())
+            request = (
+                services.get_request(core, self.actor, request_id.upper())
+                if request_id
+                else self._only_pending(word)
+            )
             key = f"shell:{word}:{self.actor.user_id}:{request.id}:{request.version}"
             services.decide(
                 core,
@@ -142,6 +144,20 @@ class Shell:
         else:
             raise errors.InvalidInput(f"Unknown shell command `{naming.truncate(word, 20)}`. Type `help`.")
         return True
+
+    def _only_pending(self, word: str) -> Request:
+        """``approve`` without an id: the one pending request the actor may decide, if there is one."""
+        pending = [
+            r
+            for r in services.list_requests(self.core, self.actor)
+            if r.state is RequestState.PENDING and r.requester_id != self.actor.user_id
+        ]
+        if len(pending) != 1:
+            raise errors.InvalidInput(
+                f"Use `{word} ID{' REASON' if word == 'reject' else ''}`"
+                f" ({len(pending)} requests are waiting for you)."
+            )
+        return pending[0]
 
     def _show_secret(self, secret: Any) -> None:
         log.forget_later(secret.value)

@@ -321,6 +321,16 @@ class WorkspaceDelete:
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.name)
+        if ws.pvcs and not self.purge_data:
+            # Refused before anything is removed: the Profile step comes last, and a delete that
+            # stopped there would leave the workspace without its nodegroup, grants and bucket.
+            raise errors.InvalidInput(
+                f"Nothing was deleted: namespace `{ws.namespace}` still has {ws.pvcs} "
+                "PersistentVolumeClaim(s), and deleting the workspace would delete their data. "
+                "Delete the volumes first, or ask again with `--purge-data`.",
+                usage=self.USAGE,
+                field="purge_data",
+            )
         steps: list[Step] = []
         warnings: list[str] = []
         for key, created in reversed(list(ws.created.items())):
@@ -331,6 +341,13 @@ class WorkspaceDelete:
             if action == "dex.user" and ctx.facts.user_in_use(params["email"], self.name):
                 warnings.append(
                     f"The Dex login {params['email']} is kept: it still owns or shares another workspace."
+                )
+                continue
+            bucket_has_data = ws.bucket_has_data.get(str(params.get("bucket")))
+            if action == "aws.bucket" and not self.purge_data and bucket_has_data:
+                warnings.append(
+                    f"S3 bucket `{params['bucket']}` holds data and is kept; "
+                    "ask again with `--purge-data` to delete it too."
                 )
                 continue
             if action in ("aws.bucket", "kubeflow.profile"):
@@ -354,6 +371,44 @@ def _check_role(role: str) -> None:
         raise errors.InvalidInput(
             f"--role must be `edit` or `view`, not {naming.show_value(role)}.", field="role"
         )
+
+
+def _notify_list(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise errors.InvalidInput("`notify` is a list of email addresses.", field="notify")
+    return tuple(naming.normalize_email(v) for v in value)
+
+
+def people_to_tell(args: Mapping[str, JSON]) -> list[str]:
+    """Emails of the people a request made by the bot itself (an expiry) is reported to: the
+    ``notify`` argument of the kinds that timers create. Empty for everything else."""
+    value = args.get("notify")
+    return [str(v) for v in value] if isinstance(value, list | tuple) else []
+
+
+def _kfam_clash(ws: WorkspaceFacts, user: str, role: str | None) -> tuple[str, str] | None:
+    """(holder, binding name) when another contributor holds the KFAM name ``user`` would get.
+
+    KFAM's names fold every run of non-alphanumerics to ``-`` and lowercase (``a.b@x.com`` and
+    ``a-b@x.com`` give one name), so such a grant can exist for only one of them. ``role`` None:
+    any role (unshare, which would find the other person's binding under its name)."""
+    for other, other_role in ws.contributors.items():
+        if other == user or other_role not in naming.KFAM_ROLES:
+            continue
+        name = naming.kfam_binding_name(other, other_role)
+        if role in (None, other_role) and name == naming.kfam_binding_name(user, other_role):
+            return other, name
+    return None
+
+
+def _clash_message(ws: WorkspaceFacts, user: str, holder: str, name: str) -> str:
+    return (
+        f"{user} cannot be given a grant in `{ws.name}`: Kubeflow names grants after the email with "
+        f"every non-alphanumeric character folded to `-`, so {user} and {holder} share the name "
+        f"`{name}`, and {holder} holds it. Remove {holder}'s grant first, or use another address."
+    )
 
 
 @dataclass(frozen=True)
@@ -391,9 +446,15 @@ class Share:
                 "`/kf contributors` shows them."
             ]
         )
+        clash = _kfam_clash(ws, user, self.role)
+        if clash is not None:
+            raise errors.InvalidInput(_clash_message(ws, user, *clash), field="user")
         previous = ws.contributors.get(user)
         if previous is not None and previous != self.role:
-            warnings.append(f"{user} is a {previous} contributor now; the grant is replaced by {self.role}.")
+            article = "an" if previous[:1] in "aeiou" else "a"
+            warnings.append(
+                f"{user} is {article} {previous} contributor now; the grant is replaced by {self.role}."
+            )
         return Plan.of(
             [
                 Step(
@@ -427,10 +488,13 @@ class Unshare:
 
     workspace: str
     user: str
+    notify: tuple[str, ...] | None = None
+    """Set by the bot on an expiry: who is told of the outcome (the grantee and the owner)."""
 
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.workspace)
         object.__setattr__(self, "user", naming.normalize_email(self.user))
+        object.__setattr__(self, "notify", _notify_list(self.notify))
 
     def subject(self) -> str:
         return f"grant:{self.workspace}:{self.user}"
@@ -441,6 +505,14 @@ class Unshare:
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
         user = _kubeflow_user(ctx.settings, self.user)
+        clash = _kfam_clash(ws, user, None)
+        if clash is not None and user not in ws.contributors:
+            holder, name = clash
+            raise errors.InvalidInput(
+                f"{user} has no grant in `{ws.name}`; `{name}` belongs to {holder} (Kubeflow folds "
+                "non-alphanumeric characters in grant names, so both addresses give that name).",
+                field="user",
+            )
         return Plan.of(
             [
                 Step(
@@ -461,6 +533,13 @@ class Unshare:
 QUOTA_FLAGS = {"gpu": GPU_RESOURCE, "cpu": "cpu", "memory": "memory", "storage": "requests.storage"}
 
 
+def _below(wanted: str, used: str, resource: str) -> bool:
+    try:
+        return units.parse_quantity(wanted, resource) < units.parse_quantity(used, resource)
+    except errors.InvalidInput:  # a usage the cluster reports in a form we do not parse: no advice
+        return False
+
+
 @dataclass(frozen=True)
 class QuotaChange:
     KIND: ClassVar[str] = "quota"
@@ -474,9 +553,12 @@ class QuotaChange:
     memory: str | None = None
     storage: str | None = None
     duration: timedelta | None = None
+    notify: tuple[str, ...] | None = None
+    """Set by the bot on a revert at expiry: who is told of the outcome (the owner)."""
 
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.workspace)
+        object.__setattr__(self, "notify", _notify_list(self.notify))
         if self.gpu is not None:
             object.__setattr__(self, "gpu", units.normalize_count(self.gpu, "--gpu", 512, allow_zero=True))
         if self.cpu is not None:
@@ -508,29 +590,51 @@ class QuotaChange:
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
         hard = {**ws.quota, **self.changes()}
-        diff = ", ".join(f"{k}: {ws.quota.get(k, 'unset')} -> {v}" for k, v in self.changes().items())
+        parts: list[str] = []
+        warnings: list[str] = []
+        for resource, wanted in self.changes().items():
+            part = f"{resource}: {ws.quota.get(resource, 'unset')} -> {wanted}"
+            used = ws.quota_used.get(resource)
+            if used is not None:
+                # What the approver weighs: how much of the limit in force is taken right now.
+                limit = ws.quota_enforced.get(resource, ws.quota.get(resource, "unset"))
+                part += f" (used {used} of {limit} now)"
+                if _below(wanted, used, resource):
+                    warnings.append(
+                        f"{resource} {wanted} is below the {used} in use now: running pods keep "
+                        "their share, new ones wait until usage drops."
+                    )
+            parts.append(part)
         return Plan.of(
             [
                 Step(
                     "kubeflow.quota",
                     f"Quota/{ws.namespace}",
                     {"profile": ws.namespace, "hard": hard},
-                    f"Profile `{ws.namespace}` quota {diff}",
+                    f"Profile `{ws.namespace}` quota {', '.join(parts)}",
                 )
-            ]
+            ],
+            warnings,
         )
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        # One timer per resource: a later change of one resource moves or cancels only its own
+        # revert (the engine fills in the values to restore).
         if self.duration is None:
             return []
         return [
             TimerSpec(
                 "quota.revert",
-                self.workspace,
+                quota_timer_ref(self.workspace, resource),
                 at + self.duration,
-                {"workspace": self.workspace, "request_id": request_id},
+                {"workspace": self.workspace, "resource": resource, "request_id": request_id},
             )
+            for resource in self.changes()
         ]
+
+
+def quota_timer_ref(workspace: str, resource: str) -> str:
+    return f"{workspace}:{resource}"
 
 
 # -- tokens ------------------------------------------------------------------------------------

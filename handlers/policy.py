@@ -46,19 +46,24 @@ def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts) -> No
             )
 
 
-def _owner(actor: Actor, facts: Facts, workspace: str) -> bool:
+def _kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
+    """The actor's Kubeflow user id: owners and contributors are recorded under it."""
+    return settings.workspace.user_id_map.get(actor.email, actor.email)
+
+
+def _owner(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:
     ws = facts.workspace(workspace)
-    return ws is not None and ws.owner == actor.email
+    return ws is not None and ws.owner == _kubeflow_user(actor, settings)
 
 
 def _share(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
     assert isinstance(kind, kinds.Share)
-    return "the owner shares their own workspace" if _owner(actor, facts, kind.workspace) else None
+    return "the owner shares their own workspace" if _owner(actor, facts, kind.workspace, settings) else None
 
 
 def _unshare(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
     assert isinstance(kind, kinds.Unshare)
-    if _owner(actor, facts, kind.workspace):
+    if _owner(actor, facts, kind.workspace, settings):
         return "the owner removes a contributor"
     return "a contributor leaves the workspace" if kind.user == actor.email else None
 
@@ -66,7 +71,7 @@ def _unshare(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: Core
 def _quota(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
     assert isinstance(kind, kinds.QuotaChange)
     ws = facts.workspace(kind.workspace)
-    if ws is None or ws.owner != actor.email:
+    if ws is None or ws.owner != _kubeflow_user(actor, settings):
         return None
     steps = settings.policy.quota_auto_increase
     for resource, wanted in kind.changes().items():
@@ -82,7 +87,8 @@ def _token(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSe
     ws = facts.workspace(kind.workspace)
     if ws is None:
         return None
-    own_role = "edit" if ws.owner == actor.email else ws.contributors.get(actor.email)
+    user = _kubeflow_user(actor, settings)
+    own_role = "edit" if ws.owner == user else ws.contributors.get(user)
     if own_role == "edit" or (own_role == "view" and kind.role == "view"):
         return f"a {kind.role} token within the requester's own {own_role} role"
     return None

@@ -82,6 +82,10 @@ class Timers(Protocol):
 
     def cancel(self, kind: str, ref: str) -> None: ...
 
+    def pending_payload(self, kind: str, ref: str) -> dict[str, JSON] | None:
+        """The payload of the pending timer (kind, ref), or None when there is none."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the ``with`` block without ``commit()`` rolls back."""
@@ -114,8 +118,16 @@ class WorkspaceFacts:
     """user id -> role (``edit``/``view``) for grants that exist now."""
     quota: dict[str, str] = field(default_factory=dict)
     """``spec.resourceQuotaSpec.hard`` of the Profile."""
+    quota_used: dict[str, str] = field(default_factory=dict)
+    """``status.used`` of the namespace's ``kf-resource-quota`` (empty when unknown)."""
+    quota_enforced: dict[str, str] = field(default_factory=dict)
+    """``status.hard`` of ``kf-resource-quota``: the limits in force now (empty when unknown)."""
     created: dict[str, JSON] = field(default_factory=dict)
     """Objects the bot created for this workspace, by step key, with their params (for delete)."""
+    pvcs: int | None = None
+    """PersistentVolumeClaims in the namespace now (None when unknown: no cluster to ask)."""
+    bucket_has_data: dict[str, bool] = field(default_factory=dict)
+    """Bucket the bot created -> whether it holds objects now (absent when unknown)."""
 
 
 class Facts(Protocol):

@@ -8,19 +8,28 @@ what happened instead, never as a second decision.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from handlers import errors, kinds, policy
 from handlers.kinds import PlanContext, RequestKind
-from handlers.model import OPEN_STATES, SYSTEM, Actor, Event, EventType, Request, RequestState
+from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
 from handlers.plan import JSON, Plan
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer, UnitOfWork, UnitOfWorkFactory
 from handlers.settings import CoreSettings
 
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: ids are read aloud and retyped
+SYSTEM_RETRY = timedelta(minutes=5)
+"""How long an expiry waits when another request about the same grant/quota is being applied."""
+log = logging.getLogger(__name__)
+
+
+class SubjectBusy(errors.InvalidInput):
+    """Another open request is about the same thing (a workspace name, a grant, a quota)."""
 
 
 def new_request_id() -> str:
@@ -129,8 +138,16 @@ def _record(
     if auto is not None:
         request.approve(SYSTEM, now, auto=True)
         request.reason = auto
+        # The audit log records why no admin was asked, beside the auto-approval itself.
+        last = request.events[-1]
+        request.events[-1] = dataclasses.replace(last, data={**last.data, "reason": auto})
     with core.uow() as uow:
-        _refuse_open_duplicate(uow, kind, request_id)
+        # A pending request (waiting for an admin) must not hold off an expiry: otherwise anyone
+        # could keep a grant alive by keeping a request about it pending. Only one being applied
+        # blocks the bot's own requests, and briefly.
+        _refuse_open_duplicate(
+            uow, kind, request_id, WORK_STATES if actor.user_id == SYSTEM.user_id else OPEN_STATES
+        )
         stored = uow.requests.add(request, idempotency_key)
         if stored.id != request.id:
             return Submitted(stored, duplicate=True)
@@ -144,13 +161,15 @@ def _record(
     return Submitted(request, duplicate=False, auto_reason=auto)
 
 
-def _refuse_open_duplicate(uow: UnitOfWork, kind: RequestKind, request_id: str) -> None:
+def _refuse_open_duplicate(
+    uow: UnitOfWork, kind: RequestKind, request_id: str, states: frozenset[RequestState] = OPEN_STATES
+) -> None:
     subject = kind.subject()
     if subject is None:
         return
-    for other in uow.requests.list(states=sorted(OPEN_STATES), limit=500):
+    for other in uow.requests.list(states=sorted(states), limit=500):
         if other.id != request_id and kinds.from_args(other.kind, other.args).subject() == subject:
-            raise errors.InvalidInput(f"{other.id} about the same thing is still open ({other.state.value}).")
+            raise SubjectBusy(f"{other.id} about the same thing is still open ({other.state.value}).")
 
 
 def decide(
@@ -312,19 +331,25 @@ def handle_timer(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -
     elif kind == "request.nudge":
         nudge(core, ref)
     elif kind == "grant.expire":
-        _system_request(
-            core, kinds.Unshare(str(payload["workspace"]), str(payload["user"])), f"timer:{kind}:{ref}"
-        )
+        workspace, user = str(payload["workspace"]), str(payload["user"])
+        ws = core.facts.workspace(workspace)
+        if ws is None:
+            return  # the workspace is gone, and its grants with it
+        notify = tuple(dict.fromkeys((user, ws.owner)))  # the grantee and the owner
+        # One grant can expire many times (shared for a week, again next month): the key names the
+        # share request that set this expiry, so a later expiry is never taken for a redelivery.
+        key = f"timer:{kind}:{ref}:{payload.get('request_id', '')}"
+        _system_request(core, kinds.Unshare(workspace, user, notify=notify), key, (kind, ref, payload))
     elif kind == "token.expire":
         if core.facts.token_owner(ref) is not None:
-            _system_request(core, kinds.TokenRevoke(ref), f"timer:{kind}:{ref}")
+            _system_request(core, kinds.TokenRevoke(ref), f"timer:{kind}:{ref}", (kind, ref, payload))
     elif kind == "quota.revert":
-        _revert_quota(core, ref, payload)
+        _revert_quota(core, str(payload.get("workspace") or ref), ref, payload)
     else:
         raise ValueError(f"unknown timer kind {kind!r}")
 
 
-def _revert_quota(core: Core, workspace: str, payload: Mapping[str, JSON]) -> None:
+def _revert_quota(core: Core, workspace: str, ref: str, payload: Mapping[str, JSON]) -> None:
     """Undo a temporary quota raise, unless someone changed the quota since: then say so instead
     of clobbering their change."""
     ws = core.facts.workspace(workspace)
@@ -336,6 +361,7 @@ def _revert_quota(core: Core, workspace: str, payload: Mapping[str, JSON]) -> No
     if changed:
         with core.uow() as uow:
             origin = uow.requests.get(origin_id)
+            now_values = ", ".join(f"{r}={ws.quota.get(r, 'unset')}" for r in sorted(changed))
             event = Event(
                 EventType.TIMER_FIRED,
                 origin_id,
@@ -344,8 +370,12 @@ def _revert_quota(core: Core, workspace: str, payload: Mapping[str, JSON]) -> No
                 {
                     "timer": "quota.revert",
                     "skipped": True,
-                    "message": f"The temporary quota of `{workspace}` was not reverted: "
-                    f"{', '.join(sorted(changed))} changed since; the current values stay.",
+                    "message": f"The temporary quota of `{workspace}` (`{origin_id}`) ran out but was not "
+                    f"reverted: someone changed it since ({now_values} now), and the bot does not "
+                    "overwrite that. Change it with `/kf quota` if it should go back.",
+                    # The owner and the admins decide what the quota should be now.
+                    "notify": list(dict.fromkeys((ws.owner, origin.requester_email))),
+                    "admins": True,
                 },
             )
             uow.audit.append([event])
@@ -359,11 +389,29 @@ def _revert_quota(core: Core, workspace: str, payload: Mapping[str, JSON]) -> No
         if resource in revert and revert[resource] is not None
     }
     if restore:
-        _system_request(core, kinds.QuotaChange(workspace, **restore), f"timer:quota.revert:{origin_id}")
+        _system_request(
+            core,
+            kinds.QuotaChange(workspace, **restore, notify=(ws.owner,)),
+            f"timer:quota.revert:{origin_id}",
+            ("quota.revert", ref, payload),
+        )
 
 
-def _system_request(core: Core, kind: RequestKind, key: str) -> Submitted | None:
+def _system_request(
+    core: Core, kind: RequestKind, key: str, timer: tuple[str, str, Mapping[str, JSON]]
+) -> Submitted | None:
+    """Record an expiry as a request of the bot's own that applies without an admin. When a
+    request about the same subject is being applied right now, the timer comes back later."""
     try:
         return _record(core, SYSTEM, kind, key, "expiry", key)
-    except errors.InvalidInput:
-        return None  # an open request about the same grant or token already handles it
+    except SubjectBusy as exc:
+        timer_kind, ref, payload = timer
+        with core.uow() as uow:
+            uow.timers.schedule(timer_kind, ref, core.clock.now() + SYSTEM_RETRY, dict(payload))
+            uow.commit()
+        log.info("%s %s waits: %s", timer_kind, ref, exc.user_message)
+        return None
+    except (errors.InvalidInput, errors.NotFound) as exc:
+        # Nothing left to expire (the grant, token or workspace is gone already).
+        log.info("%s: nothing to do: %s", key, exc.user_message)
+        return None

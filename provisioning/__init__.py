@@ -3,15 +3,23 @@ settings types it takes. Everything else in this package is internal (an import-
 keeps ``bot/`` out of it)."""
 
 from provisioning.backend import Backend, SystemClock, build_backend, generate_audit_key
+from provisioning.doctor import CheckResult, DoctorReport, Permission, Status, required_permissions
+from provisioning.metrics import Metrics
 from provisioning.settings import DexSettings, EngineSettings, KubeflowSettings, ProvisioningSettings
 
 __all__ = [
     "Backend",
+    "CheckResult",
     "DexSettings",
+    "DoctorReport",
     "EngineSettings",
     "KubeflowSettings",
+    "Metrics",
+    "Permission",
     "ProvisioningSettings",
+    "Status",
     "SystemClock",
     "build_backend",
     "generate_audit_key",
+    "required_permissions",
 ]

@@ -10,6 +10,22 @@ Why some things are done the way they are:
   for any bucket we may read, including another account's, while only CreateBucket says whose the
   name is. The HEAD first is still needed because in us-east-1 re-creating our own bucket answers
   200, which would otherwise look like a fresh creation.
+- Ownership survives retries and crashes through a mark: the tag ``kf-chatops/request: <request
+  id>`` (``MARK_TAG``; the engine passes the id as ``params["_request"]``). A nodegroup gets it in
+  ``CreateNodegroup`` itself. A bucket gets it by the first call after ``CreateBucket``; if that
+  call fails, the bucket (empty, a moment old) is deleted before the error goes up, and a step that
+  fails for good deletes the bucket it owns, since a failed step is not compensated. A step that
+  finds its bucket or nodegroup reports ``created=True`` only when the tag names its own request.
+  IAM policy versions have no room for a mark: when a retry finds its ARNs already granted, they
+  count as its own exactly when their bucket carries the request's mark (the bucket name was free
+  when the request began, so nobody else granted it in between).
+- Residual gaps, where ownership is not exact: a worker killed between ``CreateBucket`` and the
+  tagging call leaves an unmarked bucket that the retry treats as found and never removes
+  (``CreateBucketConfiguration.Tags`` would close this, but needs ``s3:TagResource`` and is not
+  served by moto, so it is not used yet); a retry that finds the ARNs of a bucket it did *not*
+  create (a pre-existing bucket) cannot tell a write of its own killed attempt from an earlier
+  grant and claims nothing, so such a grant can stay behind; and a stale grant to a bucket name
+  that was free when a request created it is removed with that request's compensation.
 - An IAM managed policy has no compare-and-set: adding an ARN is a read-modify-write of the whole
   document, so two workspaces sharing one policy would lose each other's ARNs. Every rewrite runs
   under ``KeyedLock.hold(policy_arn)`` (a database lock across bot processes). IAM keeps at most
@@ -29,6 +45,7 @@ Why some things are done the way they are:
 from __future__ import annotations
 
 import json
+import string
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,6 +71,7 @@ from handlers.errors import KfError, PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome, canonical_json
 from handlers.ports import Clock
 from provisioning.actions import Action, KeyedLock
+from provisioning.engine import REQUEST_MARK
 
 if TYPE_CHECKING:
     from mypy_boto3_eks import EKSClient
@@ -61,7 +79,11 @@ if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
-    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef, PublicAccessBlockConfigurationTypeDef
+    from mypy_boto3_s3.type_defs import (
+        ObjectIdentifierTypeDef,
+        PublicAccessBlockConfigurationTypeDef,
+        TagTypeDef,
+    )
     from mypy_boto3_sts import STSClient
 
 
@@ -244,6 +266,43 @@ class _Action:
         self.undo_fn(params, outcome)
 
 
+MARK_TAG: Final = "kf-chatops/request"
+"""Tag naming the request that created a bucket or nodegroup; the same key as the Kubernetes label
+``provisioning.k8s.MARK_KEY``, so one search finds a request's objects everywhere."""
+# What IAM, S3 and EKS all accept in a tag value.
+_TAG_VALUE_CHARS: Final = frozenset(string.ascii_letters + string.digits + " _.:/=+-@")
+
+
+def _request_of(params: Mapping[str, JSON]) -> str | None:
+    """The request a step runs for; None when an action is called directly (then nothing is
+    marked and nothing found is claimed)."""
+    value = params.get(REQUEST_MARK)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 256 or not set(value) <= _TAG_VALUE_CHARS:
+        # A mark that cannot be written cannot be read back: refuse before creating anything.
+        raise PermanentError("The request id cannot be used as an ownership tag.")
+    return value
+
+
+def _mark(params: Mapping[str, JSON]) -> dict[str, str]:
+    request = _request_of(params)
+    return {MARK_TAG: request} if request else {}
+
+
+def _owns(request: str | None, tags: Mapping[str, str] | None) -> bool:
+    """Whether an object with ``tags`` was made by ``request``; an unmarked one never is."""
+    return request is not None and (tags or {}).get(MARK_TAG) == request
+
+
+def _bucket_of(arn: str) -> str | None:
+    """``arn:aws:s3:::NAME`` and ``arn:aws:s3:::NAME/…`` -> NAME; None for anything else."""
+    prefix = "arn:aws:s3:::"
+    if not arn.startswith(prefix):
+        return None
+    return arn[len(prefix) :].split("/", 1)[0] or None
+
+
 def _irreversible(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
     """Removals have no compensation: deleted data cannot be brought back."""
 
@@ -330,6 +389,10 @@ def _rewrite_statements(document: Mapping[str, Any], resources: Sequence[str]) -
     if ours is not None and not placed:
         rewritten.append(ours)
     return {**document, "Statement": rewritten}
+
+
+def _tag_set(tags: Mapping[str, str]) -> list[TagTypeDef]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
 def _health_message(name: str, status: str, nodegroup: NodegroupTypeDef) -> str:
@@ -485,21 +548,51 @@ class AwsActions:
 
     def _ensure_bucket(self, params: Mapping[str, JSON]) -> StepOutcome:
         bucket, region, tags = _text(params, "bucket"), _text(params, "region"), _text_map(params, "tags")
+        request = _request_of(params)
         s3 = self._s3(region)
         with _aws_call(f"creating bucket {bucket}"):
-            created = self._create_bucket(s3, bucket, region)
-        with _aws_call(f"securing bucket {bucket}"):
-            self._block_public_access(s3, bucket)
-            self._default_encryption(s3, bucket)
-        with _aws_call(f"tagging bucket {bucket}"):
-            current = self._bucket_tags(s3, bucket)
-            wanted = {**current, **tags}
-            if wanted != current:
-                s3.put_bucket_tagging(
-                    Bucket=bucket,
-                    Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in sorted(wanted.items())]},
-                )
-        return StepOutcome(created=created)
+            made_now = self._create_bucket(s3, bucket, region)
+        owned = made_now
+        if not made_now:
+            with _aws_call(f"reading the tags of bucket {bucket}"):
+                owned = _owns(request, self._bucket_tags(s3, bucket))
+        elif first_tags := {**tags, **_mark(params)}:
+            # The mark goes on before anything else can fail: a bucket left unmarked by a failed or
+            # killed attempt would look like someone else's to the retry, which then never removes it.
+            try:
+                with _aws_call(f"tagging bucket {bucket}"):
+                    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": _tag_set(first_tags)})
+            except KfError as failure:
+                # Nothing records this attempt, so nobody else would remove the bucket: take it
+                # back (it is empty, made a moment ago) and let the retry create it again.
+                self._take_back_bucket(s3, bucket, failure)
+                raise
+        try:
+            with _aws_call(f"securing bucket {bucket}"):
+                self._block_public_access(s3, bucket)
+                self._default_encryption(s3, bucket)
+            with _aws_call(f"tagging bucket {bucket}"):
+                current = self._bucket_tags(s3, bucket)
+                # Plan tags only: a bucket someone else made never gets this request's mark.
+                wanted = {**current, **tags}
+                if wanted != current:
+                    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": _tag_set(wanted)})
+        except PermanentError as failure:
+            if owned:  # the failed step is not compensated, so its own bucket goes now
+                self._take_back_bucket(s3, bucket, failure)
+            raise
+        return StepOutcome(created=owned)
+
+    def _take_back_bucket(self, s3: S3Client, bucket: str, failure: KfError) -> None:
+        """Delete a bucket this step made when the step itself fails; raise what explains a leftover."""
+        try:
+            with _aws_call(f"deleting bucket {bucket}"):
+                self._delete_bucket_if_empty(s3, bucket)
+        except KfError as e:
+            raise PermanentError(
+                f"{failure.user_message} Deleting the bucket {bucket} the bot had just made failed "
+                "too; delete it by hand."
+            ) from e
 
     def _create_bucket(self, s3: S3Client, bucket: str, region: str) -> bool:
         existed = self._bucket_exists(s3, bucket)
@@ -587,18 +680,22 @@ class AwsActions:
             return
         bucket = _text(params, "bucket")
         s3 = self._s3(_text(params, "region"))
-        kept = PermanentError(f"S3 bucket {bucket} was kept: it already holds data.")
         with _aws_call(f"deleting bucket {bucket}"):
-            try:
-                if not self._is_empty(s3, bucket):
-                    raise kept
-                s3.delete_bucket(Bucket=bucket)
-            except ClientError as e:
-                if _code(e) == "NoSuchBucket":
-                    return
-                if _code(e) == "BucketNotEmpty":
-                    raise kept from e
-                raise
+            self._delete_bucket_if_empty(s3, bucket)
+
+    def _delete_bucket_if_empty(self, s3: S3Client, bucket: str) -> None:
+        """Delete; absent is done; a bucket holding data is kept (``PermanentError``)."""
+        kept = PermanentError(f"S3 bucket {bucket} was kept: it already holds data.")
+        try:
+            if not self._is_empty(s3, bucket):
+                raise kept
+            s3.delete_bucket(Bucket=bucket)
+        except ClientError as e:
+            if _code(e) == "NoSuchBucket":
+                return
+            if _code(e) == "BucketNotEmpty":
+                raise kept from e
+            raise
 
     # -- aws.bucket.remove --
 
@@ -642,8 +739,34 @@ class AwsActions:
     # -- aws.iam_resources --
 
     def _ensure_iam_resources(self, params: Mapping[str, JSON]) -> StepOutcome:
-        added, _ = self._edit_policy(_text(params, "policy_arn"), add=_texts(params, "resources"), remove=[])
+        resources = _texts(params, "resources")
+        added, _ = self._edit_policy(_text(params, "policy_arn"), add=resources, remove=[])
+        if not added:
+            # All there already: a retry of this request after its write went through (a worker
+            # killed before recording, a lost answer) must still own what it added.
+            added = self._claimable(resources, _request_of(params))
         return StepOutcome(created=bool(added), details={"added": added})
+
+    def _claimable(self, resources: Sequence[str], request: str | None) -> list[str]:
+        """The bucket ARNs among ``resources`` whose bucket carries ``request``'s mark.
+
+        A policy version has no room for a mark, but these ARNs name one bucket: if this request
+        created the bucket, the name was free when the request began, so the grant is this
+        request's own. (Not exact only for a stale grant to a bucket that did not exist then;
+        taking it back with the bucket loses nothing.)"""
+        if request is None:
+            return []
+        owned: dict[str, bool] = {}
+        s3 = self._s3()
+        for bucket in dict.fromkeys(b for b in map(_bucket_of, resources) if b):
+            with _aws_call(f"checking who made bucket {bucket}"):
+                try:
+                    owned[bucket] = _owns(request, self._bucket_tags(s3, bucket))
+                except ClientError as e:
+                    if _code(e) != "NoSuchBucket":
+                        raise
+                    owned[bucket] = False
+        return [arn for arn in resources if owned.get(_bucket_of(arn) or "", False)]
 
     def _undo_iam_resources(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
         added = outcome.details.get("added") or []
@@ -735,9 +858,14 @@ class AwsActions:
         cluster, name = _text(params, "cluster"), _text(params, "name")
         scaling = _scaling(name, params.get("scaling"))
         with _aws_call(f"creating nodegroup {name} in cluster {cluster}"):
-            created = False
-            if self._describe(cluster, name) is None:
-                created = self._create_nodegroup(params, scaling)
+            existing = self._describe(cluster, name)
+            if existing is None and self._create_nodegroup(params, scaling):
+                created = True
+            else:
+                # Found (or created meanwhile): ours only if it carries this request's mark, which
+                # EKS takes only at creation (an earlier attempt of this step, say before a crash).
+                existing = existing or self._describe(cluster, name)
+                created = existing is not None and _owns(_request_of(params), existing.get("tags"))
         try:
             nodegroup = self._wait_ready(cluster, name)
         except PermanentError as failure:
@@ -773,7 +901,8 @@ class AwsActions:
                 )
             ),
         }
-        labels, tags = _text_map(params, "labels"), _text_map(params, "tags")
+        # The mark rides on the create call: EKS nodegroup tags set later would not be atomic with it.
+        labels, tags = _text_map(params, "labels"), {**_text_map(params, "tags"), **_mark(params)}
         taints = params.get("taints") or []
         # EKS's model refuses empty tag maps; leave absent what the plan leaves empty.
         optional = {

@@ -18,9 +18,11 @@ from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
+from provisioning import doctor as checks
 from provisioning.actions import ActionRegistry
-from provisioning.engine import Engine
+from provisioning.engine import Engine, LogContext, no_log_context
 from provisioning.facts import LiveWorkspaces, RegistryFacts
+from provisioning.metrics import Metrics, count_requests
 from provisioning.settings import ProvisioningSettings
 from provisioning.store import Database, LeaderElection, SqlUnitOfWork
 
@@ -56,10 +58,18 @@ class Backend:
         facts: Facts,
         secrets: SecretIssuer,
         live: LiveWorkspaces | None,
+        *,
+        metrics: Metrics | None = None,
+        log_context: LogContext = no_log_context,
+        parts: checks.LiveParts | None = None,
+        kube_api: Any | None = None,
     ) -> None:
         self.settings, self.core, self.clock, self.db = settings, core, clock, db
         self.mode = settings.mode
         self.actions, self.facts, self.secrets, self._live = actions, facts, secrets, live
+        self.metrics = metrics or Metrics()
+        self._log_context = log_context
+        self._parts, self._kube_api = parts, kube_api
         self._leader = LeaderElection(db, "kfbot-scheduler")
 
     def uow(self) -> SqlUnitOfWork:
@@ -75,7 +85,15 @@ class Backend:
     # -- work ------------------------------------------------------------------------------------
     def engine(self, notifier: Notifier) -> Engine:
         return Engine(
-            self.db, self.actions, self.core, self.facts, self.clock, self.settings.engine, notifier
+            self.db,
+            self.actions,
+            self.core,
+            self.facts,
+            self.clock,
+            self.settings.engine,
+            notifier,
+            metrics=self.metrics,
+            log_context=self._log_context,
         )
 
     def run_until_idle(self, notifier: Notifier) -> int:
@@ -95,15 +113,18 @@ class Backend:
         with self.db.uow() as uow:
             due = uow.work.claim_timers(worker, now, now + lease, limit)
             uow.commit()
+        self.metrics.swept()
         for timer in due:
             try:
                 on_timer(timer.kind, timer.ref, dict(timer.payload or {}))
             except Exception as exc:
                 log.exception("timer %s %s failed", timer.kind, timer.ref)
+                self.metrics.timer_handled(timer.kind, ok=False)
                 with self.db.uow() as uow:
                     uow.work.fail_timer(timer.id, worker, type(exc).__name__, self.clock.now() + lease)
                     uow.commit()
                 continue
+            self.metrics.timer_handled(timer.kind, ok=True)
             with self.db.uow() as uow:
                 uow.work.finish_timer(timer.id, worker, self.clock.now())
                 uow.commit()
@@ -180,6 +201,26 @@ class Backend:
                 if t.get("revoked_at") is None and t["expires_at"] > now
             ]
 
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """(kind, state) -> requests: one GROUP BY (``kfbot_requests`` on /metrics)."""
+        return count_requests(self.db)
+
+    # -- kfbot doctor ----------------------------------------------------------------------------
+    def doctor(self, *, live: bool) -> checks.DoctorReport:
+        """The database checks, and with ``live`` the Kubernetes, Kubeflow, Dex, identity and AWS
+        checks (on the live adapters; in dry-run they are made for the occasion, touching nothing)."""
+        results = checks.check_database(self.db)
+        if live:
+            results += checks.run_live_checks(self.settings, self.core.workspace, self._live_parts)
+        else:
+            results.append(checks.skipped_live_checks(self.mode))
+        return checks.DoctorReport(tuple(results))
+
+    def _live_parts(self) -> checks.LiveParts:
+        if self._parts is None:
+            self._parts = _live_parts(self.settings, self.clock, self.db, self._kube_api)
+        return self._parts
+
     def readiness(self) -> dict[str, object]:
         status: dict[str, object] = {"provisioner": self.mode}
         try:
@@ -213,38 +254,90 @@ def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owne
 
 
 def build_backend(
-    settings: ProvisioningSettings, core: CoreSettings, clock: Clock, *, kube_api: Any | None = None
+    settings: ProvisioningSettings,
+    core: CoreSettings,
+    clock: Clock,
+    *,
+    kube_api: Any | None = None,
+    metrics: Metrics | None = None,
+    log_context: LogContext = no_log_context,
 ) -> Backend:
     """Build the backend ``settings.mode`` names. ``kube_api`` (a ``kubernetes.client.ApiClient``)
-    replaces the standard kubeconfig/in-cluster discovery; tests point it at a fake apiserver."""
+    replaces the standard kubeconfig/in-cluster discovery; tests point it at a fake apiserver.
+    ``metrics`` (default: unregistered) receives step, sweep and request-count observations;
+    ``log_context`` binds a request's correlation id around its processing (``bot.logging.bound``)."""
     db = Database(settings.database_url, audit_key=settings.audit_key, now=clock.now)
+    metrics = metrics or Metrics()
     if settings.mode != "live":
-        return Backend(
-            settings, core, clock, db, dryrun.registry(), RegistryFacts(db, clock), DryRunSecrets(), None
+        backend = Backend(
+            settings,
+            core,
+            clock,
+            db,
+            dryrun.registry(),
+            RegistryFacts(db, clock),
+            DryRunSecrets(),
+            None,
+            metrics=metrics,
+            log_context=log_context,
+            kube_api=kube_api,
         )
-    return _build_live(settings, core, clock, db, kube_api)
+    else:
+        backend = _build_live(settings, core, clock, db, kube_api, metrics, log_context)
+    metrics.watch_requests(backend.request_counts)
+    return backend
 
 
-def _build_live(
-    settings: ProvisioningSettings, core: CoreSettings, clock: Clock, db: Database, kube_api: Any | None
-) -> Backend:
+def _live_parts(
+    settings: ProvisioningSettings, clock: Clock, db: Database, kube_api: Any | None
+) -> checks.LiveParts:
     # Imported here so the dry-run default (the local shell) never loads the cloud SDKs.
     from provisioning.aws import AwsActions, AwsSettings
     from provisioning.dex import DexActions
-    from provisioning.k8s import api_client_from_environment
+    from provisioning.k8s import Kube, api_client_from_environment
     from provisioning.kubeflow import KubeflowActions
-    from provisioning.secrets import Secrets
     from provisioning.store import DbLock
 
     api = kube_api if kube_api is not None else api_client_from_environment()
-    kubeflow = KubeflowActions(api, settings.kubeflow, clock)
-    dex = DexActions(api, settings.dex, clock)
-    aws = AwsActions(
-        AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db)
+    return checks.LiveParts(
+        kube=Kube(api),
+        kubeflow=KubeflowActions(api, settings.kubeflow, clock),
+        dex=DexActions(api, settings.dex, clock),
+        aws=AwsActions(
+            AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db)
+        ),
     )
+
+
+def _build_live(
+    settings: ProvisioningSettings,
+    core: CoreSettings,
+    clock: Clock,
+    db: Database,
+    kube_api: Any | None,
+    metrics: Metrics,
+    log_context: LogContext,
+) -> Backend:
+    from provisioning.secrets import Secrets
+
+    parts = _live_parts(settings, clock, db, kube_api)
+    kubeflow, dex, aws = parts.kubeflow, parts.dex, parts.aws
     actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
-    secrets = Secrets(api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)
-    return Backend(settings, core, clock, db, actions, RegistryFacts(db, clock, kubeflow), secrets, kubeflow)
+    secrets = Secrets(parts.kube.api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)
+    return Backend(
+        settings,
+        core,
+        clock,
+        db,
+        actions,
+        RegistryFacts(db, clock, kubeflow, aws),
+        secrets,
+        kubeflow,
+        metrics=metrics,
+        log_context=log_context,
+        parts=parts,
+        kube_api=kube_api,
+    )
 
 
 def generate_audit_key() -> bytes:

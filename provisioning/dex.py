@@ -26,6 +26,17 @@ each may restart once per burst. The issue asks for the request to go through a 
 config it was restarted for (``kf-chatops/dex-config-digest``), so a step that is re-run (after a
 crash or a rollout timeout) can tell whether Dex has already loaded its entry.
 
+Ownership (what a retry may claim, so undo removes only what this request made): a Password
+object carries the label ``kf-chatops/request: <request id>`` from its create call on. A
+``staticPasswords`` entry has no field for a mark (and an unknown one is not something Dex promises
+to accept), so its mark is the ConfigMap annotation ``kf-chatops/request.<env key>``, written and
+removed in the same PUT as the entry itself: a retry after a crash or a rollout timeout finds the
+entry *and* the mark, or neither. An entry or object without this request's mark (made by a human,
+an older bot or another request) is found, never claimed. Residual gap: the Secret key holding the
+hash is written before the entry and is not marked; if the entry's write then fails for good, the
+key stays behind. It is inert (Dex reads only keys an entry names) and the next addition for that
+email reuses it.
+
 Passwords: the user is created with the bcrypt hash of random bytes nobody ever sees; the owner
 sets a real one later through ``set_password_hash`` (the reveal flow in ``provisioning.secrets``).
 Only hashes travel to the cluster. bcrypt cost is checked to be 10..16, the range Dex accepts.
@@ -90,6 +101,12 @@ def _email(params: Mapping[str, JSON]) -> str:
     if not isinstance(value, str) or "@" not in value:
         raise PermanentError("The Dex step is missing a valid `email` parameter.")
     return value.strip().lower()
+
+
+def _entry_mark(key: str) -> str:
+    """The ConfigMap annotation naming the request that added the ``staticPasswords`` entry whose
+    hash lives under ``key`` (``kf-chatops/request.DEX_USER_…``, a valid annotation key)."""
+    return f"{k8s.MARK_KEY}.{key}"
 
 
 def _secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -247,7 +264,7 @@ class DexActions:
         if mode == "password-cr":
             if entry is not None:  # a static entry wins over storage in Dex: nothing to add
                 return StepOutcome(created=False, details={"mode": mode, "found": "staticPasswords"})
-            return self._ensure_password_object(email, username, user_id)
+            return self._ensure_password_object(email, username, user_id, params)
         if mode != "configmap":
             raise PermanentError(f"Unknown Dex mode `{mode}`.")
         if cm is None:
@@ -259,24 +276,35 @@ class DexActions:
         if entry is not None and entry.get("hashFromEnv") != key:
             return StepOutcome(created=False, details={"mode": mode, "found": "staticPasswords"})
         self._check_deployment_loads_secret()
-        created = False
+        request = k8s.request_of(params)
+        # The hash first: the moment the entry exists, a restart must find its env var. For an entry
+        # found with our key this repairs a lost half (an earlier attempt, or a hand edit).
+        self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
         if entry is None:
-            # The hash first: the moment the entry exists, a restart must find its env var.
-            self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
-            created = self._add_static_entry(email, key, username, user_id)
+            created = self._add_static_entry(email, key, username, user_id, request)
         else:
-            # Ours from an earlier attempt: make sure its hash is there too (repair a lost half).
-            self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
-        self._apply_config()
+            # An entry with our key found on a retry: ours if an earlier attempt of this request
+            # wrote it (its mark went into the ConfigMap in the same PUT as the entry).
+            created = k8s.owns(request, k8s.annotations_of(cm or {}).get(_entry_mark(key)))
+        try:
+            self._apply_config()
+        except PermanentError as failure:
+            # The step records nothing when it fails, so nobody else would remove the entry.
+            if created and not self._forget_static_user(email, key):
+                raise PermanentError(f"{failure.user_message} Taking back the Dex entry for {email} "
+                                     f"failed too; remove it from {self._cm_ref} by hand.") from failure
+            raise
         details: dict[str, JSON] = {"mode": mode, "env_key": key}
         if not created:
             details["found"] = "staticPasswords"
         return StepOutcome(created=created, details=details)
 
-    def _ensure_password_object(self, email: str, username: str, user_id: str) -> StepOutcome:
+    def _ensure_password_object(self, email: str, username: str, user_id: str,
+                                params: Mapping[str, JSON]) -> StepOutcome:
         name = dex_password_object_name(email)
+        labels = {**k8s.MANAGED_BY, **k8s.mark_labels(params)}
         body: Obj = {
-            "metadata": {"name": name, "namespace": self.settings.namespace, "labels": dict(k8s.MANAGED_BY)},
+            "metadata": {"name": name, "namespace": self.settings.namespace, "labels": labels},
             "email": email,
             "hash": base64.b64encode(self._unusable_hash().encode()).decode(),
             "username": username,
@@ -286,6 +314,9 @@ class DexActions:
         if not created and str(existing.get("email", "")).lower() != email:
             raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
                                  "inconsistent and needs an administrator.")
+        # Found carrying this request's mark: an earlier attempt made it (a worker killed before
+        # the outcome was recorded). Dex keeps metadata when it updates a Password, so the mark stays.
+        created = created or k8s.marked_by(existing, params)
         details: dict[str, JSON] = {"mode": "password-cr", "object": name}
         if not created:
             details["found"] = "password-object"
@@ -313,6 +344,17 @@ class DexActions:
             self._apply_config()
         return StepOutcome(created=removed, details={"mode": mode, "deleted": removed})
 
+    def _forget_static_user(self, email: str, key: str) -> bool:
+        """Take back an entry this step added when the step then fails for good (no restart: Dex
+        either never loaded it or drops it at its next restart). False when that failed too."""
+        try:
+            self._remove_static_entry(email, key)
+            self._remove_secret_key(key)
+        except (PermanentError, TemporaryError) as exc:
+            log.warning("could not take back the Dex entry of a failed step: %s", exc.user_message)
+            return False
+        return True
+
     # -- configmap mode: writes --------------------------------------------------------------
 
     def _check_deployment_loads_secret(self) -> None:
@@ -337,14 +379,18 @@ class DexActions:
         cm.setdefault("data", {})[CONFIG_KEY] = yaml.safe_dump(dict(config), sort_keys=False,
                                                                default_flow_style=False, allow_unicode=True)
 
-    def _add_static_entry(self, email: str, key: str, username: str, user_id: str) -> bool:
+    def _add_static_entry(self, email: str, key: str, username: str, user_id: str,
+                          request: str | None) -> bool:
+        """Add the entry; True when this request owns it (added now, or found with its mark)."""
         added = False
 
         def mutate(cm: Obj) -> bool:
             nonlocal added
             config = self._parse(cm)
-            if self._static_entry(config, email) is not None:  # another writer added it first
-                added = False
+            entry = self._static_entry(config, email)
+            if entry is not None:  # another writer added it first: ours only if it carries our mark
+                added = entry.get("hashFromEnv") == key and k8s.owns(
+                    request, k8s.annotations_of(cm).get(_entry_mark(key)))
                 return False
             entries = config.get("staticPasswords")
             if not isinstance(entries, list):
@@ -354,6 +400,13 @@ class DexActions:
             if "enablePasswordDB" not in config:
                 config["enablePasswordDB"] = True  # Dex refuses staticPasswords without it
             self._dump(cm, config)
+            notes = k8s.meta(cm).setdefault("annotations", {})
+            if request:
+                # The entry's mark, in the same PUT as the entry: Dex's config has no room for
+                # one inside the entry, and a separate write could be lost to a crash in between.
+                notes[_entry_mark(key)] = request
+            else:
+                notes.pop(_entry_mark(key), None)  # a stale mark must not claim this new entry
             added = True
             return True
 
@@ -376,6 +429,7 @@ class DexActions:
                 return False
             config["staticPasswords"] = kept
             self._dump(cm, config)
+            k8s.meta(cm).setdefault("annotations", {}).pop(_entry_mark(key), None)
             return True
 
         self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)

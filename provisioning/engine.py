@@ -23,11 +23,15 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from handlers import errors, kinds
 from handlers.kinds import PlanContext
@@ -36,6 +40,7 @@ from handlers.plan import JSON, Step, StepOutcome, StepStatus
 from handlers.ports import Clock, Facts, Notifier
 from handlers.settings import CoreSettings
 from provisioning.actions import ActionRegistry
+from provisioning.metrics import CRASH, ERROR, OK, RETRY, Metrics
 from provisioning.settings import EngineSettings
 from provisioning.store import Database, LeaseLost, SqlUnitOfWork, StepRecord
 
@@ -47,6 +52,15 @@ REQUEST_MARK = "_request"
 
 def marked(step: Step, request: Request) -> dict[str, JSON]:
     return {**step.params, REQUEST_MARK: request.id}
+
+
+LogContext = Callable[[str], AbstractContextManager[Any]]
+"""Binds a correlation id to every log record made inside (``bot.logging.bound``, injected by the
+composition root: provisioning never imports the Slack edge)."""
+
+
+def no_log_context(correlation_id: str) -> AbstractContextManager[Any]:
+    return contextlib.nullcontext(correlation_id)
 
 
 @dataclass
@@ -81,9 +95,14 @@ class Engine:
         clock: Clock,
         settings: EngineSettings,
         notifier: Notifier,
+        *,
+        metrics: Metrics | None = None,
+        log_context: LogContext = no_log_context,
     ) -> None:
         self.db, self.actions, self.core, self.facts = db, actions, core, facts
         self.clock, self.settings, self.notifier = clock, settings, notifier
+        self.metrics = metrics or Metrics()
+        self.log_context = log_context
 
     # -- loop ----------------------------------------------------------------------------------
     def run_once(self) -> bool:
@@ -94,14 +113,17 @@ class Engine:
             uow.commit()
         if request is None:
             return False
-        try:
-            self._process(request)
-        except LeaseLost:
-            log.warning(
-                "lost the lease on %s; another worker resumes it",
-                request.id,
-                extra={"correlation_id": request.correlation_id},
-            )
+        # Everything logged while this request is processed (the engine, the actions, the
+        # notifier) carries its correlation id: the "ref" its requester may have been shown.
+        with self.log_context(request.correlation_id or request.id):
+            try:
+                self._process(request)
+            except LeaseLost:
+                log.warning(
+                    "lost the lease on %s; another worker resumes it",
+                    request.id,
+                    extra={"correlation_id": request.correlation_id},
+                )
         return True
 
     def run_until_idle(self, limit: int = 1000) -> int:
@@ -204,9 +226,11 @@ class Engine:
             )
         while True:
             attempts += 1
+            started = time.monotonic()
             try:
                 outcome = self._with_heartbeat(request, lambda: action.ensure(marked(step, request)))
             except errors.TemporaryError as exc:
+                self.metrics.step_attempt(step.action, time.monotonic() - started, RETRY)
                 now = self.clock.now()
                 first_failure = first_failure or now
                 if now - first_failure >= self.settings.step_deadline:
@@ -230,10 +254,12 @@ class Engine:
                 self.clock.sleep(max(exc.delay, self._backoff(attempts)))
                 continue
             except errors.KfError as exc:
+                self.metrics.step_attempt(step.action, time.monotonic() - started, ERROR)
                 return self._step_failed(request, idx, step, attempts, first_failure, exc.user_message)
             except LeaseLost:
                 raise
             except Exception:
+                self.metrics.step_attempt(step.action, time.monotonic() - started, CRASH)
                 log.exception(
                     "step %s of %s crashed",
                     step.key,
@@ -248,6 +274,7 @@ class Engine:
                     first_failure,
                     f"an unexpected error (ref {request.correlation_id})",
                 )
+            self.metrics.step_attempt(step.action, time.monotonic() - started, OK)
             self._record(
                 request,
                 idx,
@@ -275,6 +302,15 @@ class Engine:
         first_failure: datetime | None,
         reason: str,
     ) -> str:
+        self.metrics.step_failed(step.action)
+        log.warning(
+            "step %s (%s) of %s failed: %s",
+            step.key,
+            step.action,
+            request.id,
+            reason,
+            extra={"correlation_id": request.correlation_id, "request_id": request.id},
+        )
         self._record(
             request,
             idx,
@@ -315,6 +351,15 @@ class Engine:
             outcome = record.outcome or StepOutcome(created=False)
             problem = self._undo(request, record.idx, step, outcome) if outcome.created else None
             if problem is not None:
+                self.metrics.undo_failed(step.action)
+                log.warning(
+                    "undo of step %s (%s) of %s failed: %s",
+                    step.key,
+                    step.action,
+                    request.id,
+                    problem,
+                    extra={"correlation_id": request.correlation_id, "request_id": request.id},
+                )
                 problems.append(f"{step.summary or step.key}: {problem}")
                 continue
             self._record(
@@ -443,14 +488,32 @@ class Engine:
         for timer in kind.timers_after_success(request.id, now):
             payload = dict(timer.payload)
             if isinstance(kind, kinds.QuotaChange):
-                previous = outcomes.get(0)
-                payload["previous"] = dict(previous.details.get("previous", {})) if previous else {}
-                payload["set"] = dict(request.plan.steps[0].params["hard"])
+                payload.update(_quota_revert(uow, timer.ref, str(payload["resource"]), request, outcomes))
             uow.timers.schedule(timer.kind, timer.ref, timer.due_at, payload)
+        if isinstance(kind, kinds.QuotaChange) and kind.duration is None:
+            # A lasting change (a person's, or a revert) supersedes a pending temporary one.
+            for resource in kind.changes():
+                uow.timers.cancel("quota.revert", kinds.quota_timer_ref(kind.workspace, resource))
         _REGISTRY_UPDATES.get(request.kind, _no_update)(uow, request, kind, outcomes, now)
 
 
 Outcomes = Mapping[int, StepOutcome | None]
+
+
+def _quota_revert(
+    uow: SqlUnitOfWork, ref: str, resource: str, request: Request, outcomes: Outcomes
+) -> dict[str, JSON]:
+    """What a temporary quota change reverts at expiry: ``set`` (the value it set, to notice a
+    change made since) and ``previous`` (the value to restore). Raising again while a raise is
+    still temporary keeps the value from before the first one, so the revert goes all the way."""
+    outcome = outcomes.get(0)
+    before = dict(outcome.details.get("previous", {})) if outcome else {}
+    set_to = request.plan.steps[0].params["hard"].get(resource)
+    previous = {resource: before[resource]} if resource in before else {}
+    pending = uow.timers.pending_payload("quota.revert", ref)
+    if pending is not None and resource in (pending.get("previous") or {}):
+        previous = {resource: pending["previous"][resource]}
+    return {"set": {resource: set_to}, "previous": previous}
 
 
 def _no_update(

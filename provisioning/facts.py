@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from handlers import kinds
+from handlers import errors, kinds
 from handlers.model import RequestState
 from handlers.ports import Clock, WorkspaceFacts
 from provisioning.store import Database
@@ -22,9 +22,19 @@ class LiveWorkspaces(Protocol):
     def workspace_state(self, namespace: str) -> dict[str, Any]: ...
 
 
+class LiveBuckets(Protocol):
+    def bucket_summary(self, bucket: str) -> dict[str, Any] | None: ...
+
+
 class RegistryFacts:
-    def __init__(self, db: Database, clock: Clock, live: LiveWorkspaces | None = None) -> None:
-        self.db, self.clock, self.live = db, clock, live
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        live: LiveWorkspaces | None = None,
+        buckets: LiveBuckets | None = None,
+    ) -> None:
+        self.db, self.clock, self.live, self.buckets = db, clock, live, buckets
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:
@@ -37,18 +47,45 @@ class RegistryFacts:
                 if not self._expired(g.get("expires_at"))
             }
             quota = self._last_quota(uow, name, row)
+        used: dict[str, str] = {}
+        enforced: dict[str, str] = {}
+        pvcs: int | None = None
         if self.live is not None:
             state = self.live.workspace_state(row["namespace"])
+            pvcs = int(state.get("pvcs") or 0)
             grants = dict(state.get("contributors", grants))
             quota = dict(state.get("quota_hard", quota))
+            resource_quota = dict(state.get("quota") or {})
+            used, enforced = dict(resource_quota.get("used") or {}), dict(resource_quota.get("hard") or {})
         return WorkspaceFacts(
             name=name,
             namespace=row["namespace"],
             owner=row["owner"],
             contributors=grants,
             quota=quota,
+            quota_used=used,
+            quota_enforced=enforced,
             created=dict(row["created"]),
+            pvcs=pvcs,
+            bucket_has_data=self._bucket_data(row["created"]),
         )
+
+    def _bucket_data(self, created: dict[str, Any]) -> dict[str, bool]:
+        """Whether each bucket the bot created holds objects now, so a delete without
+        ``--purge-data`` can say up front that it keeps it (unknown buckets are left out)."""
+        found: dict[str, bool] = {}
+        if self.buckets is None:
+            return found
+        for entry in created.values():
+            if entry.get("action") != "aws.bucket":
+                continue
+            bucket = str(entry["params"]["bucket"])
+            try:
+                summary = self.buckets.bucket_summary(bucket)
+            except errors.KfError:
+                continue  # AWS unreachable: unknown, and the remove step still refuses to lose data
+            found[bucket] = summary is not None and not summary.get("is_empty", True)
+        return found
 
     @staticmethod
     def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:

@@ -40,6 +40,7 @@ from kubernetes.client.exceptions import ApiException
 
 from handlers.errors import PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome
+from provisioning.engine import REQUEST_MARK
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,48 @@ def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
 
 def is_managed(obj: Mapping[str, Any]) -> bool:
     return labels_of(obj).get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+
+
+# -- ownership marks ---------------------------------------------------------------------------
+# ``managed-by`` says "some run of the bot made this", which is not enough to undo safely: an
+# earlier request (or an older bot) may have made the object this request merely found. The mark
+# says *which request* made it, and it goes on in the same write that creates the object, so a
+# retry after a crash or a temporary failure can tell its own object from anyone else's.
+
+MARK_KEY: Final = "kf-chatops/request"
+"""Label (Kubernetes) or tag (AWS) naming the request that created the object."""
+
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def request_of(params: Mapping[str, JSON]) -> str | None:
+    """The id of the request a step runs for (``params["_request"]``), None when an action is
+    called directly (tests, tools): then nothing is marked and nothing found is claimed."""
+    value = params.get(REQUEST_MARK)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        # A mark that cannot be written cannot be read back either: refuse rather than create an
+        # object that a retry would not recognise.
+        raise PermanentError("The request id cannot be used as an ownership label.")
+    return value
+
+
+def mark_labels(params: Mapping[str, JSON]) -> dict[str, str]:
+    """The labels that mark an object as made by this step's request (empty without a request)."""
+    request = request_of(params)
+    return {MARK_KEY: request} if request else {}
+
+
+def owns(request: str | None, mark: object) -> bool:
+    """Whether an object carrying ``mark`` was made by ``request``: never without a request, so an
+    unmarked object (a human's, an older bot's) is never claimed."""
+    return request is not None and mark == request
+
+
+def marked_by(obj: Mapping[str, Any], params: Mapping[str, JSON]) -> bool:
+    """Whether ``obj`` carries the mark of this step's request."""
+    return owns(request_of(params), labels_of(obj).get(MARK_KEY))
 
 
 @dataclass(frozen=True)

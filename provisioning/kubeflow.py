@@ -23,6 +23,16 @@ The objects must be indistinguishable from what Kubeflow's own components make
   ``ns-owner-access-istio``; settings win, else the bot reads the profiles Deployment's environment
   once, else it uses the kubeflow/manifests values.
 
+* **Ownership** survives crashes and retries: every object a step creates (Profile, PodDefault,
+  the contributor pair, the token pair) carries the label ``kf-chatops/request: <request id>``
+  (``k8s.MARK_KEY``) from its create call on, and a step that finds its object reports
+  ``created=True`` only when the label names its own request. A Profile made by an attempt whose
+  namespace wait ran out, or by a worker killed before recording, is therefore still undone;
+  one made by a human or another request never is. Residual gap: a contributor step that
+  *replaces* another role's pair records ``previous_role`` only in its outcome, so a worker killed
+  after the old pair was deleted but before the outcome was written loses what to restore on undo
+  (the new pair itself is still marked and undone).
+
 Waiting uses the injected ``Clock``: a wait that runs out is a ``TemporaryError`` (the engine
 retries within the step's deadline). Nothing talks to the cluster at import or construction.
 """
@@ -253,8 +263,12 @@ class KubeflowActions:
             spec: dict[str, Any] = {"owner": {"kind": "User", "name": owner}}
             if hard:
                 spec["resourceQuotaSpec"] = {"hard": hard}
-            body: Obj = {"metadata": {"name": name, "labels": _str_map(params.get("labels"))}, "spec": spec}
+            labels = {**_str_map(params.get("labels")), **k8s.mark_labels(params)}
+            body: Obj = {"metadata": {"name": name, "labels": labels}, "spec": spec}
             existing, created = self.kube.create(k8s.PROFILE, body)
+        # Found with this request's mark: an earlier attempt made it (a crash or a wait that ran out
+        # before its outcome was recorded), so it is still ours to undo.
+        created = created or k8s.marked_by(existing, params)
         if k8s.meta(existing).get("deletionTimestamp"):
             # A delete of this workspace is still finishing; creating now would race the finalizer.
             raise TemporaryError(f"The Profile `{name}` is being deleted; the bot will try again.",
@@ -330,16 +344,18 @@ class KubeflowActions:
         tolerations = params.get("tolerations")
         if isinstance(tolerations, list) and tolerations:
             spec["tolerations"] = [dict(t) for t in tolerations if isinstance(t, dict)]
-        metadata = {"name": name, "namespace": _str(params, "namespace"), "labels": dict(k8s.MANAGED_BY)}
+        metadata = {"name": name, "namespace": _str(params, "namespace"),
+                    "labels": {**k8s.MANAGED_BY, **k8s.mark_labels(params)}}
         return {"metadata": metadata, "spec": spec}
 
     def ensure_poddefault(self, params: Mapping[str, JSON]) -> StepOutcome:
         body = self._poddefault_body(params)
-        existing, created = self.kube.create(k8s.POD_DEFAULT, body)
-        if not created and k8s.is_managed(existing) and existing.get("spec") != body["spec"]:
+        existing, made = self.kube.create(k8s.POD_DEFAULT, body)
+        if not made and k8s.is_managed(existing) and existing.get("spec") != body["spec"]:
             # Ours but drifted (edited by hand, or an older bot): converge on the planned spec.
             self.kube.merge_patch(k8s.POD_DEFAULT, body["metadata"]["name"], {"spec": body["spec"]},
                                   body["metadata"]["namespace"])
+        created = made or k8s.marked_by(existing, params)  # made by an earlier attempt of this request
         return StepOutcome(created=created, details={"poddefault": body["metadata"]["name"]})
 
     def undo_poddefault(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
@@ -348,12 +364,13 @@ class KubeflowActions:
 
     # -- contributors (KFAM's pair) ----------------------------------------------------------
 
-    def _pair(self, namespace: str, user: str, role: str) -> tuple[Obj, Obj]:
+    def _pair(self, namespace: str, user: str, role: str,
+              mark: Mapping[str, str] | None = None) -> tuple[Obj, Obj]:
         identity = self.identity_config()
         name = kfam_binding_name(user, role)
         def metadata() -> Obj:  # each object gets its own dicts: they are mutated and sent separately
             return {"name": name, "namespace": namespace, "annotations": {"user": user, "role": role},
-                    "labels": dict(k8s.MANAGED_BY)}
+                    "labels": {**k8s.MANAGED_BY, **(mark or {})}}
 
         binding: Obj = {
             "metadata": metadata(),
@@ -402,27 +419,36 @@ class KubeflowActions:
             "one name and Kubeflow cannot hold a grant for both; remove the other grant first or use another "
             "address.")
 
-    def _create_pair(self, namespace: str, user: str, role: str) -> tuple[bool, bool]:
-        """Create both halves, or converge existing ones; returns which halves this call created."""
-        binding, policy = self._pair(namespace, user, role)
+    def _create_pair(self, namespace: str, user: str, role: str,
+                     params: Mapping[str, JSON] | None = None) -> tuple[bool, bool]:
+        """Create both halves, or converge existing ones; returns which halves this step's request
+        created (now, or in an earlier attempt: found carrying its mark)."""
+        params = params or {}
+        binding, policy = self._pair(namespace, user, role, k8s.mark_labels(params))
         name = binding["metadata"]["name"]
-        existing_rb, rb_created = self.kube.create(k8s.ROLE_BINDING, binding)
-        if not rb_created and (existing_rb.get("roleRef") != binding["roleRef"]
-                               or _subjects(existing_rb) != binding["subjects"]
-                               or k8s.annotations_of(existing_rb) != binding["metadata"]["annotations"]):
+        existing_rb, rb_made = self.kube.create(k8s.ROLE_BINDING, binding)
+        if not rb_made and (existing_rb.get("roleRef") != binding["roleRef"]
+                            or _subjects(existing_rb) != binding["subjects"]
+                            or k8s.annotations_of(existing_rb) != binding["metadata"]["annotations"]):
             if self._subject_names(existing_rb) != [user]:
                 raise self._clash_error(namespace, user, role, ", ".join(self._subject_names(existing_rb)))
-            # roleRef is immutable, so a drifted binding is replaced rather than patched.
+            # roleRef is immutable, so a drifted binding is replaced rather than patched. The
+            # replacement keeps the found labels: it stands in for someone else's grant, and this
+            # request's mark on it would let a retry claim (and an undo delete) that grant.
             self.kube.delete(k8s.ROLE_BINDING, name, namespace)
-            self.kube.create(k8s.ROLE_BINDING, binding)
-        existing_ap, ap_created = self.kube.create(k8s.AUTHORIZATION_POLICY, policy)
-        if not ap_created and existing_ap.get("spec") != policy["spec"]:
+            replacement = {**binding, "metadata": {**binding["metadata"],
+                                                   "labels": k8s.labels_of(existing_rb)}}
+            self.kube.create(k8s.ROLE_BINDING, replacement)
+        existing_ap, ap_made = self.kube.create(k8s.AUTHORIZATION_POLICY, policy)
+        if not ap_made and existing_ap.get("spec") != policy["spec"]:
             holder = k8s.annotations_of(existing_ap).get("user")
             if holder not in (None, user):
                 raise self._clash_error(namespace, user, role, holder)
             # The principals or header changed (settings, a Kubeflow upgrade): the policy follows.
             self.kube.merge_patch(k8s.AUTHORIZATION_POLICY, name, {"spec": policy["spec"]}, namespace)
-        return rb_created, ap_created
+        # Found carrying this request's mark: made by an earlier attempt of the same step.
+        return (rb_made or k8s.marked_by(existing_rb, params),
+                ap_made or k8s.marked_by(existing_ap, params))
 
     def _delete_pair(self, namespace: str, name: str) -> list[str]:
         removed = []
@@ -445,7 +471,7 @@ class KubeflowActions:
         previous = [r for r in CONTRIBUTOR_ROLES if r != role and r in mine]
         for old in previous:  # one grant per (workspace, user): a new role replaces the old pair
             self._delete_pair(namespace, kfam_binding_name(user, old))
-        rb_created, ap_created = self._create_pair(namespace, user, role)
+        rb_created, ap_created = self._create_pair(namespace, user, role, params)
         halves = [h for h, made in (("RoleBinding", rb_created), ("AuthorizationPolicy", ap_created)) if made]
         details: dict[str, JSON] = {"binding": kfam_binding_name(user, role), "created_halves": halves}
         if previous:
@@ -519,7 +545,7 @@ class KubeflowActions:
         role, token_id = _str(params, "role"), _str(params, "token_id")
         if role not in CONTRIBUTOR_ROLES:
             raise PermanentError(f"A token's role must be edit or view, not {role}.")
-        object_labels = {**k8s.MANAGED_BY, TOKEN_ID_LABEL: token_id}
+        object_labels = {**k8s.MANAGED_BY, TOKEN_ID_LABEL: token_id, **k8s.mark_labels(params)}
         account: Obj = {"metadata": {"name": name, "namespace": namespace, "labels": dict(object_labels)}}
         binding: Obj = {
             "metadata": {"name": name, "namespace": namespace, "labels": dict(object_labels)},

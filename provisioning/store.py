@@ -517,6 +517,14 @@ class SqlTimers:
             where=timers.c.done_at.is_(None),
         )
 
+    def pending_payload(self, kind: str, ref: str) -> dict[str, JSON] | None:
+        """The payload of the pending timer (kind, ref), or None when there is none."""
+        row = self._tx.conn.execute(
+            sa.select(timers.c.payload).where(timers.c.kind == kind, timers.c.ref == ref,
+                                              timers.c.done_at.is_(None))
+        ).first()
+        return None if row is None else dict(row.payload)
+
     def cancel(self, kind: str, ref: str) -> None:
         # Delete rather than mark done: a cancelled timer never fired, and the audit log (not this
         # table) is the history.

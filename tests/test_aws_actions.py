@@ -13,12 +13,12 @@ from typing import Any
 import boto3
 import pytest
 
+from handlers import prices
 from handlers.errors import PermanentError, TemporaryError
 from handlers.plan import StepOutcome
-from handlers import prices
-from provisioning.aws import BOT_SID, BUCKET_ACTIONS, AwsActions, AwsSettings
+from provisioning import k8s
+from provisioning.aws import BOT_SID, BUCKET_ACTIONS, MARK_TAG, AwsActions, AwsSettings
 from tests.fakes.aws_fixtures import ACCOUNT_ID, AwsEnv, Fault, FaultProxy, aws_error_xml
-
 
 CLUSTER = "kubeflow"
 TAGS = {
@@ -670,3 +670,120 @@ def test_prices_overrides_and_ami_types() -> None:
             "p5.48xlarge",
         )
     )
+
+
+# -- ownership marks -------------------------------------------------------------------------------
+# The engine passes the request id as params["_request"]; buckets and nodegroups carry it as the tag
+# kf-chatops/request, and a step that finds one claims it only when the tag names its own request.
+
+MARK = "kf-chatops/request"
+
+
+def bucket_tags(aws: AwsEnv, bucket: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in aws.client("s3").get_bucket_tagging(Bucket=bucket)["TagSet"]}
+
+
+def test_bucket_carries_the_mark_and_only_its_request_claims_it(aws: AwsEnv) -> None:
+    action = aws.actions().registry()["aws.bucket"]
+    params = {"bucket": "kf-team-a", "region": "us-east-1", "tags": TAGS, "_request": "R1"}
+
+    first = action.ensure(params)
+    retried = action.ensure(params)  # a worker killed before recording `first` runs it again
+    other = action.ensure({**params, "_request": "R2"})
+
+    assert (first.created, retried.created, other.created) == (True, True, False)
+    assert bucket_tags(aws, "kf-team-a") == {**TAGS, MARK: "R1"}
+
+
+def test_a_found_bucket_is_not_claimed_nor_marked(aws: AwsEnv) -> None:
+    aws.client("s3").create_bucket(Bucket="kf-someones")
+
+    outcome = aws.actions().registry()["aws.bucket"].ensure(
+        {"bucket": "kf-someones", "region": "us-east-1", "tags": TAGS, "_request": "R1"}
+    )
+
+    assert outcome.created is False
+    assert MARK not in bucket_tags(aws, "kf-someones")
+
+
+def test_a_throttled_tagging_after_create_takes_the_bucket_back_and_the_retry_owns_it(
+    aws: AwsEnv, fault_proxy: FaultProxy
+) -> None:
+    fault_proxy.add(
+        Fault("PUT", r"/kf-slow\?tagging", status=503,
+              body=b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>")
+    )
+    action = aws.actions(endpoint_url=fault_proxy.url).registry()["aws.bucket"]
+    params = {"bucket": "kf-slow", "region": "us-east-1", "tags": TAGS, "_request": "R1"}
+
+    with pytest.raises(TemporaryError, match="bucket kf-slow"):
+        action.ensure(params)
+    assert aws.client("s3").list_buckets()["Buckets"] == []  # not left behind unmarked
+
+    assert action.ensure(params).created is True
+    assert bucket_tags(aws, "kf-slow")[MARK] == "R1"
+
+
+def test_a_permanent_failure_after_create_removes_the_steps_own_bucket(
+    aws: AwsEnv, fault_proxy: FaultProxy
+) -> None:
+    fault_proxy.add(
+        Fault("PUT", r"/kf-denied\?publicAccessBlock", status=403,
+              body=b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
+    )
+    action = aws.actions(endpoint_url=fault_proxy.url).registry()["aws.bucket"]
+
+    with pytest.raises(PermanentError, match="AccessDenied"):
+        action.ensure({"bucket": "kf-denied", "region": "us-east-1", "tags": TAGS, "_request": "R1"})
+
+    assert aws.client("s3").list_buckets()["Buckets"] == []
+
+
+def test_iam_retry_after_its_write_owns_the_arns_of_its_own_bucket_only(aws: AwsEnv) -> None:
+    arn = make_policy(aws)
+    actions = aws.actions().registry()
+    actions["aws.bucket"].ensure({"bucket": "kf-mine", "region": "us-east-1", "tags": TAGS, "_request": "R1"})
+    aws.client("s3").create_bucket(Bucket="kf-theirs")
+    mine = {"policy_arn": arn, "resources": bucket_arns("kf-mine"), "_request": "R1"}
+    theirs = {"policy_arn": arn, "resources": bucket_arns("kf-theirs"), "_request": "R1"}
+
+    first = actions["aws.iam_resources"].ensure(mine)
+    retried = actions["aws.iam_resources"].ensure(mine)  # the outcome of `first` was never recorded
+    other = actions["aws.iam_resources"].ensure({**mine, "_request": "R2"})
+    actions["aws.iam_resources"].ensure(theirs)
+    theirs_retried = actions["aws.iam_resources"].ensure(theirs)
+
+    assert (first.created, retried.created, other.created) == (True, True, False)
+    assert retried.details == {"added": bucket_arns("kf-mine")}
+    assert other.details == {"added": []}
+    assert (theirs_retried.created, theirs_retried.details) == (False, {"added": []})
+    assert version_ids(aws, arn) == {"v1": False, "v2": False, "v3": True}  # one version per addition
+
+    actions["aws.iam_resources"].undo(mine, retried)
+    assert bot_statement(default_document(aws, arn))["Resource"] == bucket_arns("kf-theirs")  # type: ignore[index]
+
+
+def test_nodegroup_is_created_with_the_mark_and_a_retry_after_a_timeout_owns_it(
+    aws: AwsEnv, fault_proxy: FaultProxy
+) -> None:
+    make_cluster(aws)
+    fault_proxy.add(Fault("GET", "/node-groups/ws-team-a-gpu$", times=7, rewrite=with_status("CREATING")))
+    action = aws.actions(endpoint_url=fault_proxy.url, nodegroup_active_timeout=30.0).registry()[
+        "aws.nodegroup"
+    ]
+    params = {**nodegroup_params(), "_request": "R1"}
+
+    with pytest.raises(TemporaryError, match="still CREATING"):
+        action.ensure(params)
+    retried = action.ensure(params)
+    other = action.ensure({**params, "_request": "R2"})
+
+    assert (retried.created, other.created) == (True, False)
+    nodegroup = describe(aws)
+    assert nodegroup is not None and nodegroup["tags"] == {**TAGS, MARK: "R1"}
+    action.undo(params, retried)
+    assert describe(aws) is None
+
+
+def test_the_aws_mark_is_the_kubernetes_mark() -> None:
+    assert MARK_TAG == k8s.MARK_KEY == MARK

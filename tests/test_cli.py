@@ -51,7 +51,7 @@ def rows(tmp_path: Path, query: str) -> list[tuple[object, ...]]:
 
 
 def test_subcommand_table_has_room_for_more() -> None:
-    assert list(cli.COMMANDS) == ["serve", "shell", "migrate", "plan", "audit"]
+    assert list(cli.COMMANDS) == ["serve", "shell", "migrate", "plan", "audit", "doctor"]
     parser = cli.build_parser()
     assert parser.parse_args(["audit", "export", "--format", "csv"]).format == "csv"
 

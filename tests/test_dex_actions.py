@@ -296,3 +296,88 @@ def test_restart_coordinator_restarts_once_for_a_burst() -> None:
     assert done == [1] and sum(clock.slept) >= 10.0
     coordinator.request()  # a later addition gets its own restart
     assert done == [1, 1]
+
+
+# -- ownership marks ------------------------------------------------------------------------------
+# The engine passes the request id as params["_request"]; what a step makes carries it, and a step
+# that finds a user claims it (created=True) only when the mark names its own request.
+
+MARK = "kf-chatops/request"
+
+
+def test_password_object_carries_the_mark_and_only_its_request_claims_it(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    action = dex(kube_api_client, "password-cr").registry()["dex.user"]
+    params = {**user_params("alice@example.com", "password-cr"), "_request": "R1"}
+
+    first = action.ensure(params)
+    retried = action.ensure(params)  # a worker killed before recording `first` runs it again
+    other = action.ensure({**params, "_request": "R2"})
+
+    assert (first.created, retried.created, other.created) == (True, True, False)
+    obj = apiserver.get("dex.coreos.com/v1", "passwords", dex_password_object_name("alice@example.com"),
+                        "auth")
+    assert obj is not None and obj["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "kf-chatops",
+                                                             MARK: "R1"}
+    actions = dex(kube_api_client, "password-cr")
+    actions.set_password_hash("alice@example.com", bcrypt.hashpw(b"pw", bcrypt.gensalt(COST)).decode())
+    obj = apiserver.get("dex.coreos.com/v1", "passwords", dex_password_object_name("alice@example.com"),
+                        "auth")
+    assert obj is not None and obj["metadata"]["labels"][MARK] == "R1"  # a new password keeps the mark
+
+
+def test_a_hand_made_password_object_is_never_claimed(apiserver: FakeApiServer,
+                                                      kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    name = dex_password_object_name("alice@example.com")
+    apiserver.seed({"apiVersion": "dex.coreos.com/v1", "kind": "Password",
+                    "metadata": {"name": name, "namespace": "auth"}, "email": "alice@example.com",
+                    "hash": base64.b64encode(DEFAULT_HASH.encode()).decode(), "username": "alice",
+                    "userID": "1"})
+    action = dex(kube_api_client, "password-cr").registry()["dex.user"]
+
+    outcome = action.ensure({**user_params("alice@example.com", "password-cr"), "_request": "R1"})
+
+    assert outcome.created is False
+    obj = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
+    assert obj is not None and "labels" not in obj["metadata"]
+
+
+def test_configmap_entry_survives_a_rollout_timeout_as_the_requests_own(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap", rollout_timeout=30.0)
+    action = actions.registry()["dex.user"]
+    params = {**user_params("alice@example.com", "configmap"), "_request": "R1"}
+    apiserver.hold_rollouts = True
+    with pytest.raises(TemporaryError, match="has not finished restarting"):
+        action.ensure(params)
+    apiserver.hold_rollouts = False
+    apiserver.complete_rollouts()
+    cm = apiserver.get("v1", "configmaps", "dex", "auth")
+    key = env_key_for("alice@example.com")
+    assert cm is not None and cm["metadata"]["annotations"][f"{MARK}.{key}"] == "R1"
+
+    retried = action.ensure(params)
+    other = action.ensure({**params, "_request": "R2"})
+    hand_made = action.ensure({**user_params("user@example.com", "configmap"), "_request": "R1"})
+
+    assert (retried.created, other.created, hand_made.created) == (True, False, False)
+    action.undo(params, retried)
+    cm = apiserver.get("v1", "configmaps", "dex", "auth")
+    assert cm is not None and f"{MARK}.{key}" not in (cm["metadata"].get("annotations") or {})
+    assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
+
+
+def test_configmap_entry_is_taken_back_when_the_step_fails_for_good(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    action = dex(kube_api_client, "configmap").registry()["dex.user"]
+    apiserver.fail_next("PATCH", "/deployments/dex$", 403)  # the restart is forbidden
+
+    with pytest.raises(PermanentError, match="may not patch"):
+        action.ensure({**user_params("alice@example.com", "configmap"), "_request": "R1"})
+
+    assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
+    assert list(secret_data(apiserver)) == ["DEX_USER_PASSWORD"]

@@ -609,3 +609,80 @@ def test_writes_into_a_missing_namespace_are_permanent(apiserver: FakeApiServer,
     params = {"namespace": "ghost", "name": "ng", "node_selector": {}, "tolerations": [], "description": "x"}
     with pytest.raises(PermanentError, match="namespace ghost does not exist"):
         kf.registry()["kubeflow.poddefault"].ensure(params)
+
+
+# -- ownership marks ----------------------------------------------------------------------------
+# The engine passes the request id as params["_request"]; objects carry it as a label, and a step
+# that finds its object claims it (created=True) only when the label names its own request.
+
+MARK = "kf-chatops/request"
+
+
+def by(request: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {**params, "_request": request}
+
+
+def test_profile_made_by_an_attempt_whose_wait_ran_out_is_still_the_requests_own(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    action = kf.registry()["kubeflow.profile"]
+    apiserver.profile_controller_delay = 1000  # the namespace does not come in time
+    with pytest.raises(TemporaryError, match="has not created namespace"):
+        action.ensure(by("R1", profile_params()))
+    profile = apiserver.get("kubeflow.org/v1", "profiles", "team-a")
+    assert profile is not None and profile["metadata"]["labels"] == {**MANAGED, MARK: "R1"}
+    apiserver.run_profile_controller()
+
+    retried = action.ensure(by("R1", profile_params()))
+    other = action.ensure(by("R2", profile_params()))
+
+    assert (retried.created, other.created) == (True, False)
+    action.undo(by("R1", profile_params()), retried)
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is None
+
+
+def test_an_unmarked_profile_is_never_claimed(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    kf.registry()["kubeflow.profile"].ensure(profile_params())  # a human's (or an older bot's)
+
+    outcome = kf.registry()["kubeflow.profile"].ensure(by("R1", profile_params()))
+
+    assert outcome.created is False
+    profile = apiserver.get("kubeflow.org/v1", "profiles", "team-a")
+    assert profile is not None and MARK not in profile["metadata"]["labels"]
+
+
+def test_poddefault_contributor_and_token_pairs_carry_the_mark(apiserver: FakeApiServer,
+                                                               kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    registry = kf.registry()
+    pd = by("R1", {"namespace": ns, "name": "ng-gpu", "node_selector": {"a": "b"}, "tolerations": []})
+    share_params = by("R2", {"namespace": ns, "user": "bob@example.com", "role": "edit"})
+    token = by("R3", {"namespace": ns, "name": "kf-token-r3", "role": "view", "token_id": "R3"})
+
+    assert registry["kubeflow.poddefault"].ensure(pd).created is True
+    assert registry["kubeflow.contributor"].ensure(share_params).created is True
+    registry["kubeflow.token_account"].ensure(token)
+
+    # A retry of the same request claims what it made; another request never does.
+    assert registry["kubeflow.poddefault"].ensure(pd).created is True
+    assert registry["kubeflow.poddefault"].ensure({**pd, "_request": "R9"}).created is False
+    again = registry["kubeflow.contributor"].ensure(share_params)
+    assert again.created is True and again.details["created_halves"] == ["RoleBinding",
+                                                                         "AuthorizationPolicy"]
+    assert registry["kubeflow.contributor"].ensure({**share_params, "_request": "R9"}).created is False
+    name = kfam_binding_name("bob@example.com", "edit")
+    binding, policy = pair(apiserver, ns, name)
+    assert binding is not None and policy is not None
+    assert binding["metadata"]["labels"] == policy["metadata"]["labels"] == {**MANAGED, MARK: "R2"}
+    made = apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "ng-gpu", ns)
+    assert made is not None and made["metadata"]["labels"] == {**MANAGED, MARK: "R1"}
+    for plural in ("serviceaccounts", "rolebindings"):
+        api_version = "v1" if plural == "serviceaccounts" else RBAC_V1
+        obj = apiserver.get(api_version, plural, "kf-token-r3", ns)
+        assert obj is not None and obj["metadata"]["labels"][MARK] == "R3"
+
+
+def test_a_request_id_that_cannot_be_a_label_is_refused_before_any_write(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    with pytest.raises(PermanentError, match="ownership label"):
+        kf.registry()["kubeflow.profile"].ensure(by("not a label!", profile_params()))
+    assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is None
