@@ -34,7 +34,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
 from handlers.model import Event, EventType, Request
-from handlers.ports import Notifier
+from handlers.ports import Delivery, Notifier
 
 logger = logging.getLogger(__name__)
 APPROVAL_BUCKETS: Final = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 259200.0)
@@ -153,9 +153,7 @@ class MeteredNotifier:
         self.inner = inner
         self._metrics = metrics
 
-    def publish(
-        self, request: Request, events: Sequence[Event], card: tuple[str, str] | None
-    ) -> tuple[str, str] | None:
+    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
         try:
             self._metrics.observe_decision(request, events)
         except Exception:  # a metric never stops a notification (the port must not raise)

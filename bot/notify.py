@@ -15,6 +15,7 @@ client's ``RateLimitErrorRetryHandler`` (set up in ``bot.app``).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
@@ -25,6 +26,7 @@ from bot import blocks, render
 from bot import logging as log
 from handlers import kinds
 from handlers.model import SYSTEM, Event, EventType, Request, RequestState
+from handlers.ports import Delivery
 
 logger = logging.getLogger(__name__)
 Card = tuple[str, str]
@@ -115,16 +117,20 @@ class SlackNotifier:
         self._channel = admin_channel
         self._find_user = find_user
         self._calls = calls
+        self._sent = threading.local()
 
-    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
+    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
+        # Listener threads and the engine publish concurrently: each call collects its own deliveries.
+        self._sent.messages = []
+        new_card: Card | None = None
         with log.bound(request.correlation_id or log.correlation_id() or request.id):
             try:
-                return self._publish(request, events, card)
+                new_card = self._publish(request, events, card)
             except Exception:
                 # The port forbids raising: the change is committed; a rendering bug must not
                 # stop the engine or the listener. It is logged with the correlation id.
                 logger.exception("could not notify about %s", request.id, extra={"request_id": request.id})
-                return None
+        return Delivery(card=new_card, sent=tuple(self._sent.messages))
 
     # -- delivery ------------------------------------------------------------------------------------
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any] | None:
@@ -139,6 +145,8 @@ class SlackNotifier:
         except (SlackClientError, OSError) as exc:
             logger.warning("Slack %s failed: %s", method, type(exc).__name__, extra={"slack_method": method})
             return None
+        if method.startswith("chat_"):
+            self._sent.messages.append(f"{method}:{kwargs.get('channel', '')}")
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
@@ -275,15 +283,22 @@ class ShellNotifier:
     def __init__(self, out: TextIO, calls: StepCalls | None = None) -> None:
         self._out = out
         self._calls = calls
+        self._sent: list[str] = []
 
     def _print(self, prefix: str, text: str) -> None:
+        self._sent.append(f"shell:{prefix.strip('[]').split(' ')[0]}")
         lines = text.splitlines() or [""]
         self._out.write(f"{prefix} {lines[0]}\n")
         for line in lines[1:]:
             self._out.write(f"{' ' * len(prefix)} {line}\n")
         self._out.flush()
 
-    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
+    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
+        self._sent = []
+        new_card = self._publish(request, events, card)
+        return Delivery(card=new_card, sent=tuple(dict.fromkeys(self._sent)))
+
+    def _publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
         style = render.SHELL
         new_card: Card | None = None
         for event in events:
@@ -363,5 +378,5 @@ class ShellNotifier:
 class NullNotifier:
     """For ``kfbot plan`` and maintenance commands: nothing is published."""
 
-    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
-        return None
+    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
+        return Delivery()

@@ -144,14 +144,22 @@ class Facts(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What one ``publish`` did, for the request row and the audit log."""
+
+    card: tuple[str, str] | None = None
+    """(channel, ts) of the approval card when this publish posted one."""
+    sent: tuple[str, ...] = ()
+    """Where people were told, e.g. ``chat.postMessage:C123``; recorded as ``notification.sent``."""
+
+
 class Notifier(Protocol):
     """Tells people what happened; Slack in production, stdout in the shell."""
 
-    def publish(
-        self, request: Request, events: Sequence[Event], card: tuple[str, str] | None
-    ) -> tuple[str, str] | None:
-        """Deliver the events of one committed change. Returns a new card location when it
-        posted the approval card, else None. Must not raise for delivery failures."""
+    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
+        """Deliver the events of one committed change. Must not raise for delivery failures:
+        the change is committed already."""
         ...
 
 

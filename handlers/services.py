@@ -57,12 +57,42 @@ class Submitted:
     auto_reason: str | None = None
 
 
-def _publish(core: Core, uow: UnitOfWork, request: Request, events: Sequence[Event]) -> None:
-    card = uow.requests.card(request.id)
-    posted = core.notifier.publish(request, events, card)
-    if posted is not None and posted != card:
-        uow.requests.set_card(request.id, *posted)
-        uow.commit()
+def announce(
+    uow: UnitOfWorkFactory, notifier: Notifier, clock: Clock, request: Request, events: Sequence[Event]
+) -> None:
+    """Tell people about a committed change, then record where the card went and who was told.
+
+    Runs outside any transaction: a Slack round-trip must never hold a database lock (on SQLite
+    that would stall every other writer).
+    """
+    if not events:
+        return
+    with uow() as tx:
+        card = tx.requests.card(request.id)
+    delivery = notifier.publish(request, events, card)
+    moved = delivery.card is not None and delivery.card != card
+    if not (moved or delivery.sent):
+        return
+    with uow() as tx:
+        if moved and delivery.card is not None:
+            tx.requests.set_card(request.id, *delivery.card)
+        if delivery.sent:
+            tx.audit.append(
+                [
+                    Event(
+                        EventType.NOTIFIED,
+                        request.id,
+                        clock.now(),
+                        SYSTEM.user_id,
+                        {"to": list(delivery.sent), "about": [e.type.value for e in events]},
+                    )
+                ]
+            )
+        tx.commit()
+
+
+def _announce(core: Core, request: Request, events: Sequence[Event]) -> None:
+    announce(core.uow, core.notifier, core.clock, request, events)
 
 
 def _commit(core: Core, uow: UnitOfWork, request: Request, expected_version: int) -> list[Event]:
@@ -157,7 +187,7 @@ def _record(
         events = request.take_events()
         uow.audit.append(events)
         uow.commit()
-        _publish(core, uow, request, events)
+    _announce(core, request, events)
     return Submitted(request, duplicate=False, auto_reason=auto)
 
 
@@ -209,7 +239,7 @@ def decide(
             events = _commit(core, uow, request, before)
         except errors.StaleVersion as exc:
             raise errors.AlreadyDone(_already(uow.requests.get(request_id))) from exc
-        _publish(core, uow, request, events)
+    _announce(core, request, events)
     return request
 
 
@@ -247,7 +277,7 @@ def _change(
             uow.timers.cancel("request.expire", request.id)
             uow.timers.cancel("request.nudge", request.id)
         events = _commit(core, uow, request, before)
-        _publish(core, uow, request, events)
+    _announce(core, request, events)
     return request
 
 
@@ -262,7 +292,7 @@ def nudge(core: Core, request_id: str) -> None:
         uow.audit.append([event])
         uow.timers.schedule("request.nudge", request.id, now + core.settings.policy.nudge_after)
         uow.commit()
-        _publish(core, uow, request, [event])
+    _announce(core, request, [event])
 
 
 def list_requests(core: Core, actor: Actor) -> list[Request]:
@@ -380,7 +410,7 @@ def _revert_quota(core: Core, workspace: str, ref: str, payload: Mapping[str, JS
             )
             uow.audit.append([event])
             uow.commit()
-            _publish(core, uow, origin, [event])
+        _announce(core, origin, [event])
         return
     revert = {r: previous.get(r) for r in was_set}
     restore = {

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from handlers import errors, kinds
+from handlers import errors, kinds, services
 from handlers.kinds import PlanContext
 from handlers.model import Event, EventType, Request, RequestState
 from handlers.plan import JSON, Step, StepOutcome, StepStatus
@@ -474,12 +474,7 @@ class Engine:
         self._notify(request, events)
 
     def _notify(self, request: Request, events: list[Event]) -> None:
-        with self.db.uow() as uow:
-            card = uow.requests.card(request.id)
-            posted = self.notifier.publish(request, events, card)
-            if posted is not None and posted != card:
-                uow.requests.set_card(request.id, *posted)
-                uow.commit()
+        services.announce(self.db.uow, self.notifier, self.clock, request, events)
 
     def _record_success(self, uow: SqlUnitOfWork, request: Request, now: datetime) -> None:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was applied."""

@@ -32,6 +32,7 @@ from kubernetes import client
 
 from handlers.model import Event, EventType, Request
 from handlers.plan import JSON, StepOutcome
+from handlers.ports import Delivery
 from handlers.settings import CoreSettings, WorkspaceDefaults
 from provisioning import DexSettings, KubeflowSettings, ProvisioningSettings, build_backend
 from provisioning.actions import Action
@@ -140,9 +141,7 @@ class _KillOnRecorded(RecordingNotifier):
         super().__init__()
         self.idx = idx
 
-    def publish(
-        self, request: Request, events: Sequence[Event], card: tuple[str, str] | None
-    ) -> tuple[str, str] | None:
+    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
         if any(e.type is EventType.STEP_SUCCEEDED and e.data.get("idx") == self.idx for e in events):
             _die()
         return super().publish(request, events, card)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from handlers import errors, services
 from handlers.model import Actor, Event, Request
 from handlers.plan import JSON, StepOutcome, canonical_json
+from handlers.ports import Delivery
 from handlers.settings import CoreSettings, PolicySettings
 from provisioning import dryrun
 from provisioning.backend import Backend, DryRunSecrets
@@ -96,12 +97,10 @@ class RecordingNotifier:
     published: list[tuple[str, str, list[str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(
-        self, request: Request, events: Sequence[Event], card: tuple[str, str] | None
-    ) -> tuple[str, str] | None:
+    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
         with self.lock:
             self.published.append((request.id, request.state.value, [e.type.value for e in events]))
-        return card or ("CADMIN", f"{len(self.published)}.0001")
+            return Delivery(card=card or ("CADMIN", f"{len(self.published)}.0001"), sent=("recording",))
 
     def types_for(self, request_id: str) -> list[str]:
         return [t for rid, _, types in self.published if rid == request_id for t in types]

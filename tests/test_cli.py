@@ -89,7 +89,8 @@ def test_audit_verify_ok_then_catches_an_edited_row(tmp_path: Path) -> None:
     head = re.search(r"head (\S+)", ok.stdout).group(1)  # type: ignore[union-attr]
     assert kfbot(tmp_path, "audit", "verify", "--expect-head", head).returncode == 0
     exported = kfbot(tmp_path, "audit", "export", "--format", "jsonl").stdout.splitlines()
-    assert [json.loads(line)["type"] for line in exported][:2] == ["request.created", "request.approved"]
+    types = [json.loads(line)["type"] for line in exported]
+    assert types[:3] == ["request.created", "notification.sent", "request.approved"]
     assert kfbot(tmp_path, "audit", "export", "--format", "csv").stdout.startswith("seq,")
 
     with sqlite3.connect(tmp_path / "kfbot.db") as conn:

@@ -40,6 +40,7 @@ from handlers.errors import TemporaryError
 from handlers.kinds import WorkspaceCreate
 from handlers.model import Actor, Request, RequestState
 from handlers.plan import JSON, Plan, StepOutcome
+from handlers.ports import Delivery
 from provisioning.metrics import count_requests
 from tests.fakes.clock import FakeClock
 from tests.fakes.slack import (
@@ -133,8 +134,11 @@ def submit(bot: Running, fake: FakeSlack, name: str) -> str:
 def card_for(fake: FakeSlack, request_id: str) -> dict[str, Any]:
     found: dict[str, Any] = fake.wait_for(
         lambda: next(
-            (m for m in fake.messages_in(ADMIN_CHANNEL)
-             if not m.get("thread_ts") and request_id in m["text"]),
+            (
+                m
+                for m in fake.messages_in(ADMIN_CHANNEL)
+                if not m.get("thread_ts") and request_id in m["text"]
+            ),
             None,
         ),
         WAIT,
@@ -167,7 +171,7 @@ def request_in_db(bot: Running, request_id: str) -> Request:
 
 def wait_state(bot: Running, request_id: str, state: RequestState) -> Request:
     found: Request = _wait(
-        lambda: (r if (r := request_in_db(bot, request_id)).state is state else None),
+        lambda: r if (r := request_in_db(bot, request_id)).state is state else None,
         f"{request_id} to be {state.value}",
     )
     return found
@@ -192,9 +196,7 @@ def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
 
 def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
     """Sum over the series of ``name`` whose labels include ``labels``."""
-    return sum(
-        v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)
-    )
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 # -- /metrics after requests went through the Slack edge ---------------------------------------------
@@ -294,7 +296,10 @@ def test_a_failing_step_is_counted_and_the_database_going_away_does_not_fail_the
     kind = WorkspaceCreate(name="team-c", owner="alice@example.com")
     submitted = services.submit(core, alice, kind, idempotency_key=None)
     services.decide(
-        core, Actor("shell:bob", "bob@example.com", is_admin=True), submitted.request.id, approve=True,
+        core,
+        Actor("shell:bob", "bob@example.com", is_admin=True),
+        submitted.request.id,
+        approve=True,
         decision_key="k1",
     )
     backend.run_until_idle(NullNotifier())
@@ -313,7 +318,7 @@ def test_a_failing_step_is_counted_and_the_database_going_away_does_not_fail_the
     (tmp_path / "kfbot.db").unlink()
     (tmp_path / "kfbot.db").mkdir()  # a path SQLite cannot open
     text = generate_latest(registry).decode()
-    assert "kfbot_database_up 0.0" in text and 'kfbot_requests{' not in text
+    assert "kfbot_database_up 0.0" in text and "kfbot_requests{" not in text
 
 
 def test_approval_latency_counts_human_decisions_only() -> None:
@@ -321,8 +326,9 @@ def test_approval_latency_counts_human_decisions_only() -> None:
     seen: list[str] = []
 
     class Inner:
-        def publish(self, request: Request, events: Any, card: Any) -> None:
+        def publish(self, request: Request, events: Any, card: Any) -> Delivery:
             seen.append(request.id)
+            return Delivery()
 
     notifier = MeteredNotifier(Inner(), BotMetrics(registry))
     auto = _request("RAUTO01")

@@ -3,6 +3,7 @@ with a scripted world at the Action port."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -56,6 +57,10 @@ def test_request_is_planned_approved_applied_and_audited(stack: Stack) -> None:
         EventType.SUCCEEDED,
     ):
         assert expected.value in types
+    audited = [json.loads(line) for line in stack.backend.audit_export("jsonl")]
+    told = [e for e in audited if e["type"] == EventType.NOTIFIED.value and e["request_id"] == rid]
+    assert told, "every notification that went out is in the audit log"
+    assert any("request.created" in e["data"]["about"] for e in told)
     result = stack.backend.audit_verify()
     assert result.ok, result.problem
     assert result.rows >= 9
@@ -140,7 +145,9 @@ def test_two_admins_approving_at_once_make_one_decision_and_one_apply(postgres_u
             t.join()
         assert stack.request(rid).state is RequestState.SUCCEEDED
     assert stack.world.ensure_calls.count("kubeflow.profile") == 5, "each request applied exactly once"
-    approvals = [e for e in stack.backend.audit_export("jsonl") if '"request.approved"' in e]
+    approvals = [
+        e for e in map(json.loads, stack.backend.audit_export("jsonl")) if e["type"] == "request.approved"
+    ]
     assert len(approvals) == 5
 
 
