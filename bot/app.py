@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -22,6 +25,7 @@ from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.http_retry.handler import RetryHandler
 
@@ -30,8 +34,9 @@ from bot import listeners
 from bot import logging as log
 from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
+from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool
 from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
-from bot.notify import SlackNotifier
+from bot.notify import SlackNotifier, StepDetails
 from bot.scheduler import start_scheduler
 from bot.settings import Settings
 from handlers.ports import Clock, Notifier
@@ -89,6 +94,17 @@ def make_client(settings: Settings, metrics: BotMetrics | None = None) -> WebCli
     )
 
 
+def step_details(backend: Any) -> StepDetails:
+    """Reads the recorded outcome details of a request's steps (what a delete kept, for its DM)."""
+
+    def read(request_id: str) -> dict[int, Mapping[str, Any]]:
+        with backend.uow() as uow:
+            records = uow.work.steps(request_id)
+        return {r.idx: dict(r.outcome.details) for r in records if r.outcome is not None}
+
+    return read
+
+
 @dataclass
 class SlackEdge:
     app: App
@@ -98,13 +114,22 @@ class SlackEdge:
 
 
 def build_slack(
-    settings: Settings, backend: Any, clock: Clock, metrics: BotMetrics | None = None
+    settings: Settings,
+    backend: Any,
+    clock: Clock,
+    metrics: BotMetrics | None = None,
+    *,
+    listener_threads: int = LISTENER_THREADS,
+    work_threads: int = WORK_THREADS,
 ) -> SlackEdge:
+    """The Bolt app with our listeners. Two bounded pools: Bolt's ``listener_executor``
+    (``listener_threads``) runs each listener up to its ``ack()``; the work after the ack runs on
+    ``listeners.WorkPool`` (``work_threads``), so slow use cases never delay an ack."""
     client = make_client(settings, metrics)
     identity = Identity(client, settings.core, cache_seconds=settings.slack.admin_cache_seconds)
     calls = backend.render_step if backend.mode == "dry-run" else None
     notifier: Notifier = SlackNotifier(
-        client, settings.slack.admin_channel, identity.user_id_for_email, calls
+        client, settings.slack.admin_channel, identity.user_id_for_email, calls, step_details(backend)
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)
@@ -114,10 +139,37 @@ def build_slack(
         signing_secret=settings.slack.signing_secret,
         process_before_response=False,
         logger=logging.getLogger("kfbot.bolt"),
+        listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="kfbot-ack"),
     )
-    deps = listeners.Deps(settings=settings, core=core, identity=identity, backend=backend)
+    deps = listeners.Deps(
+        settings=settings, core=core, identity=identity, backend=backend, pool=WorkPool(work_threads)
+    )
     listeners.register(app, deps)
     return SlackEdge(app, deps, notifier, client)
+
+
+class SlackAuthCheck:
+    """``/readyz``'s Slack check in HTTP mode: ``auth.test``, its answer kept ``ttl`` seconds so a
+    probe every few seconds costs one Slack call a minute (a revoked token or an unreachable
+    Slack shows within that)."""
+
+    def __init__(self, client: WebClient, ttl: float = 60.0) -> None:
+        self._client, self._ttl = client, ttl
+        self._lock = threading.Lock()
+        self._checked_at: float | None = None
+        self._ok = False
+
+    def __call__(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._checked_at is None or now - self._checked_at >= self._ttl:
+                try:
+                    self._ok = bool(self._client.auth_test().get("ok"))
+                except (SlackClientError, OSError) as exc:
+                    logger.warning("readiness: auth.test failed: %s", type(exc).__name__)
+                    self._ok = False
+                self._checked_at = now
+            return self._ok
 
 
 def readiness(backend: Any, mode: str, slack_connected: Any) -> tuple[bool, dict[str, object]]:
@@ -160,6 +212,7 @@ class Running:
         if self.socket_handler is not None:
             self.socket_handler.close()
         self.http.stop()
+        self.edge.deps.pool.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.worker.join(timeout=10)
         self.backend.close()
@@ -197,7 +250,7 @@ def start_slack(
         )
     else:
         app = wsgi_app(
-            lambda: readiness(backend, settings.mode, lambda: True),
+            partial(readiness, backend, settings.mode, SlackAuthCheck(edge.client)),
             slack=SlackRequestHandler(edge.app, path=SLACK_PATH),
             slack_path=SLACK_PATH,
             metrics=partial(exposition, registry),

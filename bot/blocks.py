@@ -34,7 +34,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot import render
-from handlers import naming
+from handlers import errors, naming
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
 from handlers.ports import RevealedSecret
@@ -88,9 +88,19 @@ def decision_value(request: Request) -> str:
     return f"{request.id}:{request.version}"
 
 
-def parse_decision_value(value: str) -> tuple[str, int | None]:
+STALE_BUTTON_TEXT = (
+    "This button does not say which version of the request it was for (an old or altered card), "
+    "so it cannot decide anything; use the request's newest card, or `/kf requests`."
+)
+
+
+def parse_decision_value(value: str) -> tuple[str, int]:
+    """``R7KQ2M:3`` -> (``R7KQ2M``, 3). A value without its version is refused: ``decide`` checks
+    the version against the request's, and a decision without one would skip that stale-card check."""
     request_id, _, version = value.partition(":")
-    return request_id, int(version) if version.isdigit() else None
+    if not request_id or not version.isdigit():
+        raise errors.InvalidInput(STALE_BUTTON_TEXT)
+    return request_id, int(version)
 
 
 def _steps(plan: Plan) -> str:
@@ -259,6 +269,16 @@ def secret_modal(secret: RevealedSecret, *, request_id: str | None) -> dict[str,
         blocks.extend(section(chunk) for chunk in code_chunks(text))
     blocks.append(ContextBlock(elements=[md(f"Fingerprint `{S.esc(secret.fingerprint)}`", 2000)]))
     return _modal(f"Your {what}", _fit(blocks, MODAL_BLOCKS, "Some of the text did not fit."))
+
+
+def working_modal(title: str) -> dict[str, Any]:
+    """Opened at once with a click's ``trigger_id`` (valid ~3 s) while the slow part runs; the
+    listener then ``views.update``s it with the result (``notice_modal`` or ``secret_modal``)."""
+    return _modal(title, [section("Working… this takes a few seconds.")])
+
+
+def notice_modal(title: str, text: str) -> dict[str, Any]:
+    return _modal(title, [section(text)])
 
 
 @dataclass(frozen=True)

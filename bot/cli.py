@@ -132,7 +132,11 @@ def run_shell(
     actor = shell_actor(args.as_, admin=args.admin)
     settings, backend = _local_backend(settings, create=True)
     try:
-        notifier = ShellNotifier(stdout, calls=backend.render_step if backend.mode == "dry-run" else None)
+        notifier = ShellNotifier(
+            stdout,
+            calls=backend.render_step if backend.mode == "dry-run" else None,
+            step_details=composition.step_details(backend),
+        )
         core = composition.build_core(settings, backend, notifier, provisioning.SystemClock())
         shell = Shell(core=core, backend=backend, notifier=notifier, out=stdout, actor=actor)
         logging.getLogger(__name__).info("kfbot shell started: provisioner=%s", settings.mode)

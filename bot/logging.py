@@ -3,10 +3,10 @@
 Why the filter sits on the handler and not in the code that logs: secrets reach log records by
 paths nobody wrote on purpose (slack_sdk logs request bodies at DEBUG, an exception message can
 quote a payload). So every record is scrubbed on its way out: Slack tokens, bearer tokens, JWTs,
-bcrypt hashes, ``password=``/``token=``/``secret=`` values, and any value registered with
-``forget_later`` (a password or token shown in a modal a moment ago) are replaced by
-``[redacted]``. The correlation id lives in a ``ContextVar`` set by ``bound()``; Bolt runs
-listeners on worker threads, so each listener binds it itself.
+bcrypt hashes (also base64-encoded), a Secret's ``data``, ``password=``/``token=``/``secret=``
+values, and any value registered with ``forget_later`` (a password or token shown in a modal a
+moment ago) are replaced by ``[redacted]``. The correlation id lives in a ``ContextVar`` set by
+``bound()``; Bolt runs listeners on worker threads, so each listener binds it itself.
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+QUIET_LOGGERS = (
+    "slack_sdk",
+    "slack_bolt",
+    "kubernetes",
+    "kubernetes.client.rest",
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "apscheduler",
+)
+"""Loggers never below INFO: at DEBUG they log whole HTTP bodies."""
 _correlation: ContextVar[str] = ContextVar("kfbot_correlation_id", default="")
 REDACTED = "[redacted]"
 _PATTERNS = [
@@ -31,6 +43,14 @@ _PATTERNS = [
     re.compile(r"xapp-[A-Za-z0-9-]{6,}"),
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWTs (ServiceAccount tokens)
     re.compile(r"\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}"),  # bcrypt hashes
+    # bcrypt hashes base64-encoded (a Dex Password's ``hash``, a Secret's data): "$2a$"/"$2b$"/"$2y$"
+    # encode as JDJh/JDJi/JDJ5 followed by "J" (the second "$")
+    re.compile(r"JDJ[hi5]J[A-Za-z0-9+/]{16,}={0,2}"),
+    # a Secret's data: every value is base64 of something that may be secret
+    re.compile(
+        r"(?i)((?<![A-Za-z0-9_])[\"']?(?:data|stringData|binaryData)[\"']?\s*:\s*)"
+        r"(?:\{[^{}]*\}|[\"'][A-Za-z0-9+/=]{8,}[\"'])"
+    ),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(
         r"(?i)((?:password|passwd|token|secret|audit_key|signing_secret)[\"']?\s*[:=]\s*[\"']?)"
@@ -164,7 +184,8 @@ def configure(*, fmt: str, level: str, provisioner: str, stream: Any = None) -> 
     handler._kfbot = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # Slack's clients log whole request bodies at DEBUG; keep them at INFO at least.
-    for noisy in ("slack_sdk", "slack_bolt", "urllib3", "apscheduler"):
+    # Client libraries log whole request and response bodies at DEBUG (Slack payloads, a Secret's
+    # data, a Dex Password's hash): keep them at INFO at least, whatever KFBOT_LOG_LEVEL says.
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
     return handler

@@ -71,6 +71,21 @@ def decision_dm(request: Request, style: render.Style) -> str:
     return f"Your request {what} was approved by {style.user(request.decided_by)}; applying it now."
 
 
+StepDetails = Callable[[str], Mapping[int, Mapping[str, Any]]]
+"""Request id -> the recorded outcome details of its steps, by step index."""
+
+
+def kept_at_apply(request: Request, step_details: StepDetails | None) -> list[str]:
+    """What a finished delete's steps kept beyond its plan (read only for succeeded deletes)."""
+    if (
+        step_details is None
+        or request.kind != kinds.WorkspaceDelete.KIND
+        or request.state is not RequestState.SUCCEEDED
+    ):
+        return []
+    return render.kept_at_apply(request, step_details(request.id))
+
+
 def concerned_text(request: Request, style: render.Style) -> str:
     """For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
     an expired grant, the owner of a reverted quota."""
@@ -112,11 +127,13 @@ class SlackNotifier:
         admin_channel: str,
         find_user: Callable[[str], str | None],
         calls: StepCalls | None = None,
+        step_details: StepDetails | None = None,
     ) -> None:
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
         self._calls = calls
+        self._step_details = step_details
         self._sent = threading.local()
 
     def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
@@ -248,7 +265,7 @@ class SlackNotifier:
             self._dm_email(str(request.args["user"]), text)
 
     def _results(self, request: Request) -> None:
-        text = render.result_text(request, render.SLACK)
+        text = render.result_text(request, render.SLACK, kept_at_apply(request, self._step_details))
         succeeded = request.state is RequestState.SUCCEEDED
         if succeeded and request.kind == kinds.TokenIssue.KIND:
             self._dm(
@@ -280,9 +297,12 @@ class SlackNotifier:
 class ShellNotifier:
     """Prints what Slack would post; buttons become the shell command that presses them."""
 
-    def __init__(self, out: TextIO, calls: StepCalls | None = None) -> None:
+    def __init__(
+        self, out: TextIO, calls: StepCalls | None = None, step_details: StepDetails | None = None
+    ) -> None:
         self._out = out
         self._calls = calls
+        self._step_details = step_details
         self._sent: list[str] = []
 
     def _print(self, prefix: str, text: str) -> None:
@@ -356,7 +376,7 @@ class ShellNotifier:
             self._print(f"[DM to {to or request.requester_email}]", text)
 
     def _result(self, request: Request) -> None:
-        text = render.result_text(request, render.SHELL)
+        text = render.result_text(request, render.SHELL, kept_at_apply(request, self._step_details))
         if request.state is RequestState.SUCCEEDED and request.kind == kinds.TokenIssue.KIND:
             self._dm(request, f"{text}\n[Show token: reveal {request.id}]")
         elif request.state is RequestState.SUCCEEDED and needs_password_button(request):

@@ -234,14 +234,29 @@ def decision_text(request: Request, style: Style) -> str:
     return STATE_WORDS[request.state]
 
 
-def result_text(request: Request, style: Style) -> str:
-    """The requester's DM once a request has finished (or is stuck)."""
+def kept_at_apply(request: Request, details: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    """What a delete's steps kept though its plan meant to remove it (a bucket that gained data
+    after the plan was made), from the recorded step outcomes' details by step index."""
+    notes: list[str] = []
+    for idx, step in enumerate(request.plan.steps):
+        found = details.get(idx) or {}
+        if step.action == "aws.bucket.remove" and found.get("kept") is True:
+            notes.append(
+                f"S3 bucket `{step.params.get('bucket')}` holds data and is kept (data arrived after the "
+                "plan was made); ask again with `--purge-data` to delete it too."
+            )
+    return notes
+
+
+def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str:
+    """The requester's DM once a request has finished (or is stuck). ``kept``: what the steps
+    themselves kept (``kept_at_apply``), beside what the plan already said would be kept."""
     what = describe(request, style)
     deleting = request.kind == kinds.WorkspaceDelete.KIND
     if request.state is RequestState.SUCCEEDED:
         # What a delete deliberately left in place (data, a login still in use) is part of its result.
-        kept = [f"\n• {style.esc(w)}" for w in request.plan.warnings if deleting and " is kept" in w]
-        return f"✅ `{request.id}` is done: {what}." + "".join(kept)
+        notes = [w for w in request.plan.warnings if deleting and " is kept" in w] + list(kept)
+        return f"✅ `{request.id}` is done: {what}." + "".join(f"\n• {style.esc(n)}" for n in notes)
     if request.state is RequestState.FAILED:
         # Removals are not undone (deleted data cannot be brought back): say what that means.
         undone = (

@@ -137,7 +137,13 @@ class Settings:
             dex=provisioning.DexSettings(
                 mode=dex_mode,
                 namespace=env.text("KFBOT_DEX_NAMESPACE", "auth"),
-                bcrypt_cost=int(env.number("KFBOT_BCRYPT_COST", 12, minimum=4, maximum=16, integer=True)),
+                bcrypt_cost=int(env.number("KFBOT_BCRYPT_COST", 12, minimum=10, maximum=16, integer=True)),
+                restart_quiet_period=env.number(
+                    "KFBOT_DEX_RESTART_QUIET",
+                    provisioning.DexSettings.restart_quiet_period,
+                    minimum=0,
+                    maximum=600,
+                ),
             ),
             aws_region=region,
         )
@@ -321,6 +327,7 @@ _TEMPLATE_VARS = {
     "nodegroup": "KFBOT_NAME_NODEGROUP",
     "node_label_key": "KFBOT_NAME_NODE_LABEL_KEY",
     "node_label_value": "KFBOT_NAME_NODE_LABEL_VALUE",
+    "dex_username": "KFBOT_NAME_DEX_USER",
     "region_alias": "KFBOT_REGION_ALIAS",
     "infra": "KFBOT_INFRA",
     "env": "KFBOT_ENV",
@@ -351,6 +358,7 @@ def _naming(env: _Env) -> NamingSettings:
         nodegroup=env.text("KFBOT_NAME_NODEGROUP", defaults.nodegroup),
         node_label_key=env.text("KFBOT_NAME_NODE_LABEL_KEY", defaults.node_label_key),
         node_label_value=env.text("KFBOT_NAME_NODE_LABEL_VALUE", defaults.node_label_value),
+        dex_username=env.text("KFBOT_NAME_DEX_USER", defaults.dex_username),
         region_alias=env.text("KFBOT_REGION_ALIAS"),
         infra=env.text("KFBOT_INFRA"),
         env=env.text("KFBOT_ENV"),

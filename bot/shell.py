@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from bot import logging as log
 from bot import render
-from bot.listeners.commands import control
+from bot.controls import control
 from handlers import errors, naming, parse, services
 from handlers.model import Actor, Request, RequestState
 

@@ -18,7 +18,7 @@ from typing import ClassVar, Protocol
 from handlers import errors, naming, prices, units
 from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts, WorkspaceFacts
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, kubeflow_user_id
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kf-chatops"}
 GPU_RESOURCE = "requests.nvidia.com/gpu"
@@ -84,10 +84,6 @@ def _require_workspace(ctx: PlanContext, name: str) -> WorkspaceFacts:
     return ws
 
 
-def _kubeflow_user(settings: CoreSettings, email: str) -> str:
-    return settings.workspace.user_id_map.get(email, email)
-
-
 # -- workspaces --------------------------------------------------------------------------------
 
 
@@ -148,7 +144,7 @@ class WorkspaceCreate:
             raise errors.InvalidInput(f"A workspace named `{self.name}` already exists.", field="name")
         instance_type = self.instance_type or (d.gpu_instance_type if self.gpu > 0 else None)
         names = naming.render_names(s.naming, self.name, instance_type)
-        user = _kubeflow_user(s, self.owner)
+        user = kubeflow_user_id(s, self.owner)
         tags = {**MANAGED_BY, "kf-chatops/workspace": self.name, "kf-chatops/owner": self.owner}
         hard = {
             "cpu": self.cpu or d.cpu,
@@ -435,7 +431,7 @@ class Share:
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
-        user = _kubeflow_user(ctx.settings, self.user)
+        user = kubeflow_user_id(ctx.settings, self.user)
         if user == ws.owner:
             raise errors.InvalidInput(f"{self.user} owns `{self.workspace}` already.")
         warnings = (
@@ -504,7 +500,7 @@ class Unshare:
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
-        user = _kubeflow_user(ctx.settings, self.user)
+        user = kubeflow_user_id(ctx.settings, self.user)
         clash = _kfam_clash(ws, user, None)
         if clash is not None and user not in ws.contributors:
             holder, name = clash
@@ -555,10 +551,19 @@ class QuotaChange:
     duration: timedelta | None = None
     notify: tuple[str, ...] | None = None
     """Set by the bot on a revert at expiry: who is told of the outcome (the owner)."""
+    unset: tuple[str, ...] | None = None
+    """Set by the bot on a revert at expiry: resources the raise added to ``hard`` where there was
+    no value before, removed again (sent as null in the merge patch)."""
 
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.workspace)
         object.__setattr__(self, "notify", _notify_list(self.notify))
+        if self.unset is not None:
+            if not isinstance(self.unset, list | tuple) or not all(
+                r in QUOTA_FLAGS.values() for r in self.unset
+            ):
+                raise errors.InvalidInput("`unset` is a list of quota resources.", field="unset")
+            object.__setattr__(self, "unset", tuple(r for r in self.unset if r not in self.changes()) or None)
         if self.gpu is not None:
             object.__setattr__(self, "gpu", units.normalize_count(self.gpu, "--gpu", 512, allow_zero=True))
         if self.cpu is not None:
@@ -567,7 +572,7 @@ class QuotaChange:
             object.__setattr__(self, "memory", units.normalize_memory(self.memory))
         if self.storage is not None:
             object.__setattr__(self, "storage", units.normalize_storage(self.storage))
-        if not self.changes():
+        if not self.changes() and not self.unset:
             raise errors.InvalidInput(
                 "Say what to change: --gpu, --cpu, --memory or --storage.", usage=self.USAGE
             )
@@ -583,14 +588,17 @@ class QuotaChange:
         return f"quota:{self.workspace}"
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k}={v}" for k, v in self.changes().items())
+        parts = ", ".join(
+            [f"{k}={v}" for k, v in self.changes().items()] + [f"{k} unset" for k in self.unset or ()]
+        )
         until = f" for {units.format_duration(self.duration)}" if self.duration else ""
         return f"quota of `{self.workspace}`: {parts}{until}"
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
-        hard = {**ws.quota, **self.changes()}
-        parts: list[str] = []
+        removed = [r for r in self.unset or () if r in ws.quota]
+        hard = {r: v for r, v in {**ws.quota, **self.changes()}.items() if r not in removed}
+        parts: list[str] = [f"{r}: {ws.quota[r]} -> unset" for r in removed]
         warnings: list[str] = []
         for resource, wanted in self.changes().items():
             part = f"{resource}: {ws.quota.get(resource, 'unset')} -> {wanted}"
@@ -670,8 +678,13 @@ class TokenIssue:
         return "view" if self.read_only else "edit"
 
     def audiences(self, settings: CoreSettings) -> list[str]:
-        api = settings.tokens.api_audience
-        return [PIPELINES_AUDIENCE, api] if self.audience == "pipelines" else [api]
+        """What the TokenRequest asks for. ``kubernetes`` asks for none: the API server then uses
+        its own default audience, as ``kubectl create token`` does (kubeflow-reference §5), so a
+        wrong ``KFBOT_TOKEN_API_AUDIENCE`` cannot make a token kubectl refuses. ``pipelines`` needs
+        both audiences named, the API server's from that setting."""
+        if self.audience == "pipelines":
+            return [PIPELINES_AUDIENCE, settings.tokens.api_audience]
+        return []
 
     def subject(self) -> str | None:
         return None  # each token is its own account; parallel requests are fine

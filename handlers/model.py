@@ -199,8 +199,9 @@ class Request:
     def retry(self, actor: Actor, at: datetime) -> None:
         if not actor.is_admin:
             raise errors.Forbidden("Only an admin can retry a request.")
+        # The approval stands as given: a retry re-runs the approved plan, it is not a new decision
+        # (and must not let an admin turn their own request into one they approved).
         self._move(RequestState.APPROVED, at)
-        self.decided_by, self.decided_at = actor.user_id, at
         self._emit(EventType.RETRIED, at, actor.user_id)
 
     # -- internals ---------------------------------------------------------------------------

@@ -18,42 +18,52 @@ from collections.abc import Callable, Iterable
 from handlers import errors, kinds, units
 from handlers.model import Actor, Request
 from handlers.ports import Facts
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, kubeflow_user_id
 
 
 def is_admin(user_id: str, settings: CoreSettings, group_members: Iterable[str] = ()) -> bool:
     return user_id in settings.policy.admin_users or user_id in set(group_members)
 
 
-def check_may_decide(actor: Actor, request: Request) -> None:
+def check_may_decide(actor: Actor, request: Request, settings: CoreSettings | None = None) -> None:
     if not actor.is_admin:
         raise errors.Forbidden("Only admins can approve or reject requests.")
     if actor.user_id == request.requester_id:
         raise errors.Forbidden("You cannot decide your own request; another admin has to.")
+    # Nor one filed by someone else that grants the admin something (a workspace they would own,
+    # access for them): otherwise any user could file it and the admin approve it for themselves.
+    me = kubeflow_user(actor, settings) if settings is not None else actor.email
+    if me in {request.args.get("owner"), request.args.get("user"), request.requester_email} - {None}:
+        raise errors.Forbidden("This request is for you; another admin has to decide it.")
 
 
-def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts) -> None:
+def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
     if isinstance(kind, kinds.WorkspaceDelete) and not actor.is_admin:
         ws = facts.workspace(kind.name)
-        if ws is not None and ws.owner != actor.email:
+        if ws is not None and ws.owner != kubeflow_user(actor, settings):
             raise errors.Forbidden(f"Only the owner of `{kind.name}` or an admin can ask to delete it.")
     if isinstance(kind, kinds.TokenRevoke) and not actor.is_admin:
         owner = facts.token_owner(kind.token_id)
         ws = facts.workspace(owner[1]) if owner else None
-        if owner is not None and actor.user_id != owner[0] and (ws is None or ws.owner != actor.email):
+        if (
+            owner is not None
+            and actor.user_id != owner[0]
+            and (ws is None or ws.owner != kubeflow_user(actor, settings))
+        ):
             raise errors.Forbidden(
                 "Only the token's requester, the workspace owner or an admin can revoke it."
             )
 
 
-def _kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
-    """The actor's Kubeflow user id: owners and contributors are recorded under it."""
-    return settings.workspace.user_id_map.get(actor.email, actor.email)
+def kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
+    """The actor's Kubeflow user id (``KFBOT_USER_ID_MAP`` applied): owners, contributors and Dex
+    logins are recorded under it, so every identity check compares this, never the raw email."""
+    return kubeflow_user_id(settings, actor.email)
 
 
 def _owner(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:
     ws = facts.workspace(workspace)
-    return ws is not None and ws.owner == _kubeflow_user(actor, settings)
+    return ws is not None and ws.owner == kubeflow_user(actor, settings)
 
 
 def _share(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
@@ -65,19 +75,26 @@ def _unshare(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: Core
     assert isinstance(kind, kinds.Unshare)
     if _owner(actor, facts, kind.workspace, settings):
         return "the owner removes a contributor"
-    return "a contributor leaves the workspace" if kind.user == actor.email else None
+    leaving = kubeflow_user_id(settings, kind.user) == kubeflow_user(actor, settings)
+    return "a contributor leaves the workspace" if leaving else None
 
 
 def _quota(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
     assert isinstance(kind, kinds.QuotaChange)
     ws = facts.workspace(kind.workspace)
-    if ws is None or ws.owner != _kubeflow_user(actor, settings):
+    if ws is None or ws.owner != kubeflow_user(actor, settings):
         return None
     steps = settings.policy.quota_auto_increase
-    for resource, wanted in kind.changes().items():
+    for resource, value in kind.changes().items():
+        wanted = units.parse_quantity(value, resource)
         current = units.parse_quantity(ws.quota.get(resource, "0"), resource)
-        increase = units.parse_quantity(wanted, resource) - current
-        if increase > 0 and increase > units.parse_quantity(steps.get(resource, "0"), resource):
+        if wanted <= current:
+            continue  # a decrease (or no change) is always the owner's to make
+        # A raise is judged against the approved baseline, not the current value: otherwise
+        # repeated +step requests would climb without limit.
+        approved = ws.quota_baseline.get(resource, ws.quota.get(resource, "0"))
+        baseline = units.parse_quantity(approved, resource)
+        if wanted - baseline > units.parse_quantity(steps.get(resource, "0"), resource):
             return None
     return "the owner lowers the quota or raises it within the self-service step"
 
@@ -87,7 +104,7 @@ def _token(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSe
     ws = facts.workspace(kind.workspace)
     if ws is None:
         return None
-    user = _kubeflow_user(actor, settings)
+    user = kubeflow_user(actor, settings)
     own_role = "edit" if ws.owner == user else ws.contributors.get(user)
     if own_role == "edit" or (own_role == "view" and kind.role == "view"):
         return f"a {kind.role} token within the requester's own {own_role} role"

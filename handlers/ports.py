@@ -118,6 +118,10 @@ class WorkspaceFacts:
     """user id -> role (``edit``/``view``) for grants that exist now."""
     quota: dict[str, str] = field(default_factory=dict)
     """``spec.resourceQuotaSpec.hard`` of the Profile."""
+    quota_baseline: dict[str, str] = field(default_factory=dict)
+    """Per resource, the quota a person last approved (an admin's lasting change, else the value at
+    creation): owners' self-service raises are judged against it, not against ``quota``, so
+    repeated small raises cannot ratchet. A resource absent here is judged against ``quota``."""
     quota_used: dict[str, str] = field(default_factory=dict)
     """``status.used`` of the namespace's ``kf-resource-quota`` (empty when unknown)."""
     quota_enforced: dict[str, str] = field(default_factory=dict)
@@ -137,6 +141,10 @@ class Facts(Protocol):
 
     def user_in_use(self, user: str, except_workspace: str) -> bool:
         """Whether ``user`` owns or holds a grant on a workspace other than ``except_workspace``."""
+        ...
+
+    def bot_made_login(self, user: str) -> bool:
+        """Whether a live workspace's create request made the Dex login of ``user``."""
         ...
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:

@@ -109,7 +109,7 @@ def build_plan(core: Core, kind: RequestKind, request_id: str) -> Plan:
 
 def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | None]:
     """The plan and the auto-apply reason, without recording anything (``kfbot plan``)."""
-    policy.check_may_request(kind, actor, core.facts)
+    policy.check_may_request(kind, actor, core.facts, core.settings)
     return build_plan(core, kind, "RPREVIEW"), policy.auto_apply_reason(
         kind, actor, core.facts, core.settings
     )
@@ -118,7 +118,7 @@ def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | No
 def submit(
     core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None, correlation_id: str = ""
 ) -> Submitted:
-    policy.check_may_request(kind, actor, core.facts)
+    policy.check_may_request(kind, actor, core.facts, core.settings)
     auto = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
     return _record(core, actor, kind, idempotency_key, auto, correlation_id)
 
@@ -216,7 +216,7 @@ def decide(
     plan change cannot approve the new plan."""
     with core.uow() as uow:
         request = uow.requests.get(request_id)
-        policy.check_may_decide(actor, request)
+        policy.check_may_decide(actor, request, core.settings)
         if request.state is not RequestState.PENDING:
             raise errors.AlreadyDone(_already(request))
         if seen_version is not None and seen_version != request.version:
@@ -318,18 +318,28 @@ def reveal_token(core: Core, actor: Actor, request_id: str) -> RevealedSecret:
     """The requester's click on "Show token": make the token now, once, for them only."""
     with core.uow() as uow:
         request = uow.requests.get(request_id)
-        if request.requester_id != actor.user_id:
-            raise errors.Forbidden("Only the person who asked for this token can see it.")
-        if request.kind != kinds.TokenIssue.KIND or request.state is not RequestState.SUCCEEDED:
-            raise errors.InvalidInput(f"{request_id} has no token to show.")
-        secret = core.secrets.token(request)
+    if request.requester_id != actor.user_id:
+        raise errors.Forbidden("Only the person who asked for this token can see it.")
+    if request.kind != kinds.TokenIssue.KIND or request.state is not RequestState.SUCCEEDED:
+        raise errors.InvalidInput(f"{request_id} has no token to show.")
+    # The TokenRequest is network I/O: made outside any transaction, recorded in a new one.
+    secret = core.secrets.token(request)
+    with core.uow() as uow:
         _record_reveal(core, uow, request.id, actor, secret)
     return secret
 
 
 def reveal_password(core: Core, actor: Actor) -> RevealedSecret:
-    """ "Set my password" and ``/kf password reset``: a new password for the actor's own Dex user."""
-    secret = core.secrets.password(actor.email)
+    """ "Set my password" and ``/kf password reset``: a new password for the actor's own Dex user,
+    the one made for their Kubeflow user id (``KFBOT_USER_ID_MAP`` applied)."""
+    user = policy.kubeflow_user(actor, core.settings)
+    if not core.facts.bot_made_login(user):
+        # A login an admin made by hand (a staticPasswords entry, say) is not the bot's to reset.
+        raise errors.Forbidden(
+            "kf-chatops did not make a Kubeflow login for you, so it cannot set its "
+            "password; ask the platform admins."
+        )
+    secret = core.secrets.password(user)
     with core.uow() as uow:
         _record_reveal(core, uow, None, actor, secret)
     return secret
@@ -418,10 +428,12 @@ def _revert_quota(core: Core, workspace: str, ref: str, payload: Mapping[str, JS
         for flag, resource in kinds.QUOTA_FLAGS.items()
         if resource in revert and revert[resource] is not None
     }
-    if restore:
+    # A resource the raise added where there was none goes away again (null in the merge patch).
+    unset = tuple(r for r, v in revert.items() if v is None and r in ws.quota)
+    if restore or unset:
         _system_request(
             core,
-            kinds.QuotaChange(workspace, **restore, notify=(ws.owner,)),
+            kinds.QuotaChange(workspace, **restore, notify=(ws.owner,), unset=unset or None),
             f"timer:quota.revert:{origin_id}",
             ("quota.revert", ref, payload),
         )

@@ -61,7 +61,8 @@ class TokenSettings:
     max_ttl: timedelta = timedelta(hours=24)
     default_ttl: timedelta = timedelta(hours=1)
     api_audience: str = "https://kubernetes.default.svc"
-    """The API server's own audience, requested beside pipelines.kubeflow.org."""
+    """The API server's own audience, requested beside pipelines.kubeflow.org for ``pipelines``
+    tokens (``kubernetes`` tokens name none: the API server's default)."""
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,11 @@ class CoreSettings:
     naming: NamingSettings = field(default_factory=NamingSettings)
     workspace: WorkspaceDefaults = field(default_factory=WorkspaceDefaults)
     tokens: TokenSettings = field(default_factory=TokenSettings)
+
+
+def kubeflow_user_id(settings: CoreSettings, email: str) -> str:
+    """The Kubeflow user id of a Slack email: ``KFBOT_USER_ID_MAP`` where it has the email, else the
+    email itself. The one place an actor becomes the id that Profiles, grants, Dex logins and the
+    registry record; every comparison of a person with workspace facts goes through it."""
+    email = email.strip().lower()
+    return settings.workspace.user_id_map.get(email, email)

@@ -142,7 +142,10 @@ def verify(source: Connection | store.Database, key: bytes, expect_head: str | N
     if isinstance(source, Connection):
         return _verify(source, key, expect_head)
     with source.reader() as conn:
-        return _verify(conn, key, expect_head)
+        # The rows and the head must come from one snapshot: at READ COMMITTED an append that
+        # commits between the two reads looks exactly like a deleted tail.
+        snapshot = conn.execution_options(isolation_level="REPEATABLE READ") if source.is_postgres else conn
+        return _verify(snapshot, key, expect_head)
 
 
 def _verify(conn: Connection, key: bytes, expect_head: str | None) -> VerifyResult:

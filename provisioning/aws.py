@@ -303,6 +303,20 @@ def _bucket_of(arn: str) -> str | None:
     return arn[len(prefix) :].split("/", 1)[0] or None
 
 
+def _kept_bucket(bucket: str) -> StepOutcome:
+    """The outcome of a bucket removal that found data (without ``--purge-data``): kept, not deleted."""
+    return StepOutcome(
+        created=False,
+        details={
+            "deleted": False,
+            "kept": True,
+            "bucket": bucket,
+            "reason": f"S3 bucket {bucket} held data when it was to be removed, so it was kept; "
+            "ask again with --purge-data to delete it too.",
+        },
+    )
+
+
 def _irreversible(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
     """Removals have no compensation: deleted data cannot be brought back."""
 
@@ -707,11 +721,15 @@ class AwsActions:
                 if purge:
                     self._purge(s3, bucket)
                 elif not self._is_empty(s3, bucket):
-                    raise PermanentError(f"S3 bucket {bucket} is not empty; kept (use --purge-data).")
+                    # Data arrived after the plan was made: keep it, and let the delete finish
+                    # (failing here would stop halfway, after the nodegroup and IAM grants).
+                    return _kept_bucket(bucket)
                 s3.delete_bucket(Bucket=bucket)
             except ClientError as e:
                 if _code(e) == "NoSuchBucket":
                     return StepOutcome(created=False, details={"deleted": False})
+                if _code(e) == "BucketNotEmpty" and not purge:
+                    return _kept_bucket(bucket)  # an object landed between the check and the delete
                 if _code(e) == "BucketNotEmpty":
                     raise TemporaryError(
                         f"S3 bucket {bucket} received new objects while being emptied; will retry."

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.model import Request
 from handlers.plan import JSON
@@ -26,7 +26,17 @@ from provisioning.metrics import Metrics, count_requests
 from provisioning.settings import ProvisioningSettings
 from provisioning.store import Database, LeaderElection, SqlUnitOfWork
 
+if TYPE_CHECKING:
+    from provisioning.dex import RestartRequester
+
 log = logging.getLogger(__name__)
+
+TimerHandler = Callable[[str, str, dict[str, JSON]], None]
+"""``(kind, ref, payload)``: what ``Backend.sweep_timers`` calls for a due timer."""
+PROVISIONING_TIMERS = "provisioning."
+"""Timer kinds with this prefix are provisioning's own (``Backend.sweep_timers`` routes them)."""
+ProvisioningTimerHandler = Callable[[str, Mapping[str, JSON]], None]
+"""``(ref, payload)``: a provisioning-owned timer's handler."""
 
 
 class SystemClock:
@@ -63,6 +73,7 @@ class Backend:
         log_context: LogContext = no_log_context,
         parts: checks.LiveParts | None = None,
         kube_api: Any | None = None,
+        timer_handlers: Mapping[str, ProvisioningTimerHandler] | None = None,
     ) -> None:
         self.settings, self.core, self.clock, self.db = settings, core, clock, db
         self.mode = settings.mode
@@ -71,6 +82,7 @@ class Backend:
         self._log_context = log_context
         self._parts, self._kube_api = parts, kube_api
         self._leader = LeaderElection(db, "kfbot-scheduler")
+        self._timer_handlers = dict(timer_handlers or {})
 
     def uow(self) -> SqlUnitOfWork:
         return self.db.uow()
@@ -106,8 +118,11 @@ class Backend:
         thread.start()
         return thread
 
-    def sweep_timers(self, on_timer: Callable[[str, str, dict[str, JSON]], None], limit: int = 50) -> int:
-        """Run due timers, each claimed with a lease so two sweepers never both run one."""
+    def sweep_timers(self, on_timer: TimerHandler, limit: int = 50) -> int:
+        """Run due timers, each claimed with a lease so two sweepers never both run one.
+
+        Kinds starting with ``provisioning.`` belong to this layer (a requested Dex restart) and
+        go to its own handlers; every other kind goes to ``on_timer`` (the core's)."""
         worker, lease = self.settings.engine.worker_id, self.settings.engine.lease
         now = self.clock.now()
         with self.db.uow() as uow:
@@ -116,7 +131,7 @@ class Backend:
         self.metrics.swept()
         for timer in due:
             try:
-                on_timer(timer.kind, timer.ref, dict(timer.payload or {}))
+                self._timer_handler(timer.kind, on_timer)(timer.kind, timer.ref, dict(timer.payload or {}))
             except Exception as exc:
                 log.exception("timer %s %s failed", timer.kind, timer.ref)
                 self.metrics.timer_handled(timer.kind, ok=False)
@@ -129,6 +144,18 @@ class Backend:
                 uow.work.finish_timer(timer.id, worker, self.clock.now())
                 uow.commit()
         return len(due)
+
+    def _timer_handler(self, kind: str, on_timer: TimerHandler) -> TimerHandler:
+        if not kind.startswith(PROVISIONING_TIMERS):
+            return on_timer
+        handler = self._timer_handlers.get(kind)
+        if handler is None:
+            raise LookupError(f"no handler for provisioning timer {kind!r} in {self.mode} mode")
+
+        def run(kind: str, ref: str, payload: dict[str, JSON]) -> None:
+            handler(ref, payload)
+
+        return run
 
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
@@ -149,26 +176,29 @@ class Backend:
         with self.db.uow() as uow:
             return [w for w in uow.registry.list_workspaces(owner=owner) if w.get("deleted_at") is None]
 
-    def workspace_view(self, name: str) -> dict[str, Any] | None:
+    def workspace_view(self, name: str, *, live: bool = True) -> dict[str, Any] | None:
+        """The registry row with its grants and, when ``live`` (and the provisioner is live), the
+        cluster's state and the drift; ``live=False`` reads the database only (authorization)."""
         with self.db.uow() as uow:
             row = uow.registry.get_workspace(name)
             if row is None or row.get("deleted_at") is not None:
                 return None
             grants = uow.registry.grants(name)
         view: dict[str, Any] = {**row, "grants": grants, "live": None, "drift": []}
-        if self._live is not None:
-            live = self._live.workspace_state(row["namespace"])
-            view["live"] = live
+        if live and self._live is not None:
+            state = self._live.workspace_state(row["namespace"])
+            view["live"] = state
             view["drift"] = _drift(
                 {g["user"]: g["role"] for g in grants},
-                dict(live.get("contributors", {})),
+                dict(state.get("contributors", {})),
                 row["owner"],
-                live.get("owner"),
+                state.get("owner"),
             )
         return view
 
-    def contributors(self, workspace: str) -> list[dict[str, Any]]:
-        view = self.workspace_view(workspace)
+    def contributors(self, workspace: str, *, view: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``view``: this workspace's ``workspace_view``, when the caller already read it."""
+        view = view if view is not None else self.workspace_view(workspace)
         if view is None:
             return []
         recorded = {g["user"]: g for g in view["grants"]}
@@ -288,6 +318,20 @@ def build_backend(
     return backend
 
 
+def _dex_restart_requester(db: Database, ref: str) -> RestartRequester:
+    """The Dex actions' ``RestartRequester`` over the timers table: one pending
+    ``provisioning.dex.restart`` row per Deployment, moved by each new write."""
+    from provisioning.dex import RESTART_TIMER
+
+    def request_restart(due_at: datetime, *, move: bool) -> None:
+        with db.uow() as uow:
+            if move or uow.timers.pending_payload(RESTART_TIMER, ref) is None:
+                uow.timers.schedule(RESTART_TIMER, ref, due_at, {})
+                uow.commit()
+
+    return request_restart
+
+
 def _live_parts(
     settings: ProvisioningSettings, clock: Clock, db: Database, kube_api: Any | None
 ) -> checks.LiveParts:
@@ -302,7 +346,12 @@ def _live_parts(
     return checks.LiveParts(
         kube=Kube(api),
         kubeflow=KubeflowActions(api, settings.kubeflow, clock),
-        dex=DexActions(api, settings.dex, clock),
+        dex=DexActions(
+            api,
+            settings.dex,
+            clock,
+            request_restart=_dex_restart_requester(db, f"{settings.dex.namespace}/{settings.dex.deployment}"),
+        ),
         aws=AwsActions(
             AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db)
         ),
@@ -318,6 +367,7 @@ def _build_live(
     metrics: Metrics,
     log_context: LogContext,
 ) -> Backend:
+    from provisioning.dex import RESTART_TIMER
     from provisioning.secrets import Secrets
 
     parts = _live_parts(settings, clock, db, kube_api)
@@ -337,6 +387,7 @@ def _build_live(
         log_context=log_context,
         parts=parts,
         kube_api=kube_api,
+        timer_handlers={RESTART_TIMER: dex.restart_timer},
     )
 
 

@@ -17,14 +17,19 @@ Three modes (``DexSettings.mode``; the planned step carries the mode it was appr
   (``kubectl.kubernetes.io/restartedAt``) and the step completes when the rollout has.
 * ``external``: logins come from an upstream identity provider; the actions do nothing.
 
-One restart for a burst: ``RestartCoordinator`` lets every addition register and makes the first
-waiter restart once ``restart_quiet_period`` has passed without a new registration; everyone
-registered by then waits for that one rollout. This is in-process: with several bot processes,
-each may restart once per burst. The issue asks for the request to go through a database row
-(the timers table) so one restart serves all processes; that comes with the store, and only
-``RestartCoordinator`` needs to change. The Deployment's pod template also carries a digest of the
-config it was restarted for (``kf-chatops/dex-config-digest``), so a step that is re-run (after a
-crash or a rollout timeout) can tell whether Dex has already loaded its entry.
+One restart for a burst, across processes: after its writes the ``dex.user`` step asks for a
+restart through a row, the timer ``provisioning.dex.restart`` (ref: the Deployment), due
+``restart_quiet_period`` from now. Scheduling the same (kind, ref) moves the pending row, so a
+burst of additions keeps pushing it and the sweeper (one leader) restarts once after the burst
+(``restart_timer``). The step does not wait in-process: it raises ``TemporaryError`` with the
+quiet period as delay and the engine defers the request. On a retry it completes when the
+Deployment's pod template carries the digest of the current config (``kf-chatops/dex-config-digest``,
+stamped by the restart with ``restartedAt``: Dex then runs a config holding this entry) and the
+rollout is complete; else it waits again, asking for a restart only if none is pending. The step
+reaches the timers table through an injected ``RestartRequester`` (built by ``backend._build_live``
+over the unit of work): no SQL here. Removals ask for a restart the same way without waiting for
+it (the login goes at the restart after the quiet period); the reveal flow (``set_password_hash``),
+one click, restarts at once and waits for the rollout.
 
 Ownership (what a retry may claim, so undo removes only what this request made): a Password
 object carries the label ``kf-chatops/request: <request id>`` from its create call on. A
@@ -48,10 +53,10 @@ import base64
 import hashlib
 import logging
 import secrets
-import threading
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Final, Protocol
 
 import bcrypt
 import yaml
@@ -71,6 +76,8 @@ log = logging.getLogger(__name__)
 CONFIG_KEY: Final = "config.yaml"
 RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
 CONFIG_DIGEST: Final = "kf-chatops/dex-config-digest"
+RESTART_TIMER: Final = "provisioning.dex.restart"
+"""The timer kind of a requested Dex restart (``provisioning.`` kinds are handled by provisioning)."""
 ENV_KEY_PREFIX: Final = "DEX_USER_"
 MIN_COST: Final = 10
 MAX_COST: Final = 16
@@ -114,80 +121,25 @@ def _secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-class RestartCoordinator:
-    """One Dex restart for a burst of additions (thread-safe, in-process).
+class RestartRequester(Protocol):
+    """Asks for one Dex restart at ``due_at`` through the timers table (timer ``RESTART_TIMER``,
+    ref ``namespace/deployment``). ``move``: push a pending request to ``due_at`` (a new write
+    extends the quiet period); without it, schedule only when no restart is pending."""
 
-    ``register()`` after a write returns a ticket; ``wait(ticket)`` returns once a restart that
-    started after that registration has rolled out. The first waiter to see ``quiet_period``
-    seconds without a new registration performs the restart; later waiters whose tickets it
-    covers wait for it instead of restarting again."""
-
-    def __init__(self, clock: Clock, quiet_period: float, restart: Callable[[], None], *,
-                 poll: float = 0.2, timeout: float = 900.0) -> None:
-        self._clock, self._quiet, self._restart = clock, quiet_period, restart
-        self._poll, self._timeout = poll, timeout
-        self._cond = threading.Condition()
-        self._seq = 0
-        self._last = clock.now()
-        self._done = 0  # the highest ticket whose restart has rolled out
-        self._running = False
-        self.restarts = 0
-
-    def register(self) -> int:
-        with self._cond:
-            self._seq += 1
-            self._last = self._clock.now()
-            return self._seq
-
-    def wait(self, ticket: int) -> None:
-        start = self._clock.now()
-        while True:
-            with self._cond:
-                if self._done >= ticket:
-                    return
-                if self._running:
-                    # Someone restarts; if it covers us we are done when it is, else we go next.
-                    self._cond.wait(timeout=self._poll)
-                    continue
-                quiet_for = (self._clock.now() - self._last).total_seconds()
-                if quiet_for >= self._quiet:
-                    self._running, covering = True, self._seq  # it covers every write registered so far
-                    break
-                remaining = self._quiet - quiet_for
-            if (self._clock.now() - start).total_seconds() > self._timeout:
-                raise TemporaryError("Dex was not restarted in time; the step will try again.")
-            # Sleeping the rest of the quiet period is enough: a registration meanwhile moves
-            # `_last`, and the check above runs again on waking.
-            self._clock.sleep(max(remaining, 0.01))
-        succeeded = False
-        try:
-            self._restart()
-            succeeded = True
-        finally:
-            # On failure the error goes to this caller; the other waiters see no progress and
-            # one of them tries again (the quiet period is long over by then).
-            with self._cond:
-                self._running = False
-                if succeeded:
-                    self.restarts += 1
-                    self._done = max(self._done, covering)
-                self._cond.notify_all()
-
-    def request(self) -> None:
-        self.wait(self.register())
+    def __call__(self, due_at: datetime, *, move: bool) -> None: ...
 
 
 class DexActions:
     def __init__(self, api: client.ApiClient, settings: DexSettings, clock: Clock, *,
-                 rollout_timeout: float = 600.0, poll_interval: float = 2.0) -> None:
+                 request_restart: RestartRequester | None = None, rollout_timeout: float = 600.0,
+                 poll_interval: float = 2.0) -> None:
         check_cost(settings.bcrypt_cost)
         self.kube = Kube(api)
         self.settings = settings
         self.clock = clock
         self.rollout_timeout = rollout_timeout
         self.poll_interval = poll_interval
-        self.restart_coordinator = RestartCoordinator(clock, settings.restart_quiet_period,
-                                                      self._restart_and_wait)
+        self._request_restart = request_restart
         # For messages: "auth/dex".
         self._cm_ref = f"{settings.namespace}/{settings.configmap}"
         self._deploy_ref = f"{settings.namespace}/{settings.deployment}"
@@ -197,6 +149,11 @@ class DexActions:
             "dex.user": k8s.BoundAction(self.ensure_user, self.undo_user),
             "dex.user.remove": k8s.BoundAction(self.remove_user, k8s.no_undo),
         }
+
+    @property
+    def restart_ref(self) -> str:
+        """The ref of this Dex's restart timer: ``namespace/deployment``."""
+        return self._deploy_ref
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -279,15 +236,16 @@ class DexActions:
         request = k8s.request_of(params)
         # The hash first: the moment the entry exists, a restart must find its env var. For an entry
         # found with our key this repairs a lost half (an earlier attempt, or a hand edit).
-        self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
+        wrote = self._write_secret_key(key, self._unusable_hash(), only_if_absent=True)
         if entry is None:
             created = self._add_static_entry(email, key, username, user_id, request)
+            wrote = wrote or created
         else:
             # An entry with our key found on a retry: ours if an earlier attempt of this request
             # wrote it (its mark went into the ConfigMap in the same PUT as the entry).
             created = k8s.owns(request, k8s.annotations_of(cm or {}).get(_entry_mark(key)))
         try:
-            self._apply_config()
+            self._await_restart(wrote)
         except PermanentError as failure:
             # The step records nothing when it fails, so nobody else would remove the entry.
             if created and not self._forget_static_user(email, key):
@@ -341,7 +299,7 @@ class DexActions:
         # Entry first, then its hash: Dex restarted in between would find a user without a hash.
         removed_key = self._remove_secret_key(key)
         if removed or removed_key:
-            self._apply_config()
+            self._ask_restart(move=True)
         return StepOutcome(created=removed, details={"mode": mode, "deleted": removed})
 
     def _forget_static_user(self, email: str, key: str) -> bool:
@@ -435,23 +393,29 @@ class DexActions:
         self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)
         return removed
 
-    def _write_secret_key(self, key: str, bcrypt_hash: str, *, only_if_absent: bool) -> None:
+    def _write_secret_key(self, key: str, bcrypt_hash: str, *, only_if_absent: bool) -> bool:
+        """Write the hash under ``key``; True when the Secret changed."""
         encoded = base64.b64encode(bcrypt_hash.encode()).decode()
+        changed = False
 
         def mutate(secret: Obj) -> bool:
+            nonlocal changed
             data = _secret_data(secret)
             if key in data and (only_if_absent or data[key] == encoded):
                 return False
             data[key] = encoded
             secret["data"] = data
+            changed = True
             return True
 
         ns, name = self.settings.namespace, self.settings.secret
         if self.kube.read_modify_write(k8s.SECRET, name, ns, mutate) is None:
             _, created = self.kube.create(k8s.SECRET, {"metadata": {"name": name, "namespace": ns},
                                                        "type": "Opaque", "data": {key: encoded}})
-            if not created:  # made by someone else in between: add ours to theirs
-                self.kube.read_modify_write(k8s.SECRET, name, ns, mutate)
+            if created:
+                return True
+            self.kube.read_modify_write(k8s.SECRET, name, ns, mutate)  # made by someone else: add ours
+        return changed
 
     def _remove_secret_key(self, key: str) -> bool:
         removed = False
@@ -481,16 +445,45 @@ class DexActions:
         value = k8s.annotations_of(template).get(CONFIG_DIGEST)
         return value if isinstance(value, str) else None
 
-    def _apply_config(self) -> None:
-        """Make Dex run the current config: one coordinated restart if it has not loaded it yet,
-        else just make sure the last rollout has finished."""
-        if self._applied_digest() != self._config_digest():
-            self.restart_coordinator.request()
-        else:
-            self._wait_rollout()
+    def _rollout_complete(self, deployment: Obj) -> bool:
+        generation = int(k8s.meta(deployment).get("generation") or 0)
+        status = deployment.get("status") or {}
+        replicas = (deployment.get("spec") or {}).get("replicas")
+        replicas = 1 if replicas is None else int(replicas)
+        return (int(status.get("observedGeneration") or 0) >= generation
+                and int(status.get("updatedReplicas") or 0) == replicas)
 
-    def _restart_and_wait(self) -> None:
-        # Read the digest right before the restart: every write registered so far is in it.
+    def _ask_restart(self, *, move: bool) -> None:
+        if self._request_restart is None:
+            raise PermanentError("This bot was built without a way to schedule Dex restarts (configmap "
+                                 "mode needs the timers table); this is a bug in its composition.")
+        due = self.clock.now() + timedelta(seconds=self.settings.restart_quiet_period)
+        self._request_restart(due, move=move)
+
+    def _await_restart(self, wrote: bool) -> None:
+        """Return when Dex runs the current config (so this step's entry) and its rollout is
+        complete; else ask for the one restart (pushing it back when this attempt wrote
+        something) and raise ``TemporaryError`` so the engine retries after the quiet period."""
+        if self._applied_digest() == self._config_digest():
+            if self._rollout_complete(self._deployment()):
+                return
+            raise TemporaryError(f"Dex ({self._deploy_ref}) has not finished restarting.",
+                                 delay=self.poll_interval)
+        self._ask_restart(move=wrote)
+        raise TemporaryError("waiting for Dex to restart", delay=self.settings.restart_quiet_period)
+
+    def restart_timer(self, ref: str, payload: Mapping[str, JSON]) -> None:
+        """The ``provisioning.dex.restart`` timer: restart Dex once for every write made so far,
+        unless it already runs the current config (a timer run again after a crash). The steps
+        waiting on it see the digest and the rollout on their next attempt."""
+        if ref != self._deploy_ref:
+            log.warning("Dex restart timer for %s, but this bot's Dex is %s: ignored", ref, self._deploy_ref)
+            return
+        if self._applied_digest() != self._config_digest():
+            self._restart()
+
+    def _restart(self) -> None:
+        # Read the digest right before the restart: every write made so far is in it.
         digest = self._config_digest()
         now = self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
         patch: dict[str, JSON] = {"spec": {"template": {"metadata": {"annotations": {
@@ -498,19 +491,10 @@ class DexActions:
         self.kube.merge_patch(k8s.DEPLOYMENT, self.settings.deployment, patch, self.settings.namespace)
         log.info("restarted Deployment %s/%s for Dex config %s", self.settings.namespace,
                  self.settings.deployment, digest)
-        self._wait_rollout()
 
     def _wait_rollout(self) -> None:
         start = self.clock.now()
-        while True:
-            deployment = self._deployment()
-            generation = int(k8s.meta(deployment).get("generation") or 0)
-            status = deployment.get("status") or {}
-            replicas = (deployment.get("spec") or {}).get("replicas")
-            replicas = 1 if replicas is None else int(replicas)
-            if (int(status.get("observedGeneration") or 0) >= generation
-                    and int(status.get("updatedReplicas") or 0) == replicas):
-                return
+        while not self._rollout_complete(self._deployment()):
             if (self.clock.now() - start).total_seconds() >= self.rollout_timeout:
                 raise TemporaryError(f"Dex ({self._deploy_ref}) has not finished restarting after "
                                      f"{self.rollout_timeout:.0f}s.", delay=10.0)
@@ -536,7 +520,10 @@ class DexActions:
                 self._set_entry_key(email, key)
             else:
                 self._write_secret_key(key, bcrypt_hash, only_if_absent=False)
-            self._apply_config()
+            # One click, one person waiting for a modal: restart now rather than after a quiet period.
+            if self._applied_digest() != self._config_digest():
+                self._restart()
+            self._wait_rollout()
             return
         name = dex_password_object_name(email)
         encoded = base64.b64encode(bcrypt_hash.encode()).decode()

@@ -1,4 +1,4 @@
-"""The step engine: applies approved requests, one claimed request at a time.
+"""The step engine: applies approved requests, one claimed request at a time per worker.
 
 Why it looks like this:
 
@@ -14,9 +14,16 @@ Why it looks like this:
   passes the request id to every action as ``params["_request"]``; actions mark what they create
   with it and report ``created=True`` when they find their own mark. That is exact across crashes
   and in-process retries, and never claims an object that existed before the request.
-* **Temporary errors retry with capped exponential backoff** until the step's deadline, then
-  count as permanent. A permanent failure compensates completed steps in reverse, undoing only
-  objects the bot created; an undo that fails leaves the request ``needs-attention`` for admins.
+* **A step that must wait does not hold a worker** (kopf's ``TemporaryError(delay)``). On a
+  temporary error (throttled, a rollout in progress, a namespace not there yet) the engine records
+  the step RUNNING with the error, its attempts and ``first_failure_at``, then *defers* the
+  request: it gives up its claim but leaves the row unclaimable until ``retry_at = now +
+  max(delay, backoff(attempts))`` (``claimed_by`` NULL, ``lease_until`` = retry_at; see
+  ``SqlWork.defer``), and takes other work. Backoff is capped exponential; a step still failing
+  temporarily ``step_deadline`` after its persisted first failure counts as permanent. Undo waits
+  the same way. ``run_until_idle`` returns when nothing is claimable *now*; ``run_forever`` polls.
+* **A permanent failure compensates** completed steps in reverse, undoing only objects the bot
+  created; an undo that fails leaves the request ``needs-attention`` for admins.
 * **Approved == applied.** At approved -> applying the plan is rendered again; a different digest
   sends the request back to pending for a new approval.
 """
@@ -30,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from handlers import errors, kinds, services
@@ -61,6 +68,18 @@ composition root: provisioning never imports the Slack edge)."""
 
 def no_log_context(correlation_id: str) -> AbstractContextManager[Any]:
     return contextlib.nullcontext(correlation_id)
+
+
+REMOVAL_SUFFIX = ".remove"
+"""Actions named ``*.remove`` delete; their undo restores nothing."""
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """A step (or an undo) failed temporarily: the request is deferred until ``retry_at``."""
+
+    retry_at: datetime
+    reason: str
 
 
 @dataclass
@@ -146,13 +165,27 @@ class Engine:
     def _process(self, request: Request) -> None:
         if request.state is RequestState.APPROVED and not self._begin(request):
             return
+        wait: _Wait | None = None
         if request.state is RequestState.APPLYING:
-            self._apply(request)
-        if request.state is RequestState.COMPENSATING:
-            self._compensate(request)
+            wait = self._apply(request)
+        if wait is None and request.state is RequestState.COMPENSATING:
+            wait = self._compensate(request)
         with self.db.uow() as uow:
-            uow.work.release(request.id, self.settings.worker_id)
+            if wait is None:
+                uow.work.release(request.id, self.settings.worker_id)
+            else:
+                # A step waits: give the request back, untouchable until its retry time, and take
+                # other work meanwhile (no worker sleeps through a backoff holding a lease).
+                uow.work.defer(request.id, self.settings.worker_id, self.clock.now(), wait.retry_at)
             uow.commit()
+        if wait is not None:
+            log.info(
+                "%s waits until %s: %s",
+                request.id,
+                wait.retry_at.isoformat(),
+                wait.reason,
+                extra={"correlation_id": request.correlation_id, "request_id": request.id},
+            )
 
     def _begin(self, request: Request) -> bool:
         try:
@@ -174,47 +207,55 @@ class Engine:
         self._save(request, before)
         return started
 
-    def _apply(self, request: Request) -> None:
+    def _apply(self, request: Request) -> _Wait | None:
         records = {r.idx: r for r in self._steps(request.id)}
         for idx, step in enumerate(request.plan.steps):
             record = records.get(idx)
             if record is not None and record.status is StepStatus.DONE:
                 continue
-            failure = self._run_step(request, idx, step, record)
-            if failure is not None:
+            result = self._run_step(request, idx, step, record)
+            if isinstance(result, _Wait):
+                return result
+            if result is not None:
                 before = request.version
                 request.start_compensation(
                     f"Step {idx + 1} of {len(request.plan.steps)} "
-                    f"({step.summary or step.key}) failed: {failure}",
+                    f"({step.summary or step.key}) failed: {result}",
                     self.clock.now(),
                 )
                 self._save(request, before)
-                return
+                return None
         before = request.version
         now = self.clock.now()
         request.succeed(now)
         self._save(request, before, on_commit=lambda uow: self._record_success(uow, request, now))
+        return None
 
-    def _run_step(self, request: Request, idx: int, step: Step, record: StepRecord | None) -> str | None:
-        """Run one step to DONE; return the user-facing reason when it failed for good."""
+    def _run_step(
+        self, request: Request, idx: int, step: Step, record: StepRecord | None
+    ) -> _Wait | str | None:
+        """One attempt at step ``idx``: None when it is DONE, the user-facing reason when it failed
+        for good, a ``_Wait`` when it failed temporarily and the request is to be deferred."""
         action = self.actions.get(step.action)
         attempts = record.attempts if record else 0
         first_failure = record.first_failure_at if record else None
-        self._record(
-            request,
-            idx,
-            step,
-            StepStatus.RUNNING,
-            attempts=attempts,
-            first_failure=first_failure,
-            event=Event(
-                EventType.STEP_STARTED,
-                request.id,
-                self.clock.now(),
-                None,
-                {"idx": idx, "key": step.key, "action": step.action},
-            ),
-        )
+        if record is None or record.status is not StepStatus.RUNNING:
+            self._record(
+                request,
+                idx,
+                step,
+                StepStatus.RUNNING,
+                attempts=attempts,
+                first_failure=first_failure,
+                event=Event(
+                    EventType.STEP_STARTED,
+                    request.id,
+                    self.clock.now(),
+                    None,
+                    {"idx": idx, "key": step.key, "action": step.action},
+                ),
+            )
+        # else: a retry (deferred, or resumed after a crash): its RUNNING record is already there.
         if action is None:
             return self._step_failed(
                 request,
@@ -224,74 +265,72 @@ class Engine:
                 first_failure,
                 f"this bot has no implementation of `{step.action}`",
             )
-        while True:
-            attempts += 1
-            started = time.monotonic()
-            try:
-                outcome = self._with_heartbeat(request, lambda: action.ensure(marked(step, request)))
-            except errors.TemporaryError as exc:
-                self.metrics.step_attempt(step.action, time.monotonic() - started, RETRY)
-                now = self.clock.now()
-                first_failure = first_failure or now
-                if now - first_failure >= self.settings.step_deadline:
-                    return self._step_failed(
-                        request,
-                        idx,
-                        step,
-                        attempts,
-                        first_failure,
-                        f"{exc.user_message} (still failing after {self.settings.step_deadline})",
-                    )
-                self._record(
-                    request,
-                    idx,
-                    step,
-                    StepStatus.RUNNING,
-                    attempts=attempts,
-                    first_failure=first_failure,
-                    error=exc.user_message,
-                )
-                self.clock.sleep(max(exc.delay, self._backoff(attempts)))
-                continue
-            except errors.KfError as exc:
-                self.metrics.step_attempt(step.action, time.monotonic() - started, ERROR)
-                return self._step_failed(request, idx, step, attempts, first_failure, exc.user_message)
-            except LeaseLost:
-                raise
-            except Exception:
-                self.metrics.step_attempt(step.action, time.monotonic() - started, CRASH)
-                log.exception(
-                    "step %s of %s crashed",
-                    step.key,
-                    request.id,
-                    extra={"correlation_id": request.correlation_id},
-                )
+        attempts += 1
+        started = time.monotonic()
+        try:
+            outcome = self._with_heartbeat(request, lambda: action.ensure(marked(step, request)))
+        except errors.TemporaryError as exc:
+            self.metrics.step_attempt(step.action, time.monotonic() - started, RETRY)
+            now = self.clock.now()
+            first_failure = first_failure or now
+            if now - first_failure >= self.settings.step_deadline:
                 return self._step_failed(
                     request,
                     idx,
                     step,
                     attempts,
                     first_failure,
-                    f"an unexpected error (ref {request.correlation_id})",
+                    f"{exc.user_message} (still failing after {self.settings.step_deadline})",
                 )
-            self.metrics.step_attempt(step.action, time.monotonic() - started, OK)
             self._record(
                 request,
                 idx,
                 step,
-                StepStatus.DONE,
-                outcome=outcome,
+                StepStatus.RUNNING,
                 attempts=attempts,
                 first_failure=first_failure,
-                event=Event(
-                    EventType.STEP_SUCCEEDED,
-                    request.id,
-                    self.clock.now(),
-                    None,
-                    {"idx": idx, "key": step.key, "created": outcome.created},
-                ),
+                error=exc.user_message,
             )
-            return None
+            return _Wait(self._retry_at(now, exc, attempts), exc.user_message)
+        except errors.KfError as exc:
+            self.metrics.step_attempt(step.action, time.monotonic() - started, ERROR)
+            return self._step_failed(request, idx, step, attempts, first_failure, exc.user_message)
+        except LeaseLost:
+            raise
+        except Exception:
+            self.metrics.step_attempt(step.action, time.monotonic() - started, CRASH)
+            log.exception(
+                "step %s of %s crashed",
+                step.key,
+                request.id,
+                extra={"correlation_id": request.correlation_id},
+            )
+            return self._step_failed(
+                request,
+                idx,
+                step,
+                attempts,
+                first_failure,
+                f"an unexpected error (ref {request.correlation_id})",
+            )
+        self.metrics.step_attempt(step.action, time.monotonic() - started, OK)
+        self._record(
+            request,
+            idx,
+            step,
+            StepStatus.DONE,
+            outcome=outcome,
+            attempts=attempts,
+            first_failure=first_failure,
+            event=Event(
+                EventType.STEP_SUCCEEDED,
+                request.id,
+                self.clock.now(),
+                None,
+                {"idx": idx, "key": step.key, "created": outcome.created},
+            ),
+        )
+        return None
 
     def _step_failed(
         self,
@@ -332,6 +371,9 @@ class Engine:
     def _backoff(self, attempts: int) -> float:
         return float(min(self.settings.retry_max, self.settings.retry_initial * 2 ** (attempts - 1)))
 
+    def _retry_at(self, now: datetime, exc: errors.TemporaryError, attempts: int) -> datetime:
+        return now + timedelta(seconds=max(exc.delay, self._backoff(attempts)))
+
     def _with_heartbeat(self, request: Request, call: Callable[[], StepOutcome]) -> StepOutcome:
         beat = _Heartbeat(self, request.id, threading.Event(), threading.Event())
         thread = threading.Thread(target=beat.run, name=f"lease-{request.id}", daemon=True)
@@ -342,26 +384,32 @@ class Engine:
             beat.stop.set()
             thread.join()
 
-    def _compensate(self, request: Request) -> None:
+    def _compensate(self, request: Request) -> _Wait | None:
         problems: list[str] = []
         for record in sorted(self._steps(request.id), key=lambda r: r.idx, reverse=True):
             if record.status is not StepStatus.DONE or record.idx >= len(request.plan.steps):
                 continue
             step = request.plan.steps[record.idx]
             outcome = record.outcome or StepOutcome(created=False)
-            problem = self._undo(request, record.idx, step, outcome) if outcome.created else None
-            if problem is not None:
+            result = self._undo(request, record.idx, step, outcome, record) if outcome.created else None
+            if isinstance(result, _Wait):
+                return result
+            if result is not None:
                 self.metrics.undo_failed(step.action)
                 log.warning(
                     "undo of step %s (%s) of %s failed: %s",
                     step.key,
                     step.action,
                     request.id,
-                    problem,
+                    result,
                     extra={"correlation_id": request.correlation_id, "request_id": request.id},
                 )
-                problems.append(f"{step.summary or step.key}: {problem}")
+                problems.append(f"{step.summary or step.key}: {result}")
                 continue
+            # Compensation is done with the step either way; only an undo that ran on something
+            # the bot made is told as "undone" (a removal's undo restores nothing, and a step
+            # that found its object had nothing to undo).
+            restored = outcome.created and not step.action.endswith(REMOVAL_SUFFIX)
             self._record(
                 request,
                 record.idx,
@@ -374,8 +422,10 @@ class Engine:
                     request.id,
                     self.clock.now(),
                     None,
-                    {"idx": record.idx, "key": step.key, "removed": outcome.created},
-                ),
+                    {"idx": record.idx, "key": step.key, "removed": True},
+                )
+                if restored
+                else None,
             )
         before = request.version
         now = self.clock.now()
@@ -386,8 +436,14 @@ class Engine:
         else:
             request.fail(now)
         self._save(request, before)
+        return None
 
-    def _undo(self, request: Request, idx: int, step: Step, outcome: StepOutcome) -> str | None:
+    def _undo(
+        self, request: Request, idx: int, step: Step, outcome: StepOutcome, record: StepRecord
+    ) -> _Wait | str | None:
+        """One attempt at undoing a DONE step: None when undone, the reason when it failed for
+        good, a ``_Wait`` when it failed temporarily. An undo that waits is kept on the DONE
+        record with its error set: then ``attempts`` and ``first_failure_at`` count the undo."""
         action = self.actions.get(step.action)
         if action is None:
             return f"no implementation of `{step.action}`"
@@ -396,29 +452,40 @@ class Engine:
             action.undo(marked(step, request), outcome)
             return outcome
 
-        started = self.clock.now()
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                self._with_heartbeat(request, undo)
-                return None
-            except errors.TemporaryError as exc:
-                if self.clock.now() - started >= self.settings.step_deadline:
-                    return exc.user_message
-                self.clock.sleep(max(exc.delay, self._backoff(attempts)))
-            except errors.KfError as exc:
+        undoing = record.error is not None
+        attempts = (record.attempts if undoing else 0) + 1
+        first_failure = record.first_failure_at if undoing else None
+        try:
+            self._with_heartbeat(request, undo)
+            return None
+        except errors.TemporaryError as exc:
+            now = self.clock.now()
+            first_failure = first_failure or now
+            if now - first_failure >= self.settings.step_deadline:
                 return exc.user_message
-            except LeaseLost:
-                raise
-            except Exception:
-                log.exception(
-                    "undo of %s for %s crashed",
-                    step.key,
-                    request.id,
-                    extra={"correlation_id": request.correlation_id},
-                )
-                return f"an unexpected error (ref {request.correlation_id})"
+            self._record(
+                request,
+                idx,
+                step,
+                StepStatus.DONE,
+                outcome=outcome,
+                attempts=attempts,
+                first_failure=first_failure,
+                error=f"undo: {exc.user_message}",
+            )
+            return _Wait(self._retry_at(now, exc, attempts), exc.user_message)
+        except errors.KfError as exc:
+            return exc.user_message
+        except LeaseLost:
+            raise
+        except Exception:
+            log.exception(
+                "undo of %s for %s crashed",
+                step.key,
+                request.id,
+                extra={"correlation_id": request.correlation_id},
+            )
+            return f"an unexpected error (ref {request.correlation_id})"
 
     # -- persistence ---------------------------------------------------------------------------
     def _steps(self, request_id: str) -> list[StepRecord]:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from handlers import errors, kinds
-from handlers.model import RequestState
+from handlers.model import SYSTEM, RequestState
 from handlers.ports import Clock, WorkspaceFacts
 from provisioning.store import Database
 
@@ -47,6 +47,7 @@ class RegistryFacts:
                 if not self._expired(g.get("expires_at"))
             }
             quota = self._last_quota(uow, name, row)
+            baseline = self._quota_baseline(uow, name, row)
         used: dict[str, str] = {}
         enforced: dict[str, str] = {}
         pvcs: int | None = None
@@ -63,6 +64,7 @@ class RegistryFacts:
             owner=row["owner"],
             contributors=grants,
             quota=quota,
+            quota_baseline=baseline,
             quota_used=used,
             quota_enforced=enforced,
             created=dict(row["created"]),
@@ -100,6 +102,31 @@ class RegistryFacts:
                 return dict(entry["params"]["hard"])
         return {}
 
+    @staticmethod
+    def _quota_baseline(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+        """Per resource, the quota a person last approved: the value set by the newest lasting
+        change an admin decided, else the Profile's quota at creation. The owner's self-service
+        raises (auto-applied), the bot's reverts and temporary raises never move it, so repeated
+        small raises cannot climb past it by more than the self-service step."""
+        baseline: dict[str, str] = {}
+        for entry in row["created"].values():
+            if entry["action"] == "kubeflow.profile":
+                baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
+        decided: dict[str, str] = {}
+        for request in uow.requests.list(  # newest first
+            kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
+        ):
+            if request.args.get("workspace") != name or request.created_at < row["created_at"]:
+                continue
+            if request.decided_by in (None, SYSTEM.user_id):
+                continue  # applied without a person's decision: self-service or an expiry
+            change = kinds.from_args(request.kind, request.args)
+            if not isinstance(change, kinds.QuotaChange) or change.duration is not None:
+                continue  # a temporary raise lapses; it is no lasting approval
+            for resource, value in change.changes().items():
+                decided.setdefault(resource, value)
+        return {**baseline, **decided}
+
     def _expired(self, at: datetime | None) -> bool:
         return at is not None and at <= self.clock.now()
 
@@ -112,6 +139,16 @@ class RegistryFacts:
             ]
             granted = [g for g in uow.registry.grants_of(user) if g["workspace"] != except_workspace]
         return bool(owned or granted)
+
+    def bot_made_login(self, user: str) -> bool:
+        with self.db.uow() as uow:
+            workspaces = uow.registry.list_workspaces()
+        return any(
+            entry["action"] == "dex.user" and entry["params"].get("email") == user
+            for ws in workspaces
+            if ws.get("deleted_at") is None
+            for entry in ws["created"].values()
+        )
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         with self.db.uow() as uow:

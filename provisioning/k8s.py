@@ -425,5 +425,9 @@ def api_client_from_environment() -> client.ApiClient:
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
     else:
-        config.load_kube_config(client_configuration=configuration)
+        # Read KUBECONFIG now, not the client's copy taken at import (a later-set one is honoured);
+        # None falls back to ~/.kube/config.
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
     return client.ApiClient(configuration)

@@ -547,15 +547,18 @@ class SqlWork:
         lease_until: datetime,
         states: Collection[RequestState] = WORK_STATES,
     ) -> Request | None:
-        """Claim the oldest request in ``states`` whose lease is free, expired or already ours."""
+        """Claim the oldest request in ``states`` whose lease is free, expired or already ours.
+
+        An unclaimed row with a ``lease_until`` is a *deferred* request (``defer``): it waits for
+        that time (its ``retry_at``) before anyone may take it."""
         conn = self._tx.conn
         row = conn.execute(
             sa.select(requests)
             .where(
                 requests.c.state.in_([RequestState(s).value for s in states]),
                 sa.or_(
-                    requests.c.claimed_by.is_(None),
                     requests.c.lease_until.is_(None),
+                    sa.and_(requests.c.claimed_by.is_(None), requests.c.lease_until <= now),
                     requests.c.lease_until < now,
                     requests.c.claimed_by == worker_id,
                 ),
@@ -593,6 +596,27 @@ class SqlWork:
             .where(requests.c.id == request_id, requests.c.claimed_by == worker_id)
             .values(claimed_by=None, lease_until=None)
         )
+
+    def defer(self, request_id: str, worker_id: str, now: datetime, retry_at: datetime) -> None:
+        """Give up our claim but keep the request unclaimable until ``retry_at`` (a step waits:
+        throttling, a rollout, a namespace not there yet), so the worker takes other work
+        meanwhile. ``LeaseLost`` (and nothing written) if the claim is no longer ours."""
+        self._check_claim(request_id, worker_id, now)
+        self._tx.conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == request_id, requests.c.claimed_by == worker_id)
+            .values(claimed_by=None, lease_until=retry_at)
+        )
+
+    def claim_of(self, request_id: str) -> tuple[str | None, datetime | None]:
+        """``(claimed_by, lease_until)`` of a request: who holds it until when, or, unclaimed with
+        a time, when a deferred request may be taken again."""
+        row = self._tx.conn.execute(
+            sa.select(requests.c.claimed_by, requests.c.lease_until).where(requests.c.id == request_id)
+        ).first()
+        if row is None:
+            raise errors.NotFound(f"There is no request {request_id}.")
+        return row.claimed_by, row.lease_until
 
     def _check_claim(self, request_id: str, worker_id: str, now: datetime) -> None:
         # FOR UPDATE: while this transaction runs, no other worker can claim the row (its SKIP

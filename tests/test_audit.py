@@ -248,3 +248,28 @@ def test_export_csv_defuses_formulas(database: Database) -> None:
 def test_export_refuses_an_unknown_format(database: Database) -> None:
     with pytest.raises(ValueError, match="format"):
         audit.export(database, "xlsx")
+
+
+@pytest.mark.postgres
+def test_verify_while_others_append_never_raises_a_false_alarm(postgres_url: str) -> None:
+    db = Database(postgres_url, audit_key=AUDIT_KEY)
+    db.migrate()
+    fill(db, 3)
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        for n in itertools.count(100):
+            if stop.is_set():
+                return
+            append(db, event(n))
+
+    writer = threading.Thread(target=keep_appending, daemon=True)
+    writer.start()
+    try:
+        results = [audit.verify(db, AUDIT_KEY) for _ in range(30)]
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+        db.dispose()
+    assert all(r.ok for r in results), [r.problem for r in results if not r.ok]
+    assert results[-1].rows > 3, "the writer really appended during the verifications"

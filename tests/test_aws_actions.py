@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import pytest
 
-from handlers import prices
+from bot import render
+from handlers import kinds, prices
 from handlers.errors import PermanentError, TemporaryError
-from handlers.plan import StepOutcome
+from handlers.model import Request, RequestState
+from handlers.plan import Plan, Step, StepOutcome
 from provisioning import k8s
 from provisioning.aws import BOT_SID, BUCKET_ACTIONS, MARK_TAG, AwsActions, AwsSettings
 from tests.fakes.aws_fixtures import ACCOUNT_ID, AwsEnv, Fault, FaultProxy, aws_error_xml
@@ -211,7 +214,7 @@ def test_undo_leaves_a_bucket_it_did_not_create(aws: AwsEnv) -> None:
 # -- aws.bucket.remove -----------------------------------------------------------------------------
 
 
-def test_remove_refuses_a_non_empty_bucket_without_purge_and_purges_all_versions_with_it(aws: AwsEnv) -> None:
+def test_remove_keeps_a_non_empty_bucket_without_purge_and_purges_all_versions_with_it(aws: AwsEnv) -> None:
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="kf-data")
     s3.put_bucket_versioning(Bucket="kf-data", VersioningConfiguration={"Status": "Enabled"})
@@ -220,8 +223,10 @@ def test_remove_refuses_a_non_empty_bucket_without_purge_and_purges_all_versions
     s3.delete_object(Bucket="kf-data", Key="model.bin")  # leaves versions and a delete marker
     action = aws.actions().registry()["aws.bucket.remove"]
 
-    with pytest.raises(PermanentError, match=r"kf-data is not empty; kept \(use --purge-data\)"):
-        action.ensure({"bucket": "kf-data", "purge_data": False})
+    # Data that arrived after the plan: kept and recorded, so the delete goes on (not half-done).
+    kept = action.ensure({"bucket": "kf-data", "purge_data": False})
+    assert kept.created is False and kept.details["kept"] is True and kept.details["deleted"] is False
+    assert "kf-data" in str(kept.details["reason"]) and "--purge-data" in str(kept.details["reason"])
     assert len(s3.list_object_versions(Bucket="kf-data")["Versions"]) == 2
 
     outcome = action.ensure({"bucket": "kf-data", "purge_data": True})
@@ -229,6 +234,31 @@ def test_remove_refuses_a_non_empty_bucket_without_purge_and_purges_all_versions
     assert outcome.details == {"deleted": True, "purged": True}
     assert s3.list_buckets()["Buckets"] == []
     assert action.ensure({"bucket": "kf-data", "purge_data": True}).details == {"deleted": False}
+
+
+def test_a_delete_whose_bucket_gained_data_completes_and_its_result_names_the_kept_bucket(
+    aws: AwsEnv,
+) -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="kf-team-a")
+    s3.put_object(Bucket="kf-team-a", Key="late.csv", Body=b"a,b\n")  # after the plan saw it empty
+    remove = aws.actions().registry()["aws.bucket.remove"]
+    outcome = remove.ensure({"bucket": "kf-team-a", "purge_data": False})
+    request = Request(
+        id="RDEL001",
+        kind=kinds.WorkspaceDelete.KIND,
+        args={"name": "team-a", "confirm": "team-a"},
+        requester_id="UALICE",
+        requester_email="alice@example.com",
+        plan=Plan.of([Step("aws.bucket.remove", "Bucket/kf-team-a", {"bucket": "kf-team-a"}, "remove it")]),
+        created_at=datetime.now(UTC),
+        state=RequestState.SUCCEEDED,
+    )
+
+    report = render.result_text(request, render.SHELL, render.kept_at_apply(request, {0: outcome.details}))
+
+    assert "is done" in report and "S3 bucket `kf-team-a` holds data and is kept" in report
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["kf-team-a"]
 
 
 # -- aws.iam_resources -----------------------------------------------------------------------------

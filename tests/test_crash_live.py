@@ -40,7 +40,6 @@ from provisioning.backend import Backend
 from provisioning.store import StepRecord
 from tests import crash_worker_live
 from tests.crash_worker_live import CLUSTER, EXIT_NOT_KILLED, STEP_ACTIONS, WHEN, World, live_backend
-from tests.fakes import aws_fixtures
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import ACCOUNT_ID, AwsEnv, Fault, FaultProxy, aws_error_xml
 from tests.fakes.clock import FakeClock
@@ -193,16 +192,12 @@ def make_live(
     apiserver: FakeApiServer,
     aws: AwsEnv,
     fault_proxy: FaultProxy,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     _migrated_sqlite_file: Path,
 ) -> Iterator[Callable[..., Live]]:
     """``make(db_url=None, through_proxy=False)``: the world seeded and the test's live stack on
     it; without ``db_url`` a copy of the session's migrated SQLite file (migrating costs more than
     most tests)."""
-    # The proxy answers headers and body in two writes; with Nagle's algorithm on, every answer
-    # then waits for a delayed ACK (~40 ms), which over a workspace's AWS calls costs seconds.
-    monkeypatch.setattr(aws_fixtures._ProxyHandler, "disable_nagle_algorithm", True)
     made: list[tuple[Backend, client.ApiClient]] = []
 
     def make(db_url: str | None = None, *, through_proxy: bool = False) -> Live:

@@ -1,16 +1,17 @@
 """Live Dex actions against the fake apiserver: Password objects, and static users in the ConfigMap
-with their hashes in Secret ``dex-passwords`` and a coordinated restart."""
+with their hashes in Secret ``dex-passwords`` and one restart requested through a row (played here
+by ``Restarts``; the real row is tested end to end in tests/test_workspace_e2e.py)."""
 
 from __future__ import annotations
 
 import base64
 import re
 import threading
-import time
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bcrypt
 import pytest
@@ -19,8 +20,9 @@ from kubernetes import client
 
 from handlers.errors import PermanentError, TemporaryError
 from handlers.naming import dex_password_object_name
+from handlers.plan import JSON, StepOutcome
 from provisioning import k8s
-from provisioning.dex import DexActions, RestartCoordinator, env_key_for, user_id_for
+from provisioning.dex import DexActions, env_key_for, user_id_for
 from provisioning.settings import DexSettings
 from tests.fakes.apiserver import FakeApiServer, reference_dir
 from tests.fakes.clock import FakeClock
@@ -38,14 +40,6 @@ staticPasswords:
   username: user
   userID: "15841185641784"
 """
-
-
-class RealClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
 
 def _reference(name: str) -> dict[str, Any] | None:
@@ -78,10 +72,56 @@ def install_dex(server: FakeApiServer, api: client.ApiClient, *, load_secret: bo
                                           "spec": deployment["spec"]})
 
 
+@dataclass
+class Restarts:
+    """The timers table's part in Dex restarts (``RestartRequester``): one pending request, moved
+    by each write that asks with ``move``; ``fire`` is the sweeper running it once it is due."""
+
+    clock: Any
+    due: datetime | None = None
+    asked: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, due_at: datetime, *, move: bool) -> None:
+        with self.lock:
+            self.asked += 1
+            if move or self.due is None:
+                self.due = due_at
+
+    def fire(self, actions: DexActions) -> bool:
+        with self.lock:
+            due = self.due
+        if due is None or due > self.clock.now():
+            return False
+        actions.restart_timer(actions.restart_ref, {})
+        with self.lock:
+            if self.due == due:  # not moved meanwhile
+                self.due = None
+        return True
+
+
 def dex(api: client.ApiClient, mode: str, clock: Any = None, **kwargs: Any) -> DexActions:
     settings = DexSettings(mode=mode, bcrypt_cost=COST,  # type: ignore[arg-type]
                            restart_quiet_period=kwargs.pop("quiet", 5.0))
-    return DexActions(api, settings, clock or FakeClock(), **kwargs)
+    clock = clock or FakeClock()
+    kwargs.setdefault("request_restart", Restarts(clock))
+    return DexActions(api, settings, clock, **kwargs)
+
+
+def restarts_of(actions: DexActions) -> Restarts:
+    return cast(Restarts, actions._request_restart)  # the port these tests gave it
+
+
+def ensure_user(actions: DexActions, params: dict[str, JSON], rounds: int = 20) -> StepOutcome:
+    """What the engine and the sweeper do together: on a wait, let the delay pass, run the restart
+    once it is due, and try again."""
+    for _ in range(rounds):
+        try:
+            return actions.registry()["dex.user"].ensure(params)
+        except TemporaryError as exc:
+            actions.clock.sleep(exc.delay)
+            restarts_of(actions).fire(actions)
+    raise AssertionError(f"the Dex step did not complete in {rounds} attempts")
 
 
 def static_passwords(server: FakeApiServer) -> list[dict[str, Any]]:
@@ -166,17 +206,25 @@ def test_configmap_user_gets_an_entry_a_hash_key_and_one_restart(apiserver: Fake
     clock = FakeClock()
     actions = dex(kube_api_client, "configmap", clock)
     action = actions.registry()["dex.user"]
+    requested = restarts_of(actions)
 
-    outcome = action.ensure(user_params("alice@example.com", "configmap"))
+    with pytest.raises(TemporaryError, match="waiting for Dex to restart") as waiting:
+        action.ensure(user_params("alice@example.com", "configmap"))
 
-    assert outcome.created is True
+    # Written at once; the restart is asked for, after the quiet period, and nobody slept.
+    assert waiting.value.delay == 5.0 and clock.slept == []
+    assert requested.due == clock.now() + timedelta(seconds=5) and restarts(apiserver) == 0
     key = env_key_for("alice@example.com")
     assert {"email": "alice@example.com", "hashFromEnv": key, "username": "alice",
             "userID": user_id_for("alice@example.com")} in static_passwords(apiserver)
     data = secret_data(apiserver)
     assert data["DEX_USER_PASSWORD"] == DEFAULT_HASH  # the existing user is untouched
     assert re.fullmatch(r"\$2[aby]\$10\$[./A-Za-z0-9]{53}", data[key])
-    assert restarts(apiserver) == 1 and sum(clock.slept) >= 5.0  # after the quiet period
+
+    clock.advance(timedelta(seconds=5))
+    assert requested.fire(actions) and restarts(apiserver) == 1
+    outcome = action.ensure(user_params("alice@example.com", "configmap"))  # the retry
+    assert outcome.created is False  # no mark: this test passes no request id (see the marks below)
     deployment = apiserver.get("apps/v1", "deployments", "dex", "auth")
     assert deployment is not None
     assert "kubectl.kubernetes.io/restartedAt" in deployment["spec"]["template"]["metadata"]["annotations"]
@@ -184,62 +232,97 @@ def test_configmap_user_gets_an_entry_a_hash_key_and_one_restart(apiserver: Fake
     again = action.ensure(user_params("alice@example.com", "configmap"))
     assert again.created is False and restarts(apiserver) == 1  # Dex runs this config already
     assert action.ensure(user_params("user@example.com", "configmap")).created is False  # hand-made user
+    assert requested.due is None
 
 
-def test_twenty_concurrent_additions_lose_nobody_and_restart_at_most_twice(
+def test_twenty_concurrent_additions_lose_nobody_and_restart_once(
         apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
-    actions = dex(kube_api_client, "configmap", RealClock(), quiet=0.5, poll_interval=0.05)
+    clock = FakeClock()
+    actions = dex(kube_api_client, "configmap", clock, quiet=0.5)
     action = actions.registry()["dex.user"]
     emails = [f"user{i:02d}@example.com" for i in range(20)]
-    errors: list[BaseException] = []
+
+    def mark(email: str) -> str:
+        return "R" + email[4:6]
+
+    failures: list[BaseException] = []
     start = threading.Barrier(len(emails))
 
     def add(email: str) -> None:
         try:
             start.wait()
-            assert action.ensure(user_params(email, "configmap")).created is True
+            with pytest.raises(TemporaryError, match="waiting for Dex to restart"):
+                action.ensure({**user_params(email, "configmap"), "_request": mark(email)})
         except BaseException as exc:
-            errors.append(exc)
+            failures.append(exc)
 
     threads = [threading.Thread(target=add, args=(email,)) for email in emails]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert failures == []
+    assert restarts(apiserver) == 0 and restarts_of(actions).asked == 20
 
-    assert errors == []
+    clock.advance(timedelta(seconds=0.5))
+    assert restarts_of(actions).fire(actions)
+    outcomes = [action.ensure({**user_params(e, "configmap"), "_request": mark(e)}) for e in emails]
+
+    assert all(o.created for o in outcomes)
     entries = {e["email"]: e for e in static_passwords(apiserver)}
     assert set(emails) <= set(entries) and len(entries) == 21
     data = secret_data(apiserver)
     assert all(entries[e]["hashFromEnv"] in data for e in emails) and len(data) == 21
-    assert 1 <= restarts(apiserver) <= 2
-    assert actions.restart_coordinator.restarts == restarts(apiserver)
+    assert restarts(apiserver) == 1
     conflicts = [r for r in apiserver.requests if r.method == "PUT"]
     assert len(conflicts) >= 40  # every write was a PUT carrying a resourceVersion
+
+
+def test_a_restart_timer_run_twice_restarts_once_and_a_later_write_asks_again(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    clock = FakeClock()
+    actions = dex(kube_api_client, "configmap", clock, quiet=10.0)
+    requested = restarts_of(actions)
+    for i, email in enumerate(("a@example.com", "b@example.com")):
+        with pytest.raises(TemporaryError):
+            actions.registry()["dex.user"].ensure(user_params(email, "configmap"))
+        assert requested.due == clock.now() + timedelta(seconds=10)  # each write pushes it back
+        clock.advance(timedelta(seconds=6 - i))
+    actions.restart_timer(actions.restart_ref, {})
+    actions.restart_timer(actions.restart_ref, {})  # run again (a sweeper died before finishing it)
+    assert restarts(apiserver) == 1
+
+    ensure_user(actions, user_params("c@example.com", "configmap"))
+    assert restarts(apiserver) == 2
 
 
 def test_configmap_remove_takes_only_the_bots_entry(apiserver: FakeApiServer,
                                                     kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
     actions = dex(kube_api_client, "configmap")
-    outcome = actions.registry()["dex.user"].ensure(user_params("alice@example.com", "configmap"))
+    outcome = ensure_user(actions, {**user_params("alice@example.com", "configmap"), "_request": "R1"})
+    assert outcome.created is True
 
     actions.registry()["dex.user"].undo(user_params("alice@example.com", "configmap"), outcome)
 
     assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
     assert list(secret_data(apiserver)) == ["DEX_USER_PASSWORD"]
-    assert restarts(apiserver) == 2  # one to add, one to forget
+    # The removal asks for a restart (the login goes with it) without waiting for it.
+    assert restarts(apiserver) == 1 and restarts_of(actions).due is not None
+    actions.clock.sleep(5.0)
+    assert restarts_of(actions).fire(actions) and restarts(apiserver) == 2  # one to add, one to forget
     remove = actions.registry()["dex.user.remove"]
     assert remove.ensure({"email": "user@example.com", "mode": "configmap"}).created is False  # hand-made
-    assert len(static_passwords(apiserver)) == 1 and restarts(apiserver) == 2
+    assert len(static_passwords(apiserver)) == 1 and restarts_of(actions).due is None
 
 
 def test_yaml_metacharacters_stay_data(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
     actions = dex(kube_api_client, "configmap")
     hostile = "x: y\n- email: evil@example.com #"
-    actions.registry()["dex.user"].ensure(user_params("odd+tag@example.com", "configmap", username=hostile))
+    ensure_user(actions, user_params("odd+tag@example.com", "configmap", username=hostile))
     entries = static_passwords(apiserver)
     assert [e["email"] for e in entries] == ["user@example.com", "odd+tag@example.com"]
     assert entries[1]["username"] == hostile
@@ -248,9 +331,13 @@ def test_yaml_metacharacters_stay_data(apiserver: FakeApiServer, kube_api_client
 def test_unfinished_rollout_is_temporary_and_a_rerun_completes(apiserver: FakeApiServer,
                                                                kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
-    actions = dex(kube_api_client, "configmap", rollout_timeout=30.0)
+    actions = dex(kube_api_client, "configmap")
     action = actions.registry()["dex.user"]
     apiserver.hold_rollouts = True
+    with pytest.raises(TemporaryError, match="waiting for Dex to restart"):
+        action.ensure(user_params("alice@example.com", "configmap"))
+    actions.clock.sleep(5.0)
+    assert restarts_of(actions).fire(actions)
     with pytest.raises(TemporaryError, match="has not finished restarting"):
         action.ensure(user_params("alice@example.com", "configmap"))
     apiserver.complete_rollouts()
@@ -284,18 +371,6 @@ def test_bcrypt_cost_outside_what_dex_accepts_is_refused(kube_api_client: client
                                                          cost: int) -> None:
     with pytest.raises(ValueError, match="10 to 16"):
         DexActions(kube_api_client, DexSettings(bcrypt_cost=cost), FakeClock())
-
-
-def test_restart_coordinator_restarts_once_for_a_burst() -> None:
-    clock = FakeClock()
-    done: list[int] = []
-    coordinator = RestartCoordinator(clock, 10.0, lambda: done.append(1))
-    tickets = [coordinator.register() for _ in range(5)]
-    for ticket in tickets:
-        coordinator.wait(ticket)
-    assert done == [1] and sum(clock.slept) >= 10.0
-    coordinator.request()  # a later addition gets its own restart
-    assert done == [1, 1]
 
 
 # -- ownership marks ------------------------------------------------------------------------------
@@ -347,10 +422,14 @@ def test_a_hand_made_password_object_is_never_claimed(apiserver: FakeApiServer,
 def test_configmap_entry_survives_a_rollout_timeout_as_the_requests_own(
         apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
-    actions = dex(kube_api_client, "configmap", rollout_timeout=30.0)
+    actions = dex(kube_api_client, "configmap")
     action = actions.registry()["dex.user"]
     params = {**user_params("alice@example.com", "configmap"), "_request": "R1"}
     apiserver.hold_rollouts = True
+    with pytest.raises(TemporaryError, match="waiting for Dex to restart"):
+        action.ensure(params)
+    actions.clock.sleep(5.0)
+    restarts_of(actions).fire(actions)
     with pytest.raises(TemporaryError, match="has not finished restarting"):
         action.ensure(params)
     apiserver.hold_rollouts = False
@@ -373,11 +452,27 @@ def test_configmap_entry_survives_a_rollout_timeout_as_the_requests_own(
 def test_configmap_entry_is_taken_back_when_the_step_fails_for_good(
         apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
-    action = dex(kube_api_client, "configmap").registry()["dex.user"]
-    apiserver.fail_next("PATCH", "/deployments/dex$", 403)  # the restart is forbidden
 
-    with pytest.raises(PermanentError, match="may not patch"):
+    def refuse(due_at: datetime, *, move: bool) -> None:
+        raise PermanentError("The Dex restart cannot be scheduled.")
+
+    action = dex(kube_api_client, "configmap", request_restart=refuse).registry()["dex.user"]
+
+    with pytest.raises(PermanentError, match="cannot be scheduled"):
         action.ensure({**user_params("alice@example.com", "configmap"), "_request": "R1"})
 
     assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
     assert list(secret_data(apiserver)) == ["DEX_USER_PASSWORD"]
+
+
+def test_a_forbidden_restart_fails_the_timer_not_silently(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap")
+    with pytest.raises(TemporaryError):
+        actions.registry()["dex.user"].ensure(user_params("alice@example.com", "configmap"))
+    apiserver.fail_next("PATCH", "/deployments/dex$", 403)  # the restart is forbidden
+
+    with pytest.raises(PermanentError, match="may not patch"):
+        actions.restart_timer(actions.restart_ref, {})
+    assert restarts(apiserver) == 1  # tried (and refused): the sweeper records the error and retries

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.config import kube_config
 
 import provisioning
 from bot import app as composition
@@ -461,8 +460,6 @@ def test_kfbot_doctor_live_from_the_command_line(
     }))  # fmt: skip
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    # The client reads KUBECONFIG once, when it is imported (kube_config.KUBE_CONFIG_DEFAULT_LOCATION).
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     env = env_for(fake_slack, tmp_path)
     for name, val in env.items():
         monkeypatch.setenv(name, val)

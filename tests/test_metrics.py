@@ -276,7 +276,8 @@ def test_a_failing_step_is_counted_and_the_database_going_away_does_not_fail_the
     registry = CollectorRegistry()
     metrics = provisioning.Metrics(registry)
     settings = settings_for(fake_slack, tmp_path)
-    backend = composition.build_backend(settings, FakeClock(), metrics=metrics)
+    clock = FakeClock()
+    backend = composition.build_backend(settings, clock, metrics=metrics)
     backend.migrate()
     calls = {"n": 0}
 
@@ -302,7 +303,9 @@ def test_a_failing_step_is_counted_and_the_database_going_away_does_not_fail_the
         approve=True,
         decision_key="k1",
     )
-    backend.run_until_idle(NullNotifier())
+    backend.run_until_idle(NullNotifier())  # the temporary error defers the request...
+    clock.advance(timedelta(minutes=1))
+    backend.run_until_idle(NullNotifier())  # ...and its retry time has come
     text = generate_latest(registry).decode()
     samples = {
         (s.name, frozenset(s.labels.items())): s.value

@@ -64,8 +64,10 @@ def test_retry_moves_failed_back_to_approved_for_admins_only() -> None:
     r = request_in(S.NEEDS_ATTENTION)
     with pytest.raises(errors.Forbidden):
         r.retry(ALICE, NOW)
+    r.decided_by = "UAPPROVER"
     r.retry(ADMIN, NOW)
     assert r.state is S.APPROVED
+    assert r.decided_by == "UAPPROVER", "a retry keeps the original approval"
     assert [e.type for e in r.take_events()] == [EventType.RETRIED]
 
 

@@ -10,7 +10,7 @@ from handlers import errors, kinds, policy
 from handlers.model import Actor, Request
 from handlers.plan import Plan
 from handlers.ports import WorkspaceFacts
-from handlers.settings import CoreSettings, PolicySettings
+from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
 from tests.fakes.facts import StaticFacts
 
 OWNER = Actor("UOWNER", "owner@example.com")
@@ -18,7 +18,13 @@ EDITOR = Actor("UEDITOR", "editor@example.com")
 VIEWER = Actor("UVIEWER", "viewer@example.com")
 STRANGER = Actor("USTRANGER", "stranger@example.com")
 ADMIN = Actor("UADMIN", "admin@example.com", is_admin=True)
-SETTINGS = CoreSettings(policy=PolicySettings(admin_users=frozenset({"UADMIN"}), admin_group="S123"))
+MAPPED = Actor("UMAPPED", "mapped@slack.example.com")
+"""A user whose Kubeflow login has another form (``KFBOT_USER_ID_MAP``)."""
+MAPPED_ID = "mapped@kf.example.org"
+SETTINGS = CoreSettings(
+    policy=PolicySettings(admin_users=frozenset({"UADMIN"}), admin_group="S123"),
+    workspace=WorkspaceDefaults(user_id_map={MAPPED.email: MAPPED_ID}),
+)
 FACTS = StaticFacts(
     workspaces={
         "team-a": WorkspaceFacts(
@@ -27,11 +33,45 @@ FACTS = StaticFacts(
             owner=OWNER.email,
             contributors={EDITOR.email: "edit", VIEWER.email: "view"},
             quota={"requests.nvidia.com/gpu": "2", "cpu": "8", "memory": "32Gi", "requests.storage": "100Gi"},
-        )
+        ),
+        # Recorded under the mapped Kubeflow id, as the Profile owner and the registry hold it.
+        "team-m": WorkspaceFacts(
+            name="team-m",
+            namespace="team-m",
+            owner=MAPPED_ID,
+            contributors={EDITOR.email: "edit"},
+            quota={"requests.nvidia.com/gpu": "2"},
+        ),
+        # An owner who raised the GPU quota 2 -> 3 themselves: the admin-approved baseline is still 2.
+        "team-q": WorkspaceFacts(
+            name="team-q",
+            namespace="team-q",
+            owner=OWNER.email,
+            quota={"requests.nvidia.com/gpu": "3", "cpu": "8"},
+            quota_baseline={"requests.nvidia.com/gpu": "2", "cpu": "8"},
+        ),
+        # An owner who lowered the GPU quota 2 -> 0 themselves: raising back up to 2 + 1 is theirs.
+        "team-l": WorkspaceFacts(
+            name="team-l",
+            namespace="team-l",
+            owner=OWNER.email,
+            quota={"requests.nvidia.com/gpu": "0"},
+            quota_baseline={"requests.nvidia.com/gpu": "2"},
+        ),
+        "team-c": WorkspaceFacts(
+            name="team-c", namespace="team-c", owner=OWNER.email, contributors={MAPPED_ID: "view"}
+        ),
     },
-    tokens={"RTOKEN1": (EDITOR.user_id, "team-a")},
+    tokens={"RTOKEN1": (EDITOR.user_id, "team-a"), "RTOKENM": (EDITOR.user_id, "team-m")},
 )
-ACTORS = {"owner": OWNER, "editor": EDITOR, "viewer": VIEWER, "stranger": STRANGER, "admin": ADMIN}
+ACTORS = {
+    "owner": OWNER,
+    "editor": EDITOR,
+    "viewer": VIEWER,
+    "stranger": STRANGER,
+    "admin": ADMIN,
+    "mapped": MAPPED,
+}
 
 create = kinds.WorkspaceCreate("team-b", "owner@example.com", gpu=1)
 delete = kinds.WorkspaceDelete("team-a", "team-a")
@@ -72,6 +112,20 @@ AUTO_APPLY_TABLE = [
     (revoke, "editor", True),
     (revoke, "owner", False),
     (revoke, "admin", False),
+    # Self-service raises are judged against the approved baseline, not the current value (no ratchet).
+    (kinds.QuotaChange("team-q", gpu="4"), "owner", False),  # +1 on 3, but +2 on the baseline 2
+    (kinds.QuotaChange("team-q", gpu="3", cpu="12"), "owner", True),  # GPU unchanged, CPU within its step
+    (kinds.QuotaChange("team-q", gpu="1"), "owner", True),
+    (kinds.QuotaChange("team-l", gpu="3"), "owner", True),  # +3 on 0, but +1 on the baseline 2
+    (kinds.QuotaChange("team-l", gpu="4"), "owner", False),
+    # KFBOT_USER_ID_MAP: the mapped owner is the owner, the mapped contributor a contributor.
+    (kinds.Share("team-m", "friend@example.com"), "mapped", True),
+    (kinds.Unshare("team-m", EDITOR.email), "mapped", True),
+    (kinds.QuotaChange("team-m", gpu="3"), "mapped", True),
+    (kinds.TokenIssue("team-m"), "mapped", True),
+    (kinds.TokenIssue("team-c", read_only=True), "mapped", True),
+    (kinds.Unshare("team-c", MAPPED.email), "mapped", True),
+    (kinds.Share("team-a", "friend@example.com"), "mapped", False),
 ]
 
 
@@ -84,29 +138,38 @@ def test_auto_apply_table(kind: kinds.RequestKind, who: str, auto: bool) -> None
 
 
 DECIDE_TABLE = [
-    ("admin", "owner", True),  # an admin decides someone else's request
-    ("admin", "admin", False),  # never their own
-    ("owner", "editor", False),  # owners are not admins
-    ("stranger", "owner", False),
+    # (decider, requester, args of the request, allowed)
+    ("admin", "owner", {}, True),  # an admin decides someone else's request
+    ("admin", "admin", {}, False),  # never their own
+    ("owner", "editor", {}, False),  # owners are not admins
+    ("stranger", "owner", {}, False),
+    (
+        "admin",
+        "stranger",
+        {"workspace": "team-a", "user": ADMIN.email},
+        False,
+    ),  # a share that grants the admin
+    ("admin", "stranger", {"name": "w", "owner": ADMIN.email}, False),  # a workspace the admin would own
+    ("admin", "stranger", {"workspace": "team-a", "user": EDITOR.email}, True),
 ]
 
 
-@pytest.mark.parametrize(("decider", "requester", "allowed"), DECIDE_TABLE)
-def test_who_may_decide(decider: str, requester: str, allowed: bool) -> None:
+@pytest.mark.parametrize(("decider", "requester", "args", "allowed"), DECIDE_TABLE)
+def test_who_may_decide(decider: str, requester: str, args: dict[str, str], allowed: bool) -> None:
     req = Request(
         id="RX",
         kind="share",
-        args={},
+        args=args,
         requester_id=ACTORS[requester].user_id,
         requester_email=ACTORS[requester].email,
         plan=Plan.of([]),
         created_at=datetime.now(UTC),
     )
     if allowed:
-        policy.check_may_decide(ACTORS[decider], req)
+        policy.check_may_decide(ACTORS[decider], req, SETTINGS)
     else:
         with pytest.raises(errors.Forbidden):
-            policy.check_may_decide(ACTORS[decider], req)
+            policy.check_may_decide(ACTORS[decider], req, SETTINGS)
 
 
 REQUEST_TABLE = [
@@ -119,6 +182,9 @@ REQUEST_TABLE = [
     (revoke, "admin", True),
     (revoke, "viewer", False),
     (share, "stranger", True),  # anyone may ask; an admin decides
+    (kinds.WorkspaceDelete("team-m", "team-m"), "mapped", True),  # owner under the mapped id
+    (kinds.TokenRevoke("RTOKENM"), "mapped", True),
+    (delete, "mapped", False),
 ]
 
 
@@ -127,10 +193,10 @@ REQUEST_TABLE = [
 )
 def test_who_may_ask(kind: kinds.RequestKind, who: str, allowed: bool) -> None:
     if allowed:
-        policy.check_may_request(kind, ACTORS[who], FACTS)
+        policy.check_may_request(kind, ACTORS[who], FACTS, SETTINGS)
     else:
         with pytest.raises(errors.Forbidden):
-            policy.check_may_request(kind, ACTORS[who], FACTS)
+            policy.check_may_request(kind, ACTORS[who], FACTS, SETTINGS)
 
 
 def test_admins_come_from_the_list_and_the_group() -> None:

@@ -26,7 +26,7 @@ from provisioning.secrets import Secrets, generate_password
 from provisioning.settings import KubeflowSettings
 from tests.fakes.apiserver import FakeApiServer, decode_token
 from tests.fakes.clock import FakeClock
-from tests.test_dex_actions import dex, install_dex, secret_data
+from tests.test_dex_actions import dex, ensure_user, install_dex, secret_data
 
 NS = "team-a"
 API_URL = "https://kube.example.com:6443"
@@ -64,7 +64,7 @@ def test_password_reveal_writes_only_a_hash_the_password_verifies_against(
         apiserver: FakeApiServer, kube_api_client: client.ApiClient, clock: FakeClock, mode: str) -> None:
     install_dex(apiserver, kube_api_client)
     actions = dex(kube_api_client, mode, clock)
-    actions.registry()["dex.user"].ensure({"email": "alice@example.com", "username": "alice", "mode": mode})
+    ensure_user(actions, {"email": "alice@example.com", "username": "alice", "mode": mode})
     restarts_before = sum(1 for r in apiserver.requests if r.method == "PATCH" and "deployments" in r.path)
 
     secret = secrets_for(kube_api_client, clock, actions).password("Alice@Example.com")

@@ -50,6 +50,7 @@ def test_every_variable_reaches_its_layer() -> None:
             "KFBOT_DEX_MODE": "configmap",
             "KFBOT_DEX_NAMESPACE": "dex",
             "KFBOT_BCRYPT_COST": "10",
+            "KFBOT_DEX_RESTART_QUIET": "2.5",
             "KFBOT_AWS_REGION": "eu-west-1",
             "KFBOT_EKS_CLUSTER": "prod",
             "KFBOT_NODEGROUP_SUBNETS": "subnet-a,subnet-b",
@@ -61,6 +62,7 @@ def test_every_variable_reaches_its_layer() -> None:
             "KFBOT_NAME_NODEGROUP": "{name}-{spec}",
             "KFBOT_NAME_NODE_LABEL_KEY": "kf/ws",
             "KFBOT_NAME_NODE_LABEL_VALUE": "{name}",
+            "KFBOT_NAME_DEX_USER": "{local}-{env}",
             "KFBOT_REGION_ALIAS": "euw1",
             "KFBOT_INFRA": "ml",
             "KFBOT_ENV": "prod",
@@ -98,6 +100,7 @@ def test_every_variable_reaches_its_layer() -> None:
         p.dex.mode == "configmap" == c.workspace.dex_mode
         and p.dex.namespace == "dex"
         and p.dex.bcrypt_cost == 10
+        and p.dex.restart_quiet_period == 2.5
     )
     assert p.aws_region == "eu-west-1" == c.workspace.region and c.workspace.cluster == "prod"
     assert c.workspace.subnets == ("subnet-a", "subnet-b") and c.workspace.node_role_arn.endswith("role/n")
@@ -113,6 +116,7 @@ def test_every_variable_reaches_its_layer() -> None:
         "prod",
     )
     assert dict(c.naming.instance_specs) == {"g4dn.xlarge": "g4dn"}
+    assert c.naming.dex_username == "{local}-{env}"
     k = p.kubeflow
     assert (k.userid_header, k.userid_prefix, k.kube_api_url, k.kube_ca_file) == (
         "x-user",
@@ -138,7 +142,12 @@ def test_every_variable_reaches_its_layer() -> None:
         ("KFBOT_STEP_DEADLINE", "1.5h"),
         ("KFBOT_LEASE_SECONDS", "1"),
         ("KFBOT_BCRYPT_COST", "40"),
+        ("KFBOT_BCRYPT_COST", "4"),  # accepted once, then the live start-up failed on it
+        ("KFBOT_BCRYPT_COST", "9"),
         ("KFBOT_DEX_MODE", "ldap"),
+        ("KFBOT_DEX_RESTART_QUIET", "soon"),
+        ("KFBOT_DEX_RESTART_QUIET", "-1"),
+        ("KFBOT_NAME_DEX_USER", "{name}"),
         ("KFBOT_PRICE_OVERRIDES", "g4dn.xlarge"),
         ("KFBOT_PRICE_OVERRIDES", "g4dn.xlarge=cheap"),
         ("KFBOT_USER_ID_MAP", "alice"),
@@ -154,6 +163,11 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})
     assert name in info.value.user_message
+
+
+def test_dex_username_and_restart_quiet_period_default_when_unset() -> None:
+    s = Settings.from_env({})
+    assert s.core.naming.dex_username == "{local}" and s.provisioning.dex.restart_quiet_period == 10.0
 
 
 def test_serve_requirements() -> None:

@@ -28,7 +28,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from kubernetes import client
-from kubernetes.config import kube_config
 from slack_sdk import WebClient
 
 from bot import app as composition
@@ -195,7 +194,7 @@ class Live:
         code, _, _ = self.api.handle("DELETE", f"{base}/namespaces/{NS}/{plural}/{name}", "", b"")
         assert code == 200, code
 
-    def patch_profile_by_hand(self, hard: dict[str, str]) -> None:
+    def patch_profile_by_hand(self, hard: dict[str, str | None]) -> None:
         body = json.dumps({"spec": {"resourceQuotaSpec": {"hard": hard}}}).encode()
         code, answer, _ = self.api.handle(
             "PATCH", f"/apis/{PROFILES}/profiles/{NS}", "application/merge-patch+json", body
@@ -674,10 +673,24 @@ def test_quota_auto_applies_for_the_owner_within_the_step_only(live: Live) -> No
     assert live.hard()[GPU] == "0"
 
 
+def test_repeated_small_raises_cannot_ratchet_past_the_approved_quota(live: Live) -> None:
+    assert live.hard()[GPU] == "0"
+    assert live.request_for(ALICE, f"quota {NS} --gpu 1").state is RequestState.SUCCEEDED  # +1: the step
+    second = live.request_for(ALICE, f"quota {NS} --gpu 2")  # +1 on 1, but +2 on the approved 0
+    assert second.state is RequestState.PENDING
+    assert live.hard()[GPU] == "1"
+    succeeded(live.approve(second.id))
+    # What an admin approved is the new baseline: one more step is the owner's again, two are not.
+    assert live.request_for(ALICE, f"quota {NS} --gpu 3").state is RequestState.SUCCEEDED
+    assert live.request_for(ALICE, f"quota {NS} --gpu 4").state is RequestState.PENDING
+
+
 def test_a_temporary_raise_reverts_at_expiry(live: Live) -> None:
     succeeded(live.kf(ALICE, f"quota {NS} --gpu 1 --for 3d"))
     live.later(timedelta(days=1))
-    succeeded(live.kf(ALICE, f"quota {NS} --gpu 2 --for 3d"))  # raised again while temporary
+    again = live.request_for(ALICE, f"quota {NS} --gpu 2 --for 3d")  # raised again while temporary
+    assert again.state is RequestState.PENDING  # +2 on the approved 0: more than the step
+    succeeded(live.approve(again.id))
     live.patch_profile_by_hand({"persistentvolumeclaims": "12"})  # another resource: not ours to guard
     live.later(timedelta(days=2, minutes=1))  # the first raise's time: it was moved
     assert live.hard()[GPU] == "2"
@@ -691,6 +704,19 @@ def test_a_temporary_raise_reverts_at_expiry(live: Live) -> None:
     succeeded(live.kf(ALICE, f"quota {NS} --gpu 1"))
     live.later(timedelta(days=4))
     assert live.hard()[GPU] == "1"
+
+
+def test_a_temporary_quota_on_a_resource_that_had_none_is_removed_at_expiry(live: Live) -> None:
+    live.patch_profile_by_hand({GPU: None})  # an admin took the GPU limit out with kubectl
+    assert GPU not in live.hard()
+    succeeded(live.kf(ALICE, f"quota {NS} --gpu 1 --for 3d"))
+    assert live.hard()[GPU] == "1"
+    live.api.requests.clear()
+    live.later(timedelta(days=3, minutes=1))
+    assert GPU not in live.hard(), "the revert takes the resource out of hard again"
+    patches = [r for r in live.api.requests if r.method == "PATCH" and "/profiles/" in r.path]
+    assert patches and patches[-1].body["spec"]["resourceQuotaSpec"]["hard"][GPU] is None  # merge patch null
+    assert live.hard()["cpu"] == "8"  # the rest is untouched
 
 
 def test_a_revert_never_clobbers_a_newer_change_and_tells_owner_and_admins(live: Live) -> None:
@@ -722,6 +748,20 @@ def test_token_audiences(live: Live, audience: str, expected: list[str]) -> None
     assert config["users"][0]["user"]["token"] == secret.value
     assert config["clusters"][0]["cluster"]["server"] == "https://api.example:6443"
     assert ("kfp" in secret.extra) is (audience == "pipelines")
+
+
+def test_a_kubernetes_token_asks_for_no_audience_so_a_wrong_setting_cannot_break_kubectl(
+    make_live: LiveFactory,
+) -> None:
+    core = core_settings()
+    core = dataclasses.replace(core, tokens=dataclasses.replace(core.tokens, api_audience="https://wrong.example"))
+    live = make_live(core=core)
+    request = succeeded(live.kf(ALICE, f"token {NS} --audience kubernetes"))
+    live.api.requests.clear()
+    secret = services.reveal_token(live.core, ALICE, request.id)
+    posted = [r for r in live.api.requests if r.method == "POST" and r.path.endswith("/token")]
+    assert len(posted) == 1 and "audiences" not in posted[0].body["spec"]  # as `kubectl create token`
+    assert decode_token(secret.value)["aud"] == [DEFAULT_AUDIENCE]  # the API server's own default
 
 
 def test_a_ttl_outside_ten_minutes_to_the_maximum_is_refused(make_live: LiveFactory) -> None:
@@ -875,8 +915,6 @@ def test_the_token_is_only_ever_in_the_requesters_modal(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kubeconfig = str(_kubeconfig(tmp_path / "kubeconfig", apiserver.url))
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    # The client reads KUBECONFIG once, at import; a process started with it set sees it there.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
     env = {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
@@ -941,7 +979,8 @@ def test_the_token_is_only_ever_in_the_requesters_modal(
             "nothing secret before the click"
         )
         _click(bot, fake_slack, ALICE, dm, blocks.SHOW_TOKEN)
-        modal = fake_slack.wait_for(lambda: list(fake_slack.views.values()), 15.0)[0]
+        # "Working…" opens at the click; the token arrives by views.update into that modal.
+        modal = fake_slack.wait_for(lambda: fake_slack.calls_to("views.update"), 15.0)[0]["view"]
     finally:
         bot.stop()
 
@@ -956,7 +995,7 @@ def test_the_token_is_only_ever_in_the_requesters_modal(
 
     calls = [c for c in fake_slack.calls if token in json.dumps(c.params)]
     assert [(c.method, c.params.get("view", {}).get("title", {}).get("text")) for c in calls] == [
-        ("views.open", "Your token")
+        ("views.update", "Your token")
     ]
     dump, audit = _database(settings)
     assert token not in dump and '"audit_events"' in dump and '"tokens"' in dump

@@ -166,27 +166,67 @@ def test_plan_that_changed_after_approval_goes_back_to_pending(db_url: str) -> N
     assert stack.world.ensure_calls == [], "nothing was applied under the old approval"
 
 
+def run_deferred(stack: Stack, rid: str, limit: int = 500) -> list[float]:
+    """Run the engine; while the request waits (deferred), advance the clock to its retry time
+    and run again. The waits, in seconds, as the engine recorded them."""
+    waits: list[float] = []
+    finished = (RequestState.SUCCEEDED, RequestState.FAILED, RequestState.NEEDS_ATTENTION)
+    for _ in range(limit):
+        stack.run()
+        if stack.request(rid).state in finished:
+            return waits
+        with stack.backend.uow() as uow:
+            claimed_by, retry_at = uow.work.claim_of(rid)
+        assert claimed_by is None and retry_at is not None, "a waiting request holds no claim"
+        now = stack.clock.now()
+        assert retry_at > now
+        with stack.backend.uow() as uow:
+            assert uow.work.claim_request("impatient", now, now + timedelta(seconds=30)) is None
+        waits.append((retry_at - now).total_seconds())
+        stack.clock.advance(retry_at - now)
+    raise AssertionError(f"{rid} did not finish in {limit} runs")
+
+
 def test_temporary_errors_retry_with_capped_backoff(stack: Stack) -> None:
     stack.world.fail("aws.bucket", *(temporary() for _ in range(5)))
     rid = submit(stack)
     stack.approve(rid)
-    stack.run()
+    waits = run_deferred(stack, rid)
     assert stack.request(rid).state is RequestState.SUCCEEDED
-    assert stack.clock.slept == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert stack.clock.slept == [], "no worker slept through a backoff"
     with stack.backend.uow() as uow:
         assert uow.work.steps(rid)[2].attempts == 6
+    assert stack.notifier.types_for(rid).count(EventType.STEP_STARTED.value) == 3, "once per step"
 
 
 def test_temporary_errors_past_the_deadline_fail_and_compensate(stack: Stack) -> None:
     stack.world.fail("aws.bucket", *(temporary("S3 is slow") for _ in range(100)))
     rid = submit(stack)
     stack.approve(rid)
-    stack.run()
+    start = stack.clock.now()
+    waits = run_deferred(stack, rid)
     request = stack.request(rid)
     assert request.state is RequestState.FAILED
     assert "S3 is slow" in (request.error or "") and "Step 3 of 3" in (request.error or "")
     assert stack.world.objects == {}, "the profile and the Dex user the bot made were undone"
     assert step_statuses(stack, rid) == [StepStatus.UNDONE, StepStatus.UNDONE, StepStatus.FAILED]
+    # The deadline (5 minutes in the harness) counts from the first failure, across deferrals.
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and set(waits[4:]) == {8.0}
+    assert stack.clock.now() - start == timedelta(seconds=sum(waits)) >= timedelta(minutes=5)
+    assert sum(waits[:-1]) < 300
+
+
+def test_a_waiting_undo_defers_too_and_then_finishes(stack: Stack) -> None:
+    stack.world.fail("aws.bucket", errors.PermanentError("bucket name taken"))
+    stack.world.undo_failures["kubeflow.profile"] = [temporary("namespace terminating")] * 3
+    rid = submit(stack)
+    stack.approve(rid)
+    waits = run_deferred(stack, rid)
+    assert stack.request(rid).state is RequestState.FAILED
+    assert waits == [1.0, 2.0, 4.0]
+    assert stack.world.objects == {}
+    assert stack.notifier.types_for(rid).count(EventType.STEP_UNDONE.value) == 2
 
 
 @pytest.mark.parametrize("failing", ["kubeflow.profile", "dex.user", "aws.bucket"])

@@ -2,27 +2,35 @@
 
 A decision's idempotency key is the card's message ts + the action + the clicking user + the
 request version the card showed, claimed under a unique constraint in ``services.decide``: a
-double click or a redelivery finds the key taken and gets "already approved by X". Secrets are
-made at the click (``services.reveal_*``) and shown once in a modal opened with the click's own
-``trigger_id``; they are never posted in a message, logged or stored.
+double click or a redelivery finds the key taken and gets "already approved by X"; a value
+without its version is refused (``blocks.parse_decision_value``).
+
+Secrets are made at the click (``services.reveal_*``) and shown once in a modal; they are never
+posted in a message, logged or stored. Making one can take longer than a click's ``trigger_id``
+lives (~3 s: a Dex restart in configmap mode, bcrypt at cost 16), so the modal is opened first
+("Working…") and ``views.update``d with the secret, or with the reason there is none.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot import blocks
+from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, tell
 from handlers import errors, policy, services
-from handlers.model import SYSTEM, RequestState
+from handlers.model import Actor, RequestState
 from handlers.ports import RevealedSecret
 
 logger = logging.getLogger(__name__)
+
+Click = Callable[[dict[str, Any], str, WebClient, Callable[[str], None]], None]
+"""A button's work after the ack: (body, the button's value, client, tell the clicker)."""
 
 
 def message_ts(body: dict[str, Any]) -> str:
@@ -33,11 +41,6 @@ def decision_key(body: dict[str, Any], action: str, user: str, version: int | No
     return f"{message_ts(body)}:{action}:{user}:{version}"
 
 
-def already_text(request_id: str, state: RequestState, decided_by: str | None) -> str:
-    who = f" by <@{decided_by}>" if decided_by and decided_by != SYSTEM.user_id else ""
-    return f"{request_id} is already {state.value}{who}."
-
-
 def _forget(secret: RevealedSecret) -> None:
     log.forget_later(secret.value)
     for text in secret.extra.values():
@@ -45,119 +48,125 @@ def _forget(secret: RevealedSecret) -> None:
             log.forget_later(text)
 
 
+def on_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
+    """Register ``work`` for a button: ack at once, then run it through ``after_ack``."""
+
+    def listener(
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        respond: Respond,
+    ) -> None:
+        ack()
+        value = str(action.get("value", ""))
+        after_ack(
+            deps,
+            context,
+            body,
+            client,
+            respond,
+            lambda: work(body, value, client, lambda text: tell(body, client, respond, text)),
+        )
+
+    app.action(action_id)(listener)
+
+
+def show_secret(
+    client: WebClient,
+    body: dict[str, Any],
+    title: str,
+    make: Callable[[], RevealedSecret],
+    request_id: str | None,
+    cid: str,
+) -> RevealedSecret | None:
+    """Open "Working…" with the click's trigger_id at once, then make the secret and put it (or
+    the reason there is none) into that modal by its view id."""
+    opened = client.views_open(trigger_id=body["trigger_id"], view=blocks.working_modal(title))
+    view_id = str((opened.get("view") or {}).get("id") or "")
+    try:
+        secret = make()
+    except Exception as error:  # shown in the modal the clicker is looking at, not in a message
+        if isinstance(error, errors.KfError):
+            logger.info("refused %s: %s", type(error).__name__, error.user_message)
+            text = render.error_text(error, render.SLACK)
+        else:
+            logger.error("could not make a secret", exc_info=error)
+            text = render.internal_error_text(cid)
+        client.views_update(view_id=view_id, view=blocks.notice_modal(title, text))
+        return None
+    _forget(secret)
+    client.views_update(view_id=view_id, view=blocks.secret_modal(secret, request_id=request_id))
+    return secret
+
+
 def register(app: App, deps: Deps) -> None:
     core, identity = deps.core, deps.identity
 
-    def approve(
-        ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        context: BoltContext,
-        client: WebClient,
-        respond: Respond,
-    ) -> None:
-        ack()
+    def approve(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+        user = body["user"]["id"]
+        actor = identity.actor(user)
+        request_id, version = blocks.parse_decision_value(value)
+        request = services.decide(
+            core,
+            actor,
+            request_id,
+            approve=True,
+            seen_version=version,
+            decision_key=decision_key(body, "approve", user, version),
+        )
+        logger.info("%s approved %s", user, request.id, extra={"request_id": request.id})
+        say(f"You approved `{request.id}`; it is being applied.")
 
-        def work() -> None:
-            user = body["user"]["id"]
-            actor = identity.actor(user)
-            request_id, version = blocks.parse_decision_value(str(action.get("value", "")))
-            request = services.decide(
-                core,
-                actor,
-                request_id,
-                approve=True,
-                seen_version=version,
-                decision_key=decision_key(body, "approve", user, version),
+    def reject(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+        actor = identity.actor(body["user"]["id"])
+        request_id, version = blocks.parse_decision_value(value)
+        if not actor.is_admin:  # the same refusal decide() gives, before any lookup or modal
+            raise errors.Forbidden("Only admins can approve or reject requests.")
+        request = services.get_request(core, actor, request_id)
+        policy.check_may_decide(actor, request)
+        if request.state is not RequestState.PENDING:
+            raise errors.AlreadyDone(services._already(request))  # the one wording, decide()'s
+        container = body.get("container") or {}
+        channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
+        metadata = blocks.RejectContext(request.id, version, channel, message_ts(body))
+        client.views_open(trigger_id=body["trigger_id"], view=blocks.reject_modal(request, metadata))
+
+    def view_plan(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+        actor = identity.actor(body["user"]["id"])
+        request = services.get_request(core, actor, value)
+        client.views_open(trigger_id=body["trigger_id"], view=blocks.plan_modal(request))
+
+    def secret_click(title: str, make: Callable[[Actor, str], RevealedSecret], *, per_request: bool) -> Click:
+        def work(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+            actor = identity.actor(body["user"]["id"])
+            request_id = value if per_request else None
+            shown = show_secret(
+                client, body, title, lambda: make(actor, value), request_id, log.correlation_id()
             )
-            logger.info("%s approved %s", user, request.id, extra={"request_id": request.id})
-            tell(body, client, respond, f"You approved `{request.id}`; it is being applied.")
+            if shown is not None:
+                extra = {"request_id": request_id} if request_id else {}
+                logger.info("%s shown to %s", shown.kind, actor.user_id, extra=extra)
 
-        after_ack(context, body, client, respond, work)
+        return work
 
-    def reject(
-        ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        context: BoltContext,
-        client: WebClient,
-        respond: Respond,
-    ) -> None:
-        ack()
-
-        def work() -> None:
-            actor = identity.actor(body["user"]["id"])
-            request_id, version = blocks.parse_decision_value(str(action.get("value", "")))
-            if not actor.is_admin:  # the same refusal decide() gives, before any lookup or modal
-                raise errors.Forbidden("Only admins can approve or reject requests.")
-            request = services.get_request(core, actor, request_id)
-            policy.check_may_decide(actor, request)
-            if request.state is not RequestState.PENDING:
-                raise errors.AlreadyDone(already_text(request.id, request.state, request.decided_by))
-            container = body.get("container") or {}
-            channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
-            metadata = blocks.RejectContext(request.id, version, channel, message_ts(body))
-            client.views_open(trigger_id=body["trigger_id"], view=blocks.reject_modal(request, metadata))
-
-        after_ack(context, body, client, respond, work)
-
-    def view_plan(
-        ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        context: BoltContext,
-        client: WebClient,
-        respond: Respond,
-    ) -> None:
-        ack()
-
-        def work() -> None:
-            actor = identity.actor(body["user"]["id"])
-            request = services.get_request(core, actor, str(action.get("value", "")))
-            client.views_open(trigger_id=body["trigger_id"], view=blocks.plan_modal(request))
-
-        after_ack(context, body, client, respond, work)
-
-    def show_token(
-        ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        context: BoltContext,
-        client: WebClient,
-        respond: Respond,
-    ) -> None:
-        ack()
-
-        def work() -> None:
-            actor = identity.actor(body["user"]["id"])
-            request_id = str(action.get("value", ""))
-            secret = services.reveal_token(core, actor, request_id)
-            _forget(secret)
-            client.views_open(
-                trigger_id=body["trigger_id"], view=blocks.secret_modal(secret, request_id=request_id)
-            )
-            logger.info("token shown to %s", actor.user_id, extra={"request_id": request_id})
-
-        after_ack(context, body, client, respond, work)
-
-    def set_password(
-        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond
-    ) -> None:
-        ack()
-
-        def work() -> None:
-            actor = identity.actor(body["user"]["id"])
-            secret = services.reveal_password(core, actor)
-            _forget(secret)
-            client.views_open(
-                trigger_id=body["trigger_id"], view=blocks.secret_modal(secret, request_id=None)
-            )
-            logger.info("password shown to %s", actor.user_id)
-
-        after_ack(context, body, client, respond, work)
-
-    app.action(blocks.APPROVE)(approve)
-    app.action(blocks.REJECT)(reject)
-    app.action(blocks.VIEW_PLAN)(view_plan)
-    app.action(blocks.SHOW_TOKEN)(show_token)
-    app.action(blocks.SET_PASSWORD)(set_password)
+    on_click(app, deps, blocks.APPROVE, approve)
+    on_click(app, deps, blocks.REJECT, reject)
+    on_click(app, deps, blocks.VIEW_PLAN, view_plan)
+    on_click(
+        app,
+        deps,
+        blocks.SHOW_TOKEN,
+        secret_click(
+            "Your token", lambda actor, value: services.reveal_token(core, actor, value), per_request=True
+        ),
+    )
+    on_click(
+        app,
+        deps,
+        blocks.SET_PASSWORD,
+        secret_click(
+            "Your password", lambda actor, value: services.reveal_password(core, actor), per_request=False
+        ),
+    )

@@ -13,12 +13,13 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
+from bot.controls import control
 from bot.listeners.common import Deps, after_ack, correlation
-from handlers import errors, parse, services
+from handlers import parse, services
 from handlers.kinds import RequestKind
-from handlers.model import Actor
 
 logger = logging.getLogger(__name__)
+__all__ = ["control", "handle", "register"]  # control: re-exported for older imports
 S = render.SLACK
 
 
@@ -33,6 +34,7 @@ def register(app: App, deps: Deps) -> None:
     ) -> None:
         ack()
         after_ack(
+            deps,
             context,
             body,
             client,
@@ -75,42 +77,3 @@ def handle(deps: Deps, command: dict[str, Any], respond: Respond, client: WebCli
         ),
         response_type="ephemeral",
     )
-
-
-def _visible(actor: Actor, view: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """A workspace's details are for admins, its owner and its contributors."""
-    if view is not None and (
-        actor.is_admin
-        or view.get("owner") == actor.email
-        or any(g.get("user") == actor.email for g in view.get("grants") or [])
-    ):
-        return view
-    raise errors.NotFound(f"There is no workspace `{name}` of yours.")
-
-
-def control(
-    core: services.Core, backend: Any, actor: Actor, command: parse.Control, style: render.Style = S
-) -> str:
-    """Text for a control command; shared by Slack and the shell."""
-    if isinstance(command, parse.Help):
-        return render.help_text(command.topic)
-    if isinstance(command, parse.ListRequests):
-        return render.request_list(services.list_requests(core, actor), style, admin=actor.is_admin)
-    if isinstance(command, parse.Cancel):
-        request = services.cancel(core, actor, command.request_id)
-        return f"Cancelled `{request.id}`: {render.describe(request, style)}."
-    if isinstance(command, parse.Retry):
-        request = services.retry(core, actor, command.request_id)
-        return f"`{request.id}` goes through apply again; progress follows in the card's thread."
-    if isinstance(command, parse.WorkspaceList):
-        rows = backend.workspaces(None if actor.is_admin else actor.email)
-        return render.workspaces_text(rows, style, admin=actor.is_admin)
-    if isinstance(command, parse.WorkspaceShow):
-        view = _visible(actor, backend.workspace_view(command.name), command.name)
-        return render.workspace_text(view, style)
-    if isinstance(command, parse.Contributors):
-        _visible(actor, backend.workspace_view(command.workspace), command.workspace)
-        return render.contributors_text(command.workspace, backend.contributors(command.workspace), style)
-    if isinstance(command, parse.Tokens):
-        return render.tokens_text(backend.tokens(actor.user_id), style)
-    raise errors.InvalidInput("That command is not available here.")

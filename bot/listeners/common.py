@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import BoltContext, Respond
@@ -23,6 +25,46 @@ from handlers.services import Core
 logger = logging.getLogger(__name__)
 
 
+BUSY_TEXT = "kf-chatops is busy right now; try again in a minute."
+WORK_THREADS = 8
+"""Default size of the pool that runs listeners' work after their ack (``WorkPool``)."""
+LISTENER_THREADS = 16
+"""Default size of Bolt's ``listener_executor``: it runs listeners up to their ``ack()`` (and the
+short hand-over to ``WorkPool``), so it only needs to cover Slack requests arriving together."""
+
+
+class WorkPool:
+    """Runs listeners' work after their ack, on threads of its own, so a slow use case (a Dex
+    restart, bcrypt at cost 16, a live read) never holds one of Bolt's listener threads, and the
+    ``ack()`` of the next Slack request never waits behind it. Bounded: ``threads`` workers and at
+    most ``queue`` more waiting; past that a click is answered "busy" instead of queued."""
+
+    def __init__(self, threads: int = WORK_THREADS, queue: int | None = None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kfbot-work")
+        self._slots = threading.BoundedSemaphore(threads + (threads * 4 if queue is None else queue))
+
+    def submit(self, work: Callable[[], None]) -> bool:
+        """Queue ``work``; False (nothing queued) when the pool is full or shut down."""
+        if not self._slots.acquire(blocking=False):
+            return False
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                self._slots.release()
+
+        try:
+            self._executor.submit(run)
+        except RuntimeError:  # shut down
+            self._slots.release()
+            return False
+        return True
+
+    def shutdown(self, wait: bool = False) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
 @dataclass(frozen=True)
 class Deps:
     """What the listeners need, wired by ``bot.app``."""
@@ -32,6 +74,8 @@ class Deps:
     identity: Identity
     backend: Any
     """``provisioning.Backend``: read models (workspaces, contributors, tokens)."""
+    pool: WorkPool = field(default_factory=WorkPool)
+    """Where work after an ack runs (``after_ack``)."""
 
 
 def correlation_middleware(context: BoltContext, next: Callable[[], None]) -> None:
@@ -47,14 +91,16 @@ def correlation(context: BoltContext) -> str:
 
 
 def after_ack(
+    deps: Deps,
     context: BoltContext,
     body: dict[str, Any],
     client: WebClient,
     respond: Respond | None,
     work: Callable[[], None],
 ) -> None:
-    """Run a listener's work once it has acked, with its correlation id bound; a failure goes to
-    ``on_error``, the same single handler ``@app.error`` is.
+    """Hand a listener's work, once it has acked, to ``deps.pool`` (never run on Bolt's listener
+    thread: see ``WorkPool``); it runs with the correlation id bound, and a failure goes to
+    ``on_error``, the same single handler ``@app.error`` is. A full pool answers "busy".
 
     Why not simply let the exception reach ``@app.error``: with ``process_before_response=False``
     Bolt 1.30 (``listener/thread_runner.py``) sets ``ack.response`` back to None when a listener
@@ -62,11 +108,19 @@ def after_ack(
     404 "unhandled request" three seconds later instead of the 200 it was owed. Refusals (not an
     admin, already approved) fail within milliseconds, so they hit that race routinely.
     """
-    with log.bound(correlation(context)):
-        try:
-            work()
-        except Exception as error:  # the one handler, reached without Bolt's post-ack race
-            on_error(error, body, context, client, respond)
+    cid = correlation(context)
+
+    def run() -> None:
+        with log.bound(cid):
+            try:
+                work()
+            except Exception as error:  # the one handler, reached without Bolt's post-ack race
+                on_error(error, body, context, client, respond)
+
+    if not deps.pool.submit(run):
+        with log.bound(cid):
+            logger.warning("work pool full; refused a Slack request")
+            tell(body, client, respond, BUSY_TEXT)
 
 
 def user_id(body: Mapping[str, Any]) -> str:

@@ -1,8 +1,11 @@
 """Modal submissions: the reject reason and the new-workspace form.
 
 Both validate before ``ack()`` because that is the only moment Slack accepts field errors
-(``response_action="errors"``); the work itself runs after the ack. The form's idempotency key
-is the view id, so a submission delivered twice records one request.
+(``response_action="errors"``); only pure validation runs there (the fields, names and units:
+``workspace_from_form``), never a Slack, database or Kubernetes call, so the ack stays within
+Slack's 3 s. Everything else (who the user is, the plan, "that name is taken") runs after the ack
+and answers by DM. The form's idempotency key is the view id, so a submission delivered twice
+records one request.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from handlers import errors, kinds, naming, services
 
 logger = logging.getLogger(__name__)
 _NODES = re.compile(r"(\d{1,3}):(\d{1,3})")
+PLACEHOLDER_EMAIL = "requester@example.com"
+"""Stands in for the requester's address while the form is checked before the ack."""
 
 
 def _int(values: dict[str, str], key: str) -> int | None:
@@ -78,6 +83,8 @@ def register(app: App, deps: Deps) -> None:
         def work() -> None:
             user = body["user"]["id"]
             meta = blocks.RejectContext.load(view.get("private_metadata") or "")
+            if meta.version is None:  # decide() would skip its stale-card check
+                raise errors.InvalidInput(blocks.STALE_BUTTON_TEXT)
             actor = identity.actor(user)
             request = services.decide(
                 core,
@@ -91,22 +98,23 @@ def register(app: App, deps: Deps) -> None:
             logger.info("%s rejected %s", user, request.id, extra={"request_id": request.id})
             tell(body, client, None, f"You rejected `{request.id}`.")
 
-        after_ack(context, body, client, None, work)
+        after_ack(deps, context, body, client, None, work)
 
     def workspace_form(
         ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
+        values = blocks.form_values(view)
         with log.bound(correlation(context)):
-            try:
-                actor = identity.actor(body["user"]["id"])
-                kind = workspace_from_form(blocks.form_values(view), actor.email)
-                services.preview(core, actor, kind)
+            try:  # pure: the owner defaults to the requester, filled in after the ack
+                workspace_from_form(values, PLACEHOLDER_EMAIL)
             except errors.KfError as exc:  # before ack is the only moment Slack shows errors on fields
                 ack(response_action="errors", errors=field_errors(exc))
                 return
         ack()
 
         def work() -> None:
+            actor = identity.actor(body["user"]["id"])
+            kind = workspace_from_form(values, actor.email)
             result = services.submit(
                 core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=correlation(context)
             )
@@ -115,7 +123,7 @@ def register(app: App, deps: Deps) -> None:
             )
             client.chat_postMessage(channel=actor.user_id, text=blocks.fallback(text))
 
-        after_ack(context, body, client, None, work)
+        after_ack(deps, context, body, client, None, work)
 
     app.view(blocks.REJECT_VIEW)(reject_reason)
     app.view(blocks.WORKSPACE_VIEW)(workspace_form)

@@ -153,6 +153,9 @@ class FaultProxy(ThreadingHTTPServer):
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm on, every answer would wait for
+    # the client's delayed ACK (~40 ms), which over a workspace's AWS calls costs seconds.
+    disable_nagle_algorithm = True
     server: FaultProxy
 
     def log_message(self, format: str, *args: Any) -> None:

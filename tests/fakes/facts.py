@@ -13,12 +13,16 @@ class StaticFacts:
     workspaces: dict[str, WorkspaceFacts] = field(default_factory=dict)
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     users_elsewhere: set[str] = field(default_factory=set)
+    logins_made: set[str] = field(default_factory=set)
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
 
     def user_in_use(self, user: str, except_workspace: str) -> bool:
         return user in self.users_elsewhere
+
+    def bot_made_login(self, user: str) -> bool:
+        return user in self.logins_made
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         return self.tokens.get(token_id)

@@ -157,6 +157,10 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
   value: {{ .Values.dex.mode | quote }}
 - name: KFBOT_DEX_NAMESPACE
   value: {{ .Values.dex.namespace | quote }}
+- name: KFBOT_NAME_DEX_USER
+  value: {{ .Values.dex.usernameTemplate | quote }}
+- name: KFBOT_DEX_RESTART_QUIET
+  value: {{ .Values.dex.restartQuietSeconds | quote }}
 {{- with .Values.aws.region }}
 - name: KFBOT_AWS_REGION
   value: {{ . | quote }}

@@ -1,0 +1,75 @@
+"""Control commands (help, requests, cancel, retry, workspace list/show, contributors, tokens):
+the text each answers, shared by the Slack listener and ``kfbot shell`` (so the shell does not
+import the Slack edge). Typed against ``WorkspaceReads``, the read models of
+``provisioning.Backend`` these commands use."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from bot import render
+from handlers import errors, parse, policy, services
+from handlers.model import Actor
+
+
+class WorkspaceReads(Protocol):
+    """What control commands read from ``provisioning.Backend``."""
+
+    def workspaces(self, owner: str | None = None) -> list[dict[str, Any]]: ...
+
+    def workspace_view(self, name: str, *, live: bool = True) -> dict[str, Any] | None: ...
+
+    def contributors(self, workspace: str, *, view: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def tokens(self, requester_id: str) -> list[dict[str, Any]]: ...
+
+
+def visible(core: services.Core, actor: Actor, record: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """A workspace's details are for admins, its owner and its contributors (as the registry
+    records them: checked before any live read)."""
+    user = policy.kubeflow_user(actor, core.settings)
+    if record is not None and (
+        actor.is_admin
+        or record.get("owner") == user
+        or any(g.get("user") == user for g in record.get("grants") or [])
+    ):
+        return record
+    raise errors.NotFound(f"There is no workspace `{name}` of yours.")
+
+
+def _authorized_view(core: services.Core, backend: WorkspaceReads, actor: Actor, name: str) -> dict[str, Any]:
+    """Authorize on the registry row (no Kubernetes read), then read the live view once."""
+    visible(core, actor, backend.workspace_view(name, live=False), name)
+    return visible(core, actor, backend.workspace_view(name), name)
+
+
+def control(
+    core: services.Core,
+    backend: WorkspaceReads,
+    actor: Actor,
+    command: parse.Control,
+    style: render.Style = render.SLACK,
+) -> str:
+    """Text for a control command; shared by Slack and the shell."""
+    if isinstance(command, parse.Help):
+        return render.help_text(command.topic)
+    if isinstance(command, parse.ListRequests):
+        return render.request_list(services.list_requests(core, actor), style, admin=actor.is_admin)
+    if isinstance(command, parse.Cancel):
+        request = services.cancel(core, actor, command.request_id)
+        return f"Cancelled `{request.id}`: {render.describe(request, style)}."
+    if isinstance(command, parse.Retry):
+        request = services.retry(core, actor, command.request_id)
+        return f"`{request.id}` goes through apply again; progress follows in the card's thread."
+    if isinstance(command, parse.WorkspaceList):
+        rows = backend.workspaces(None if actor.is_admin else policy.kubeflow_user(actor, core.settings))
+        return render.workspaces_text(rows, style, admin=actor.is_admin)
+    if isinstance(command, parse.WorkspaceShow):
+        return render.workspace_text(_authorized_view(core, backend, actor, command.name), style)
+    if isinstance(command, parse.Contributors):
+        view = _authorized_view(core, backend, actor, command.workspace)
+        rows = backend.contributors(command.workspace, view=view)
+        return render.contributors_text(command.workspace, rows, style)
+    if isinstance(command, parse.Tokens):
+        return render.tokens_text(backend.tokens(actor.user_id), style)
+    raise errors.InvalidInput("That command is not available here.")
