@@ -58,6 +58,13 @@ class RequestKind(Protocol):
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]: ...
 
 
+class NoTimers:
+    """For kinds that leave nothing to expire or revert."""
+
+    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
+        return []
+
+
 def to_args(kind: RequestKind) -> dict[str, JSON]:
     out: dict[str, JSON] = {}
     for f in dataclasses.fields(kind):  # type: ignore[arg-type]
@@ -88,7 +95,7 @@ def _require_workspace(ctx: PlanContext, name: str) -> WorkspaceFacts:
 
 
 @dataclass(frozen=True)
-class WorkspaceCreate:
+class WorkspaceCreate(NoTimers):
     KIND: ClassVar[str] = "workspace.create"
     USAGE: ClassVar[str] = (
         "/kf workspace new NAME [--owner EMAIL] [--gpu N] [--cpu N] [--memory 16Gi] [--storage 100Gi] "
@@ -276,9 +283,6 @@ class WorkspaceCreate:
             ),
         ]
 
-    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
-        return []
-
 
 # Deletion walks the create steps backwards; each create action has a removal twin.
 _REMOVAL = {
@@ -292,7 +296,7 @@ _REMOVAL = {
 
 
 @dataclass(frozen=True)
-class WorkspaceDelete:
+class WorkspaceDelete(NoTimers):
     KIND: ClassVar[str] = "workspace.delete"
     USAGE: ClassVar[str] = "/kf workspace delete NAME --confirm NAME [--purge-data]"
 
@@ -354,9 +358,6 @@ class WorkspaceDelete:
                 "Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted."
             )
         return Plan.of(steps, warnings)
-
-    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
-        return []
 
 
 # -- sharing -----------------------------------------------------------------------------------
@@ -478,7 +479,7 @@ class Share:
 
 
 @dataclass(frozen=True)
-class Unshare:
+class Unshare(NoTimers):
     KIND: ClassVar[str] = "unshare"
     USAGE: ClassVar[str] = "/kf unshare WORKSPACE USER"
 
@@ -519,9 +520,6 @@ class Unshare:
                 )
             ]
         )
-
-    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
-        return []
 
 
 # -- quota -------------------------------------------------------------------------------------
@@ -723,7 +721,7 @@ class TokenIssue:
 
 
 @dataclass(frozen=True)
-class TokenRevoke:
+class TokenRevoke(NoTimers):
     KIND: ClassVar[str] = "token.revoke"
     USAGE: ClassVar[str] = "/kf token revoke TOKEN_ID"
 
@@ -755,9 +753,6 @@ class TokenRevoke:
                 )
             ]
         )
-
-    def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]:
-        return []
 
 
 KINDS: Mapping[str, type[RequestKind]] = {

@@ -19,7 +19,16 @@ from handlers import errors, kinds, policy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
 from handlers.plan import JSON, Plan
-from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer, UnitOfWork, UnitOfWorkFactory
+from handlers.ports import (
+    Clock,
+    Facts,
+    Notifier,
+    RevealedSecret,
+    SecretIssuer,
+    Timers,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from handlers.settings import CoreSettings
 
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: ids are read aloud and retyped
@@ -182,13 +191,18 @@ def _record(
         if stored.id != request.id:
             return Submitted(stored, duplicate=True)
         if auto is None:
-            uow.timers.schedule("request.expire", request.id, now + core.settings.policy.request_ttl)
-            uow.timers.schedule("request.nudge", request.id, now + core.settings.policy.nudge_after)
+            schedule_decision_timers(uow.timers, core.settings, request.id, now)
         events = request.take_events()
         uow.audit.append(events)
         uow.commit()
     _announce(core, request, events)
     return Submitted(request, duplicate=False, auto_reason=auto)
+
+
+def schedule_decision_timers(timers: Timers, settings: CoreSettings, request_id: str, now: datetime) -> None:
+    """A request waiting for an admin expires after the TTL and nudges approvers meanwhile."""
+    timers.schedule("request.expire", request_id, now + settings.policy.request_ttl)
+    timers.schedule("request.nudge", request_id, now + settings.policy.nudge_after)
 
 
 def _refuse_open_duplicate(
@@ -218,13 +232,13 @@ def decide(
         request = uow.requests.get(request_id)
         policy.check_may_decide(actor, request, core.settings)
         if request.state is not RequestState.PENDING:
-            raise errors.AlreadyDone(_already(request))
+            raise errors.AlreadyDone(already_text(request))
         if seen_version is not None and seen_version != request.version:
             raise errors.AlreadyDone(
                 f"The plan of {request.id} changed since this card was posted; use the new card."
             )
         if not uow.decisions.claim(decision_key, request.id):
-            raise errors.AlreadyDone(_already(request))
+            raise errors.AlreadyDone(already_text(request))
         before = request.version
         now = core.clock.now()
         if approve:
@@ -238,12 +252,12 @@ def decide(
         try:
             events = _commit(core, uow, request, before)
         except errors.StaleVersion as exc:
-            raise errors.AlreadyDone(_already(uow.requests.get(request_id))) from exc
+            raise errors.AlreadyDone(already_text(uow.requests.get(request_id))) from exc
     _announce(core, request, events)
     return request
 
 
-def _already(request: Request) -> str:
+def already_text(request: Request) -> str:
     who = (
         f" by <@{request.decided_by}>" if request.decided_by and request.decided_by != SYSTEM.user_id else ""
     )

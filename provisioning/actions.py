@@ -10,8 +10,9 @@ the adapter boundary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from handlers.plan import JSON, StepOutcome
@@ -21,6 +22,25 @@ class Action(Protocol):
     def ensure(self, params: Mapping[str, JSON]) -> StepOutcome: ...
 
     def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None: ...
+
+
+REQUEST_MARK = "_request"
+"""The param key under which the engine passes the id of the request an action runs for; actions
+mark what they create with it, so a retried step knows its own objects."""
+
+
+@dataclass(frozen=True)
+class BoundAction:
+    """An ``Action`` made of two callables, so one adapter class can offer several actions."""
+
+    ensure_fn: Callable[[Mapping[str, JSON]], StepOutcome]
+    undo_fn: Callable[[Mapping[str, JSON], StepOutcome], None]
+
+    def ensure(self, params: Mapping[str, JSON]) -> StepOutcome:
+        return self.ensure_fn(params)
+
+    def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+        self.undo_fn(params, outcome)
 
 
 ActionRegistry = Mapping[str, Action]

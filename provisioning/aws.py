@@ -48,7 +48,7 @@ import json
 import string
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -70,8 +70,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from handlers.errors import KfError, PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome, canonical_json
 from handlers.ports import Clock
-from provisioning.actions import Action, KeyedLock
-from provisioning.engine import REQUEST_MARK
+from provisioning.actions import REQUEST_MARK, Action, BoundAction, KeyedLock
 
 if TYPE_CHECKING:
     from mypy_boto3_eks import EKSClient
@@ -254,16 +253,6 @@ def _aws_call(what: str) -> Iterator[None]:
         raise TemporaryError(f"The AWS call failed while {what} ({type(e).__name__}); will retry.") from e
 
 
-@dataclass(frozen=True)
-class _Action:
-    ensure_fn: Callable[[Mapping[str, JSON]], StepOutcome]
-    undo_fn: Callable[[Mapping[str, JSON], StepOutcome], None]
-
-    def ensure(self, params: Mapping[str, JSON]) -> StepOutcome:
-        return self.ensure_fn(params)
-
-    def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
-        self.undo_fn(params, outcome)
 
 
 MARK_TAG: Final = "kf-chatops/request"
@@ -441,12 +430,12 @@ class AwsActions:
 
     def registry(self) -> dict[str, Action]:
         return {
-            "aws.bucket": _Action(self._ensure_bucket, self._undo_bucket),
-            "aws.bucket.remove": _Action(self._remove_bucket, _irreversible),
-            "aws.iam_resources": _Action(self._ensure_iam_resources, self._undo_iam_resources),
-            "aws.iam_resources.remove": _Action(self._remove_iam_resources, _irreversible),
-            "aws.nodegroup": _Action(self._ensure_nodegroup, self._undo_nodegroup),
-            "aws.nodegroup.remove": _Action(self._remove_nodegroup, _irreversible),
+            "aws.bucket": BoundAction(self._ensure_bucket, self._undo_bucket),
+            "aws.bucket.remove": BoundAction(self._remove_bucket, _irreversible),
+            "aws.iam_resources": BoundAction(self._ensure_iam_resources, self._undo_iam_resources),
+            "aws.iam_resources.remove": BoundAction(self._remove_iam_resources, _irreversible),
+            "aws.nodegroup": BoundAction(self._ensure_nodegroup, self._undo_nodegroup),
+            "aws.nodegroup.remove": BoundAction(self._remove_nodegroup, _irreversible),
         }
 
     # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --

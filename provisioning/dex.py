@@ -67,7 +67,7 @@ from handlers.naming import dex_password_object_name
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from provisioning import k8s
-from provisioning.actions import Action
+from provisioning.actions import Action, BoundAction
 from provisioning.k8s import Kube, Obj
 from provisioning.settings import DexSettings
 
@@ -146,8 +146,8 @@ class DexActions:
 
     def registry(self) -> dict[str, Action]:
         return {
-            "dex.user": k8s.BoundAction(self.ensure_user, self.undo_user),
-            "dex.user.remove": k8s.BoundAction(self.remove_user, k8s.no_undo),
+            "dex.user": BoundAction(self.ensure_user, self.undo_user),
+            "dex.user.remove": BoundAction(self.remove_user, k8s.no_undo),
         }
 
     @property

@@ -46,15 +46,12 @@ from handlers.model import Event, EventType, Request, RequestState
 from handlers.plan import JSON, Step, StepOutcome, StepStatus
 from handlers.ports import Clock, Facts, Notifier
 from handlers.settings import CoreSettings
-from provisioning.actions import ActionRegistry
+from provisioning.actions import REQUEST_MARK, ActionRegistry
 from provisioning.metrics import CRASH, ERROR, OK, RETRY, Metrics
 from provisioning.settings import EngineSettings
 from provisioning.store import Database, LeaseLost, SqlUnitOfWork, StepRecord
 
 log = logging.getLogger(__name__)
-
-REQUEST_MARK = "_request"
-"""The param key under which actions receive the id of the request they act for."""
 
 
 def marked(step: Step, request: Request) -> dict[str, JSON]:
@@ -203,8 +200,16 @@ class Engine:
             self._save(request, before)
             return False
         before = request.version
-        started = request.begin_apply(current, self.clock.now())
-        self._save(request, before)
+        now = self.clock.now()
+        started = request.begin_apply(current, now)
+        # Back to pending with a new plan: it waits for an admin again, so it expires again.
+        self._save(
+            request,
+            before,
+            on_commit=None
+            if started
+            else lambda uow: services.schedule_decision_timers(uow.timers, self.core, request.id, now),
+        )
         return started
 
     def _apply(self, request: Request) -> _Wait | None:
@@ -247,12 +252,8 @@ class Engine:
                 StepStatus.RUNNING,
                 attempts=attempts,
                 first_failure=first_failure,
-                event=Event(
-                    EventType.STEP_STARTED,
-                    request.id,
-                    self.clock.now(),
-                    None,
-                    {"idx": idx, "key": step.key, "action": step.action},
+                event=self._step_event(
+                    EventType.STEP_STARTED, request, {"idx": idx, "key": step.key, "action": step.action}
                 ),
             )
         # else: a retry (deferred, or resumed after a crash): its RUNNING record is already there.
@@ -322,12 +323,8 @@ class Engine:
             outcome=outcome,
             attempts=attempts,
             first_failure=first_failure,
-            event=Event(
-                EventType.STEP_SUCCEEDED,
-                request.id,
-                self.clock.now(),
-                None,
-                {"idx": idx, "key": step.key, "created": outcome.created},
+            event=self._step_event(
+                EventType.STEP_SUCCEEDED, request, {"idx": idx, "key": step.key, "created": outcome.created}
             ),
         )
         return None
@@ -358,15 +355,14 @@ class Engine:
             attempts=attempts,
             first_failure=first_failure,
             error=reason,
-            event=Event(
-                EventType.STEP_FAILED,
-                request.id,
-                self.clock.now(),
-                None,
-                {"idx": idx, "key": step.key, "error": reason},
+            event=self._step_event(
+                EventType.STEP_FAILED, request, {"idx": idx, "key": step.key, "error": reason}
             ),
         )
         return reason
+
+    def _step_event(self, type_: EventType, request: Request, data: dict[str, JSON]) -> Event:
+        return Event(type_, request.id, self.clock.now(), None, data)
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.settings.retry_max, self.settings.retry_initial * 2 ** (attempts - 1)))
@@ -417,12 +413,8 @@ class Engine:
                 StepStatus.UNDONE,
                 outcome=outcome,
                 attempts=record.attempts,
-                event=Event(
-                    EventType.STEP_UNDONE,
-                    request.id,
-                    self.clock.now(),
-                    None,
-                    {"idx": record.idx, "key": step.key, "removed": True},
+                event=self._step_event(
+                    EventType.STEP_UNDONE, request, {"idx": record.idx, "key": step.key, "removed": True}
                 )
                 if restored
                 else None,

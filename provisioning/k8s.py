@@ -40,7 +40,7 @@ from kubernetes.client.exceptions import ApiException
 
 from handlers.errors import PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome
-from provisioning.engine import REQUEST_MARK
+from provisioning.actions import REQUEST_MARK
 
 log = logging.getLogger(__name__)
 
@@ -400,18 +400,6 @@ def marked_by(obj: Mapping[str, Any], params: Mapping[str, JSON]) -> bool:
     return owns(request_of(params), labels_of(obj).get(MARK_KEY))
 
 
-@dataclass(frozen=True)
-class BoundAction:
-    """An ``provisioning.actions.Action`` made of two bound methods, so one class can offer several."""
-
-    ensure_fn: Callable[[Mapping[str, JSON]], StepOutcome]
-    undo_fn: Callable[[Mapping[str, JSON], StepOutcome], None]
-
-    def ensure(self, params: Mapping[str, JSON]) -> StepOutcome:
-        return self.ensure_fn(params)
-
-    def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
-        self.undo_fn(params, outcome)
 
 
 def no_undo(params: Mapping[str, JSON], outcome: StepOutcome) -> None:

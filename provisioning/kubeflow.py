@@ -52,7 +52,7 @@ from handlers.naming import kfam_binding_name
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from provisioning import k8s
-from provisioning.actions import Action
+from provisioning.actions import Action, BoundAction
 from provisioning.k8s import Kube, Obj
 from provisioning.settings import KubeflowSettings
 
@@ -141,14 +141,14 @@ class KubeflowActions:
 
     def registry(self) -> dict[str, Action]:
         return {
-            "kubeflow.profile": k8s.BoundAction(self.ensure_profile, self.undo_profile),
-            "kubeflow.profile.remove": k8s.BoundAction(self.remove_profile, k8s.no_undo),
-            "kubeflow.poddefault": k8s.BoundAction(self.ensure_poddefault, self.undo_poddefault),
-            "kubeflow.contributor": k8s.BoundAction(self.ensure_contributor, self.undo_contributor),
-            "kubeflow.contributor.remove": k8s.BoundAction(self.remove_contributor, k8s.no_undo),
-            "kubeflow.quota": k8s.BoundAction(self.ensure_quota, self.undo_quota),
-            "kubeflow.token_account": k8s.BoundAction(self.ensure_token_account, self.undo_token_account),
-            "kubeflow.token_account.remove": k8s.BoundAction(self.remove_token_account, k8s.no_undo),
+            "kubeflow.profile": BoundAction(self.ensure_profile, self.undo_profile),
+            "kubeflow.profile.remove": BoundAction(self.remove_profile, k8s.no_undo),
+            "kubeflow.poddefault": BoundAction(self.ensure_poddefault, self.undo_poddefault),
+            "kubeflow.contributor": BoundAction(self.ensure_contributor, self.undo_contributor),
+            "kubeflow.contributor.remove": BoundAction(self.remove_contributor, k8s.no_undo),
+            "kubeflow.quota": BoundAction(self.ensure_quota, self.undo_quota),
+            "kubeflow.token_account": BoundAction(self.ensure_token_account, self.undo_token_account),
+            "kubeflow.token_account.remove": BoundAction(self.remove_token_account, k8s.no_undo),
         }
 
     # -- waiting -----------------------------------------------------------------------------

@@ -142,6 +142,14 @@ def very_slow_bot(
         running.stop()
 
 
+def _alice_has_a_login(running: Running, fake: FakeSlack) -> None:
+    """A workspace for Alice, approved and applied: the bot made her Dex login, so "Set my
+    password" may reset it."""
+    request_id = new_workspace_request(running, fake)
+    click(running, fake, card_for(fake, request_id), blocks.APPROVE, user=BOB)
+    wait_state(running, request_id, RequestState.SUCCEEDED)
+
+
 def _press(running: Running, fake: FakeSlack, action_id: str, value: str, *, user: str, name: str) -> int:
     body = block_action_body(
         action_id,
@@ -161,6 +169,7 @@ def test_set_password_opens_the_modal_first_and_updates_it_with_the_secret(
     slow_bot: tuple[Running, SlowSecrets], fake_slack: FakeSlack
 ) -> None:
     running, secrets = slow_bot
+    _alice_has_a_login(running, fake_slack)
 
     assert _press(running, fake_slack, blocks.SET_PASSWORD, "", user=ALICE, name="pw") == 200
 
@@ -193,6 +202,7 @@ def test_slow_clicks_in_flight_do_not_delay_the_ack_of_a_slash_command(
     very_slow_bot: tuple[Running, SlowSecrets], fake_slack: FakeSlack
 ) -> None:
     running, secrets = very_slow_bot
+    _alice_has_a_login(running, fake_slack)
     clicks = [
         threading.Thread(
             target=_press,

@@ -163,6 +163,11 @@ def test_plan_that_changed_after_approval_goes_back_to_pending(db_url: str) -> N
     assert request.decided_by is None
     assert request.plan.steps[0].params["hard"]["cpu"] == "16"
     assert EventType.PLAN_CHANGED.value in later.notifier.types_for(rid)
+    later.clock.advance(CORE.policy.request_ttl + timedelta(seconds=1))
+    later.backend.sweep_timers(
+        lambda kind, ref, payload: services.handle_timer(later.core, kind, ref, payload)
+    )
+    assert later.request(rid).state is RequestState.EXPIRED, "a re-pending request expires like any other"
     assert stack.world.ensure_calls == [], "nothing was applied under the old approval"
 
 

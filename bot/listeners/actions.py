@@ -127,7 +127,7 @@ def register(app: App, deps: Deps) -> None:
         request = services.get_request(core, actor, request_id)
         policy.check_may_decide(actor, request)
         if request.state is not RequestState.PENDING:
-            raise errors.AlreadyDone(services._already(request))  # the one wording, decide()'s
+            raise errors.AlreadyDone(services.already_text(request))  # the one wording, decide()'s
         container = body.get("container") or {}
         channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
         metadata = blocks.RejectContext(request.id, version, channel, message_ts(body))
