@@ -16,7 +16,6 @@ Usage: ``.venv/bin/python -m bench.run [--requests 200] [--concurrency 8] [--jso
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import statistics
@@ -29,22 +28,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bot import app as composition
 from bot import blocks
 from bot.settings import Settings
 from handlers.model import RequestState
 from tests.fakes.slack import (
-    BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
     block_action_body,
     post_signed,
     slash_command_body,
 )
+from tests.fakes.slack_bot import ADMIN_CHANNEL, bot_settings, running_bot
 
 SLACK_ACK_BUDGET_MS = 3000.0
 ADMIN = "U0ADMIN01"
-CHANNEL = "CADMINS01"
 _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 
 
@@ -82,24 +79,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def settings_for(fake: FakeSlack, workdir: Path) -> Settings:
-    settings = Settings.from_env(
-        {
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "KFBOT_SLACK_API_URL": fake.base_url,
-            "KFBOT_ADMIN_CHANNEL": CHANNEL,
-            "KFBOT_ADMIN_USERS": ADMIN,
-            "KFBOT_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-            "KFBOT_AUDIT_KEY": "bench-audit-key-0123456789",
-            "KFBOT_HTTP_HOST": "127.0.0.1",
-            "KFBOT_HTTP_PORT": "0",
-            "KFBOT_LOG_LEVEL": "WARNING",
-        }
-    )
-    engine = dataclasses.replace(settings.provisioning.engine, poll_interval=0.02)
-    return dataclasses.replace(
-        settings, provisioning=dataclasses.replace(settings.provisioning, engine=engine)
-    )
+    return bot_settings(fake, workdir, admins=ADMIN, KFBOT_LOG_LEVEL="WARNING")
 
 
 def run(requests: int, concurrency: int) -> dict[str, Any]:
@@ -109,12 +89,7 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
         users = [f"U0REQ{i:04d}" for i in range(requests)]
         for user in users:
             fake.add_user(user, f"{user.lower()}@example.com", user.lower())
-        settings = settings_for(fake, workdir)
-        backend = composition.build_backend(settings)
-        backend.migrate()
-        backend.close()
-        running = composition.start_slack(settings, port=0)
-        try:
+        with running_bot(settings_for(fake, workdir)) as running:
             rss_before = rss_kib()
             acks: list[float] = []
             replies: list[float] = []
@@ -151,7 +126,7 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
                     lambda: next(
                         (
                             m
-                            for m in fake.messages_in(CHANNEL)
+                            for m in fake.messages_in(ADMIN_CHANNEL)
                             if request_id in m.get("text", "") and not m.get("thread_ts")
                         ),
                         None,
@@ -167,7 +142,7 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
                     blocks.APPROVE,
                     button["value"],
                     user_id=ADMIN,
-                    channel_id=CHANNEL,
+                    channel_id=ADMIN_CHANNEL,
                     message_ts=card["ts"],
                     response_url=fake.response_url(f"a{request_id}"),
                     message_blocks=card.get("blocks"),
@@ -188,8 +163,6 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
             with ThreadPoolExecutor(concurrency) as pool:
                 list(pool.map(approve, ids))
             rss_after = rss_kib()
-        finally:
-            running.stop()
     ack = percentiles(acks)
     return {
         "requests": requests,

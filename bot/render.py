@@ -235,15 +235,15 @@ def decision_text(request: Request, style: Style) -> str:
 
 
 def kept_at_apply(request: Request, details: Mapping[int, Mapping[str, Any]]) -> list[str]:
-    """What a delete's steps kept though its plan meant to remove it (a bucket that gained data
-    after the plan was made), from the recorded step outcomes' details by step index."""
+    """What a delete's steps kept rather than lose data (a bucket that holds objects, without
+    ``--purge-data``), from the recorded step outcomes' details by step index."""
     notes: list[str] = []
     for idx, step in enumerate(request.plan.steps):
         found = details.get(idx) or {}
         if step.action == "aws.bucket.remove" and found.get("kept") is True:
             notes.append(
-                f"S3 bucket `{step.params.get('bucket')}` holds data and is kept (data arrived after the "
-                "plan was made); ask again with `--purge-data` to delete it too."
+                f"S3 bucket `{step.params.get('bucket')}` holds data and is kept; "
+                "ask again with `--purge-data` to delete it too."
             )
     return notes
 

@@ -343,13 +343,6 @@ class WorkspaceDelete(NoTimers):
                     f"The Dex login {params['email']} is kept: it still owns or shares another workspace."
                 )
                 continue
-            bucket_has_data = ws.bucket_has_data.get(str(params.get("bucket")))
-            if action == "aws.bucket" and not self.purge_data and bucket_has_data:
-                warnings.append(
-                    f"S3 bucket `{params['bucket']}` holds data and is kept; "
-                    "ask again with `--purge-data` to delete it too."
-                )
-                continue
             if action in ("aws.bucket", "kubeflow.profile"):
                 params["purge_data"] = self.purge_data
             steps.append(Step(removal, key, params, f"remove {key}"))

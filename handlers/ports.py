@@ -130,8 +130,6 @@ class WorkspaceFacts:
     """Objects the bot created for this workspace, by step key, with their params (for delete)."""
     pvcs: int | None = None
     """PersistentVolumeClaims in the namespace now (None when unknown: no cluster to ask)."""
-    bucket_has_data: dict[str, bool] = field(default_factory=dict)
-    """Bucket the bot created -> whether it holds objects now (absent when unknown)."""
 
 
 class Facts(Protocol):

@@ -380,7 +380,7 @@ def _build_live(
         clock,
         db,
         actions,
-        RegistryFacts(db, clock, kubeflow, aws),
+        RegistryFacts(db, clock, kubeflow),
         secrets,
         kubeflow,
         metrics=metrics,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from handlers import errors, kinds
+from handlers import kinds
 from handlers.model import SYSTEM, RequestState
 from handlers.ports import Clock, WorkspaceFacts
 from provisioning.store import Database
@@ -22,19 +22,14 @@ class LiveWorkspaces(Protocol):
     def workspace_state(self, namespace: str) -> dict[str, Any]: ...
 
 
-class LiveBuckets(Protocol):
-    def bucket_summary(self, bucket: str) -> dict[str, Any] | None: ...
-
-
 class RegistryFacts:
     def __init__(
         self,
         db: Database,
         clock: Clock,
         live: LiveWorkspaces | None = None,
-        buckets: LiveBuckets | None = None,
     ) -> None:
-        self.db, self.clock, self.live, self.buckets = db, clock, live, buckets
+        self.db, self.clock, self.live = db, clock, live
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:
@@ -69,25 +64,7 @@ class RegistryFacts:
             quota_enforced=enforced,
             created=dict(row["created"]),
             pvcs=pvcs,
-            bucket_has_data=self._bucket_data(row["created"]),
         )
-
-    def _bucket_data(self, created: dict[str, Any]) -> dict[str, bool]:
-        """Whether each bucket the bot created holds objects now, so a delete without
-        ``--purge-data`` can say up front that it keeps it (unknown buckets are left out)."""
-        found: dict[str, bool] = {}
-        if self.buckets is None:
-            return found
-        for entry in created.values():
-            if entry.get("action") != "aws.bucket":
-                continue
-            bucket = str(entry["params"]["bucket"])
-            try:
-                summary = self.buckets.bucket_summary(bucket)
-            except errors.KfError:
-                continue  # AWS unreachable: unknown, and the remove step still refuses to lose data
-            found[bucket] = summary is not None and not summary.get("is_empty", True)
-        return found
 
     @staticmethod
     def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:

@@ -615,8 +615,3 @@ class KubeflowActions:
         state["contributors"] = contributors
         state["pvcs"] = len(self.kube.list(k8s.PVC, namespace))
         return state
-
-    def list_profiles(self) -> list[dict[str, Any]]:
-        return [{"name": k8s.meta(p).get("name"), "owner": _profile_owner(p), "labels": k8s.labels_of(p),
-                 "hard": _profile_hard(p), "managed": k8s.is_managed(p)}
-                for p in self.kube.list(k8s.PROFILE)]

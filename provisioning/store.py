@@ -693,10 +693,6 @@ class SqlWork:
             update=values,
         )
 
-    def reset_steps(self, request_id: str) -> None:
-        """Forget recorded steps (a retried request runs its plan from the start; steps are idempotent)."""
-        self._tx.conn.execute(sa.delete(step_outcomes).where(step_outcomes.c.request_id == request_id))
-
     # -- timers -------------------------------------------------------------------------------
     def claim_timers(self, worker_id: str, now: datetime, lease_until: datetime,
                      limit: int = 50) -> list[TimerRow]:

@@ -40,6 +40,7 @@ from tests.fakes.slack import (
     slash_command_body,
     view_submission_body,
 )
+from tests.fakes.slack_bot import migrate, running_bot
 from tests.test_slack_edge import (
     ADMIN_GROUP,
     ALICE,
@@ -105,9 +106,7 @@ def _start(
 ) -> tuple[Running, SlowSecrets]:
     _users(fake)
     settings = settings_for(fake, tmp_path)
-    backend = composition.build_backend(settings)
-    backend.migrate()
-    backend.close()
+    migrate(settings)
     made: list[SlowSecrets] = []
     real_build_core = composition.build_core
 
@@ -232,15 +231,8 @@ def test_slow_clicks_in_flight_do_not_delay_the_ack_of_a_slash_command(
 @pytest.fixture
 def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
     _users(fake_slack)
-    settings = settings_for(fake_slack, tmp_path)
-    backend = composition.build_backend(settings)
-    backend.migrate()
-    backend.close()
-    running = composition.start_slack(settings, port=0)
-    try:
+    with running_bot(settings_for(fake_slack, tmp_path)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _submit_form(running: Running, user: str, name: str, view_id: str) -> tuple[int, bytes]:

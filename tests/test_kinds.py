@@ -9,18 +9,10 @@ from handlers.naming import NamingSettings
 from handlers.ports import WorkspaceFacts
 from handlers.settings import CoreSettings, WorkspaceDefaults
 from tests.fakes.facts import StaticFacts
+from tests.test_naming import RUNBOOK as RUNBOOK_NAMING
 
 RUNBOOK = CoreSettings(
-    naming=NamingSettings(
-        namespace="aic-ns-{project}-ws",
-        bucket="s3-{region_alias}-{infra}-{env}-{project}",
-        nodegroup="ng-{region_alias}-aicond-{project}-ws-{spec}",
-        node_label_key="aic-role",
-        node_label_value="{project}-ws-{spec}",
-        region_alias="use1",
-        infra="infra",
-        env="dev",
-    ),
+    naming=RUNBOOK_NAMING,
     workspace=WorkspaceDefaults(
         iam_policy_arns=("arn:aws:iam::123456789012:policy/kubeflow-s3",),
         subnets=("subnet-1", "subnet-2"),

@@ -519,7 +519,7 @@ def test_token_account_remove_deletes_both(apiserver: FakeApiServer, kf: Kubeflo
 # -- read models --------------------------------------------------------------------------------
 
 
-def test_workspace_state_and_profiles(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+def test_workspace_state(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
     ns = workspace(kf)
     share(kf, ns, "alice@example.com", "edit")
     share(kf, ns, "bob@example.com", "view")
@@ -533,8 +533,6 @@ def test_workspace_state_and_profiles(apiserver: FakeApiServer, kf: KubeflowActi
     assert state["quota"]["hard"] == HARD and set(state["quota"]["used"]) == set(HARD)
     missing = kf.workspace_state("nope")
     assert missing["exists"] is False and missing["owner"] is None and "quota_hard" not in missing
-    assert kf.list_profiles() == [{"name": ns, "owner": OWNER, "labels": MANAGED, "hard": HARD,
-                                   "managed": True}]
 
 
 # -- error translation (provisioning/k8s.py) ------------------------------------------------------
@@ -576,7 +574,7 @@ def test_translate_honours_retry_after_and_connection_errors_are_temporary(clock
     unreachable.configuration.retries = 0
     kf = KubeflowActions(unreachable, KubeflowSettings(), clock)
     with pytest.raises(TemporaryError, match=r"could not be reached|connection failed"):
-        kf.list_profiles()
+        kf.workspace_state("team-a")
 
 
 def test_no_io_at_construction(clock: FakeClock) -> None:

@@ -8,7 +8,6 @@ prometheus_client's own parser, so the assertions are on what Prometheus would s
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -51,8 +50,8 @@ from tests.fakes.slack import (
     post_signed,
     slash_command_body,
 )
+from tests.fakes.slack_bot import ADMIN_CHANNEL, bot_settings, migrate, running_bot
 
-ADMIN_CHANNEL = "CADMINS01"
 ALICE, BOB = "U0ALICE01", "U0BOB0001"
 WAIT = 15.0
 _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
@@ -60,30 +59,9 @@ _REF = re.compile(r"\(ref ([0-9A-F]{8})\)")
 
 
 def settings_for(fake: FakeSlack, tmp_path: Path, **extra: str) -> Settings:
-    env = {
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "KFBOT_SLACK_API_URL": fake.base_url,
-        "KFBOT_ADMIN_CHANNEL": ADMIN_CHANNEL,
-        "KFBOT_ADMIN_USERS": BOB,
-        "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
-        "KFBOT_AUDIT_KEY": "test-audit-key-0123456789abcdef",
-        "KFBOT_HTTP_HOST": "127.0.0.1",
-        "KFBOT_HTTP_PORT": "0",
-        "KFBOT_WORKER_ID": "metrics-test",
-        "KFBOT_NUDGE_AFTER": "30m",
-        **extra,
-    }
-    settings = Settings.from_env(env)
-    engine = dataclasses.replace(settings.provisioning.engine, poll_interval=0.05)
-    provisioning_settings = dataclasses.replace(settings.provisioning, engine=engine)
-    return dataclasses.replace(settings, provisioning=provisioning_settings)
-
-
-def _migrated(settings: Settings) -> None:
-    backend = composition.build_backend(settings)
-    backend.migrate()
-    backend.close()
+    return bot_settings(
+        fake, tmp_path, admins=BOB, KFBOT_WORKER_ID="metrics-test", KFBOT_NUDGE_AFTER="30m", **extra
+    )
 
 
 @pytest.fixture
@@ -95,13 +73,8 @@ def clock() -> FakeClock:
 def bot(fake_slack: FakeSlack, tmp_path: Path, clock: FakeClock) -> Iterator[Running]:
     fake_slack.add_user(ALICE, "alice@example.com", "alice")
     fake_slack.add_user(BOB, "bob@example.com", "bob")
-    settings = settings_for(fake_slack, tmp_path)
-    _migrated(settings)
-    running = composition.start_slack(settings, clock=clock, port=0)
-    try:
+    with running_bot(settings_for(fake_slack, tmp_path), clock) as running:
         yield running
-    finally:
-        running.stop()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -256,7 +229,7 @@ def provisioning_version(samples: dict[tuple[str, frozenset[tuple[str, str]]], f
 def test_each_bot_has_its_own_registry_and_nothing_is_global(fake_slack: FakeSlack, tmp_path: Path) -> None:
     before = set(REGISTRY._names_to_collectors)
     first_settings = settings_for(fake_slack, tmp_path)
-    _migrated(first_settings)
+    migrate(first_settings)
     first = composition.start_slack(first_settings, port=0)
     second = composition.start_slack(first_settings, port=0)  # a second registry: no "Duplicated timeseries"
     try:

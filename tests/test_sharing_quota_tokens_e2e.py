@@ -33,8 +33,8 @@ from slack_sdk import WebClient
 from bot import app as composition
 from bot import blocks
 from bot import logging as botlog
+from bot.controls import control
 from bot.identity import Identity
-from bot.listeners.commands import control
 from bot.notify import SlackNotifier
 from bot.settings import Settings
 from handlers import errors, kinds, parse, services

@@ -8,7 +8,6 @@ posts hold afterwards, and what the database recorded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import threading
@@ -33,7 +32,6 @@ from handlers.model import Request, RequestState
 from handlers.plan import Plan, Step
 from tests.fakes.clock import FakeClock
 from tests.fakes.slack import (
-    BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
     block_action_body,
@@ -41,8 +39,8 @@ from tests.fakes.slack import (
     slash_command_body,
     view_submission_body,
 )
+from tests.fakes.slack_bot import ADMIN_CHANNEL, bot_settings, running_bot
 
-ADMIN_CHANNEL = "CADMINS01"
 ALICE, BOB, CAROL, DAVE, EVE, GRACE = (
     "U0ALICE01",
     "U0BOB0001",
@@ -57,24 +55,13 @@ _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 
 
 def settings_for(fake: FakeSlack, tmp_path: Path, **extra: str) -> Settings:
-    env = {
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "KFBOT_SLACK_API_URL": fake.base_url,
-        "KFBOT_ADMIN_CHANNEL": ADMIN_CHANNEL,
-        "KFBOT_ADMIN_USERS": f"{BOB},{CAROL}",
-        "KFBOT_ADMIN_GROUP": ADMIN_GROUP,
-        "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
-        "KFBOT_AUDIT_KEY": "test-audit-key-0123456789abcdef",
-        "KFBOT_HTTP_HOST": "127.0.0.1",
-        "KFBOT_HTTP_PORT": "0",
-        "KFBOT_WORKER_ID": "slack-edge-test",
+    return bot_settings(
+        fake,
+        tmp_path,
+        admins=f"{BOB},{CAROL}",
+        KFBOT_ADMIN_GROUP=ADMIN_GROUP,
+        KFBOT_WORKER_ID="slack-edge-test",
         **extra,
-    }
-    settings = Settings.from_env(env)
-    engine = dataclasses.replace(settings.provisioning.engine, poll_interval=0.05)
-    return dataclasses.replace(
-        settings, provisioning=dataclasses.replace(settings.provisioning, engine=engine)
     )
 
 
@@ -87,15 +74,8 @@ def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
     fake_slack.add_user(EVE, None, "eve")  # no email in the profile
     fake_slack.add_user(GRACE, "grace@example.com", "grace")
     fake_slack.set_usergroup(ADMIN_GROUP, [GRACE])
-    settings = settings_for(fake_slack, tmp_path)
-    backend = composition.build_backend(settings)
-    backend.migrate()
-    backend.close()
-    running = composition.start_slack(settings, port=0)
-    try:
+    with running_bot(settings_for(fake_slack, tmp_path)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 # -- helpers -----------------------------------------------------------------------------------------

@@ -373,10 +373,6 @@ def test_save_claimed_and_steps_by_the_lease_holder(database: Database) -> None:
     assert steps[0].started_at == T0  # kept from the first write
     assert steps[0].first_failure_at == T0 + timedelta(seconds=1)
     assert steps[1].outcome is None and steps[1].error == "AccessDenied"
-    with database.uow() as uow:
-        uow.work.reset_steps("RAAAAAA")
-        uow.commit()
-        assert uow.work.steps("RAAAAAA") == []
 
 
 @pytest.mark.postgres

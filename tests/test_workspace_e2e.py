@@ -29,7 +29,7 @@ from bot import app as composition
 from bot import blocks, render
 from bot import logging as bot_logging
 from bot.app import Running
-from bot.listeners.commands import control
+from bot.controls import control
 from bot.notify import ShellNotifier
 from bot.settings import Settings
 from bot.shell import Shell
@@ -457,7 +457,9 @@ def test_delete_without_purge_keeps_a_non_empty_bucket_and_reports_it(
     )
     assert deleted.state is RequestState.SUCCEEDED, deleted.error
     assert nodegroup(stack, "team-a-g4dn-xlarge") is None and stack.apiserver.get(*PROFILES, "team-a") is None
-    report = render.result_text(deleted, render.SHELL)  # the requester's DM
+    with stack.backend.uow() as uow:  # the requester's DM reads what the steps recorded
+        details = {r.idx: dict(r.outcome.details) for r in uow.work.steps(deleted.id) if r.outcome}
+    report = render.result_text(deleted, render.SHELL, render.kept_at_apply(deleted, details))
     assert "is done" in report and "S3 bucket `kf-team-a` holds data and is kept" in report
 
 

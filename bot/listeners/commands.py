@@ -19,7 +19,6 @@ from handlers import parse, services
 from handlers.kinds import RequestKind
 
 logger = logging.getLogger(__name__)
-__all__ = ["control", "handle", "register"]  # control: re-exported for older imports
 S = render.SLACK
 
 
