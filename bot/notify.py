@@ -44,7 +44,7 @@ def step_calls(calls: StepCalls | None, request: Request, event: Event, *, prefi
 
 
 _DECISIONS = (EventType.APPROVED, EventType.REJECTED, EventType.EXPIRED)
-_RESULTS = (EventType.SUCCEEDED, EventType.FAILED, EventType.NEEDS_ATTENTION)
+_RESULTS = (EventType.SUCCEEDED, EventType.FAILED, EventType.NEEDS_ATTENTION, EventType.REFUSED)
 _CARD_CHANGES = frozenset(
     {
         EventType.APPROVED,
@@ -57,8 +57,17 @@ _CARD_CHANGES = frozenset(
         EventType.COMPENSATING,
         EventType.FAILED,
         EventType.NEEDS_ATTENTION,
+        EventType.REFUSED,
     }
 )
+
+
+def replan_dm(request: Request, style: render.Style) -> str:
+    what = f"`{request.id}` ({render.describe(request, style)})"
+    return (
+        f"Your request {what} is waiting for an admin again: what it would change differs from what "
+        "was approved, so it needs a new approval. You will hear when it is decided."
+    )
 
 
 def decision_dm(request: Request, style: render.Style) -> str:
@@ -185,6 +194,7 @@ class SlackNotifier:
                     self._call("chat_update", channel=card[0], ts=card[1], text=text, blocks=blks)
                     self._thread(card, render.event_text(request, event, render.SLACK))
                 new_card = self._post_card(request)
+                self._dm(request.requester_id, replan_dm(request, render.SLACK))
                 continue
             update = update or t in _CARD_CHANGES
             current = new_card or card
@@ -202,7 +212,7 @@ class SlackNotifier:
             elif t in _RESULTS:
                 self._results(request)
                 self._tell_concerned(request)
-                if t is EventType.NEEDS_ATTENTION and current is None:
+                if t is EventType.REFUSED or (t is EventType.NEEDS_ATTENTION and current is None):
                     self._call(
                         "chat_postMessage",
                         channel=self._channel,
@@ -328,6 +338,7 @@ class ShellNotifier:
             ) or t is EventType.PLAN_CHANGED:
                 if t is EventType.PLAN_CHANGED:
                     self._print(f"[thread {request.id}]", render.event_text(request, event, style) or "")
+                    self._dm(request, replan_dm(request, style))
                 self._print(
                     "[admin channel]",
                     render.request_detail(request, style) + "\n"
@@ -357,6 +368,8 @@ class ShellNotifier:
                     self._dm(request, str(event.data["message"]), to=email)
                 if event.data.get("admins"):
                     self._print("[admin channel]", str(event.data["message"]))
+            if t is EventType.REFUSED:
+                self._print("[admin channel]", render.result_text(request, style))
             if t in _DECISIONS:
                 self._dm(request, decision_dm(request, style))
             elif t in _RESULTS:

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from handlers import errors, kinds, naming, parse
-from handlers.model import SYSTEM, Event, EventType, Request, RequestState
+from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
 from handlers.plan import Plan, Step
 
 _SHELL_MENTION = re.compile(r"<@shell:([^>|]+)>")
@@ -268,6 +268,9 @@ def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str
             f"❌ `{request.id}` failed: {what}. {undone}\n"
             f"Reason: {style.esc(request.error or 'unknown')}"
         )
+    if request.state is RequestState.NEEDS_ATTENTION and (request.error or "").startswith(REFUSED_PREFIX):
+        error = style.esc(request.error or "")
+        return f"⛔ `{request.id}` was not applied: {what}. The admins have been told.\n{error}"
     if request.state is RequestState.NEEDS_ATTENTION:
         return (
             f"⚠ `{request.id}` failed and could not be fully undone: {what}. The admins have been told.\n"
@@ -311,7 +314,7 @@ def event_text(request: Request, event: Event, style: Style) -> str | None:
         return f"↩ undone: {step}"
     if t is EventType.COMPENSATING:
         return f"Failed: {style.esc(str(data.get('error') or request.error or ''))}. Undoing completed steps…"
-    if t in (EventType.SUCCEEDED, EventType.FAILED, EventType.NEEDS_ATTENTION):
+    if t in (EventType.SUCCEEDED, EventType.FAILED, EventType.NEEDS_ATTENTION, EventType.REFUSED):
         return result_text(request, style)
     if t is EventType.RETRIED:
         return f"Retry requested by {style.user(event.actor)}."

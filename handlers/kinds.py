@@ -53,6 +53,11 @@ class RequestKind(Protocol):
 
     def describe(self) -> str: ...
 
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        """Emails of the people the request's effect is for, besides its requester (an owner, a
+        grantee; a workspace's people for its quota or deletion): none of them may decide it."""
+        ...
+
     def plan(self, ctx: PlanContext) -> Plan: ...
 
     def timers_after_success(self, request_id: str, at: datetime) -> list[TimerSpec]: ...
@@ -82,6 +87,11 @@ def from_args(kind_name: str, args: Mapping[str, JSON]) -> RequestKind:
         if f.type in ("timedelta | None", "timedelta") and isinstance(values.get(f.name), str):
             values[f.name] = units.parse_duration(values[f.name])
     return cls(**values)
+
+
+def _workspace_people(facts: Facts, name: str) -> tuple[str, ...]:
+    ws = facts.workspace(name)
+    return () if ws is None else (ws.owner, *ws.contributors)
 
 
 def _require_workspace(ctx: PlanContext, name: str) -> WorkspaceFacts:
@@ -141,6 +151,9 @@ class WorkspaceCreate(NoTimers):
     def describe(self) -> str:
         gpu = f", {self.gpu} GPU" if self.gpu else ""
         return f"new workspace `{self.name}` for {self.owner}{gpu}"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return (self.owner,)
 
     def wants_nodegroup(self) -> bool:
         return self.instance_type is not None or self.gpu > 0
@@ -319,6 +332,9 @@ class WorkspaceDelete(NoTimers):
     def describe(self) -> str:
         return f"delete workspace `{self.name}`" + (" *and its data*" if self.purge_data else "")
 
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return _workspace_people(facts, self.name)
+
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.name)
         if ws.pvcs and not self.purge_data:
@@ -401,6 +417,31 @@ def _clash_message(ws: WorkspaceFacts, user: str, holder: str, name: str) -> str
     )
 
 
+def _token_removals(
+    ws: WorkspaceFacts, settings: CoreSettings, user: str, keep_role: str | None
+) -> list[Step]:
+    """Remove the token accounts ``user`` holds in ``ws`` that their access no longer covers:
+    all of them when the access goes (``keep_role`` None), edit ones when it drops to view."""
+    steps = []
+    for token_id, token in sorted(ws.tokens.items()):
+        covered = keep_role == "edit" or (keep_role == "view" and token.role == "view")
+        if covered or kubeflow_user_id(settings, token.holder) != user:
+            continue
+        why = f"{user}'s {token.role} token {token_id} stops working"
+        steps.append(_token_account_removal(ws, token_id, why))
+    return steps
+
+
+def _token_account_removal(ws: WorkspaceFacts, token_id: str, why: str) -> Step:
+    name = token_account_name(token_id)
+    return Step(
+        "kubeflow.token_account.remove",
+        f"TokenAccount/{ws.namespace}/{name}",
+        {"namespace": ws.namespace, "name": name, "token_id": token_id},
+        f"delete ServiceAccount `{name}` ({why})",
+    )
+
+
 @dataclass(frozen=True)
 class Share:
     KIND: ClassVar[str] = "share"
@@ -422,6 +463,9 @@ class Share:
     def describe(self) -> str:
         until = f" for {units.format_duration(self.duration)}" if self.duration else ""
         return f"share `{self.workspace}` with {self.user} as {self.role}{until}"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return (self.user,)
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
@@ -453,7 +497,9 @@ class Share:
                     {"namespace": ws.namespace, "user": user, "role": self.role},
                     f"{self.role} access to `{ws.namespace}` for {user} "
                     f"(RoleBinding + AuthorizationPolicy `{naming.kfam_binding_name(user, self.role)}`)",
-                )
+                ),
+                # A grant lowered to view takes the edit tokens it made with it.
+                *_token_removals(ws, ctx.settings, user, keep_role=self.role),
             ],
             warnings,
         )
@@ -492,6 +538,9 @@ class Unshare(NoTimers):
     def describe(self) -> str:
         return f"remove {self.user} from `{self.workspace}`"
 
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return (self.user,)
+
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
         user = kubeflow_user_id(ctx.settings, self.user)
@@ -503,6 +552,12 @@ class Unshare(NoTimers):
                 "non-alphanumeric characters in grant names, so both addresses give that name).",
                 field="user",
             )
+        tokens = _token_removals(ws, ctx.settings, user, keep_role=None)
+        if user not in ws.contributors and user not in ws.recorded_grants and not tokens:
+            # Nothing to remove: "done" would mislead, and the DM would go to a stranger.
+            raise errors.NotFound(
+                f"{user} has no access to `{ws.name}`; `/kf contributors {ws.name}` lists who has."
+            )
         return Plan.of(
             [
                 Step(
@@ -510,7 +565,9 @@ class Unshare(NoTimers):
                     f"Contributor/{ws.namespace}/{user}",
                     {"namespace": ws.namespace, "user": user},
                     f"remove {user}'s RoleBinding and AuthorizationPolicy from `{ws.namespace}`",
-                )
+                ),
+                # Losing access takes every token that access made.
+                *tokens,
             ]
         )
 
@@ -584,6 +641,9 @@ class QuotaChange:
         )
         until = f" for {units.format_duration(self.duration)}" if self.duration else ""
         return f"quota of `{self.workspace}`: {parts}{until}"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return _workspace_people(facts, self.workspace)
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = _require_workspace(ctx, self.workspace)
@@ -685,6 +745,9 @@ class TokenIssue:
             f"{self.role} token for `{self.workspace}` ({self.audience}, {units.format_duration(self.ttl)})"
         )
 
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return ()  # the token is the requester's own
+
     def plan(self, ctx: PlanContext) -> Plan:
         limits = ctx.settings.tokens
         units.check_range(self.ttl, minimum=timedelta(minutes=10), maximum=limits.max_ttl, what="--ttl")
@@ -729,6 +792,9 @@ class TokenRevoke(NoTimers):
 
     def describe(self) -> str:
         return f"revoke token {self.token_id}"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return ()  # taking a token away benefits nobody
 
     def plan(self, ctx: PlanContext) -> Plan:
         owner = ctx.facts.token_owner(self.token_id)

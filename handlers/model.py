@@ -40,10 +40,12 @@ class RequestState(StrEnum):
 S = RequestState
 TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
     S.PENDING: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED}),
-    S.APPROVED: frozenset({S.APPLYING, S.PENDING, S.CANCELLED}),
-    S.APPLYING: frozenset({S.SUCCEEDED, S.COMPENSATING}),
+    # -> needs-attention: the engine refuses work whose audit trail does not authorize its plan.
+    S.APPROVED: frozenset({S.APPLYING, S.PENDING, S.CANCELLED, S.NEEDS_ATTENTION}),
+    S.APPLYING: frozenset({S.SUCCEEDED, S.COMPENSATING, S.NEEDS_ATTENTION}),
     S.COMPENSATING: frozenset({S.FAILED, S.NEEDS_ATTENTION}),
-    # /kf retry: an admin sends a failed or stuck request through apply again (steps are idempotent).
+    # /kf retry: an admin sends a failed or stuck request through apply again (steps are idempotent);
+    # only from these two states (``Request.retry``), never from pending: a retry is not an approval.
     S.FAILED: frozenset({S.APPROVED}),
     S.NEEDS_ATTENTION: frozenset({S.APPROVED}),
     S.REJECTED: frozenset(),
@@ -55,6 +57,8 @@ OPEN_STATES = frozenset({S.PENDING, S.APPROVED, S.APPLYING, S.COMPENSATING})
 """States in which a request still holds its subject (a workspace name, a grant)."""
 WORK_STATES = frozenset({S.APPROVED, S.APPLYING, S.COMPENSATING})
 """States the provisioning worker picks up."""
+RETRYABLE_STATES = frozenset({S.FAILED, S.NEEDS_ATTENTION})
+"""States ``/kf retry`` takes a request from: work that ran under an approval and stopped."""
 
 
 class EventType(StrEnum):
@@ -71,6 +75,8 @@ class EventType(StrEnum):
     FAILED = "request.failed"
     NEEDS_ATTENTION = "request.needs_attention"
     RETRIED = "request.retried"
+    REFUSED = "request.refused"
+    """The engine found no authorization of the current plan in the audit trail and applied nothing."""
     STEP_STARTED = "step.started"
     STEP_SUCCEEDED = "step.succeeded"
     STEP_FAILED = "step.failed"
@@ -104,6 +110,8 @@ class Actor:
 
 
 SYSTEM = Actor(user_id="kfbot", email="kfbot@system", is_admin=True)
+REFUSED_PREFIX = "Refused: "
+"""Starts the error of a request the engine refused to apply (``Request.refuse``)."""
 
 
 @dataclass
@@ -196,9 +204,22 @@ class Request:
         self.error = f"{self.error}; {problem}" if self.error else problem
         self._emit(EventType.NEEDS_ATTENTION, at, SYSTEM.user_id, {"error": self.error})
 
+    def refuse(self, problem: str, at: datetime) -> None:
+        """The engine's refusal to apply work nobody authorized (a direct database edit): admins
+        look at it; ``retry`` only brings it back to the same check."""
+        self._move(RequestState.NEEDS_ATTENTION, at)
+        self.error = REFUSED_PREFIX + problem
+        self._emit(EventType.REFUSED, at, SYSTEM.user_id, {"error": problem, "plan_digest": self.plan_digest})
+
     def retry(self, actor: Actor, at: datetime) -> None:
         if not actor.is_admin:
             raise errors.Forbidden("Only an admin can retry a request.")
+        if self.state not in RETRYABLE_STATES:
+            # Above all not from pending: that would apply a plan no admin approved.
+            raise errors.IllegalTransition(
+                f"Request {self.id} is {self.state.value}; only failed or needs-attention requests "
+                "can be retried."
+            )
         # The approval stands as given: a retry re-runs the approved plan, it is not a new decision
         # (and must not let an admin turn their own request into one they approved).
         self._move(RequestState.APPROVED, at)

@@ -8,15 +8,21 @@ The rules (tested as a table in tests/test_policy.py):
   requester does not already control: an owner sharing or unsharing their own workspace, a user
   leaving a workspace, an owner lowering a quota or raising it within the configured step, a
   token no stronger than the requester's own role, revoking one's own token;
-* everything else waits for an admin.
+* everything else waits for an admin;
+* nobody decides a request whose effect is for them: its owner, grantee or token holder, and for
+  a workspace's quota or deletion its owner and contributors, compared as Kubeflow user ids
+  (``KFBOT_USER_ID_MAP`` applied to both sides);
+* the engine applies only a plan whose audit trail holds an authorization of exactly that plan
+  (``authorization_problem``): an approval by an admin who is not the requester, an
+  auto-approval naming its rule, or a system decision naming its rule and trigger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from handlers import errors, kinds, units
-from handlers.model import Actor, Request
+from handlers.model import SYSTEM, Actor, Event, EventType, Request
 from handlers.ports import Facts
 from handlers.settings import CoreSettings, kubeflow_user_id
 
@@ -25,16 +31,82 @@ def is_admin(user_id: str, settings: CoreSettings, group_members: Iterable[str] 
     return user_id in settings.policy.admin_users or user_id in set(group_members)
 
 
-def check_may_decide(actor: Actor, request: Request, settings: CoreSettings | None = None) -> None:
+def check_may_decide(actor: Actor, request: Request, settings: CoreSettings, facts: Facts) -> None:
+    """The one rule for Approve and Reject, wherever the click comes from (card, App Home, shell)."""
     if not actor.is_admin:
         raise errors.Forbidden("Only admins can approve or reject requests.")
     if actor.user_id == request.requester_id:
         raise errors.Forbidden("You cannot decide your own request; another admin has to.")
-    # Nor one filed by someone else that grants the admin something (a workspace they would own,
-    # access for them): otherwise any user could file it and the admin approve it for themselves.
-    me = kubeflow_user(actor, settings) if settings is not None else actor.email
-    if me in {request.args.get("owner"), request.args.get("user"), request.requester_email} - {None}:
+    # Nor one filed by someone else whose effect is for the admin (a workspace they would own,
+    # access for them, a quota of a workspace they work in): otherwise anyone could file it and
+    # the admin approve it for themselves.
+    if _identities(settings, [actor.email]) & beneficiaries(request, settings, facts):
         raise errors.Forbidden("This request is for you; another admin has to decide it.")
+
+
+def beneficiaries(request: Request, settings: CoreSettings, facts: Facts) -> frozenset[str]:
+    """Everyone a request is for, in both their raw and their mapped form."""
+    try:
+        kind = kinds.from_args(request.kind, request.args)
+    except (errors.KfError, TypeError, ValueError):
+        named: Sequence[str] = ()  # stored args no kind accepts any more: only the requester counts
+    else:
+        named = kind.beneficiaries(facts)
+    return _identities(settings, [request.requester_email, *named])
+
+
+def _identities(settings: CoreSettings, emails: Iterable[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for email in emails:
+        raw = email.strip().lower()
+        out |= {raw, kubeflow_user_id(settings, raw)}
+    # A map entry a -> b makes a and b one person, whichever of the two a request names.
+    mapped_from = {k for k, v in settings.workspace.user_id_map.items() if v in out}
+    return frozenset(out | mapped_from)
+
+
+def authorization_problem(request: Request, trail: Sequence[Event]) -> str | None:
+    """Why the engine must not apply ``request`` as it stands, or None when it may.
+
+    ``trail`` is the request's audit events in order, each one's MAC checked: written by this bot
+    with the audit key, so a row someone edited or inserted in the database cannot authorize
+    anything. An authorization counts only after the last plan change, and only for the digest of
+    the plan the engine is about to run.
+    """
+    if request.plan.digest() != request.plan_digest:
+        return "the stored plan does not match its digest"
+    start = max((i + 1 for i, e in enumerate(trail) if e.type is EventType.PLAN_CHANGED), default=0)
+    for event in trail[start:]:
+        if event.data.get("plan_digest") != request.plan_digest:
+            continue
+        if event.type is EventType.APPROVED and event.actor not in (None, SYSTEM.user_id,
+                                                                       request.requester_id):
+            return None
+        if event.type is EventType.AUTO_APPROVED and event.actor == SYSTEM.user_id and _names_rule(event):
+            return None
+    return f"the audit log holds no approval of plan {request.plan_digest[:12]}"
+
+
+def _names_rule(event: Event) -> bool:
+    rule = str(event.data.get("rule") or "")
+    if rule.startswith(SYSTEM_RULE_PREFIX):
+        return bool(event.data.get("trigger"))
+    # Auto-approvals recorded before rules were named carry only their reason.
+    return rule.removeprefix(AUTO_RULE_PREFIX) in AUTO_APPLY or bool(not rule and event.data.get("reason"))
+
+
+AUTO_RULE_PREFIX = "auto:"
+SYSTEM_RULE_PREFIX = "system:"
+
+
+def auto_rule(kind: kinds.RequestKind) -> str:
+    """The name an auto-approval records: the policy row that allowed it."""
+    return AUTO_RULE_PREFIX + kind.KIND
+
+
+def system_rule(trigger_kind: str) -> str:
+    """The name a system decision records: what made the bot act (a timer kind, a cascade)."""
+    return SYSTEM_RULE_PREFIX + trigger_kind
 
 
 def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:

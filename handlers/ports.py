@@ -74,6 +74,10 @@ class AuditLog(Protocol):
         """Append in order, chained; secrets must already have been replaced by fingerprints."""
         ...
 
+    def trail(self, request_id: str) -> list[Event]:
+        """The request's events in order, only those whose MAC checks out (written with the key)."""
+        ...
+
 
 class Timers(Protocol):
     def schedule(self, kind: str, ref: str, due_at: datetime, payload: dict[str, JSON] | None = None) -> None:
@@ -107,6 +111,16 @@ class UnitOfWorkFactory(Protocol):
 
 
 @dataclass(frozen=True)
+class TokenFacts:
+    """A token account the bot made in a workspace and has not removed."""
+
+    holder: str
+    """The requester's email: the person the token was made for."""
+    role: str
+    """``edit`` or ``view``."""
+
+
+@dataclass(frozen=True)
 class WorkspaceFacts:
     """What the planner and the policy need to know about an existing workspace."""
 
@@ -130,6 +144,12 @@ class WorkspaceFacts:
     """Objects the bot created for this workspace, by step key, with their params (for delete)."""
     pvcs: int | None = None
     """PersistentVolumeClaims in the namespace now (None when unknown: no cluster to ask)."""
+    recorded_grants: dict[str, str] = field(default_factory=dict)
+    """user id -> role of the grants the bot recorded (``contributors`` is the cluster's view when
+    there is one): a grant whose RoleBinding was deleted by hand still has its other half."""
+    tokens: dict[str, TokenFacts] = field(default_factory=dict)
+    """token id -> its holder and role, for every token account not removed yet: losing access
+    takes the tokens that access made with it."""
 
 
 class Facts(Protocol):

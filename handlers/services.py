@@ -128,8 +128,19 @@ def submit(
     core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None, correlation_id: str = ""
 ) -> Submitted:
     policy.check_may_request(kind, actor, core.facts, core.settings)
-    auto = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
+    reason = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
+    auto = None if reason is None else AutoDecision(policy.auto_rule(kind), reason)
     return _record(core, actor, kind, idempotency_key, auto, correlation_id)
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """Why a request applies without an admin, as the audit log records it: the policy rule, the
+    words for people, and for the bot's own decisions what triggered them (a timer, a cascade)."""
+
+    rule: str
+    reason: str
+    trigger: str | None = None
 
 
 def _record(
@@ -137,7 +148,7 @@ def _record(
     actor: Actor,
     kind: RequestKind,
     idempotency_key: str | None,
-    auto: str | None,
+    auto: AutoDecision | None,
     correlation_id: str,
 ) -> Submitted:
     if idempotency_key is not None:
@@ -176,10 +187,14 @@ def _record(
     )
     if auto is not None:
         request.approve(SYSTEM, now, auto=True)
-        request.reason = auto
-        # The audit log records why no admin was asked, beside the auto-approval itself.
+        request.reason = auto.reason
+        # The audit log records why no admin was asked, beside the auto-approval itself: the
+        # engine applies nothing whose authorization does not name its rule.
         last = request.events[-1]
-        request.events[-1] = dataclasses.replace(last, data={**last.data, "reason": auto})
+        named: dict[str, JSON] = {"reason": auto.reason, "rule": auto.rule}
+        if auto.trigger is not None:
+            named["trigger"] = auto.trigger
+        request.events[-1] = dataclasses.replace(last, data={**last.data, **named})
     with core.uow() as uow:
         # A pending request (waiting for an admin) must not hold off an expiry: otherwise anyone
         # could keep a grant alive by keeping a request about it pending. Only one being applied
@@ -196,7 +211,7 @@ def _record(
         uow.audit.append(events)
         uow.commit()
     _announce(core, request, events)
-    return Submitted(request, duplicate=False, auto_reason=auto)
+    return Submitted(request, duplicate=False, auto_reason=None if auto is None else auto.reason)
 
 
 def schedule_decision_timers(timers: Timers, settings: CoreSettings, request_id: str, now: datetime) -> None:
@@ -230,7 +245,7 @@ def decide(
     plan change cannot approve the new plan."""
     with core.uow() as uow:
         request = uow.requests.get(request_id)
-        policy.check_may_decide(actor, request, core.settings)
+        policy.check_may_decide(actor, request, core.settings, core.facts)
         if request.state is not RequestState.PENDING:
             raise errors.AlreadyDone(already_text(request))
         if seen_version is not None and seen_version != request.version:
@@ -251,9 +266,29 @@ def decide(
         uow.timers.cancel("request.nudge", request.id)
         try:
             events = _commit(core, uow, request, before)
-        except errors.StaleVersion as exc:
-            raise errors.AlreadyDone(already_text(uow.requests.get(request_id))) from exc
+        except errors.StaleVersion:
+            lost = True
+        else:
+            lost = False
+    if lost:
+        # Read the winner's decision in a new transaction: the failed one may still see the
+        # snapshot from before it (SQLite), which would say "already pending".
+        with core.uow() as uow:
+            raise errors.AlreadyDone(already_text(uow.requests.get(request_id)))
     _announce(core, request, events)
+    return request
+
+
+def pending_decision(core: Core, actor: Actor, request_id: str) -> Request:
+    """The request behind a Reject click, once the actor may decide it (before the reason modal
+    opens): the same rule ``decide`` applies, so no edge repeats it."""
+    if not actor.is_admin:  # before any lookup: a stranger learns nothing about the request
+        raise errors.Forbidden("Only admins can approve or reject requests.")
+    with core.uow() as uow:
+        request = uow.requests.get(request_id)
+    policy.check_may_decide(actor, request, core.settings, core.facts)
+    if request.state is not RequestState.PENDING:
+        raise errors.AlreadyDone(already_text(request))
     return request
 
 
@@ -336,6 +371,12 @@ def reveal_token(core: Core, actor: Actor, request_id: str) -> RevealedSecret:
         raise errors.Forbidden("Only the person who asked for this token can see it.")
     if request.kind != kinds.TokenIssue.KIND or request.state is not RequestState.SUCCEEDED:
         raise errors.InvalidInput(f"{request_id} has no token to show.")
+    if core.facts.token_owner(request.id) is None:
+        # Revoked, expired, taken with the access that made it, or gone with its workspace: a
+        # stale DM button must not mint a fresh token.
+        raise errors.NotFound(
+            f"The token of {request_id} was revoked; ask for a new one with `/kf token`."
+        )
     # The TokenRequest is network I/O: made outside any transaction, recorded in a new one.
     secret = core.secrets.token(request)
     with core.uow() as uow:
@@ -453,15 +494,24 @@ def _revert_quota(core: Core, workspace: str, ref: str, payload: Mapping[str, JS
         )
 
 
+_SYSTEM_REASONS = {
+    "grant.expire": "the grant expired",
+    "token.expire": "the token expired",
+    "quota.revert": "the temporary quota ran out",
+}
+
+
 def _system_request(
     core: Core, kind: RequestKind, key: str, timer: tuple[str, str, Mapping[str, JSON]]
 ) -> Submitted | None:
     """Record an expiry as a request of the bot's own that applies without an admin. When a
     request about the same subject is being applied right now, the timer comes back later."""
+    timer_kind = timer[0]
+    decision = AutoDecision(policy.system_rule(timer_kind), _SYSTEM_REASONS.get(timer_kind, timer_kind), key)
     try:
-        return _record(core, SYSTEM, kind, key, "expiry", key)
+        return _record(core, SYSTEM, kind, key, decision, key)
     except SubjectBusy as exc:
-        timer_kind, ref, payload = timer
+        _, ref, payload = timer
         with core.uow() as uow:
             uow.timers.schedule(timer_kind, ref, core.clock.now() + SYSTEM_RETRY, dict(payload))
             uow.commit()

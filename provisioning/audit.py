@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from handlers.model import Event
+from handlers.model import Event, EventType
 from handlers.plan import JSON, canonical_json
 from provisioning import store
 
@@ -82,6 +82,27 @@ def compute_mac(key: bytes, *, seq: int, at: datetime, request_id: str | None, t
 
 class SqlAuditLog:
     """``handlers.ports.AuditLog`` writing into the caller's transaction."""
+
+    def trail(self, request_id: str) -> list[Event]:
+        """The request's events in order, keeping only rows whose MAC this key computes: a row
+        edited or inserted without the key is left out, so it can authorize nothing. (A deleted
+        row does not show here; ``verify`` names it.)"""
+        events = store.audit_events
+        rows = self._conn.execute(
+            sa.select(events).where(events.c.request_id == request_id).order_by(events.c.seq)
+        )
+        trail = []
+        for row in rows:
+            mac = compute_mac(self._key, seq=row.seq, at=row.at, request_id=row.request_id, type_=row.type,
+                              actor=row.actor, data=row.data, prev_mac=row.prev_mac)
+            if not hmac.compare_digest(mac, row.mac):
+                continue
+            try:
+                type_ = EventType(row.type)
+            except ValueError:
+                continue
+            trail.append(Event(type_, row.request_id, row.at, row.actor, dict(row.data)))
+        return trail
 
     def __init__(self, connection: Connection, key: bytes) -> None:
         self._conn = connection

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from handlers import errors, kinds, services
+from handlers import errors, kinds, policy, services
 from handlers.kinds import PlanContext
 from handlers.model import Event, EventType, Request, RequestState
 from handlers.plan import JSON, Step, StepOutcome, StepStatus
@@ -160,21 +160,27 @@ class Engine:
 
     # -- one request ---------------------------------------------------------------------------
     def _process(self, request: Request) -> None:
-        if request.state is RequestState.APPROVED and not self._begin(request):
+        begun = self._authorized(request) and (
+            request.state is not RequestState.APPROVED or self._begin(request)
+        )
+        if not begun:
+            # Nothing more to do now (refused, failed, or back to pending): give the claim back at
+            # once, so a new approval is taken at once, not when this lease runs out.
+            self._release(request)
             return
         wait: _Wait | None = None
         if request.state is RequestState.APPLYING:
             wait = self._apply(request)
         if wait is None and request.state is RequestState.COMPENSATING:
             wait = self._compensate(request)
-        with self.db.uow() as uow:
-            if wait is None:
-                uow.work.release(request.id, self.settings.worker_id)
-            else:
-                # A step waits: give the request back, untouchable until its retry time, and take
-                # other work meanwhile (no worker sleeps through a backoff holding a lease).
+        if wait is None:
+            self._release(request)
+        else:
+            # A step waits: give the request back, untouchable until its retry time, and take
+            # other work meanwhile (no worker sleeps through a backoff holding a lease).
+            with self.db.uow() as uow:
                 uow.work.defer(request.id, self.settings.worker_id, self.clock.now(), wait.retry_at)
-            uow.commit()
+                uow.commit()
         if wait is not None:
             log.info(
                 "%s waits until %s: %s",
@@ -183,6 +189,33 @@ class Engine:
                 wait.reason,
                 extra={"correlation_id": request.correlation_id, "request_id": request.id},
             )
+
+    def _release(self, request: Request) -> None:
+        with self.db.uow() as uow:
+            uow.work.release(request.id, self.settings.worker_id)
+            uow.commit()
+
+    def _authorized(self, request: Request) -> bool:
+        """Refuse work whose audit trail does not authorize its plan (a state set by hand in the
+        database, a plan edited there): nothing is applied or undone, and admins are told."""
+        with self.db.uow() as uow:
+            problem = policy.authorization_problem(request, uow.audit.trail(request.id))
+        if problem is None:
+            return True
+        log.error(
+            "refused to apply %s: %s",
+            request.id,
+            problem,
+            extra={"correlation_id": request.correlation_id, "request_id": request.id},
+        )
+        before = request.version
+        request.refuse(
+            f"{problem}. Nothing was applied. Was the database edited by hand? "
+            "Check `kfbot audit verify`.",
+            self.clock.now(),
+        )
+        self._save(request, before)
+        return False
 
     def _begin(self, request: Request) -> bool:
         try:
@@ -549,6 +582,12 @@ class Engine:
             for resource in kind.changes():
                 uow.timers.cancel("quota.revert", kinds.quota_timer_ref(kind.workspace, resource))
         _REGISTRY_UPDATES.get(request.kind, _no_update)(uow, request, kind, outcomes, now)
+        for step in request.plan.steps:
+            # Token accounts removed because their holder lost access (unshare, a lowered grant).
+            if step.action == "kubeflow.token_account.remove" and "token_id" in step.params:
+                token_id = str(step.params["token_id"])
+                uow.registry.revoke_token(token_id, now)
+                uow.timers.cancel("token.expire", token_id)
 
 
 Outcomes = Mapping[int, StepOutcome | None]
@@ -596,6 +635,8 @@ def _workspace_deleted(
 ) -> None:
     assert isinstance(kind, kinds.WorkspaceDelete)
     uow.registry.mark_workspace_deleted(kind.name, now)
+    # The namespace, and every token account in it, went with the Profile.
+    uow.registry.revoke_tokens_in(kind.name, now)
 
 
 def _granted(

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from handlers import kinds
 from handlers.model import SYSTEM, RequestState
-from handlers.ports import Clock, WorkspaceFacts
+from handlers.ports import Clock, TokenFacts, WorkspaceFacts
 from provisioning.store import Database
 
 
@@ -41,8 +41,13 @@ class RegistryFacts:
                 for g in uow.registry.grants(name)
                 if not self._expired(g.get("expires_at"))
             }
+            recorded = {g["user"]: g["role"] for g in uow.registry.grants(name)}
             quota = self._last_quota(uow, name, row)
             baseline = self._quota_baseline(uow, name, row)
+            tokens = {
+                t["token_id"]: TokenFacts(holder=str(t["holder"]), role=str(t["role"]))
+                for t in uow.registry.tokens_in(name)
+            }
         used: dict[str, str] = {}
         enforced: dict[str, str] = {}
         pvcs: int | None = None
@@ -64,6 +69,8 @@ class RegistryFacts:
             quota_enforced=enforced,
             created=dict(row["created"]),
             pvcs=pvcs,
+            recorded_grants=recorded,
+            tokens=tokens,
         )
 
     @staticmethod

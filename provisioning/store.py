@@ -841,6 +841,24 @@ class SqlRegistry:
         )
         return result.rowcount == 1
 
+    def revoke_tokens_in(self, workspace: str, at: datetime) -> int:
+        result = self._tx.conn.execute(
+            sa.update(tokens)
+            .where(tokens.c.workspace == workspace, tokens.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return int(result.rowcount)
+
+    def tokens_in(self, workspace: str) -> list[dict[str, Any]]:
+        """Active tokens of a workspace with their holder's email (from the request that made them)."""
+        query = (
+            sa.select(tokens, requests.c.requester_email)
+            .join(requests, requests.c.id == tokens.c.token_id)
+            .where(tokens.c.workspace == workspace, tokens.c.revoked_at.is_(None))
+            .order_by(tokens.c.created_at, tokens.c.token_id)
+        )
+        return [{**_token(row), "holder": row.requester_email} for row in self._tx.conn.execute(query)]
+
     def token(self, token_id: str) -> dict[str, Any] | None:
         row = self._tx.conn.execute(sa.select(tokens).where(tokens.c.token_id == token_id)).first()
         return None if row is None else _token(row)

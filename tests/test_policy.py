@@ -137,39 +137,68 @@ def test_auto_apply_table(kind: kinds.RequestKind, who: str, auto: bool) -> None
     assert (reason is not None) is auto, reason
 
 
-DECIDE_TABLE = [
-    # (decider, requester, args of the request, allowed)
-    ("admin", "owner", {}, True),  # an admin decides someone else's request
-    ("admin", "admin", {}, False),  # never their own
-    ("owner", "editor", {}, False),  # owners are not admins
-    ("stranger", "owner", {}, False),
-    (
-        "admin",
-        "stranger",
-        {"workspace": "team-a", "user": ADMIN.email},
-        False,
-    ),  # a share that grants the admin
-    ("admin", "stranger", {"name": "w", "owner": ADMIN.email}, False),  # a workspace the admin would own
-    ("admin", "stranger", {"workspace": "team-a", "user": EDITOR.email}, True),
+ADMIN_MAPPED = Actor("UADMINM", "admin1@example.com", is_admin=True)
+"""An admin whose Kubeflow id differs from their Slack email (``KFBOT_USER_ID_MAP``)."""
+ADMIN_MAPPED_ID = "admin1@corp.example.com"
+DECIDE_SETTINGS = CoreSettings(
+    policy=PolicySettings(admin_users=frozenset({"UADMIN", "UADMINM"})),
+    workspace=WorkspaceDefaults(user_id_map={MAPPED.email: MAPPED_ID, ADMIN_MAPPED.email: ADMIN_MAPPED_ID}),
+)
+DECIDE_FACTS = StaticFacts(
+    workspaces={
+        **FACTS.workspaces,
+        "adminws": WorkspaceFacts("adminws", "adminws", ADMIN.email),
+        "collab": WorkspaceFacts("collab", "collab", OWNER.email, contributors={ADMIN.email: "view"}),
+        "corp": WorkspaceFacts("corp", "corp", ADMIN_MAPPED_ID),
+    }
+)
+DECIDERS = {**ACTORS, "admin-mapped": ADMIN_MAPPED}
+
+DECIDE_TABLE: list[tuple[str, str, kinds.RequestKind, bool]] = [
+    # (decider, requester, request, allowed)
+    ("admin", "owner", share, True),  # an admin decides someone else's request
+    ("admin", "admin", share, False),  # never their own
+    ("owner", "editor", share, False),  # owners are not admins
+    ("stranger", "owner", share, False),
+    ("admin", "stranger", kinds.Share("team-a", ADMIN.email), False),  # a share that grants the admin
+    ("admin", "stranger", kinds.Unshare("team-a", ADMIN.email), False),
+    ("admin", "stranger", kinds.WorkspaceCreate("w", ADMIN.email), False),  # a workspace they would own
+    ("admin", "stranger", kinds.Share("team-a", EDITOR.email), True),
+    # A workspace's quota and deletion are for its owner and its contributors.
+    ("admin", "stranger", kinds.QuotaChange("adminws", gpu="64"), False),
+    ("admin", "stranger", kinds.QuotaChange("collab", gpu="64"), False),
+    ("admin", "stranger", kinds.WorkspaceDelete("collab", "collab"), False),
+    ("admin", "stranger", kinds.QuotaChange("team-a", gpu="64"), True),
+    # Mapped and unmapped forms of one person are one person.
+    ("admin-mapped", "stranger", kinds.WorkspaceCreate("x", ADMIN_MAPPED.email), False),
+    ("admin-mapped", "stranger", kinds.WorkspaceCreate("x", ADMIN_MAPPED_ID), False),
+    ("admin-mapped", "stranger", kinds.Share("team-a", ADMIN_MAPPED.email), False),
+    ("admin-mapped", "stranger", kinds.Share("team-a", ADMIN_MAPPED_ID), False),
+    ("admin-mapped", "stranger", kinds.QuotaChange("corp", gpu="9"), False),
+    ("admin-mapped", "stranger", kinds.Share("team-a", "friend@example.com"), True),
 ]
 
 
-@pytest.mark.parametrize(("decider", "requester", "args", "allowed"), DECIDE_TABLE)
-def test_who_may_decide(decider: str, requester: str, args: dict[str, str], allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("decider", "requester", "kind", "allowed"),
+    DECIDE_TABLE,
+    ids=[f"{d}-{r}-{k.describe()}-{a}" for d, r, k, a in DECIDE_TABLE],
+)
+def test_who_may_decide(decider: str, requester: str, kind: kinds.RequestKind, allowed: bool) -> None:
     req = Request(
         id="RX",
-        kind="share",
-        args=args,
+        kind=kind.KIND,
+        args=kinds.to_args(kind),
         requester_id=ACTORS[requester].user_id,
         requester_email=ACTORS[requester].email,
         plan=Plan.of([]),
         created_at=datetime.now(UTC),
     )
     if allowed:
-        policy.check_may_decide(ACTORS[decider], req, SETTINGS)
+        policy.check_may_decide(DECIDERS[decider], req, DECIDE_SETTINGS, DECIDE_FACTS)
     else:
         with pytest.raises(errors.Forbidden):
-            policy.check_may_decide(ACTORS[decider], req, SETTINGS)
+            policy.check_may_decide(DECIDERS[decider], req, DECIDE_SETTINGS, DECIDE_FACTS)
 
 
 REQUEST_TABLE = [

@@ -23,8 +23,8 @@ from slack_sdk import WebClient
 from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, tell
-from handlers import errors, policy, services
-from handlers.model import Actor, RequestState
+from handlers import errors, services
+from handlers.model import Actor
 from handlers.ports import RevealedSecret
 
 logger = logging.getLogger(__name__)
@@ -122,12 +122,7 @@ def register(app: App, deps: Deps) -> None:
     def reject(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
         actor = identity.actor(body["user"]["id"])
         request_id, version = blocks.parse_decision_value(value)
-        if not actor.is_admin:  # the same refusal decide() gives, before any lookup or modal
-            raise errors.Forbidden("Only admins can approve or reject requests.")
-        request = services.get_request(core, actor, request_id)
-        policy.check_may_decide(actor, request)
-        if request.state is not RequestState.PENDING:
-            raise errors.AlreadyDone(services.already_text(request))  # the one wording, decide()'s
+        request = services.pending_decision(core, actor, request_id)  # decide()'s rule, before the modal
         container = body.get("container") or {}
         channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
         metadata = blocks.RejectContext(request.id, version, channel, message_ts(body))

@@ -1,0 +1,260 @@
+"""The approval gate's side doors, each closed: retry is no approval, the engine applies only what the
+audit trail authorizes, losing access takes its tokens, an unshare of nobody is refused, and a
+re-planned request is released at once and its requester told. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import sqlalchemy as sa
+
+from bot.notify import ShellNotifier
+from handlers import errors, kinds, services
+from handlers.model import SYSTEM, Actor, Event, EventType, RequestState
+from handlers.plan import canonical_json
+from provisioning import store
+from tests.harness import ADMIN, ADMIN2, ALICE, BOB, Stack, build_stack
+
+WORKSPACE = kinds.WorkspaceCreate("team-a", ALICE.email)
+
+
+@pytest.fixture
+def stack(db_url: str) -> Stack:
+    return build_stack(db_url)
+
+
+def submit(stack: Stack, kind: kinds.RequestKind = WORKSPACE, actor: Actor = ALICE) -> str:
+    return services.submit(stack.core, actor, kind, idempotency_key=None).request.id
+
+
+def sql(stack: Stack, statement: str, **params: object) -> None:
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+
+
+def audit_types(stack: Stack, request_id: str) -> list[str]:
+    with stack.backend.uow() as uow:
+        return [e.type.value for e in uow.audit.trail(request_id)]
+
+
+def workspace_with_bob(stack: Stack) -> None:
+    rid = submit(stack)
+    stack.approve(rid)
+    stack.run()
+    shared = services.submit(stack.core, ALICE, kinds.Share("team-a", BOB.email), idempotency_key=None)
+    assert shared.auto_reason is not None  # the owner shares without an admin
+    stack.run()
+
+
+# -- retry is not an approval ------------------------------------------------------------------------
+
+
+def test_retry_of_a_pending_request_is_refused_and_nothing_applies(stack: Stack) -> None:
+    rid = submit(stack, actor=ADMIN)  # an admin's own request: only another admin may approve it
+    with pytest.raises(errors.IllegalTransition, match="only failed or needs-attention"):
+        services.retry(stack.core, ADMIN, rid)
+    with pytest.raises(errors.IllegalTransition):
+        services.retry(stack.core, ADMIN2, rid)
+    assert stack.run() == 0
+    request = stack.request(rid)
+    assert request.state is RequestState.PENDING and request.decided_by is None
+    assert stack.world.ensure_calls == []
+    assert EventType.RETRIED.value not in audit_types(stack, rid)
+
+
+def test_retry_of_a_failed_request_reruns_under_its_original_approval(stack: Stack) -> None:
+    stack.world.fail("aws.bucket", errors.PermanentError("denied"))
+    rid = submit(stack)
+    stack.approve(rid)
+    stack.run()
+    assert stack.request(rid).state is RequestState.FAILED
+    services.retry(stack.core, ADMIN2, rid)
+    stack.run()
+    assert stack.request(rid).state is RequestState.SUCCEEDED
+    assert audit_types(stack, rid).count(EventType.APPROVED.value) == 1
+
+
+# -- the engine applies only an authorized plan ----------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["approved", "applying"])
+def test_a_state_set_in_the_database_is_refused_by_the_engine(stack: Stack, state: str) -> None:
+    rid = submit(stack)
+    sql(stack, "UPDATE requests SET state = :state WHERE id = :id", state=state, id=rid)
+    stack.run()
+    request = stack.request(rid)
+    assert stack.world.ensure_calls == [], "nothing was applied"
+    assert request.state is RequestState.NEEDS_ATTENTION
+    assert request.error is not None and "no approval of plan" in request.error
+    assert EventType.REFUSED.value in audit_types(stack, rid)
+    assert EventType.REFUSED.value in stack.notifier.types_for(rid)
+    assert stack.backend.audit_verify().ok
+    # A retry brings it back to the same check, not past it.
+    services.retry(stack.core, ADMIN, rid)
+    stack.run()
+    assert stack.request(rid).state is RequestState.NEEDS_ATTENTION
+    assert stack.world.ensure_calls == []
+
+
+def test_compensation_set_in_the_database_undoes_nothing(stack: Stack) -> None:
+    rid = submit(stack)
+    stack.approve(rid)
+    stack.run()
+    made = dict(stack.world.objects)
+    other = submit(stack, kinds.WorkspaceCreate("team-b", ALICE.email))
+    # Someone copies the finished request's steps under a request nobody approved, then asks for undo.
+    sql(stack, "UPDATE requests SET state = 'compensating' WHERE id = :id", id=other)
+    columns = "idx, key, action, status, outcome, attempts, started_at, updated_at"
+    sql(
+        stack,
+        f"INSERT INTO step_outcomes (request_id, {columns}) "
+        f"SELECT :other, {columns} FROM step_outcomes WHERE request_id = :rid",
+        other=other,
+        rid=rid,
+    )
+    stack.run()
+    assert stack.world.objects == made
+    assert stack.request(other).state is RequestState.NEEDS_ATTENTION
+
+
+def test_an_approved_plan_edited_in_the_database_is_refused(stack: Stack) -> None:
+    rid = submit(stack)
+    stack.approve(rid)
+    request = stack.request(rid)
+    plan = request.plan.to_json()
+    plan["steps"][0]["params"]["owner"] = "mallory@example.com"
+    sql(stack, "UPDATE requests SET plan = :plan WHERE id = :id", plan=canonical_json(plan), id=rid)
+    stack.run()
+    assert stack.world.ensure_calls == []
+    assert stack.request(rid).error is not None
+    assert "does not match its digest" in str(stack.request(rid).error)
+
+
+def test_an_approval_row_forged_without_the_key_authorizes_nothing(stack: Stack) -> None:
+    rid = submit(stack)
+    digest = stack.request(rid).plan_digest
+    with stack.backend.db.engine.begin() as conn:
+        head = conn.execute(sa.select(store.audit_head)).one()
+        conn.execute(
+            sa.insert(store.audit_events).values(
+                seq=head.seq + 1,
+                at=stack.clock.now(),
+                request_id=rid,
+                type=EventType.APPROVED.value,
+                actor=ADMIN.user_id,
+                data={"plan_digest": digest},
+                prev_mac=head.mac,
+                mac="0" * 64,
+            )
+        )
+        conn.execute(sa.update(store.audit_head).values(seq=head.seq + 1, mac="0" * 64))
+    sql(stack, "UPDATE requests SET state = 'approved' WHERE id = :id", id=rid)
+    stack.run()
+    assert stack.world.ensure_calls == []
+    assert stack.request(rid).state is RequestState.NEEDS_ATTENTION
+    assert not stack.backend.audit_verify().ok
+
+
+def test_auto_approvals_and_system_decisions_name_their_rule(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    with stack.backend.uow() as uow:
+        autos = [
+            e
+            for r in uow.requests.list(kind=kinds.Share.KIND)
+            for e in uow.audit.trail(r.id)
+            if e.type is EventType.AUTO_APPROVED
+        ]
+    assert [e.data["rule"] for e in autos] == ["auto:share"]
+    carol = kinds.Share("team-a", "carol@example.com")
+    assert services.submit(stack.core, ALICE, carol, idempotency_key=None).auto_reason
+    stack.run()
+    grant = {"workspace": "team-a", "user": "carol@example.com"}
+    services.handle_timer(stack.core, "grant.expire", "team-a:carol@example.com", grant)
+    stack.run()
+    with stack.backend.uow() as uow:
+        system = [r for r in uow.requests.list(kind=kinds.Unshare.KIND) if r.requester_id == SYSTEM.user_id]
+        events = [e for e in uow.audit.trail(system[0].id) if e.type is EventType.AUTO_APPROVED]
+    assert events[0].data["rule"] == "system:grant.expire"
+    assert str(events[0].data["trigger"]).startswith("timer:grant.expire:")
+    assert system[0].state is RequestState.SUCCEEDED
+
+
+# -- losing access takes its tokens ------------------------------------------------------------------
+
+
+def issue_token(stack: Stack, read_only: bool = False) -> str:
+    token = kinds.TokenIssue("team-a", read_only=read_only)
+    result = services.submit(stack.core, BOB, token, idempotency_key=None)
+    assert result.auto_reason is not None
+    stack.run()
+    assert stack.request(result.request.id).state is RequestState.SUCCEEDED
+    return result.request.id
+
+
+def test_unshare_revokes_the_grantees_tokens(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    token = issue_token(stack)
+    services.reveal_token(stack.core, BOB, token)
+    unshare = submit(stack, kinds.Unshare("team-a", BOB.email))
+    stack.run()
+    request = stack.request(unshare)
+    assert request.state is RequestState.SUCCEEDED
+    assert [s.action for s in request.plan.steps] == [
+        "kubeflow.contributor.remove",
+        "kubeflow.token_account.remove",
+    ]
+    assert stack.core.facts.token_owner(token) is None
+    with pytest.raises(errors.NotFound, match="revoked"):
+        services.reveal_token(stack.core, BOB, token)
+
+
+def test_a_grant_lowered_to_view_takes_the_edit_tokens_only(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    edit, view = issue_token(stack), issue_token(stack, read_only=True)
+    submit(stack, kinds.Share("team-a", BOB.email, role="view"))
+    stack.run()
+    assert stack.core.facts.token_owner(edit) is None
+    assert stack.core.facts.token_owner(view) is not None
+
+
+def test_a_deleted_workspace_leaves_no_active_token(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    token = issue_token(stack)
+    rid = submit(stack, kinds.WorkspaceDelete("team-a", "team-a"))
+    stack.approve(rid)
+    stack.run()
+    assert stack.request(rid).state is RequestState.SUCCEEDED
+    assert stack.core.facts.token_owner(token) is None
+    with pytest.raises(errors.NotFound):
+        services.reveal_token(stack.core, BOB, token)
+
+
+def test_unshare_of_someone_without_access_is_refused_and_nobody_is_told(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    before = len(stack.notifier.published)
+    with pytest.raises(errors.NotFound, match="has no access"):
+        submit(stack, kinds.Unshare("team-a", "nobody@example.com"))
+    assert len(stack.notifier.published) == before
+
+
+# -- a request that goes back to pending --------------------------------------------------------------
+
+
+def test_a_replanned_request_is_released_at_once_and_its_requester_told(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    carol = Actor("UCAROL", "carol@example.com")
+    rid = submit(stack, kinds.Share("team-a", BOB.email, role="view"), actor=carol)
+    issue_token(stack)  # after the plan was made: lowering bob to view now also removes this token
+    stack.approve(rid)
+    stack.run()
+    request = stack.request(rid)
+    assert request.state is RequestState.PENDING
+    assert [s.action for s in request.plan.steps][-1] == "kubeflow.token_account.remove"
+    stack.approve(rid, ADMIN2)
+    assert stack.run() >= 1, "the second approval is taken at once, not after the first claim's lease"
+    assert stack.request(rid).state is RequestState.SUCCEEDED
+    out = io.StringIO()
+    changed = Event(EventType.PLAN_CHANGED, rid, stack.clock.now(), SYSTEM.user_id, {})
+    ShellNotifier(out).publish(stack.request(rid), [changed], ("shell", rid))
+    assert f"[DM to {carol.email}]" in out.getvalue() and "needs a new approval" in out.getvalue()

@@ -1,0 +1,430 @@
+"""The approval gate as a model: random sequences of every command, button, modal and timer, by
+every kind of actor, against the real services, engine, store and audit log (SQLite and
+PostgreSQL), with the invariants checked after every step.
+
+The oracle is written here, independently of ``handlers.policy``: who is an admin, who a request is
+for (owner, grantee, a workspace's people), and so who may decide it. What the product does is read
+back from the audit log (only rows whose MAC checks out) and the registry, never from the model.
+
+Invariants, after every step:
+
+1. nothing reached applying (``step.started``) without an authorization of the digest it applied:
+   an approval by an admin the oracle permits, or an auto-approval / system decision naming its rule;
+2. every decision the product accepted, the oracle permits;
+3. no token outlives the access that allowed it (a removed grant, a deleted workspace);
+4. every state change is in the audit log (replaying the trail through ``TRANSITIONS`` gives the
+   stored state), except where a test edited the row by hand, which must then be refused;
+5. the audit chain verifies.
+
+Every later request kind, button or timer joins this machine (see docs/SECURITY.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from handlers import errors, kinds, services
+from handlers.model import SYSTEM, TRANSITIONS, Actor, Event, EventType, RequestState
+from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
+from provisioning.store import Database
+from tests.fakes.db_fixtures import _empty_tables
+from tests.fakes.figures import report
+from tests.harness import AUDIT_KEY, Stack, build_stack
+
+ALICE = Actor("UALICE", "alice@example.com")
+BOB = Actor("UBOB", "bob@example.com")
+CAROL = Actor("UCAROL", "carol@example.com")
+ADMIN = Actor("UADMIN", "admin@example.com", is_admin=True)
+ADMIN_OWNER = Actor("UADMINO", "admino@example.com", is_admin=True)
+"""An admin who owns a workspace and works in another."""
+ADMIN_MAPPED = Actor("UADMINM", "adminm@slack.example.com", is_admin=True)
+ADMIN_MAPPED_ID = "adminm@kf.example.com"
+"""The Kubeflow id of ``ADMIN_MAPPED`` (``KFBOT_USER_ID_MAP``)."""
+ACTORS = {
+    "requester": ALICE,
+    "grantee": BOB,
+    "stranger": CAROL,
+    "admin": ADMIN,
+    "admin-who-benefits": ADMIN_OWNER,
+    "mapped-admin": ADMIN_MAPPED,
+}
+ADMINS = {a.user_id for a in ACTORS.values() if a.is_admin}
+SETTINGS = CoreSettings(
+    policy=PolicySettings(admin_users=frozenset(ADMINS)),
+    workspace=WorkspaceDefaults(user_id_map={ADMIN_MAPPED.email: ADMIN_MAPPED_ID}),
+)
+WORKSPACES = ("team-a", "admin-ws")
+PEOPLE = (ALICE.email, BOB.email, CAROL.email, ADMIN_OWNER.email, ADMIN_MAPPED.email, ADMIN_MAPPED_ID)
+
+
+def canonical(email: str) -> str:
+    return ADMIN_MAPPED_ID if email == ADMIN_MAPPED.email else email
+
+
+# What the state machine explored, reported at the end of the session (tests/conftest.py).
+EXPLORED: Counter[str] = Counter()
+CELLS: set[tuple[str, str]] = set()
+ACTIONS_PER_ACTOR = 12  # seven kinds to submit; approve, reject, cancel, retry, show token
+SYSTEM_CELLS = 5  # the engine, timers, three hand edits of the database
+
+
+def _report() -> None:
+    report(
+        "approval-gate state machine",
+        f"{EXPLORED['sequences']} sequences, {EXPLORED['steps']} steps, "
+        f"{len(CELLS)} of {len(ACTORS) * ACTIONS_PER_ACTOR + SYSTEM_CELLS} actor x action cells",
+    )
+
+
+@dataclass
+class Oracle:
+    """The model's own view of who works where, built from what it saw succeed."""
+
+    owners: dict[str, str] = field(default_factory=dict)
+    contributors: dict[str, dict[str, str]] = field(default_factory=dict)
+    tampered: set[str] = field(default_factory=set)
+
+    def people(self, workspace: str) -> set[str]:
+        owner = self.owners.get(workspace)
+        return ({owner} if owner else set()) | set(self.contributors.get(workspace, {}))
+
+    def beneficiaries(self, kind: str, args: dict[str, object], requester: str) -> set[str]:
+        out = {canonical(requester)}
+        if kind == kinds.WorkspaceCreate.KIND:
+            out.add(canonical(str(args["owner"])))
+        if kind in (kinds.Share.KIND, kinds.Unshare.KIND):
+            out.add(canonical(str(args["user"])))
+        if kind in (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND):
+            out |= self.people(str(args.get("workspace") or args.get("name")))
+        return out
+
+    def may_decide(self, actor: Actor, kind: str, args: dict[str, object], requester: Actor) -> bool:
+        return (
+            actor.is_admin
+            and actor.user_id != requester.user_id
+            and canonical(actor.email) not in self.beneficiaries(kind, args, requester.email)
+        )
+
+
+class GateMachine(RuleBasedStateMachine):
+    database_url: str = ""
+    template: Path | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.oracle = Oracle()
+        stack = self._fresh_stack()
+        # Request ids in submission order: hypothesis replays a sequence only if it draws the same way.
+        ids = iter(range(1, 10_000))
+        stack.core = dataclasses.replace(stack.core, new_id=lambda: f"R{next(ids):05d}")
+        self.stack = stack
+        self.requests: list[str] = []
+        self.requester_of: dict[str, Actor] = {}
+
+    def _fresh_stack(self) -> Stack:
+        url = type(self).database_url
+        if url.startswith("sqlite"):
+            assert self.template is not None
+            shutil.copyfile(self.template, url.removeprefix("sqlite:///"))
+        else:
+            db = Database(url, audit_key=AUDIT_KEY)
+            _empty_tables(db)
+            db.dispose()
+        return build_stack(url, core=SETTINGS, migrate=False)
+
+    def teardown(self) -> None:
+        self.stack.backend.db.dispose()
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _cell(self, who: str, action: str) -> None:
+        CELLS.add((who, action))
+        EXPLORED["steps"] += 1
+        _report()
+
+    def _submit(self, who: str, kind: kinds.RequestKind) -> None:
+        self._cell(who, f"submit {kind.KIND}")
+        actor = ACTORS[who]
+        try:
+            result = services.submit(self.stack.core, actor, kind, idempotency_key=None)
+        except errors.KfError:
+            return
+        if not result.duplicate:
+            self.requests.append(result.request.id)
+            self.requester_of[result.request.id] = actor
+
+    def _apply_succeeded(self) -> None:
+        """Bring the oracle's view of owners and grants up to date with what succeeded."""
+        with self.stack.backend.uow() as uow:
+            for ws in uow.registry.list_workspaces():
+                self.oracle.owners[ws["name"]] = ws["owner"]
+                self.oracle.contributors[ws["name"]] = {
+                    g["user"]: g["role"] for g in uow.registry.grants(ws["name"])
+                }
+            for name in list(self.oracle.owners):
+                if uow.registry.get_workspace(name) is None:
+                    self.oracle.owners.pop(name)
+                    self.oracle.contributors.pop(name, None)
+
+    # -- setup: two workspaces, one owned by an admin ------------------------------------------------
+    @initialize()
+    def workspaces(self) -> None:
+        EXPLORED["sequences"] += 1
+        for name, owner in (("team-a", ALICE.email), ("admin-ws", ADMIN_OWNER.email)):
+            rid = services.submit(
+                self.stack.core, CAROL, kinds.WorkspaceCreate(name, owner), idempotency_key=None
+            ).request.id
+            services.decide(self.stack.core, ADMIN, rid, approve=True, decision_key=f"setup:{rid}")
+        self.stack.run()
+        self._apply_succeeded()
+
+    # -- commands ----------------------------------------------------------------------------------
+    who = st.sampled_from(sorted(ACTORS))
+    workspace = st.sampled_from(WORKSPACES)
+    person = st.sampled_from(PEOPLE)
+
+    @rule(who=who, ws=workspace, user=person, role=st.sampled_from(kinds.ROLES), timed=st.booleans())
+    def share(self, who: str, ws: str, user: str, role: str, timed: bool) -> None:
+        self._submit(who, kinds.Share(ws, user, role, timedelta(hours=1) if timed else None))
+
+    @rule(who=who, ws=workspace, user=person)
+    def unshare(self, who: str, ws: str, user: str) -> None:
+        self._submit(who, kinds.Unshare(ws, user))
+
+    @rule(who=who, ws=workspace, gpu=st.integers(0, 64), timed=st.booleans())
+    def quota(self, who: str, ws: str, gpu: int, timed: bool) -> None:
+        self._submit(who, kinds.QuotaChange(ws, gpu=str(gpu), duration=timedelta(hours=2) if timed else None))
+
+    @rule(who=who, ws=workspace, read_only=st.booleans())
+    def token(self, who: str, ws: str, read_only: bool) -> None:
+        self._submit(who, kinds.TokenIssue(ws, read_only=read_only))
+
+    @rule(who=who, data=st.data())
+    def revoke(self, who: str, data: st.DataObject) -> None:
+        with self.stack.backend.uow() as uow:
+            active = sorted(t["token_id"] for ws in WORKSPACES for t in uow.registry.tokens_in(ws))
+        if active:
+            self._submit(who, kinds.TokenRevoke(data.draw(st.sampled_from(active))))
+
+    @rule(who=who, owner=person, name=st.sampled_from(("new-ws", "team-a")))
+    def create(self, who: str, owner: str, name: str) -> None:
+        self._submit(who, kinds.WorkspaceCreate(name, owner))
+
+    @rule(who=who, ws=workspace)
+    def delete(self, who: str, ws: str) -> None:
+        self._submit(who, kinds.WorkspaceDelete(ws, ws))
+
+    # -- buttons and modals ------------------------------------------------------------------------
+    def _pick(self, data: st.DataObject, *, pending: bool = False) -> str | None:
+        choices = [
+            r for r in self.requests if not pending or self.stack.request(r).state is RequestState.PENDING
+        ]
+        return data.draw(st.sampled_from(choices)) if choices else None
+
+    @rule(who=who, data=st.data(), approve=st.booleans())
+    def decide(self, who: str, data: st.DataObject, approve: bool) -> None:
+        rid = self._pick(data, pending=True)
+        if rid is None:
+            return
+        self._cell(who, "approve" if approve else "reject")
+        actor = ACTORS[who]
+        request = self.stack.request(rid)
+        permitted = self.oracle.may_decide(actor, request.kind, dict(request.args), self.requester_of[rid])
+        try:
+            services.decide(
+                self.stack.core,
+                actor,
+                rid,
+                approve=approve,
+                reason="no",
+                decision_key=f"{rid}:{who}:{approve}",
+            )
+        except errors.KfError:
+            return
+        assert permitted, (
+            f"{who} decided {request.kind} {dict(request.args)} by {self.requester_of[rid].email}"
+        )
+
+    @rule(who=who, data=st.data())
+    def cancel(self, who: str, data: st.DataObject) -> None:
+        rid = self._pick(data)
+        if rid is not None:
+            self._cell(who, "cancel")
+            before = self.stack.request(rid).state
+            try:
+                services.cancel(self.stack.core, ACTORS[who], rid)
+            except errors.KfError:
+                return
+            assert ACTORS[who].is_admin or ACTORS[who] == self.requester_of[rid]
+            assert before in (RequestState.PENDING, RequestState.APPROVED), before
+
+    @rule(who=who, data=st.data())
+    def retry(self, who: str, data: st.DataObject) -> None:
+        rid = self._pick(data)
+        if rid is not None:
+            self._cell(who, "retry")
+            before = self.stack.request(rid).state
+            try:
+                services.retry(self.stack.core, ACTORS[who], rid)
+            except errors.KfError:
+                return
+            # A retry re-runs work that ran under an approval and stopped; it never decides.
+            assert ACTORS[who].is_admin and before in (RequestState.FAILED, RequestState.NEEDS_ATTENTION), (
+                before
+            )
+
+    @rule(who=who, data=st.data())
+    def show_token(self, who: str, data: st.DataObject) -> None:
+        rid = self._pick(data)
+        if rid is None:
+            return
+        self._cell(who, "show token")
+        try:
+            services.reveal_token(self.stack.core, ACTORS[who], rid)
+        except errors.KfError:
+            return
+        assert self.stack.core.facts.token_owner(rid) is not None, "a token shown for a revoked account"
+
+    # -- the worker, timers, and someone with write access to the database ---------------------------
+    @rule()
+    def work(self) -> None:
+        self._cell("system", "engine")
+        self.stack.run()
+        self._apply_succeeded()
+
+    @rule(hours=st.sampled_from((1, 3, 80)))
+    def time_passes(self, hours: int) -> None:
+        self._cell("system", "timers")
+        self.stack.clock.advance(timedelta(hours=hours))
+        self.stack.backend.sweep_timers(lambda k, r, p: services.handle_timer(self.stack.core, k, r, p))
+
+    @rule(data=st.data(), state=st.sampled_from(("approved", "applying", "compensating")))
+    def edit_the_database(self, data: st.DataObject, state: str) -> None:
+        rid = self._pick(data)
+        if rid is None or self.stack.request(rid).state is not RequestState.PENDING:
+            return
+        self._cell("database writer", f"set {state}")
+        with self.stack.backend.db.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE requests SET state = :s WHERE id = :id"), {"s": state, "id": rid})
+        self.oracle.tampered.add(rid)
+
+    # -- invariants --------------------------------------------------------------------------------
+    def _trails(self) -> Iterator[tuple[str, list[Event]]]:
+        with self.stack.backend.uow() as uow:
+            trails = [(rid, uow.audit.trail(rid)) for rid in self.requests]
+        yield from trails
+
+    @invariant()
+    def applied_only_when_authorized(self) -> None:
+        for rid, trail in self._trails():
+            authorized: set[str] = set()
+            for event in trail:
+                if event.type is EventType.PLAN_CHANGED:
+                    authorized.clear()
+                elif event.type is EventType.APPROVED:
+                    assert event.actor in ADMINS and event.actor != self.requester_of[rid].user_id
+                    authorized.add(str(event.data["plan_digest"]))
+                elif event.type is EventType.AUTO_APPROVED:
+                    assert event.actor == SYSTEM.user_id and event.data.get("rule"), event.data
+                    authorized.add(str(event.data["plan_digest"]))
+                elif event.type is EventType.APPLY_STARTED:
+                    assert event.data["plan_digest"] in authorized, f"{rid} applied without an approval"
+                elif event.type in (EventType.STEP_STARTED, EventType.STEP_UNDONE):
+                    assert authorized, f"{rid} ran a step without an approval"
+
+    @invariant()
+    def no_token_outlives_its_access(self) -> None:
+        with self.stack.backend.uow() as uow:
+            live = {w["name"] for w in uow.registry.list_workspaces()}
+            for ws in (*WORKSPACES, "new-ws"):
+                for token in uow.registry.tokens_in(ws):
+                    assert ws in live, f"token {token['token_id']} outlived workspace {ws}"
+            for rid in self.requests:
+                request = uow.requests.get(rid)
+                if request.kind != kinds.Unshare.KIND or request.state is not RequestState.SUCCEEDED:
+                    continue
+                user = canonical(str(request.args["user"]))
+                for token in uow.registry.tokens_in(str(request.args["workspace"])):
+                    issued = uow.requests.get(str(token["token_id"]))
+                    if canonical(str(token["holder"])) == user and issued.created_at <= request.updated_at:
+                        raise AssertionError(f"token {token['token_id']} survived unshare {rid}")
+
+    @invariant()
+    def every_transition_is_audited(self) -> None:
+        moves = {
+            EventType.CREATED: RequestState.PENDING,
+            EventType.APPROVED: RequestState.APPROVED,
+            EventType.AUTO_APPROVED: RequestState.APPROVED,
+            EventType.REJECTED: RequestState.REJECTED,
+            EventType.CANCELLED: RequestState.CANCELLED,
+            EventType.EXPIRED: RequestState.EXPIRED,
+            EventType.PLAN_CHANGED: RequestState.PENDING,
+            EventType.APPLY_STARTED: RequestState.APPLYING,
+            EventType.SUCCEEDED: RequestState.SUCCEEDED,
+            EventType.COMPENSATING: RequestState.COMPENSATING,
+            EventType.FAILED: RequestState.FAILED,
+            EventType.NEEDS_ATTENTION: RequestState.NEEDS_ATTENTION,
+            EventType.REFUSED: RequestState.NEEDS_ATTENTION,
+            EventType.RETRIED: RequestState.APPROVED,
+        }
+        for rid, trail in self._trails():
+            stored = self.stack.request(rid).state
+            state: RequestState | None = None
+            for event in trail:
+                target = moves.get(event.type)
+                if target is None:
+                    continue
+                if rid in self.oracle.tampered and event.type is EventType.REFUSED:
+                    state = target  # the hand-set state is not in the log; the refusal is
+                    continue
+                assert state is None or target in TRANSITIONS[state], f"{rid}: {state} -> {target} in the log"
+                state = target
+            if rid in self.oracle.tampered and stored is not RequestState.NEEDS_ATTENTION:
+                continue  # edited and not worked on yet: the engine has not looked at it
+            assert state is stored, f"{rid} is {stored} but its audit trail ends in {state}"
+
+    @invariant()
+    def the_chain_verifies(self) -> None:
+        result = self.stack.backend.audit_verify()
+        assert result.ok, result.problem
+
+
+def _run(machine: type[GateMachine], url: str, template: Path | None, examples: int) -> None:
+    machine.database_url, machine.template = url, template
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+@pytest.fixture
+def sqlite_template(_migrated_sqlite_file: Path, tmp_path: Path) -> tuple[str, Path]:
+    return f"sqlite:///{tmp_path / 'model.db'}", _migrated_sqlite_file
+
+
+@pytest.mark.timeout(900)  # a failure shrinks for a while before it is reported
+def test_gate_model_on_sqlite(sqlite_template: tuple[str, Path]) -> None:
+    url, template = sqlite_template
+    _run(GateMachine, url, template, examples=30)
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(900)
+def test_gate_model_on_postgres(_migrated_postgres_url: str) -> None:
+    _run(GateMachine, _migrated_postgres_url, None, examples=15)
