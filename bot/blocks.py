@@ -5,7 +5,8 @@ limit is exceeded (``invalid_blocks``), so every text is cut to fit *before* it 
 3000 characters per section, 150 per header, 75 per button label, 24 per modal title, 50 blocks
 per message and 100 per modal. Long plans are split into several code blocks and, past the block
 limit, end with a note pointing at ``kfbot plan``. User text is escaped with
-``naming.escape_slack_text`` (via ``render.SLACK``) everywhere.
+``naming.escape_slack_text`` (via ``render.SLACK``) everywhere; free text (a reject reason) is
+shown in a code block (``render.Style.text``).
 
 Button values carry the request id and, for decisions, the version the card showed
 (``R7KQ2M:3``): a click on a card made stale by a plan change cannot approve the new plan.
@@ -180,7 +181,7 @@ def dm(text: str, *, action: tuple[str, str, str] | None = None) -> tuple[str, l
 
 def code_chunks(text: str, limit: int = SECTION_LIMIT) -> list[str]:
     """``text`` as code blocks that each fit a section (split on lines where possible)."""
-    safe = naming.escape_slack_text(text).replace("```", "`\u200b``")
+    safe = render.fence_safe(text)
     room = limit - 8
     chunks: list[str] = []
     current = ""
@@ -352,6 +353,7 @@ FIELD_BLOCKS: Mapping[str, str] = {
     "nodes_min": "nodes",
     "nodes_max": "nodes",
     "desired": "nodes",
+    "reason": REASON_BLOCK,
 }
 
 

@@ -74,7 +74,13 @@ class Identity:
                 "`users:read.email` scope).",
                 field="email",
             )
-        email = naming.normalize_email(str(raw))
+        try:
+            email = naming.normalize_email(str(raw))
+        except errors.InvalidInput as exc:
+            raise errors.InvalidInput(
+                f"The email address in this Slack profile cannot be used with Kubeflow. {exc.user_message}",
+                field="email",
+            ) from exc
         self._users.put(user_id, email)
         return email
 
@@ -84,7 +90,7 @@ class Identity:
             return self.email(user_id)
         except errors.InvalidInput as exc:
             raise errors.InvalidInput(
-                f"<@{user_id}> has no email address in Slack; type their email instead.", field="user"
+                f"<@{user_id}> has no usable email address in Slack; type their email instead.", field="user"
             ) from exc
 
     def is_admin(self, user_id: str) -> bool:

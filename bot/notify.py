@@ -74,7 +74,7 @@ def decision_dm(request: Request, style: render.Style) -> str:
     what = f"`{request.id}` ({render.describe(request, style)})"
     if request.state is RequestState.REJECTED:
         who = style.user(request.decided_by)
-        return f"Your request {what} was rejected by {who}: {style.esc(request.reason or '')}"
+        return f"Your request {what} was rejected by {who}: {style.text(request.reason or '')}"
     if request.state is RequestState.EXPIRED:
         return f"Your request {what} expired: no admin decided in time. Ask again if you still need it."
     return f"Your request {what} was approved by {style.user(request.decided_by)}; applying it now."

@@ -22,11 +22,36 @@ from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, Re
 from handlers.plan import Plan, Step
 
 _SHELL_MENTION = re.compile(r"<@shell:([^>|]+)>")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 and C1 controls (a terminal reads ESC and CSI as commands) and bidirectional controls.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f" + "".join(sorted(naming.BIDI_CONTROLS)) + "]"
+)
+_FENCE = "```"
+LITERAL_LIMIT = 1500
+"""Longest escaped free text in one Slack text: leaves room in a 2000-character context block."""
 
 
 def _shell_text(text: str) -> str:
     return _CONTROL.sub("?", text)
+
+
+def fence_safe(text: str) -> str:
+    """``text`` escaped for the inside of a Slack code block: no ``&<>`` markup, no closing fence."""
+    return naming.escape_slack_text(text).replace(_FENCE, "`\u200b``")
+
+
+def slack_literal(text: str) -> str:
+    """Free text as a Slack code block: Slack has no escape for ``*``, ``_``, ``~`` and backticks
+    in ``mrkdwn``, but nothing inside a code block is formatted, linked or mentioned."""
+    # Cut after escaping (each '<' becomes four characters) so that the closing fence always
+    # survives the Block Kit limits of the text around it.
+    inner = naming.truncate(fence_safe(text), LITERAL_LIMIT)
+    # A backtick against the fence would merge with it and end the block early.
+    if inner.startswith("`"):
+        inner = "\u200b" + inner
+    if inner.endswith("`"):
+        inner += "\u200b"
+    return f"{_FENCE}{inner}{_FENCE}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,11 @@ class Style:
         if self.slack:
             return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{iso}>"
         return iso
+
+    def text(self, free: str) -> str:
+        """Free text a person typed (a reject reason) as inert literal text: a code block in
+        Slack, control characters masked in the shell."""
+        return slack_literal(free) if self.slack else _shell_text(free)
 
     def message(self, user_message: str) -> str:
         """A ``KfError.user_message``: Slack-safe already; the shell shows it unescaped."""
@@ -222,7 +252,7 @@ def decision_text(request: Request, style: Style) -> str:
     who = style.user(request.decided_by)
     when = style.when(request.decided_at or request.updated_at)
     if request.state is RequestState.REJECTED:
-        return f"Rejected by {who} at {when}: {style.esc(request.reason or '')}"
+        return f"Rejected by {who} at {when}: {style.text(request.reason or '')}"
     if request.state is RequestState.CANCELLED:
         return f"Cancelled at {style.when(request.updated_at)}."
     if request.state is RequestState.EXPIRED:

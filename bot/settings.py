@@ -22,7 +22,7 @@ from typing import Literal, TypeVar, cast, get_args
 
 import provisioning
 from handlers import errors, units
-from handlers.naming import NamingSettings
+from handlers.naming import NamingSettings, normalize_email
 from handlers.settings import CoreSettings, PolicySettings, TokenSettings, WorkspaceDefaults
 
 T = TypeVar("T")
@@ -110,7 +110,12 @@ class Settings:
                 k: env.convert("KFBOT_PRICE_OVERRIDES", v, _price)
                 for k, v in env.pairs("KFBOT_PRICE_OVERRIDES").items()
             },
-            user_id_map={k.lower(): v.lower() for k, v in env.pairs("KFBOT_USER_ID_MAP").items()},
+            user_id_map={
+                env.convert("KFBOT_USER_ID_MAP", k, normalize_email): env.convert(
+                    "KFBOT_USER_ID_MAP", v, normalize_email
+                )
+                for k, v in env.pairs("KFBOT_USER_ID_MAP").items()
+            },
         )
         tokens = TokenSettings(
             max_ttl=env.duration("KFBOT_TOKEN_MAX_TTL", timedelta(hours=24)),

@@ -66,8 +66,8 @@ class Shell:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            if echo:
-                self.say(self.prompt + line)
+            if echo:  # a piped script's control characters must not drive the terminal
+                self.say(self.prompt + S.esc(line))
             if not self.execute(line):
                 break
         return 0
@@ -114,7 +114,7 @@ class Shell:
         elif word in ("approve", "reject"):
             request_id, _, reason = rest.strip().partition(" ")
             request = (
-                services.get_request(core, self.actor, request_id.upper())
+                services.get_request(core, self.actor, parse.request_id(request_id))
                 if request_id
                 else self._only_pending(word)
             )
@@ -130,14 +130,14 @@ class Shell:
             )
             self.say(f"You {'approved' if word == 'approve' else 'rejected'} `{request.id}`.")
         elif word == "show":
-            request = services.get_request(core, self.actor, rest.strip().upper())
+            request = services.get_request(core, self.actor, parse.request_id(rest))
             self.say(
                 render.request_detail(request, S)
                 + "\n\nFull plan:\n"
                 + render.plan_full(request.plan, S, self.backend.render_step)
             )
         elif word == "reveal":
-            secret = services.reveal_token(core, self.actor, rest.strip().upper())
+            secret = services.reveal_token(core, self.actor, parse.request_id(rest))
             self._show_secret(secret)
         elif word == "password":
             self._show_secret(services.reveal_password(core, self.actor))

@@ -63,6 +63,10 @@ request should fail at parse time, not after an admin approved it.
 """
 
 _ZWSP = "\u200b"
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Characters that make text display in another order than it is stored (Trojan Source)."""
+MAX_FREE_TEXT = 1000
+"""Longest free text (a reject reason); the reject modal's input has the same limit."""
 _SLACK_BROADCAST = re.compile(r"(?<![A-Za-z0-9._%+-])@(?=(?:channel|here|everyone))", re.IGNORECASE)
 _SHOW_LIMIT = 40
 
@@ -77,9 +81,9 @@ _LABEL_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*\.[a-z0-9]+(?:-[a-z0-9]+)*")
 _SETTING_VALUE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _DEX_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-# RFC 5322 atext without quotes, backtick and '|': '|' separates target and label in Slack's
-# <mailto:...|...> markup, and quotes make trouble in every config file the email is copied into.
-_EMAIL_LOCAL_CHARS = re.compile(r"[a-z0-9!#$%&*+/=?^_{}~.-]")
+# The local part's grammar (normalize_email documents why it is this narrow).
+_EMAIL_LOCAL_CHARS = re.compile(r"[a-z0-9._+-]")
+_EMAIL_LOCAL = re.compile(r"[a-z0-9]+(?:[._+-][a-z0-9]+)*")
 _MAILTO = re.compile(r"<mailto:([^|<>]*)(?:\|([^<>]*))?>")
 # KFAM compiles "[^a-zA-Z0-9]+"; Python's \W would differ on '_' and non-ASCII letters.
 _KFAM_NON_ALNUM = re.compile(r"[^a-zA-Z0-9]+")
@@ -167,12 +171,40 @@ def describe_char(char: str) -> str:
         return "a tab"
     if char == "`":
         return "a backtick"
+    if char in BIDI_CONTROLS:
+        return f"the bidirectional control U+{ord(char):04X}, which makes text show in another order"
     if " " < char <= "~":
         return f"'{escape_slack_text(char)}'"
     name = unicodedata.name(char, "")
     if not name or unicodedata.category(char).startswith("C"):
         return f"the invisible control character U+{ord(char):04X}"
     return f"U+{ord(char):04X} {name} (only plain ASCII is allowed; some letters look alike)"
+
+
+def free_text(raw: str, *, what: str, field: str, limit: int = MAX_FREE_TEXT) -> str:
+    """Free text a person typed (a reject reason), checked where it enters: ``raw`` stripped.
+
+    Refused, with a message that names the character: control characters other than line breaks
+    and tabs (a NUL cannot even be stored in PostgreSQL), lone surrogates, and bidirectional
+    controls (they make a card show another text than the one recorded); more than ``limit``
+    characters. Any other Unicode is kept: the text is rendered as inert literal text
+    (``bot.render.Style.text``), not interpreted.
+    """
+    text = raw.replace("\r\n", "\n").strip()
+    if not text:
+        raise errors.InvalidInput(f"The {what} is empty.", field=field)
+    if len(text) > limit:
+        raise errors.InvalidInput(
+            f"The {what} is {len(text)} characters long; the limit is {limit}.", field=field
+        )
+    for char in text:
+        if char in BIDI_CONTROLS or (
+            char not in "\n\t" and unicodedata.category(char) in ("Cc", "Cs")
+        ):
+            raise errors.InvalidInput(
+                f"The {what} contains {describe_char(char)}; remove it and try again.", field=field
+            )
+    return text
 
 
 def _first_bad_char(value: str, allowed: re.Pattern[str]) -> str | None:
@@ -397,10 +429,32 @@ def validate_dex_username(value: str, *, field: str = "dex_username") -> str:
 def normalize_email(raw: str) -> str:
     """The lowercased address in ``raw``; accepts Slack's ``<mailto:a@b.c|a@b.c>`` markup.
 
+    The one check every email passes, wherever it comes from (slash-command arguments, ``--owner``,
+    the workspace form, ``KFBOT_USER_ID_MAP`` keys and values, Slack profiles, ``kfbot shell --as``).
+    The accepted grammar is a deliberately narrow ASCII subset of RFC 5321's dot-atom::
+
+        email  = local "@" domain                      ; at most 254 characters, lowercased
+        local  = alnum+ *( sep alnum+ )                ; 1..64 characters
+        sep    = "." / "_" / "+" / "-"                 ; one at a time, between letters or digits
+        alnum  = "a"-"z" / "0"-"9"
+        domain = label 1*( "." label )                 ; at most 253 characters
+        label  = alnum [ *( alnum / "-" ) alnum ]      ; 1..63 characters (LDH), last not all digits
+
+    Why so narrow: the address becomes an Istio AuthorizationPolicy value (a ``*`` at either end is
+    a wildcard there), a Kubeflow/Dex identity compared byte for byte, a Kubernetes name through
+    KFAM's folding, Slack ``mrkdwn`` (``*``, ``_`` and ``~`` next to a non-letter start markup;
+    ``&``, ``<`` and ``>`` are Slack's control characters) and a cell of an audit export opened in
+    a spreadsheet (a leading ``=``, ``+``, ``-`` or ``@`` is a formula). So: no ``*``, ``?``,
+    braces, quotes, ``%`` (``%2540`` decodes to another address somewhere down the line, and
+    ``user%host`` is old source routing), no leading, trailing or doubled separators (``.a``,
+    ``a.``, ``a..b`` are not dot-atoms; ``_it_`` would be italics), nothing outside ASCII. Real
+    addresses (``first.last+tag@sub.example.com``, ``j_doe@x.io``) pass.
+
     Kubeflow compares the ``kubeflow-userid`` header with ``Profile.spec.owner.name`` and the
     AuthorizationPolicy values byte for byte, while Dex keeps the case it was given: one lowercase
-    form everywhere keeps them equal. Non-ASCII is refused rather than normalised, because a
-    look-alike address is exactly what an attacker would send.
+    form everywhere keeps them equal. Non-ASCII is refused rather than normalised: the header carries
+    whatever the identity provider emits, the bot does not guess that encoding, and a look-alike
+    address is exactly what an attacker would send.
     """
     text = raw.strip(" \t")
     mailto = _MAILTO.fullmatch(text)
@@ -422,6 +476,13 @@ def normalize_email(raw: str) -> str:
             f"The email address {shown} is {len(text)} characters long; the limit is 254.", field="email"
         )
     for char in text:
+        if not char.isascii():
+            raise errors.InvalidInput(
+                f"The email address {shown} contains {describe_char(char)}. Only plain ASCII addresses "
+                "are accepted: Kubeflow compares them byte for byte, and kf-chatops does not guess how "
+                "the identity provider encodes other letters.",
+                field="email",
+            )
         if not " " < char <= "~":
             raise errors.InvalidInput(
                 f"The email address {shown} contains {describe_char(char)}.", field="email"
@@ -439,11 +500,15 @@ def normalize_email(raw: str) -> str:
     bad = _first_bad_char(local, _EMAIL_LOCAL_CHARS)
     if bad is not None:
         raise errors.InvalidInput(
-            f"The email address {shown} contains {describe_char(bad)} before the '@'.", field="email"
+            f"The email address {shown} contains {describe_char(bad)} before the '@'; "
+            "kf-chatops accepts only letters, digits, '.', '_', '+' and '-' there.",
+            field="email",
         )
-    if local.startswith(".") or local.endswith(".") or ".." in local:
+    if not _EMAIL_LOCAL.fullmatch(local):
         raise errors.InvalidInput(
-            f"The part before '@' in {shown} must not start or end with '.' or contain '..'.",
+            f"The email address {shown} is not accepted: the part before '@' must start and end with a "
+            "letter or digit, with each '.', '_', '+' or '-' between letters or digits (no '..', no "
+            "leading or trailing one).",
             field="email",
         )
     labels = domain.split(".")

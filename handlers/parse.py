@@ -194,10 +194,12 @@ def _user(token: str, resolve_user: UserResolver) -> str:
     return naming.normalize_email(token)
 
 
-def _request_id(usage_key: str, value: str) -> str:
+def request_id(value: str, usage: str | None = None) -> str:
+    """A request id as typed (``r7kq2m`` -> ``R7KQ2M``); ``InvalidInput`` for anything else, so
+    that no lookup ever sees (or echoes) an arbitrary string."""
     value = value.strip().upper()
     if not _REQUEST_ID.fullmatch(value):
-        raise errors.InvalidInput(f"{naming.show_value(value)} is not a request id.", usage=USAGE[usage_key])
+        raise errors.InvalidInput(f"{naming.show_value(value)} is not a request id.", usage=usage)
     return value
 
 
@@ -214,7 +216,8 @@ def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver
         return ListRequests()
     if head in ("cancel", "retry"):
         (rid,) = _positional(head, rest, ["REQUEST_ID"])
-        return Cancel(_request_id(head, rid)) if head == "cancel" else Retry(_request_id(head, rid))
+        checked = request_id(rid, USAGE[head])
+        return Cancel(checked) if head == "cancel" else Retry(checked)
     if head in ("workspace", "ws"):
         return _workspace(rest, requester_email, resolve_user)
     if head == "share":

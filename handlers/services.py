@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from handlers import errors, kinds, policy
+from handlers import errors, kinds, naming, policy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
 from handlers.plan import JSON, Plan
@@ -242,7 +242,12 @@ def decide(
     seen_version: int | None = None,
 ) -> Request:
     """Approve or reject. ``seen_version`` is the version the card showed: a card made stale by a
-    plan change cannot approve the new plan."""
+    plan change cannot approve the new plan. A reject's reason is checked before anything is read
+    or recorded (``naming.free_text``)."""
+    if not approve:
+        if not reason.strip():
+            raise errors.InvalidInput("Say why the request is rejected.", field="reason")
+        reason = naming.free_text(reason, what="reason", field="reason")
     with core.uow() as uow:
         request = uow.requests.get(request_id)
         policy.check_may_decide(actor, request, core.settings, core.facts)
@@ -259,9 +264,7 @@ def decide(
         if approve:
             request.approve(actor, now)
         else:
-            if not reason.strip():
-                raise errors.InvalidInput("Say why the request is rejected.", field="reason")
-            request.reject(actor, reason.strip(), now)
+            request.reject(actor, reason, now)
         uow.timers.cancel("request.expire", request.id)
         uow.timers.cancel("request.nudge", request.id)
         try:

@@ -48,7 +48,7 @@ from typing import Any, Final
 from kubernetes import client
 
 from handlers.errors import PermanentError, TemporaryError
-from handlers.naming import kfam_binding_name
+from handlers.naming import kfam_binding_name, show_value
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from provisioning import k8s
@@ -108,6 +108,21 @@ def _str(params: Mapping[str, JSON], key: str) -> str:
     value = params.get(key)
     if not isinstance(value, str) or not value:
         raise PermanentError(f"The step is missing its `{key}` parameter.")
+    return value
+
+
+def istio_literal(value: str, what: str) -> str:
+    """``value`` if Istio can only read it as itself in an AuthorizationPolicy; else a
+    ``PermanentError``. Istio reads ``abc*`` as a prefix match, ``*abc`` as a suffix match and
+    ``*`` as "present at all", in header values and principals alike; the bot only ever means one
+    exact user or workload, so a ``*`` anywhere is refused (``naming.normalize_email`` already keeps
+    it out of emails; this is the last check before the cluster)."""
+    if not value or "*" in value:
+        raise PermanentError(
+            f"Refusing to write {what} {show_value(value)} into an AuthorizationPolicy: Istio would "
+            "read '*' as a wildcard and let other users through. Check the email and the identity "
+            "settings (KFBOT_USERID_PREFIX, the mesh principals)."
+        )
     return value
 
 
@@ -251,6 +266,8 @@ class KubeflowActions:
 
     def ensure_profile(self, params: Mapping[str, JSON]) -> StepOutcome:
         name, owner = _str(params, "name"), _str(params, "owner")
+        # The profile controller copies the owner into the namespace's own AuthorizationPolicy.
+        istio_literal(owner, "the owner")
         hard = _str_map(params.get("hard"))
         existing = self.kube.get(k8s.PROFILE, name)
         created = False
@@ -366,7 +383,6 @@ class KubeflowActions:
 
     def _pair(self, namespace: str, user: str, role: str,
               mark: Mapping[str, str] | None = None) -> tuple[Obj, Obj]:
-        identity = self.identity_config()
         name = kfam_binding_name(user, role)
         def metadata() -> Obj:  # each object gets its own dicts: they are mutated and sent separately
             return {"name": name, "namespace": namespace, "annotations": {"user": user, "role": role},
@@ -377,14 +393,16 @@ class KubeflowActions:
             "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": f"kubeflow-{role}"},
             "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": user}],
         }
-        policy: Obj = {
-            "metadata": metadata(),
-            "spec": {"rules": [{
-                "when": [{"key": f"request.headers[{identity.header}]", "values": [identity.prefix + user]}],
-                "from": [{"source": {"principals": identity.principals}}],
-            }]},
-        }
+        policy: Obj = {"metadata": metadata(), "spec": {"rules": [self._policy_rule(user)]}}
         return binding, policy
+
+    def _policy_rule(self, user: str) -> Obj:
+        """The AuthorizationPolicy rule letting ``user`` in, every value checked by ``istio_literal``."""
+        identity = self.identity_config()
+        value = istio_literal(identity.prefix + user, "the identity header value")
+        principals = [istio_literal(p, "the principal") for p in identity.principals]
+        return {"when": [{"key": f"request.headers[{identity.header}]", "values": [value]}],
+                "from": [{"source": {"principals": principals}}]}
 
     @staticmethod
     def _subject_names(binding: Obj) -> list[str]:
@@ -462,6 +480,7 @@ class KubeflowActions:
         namespace, user, role = _str(params, "namespace"), _str(params, "user"), _str(params, "role")
         if role not in CONTRIBUTOR_ROLES:
             raise PermanentError(f"A contributor role must be edit or view, not {role}.")
+        self._policy_rule(user)  # a value Istio would read as a wildcard is refused before any write
         if self.kube.get(k8s.NAMESPACE, namespace) is None:
             raise PermanentError(f"The workspace namespace `{namespace}` does not exist.")
         mine, clashes = self._lookup(namespace, user)

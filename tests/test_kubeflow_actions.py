@@ -371,6 +371,44 @@ def test_unshare_refuses_a_binding_whose_subject_is_someone_else(apiserver: Fake
     assert apiserver.get(RBAC_V1, "rolebindings", name, ns) is not None
 
 
+def _writes(server: FakeApiServer) -> list[str]:
+    return [json.dumps(r.body) for r in server.requests if r.method in ("POST", "PUT", "PATCH")]
+
+
+@pytest.mark.parametrize(
+    ("settings_", "user"),
+    [
+        (KubeflowSettings(), "*@example.com"),
+        (KubeflowSettings(), "a*"),
+        (KubeflowSettings(), "*"),
+        # bob holds a view grant: the role change must be refused before his old pair is deleted
+        (KubeflowSettings(userid_prefix="*"), "bob@example.com"),
+        (KubeflowSettings(ingress_principal="cluster.local/ns/istio-system/*"), "bob@example.com"),
+    ],
+)
+def test_a_value_istio_would_read_as_a_wildcard_never_reaches_the_cluster(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, clock: FakeClock,
+        settings_: KubeflowSettings, user: str) -> None:
+    good = KubeflowActions(kube_api_client, KubeflowSettings(), clock)
+    ns = workspace(good)
+    share(good, ns, "bob@example.com", "view")
+    before = _writes(apiserver)
+
+    with pytest.raises(PermanentError, match="wildcard"):
+        share(KubeflowActions(kube_api_client, settings_, clock), ns, user, "edit")
+
+    assert _writes(apiserver) == before
+    assert not any("*" in body for body in _writes(apiserver))
+    assert [r for r in apiserver.requests if r.method == "DELETE"] == []
+
+
+def test_a_profile_owner_with_a_wildcard_is_refused_before_any_write(apiserver: FakeApiServer,
+                                                                      kf: KubeflowActions) -> None:
+    with pytest.raises(PermanentError, match="wildcard"):
+        kf.registry()["kubeflow.profile"].ensure(profile_params("team-w", owner="*@example.com"))
+    assert _writes(apiserver) == []
+
+
 def _delete(kf: KubeflowActions, plural: str, ns: str, name: str) -> None:
     kind = k8s.ROLE_BINDING if plural == "rolebindings" else k8s.AUTHORIZATION_POLICY
     assert kf.kube.delete(kind, name, ns)

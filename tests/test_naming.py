@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -399,6 +400,7 @@ def test_normalize_email(raw: str, email: str) -> None:
         (".a@b.co", "'..'"),
         ("a.@b.co", "'..'"),
         ("a..b@c.co", "'..'"),
+        ("\u00e9@b.co", "Only plain ASCII"),
         ("x" * 65 + "@b.co", "1 to 64"),
         ("a@" + "b" * 250 + ".co", "254"),
         ("a|b@c.co", "'|'"),
@@ -468,7 +470,10 @@ def test_dex_username() -> None:
     assert naming.dex_username(DEFAULT, "Alice.Smith+ml@Example.COM") == "alice.smith+ml"
     custom = naming.NamingSettings(dex_username="{local}-{env}", env="dev")
     assert naming.dex_username(custom, "bob@example.com") == "bob-dev"
-    assert rejection(naming.dex_username, DEFAULT, "a/b@example.com").field == "dex_username"
+    # Every local part the email grammar accepts is a Dex username; the template can still break it.
+    too_long = naming.NamingSettings(dex_username="{local}-{domain}")
+    email = "a" * 40 + "@" + "b" * 30 + ".com"
+    assert rejection(naming.dex_username, too_long, email).field == "dex_username"
 
 
 # --------------------------------------------------------------------------- Slack text
@@ -601,3 +606,114 @@ def test_any_text_as_email_is_refused_or_plain_lowercase(raw: str) -> None:
         return
     assert email == email.lower() and email.isascii() and email.count("@") == 1
     assert not any(c.isspace() or c in "\"'<>`" for c in email)
+
+
+# --------------------------------------------------------------------------- the email grammar
+
+# What the review found accepted (issue 9, finding 2), and their neighbours.
+EMAIL_ATTACKS = [
+    "*@example.com",
+    "a*@example.com",
+    "*bold*@example.com",
+    "x{y}@example.com",
+    "a&b@example.com",
+    "=cmd@example.com",
+    "%2540@example.com",
+    "_it_@example.com",
+    "~s~@example.com",
+    "a?@example.com",
+    "+cmd@example.com",
+    "-cmd@example.com",
+    "a_@example.com",
+    "a._b@example.com",
+    "a+_b_+c@example.com",
+    "a/b@example.com",
+    "a!b@example.com",
+    "a#b@example.com",
+    "a^b@example.com",
+    "a$b@example.com",
+    "a=b@example.com",
+    "user%host@example.com",
+    "a@*.example.com",
+    "a@exa*mple.com",
+]
+# Everything normalize_email can return, as a regex: the docstring's grammar.
+EMAIL_GRAMMAR = re.compile(
+    r"[a-z0-9]+(?:[._+-][a-z0-9]+)*@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+"
+)
+NEVER_IN_AN_EMAIL = set("*?{}[]()<>&|`'\"~=%!#$^/\\:;, ") | set(naming.BIDI_CONTROLS)
+
+
+@pytest.mark.parametrize("raw", EMAIL_ATTACKS)
+def test_wildcards_markup_and_formulas_are_refused_in_emails(raw: str) -> None:
+    error = rejection(naming.normalize_email, raw)
+    assert error.field == "email"
+    assert "email" in error.user_message or "domain" in error.user_message
+    assert_safe_message(error.user_message)
+
+
+def test_non_ascii_emails_are_refused_with_the_reason() -> None:
+    message = rejection(naming.normalize_email, "jos\u00e9@example.com").user_message
+    assert "U+00E9 LATIN SMALL LETTER E WITH ACUTE" in message and "Only plain ASCII" in message
+    assert "U+202E" in rejection(naming.normalize_email, "a\u202e@example.com").user_message
+
+
+_EMAILISH = st.text(
+    alphabet=string.ascii_letters + string.digits + "._+-@*?{}&=%~`<>|!#$^/'\"\x00\u202e\u0430\u00e9 ",
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(PROPERTY, max_examples=400)
+@given(
+    st.one_of(
+        _EMAILISH,
+        st.builds(lambda local: f"{local}@example.com", _EMAILISH),
+        st.builds(lambda a, b: f"{a}@{b}.com", _EMAILISH, _EMAILISH),
+        st.text(max_size=60),
+    )
+)
+def test_every_accepted_email_is_in_the_grammar_and_inert(raw: str) -> None:
+    try:
+        email = naming.normalize_email(raw)
+    except errors.InvalidInput as error:
+        assert_safe_message(error.user_message)
+        return
+    assert EMAIL_GRAMMAR.fullmatch(email), email
+    assert not NEVER_IN_AN_EMAIL & set(email)
+    assert all(" " < c <= "~" and unicodedata.category(c)[0] != "C" for c in email)
+    assert email[0].isalnum() and len(email) <= 254  # no spreadsheet formula (=, +, -, @)
+
+
+@settings(PROPERTY, max_examples=200)
+@given(st.from_regex(EMAIL_GRAMMAR, fullmatch=True))
+def test_every_address_of_the_grammar_is_accepted(email: str) -> None:
+    local, _, domain = email.partition("@")
+    if len(email) > 254 or len(local) > 64 or domain.rsplit(".", 1)[-1].isdigit():
+        return
+    if any(len(label) > 63 for label in domain.split(".")):
+        return
+    assert naming.normalize_email(email.upper()) == email
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("no\x00pe", "U+0000"),
+        ("bad \u202eevil", "bidirectional control U+202E"),
+        ("tab\tand\r\nbreaks are fine but \x1b is not", "U+001B"),
+        ("x" * 1001, "1001 characters long; the limit is 1000"),
+        ("  \n ", "is empty"),
+        ("\ud800", "U+D800"),
+    ],
+)
+def test_free_text_refuses_controls_bidi_and_overlong(raw: str, fragment: str) -> None:
+    error = rejection(naming.free_text, raw, what="reason", field="reason")
+    assert fragment in error.user_message and error.field == "reason"
+    assert_safe_message(error.user_message)
+
+
+def test_free_text_keeps_any_other_text() -> None:
+    text = " *bold* _it_ ~s~ `x` <!here> & \u00e9\u4e2d \U0001f600\r\nline two\t. "
+    assert naming.free_text(text, what="reason", field="reason") == text.replace("\r\n", "\n").strip()

@@ -151,6 +151,10 @@ def test_every_variable_reaches_its_layer() -> None:
         ("KFBOT_PRICE_OVERRIDES", "g4dn.xlarge"),
         ("KFBOT_PRICE_OVERRIDES", "g4dn.xlarge=cheap"),
         ("KFBOT_USER_ID_MAP", "alice"),
+        ("KFBOT_USER_ID_MAP", "*@example.com=bob@corp.example.com"),  # a key the edge never sends
+        ("KFBOT_USER_ID_MAP", "alice@example.com=*@corp.example.com"),  # an Istio wildcard
+        ("KFBOT_USER_ID_MAP", "alice@example.com=alice"),
+        ("KFBOT_USER_ID_MAP", "alice@example.com=j\u00f6rg@corp.example.com"),
         ("KFBOT_INSTANCE_SPECS", "g4dn.xlarge=G4DN"),
         ("KFBOT_NAME_BUCKET", "shared-bucket"),
         ("KFBOT_NAME_NAMESPACE", "{name.__class__}"),

@@ -153,3 +153,60 @@ def test_injection_attempts_are_refused_and_nothing_is_recorded(tmp_path: Path, 
     assert "error:" in out and "You have no requests." in out
     assert request_count(tmp_path) == 0
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+# The review's wildcard and markup addresses (issue 9, finding 2).
+EMAIL_ATTACKS = [
+    "*@example.com",
+    "a*@example.com",
+    "*bold*@example.com",
+    "x{y}@example.com",
+    "a&b@example.com",
+    "=cmd@example.com",
+    "%2540@example.com",
+    "_it_@example.com",
+    "~s~@example.com",
+]
+
+
+def test_wildcard_and_markup_emails_are_refused_at_the_edge_and_nothing_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_shell(tmp_path, "/kf workspace new team-a\n")
+    request_id = _ID.search(out).group(0)  # type: ignore[union-attr]
+    assert "is done" in run_shell(tmp_path, f"approve {request_id}\n", as_="bob@example.com", admin=True)
+    recorded = request_count(tmp_path)
+
+    # alice owns team-a: a share by her applies without an admin, so only the parser stands between
+    # '*@example.com' and an AuthorizationPolicy that lets the whole domain in.
+    lines = "".join(
+        f"/kf share team-a '{email}'\n/kf workspace new team-z --owner '{email}'\n" for email in EMAIL_ATTACKS
+    )
+    out = run_shell(tmp_path, lines)
+
+    assert out.count("error: The email address") == 2 * len(EMAIL_ATTACKS), out
+    assert request_count(tmp_path) == recorded
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KFBOT_DATABASE_URL", f"sqlite:///{tmp_path / 'kfbot.db'}")
+    monkeypatch.setenv("KFBOT_AUDIT_KEY", "shell-test-audit-key-0123456789")
+    for email in EMAIL_ATTACKS:
+        assert cli.main(["shell", "--as", email]) == 2
+        assert "The email address" in capsys.readouterr().err
+    assert request_count(tmp_path) == recorded
+
+
+def test_a_reason_with_markup_and_controls_is_refused_or_shown_literally(tmp_path: Path) -> None:
+    request_id = _ID.search(run_shell(tmp_path, "/kf workspace new team-a\n")).group(0)  # type: ignore[union-attr]
+    out = run_shell(
+        tmp_path,
+        f"reject {request_id} no\x00pe\nreject {request_id} \u202eevil\n"
+        f"reject {request_id} *not* _now_ ~ok~ `x` <!here> \x1b[2J\n"
+        f"reject {request_id} *not* _now_ ~ok~ `x` <!here>\n",
+        as_="bob@example.com",
+        admin=True,
+    )
+    assert "error: The reason contains the invisible control character U+0000" in out
+    assert "error: The reason contains the bidirectional control U+202E" in out
+    assert "error: The reason contains the invisible control character U+001B" in out
+    assert "\x1b" not in out and "\u202e" not in out and "\x00" not in out
+    assert "Rejected by bob@example.com at" in out and ": *not* _now_ ~ok~ `x` <!here>" in out

@@ -299,6 +299,61 @@ def test_reject_asks_for_a_reason_in_a_modal(bot: Running, fake_slack: FakeSlack
     assert button(updated, blocks.APPROVE) is None
 
 
+def test_a_reason_with_markup_shows_literally_and_one_with_controls_is_refused(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+    assert click(bot, fake_slack, card, blocks.REJECT, user=BOB) == 200
+    view = fake_slack.wait_for(
+        lambda: [v for v in fake_slack.views.values() if v.get("callback_id") == blocks.REJECT_VIEW], WAIT
+    )[0]
+
+    def submit(reason: str) -> tuple[int, bytes]:
+        body = view_submission_body(
+            blocks.REJECT_VIEW,
+            {"reason": {"reason": reason}},
+            user_id=BOB,
+            private_metadata=view["private_metadata"],
+            view_id=view["id"],
+        )
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+        return status, answer
+
+    refused = [("no\x00pe", "U+0000"), ("fine \u202eenif", "U+202E"), ("x" * 1001, "limit is 1000")]
+    for reason, shown in refused:
+        status, answer = submit(reason)
+        assert status == 200 and shown in json.loads(answer)["errors"]["reason"]
+    assert requests_in_db(bot)[0].state is RequestState.PENDING
+
+    reason = "*not* _now_ ~ever~ `x` <!here> & <http://evil.example|docs>"
+    assert submit(reason)[0] == 200
+
+    assert wait_state(bot, request_id, RequestState.REJECTED).reason == reason
+    updated = fake_slack.wait_for(
+        lambda: (
+            "Rejected" in fake_slack.messages[(card["channel"], card["ts"])]["text"]
+            and fake_slack.messages[(card["channel"], card["ts"])]
+        ),
+        WAIT,
+    )
+    literal = "```*not* _now_ ~ever~ `x` &lt;!here&gt; &amp; &lt;http://evil.example|docs&gt;```"
+    context = [e["text"] for b in updated["blocks"] if b["type"] == "context" for e in b["elements"]]
+    assert any(text.endswith(": " + literal) for text in context), context
+    dm = fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, ALICE) if "rejected" in t], WAIT)[0]
+    assert dm.endswith(": " + literal)
+
+
+@pytest.mark.parametrize("email", ["*@example.com", "_it_@example.com", "=cmd@example.com", "a&b@x.com"])
+def test_wildcard_emails_are_refused_at_the_edge(bot: Running, fake_slack: FakeSlack, email: str) -> None:
+    reply = slash(bot, fake_slack, f"share team-a '{email}'", name="share")
+    assert reply.startswith("The email address"), reply
+    fake_slack.add_user("U0MALLORY", email, "mallory")  # a Slack profile can carry one too
+    reply = slash(bot, fake_slack, "requests", user="U0MALLORY", name="mallory")
+    assert reply.startswith("The email address in this Slack profile cannot be used with Kubeflow.")
+    assert requests_in_db(bot) == [] and cards(fake_slack) == []
+
+
 def test_view_plan_opens_every_step_in_a_modal(bot: Running, fake_slack: FakeSlack) -> None:
     request_id = new_workspace_request(bot, fake_slack)
     card = card_for(fake_slack, request_id)

@@ -78,6 +78,11 @@ def register(app: App, deps: Deps) -> None:
         if not reason:
             ack(response_action="errors", errors={blocks.REASON_BLOCK: "Say why the request is rejected."})
             return
+        try:  # pure, like the form below: the modal is the place to say what is wrong with it
+            reason = naming.free_text(reason, what="reason", field="reason")
+        except errors.InvalidInput as exc:
+            ack(response_action="errors", errors=field_errors(exc))
+            return
         ack()
 
         def work() -> None:
