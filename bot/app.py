@@ -23,7 +23,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
-from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
@@ -39,6 +38,7 @@ from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, expositi
 from bot.notify import SlackNotifier, StepDetails
 from bot.scheduler import start_scheduler
 from bot.settings import Settings
+from bot.signing import SlackEndpoint
 from handlers.ports import Clock, Notifier
 from handlers.services import Core
 
@@ -251,7 +251,7 @@ def start_slack(
     else:
         app = wsgi_app(
             partial(readiness, backend, settings.mode, SlackAuthCheck(edge.client)),
-            slack=SlackRequestHandler(edge.app, path=SLACK_PATH),
+            slack=SlackEndpoint(edge.app, settings.slack.signing_secret),
             slack_path=SLACK_PATH,
             metrics=partial(exposition, registry),
         )

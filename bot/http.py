@@ -1,9 +1,10 @@
 """The HTTP face of ``kfbot serve``: ``/slack/events`` (HTTP mode), ``/healthz``, ``/readyz``
 and ``/metrics``.
 
-A plain WSGI app on a threaded ``wsgiref`` server: Bolt's WSGI adapter handles Slack's signed
-requests, and one thread per request lets Bolt's 3-second ack window hold while other requests
-are in flight. In Socket Mode the same server serves only the health endpoints.
+A plain WSGI app on a threaded ``wsgiref`` server: ``bot.signing.SlackEndpoint`` verifies Slack's
+signed requests and hands only those to Bolt, and one thread per request lets Bolt's 3-second
+ack window hold while other requests are in flight. In Socket Mode the same server serves only
+the health endpoints.
 
 ``/healthz`` says the process is up. ``/readyz`` says whether it can do its job: the database is
 reachable and migrated, Slack is connected, and which provisioner is active; 503 when not ready.
@@ -33,13 +34,23 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _Handler(WSGIRequestHandler):
+    timeout = 30  # seconds per socket read or write: a client that stalls mid-request frees its thread
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("http %s", format % args)
 
 
-def _json(start_response: Callable[..., Any], status: str, body: dict[str, object]) -> list[bytes]:
+def json_response(
+    start_response: Callable[..., Any],
+    status: str,
+    body: dict[str, object],
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
     data = json.dumps(body, default=str).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(headers or [])],
+    )
     return [data]
 
 
@@ -50,21 +61,28 @@ def wsgi_app(
     metrics: Exposition | None = None,
 ) -> Wsgi:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            return route(environ, start_response)
+        except Exception:  # the server's own handler would print a raw traceback to stderr
+            logger.exception("error serving an HTTP request")
+            return json_response(start_response, "500 Internal Server Error", {"error": "internal error"})
+
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
-            return _json(start_response, "200 OK", {"status": "ok"})
+            return json_response(start_response, "200 OK", {"status": "ok"})
         if path == "/metrics" and metrics is not None:
             data, content_type = metrics(environ.get("HTTP_ACCEPT", ""))
             start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(data)))])
             return [data]
         if path == "/readyz":
             ready, body = readiness()
-            return _json(
+            return json_response(
                 start_response, "200 OK" if ready else "503 Service Unavailable", {"ready": ready, **body}
             )
         if slack is not None and path == slack_path:
             return slack(environ, start_response)
-        return _json(start_response, "404 Not Found", {"error": "not found"})
+        return json_response(start_response, "404 Not Found", {"error": "not found"})
 
     return app
 

@@ -138,6 +138,31 @@ class SecretFilter(logging.Filter):
         return True
 
 
+BOLT_LOGGERS = ("slack_bolt", "kfbot.bolt")
+"""Bolt's own loggers: its components' (``slack_bolt.*``) and the framework logger ``bot.app`` gives it."""
+
+
+class BoltBodyFilter(logging.Filter):
+    """Keeps request bodies out of Bolt's log lines. Bolt 1.x quotes them: a failed signature check
+    logs the whole body at INFO (``RequestVerification``), a middleware that skips ``next()`` logs
+    it at WARNING, and its DEBUG lines quote response bodies. Bolt's records below WARNING are
+    dropped (nothing else is said there), and a warning or error loses everything from the first
+    ``{`` (where Bolt starts a dict's repr); the reason before it stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(BOLT_LOGGERS):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        cut = message.find("{")
+        record.msg, record.args = (message if cut < 0 else message[:cut] + "[body omitted]"), None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, static: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -175,6 +200,7 @@ class TextFormatter(logging.Formatter):
 def configure(*, fmt: str, level: str, provisioner: str, stream: Any = None) -> logging.Handler:
     """Send all logs through one scrubbing handler (stderr by default); returns the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(BoltBodyFilter())
     handler.addFilter(SecretFilter())
     handler.setFormatter(JsonFormatter({"provisioner": provisioner}) if fmt == "json" else TextFormatter())
     root = logging.getLogger()

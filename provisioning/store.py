@@ -37,6 +37,7 @@ composition root first uses one.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -992,6 +993,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _create_private_file(database: str | None) -> None:
+    """Create an absent SQLite file as 0600 before SQLite does (0644 under the usual umask): it holds
+    requests, plans and the audit trail. SQLite gives its -wal and -shm files the database file's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except (FileExistsError, FileNotFoundError):  # kept as it is; a missing folder is SQLite's to report
+        return
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     # IMMEDIATE takes the write lock up front, so read-then-write units of work are serialised
     # (see the module docstring); read-only units of work ask for DEFERRED.
@@ -1044,6 +1056,7 @@ class Database:
 
     def _create_engine(self) -> Engine:
         if not self.is_postgres:
+            _create_private_file(self.url.database)
             # A normal (queue) pool of file connections, shared across threads.
             engine = sa.create_engine(self.url, connect_args={"check_same_thread": False,
                                                               "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})

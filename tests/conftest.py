@@ -1,9 +1,16 @@
-"""Test-suite wiring: the fakes that speak real protocols, loaded for every test module."""
+"""Test-suite wiring: the fakes that speak real protocols, loaded for every test module, a log
+capture at DEBUG through the bot's own handler, and the figures some suites report at the end of
+the run (``tests.fakes.figures``)."""
 
 from __future__ import annotations
 
+import io
+import logging
+from collections.abc import Iterator
+
 import pytest
 
+from bot import logging as log
 from tests.fakes.figures import FIGURES
 
 pytest_plugins = [
@@ -14,8 +21,26 @@ pytest_plugins = [
 ]
 
 
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """Everything logged, at DEBUG, through ``bot.logging.configure``'s handler and filters (JSON)."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), {n: logging.getLogger(n).level for n in log.QUIET_LOGGERS})
+    log.configure(fmt="json", level="DEBUG", provisioner="live", stream=stream)
+    try:
+        yield stream
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[1]:
+                root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FIGURES:
         terminalreporter.section("what the generated suites explored")
-        for suite, line in sorted(FIGURES.items()):
-            terminalreporter.write_line(f"{suite}: {line}")
+        for name, value in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {value}")

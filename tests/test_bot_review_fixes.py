@@ -270,26 +270,6 @@ def test_the_form_acks_even_when_slack_cannot_say_who_the_user_is(
 # -- 4. logs at DEBUG ----------------------------------------------------------------------------------
 
 
-_LIBRARY_LOGGERS = ("slack_sdk", "slack_bolt", "kubernetes", "kubernetes.client.rest", "botocore", "urllib3")
-
-
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers), {n: logging.getLogger(n).level for n in _LIBRARY_LOGGERS})
-    log.configure(fmt="json", level="DEBUG", provisioner="live", stream=stream)
-    try:
-        yield stream
-    finally:
-        for handler in list(root.handlers):
-            if handler not in saved[1]:
-                root.removeHandler(handler)
-        root.setLevel(saved[0])
-        for name, level in saved[2].items():
-            logging.getLogger(name).setLevel(level)
-
-
 def test_a_secret_body_never_reaches_the_log_at_debug(
     debug_log: io.StringIO, kube_api_client: client.ApiClient
 ) -> None:

@@ -155,7 +155,7 @@ def test_serve_names_the_bad_setting(tmp_path: Path, extra: dict[str, str], name
     assert done.returncode == 2 and named in done.stderr
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -165,7 +165,7 @@ def _free_port() -> int:
 def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> None:
     fake_slack.add_user("U0ALICE01", "alice@example.com")
     assert kfbot(tmp_path, "migrate").returncode == 0
-    port = _free_port()
+    port = free_port()
     env = env_for(
         tmp_path,
         SLACK_BOT_TOKEN=BOT_TOKEN,
@@ -184,7 +184,7 @@ def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> No
         stderr=subprocess.PIPE,
     )
     try:
-        ready = fake_slack.wait_for(lambda: _ready(port), 20, "kfbot serve to be ready")
+        ready = fake_slack.wait_for(lambda: readyz(port), 20, "kfbot serve to be ready")
         assert ready["provisioner"] == "dry-run" and ready["migrated"] is True
         body = slash_command_body(
             "workspace new team-a", user_id="U0ALICE01", response_url=fake_slack.response_url("serve")
@@ -201,7 +201,7 @@ def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> No
     assert BOT_TOKEN not in stderr
 
 
-def _ready(port: int) -> dict[str, object] | None:
+def readyz(port: int) -> dict[str, object] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
             answer: dict[str, object] = json.loads(resp.read())

@@ -78,7 +78,14 @@ class Deps:
     """Where work after an ack runs (``after_ack``)."""
 
 
+FROM_SLACK = "kfbot_from_slack"
+"""Context key set once a request is known to come from Slack (see ``correlation_middleware``)."""
+
+
 def correlation_middleware(context: BoltContext, next: Callable[[], None]) -> None:
+    # Bolt runs its own middleware (request verification, authorization) before ours, so a request
+    # that gets here came from Slack: signed (HTTP) or over the authenticated socket (Socket Mode).
+    context[FROM_SLACK] = True
     context["correlation_id"] = log.new_correlation_id()
     next()
 
@@ -130,6 +137,12 @@ def user_id(body: Mapping[str, Any]) -> str:
 def on_error(
     error: Exception, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond | None
 ) -> None:
+    if not context.get(FROM_SLACK):
+        # Bolt also calls this handler for a failure inside its own middleware, before the request
+        # was verified: then the body is anyone's, and its response_url or channel names no one
+        # to answer. Only the error's type is logged, nothing of the request.
+        logger.warning("a Slack request failed in Bolt's middleware, before ours: %s", type(error).__name__)
+        return
     cid = correlation(context)
     with log.bound(cid):
         if isinstance(error, errors.KfError):
