@@ -202,6 +202,13 @@ sa = kinds(docs, "ServiceAccount")[0]
 check(sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn", "").startswith("arn:aws:iam::"),
       "production: no IRSA annotation")
 check(kinds(docs, "ValidatingAdmissionPolicy"), "production: profile namespace guard not rendered")
+taint_guard = [d for d in kinds(docs, "ValidatingAdmissionPolicy") if d["metadata"]["name"].endswith("-workspace-taints")]
+check(taint_guard and taint_guard[0]["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["pods"]
+      and all("kf-chatops/dedicated" in v["expression"] or "Exists" in v["expression"]
+              for v in taint_guard[0]["spec"]["validations"]),
+      "production: workspace taint guard not rendered for pods")
+_, default_docs = load("defaults")
+check(not kinds(default_docs, "ValidatingAdmissionPolicy"), "defaults: admission policies must be opt-in")
 check(kinds(docs, "PodDisruptionBudget"), "production: no PodDisruptionBudget")
 
 _, docs = load("http-mode")

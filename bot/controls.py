@@ -1,4 +1,5 @@
-"""Control commands (help, requests, cancel, retry, workspace list/show, contributors, tokens):
+"""Control commands (help, requests, cancel, retry, workspace list/show/pin --all, contributors,
+tokens):
 the text each answers, shared by the Slack listener and ``kfbot shell`` (so the shell does not
 import the Slack edge). Typed against ``WorkspaceReads``, the read models of
 ``provisioning.Backend`` these commands use."""
@@ -72,4 +73,7 @@ def control(
         return render.contributors_text(command.workspace, rows, style)
     if isinstance(command, parse.Tokens):
         return render.tokens_text(backend.tokens(actor.user_id), style)
+    if isinstance(command, parse.PinAll):
+        names = [str(row["name"]) for row in backend.workspaces()]
+        return render.pins_text(services.pin_all(core, actor, names), style)
     raise errors.InvalidInput("That command is not available here.")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from handlers import errors, kinds, naming, parse
+from handlers import errors, kinds, naming, parse, services
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
 from handlers.plan import Plan, Step
 
@@ -371,6 +371,16 @@ def workspaces_text(rows: Sequence[Mapping[str, Any]], style: Style, *, admin: b
             f"• `{style.esc(str(row.get('name')))}` namespace `{style.esc(str(row.get('namespace')))}`, "
             f"owner {style.esc(str(row.get('owner')))}, since {_when(row.get('created_at'), style)}"
         )
+    return "\n".join(lines)
+
+
+def pins_text(filed: Sequence[services.PinFiled], style: Style) -> str:
+    if not filed:
+        return "Every GPU nodegroup kf-chatops made carries its workspace taint already; nothing to pin."
+    lines = ["Pin requests (each waits for another admin's approval):"]
+    for f in filed:
+        what = f"filed `{f.request_id}`" if f.request_id else f"skipped: {style.message(f.reason)}"
+        lines.append(f"• `{style.esc(f.workspace)}`: {what}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar, Protocol
 
-from handlers import errors, naming, prices, units
+from handlers import errors, naming, prices, scheduling, units
 from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts, WorkspaceFacts
 from handlers.settings import CoreSettings, kubeflow_user_id
@@ -24,6 +24,13 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "kf-chatops"}
 GPU_RESOURCE = "requests.nvidia.com/gpu"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 ROLES = ("edit", "view")
+PINNING_LIMITS = (
+    "GPU pods of this workspace fit only its own nodegroup among the bot-made ones: the bot taints "
+    f"them `{naming.WORKSPACE_TAINT_KEY}=<namespace>:NoSchedule` and the PodDefault tolerates exactly "
+    "that. Not covered: a hand-made nodegroup with only the `nvidia.com/gpu` taint still takes any "
+    "workspace's GPU pods, and a namespace editor can write their own tolerations unless the chart's "
+    "workspace taint guard (a ValidatingAdmissionPolicy) is on."
+)
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,9 @@ class WorkspaceCreate(NoTimers):
             )
         if lo == 0:
             warnings.append(
-                "The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler or Karpenter."
+                "The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler 1.24 or "
+                "newer, which reads the nodegroup's labels and taints from EKS (DescribeNodegroup). "
+                "Karpenter does not scale EKS managed nodegroups."
             )
         hourly = prices.hourly_price(d.region, instance_type, d.price_overrides)
         if hourly is not None:
@@ -259,42 +268,66 @@ class WorkspaceCreate(NoTimers):
             )
         label_key, label_value = names.node_label
         is_gpu = gpus is not None and gpus > 0
-        taints = [dict(GPU_TAINT, effect="NO_SCHEDULE")] if is_gpu else []
+        taints = gpu_nodegroup_taints(names.namespace) if is_gpu else []
         nodegroup: dict[str, JSON] = {
             "cluster": d.cluster,
             "name": names.nodegroup,
             "instance_types": [instance_type],
             "ami_type": prices.gpu_ami_type(instance_type) if is_gpu else "AL2023_x86_64_STANDARD",
             "scaling": {"minSize": lo, "maxSize": hi, "desiredSize": desired},
+            # Not for scheduling (a PodDefault cannot set a nodeSelector): it tells whose node it is.
             "labels": {label_key: label_value},
             "taints": taints,
             "subnets": list(d.subnets),
             "node_role": d.node_role_arn,
             "tags": tags,
         }
-        tolerations = (
-            [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}] if is_gpu else []
-        )
-        return [
+        steps = [
             Step(
                 "aws.nodegroup",
                 f"Nodegroup/{names.nodegroup}",
                 nodegroup,
                 f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes",
-            ),
-            Step(
-                "kubeflow.poddefault",
-                f"PodDefault/{names.namespace}/{names.nodegroup}",
-                {
-                    "namespace": names.namespace,
-                    "name": names.nodegroup,
-                    "node_selector": {label_key: label_value},
-                    "tolerations": tolerations,
-                    "description": f"Run on the {instance_type} nodegroup",
-                },
-                "PodDefault so notebooks can select the nodegroup",
-            ),
+            )
         ]
+        if is_gpu:
+            steps.append(
+                _poddefault_step(
+                    names.namespace, names.nodegroup, f"Run on the {instance_type} nodegroup", taints
+                )
+            )
+            warnings.append(PINNING_LIMITS)
+        else:
+            warnings.append(
+                f"{instance_type} is not a GPU type the bot knows, so its nodegroup gets no taints and is "
+                "not kept to this workspace: tolerations do not attract pods and a PodDefault cannot "
+                "select nodes, so any workspace's pods may run on it and this workspace's pods "
+                "elsewhere. No PodDefault is made for it."
+            )
+        return steps
+
+
+def gpu_nodegroup_taints(namespace: str) -> list[dict[str, JSON]]:
+    """The taints (EKS's spelling) of a bot-made GPU nodegroup of the workspace in ``namespace``:
+    ``nvidia.com/gpu`` keeps pods without GPUs off, the workspace taint other workspaces' pods."""
+    key, value = naming.workspace_taint(namespace)
+    return [dict(GPU_TAINT, effect="NO_SCHEDULE"), {"key": key, "value": value, "effect": "NO_SCHEDULE"}]
+
+
+def _poddefault_step(namespace: str, name: str, description: str, taints: list[dict[str, JSON]]) -> Step:
+    """The PodDefault that lets a notebook onto nodegroup ``name``: it tolerates exactly the
+    nodegroup's ``taints`` (PodDefault has no nodeSelector; see ``handlers.scheduling``). The GPU
+    taint is tolerated whatever its value, as before pinning existed."""
+    tolerations = [
+        scheduling.toleration_for(scheduling.node_taint(t), any_value=t.get("key") == GPU_TAINT["key"])
+        for t in taints
+    ]
+    return Step(
+        "kubeflow.poddefault",
+        f"PodDefault/{namespace}/{name}",
+        {"namespace": namespace, "name": name, "tolerations": tolerations, "description": description},
+        f"PodDefault `{name}` whose tolerations let notebooks onto the nodegroup",
+    )
 
 
 # Deletion walks the create steps backwards; each create action has a removal twin.
@@ -367,6 +400,85 @@ class WorkspaceDelete(NoTimers):
                 "Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted."
             )
         return Plan.of(steps, warnings)
+
+
+def _gpu_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
+    """(step key, create params) of the GPU nodegroups the bot made for ``ws``, from the registry."""
+    return [
+        (key, entry["params"])
+        for key, entry in ws.created.items()
+        if entry["action"] == "aws.nodegroup"
+        and any(t.get("key") == GPU_TAINT["key"] for t in entry["params"].get("taints") or [])
+    ]
+
+
+@dataclass(frozen=True)
+class WorkspacePin(NoTimers):
+    """Give a workspace made before pinning its workspace taint: for each GPU nodegroup the bot
+    made, first the PodDefault's tolerations, then the taint (so no notebook of the workspace is
+    ever refused by its own nodes)."""
+
+    KIND: ClassVar[str] = "workspace.pin"
+    USAGE: ClassVar[str] = "/kf workspace pin NAME | --all"
+
+    name: str
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.name)
+
+    def subject(self) -> str:
+        return f"workspace:{self.name}"
+
+    def describe(self) -> str:
+        return f"pin the GPU nodegroups of `{self.name}` to it"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return _workspace_people(facts, self.name)  # their GPUs are what moves
+
+    @staticmethod
+    def pending(ws: WorkspaceFacts) -> bool:
+        """Whether the registry shows a GPU nodegroup of ``ws`` without its workspace taint."""
+        key, value = naming.workspace_taint(ws.namespace)
+        return any(
+            not any(t.get("key") == key and t.get("value") == value for t in params["taints"])
+            for _, params in _gpu_nodegroups(ws)
+        )
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        ws = _require_workspace(ctx, self.name)
+        nodegroups = _gpu_nodegroups(ws)
+        if not nodegroups:
+            raise errors.InvalidInput(
+                f"`{self.name}` has no GPU nodegroup made by kf-chatops; there is nothing to pin.",
+                field="name",
+            )
+        taint_key, taint_value = naming.workspace_taint(ws.namespace)
+        steps: list[Step] = []
+        for key, params in nodegroups:
+            name = str(params["name"])
+            poddefault = ws.created.get(f"PodDefault/{ws.namespace}/{name}")
+            if poddefault is None:
+                # Tainting without the toleration would lock the workspace out of its own nodes.
+                raise errors.InvalidInput(
+                    f"The PodDefault `{name}` in `{ws.namespace}` was not made by kf-chatops, so the bot "
+                    f"cannot give it the toleration; nodegroup `{name}` is left as it is.",
+                    field="name",
+                )
+            wanted = list(params["taints"])
+            wanted += [t for t in gpu_nodegroup_taints(ws.namespace) if t not in wanted]
+            steps.append(
+                _poddefault_step(ws.namespace, name, str(poddefault["params"].get("description", "")), wanted)
+            )
+            steps.append(
+                Step(
+                    "aws.nodegroup.taints",
+                    key,
+                    {"cluster": params["cluster"], "name": name, "taints": wanted},
+                    f"taint EKS nodegroup `{name}` with `{taint_key}={taint_value}:NoSchedule` (once the "
+                    "PodDefault tolerates it)",
+                )
+            )
+        return Plan.of(steps, [PINNING_LIMITS])
 
 
 # -- sharing -----------------------------------------------------------------------------------
@@ -816,5 +928,14 @@ class TokenRevoke(NoTimers):
 
 KINDS: Mapping[str, type[RequestKind]] = {
     cls.KIND: cls
-    for cls in (WorkspaceCreate, WorkspaceDelete, Share, Unshare, QuotaChange, TokenIssue, TokenRevoke)
+    for cls in (
+        WorkspaceCreate,
+        WorkspaceDelete,
+        WorkspacePin,
+        Share,
+        Unshare,
+        QuotaChange,
+        TokenIssue,
+        TokenRevoke,
+    )
 }

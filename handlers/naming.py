@@ -399,6 +399,24 @@ def validate_label(key: str, value: str, *, field: str = "node_label") -> tuple[
     return key, value
 
 
+WORKSPACE_TAINT_KEY = "kf-chatops/dedicated"
+"""Key of the taint that dedicates a bot-made GPU nodegroup to one workspace.
+
+Not the node label key (``kf-chatops/workspace``, whose value names the nodegroup) and not a
+setting: every tainted nodegroup and the Helm chart's admission policy name it, so it must not
+change under them."""
+
+
+def workspace_taint(namespace: str) -> tuple[str, str]:
+    """``(key, value)`` of the taint that keeps other workspaces' pods off ``namespace``'s GPU
+    nodegroups. The value is the namespace, the one name an admission policy can compare a pod's
+    tolerations with; it must pass as a taint value (a label value: at most 63 of
+    ``[A-Za-z0-9_.-]`` with alphanumeric ends), which EKS and Kubernetes both check."""
+    if not namespace:
+        raise errors.InvalidInput("A workspace taint needs the workspace's namespace.", field="name")
+    return validate_label(WORKSPACE_TAINT_KEY, namespace, field="name")
+
+
 def validate_instance_type(instance_type: str, *, field: str = "instance_type") -> str:
     """Check an EC2 instance type's shape (``g4dn.xlarge``, ``m7i-flex.large``), not its existence."""
     if not instance_type:
@@ -591,7 +609,10 @@ class NamingSettings:
     """EKS managed nodegroup name; may use ``{spec}``, the instance type's short name."""
 
     node_label_key: str = "kf-chatops/workspace"
-    """Key of the node label put on the nodegroup and used in the PodDefault's nodeSelector.
+    """Key of the node label put on the nodegroup, to tell whose node it is (reports, kubectl).
+
+    Scheduling does not use it: a PodDefault has no nodeSelector, so workspaces are kept apart by
+    the taint ``WORKSPACE_TAINT_KEY`` instead.
 
     May use only the settings placeholders; EKS limits the whole key to 63 characters.
     """
@@ -632,7 +653,7 @@ class WorkspaceNames:
     nodegroup: str | None
     """None when the workspace has no nodegroup (no instance type)."""
     node_label: tuple[str, str] | None
-    """``(key, value)`` for the nodegroup's labels and the PodDefault's nodeSelector, or None."""
+    """``(key, value)`` of the nodegroup's node label, or None."""
 
 
 def _template_fields(which: str, template: str) -> list[str]:

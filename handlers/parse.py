@@ -63,6 +63,11 @@ class PasswordReset:
 
 
 @dataclass(frozen=True)
+class PinAll:
+    """``/kf workspace pin --all`` (admins): one pin request per workspace that needs it."""
+
+
+@dataclass(frozen=True)
 class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
@@ -78,6 +83,7 @@ Control = (
     | Tokens
     | PasswordReset
     | WorkspaceForm
+    | PinAll
 )
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
@@ -92,6 +98,7 @@ USAGE = {
     "workspace delete": kinds.WorkspaceDelete.USAGE,
     "workspace list": "/kf workspace list",
     "workspace show": "/kf workspace show NAME",
+    "workspace pin": kinds.WorkspacePin.USAGE,
     "share": kinds.Share.USAGE,
     "unshare": kinds.Unshare.USAGE,
     "contributors": "/kf contributors WORKSPACE",
@@ -302,4 +309,11 @@ def _workspace(rest: list[str], requester_email: str, resolve_user: UserResolver
         (name,) = _positional("workspace show", args, ["NAME"])
         naming.validate_workspace_name(name)
         return WorkspaceShow(name)
-    raise errors.InvalidInput("Use `/kf workspace new|delete|list|show`.", usage=USAGE["workspace new"])
+    if sub == "pin":
+        pos, opts = _flags("workspace pin", args, {"--all": _Flag("all", None)})
+        if opts.get("all"):
+            _positional("workspace pin", pos, [])
+            return PinAll()
+        (name,) = _positional("workspace pin", pos, ["NAME"])
+        return kinds.WorkspacePin(name)
+    raise errors.InvalidInput("Use `/kf workspace new|delete|list|show|pin`.", usage=USAGE["workspace new"])

@@ -197,7 +197,7 @@ AUTO_APPLY: dict[str, AutoRule] = {
     kinds.TokenIssue.KIND: _token,
     kinds.TokenRevoke.KIND: _revoke,
 }
-"""Kinds absent here (workspace create and delete) always need an admin."""
+"""Kinds absent here (workspace create, delete and pin) always need an admin."""
 
 
 def auto_apply_reason(

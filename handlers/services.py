@@ -358,6 +358,36 @@ def list_requests(core: Core, actor: Actor) -> list[Request]:
     return pending + [r for r in mine if r.id not in seen]
 
 
+@dataclass(frozen=True)
+class PinFiled:
+    """What ``pin_all`` did for one workspace: filed ``request_id``, or skipped for ``reason``."""
+
+    workspace: str
+    request_id: str | None = None
+    reason: str = ""
+
+
+def pin_all(core: Core, actor: Actor, workspaces: Sequence[str]) -> list[PinFiled]:
+    """``/kf workspace pin --all``: an admin files one pin request for each of ``workspaces`` whose
+    bot-made GPU nodegroups lack their workspace taint (the registry says which). Each request
+    waits for another admin like any other; a workspace with a request about it still open, or
+    with a PodDefault the bot did not make, is skipped and reported."""
+    if not actor.is_admin:
+        raise errors.Forbidden("Only admins can ask to pin every workspace.")
+    filed: list[PinFiled] = []
+    for name in workspaces:
+        ws = core.facts.workspace(name)
+        if ws is None or not kinds.WorkspacePin.pending(ws):
+            continue
+        try:
+            result = submit(core, actor, kinds.WorkspacePin(name), idempotency_key=None)
+        except errors.InvalidInput as exc:
+            filed.append(PinFiled(name, reason=exc.user_message))
+        else:
+            filed.append(PinFiled(name, request_id=result.request.id))
+    return filed
+
+
 def get_request(core: Core, actor: Actor, request_id: str) -> Request:
     with core.uow() as uow:
         request = uow.requests.get(request_id)

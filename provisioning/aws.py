@@ -310,6 +310,11 @@ def _irreversible(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
     """Removals have no compensation: deleted data cannot be brought back."""
 
 
+def _taints_stay(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    """A workspace taint is not taken off again: the PodDefault, updated before it, tolerates it,
+    and removing it would let other workspaces' pods back onto the nodegroup."""
+
+
 def _text(params: Mapping[str, JSON], key: str) -> str:
     value = params.get(key)
     if not isinstance(value, str) or not value:
@@ -329,6 +334,36 @@ def _text_map(params: Mapping[str, JSON], key: str) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
         raise PermanentError(f"The plan step's '{key}' must map names to strings.")
     return {str(k): v for k, v in value.items()}
+
+
+_TAINT_EFFECTS: Final = frozenset({"NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"})
+
+
+def _taints(params: Mapping[str, JSON]) -> list[dict[str, str]]:
+    """The step's nodegroup taints, each ``{key, value, effect}`` in EKS's spelling."""
+    value = params.get("taints")
+    if not isinstance(value, list) or not value:
+        raise PermanentError("The plan step lacks a valid 'taints' list.")
+    taints: list[dict[str, str]] = []
+    for taint in value:
+        if not (
+            isinstance(taint, Mapping)
+            and isinstance(taint.get("key"), str)
+            and taint["key"]
+            and isinstance(taint.get("value", ""), str)
+            and taint.get("effect") in _TAINT_EFFECTS
+        ):
+            raise PermanentError("The plan step's 'taints' must each have a key, a value and an EKS effect.")
+        taints.append({"key": taint["key"], "value": taint.get("value", ""), "effect": taint["effect"]})
+    return taints
+
+
+def _has_taint(nodegroup: NodegroupTypeDef, taint: Mapping[str, str]) -> bool:
+    # EKS leaves out an empty value.
+    return any(
+        (t.get("key"), t.get("value", ""), t.get("effect")) == (taint["key"], taint["value"], taint["effect"])
+        for t in nodegroup.get("taints", [])
+    )
 
 
 def _scaling(name: str, raw: JSON) -> dict[str, int]:
@@ -436,6 +471,7 @@ class AwsActions:
             "aws.iam_resources.remove": BoundAction(self._remove_iam_resources, _irreversible),
             "aws.nodegroup": BoundAction(self._ensure_nodegroup, self._undo_nodegroup),
             "aws.nodegroup.remove": BoundAction(self._remove_nodegroup, _irreversible),
+            "aws.nodegroup.taints": BoundAction(self._ensure_nodegroup_taints, _taints_stay),
         }
 
     # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --
@@ -992,6 +1028,59 @@ class AwsActions:
     def _undo_nodegroup(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
         if outcome.created:
             self._delete_nodegroup(_text(params, "cluster"), _text(params, "name"))
+
+    # -- aws.nodegroup.taints --
+
+    def _ensure_nodegroup_taints(self, params: Mapping[str, JSON]) -> StepOutcome:
+        """Add the taints a nodegroup lacks, and complete once DescribeNodegroup shows them all.
+
+        UpdateNodegroupConfig only starts an update (minutes, while the nodegroup is UPDATING),
+        so instead of polling here the step defers (``TemporaryError``) and checks again later; a
+        retry, or a crash and resume, reads first and never starts a second update meanwhile.
+        Cluster Autoscaler reads the taints from DescribeNodegroup for scale-from-zero, so no
+        Auto Scaling group tags are needed."""
+        cluster, name = _text(params, "cluster"), _text(params, "name")
+        wanted = _taints(params)
+        what = f"tainting nodegroup {name} in cluster {cluster}"
+        with _aws_call(what):
+            nodegroup = self._describe(cluster, name)
+        if nodegroup is None:
+            raise PermanentError(f"EKS nodegroup {name} does not exist in cluster {cluster}.")
+        if MARK_TAG not in nodegroup.get("tags", {}):
+            raise PermanentError(
+                f"EKS nodegroup {name} was not made by kf-chatops; its taints were left alone."
+            )
+        missing = [t for t in wanted if not _has_taint(nodegroup, t)]
+        if not missing:
+            # The nodegroup existed before the step; nothing here is for compensation to remove.
+            return StepOutcome(created=False, details={"taints": wanted})
+        status = nodegroup.get("status", "UNKNOWN")
+        if status != "ACTIVE":  # our own update still running, or someone else's: wait for it
+            raise TemporaryError(
+                f"EKS nodegroup {name} is {status}; the taints are added once it is ACTIVE.",
+                delay=self._settings.poll_interval,
+            )
+        with _aws_call(what):
+            try:
+                self._eks().update_nodegroup_config(
+                    clusterName=cluster,
+                    nodegroupName=name,
+                    taints={"addOrUpdateTaints": cast(Any, missing)},
+                )
+            except ClientError as e:
+                if _code(e) == "ResourceInUseException":
+                    raise TemporaryError(
+                        f"EKS nodegroup {name} is busy with another update; will retry.",
+                        delay=self._settings.poll_interval,
+                    ) from e
+                raise
+            nodegroup = self._describe(cluster, name)
+        if nodegroup is not None and all(_has_taint(nodegroup, t) for t in wanted):
+            return StepOutcome(created=False, details={"taints": wanted})
+        raise TemporaryError(
+            f"EKS is adding the taints to nodegroup {name}; will check again.",
+            delay=self._settings.poll_interval,
+        )
 
     # -- aws.nodegroup.remove --
 

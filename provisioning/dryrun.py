@@ -49,11 +49,13 @@ def _poddefault(p: Mapping[str, JSON]) -> list[str]:
         "spec": {
             "desc": p.get("description", ""),
             "selector": {"matchLabels": {p["name"]: "true"}},
-            "nodeSelector": p["node_selector"],
             "tolerations": p["tolerations"],
         },
     }
-    return [_k8s("POST", f"/apis/kubeflow.org/v1alpha1/namespaces/{p['namespace']}/poddefaults", body)]
+    return [
+        _k8s("POST", f"/apis/kubeflow.org/v1alpha1/namespaces/{p['namespace']}/poddefaults", body),
+        "if it exists and kf-chatops made it: merge-patch its spec to this one",
+    ]
 
 
 def _contributor(p: Mapping[str, JSON]) -> list[str]:
@@ -178,6 +180,15 @@ def _nodegroup(p: Mapping[str, JSON]) -> list[str]:
     return [f"eks:CreateNodegroup {p['cluster']}/{p['name']} {canonical_json(call)}", "wait until ACTIVE"]
 
 
+def _nodegroup_taints(p: Mapping[str, JSON]) -> list[str]:
+    return [
+        f"refuse unless eks:DescribeNodegroup {p['cluster']}/{p['name']} shows the kf-chatops/request tag",
+        f"eks:UpdateNodegroupConfig {p['cluster']}/{p['name']} "
+        f"{canonical_json({'taints': {'addOrUpdateTaints': p['taints']}})} (only the taints it lacks)",
+        "check eks:DescribeNodegroup until the taints show (the update is asynchronous)",
+    ]
+
+
 def _nodegroup_remove(p: Mapping[str, JSON]) -> list[str]:
     return [f"eks:DeleteNodegroup {p['cluster']}/{p['name']}", "wait until it is gone"]
 
@@ -199,6 +210,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "aws.iam_resources.remove": _iam_remove,
     "aws.nodegroup": _nodegroup,
     "aws.nodegroup.remove": _nodegroup_remove,
+    "aws.nodegroup.taints": _nodegroup_taints,
 }
 
 

@@ -639,6 +639,30 @@ def _workspace_deleted(
     uow.registry.revoke_tokens_in(kind.name, now)
 
 
+def _workspace_pinned(
+    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+) -> None:
+    """Record the pinned PodDefault and nodegroup taints over the create-time params, so the next
+    ``pin --all`` passes the workspace by and the registry says what the objects are now."""
+    assert isinstance(kind, kinds.WorkspacePin)
+    row = uow.registry.get_workspace(kind.name)
+    if row is None:
+        return
+    created = dict(row["created"])
+    for step in request.plan.steps:
+        entry = created.get(step.key)
+        if entry is None:
+            continue
+        if step.action == "kubeflow.poddefault":
+            params = dict(step.params)
+        else:
+            params = {**entry["params"], "taints": step.params["taints"]}
+        created[step.key] = {**entry, "params": params}
+    uow.registry.put_workspace(
+        kind.name, row["namespace"], row["owner"], row["request_id"], created, row["created_at"]
+    )
+
+
 def _granted(
     uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
@@ -690,6 +714,7 @@ _REGISTRY_UPDATES: Mapping[
 ] = {
     kinds.WorkspaceCreate.KIND: _workspace_created,
     kinds.WorkspaceDelete.KIND: _workspace_deleted,
+    kinds.WorkspacePin.KIND: _workspace_pinned,
     kinds.Share.KIND: _granted,
     kinds.Unshare.KIND: _ungranted,
     kinds.TokenIssue.KIND: _token_issued,

@@ -352,12 +352,11 @@ class KubeflowActions:
     # -- PodDefault --------------------------------------------------------------------------
 
     def _poddefault_body(self, params: Mapping[str, JSON]) -> Obj:
+        # Only fields of the PodDefault CRD (kubeflow.org/v1alpha1): it has no nodeSelector, and an
+        # apiserver prunes what its schema lacks, so the nodegroup is reached by tolerations alone.
         name = _str(params, "name")
         spec: dict[str, Any] = {"selector": {"matchLabels": {name: "true"}},
                                 "desc": str(params.get("description") or f"Run on nodegroup {name}")}
-        node_selector = _str_map(params.get("node_selector"))
-        if node_selector:
-            spec["nodeSelector"] = node_selector
         tolerations = params.get("tolerations")
         if isinstance(tolerations, list) and tolerations:
             spec["tolerations"] = [dict(t) for t in tolerations if isinstance(t, dict)]
@@ -367,11 +366,18 @@ class KubeflowActions:
 
     def ensure_poddefault(self, params: Mapping[str, JSON]) -> StepOutcome:
         body = self._poddefault_body(params)
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         existing, made = self.kube.create(k8s.POD_DEFAULT, body)
         if not made and k8s.is_managed(existing) and existing.get("spec") != body["spec"]:
             # Ours but drifted (edited by hand, or an older bot): converge on the planned spec.
-            self.kube.merge_patch(k8s.POD_DEFAULT, body["metadata"]["name"], {"spec": body["spec"]},
-                                  body["metadata"]["namespace"])
+            self.kube.merge_patch(k8s.POD_DEFAULT, name, {"spec": body["spec"]}, namespace)
+        elif not made and not k8s.is_managed(existing):
+            have = (existing.get("spec") or {}).get("tolerations") or []
+            if any(t not in have for t in body["spec"].get("tolerations", [])):
+                # Left alone, it would not let notebooks onto the tainted nodegroup it is named after.
+                raise PermanentError(f"A PodDefault `{name}` that kf-chatops did not make already exists in "
+                                     f"`{namespace}` without the tolerations for nodegroup `{name}`; it was "
+                                     "left alone. Remove or rename it, then retry.")
         created = made or k8s.marked_by(existing, params)  # made by an earlier attempt of this request
         return StepOutcome(created=created, details={"poddefault": body["metadata"]["name"]})
 

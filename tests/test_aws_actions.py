@@ -535,6 +535,91 @@ def test_waiting_past_the_timeout_is_temporary(aws: AwsEnv, fault_proxy: FaultPr
     assert describe(aws) is not None  # still starting; the retry picks it up
 
 
+# -- aws.nodegroup.taints --------------------------------------------------------------------------
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
+WORKSPACE_TAINT = {"key": "kf-chatops/dedicated", "value": "team-a", "effect": "NO_SCHEDULE"}
+
+
+def taint_params() -> dict[str, Any]:
+    return {"cluster": CLUSTER, "name": "ws-team-a-gpu", "taints": [GPU_TAINT, WORKSPACE_TAINT]}
+
+
+def made_before_pinning(aws: AwsEnv) -> None:
+    make_cluster(aws)
+    aws.actions().registry()["aws.nodegroup"].ensure({**nodegroup_params(), "_request": "R1"})
+
+
+def test_a_nodegroup_created_with_the_workspace_taint_shows_it_in_describe_nodegroup(aws: AwsEnv) -> None:
+    make_cluster(aws)
+    aws.actions().registry()["aws.nodegroup"].ensure(nodegroup_params(taints=[GPU_TAINT, WORKSPACE_TAINT]))
+    nodegroup = describe(aws)
+    assert nodegroup is not None and nodegroup["taints"] == [GPU_TAINT, WORKSPACE_TAINT]
+
+
+def test_the_taint_step_adds_what_is_missing_once_and_a_rerun_calls_no_update(
+    aws: AwsEnv, fault_proxy: FaultProxy
+) -> None:
+    made_before_pinning(aws)
+    updates = fault_proxy.add(
+        Fault("POST", "/node-groups/ws-team-a-gpu/update-config$", times=None, rewrite=lambda a: a)
+    )
+    action = aws.actions(endpoint_url=fault_proxy.url).registry()["aws.nodegroup.taints"]
+
+    first, again = action.ensure(taint_params()), action.ensure(taint_params())
+
+    nodegroup = describe(aws)
+    assert nodegroup is not None and nodegroup["taints"] == [GPU_TAINT, WORKSPACE_TAINT]
+    assert updates.fired == 1
+    assert first == again and first.created is False  # the nodegroup is not the step's to remove
+    assert nodegroup["labels"] == {"kf-chatops/workspace": "team-a"} and nodegroup["tags"][MARK_TAG] == "R1"
+
+
+def test_the_taint_step_defers_while_eks_applies_the_update_and_never_starts_a_second(
+    aws: AwsEnv, fault_proxy: FaultProxy
+) -> None:
+    made_before_pinning(aws)
+    seen: list[int] = []
+
+    def eks_still_updating(answer: dict[str, Any]) -> dict[str, Any]:
+        # The answers after the update call: UPDATING, the taint not there yet (EKS is asynchronous).
+        seen.append(1)
+        if 2 <= len(seen) <= 3:
+            answer["nodegroup"].update(status="UPDATING", taints=[GPU_TAINT])
+        return answer
+
+    fault_proxy.add(Fault("GET", "/node-groups/ws-team-a-gpu$", times=None, rewrite=eks_still_updating))
+    updates = fault_proxy.add(
+        Fault("POST", "/node-groups/ws-team-a-gpu/update-config$", times=None, rewrite=lambda a: a)
+    )
+    action = aws.actions(endpoint_url=fault_proxy.url).registry()["aws.nodegroup.taints"]
+
+    with pytest.raises(TemporaryError, match="adding the taints to nodegroup ws-team-a-gpu") as first:
+        action.ensure(taint_params())
+    with pytest.raises(TemporaryError, match="ws-team-a-gpu is UPDATING") as second:
+        action.ensure(taint_params())
+    done = action.ensure(taint_params())
+
+    assert updates.fired == 1 and aws.clock.slept == []  # deferred to the engine, not slept here
+    assert first.value.delay == second.value.delay == 5.0
+    assert done.details["taints"] == [GPU_TAINT, WORKSPACE_TAINT]
+
+
+def test_the_taint_step_leaves_a_nodegroup_the_bot_did_not_make_alone(aws: AwsEnv) -> None:
+    make_cluster(aws)
+    aws.actions().registry()["aws.nodegroup"].ensure(nodegroup_params())  # no request mark
+    action = aws.actions().registry()["aws.nodegroup.taints"]
+
+    with pytest.raises(PermanentError, match="not made by kf-chatops"):
+        action.ensure(taint_params())
+    with pytest.raises(PermanentError, match="does not exist"):
+        action.ensure({**taint_params(), "name": "ghost"})
+    with pytest.raises(PermanentError, match="EKS effect"):
+        action.ensure({**taint_params(), "taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]})
+    nodegroup = describe(aws)
+    assert nodegroup is not None and nodegroup["taints"] == [GPU_TAINT]
+
+
 # -- helpers for other features --------------------------------------------------------------------
 
 
@@ -668,6 +753,7 @@ def test_unreachable_endpoint_is_temporary_and_construction_does_no_io(aws: AwsE
         "aws.iam_resources.remove",
         "aws.nodegroup",
         "aws.nodegroup.remove",
+        "aws.nodegroup.taints",
     }
     with pytest.raises(TemporaryError, match="Could not reach AWS"):
         actions.caller_identity()

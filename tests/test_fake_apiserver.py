@@ -479,8 +479,17 @@ def test_schema_validation_against_the_reference_crds(custom: client.CustomObjec
     assert body["message"].startswith('Profile.kubeflow.org "bad" is invalid: [')
     assert {c["field"] for c in body["details"]["causes"]} == {"spec.owner.name",
                                                                "spec.resourceQuotaSpec.hard.cpu"}
-    custom.create_namespaced_custom_object("kubeflow.org", "v1alpha1", "default", "poddefaults", {
-        "apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault", "metadata": {"name": "pd"}, "spec": {}})
+    # PodDefault v1alpha1: spec.selector is required, and there is no spec.nodeSelector to keep.
+    pd_api = ("kubeflow.org", "v1alpha1", "default", "poddefaults")
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(*pd_api, {"apiVersion": "kubeflow.org/v1alpha1",
+                                                         "kind": "PodDefault", "metadata": {"name": "pd"},
+                                                         "spec": {}})
+    assert [c["field"] for c in status_of(err.value)["details"]["causes"]] == ["spec.selector"]
+    pd = custom.create_namespaced_custom_object(*pd_api, {
+        "apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault", "metadata": {"name": "pd"},
+        "spec": {"selector": {"matchLabels": {"pd": "true"}}, "nodeSelector": {"a": "b"}}})
+    assert pd["spec"] == {"selector": {"matchLabels": {"pd": "true"}}}
     policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
               "metadata": {"name": "ap"}, "spec": {"action": "PERMIT"}}
     with pytest.raises(ApiException) as err:

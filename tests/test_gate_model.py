@@ -76,7 +76,7 @@ def canonical(email: str) -> str:
 # What the state machine explored, reported at the end of the session (tests/conftest.py).
 EXPLORED: Counter[str] = Counter()
 CELLS: set[tuple[str, str]] = set()
-ACTIONS_PER_ACTOR = 12  # seven kinds to submit; approve, reject, cancel, retry, show token
+ACTIONS_PER_ACTOR = 13  # eight kinds to submit; approve, reject, cancel, retry, show token
 SYSTEM_CELLS = 5  # the engine, timers, three hand edits of the database
 
 
@@ -106,7 +106,7 @@ class Oracle:
             out.add(canonical(str(args["owner"])))
         if kind in (kinds.Share.KIND, kinds.Unshare.KIND):
             out.add(canonical(str(args["user"])))
-        if kind in (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND):
+        if kind in (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND, kinds.WorkspacePin.KIND):
             out |= self.people(str(args.get("workspace") or args.get("name")))
         return out
 
@@ -224,6 +224,10 @@ class GateMachine(RuleBasedStateMachine):
     @rule(who=who, ws=workspace)
     def delete(self, who: str, ws: str) -> None:
         self._submit(who, kinds.WorkspaceDelete(ws, ws))
+
+    @rule(who=who, ws=workspace)
+    def pin(self, who: str, ws: str) -> None:
+        self._submit(who, kinds.WorkspacePin(ws))
 
     # -- buttons and modals ------------------------------------------------------------------------
     def _pick(self, data: st.DataObject, *, pending: bool = False) -> str | None:

@@ -49,19 +49,30 @@ def test_runbook_naming_by_configuration_alone() -> None:
     ]
 
 
+NO_SCHEDULE = "NoSchedule"
+
+
 def test_gpu_nodegroup_spec_taint_ami_and_poddefault() -> None:
     plan = kinds.WorkspaceCreate("gpu", "a@example.com", gpu=2).plan(ctx())
     ng = next(s for s in plan.steps if s.action == "aws.nodegroup").params
     assert ng["ami_type"] == "AL2023_x86_64_NVIDIA"
-    assert ng["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+    assert ng["taints"] == [
+        {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"},
+        {"key": "kf-chatops/dedicated", "value": "aic-ns-gpu-ws", "effect": "NO_SCHEDULE"},
+    ]
+    assert ng["labels"] == {"aic-role": "gpu-ws-g4dn-xlarge"}  # kept for reports, not for scheduling
     assert ng["scaling"] == {"minSize": 0, "maxSize": 2, "desiredSize": 0}
     pd = next(s for s in plan.steps if s.action == "kubeflow.poddefault").params
-    assert pd["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert pd["node_selector"] == ng["labels"]
+    assert pd["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "kf-chatops/dedicated", "operator": "Equal", "value": "aic-ns-gpu-ws", "effect": NO_SCHEDULE},
+    ]
+    assert set(pd) == {"namespace", "name", "tolerations", "description"}  # no nodeSelector
     profile = plan.steps[0].params
     assert profile["hard"]["requests.nvidia.com/gpu"] == "2"
     assert plan.cost["monthly_max"] > 0
-    assert any("Cluster Autoscaler" in w for w in plan.warnings)
+    assert any("Cluster Autoscaler 1.24" in w and "Karpenter does not" in w for w in plan.warnings)
+    assert kinds.PINNING_LIMITS in plan.warnings
 
 
 def test_warns_when_max_nodes_cannot_reach_the_gpu_quota() -> None:

@@ -16,14 +16,17 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from handlers import kinds
 from handlers.errors import PermanentError, TemporaryError
 from handlers.naming import kfam_binding_name
 from handlers.plan import StepOutcome
+from handlers.settings import CoreSettings
 from provisioning import k8s
 from provisioning.kubeflow import KubeflowActions
 from provisioning.settings import KubeflowSettings
 from tests.fakes.apiserver import FakeApiServer, crd_schemas_available
 from tests.fakes.clock import FakeClock
+from tests.fakes.facts import StaticFacts
 
 RBAC = "rbac.authorization.k8s.io"
 RBAC_V1 = f"{RBAC}/v1"
@@ -216,24 +219,58 @@ def test_profile_remove_keeps_data_unless_purged(apiserver: FakeApiServer, kf: K
 # -- PodDefault ---------------------------------------------------------------------------------
 
 
-def test_poddefault_selects_the_nodegroup(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+def planned_poddefault(name: str = "team-a") -> dict[str, Any]:
+    """The PodDefault step of a real GPU workspace plan (default settings)."""
+    context = kinds.PlanContext(CoreSettings(), StaticFacts(), "R1")
+    plan = kinds.WorkspaceCreate(name, OWNER, gpu=1).plan(context)
+    return dict(next(s.params for s in plan.steps if s.action == "kubeflow.poddefault"))
+
+
+@pytest.mark.skipif(not crd_schemas_available(),
+                    reason="../shared/reference/kubeflow-manifests is absent: no PodDefault CRD to check")
+def test_the_planned_poddefault_tolerates_the_nodegroup_and_the_real_crd_prunes_nothing(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
     ns = workspace(kf)
-    params = {"namespace": ns, "name": "ng-gpu", "node_selector": {"aic-role": "team-a-ws-g4dn"},
-              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-              "description": "Run on the g4dn.xlarge nodegroup"}
+    params = planned_poddefault()
     action = kf.registry()["kubeflow.poddefault"]
     outcome = action.ensure(params)
     assert outcome.created is True and action.ensure(params).created is False
 
-    pd = apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "ng-gpu", ns)
+    pd = apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "team-a-g4dn-xlarge", ns)
     assert pd is not None and pd["metadata"]["labels"] == MANAGED
-    assert pd["spec"] == {"selector": {"matchLabels": {"ng-gpu": "true"}},
+    assert pd["spec"] == {"selector": {"matchLabels": {"team-a-g4dn-xlarge": "true"}},
                           "desc": "Run on the g4dn.xlarge nodegroup",
-                          "nodeSelector": {"aic-role": "team-a-ws-g4dn"},
-                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                           "effect": "NoSchedule"}]}
+                          "tolerations": [
+                              {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                              {"key": "kf-chatops/dedicated", "operator": "Equal", "value": ns,
+                               "effect": "NoSchedule"}]}
+    # What was sent is what the CRD's schema kept: no field outside PodDefault v1alpha1.
+    sent = [r.body for r in apiserver.requests if r.method == "POST" and r.path.endswith("/poddefaults")]
+    assert sent and all(body["spec"] == pd["spec"] for body in sent)
     action.undo(params, outcome)
-    assert apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "ng-gpu", ns) is None
+    assert apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "team-a-g4dn-xlarge", ns) is None
+
+
+def test_a_drifted_poddefault_of_ours_converges_and_a_foreign_one_without_the_tolerations_is_refused(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    params = planned_poddefault()
+    action = kf.registry()["kubeflow.poddefault"]
+    old_style = {**params, "tolerations": params["tolerations"][:1]}  # made before pinning
+    action.ensure(old_style)
+
+    action.ensure(params)
+    pd = apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "team-a-g4dn-xlarge", ns)
+    assert pd is not None and pd["spec"]["tolerations"] == params["tolerations"]
+
+    other = workspace(kf, "other")
+    apiserver.seed({"apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
+                    "metadata": {"name": "team-a-g4dn-xlarge", "namespace": other},
+                    "spec": {"selector": {"matchLabels": {"x": "true"}}, "tolerations": []}})
+    with pytest.raises(PermanentError, match="did not make"):
+        action.ensure({**params, "namespace": other})
+    foreign = apiserver.get("kubeflow.org/v1alpha1", "poddefaults", "team-a-g4dn-xlarge", other)
+    assert foreign is not None and foreign["spec"]["tolerations"] == []
 
 
 # -- contributors -------------------------------------------------------------------------------
@@ -642,7 +679,7 @@ def test_a_profile_still_being_deleted_is_retried_later(apiserver: FakeApiServer
 def test_writes_into_a_missing_namespace_are_permanent(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
     with pytest.raises(PermanentError, match="`ghost` does not exist"):
         share(kf, "ghost", "alice@example.com")
-    params = {"namespace": "ghost", "name": "ng", "node_selector": {}, "tolerations": [], "description": "x"}
+    params = {"namespace": "ghost", "name": "ng", "tolerations": [], "description": "x"}
     with pytest.raises(PermanentError, match="namespace ghost does not exist"):
         kf.registry()["kubeflow.poddefault"].ensure(params)
 
@@ -690,7 +727,7 @@ def test_poddefault_contributor_and_token_pairs_carry_the_mark(apiserver: FakeAp
                                                                kf: KubeflowActions) -> None:
     ns = workspace(kf)
     registry = kf.registry()
-    pd = by("R1", {"namespace": ns, "name": "ng-gpu", "node_selector": {"a": "b"}, "tolerations": []})
+    pd = by("R1", {"namespace": ns, "name": "ng-gpu", "tolerations": []})
     share_params = by("R2", {"namespace": ns, "user": "bob@example.com", "role": "edit"})
     token = by("R3", {"namespace": ns, "name": "kf-token-r3", "role": "view", "token_id": "R3"})
 

@@ -73,6 +73,8 @@ def p(text: str) -> Any:
             "workspace delete team-a --confirm team-a --purge-data",
             kinds.WorkspaceDelete("team-a", "team-a", True),
         ),
+        ("workspace pin team-a", kinds.WorkspacePin("team-a")),
+        ("ws pin --all", parse.PinAll()),
         ("share team-a bob@example.com", kinds.Share("team-a", "bob@example.com")),
         (
             "share team-a <@U0BOB0001> --role view --for 3d",
@@ -102,7 +104,10 @@ def test_every_command_and_flag(text: str, expected: object) -> None:
     ("text", "message", "usage"),
     [
         ("frobnicate", "Unknown command", None),
-        ("workspace", "workspace new|delete|list|show", "workspace new"),
+        ("workspace", "workspace new|delete|list|show|pin", "workspace new"),
+        ("workspace pin", "Missing arguments", "workspace pin"),
+        ("workspace pin --all team-a", "Too many arguments", "workspace pin"),
+        ("workspace pin Team-A", "Workspace names", None),
         ("workspace new team-a --colour blue", "Unknown option `--colour`", "workspace new"),
         ("workspace new team-a --gpu 1 --gpu 2", "given twice", "workspace new"),
         ("workspace new team-a --gpu", "needs a value", "workspace new"),

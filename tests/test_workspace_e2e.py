@@ -33,7 +33,7 @@ from bot.controls import control
 from bot.notify import ShellNotifier
 from bot.settings import Settings
 from bot.shell import Shell
-from handlers import parse, services
+from handlers import parse, scheduling, services
 from handlers.model import Actor, EventType, RequestState
 from handlers.naming import dex_password_object_name
 from provisioning.aws import BOT_SID
@@ -168,7 +168,9 @@ def test_create_approve_apply_matches_the_reference_and_delete_removes_it_all_in
         assert "Cost: up to $1.05/hour (~$768/month) for 2 x g4dn.xlarge" in summary
         _, card_blocks = blocks.card(created)
         assert "$1.05/hour" in json.dumps(card_blocks) and "/month" in json.dumps(card_blocks)
-        assert "Cluster Autoscaler or Karpenter" in summary  # min 0
+        assert "Cluster Autoscaler 1.24 or newer" in summary  # min 0
+        assert "Karpenter does not scale EKS managed nodegroups" in summary
+        assert "hand-made nodegroup with only the `nvidia.com/gpu` taint" in summary
         assert stack.apiserver.get(*PROFILES, "team-a") is None  # nothing before approval
 
         stack.approve(created.id)
@@ -247,11 +249,14 @@ def test_create_approve_apply_matches_the_reference_and_delete_removes_it_all_in
             assert bot_resources(stack, arn) == bucket_arns("kf-team-a")
             assert ADMIN_STATEMENT in default_document(stack, arn)["Statement"]
 
-        # The GPU nodegroup and the PodDefault that selects it.
+        # The GPU nodegroup, tainted for this workspace, and the PodDefault that tolerates it.
         group = nodegroup(stack, "team-a-g4dn-xlarge")
         assert group is not None and group["status"] == "ACTIVE"
         assert group["amiType"] == "AL2023_x86_64_NVIDIA" and group["instanceTypes"] == ["g4dn.xlarge"]
-        assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+        assert group["taints"] == [
+            {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"},
+            {"key": "kf-chatops/dedicated", "value": "team-a", "effect": "NO_SCHEDULE"},
+        ]
         assert group["labels"] == {"kf-chatops/workspace": "team-a-g4dn-xlarge"}
         assert group["scalingConfig"] == {"minSize": 0, "maxSize": 2, "desiredSize": 1}
         assert sorted(group["subnets"]) == sorted(world.subnets) and group["nodeRole"] == world.node_role_arn
@@ -260,10 +265,13 @@ def test_create_approve_apply_matches_the_reference_and_delete_removes_it_all_in
             "kubeflow.org/v1alpha1", "poddefaults", "team-a-g4dn-xlarge", "team-a"
         )
         assert poddefault is not None and poddefault["metadata"]["labels"][MANAGED_KEY] == "kf-chatops"
-        assert poddefault["spec"]["nodeSelector"] == {"kf-chatops/workspace": "team-a-g4dn-xlarge"}
         assert poddefault["spec"]["tolerations"] == [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "kf-chatops/dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"},
         ]
+        node_taints = [scheduling.node_taint(t) for t in group["taints"]]
+        assert scheduling.tolerates(poddefault["spec"]["tolerations"], node_taints)
+        assert not scheduling.tolerates([], node_taints)
 
         # Delete: the owner asks, typing the name again; an admin approves.
         deleting = stack.submit(ALICE, "workspace delete team-a --confirm team-a")
@@ -326,9 +334,13 @@ def test_runbook_naming_is_reproduced_by_environment_variables_alone(
         poddefault = stack.apiserver.get(
             "kubeflow.org/v1alpha1", "poddefaults", "ng-use1-aicond-vision-ws-g4dnxl", "aic-ns-vision-ws"
         )
-        assert poddefault is not None and poddefault["spec"]["nodeSelector"] == {
-            "aic-role": "vision-ws-g4dnxl"
-        }
+        assert poddefault is not None and "nodeSelector" not in poddefault["spec"]
+        assert {"key": "kf-chatops/dedicated", "value": "aic-ns-vision-ws", "effect": "NO_SCHEDULE"} in group[
+            "taints"
+        ]
+        assert scheduling.tolerates(
+            poddefault["spec"]["tolerations"], [scheduling.node_taint(t) for t in group["taints"]]
+        )
 
         # A type missing from KFBOT_INSTANCE_SPECS gets the default short name ('.' -> '-').
         plan = stack.submit(ALICE, "workspace new audio --instance-type g5.xlarge").plan
