@@ -50,6 +50,7 @@ from handlers import errors, kinds, naming, parse, services
 from handlers.model import Request, RequestState
 from handlers.plan import JSON
 from tests import harness
+from tests.fakes import figures
 from tests.harness import build_stack
 
 ALICE, ADMIN = "alice@example.com", "admin@example.com"
@@ -118,6 +119,8 @@ def grammar_slots() -> list[Slot]:
     slots: list[Slot] = []
     for command, usage in parse.USAGE.items():
         words = usage.split()[1:]
+        if "|" in words:  # `NAME | --all`: alternatives; the first one has the arguments to attack
+            words = words[: words.index("|")]
         fixed: list[str] = []
         arguments: list[tuple[str, int]] = []  # (name, index in fixed) for positionals
         flags: list[tuple[str, str]] = []
@@ -202,7 +205,7 @@ class Edge:
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Edge]:
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     db = tmp_path_factory.mktemp("hostile") / "kfbot.db"
     settings_ = Settings.from_env({"KFBOT_DATABASE_URL": f"sqlite:///{db}",
                                    "KFBOT_AUDIT_KEY": "hostile-test-audit-key-0123456789"})
@@ -222,16 +225,13 @@ def edge(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         yield edge
     finally:
         backend.close()
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None and FIGURES["tried"]:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line(
-                    f"\nhostile inputs: {FIGURES['tried']} tried over {len(SLOTS)} argument slots; "
-                    f"{FIGURES['refused']} refused with a message, {FIGURES['accepted']} accepted as "
-                    f"inert text, {FIGURES['wrongly accepted']} wrongly accepted, "
-                    f"{FIGURES['crashed']} crashed"
-                )
+        if FIGURES["tried"]:
+            figures.report(
+                "hostile command arguments",
+                f"{FIGURES['tried']} tried over {len(SLOTS)} argument slots; "
+                f"{FIGURES['refused']} refused with a message, {FIGURES['accepted']} accepted as "
+                f"inert text, {FIGURES['wrongly accepted']} wrongly accepted, {FIGURES['crashed']} crashed",
+            )
 
 
 def _flat_strings(value: JSON) -> Iterator[str]:
