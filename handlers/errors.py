@@ -34,6 +34,10 @@ class Forbidden(KfError):
     """The actor may not do this (not an admin, own request, not the owner)."""
 
 
+class Inconsistent(KfError):
+    """A stored row contradicts the audit log (edited in the database): nothing is done on it."""
+
+
 class IllegalTransition(KfError):
     """A request was asked to move to a state its current state does not lead to."""
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from handlers import errors, kinds, units
 from handlers.model import SYSTEM, Actor, Event, EventType, Request
+from handlers.plan import canonical_json
 from handlers.ports import Facts
 from handlers.settings import CoreSettings, kubeflow_user_id
 
@@ -65,34 +66,71 @@ def _identities(settings: CoreSettings, emails: Iterable[str]) -> frozenset[str]
     return frozenset(out | mapped_from)
 
 
+def record_problem(request: Request, trail: Sequence[Event]) -> str | None:
+    """Why the stored request is not the one its requester filed, or None: its kind, arguments
+    and requester must be those of its ``request.created`` event (written with the audit key)."""
+    created = next((e for e in trail if e.type is EventType.CREATED), None)
+    if created is None:
+        return "the audit log has no record of this request being filed"
+    if created.actor != request.requester_id or created.data.get("kind") != request.kind:
+        return "its requester or kind differs from what the audit log recorded"
+    if canonical_json(created.data.get("args")) != canonical_json(dict(request.args)):
+        return "its arguments differ from those the audit log recorded"
+    return None
+
+
+_CLOSING = frozenset({EventType.SUCCEEDED, EventType.REJECTED, EventType.CANCELLED, EventType.EXPIRED})
+_STOPPING = frozenset({EventType.FAILED, EventType.NEEDS_ATTENTION, EventType.REFUSED})
+
+
 def authorization_problem(request: Request, trail: Sequence[Event]) -> str | None:
     """Why the engine must not apply ``request`` as it stands, or None when it may.
 
     ``trail`` is the request's audit events in order, each one's MAC checked: written by this bot
     with the audit key, so a row someone edited or inserted in the database cannot authorize
-    anything. An authorization counts only after the last plan change, and only for the digest of
-    the plan the engine is about to run.
+    anything. An authorization covers the digest it names, until the plan changes; it is used up
+    when the request finishes (succeeded, rejected, cancelled, expired), and held while the request
+    is stopped (failed, needs attention) until an admin's ``/kf retry`` resumes it. The stored
+    request must be the one filed (``record_problem``) and its plan the one the digest names.
     """
+    problem = record_problem(request, trail)
+    if problem is not None:
+        return problem
     if request.plan.digest() != request.plan_digest:
         return "the stored plan does not match its digest"
-    start = max((i + 1 for i, e in enumerate(trail) if e.type is EventType.PLAN_CHANGED), default=0)
-    for event in trail[start:]:
-        if event.data.get("plan_digest") != request.plan_digest:
-            continue
-        if event.type is EventType.APPROVED and event.actor not in (None, SYSTEM.user_id,
-                                                                       request.requester_id):
-            return None
-        if event.type is EventType.AUTO_APPROVED and event.actor == SYSTEM.user_id and _names_rule(event):
-            return None
-    return f"the audit log holds no approval of plan {request.plan_digest[:12]}"
+    authorized: str | None = None
+    stopped = False
+    for event in trail:
+        if event.type is EventType.PLAN_CHANGED or event.type in _CLOSING:
+            authorized = None
+        elif event.type in _STOPPING:
+            stopped = True
+        elif event.type is EventType.RETRIED:
+            stopped = False
+        elif _authorizes(event, request):
+            authorized = str(event.data.get("plan_digest"))
+    if authorized != request.plan_digest:
+        return f"the audit log holds no approval of plan {request.plan_digest[:12]} still in force"
+    if stopped:
+        return "it stopped since its approval and no admin asked to retry it"
+    return None
 
 
-def _names_rule(event: Event) -> bool:
+def _authorizes(event: Event, request: Request) -> bool:
+    if event.type is EventType.APPROVED:
+        return event.actor not in (None, SYSTEM.user_id, request.requester_id)
+    by_the_bot = event.type is EventType.AUTO_APPROVED and event.actor == SYSTEM.user_id
+    return by_the_bot and _names_rule(event, request)
+
+
+def _names_rule(event: Event, request: Request) -> bool:
     rule = str(event.data.get("rule") or "")
     if rule.startswith(SYSTEM_RULE_PREFIX):
-        return bool(event.data.get("trigger"))
+        return request.requester_id == SYSTEM.user_id and bool(event.data.get("trigger"))
+    if rule:
+        return rule == AUTO_RULE_PREFIX + request.kind and request.kind in AUTO_APPLY
     # Auto-approvals recorded before rules were named carry only their reason.
-    return rule.removeprefix(AUTO_RULE_PREFIX) in AUTO_APPLY or bool(not rule and event.data.get("reason"))
+    return bool(event.data.get("reason"))
 
 
 AUTO_RULE_PREFIX = "auto:"

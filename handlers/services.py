@@ -307,7 +307,14 @@ def cancel(core: Core, actor: Actor, request_id: str) -> Request:
 
 
 def retry(core: Core, actor: Actor, request_id: str) -> Request:
-    return _change(core, request_id, lambda r, now: r.retry(actor, now))
+    """``/kf retry``: re-run stopped work under its approval. Re-running is a decision too (the
+    world may have moved since the approval), so the one rule for deciding applies."""
+
+    def change(request: Request, now: datetime) -> None:
+        request.retry(actor, now)  # first: says which states can be retried at all
+        policy.check_may_decide(actor, request, core.settings, core.facts)
+
+    return _change(core, request_id, change)
 
 
 def expire(core: Core, request_id: str) -> Request | None:
@@ -402,6 +409,11 @@ def reveal_token(core: Core, actor: Actor, request_id: str) -> RevealedSecret:
         request = uow.requests.get(request_id)
     if request.requester_id != actor.user_id:
         raise errors.Forbidden("Only the person who asked for this token can see it.")
+    with core.uow() as uow:
+        problem = policy.record_problem(request, uow.audit.trail(request.id))
+    if problem is not None:
+        # The row names a requester the audit log does not: someone edited it in the database.
+        raise errors.Inconsistent(f"{request_id} cannot be shown: {problem}. The admins should check it.")
     if request.kind != kinds.TokenIssue.KIND or request.state is not RequestState.SUCCEEDED:
         raise errors.InvalidInput(f"{request_id} has no token to show.")
     if core.facts.token_owner(request.id) is None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from handlers import kinds
-from handlers.model import SYSTEM, RequestState
+from handlers import errors, kinds
+from handlers.model import SYSTEM, EventType, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
 from provisioning.store import Database
 
@@ -36,6 +36,7 @@ class RegistryFacts:
             row = uow.registry.get_workspace(name)
             if row is None or row.get("deleted_at") is not None:
                 return None
+            self._check_owner(uow, row)
             grants = {
                 g["user"]: g["role"]
                 for g in uow.registry.grants(name)
@@ -74,12 +75,37 @@ class RegistryFacts:
         )
 
     @staticmethod
+    def _check_owner(uow: Any, row: dict[str, Any]) -> None:
+        """The owner decides who gets in without an admin, so the registry's owner must be the one
+        the workspace's create request recorded in the audit log (rows written with the key): an
+        owner edited in the database gets no owner rights."""
+        if row["request_id"] is None:
+            return
+        created = next(
+            (e for e in uow.audit.trail(row["request_id"]) if e.type is EventType.CREATED), None
+        )
+        recorded: set[object] = set()
+        if created is not None:
+            recorded.add((created.data.get("args") or {}).get("owner"))
+            recorded |= {
+                step.get("params", {}).get("owner")
+                for step in (created.data.get("plan") or {}).get("steps", [])
+                if step.get("action") == "kubeflow.profile"
+            }
+        if row["owner"] not in recorded:
+            raise errors.Inconsistent(
+                f"The bot's record of workspace `{row['name']}` does not match its audit log, so it "
+                "does nothing with it; the admins should run `kfbot audit verify` and check the database."
+            )
+
+    @staticmethod
     def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
-        # Without a cluster to ask, the quota is what the last applied change set.
+        # Without a cluster to ask, the quota is what the last applied change set, in this
+        # workspace: not one of an earlier workspace of the same name.
         for request in uow.requests.list(
             kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
         ):
-            if request.args.get("workspace") == name:
+            if request.args.get("workspace") == name and request.created_at >= row["created_at"]:
                 return dict(request.plan.steps[0].params["hard"])
         for entry in row["created"].values():
             if entry["action"] == "kubeflow.profile":

@@ -4,15 +4,17 @@ re-planned request is released at once and its requester told. SQLite and Postgr
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from bot.notify import ShellNotifier
-from handlers import errors, kinds, services
-from handlers.model import SYSTEM, Actor, Event, EventType, RequestState
-from handlers.plan import canonical_json
+from handlers import errors, kinds, policy, services
+from handlers.model import SYSTEM, Actor, Event, EventType, Request, RequestState
+from handlers.plan import Plan, canonical_json
 from provisioning import store
 from tests.harness import ADMIN, ADMIN2, ALICE, BOB, Stack, build_stack
 
@@ -53,7 +55,7 @@ def workspace_with_bob(stack: Stack) -> None:
 def test_retry_of_a_pending_request_is_refused_and_nothing_applies(stack: Stack) -> None:
     rid = submit(stack, actor=ADMIN)  # an admin's own request: only another admin may approve it
     with pytest.raises(errors.IllegalTransition, match="only failed or needs-attention"):
-        services.retry(stack.core, ADMIN, rid)
+        services.retry(stack.core, ADMIN, rid)  # their own, and pending
     with pytest.raises(errors.IllegalTransition):
         services.retry(stack.core, ADMIN2, rid)
     assert stack.run() == 0
@@ -258,3 +260,198 @@ def test_a_replanned_request_is_released_at_once_and_its_requester_told(stack: S
     changed = Event(EventType.PLAN_CHANGED, rid, stack.clock.now(), SYSTEM.user_id, {})
     ShellNotifier(out).publish(stack.request(rid), [changed], ("shell", rid))
     assert f"[DM to {carol.email}]" in out.getvalue() and "needs a new approval" in out.getvalue()
+
+
+# -- the authorization rule itself -------------------------------------------------------------------
+
+
+def _request(requester: str = ALICE.user_id) -> Request:
+    return Request(
+        id="RX",
+        kind=kinds.Share.KIND,
+        args=kinds.to_args(kinds.Share("team-a", BOB.email)),
+        requester_id=requester,
+        requester_email=ALICE.email,
+        plan=Plan.of([]),
+        created_at=datetime.now(UTC),
+    )
+
+
+def _event(type_: EventType, actor: str, **data: object) -> Event:
+    return Event(type_, "RX", datetime.now(UTC), actor, data)  # type: ignore[arg-type]
+
+
+DIGEST = _request().plan_digest
+AUTHORIZATION_TABLE = [
+    ("nothing", [], False),
+    ("an admin", [_event(EventType.APPROVED, ADMIN.user_id, plan_digest=DIGEST)], True),
+    ("the requester", [_event(EventType.APPROVED, ALICE.user_id, plan_digest=DIGEST)], False),
+    ("another plan", [_event(EventType.APPROVED, ADMIN.user_id, plan_digest="0" * 64)], False),
+    (
+        "before a plan change",
+        [
+            _event(EventType.APPROVED, ADMIN.user_id, plan_digest=DIGEST),
+            _event(EventType.PLAN_CHANGED, SYSTEM.user_id, old=DIGEST, new=DIGEST),
+        ],
+        False,
+    ),
+    (
+        "its own rule",
+        [_event(EventType.AUTO_APPROVED, SYSTEM.user_id, plan_digest=DIGEST, rule="auto:share")],
+        True,
+    ),
+    (
+        "another kind's rule",
+        [_event(EventType.AUTO_APPROVED, SYSTEM.user_id, plan_digest=DIGEST, rule="auto:quota")],
+        False,
+    ),
+    (
+        "a system rule for a person's request",
+        [
+            _event(
+                EventType.AUTO_APPROVED,
+                SYSTEM.user_id,
+                plan_digest=DIGEST,
+                rule="system:grant.expire",
+                trigger="t",
+            )
+        ],
+        False,
+    ),
+    (
+        "an auto-approval not by the bot",
+        [_event(EventType.AUTO_APPROVED, ADMIN.user_id, plan_digest=DIGEST, rule="auto:share")],
+        False,
+    ),
+]
+
+
+def _filed(request: Request, trail: list[Event]) -> list[Event]:
+    """The trail as the bot writes it: the request's ``request.created`` first."""
+    data = {"kind": request.kind, "args": dict(request.args)}
+    return [_event(EventType.CREATED, request.requester_id, **data), *trail]
+
+
+@pytest.mark.parametrize(
+    ("case", "trail", "allowed"), AUTHORIZATION_TABLE, ids=[c for c, _, _ in AUTHORIZATION_TABLE]
+)
+def test_what_authorizes_a_plan(case: str, trail: list[Event], allowed: bool) -> None:
+    assert (policy.authorization_problem(_request(), _filed(_request(), trail)) is None) is allowed, case
+
+
+def test_an_authorization_is_used_up_by_the_outcome_and_held_while_stopped() -> None:
+    approved = [_event(EventType.APPROVED, ADMIN.user_id, plan_digest=DIGEST)]
+    done = [*approved, _event(EventType.SUCCEEDED, SYSTEM.user_id)]
+    failed = [*approved, _event(EventType.FAILED, SYSTEM.user_id)]
+    retried = [*failed, _event(EventType.RETRIED, ADMIN2.user_id)]
+    request = _request()
+    assert policy.authorization_problem(request, _filed(request, done)) is not None
+    assert policy.authorization_problem(request, _filed(request, failed)) is not None
+    assert policy.authorization_problem(request, _filed(request, retried)) is None
+    edited = dataclasses.replace(request, args={**request.args, "role": "view"})
+    assert "arguments" in str(policy.authorization_problem(edited, _filed(request, approved)))
+
+
+def test_a_system_decision_authorizes_the_bots_own_request() -> None:
+    mine = _request(requester=SYSTEM.user_id)
+    rule = {"plan_digest": DIGEST, "rule": "system:grant.expire"}
+    trail = [_event(EventType.AUTO_APPROVED, SYSTEM.user_id, **rule, trigger="t")]
+    assert policy.authorization_problem(mine, _filed(mine, trail)) is None
+    untriggered = [_event(EventType.AUTO_APPROVED, SYSTEM.user_id, **rule)]
+    assert policy.authorization_problem(mine, _filed(mine, untriggered)) is not None
+
+
+# -- what an outside attack found (issue 9, before resolving) ---------------------------------------
+
+
+def test_an_admin_cannot_retry_a_request_that_is_for_them_into_a_recreated_workspace(stack: Stack) -> None:
+    first = submit(stack, kinds.WorkspaceCreate("wsy", ALICE.email))
+    stack.approve(first)
+    stack.run()
+    share = submit(stack, kinds.Share("wsy", ADMIN2.email), actor=ADMIN2)  # for ADMIN2: ADMIN decides
+    delete = submit(stack, kinds.WorkspaceDelete("wsy", "wsy"))
+    stack.approve(delete)
+    stack.run()
+    stack.approve(share)  # approved for alice's workspace, which is gone: it fails
+    stack.run()
+    assert stack.request(share).state is RequestState.FAILED
+    again = submit(stack, kinds.WorkspaceCreate("wsy", BOB.email))
+    stack.approve(again)
+    stack.run()
+    with pytest.raises(errors.Forbidden):
+        services.retry(stack.core, ADMIN2, share)
+    stack.run()
+    assert stack.request(share).state is RequestState.FAILED
+    assert ADMIN2.email not in (stack.core.facts.workspace("wsy") or pytest.fail()).contributors
+
+
+def test_a_finished_request_set_back_to_approved_in_the_database_is_not_applied_again(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    with stack.backend.uow() as uow:
+        share = next(r.id for r in uow.requests.list(kind=kinds.Share.KIND))
+    submit(stack, kinds.Unshare("team-a", BOB.email))
+    stack.run()
+    calls = len(stack.world.ensure_calls)
+    sql(
+        stack,
+        "UPDATE requests SET state = 'approved', claimed_by = NULL, lease_until = NULL WHERE id = :id",
+        id=share,
+    )
+    sql(stack, "DELETE FROM step_outcomes WHERE request_id = :id", id=share)
+    stack.run()
+    assert len(stack.world.ensure_calls) == calls, "the used approval applied the share again"
+    assert stack.request(share).state is RequestState.NEEDS_ATTENTION
+    assert BOB.email not in (stack.core.facts.workspace("team-a") or pytest.fail()).contributors
+
+
+def test_arguments_edited_after_the_approval_are_refused(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    carol = Actor("UCAROL", "carol@example.com")
+    rid = submit(stack, kinds.Share("team-a", carol.email, duration=timedelta(hours=1)), actor=carol)
+    stack.approve(rid)
+    args = dict(stack.request(rid).args, duration=None)  # a lasting grant instead of an hour
+    sql(stack, "UPDATE requests SET args = :args WHERE id = :id", args=canonical_json(args), id=rid)
+    stack.run()
+    assert stack.request(rid).state is RequestState.NEEDS_ATTENTION
+    assert carol.email not in (stack.core.facts.workspace("team-a") or pytest.fail()).contributors
+
+
+def test_an_owner_edited_in_the_registry_gets_no_owner_rights(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    mallory = Actor("UMALLORY", "mallory@example.com")
+    sql(stack, "UPDATE workspaces SET owner = :o WHERE name = 'team-a'", o=mallory.email)
+    before = len(stack.notifier.published)
+    for kind in (kinds.Share("team-a", "eve@example.com"), kinds.TokenIssue("team-a")):
+        with pytest.raises(errors.KfError, match="audit log"):
+            services.submit(stack.core, mallory, kind, idempotency_key=None)
+    assert len(stack.notifier.published) == before
+
+
+def test_a_requester_edited_in_the_database_cannot_see_the_token(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    token = issue_token(stack)
+    mallory = Actor("UMALLORY", "mallory@example.com")
+    sql(stack, "UPDATE requests SET requester_id = :m WHERE id = :id", m=mallory.user_id, id=token)
+    with pytest.raises(errors.KfError):
+        services.reveal_token(stack.core, mallory, token)
+
+
+def test_a_reused_workspace_name_does_not_inherit_the_old_quota(stack: Stack) -> None:
+    first = submit(stack, kinds.WorkspaceCreate("team-b", ALICE.email))
+    stack.approve(first)
+    stack.run()
+    raise_ = submit(stack, kinds.QuotaChange("team-b", gpu="8", cpu="64"))
+    stack.approve(raise_)
+    stack.run()
+    stack.clock.advance(timedelta(days=1))
+    delete = submit(stack, kinds.WorkspaceDelete("team-b", "team-b"))
+    stack.approve(delete)
+    stack.run()
+    again = submit(stack, kinds.WorkspaceCreate("team-b", BOB.email))
+    stack.approve(again)
+    stack.run()
+    result = services.submit(
+        stack.core, BOB, kinds.QuotaChange("team-b", gpu="8", cpu="64"), idempotency_key=None
+    )
+    assert result.auto_reason is None, "a raise from the new workspace's quota needs an admin"
+    assert stack.request(result.request.id).state is RequestState.PENDING

@@ -313,15 +313,31 @@ class GateMachine(RuleBasedStateMachine):
         self.stack.clock.advance(timedelta(hours=hours))
         self.stack.backend.sweep_timers(lambda k, r, p: services.handle_timer(self.stack.core, k, r, p))
 
-    @rule(data=st.data(), state=st.sampled_from(("approved", "applying", "compensating")))
-    def edit_the_database(self, data: st.DataObject, state: str) -> None:
-        rid = self._pick(data)
-        if rid is None or self.stack.request(rid).state is not RequestState.PENDING:
+    @rule(
+        data=st.data(),
+        state=st.sampled_from(("approved", "applying", "compensating")),
+        finished=st.booleans(),
+    )
+    def edit_the_database(self, data: st.DataObject, state: str, finished: bool) -> None:
+        """Someone with write access to the database (not the audit key) sets a request's state:
+        a pending one forward, or a finished one back to replay it (its step records deleted);
+        then the worker runs."""
+        wanted = (RequestState.SUCCEEDED, RequestState.FAILED) if finished else (RequestState.PENDING,)
+        candidates = [r for r in self.requests if self.stack.request(r).state in wanted]
+        if not candidates:
             return
+        rid = data.draw(st.sampled_from(candidates))
         self._cell("database writer", f"set {state}")
         with self.stack.backend.db.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE requests SET state = :s WHERE id = :id"), {"s": state, "id": rid})
+            conn.execute(
+                sa.text(
+                    "UPDATE requests SET state = :s, claimed_by = NULL, lease_until = NULL WHERE id = :id"
+                ),
+                {"s": state, "id": rid},
+            )
+            conn.execute(sa.text("DELETE FROM step_outcomes WHERE request_id = :id"), {"id": rid})
         self.oracle.tampered.add(rid)
+        self.stack.run()
 
     # -- invariants --------------------------------------------------------------------------------
     def _trails(self) -> Iterator[tuple[str, list[Event]]]:
@@ -334,7 +350,8 @@ class GateMachine(RuleBasedStateMachine):
         for rid, trail in self._trails():
             authorized: set[str] = set()
             for event in trail:
-                if event.type is EventType.PLAN_CHANGED:
+                # An approval covers one run: a finished request is not applied again.
+                if event.type in (EventType.PLAN_CHANGED, EventType.SUCCEEDED, EventType.REJECTED):
                     authorized.clear()
                 elif event.type is EventType.APPROVED:
                     assert event.actor in ADMINS and event.actor != self.requester_of[rid].user_id

@@ -17,6 +17,7 @@ import pytest
 
 from bot import cli
 from bot.settings import Settings
+from tests.fakes.attacks import REVIEWED_EMAIL_ATTACKS
 
 _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 
@@ -156,17 +157,7 @@ def test_injection_attempts_are_refused_and_nothing_is_recorded(tmp_path: Path, 
 
 
 # The review's wildcard and markup addresses (issue 9, finding 2).
-EMAIL_ATTACKS = [
-    "*@example.com",
-    "a*@example.com",
-    "*bold*@example.com",
-    "x{y}@example.com",
-    "a&b@example.com",
-    "=cmd@example.com",
-    "%2540@example.com",
-    "_it_@example.com",
-    "~s~@example.com",
-]
+EMAIL_ATTACKS = REVIEWED_EMAIL_ATTACKS
 
 
 def test_wildcard_and_markup_emails_are_refused_at_the_edge_and_nothing_is_recorded(

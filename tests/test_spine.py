@@ -125,7 +125,9 @@ def test_two_admins_approving_at_once_make_one_decision_and_one_apply(postgres_u
             try:
                 services.decide(stack.core, admin, rid, approve=True, decision_key=f"{rid}:{admin.user_id}")
                 outcomes.append("approved")
-            except errors.AlreadyDone:
+            except errors.AlreadyDone as exc:
+                # The loser reads the winner's decision, never a stale "already pending".
+                assert "already approved" in exc.user_message, exc.user_message
                 outcomes.append("already")
 
         threads = [threading.Thread(target=decide, args=(a,)) for a in (ADMIN, ADMIN2)]
