@@ -49,7 +49,7 @@ from handlers.settings import CoreSettings
 from provisioning.actions import REQUEST_MARK, ActionRegistry
 from provisioning.metrics import CRASH, ERROR, OK, RETRY, Metrics
 from provisioning.settings import EngineSettings
-from provisioning.store import Database, LeaseLost, SqlUnitOfWork, StepRecord
+from provisioning.store import Database, LeaseLost, ProvisioningUnitOfWork, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -554,7 +554,7 @@ class Engine:
         self,
         request: Request,
         expected_version: int,
-        on_commit: Callable[[SqlUnitOfWork], None] | None = None,
+        on_commit: Callable[[ProvisioningUnitOfWork], None] | None = None,
     ) -> None:
         events = request.take_events()
         with self.db.uow() as uow:
@@ -568,7 +568,7 @@ class Engine:
     def _notify(self, request: Request, events: list[Event]) -> None:
         services.announce(self.db.uow, self.notifier, self.clock, request, events)
 
-    def _record_success(self, uow: SqlUnitOfWork, request: Request, now: datetime) -> None:
+    def _record_success(self, uow: ProvisioningUnitOfWork, request: Request, now: datetime) -> None:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was applied."""
         kind = kinds.from_args(request.kind, request.args)
         outcomes = {r.idx: r.outcome for r in uow.work.steps(request.id)}
@@ -594,7 +594,7 @@ Outcomes = Mapping[int, StepOutcome | None]
 
 
 def _quota_revert(
-    uow: SqlUnitOfWork, ref: str, resource: str, request: Request, outcomes: Outcomes
+    uow: ProvisioningUnitOfWork, ref: str, resource: str, request: Request, outcomes: Outcomes
 ) -> dict[str, JSON]:
     """What a temporary quota change reverts at expiry: ``set`` (the value it set, to notice a
     change made since) and ``previous`` (the value to restore). Raising again while a raise is
@@ -610,13 +610,13 @@ def _quota_revert(
 
 
 def _no_update(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     return None
 
 
 def _workspace_created(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.WorkspaceCreate)
     created = {
@@ -631,7 +631,7 @@ def _workspace_created(
 
 
 def _workspace_deleted(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.WorkspaceDelete)
     uow.registry.mark_workspace_deleted(kind.name, now)
@@ -640,7 +640,7 @@ def _workspace_deleted(
 
 
 def _workspace_pinned(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     """Record the pinned PodDefault and nodegroup taints over the create-time params, so the next
     ``pin --all`` passes the workspace by and the registry says what the objects are now."""
@@ -664,7 +664,7 @@ def _workspace_pinned(
 
 
 def _granted(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.Share)
     expires = now + kind.duration if kind.duration else None
@@ -676,7 +676,7 @@ def _granted(
 
 
 def _ungranted(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.Unshare)
     uow.registry.delete_grant(kind.workspace, str(request.plan.steps[0].params["user"]))
@@ -684,7 +684,7 @@ def _ungranted(
 
 
 def _token_issued(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.TokenIssue)
     params = request.plan.steps[0].params
@@ -702,7 +702,7 @@ def _token_issued(
 
 
 def _token_revoked(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.TokenRevoke)
     uow.registry.revoke_token(kind.token_id, now)
@@ -710,7 +710,7 @@ def _token_revoked(
 
 
 _REGISTRY_UPDATES: Mapping[
-    str, Callable[[SqlUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]
+    str, Callable[[ProvisioningUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]
 ] = {
     kinds.WorkspaceCreate.KIND: _workspace_created,
     kinds.WorkspaceDelete.KIND: _workspace_deleted,
