@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from handlers import kinds
-from handlers.model import SYSTEM, RequestState
+from handlers.model import SYSTEM, Request, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
-from provisioning.store import Database
+from provisioning.store import Database, SqlUnitOfWork
 
 
 class LiveWorkspaces(Protocol):
@@ -74,20 +74,24 @@ class RegistryFacts:
         )
 
     @staticmethod
-    def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+    def _quota_changes(uow: SqlUnitOfWork, name: str, limit: int | None) -> list[Request]:
+        """The applied quota changes of workspace ``name``, newest first (an indexed lookup)."""
+        return uow.requests.list(kind=kinds.QuotaChange.KIND, subject=kinds.quota_subject(name),
+                                 states=[RequestState.SUCCEEDED], limit=limit)
+
+    @classmethod
+    def _last_quota(cls, uow: SqlUnitOfWork, name: str, row: dict[str, Any]) -> dict[str, str]:
         # Without a cluster to ask, the quota is what the last applied change set.
-        for request in uow.requests.list(
-            kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
-        ):
-            if request.args.get("workspace") == name:
-                return dict(request.plan.steps[0].params["hard"])
+        last = cls._quota_changes(uow, name, limit=1)
+        if last:
+            return dict(last[0].plan.steps[0].params["hard"])
         for entry in row["created"].values():
             if entry["action"] == "kubeflow.profile":
                 return dict(entry["params"]["hard"])
         return {}
 
-    @staticmethod
-    def _quota_baseline(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+    @classmethod
+    def _quota_baseline(cls, uow: SqlUnitOfWork, name: str, row: dict[str, Any]) -> dict[str, str]:
         """Per resource, the quota a person last approved: the value set by the newest lasting
         change an admin decided, else the Profile's quota at creation. The owner's self-service
         raises (auto-applied), the bot's reverts and temporary raises never move it, so repeated
@@ -97,10 +101,8 @@ class RegistryFacts:
             if entry["action"] == "kubeflow.profile":
                 baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
         decided: dict[str, str] = {}
-        for request in uow.requests.list(  # newest first
-            kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
-        ):
-            if request.args.get("workspace") != name or request.created_at < row["created_at"]:
+        for request in cls._quota_changes(uow, name, limit=None):  # newest first
+            if request.created_at < row["created_at"]:
                 continue
             if request.decided_by in (None, SYSTEM.user_id):
                 continue  # applied without a person's decision: self-service or an expiry

@@ -165,9 +165,9 @@ class Database:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key("migrate", "schema"))))
             getattr(command, command_name)(self._alembic_config(conn), revision)
 
-    def migrate(self) -> None:
-        """Upgrade the schema to the newest revision (``kfbot migrate``)."""
-        self._run_alembic("upgrade", "head")
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to the newest revision (``kfbot migrate``), or to ``revision``."""
+        self._run_alembic("upgrade", revision)
 
     def downgrade(self, revision: str) -> None:
         self._run_alembic("downgrade", revision)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from handlers import errors
-from handlers.model import WORK_STATES, Request, RequestState
+from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Request, RequestState
 from handlers.plan import JSON, Plan, StepOutcome, StepStatus
 from provisioning.store.schema import (
     decision_keys,
@@ -99,13 +99,21 @@ def _upsert(
         raise NotImplementedError(conn.dialect.name)
 
 
+def _slots(request: Request) -> dict[str, bool]:
+    """The subject slots a new request takes (``schema.uq_requests_subject_*``): a person's open
+    request the open slot, any request inserted in a work state the work slot."""
+    subject = request.subject is not None
+    return {
+        "holds_open": subject and request.requester_id != SYSTEM.user_id and request.state in OPEN_STATES,
+        "holds_work": subject and request.state in WORK_STATES,
+    }
+
+
 def _request_values(request: Request) -> dict[str, Any]:
-    subject = request.args.get("subject")
     return {
         "kind": request.kind,
         "args": dict(request.args),
-        # No domain logic here: the column is kept for later and filled only if the args carry it.
-        "subject": subject if isinstance(subject, str) else None,
+        "subject": request.subject,
         "requester_id": request.requester_id,
         "requester_email": request.requester_email,
         "state": request.state.value,
@@ -140,6 +148,7 @@ def _to_request(row: sa.Row[Any]) -> Request:
         error=row.error,
         correlation_id=row.correlation_id,
         updated_at=row.updated_at,
+        subject=row.subject,
     )
 
 
@@ -165,7 +174,9 @@ class SqlRequestRepository:
             # A SAVEPOINT, so a duplicate key undoes only this insert and the caller's transaction
             # (with whatever it wrote before) stays usable.
             with conn.begin_nested():
-                conn.execute(sa.insert(requests).values(id=request.id, **_request_values(request)))
+                conn.execute(
+                    sa.insert(requests).values(id=request.id, **_request_values(request), **_slots(request))
+                )
                 if idempotency_key is not None:
                     conn.execute(
                         sa.insert(idempotency_keys).values(key=idempotency_key, request_id=request.id)
@@ -177,8 +188,22 @@ class SqlRequestRepository:
                 stored = self.find_by_key(idempotency_key)
                 if stored is not None:
                     return stored
+            holder = self._slot_holder(request)
+            if holder is not None:
+                # A concurrent submission about the same subject committed first (the unique index
+                # made this INSERT wait for it); READ COMMITTED shows it to this next statement.
+                raise errors.SubjectBusy(holder.id, holder.state.value) from None
             raise
         return request
+
+    def _slot_holder(self, request: Request) -> Request | None:
+        slots = [requests.c[name] for name, taken in _slots(request).items() if taken]
+        if not slots:
+            return None
+        row = self._tx.conn.execute(
+            sa.select(requests).where(requests.c.subject == request.subject, sa.or_(*slots))
+        ).first()
+        return None if row is None else _to_request(row)
 
     def find_by_key(self, idempotency_key: str) -> Request | None:
         row = self._tx.conn.execute(
@@ -197,6 +222,11 @@ class SqlRequestRepository:
     def save(self, request: Request, expected_version: int) -> None:
         values = _request_values(request)
         del values["created_at"]  # immutable once written
+        # Leaving the states that hold a subject slot gives it up; nothing takes one after the insert.
+        if request.state not in OPEN_STATES:
+            values["holds_open"] = False
+        if request.state not in WORK_STATES:
+            values["holds_work"] = False
         result = self._tx.conn.execute(
             sa.update(requests)
             .where(requests.c.id == request.id, requests.c.version == expected_version)
@@ -228,7 +258,8 @@ class SqlRequestRepository:
         requester_id: str | None = None,
         states: Sequence[RequestState] | None = None,
         kind: str | None = None,
-        limit: int = 50,
+        subject: str | None = None,
+        limit: int | None = 50,
     ) -> list[Request]:
         query = sa.select(requests)
         if requester_id is not None:
@@ -237,6 +268,8 @@ class SqlRequestRepository:
             query = query.where(requests.c.state.in_([RequestState(s).value for s in states]))
         if kind is not None:
             query = query.where(requests.c.kind == kind)
+        if subject is not None:
+            query = query.where(requests.c.subject == subject)
         query = query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit)
         return [_to_request(row) for row in self._tx.conn.execute(query)]
 

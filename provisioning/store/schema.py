@@ -86,8 +86,33 @@ requests = sa.Table(
     sa.Column("claimed_by", sa.String(), nullable=True),
     sa.Column("lease_until", UtcDateTime(), nullable=True),
     sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    # Which of the two subject slots below the request holds (see uq_requests_subject_*).
+    sa.Column("holds_open", sa.Boolean(), nullable=False, default=False, server_default=sa.false()),
+    sa.Column("holds_work", sa.Boolean(), nullable=False, default=False, server_default=sa.false()),
     sa.Index("ix_requests_state", "state"),
     sa.Index("ix_requests_requester_id", "requester_id"),
+    sa.Index("ix_requests_subject", "subject"),
+)
+# The submission rule of handlers.services._record, race-free: a person's request is refused while
+# any request about its subject is open, the bot's own (an expiry) only while one is being worked
+# on, so a pending request cannot hold off an expiry. A slot is taken when the request is inserted
+# and given up when it leaves the states that hold it (``holds_open``: open states, a person's
+# request; ``holds_work``: work states, a request inserted approved); it is never taken again by a
+# later transition (an approval, a retry), which the rule does not check either. Two concurrent
+# submissions that would both take a slot cannot both commit: the second one's INSERT fails.
+uq_requests_subject_open = sa.Index(
+    "uq_requests_subject_open",
+    requests.c.subject,
+    unique=True,
+    sqlite_where=requests.c.holds_open,
+    postgresql_where=requests.c.holds_open,
+)
+uq_requests_subject_work = sa.Index(
+    "uq_requests_subject_work",
+    requests.c.subject,
+    unique=True,
+    sqlite_where=requests.c.holds_work,
+    postgresql_where=requests.c.holds_work,
 )
 
 idempotency_keys = sa.Table(
