@@ -98,9 +98,7 @@ def step_details(backend: Any) -> StepDetails:
     """Reads the recorded outcome details of a request's steps (what a delete kept, for its DM)."""
 
     def read(request_id: str) -> dict[int, Mapping[str, Any]]:
-        with backend.uow() as uow:
-            records = uow.work.steps(request_id)
-        return {r.idx: dict(r.outcome.details) for r in records if r.outcome is not None}
+        return dict(backend.step_details(request_id))
 
     return read
 

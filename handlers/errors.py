@@ -26,6 +26,13 @@ class InvalidInput(KfError):
         self.field = field
 
 
+class SubjectBusy(InvalidInput):
+    """Another open request is about the same thing (a workspace name, a grant, a quota)."""
+
+    def __init__(self, other_id: str, other_state: str) -> None:
+        super().__init__(f"{other_id} about the same thing is still open ({other_state}).")
+
+
 class NotFound(KfError):
     """The request, workspace or object named does not exist."""
 

@@ -745,7 +745,7 @@ class QuotaChange:
         }
 
     def subject(self) -> str:
-        return f"quota:{self.workspace}"
+        return quota_subject(self.workspace)
 
     def describe(self) -> str:
         parts = ", ".join(
@@ -806,6 +806,11 @@ class QuotaChange:
 
 def quota_timer_ref(workspace: str, resource: str) -> str:
     return f"{workspace}:{resource}"
+
+
+def quota_subject(workspace: str) -> str:
+    """The subject of every quota change of ``workspace`` (an indexed column of the store)."""
+    return f"quota:{workspace}"
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -132,6 +132,8 @@ class Request:
     error: str | None = None
     correlation_id: str = ""
     updated_at: datetime | None = None
+    subject: str | None = None
+    """What the request is about (``RequestKind.subject``): at most one open request holds it."""
     events: list[Event] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:

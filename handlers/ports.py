@@ -30,7 +30,9 @@ class Clock(Protocol):
 class RequestRepository(Protocol):
     def add(self, request: Request, idempotency_key: str | None = None) -> Request:
         """Insert a new request. If ``idempotency_key`` was used before, insert nothing and return
-        the request stored under it (a duplicate delivery)."""
+        the request stored under it (a duplicate delivery). Raise ``errors.SubjectBusy`` when a
+        concurrent insert took the request's subject since the caller checked it (the store
+        enforces the submission rule of ``services._record`` with unique indexes)."""
         ...
 
     def find_by_key(self, idempotency_key: str) -> Request | None: ...
@@ -50,9 +52,10 @@ class RequestRepository(Protocol):
         requester_id: str | None = None,
         states: Sequence[RequestState] | None = None,
         kind: str | None = None,
-        limit: int = 50,
+        subject: str | None = None,
+        limit: int | None = 50,
     ) -> list[Request]:
-        """Newest first."""
+        """Newest first; ``limit=None`` for all that match (filter by an indexed field then)."""
         ...
 
     def set_card(self, request_id: str, channel: str, ts: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from handlers import errors, kinds, naming, policy
+from handlers.errors import SubjectBusy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
 from handlers.plan import JSON, Plan
@@ -35,10 +36,6 @@ _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: ids are read a
 SYSTEM_RETRY = timedelta(minutes=5)
 """How long an expiry waits when another request about the same grant/quota is being applied."""
 log = logging.getLogger(__name__)
-
-
-class SubjectBusy(errors.InvalidInput):
-    """Another open request is about the same thing (a workspace name, a grant, a quota)."""
 
 
 def new_request_id() -> str:
@@ -169,6 +166,7 @@ def _record(
         created_at=now,
         updated_at=now,
         correlation_id=correlation_id or request_id,
+        subject=kind.subject(),
     )
     request.events.append(
         Event(
@@ -198,9 +196,10 @@ def _record(
     with core.uow() as uow:
         # A pending request (waiting for an admin) must not hold off an expiry: otherwise anyone
         # could keep a grant alive by keeping a request about it pending. Only one being applied
-        # blocks the bot's own requests, and briefly.
+        # blocks the bot's own requests, and briefly. The store's unique indexes enforce the same
+        # rule against a concurrent submission that this check cannot see yet (``add``).
         _refuse_open_duplicate(
-            uow, kind, request_id, WORK_STATES if actor.user_id == SYSTEM.user_id else OPEN_STATES
+            uow, request, WORK_STATES if actor.user_id == SYSTEM.user_id else OPEN_STATES
         )
         stored = uow.requests.add(request, idempotency_key)
         if stored.id != request.id:
@@ -220,15 +219,12 @@ def schedule_decision_timers(timers: Timers, settings: CoreSettings, request_id:
     timers.schedule("request.nudge", request_id, now + settings.policy.nudge_after)
 
 
-def _refuse_open_duplicate(
-    uow: UnitOfWork, kind: RequestKind, request_id: str, states: frozenset[RequestState] = OPEN_STATES
-) -> None:
-    subject = kind.subject()
-    if subject is None:
+def _refuse_open_duplicate(uow: UnitOfWork, request: Request, states: frozenset[RequestState]) -> None:
+    if request.subject is None:
         return
-    for other in uow.requests.list(states=sorted(states), limit=500):
-        if other.id != request_id and kinds.from_args(other.kind, other.args).subject() == subject:
-            raise SubjectBusy(f"{other.id} about the same thing is still open ({other.state.value}).")
+    newest = uow.requests.list(subject=request.subject, states=sorted(states), limit=1)
+    if newest:
+        raise SubjectBusy(newest[0].id, newest[0].state.value)
 
 
 def decide(

@@ -27,120 +27,26 @@ Secrets never enter the log: data keys that look like secrets are refused (calle
 from __future__ import annotations
 
 import csv
-import hashlib
 import hmac
 import io
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from handlers.model import Event, EventType
-from handlers.plan import JSON, canonical_json
-from provisioning import store
+from handlers.plan import canonical_json
+from provisioning.store import Database
+from provisioning.store.audit_chain import SqlAuditLog, check_no_secrets, compute_mac, iso
+from provisioning.store.schema import GENESIS_MAC, audit_events, audit_head
 
 __all__ = [
     "GENESIS_MAC", "SqlAuditLog", "VerifyResult", "check_no_secrets", "compute_mac", "export", "verify",
 ]
 
-GENESIS_MAC = store.GENESIS_MAC
-
-_SECRET_WORDS = ("password", "token", "secret", "hash", "kubeconfig")
-_ALLOWED_KEYS = frozenset({"fingerprint", "token_id"})
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _COLUMNS = ("seq", "at", "request_id", "type", "actor", "data", "prev_mac", "mac")
-
-
-def check_no_secrets(data: JSON, path: str = "data") -> None:
-    """Raise ``ValueError`` if any key, at any depth, looks like it holds a secret."""
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            name = str(key).lower()
-            if name not in _ALLOWED_KEYS and any(word in name for word in _SECRET_WORDS):
-                raise ValueError(f"audit data {path}.{key} looks like a secret; log a fingerprint instead")
-            check_no_secrets(value, f"{path}.{key}")
-    elif isinstance(data, list | tuple):
-        for i, value in enumerate(data):
-            check_no_secrets(value, f"{path}[{i}]")
-
-
-def _iso(at: datetime) -> str:
-    # Fixed precision and zone, so the text MACed at append is the text rebuilt at verify.
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def compute_mac(key: bytes, *, seq: int, at: datetime, request_id: str | None, type_: str, actor: str | None,
-                data: JSON, prev_mac: str) -> str:
-    body = canonical_json({"seq": seq, "at": _iso(at), "request_id": request_id, "type": type_,
-                           "actor": actor, "data": data})
-    return hmac.new(key, body.encode() + prev_mac.encode(), hashlib.sha256).hexdigest()
-
-
-class SqlAuditLog:
-    """``handlers.ports.AuditLog`` writing into the caller's transaction."""
-
-    def trail(self, request_id: str) -> list[Event]:
-        """The request's events in order, keeping only rows whose MAC this key computes: a row
-        edited or inserted without the key is left out, so it can authorize nothing. (A deleted
-        row does not show here; ``verify`` names it.)"""
-        events = store.audit_events
-        rows = self._conn.execute(
-            sa.select(events).where(events.c.request_id == request_id).order_by(events.c.seq)
-        )
-        trail = []
-        for row in rows:
-            mac = compute_mac(self._key, seq=row.seq, at=row.at, request_id=row.request_id, type_=row.type,
-                              actor=row.actor, data=row.data, prev_mac=row.prev_mac)
-            if not hmac.compare_digest(mac, row.mac):
-                continue
-            try:
-                type_ = EventType(row.type)
-            except ValueError:
-                continue
-            trail.append(Event(type_, row.request_id, row.at, row.actor, dict(row.data)))
-        return trail
-
-    def __init__(self, connection: Connection, key: bytes) -> None:
-        self._conn = connection
-        self._key = key
-
-    def append(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        prepared = []
-        for event in events:
-            if event.at.tzinfo is None:
-                raise ValueError(f"audit event {event.type} has a naive timestamp")
-            check_no_secrets(event.data)
-            # Through JSON and back: what is stored (tuples become lists, keys strings) is exactly
-            # what was MACed, so verify recomputes the same bytes.
-            data = json.loads(canonical_json(dict(event.data)))
-            prepared.append((event, data))
-        head = self._conn.execute(
-            sa.select(store.audit_head.c.seq, store.audit_head.c.mac)
-            .where(store.audit_head.c.id == 1)
-            .with_for_update()
-        ).first()
-        if head is None:
-            raise RuntimeError("the audit chain head row is missing: run `kfbot migrate`")
-        seq, prev = int(head.seq), str(head.mac)
-        rows: list[dict[str, Any]] = []
-        for event, data in prepared:
-            seq += 1
-            type_ = str(event.type.value)
-            mac = compute_mac(self._key, seq=seq, at=event.at, request_id=event.request_id, type_=type_,
-                              actor=event.actor, data=data, prev_mac=prev)
-            rows.append({"seq": seq, "at": event.at, "request_id": event.request_id, "type": type_,
-                         "actor": event.actor, "data": data, "prev_mac": prev, "mac": mac})
-            prev = mac
-        self._conn.execute(sa.insert(store.audit_events), rows)
-        self._conn.execute(
-            sa.update(store.audit_head).where(store.audit_head.c.id == 1).values(seq=seq, mac=prev)
-        )
 
 
 @dataclass(frozen=True)
@@ -154,7 +60,7 @@ class VerifyResult:
     problem: str
 
 
-def verify(source: Connection | store.Database, key: bytes, expect_head: str | None = None) -> VerifyResult:
+def verify(source: Connection | Database, key: bytes, expect_head: str | None = None) -> VerifyResult:
     """Walk the chain in ``seq`` order and name the first row that was edited, inserted or deleted.
 
     ``expect_head`` is a head MAC printed by an earlier verify: it must still be in the chain
@@ -170,7 +76,7 @@ def verify(source: Connection | store.Database, key: bytes, expect_head: str | N
 
 
 def _verify(conn: Connection, key: bytes, expect_head: str | None) -> VerifyResult:
-    events = store.audit_events
+    events = audit_events
     prev, expected, count = GENESIS_MAC, 1, 0
     seen_expected = expect_head is None or hmac.compare_digest(expect_head, GENESIS_MAC)
 
@@ -197,7 +103,7 @@ def _verify(conn: Connection, key: bytes, expect_head: str | None) -> VerifyResu
             seen_expected = True
     last = expected - 1
     head = conn.execute(
-        sa.select(store.audit_head.c.seq, store.audit_head.c.mac).where(store.audit_head.c.id == 1)
+        sa.select(audit_head.c.seq, audit_head.c.mac).where(audit_head.c.id == 1)
     ).first()
     if head is None:
         return bad(None, "the chain head row is missing")
@@ -221,7 +127,7 @@ def _cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
 
 
-def export(db: store.Database, fmt: str, since: datetime | None = None) -> Iterator[str]:
+def export(db: Database, fmt: str, since: datetime | None = None) -> Iterator[str]:
     """The log as lines (each ends with a newline), oldest first; ``since`` keeps rows at or after it.
 
     Rows are streamed: the read connection stays open until the iterator is exhausted or closed.
@@ -232,8 +138,8 @@ def export(db: store.Database, fmt: str, since: datetime | None = None) -> Itera
     return _export(db, fmt, since)
 
 
-def _export(db: store.Database, fmt: str, since: datetime | None) -> Iterator[str]:
-    events = store.audit_events
+def _export(db: Database, fmt: str, since: datetime | None) -> Iterator[str]:
+    events = audit_events
     query = sa.select(events).order_by(events.c.seq)
     if since is not None:
         query = query.where(events.c.at >= since)
@@ -251,7 +157,7 @@ def _export(db: store.Database, fmt: str, since: datetime | None) -> Iterator[st
         if fmt == "csv":
             yield csv_line(_COLUMNS)
         for row in conn.execute(query.execution_options(yield_per=1000)):
-            record = {"seq": row.seq, "at": _iso(row.at), "request_id": row.request_id, "type": row.type,
+            record = {"seq": row.seq, "at": iso(row.at), "request_id": row.request_id, "type": row.type,
                       "actor": row.actor, "data": row.data, "prev_mac": row.prev_mac, "mac": row.mac}
             if fmt == "jsonl":
                 yield canonical_json(record) + "\n"

@@ -85,7 +85,8 @@ class Backend:
         self._timer_handlers = dict(timer_handlers or {})
 
     def uow(self) -> SqlUnitOfWork:
-        return self.db.uow()
+        """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
+        return self.db.core_uow()
 
     # -- schema ----------------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -171,6 +172,12 @@ class Backend:
     def render_step(self, action: str, params: Mapping[str, JSON]) -> list[str]:
         """The calls and objects a step makes, as text (plans, cards, ``kfbot plan``)."""
         return dryrun.render(action, params)
+
+    def step_details(self, request_id: str) -> dict[int, dict[str, JSON]]:
+        """Step index -> the details its outcome recorded (what a delete kept, for its DM)."""
+        with self.db.uow() as uow:
+            records = uow.work.steps(request_id)
+        return {r.idx: dict(r.outcome.details) for r in records if r.outcome is not None}
 
     def workspaces(self, owner: str | None = None) -> list[dict[str, Any]]:
         with self.db.uow() as uow:

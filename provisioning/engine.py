@@ -49,7 +49,7 @@ from handlers.settings import CoreSettings
 from provisioning.actions import REQUEST_MARK, ActionRegistry
 from provisioning.metrics import CRASH, ERROR, OK, RETRY, Metrics
 from provisioning.settings import EngineSettings
-from provisioning.store import Database, LeaseLost, SqlUnitOfWork, StepRecord
+from provisioning.store import Database, LeaseLost, ProvisioningUnitOfWork, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,14 @@ class _Wait:
 
     retry_at: datetime
     reason: str
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A step (or an undo) failed for good: ``reason`` for people, and the first failure to record."""
+
+    reason: str
+    first_failure: datetime | None
 
 
 @dataclass
@@ -278,17 +286,8 @@ class Engine:
         attempts = record.attempts if record else 0
         first_failure = record.first_failure_at if record else None
         if record is None or record.status is not StepStatus.RUNNING:
-            self._record(
-                request,
-                idx,
-                step,
-                StepStatus.RUNNING,
-                attempts=attempts,
-                first_failure=first_failure,
-                event=self._step_event(
-                    EventType.STEP_STARTED, request, {"idx": idx, "key": step.key, "action": step.action}
-                ),
-            )
+            self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts,
+                         first_failure=first_failure, event=(EventType.STEP_STARTED, {"action": step.action}))
         # else: a retry (deferred, or resumed after a crash): its RUNNING record is already there.
         if action is None:
             return self._step_failed(
@@ -300,66 +299,20 @@ class Engine:
                 f"this bot has no implementation of `{step.action}`",
             )
         attempts += 1
-        started = time.monotonic()
-        try:
-            outcome = self._with_heartbeat(request, lambda: action.ensure(marked(step, request)))
-        except errors.TemporaryError as exc:
-            self.metrics.step_attempt(step.action, time.monotonic() - started, RETRY)
-            now = self.clock.now()
-            first_failure = first_failure or now
-            if now - first_failure >= self.settings.step_deadline:
-                return self._step_failed(
-                    request,
-                    idx,
-                    step,
-                    attempts,
-                    first_failure,
-                    f"{exc.user_message} (still failing after {self.settings.step_deadline})",
-                )
-            self._record(
-                request,
-                idx,
-                step,
-                StepStatus.RUNNING,
-                attempts=attempts,
-                first_failure=first_failure,
-                error=exc.user_message,
-            )
-            return _Wait(self._retry_at(now, exc, attempts), exc.user_message)
-        except errors.KfError as exc:
-            self.metrics.step_attempt(step.action, time.monotonic() - started, ERROR)
-            return self._step_failed(request, idx, step, attempts, first_failure, exc.user_message)
-        except LeaseLost:
-            raise
-        except Exception:
-            self.metrics.step_attempt(step.action, time.monotonic() - started, CRASH)
-            log.exception(
-                "step %s of %s crashed",
-                step.key,
-                request.id,
-                extra={"correlation_id": request.correlation_id},
-            )
-            return self._step_failed(
-                request,
-                idx,
-                step,
-                attempts,
-                first_failure,
-                f"an unexpected error (ref {request.correlation_id})",
-            )
-        self.metrics.step_attempt(step.action, time.monotonic() - started, OK)
-        self._record(
-            request,
-            idx,
-            step,
-            StepStatus.DONE,
-            outcome=outcome,
-            attempts=attempts,
-            first_failure=first_failure,
-            event=self._step_event(
-                EventType.STEP_SUCCEEDED, request, {"idx": idx, "key": step.key, "created": outcome.created}
-            ),
-        )
+
+        def wait(first_failure: datetime, message: str) -> None:
+            self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts,
+                         first_failure=first_failure, error=message)
+
+        result = self._attempt(request, step, lambda: action.ensure(marked(step, request)), "step",
+                               attempts=attempts, first_failure=first_failure, wait=wait, metered=True)
+        if isinstance(result, _Wait):
+            return result
+        if isinstance(result, _Failed):
+            return self._step_failed(request, idx, step, attempts, result.first_failure, result.reason)
+        self._record(request, idx, step, StepStatus.DONE, outcome=result, attempts=attempts,
+                     first_failure=first_failure,
+                     event=(EventType.STEP_SUCCEEDED, {"created": result.created}))
         return None
 
     def _step_failed(
@@ -380,22 +333,9 @@ class Engine:
             reason,
             extra={"correlation_id": request.correlation_id, "request_id": request.id},
         )
-        self._record(
-            request,
-            idx,
-            step,
-            StepStatus.FAILED,
-            attempts=attempts,
-            first_failure=first_failure,
-            error=reason,
-            event=self._step_event(
-                EventType.STEP_FAILED, request, {"idx": idx, "key": step.key, "error": reason}
-            ),
-        )
+        self._record(request, idx, step, StepStatus.FAILED, attempts=attempts, first_failure=first_failure,
+                     error=reason, event=(EventType.STEP_FAILED, {"error": reason}))
         return reason
-
-    def _step_event(self, type_: EventType, request: Request, data: dict[str, JSON]) -> Event:
-        return Event(type_, request.id, self.clock.now(), None, data)
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.settings.retry_max, self.settings.retry_initial * 2 ** (attempts - 1)))
@@ -439,19 +379,9 @@ class Engine:
             # the bot made is told as "undone" (a removal's undo restores nothing, and a step
             # that found its object had nothing to undo).
             restored = outcome.created and not step.action.endswith(REMOVAL_SUFFIX)
-            self._record(
-                request,
-                record.idx,
-                step,
-                StepStatus.UNDONE,
-                outcome=outcome,
-                attempts=record.attempts,
-                event=self._step_event(
-                    EventType.STEP_UNDONE, request, {"idx": record.idx, "key": step.key, "removed": True}
-                )
-                if restored
-                else None,
-            )
+            self._record(request, record.idx, step, StepStatus.UNDONE, outcome=outcome,
+                         attempts=record.attempts,
+                         event=(EventType.STEP_UNDONE, {"removed": True}) if restored else None)
         before = request.version
         now = self.clock.now()
         if problems:
@@ -479,38 +409,69 @@ class Engine:
 
         undoing = record.error is not None
         attempts = (record.attempts if undoing else 0) + 1
-        first_failure = record.first_failure_at if undoing else None
+
+        def wait(first_failure: datetime, message: str) -> None:
+            self._record(request, idx, step, StepStatus.DONE, outcome=outcome, attempts=attempts,
+                         first_failure=first_failure, error=f"undo: {message}")
+
+        result = self._attempt(request, step, undo, "undo", attempts=attempts,
+                               first_failure=record.first_failure_at if undoing else None, wait=wait,
+                               metered=False)
+        if isinstance(result, _Wait):
+            return result
+        return result.reason if isinstance(result, _Failed) else None
+
+    def _attempt(
+        self,
+        request: Request,
+        step: Step,
+        call: Callable[[], StepOutcome],
+        what: str,
+        *,
+        attempts: int,
+        first_failure: datetime | None,
+        wait: Callable[[datetime, str], None],
+        metered: bool,
+    ) -> StepOutcome | _Wait | _Failed:
+        """The ``attempts``-th try at a step's ensure or undo (``what``), under a heartbeat, and the
+        ladder both share: a temporary error is recorded by ``wait(first_failure, message)`` and
+        defers the request (capped backoff) until ``step_deadline`` after its first failure, then
+        counts as permanent like any ``KfError``; an unexpected error is permanent too (logged with
+        its traceback); ``LeaseLost`` goes up: another worker owns the request now."""
+        started = time.monotonic()
+
+        def meter(result: str) -> None:
+            if metered:
+                self.metrics.step_attempt(step.action, time.monotonic() - started, result)
+
         try:
-            self._with_heartbeat(request, undo)
-            return None
+            outcome = self._with_heartbeat(request, call)
         except errors.TemporaryError as exc:
+            meter(RETRY)
             now = self.clock.now()
             first_failure = first_failure or now
             if now - first_failure >= self.settings.step_deadline:
-                return exc.user_message
-            self._record(
-                request,
-                idx,
-                step,
-                StepStatus.DONE,
-                outcome=outcome,
-                attempts=attempts,
-                first_failure=first_failure,
-                error=f"undo: {exc.user_message}",
-            )
+                return _Failed(f"{exc.user_message} (still failing after {self.settings.step_deadline})",
+                               first_failure)
+            wait(first_failure, exc.user_message)
             return _Wait(self._retry_at(now, exc, attempts), exc.user_message)
         except errors.KfError as exc:
-            return exc.user_message
+            meter(ERROR)
+            return _Failed(exc.user_message, first_failure)
         except LeaseLost:
             raise
         except Exception:
+            meter(CRASH)
             log.exception(
-                "undo of %s for %s crashed",
+                "%s of step %s of %s crashed",
+                what,
                 step.key,
                 request.id,
                 extra={"correlation_id": request.correlation_id},
             )
-            return f"an unexpected error (ref {request.correlation_id})"
+            return _Failed(f"an unexpected error (ref {request.correlation_id})", first_failure)
+        meter(OK)
+        return outcome
 
     # -- persistence ---------------------------------------------------------------------------
     def _steps(self, request_id: str) -> list[StepRecord]:
@@ -528,8 +489,13 @@ class Engine:
         first_failure: datetime | None = None,
         outcome: StepOutcome | None = None,
         error: str | None = None,
-        event: Event | None = None,
+        event: tuple[EventType, dict[str, JSON]] | None = None,
     ) -> None:
+        """Write step ``idx``'s record; ``event`` (its type and data beside the step's idx and key)
+        goes to the audit log in the same transaction and is then announced."""
+        events = [] if event is None else [
+            Event(event[0], request.id, self.clock.now(), None, {"idx": idx, "key": step.key, **event[1]})
+        ]
         with self.db.uow() as uow:
             uow.work.record_step(
                 request.id,
@@ -544,17 +510,15 @@ class Engine:
                 attempts=attempts,
                 first_failure_at=first_failure,
             )
-            if event is not None:
-                uow.audit.append([event])
+            uow.audit.append(events)
             uow.commit()
-        if event is not None:
-            self._notify(request, [event])
+        self._notify(request, events)
 
     def _save(
         self,
         request: Request,
         expected_version: int,
-        on_commit: Callable[[SqlUnitOfWork], None] | None = None,
+        on_commit: Callable[[ProvisioningUnitOfWork], None] | None = None,
     ) -> None:
         events = request.take_events()
         with self.db.uow() as uow:
@@ -568,7 +532,7 @@ class Engine:
     def _notify(self, request: Request, events: list[Event]) -> None:
         services.announce(self.db.uow, self.notifier, self.clock, request, events)
 
-    def _record_success(self, uow: SqlUnitOfWork, request: Request, now: datetime) -> None:
+    def _record_success(self, uow: ProvisioningUnitOfWork, request: Request, now: datetime) -> None:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was applied."""
         kind = kinds.from_args(request.kind, request.args)
         outcomes = {r.idx: r.outcome for r in uow.work.steps(request.id)}
@@ -594,7 +558,7 @@ Outcomes = Mapping[int, StepOutcome | None]
 
 
 def _quota_revert(
-    uow: SqlUnitOfWork, ref: str, resource: str, request: Request, outcomes: Outcomes
+    uow: ProvisioningUnitOfWork, ref: str, resource: str, request: Request, outcomes: Outcomes
 ) -> dict[str, JSON]:
     """What a temporary quota change reverts at expiry: ``set`` (the value it set, to notice a
     change made since) and ``previous`` (the value to restore). Raising again while a raise is
@@ -610,13 +574,13 @@ def _quota_revert(
 
 
 def _no_update(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     return None
 
 
 def _workspace_created(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.WorkspaceCreate)
     created = {
@@ -631,7 +595,7 @@ def _workspace_created(
 
 
 def _workspace_deleted(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.WorkspaceDelete)
     uow.registry.mark_workspace_deleted(kind.name, now)
@@ -640,7 +604,7 @@ def _workspace_deleted(
 
 
 def _workspace_pinned(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     """Record the pinned PodDefault and nodegroup taints over the create-time params, so the next
     ``pin --all`` passes the workspace by and the registry says what the objects are now."""
@@ -664,7 +628,7 @@ def _workspace_pinned(
 
 
 def _granted(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.Share)
     expires = now + kind.duration if kind.duration else None
@@ -676,7 +640,7 @@ def _granted(
 
 
 def _ungranted(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.Unshare)
     uow.registry.delete_grant(kind.workspace, str(request.plan.steps[0].params["user"]))
@@ -684,7 +648,7 @@ def _ungranted(
 
 
 def _token_issued(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.TokenIssue)
     params = request.plan.steps[0].params
@@ -702,7 +666,7 @@ def _token_issued(
 
 
 def _token_revoked(
-    uow: SqlUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
+    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
 ) -> None:
     assert isinstance(kind, kinds.TokenRevoke)
     uow.registry.revoke_token(kind.token_id, now)
@@ -710,7 +674,7 @@ def _token_revoked(
 
 
 _REGISTRY_UPDATES: Mapping[
-    str, Callable[[SqlUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]
+    str, Callable[[ProvisioningUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]
 ] = {
     kinds.WorkspaceCreate.KIND: _workspace_created,
     kinds.WorkspaceDelete.KIND: _workspace_deleted,

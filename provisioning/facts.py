@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from handlers import errors, kinds
-from handlers.model import SYSTEM, EventType, RequestState
+from handlers.model import SYSTEM, EventType, Request, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
-from provisioning.store import Database
+from provisioning.store import Database, SqlUnitOfWork
 
 
 class LiveWorkspaces(Protocol):
@@ -75,7 +75,7 @@ class RegistryFacts:
         )
 
     @staticmethod
-    def _check_owner(uow: Any, row: dict[str, Any]) -> None:
+    def _check_owner(uow: SqlUnitOfWork, row: dict[str, Any]) -> None:
         """The owner decides who gets in without an admin, so the registry's owner must be the one
         the workspace's create request recorded in the audit log (rows written with the key): an
         owner edited in the database gets no owner rights."""
@@ -99,21 +99,25 @@ class RegistryFacts:
             )
 
     @staticmethod
-    def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+    def _quota_changes(uow: SqlUnitOfWork, name: str, limit: int | None) -> list[Request]:
+        """The applied quota changes of workspace ``name``, newest first (an indexed lookup)."""
+        return uow.requests.list(kind=kinds.QuotaChange.KIND, subject=kinds.quota_subject(name),
+                                 states=[RequestState.SUCCEEDED], limit=limit)
+
+    @classmethod
+    def _last_quota(cls, uow: SqlUnitOfWork, name: str, row: dict[str, Any]) -> dict[str, str]:
         # Without a cluster to ask, the quota is what the last applied change set, in this
         # workspace: not one of an earlier workspace of the same name.
-        for request in uow.requests.list(
-            kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
-        ):
-            if request.args.get("workspace") == name and request.created_at >= row["created_at"]:
-                return dict(request.plan.steps[0].params["hard"])
+        last = cls._quota_changes(uow, name, limit=1)
+        if last and last[0].created_at >= row["created_at"]:
+            return dict(last[0].plan.steps[0].params["hard"])
         for entry in row["created"].values():
             if entry["action"] == "kubeflow.profile":
                 return dict(entry["params"]["hard"])
         return {}
 
-    @staticmethod
-    def _quota_baseline(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+    @classmethod
+    def _quota_baseline(cls, uow: SqlUnitOfWork, name: str, row: dict[str, Any]) -> dict[str, str]:
         """Per resource, the quota a person last approved: the value set by the newest lasting
         change an admin decided, else the Profile's quota at creation. The owner's self-service
         raises (auto-applied), the bot's reverts and temporary raises never move it, so repeated
@@ -123,10 +127,8 @@ class RegistryFacts:
             if entry["action"] == "kubeflow.profile":
                 baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
         decided: dict[str, str] = {}
-        for request in uow.requests.list(  # newest first
-            kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
-        ):
-            if request.args.get("workspace") != name or request.created_at < row["created_at"]:
+        for request in cls._quota_changes(uow, name, limit=None):  # newest first
+            if request.created_at < row["created_at"]:
                 continue
             if request.decided_by in (None, SYSTEM.user_id):
                 continue  # applied without a person's decision: self-service or an expiry

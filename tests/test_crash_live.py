@@ -102,7 +102,7 @@ class Live:
             return uow.requests.get(request_id)
 
     def steps(self, request_id: str) -> dict[int, StepRecord]:
-        with self.backend.uow() as uow:
+        with self.backend.db.uow() as uow:
             return {r.idx: r for r in uow.work.steps(request_id)}
 
     # -- what the world holds --------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_killed_worker_is_resumed_after_its_lease(db_url: str, tmp_path: Path, k
         worker.send_signal(signal.SIGKILL)
         worker.wait()
 
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         before = {r.key: r.status for r in uow.work.steps(rid)}
     killed_step = {"dex.user": f"DexUser/{ALICE.email}", "aws.bucket": "Bucket/kf-team-a"}[killed_at]
     assert before[killed_step] is StepStatus.RUNNING, "the step was recorded as started before its call"
@@ -53,7 +53,7 @@ def test_killed_worker_is_resumed_after_its_lease(db_url: str, tmp_path: Path, k
     stack.clock.advance(timedelta(seconds=31))
     assert stack.run() == 1
     assert stack.request(rid).state is RequestState.SUCCEEDED
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         after = {r.key: r for r in uow.work.steps(rid)}
     assert all(r.status is StepStatus.DONE for r in after.values())
     assert before["Profile/team-a"] is StepStatus.DONE

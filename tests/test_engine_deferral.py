@@ -56,7 +56,7 @@ def test_a_deferred_request_does_not_block_the_others(db_url: str) -> None:
     assert stack.request(other).state is RequestState.SUCCEEDED
     assert stack.request(waiting).state is RequestState.APPLYING
     assert stack.clock.slept == [], "nobody slept through the wait"
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         steps = uow.work.steps(waiting)
         claimed_by, retry_at = uow.work.claim_of(waiting)
     assert [s.status for s in steps] == [StepStatus.DONE, StepStatus.DONE, StepStatus.RUNNING]
@@ -92,6 +92,6 @@ def test_a_deferred_request_is_not_claimable_by_another_worker_before_its_retry_
     stack.clock.advance(timedelta(seconds=1))
     assert second.run() == 1
     assert second.request(waiting).state is RequestState.SUCCEEDED
-    with second.backend.uow() as uow:
+    with second.backend.db.uow() as uow:
         assert uow.work.claim_of(waiting) == (None, None)
         assert uow.work.steps(waiting)[2].attempts == 2

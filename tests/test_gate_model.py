@@ -166,7 +166,7 @@ class GateMachine(RuleBasedStateMachine):
 
     def _apply_succeeded(self) -> None:
         """Bring the oracle's view of owners and grants up to date with what succeeded."""
-        with self.stack.backend.uow() as uow:
+        with self.stack.backend.db.uow() as uow:
             for ws in uow.registry.list_workspaces():
                 self.oracle.owners[ws["name"]] = ws["owner"]
                 self.oracle.contributors[ws["name"]] = {
@@ -212,7 +212,7 @@ class GateMachine(RuleBasedStateMachine):
 
     @rule(who=who, data=st.data())
     def revoke(self, who: str, data: st.DataObject) -> None:
-        with self.stack.backend.uow() as uow:
+        with self.stack.backend.db.uow() as uow:
             active = sorted(t["token_id"] for ws in WORKSPACES for t in uow.registry.tokens_in(ws))
         if active:
             self._submit(who, kinds.TokenRevoke(data.draw(st.sampled_from(active))))
@@ -366,7 +366,7 @@ class GateMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_token_outlives_its_access(self) -> None:
-        with self.stack.backend.uow() as uow:
+        with self.stack.backend.db.uow() as uow:
             live = {w["name"] for w in uow.registry.list_workspaces()}
             for ws in (*WORKSPACES, "new-ws"):
                 for token in uow.registry.tokens_in(ws):

@@ -183,7 +183,7 @@ class Live:
         return dict(profile["spec"]["resourceQuotaSpec"]["hard"])
 
     def grants(self) -> dict[str, dict[str, Any]]:
-        with self.backend.uow() as uow:
+        with self.backend.db.uow() as uow:
             return {g["user"]: g for g in uow.registry.grants(NS)}
 
     def audit(self) -> list[dict[str, Any]]:
@@ -471,7 +471,7 @@ def test_an_expiry_waits_for_a_request_being_applied_about_the_same_grant(live: 
     live.clock.advance(timedelta(days=1, minutes=1))
     services.decide(live.core, ADMIN, asked.id, approve=True, decision_key="t")  # approved, not yet applied
     assert live.backend.sweep_timers(lambda k, r, p: services.handle_timer(live.core, k, r, p)) == 1
-    with live.backend.uow() as uow:
+    with live.backend.db.uow() as uow:
         due = uow.connection.execute(
             sa.select(store.timers.c.due_at).where(
                 store.timers.c.kind == "grant.expire", store.timers.c.done_at.is_(None)

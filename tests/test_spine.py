@@ -29,7 +29,7 @@ def submit(stack: Stack, kind: kinds.RequestKind = WORKSPACE, key: str | None = 
 
 
 def step_statuses(stack: Stack, request_id: str) -> list[StepStatus]:
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         return [r.status for r in uow.work.steps(request_id)]
 
 
@@ -182,12 +182,12 @@ def run_deferred(stack: Stack, rid: str, limit: int = 500) -> list[float]:
         stack.run()
         if stack.request(rid).state in finished:
             return waits
-        with stack.backend.uow() as uow:
+        with stack.backend.db.uow() as uow:
             claimed_by, retry_at = uow.work.claim_of(rid)
         assert claimed_by is None and retry_at is not None, "a waiting request holds no claim"
         now = stack.clock.now()
         assert retry_at > now
-        with stack.backend.uow() as uow:
+        with stack.backend.db.uow() as uow:
             assert uow.work.claim_request("impatient", now, now + timedelta(seconds=30)) is None
         waits.append((retry_at - now).total_seconds())
         stack.clock.advance(retry_at - now)
@@ -202,7 +202,7 @@ def test_temporary_errors_retry_with_capped_backoff(stack: Stack) -> None:
     assert stack.request(rid).state is RequestState.SUCCEEDED
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert stack.clock.slept == [], "no worker slept through a backoff"
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         assert uow.work.steps(rid)[2].attempts == 6
     assert stack.notifier.types_for(rid).count(EventType.STEP_STARTED.value) == 3, "once per step"
 
@@ -271,14 +271,14 @@ def test_a_worker_that_lost_its_lease_records_nothing(stack: Stack) -> None:
     rid = submit(stack)
     stack.approve(rid)
     now = stack.clock.now()
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         claimed = uow.work.claim_request("stale-worker", now, now + timedelta(seconds=30))
         uow.commit()
     assert claimed is not None and claimed.id == rid
     stack.clock.advance(timedelta(seconds=31))
     assert stack.run() == 1, "the lease expired: another worker takes the request"
     assert stack.request(rid).state is RequestState.SUCCEEDED
-    with pytest.raises(LeaseLost), stack.backend.uow() as uow:
+    with pytest.raises(LeaseLost), stack.backend.db.uow() as uow:
         uow.work.record_step(
             rid,
             "stale-worker",

@@ -735,3 +735,11 @@ def test_sqlite_process_is_always_the_leader(sqlite_url: str) -> None:
     assert election.try_acquire() and election.still_leader() and election.is_leader
     election.release()
     assert not election.is_leader
+
+
+def test_the_cores_unit_of_work_has_only_what_the_port_declares(database: Database) -> None:
+    with database.core_uow() as uow:
+        assert not hasattr(uow, "work") and not hasattr(uow, "registry")
+        assert uow.requests.list() == []
+    with database.uow() as uow:  # provisioning's own view of the same transaction
+        assert uow.work.steps("R1") == [] and uow.registry.list_workspaces() == []

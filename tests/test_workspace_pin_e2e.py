@@ -64,7 +64,7 @@ def made_before_pinning(stack: LiveStack) -> None:
     assert poddefault is not None
     poddefault["spec"]["tolerations"] = [GPU_TOLERATION]
     stack.apiserver.seed(poddefault)
-    with stack.backend.uow() as uow:
+    with stack.backend.db.uow() as uow:
         row = uow.registry.get_workspace("team-a")
         created = dict(row["created"])
         created[f"Nodegroup/{NODEGROUP}"]["params"]["taints"] = [GPU_TAINT]

@@ -1,0 +1,686 @@
+"""Repositories over one unit of work's connection: requests and their keys, timers, the step
+engine's leases and outcomes, and the registry of what the bot made.
+
+Leases for work: a worker claims a request or a timer by setting ``claimed_by`` and
+``lease_until`` in a short transaction; on PostgreSQL the candidate row is picked with ``SELECT …
+FOR UPDATE SKIP LOCKED`` so two workers never wait on, or both take, the same row. Every write a
+worker makes afterwards (``save_claimed``, ``record_step``) first re-reads the claim under a row
+lock in the same transaction, so a worker whose lease expired (and was taken over) writes nothing
+and gets ``LeaseLost``.
+
+Optimistic versions for decisions: ``save`` is ``UPDATE … WHERE id = :id AND version =
+:expected``; a zero rowcount means another writer won (``StaleVersion``). On PostgreSQL the second
+UPDATE waits for the first one's row lock and then re-checks the version, so of two admins
+approving at once exactly one succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from handlers import errors
+from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Request, RequestState
+from handlers.plan import JSON, Plan, StepOutcome, StepStatus
+from provisioning.store.schema import (
+    decision_keys,
+    grants,
+    idempotency_keys,
+    requests,
+    step_outcomes,
+    timers,
+    tokens,
+    workspaces,
+)
+
+
+class LeaseLost(errors.StaleVersion):
+    """The worker's claim on a request expired or was taken over; it must stop and write nothing."""
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The persisted progress of one plan step (``idx`` is its position in the plan)."""
+
+    idx: int
+    key: str
+    action: str
+    status: StepStatus
+    outcome: StepOutcome | None
+    error: str | None
+    attempts: int
+    started_at: datetime
+    first_failure_at: datetime | None
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    id: int
+    kind: str
+    ref: str
+    due_at: datetime
+    payload: dict[str, JSON]
+    attempts: int
+    last_error: str | None
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _upsert(
+    conn: Connection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    conflict: Sequence[str],
+    update: Mapping[str, Any],
+    where: sa.ColumnElement[bool] | None = None,
+) -> None:
+    """INSERT … ON CONFLICT (conflict) [WHERE where] DO UPDATE SET update: one atomic statement on
+    both backends, so two writers of the same key cannot both insert."""
+    if conn.dialect.name == "postgresql":
+        pg = postgresql.insert(table).values(dict(values))
+        conn.execute(pg.on_conflict_do_update(index_elements=list(conflict), index_where=where,
+                                              set_=dict(update)))
+    elif conn.dialect.name == "sqlite":
+        lite = sqlite.insert(table).values(dict(values))
+        conn.execute(lite.on_conflict_do_update(index_elements=list(conflict), index_where=where,
+                                                set_=dict(update)))
+    else:  # pragma: no cover - the URL check in Database refuses other backends
+        raise NotImplementedError(conn.dialect.name)
+
+
+def _slots(request: Request) -> dict[str, bool]:
+    """The subject slots a new request takes (``schema.uq_requests_subject_*``): a person's open
+    request the open slot, any request inserted in a work state the work slot."""
+    subject = request.subject is not None
+    return {
+        "holds_open": subject and request.requester_id != SYSTEM.user_id and request.state in OPEN_STATES,
+        "holds_work": subject and request.state in WORK_STATES,
+    }
+
+
+def _request_values(request: Request) -> dict[str, Any]:
+    return {
+        "kind": request.kind,
+        "args": dict(request.args),
+        "subject": request.subject,
+        "requester_id": request.requester_id,
+        "requester_email": request.requester_email,
+        "state": request.state.value,
+        "version": request.version,
+        "plan": request.plan.to_json(),
+        "plan_digest": request.plan_digest,
+        "decided_by": request.decided_by,
+        "decided_at": request.decided_at,
+        "reason": request.reason,
+        "error": request.error,
+        "correlation_id": request.correlation_id,
+        "created_at": request.created_at,
+        "updated_at": request.updated_at,
+    }
+
+
+def _to_request(row: sa.Row[Any]) -> Request:
+    return Request(
+        id=row.id,
+        kind=row.kind,
+        args=row.args,
+        requester_id=row.requester_id,
+        requester_email=row.requester_email,
+        plan=Plan.from_json(row.plan),
+        created_at=row.created_at,
+        state=RequestState(row.state),
+        version=row.version,
+        plan_digest=row.plan_digest,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
+        reason=row.reason,
+        error=row.error,
+        correlation_id=row.correlation_id,
+        updated_at=row.updated_at,
+        subject=row.subject,
+    )
+
+
+class Tx:
+    """The connection of the enclosing unit of work, shared by its repositories."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+
+# -- repositories ---------------------------------------------------------------------------------
+
+
+class SqlRequestRepository:
+    """``handlers.ports.RequestRepository`` over the ``requests`` and ``idempotency_keys`` tables."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    def add(self, request: Request, idempotency_key: str | None = None) -> Request:
+        conn = self._tx.conn
+        try:
+            # A SAVEPOINT, so a duplicate key undoes only this insert and the caller's transaction
+            # (with whatever it wrote before) stays usable.
+            with conn.begin_nested():
+                conn.execute(
+                    sa.insert(requests).values(id=request.id, **_request_values(request), **_slots(request))
+                )
+                if idempotency_key is not None:
+                    conn.execute(
+                        sa.insert(idempotency_keys).values(key=idempotency_key, request_id=request.id)
+                    )
+        except IntegrityError:
+            if idempotency_key is not None:
+                # On PostgreSQL a concurrent insert of the same key waits for the other transaction
+                # and then fails; the stored request is visible to this next statement.
+                stored = self.find_by_key(idempotency_key)
+                if stored is not None:
+                    return stored
+            holder = self._slot_holder(request)
+            if holder is not None:
+                # A concurrent submission about the same subject committed first (the unique index
+                # made this INSERT wait for it); READ COMMITTED shows it to this next statement.
+                raise errors.SubjectBusy(holder.id, holder.state.value) from None
+            raise
+        return request
+
+    def _slot_holder(self, request: Request) -> Request | None:
+        slots = [requests.c[name] for name, taken in _slots(request).items() if taken]
+        if not slots:
+            return None
+        row = self._tx.conn.execute(
+            sa.select(requests).where(requests.c.subject == request.subject, sa.or_(*slots))
+        ).first()
+        return None if row is None else _to_request(row)
+
+    def find_by_key(self, idempotency_key: str) -> Request | None:
+        row = self._tx.conn.execute(
+            sa.select(requests)
+            .join(idempotency_keys, idempotency_keys.c.request_id == requests.c.id)
+            .where(idempotency_keys.c.key == idempotency_key)
+        ).first()
+        return None if row is None else _to_request(row)
+
+    def get(self, request_id: str) -> Request:
+        row = self._tx.conn.execute(sa.select(requests).where(requests.c.id == request_id)).first()
+        if row is None:
+            raise errors.NotFound(f"There is no request {request_id}.")
+        return _to_request(row)
+
+    def save(self, request: Request, expected_version: int) -> None:
+        values = _request_values(request)
+        del values["created_at"]  # immutable once written
+        # Leaving the states that hold a subject slot gives it up; nothing takes one after the insert.
+        if request.state not in OPEN_STATES:
+            values["holds_open"] = False
+        if request.state not in WORK_STATES:
+            values["holds_work"] = False
+        result = self._tx.conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == request.id, requests.c.version == expected_version)
+            .values(**values)
+        )
+        if result.rowcount == 0:
+            self.get(request.id)  # NotFound when it does not exist at all
+            raise errors.StaleVersion(f"{request.id} was changed by someone else; reload it.")
+
+    def set_card(self, request_id: str, channel: str, ts: str) -> None:
+        result = self._tx.conn.execute(
+            sa.update(requests).where(requests.c.id == request_id).values(card_channel=channel, card_ts=ts)
+        )
+        if result.rowcount == 0:
+            raise errors.NotFound(f"There is no request {request_id}.")
+
+    def card(self, request_id: str) -> tuple[str, str] | None:
+        row = self._tx.conn.execute(
+            sa.select(requests.c.card_channel, requests.c.card_ts).where(requests.c.id == request_id)
+        ).first()
+        if row is None or row.card_channel is None or row.card_ts is None:
+            return None
+        return (row.card_channel, row.card_ts)
+
+    # Last, so that ``list`` below does not shadow the builtin in the annotations above.
+    def list(
+        self,
+        *,
+        requester_id: str | None = None,
+        states: Sequence[RequestState] | None = None,
+        kind: str | None = None,
+        subject: str | None = None,
+        limit: int | None = 50,
+    ) -> list[Request]:
+        query = sa.select(requests)
+        if requester_id is not None:
+            query = query.where(requests.c.requester_id == requester_id)
+        if states is not None:
+            query = query.where(requests.c.state.in_([RequestState(s).value for s in states]))
+        if kind is not None:
+            query = query.where(requests.c.kind == kind)
+        if subject is not None:
+            query = query.where(requests.c.subject == subject)
+        query = query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit)
+        return [_to_request(row) for row in self._tx.conn.execute(query)]
+
+
+class SqlDecisionKeys:
+    """``handlers.ports.DecisionKeys``: the primary key is the guard against a second decision."""
+
+    def __init__(self, tx: Tx, now: Callable[[], datetime]) -> None:
+        self._tx = tx
+        self._now = now
+
+    def claim(self, key: str, request_id: str) -> bool:
+        conn = self._tx.conn
+        try:
+            with conn.begin_nested():  # SAVEPOINT: a duplicate must not poison the caller's transaction
+                conn.execute(
+                    sa.insert(decision_keys).values(key=key, request_id=request_id, created_at=self._now())
+                )
+        except IntegrityError:
+            return False
+        return True
+
+
+class SqlTimers:
+    """``handlers.ports.Timers``: one pending row per (kind, ref), enforced by a partial unique index."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    def schedule(self, kind: str, ref: str, due_at: datetime, payload: dict[str, JSON] | None = None) -> None:
+        body = dict(payload or {})
+        # Moving a pending timer also releases any claim on it: a handler that reschedules the
+        # timer it is running (a nudge) keeps the moved row, because finish_timer then no longer
+        # finds its claim and leaves the row pending.
+        _upsert(
+            self._tx.conn,
+            timers,
+            {"kind": kind, "ref": ref, "due_at": due_at, "payload": body, "attempts": 0},
+            conflict=["kind", "ref"],
+            update={"due_at": due_at, "payload": body, "claimed_by": None, "lease_until": None,
+                    "attempts": 0, "last_error": None},
+            where=timers.c.done_at.is_(None),
+        )
+
+    def pending_payload(self, kind: str, ref: str) -> dict[str, JSON] | None:
+        """The payload of the pending timer (kind, ref), or None when there is none."""
+        row = self._tx.conn.execute(
+            sa.select(timers.c.payload).where(timers.c.kind == kind, timers.c.ref == ref,
+                                              timers.c.done_at.is_(None))
+        ).first()
+        return None if row is None else dict(row.payload)
+
+    def cancel(self, kind: str, ref: str) -> None:
+        # Delete rather than mark done: a cancelled timer never fired, and the audit log (not this
+        # table) is the history.
+        self._tx.conn.execute(
+            sa.delete(timers).where(timers.c.kind == kind, timers.c.ref == ref, timers.c.done_at.is_(None))
+        )
+
+
+class SqlWork:
+    """What the step engine and the timer sweeper need: leases, step outcomes, due timers."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    # -- requests -----------------------------------------------------------------------------
+    def claim_request(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        states: Collection[RequestState] = WORK_STATES,
+    ) -> Request | None:
+        """Claim the oldest request in ``states`` whose lease is free, expired or already ours.
+
+        An unclaimed row with a ``lease_until`` is a *deferred* request (``defer``): it waits for
+        that time (its ``retry_at``) before anyone may take it."""
+        conn = self._tx.conn
+        row = conn.execute(
+            sa.select(requests)
+            .where(
+                requests.c.state.in_([RequestState(s).value for s in states]),
+                sa.or_(
+                    requests.c.lease_until.is_(None),
+                    sa.and_(requests.c.claimed_by.is_(None), requests.c.lease_until <= now),
+                    requests.c.lease_until < now,
+                    requests.c.claimed_by == worker_id,
+                ),
+            )
+            .order_by(requests.c.created_at, requests.c.id)
+            .limit(1)
+            # SKIP LOCKED: a row another worker is claiming right now is simply not a candidate
+            # (rendered only on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises claims).
+            .with_for_update(skip_locked=True)
+        ).first()
+        if row is None:
+            return None
+        # attempts counts take-ups by a worker, not a worker's renewals of its own claim.
+        attempts = row.attempts if row.claimed_by == worker_id else row.attempts + 1
+        conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == row.id)
+            .values(claimed_by=worker_id, lease_until=lease_until, attempts=attempts)
+        )
+        return _to_request(row)
+
+    def renew(self, request_id: str, worker_id: str, now: datetime, lease_until: datetime) -> bool:
+        """Extend the lease; False when it is no longer ours or already expired."""
+        result = self._tx.conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == request_id, requests.c.claimed_by == worker_id,
+                   requests.c.lease_until >= now)
+            .values(lease_until=lease_until)
+        )
+        return result.rowcount == 1
+
+    def release(self, request_id: str, worker_id: str) -> None:
+        self._tx.conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == request_id, requests.c.claimed_by == worker_id)
+            .values(claimed_by=None, lease_until=None)
+        )
+
+    def defer(self, request_id: str, worker_id: str, now: datetime, retry_at: datetime) -> None:
+        """Give up our claim but keep the request unclaimable until ``retry_at`` (a step waits:
+        throttling, a rollout, a namespace not there yet), so the worker takes other work
+        meanwhile. ``LeaseLost`` (and nothing written) if the claim is no longer ours."""
+        self._check_claim(request_id, worker_id, now)
+        self._tx.conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == request_id, requests.c.claimed_by == worker_id)
+            .values(claimed_by=None, lease_until=retry_at)
+        )
+
+    def claim_of(self, request_id: str) -> tuple[str | None, datetime | None]:
+        """``(claimed_by, lease_until)`` of a request: who holds it until when, or, unclaimed with
+        a time, when a deferred request may be taken again."""
+        row = self._tx.conn.execute(
+            sa.select(requests.c.claimed_by, requests.c.lease_until).where(requests.c.id == request_id)
+        ).first()
+        if row is None:
+            raise errors.NotFound(f"There is no request {request_id}.")
+        return row.claimed_by, row.lease_until
+
+    def _check_claim(self, request_id: str, worker_id: str, now: datetime) -> None:
+        # FOR UPDATE: while this transaction runs, no other worker can claim the row (its SKIP
+        # LOCKED select passes it by), so the check stays true until our write commits.
+        row = self._tx.conn.execute(
+            sa.select(requests.c.claimed_by, requests.c.lease_until)
+            .where(requests.c.id == request_id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise errors.NotFound(f"There is no request {request_id}.")
+        if row.claimed_by != worker_id or row.lease_until is None or row.lease_until < now:
+            raise LeaseLost(f"{request_id} is no longer claimed by {worker_id}; another worker owns it now.")
+
+    def save_claimed(self, request: Request, expected_version: int, worker_id: str, now: datetime) -> None:
+        """``save`` that also requires our live claim; ``LeaseLost`` (and nothing written) if not."""
+        self._check_claim(request.id, worker_id, now)
+        SqlRequestRepository(self._tx).save(request, expected_version)
+
+    # -- steps --------------------------------------------------------------------------------
+    def steps(self, request_id: str) -> list[StepRecord]:
+        rows = self._tx.conn.execute(
+            sa.select(step_outcomes)
+            .where(step_outcomes.c.request_id == request_id)
+            .order_by(step_outcomes.c.idx)
+        )
+        return [
+            StepRecord(
+                idx=row.idx,
+                key=row.key,
+                action=row.action,
+                status=StepStatus(row.status),
+                outcome=None if row.outcome is None else StepOutcome.from_json(row.outcome),
+                error=row.error,
+                attempts=row.attempts,
+                started_at=row.started_at,
+                first_failure_at=row.first_failure_at,
+            )
+            for row in rows
+        ]
+
+    def record_step(
+        self,
+        request_id: str,
+        worker_id: str,
+        now: datetime,
+        idx: int,
+        key: str,
+        action: str,
+        status: StepStatus,
+        outcome: StepOutcome | None = None,
+        error: str | None = None,
+        attempts: int = 1,
+        first_failure_at: datetime | None = None,
+    ) -> None:
+        """Insert or overwrite step ``idx`` (``started_at`` keeps its first value), only while the
+        claim is ours: a stale worker gets ``LeaseLost`` and records nothing."""
+        self._check_claim(request_id, worker_id, now)
+        values = {
+            "key": key,
+            "action": action,
+            "status": StepStatus(status).value,
+            "outcome": None if outcome is None else outcome.to_json(),
+            "error": error,
+            "attempts": attempts,
+            "updated_at": now,
+            "first_failure_at": first_failure_at,
+        }
+        _upsert(
+            self._tx.conn,
+            step_outcomes,
+            {"request_id": request_id, "idx": idx, "started_at": now, **values},
+            conflict=["request_id", "idx"],
+            update=values,
+        )
+
+    # -- timers -------------------------------------------------------------------------------
+    def claim_timers(self, worker_id: str, now: datetime, lease_until: datetime,
+                     limit: int = 50) -> list[TimerRow]:
+        """Claim up to ``limit`` due, unfinished timers whose lease is free (oldest due first)."""
+        conn = self._tx.conn
+        ids = list(
+            conn.execute(
+                sa.select(timers.c.id)
+                .where(
+                    timers.c.due_at <= now,
+                    timers.c.done_at.is_(None),
+                    sa.or_(timers.c.claimed_by.is_(None), timers.c.lease_until.is_(None),
+                           timers.c.lease_until < now),
+                )
+                .order_by(timers.c.due_at, timers.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+        )
+        if not ids:
+            return []
+        conn.execute(
+            sa.update(timers)
+            .where(timers.c.id.in_(ids))
+            .values(claimed_by=worker_id, lease_until=lease_until, attempts=timers.c.attempts + 1)
+        )
+        rows = conn.execute(
+            sa.select(timers).where(timers.c.id.in_(ids)).order_by(timers.c.due_at, timers.c.id)
+        )
+        return [
+            TimerRow(id=r.id, kind=r.kind, ref=r.ref, due_at=r.due_at, payload=dict(r.payload),
+                     attempts=r.attempts, last_error=r.last_error)
+            for r in rows
+        ]
+
+    def finish_timer(self, timer_id: int, worker_id: str, now: datetime) -> bool:
+        """Mark the timer done if we still hold it; False when it was moved, cancelled or taken over."""
+        result = self._tx.conn.execute(
+            sa.update(timers)
+            .where(timers.c.id == timer_id, timers.c.claimed_by == worker_id, timers.c.done_at.is_(None))
+            .values(done_at=now, lease_until=None)
+        )
+        return result.rowcount == 1
+
+    def fail_timer(self, timer_id: int, worker_id: str, error: str, retry_at: datetime) -> bool:
+        """Release the timer with its error, due again at ``retry_at``."""
+        result = self._tx.conn.execute(
+            sa.update(timers)
+            .where(timers.c.id == timer_id, timers.c.claimed_by == worker_id, timers.c.done_at.is_(None))
+            .values(last_error=error, due_at=retry_at, claimed_by=None, lease_until=None)
+        )
+        return result.rowcount == 1
+
+
+class SqlRegistry:
+    """What the bot has made: workspaces (with the objects it created), grants and tokens.
+
+    These rows back ``handlers.ports.Facts`` and tell delete and expiry what the bot may remove.
+    Rows come back as plain dicts keyed by column name:
+
+    * workspace: ``name, namespace, owner, request_id, created, created_at, deleted_at``, where
+      ``created`` maps step key -> ``{"action", "params"}`` of each object the bot created;
+    * grant: ``workspace, user, role, request_id, expires_at, created_at``;
+    * token: ``token_id, requester_id, workspace, namespace, account, role, audiences,
+      expires_at, created_at, revoked_at``.
+
+    Deleted workspaces and revoked tokens are kept (history) but left out of lookups unless asked.
+    """
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    # -- workspaces ---------------------------------------------------------------------------
+    def put_workspace(
+        self, name: str, namespace: str, owner: str, request_id: str | None, created: Mapping[str, JSON],
+        at: datetime,
+    ) -> None:
+        values = {"namespace": namespace, "owner": owner, "request_id": request_id, "created": dict(created),
+                  "created_at": at, "deleted_at": None}
+        _upsert(self._tx.conn, workspaces, {"name": name, **values}, conflict=["name"], update=values)
+
+    def get_workspace(self, name: str, *, include_deleted: bool = False) -> dict[str, Any] | None:
+        query = sa.select(workspaces).where(workspaces.c.name == name)
+        if not include_deleted:
+            query = query.where(workspaces.c.deleted_at.is_(None))
+        row = self._tx.conn.execute(query).first()
+        return None if row is None else _workspace(row)
+
+    def list_workspaces(self, owner: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(workspaces).where(workspaces.c.deleted_at.is_(None)).order_by(workspaces.c.name)
+        if owner is not None:
+            query = query.where(workspaces.c.owner == owner)
+        return [_workspace(row) for row in self._tx.conn.execute(query)]
+
+    def mark_workspace_deleted(self, name: str, at: datetime) -> bool:
+        result = self._tx.conn.execute(
+            sa.update(workspaces)
+            .where(workspaces.c.name == name, workspaces.c.deleted_at.is_(None))
+            .values(deleted_at=at)
+        )
+        return result.rowcount == 1
+
+    # -- grants -------------------------------------------------------------------------------
+    def put_grant(
+        self, workspace: str, user: str, role: str, request_id: str | None, expires_at: datetime | None,
+        at: datetime,
+    ) -> None:
+        values = {"role": role, "request_id": request_id, "expires_at": expires_at, "created_at": at}
+        _upsert(self._tx.conn, grants, {"workspace": workspace, "user": user, **values},
+                conflict=["workspace", "user"], update=values)
+
+    def delete_grant(self, workspace: str, user: str) -> bool:
+        result = self._tx.conn.execute(
+            sa.delete(grants).where(grants.c.workspace == workspace, grants.c.user == user)
+        )
+        return result.rowcount == 1
+
+    def grants(self, workspace: str) -> list[dict[str, Any]]:
+        rows = self._tx.conn.execute(
+            sa.select(grants).where(grants.c.workspace == workspace).order_by(grants.c.user)
+        )
+        return [_grant(row) for row in rows]
+
+    def grants_of(self, user: str) -> list[dict[str, Any]]:
+        rows = self._tx.conn.execute(
+            sa.select(grants).where(grants.c.user == user).order_by(grants.c.workspace)
+        )
+        return [_grant(row) for row in rows]
+
+    # -- tokens -------------------------------------------------------------------------------
+    def put_token(
+        self, token_id: str, requester_id: str, workspace: str, namespace: str, account: str, role: str,
+        audiences: Sequence[str], expires_at: datetime, at: datetime,
+    ) -> None:
+        values = {"requester_id": requester_id, "workspace": workspace, "namespace": namespace,
+                  "account": account, "role": role, "audiences": list(audiences), "expires_at": expires_at,
+                  "created_at": at, "revoked_at": None}
+        # An upsert, so recording the same issued token again (a resumed request) is harmless.
+        _upsert(self._tx.conn, tokens, {"token_id": token_id, **values}, conflict=["token_id"], update=values)
+
+    def revoke_token(self, token_id: str, at: datetime) -> bool:
+        result = self._tx.conn.execute(
+            sa.update(tokens)
+            .where(tokens.c.token_id == token_id, tokens.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return result.rowcount == 1
+
+    def revoke_tokens_in(self, workspace: str, at: datetime) -> int:
+        result = self._tx.conn.execute(
+            sa.update(tokens)
+            .where(tokens.c.workspace == workspace, tokens.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return int(result.rowcount)
+
+    def tokens_in(self, workspace: str) -> list[dict[str, Any]]:
+        """Active tokens of a workspace with their holder's email (from the request that made them)."""
+        query = (
+            sa.select(tokens, requests.c.requester_email)
+            .join(requests, requests.c.id == tokens.c.token_id)
+            .where(tokens.c.workspace == workspace, tokens.c.revoked_at.is_(None))
+            .order_by(tokens.c.created_at, tokens.c.token_id)
+        )
+        return [{**_token(row), "holder": row.requester_email} for row in self._tx.conn.execute(query)]
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        row = self._tx.conn.execute(sa.select(tokens).where(tokens.c.token_id == token_id)).first()
+        return None if row is None else _token(row)
+
+    def tokens_of(self, requester_id: str, *, include_revoked: bool = False) -> list[dict[str, Any]]:
+        query = sa.select(tokens).where(tokens.c.requester_id == requester_id)
+        if not include_revoked:
+            query = query.where(tokens.c.revoked_at.is_(None))
+        rows = self._tx.conn.execute(query.order_by(tokens.c.created_at, tokens.c.token_id))
+        return [_token(row) for row in rows]
+
+
+def _workspace(row: sa.Row[Any]) -> dict[str, Any]:
+    return {"name": row.name, "namespace": row.namespace, "owner": row.owner, "request_id": row.request_id,
+            "created": dict(row.created), "created_at": row.created_at, "deleted_at": row.deleted_at}
+
+
+def _grant(row: sa.Row[Any]) -> dict[str, Any]:
+    return {"workspace": row.workspace, "user": row.user, "role": row.role, "request_id": row.request_id,
+            "expires_at": row.expires_at, "created_at": row.created_at}
+
+
+def _token(row: sa.Row[Any]) -> dict[str, Any]:
+    return {"token_id": row.token_id, "requester_id": row.requester_id, "workspace": row.workspace,
+            "namespace": row.namespace, "account": row.account, "role": row.role,
+            "audiences": list(row.audiences), "expires_at": row.expires_at, "created_at": row.created_at,
+            "revoked_at": row.revoked_at}
+

@@ -1,0 +1,240 @@
+"""The schema: every table the bot keeps, the audit chain's included.
+
+SQLAlchemy 2 *Core* only: these tables are the single description of the schema that the
+queries use (the Alembic migrations create the same tables, and tests/test_migrations.py compares
+the two), and the domain classes never learn about SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+GENESIS_MAC = "0" * 64
+"""``prev_mac`` of the first audit row and the head of an empty log (the migration writes it)."""
+
+# -- types ----------------------------------------------------------------------------------------
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on both backends.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the UTC wall time is stored
+    (SQLAlchemy's fixed-width text format), which keeps text comparison equal to time comparison
+    in ``WHERE lease_until < :now``. Naive datetimes are refused: they are always a bug here,
+    since the injected clock returns aware UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json(nullable: bool = False) -> sa.JSON:
+    # none_as_null: a Python None in a nullable column is SQL NULL, not the JSON text 'null'.
+    return sa.JSON(none_as_null=nullable)
+
+
+# -- tables ---------------------------------------------------------------------------------------
+# Names follow one convention so a later migration (batch mode on SQLite) can address them.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("args", _json(), nullable=False),
+    sa.Column("subject", sa.String(), nullable=True),
+    sa.Column("requester_id", sa.String(), nullable=False),
+    sa.Column("requester_email", sa.String(), nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("plan", _json(), nullable=False),
+    sa.Column("plan_digest", sa.String(), nullable=False),
+    sa.Column("decided_by", sa.String(), nullable=True),
+    sa.Column("decided_at", UtcDateTime(), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("correlation_id", sa.String(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=True),
+    sa.Column("card_channel", sa.String(), nullable=True),
+    sa.Column("card_ts", sa.String(), nullable=True),
+    sa.Column("claimed_by", sa.String(), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    # Which of the two subject slots below the request holds (see uq_requests_subject_*).
+    sa.Column("holds_open", sa.Boolean(), nullable=False, default=False, server_default=sa.false()),
+    sa.Column("holds_work", sa.Boolean(), nullable=False, default=False, server_default=sa.false()),
+    sa.Index("ix_requests_state", "state"),
+    sa.Index("ix_requests_requester_id", "requester_id"),
+    sa.Index("ix_requests_subject", "subject"),
+)
+# The submission rule of handlers.services._record, race-free: a person's request is refused while
+# any request about its subject is open, the bot's own (an expiry) only while one is being worked
+# on, so a pending request cannot hold off an expiry. A slot is taken when the request is inserted
+# and given up when it leaves the states that hold it (``holds_open``: open states, a person's
+# request; ``holds_work``: work states, a request inserted approved); it is never taken again by a
+# later transition (an approval, a retry), which the rule does not check either. Two concurrent
+# submissions that would both take a slot cannot both commit: the second one's INSERT fails.
+uq_requests_subject_open = sa.Index(
+    "uq_requests_subject_open",
+    requests.c.subject,
+    unique=True,
+    sqlite_where=requests.c.holds_open,
+    postgresql_where=requests.c.holds_open,
+)
+uq_requests_subject_work = sa.Index(
+    "uq_requests_subject_work",
+    requests.c.subject,
+    unique=True,
+    sqlite_where=requests.c.holds_work,
+    postgresql_where=requests.c.holds_work,
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("request_id", sa.String(), sa.ForeignKey("requests.id"), nullable=False),
+)
+
+decision_keys = sa.Table(
+    "decision_keys",
+    metadata,
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("request_id", sa.String(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+step_outcomes = sa.Table(
+    "step_outcomes",
+    metadata,
+    sa.Column("request_id", sa.String(), sa.ForeignKey("requests.id"), primary_key=True),
+    sa.Column("idx", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(), nullable=False),
+    sa.Column("action", sa.String(), nullable=False),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("outcome", _json(nullable=True), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("first_failure_at", UtcDateTime(), nullable=True),
+)
+
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("ref", sa.String(), nullable=False),
+    sa.Column("due_at", UtcDateTime(), nullable=False),
+    sa.Column("payload", _json(), nullable=False),
+    sa.Column("claimed_by", sa.String(), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("done_at", UtcDateTime(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Index("ix_timers_due_at", "due_at"),
+)
+# One *pending* timer per (kind, ref); finished rows stay as history outside the index.
+uq_timers_pending = sa.Index(
+    "uq_timers_pending",
+    timers.c.kind,
+    timers.c.ref,
+    unique=True,
+    sqlite_where=timers.c.done_at.is_(None),
+    postgresql_where=timers.c.done_at.is_(None),
+)
+
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("name", sa.String(), primary_key=True),
+    sa.Column("namespace", sa.String(), nullable=False),
+    sa.Column("owner", sa.String(), nullable=False),
+    sa.Column("request_id", sa.String(), nullable=True),
+    sa.Column("created", _json(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("deleted_at", UtcDateTime(), nullable=True),
+    sa.Index("ix_workspaces_owner", "owner"),
+)
+
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("workspace", sa.String(), primary_key=True),
+    sa.Column("user", sa.String(), primary_key=True),
+    sa.Column("role", sa.String(), nullable=False),
+    sa.Column("request_id", sa.String(), nullable=True),
+    sa.Column("expires_at", UtcDateTime(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Index("ix_grants_user", "user"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("token_id", sa.String(), primary_key=True),
+    sa.Column("requester_id", sa.String(), nullable=False),
+    sa.Column("workspace", sa.String(), nullable=False),
+    sa.Column("namespace", sa.String(), nullable=False),
+    sa.Column("account", sa.String(), nullable=False),
+    sa.Column("role", sa.String(), nullable=False),
+    sa.Column("audiences", _json(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Index("ix_tokens_requester_id", "requester_id"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("request_id", sa.String(), nullable=True),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("actor", sa.String(), nullable=True),
+    sa.Column("data", _json(), nullable=False),
+    sa.Column("prev_mac", sa.String(), nullable=False),
+    sa.Column("mac", sa.String(), nullable=False),
+    sa.Index("ix_audit_events_request_id", "request_id"),
+    sa.Index("ix_audit_events_at", "at"),
+)
+
+# The chain head: one row (id = 1) that every append locks, so appends are serialised and the
+# chain cannot fork; it also remembers the last seq and mac so a deleted tail shows.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("mac", sa.String(), nullable=False),
+    sa.CheckConstraint("id = 1", name="single_row"),
+)
+
