@@ -19,11 +19,17 @@ from handlers.settings import CoreSettings
 from tests.fakes.facts import StaticFacts
 from tests.test_kinds import RUNBOOK
 
-CONFIGMAP = dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, dex_mode="configmap"))
-EXTERNAL = dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, dex_mode="external"))
+
+def _dex(mode: str) -> CoreSettings:
+    return dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, dex_mode=mode))
 
 
-def _plan(kind: kinds.RequestKind, facts: StaticFacts | None = None, settings: CoreSettings = RUNBOOK) -> Plan:
+CONFIGMAP, EXTERNAL = _dex("configmap"), _dex("external")
+
+
+def _plan(
+    kind: kinds.RequestKind, facts: StaticFacts | None = None, settings: CoreSettings = RUNBOOK
+) -> Plan:
     return kind.plan(kinds.PlanContext(settings, facts or StaticFacts(), "RGOLD01"))
 
 
