@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from handlers import errors, kinds, naming, units
+from handlers import errors, kinds, naming
+from handlers.kinds.base import Flag, Parsed
 
 
 @dataclass(frozen=True)
@@ -89,25 +90,22 @@ Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
 """Slack user id -> lowercased email; raises InvalidInput when the user has none."""
 
-USAGE = {
+CONTROL_USAGE = {
     "help": "/kf help [COMMAND]",
     "requests": "/kf requests",
     "cancel": "/kf cancel REQUEST_ID",
     "retry": "/kf retry REQUEST_ID",
-    "workspace new": kinds.WorkspaceCreate.USAGE,
-    "workspace delete": kinds.WorkspaceDelete.USAGE,
     "workspace list": "/kf workspace list",
     "workspace show": "/kf workspace show NAME",
-    "workspace pin": kinds.WorkspacePin.USAGE,
-    "share": kinds.Share.USAGE,
-    "unshare": kinds.Unshare.USAGE,
     "contributors": "/kf contributors WORKSPACE",
-    "quota": kinds.QuotaChange.USAGE,
-    "token": kinds.TokenIssue.USAGE,
-    "token revoke": kinds.TokenRevoke.USAGE,
     "tokens": "/kf tokens",
     "password reset": "/kf password reset",
 }
+USAGE = {**CONTROL_USAGE, **kinds.USAGES}
+"""Every command's usage line, by its words (``"workspace new"``); the kinds' come from their modules."""
+_GROUPS = {"workspace": "workspace", "ws": "workspace"}
+"""Heads whose next word is a subcommand (case-insensitive): ``/kf ws create`` is ``workspace new``."""
+_SUBCOMMAND_ALIASES = {"create": "new"}
 
 _MENTION = re.compile(r"<@([UW][A-Z0-9]{2,20})(?:\|[^>]*)?>")
 _REQUEST_ID = re.compile(r"R[A-Z0-9]{4,12}")
@@ -115,27 +113,8 @@ _MAX_TEXT = 1000
 _SMART_QUOTES = {0x201C: '"', 0x201D: '"', 0x2018: "'", 0x2019: "'"}  # what Slack clients type for quotes
 
 
-def _int(flag: str) -> Callable[[str], int]:
-    def convert(value: str) -> int:
-        if not re.fullmatch(r"\d{1,6}", value):
-            raise errors.InvalidInput(f"{flag} takes a whole number, not {naming.show_value(value)}.")
-        return int(value)
-
-    return convert
-
-
-def _text(value: str) -> str:
-    return value
-
-
-@dataclass(frozen=True)
-class _Flag:
-    dest: str
-    convert: Callable[[str], Any] | None  # None: a switch without a value
-
-
 def _flags(
-    usage_key: str, args: Sequence[str], spec: Mapping[str, _Flag]
+    usage_key: str, args: Sequence[str], spec: Mapping[str, Flag]
 ) -> tuple[list[str], dict[str, Any]]:
     positional: list[str] = []
     values: dict[str, Any] = {}
@@ -169,16 +148,6 @@ def _positional(usage_key: str, positional: list[str], names: Sequence[str]) -> 
     return positional
 
 
-def _nodes(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d{1,3}):(\d{1,3})", value)
-    if not m:
-        raise errors.InvalidInput(f"--nodes takes MIN:MAX, e.g. `0:2`, not {naming.show_value(value)}.")
-    lo, hi = int(m.group(1)), int(m.group(2))
-    if lo > hi:
-        raise errors.InvalidInput(f"--nodes {value}: MIN is larger than MAX.")
-    return lo, hi
-
-
 def tokenize(text: str) -> list[str]:
     if len(text) > _MAX_TEXT:
         raise errors.InvalidInput(f"That command is too long ({len(text)} characters; at most {_MAX_TEXT}).")
@@ -210,110 +179,65 @@ def request_id(value: str, usage: str | None = None) -> str:
     return value
 
 
+def _words(words: list[str]) -> tuple[str, list[str]]:
+    """The command's words (``"token revoke"``, ``"workspace new"``) and its arguments."""
+    head, rest = words[0].lower(), words[1:]
+    group = _GROUPS.get(head)
+    if group is not None:
+        sub = rest[0].lower() if rest else ""
+        return f"{group} {_SUBCOMMAND_ALIASES.get(sub, sub)}", rest[1:]
+    if rest and f"{head} {rest[0]}" in kinds.SYNTAXES:
+        return f"{head} {rest[0]}", rest[1:]
+    return head, rest
+
+
 def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver) -> Command:
     """Parse the text after ``/kf``. ``requester_email`` is the default workspace owner."""
     words = tokenize(text)
     if not words:
         return Help()
-    head, rest = words[0].lower(), words[1:]
-    if head in ("help", "-h", "--help"):
+    command, rest = _words(words)
+    if command in ("help", "-h", "--help"):
         return Help(" ".join(rest))
-    if head == "requests":
+    if command == "requests":
         _positional("requests", rest, [])
         return ListRequests()
-    if head in ("cancel", "retry"):
-        (rid,) = _positional(head, rest, ["REQUEST_ID"])
-        checked = request_id(rid, USAGE[head])
-        return Cancel(checked) if head == "cancel" else Retry(checked)
-    if head in ("workspace", "ws"):
-        return _workspace(rest, requester_email, resolve_user)
-    if head == "share":
-        pos, opts = _flags(
-            "share", rest, {"--role": _Flag("role", _text), "--for": _Flag("duration", units.parse_duration)}
-        )
-        workspace, user = _positional("share", pos, ["WORKSPACE", "USER"])
-        return kinds.Share(workspace, _user(user, resolve_user), **opts)
-    if head == "unshare":
-        workspace, user = _positional("unshare", rest, ["WORKSPACE", "USER"])
-        return kinds.Unshare(workspace, _user(user, resolve_user))
-    if head == "contributors":
+    if command in ("cancel", "retry"):
+        (rid,) = _positional(command, rest, ["REQUEST_ID"])
+        checked = request_id(rid, USAGE[command])
+        return Cancel(checked) if command == "cancel" else Retry(checked)
+    if command == "contributors":
         (workspace,) = _positional("contributors", rest, ["WORKSPACE"])
         naming.validate_workspace_name(workspace)
         return Contributors(workspace)
-    if head == "quota":
-        spec = {f"--{flag}": _Flag(flag, _text) for flag in kinds.QUOTA_FLAGS}
-        spec["--for"] = _Flag("duration", units.parse_duration)
-        pos, opts = _flags("quota", rest, spec)
-        (workspace,) = _positional("quota", pos, ["WORKSPACE"])
-        return kinds.QuotaChange(workspace, **opts)
-    if head == "token":
-        if rest[:1] == ["revoke"]:
-            (token_id,) = _positional("token revoke", rest[1:], ["TOKEN_ID"])
-            return kinds.TokenRevoke(token_id)
-        pos, opts = _flags(
-            "token",
-            rest,
-            {
-                "--ttl": _Flag("ttl", units.parse_duration),
-                "--audience": _Flag("audience", _text),
-                "--read-only": _Flag("read_only", None),
-            },
-        )
-        (workspace,) = _positional("token", pos, ["WORKSPACE"])
-        return kinds.TokenIssue(workspace, **opts)
-    if head == "tokens":
+    if command == "tokens":
         _positional("tokens", rest, [])
         return Tokens()
-    if head == "password":
+    if command == "password":
         _positional("password reset", rest, ["reset"])
         if rest[0].lower() != "reset":
             raise errors.InvalidInput("Did you mean `/kf password reset`?", usage=USAGE["password reset"])
         return PasswordReset()
-    raise errors.InvalidInput(f"Unknown command {naming.show_value(head)}. Try `/kf help`.")
-
-
-def _workspace(rest: list[str], requester_email: str, resolve_user: UserResolver) -> Command:
-    sub, args = (rest[0].lower(), rest[1:]) if rest else ("", [])
-    if sub in ("new", "create"):
-        if not args:
-            return WorkspaceForm()
-        spec = {
-            "--owner": _Flag("owner", _text),
-            "--gpu": _Flag("gpu", _int("--gpu")),
-            "--cpu": _Flag("cpu", _text),
-            "--memory": _Flag("memory", _text),
-            "--storage": _Flag("storage", _text),
-            "--pvcs": _Flag("pvcs", _int("--pvcs")),
-            "--instance-type": _Flag("instance_type", _text),
-            "--nodes": _Flag("nodes", _nodes),
-            "--desired": _Flag("desired", _int("--desired")),
-        }
-        pos, opts = _flags("workspace new", args, spec)
-        (name,) = _positional("workspace new", pos, ["NAME"])
-        if "nodes" in opts:
-            opts["nodes_min"], opts["nodes_max"] = opts.pop("nodes")
-        owner = _user(opts.pop("owner"), resolve_user) if "owner" in opts else requester_email
-        return kinds.WorkspaceCreate(name, owner, **opts)
-    if sub == "delete":
-        pos, opts = _flags(
-            "workspace delete",
-            args,
-            {"--confirm": _Flag("confirm", _text), "--purge-data": _Flag("purge_data", None)},
-        )
-        (name,) = _positional("workspace delete", pos, ["NAME"])
-        return kinds.WorkspaceDelete(name, opts.pop("confirm", ""), **opts)
-    if sub == "list":
-        _positional("workspace list", args, [])
+    if command == "workspace list":
+        _positional("workspace list", rest, [])
         return WorkspaceList()
-    if sub == "show":
-        (name,) = _positional("workspace show", args, ["NAME"])
+    if command == "workspace show":
+        (name,) = _positional("workspace show", rest, ["NAME"])
         naming.validate_workspace_name(name)
         return WorkspaceShow(name)
-    if sub == "pin":
-        pos, opts = _flags("workspace pin", args, {"--all": _Flag("all", None)})
-        if opts.get("all"):
-            _positional("workspace pin", pos, [])
-            return PinAll()
-        (name,) = _positional("workspace pin", pos, ["NAME"])
-        return kinds.WorkspacePin(name)
-    raise errors.InvalidInput("Use `/kf workspace new|delete|list|show|pin`.", usage=USAGE["workspace new"])
+    if command == "workspace new" and not rest:
+        return WorkspaceForm()
+    if command == "workspace pin" and any(t == "--all" or t.startswith("--all=") for t in rest):
+        pos, _ = _flags("workspace pin", rest, {"--all": Flag("all", None)})
+        _positional("workspace pin", pos, [])
+        return PinAll()
+    syntax = kinds.SYNTAXES.get(command)
+    if syntax is not None:
+        pos, opts = _flags(command, rest, syntax.flags)
+        args = _positional(command, pos, syntax.positional)
+        return syntax.build(Parsed(args, opts, requester_email, lambda token: _user(token, resolve_user)))
+    if command.startswith("workspace "):
+        raise errors.InvalidInput(
+            "Use `/kf workspace new|delete|list|show|pin`.", usage=USAGE["workspace new"]
+        )
+    raise errors.InvalidInput(f"Unknown command {naming.show_value(words[0].lower())}. Try `/kf help`.")

@@ -107,14 +107,24 @@ class StepOutcome:
             False when it already existed and is left alone.
         details: observed facts compensation needs (a previous value, an id AWS assigned). Never a
             secret.
+        kept: what a removal left in place rather than lose data, named for people
+            (``S3 bucket `b` ``): a non-empty bucket without ``--purge-data``.
     """
 
     created: bool
     details: Mapping[str, JSON] = field(default_factory=dict)
+    kept: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, JSON]:
-        return {"created": self.created, "details": dict(self.details)}
+        out: dict[str, JSON] = {"created": self.created, "details": dict(self.details)}
+        if self.kept:
+            out["kept"] = list(self.kept)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, JSON]) -> StepOutcome:
-        return cls(created=bool(data["created"]), details=data.get("details", {}))
+        return cls(
+            created=bool(data["created"]),
+            details=data.get("details", {}),
+            kept=tuple(str(k) for k in data.get("kept") or ()),
+        )

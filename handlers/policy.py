@@ -1,6 +1,8 @@
-"""Who may ask, who may decide, and what applies without an admin, in one place.
+"""Who may ask, who may decide, and what applies without an admin, as one table.
 
-The rules (tested as a table in tests/test_policy.py):
+Each request kind states its own row (``POLICY`` in its module under ``handlers/kinds/``: who may
+ask, its auto-apply rule); this module assembles the rows into ``AUTO_APPLY`` and holds the rules
+that are the same for every kind. The rules (tested as a table in tests/test_policy.py):
 
 * admins are the Slack users in ``KFBOT_ADMIN_USERS`` plus the members of ``KFBOT_ADMIN_GROUP``;
 * nobody approves or rejects their own request, admins included;
@@ -19,9 +21,10 @@ The rules (tested as a table in tests/test_policy.py):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-from handlers import errors, kinds, units
+from handlers import errors, kinds
+from handlers.kinds.base import kubeflow_user as kubeflow_user  # noqa: PLC0414 (re-exported)
 from handlers.model import SYSTEM, Actor, Event, EventType, Request
 from handlers.plan import canonical_json
 from handlers.ports import Facts
@@ -148,94 +151,18 @@ def system_rule(trigger_kind: str) -> str:
 
 
 def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
-    if isinstance(kind, kinds.WorkspaceDelete) and not actor.is_admin:
-        ws = facts.workspace(kind.name)
-        if ws is not None and ws.owner != kubeflow_user(actor, settings):
-            raise errors.Forbidden(f"Only the owner of `{kind.name}` or an admin can ask to delete it.")
-    if isinstance(kind, kinds.TokenRevoke) and not actor.is_admin:
-        owner = facts.token_owner(kind.token_id)
-        ws = facts.workspace(owner[1]) if owner else None
-        if (
-            owner is not None
-            and actor.user_id != owner[0]
-            and (ws is None or ws.owner != kubeflow_user(actor, settings))
-        ):
-            raise errors.Forbidden(
-                "Only the token's requester, the workspace owner or an admin can revoke it."
-            )
+    """Who may even ask: the kind's row (``may_request``); a kind without one lets anyone ask."""
+    rule = kind.POLICY.may_request
+    if rule is not None:
+        rule(kind, actor, facts, settings)
 
 
-def kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
-    """The actor's Kubeflow user id (``KFBOT_USER_ID_MAP`` applied): owners, contributors and Dex
-    logins are recorded under it, so every identity check compares this, never the raw email."""
-    return kubeflow_user_id(settings, actor.email)
-
-
-def _owner(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:
-    ws = facts.workspace(workspace)
-    return ws is not None and ws.owner == kubeflow_user(actor, settings)
-
-
-def _share(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
-    assert isinstance(kind, kinds.Share)
-    return "the owner shares their own workspace" if _owner(actor, facts, kind.workspace, settings) else None
-
-
-def _unshare(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
-    assert isinstance(kind, kinds.Unshare)
-    if _owner(actor, facts, kind.workspace, settings):
-        return "the owner removes a contributor"
-    leaving = kubeflow_user_id(settings, kind.user) == kubeflow_user(actor, settings)
-    return "a contributor leaves the workspace" if leaving else None
-
-
-def _quota(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
-    assert isinstance(kind, kinds.QuotaChange)
-    ws = facts.workspace(kind.workspace)
-    if ws is None or ws.owner != kubeflow_user(actor, settings):
-        return None
-    steps = settings.policy.quota_auto_increase
-    for resource, value in kind.changes().items():
-        wanted = units.parse_quantity(value, resource)
-        current = units.parse_quantity(ws.quota.get(resource, "0"), resource)
-        if wanted <= current:
-            continue  # a decrease (or no change) is always the owner's to make
-        # A raise is judged against the approved baseline, not the current value: otherwise
-        # repeated +step requests would climb without limit.
-        approved = ws.quota_baseline.get(resource, ws.quota.get(resource, "0"))
-        baseline = units.parse_quantity(approved, resource)
-        if wanted - baseline > units.parse_quantity(steps.get(resource, "0"), resource):
-            return None
-    return "the owner lowers the quota or raises it within the self-service step"
-
-
-def _token(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
-    assert isinstance(kind, kinds.TokenIssue)
-    ws = facts.workspace(kind.workspace)
-    if ws is None:
-        return None
-    user = kubeflow_user(actor, settings)
-    own_role = "edit" if ws.owner == user else ws.contributors.get(user)
-    if own_role == "edit" or (own_role == "view" and kind.role == "view"):
-        return f"a {kind.role} token within the requester's own {own_role} role"
-    return None
-
-
-def _revoke(kind: kinds.RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
-    assert isinstance(kind, kinds.TokenRevoke)
-    owner = facts.token_owner(kind.token_id)
-    return "the requester revokes their own token" if owner and owner[0] == actor.user_id else None
-
-
-AutoRule = Callable[[kinds.RequestKind, Actor, Facts, CoreSettings], str | None]
+AutoRule = kinds.base.AutoRule
 AUTO_APPLY: dict[str, AutoRule] = {
-    kinds.Share.KIND: _share,
-    kinds.Unshare.KIND: _unshare,
-    kinds.QuotaChange.KIND: _quota,
-    kinds.TokenIssue.KIND: _token,
-    kinds.TokenRevoke.KIND: _revoke,
+    name: cls.POLICY.auto_apply for name, cls in kinds.KINDS.items() if cls.POLICY.auto_apply is not None
 }
-"""Kinds absent here (workspace create, delete and pin) always need an admin."""
+"""Kind -> its auto-apply rule, from the kinds' policy rows. Kinds absent here (workspace create,
+delete and pin) always need an admin."""
 
 
 def auto_apply_reason(

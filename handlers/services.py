@@ -460,95 +460,55 @@ def _record_reveal(
 
 
 def handle_timer(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -> None:
-    """Dispatch one due timer. Expiries of grants, quotas and tokens become system requests
-    that auto-apply, so they take the same audited, resumable path as everything else."""
+    """Dispatch one due timer. The kinds' timers (a grant's or a token's expiry, a quota revert)
+    become system requests that auto-apply, so they take the same audited, resumable path as
+    everything else; their handlers live with the kind that schedules them."""
     if kind == "request.expire":
         expire(core, ref)
-    elif kind == "request.nudge":
+        return
+    if kind == "request.nudge":
         nudge(core, ref)
-    elif kind == "grant.expire":
-        workspace, user = str(payload["workspace"]), str(payload["user"])
-        ws = core.facts.workspace(workspace)
-        if ws is None:
-            return  # the workspace is gone, and its grants with it
-        notify = tuple(dict.fromkeys((user, ws.owner)))  # the grantee and the owner
-        # One grant can expire many times (shared for a week, again next month): the key names the
-        # share request that set this expiry, so a later expiry is never taken for a redelivery.
-        key = f"timer:{kind}:{ref}:{payload.get('request_id', '')}"
-        _system_request(core, kinds.Unshare(workspace, user, notify=notify), key, (kind, ref, payload))
-    elif kind == "token.expire":
-        if core.facts.token_owner(ref) is not None:
-            _system_request(core, kinds.TokenRevoke(ref), f"timer:{kind}:{ref}", (kind, ref, payload))
-    elif kind == "quota.revert":
-        _revert_quota(core, str(payload.get("workspace") or ref), ref, payload)
-    else:
+        return
+    timer = kinds.TIMERS.get(kind)
+    if timer is None:
         raise ValueError(f"unknown timer kind {kind!r}")
+    result = timer.handle(ref, payload, core.facts)
+    if isinstance(result, kinds.SystemRequest):
+        _system_request(core, result.kind, result.key, (timer, ref, payload))
+    elif isinstance(result, kinds.TimerNotice):
+        _timer_notice(core, kind, result)
 
 
-def _revert_quota(core: Core, workspace: str, ref: str, payload: Mapping[str, JSON]) -> None:
-    """Undo a temporary quota raise, unless someone changed the quota since: then say so instead
-    of clobbering their change."""
-    ws = core.facts.workspace(workspace)
-    if ws is None:
-        return
-    was_set, previous = dict(payload.get("set", {})), dict(payload.get("previous", {}))
-    changed = {r: v for r, v in was_set.items() if ws.quota.get(r) != v}
-    origin_id = str(payload.get("request_id", ""))
-    if changed:
-        with core.uow() as uow:
-            origin = uow.requests.get(origin_id)
-            now_values = ", ".join(f"{r}={ws.quota.get(r, 'unset')}" for r in sorted(changed))
-            event = Event(
-                EventType.TIMER_FIRED,
-                origin_id,
-                core.clock.now(),
-                SYSTEM.user_id,
-                {
-                    "timer": "quota.revert",
-                    "skipped": True,
-                    "message": f"The temporary quota of `{workspace}` (`{origin_id}`) ran out but was not "
-                    f"reverted: someone changed it since ({now_values} now), and the bot does not "
-                    "overwrite that. Change it with `/kf quota` if it should go back.",
-                    # The owner and the admins decide what the quota should be now.
-                    "notify": list(dict.fromkeys((ws.owner, origin.requester_email))),
-                    "admins": True,
-                },
-            )
-            uow.audit.append([event])
-            uow.commit()
-        _announce(core, origin, [event])
-        return
-    revert = {r: previous.get(r) for r in was_set}
-    restore = {
-        flag: revert[resource]
-        for flag, resource in kinds.QUOTA_FLAGS.items()
-        if resource in revert and revert[resource] is not None
-    }
-    # A resource the raise added where there was none goes away again (null in the merge patch).
-    unset = tuple(r for r, v in revert.items() if v is None and r in ws.quota)
-    if restore or unset:
-        _system_request(
-            core,
-            kinds.QuotaChange(workspace, **restore, notify=(ws.owner,), unset=unset or None),
-            f"timer:quota.revert:{origin_id}",
-            ("quota.revert", ref, payload),
+def _timer_notice(core: Core, timer_kind: str, notice: kinds.TimerNotice) -> None:
+    """A timer that must not act: tell the people it names, the origin's requester and the admins
+    why, on the request that set the timer."""
+    with core.uow() as uow:
+        origin = uow.requests.get(notice.origin_id)
+        event = Event(
+            EventType.TIMER_FIRED,
+            notice.origin_id,
+            core.clock.now(),
+            SYSTEM.user_id,
+            {
+                "timer": timer_kind,
+                "skipped": True,
+                "message": notice.message,
+                "notify": list(dict.fromkeys((*notice.notify, origin.requester_email))),
+                "admins": notice.admins,
+            },
         )
-
-
-_SYSTEM_REASONS = {
-    "grant.expire": "the grant expired",
-    "token.expire": "the token expired",
-    "quota.revert": "the temporary quota ran out",
-}
+        uow.audit.append([event])
+        uow.commit()
+    _announce(core, origin, [event])
 
 
 def _system_request(
-    core: Core, kind: RequestKind, key: str, timer: tuple[str, str, Mapping[str, JSON]]
+    core: Core, kind: RequestKind, key: str, timer: tuple[kinds.TimerKind, str, Mapping[str, JSON]]
 ) -> Submitted | None:
     """Record an expiry as a request of the bot's own that applies without an admin. When a
     request about the same subject is being applied right now, the timer comes back later."""
-    timer_kind = timer[0]
-    decision = AutoDecision(policy.system_rule(timer_kind), _SYSTEM_REASONS.get(timer_kind, timer_kind), key)
+    timer_kind = timer[0].name
+    decision = AutoDecision(policy.system_rule(timer_kind), timer[0].reason, key)
     try:
         return _record(core, SYSTEM, kind, key, decision, key)
     except SubjectBusy as exc:

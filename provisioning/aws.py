@@ -303,6 +303,7 @@ def _kept_bucket(bucket: str) -> StepOutcome:
             "reason": f"S3 bucket {bucket} held data when it was to be removed, so it was kept; "
             "ask again with --purge-data to delete it too.",
         },
+        kept=(f"S3 bucket `{bucket}`",),
     )
 
 

@@ -34,14 +34,26 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from handlers import errors, kinds, policy, services
+from handlers.actions import is_removal
 from handlers.kinds import PlanContext
+from handlers.kinds.base import (
+    Applied,
+    DeleteGrant,
+    DeleteWorkspace,
+    PutGrant,
+    PutToken,
+    PutWorkspace,
+    RegistryChange,
+    RevokeToken,
+    UpdateWorkspaceObjects,
+)
 from handlers.model import Event, EventType, Request, RequestState
 from handlers.plan import JSON, Step, StepOutcome, StepStatus
 from handlers.ports import Clock, Facts, Notifier
@@ -65,10 +77,6 @@ composition root: provisioning never imports the Slack edge)."""
 
 def no_log_context(correlation_id: str) -> AbstractContextManager[Any]:
     return contextlib.nullcontext(correlation_id)
-
-
-REMOVAL_SUFFIX = ".remove"
-"""Actions named ``*.remove`` delete; their undo restores nothing."""
 
 
 @dataclass(frozen=True)
@@ -378,7 +386,7 @@ class Engine:
             # Compensation is done with the step either way; only an undo that ran on something
             # the bot made is told as "undone" (a removal's undo restores nothing, and a step
             # that found its object had nothing to undo).
-            restored = outcome.created and not step.action.endswith(REMOVAL_SUFFIX)
+            restored = outcome.created and not is_removal(step.action)
             self._record(request, record.idx, step, StepStatus.UNDONE, outcome=outcome,
                          attempts=record.attempts,
                          event=(EventType.STEP_UNDONE, {"removed": True}) if restored else None)
@@ -533,154 +541,53 @@ class Engine:
         services.announce(self.db.uow, self.notifier, self.clock, request, events)
 
     def _record_success(self, uow: ProvisioningUnitOfWork, request: Request, now: datetime) -> None:
-        """Keep the registry (workspaces, grants, tokens) and timed work in step with what was applied."""
-        kind = kinds.from_args(request.kind, request.args)
+        """Keep the registry (workspaces, grants, tokens) and timed work in step with what was
+        applied: the kind says what (``on_success``, pure), this writes it."""
         outcomes = {r.idx: r.outcome for r in uow.work.steps(request.id)}
-        for timer in kind.timers_after_success(request.id, now):
-            payload = dict(timer.payload)
-            if isinstance(kind, kinds.QuotaChange):
-                payload.update(_quota_revert(uow, timer.ref, str(payload["resource"]), request, outcomes))
-            uow.timers.schedule(timer.kind, timer.ref, timer.due_at, payload)
-        if isinstance(kind, kinds.QuotaChange) and kind.duration is None:
-            # A lasting change (a person's, or a revert) supersedes a pending temporary one.
-            for resource in kind.changes():
-                uow.timers.cancel("quota.revert", kinds.quota_timer_ref(kind.workspace, resource))
-        _REGISTRY_UPDATES.get(request.kind, _no_update)(uow, request, kind, outcomes, now)
-        for step in request.plan.steps:
-            # Token accounts removed because their holder lost access (unshare, a lowered grant).
-            if step.action == "kubeflow.token_account.remove" and "token_id" in step.params:
-                token_id = str(step.params["token_id"])
-                uow.registry.revoke_token(token_id, now)
-                uow.timers.cancel("token.expire", token_id)
+        done = Applied(request.id, request.requester_id, request.plan, outcomes, now)
+        success = kinds.from_args(request.kind, request.args).on_success(done)
+        for change in success.changes:
+            _apply_change(uow, change, now)
+        for timer in success.cancel:
+            uow.timers.cancel(timer.kind, timer.ref)
+        for spec in success.timers:
+            payload = dict(spec.payload)
+            pending = uow.timers.pending_payload(spec.kind, spec.ref) if spec.keep_pending else None
+            for key in spec.keep_pending:
+                if pending and pending.get(key):
+                    payload[key] = pending[key]
+            uow.timers.schedule(spec.kind, spec.ref, spec.due_at, payload)
 
 
-Outcomes = Mapping[int, StepOutcome | None]
-
-
-def _quota_revert(
-    uow: ProvisioningUnitOfWork, ref: str, resource: str, request: Request, outcomes: Outcomes
-) -> dict[str, JSON]:
-    """What a temporary quota change reverts at expiry: ``set`` (the value it set, to notice a
-    change made since) and ``previous`` (the value to restore). Raising again while a raise is
-    still temporary keeps the value from before the first one, so the revert goes all the way."""
-    outcome = outcomes.get(0)
-    before = dict(outcome.details.get("previous", {})) if outcome else {}
-    set_to = request.plan.steps[0].params["hard"].get(resource)
-    previous = {resource: before[resource]} if resource in before else {}
-    pending = uow.timers.pending_payload("quota.revert", ref)
-    if pending is not None and resource in (pending.get("previous") or {}):
-        previous = {resource: pending["previous"][resource]}
-    return {"set": {resource: set_to}, "previous": previous}
-
-
-def _no_update(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    return None
-
-
-def _workspace_created(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    assert isinstance(kind, kinds.WorkspaceCreate)
-    created = {
-        step.key: {"action": step.action, "params": dict(step.params)}
-        for idx, step in enumerate(request.plan.steps)
-        if (outcome := outcomes.get(idx)) is not None and outcome.created
-    }
-    profile = request.plan.steps[0]
-    uow.registry.put_workspace(
-        kind.name, str(profile.params["name"]), str(profile.params["owner"]), request.id, created, now
-    )
-
-
-def _workspace_deleted(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    assert isinstance(kind, kinds.WorkspaceDelete)
-    uow.registry.mark_workspace_deleted(kind.name, now)
-    # The namespace, and every token account in it, went with the Profile.
-    uow.registry.revoke_tokens_in(kind.name, now)
-
-
-def _workspace_pinned(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    """Record the pinned PodDefault and nodegroup taints over the create-time params, so the next
-    ``pin --all`` passes the workspace by and the registry says what the objects are now."""
-    assert isinstance(kind, kinds.WorkspacePin)
-    row = uow.registry.get_workspace(kind.name)
-    if row is None:
-        return
-    created = dict(row["created"])
-    for step in request.plan.steps:
-        entry = created.get(step.key)
-        if entry is None:
-            continue
-        if step.action == "kubeflow.poddefault":
-            params = dict(step.params)
-        else:
-            params = {**entry["params"], "taints": step.params["taints"]}
-        created[step.key] = {**entry, "params": params}
-    uow.registry.put_workspace(
-        kind.name, row["namespace"], row["owner"], row["request_id"], created, row["created_at"]
-    )
-
-
-def _granted(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    assert isinstance(kind, kinds.Share)
-    expires = now + kind.duration if kind.duration else None
-    uow.registry.put_grant(
-        kind.workspace, str(request.plan.steps[0].params["user"]), kind.role, request.id, expires, now
-    )
-    if kind.duration is None:
-        uow.timers.cancel("grant.expire", f"{kind.workspace}:{kind.user}")
-
-
-def _ungranted(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    assert isinstance(kind, kinds.Unshare)
-    uow.registry.delete_grant(kind.workspace, str(request.plan.steps[0].params["user"]))
-    uow.timers.cancel("grant.expire", f"{kind.workspace}:{kind.user}")
-
-
-def _token_issued(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    assert isinstance(kind, kinds.TokenIssue)
-    params = request.plan.steps[0].params
-    uow.registry.put_token(
-        request.id,
-        request.requester_id,
-        kind.workspace,
-        str(params["namespace"]),
-        str(params["name"]),
-        kind.role,
-        list(params["audiences"]),
-        now + kind.ttl,
-        now,
-    )
-
-
-def _token_revoked(
-    uow: ProvisioningUnitOfWork, request: Request, kind: kinds.RequestKind, outcomes: Outcomes, now: datetime
-) -> None:
-    assert isinstance(kind, kinds.TokenRevoke)
-    uow.registry.revoke_token(kind.token_id, now)
-    uow.timers.cancel("token.expire", kind.token_id)
-
-
-_REGISTRY_UPDATES: Mapping[
-    str, Callable[[ProvisioningUnitOfWork, Request, kinds.RequestKind, Outcomes, datetime], None]
-] = {
-    kinds.WorkspaceCreate.KIND: _workspace_created,
-    kinds.WorkspaceDelete.KIND: _workspace_deleted,
-    kinds.WorkspacePin.KIND: _workspace_pinned,
-    kinds.Share.KIND: _granted,
-    kinds.Unshare.KIND: _ungranted,
-    kinds.TokenIssue.KIND: _token_issued,
-    kinds.TokenRevoke.KIND: _token_revoked,
-}
+def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: datetime) -> None:
+    registry = uow.registry
+    match change:
+        case PutWorkspace(name, namespace, owner, made_by, created):
+            registry.put_workspace(name, namespace, owner, made_by, created, now)
+        case UpdateWorkspaceObjects(name, replace, merge):
+            row = registry.get_workspace(name)
+            if row is None:
+                return
+            created = dict(row["created"])
+            for key, params in replace.items():
+                if key in created:
+                    created[key] = {**created[key], "params": dict(params)}
+            for key, params in merge.items():
+                if key in created:
+                    created[key] = {**created[key], "params": {**created[key]["params"], **params}}
+            registry.put_workspace(
+                name, row["namespace"], row["owner"], row["request_id"], created, row["created_at"]
+            )
+        case DeleteWorkspace(name):
+            registry.mark_workspace_deleted(name, now)
+            registry.revoke_tokens_in(name, now)
+        case PutGrant(workspace, user, role, granted_by, expires_at):
+            registry.put_grant(workspace, user, role, granted_by, expires_at, now)
+        case DeleteGrant(workspace, user):
+            registry.delete_grant(workspace, user)
+        case PutToken(token_id, requester_id, workspace, namespace, account, role, audiences, expires_at):
+            registry.put_token(
+                token_id, requester_id, workspace, namespace, account, role, list(audiences), expires_at, now
+            )
+        case RevokeToken(token_id):
+            registry.revoke_token(token_id, now)

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from handlers import errors, kinds
+from handlers.actions import ActionName
+from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, EventType, Request, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
 from provisioning.store import Database, SqlUnitOfWork
@@ -90,7 +92,7 @@ class RegistryFacts:
             recorded |= {
                 step.get("params", {}).get("owner")
                 for step in (created.data.get("plan") or {}).get("steps", [])
-                if step.get("action") == "kubeflow.profile"
+                if step.get("action") == ActionName.PROFILE
             }
         if row["owner"] not in recorded:
             raise errors.Inconsistent(
@@ -112,7 +114,7 @@ class RegistryFacts:
         if last and last[0].created_at >= row["created_at"]:
             return dict(last[0].plan.steps[0].params["hard"])
         for entry in row["created"].values():
-            if entry["action"] == "kubeflow.profile":
+            if entry["action"] == ActionName.PROFILE:
                 return dict(entry["params"]["hard"])
         return {}
 
@@ -124,7 +126,7 @@ class RegistryFacts:
         small raises cannot climb past it by more than the self-service step."""
         baseline: dict[str, str] = {}
         for entry in row["created"].values():
-            if entry["action"] == "kubeflow.profile":
+            if entry["action"] == ActionName.PROFILE:
                 baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
         decided: dict[str, str] = {}
         for request in cls._quota_changes(uow, name, limit=None):  # newest first
@@ -132,10 +134,8 @@ class RegistryFacts:
                 continue
             if request.decided_by in (None, SYSTEM.user_id):
                 continue  # applied without a person's decision: self-service or an expiry
-            change = kinds.from_args(request.kind, request.args)
-            if not isinstance(change, kinds.QuotaChange) or change.duration is not None:
-                continue  # a temporary raise lapses; it is no lasting approval
-            for resource, value in change.changes().items():
+            # A temporary raise lapses; it is no lasting approval.
+            for resource, value in lasting_values(request.args).items():
                 decided.setdefault(resource, value)
         return {**baseline, **decided}
 
@@ -156,7 +156,7 @@ class RegistryFacts:
         with self.db.uow() as uow:
             workspaces = uow.registry.list_workspaces()
         return any(
-            entry["action"] == "dex.user" and entry["params"].get("email") == user
+            entry["action"] == ActionName.DEX_USER and entry["params"].get("email") == user
             for ws in workspaces
             if ws.get("deleted_at") is None
             for entry in ws["created"].values()

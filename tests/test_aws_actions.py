@@ -227,11 +227,12 @@ def test_remove_keeps_a_non_empty_bucket_without_purge_and_purges_all_versions_w
     kept = action.ensure({"bucket": "kf-data", "purge_data": False})
     assert kept.created is False and kept.details["kept"] is True and kept.details["deleted"] is False
     assert "kf-data" in str(kept.details["reason"]) and "--purge-data" in str(kept.details["reason"])
+    assert kept.kept == ("S3 bucket `kf-data`",)  # structured, for the result text
     assert len(s3.list_object_versions(Bucket="kf-data")["Versions"]) == 2
 
     outcome = action.ensure({"bucket": "kf-data", "purge_data": True})
 
-    assert outcome.details == {"deleted": True, "purged": True}
+    assert outcome.details == {"deleted": True, "purged": True} and outcome.kept == ()
     assert s3.list_buckets()["Buckets"] == []
     assert action.ensure({"bucket": "kf-data", "purge_data": True}).details == {"deleted": False}
 

@@ -1,0 +1,115 @@
+"""Request kinds: one module per kind, each holding everything about it.
+
+A kind module (``quota.py`` is a full example; docs/ARCHITECTURE.md walks through it) holds the
+frozen dataclass (arguments, validation on construction), its ``SYNTAX`` (``/kf`` words, flags;
+``handlers.parse`` runs it), its ``POLICY`` row (who may ask, what applies without an admin;
+``handlers.policy`` reads all rows as one table), its pure ``plan``, its pure ``on_success`` (the
+registry changes and timers the engine records), its ``TIMERS`` with their handlers, and its
+texts. ``base`` holds the protocol and what kinds share. This package is the registry: a new kind
+is a new module plus one line in ``KINDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from handlers import errors
+from handlers.kinds import base
+from handlers.kinds.base import (
+    MANAGED_BY,
+    ROLES,
+    Applied,
+    PlanContext,
+    RequestKind,
+    Success,
+    Syntax,
+    SystemRequest,
+    TimerKind,
+    TimerNotice,
+    TimerSpec,
+    people_to_tell,
+    to_args,
+    token_account_name,
+)
+from handlers.kinds.quota import QUOTA_FLAGS, QuotaChange, quota_subject, quota_timer_ref
+from handlers.kinds.share import Share
+from handlers.kinds.token_issue import AUDIENCES, PIPELINES_AUDIENCE, TokenIssue
+from handlers.kinds.token_revoke import TokenRevoke
+from handlers.kinds.unshare import Unshare
+from handlers.kinds.workspace_create import (
+    GPU_RESOURCE,
+    GPU_TAINT,
+    PINNING_LIMITS,
+    WorkspaceCreate,
+    gpu_nodegroup_taints,
+)
+from handlers.kinds.workspace_delete import WorkspaceDelete
+from handlers.kinds.workspace_pin import WorkspacePin
+from handlers.plan import JSON
+
+KINDS: Mapping[str, type[RequestKind]] = {
+    cls.KIND: cls
+    for cls in (
+        WorkspaceCreate,
+        WorkspaceDelete,
+        WorkspacePin,
+        Share,
+        Unshare,
+        QuotaChange,
+        TokenIssue,
+        TokenRevoke,
+    )
+}
+
+SYNTAXES: Mapping[str, Syntax] = {cls.SYNTAX.command: cls.SYNTAX for cls in KINDS.values()}
+"""``/kf`` words -> the kind's syntax (``handlers.parse`` runs them)."""
+USAGES: Mapping[str, str] = {cls.SYNTAX.command: cls.USAGE for cls in KINDS.values()}
+
+TIMERS: Mapping[str, TimerKind] = {t.name: t for cls in KINDS.values() for t in cls.TIMERS}
+"""Timer kind -> its handler, for every timer a kind's success schedules."""
+
+
+def from_args(kind_name: str, args: Mapping[str, JSON]) -> RequestKind:
+    cls = KINDS.get(kind_name)
+    if cls is None:
+        raise errors.InvalidInput(f"Unknown request kind {kind_name!r}.")
+    return base.from_args(cls, args)
+
+
+__all__ = [
+    "AUDIENCES",
+    "GPU_RESOURCE",
+    "GPU_TAINT",
+    "KINDS",
+    "MANAGED_BY",
+    "PINNING_LIMITS",
+    "PIPELINES_AUDIENCE",
+    "QUOTA_FLAGS",
+    "ROLES",
+    "SYNTAXES",
+    "TIMERS",
+    "USAGES",
+    "Applied",
+    "PlanContext",
+    "QuotaChange",
+    "RequestKind",
+    "Share",
+    "Success",
+    "SystemRequest",
+    "TimerKind",
+    "TimerNotice",
+    "TimerSpec",
+    "TokenIssue",
+    "TokenRevoke",
+    "Unshare",
+    "WorkspaceCreate",
+    "WorkspaceDelete",
+    "WorkspacePin",
+    "from_args",
+    "gpu_nodegroup_taints",
+    "people_to_tell",
+    "quota_subject",
+    "quota_timer_ref",
+    "to_args",
+    "token_account_name",
+]

@@ -1,0 +1,311 @@
+"""``workspace.create``: a Kubeflow Profile, its Dex login, an S3 bucket in the IAM policies and,
+for GPU work, an EKS nodegroup pinned to the workspace. Only an admin approves it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from handlers import errors, naming, prices, scheduling, units
+from handlers.actions import ActionName
+from handlers.kinds.base import (
+    MANAGED_BY,
+    Applied,
+    Flag,
+    Parsed,
+    PlanContext,
+    PolicyRow,
+    PutWorkspace,
+    Success,
+    Syntax,
+    TimerKind,
+    text,
+    whole_number,
+)
+from handlers.plan import JSON, Plan, Step
+from handlers.ports import Facts
+from handlers.settings import kubeflow_user_id
+
+GPU_RESOURCE = "requests.nvidia.com/gpu"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
+PINNING_LIMITS = (
+    "GPU pods of this workspace fit only its own nodegroup among the bot-made ones: the bot taints "
+    f"them `{naming.WORKSPACE_TAINT_KEY}=<namespace>:NoSchedule` and the PodDefault tolerates exactly "
+    "that. Not covered: a hand-made nodegroup with only the `nvidia.com/gpu` taint still takes any "
+    "workspace's GPU pods, and a namespace editor can write their own tolerations unless the chart's "
+    "workspace taint guard (a ValidatingAdmissionPolicy) is on."
+)
+
+
+def _nodes(value: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{1,3}):(\d{1,3})", value)
+    if not m:
+        raise errors.InvalidInput(f"--nodes takes MIN:MAX, e.g. `0:2`, not {naming.show_value(value)}.")
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if lo > hi:
+        raise errors.InvalidInput(f"--nodes {value}: MIN is larger than MAX.")
+    return lo, hi
+
+
+def _build(p: Parsed) -> WorkspaceCreate:
+    opts = dict(p.options)
+    if "nodes" in opts:
+        opts["nodes_min"], opts["nodes_max"] = opts.pop("nodes")
+    owner = p.user(opts.pop("owner")) if "owner" in opts else p.requester_email
+    return WorkspaceCreate(p.positional[0], owner, **opts)
+
+
+@dataclass(frozen=True)
+class WorkspaceCreate:
+    KIND: ClassVar[str] = "workspace.create"
+    USAGE: ClassVar[str] = (
+        "/kf workspace new NAME [--owner EMAIL] [--gpu N] [--cpu N] [--memory 16Gi] [--storage 100Gi] "
+        "[--pvcs N] [--instance-type g4dn.xlarge] [--nodes MIN:MAX] [--desired N]"
+    )
+    SYNTAX: ClassVar[Syntax] = Syntax(
+        "workspace new",
+        ("NAME",),
+        {
+            "--owner": Flag("owner", text),
+            "--gpu": Flag("gpu", whole_number("--gpu")),
+            "--cpu": Flag("cpu", text),
+            "--memory": Flag("memory", text),
+            "--storage": Flag("storage", text),
+            "--pvcs": Flag("pvcs", whole_number("--pvcs")),
+            "--instance-type": Flag("instance_type", text),
+            "--nodes": Flag("nodes", _nodes),
+            "--desired": Flag("desired", whole_number("--desired")),
+        },
+        _build,
+    )
+    POLICY: ClassVar[PolicyRow] = PolicyRow()  # a new workspace always waits for an admin
+    TIMERS: ClassVar[tuple[TimerKind, ...]] = ()
+
+    name: str
+    owner: str
+    gpu: int = 0
+    cpu: str | None = None
+    memory: str | None = None
+    storage: str | None = None
+    pvcs: int | None = None
+    instance_type: str | None = None
+    nodes_min: int | None = None
+    nodes_max: int | None = None
+    desired: int | None = None
+
+    def __post_init__(self) -> None:
+        naming.validate_workspace_name(self.name)
+        object.__setattr__(self, "owner", naming.normalize_email(self.owner))
+        units.normalize_count(str(self.gpu), "--gpu", 512)
+        if self.cpu is not None:
+            object.__setattr__(self, "cpu", units.normalize_cpu(self.cpu))
+        if self.memory is not None:
+            object.__setattr__(self, "memory", units.normalize_memory(self.memory))
+        if self.storage is not None:
+            object.__setattr__(self, "storage", units.normalize_storage(self.storage))
+        if self.pvcs is not None:
+            units.normalize_count(str(self.pvcs), "--pvcs", 1000)
+        if self.instance_type is not None:
+            naming.validate_instance_type(self.instance_type)
+        for attr in ("nodes_min", "nodes_max", "desired"):
+            value = getattr(self, attr)
+            if value is not None and not 0 <= value <= 100:
+                raise errors.InvalidInput(
+                    f"--{attr.replace('_', '-')} must be between 0 and 100.", field=attr
+                )
+
+    def subject(self) -> str:
+        return f"workspace:{self.name}"
+
+    def describe(self) -> str:
+        gpu = f", {self.gpu} GPU" if self.gpu else ""
+        return f"new workspace `{self.name}` for {self.owner}{gpu}"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return (self.owner,)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        s, d = ctx.settings, ctx.settings.workspace
+        if ctx.facts.workspace(self.name) is not None:
+            raise errors.InvalidInput(f"A workspace named `{self.name}` already exists.", field="name")
+        instance_type = self.instance_type or (d.gpu_instance_type if self.gpu > 0 else None)
+        names = naming.render_names(s.naming, self.name, instance_type)
+        user = kubeflow_user_id(s, self.owner)
+        tags = {**MANAGED_BY, "kf-chatops/workspace": self.name, "kf-chatops/owner": self.owner}
+        hard = {
+            "cpu": self.cpu or d.cpu,
+            "memory": self.memory or d.memory,
+            GPU_RESOURCE: str(self.gpu),
+            "persistentvolumeclaims": str(self.pvcs if self.pvcs is not None else d.pvcs),
+            "requests.storage": self.storage or d.storage,
+        }
+        steps = [
+            Step(
+                ActionName.PROFILE,
+                f"Profile/{names.namespace}",
+                {"name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)},
+                f"Kubeflow Profile `{names.namespace}` owned by {user}",
+            ),
+        ]
+        if d.dex_mode != "external":
+            steps.append(
+                Step(
+                    ActionName.DEX_USER,
+                    f"DexUser/{user}",
+                    {"email": user, "username": naming.dex_username(s.naming, user), "mode": d.dex_mode},
+                    f"Dex login for {user} ({d.dex_mode}), password set by the owner later",
+                )
+            )
+        steps.append(
+            Step(
+                ActionName.BUCKET,
+                f"Bucket/{names.bucket}",
+                {"bucket": names.bucket, "region": d.region, "tags": tags},
+                f"S3 bucket `{names.bucket}` (private, encrypted)",
+            )
+        )
+        resources = [f"arn:aws:s3:::{names.bucket}", f"arn:aws:s3:::{names.bucket}/*"]
+        for arn in d.iam_policy_arns:
+            steps.append(
+                Step(
+                    ActionName.IAM_RESOURCES,
+                    f"IamPolicy/{arn}",
+                    {"policy_arn": arn, "resources": resources},
+                    f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}`",
+                )
+            )
+        warnings: list[str] = []
+        cost: dict[str, JSON] = {}
+        if instance_type is not None and names.nodegroup is not None and names.node_label is not None:
+            steps.extend(self._nodegroup_steps(ctx, instance_type, names, tags, warnings, cost))
+        return Plan.of(steps, warnings, cost)
+
+    def _nodegroup_steps(
+        self,
+        ctx: PlanContext,
+        instance_type: str,
+        names: naming.WorkspaceNames,
+        tags: dict[str, str],
+        warnings: list[str],
+        cost: dict[str, JSON],
+    ) -> list[Step]:
+        d = ctx.settings.workspace
+        assert names.nodegroup is not None and names.node_label is not None
+        lo = d.nodes_min if self.nodes_min is None else self.nodes_min
+        hi = d.nodes_max if self.nodes_max is None else self.nodes_max
+        desired = lo if self.desired is None else self.desired
+        if hi < 1:
+            raise errors.InvalidInput(
+                "--nodes MAX must be at least 1 (EKS needs maxSize >= 1).", field="nodes"
+            )
+        if not lo <= desired <= hi:
+            raise errors.InvalidInput(
+                f"Need MIN <= desired <= MAX, got {lo} <= {desired} <= {hi}.", field="desired"
+            )
+        gpus = prices.gpus_per_instance(instance_type)
+        if gpus is not None and hi * gpus < self.gpu:
+            warnings.append(
+                f"{hi} node(s) x {gpus} GPU(s) of {instance_type} cannot satisfy "
+                f"the quota of {self.gpu} GPUs."
+            )
+        if lo == 0:
+            warnings.append(
+                "The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler 1.24 or "
+                "newer, which reads the nodegroup's labels and taints from EKS (DescribeNodegroup). "
+                "Karpenter does not scale EKS managed nodegroups."
+            )
+        hourly = prices.hourly_price(d.region, instance_type, d.price_overrides)
+        if hourly is not None:
+            cost.update(
+                {
+                    "instance_type": instance_type,
+                    "hourly_per_node": hourly,
+                    "max_nodes": hi,
+                    "hourly_max": round(hourly * hi, 2),
+                    "monthly_max": round(prices.monthly(hourly * hi), 2),
+                }
+            )
+        label_key, label_value = names.node_label
+        is_gpu = gpus is not None and gpus > 0
+        taints = gpu_nodegroup_taints(names.namespace) if is_gpu else []
+        nodegroup: dict[str, JSON] = {
+            "cluster": d.cluster,
+            "name": names.nodegroup,
+            "instance_types": [instance_type],
+            "ami_type": prices.gpu_ami_type(instance_type) if is_gpu else "AL2023_x86_64_STANDARD",
+            "scaling": {"minSize": lo, "maxSize": hi, "desiredSize": desired},
+            # Not for scheduling (a PodDefault cannot set a nodeSelector): it tells whose node it is.
+            "labels": {label_key: label_value},
+            "taints": taints,
+            "subnets": list(d.subnets),
+            "node_role": d.node_role_arn,
+            "tags": tags,
+        }
+        steps = [
+            Step(
+                ActionName.NODEGROUP,
+                f"Nodegroup/{names.nodegroup}",
+                nodegroup,
+                f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes",
+            )
+        ]
+        if is_gpu:
+            steps.append(
+                poddefault_step(
+                    names.namespace, names.nodegroup, f"Run on the {instance_type} nodegroup", taints
+                )
+            )
+            warnings.append(PINNING_LIMITS)
+        else:
+            warnings.append(
+                f"{instance_type} is not a GPU type the bot knows, so its nodegroup gets no taints and is "
+                "not kept to this workspace: tolerations do not attract pods and a PodDefault cannot "
+                "select nodes, so any workspace's pods may run on it and this workspace's pods "
+                "elsewhere. No PodDefault is made for it."
+            )
+        return steps
+
+    def on_success(self, done: Applied) -> Success:
+        """The registry records the workspace with every object the bot created (what a delete
+        may remove, and nothing else)."""
+        created: dict[str, JSON] = {
+            step.key: {"action": step.action, "params": dict(step.params)}
+            for idx, step in enumerate(done.plan.steps)
+            if (outcome := done.outcomes.get(idx)) is not None and outcome.created
+        }
+        profile = done.plan.steps[0]
+        return Success(
+            changes=(
+                PutWorkspace(
+                    self.name,
+                    str(profile.params["name"]),
+                    str(profile.params["owner"]),
+                    done.request_id,
+                    created,
+                ),
+            )
+        )
+
+
+def gpu_nodegroup_taints(namespace: str) -> list[dict[str, JSON]]:
+    """The taints (EKS's spelling) of a bot-made GPU nodegroup of the workspace in ``namespace``:
+    ``nvidia.com/gpu`` keeps pods without GPUs off, the workspace taint other workspaces' pods."""
+    key, value = naming.workspace_taint(namespace)
+    return [dict(GPU_TAINT, effect="NO_SCHEDULE"), {"key": key, "value": value, "effect": "NO_SCHEDULE"}]
+
+
+def poddefault_step(namespace: str, name: str, description: str, taints: list[dict[str, JSON]]) -> Step:
+    """The PodDefault that lets a notebook onto nodegroup ``name``: it tolerates exactly the
+    nodegroup's ``taints`` (PodDefault has no nodeSelector; see ``handlers.scheduling``). The GPU
+    taint is tolerated whatever its value, as before pinning existed."""
+    tolerations = [
+        scheduling.toleration_for(scheduling.node_taint(t), any_value=t.get("key") == GPU_TAINT["key"])
+        for t in taints
+    ]
+    return Step(
+        ActionName.PODDEFAULT,
+        f"PodDefault/{namespace}/{name}",
+        {"namespace": namespace, "name": name, "tolerations": tolerations, "description": description},
+        f"PodDefault `{name}` whose tolerations let notebooks onto the nodegroup",
+    )

@@ -1,0 +1,160 @@
+"""Plans stored before a reshaping must still match their digest after it: the engine re-renders a
+plan at approved -> applying and sends it back to pending when the digest moved. So the step
+params every kind emits are frozen here as the digests the code of 7b032e4 (before request kinds
+became modules and step params became typed) computed for the same inputs. A failure here means an
+approved request from before the upgrade would need a new approval: change the golden value only
+together with a migration that re-digests stored plans."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from handlers import kinds
+from handlers.plan import Plan
+from handlers.ports import TokenFacts, WorkspaceFacts
+from handlers.settings import CoreSettings
+from tests.fakes.facts import StaticFacts
+from tests.test_kinds import RUNBOOK
+
+
+def _dex(mode: str) -> CoreSettings:
+    return dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, dex_mode=mode))
+
+
+CONFIGMAP, EXTERNAL = _dex("configmap"), _dex("external")
+
+
+def _plan(
+    kind: kinds.RequestKind, facts: StaticFacts | None = None, settings: CoreSettings = RUNBOOK
+) -> Plan:
+    return kind.plan(kinds.PlanContext(settings, facts or StaticFacts(), "RGOLD01"))
+
+
+def _created(plan: Plan) -> dict[str, object]:
+    return {s.key: {"action": s.action, "params": dict(s.params)} for s in plan.steps}
+
+
+def _team() -> WorkspaceFacts:
+    """A GPU workspace as the registry records it after its create request, with a view and an
+    edit contributor, edit and view tokens, and a quota partly in use."""
+    create = _plan(kinds.WorkspaceCreate("team-a", "owner@example.com", gpu=1))
+    return WorkspaceFacts(
+        "team-a",
+        "aic-ns-team-a-ws",
+        "owner@example.com",
+        contributors={"b@example.com": "edit", "c@example.com": "view"},
+        quota={"cpu": "8", "memory": "32Gi", "requests.nvidia.com/gpu": "1"},
+        quota_used={"cpu": "6", "requests.nvidia.com/gpu": "1"},
+        quota_enforced={"cpu": "8"},
+        created=_created(create),
+        pvcs=0,
+        recorded_grants={"b@example.com": "edit", "c@example.com": "view"},
+        tokens={
+            "RTOKEN1": TokenFacts("b@example.com", "edit"),
+            "RTOKEN2": TokenFacts("b@example.com", "view"),
+            "RTOKEN3": TokenFacts("c@example.com", "view"),
+        },
+    )
+
+
+def _unpinned() -> WorkspaceFacts:
+    """A GPU workspace made before pinning: its nodegroup has only the GPU taint."""
+    ws = _team()
+    created = {}
+    for key, entry in ws.created.items():
+        params = dict(entry["params"])
+        if entry["action"] == "aws.nodegroup":
+            params["taints"] = [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+        if entry["action"] == "kubeflow.poddefault":
+            params["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        created[key] = {"action": entry["action"], "params": params}
+    return dataclasses.replace(ws, created=created)
+
+
+def _facts(ws: WorkspaceFacts | None = None, **extra: object) -> StaticFacts:
+    ws = ws or _team()
+    return StaticFacts(workspaces={ws.name: ws}, **extra)  # type: ignore[arg-type]
+
+
+CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
+    "create-gpu": (kinds.WorkspaceCreate("team-a", "Owner@Example.com", gpu=1), None, RUNBOOK),
+    "create-cpu-nodegroup": (
+        kinds.WorkspaceCreate(
+            "cpu-ws", "a@example.com", cpu="4", memory="8Gi", storage="20Gi", pvcs=3,
+            instance_type="m5.large", nodes_min=1, nodes_max=3, desired=2,
+        ),
+        None,
+        RUNBOOK,
+    ),
+    "create-gpu-configmap": (
+        kinds.WorkspaceCreate("big", "a@example.com", gpu=4, instance_type="p3.8xlarge"), None, CONFIGMAP
+    ),
+    "create-external-dex": (kinds.WorkspaceCreate("plain", "a@example.com"), None, EXTERNAL),
+    "delete-keep-data": (kinds.WorkspaceDelete("team-a", "team-a"), _facts(), RUNBOOK),
+    "delete-purge-login-in-use": (
+        kinds.WorkspaceDelete("team-a", "team-a", purge_data=True),
+        _facts(users_elsewhere={"owner@example.com"}),
+        RUNBOOK,
+    ),
+    "pin": (kinds.WorkspacePin("team-a"), _facts(_unpinned()), RUNBOOK),
+    "share-edit-for-a-week": (
+        kinds.Share("team-a", "d@example.com", duration=timedelta(days=7)), _facts(), RUNBOOK
+    ),
+    "share-lowered-to-view": (kinds.Share("team-a", "b@example.com", role="view"), _facts(), RUNBOOK),
+    "unshare-with-tokens": (kinds.Unshare("team-a", "b@example.com"), _facts(), RUNBOOK),
+    "unshare-expiry": (
+        kinds.Unshare("team-a", "c@example.com", notify=("c@example.com", "owner@example.com")),
+        _facts(),
+        RUNBOOK,
+    ),
+    "quota-raise-for-3d": (
+        kinds.QuotaChange("team-a", gpu="2", cpu="4", duration=timedelta(days=3)), _facts(), RUNBOOK
+    ),
+    "quota-revert-unset": (
+        kinds.QuotaChange("team-a", cpu="8", notify=("owner@example.com",), unset=("memory",)),
+        _facts(),
+        RUNBOOK,
+    ),
+    "token-kubernetes": (kinds.TokenIssue("team-a"), _facts(), RUNBOOK),
+    "token-pipelines-read-only": (
+        kinds.TokenIssue("team-a", ttl=timedelta(hours=8), audience="pipelines", read_only=True),
+        _facts(),
+        RUNBOOK,
+    ),
+    "token-revoke": (
+        kinds.TokenRevoke("RTOKEN1"), _facts(tokens={"RTOKEN1": ("U1", "team-a")}), RUNBOOK
+    ),
+}
+
+GOLDEN: dict[str, str] = {
+    "create-cpu-nodegroup": "f3e38b2742b21bdb7a87deb4348a11f0539733f9029569b6547eadb8b7e4d28b",
+    "create-external-dex": "4420279940169b1038de60157e39810ddd4d50859a70f176bfe53a5ec34e4781",
+    "create-gpu": "6e6d8bfc6b4874750028ded183d18e813f31f94c1741f6dba936adb9dc7c5a34",
+    "create-gpu-configmap": "92757e766b2ebceb03e5e412472c12297b3aa234245e14e960d0202e319fb8cf",
+    "delete-keep-data": "247eb7e9ff414769a19eb4091ff396159217a7c0bd9c1ec63e27e3fe3998298e",
+    "delete-purge-login-in-use": "145f3c6d1669c7ac632e6204e48cbbc2f3c8aacfca62871f3ee87715b21ef0d7",
+    "pin": "577b316e4f2fe000bdf8a3241b427742496ef4ed6eb87d51ce55e801e5ae8727",
+    "quota-raise-for-3d": "9b8d8030fab9452582b16b4155b6913899abb4edc7e8bfa4b43ffd8e258f3ed6",
+    "quota-revert-unset": "fe2b476987ccaf80de46faaad09512c930fdbd2bd71cf88668a11abd5f6cf50b",
+    "share-edit-for-a-week": "0ccb13d672bb94119838e3d10447d9617b80486ed1453f4d711f77cb40c0906c",
+    "share-lowered-to-view": "173f4f8d9b7a493de7d2838fa72e75dd8b8911c7fe34b55b127a410905d9a9bd",
+    "token-kubernetes": "02476b2dab0e811ed87f8c89a08d468ac35b2e6b283e247865df786d2f12cc24",
+    "token-pipelines-read-only": "20d6993546869f82949a206a088bffd3f9bc747e8205f5752d95b3920646cc5d",
+    "token-revoke": "43090ebcce96ef0811de49e001eb40fb1a568804dcf1187fbf9d24d482ef507b",
+    "unshare-expiry": "36de92d54e6ab595caef8a777b84332c447e3d681b37ecca0454264e7fc50221",
+    "unshare-with-tokens": "749d978662059e67879768412ed3d74f072dd88930956ba993f8de097e2146fd",
+}
+"""Computed by the code of 7b032e4 for ``CASES``."""
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_plan_digest_is_the_one_stored_plans_carry(case: str) -> None:
+    kind, facts, settings = CASES[case]
+    assert _plan(kind, facts, settings).digest() == GOLDEN[case]
+
+
+def test_every_kind_has_a_golden_plan() -> None:
+    assert {type(kind).KIND for kind, _, _ in CASES.values()} == set(kinds.KINDS)
