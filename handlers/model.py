@@ -85,6 +85,8 @@ class EventType(StrEnum):
     NOTIFIED = "notification.sent"
     SECRET_REVEALED = "secret.revealed"  # noqa: S105 (an event name, not a secret)
     TIMER_FIRED = "timer.fired"
+    TIMER_SCHEDULED = "timer.scheduled"
+    """A kind's timer set when its request succeeded: the record that vouches for the timer row."""
 
 
 @dataclass(frozen=True)

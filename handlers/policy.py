@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from handlers import errors, kinds
+from handlers.actions import ActionName
 from handlers.kinds.base import kubeflow_user as kubeflow_user  # noqa: PLC0414 (re-exported)
-from handlers.model import SYSTEM, Actor, Event, EventType, Request
+from handlers.model import SYSTEM, Actor, Event, EventType, Request, RequestState
 from handlers.plan import canonical_json
 from handlers.ports import Facts
 from handlers.settings import CoreSettings, kubeflow_user_id
@@ -69,6 +70,22 @@ def _identities(settings: CoreSettings, emails: Iterable[str]) -> frozenset[str]
     return frozenset(out | mapped_from)
 
 
+def owners_recorded(trail: Sequence[Event], workspace: str) -> set[str]:
+    """Who the audit log says owns ``workspace``, from the trail of the request that made it: its
+    owner argument and the Profile's owner, if it was a create of that name and it succeeded."""
+    created = next((e for e in trail if e.type is EventType.CREATED), None)
+    if created is None or not any(e.type is EventType.SUCCEEDED for e in trail):
+        return set()
+    args = created.data.get("args") or {}
+    if created.data.get("kind") != kinds.WorkspaceCreate.KIND or args.get("name") != workspace:
+        return set()
+    steps = (created.data.get("plan") or {}).get("steps", [])
+    profile_owners = {
+        step.get("params", {}).get("owner") for step in steps if step.get("action") == ActionName.PROFILE
+    }
+    return {str(o) for o in {args.get("owner"), *profile_owners} if o}
+
+
 def record_problem(request: Request, trail: Sequence[Event]) -> str | None:
     """Why the stored request is not the one its requester filed, or None: its kind, arguments
     and requester must be those of its ``request.created`` event (written with the audit key)."""
@@ -77,9 +94,38 @@ def record_problem(request: Request, trail: Sequence[Event]) -> str | None:
         return "the audit log has no record of this request being filed"
     if created.actor != request.requester_id or created.data.get("kind") != request.kind:
         return "its requester or kind differs from what the audit log recorded"
+    # Recorded since the email became part of request.created; older requests carry only the id.
+    if created.data.get("requester_email", request.requester_email) != request.requester_email:
+        return "its requester's email differs from what the audit log recorded"
     if canonical_json(created.data.get("args")) != canonical_json(dict(request.args)):
         return "its arguments differ from those the audit log recorded"
     return None
+
+
+_STATE_OF_EVENT = {
+    EventType.CREATED: RequestState.PENDING,
+    EventType.APPROVED: RequestState.APPROVED,
+    EventType.AUTO_APPROVED: RequestState.APPROVED,
+    EventType.REJECTED: RequestState.REJECTED,
+    EventType.CANCELLED: RequestState.CANCELLED,
+    EventType.EXPIRED: RequestState.EXPIRED,
+    EventType.PLAN_CHANGED: RequestState.PENDING,
+    EventType.APPLY_STARTED: RequestState.APPLYING,
+    EventType.SUCCEEDED: RequestState.SUCCEEDED,
+    EventType.COMPENSATING: RequestState.COMPENSATING,
+    EventType.FAILED: RequestState.FAILED,
+    EventType.NEEDS_ATTENTION: RequestState.NEEDS_ATTENTION,
+    EventType.REFUSED: RequestState.NEEDS_ATTENTION,
+    EventType.RETRIED: RequestState.APPROVED,
+}
+
+
+def state_in_log(trail: Sequence[Event]) -> RequestState | None:
+    """The state the audit trail leaves a request in (every change of state is logged with it)."""
+    state = None
+    for event in trail:
+        state = _STATE_OF_EVENT.get(event.type, state)
+    return state
 
 
 _CLOSING = frozenset({EventType.SUCCEEDED, EventType.REJECTED, EventType.CANCELLED, EventType.EXPIRED})
@@ -99,6 +145,11 @@ def authorization_problem(request: Request, trail: Sequence[Event]) -> str | Non
     problem = record_problem(request, trail)
     if problem is not None:
         return problem
+    logged = state_in_log(trail)
+    if logged is not request.state:
+        # The row was moved without the bot (a state set by hand, or a cut audit tail replayed).
+        left = logged.value if logged else "unfiled"
+        return f"it is {request.state.value} but its audit log leaves it {left}"
     if request.plan.digest() != request.plan_digest:
         return "the stored plan does not match its digest"
     authorized: str | None = None

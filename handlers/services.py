@@ -19,7 +19,7 @@ from handlers import errors, kinds, naming, policy
 from handlers.errors import SubjectBusy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
-from handlers.plan import JSON, Plan
+from handlers.plan import JSON, Plan, canonical_json
 from handlers.ports import (
     Clock,
     Facts,
@@ -177,6 +177,7 @@ def _record(
             {
                 "kind": kind.KIND,
                 "args": request.args,
+                "requester_email": actor.email,
                 "summary": kind.describe(),
                 "plan": plan.to_json(),
                 "plan_digest": request.plan_digest,
@@ -472,11 +473,42 @@ def handle_timer(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -
     timer = kinds.TIMERS.get(kind)
     if timer is None:
         raise ValueError(f"unknown timer kind {kind!r}")
+    if not _vouched_for(core, kind, ref, payload):
+        return
     result = timer.handle(ref, payload, core.facts)
     if isinstance(result, kinds.SystemRequest):
         _system_request(core, result.kind, result.key, (timer, ref, payload))
     elif isinstance(result, kinds.TimerNotice):
         _timer_notice(core, kind, result)
+
+
+def _vouched_for(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -> bool:
+    """Whether the audit log vouches for a timer row: the request that set it recorded exactly this
+    timer (``timer.scheduled``, written with the audit key). A row inserted or edited in the
+    database would otherwise make the bot file a system request (a quota "revert" to any value).
+    Timers set before the bot recorded them are trusted if their origin succeeded."""
+    origin = str(payload.get("request_id") or "")
+    with core.uow() as uow:
+        trail = uow.audit.trail(origin) if origin else []
+        scheduled = [e for e in trail if e.type is EventType.TIMER_SCHEDULED]
+        wanted = canonical_json({"timer": kind, "ref": ref, "payload": dict(payload)})
+        if scheduled:
+            vouched = any(canonical_json(dict(e.data)) == wanted for e in scheduled)
+        else:
+            vouched = any(e.type is EventType.SUCCEEDED for e in trail)
+        if vouched:
+            return True
+        event = Event(
+            EventType.TIMER_FIRED,
+            origin if trail else None,
+            core.clock.now(),
+            SYSTEM.user_id,
+            {"timer": kind, "ref": ref, "refused": "the audit log does not vouch for this timer"},
+        )
+        uow.audit.append([event])
+        uow.commit()
+    log.error("refused timer %s %s: the audit log does not vouch for it", kind, ref)
+    return False
 
 
 def _timer_notice(core: Core, timer_kind: str, notice: kinds.TimerNotice) -> None:

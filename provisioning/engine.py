@@ -54,7 +54,7 @@ from handlers.kinds.base import (
     RevokeToken,
     UpdateWorkspaceObjects,
 )
-from handlers.model import Event, EventType, Request, RequestState
+from handlers.model import SYSTEM, Event, EventType, Request, RequestState
 from handlers.plan import JSON, Step, StepOutcome, StepStatus
 from handlers.ports import Clock, Facts, Notifier
 from handlers.settings import CoreSettings
@@ -557,6 +557,9 @@ class Engine:
                 if pending and pending.get(key):
                     payload[key] = pending[key]
             uow.timers.schedule(spec.kind, spec.ref, spec.due_at, payload)
+            # The timers table is not keyed; this audit row is what the sweeper trusts it by.
+            vouch = {"timer": spec.kind, "ref": spec.ref, "payload": payload}
+            uow.audit.append([Event(EventType.TIMER_SCHEDULED, request.id, now, SYSTEM.user_id, vouch)])
 
 
 def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: datetime) -> None:
@@ -579,8 +582,7 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
                 name, row["namespace"], row["owner"], row["request_id"], created, row["created_at"]
             )
         case DeleteWorkspace(name):
-            registry.mark_workspace_deleted(name, now)
-            registry.revoke_tokens_in(name, now)
+            registry.forget_workspace(name, now)
         case PutGrant(workspace, user, role, granted_by, expires_at):
             registry.put_grant(workspace, user, role, granted_by, expires_at, now)
         case DeleteGrant(workspace, user):

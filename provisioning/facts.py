@@ -12,12 +12,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from handlers import errors, kinds
+from handlers import errors, kinds, policy
 from handlers.actions import ActionName
 from handlers.kinds.quota import lasting_values
-from handlers.model import SYSTEM, EventType, Request, RequestState
+from handlers.model import SYSTEM, Request, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
 from provisioning.store import Database, SqlUnitOfWork
+
+
+def _inconsistent(what: str) -> errors.Inconsistent:
+    return errors.Inconsistent(
+        f"The bot's record of {what} does not match its audit log, so it does nothing with it; "
+        "the admins should run `kfbot audit verify` and check the database."
+    )
 
 
 class LiveWorkspaces(Protocol):
@@ -47,10 +54,9 @@ class RegistryFacts:
             recorded = {g["user"]: g["role"] for g in uow.registry.grants(name)}
             quota = self._last_quota(uow, name, row)
             baseline = self._quota_baseline(uow, name, row)
-            tokens = {
-                t["token_id"]: TokenFacts(holder=str(t["holder"]), role=str(t["role"]))
-                for t in uow.registry.tokens_in(name)
-            }
+            active = uow.registry.tokens_in(name)
+            self._check_tokens(uow, name, active)
+            tokens = {t["token_id"]: TokenFacts(holder=str(t["holder"]), role=str(t["role"])) for t in active}
         used: dict[str, str] = {}
         enforced: dict[str, str] = {}
         pvcs: int | None = None
@@ -78,27 +84,22 @@ class RegistryFacts:
 
     @staticmethod
     def _check_owner(uow: SqlUnitOfWork, row: dict[str, Any]) -> None:
-        """The owner decides who gets in without an admin, so the registry's owner must be the one
-        the workspace's create request recorded in the audit log (rows written with the key): an
-        owner edited in the database gets no owner rights."""
-        if row["request_id"] is None:
-            return
-        created = next(
-            (e for e in uow.audit.trail(row["request_id"]) if e.type is EventType.CREATED), None
-        )
-        recorded: set[object] = set()
-        if created is not None:
-            recorded.add((created.data.get("args") or {}).get("owner"))
-            recorded |= {
-                step.get("params", {}).get("owner")
-                for step in (created.data.get("plan") or {}).get("steps", [])
-                if step.get("action") == ActionName.PROFILE
-            }
-        if row["owner"] not in recorded:
-            raise errors.Inconsistent(
-                f"The bot's record of workspace `{row['name']}` does not match its audit log, so it "
-                "does nothing with it; the admins should run `kfbot audit verify` and check the database."
-            )
+        """The owner decides who gets in without an admin, so the registry's row must be the one
+        the workspace's create request recorded in the audit log (rows written with the key): the
+        request that made it, for this name, succeeded, and named this owner. A row edited in the
+        database gets no owner rights."""
+        trail = uow.audit.trail(row["request_id"]) if row["request_id"] else []
+        if row["owner"] not in policy.owners_recorded(trail, row["name"]):
+            raise _inconsistent(f"workspace `{row['name']}`")
+
+    @staticmethod
+    def _check_tokens(uow: SqlUnitOfWork, name: str, tokens: list[dict[str, Any]]) -> None:
+        """Who holds a token decides which tokens an unshare removes: each must be the one its
+        request recorded in the audit log."""
+        for token in tokens:
+            request = uow.requests.get(str(token["token_id"]))
+            if policy.record_problem(request, uow.audit.trail(request.id)) is not None:
+                raise _inconsistent(f"token {token['token_id']} of `{name}`")
 
     @staticmethod
     def _quota_changes(uow: SqlUnitOfWork, name: str, limit: int | None) -> list[Request]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -88,7 +89,7 @@ def test_a_state_set_in_the_database_is_refused_by_the_engine(stack: Stack, stat
     request = stack.request(rid)
     assert stack.world.ensure_calls == [], "nothing was applied"
     assert request.state is RequestState.NEEDS_ATTENTION
-    assert request.error is not None and "no approval of plan" in request.error
+    assert request.error is not None and request.error.startswith("Refused: ")
     assert EventType.REFUSED.value in audit_types(stack, rid)
     assert EventType.REFUSED.value in stack.notifier.types_for(rid)
     assert stack.backend.audit_verify().ok
@@ -274,6 +275,7 @@ def _request(requester: str = ALICE.user_id) -> Request:
         requester_email=ALICE.email,
         plan=Plan.of([]),
         created_at=datetime.now(UTC),
+        state=RequestState.APPROVED,  # as the engine finds it
     )
 
 
@@ -455,3 +457,141 @@ def test_a_reused_workspace_name_does_not_inherit_the_old_quota(stack: Stack) ->
     )
     assert result.auto_reason is None, "a raise from the new workspace's quota needs an admin"
     assert stack.request(result.request.id).state is RequestState.PENDING
+
+
+# -- what a second outside attack found -------------------------------------------------------------
+
+
+def _recreate(stack: Stack, name: str, owner: str) -> None:
+    delete = submit(stack, kinds.WorkspaceDelete(name, name))
+    stack.approve(delete)
+    stack.run()
+    stack.clock.advance(timedelta(minutes=1))
+    again = submit(stack, kinds.WorkspaceCreate(name, owner))
+    stack.approve(again)
+    stack.run()
+    assert stack.request(again).state is RequestState.SUCCEEDED
+
+
+def test_a_reused_workspace_name_inherits_no_grant_and_no_timer(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    timed = services.submit(
+        stack.core,
+        ALICE,
+        kinds.Share("team-a", "dave@example.com", duration=timedelta(days=1)),
+        idempotency_key=None,
+    )
+    assert timed.auto_reason is not None
+    stack.run()
+    carol = Actor("UCAROL", "carol@example.com")
+    _recreate(stack, "team-a", carol.email)
+    ws = stack.core.facts.workspace("team-a") or pytest.fail()
+    assert ws.contributors == {} and ws.recorded_grants == {}
+    token = services.submit(stack.core, BOB, kinds.TokenIssue("team-a"), idempotency_key=None)
+    assert token.auto_reason is None, "bob's grant was in the old workspace, not in carol's"
+    with stack.backend.db.engine.begin() as conn:
+        pending = conn.execute(sa.text("SELECT kind, ref FROM timers WHERE done_at IS NULL")).all()
+    assert not [t for t in pending if str(t.ref).startswith("team-a:")], pending
+
+
+def test_a_finished_request_whose_audit_tail_was_cut_is_not_applied_again(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    with stack.backend.uow() as uow:
+        share = next(r.id for r in uow.requests.list(kind=kinds.Share.KIND))
+    submit(stack, kinds.Unshare("team-a", BOB.email))
+    stack.run()
+    calls = len(stack.world.ensure_calls)
+    with stack.backend.db.engine.begin() as conn:
+        cut = conn.execute(
+            sa.text(
+                "SELECT min(seq) FROM audit_events WHERE request_id = :id AND type = 'request.succeeded'"
+            ),
+            {"id": share},
+        ).scalar_one()
+        prev = conn.execute(sa.text("SELECT seq, mac FROM audit_events WHERE seq = :s"), {"s": cut - 1}).one()
+        conn.execute(sa.text("DELETE FROM audit_events WHERE seq >= :s"), {"s": cut})
+        conn.execute(sa.update(store.audit_head).values(seq=prev.seq, mac=prev.mac))
+    sql(
+        stack,
+        "UPDATE requests SET state = 'approved', claimed_by = NULL, lease_until = NULL WHERE id = :id",
+        id=share,
+    )
+    sql(stack, "DELETE FROM step_outcomes WHERE request_id = :id", id=share)
+    assert stack.backend.audit_verify().ok, "a cut tail alone is invisible to verify without --expect-head"
+    stack.run()
+    assert len(stack.world.ensure_calls) == calls, "the replay applied the share again"
+    assert stack.request(share).state is RequestState.NEEDS_ATTENTION
+
+
+@pytest.mark.parametrize("pointer", ["another request", "none"])
+def test_a_workspace_row_pointed_elsewhere_gets_no_owner_rights(stack: Stack, pointer: str) -> None:
+    workspace_with_bob(stack)
+    mallory = Actor("UMALLORY", "mallory@example.com")
+    own = submit(stack, kinds.WorkspaceCreate("zzz-mine", mallory.email), actor=mallory)  # left pending
+    sql(
+        stack,
+        "UPDATE workspaces SET owner = :o, request_id = :r WHERE name = 'team-a'",
+        o=mallory.email,
+        r=own if pointer == "another request" else None,
+    )
+    with pytest.raises(errors.KfError, match="audit log"):
+        services.submit(stack.core, mallory, kinds.Share("team-a", "eve@example.com"), idempotency_key=None)
+
+
+def test_a_token_holder_edited_in_the_database_is_refused_not_skipped(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    token = issue_token(stack)
+    sql(stack, "UPDATE requests SET requester_email = 'nobody@example.com' WHERE id = :id", id=token)
+    with pytest.raises(errors.KfError, match="audit log"):
+        submit(stack, kinds.Unshare("team-a", BOB.email))
+    assert stack.core.facts is not None
+
+
+def test_a_timer_row_the_audit_log_does_not_vouch_for_files_nothing(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    temporary = services.submit(
+        stack.core,
+        ALICE,
+        kinds.QuotaChange("team-a", cpu="4", duration=timedelta(hours=1)),
+        idempotency_key=None,
+    )
+    assert temporary.auto_reason is not None
+    stack.run()
+    with stack.backend.db.engine.begin() as conn:
+        row = conn.execute(sa.text("SELECT ref, payload FROM timers WHERE kind = 'quota.revert'")).one()
+        payload = dict(row.payload) if isinstance(row.payload, dict) else json.loads(row.payload)
+        forged = {**payload, "previous": {k: "4096" for k in payload["set"]}}
+        conn.execute(
+            sa.text("UPDATE timers SET payload = :p WHERE kind = 'quota.revert'"), {"p": json.dumps(forged)}
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO timers (kind, ref, due_at, payload, attempts) "
+                "VALUES ('quota.revert', 'team-a:x', :d, :p, 0)"
+            ),
+            {"d": stack.clock.now(), "p": json.dumps({**forged, "request_id": "RFAKE02"})},
+        )
+    stack.clock.advance(timedelta(hours=2))
+    stack.backend.sweep_timers(lambda k, r, p: services.handle_timer(stack.core, k, r, p))
+    stack.run()
+    with stack.backend.uow() as uow:
+        system = [
+            r for r in uow.requests.list(kind=kinds.QuotaChange.KIND) if r.requester_id == SYSTEM.user_id
+        ]
+    assert system == [], "a forged revert filed a quota change"
+    assert (stack.core.facts.workspace("team-a") or pytest.fail()).quota.get("cpu") == "4"
+
+
+def test_a_timer_the_bot_set_still_fires(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    services.submit(
+        stack.core,
+        ALICE,
+        kinds.Share("team-a", "dave@example.com", duration=timedelta(hours=1)),
+        idempotency_key=None,
+    )
+    stack.run()
+    stack.clock.advance(timedelta(hours=2))
+    stack.backend.sweep_timers(lambda k, r, p: services.handle_timer(stack.core, k, r, p))
+    stack.run()
+    assert "dave@example.com" not in (stack.core.facts.workspace("team-a") or pytest.fail()).contributors

@@ -201,3 +201,9 @@ def test_a_reason_with_markup_and_controls_is_refused_or_shown_literally(tmp_pat
     assert "error: The reason contains the invisible control character U+001B" in out
     assert "\x1b" not in out and "\u202e" not in out and "\x00" not in out
     assert "Rejected by bob@example.com at" in out and ": *not* _now_ ~ok~ `x` <!here>" in out
+
+
+def test_an_unclosed_quote_in_as_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
+    result = kfbot(["shell", "--as", "alice@example.com"], tmp_path, stdin='as "\n')
+    assert "Could not read the command" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "went wrong" not in result.stdout

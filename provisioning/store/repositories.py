@@ -638,6 +638,20 @@ class SqlRegistry:
         )
         return result.rowcount == 1
 
+    def forget_workspace(self, name: str, at: datetime) -> None:
+        """A deleted workspace leaves nothing a later workspace of the same name could inherit: its
+        row is marked deleted, its tokens revoked, its grants dropped, and its pending timers
+        (grant expiries and quota reverts, whose refs start with ``NAME:``) cancelled."""
+        self.mark_workspace_deleted(name, at)
+        self.revoke_tokens_in(name, at)
+        self._tx.conn.execute(sa.delete(grants).where(grants.c.workspace == name))
+        prefix = f"{name}:"
+        self._tx.conn.execute(
+            sa.delete(timers).where(
+                sa.func.substr(timers.c.ref, 1, len(prefix)) == prefix, timers.c.done_at.is_(None)
+            )
+        )
+
     def revoke_tokens_in(self, workspace: str, at: datetime) -> int:
         result = self._tx.conn.execute(
             sa.update(tokens)
