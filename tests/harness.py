@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from handlers import errors, services
+from handlers import errors, kinds, services
 from handlers.model import Actor, Event, Request
 from handlers.plan import JSON, StepOutcome, canonical_json
 from handlers.ports import Delivery
@@ -125,6 +125,15 @@ class Stack:
         return services.decide(
             self.core, actor, request_id, approve=True, decision_key=f"test:{request_id}:{actor.user_id}"
         )
+
+
+def make_workspace(stack: Stack, name: str, owner: Actor, admin: Actor = ADMIN) -> None:
+    """A workspace made the way the bot makes one (filed, approved, applied), so the registry row
+    and the audit log agree; a row written straight into the registry would be refused."""
+    create = kinds.WorkspaceCreate(name, owner.email)
+    request = services.submit(stack.core, owner, create, idempotency_key=None)
+    stack.approve(request.request.id, admin)
+    stack.run()
 
 
 def engine_settings(worker_id: str = "worker-1") -> EngineSettings:
