@@ -133,6 +133,18 @@ def kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
     return kubeflow_user_id(settings, actor.email)
 
 
+def check_may_see_workspace(
+    actor: Actor, settings: CoreSettings, name: str, owner: str | None, contributors: Iterable[str]
+) -> None:
+    """A workspace's details are for admins, its owner and its contributors, as the registry
+    records them (``owner`` None: no such workspace). Anyone else is told it does not exist, so
+    the answer does not reveal which names are taken."""
+    user = kubeflow_user(actor, settings)
+    if owner is not None and (actor.is_admin or owner == user or user in contributors):
+        return
+    raise errors.NotFound(f"There is no workspace `{name}` of yours.")
+
+
 def _owner(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:
     ws = facts.workspace(workspace)
     return ws is not None and ws.owner == kubeflow_user(actor, settings)

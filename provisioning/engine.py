@@ -648,7 +648,7 @@ def _workspace_pinned(
     row = uow.registry.get_workspace(kind.name)
     if row is None:
         return
-    created = dict(row["created"])
+    created = dict(row.created)
     for step in request.plan.steps:
         entry = created.get(step.key)
         if entry is None:
@@ -658,9 +658,7 @@ def _workspace_pinned(
         else:
             params = {**entry["params"], "taints": step.params["taints"]}
         created[step.key] = {**entry, "params": params}
-    uow.registry.put_workspace(
-        kind.name, row["namespace"], row["owner"], row["request_id"], created, row["created_at"]
-    )
+    uow.registry.put_workspace(kind.name, row.namespace, row.owner, row.request_id, created, row.created_at)
 
 
 def _granted(

@@ -10,16 +10,17 @@ dashboard is not silently overwritten.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from handlers import kinds
 from handlers.model import SYSTEM, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
-from provisioning.store import Database
+from provisioning.records import WorkspaceRecord, WorkspaceState
+from provisioning.store import Database, SqlUnitOfWork
 
 
 class LiveWorkspaces(Protocol):
-    def workspace_state(self, namespace: str) -> dict[str, Any]: ...
+    def workspace_state(self, namespace: str) -> WorkspaceState: ...
 
 
 class RegistryFacts:
@@ -34,73 +35,69 @@ class RegistryFacts:
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:
             row = uow.registry.get_workspace(name)
-            if row is None or row.get("deleted_at") is not None:
+            if row is None or row.deleted_at is not None:
                 return None
-            grants = {
-                g["user"]: g["role"]
-                for g in uow.registry.grants(name)
-                if not self._expired(g.get("expires_at"))
-            }
-            recorded = {g["user"]: g["role"] for g in uow.registry.grants(name)}
+            grants = {g.user: g.role for g in uow.registry.grants(name) if not self._expired(g.expires_at)}
+            recorded = {g.user: g.role for g in uow.registry.grants(name)}
             quota = self._last_quota(uow, name, row)
             baseline = self._quota_baseline(uow, name, row)
             tokens = {
-                t["token_id"]: TokenFacts(holder=str(t["holder"]), role=str(t["role"]))
+                t.token_id: TokenFacts(holder=str(t.holder), role=t.role)
                 for t in uow.registry.tokens_in(name)
             }
         used: dict[str, str] = {}
         enforced: dict[str, str] = {}
         pvcs: int | None = None
         if self.live is not None:
-            state = self.live.workspace_state(row["namespace"])
-            pvcs = int(state.get("pvcs") or 0)
-            grants = dict(state.get("contributors", grants))
-            quota = dict(state.get("quota_hard", quota))
-            resource_quota = dict(state.get("quota") or {})
-            used, enforced = dict(resource_quota.get("used") or {}), dict(resource_quota.get("hard") or {})
+            state = self.live.workspace_state(row.namespace)
+            pvcs = state.pvcs
+            grants = dict(state.contributors)
+            if state.profile_hard is not None:
+                quota = dict(state.profile_hard)
+            used, enforced = dict(state.quota.used), dict(state.quota.hard)
         return WorkspaceFacts(
             name=name,
-            namespace=row["namespace"],
-            owner=row["owner"],
+            namespace=row.namespace,
+            owner=row.owner,
             contributors=grants,
             quota=quota,
             quota_baseline=baseline,
             quota_used=used,
             quota_enforced=enforced,
-            created=dict(row["created"]),
+            created=dict(row.created),
             pvcs=pvcs,
             recorded_grants=recorded,
             tokens=tokens,
         )
 
     @staticmethod
-    def _last_quota(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+    def _last_quota(uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:
         # Without a cluster to ask, the quota is what the last applied change set.
         for request in uow.requests.list(
             kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
         ):
             if request.args.get("workspace") == name:
                 return dict(request.plan.steps[0].params["hard"])
-        for entry in row["created"].values():
+        for entry in row.created.values():
             if entry["action"] == "kubeflow.profile":
                 return dict(entry["params"]["hard"])
         return {}
 
     @staticmethod
-    def _quota_baseline(uow: Any, name: str, row: dict[str, Any]) -> dict[str, str]:
+    def _quota_baseline(uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:
         """Per resource, the quota a person last approved: the value set by the newest lasting
         change an admin decided, else the Profile's quota at creation. The owner's self-service
         raises (auto-applied), the bot's reverts and temporary raises never move it, so repeated
         small raises cannot climb past it by more than the self-service step."""
         baseline: dict[str, str] = {}
-        for entry in row["created"].values():
+        for entry in row.created.values():
             if entry["action"] == "kubeflow.profile":
                 baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
         decided: dict[str, str] = {}
         for request in uow.requests.list(  # newest first
             kind=kinds.QuotaChange.KIND, states=[RequestState.SUCCEEDED], limit=200
         ):
-            if request.args.get("workspace") != name or request.created_at < row["created_at"]:
+            if request.args.get("workspace") != name or request.created_at < row.created_at:
                 continue
             if request.decided_by in (None, SYSTEM.user_id):
                 continue  # applied without a person's decision: self-service or an expiry
@@ -119,9 +116,9 @@ class RegistryFacts:
             owned = [
                 w
                 for w in uow.registry.list_workspaces(owner=user)
-                if w["name"] != except_workspace and w.get("deleted_at") is None
+                if w.name != except_workspace and w.deleted_at is None
             ]
-            granted = [g for g in uow.registry.grants_of(user) if g["workspace"] != except_workspace]
+            granted = [g for g in uow.registry.grants_of(user) if g.workspace != except_workspace]
         return bool(owned or granted)
 
     def bot_made_login(self, user: str) -> bool:
@@ -130,13 +127,13 @@ class RegistryFacts:
         return any(
             entry["action"] == "dex.user" and entry["params"].get("email") == user
             for ws in workspaces
-            if ws.get("deleted_at") is None
-            for entry in ws["created"].values()
+            if ws.deleted_at is None
+            for entry in ws.created.values()
         )
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         with self.db.uow() as uow:
             token = uow.registry.token(token_id)
-        if token is None or token.get("revoked_at") is not None:
+        if token is None or token.revoked_at is not None:
             return None
-        return str(token["requester_id"]), str(token["workspace"])
+        return token.requester_id, token.workspace
