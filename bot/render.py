@@ -19,6 +19,7 @@ from typing import Any
 
 from handlers import errors, kinds, naming, parse, services
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
+from handlers.notifications import Access, Notice, Say
 from handlers.plan import Plan, Step
 from provisioning import Contributor, GrantRecord, QuotaState, TokenRecord, WorkspaceRecord, WorkspaceView
 
@@ -354,6 +355,62 @@ def event_text(request: Request, event: Event, style: Style) -> str | None:
     if t is EventType.PLAN_CHANGED:
         return "The plan changed since it was approved; it needs a new approval (see the new card)."
     return None
+
+
+# -- notices (``handlers.notifications``) -------------------------------------------------------------
+
+
+def replan_dm(request: Request, style: Style) -> str:
+    what = f"`{request.id}` ({describe(request, style)})"
+    return (
+        f"Your request {what} is waiting for an admin again: what it would change differs from what "
+        "was approved, so it needs a new approval. You will hear when it is decided."
+    )
+
+
+def decision_dm(request: Request, style: Style) -> str:
+    what = f"`{request.id}` ({describe(request, style)})"
+    if request.state is RequestState.REJECTED:
+        who = style.user(request.decided_by)
+        return f"Your request {what} was rejected by {who}: {style.text(request.reason or '')}"
+    if request.state is RequestState.EXPIRED:
+        return f"Your request {what} expired: no admin decided in time. Ask again if you still need it."
+    return f"Your request {what} was approved by {style.user(request.decided_by)}; applying it now."
+
+
+def access_text(request: Request, access: Access, style: Style) -> str:
+    """For the person whose access someone else gave or removed."""
+    who = style.user(request.requester_id, request.requester_email)
+    workspace = style.esc(str(request.args.get("workspace")))
+    if access is Access.REMOVED:
+        return f"{who} removed your access to Kubeflow workspace `{workspace}` (`{request.id}`)."
+    until = f" for {style.esc(str(request.args['duration']))}" if request.args.get("duration") else ""
+    role = style.esc(str(request.args.get("role") or "edit"))
+    return f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
+
+
+def notice_text(notice: Notice, style: Style, kept: Sequence[str] = ()) -> str:
+    """The text of a notice other than a card (cards are the transports' own layout)."""
+    request, say = notice.request, notice.say
+    if say is Say.PROGRESS and notice.event is not None:
+        return event_text(request, notice.event, style) or ""
+    if say is Say.DECISION:
+        return decision_dm(request, style)
+    if say is Say.REPLANNED:
+        return replan_dm(request, style)
+    if say in (Say.RESULT, Say.ADMIN_NOTE):
+        return result_text(request, style, kept)
+    if say is Say.MADE_FOR_YOU:
+        return f"A Kubeflow workspace was made for you: {describe(request, style)}."
+    if say is Say.ACCESS_CHANGED and notice.access is not None:
+        return access_text(request, notice.access, style)
+    if say is Say.TIME_LIMIT:
+        # For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
+        # an expired grant, the owner of a reverted quota.
+        return f"⏰ A time limit ran out. {result_text(request, style)}"
+    if say is Say.TIMER_MESSAGE:
+        return notice.message or ""
+    return decision_text(request, style)
 
 
 # -- read models -------------------------------------------------------------------------------------
