@@ -35,6 +35,15 @@ def stored(stack: Stack, state: RequestState, kind: kinds.RequestKind, request_i
                    subject=kind.subject())
 
 
+def made_team_a(stack: Stack) -> str:
+    """Alice's team-a, made by an approved create: the audit log vouches for its registry row."""
+    rid = services.submit(stack.core, ALICE, TEAM_A, idempotency_key=None).request.id
+    stack.approve(rid)
+    stack.run()
+    assert stack.request(rid).state is RequestState.SUCCEEDED
+    return rid
+
+
 def add_all(stack: Stack, requests: list[Request]) -> None:
     with stack.backend.uow() as uow:
         for request in requests:
@@ -57,8 +66,9 @@ def test_an_open_request_is_found_behind_any_number_of_newer_ones(db_url: str) -
 def test_quota_facts_read_every_applied_change_of_the_workspace(db_url: str) -> None:
     stack = build_stack(db_url)
     profile = {"kubeflow.profile": {"action": "kubeflow.profile", "params": {"hard": {"cpu": "4"}}}}
-    with stack.backend.db.uow() as uow:
-        uow.registry.put_workspace("team-a", "team-a", ALICE.email, None, profile, stack.clock.now())
+    made = made_team_a(stack)
+    with stack.backend.db.uow() as uow:  # the Profile's first quota, as this test sets it
+        uow.registry.put_workspace("team-a", "team-a", ALICE.email, made, profile, stack.clock.now())
         uow.commit()
 
     def quota(workspace: str, cpu: str, request_id: str, decided_by: str | None) -> Request:
@@ -86,9 +96,7 @@ def test_two_concurrent_submissions_about_one_subject_record_one(
     """Both submissions pass the check before either inserts (the barrier makes sure): the unique
     index lets one commit and the other gets the same SubjectBusy, naming the winner."""
     stack = build_stack(postgres_url)
-    with stack.backend.db.uow() as uow:
-        uow.registry.put_workspace("team-a", "team-a", ALICE.email, None, {}, stack.clock.now())
-        uow.commit()
+    made_team_a(stack)
     # The owner's share applies at once (approved at insert), as do the bot's expiries.
     share = kinds.Share("team-a", "carol@example.com", "view")
     barrier = threading.Barrier(2)
@@ -126,9 +134,7 @@ def test_two_concurrent_submissions_about_one_subject_record_one(
 
 def test_a_pending_request_does_not_hold_off_the_bots_own_but_one_at_work_does(db_url: str) -> None:
     stack = build_stack(db_url)
-    with stack.backend.db.uow() as uow:
-        uow.registry.put_workspace("team-a", "team-a", ALICE.email, None, {}, stack.clock.now())
-        uow.commit()
+    made_team_a(stack)
     share = kinds.Share("team-a", "carol@example.com", "view")
     add_all(stack, [stored(stack, RequestState.PENDING, share, "RPEND01")])
 
