@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +35,7 @@ from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool
 from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
-from bot.notify import SlackNotifier, StepDetails
+from bot.notify import SlackNotifier
 from bot.scheduler import start_scheduler
 from bot.settings import Settings
 from bot.signing import SlackEndpoint
@@ -51,8 +51,8 @@ def build_backend(
     clock: Clock | None = None,
     *,
     metrics: provisioning.Metrics | None = None,
-    kube_api: Any | None = None,
-) -> Any:
+    kube_api: object | None = None,
+) -> provisioning.Backend:
     """``provisioning.Backend`` for these settings (dry-run unless ``KFBOT_PROVISIONER=live``).
     ``metrics``: the engine's and sweeper's instruments (default: unregistered); ``kube_api``: a
     ``kubernetes.client.ApiClient`` instead of the kubeconfig/in-cluster one (tests)."""
@@ -66,7 +66,7 @@ def build_backend(
     )
 
 
-def build_core(settings: Settings, backend: Any, notifier: Notifier, clock: Clock) -> Core:
+def build_core(settings: Settings, backend: provisioning.Backend, notifier: Notifier, clock: Clock) -> Core:
     return Core(
         settings=settings.core,
         uow=backend.uow,
@@ -94,15 +94,6 @@ def make_client(settings: Settings, metrics: BotMetrics | None = None) -> WebCli
     )
 
 
-def step_details(backend: Any) -> StepDetails:
-    """Reads the recorded outcome details of a request's steps (what a delete kept, for its DM)."""
-
-    def read(request_id: str) -> dict[int, Mapping[str, Any]]:
-        return dict(backend.step_details(request_id))
-
-    return read
-
-
 @dataclass
 class SlackEdge:
     app: App
@@ -113,7 +104,7 @@ class SlackEdge:
 
 def build_slack(
     settings: Settings,
-    backend: Any,
+    backend: provisioning.Backend,
     clock: Clock,
     metrics: BotMetrics | None = None,
     *,
@@ -127,7 +118,7 @@ def build_slack(
     identity = Identity(client, settings.core, cache_seconds=settings.slack.admin_cache_seconds)
     calls = backend.render_step if backend.mode == "dry-run" else None
     notifier: Notifier = SlackNotifier(
-        client, settings.slack.admin_channel, identity.user_id_for_email, calls, step_details(backend)
+        client, settings.slack.admin_channel, identity.user_id_for_email, calls, backend.step_details
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)
@@ -170,7 +161,9 @@ class SlackAuthCheck:
             return self._ok
 
 
-def readiness(backend: Any, mode: str, slack_connected: Any) -> tuple[bool, dict[str, object]]:
+def readiness(
+    backend: provisioning.Backend, mode: str, slack_connected: Callable[[], bool]
+) -> tuple[bool, dict[str, object]]:
     body: dict[str, object] = {"provisioner": mode}
     try:
         body.update(backend.readiness())
@@ -187,13 +180,13 @@ class Running:
     """A started bot: Slack listeners, worker, scheduler and HTTP server."""
 
     settings: Settings
-    backend: Any
+    backend: provisioning.Backend
     edge: SlackEdge
     http: HttpServer
     stop_event: threading.Event
     worker: threading.Thread
     scheduler: BackgroundScheduler
-    socket_handler: Any = None
+    socket_handler: SocketModeHandler | None = None
     registry: CollectorRegistry | None = None
     """What ``/metrics`` serves: this bot's own registry."""
     _stopped: bool = field(default=False, repr=False)
@@ -208,7 +201,7 @@ class Running:
         self._stopped = True
         self.stop_event.set()
         if self.socket_handler is not None:
-            self.socket_handler.close()
+            self.socket_handler.close()  # type: ignore[no-untyped-call]
         self.http.stop()
         self.edge.deps.pool.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import provisioning
 from bot import app as composition
@@ -44,7 +44,7 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def _local_backend(settings: Settings, *, create: bool) -> tuple[Settings, Any]:
+def _local_backend(settings: Settings, *, create: bool) -> tuple[Settings, provisioning.Backend]:
     """For shell and plan: on a SQLite file, make the audit key file and migrate; elsewhere the
     database must already be migrated."""
     settings, note = settings.with_local_audit_key(create=create)
@@ -63,7 +63,9 @@ def _local_backend(settings: Settings, *, create: bool) -> tuple[Settings, Any]:
     return settings, backend
 
 
-def _maintenance_backend(settings: Settings, *, migrated: bool = True) -> tuple[Settings, Any]:
+def _maintenance_backend(
+    settings: Settings, *, migrated: bool = True
+) -> tuple[Settings, provisioning.Backend]:
     settings, _ = settings.with_local_audit_key(create=False)
     backend = composition.build_backend(settings)
     if migrated:
@@ -135,7 +137,7 @@ def run_shell(
         notifier = ShellNotifier(
             stdout,
             calls=backend.render_step if backend.mode == "dry-run" else None,
-            step_details=composition.step_details(backend),
+            step_details=backend.step_details,
         )
         core = composition.build_core(settings, backend, notifier, provisioning.SystemClock())
         shell = Shell(core=core, backend=backend, notifier=notifier, out=stdout, actor=actor)

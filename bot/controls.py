@@ -6,42 +6,42 @@ import the Slack edge). Typed against ``WorkspaceReads``, the read models of
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot import render
 from handlers import errors, parse, policy, services
 from handlers.model import Actor
+from provisioning import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 
 
 class WorkspaceReads(Protocol):
     """What control commands read from ``provisioning.Backend``."""
 
-    def workspaces(self, owner: str | None = None) -> list[dict[str, Any]]: ...
+    def workspaces(self, owner: str | None = None) -> list[WorkspaceRecord]: ...
 
-    def workspace_view(self, name: str, *, live: bool = True) -> dict[str, Any] | None: ...
+    def workspace_view(self, name: str, *, live: bool = True) -> WorkspaceView | None: ...
 
-    def contributors(self, workspace: str, *, view: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+    def contributors(self, workspace: str, *, view: WorkspaceView | None = None) -> list[Contributor]: ...
 
-    def tokens(self, requester_id: str) -> list[dict[str, Any]]: ...
-
-
-def visible(core: services.Core, actor: Actor, record: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """A workspace's details are for admins, its owner and its contributors (as the registry
-    records them: checked before any live read)."""
-    user = policy.kubeflow_user(actor, core.settings)
-    if record is not None and (
-        actor.is_admin
-        or record.get("owner") == user
-        or any(g.get("user") == user for g in record.get("grants") or [])
-    ):
-        return record
-    raise errors.NotFound(f"There is no workspace `{name}` of yours.")
+    def tokens(self, requester_id: str) -> list[TokenRecord]: ...
 
 
-def _authorized_view(core: services.Core, backend: WorkspaceReads, actor: Actor, name: str) -> dict[str, Any]:
+def _visible(core: services.Core, actor: Actor, view: WorkspaceView | None, name: str) -> WorkspaceView:
+    policy.check_may_see_workspace(
+        actor,
+        core.settings,
+        name,
+        None if view is None else view.record.owner,
+        () if view is None else [g.user for g in view.grants],
+    )
+    assert view is not None  # the policy refuses a missing workspace
+    return view
+
+
+def _authorized_view(core: services.Core, backend: WorkspaceReads, actor: Actor, name: str) -> WorkspaceView:
     """Authorize on the registry row (no Kubernetes read), then read the live view once."""
-    visible(core, actor, backend.workspace_view(name, live=False), name)
-    return visible(core, actor, backend.workspace_view(name), name)
+    _visible(core, actor, backend.workspace_view(name, live=False), name)
+    return _visible(core, actor, backend.workspace_view(name), name)
 
 
 def control(
@@ -69,11 +69,11 @@ def control(
         return render.workspace_text(_authorized_view(core, backend, actor, command.name), style)
     if isinstance(command, parse.Contributors):
         view = _authorized_view(core, backend, actor, command.workspace)
-        rows = backend.contributors(command.workspace, view=view)
-        return render.contributors_text(command.workspace, rows, style)
+        contributors = backend.contributors(command.workspace, view=view)
+        return render.contributors_text(command.workspace, contributors, style)
     if isinstance(command, parse.Tokens):
         return render.tokens_text(backend.tokens(actor.user_id), style)
     if isinstance(command, parse.PinAll):
-        names = [str(row["name"]) for row in backend.workspaces()]
+        names = [row.name for row in backend.workspaces()]
         return render.pins_text(services.pin_all(core, actor, names), style)
     raise errors.InvalidInput("That command is not available here.")

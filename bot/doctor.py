@@ -14,9 +14,9 @@ Exit status: 0 when nothing needs fixing (skipped checks do not count), 1 otherw
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -52,7 +52,7 @@ def _fix(area: str, check: str, detail: str, what: str) -> CheckResult:
     return CheckResult(area, check, Status.FIX, detail, what)
 
 
-def _header(headers: Any, name: str) -> str | None:
+def _header(headers: Mapping[str, str | list[str]] | None, name: str) -> str | None:
     for key, value in dict(headers or {}).items():
         if str(key).lower() == name:
             return str(value[0] if isinstance(value, list) and value else value)
@@ -133,7 +133,7 @@ def slack_checks(settings: Settings) -> list[CheckResult]:
     return results
 
 
-def collect(settings: Settings, *, live: bool, kube_api: Any | None = None) -> list[CheckResult]:
+def collect(settings: Settings, *, live: bool, kube_api: object | None = None) -> list[CheckResult]:
     """Every row of the table: settings, Slack, then the backend's (database, live checks)."""
     results = settings_checks(settings) + slack_checks(settings)
     settings, _ = settings.with_local_audit_key(create=False)
@@ -167,7 +167,7 @@ def render(results: Sequence[CheckResult], *, mode: str, live: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(settings: Settings, *, live: bool, out: TextIO | None = None, kube_api: Any | None = None) -> int:
+def run(settings: Settings, *, live: bool, out: TextIO | None = None, kube_api: object | None = None) -> int:
     """``kfbot doctor [--live]``: print the table; 0 when nothing needs fixing, else 1."""
     out = out or sys.stdout
     try:

@@ -18,11 +18,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
-Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Wsgi = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 Readiness = Callable[[], tuple[bool, dict[str, object]]]
 Exposition = Callable[[str], tuple[bytes, str]]
 """The metrics page and its content type for an ``Accept`` header (``bot.metrics.exposition``)."""
@@ -36,12 +36,12 @@ class _Server(ThreadingMixIn, WSGIServer):
 class _Handler(WSGIRequestHandler):
     timeout = 30  # seconds per socket read or write: a client that stalls mid-request frees its thread
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         logger.debug("http %s", format % args)
 
 
 def json_response(
-    start_response: Callable[..., Any],
+    start_response: StartResponse,
     status: str,
     body: dict[str, object],
     headers: list[tuple[str, str]] | None = None,
@@ -60,14 +60,14 @@ def wsgi_app(
     slack_path: str = "/slack/events",
     metrics: Exposition | None = None,
 ) -> Wsgi:
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             return route(environ, start_response)
         except Exception:  # the server's own handler would print a raw traceback to stderr
             logger.exception("error serving an HTTP request")
             return json_response(start_response, "500 Internal Server Error", {"error": "internal error"})
 
-    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def route(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             return json_response(start_response, "200 OK", {"status": "ok"})

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -23,22 +23,23 @@ from handlers.model import Actor
 from handlers.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class _TtlCache:
+class _TtlCache(Generic[T]):
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl, self._clock = ttl, clock
-        self._items: dict[str, tuple[float, Any]] = {}
+        self._items: dict[str, tuple[float, T]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> T | None:
         with self._lock:
             hit = self._items.get(key)
             if hit is None or hit[0] < self._clock():
                 return None
             return hit[1]
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: T) -> None:
         with self._lock:
             self._items[key] = (self._clock() + self._ttl, value)
 
@@ -47,14 +48,14 @@ class Identity:
     def __init__(self, client: WebClient, core: CoreSettings, *, cache_seconds: float = 60.0) -> None:
         self._client = client
         self._core = core
-        self._users = _TtlCache(cache_seconds)
-        self._groups = _TtlCache(cache_seconds)
+        self._users: _TtlCache[str] = _TtlCache(cache_seconds)
+        self._groups: _TtlCache[list[str]] = _TtlCache(cache_seconds)
 
     def email(self, user_id: str) -> str:
         """The lowercased email of a Slack user; ``KfError`` when there is none."""
         cached = self._users.get(user_id)
         if cached is not None:
-            return str(cached)
+            return cached
         try:
             user = self._client.users_info(user=user_id)["user"]
         except SlackApiError as exc:

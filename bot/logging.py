@@ -19,10 +19,10 @@ import secrets
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import TextIO
 
 QUIET_LOGGERS = (
     "slack_sdk",
@@ -164,12 +164,12 @@ class BoltBodyFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, static: dict[str, Any] | None = None) -> None:
+    def __init__(self, static: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self._static = dict(static or {})
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
@@ -197,7 +197,7 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def configure(*, fmt: str, level: str, provisioner: str, stream: Any = None) -> logging.Handler:
+def configure(*, fmt: str, level: str, provisioner: str, stream: TextIO | None = None) -> logging.Handler:
     """Send all logs through one scrubbing handler (stderr by default); returns the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(BoltBodyFilter())

@@ -19,7 +19,9 @@ from typing import Any
 
 from handlers import errors, kinds, naming, parse, services
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
+from handlers.notifications import Access, Notice, Say, keeps_data
 from handlers.plan import Plan, Step
+from provisioning import Contributor, GrantRecord, QuotaState, TokenRecord, WorkspaceRecord, WorkspaceView
 
 _SHELL_MENTION = re.compile(r"<@shell:([^>|]+)>")
 # C0 and C1 controls (a terminal reads ESC and CSI as commands) and bidirectional controls.
@@ -282,7 +284,7 @@ def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str
     """The requester's DM once a request has finished (or is stuck). ``kept``: what the steps
     themselves kept (``kept_at_apply``), beside what the plan already said would be kept."""
     what = describe(request, style)
-    deleting = request.kind == kinds.WorkspaceDelete.KIND
+    deleting = keeps_data(request)
     if request.state is RequestState.SUCCEEDED:
         # What a delete deliberately left in place (data, a login still in use) is part of its result.
         notes = [w for w in request.plan.warnings if deleting and " is kept" in w] + list(kept)
@@ -355,21 +357,73 @@ def event_text(request: Request, event: Event, style: Style) -> str | None:
     return None
 
 
+# -- notices (``handlers.notifications``) -------------------------------------------------------------
+
+
+def replan_dm(request: Request, style: Style) -> str:
+    what = f"`{request.id}` ({describe(request, style)})"
+    return (
+        f"Your request {what} is waiting for an admin again: what it would change differs from what "
+        "was approved, so it needs a new approval. You will hear when it is decided."
+    )
+
+
+def decision_dm(request: Request, style: Style) -> str:
+    what = f"`{request.id}` ({describe(request, style)})"
+    if request.state is RequestState.REJECTED:
+        who = style.user(request.decided_by)
+        return f"Your request {what} was rejected by {who}: {style.text(request.reason or '')}"
+    if request.state is RequestState.EXPIRED:
+        return f"Your request {what} expired: no admin decided in time. Ask again if you still need it."
+    return f"Your request {what} was approved by {style.user(request.decided_by)}; applying it now."
+
+
+def access_text(request: Request, access: Access, style: Style) -> str:
+    """For the person whose access someone else gave or removed."""
+    who = style.user(request.requester_id, request.requester_email)
+    workspace = style.esc(str(request.args.get("workspace")))
+    if access is Access.REMOVED:
+        return f"{who} removed your access to Kubeflow workspace `{workspace}` (`{request.id}`)."
+    until = f" for {style.esc(str(request.args['duration']))}" if request.args.get("duration") else ""
+    role = style.esc(str(request.args.get("role") or "edit"))
+    return f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
+
+
+def notice_text(notice: Notice, style: Style, kept: Sequence[str] = ()) -> str:
+    """The text of a notice other than a card (cards are the transports' own layout)."""
+    request, say = notice.request, notice.say
+    if say is Say.PROGRESS and notice.event is not None:
+        return event_text(request, notice.event, style) or ""
+    if say is Say.DECISION:
+        return decision_dm(request, style)
+    if say is Say.REPLANNED:
+        return replan_dm(request, style)
+    if say in (Say.RESULT, Say.ADMIN_NOTE):
+        return result_text(request, style, kept)
+    if say is Say.MADE_FOR_YOU:
+        return f"A Kubeflow workspace was made for you: {describe(request, style)}."
+    if say is Say.ACCESS_CHANGED and notice.access is not None:
+        return access_text(request, notice.access, style)
+    if say is Say.TIME_LIMIT:
+        # For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
+        # an expired grant, the owner of a reverted quota.
+        return f"⏰ A time limit ran out. {result_text(request, style)}"
+    if say is Say.TIMER_MESSAGE:
+        return notice.message or ""
+    return decision_text(request, style)
+
+
 # -- read models -------------------------------------------------------------------------------------
 
 
-def _when(value: Any, style: Style) -> str:
-    return style.when(value) if isinstance(value, datetime) else style.esc(str(value))
-
-
-def workspaces_text(rows: Sequence[Mapping[str, Any]], style: Style, *, admin: bool) -> str:
+def workspaces_text(rows: Sequence[WorkspaceRecord], style: Style, *, admin: bool) -> str:
     if not rows:
         return "No workspaces." if admin else "You own no workspaces."
     lines = ["Workspaces:" if admin else "Your workspaces:"]
     for row in rows:
         lines.append(
-            f"• `{style.esc(str(row.get('name')))}` namespace `{style.esc(str(row.get('namespace')))}`, "
-            f"owner {style.esc(str(row.get('owner')))}, since {_when(row.get('created_at'), style)}"
+            f"• `{style.esc(row.name)}` namespace `{style.esc(row.namespace)}`, "
+            f"owner {style.esc(row.owner)}, since {style.when(row.created_at)}"
         )
     return "\n".join(lines)
 
@@ -384,42 +438,46 @@ def pins_text(filed: Sequence[services.PinFiled], style: Style) -> str:
     return "\n".join(lines)
 
 
-def grant_line(grant: Mapping[str, Any], style: Style) -> str:
-    line = f"{style.esc(str(grant.get('user')))} ({style.esc(str(grant.get('role')))})"
-    if grant.get("expires_at"):
-        line += f" until {_when(grant['expires_at'], style)}"
-    in_cluster = grant.get("in_cluster")
-    if in_cluster is not None:
-        line += "" if in_cluster else " — missing in the cluster"
-    if grant.get("recorded") is False:
-        line += " — in the cluster only (not granted through kf-chatops)"
+def grant_line(grant: GrantRecord | Contributor, style: Style) -> str:
+    line = f"{style.esc(grant.user)} ({style.esc(grant.role)})"
+    if grant.expires_at is not None:
+        line += f" until {style.when(grant.expires_at)}"
+    if isinstance(grant, Contributor):
+        if grant.in_cluster is False:
+            line += " — missing in the cluster"
+        if not grant.recorded:
+            line += " — in the cluster only (not granted through kf-chatops)"
     return line
 
 
-def workspace_text(view: Mapping[str, Any], style: Style) -> str:
+def quota_text(quota: QuotaState, style: Style) -> str:
+    """The enforced ResourceQuota with its usage, per resource: ``cpu=8 (used 1)``."""
+    return ", ".join(
+        f"{style.esc(resource)}={style.esc(hard)}"
+        + (f" (used {style.esc(quota.used[resource])})" if resource in quota.used else "")
+        for resource, hard in sorted(quota.hard.items())
+    )
+
+
+def workspace_text(view: WorkspaceView, style: Style) -> str:
+    record = view.record
     lines = [
-        f"Workspace `{style.esc(str(view.get('name')))}`",
-        f"Namespace `{style.esc(str(view.get('namespace')))}` · owner {style.esc(str(view.get('owner')))} · "
-        f"created {_when(view.get('created_at'), style)} "
-        f"by request `{style.esc(str(view.get('request_id')))}`",
+        f"Workspace `{style.esc(record.name)}`",
+        f"Namespace `{style.esc(record.namespace)}` · owner {style.esc(record.owner)} · "
+        f"created {style.when(record.created_at)} "
+        f"by request `{style.esc(str(record.request_id))}`",
     ]
-    created = view.get("created") or {}
-    if created:
-        lines.append("Made by kf-chatops: " + ", ".join(f"`{style.esc(str(key))}`" for key in created))
-    grants = view.get("grants") or []
+    if record.created:
+        lines.append("Made by kf-chatops: " + ", ".join(f"`{style.esc(key)}`" for key in record.created))
+    grants = view.grants
     lines.append("Contributors: " + (", ".join(grant_line(g, style) for g in grants) if grants else "none"))
-    live = view.get("live")
-    if isinstance(live, Mapping) and live.get("quota"):
-        lines.append(
-            "Quota: "
-            + ", ".join(f"{style.esc(str(k))}={style.esc(str(v))}" for k, v in dict(live["quota"]).items())
-        )
-    for note in view.get("drift") or []:
-        lines.append(f"⚠ {style.esc(str(note))}")
+    if view.live is not None and view.live.quota.hard:
+        lines.append("Quota: " + quota_text(view.live.quota, style))
+    lines.extend(f"⚠ {style.esc(note)}" for note in view.drift)
     return "\n".join(lines)
 
 
-def contributors_text(workspace: str, rows: Sequence[Mapping[str, Any]], style: Style) -> str:
+def contributors_text(workspace: str, rows: Sequence[Contributor], style: Style) -> str:
     if not rows:
         return f"`{style.esc(workspace)}` has no contributors besides its owner."
     return "\n".join(
@@ -427,13 +485,13 @@ def contributors_text(workspace: str, rows: Sequence[Mapping[str, Any]], style: 
     )
 
 
-def tokens_text(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
+def tokens_text(rows: Sequence[TokenRecord], style: Style) -> str:
     if not rows:
         return "You have no active tokens."
     lines = ["Your active tokens (revoke with `/kf token revoke ID`):"]
     for row in rows:
         lines.append(
-            f"• `{style.esc(str(row.get('token_id')))}` {style.esc(str(row.get('role')))} in "
-            f"`{style.esc(str(row.get('workspace')))}`, expires {_when(row.get('expires_at'), style)}"
+            f"• `{style.esc(row.token_id)}` {style.esc(row.role)} in "
+            f"`{style.esc(row.workspace)}`, expires {style.when(row.expires_at)}"
         )
     return "\n".join(lines)

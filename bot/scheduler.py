@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
+import provisioning
 from bot import logging as log
 from handlers import services
 from handlers.services import Core
@@ -25,20 +25,22 @@ logger = logging.getLogger(__name__)
 JOB_ID = "kfbot-timer-sweeper"
 
 
-def sweep_once(backend: Any, core: Core) -> int:
+def sweep_once(backend: provisioning.Backend, core: Core) -> int:
     """Handle the timers due now if this process leads; returns how many were handled."""
     if not backend.try_lead():
         return 0
     with log.bound(log.new_correlation_id()):
-        count = int(
-            backend.sweep_timers(lambda kind, ref, payload: services.handle_timer(core, kind, ref, payload))
+        count = backend.sweep_timers(
+            lambda kind, ref, payload: services.handle_timer(core, kind, ref, payload)
         )
         if count:
             logger.info("handled %d due timers", count)
         return count
 
 
-def start_scheduler(backend: Any, core: Core, interval_seconds: float) -> BackgroundScheduler:
+def start_scheduler(
+    backend: provisioning.Backend, core: Core, interval_seconds: float
+) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
         jobstores={"default": MemoryJobStore()},
         executors={"default": ThreadPoolExecutor(1)},

@@ -244,10 +244,6 @@ def sqlite_path(database_url: str) -> Path | None:
     return None
 
 
-def is_default_sqlite(database_url: str) -> bool:
-    return sqlite_path(database_url) is not None
-
-
 # -- parsing helpers ---------------------------------------------------------------------------------
 
 

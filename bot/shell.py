@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
+import provisioning
 from bot import logging as log
 from bot import render
 from bot.controls import control
 from handlers import errors, naming, parse, services
 from handlers.model import Actor, Request, RequestState
+from handlers.ports import Notifier, RevealedSecret
 
 logger = logging.getLogger(__name__)
 S = render.SHELL
@@ -46,8 +48,8 @@ def _no_mentions(user_id: str) -> str:
 @dataclass
 class Shell:
     core: services.Core
-    backend: Any
-    notifier: Any
+    backend: provisioning.Backend
+    notifier: Notifier
     out: TextIO
     actor: Actor
     failures: int = 0
@@ -158,7 +160,7 @@ class Shell:
             )
         return pending[0]
 
-    def _show_secret(self, secret: Any) -> None:
+    def _show_secret(self, secret: RevealedSecret) -> None:
         log.forget_later(secret.value)
         self.say(f"Your new {secret.kind} (shown once; kf-chatops does not keep it):\n{secret.value}")
         if secret.expires_at is not None:

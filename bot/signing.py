@@ -21,8 +21,8 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
@@ -72,7 +72,7 @@ class SlackEndpoint:
     def __init__(self, app: App, signing_secret: str) -> None:
         self._app, self._secret = app, signing_secret.encode()
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             request = self._verified(environ)
         except _Refused as refused:
@@ -84,7 +84,7 @@ class SlackEndpoint:
         start_response(wsgi.status, wsgi.get_headers())
         return wsgi.get_body()
 
-    def _verified(self, environ: dict[str, Any]) -> BoltRequest:
+    def _verified(self, environ: WSGIEnvironment) -> BoltRequest:
         if environ.get("REQUEST_METHOD") != "POST":
             raise _Refused("405 Method Not Allowed", "method not allowed")
         body = self._body(environ)
@@ -110,7 +110,7 @@ class SlackEndpoint:
         except (ValueError, TypeError, AttributeError, LookupError) as exc:  # bad UTF-8 or JSON, odd shapes
             raise _Refused("400 Bad Request", f"unparseable body ({type(exc).__name__})", len(body)) from None
 
-    def _body(self, environ: dict[str, Any]) -> bytes:
+    def _body(self, environ: WSGIEnvironment) -> bytes:
         declared = str(environ.get("CONTENT_LENGTH") or "")
         if not declared:
             raise _Refused("411 Length Required", "no Content-Length")

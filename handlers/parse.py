@@ -241,3 +241,41 @@ def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver
             "Use `/kf workspace new|delete|list|show|pin`.", usage=USAGE["workspace new"]
         )
     raise errors.InvalidInput(f"Unknown command {naming.show_value(words[0].lower())}. Try `/kf help`.")
+
+
+# -- the Slack form ----------------------------------------------------------------------------------
+_FORM_NODES = re.compile(r"(\d{1,3}):(\d{1,3})")
+
+
+def _form_int(values: Mapping[str, str], key: str) -> int | None:
+    raw = values.get(key)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"\d{1,4}", raw):
+        raise errors.InvalidInput(f"Give a whole number, not {naming.show_value(raw)}.", field=key)
+    return int(raw)
+
+
+def workspace_from_form(values: Mapping[str, str], requester_email: str) -> kinds.WorkspaceCreate:
+    """The new-workspace form's fields (block id -> text; absent: left empty) as a
+    ``WorkspaceCreate``. ``InvalidInput.field`` names the bad field, for Slack's field errors."""
+    nodes_min = nodes_max = None
+    if "nodes" in values:
+        match = _FORM_NODES.fullmatch(values["nodes"])
+        if match is None:
+            raise errors.InvalidInput("Give MIN:MAX, e.g. `0:2`.", field="nodes")
+        nodes_min, nodes_max = int(match.group(1)), int(match.group(2))
+        if nodes_min > nodes_max:
+            raise errors.InvalidInput("MIN is larger than MAX.", field="nodes")
+    owner = naming.normalize_email(values["owner"]) if "owner" in values else requester_email
+    return kinds.WorkspaceCreate(
+        name=values.get("name", ""),
+        owner=owner,
+        gpu=_form_int(values, "gpu") or 0,
+        cpu=values.get("cpu"),
+        memory=values.get("memory"),
+        storage=values.get("storage"),
+        instance_type=values.get("instance_type"),
+        nodes_min=nodes_min,
+        nodes_max=nodes_max,
+    )

@@ -208,6 +208,18 @@ def check_may_request(kind: kinds.RequestKind, actor: Actor, facts: Facts, setti
         rule(kind, actor, facts, settings)
 
 
+def check_may_see_workspace(
+    actor: Actor, settings: CoreSettings, name: str, owner: str | None, contributors: Iterable[str]
+) -> None:
+    """A workspace's details are for admins, its owner and its contributors, as the registry
+    records them (``owner`` None: no such workspace). Anyone else is told it does not exist, so
+    the answer does not reveal which names are taken."""
+    user = kubeflow_user(actor, settings)
+    if owner is not None and (actor.is_admin or owner == user or user in contributors):
+        return
+    raise errors.NotFound(f"There is no workspace `{name}` of yours.")
+
+
 AutoRule = kinds.base.AutoRule
 AUTO_APPLY: dict[str, AutoRule] = {
     name: cls.POLICY.auto_apply for name, cls in kinds.KINDS.items() if cls.POLICY.auto_apply is not None

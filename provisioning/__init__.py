@@ -5,20 +5,36 @@ keeps ``bot/`` out of it)."""
 from provisioning.backend import Backend, SystemClock, build_backend, generate_audit_key
 from provisioning.doctor import CheckResult, DoctorReport, Permission, Status, required_permissions
 from provisioning.metrics import Metrics
+from provisioning.records import (
+    Contributor,
+    GrantRecord,
+    QuotaState,
+    TokenRecord,
+    WorkspaceRecord,
+    WorkspaceState,
+    WorkspaceView,
+)
 from provisioning.settings import DexSettings, EngineSettings, KubeflowSettings, ProvisioningSettings
 
 __all__ = [
     "Backend",
     "CheckResult",
+    "Contributor",
     "DexSettings",
     "DoctorReport",
     "EngineSettings",
+    "GrantRecord",
     "KubeflowSettings",
     "Metrics",
     "Permission",
     "ProvisioningSettings",
+    "QuotaState",
     "Status",
     "SystemClock",
+    "TokenRecord",
+    "WorkspaceRecord",
+    "WorkspaceState",
+    "WorkspaceView",
     "build_backend",
     "generate_audit_key",
     "required_permissions",

@@ -10,6 +10,7 @@ import secrets as pysecrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from provisioning.actions import ActionRegistry
 from provisioning.engine import Engine, LogContext, no_log_context
 from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
+from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 from provisioning.settings import ProvisioningSettings
 from provisioning.store import Database, LeaderElection, SqlUnitOfWork
 
@@ -173,70 +175,60 @@ class Backend:
         """The calls and objects a step makes, as text (plans, cards, ``kfbot plan``)."""
         return dryrun.render(action, params)
 
-    def step_details(self, request_id: str) -> dict[int, dict[str, JSON]]:
-        """Step index -> the details its outcome recorded (what a delete kept, for its DM)."""
+    def workspaces(self, owner: str | None = None) -> list[WorkspaceRecord]:
         with self.db.uow() as uow:
-            records = uow.work.steps(request_id)
-        return {r.idx: dict(r.outcome.details) for r in records if r.outcome is not None}
+            return uow.registry.list_workspaces(owner=owner)
 
-    def workspaces(self, owner: str | None = None) -> list[dict[str, Any]]:
-        with self.db.uow() as uow:
-            return [w for w in uow.registry.list_workspaces(owner=owner) if w.get("deleted_at") is None]
-
-    def workspace_view(self, name: str, *, live: bool = True) -> dict[str, Any] | None:
+    def workspace_view(self, name: str, *, live: bool = True) -> WorkspaceView | None:
         """The registry row with its grants and, when ``live`` (and the provisioner is live), the
         cluster's state and the drift; ``live=False`` reads the database only (authorization)."""
         with self.db.uow() as uow:
             row = uow.registry.get_workspace(name)
-            if row is None or row.get("deleted_at") is not None:
+            if row is None:
                 return None
-            grants = uow.registry.grants(name)
-        view: dict[str, Any] = {**row, "grants": grants, "live": None, "drift": []}
+            grants = tuple(uow.registry.grants(name))
+        view = WorkspaceView(record=row, grants=grants)
         if live and self._live is not None:
-            state = self._live.workspace_state(row["namespace"])
-            view["live"] = state
-            view["drift"] = _drift(
-                {g["user"]: g["role"] for g in grants},
-                dict(state.get("contributors", {})),
-                row["owner"],
-                state.get("owner"),
-            )
+            state = self._live.workspace_state(row.namespace)
+            drift = _drift({g.user: g.role for g in grants}, dict(state.contributors), row.owner, state.owner)
+            view = replace(view, live=state, drift=tuple(drift))
         return view
 
-    def contributors(self, workspace: str, *, view: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def contributors(self, workspace: str, *, view: WorkspaceView | None = None) -> list[Contributor]:
         """``view``: this workspace's ``workspace_view``, when the caller already read it."""
         view = view if view is not None else self.workspace_view(workspace)
         if view is None:
             return []
-        recorded = {g["user"]: g for g in view["grants"]}
-        live = dict((view["live"] or {}).get("contributors", {})) if view["live"] is not None else None
+        live = dict(view.live.contributors) if view.live is not None else None
+        recorded = {g.user for g in view.grants}
         rows = [
-            {**g, "in_cluster": None if live is None else g["user"] in live, "recorded": True}
-            for g in recorded.values()
+            Contributor(
+                workspace=g.workspace,
+                user=g.user,
+                role=g.role,
+                expires_at=g.expires_at,
+                in_cluster=None if live is None else g.user in live,
+            )
+            for g in view.grants
         ]
         if live is not None:
             rows += [
-                {
-                    "workspace": workspace,
-                    "user": user,
-                    "role": role,
-                    "expires_at": None,
-                    "in_cluster": True,
-                    "recorded": False,
-                }
+                Contributor(workspace=workspace, user=user, role=role, in_cluster=True, recorded=False)
                 for user, role in live.items()
                 if user not in recorded
             ]
         return rows
 
-    def tokens(self, requester_id: str) -> list[dict[str, Any]]:
+    def tokens(self, requester_id: str) -> list[TokenRecord]:
         now = self.clock.now()
         with self.db.uow() as uow:
-            return [
-                t
-                for t in uow.registry.tokens_of(requester_id)
-                if t.get("revoked_at") is None and t["expires_at"] > now
-            ]
+            return [t for t in uow.registry.tokens_of(requester_id) if t.expires_at > now]
+
+    def step_details(self, request_id: str) -> dict[int, Mapping[str, JSON]]:
+        """The recorded outcome details of a request's steps, by step index (what a delete kept)."""
+        with self.db.uow() as uow:
+            records = uow.work.steps(request_id)
+        return {r.idx: dict(r.outcome.details) for r in records if r.outcome is not None}
 
     def request_counts(self) -> dict[tuple[str, str], int]:
         """(kind, state) -> requests: one GROUP BY (``kfbot_requests`` on /metrics)."""
@@ -274,7 +266,7 @@ class Backend:
         self.db.dispose()
 
 
-def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: object) -> list[str]:
+def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: str | None) -> list[str]:
     notes = [
         f"{u} has {r} access in the cluster but not in the audit log (added by hand?)"
         for u, r in live.items()

@@ -571,16 +571,14 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
             row = registry.get_workspace(name)
             if row is None:
                 return
-            created = dict(row["created"])
+            created = dict(row.created)
             for key, params in replace.items():
                 if key in created:
                     created[key] = {**created[key], "params": dict(params)}
             for key, params in merge.items():
                 if key in created:
                     created[key] = {**created[key], "params": {**created[key]["params"], **params}}
-            registry.put_workspace(
-                name, row["namespace"], row["owner"], row["request_id"], created, row["created_at"]
-            )
+            registry.put_workspace(name, row.namespace, row.owner, row.request_id, created, row.created_at)
         case DeleteWorkspace(name):
             registry.forget_workspace(name, now)
         case PutGrant(workspace, user, role, granted_by, expires_at):

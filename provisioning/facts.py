@@ -10,13 +10,14 @@ dashboard is not silently overwritten.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from handlers import errors, kinds, policy
 from handlers.actions import ActionName
 from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, Request, RequestState
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
+from provisioning.records import TokenRecord, WorkspaceRecord, WorkspaceState
 from provisioning.store import Database, SqlUnitOfWork
 
 
@@ -28,7 +29,7 @@ def _inconsistent(what: str) -> errors.Inconsistent:
 
 
 class LiveWorkspaces(Protocol):
-    def workspace_state(self, namespace: str) -> dict[str, Any]: ...
+    def workspace_state(self, namespace: str) -> WorkspaceState: ...
 
 
 class RegistryFacts:
@@ -43,63 +44,59 @@ class RegistryFacts:
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:
             row = uow.registry.get_workspace(name)
-            if row is None or row.get("deleted_at") is not None:
+            if row is None or row.deleted_at is not None:
                 return None
             self._check_owner(uow, row)
-            grants = {
-                g["user"]: g["role"]
-                for g in uow.registry.grants(name)
-                if not self._expired(g.get("expires_at"))
-            }
-            recorded = {g["user"]: g["role"] for g in uow.registry.grants(name)}
+            grants = {g.user: g.role for g in uow.registry.grants(name) if not self._expired(g.expires_at)}
+            recorded = {g.user: g.role for g in uow.registry.grants(name)}
             quota = self._last_quota(uow, name, row)
             baseline = self._quota_baseline(uow, name, row)
             active = uow.registry.tokens_in(name)
             self._check_tokens(uow, name, active)
-            tokens = {t["token_id"]: TokenFacts(holder=str(t["holder"]), role=str(t["role"])) for t in active}
+            tokens = {t.token_id: TokenFacts(holder=str(t.holder), role=t.role) for t in active}
         used: dict[str, str] = {}
         enforced: dict[str, str] = {}
         pvcs: int | None = None
         if self.live is not None:
-            state = self.live.workspace_state(row["namespace"])
-            pvcs = int(state.get("pvcs") or 0)
-            grants = dict(state.get("contributors", grants))
-            quota = dict(state.get("quota_hard", quota))
-            resource_quota = dict(state.get("quota") or {})
-            used, enforced = dict(resource_quota.get("used") or {}), dict(resource_quota.get("hard") or {})
+            state = self.live.workspace_state(row.namespace)
+            pvcs = state.pvcs
+            grants = dict(state.contributors)
+            if state.profile_hard is not None:
+                quota = dict(state.profile_hard)
+            used, enforced = dict(state.quota.used), dict(state.quota.hard)
         return WorkspaceFacts(
             name=name,
-            namespace=row["namespace"],
-            owner=row["owner"],
+            namespace=row.namespace,
+            owner=row.owner,
             contributors=grants,
             quota=quota,
             quota_baseline=baseline,
             quota_used=used,
             quota_enforced=enforced,
-            created=dict(row["created"]),
+            created=dict(row.created),
             pvcs=pvcs,
             recorded_grants=recorded,
             tokens=tokens,
         )
 
     @staticmethod
-    def _check_owner(uow: SqlUnitOfWork, row: dict[str, Any]) -> None:
+    def _check_owner(uow: SqlUnitOfWork, row: WorkspaceRecord) -> None:
         """The owner decides who gets in without an admin, so the registry's row must be the one
         the workspace's create request recorded in the audit log (rows written with the key): the
         request that made it, for this name, succeeded, and named this owner. A row edited in the
         database gets no owner rights."""
-        trail = uow.audit.trail(row["request_id"]) if row["request_id"] else []
-        if row["owner"] not in policy.owners_recorded(trail, row["name"]):
-            raise _inconsistent(f"workspace `{row['name']}`")
+        trail = uow.audit.trail(row.request_id) if row.request_id else []
+        if row.owner not in policy.owners_recorded(trail, row.name):
+            raise _inconsistent(f"workspace `{row.name}`")
 
     @staticmethod
-    def _check_tokens(uow: SqlUnitOfWork, name: str, tokens: list[dict[str, Any]]) -> None:
+    def _check_tokens(uow: SqlUnitOfWork, name: str, tokens: list[TokenRecord]) -> None:
         """Who holds a token decides which tokens an unshare removes: each must be the one its
         request recorded in the audit log."""
         for token in tokens:
-            request = uow.requests.get(str(token["token_id"]))
+            request = uow.requests.get(token.token_id)
             if policy.record_problem(request, uow.audit.trail(request.id)) is not None:
-                raise _inconsistent(f"token {token['token_id']} of `{name}`")
+                raise _inconsistent(f"token {token.token_id} of `{name}`")
 
     @staticmethod
     def _quota_changes(uow: SqlUnitOfWork, name: str, limit: int | None) -> list[Request]:
@@ -108,30 +105,30 @@ class RegistryFacts:
                                  states=[RequestState.SUCCEEDED], limit=limit)
 
     @classmethod
-    def _last_quota(cls, uow: SqlUnitOfWork, name: str, row: dict[str, Any]) -> dict[str, str]:
+    def _last_quota(cls, uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:
         # Without a cluster to ask, the quota is what the last applied change set, in this
         # workspace: not one of an earlier workspace of the same name.
         last = cls._quota_changes(uow, name, limit=1)
-        if last and last[0].created_at >= row["created_at"]:
+        if last and last[0].created_at >= row.created_at:
             return dict(last[0].plan.steps[0].params["hard"])
-        for entry in row["created"].values():
+        for entry in row.created.values():
             if entry["action"] == ActionName.PROFILE:
                 return dict(entry["params"]["hard"])
         return {}
 
     @classmethod
-    def _quota_baseline(cls, uow: SqlUnitOfWork, name: str, row: dict[str, Any]) -> dict[str, str]:
+    def _quota_baseline(cls, uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:
         """Per resource, the quota a person last approved: the value set by the newest lasting
         change an admin decided, else the Profile's quota at creation. The owner's self-service
         raises (auto-applied), the bot's reverts and temporary raises never move it, so repeated
         small raises cannot climb past it by more than the self-service step."""
         baseline: dict[str, str] = {}
-        for entry in row["created"].values():
+        for entry in row.created.values():
             if entry["action"] == ActionName.PROFILE:
                 baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
         decided: dict[str, str] = {}
         for request in cls._quota_changes(uow, name, limit=None):  # newest first
-            if request.created_at < row["created_at"]:
+            if request.created_at < row.created_at:
                 continue
             if request.decided_by in (None, SYSTEM.user_id):
                 continue  # applied without a person's decision: self-service or an expiry
@@ -148,9 +145,9 @@ class RegistryFacts:
             owned = [
                 w
                 for w in uow.registry.list_workspaces(owner=user)
-                if w["name"] != except_workspace and w.get("deleted_at") is None
+                if w.name != except_workspace and w.deleted_at is None
             ]
-            granted = [g for g in uow.registry.grants_of(user) if g["workspace"] != except_workspace]
+            granted = [g for g in uow.registry.grants_of(user) if g.workspace != except_workspace]
         return bool(owned or granted)
 
     def bot_made_login(self, user: str) -> bool:
@@ -159,13 +156,13 @@ class RegistryFacts:
         return any(
             entry["action"] == ActionName.DEX_USER and entry["params"].get("email") == user
             for ws in workspaces
-            if ws.get("deleted_at") is None
-            for entry in ws["created"].values()
+            if ws.deleted_at is None
+            for entry in ws.created.values()
         )
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         with self.db.uow() as uow:
             token = uow.registry.token(token_id)
-        if token is None or token.get("revoked_at") is not None:
+        if token is None or token.revoked_at is not None:
             return None
-        return str(token["requester_id"]), str(token["workspace"])
+        return token.requester_id, token.workspace

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from kubernetes import client
@@ -54,6 +54,7 @@ from handlers.ports import Clock
 from provisioning import k8s
 from provisioning.actions import Action, BoundAction
 from provisioning.k8s import Kube, Obj
+from provisioning.records import QuotaState, WorkspaceState
 from provisioning.settings import KubeflowSettings
 
 log = logging.getLogger(__name__)
@@ -612,24 +613,25 @@ class KubeflowActions:
 
     # -- read models -------------------------------------------------------------------------
 
-    def workspace_state(self, namespace: str) -> dict[str, Any]:
+    def workspace_state(self, namespace: str) -> WorkspaceState:
         """The live truth about one workspace, for ``/kf workspace show`` and planning facts."""
-        state: dict[str, Any] = {"namespace": namespace, "exists": False, "profile_exists": False,
-                                 "owner": None, "contributors": {}, "pvcs": 0,
-                                 "quota": {"hard": {}, "used": {}}}
         profile = self.kube.get(k8s.PROFILE, namespace)
-        if profile is not None:
-            state["profile_exists"] = True
-            state["owner"] = _profile_owner(profile)
-            state["quota_hard"] = _profile_hard(profile)
+        found = WorkspaceState(
+            namespace=namespace,
+            profile_exists=profile is not None,
+            owner=_profile_owner(profile) if profile is not None else None,
+            profile_hard=_profile_hard(profile) if profile is not None else None,
+        )
         if self.kube.get(k8s.NAMESPACE, namespace) is None:
-            return state
-        state["exists"] = True
-        quota = self.kube.get(k8s.RESOURCE_QUOTA, QUOTA_NAME, namespace)
-        if quota is not None:
-            status = quota.get("status") or {}
-            state["quota"] = {"hard": _str_map(status.get("hard") or (quota.get("spec") or {}).get("hard")),
-                              "used": _str_map(status.get("used"))}
+            return found
+        quota = QuotaState()
+        resource_quota = self.kube.get(k8s.RESOURCE_QUOTA, QUOTA_NAME, namespace)
+        if resource_quota is not None:
+            status = resource_quota.get("status") or {}
+            quota = QuotaState(
+                hard=_str_map(status.get("hard") or (resource_quota.get("spec") or {}).get("hard")),
+                used=_str_map(status.get("used")),
+            )
         contributors: dict[str, str] = {}
         for binding in self.kube.list(k8s.ROLE_BINDING, namespace):
             notes = k8s.annotations_of(binding)
@@ -637,6 +639,10 @@ class KubeflowActions:
             # KFAM's own listing rule (both annotations); the owner's admin binding is not a contributor.
             if user and role and role != "admin":
                 contributors[user] = role
-        state["contributors"] = contributors
-        state["pvcs"] = len(self.kube.list(k8s.PVC, namespace))
-        return state
+        return replace(
+            found,
+            exists=True,
+            quota=quota,
+            contributors=contributors,
+            pvcs=len(self.kube.list(k8s.PVC, namespace)),
+        )

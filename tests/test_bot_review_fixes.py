@@ -32,6 +32,7 @@ from bot.app import Running
 from handlers import parse
 from handlers.model import Request, RequestState
 from handlers.ports import RevealedSecret, SecretIssuer
+from provisioning import WorkspaceView
 from tests.fakes.slack import (
     SIGNING_SECRET,
     FakeSlack,
@@ -326,11 +327,10 @@ def test_show_and_contributors_authorize_on_the_registry_and_read_live_once(
     real_view = backend.workspace_view
     live_reads: list[str] = []
 
-    def workspace_view(name: str, *, live: bool = True) -> dict[str, Any] | None:
+    def workspace_view(name: str, *, live: bool = True) -> WorkspaceView | None:
         if live:
             live_reads.append(name)
-        view: dict[str, Any] | None = real_view(name, live=live)
-        return view
+        return real_view(name, live=live)
 
     monkeypatch.setattr(backend, "workspace_view", workspace_view)
     dave, alice = bot.edge.deps.identity.actor(DAVE), bot.edge.deps.identity.actor(ALICE)

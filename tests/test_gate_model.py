@@ -168,10 +168,8 @@ class GateMachine(RuleBasedStateMachine):
         """Bring the oracle's view of owners and grants up to date with what succeeded."""
         with self.stack.backend.db.uow() as uow:
             for ws in uow.registry.list_workspaces():
-                self.oracle.owners[ws["name"]] = ws["owner"]
-                self.oracle.contributors[ws["name"]] = {
-                    g["user"]: g["role"] for g in uow.registry.grants(ws["name"])
-                }
+                self.oracle.owners[ws.name] = ws.owner
+                self.oracle.contributors[ws.name] = {g.user: g.role for g in uow.registry.grants(ws.name)}
             for name in list(self.oracle.owners):
                 if uow.registry.get_workspace(name) is None:
                     self.oracle.owners.pop(name)
@@ -213,7 +211,7 @@ class GateMachine(RuleBasedStateMachine):
     @rule(who=who, data=st.data())
     def revoke(self, who: str, data: st.DataObject) -> None:
         with self.stack.backend.db.uow() as uow:
-            active = sorted(t["token_id"] for ws in WORKSPACES for t in uow.registry.tokens_in(ws))
+            active = sorted(t.token_id for ws in WORKSPACES for t in uow.registry.tokens_in(ws))
         if active:
             self._submit(who, kinds.TokenRevoke(data.draw(st.sampled_from(active))))
 
@@ -367,19 +365,19 @@ class GateMachine(RuleBasedStateMachine):
     @invariant()
     def no_token_outlives_its_access(self) -> None:
         with self.stack.backend.db.uow() as uow:
-            live = {w["name"] for w in uow.registry.list_workspaces()}
+            live = {w.name for w in uow.registry.list_workspaces()}
             for ws in (*WORKSPACES, "new-ws"):
                 for token in uow.registry.tokens_in(ws):
-                    assert ws in live, f"token {token['token_id']} outlived workspace {ws}"
+                    assert ws in live, f"token {token.token_id} outlived workspace {ws}"
             for rid in self.requests:
                 request = uow.requests.get(rid)
                 if request.kind != kinds.Unshare.KIND or request.state is not RequestState.SUCCEEDED:
                     continue
                 user = canonical(str(request.args["user"]))
                 for token in uow.registry.tokens_in(str(request.args["workspace"])):
-                    issued = uow.requests.get(str(token["token_id"]))
-                    if canonical(str(token["holder"])) == user and issued.created_at <= request.updated_at:
-                        raise AssertionError(f"token {token['token_id']} survived unshare {rid}")
+                    issued = uow.requests.get(token.token_id)
+                    if canonical(str(token.holder)) == user and issued.created_at <= request.updated_at:
+                        raise AssertionError(f"token {token.token_id} survived unshare {rid}")
 
     @invariant()
     def every_transition_is_audited(self) -> None:

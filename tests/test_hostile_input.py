@@ -264,7 +264,7 @@ def assert_clear_refusal(message: str, value: str) -> None:
 def slack_texts(request: Request) -> list[str]:
     fallback, card = blocks.card(request)
     texts = [fallback, json.dumps(card, ensure_ascii=False),
-             render.request_line(request, render.SLACK), notify.decision_dm(request, render.SLACK)]
+             render.request_line(request, render.SLACK), render.decision_dm(request, render.SLACK)]
     return texts
 
 
@@ -278,7 +278,7 @@ def assert_inert(request: Request, value: str, terminal: str) -> None:
         literal = render.slack_literal(request.reason or "")
         card = [e["text"] for b in blocks.card(request)[1] for e in b.get("elements", []) if "text" in e]
         assert any(literal in text for text in card), card
-        assert literal in notify.decision_dm(request, render.SLACK)
+        assert literal in render.decision_dm(request, render.SLACK)
     assert not _visible_only(terminal), _visible_only(terminal)
 
 

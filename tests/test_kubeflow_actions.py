@@ -295,7 +295,7 @@ def test_contributor_pair_is_exactly_kfams(apiserver: FakeApiServer, kf: Kubeflo
         "when": [{"key": "request.headers[kubeflow-userid]", "values": [email]}],
         "from": [{"source": {"principals": DEFAULT_PRINCIPALS}}]}]}
     # The dashboard's list (KFAM) reads exactly this back.
-    assert kf.workspace_state(ns)["contributors"] == {email: "edit"}
+    assert kf.workspace_state(ns).contributors == {email: "edit"}
 
 
 @pytest.mark.skipif(not crd_schemas_available(),
@@ -351,12 +351,12 @@ def test_role_change_replaces_the_pair_and_undo_restores_it(apiserver: FakeApiSe
     assert pair(apiserver, ns, kfam_binding_name(user, "edit")) == (None, None)
     binding, policy = pair(apiserver, ns, kfam_binding_name(user, "view"))
     assert binding is not None and binding["roleRef"]["name"] == "kubeflow-view" and policy is not None
-    assert kf.workspace_state(ns)["contributors"] == {user: "view"}
+    assert kf.workspace_state(ns).contributors == {user: "view"}
 
     kf.registry()["kubeflow.contributor"].undo({"namespace": ns, "user": user, "role": "view"}, outcome)
     assert pair(apiserver, ns, kfam_binding_name(user, "view")) == (None, None)
     assert all(half is not None for half in pair(apiserver, ns, kfam_binding_name(user, "edit")))
-    assert kf.workspace_state(ns)["contributors"] == {user: "edit"}
+    assert kf.workspace_state(ns).contributors == {user: "edit"}
 
 
 @pytest.mark.parametrize("missing", ["rolebindings", "authorizationpolicies"])
@@ -529,7 +529,7 @@ def test_quota_merge_patch_nulls_removed_resources_and_undo_restores(apiserver: 
     assert patches and patches[-1].content_type == "application/merge-patch+json"
     quota = apiserver.get("v1", "resourcequotas", "kf-resource-quota", ns)
     assert quota is not None and quota["spec"]["hard"] == new  # the controller followed the Profile
-    assert kf.workspace_state(ns)["quota_hard"] == new
+    assert kf.workspace_state(ns).profile_hard == new
 
     assert action.ensure({"profile": ns, "hard": new}).created is False
     action.undo({"profile": ns, "hard": new}, outcome)
@@ -571,7 +571,7 @@ def test_token_account_is_labelled_and_never_a_contributor(apiserver: FakeApiSer
         assert not {"user", "role"} & set(obj["metadata"].get("annotations") or {})
     assert binding["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole", "name": f"kubeflow-{role}"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfbot-token-r42", "namespace": ns}]
-    assert kf.workspace_state(ns)["contributors"] == {}
+    assert kf.workspace_state(ns).contributors == {}
 
     action.undo(params, outcome)
     assert apiserver.get("v1", "serviceaccounts", "kfbot-token-r42", ns) is None
@@ -603,11 +603,11 @@ def test_workspace_state(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
 
     state = kf.workspace_state(ns)
 
-    assert state["exists"] and state["owner"] == OWNER and state["pvcs"] == 1
-    assert state["contributors"] == {"alice@example.com": "edit", "bob@example.com": "view"}
-    assert state["quota"]["hard"] == HARD and set(state["quota"]["used"]) == set(HARD)
+    assert state.exists and state.owner == OWNER and state.pvcs == 1
+    assert state.contributors == {"alice@example.com": "edit", "bob@example.com": "view"}
+    assert state.quota.hard == HARD and set(state.quota.used) == set(HARD)
     missing = kf.workspace_state("nope")
-    assert missing["exists"] is False and missing["owner"] is None and "quota_hard" not in missing
+    assert missing.exists is False and missing.owner is None and missing.profile_hard is None
 
 
 # -- error translation (provisioning/k8s.py) ------------------------------------------------------

@@ -31,7 +31,7 @@ from kubernetes import client
 from slack_sdk import WebClient
 
 from bot import app as composition
-from bot import blocks
+from bot import blocks, render
 from bot import logging as botlog
 from bot.controls import control
 from bot.identity import Identity
@@ -41,7 +41,7 @@ from handlers import errors, kinds, parse, services
 from handlers.model import SYSTEM, Actor, Request, RequestState
 from handlers.naming import kfam_binding_name
 from handlers.settings import CoreSettings, PolicySettings, TokenSettings, WorkspaceDefaults
-from provisioning import audit, build_backend, store
+from provisioning import GrantRecord, audit, build_backend, store
 from provisioning.backend import Backend
 from provisioning.settings import KubeflowSettings, ProvisioningSettings
 from tests.fakes.apiserver import (
@@ -182,9 +182,9 @@ class Live:
         assert profile is not None
         return dict(profile["spec"]["resourceQuotaSpec"]["hard"])
 
-    def grants(self) -> dict[str, dict[str, Any]]:
+    def grants(self) -> dict[str, GrantRecord]:
         with self.backend.db.uow() as uow:
-            return {g["user"]: g for g in uow.registry.grants(NS)}
+            return {g.user: g for g in uow.registry.grants(NS)}
 
     def audit(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.backend.audit_export("jsonl", None)]
@@ -381,7 +381,7 @@ def test_sharing_again_with_another_role_replaces_the_pair(live: Live) -> None:
     assert view is not None and view["metadata"]["annotations"]["role"] == "view"
     binding = live.binding(kfam_binding_name(BOB.email, "view"))
     assert binding is not None and binding["roleRef"]["name"] == "kubeflow-view"
-    assert live.grants()[BOB.email]["role"] == "view"
+    assert live.grants()[BOB.email].role == "view"
 
 
 def test_unshare_removes_both_halves_and_a_lone_half_is_repaired_or_removed(live: Live) -> None:
@@ -451,7 +451,7 @@ def test_sharing_again_with_for_extends_the_grant(live: Live) -> None:
     succeeded(live.kf(ALICE, f"share {NS} bob@example.com --for 7d"))
     live.later(timedelta(days=5))
     succeeded(live.kf(ALICE, f"share {NS} bob@example.com --for 7d"))
-    assert live.grants()[BOB.email]["expires_at"] == live.clock.now() + timedelta(days=7)
+    assert live.grants()[BOB.email].expires_at == live.clock.now() + timedelta(days=7)
     live.later(timedelta(days=3))  # past the first expiry
     assert live.binding(name) is not None
     assert BOB.email in live.grants()
@@ -480,7 +480,7 @@ def test_an_expiry_waits_for_a_request_being_applied_about_the_same_grant(live: 
     assert due == live.clock.now() + services.SYSTEM_RETRY, "the expiry comes back, it is not lost"
     assert not live.requests(kind="unshare")
     live.run()  # the admin-approved grant applies and sets its own expiry
-    assert live.grants()[BOB.email]["role"] == "view"
+    assert live.grants()[BOB.email].role == "view"
     live.later(timedelta(days=7, minutes=1))
     assert live.contributor_bindings() == {}
 
@@ -514,7 +514,7 @@ def test_contributors_lists_expiry_and_marks_drift_both_ways(live: Live) -> None
     live.delete_by_hand(RBAC_V1, "rolebindings", kfam_binding_name(CAROL.email, "view"))
     lines = live.text_for(ALICE, f"contributors {NS}").splitlines()
     bob = next(line for line in lines if BOB.email in line)
-    expires = live.grants()[BOB.email]["expires_at"]
+    expires = live.grants()[BOB.email].expires_at
     assert "(edit)" in bob and "until" in bob and str(int(expires.timestamp())) in bob
     assert "only" not in bob and "missing" not in bob
     assert "missing in the cluster" in next(line for line in lines if CAROL.email in line)
@@ -652,6 +652,15 @@ def test_quota_patches_the_profile_and_the_card_shows_used_and_hard(live: Live) 
     }
     quota = live.api.get("v1", "resourcequotas", "kf-resource-quota", NS)
     assert quota is not None and quota["spec"]["hard"]["cpu"] == "16"  # the controller followed
+
+
+def test_workspace_show_lists_the_live_quota_per_resource_with_its_usage(live: Live) -> None:
+    seed_usage(live, {"cpu": "3", "memory": "10Gi"})
+    for style in (render.SLACK, render.SHELL):
+        shown = control(live.core, live.backend, ALICE, parse.WorkspaceShow(NS), style)
+        quota = next(line for line in shown.splitlines() if line.startswith("Quota: "))
+        assert "cpu=8 (used 3)" in quota and "memory=32Gi (used 10Gi)" in quota, quota
+        assert "hard=" not in quota and "{" not in quota, quota
 
 
 def test_quota_auto_applies_for_the_owner_within_the_step_only(live: Live) -> None:

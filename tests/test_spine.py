@@ -47,7 +47,8 @@ def test_request_is_planned_approved_applied_and_audited(stack: Stack) -> None:
         "dex.user",
         "kubeflow.profile",
     ]
-    assert stack.backend.workspace_view("team-a")["owner"] == ALICE.email
+    view = stack.backend.workspace_view("team-a")
+    assert view is not None and view.record.owner == ALICE.email
     types = stack.notifier.types_for(rid)
     for expected in (
         EventType.CREATED,

@@ -157,12 +157,8 @@ def test_the_finder_sees_each_spelling() -> None:
 
 @pytest.mark.parametrize(
     "package",
-    [
-        "provisioning",
-        # The notifiers still choose texts by kind (bot/render.py, bot/notify.py); the notification
-        # router (issue 10) moves that into the kinds. Strict: this fails once bot/ is clean.
-        pytest.param("bot", marks=pytest.mark.xfail(strict=True, reason="bot/ still branches on kinds")),
-    ],
+    # bot/ chooses texts through the notification router's tables (handlers.notifications).
+    ["provisioning", "bot"],
 )
 def test_adapters_do_not_branch_on_a_request_kind(package: str) -> None:
     assert kind_branches(package) == []

@@ -548,17 +548,17 @@ def test_registry_of_workspaces_grants_and_tokens(database: Database) -> None:
         reg = uow.registry
         workspace = reg.get_workspace("team-a")
         assert workspace is not None
-        assert (workspace["owner"], workspace["created"], workspace["deleted_at"]) == (
+        assert (workspace.owner, workspace.created, workspace.deleted_at) == (
             "alice@example.com", created, None)
-        assert [w["name"] for w in reg.list_workspaces()] == ["team-a", "team-b"]
-        assert [w["name"] for w in reg.list_workspaces(owner="bob@example.com")] == ["team-b"]
-        assert [(g["user"], g["role"], g["expires_at"]) for g in reg.grants("team-a")] == [
+        assert [w.name for w in reg.list_workspaces()] == ["team-a", "team-b"]
+        assert [w.name for w in reg.list_workspaces(owner="bob@example.com")] == ["team-b"]
+        assert [(g.user, g.role, g.expires_at) for g in reg.grants("team-a")] == [
             ("bob@example.com", "view", None)]
-        assert [g["workspace"] for g in reg.grants_of("carol@example.com")] == ["team-b"]
+        assert [g.workspace for g in reg.grants_of("carol@example.com")] == ["team-b"]
         token = reg.token("R6")
-        assert token is not None and token["audiences"] == ["kubernetes"]
-        assert token["expires_at"] == T0 + timedelta(hours=1)
-        assert [t["token_id"] for t in reg.tokens_of("UALICE")] == ["R6"]
+        assert token is not None and token.audiences == ("kubernetes",)
+        assert token.expires_at == T0 + timedelta(hours=1)
+        assert [t.token_id for t in reg.tokens_of("UALICE")] == ["R6"]
 
         assert reg.mark_workspace_deleted("team-b", T0) is True
         assert reg.mark_workspace_deleted("team-b", T0) is False
@@ -570,12 +570,12 @@ def test_registry_of_workspaces_grants_and_tokens(database: Database) -> None:
         reg = uow.registry
         assert reg.get_workspace("team-b") is None
         deleted = reg.get_workspace("team-b", include_deleted=True)
-        assert deleted is not None and deleted["deleted_at"] == T0
-        assert [w["name"] for w in reg.list_workspaces()] == ["team-a"]
+        assert deleted is not None and deleted.deleted_at == T0
+        assert [w.name for w in reg.list_workspaces()] == ["team-a"]
         assert reg.grants("team-a") == []
         assert reg.tokens_of("UALICE") == []
         revoked = reg.token("R6")
-        assert revoked is not None and revoked["revoked_at"] == T0
+        assert revoked is not None and revoked.revoked_at == T0
 
 
 # -- SQLite specifics -------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_a_database_from_7b032e4_upgrades_and_its_requests_apply(
         assert {e.type for e in applied} >= {EventType.APPLY_STARTED, EventType.SUCCEEDED}
         assert not [e for e in applied if e.type in (EventType.PLAN_CHANGED, EventType.REFUSED)]
         gpu = backend.workspace_view("team-g", live=False)
-        assert gpu is not None and {e["action"] for e in gpu["created"].values()} >= {
+        assert gpu is not None and {e["action"] for e in gpu.record.created.values()} >= {
             "aws.nodegroup", "kubeflow.poddefault"}
 
         # The stored pending request still holds its subject (filled in by the upgrade).
@@ -73,15 +73,18 @@ def test_a_database_from_7b032e4_upgrades_and_its_requests_apply(
             services.submit(core, ALICE, kinds.WorkspaceCreate("team-p", ALICE.email), idempotency_key="k1")
 
         # Bob's one-day view grant on team-s runs out: the bot's unshare applies.
-        assert backend.workspace_view("team-s", live=False)["grants"] != []  # type: ignore[index]
+        shared = backend.workspace_view("team-s", live=False)
+        assert shared is not None and shared.grants != ()
         clock.advance(timedelta(days=1))
         backend.sweep_timers(lambda kind, ref, payload: services.handle_timer(core, kind, ref, payload))
         assert backend.run_until_idle(told) == 1
-        assert backend.workspace_view("team-s", live=False)["grants"] == []  # type: ignore[index]
+        shared = backend.workspace_view("team-s", live=False)
+        assert shared is not None and shared.grants == ()
         with backend.uow() as uow:
             unshares = uow.requests.list(kind=kinds.Unshare.KIND)
         assert [(r.state, r.requester_id) for r in unshares] == [(RequestState.SUCCEEDED, "kfbot")]
-        assert backend.workspace_view("team-s", live=False)["request_id"] == SHARED  # type: ignore[index]
+        shared = backend.workspace_view("team-s", live=False)
+        assert shared is not None and shared.record.request_id == SHARED
     finally:
         backend.close()
 

@@ -66,12 +66,13 @@ def made_before_pinning(stack: LiveStack) -> None:
     stack.apiserver.seed(poddefault)
     with stack.backend.db.uow() as uow:
         row = uow.registry.get_workspace("team-a")
-        created = dict(row["created"])
+        created = dict(row.created)
         created[f"Nodegroup/{NODEGROUP}"]["params"]["taints"] = [GPU_TAINT]
         pd = created[f"PodDefault/team-a/{NODEGROUP}"]["params"]
         pd.update(tolerations=[GPU_TOLERATION], node_selector={"kf-chatops/workspace": NODEGROUP})
-        uow.registry.put_workspace("team-a", row["namespace"], row["owner"], row["request_id"], created,
-                                   row["created_at"])
+        uow.registry.put_workspace(
+            "team-a", row.namespace, row.owner, row.request_id, created, row.created_at
+        )
         uow.commit()
     assert taints(stack) == [GPU_TAINT]
 
@@ -147,7 +148,7 @@ def test_pin_all_tolerates_first_taints_second_resumes_after_a_deferral_and_reru
     # The registry knows: pin --all has nothing left, and a delete still finds the nodegroup.
     assert "nothing to pin" in pin_all(stack)
     view = stack.backend.workspace_view("team-a", live=False)
-    assert view is not None and view["created"][f"Nodegroup/{NODEGROUP}"]["params"]["taints"] == [
+    assert view is not None and view.record.created[f"Nodegroup/{NODEGROUP}"]["params"]["taints"] == [
         GPU_TAINT, WORKSPACE_TAINT]
 
     # Pinning again (an admin's explicit request) changes nothing.

@@ -20,10 +20,10 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot import blocks, render
+from bot import blocks
 from bot import logging as log
-from bot.listeners.common import Deps, after_ack, tell
-from handlers import errors, services
+from bot.listeners.common import Deps, after_ack, error_reply, tell
+from handlers import services
 from handlers.model import Actor
 from handlers.ports import RevealedSecret
 
@@ -88,13 +88,7 @@ def show_secret(
     try:
         secret = make()
     except Exception as error:  # shown in the modal the clicker is looking at, not in a message
-        if isinstance(error, errors.KfError):
-            logger.info("refused %s: %s", type(error).__name__, error.user_message)
-            text = render.error_text(error, render.SLACK)
-        else:
-            logger.error("could not make a secret", exc_info=error)
-            text = render.internal_error_text(cid)
-        client.views_update(view_id=view_id, view=blocks.notice_modal(title, text))
+        client.views_update(view_id=view_id, view=blocks.notice_modal(title, error_reply(error, cid)))
         return None
     _forget(secret)
     client.views_update(view_id=view_id, view=blocks.secret_modal(secret, request_id=request_id))

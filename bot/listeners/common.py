@@ -17,6 +17,7 @@ from slack_sdk.errors import SlackClientError
 
 from bot import logging as log
 from bot import render
+from bot.controls import WorkspaceReads
 from bot.identity import Identity
 from bot.settings import Settings
 from handlers import errors
@@ -72,8 +73,8 @@ class Deps:
     settings: Settings
     core: Core
     identity: Identity
-    backend: Any
-    """``provisioning.Backend``: read models (workspaces, contributors, tokens)."""
+    backend: WorkspaceReads
+    """``provisioning.Backend``'s read models (workspaces, contributors, tokens)."""
     pool: WorkPool = field(default_factory=WorkPool)
     """Where work after an ack runs (``after_ack``)."""
 
@@ -145,13 +146,17 @@ def on_error(
         return
     cid = correlation(context)
     with log.bound(cid):
-        if isinstance(error, errors.KfError):
-            logger.info("refused %s: %s", type(error).__name__, error.user_message)
-            text = render.error_text(error, render.SLACK)
-        else:
-            logger.error("unhandled error in a Slack listener", exc_info=error)
-            text = render.internal_error_text(cid)
-        tell(body, client, respond, text)
+        tell(body, client, respond, error_reply(error, cid))
+
+
+def error_reply(error: Exception, cid: str) -> str:
+    """What the person who acted is told about a failure, logged once: a ``KfError``'s own
+    message, anything else only a reference (``cid``) to the logs, never its details."""
+    if isinstance(error, errors.KfError):
+        logger.info("refused %s: %s", type(error).__name__, error.user_message)
+        return render.error_text(error, render.SLACK)
+    logger.error("unhandled error in a Slack listener", exc_info=error)
+    return render.internal_error_text(cid)
 
 
 def _channel_of(body: Mapping[str, Any]) -> str | None:

@@ -2,7 +2,7 @@
 
 Both validate before ``ack()`` because that is the only moment Slack accepts field errors
 (``response_action="errors"``); only pure validation runs there (the fields, names and units:
-``workspace_from_form``), never a Slack, database or Kubernetes call, so the ack stays within
+``parse.workspace_from_form``), never a Slack, database or Kubernetes call, so the ack stays within
 Slack's 3 s. Everything else (who the user is, the plan, "that name is taken") runs after the ack
 and answers by DM. The form's idempotency key is the view id, so a submission delivered twice
 records one request.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import logging
-import re
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
@@ -21,45 +20,11 @@ from slack_sdk import WebClient
 from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, correlation, tell
-from handlers import errors, kinds, naming, services
+from handlers import errors, naming, parse, services
 
 logger = logging.getLogger(__name__)
-_NODES = re.compile(r"(\d{1,3}):(\d{1,3})")
 PLACEHOLDER_EMAIL = "requester@example.com"
 """Stands in for the requester's address while the form is checked before the ack."""
-
-
-def _int(values: dict[str, str], key: str) -> int | None:
-    raw = values.get(key)
-    if raw is None:
-        return None
-    if not re.fullmatch(r"\d{1,4}", raw):
-        raise errors.InvalidInput(f"Give a whole number, not {naming.show_value(raw)}.", field=key)
-    return int(raw)
-
-
-def workspace_from_form(values: dict[str, str], requester_email: str) -> kinds.WorkspaceCreate:
-    """The form's fields as a ``WorkspaceCreate``; ``InvalidInput.field`` names the bad field."""
-    nodes_min = nodes_max = None
-    if "nodes" in values:
-        match = _NODES.fullmatch(values["nodes"])
-        if match is None:
-            raise errors.InvalidInput("Give MIN:MAX, e.g. `0:2`.", field="nodes")
-        nodes_min, nodes_max = int(match.group(1)), int(match.group(2))
-        if nodes_min > nodes_max:
-            raise errors.InvalidInput("MIN is larger than MAX.", field="nodes")
-    owner = naming.normalize_email(values["owner"]) if "owner" in values else requester_email
-    return kinds.WorkspaceCreate(
-        name=values.get("name", ""),
-        owner=owner,
-        gpu=_int(values, "gpu") or 0,
-        cpu=values.get("cpu"),
-        memory=values.get("memory"),
-        storage=values.get("storage"),
-        instance_type=values.get("instance_type"),
-        nodes_min=nodes_min,
-        nodes_max=nodes_max,
-    )
 
 
 def field_errors(exc: errors.KfError) -> dict[str, str]:
@@ -111,7 +76,7 @@ def register(app: App, deps: Deps) -> None:
         values = blocks.form_values(view)
         with log.bound(correlation(context)):
             try:  # pure: the owner defaults to the requester, filled in after the ack
-                workspace_from_form(values, PLACEHOLDER_EMAIL)
+                parse.workspace_from_form(values, PLACEHOLDER_EMAIL)
             except errors.KfError as exc:  # before ack is the only moment Slack shows errors on fields
                 ack(response_action="errors", errors=field_errors(exc))
                 return
@@ -119,7 +84,7 @@ def register(app: App, deps: Deps) -> None:
 
         def work() -> None:
             actor = identity.actor(body["user"]["id"])
-            kind = workspace_from_form(values, actor.email)
+            kind = parse.workspace_from_form(values, actor.email)
             result = services.submit(
                 core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=correlation(context)
             )

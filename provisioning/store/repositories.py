@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from handlers import errors
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Request, RequestState
 from handlers.plan import JSON, Plan, StepOutcome, StepStatus
+from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord
 from provisioning.store.schema import (
     decision_keys,
     grants,
@@ -548,13 +549,9 @@ class SqlRegistry:
     """What the bot has made: workspaces (with the objects it created), grants and tokens.
 
     These rows back ``handlers.ports.Facts`` and tell delete and expiry what the bot may remove.
-    Rows come back as plain dicts keyed by column name:
-
-    * workspace: ``name, namespace, owner, request_id, created, created_at, deleted_at``, where
-      ``created`` maps step key -> ``{"action", "params"}`` of each object the bot created;
-    * grant: ``workspace, user, role, request_id, expires_at, created_at``;
-    * token: ``token_id, requester_id, workspace, namespace, account, role, audiences,
-      expires_at, created_at, revoked_at``.
+    Rows come back as frozen records (``provisioning.records``): ``WorkspaceRecord`` (whose
+    ``created`` maps step key -> ``{"action", "params"}`` of each object the bot created),
+    ``GrantRecord`` and ``TokenRecord``.
 
     Deleted workspaces and revoked tokens are kept (history) but left out of lookups unless asked.
     """
@@ -571,14 +568,14 @@ class SqlRegistry:
                   "created_at": at, "deleted_at": None}
         _upsert(self._tx.conn, workspaces, {"name": name, **values}, conflict=["name"], update=values)
 
-    def get_workspace(self, name: str, *, include_deleted: bool = False) -> dict[str, Any] | None:
+    def get_workspace(self, name: str, *, include_deleted: bool = False) -> WorkspaceRecord | None:
         query = sa.select(workspaces).where(workspaces.c.name == name)
         if not include_deleted:
             query = query.where(workspaces.c.deleted_at.is_(None))
         row = self._tx.conn.execute(query).first()
         return None if row is None else _workspace(row)
 
-    def list_workspaces(self, owner: str | None = None) -> list[dict[str, Any]]:
+    def list_workspaces(self, owner: str | None = None) -> list[WorkspaceRecord]:
         query = sa.select(workspaces).where(workspaces.c.deleted_at.is_(None)).order_by(workspaces.c.name)
         if owner is not None:
             query = query.where(workspaces.c.owner == owner)
@@ -607,13 +604,13 @@ class SqlRegistry:
         )
         return result.rowcount == 1
 
-    def grants(self, workspace: str) -> list[dict[str, Any]]:
+    def grants(self, workspace: str) -> list[GrantRecord]:
         rows = self._tx.conn.execute(
             sa.select(grants).where(grants.c.workspace == workspace).order_by(grants.c.user)
         )
         return [_grant(row) for row in rows]
 
-    def grants_of(self, user: str) -> list[dict[str, Any]]:
+    def grants_of(self, user: str) -> list[GrantRecord]:
         rows = self._tx.conn.execute(
             sa.select(grants).where(grants.c.user == user).order_by(grants.c.workspace)
         )
@@ -660,7 +657,7 @@ class SqlRegistry:
         )
         return int(result.rowcount)
 
-    def tokens_in(self, workspace: str) -> list[dict[str, Any]]:
+    def tokens_in(self, workspace: str) -> list[TokenRecord]:
         """Active tokens of a workspace with their holder's email (from the request that made them)."""
         query = (
             sa.select(tokens, requests.c.requester_email)
@@ -668,13 +665,13 @@ class SqlRegistry:
             .where(tokens.c.workspace == workspace, tokens.c.revoked_at.is_(None))
             .order_by(tokens.c.created_at, tokens.c.token_id)
         )
-        return [{**_token(row), "holder": row.requester_email} for row in self._tx.conn.execute(query)]
+        return [_token(row, holder=row.requester_email) for row in self._tx.conn.execute(query)]
 
-    def token(self, token_id: str) -> dict[str, Any] | None:
+    def token(self, token_id: str) -> TokenRecord | None:
         row = self._tx.conn.execute(sa.select(tokens).where(tokens.c.token_id == token_id)).first()
         return None if row is None else _token(row)
 
-    def tokens_of(self, requester_id: str, *, include_revoked: bool = False) -> list[dict[str, Any]]:
+    def tokens_of(self, requester_id: str, *, include_revoked: bool = False) -> list[TokenRecord]:
         query = sa.select(tokens).where(tokens.c.requester_id == requester_id)
         if not include_revoked:
             query = query.where(tokens.c.revoked_at.is_(None))
@@ -682,19 +679,18 @@ class SqlRegistry:
         return [_token(row) for row in rows]
 
 
-def _workspace(row: sa.Row[Any]) -> dict[str, Any]:
-    return {"name": row.name, "namespace": row.namespace, "owner": row.owner, "request_id": row.request_id,
-            "created": dict(row.created), "created_at": row.created_at, "deleted_at": row.deleted_at}
+def _workspace(row: sa.Row[Any]) -> WorkspaceRecord:
+    return WorkspaceRecord(name=row.name, namespace=row.namespace, owner=row.owner, request_id=row.request_id,
+                           created=dict(row.created), created_at=row.created_at, deleted_at=row.deleted_at)
 
 
-def _grant(row: sa.Row[Any]) -> dict[str, Any]:
-    return {"workspace": row.workspace, "user": row.user, "role": row.role, "request_id": row.request_id,
-            "expires_at": row.expires_at, "created_at": row.created_at}
+def _grant(row: sa.Row[Any]) -> GrantRecord:
+    return GrantRecord(workspace=row.workspace, user=row.user, role=row.role, request_id=row.request_id,
+                       expires_at=row.expires_at, created_at=row.created_at)
 
 
-def _token(row: sa.Row[Any]) -> dict[str, Any]:
-    return {"token_id": row.token_id, "requester_id": row.requester_id, "workspace": row.workspace,
-            "namespace": row.namespace, "account": row.account, "role": row.role,
-            "audiences": list(row.audiences), "expires_at": row.expires_at, "created_at": row.created_at,
-            "revoked_at": row.revoked_at}
-
+def _token(row: sa.Row[Any], holder: str | None = None) -> TokenRecord:
+    return TokenRecord(token_id=row.token_id, requester_id=row.requester_id, workspace=row.workspace,
+                       namespace=row.namespace, account=row.account, role=row.role,
+                       audiences=tuple(row.audiences), expires_at=row.expires_at, created_at=row.created_at,
+                       revoked_at=row.revoked_at, holder=holder)
