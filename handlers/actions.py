@@ -1,14 +1,27 @@
-"""The step contract: every action a plan step may name, in one catalogue.
+"""The step contract: every action a plan step may name, and the params each one takes.
 
 A kind's plan names its steps' actions from here; ``provisioning`` registers one implementation
 per name (live and dry-run), and a test checks that the kinds, the live registries and the
 dry-run renderers all speak exactly this set. The names are stored in every plan (and covered by
 its digest), so a name never changes once released.
+
+Each action's params have a type here (``PARAMS``: ``ProfileParams`` for ``kubeflow.profile``, …).
+Kinds still emit params as the JSON object they always did (its bytes are in every stored plan's
+digest); the action registries parse it into the type once, before any call goes out, so a damaged
+or foreign stored step is refused with the action and the field named, and the adapters read typed
+fields. Keys a type does not name are ignored: a removal step carries all of its create step's
+params (``workspace.delete`` copies them from the registry).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar, Final, Self
+
+from handlers.errors import PermanentError
+from handlers.plan import JSON
 
 
 class ActionName(StrEnum):
@@ -31,7 +44,441 @@ class ActionName(StrEnum):
     NODEGROUP_TAINTS = "aws.nodegroup.taints"
 
 
-
 def is_removal(action: str) -> bool:
     """Actions named ``*.remove`` delete; their undo restores nothing."""
     return action.endswith(".remove")
+
+
+REQUEST_MARK: Final = "_request"
+"""The param key under which the engine passes the id of the request an action runs for; actions
+mark what they create with it, so a retried step knows its own objects. Never part of a plan."""
+
+EKS_TAINT_EFFECTS: Final = frozenset({"NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"})
+
+
+def _found(value: JSON) -> str:
+    """What a param holds, in JSON's words (never the value: it may be anything)."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+class Fields:
+    """Reads one step's params for ``action``; each reader refuses a wrong or missing value with a
+    ``PermanentError`` naming the action and the field."""
+
+    def __init__(self, action: ActionName, params: Mapping[str, JSON]) -> None:
+        self.action, self.params = action, params
+
+    def refuse(self, key: str, wanted: str) -> PermanentError:
+        return PermanentError(
+            f"The `{self.action}` step's `{key}` parameter must be {wanted}, but it holds "
+            f"{_found(self.params.get(key))}; nothing was sent. The stored plan is damaged or was "
+            "written by another version of the bot."
+        )
+
+    def text(self, key: str) -> str:
+        value = self.params.get(key)
+        if not isinstance(value, str) or not value:
+            raise self.refuse(key, "a non-empty string")
+        return value
+
+    def optional_text(self, key: str) -> str:
+        """A string, ``""`` when absent."""
+        value = self.params.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self.refuse(key, "a string")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        """A list of non-empty strings, each once, in order."""
+        value = self.params.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.refuse(key, "a list of non-empty strings")
+        return tuple(dict.fromkeys(value))
+
+    def text_map(self, key: str) -> dict[str, str]:
+        """An object of strings, ``{}`` when absent."""
+        value = self.params.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise self.refuse(key, "an object mapping names to strings")
+        return {str(k): v for k, v in value.items()}
+
+    def text_maps(self, key: str) -> tuple[dict[str, str], ...]:
+        """A list of objects of strings, ``()`` when absent."""
+        value = self.params.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+            isinstance(item, Mapping) and all(isinstance(v, str) for v in item.values()) for item in value
+        ):
+            raise self.refuse(key, "a list of objects mapping names to strings")
+        return tuple({str(k): v for k, v in item.items()} for item in value)
+
+    def flag(self, key: str) -> bool:
+        """A boolean, False when absent."""
+        value = self.params.get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self.refuse(key, "true or false")
+        return value
+
+    def request(self) -> str | None:
+        value = self.params.get(REQUEST_MARK)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise self.refuse(REQUEST_MARK, "a request id")
+        return value
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """One action's params, parsed. ``request``: the request the step runs for (``REQUEST_MARK``,
+    added by the engine), None when an action is called directly (tools, tests)."""
+
+    ACTION: ClassVar[ActionName]
+    request: str | None = field(default=None, kw_only=True)
+
+    @classmethod
+    def parse(cls, params: Mapping[str, JSON]) -> Self:
+        return cls.read(Fields(cls.ACTION, params))
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        raise NotImplementedError(cls.__name__)
+
+
+@dataclass(frozen=True)
+class ProfileParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.PROFILE
+    name: str
+    owner: str
+    hard: Mapping[str, str]
+    labels: Mapping[str, str]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(
+            f.text("name"), f.text("owner"), f.text_map("hard"), f.text_map("labels"), request=f.request()
+        )
+
+
+@dataclass(frozen=True)
+class ProfileRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.PROFILE_REMOVE
+    name: str
+    purge_data: bool
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("name"), f.flag("purge_data"), request=f.request())
+
+
+@dataclass(frozen=True)
+class PodDefaultParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.PODDEFAULT
+    namespace: str
+    name: str
+    tolerations: tuple[Mapping[str, str], ...]
+    description: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(
+            f.text("namespace"), f.text("name"), f.text_maps("tolerations"), f.optional_text("description"),
+            request=f.request(),
+        )
+
+
+@dataclass(frozen=True)
+class ContributorParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.CONTRIBUTOR
+    namespace: str
+    user: str
+    role: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("namespace"), f.text("user"), f.text("role"), request=f.request())
+
+
+@dataclass(frozen=True)
+class ContributorRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.CONTRIBUTOR_REMOVE
+    namespace: str
+    user: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("namespace"), f.text("user"), request=f.request())
+
+
+@dataclass(frozen=True)
+class QuotaParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.QUOTA
+    profile: str
+    hard: Mapping[str, str]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("profile"), f.text_map("hard"), request=f.request())
+
+
+@dataclass(frozen=True)
+class TokenAccountParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.TOKEN_ACCOUNT
+    namespace: str
+    name: str
+    role: str
+    token_id: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(
+            f.text("namespace"), f.text("name"), f.text("role"), f.text("token_id"), request=f.request()
+        )
+
+
+@dataclass(frozen=True)
+class TokenAccountRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.TOKEN_ACCOUNT_REMOVE
+    namespace: str
+    name: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("namespace"), f.text("name"), request=f.request())
+
+
+@dataclass(frozen=True)
+class DexUserParams(StepParams):
+    """``mode``, ``username`` and ``user_id`` are ``""`` when absent: the adapter's defaults apply."""
+
+    ACTION: ClassVar[ActionName] = ActionName.DEX_USER
+    email: str
+    mode: str
+    username: str
+    user_id: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(
+            _email(f), f.optional_text("mode"), f.optional_text("username"), f.optional_text("user_id"),
+            request=f.request(),
+        )
+
+
+@dataclass(frozen=True)
+class DexUserRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.DEX_USER_REMOVE
+    email: str
+    mode: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(_email(f), f.optional_text("mode"), request=f.request())
+
+
+def _email(f: Fields) -> str:
+    value = f.params.get("email")
+    if not isinstance(value, str) or "@" not in value:
+        raise f.refuse("email", "an email address")
+    return value.strip().lower()
+
+
+@dataclass(frozen=True)
+class BucketParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.BUCKET
+    bucket: str
+    region: str
+    tags: Mapping[str, str]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("bucket"), f.text("region"), f.text_map("tags"), request=f.request())
+
+
+@dataclass(frozen=True)
+class BucketRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.BUCKET_REMOVE
+    bucket: str
+    purge_data: bool
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("bucket"), f.flag("purge_data"), request=f.request())
+
+
+@dataclass(frozen=True)
+class IamResourcesParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.IAM_RESOURCES
+    policy_arn: str
+    resources: tuple[str, ...]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("policy_arn"), f.texts("resources"), request=f.request())
+
+
+@dataclass(frozen=True)
+class IamResourcesRemoveParams(IamResourcesParams):
+    ACTION: ClassVar[ActionName] = ActionName.IAM_RESOURCES_REMOVE
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A nodegroup taint in EKS's spelling (``NO_SCHEDULE``); an absent value is ``""``."""
+
+    key: str
+    value: str
+    effect: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "value": self.value, "effect": self.effect}
+
+
+def _taints(f: Fields, *, required: bool) -> tuple[Taint, ...]:
+    value = f.params.get("taints")
+    if value is None and not required:
+        return ()
+    wanted = "a list of taints, each with a key, a value and an EKS effect (NO_SCHEDULE, …)"
+    if not isinstance(value, list) or (required and not value):
+        raise f.refuse("taints", ("a non-empty " if required else "") + wanted.removeprefix("a "))
+    taints = []
+    for taint in value:
+        if not (
+            isinstance(taint, Mapping)
+            and isinstance(taint.get("key"), str)
+            and taint["key"]
+            and isinstance(taint.get("value", ""), str)
+            and taint.get("effect") in EKS_TAINT_EFFECTS
+        ):
+            raise f.refuse("taints", wanted)
+        taints.append(Taint(taint["key"], taint.get("value", ""), taint["effect"]))
+    return tuple(taints)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """EKS's scaling config; EKS refuses a bad one only after the call (moto not at all)."""
+
+    min_size: int
+    max_size: int
+    desired_size: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"minSize": self.min_size, "maxSize": self.max_size, "desiredSize": self.desired_size}
+
+    @classmethod
+    def read(cls, f: Fields, nodegroup: str) -> Scaling:
+        raw = f.params.get("scaling")
+        keys = ("minSize", "maxSize", "desiredSize")
+        if not isinstance(raw, Mapping) or not all(type(raw.get(k)) is int for k in keys):
+            raise PermanentError(
+                f"The `{f.action}` step's `scaling` parameter is not valid: nodegroup {nodegroup} needs "
+                "integer minSize, maxSize and desiredSize."
+            )
+        low, high, desired = raw["minSize"], raw["maxSize"], raw["desiredSize"]
+        if high < 1:
+            raise PermanentError(f"Nodegroup {nodegroup}: maxSize must be at least 1 (got {high}).")
+        if not 0 <= low <= desired <= high:
+            raise PermanentError(
+                f"Nodegroup {nodegroup}: need 0 <= minSize <= desiredSize <= maxSize, "
+                f"got {low}, {desired}, {high}."
+            )
+        return cls(low, high, desired)
+
+
+@dataclass(frozen=True)
+class NodegroupParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.NODEGROUP
+    cluster: str
+    name: str
+    instance_types: tuple[str, ...]
+    ami_type: str
+    scaling: Scaling
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+    subnets: tuple[str, ...]
+    node_role: str
+    tags: Mapping[str, str]
+    capacity_type: str
+    """``""``: EKS's default (on-demand)."""
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        name = f.text("name")
+        return cls(
+            f.text("cluster"),
+            name,
+            f.texts("instance_types"),
+            f.text("ami_type"),
+            Scaling.read(f, name),
+            f.text_map("labels"),
+            _taints(f, required=False),
+            f.texts("subnets"),
+            f.text("node_role"),
+            f.text_map("tags"),
+            f.optional_text("capacity_type"),
+            request=f.request(),
+        )
+
+
+@dataclass(frozen=True)
+class NodegroupRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.NODEGROUP_REMOVE
+    cluster: str
+    name: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("cluster"), f.text("name"), request=f.request())
+
+
+@dataclass(frozen=True)
+class NodegroupTaintsParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.NODEGROUP_TAINTS
+    cluster: str
+    name: str
+    taints: tuple[Taint, ...]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("cluster"), f.text("name"), _taints(f, required=True), request=f.request())
+
+
+PARAMS: Mapping[ActionName, type[StepParams]] = {
+    cls.ACTION: cls
+    for cls in (
+        ProfileParams,
+        ProfileRemoveParams,
+        PodDefaultParams,
+        ContributorParams,
+        ContributorRemoveParams,
+        QuotaParams,
+        TokenAccountParams,
+        TokenAccountRemoveParams,
+        DexUserParams,
+        DexUserRemoveParams,
+        BucketParams,
+        BucketRemoveParams,
+        IamResourcesParams,
+        IamResourcesRemoveParams,
+        NodegroupParams,
+        NodegroupRemoveParams,
+        NodegroupTaintsParams,
+    )
+}
+"""Action -> the type its params parse into."""

@@ -6,6 +6,10 @@ created the object. ``undo`` removes only what ``ensure`` created (``outcome.cre
 "already gone" as success. Both raise only ``handlers.errors`` types: ``TemporaryError`` for what
 a retry can fix, ``PermanentError`` for what it cannot; third-party errors are translated here at
 the adapter boundary.
+
+Live actions are ``TypedAction``s: the step's params are parsed into the action's type
+(``handlers.actions.PARAMS``) once, before the adapter's code runs, so a malformed stored step is a
+``PermanentError`` naming the action and the field and no call goes out.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
+from handlers.actions import REQUEST_MARK, StepParams
 from handlers.plan import JSON, StepOutcome
+
+__all__ = ["REQUEST_MARK", "Action", "ActionRegistry", "KeyedLock", "TypedAction", "registry_of"]
 
 
 class Action(Protocol):
@@ -24,27 +31,32 @@ class Action(Protocol):
     def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None: ...
 
 
-REQUEST_MARK = "_request"
-"""The param key under which the engine passes the id of the request an action runs for; actions
-mark what they create with it, so a retried step knows its own objects."""
+P = TypeVar("P", bound=StepParams)
 
 
 @dataclass(frozen=True)
-class BoundAction:
-    """An ``Action`` made of two callables, so one adapter class can offer several actions."""
+class TypedAction(Generic[P]):
+    """An ``Action`` made of two callables over ``params_type`` (so one adapter class can offer
+    several actions); its name is ``params_type.ACTION``."""
 
-    ensure_fn: Callable[[Mapping[str, JSON]], StepOutcome]
-    undo_fn: Callable[[Mapping[str, JSON], StepOutcome], None]
+    params_type: type[P]
+    ensure_fn: Callable[[P], StepOutcome]
+    undo_fn: Callable[[P, StepOutcome], None]
 
     def ensure(self, params: Mapping[str, JSON]) -> StepOutcome:
-        return self.ensure_fn(params)
+        return self.ensure_fn(self.params_type.parse(params))
 
     def undo(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
-        self.undo_fn(params, outcome)
+        self.undo_fn(self.params_type.parse(params), outcome)
 
 
 ActionRegistry = Mapping[str, Action]
 """Action name (``"aws.bucket"``) -> implementation."""
+
+
+def registry_of(*actions: TypedAction[Any]) -> dict[str, Action]:
+    """An adapter's registry, each action under the name its params type belongs to."""
+    return {str(action.params_type.ACTION): action for action in actions}
 
 
 class KeyedLock(Protocol):

@@ -44,6 +44,7 @@ Why some things are done the way they are:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 import threading
@@ -67,10 +68,21 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from handlers.actions import (
+    BucketParams,
+    BucketRemoveParams,
+    IamResourcesParams,
+    IamResourcesRemoveParams,
+    NodegroupParams,
+    NodegroupRemoveParams,
+    NodegroupTaintsParams,
+    StepParams,
+    Taint,
+)
 from handlers.errors import KfError, PermanentError, TemporaryError
-from handlers.plan import JSON, StepOutcome, canonical_json
+from handlers.plan import StepOutcome, canonical_json
 from handlers.ports import Clock
-from provisioning.actions import REQUEST_MARK, Action, BoundAction, KeyedLock
+from provisioning.actions import Action, KeyedLock, TypedAction, registry_of
 
 if TYPE_CHECKING:
     from mypy_boto3_eks import EKSClient
@@ -262,19 +274,19 @@ MARK_TAG: Final = "kf-chatops/request"
 _TAG_VALUE_CHARS: Final = frozenset(string.ascii_letters + string.digits + " _.:/=+-@")
 
 
-def _request_of(params: Mapping[str, JSON]) -> str | None:
+def _request_of(params: StepParams) -> str | None:
     """The request a step runs for; None when an action is called directly (then nothing is
     marked and nothing found is claimed)."""
-    value = params.get(REQUEST_MARK)
-    if value is None or value == "":
+    value = params.request
+    if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 256 or not set(value) <= _TAG_VALUE_CHARS:
+    if len(value) > 256 or not set(value) <= _TAG_VALUE_CHARS:
         # A mark that cannot be written cannot be read back: refuse before creating anything.
         raise PermanentError("The request id cannot be used as an ownership tag.")
     return value
 
 
-def _mark(params: Mapping[str, JSON]) -> dict[str, str]:
+def _mark(params: StepParams) -> dict[str, str]:
     request = _request_of(params)
     return {MARK_TAG: request} if request else {}
 
@@ -307,79 +319,21 @@ def _kept_bucket(bucket: str) -> StepOutcome:
     )
 
 
-def _irreversible(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+def _irreversible(params: StepParams, outcome: StepOutcome) -> None:
     """Removals have no compensation: deleted data cannot be brought back."""
 
 
-def _taints_stay(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+def _taints_stay(params: StepParams, outcome: StepOutcome) -> None:
     """A workspace taint is not taken off again: the PodDefault, updated before it, tolerates it,
     and removing it would let other workspaces' pods back onto the nodegroup."""
 
 
-def _text(params: Mapping[str, JSON], key: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"The plan step lacks a valid '{key}' parameter.")
-    return value
-
-
-def _texts(params: Mapping[str, JSON], key: str) -> list[str]:
-    value = params.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise PermanentError(f"The plan step lacks a valid '{key}' list.")
-    return list(dict.fromkeys(value))
-
-
-def _text_map(params: Mapping[str, JSON], key: str) -> dict[str, str]:
-    value = params.get(key) or {}
-    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-        raise PermanentError(f"The plan step's '{key}' must map names to strings.")
-    return {str(k): v for k, v in value.items()}
-
-
-_TAINT_EFFECTS: Final = frozenset({"NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"})
-
-
-def _taints(params: Mapping[str, JSON]) -> list[dict[str, str]]:
-    """The step's nodegroup taints, each ``{key, value, effect}`` in EKS's spelling."""
-    value = params.get("taints")
-    if not isinstance(value, list) or not value:
-        raise PermanentError("The plan step lacks a valid 'taints' list.")
-    taints: list[dict[str, str]] = []
-    for taint in value:
-        if not (
-            isinstance(taint, Mapping)
-            and isinstance(taint.get("key"), str)
-            and taint["key"]
-            and isinstance(taint.get("value", ""), str)
-            and taint.get("effect") in _TAINT_EFFECTS
-        ):
-            raise PermanentError("The plan step's 'taints' must each have a key, a value and an EKS effect.")
-        taints.append({"key": taint["key"], "value": taint.get("value", ""), "effect": taint["effect"]})
-    return taints
-
-
-def _has_taint(nodegroup: NodegroupTypeDef, taint: Mapping[str, str]) -> bool:
+def _has_taint(nodegroup: NodegroupTypeDef, taint: Taint) -> bool:
     # EKS leaves out an empty value.
     return any(
-        (t.get("key"), t.get("value", ""), t.get("effect")) == (taint["key"], taint["value"], taint["effect"])
+        (t.get("key"), t.get("value", ""), t.get("effect")) == (taint.key, taint.value, taint.effect)
         for t in nodegroup.get("taints", [])
     )
-
-
-def _scaling(name: str, raw: JSON) -> dict[str, int]:
-    """EKS rejects bad scaling only after the call (and moto not at all), so check it first."""
-    keys = ("minSize", "maxSize", "desiredSize")
-    if not isinstance(raw, Mapping) or not all(type(raw.get(k)) is int for k in keys):
-        raise PermanentError(f"Nodegroup {name} needs integer minSize, maxSize and desiredSize.")
-    low, high, desired = raw["minSize"], raw["maxSize"], raw["desiredSize"]
-    if high < 1:
-        raise PermanentError(f"Nodegroup {name}: maxSize must be at least 1 (got {high}).")
-    if not 0 <= low <= desired <= high:
-        raise PermanentError(
-            f"Nodegroup {name}: need 0 <= minSize <= desiredSize <= maxSize, got {low}, {desired}, {high}."
-        )
-    return {"minSize": low, "maxSize": high, "desiredSize": desired}
 
 
 def _policy_name(policy_arn: str) -> str:
@@ -465,15 +419,15 @@ class AwsActions:
         self._sts_client: STSClient | None = None
 
     def registry(self) -> dict[str, Action]:
-        return {
-            "aws.bucket": BoundAction(self._ensure_bucket, self._undo_bucket),
-            "aws.bucket.remove": BoundAction(self._remove_bucket, _irreversible),
-            "aws.iam_resources": BoundAction(self._ensure_iam_resources, self._undo_iam_resources),
-            "aws.iam_resources.remove": BoundAction(self._remove_iam_resources, _irreversible),
-            "aws.nodegroup": BoundAction(self._ensure_nodegroup, self._undo_nodegroup),
-            "aws.nodegroup.remove": BoundAction(self._remove_nodegroup, _irreversible),
-            "aws.nodegroup.taints": BoundAction(self._ensure_nodegroup_taints, _taints_stay),
-        }
+        return registry_of(
+            TypedAction(BucketParams, self._ensure_bucket, self._undo_bucket),
+            TypedAction(BucketRemoveParams, self._remove_bucket, _irreversible),
+            TypedAction(IamResourcesParams, self._ensure_iam_resources, self._undo_iam_resources),
+            TypedAction(IamResourcesRemoveParams, self._remove_iam_resources, _irreversible),
+            TypedAction(NodegroupParams, self._ensure_nodegroup, self._undo_nodegroup),
+            TypedAction(NodegroupRemoveParams, self._remove_nodegroup, _irreversible),
+            TypedAction(NodegroupTaintsParams, self._ensure_nodegroup_taints, _taints_stay),
+        )
 
     # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --
 
@@ -586,8 +540,8 @@ class AwsActions:
 
     # -- aws.bucket --
 
-    def _ensure_bucket(self, params: Mapping[str, JSON]) -> StepOutcome:
-        bucket, region, tags = _text(params, "bucket"), _text(params, "region"), _text_map(params, "tags")
+    def _ensure_bucket(self, params: BucketParams) -> StepOutcome:
+        bucket, region, tags = params.bucket, params.region, params.tags
         request = _request_of(params)
         s3 = self._s3(region)
         with _aws_call(f"creating bucket {bucket}"):
@@ -715,11 +669,11 @@ class AwsActions:
         page = s3.list_object_versions(Bucket=bucket, MaxKeys=1)
         return not page.get("Versions") and not page.get("DeleteMarkers")
 
-    def _undo_bucket(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def _undo_bucket(self, params: BucketParams, outcome: StepOutcome) -> None:
         if not outcome.created:
             return
-        bucket = _text(params, "bucket")
-        s3 = self._s3(_text(params, "region"))
+        bucket = params.bucket
+        s3 = self._s3(params.region)
         with _aws_call(f"deleting bucket {bucket}"):
             self._delete_bucket_if_empty(s3, bucket)
 
@@ -739,8 +693,8 @@ class AwsActions:
 
     # -- aws.bucket.remove --
 
-    def _remove_bucket(self, params: Mapping[str, JSON]) -> StepOutcome:
-        bucket, purge = _text(params, "bucket"), params.get("purge_data") is True
+    def _remove_bucket(self, params: BucketRemoveParams) -> StepOutcome:
+        bucket, purge = params.bucket, params.purge_data
         s3 = self._s3()
         with _aws_call(f"deleting bucket {bucket}"):
             try:
@@ -782,9 +736,9 @@ class AwsActions:
 
     # -- aws.iam_resources --
 
-    def _ensure_iam_resources(self, params: Mapping[str, JSON]) -> StepOutcome:
-        resources = _texts(params, "resources")
-        added, _ = self._edit_policy(_text(params, "policy_arn"), add=resources, remove=[])
+    def _ensure_iam_resources(self, params: IamResourcesParams) -> StepOutcome:
+        resources = params.resources
+        added, _ = self._edit_policy(params.policy_arn, add=resources, remove=[])
         if not added:
             # All there already: a retry of this request after its write went through (a worker
             # killed before recording, a lost answer) must still own what it added.
@@ -812,15 +766,13 @@ class AwsActions:
                     owned[bucket] = False
         return [arn for arn in resources if owned.get(_bucket_of(arn) or "", False)]
 
-    def _undo_iam_resources(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def _undo_iam_resources(self, params: IamResourcesParams, outcome: StepOutcome) -> None:
         added = outcome.details.get("added") or []
         if added:
-            self._edit_policy(_text(params, "policy_arn"), add=[], remove=[str(arn) for arn in added])
+            self._edit_policy(params.policy_arn, add=[], remove=[str(arn) for arn in added])
 
-    def _remove_iam_resources(self, params: Mapping[str, JSON]) -> StepOutcome:
-        _, removed = self._edit_policy(
-            _text(params, "policy_arn"), add=[], remove=_texts(params, "resources")
-        )
+    def _remove_iam_resources(self, params: IamResourcesRemoveParams) -> StepOutcome:
+        _, removed = self._edit_policy(params.policy_arn, add=[], remove=params.resources)
         return StepOutcome(created=False, details={"removed": removed})
 
     def _edit_policy(
@@ -898,12 +850,11 @@ class AwsActions:
 
     # -- aws.nodegroup --
 
-    def _ensure_nodegroup(self, params: Mapping[str, JSON]) -> StepOutcome:
-        cluster, name = _text(params, "cluster"), _text(params, "name")
-        scaling = _scaling(name, params.get("scaling"))
+    def _ensure_nodegroup(self, params: NodegroupParams) -> StepOutcome:
+        cluster, name = params.cluster, params.name
         with _aws_call(f"creating nodegroup {name} in cluster {cluster}"):
             existing = self._describe(cluster, name)
-            if existing is None and self._create_nodegroup(params, scaling):
+            if existing is None and self._create_nodegroup(params):
                 created = True
             else:
                 # Found (or created meanwhile): ours only if it carries this request's mark, which
@@ -926,34 +877,32 @@ class AwsActions:
             raise PermanentError(f"{failure.user_message} The bot deleted it.") from failure
         return StepOutcome(created=created, details={"arn": nodegroup.get("nodegroupArn", "")})
 
-    def _create_nodegroup(self, params: Mapping[str, JSON], scaling: dict[str, int]) -> bool:
-        cluster, name = _text(params, "cluster"), _text(params, "name")
+    def _create_nodegroup(self, params: NodegroupParams) -> bool:
+        cluster, name = params.cluster, params.name
         request: dict[str, Any] = {
             "clusterName": cluster,
             "nodegroupName": name,
-            "subnets": _texts(params, "subnets"),
-            "nodeRole": _text(params, "node_role"),
-            "scalingConfig": scaling,
-            "instanceTypes": _texts(params, "instance_types"),
-            "amiType": _text(params, "ami_type"),
+            "subnets": list(params.subnets),
+            "nodeRole": params.node_role,
+            "scalingConfig": params.scaling.to_json(),
+            "instanceTypes": list(params.instance_types),
+            "amiType": params.ami_type,
             # The same step retried after a crash sends the same token, so EKS answers with the
             # nodegroup the first attempt started instead of a second one or a conflict.
             "clientRequestToken": str(
                 uuid.uuid5(
                     _TOKEN_NAMESPACE,
-                    canonical_json({"cluster": cluster, "name": name, "params": dict(params)}),
+                    canonical_json({"cluster": cluster, "name": name, "params": dataclasses.asdict(params)}),
                 )
             ),
         }
         # The mark rides on the create call: EKS nodegroup tags set later would not be atomic with it.
-        labels, tags = _text_map(params, "labels"), {**_text_map(params, "tags"), **_mark(params)}
-        taints = params.get("taints") or []
         # EKS's model refuses empty tag maps; leave absent what the plan leaves empty.
-        optional = {
-            "labels": labels,
-            "tags": tags,
-            "taints": taints,
-            "capacityType": params.get("capacity_type"),
+        optional: dict[str, Any] = {
+            "labels": dict(params.labels),
+            "tags": {**params.tags, **_mark(params)},
+            "taints": [t.to_json() for t in params.taints],
+            "capacityType": params.capacity_type,
         }
         request.update({k: v for k, v in optional.items() if v})
         try:
@@ -1026,13 +975,13 @@ class AwsActions:
             self._wait(cluster, name, gone=True)
         return True
 
-    def _undo_nodegroup(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def _undo_nodegroup(self, params: NodegroupParams, outcome: StepOutcome) -> None:
         if outcome.created:
-            self._delete_nodegroup(_text(params, "cluster"), _text(params, "name"))
+            self._delete_nodegroup(params.cluster, params.name)
 
     # -- aws.nodegroup.taints --
 
-    def _ensure_nodegroup_taints(self, params: Mapping[str, JSON]) -> StepOutcome:
+    def _ensure_nodegroup_taints(self, params: NodegroupTaintsParams) -> StepOutcome:
         """Add the taints a nodegroup lacks, and complete once DescribeNodegroup shows them all.
 
         UpdateNodegroupConfig only starts an update (minutes, while the nodegroup is UPDATING),
@@ -1040,8 +989,7 @@ class AwsActions:
         retry, or a crash and resume, reads first and never starts a second update meanwhile.
         Cluster Autoscaler reads the taints from DescribeNodegroup for scale-from-zero, so no
         Auto Scaling group tags are needed."""
-        cluster, name = _text(params, "cluster"), _text(params, "name")
-        wanted = _taints(params)
+        cluster, name, wanted = params.cluster, params.name, params.taints
         what = f"tainting nodegroup {name} in cluster {cluster}"
         with _aws_call(what):
             nodegroup = self._describe(cluster, name)
@@ -1054,7 +1002,7 @@ class AwsActions:
         missing = [t for t in wanted if not _has_taint(nodegroup, t)]
         if not missing:
             # The nodegroup existed before the step; nothing here is for compensation to remove.
-            return StepOutcome(created=False, details={"taints": wanted})
+            return StepOutcome(created=False, details={"taints": [t.to_json() for t in wanted]})
         status = nodegroup.get("status", "UNKNOWN")
         if status != "ACTIVE":  # our own update still running, or someone else's: wait for it
             raise TemporaryError(
@@ -1066,7 +1014,7 @@ class AwsActions:
                 self._eks().update_nodegroup_config(
                     clusterName=cluster,
                     nodegroupName=name,
-                    taints={"addOrUpdateTaints": cast(Any, missing)},
+                    taints={"addOrUpdateTaints": cast(Any, [t.to_json() for t in missing])},
                 )
             except ClientError as e:
                 if _code(e) == "ResourceInUseException":
@@ -1077,7 +1025,7 @@ class AwsActions:
                 raise
             nodegroup = self._describe(cluster, name)
         if nodegroup is not None and all(_has_taint(nodegroup, t) for t in wanted):
-            return StepOutcome(created=False, details={"taints": wanted})
+            return StepOutcome(created=False, details={"taints": [t.to_json() for t in wanted]})
         raise TemporaryError(
             f"EKS is adding the taints to nodegroup {name}; will check again.",
             delay=self._settings.poll_interval,
@@ -1085,6 +1033,6 @@ class AwsActions:
 
     # -- aws.nodegroup.remove --
 
-    def _remove_nodegroup(self, params: Mapping[str, JSON]) -> StepOutcome:
-        deleted = self._delete_nodegroup(_text(params, "cluster"), _text(params, "name"))
+    def _remove_nodegroup(self, params: NodegroupRemoveParams) -> StepOutcome:
+        deleted = self._delete_nodegroup(params.cluster, params.name)
         return StepOutcome(created=False, details={"deleted": deleted})

@@ -62,12 +62,13 @@ import bcrypt
 import yaml
 from kubernetes import client
 
+from handlers.actions import DexUserParams, DexUserRemoveParams
 from handlers.errors import PermanentError, TemporaryError
 from handlers.naming import dex_password_object_name
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from provisioning import k8s
-from provisioning.actions import Action, BoundAction
+from provisioning.actions import Action, TypedAction, registry_of
 from provisioning.k8s import Kube, Obj
 from provisioning.settings import DexSettings
 
@@ -101,13 +102,6 @@ def env_key_for(email: str) -> str:
     """The Secret key (and env var name) holding ``email``'s hash: letters, digits and ``_`` only,
     derived from the email so a re-run finds the key it wrote."""
     return ENV_KEY_PREFIX + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:20].upper()
-
-
-def _email(params: Mapping[str, JSON]) -> str:
-    value = params.get("email")
-    if not isinstance(value, str) or "@" not in value:
-        raise PermanentError("The Dex step is missing a valid `email` parameter.")
-    return value.strip().lower()
 
 
 def _entry_mark(key: str) -> str:
@@ -145,10 +139,10 @@ class DexActions:
         self._deploy_ref = f"{settings.namespace}/{settings.deployment}"
 
     def registry(self) -> dict[str, Action]:
-        return {
-            "dex.user": BoundAction(self.ensure_user, self.undo_user),
-            "dex.user.remove": BoundAction(self.remove_user, k8s.no_undo),
-        }
+        return registry_of(
+            TypedAction(DexUserParams, self.ensure_user, self.undo_user),
+            TypedAction(DexUserRemoveParams, self.remove_user, k8s.no_undo),
+        )
 
     @property
     def restart_ref(self) -> str:
@@ -209,13 +203,13 @@ class DexActions:
 
     # -- dex.user ----------------------------------------------------------------------------
 
-    def ensure_user(self, params: Mapping[str, JSON]) -> StepOutcome:
-        email = _email(params)
-        mode = str(params.get("mode") or self.settings.mode)
+    def ensure_user(self, params: DexUserParams) -> StepOutcome:
+        email = params.email
+        mode = params.mode or self.settings.mode
         if mode == "external":
             return StepOutcome(created=False, details={"mode": mode})
-        username = str(params.get("username") or email.split("@", 1)[0])
-        user_id = str(params.get("user_id") or user_id_for(email))
+        username = params.username or email.split("@", 1)[0]
+        user_id = params.user_id or user_id_for(email)
         cm, config = self._config()
         entry = self._static_entry(config, email)
         if mode == "password-cr":
@@ -258,7 +252,7 @@ class DexActions:
         return StepOutcome(created=created, details=details)
 
     def _ensure_password_object(self, email: str, username: str, user_id: str,
-                                params: Mapping[str, JSON]) -> StepOutcome:
+                                params: DexUserParams) -> StepOutcome:
         name = dex_password_object_name(email)
         labels = {**k8s.MANAGED_BY, **k8s.mark_labels(params)}
         body: Obj = {
@@ -280,13 +274,15 @@ class DexActions:
             details["found"] = "password-object"
         return StepOutcome(created=created, details=details)
 
-    def undo_user(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def undo_user(self, params: DexUserParams, outcome: StepOutcome) -> None:
         if outcome.created:
-            self.remove_user(params)
+            self._remove_user(params.email, params.mode)
 
-    def remove_user(self, params: Mapping[str, JSON]) -> StepOutcome:
-        email = _email(params)
-        mode = str(params.get("mode") or self.settings.mode)
+    def remove_user(self, params: DexUserRemoveParams) -> StepOutcome:
+        return self._remove_user(params.email, params.mode)
+
+    def _remove_user(self, email: str, mode: str) -> StepOutcome:
+        mode = mode or self.settings.mode
         if mode == "external":
             return StepOutcome(created=False, details={"mode": mode})
         if mode == "password-cr":

@@ -38,9 +38,9 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from handlers.actions import StepParams
 from handlers.errors import PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome
-from provisioning.actions import REQUEST_MARK
 
 log = logging.getLogger(__name__)
 
@@ -370,20 +370,20 @@ MARK_KEY: Final = "kf-chatops/request"
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
-def request_of(params: Mapping[str, JSON]) -> str | None:
-    """The id of the request a step runs for (``params["_request"]``), None when an action is
+def request_of(params: StepParams) -> str | None:
+    """The id of the request a step runs for (``params.request``), None when an action is
     called directly (tests, tools): then nothing is marked and nothing found is claimed."""
-    value = params.get(REQUEST_MARK)
-    if value is None or value == "":
+    value = params.request
+    if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
         # A mark that cannot be written cannot be read back either: refuse rather than create an
         # object that a retry would not recognise.
         raise PermanentError("The request id cannot be used as an ownership label.")
     return value
 
 
-def mark_labels(params: Mapping[str, JSON]) -> dict[str, str]:
+def mark_labels(params: StepParams) -> dict[str, str]:
     """The labels that mark an object as made by this step's request (empty without a request)."""
     request = request_of(params)
     return {MARK_KEY: request} if request else {}
@@ -395,14 +395,14 @@ def owns(request: str | None, mark: object) -> bool:
     return request is not None and mark == request
 
 
-def marked_by(obj: Mapping[str, Any], params: Mapping[str, JSON]) -> bool:
+def marked_by(obj: Mapping[str, Any], params: StepParams) -> bool:
     """Whether ``obj`` carries the mark of this step's request."""
     return owns(request_of(params), labels_of(obj).get(MARK_KEY))
 
 
 
 
-def no_undo(params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+def no_undo(params: StepParams, outcome: StepOutcome) -> None:
     """Removal steps have nothing to compensate: what they deleted is not brought back."""
 
 

@@ -47,12 +47,23 @@ from typing import Any, Final
 
 from kubernetes import client
 
+from handlers.actions import (
+    ContributorParams,
+    ContributorRemoveParams,
+    PodDefaultParams,
+    ProfileParams,
+    ProfileRemoveParams,
+    QuotaParams,
+    StepParams,
+    TokenAccountParams,
+    TokenAccountRemoveParams,
+)
 from handlers.errors import PermanentError, TemporaryError
 from handlers.naming import kfam_binding_name, show_value
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from provisioning import k8s
-from provisioning.actions import Action, BoundAction
+from provisioning.actions import Action, TypedAction, registry_of
 from provisioning.k8s import Kube, Obj
 from provisioning.records import QuotaState, WorkspaceState
 from provisioning.settings import KubeflowSettings
@@ -105,13 +116,6 @@ class IdentityConfig:
         return [self.ingress_principal, self.kfp_ui_principal]
 
 
-def _str(params: Mapping[str, JSON], key: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"The step is missing its `{key}` parameter.")
-    return value
-
-
 def istio_literal(value: str, what: str) -> str:
     """``value`` if Istio can only read it as itself in an AuthorizationPolicy; else a
     ``PermanentError``. Istio reads ``abc*`` as a prefix match, ``*abc`` as a suffix match and
@@ -156,16 +160,16 @@ class KubeflowActions:
         self._identity_lock = threading.Lock()
 
     def registry(self) -> dict[str, Action]:
-        return {
-            "kubeflow.profile": BoundAction(self.ensure_profile, self.undo_profile),
-            "kubeflow.profile.remove": BoundAction(self.remove_profile, k8s.no_undo),
-            "kubeflow.poddefault": BoundAction(self.ensure_poddefault, self.undo_poddefault),
-            "kubeflow.contributor": BoundAction(self.ensure_contributor, self.undo_contributor),
-            "kubeflow.contributor.remove": BoundAction(self.remove_contributor, k8s.no_undo),
-            "kubeflow.quota": BoundAction(self.ensure_quota, self.undo_quota),
-            "kubeflow.token_account": BoundAction(self.ensure_token_account, self.undo_token_account),
-            "kubeflow.token_account.remove": BoundAction(self.remove_token_account, k8s.no_undo),
-        }
+        return registry_of(
+            TypedAction(ProfileParams, self.ensure_profile, self.undo_profile),
+            TypedAction(ProfileRemoveParams, self.remove_profile, k8s.no_undo),
+            TypedAction(PodDefaultParams, self.ensure_poddefault, self.undo_poddefault),
+            TypedAction(ContributorParams, self.ensure_contributor, self.undo_contributor),
+            TypedAction(ContributorRemoveParams, self.remove_contributor, k8s.no_undo),
+            TypedAction(QuotaParams, self.ensure_quota, self.undo_quota),
+            TypedAction(TokenAccountParams, self.ensure_token_account, self.undo_token_account),
+            TypedAction(TokenAccountRemoveParams, self.remove_token_account, k8s.no_undo),
+        )
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -265,11 +269,11 @@ class KubeflowActions:
 
     # -- profile -----------------------------------------------------------------------------
 
-    def ensure_profile(self, params: Mapping[str, JSON]) -> StepOutcome:
-        name, owner = _str(params, "name"), _str(params, "owner")
+    def ensure_profile(self, params: ProfileParams) -> StepOutcome:
+        name, owner = params.name, params.owner
         # The profile controller copies the owner into the namespace's own AuthorizationPolicy.
         istio_literal(owner, "the owner")
-        hard = _str_map(params.get("hard"))
+        hard = dict(params.hard)
         existing = self.kube.get(k8s.PROFILE, name)
         created = False
         if existing is None:
@@ -281,7 +285,7 @@ class KubeflowActions:
             spec: dict[str, Any] = {"owner": {"kind": "User", "name": owner}}
             if hard:
                 spec["resourceQuotaSpec"] = {"hard": hard}
-            labels = {**_str_map(params.get("labels")), **k8s.mark_labels(params)}
+            labels = {**params.labels, **k8s.mark_labels(params)}
             body: Obj = {"metadata": {"name": name, "labels": labels}, "spec": spec}
             existing, created = self.kube.create(k8s.PROFILE, body)
         # Found with this request's mark: an earlier attempt made it (a crash or a wait that ran out
@@ -322,17 +326,17 @@ class KubeflowActions:
                                      f"{self.settings.namespace_timeout:.0f}s; is it running?", delay=10.0)
             self.clock.sleep(self.settings.poll_interval)
 
-    def undo_profile(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def undo_profile(self, params: ProfileParams, outcome: StepOutcome) -> None:
         if outcome.created:
-            self.kube.delete(k8s.PROFILE, _str(params, "name"))
+            self.kube.delete(k8s.PROFILE, params.name)
 
-    def remove_profile(self, params: Mapping[str, JSON]) -> StepOutcome:
-        name = _str(params, "name")
+    def remove_profile(self, params: ProfileRemoveParams) -> StepOutcome:
+        name = params.name
         profile = self.kube.get(k8s.PROFILE, name)
         deleted = False
         if profile is not None and not (profile.get("metadata") or {}).get("deletionTimestamp"):
             pvcs = self.kube.list(k8s.PVC, name)
-            if pvcs and not params.get("purge_data"):
+            if pvcs and not params.purge_data:
                 raise PermanentError(f"Namespace `{name}` still has {len(pvcs)} PersistentVolumeClaim(s); "
                                      "deleting it would delete their data. Delete them first or use "
                                      "--purge-data.")
@@ -352,20 +356,19 @@ class KubeflowActions:
 
     # -- PodDefault --------------------------------------------------------------------------
 
-    def _poddefault_body(self, params: Mapping[str, JSON]) -> Obj:
+    def _poddefault_body(self, params: PodDefaultParams) -> Obj:
         # Only fields of the PodDefault CRD (kubeflow.org/v1alpha1): it has no nodeSelector, and an
         # apiserver prunes what its schema lacks, so the nodegroup is reached by tolerations alone.
-        name = _str(params, "name")
+        name = params.name
         spec: dict[str, Any] = {"selector": {"matchLabels": {name: "true"}},
-                                "desc": str(params.get("description") or f"Run on nodegroup {name}")}
-        tolerations = params.get("tolerations")
-        if isinstance(tolerations, list) and tolerations:
-            spec["tolerations"] = [dict(t) for t in tolerations if isinstance(t, dict)]
-        metadata = {"name": name, "namespace": _str(params, "namespace"),
+                                "desc": params.description or f"Run on nodegroup {name}"}
+        if params.tolerations:
+            spec["tolerations"] = [dict(t) for t in params.tolerations]
+        metadata = {"name": name, "namespace": params.namespace,
                     "labels": {**k8s.MANAGED_BY, **k8s.mark_labels(params)}}
         return {"metadata": metadata, "spec": spec}
 
-    def ensure_poddefault(self, params: Mapping[str, JSON]) -> StepOutcome:
+    def ensure_poddefault(self, params: PodDefaultParams) -> StepOutcome:
         body = self._poddefault_body(params)
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         existing, made = self.kube.create(k8s.POD_DEFAULT, body)
@@ -382,9 +385,9 @@ class KubeflowActions:
         created = made or k8s.marked_by(existing, params)  # made by an earlier attempt of this request
         return StepOutcome(created=created, details={"poddefault": body["metadata"]["name"]})
 
-    def undo_poddefault(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def undo_poddefault(self, params: PodDefaultParams, outcome: StepOutcome) -> None:
         if outcome.created:
-            self.kube.delete(k8s.POD_DEFAULT, _str(params, "name"), _str(params, "namespace"))
+            self.kube.delete(k8s.POD_DEFAULT, params.name, params.namespace)
 
     # -- contributors (KFAM's pair) ----------------------------------------------------------
 
@@ -445,10 +448,10 @@ class KubeflowActions:
             "address.")
 
     def _create_pair(self, namespace: str, user: str, role: str,
-                     params: Mapping[str, JSON] | None = None) -> tuple[bool, bool]:
+                     params: StepParams | None = None) -> tuple[bool, bool]:
         """Create both halves, or converge existing ones; returns which halves this step's request
         created (now, or in an earlier attempt: found carrying its mark)."""
-        params = params or {}
+        params = params or StepParams()  # no request: what it makes is not marked as a request's
         binding, policy = self._pair(namespace, user, role, k8s.mark_labels(params))
         name = binding["metadata"]["name"]
         existing_rb, rb_made = self.kube.create(k8s.ROLE_BINDING, binding)
@@ -483,8 +486,8 @@ class KubeflowActions:
             removed.append("AuthorizationPolicy")
         return removed
 
-    def ensure_contributor(self, params: Mapping[str, JSON]) -> StepOutcome:
-        namespace, user, role = _str(params, "namespace"), _str(params, "user"), _str(params, "role")
+    def ensure_contributor(self, params: ContributorParams) -> StepOutcome:
+        namespace, user, role = params.namespace, params.user, params.role
         if role not in CONTRIBUTOR_ROLES:
             raise PermanentError(f"A contributor role must be edit or view, not {role}.")
         self._policy_rule(user)  # a value Istio would read as a wildcard is refused before any write
@@ -504,18 +507,18 @@ class KubeflowActions:
             details["previous_role"] = previous[0]
         return StepOutcome(created=bool(halves or previous), details=details)
 
-    def undo_contributor(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def undo_contributor(self, params: ContributorParams, outcome: StepOutcome) -> None:
         if not outcome.created:
             return
-        namespace, user, role = _str(params, "namespace"), _str(params, "user"), _str(params, "role")
+        namespace, user, role = params.namespace, params.user, params.role
         # Both halves go, even one that pre-existed alone: a lone half is never a useful state.
         self._delete_pair(namespace, kfam_binding_name(user, role))
         previous = outcome.details.get("previous_role")
         if isinstance(previous, str) and previous in CONTRIBUTOR_ROLES:
             self._create_pair(namespace, user, previous)
 
-    def remove_contributor(self, params: Mapping[str, JSON]) -> StepOutcome:
-        namespace, user = _str(params, "namespace"), _str(params, "user")
+    def remove_contributor(self, params: ContributorRemoveParams) -> StepOutcome:
+        namespace, user = params.namespace, params.user
         mine, clashes = self._lookup(namespace, user)
         if clashes:  # deleting by name would remove someone else's grant
             role, holder = next(iter(clashes.items()))
@@ -535,9 +538,8 @@ class KubeflowActions:
         patch_hard.update(new)
         self.kube.merge_patch(k8s.PROFILE, profile, {"spec": {"resourceQuotaSpec": {"hard": patch_hard}}})
 
-    def ensure_quota(self, params: Mapping[str, JSON]) -> StepOutcome:
-        name = _str(params, "profile")
-        hard = _str_map(params.get("hard"))
+    def ensure_quota(self, params: QuotaParams) -> StepOutcome:
+        name, hard = params.profile, params.hard
         profile = self.kube.get(k8s.PROFILE, name)
         if profile is None:
             raise PermanentError(f"There is no Profile `{name}` to change the quota of.")
@@ -547,10 +549,10 @@ class KubeflowActions:
         self._set_hard(name, previous, hard)
         return StepOutcome(created=True, details={"previous": dict(previous)})
 
-    def undo_quota(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def undo_quota(self, params: QuotaParams, outcome: StepOutcome) -> None:
         if not outcome.created:
             return
-        name = _str(params, "profile")
+        name = params.profile
         previous = _str_map(outcome.details.get("previous"))
         profile = self.kube.get(k8s.PROFILE, name)
         if profile is None:
@@ -558,7 +560,7 @@ class KubeflowActions:
         current = _profile_hard(profile)
         if current == previous:
             return
-        if current != _str_map(params.get("hard")):
+        if current != params.hard:
             # Someone changed it after us: restoring would clobber their change.
             raise PermanentError(f"The quota of `{name}` was changed by someone else since the bot set it; "
                                  "it was not reverted.")
@@ -566,9 +568,8 @@ class KubeflowActions:
 
     # -- token accounts ----------------------------------------------------------------------
 
-    def ensure_token_account(self, params: Mapping[str, JSON]) -> StepOutcome:
-        namespace, name = _str(params, "namespace"), _str(params, "name")
-        role, token_id = _str(params, "role"), _str(params, "token_id")
+    def ensure_token_account(self, params: TokenAccountParams) -> StepOutcome:
+        namespace, name, role, token_id = params.namespace, params.name, params.role, params.token_id
         if role not in CONTRIBUTOR_ROLES:
             raise PermanentError(f"A token's role must be edit or view, not {role}.")
         object_labels = {**k8s.MANAGED_BY, TOKEN_ID_LABEL: token_id, **k8s.mark_labels(params)}
@@ -592,12 +593,14 @@ class KubeflowActions:
         return StepOutcome(created=True, details={"account": name, "token_id": token_id,
                                                   "found_existing": not any(made)})
 
-    def undo_token_account(self, params: Mapping[str, JSON], outcome: StepOutcome) -> None:
+    def undo_token_account(self, params: TokenAccountParams, outcome: StepOutcome) -> None:
         if outcome.created:
-            self.remove_token_account(params)
+            self._remove_token_account(params.namespace, params.name)
 
-    def remove_token_account(self, params: Mapping[str, JSON]) -> StepOutcome:
-        namespace, name = _str(params, "namespace"), _str(params, "name")
+    def remove_token_account(self, params: TokenAccountRemoveParams) -> StepOutcome:
+        return self._remove_token_account(params.namespace, params.name)
+
+    def _remove_token_account(self, namespace: str, name: str) -> StepOutcome:
         removed = []
         for kind in (k8s.ROLE_BINDING, k8s.SERVICE_ACCOUNT):
             existing = self.kube.get(kind, name, namespace)

@@ -3,6 +3,8 @@
 * One catalogue of step actions (``handlers.actions.ActionName``): the names the kinds' plans
   emit, the live registries (Kubeflow, Dex, AWS) and the dry-run renderers are exactly that set,
   so no step can name an action one backend lacks.
+* Each action's params have a type (``handlers.actions.PARAMS``): what every kind emits parses into
+  it, and a malformed param is refused, naming the action and the field, before any call goes out.
 * The adapters do not branch on a request kind: what a kind does lives in its module under
   ``handlers/kinds/``. Read from the source (AST), so a new ``if request.kind == ...`` in
   ``provisioning/`` fails here however it is spelled.
@@ -11,21 +13,25 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from handlers import kinds
-from handlers.actions import ActionName
-from handlers.plan import StepOutcome
+from handlers.actions import PARAMS, REQUEST_MARK, ActionName
+from handlers.errors import PermanentError, TemporaryError
+from handlers.plan import JSON, Step, StepOutcome
 from provisioning import dryrun
+from provisioning.actions import Action
 from provisioning.aws import AwsActions, AwsSettings
 from provisioning.dex import DexActions
 from provisioning.kubeflow import KubeflowActions
 from provisioning.settings import DexSettings, KubeflowSettings
-from tests.fakes.aws_fixtures import ThreadKeyedLock
+from tests.fakes.aws_fixtures import AwsEnv, ThreadKeyedLock
 from tests.fakes.clock import FakeClock
+from tests.test_aws_actions import closed_port_url
 from tests.test_plan_digests import CASES, _plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +168,97 @@ def test_the_finder_sees_each_spelling() -> None:
 )
 def test_adapters_do_not_branch_on_a_request_kind(package: str) -> None:
     assert kind_branches(package) == []
+
+
+# -- typed params, checked once where the registries hand them to an action -----------------------
+
+
+def _emitted_steps() -> list[tuple[str, Step]]:
+    return [
+        (case, step)
+        for case, (kind, facts, settings) in sorted(CASES.items())
+        for step in _plan(kind, facts, settings).steps
+    ]
+
+
+def test_every_action_has_a_params_type() -> None:
+    assert {str(name) for name in PARAMS} == CATALOGUE
+    assert all(PARAMS[name].ACTION is name for name in PARAMS)
+
+
+@pytest.mark.parametrize(("case", "step"), _emitted_steps(), ids=lambda v: v if isinstance(v, str) else v.key)
+def test_every_kind_emits_params_its_action_parses(case: str, step: Step) -> None:
+    parsed = PARAMS[ActionName(step.action)].parse({**step.params, REQUEST_MARK: "RGOLD01"})
+    assert parsed.request == "RGOLD01"
+    # Every field the type reads is one the kind wrote, except those left to the adapter's default.
+    read = {f.name for f in dataclasses.fields(parsed)} - {"request", *ADAPTER_DEFAULTS.get(step.action, ())}
+    assert read <= set(step.params), f"{case}: {step.action} defaults {read - set(step.params)}"
+
+
+ADAPTER_DEFAULTS = {"aws.nodegroup": {"capacity_type"}, "dex.user": {"user_id"}}
+"""Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email."""
+
+
+def _sample_params() -> dict[str, dict[str, JSON]]:
+    """One step's params per action, as the kinds emit them, with the engine's request mark."""
+    samples: dict[str, dict[str, JSON]] = {}
+    for _, step in _emitted_steps():
+        samples.setdefault(str(step.action), {**step.params, REQUEST_MARK: "RGOLD01"})
+    return samples
+
+
+SAMPLES = _sample_params()
+
+
+def _first_field(action: str) -> str:
+    return next(f.name for f in dataclasses.fields(PARAMS[ActionName(action)]) if f.name != "request")
+
+
+@pytest.fixture
+def closed_registry(aws: AwsEnv) -> dict[str, Action]:
+    """Every live action, each pointed at a port nobody listens on: a call that went out would fail
+    as a connection error (temporary), never as the refusal of a param."""
+    url = closed_port_url()
+    api = client.ApiClient(client.Configuration(host=url))
+    clock = FakeClock()
+    return {
+        **KubeflowActions(api, KubeflowSettings(namespace_timeout=0.0), clock).registry(),
+        **DexActions(api, DexSettings(), clock).registry(),
+        **aws.actions(endpoint_url=url).registry(),
+    }
+
+
+@pytest.mark.parametrize("broken", ["wrong type", "missing"])
+@pytest.mark.parametrize("action", sorted(CATALOGUE))
+def test_a_malformed_param_is_refused_naming_action_and_field_before_any_call(
+    closed_registry: dict[str, Action], action: str, broken: str
+) -> None:
+    field = _first_field(action)
+    params = dict(SAMPLES[action])
+    if broken == "missing":
+        del params[field]
+    else:
+        params[field] = 42
+    implementation = closed_registry[action]
+
+    for call in (lambda: implementation.ensure(params), lambda: implementation.undo(params, CREATED)):
+        with pytest.raises(PermanentError) as refused:
+            call()
+        assert f"`{action}`" in refused.value.user_message
+        assert f"`{field}`" in refused.value.user_message
+
+
+CREATED = StepOutcome(created=True, details={"previous": {}, "added": ["arn:aws:s3:::x"]})
+
+
+def test_the_closed_registry_would_notice_a_call(closed_registry: dict[str, Action]) -> None:
+    """The control for the test above: well-formed params do try the network, and fail otherwise."""
+    with pytest.raises(TemporaryError):
+        closed_registry["kubeflow.quota"].ensure(SAMPLES["kubeflow.quota"])
+    with pytest.raises(TemporaryError):
+        closed_registry["aws.bucket"].ensure(SAMPLES["aws.bucket"])
+
+
+def test_a_request_mark_that_is_not_a_string_is_refused() -> None:
+    with pytest.raises(PermanentError, match=f"`aws.bucket` step's `{REQUEST_MARK}`"):
+        PARAMS[ActionName.BUCKET].parse({**SAMPLES["aws.bucket"], REQUEST_MARK: 7})
