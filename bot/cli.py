@@ -166,7 +166,9 @@ def run_plan(args: argparse.Namespace, settings: Settings) -> int:
     settings, backend = _local_backend(settings, create=True)
     try:
         core = composition.build_core(settings, backend, NullNotifier(), provisioning.SystemClock())
-        parsed = parse.parse_command(text, requester_email=actor.email, resolve_user=_no_mentions)
+        parsed = parse.parse_command(
+            text, requester_email=actor.email, resolve_user=_no_mentions, settings=core.settings
+        )
         if isinstance(parsed, parse.Control):
             raise errors.InvalidInput(
                 "`kfbot plan` shows the plan of a request: workspace new|delete, share, "

@@ -117,10 +117,7 @@ class Settings:
                 for k, v in env.pairs("KFBOT_USER_ID_MAP").items()
             },
         )
-        tokens = TokenSettings(
-            max_ttl=env.duration("KFBOT_TOKEN_MAX_TTL", timedelta(hours=24)),
-            api_audience=env.text("KFBOT_TOKEN_API_AUDIENCE", "https://kubernetes.default.svc"),
-        )
+        tokens = env.build("KFBOT_TOKEN_DEFAULT_TTL", _tokens)
         core = CoreSettings(policy=policy, naming=naming, workspace=workspace, tokens=tokens)
         prov = provisioning.ProvisioningSettings(
             mode="live" if env.text("KFBOT_PROVISIONER") == "live" else "dry-run",
@@ -349,6 +346,17 @@ def _price(value: str) -> float:
     if not 0 <= price < 10_000:
         raise ValueError(f"price {value!r} must be between 0 and 10000 USD per hour")
     return price
+
+
+def _tokens(env: _Env) -> TokenSettings:
+    try:
+        return TokenSettings(
+            max_ttl=env.duration("KFBOT_TOKEN_MAX_TTL", TokenSettings.max_ttl),
+            default_ttl=env.duration("KFBOT_TOKEN_DEFAULT_TTL", TokenSettings.default_ttl),
+            api_audience=env.text("KFBOT_TOKEN_API_AUDIENCE", TokenSettings.api_audience),
+        )
+    except errors.InvalidInput as exc:  # the default outside 10m..KFBOT_TOKEN_MAX_TTL
+        raise ValueError(exc.user_message) from exc
 
 
 def _naming(env: _Env) -> NamingSettings:

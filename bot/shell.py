@@ -170,7 +170,9 @@ class Shell:
         self.say(f"Fingerprint {secret.fingerprint}")
 
     def _kf(self, text: str, cid: str) -> None:
-        parsed = parse.parse_command(text, requester_email=self.actor.email, resolve_user=_no_mentions)
+        parsed = parse.parse_command(
+            text, requester_email=self.actor.email, resolve_user=_no_mentions, settings=self.core.settings
+        )
         if isinstance(parsed, parse.WorkspaceForm):
             self.say(
                 "The form opens only in Slack; here type `/kf workspace new NAME [options]`.\n"

@@ -16,6 +16,7 @@ from typing import Any
 
 from handlers import errors, kinds, naming
 from handlers.kinds.base import Flag, Parsed
+from handlers.settings import CoreSettings
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,11 @@ def _words(words: list[str]) -> tuple[str, list[str]]:
     return head, rest
 
 
-def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver) -> Command:
-    """Parse the text after ``/kf``. ``requester_email`` is the default workspace owner."""
+def parse_command(
+    text: str, *, requester_email: str, resolve_user: UserResolver, settings: CoreSettings
+) -> Command:
+    """Parse the text after ``/kf``. ``requester_email`` is the default workspace owner; a flag
+    left out takes its default from ``settings`` here, so the request records what was decided."""
     words = tokenize(text)
     if not words:
         return Help()
@@ -235,7 +239,9 @@ def parse_command(text: str, *, requester_email: str, resolve_user: UserResolver
     if syntax is not None:
         pos, opts = _flags(command, rest, syntax.flags)
         args = _positional(command, pos, syntax.positional)
-        return syntax.build(Parsed(args, opts, requester_email, lambda token: _user(token, resolve_user)))
+        return syntax.build(
+            Parsed(args, opts, requester_email, lambda token: _user(token, resolve_user), settings)
+        )
     if command.startswith("workspace "):
         raise errors.InvalidInput(
             "Use `/kf workspace new|delete|list|show|pin`.", usage=USAGE["workspace new"]

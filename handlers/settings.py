@@ -7,7 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from handlers import units
 from handlers.naming import NamingSettings
+
+MIN_TOKEN_TTL = timedelta(minutes=10)
+"""The shortest ``--ttl`` a token may have (and so the shortest default)."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,19 @@ class WorkspaceDefaults:
 @dataclass(frozen=True)
 class TokenSettings:
     max_ttl: timedelta = timedelta(hours=24)
+    """Longest ``--ttl`` a token may ask for (``KFBOT_TOKEN_MAX_TTL``)."""
     default_ttl: timedelta = timedelta(hours=1)
+    """The TTL of ``/kf token`` without ``--ttl`` (``KFBOT_TOKEN_DEFAULT_TTL``); fixed when the
+    command is parsed, so a pending request keeps the TTL it was asked with."""
     api_audience: str = "https://kubernetes.default.svc"
     """The API server's own audience, requested beside pipelines.kubeflow.org for ``pipelines``
     tokens (``kubernetes`` tokens name none: the API server's default)."""
+
+    def __post_init__(self) -> None:
+        # A default no request could ask for would make every plain `/kf token` fail at plan time.
+        units.check_range(
+            self.default_ttl, minimum=MIN_TOKEN_TTL, maximum=self.max_ttl, what="default token TTL"
+        )
 
 
 @dataclass(frozen=True)

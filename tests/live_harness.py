@@ -232,7 +232,9 @@ class LiveStack:
     # -- asking and deciding, as the edges do --
     def kind(self, actor: Actor, text: str) -> RequestKind:
         """``/kf TEXT`` parsed exactly as Slack and the shell parse it; must be a request kind."""
-        parsed = parse.parse_command(text, requester_email=actor.email, resolve_user=_no_mentions)
+        parsed = parse.parse_command(
+            text, requester_email=actor.email, resolve_user=_no_mentions, settings=self.core.settings
+        )
         assert not isinstance(parsed, (parse.Control, parse.WorkspaceForm, parse.PasswordReset)), parsed
         return parsed
 

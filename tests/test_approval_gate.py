@@ -187,7 +187,7 @@ def test_auto_approvals_and_system_decisions_name_their_rule(stack: Stack) -> No
 
 
 def issue_token(stack: Stack, read_only: bool = False) -> str:
-    token = kinds.TokenIssue("team-a", read_only=read_only)
+    token = kinds.TokenIssue("team-a", timedelta(hours=1), read_only=read_only)
     result = services.submit(stack.core, BOB, token, idempotency_key=None)
     assert result.auto_reason is not None
     stack.run()
@@ -423,7 +423,7 @@ def test_an_owner_edited_in_the_registry_gets_no_owner_rights(stack: Stack) -> N
     mallory = Actor("UMALLORY", "mallory@example.com")
     sql(stack, "UPDATE workspaces SET owner = :o WHERE name = 'team-a'", o=mallory.email)
     before = len(stack.notifier.published)
-    for kind in (kinds.Share("team-a", "eve@example.com"), kinds.TokenIssue("team-a")):
+    for kind in (kinds.Share("team-a", "eve@example.com"), kinds.TokenIssue("team-a", timedelta(hours=1))):
         with pytest.raises(errors.KfError, match="audit log"):
             services.submit(stack.core, mallory, kind, idempotency_key=None)
     assert len(stack.notifier.published) == before
@@ -487,7 +487,8 @@ def test_a_reused_workspace_name_inherits_no_grant_and_no_timer(stack: Stack) ->
     _recreate(stack, "team-a", carol.email)
     ws = stack.core.facts.workspace("team-a") or pytest.fail()
     assert ws.contributors == {} and ws.recorded_grants == {}
-    token = services.submit(stack.core, BOB, kinds.TokenIssue("team-a"), idempotency_key=None)
+    kind = kinds.TokenIssue("team-a", timedelta(hours=1))
+    token = services.submit(stack.core, BOB, kind, idempotency_key=None)
     assert token.auto_reason is None, "bob's grant was in the old workspace, not in carol's"
     with stack.backend.db.engine.begin() as conn:
         pending = conn.execute(sa.text("SELECT kind, ref FROM timers WHERE done_at IS NULL")).all()

@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bot import cli
+from tests.fakes.cli import env_for, free_port, kfbot, readyz
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
-
-AUDIT_KEY = "cli-test-audit-key-0123456789abcdef"
-
-
-def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KFBOT_", "SLACK_"))}
-    return {
-        **env,
-        "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
-        "KFBOT_AUDIT_KEY": AUDIT_KEY,
-        **extra,
-    }
-
-
-def kfbot(tmp_path: Path, *args: str, stdin: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        cwd=tmp_path,
-        input=stdin,
-        text=True,
-        capture_output=True,
-        env=env_for(tmp_path, **extra),
-        timeout=120,
-        check=False,
-    )
 
 
 def rows(tmp_path: Path, query: str) -> list[tuple[object, ...]]:
@@ -155,12 +127,6 @@ def test_serve_names_the_bad_setting(tmp_path: Path, extra: dict[str, str], name
     assert done.returncode == 2 and named in done.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> None:
     fake_slack.add_user("U0ALICE01", "alice@example.com")
@@ -199,16 +165,6 @@ def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> No
     assert any("provisioner=dry-run" in entry["msg"] for entry in logs)
     assert all(entry["provisioner"] == "dry-run" for entry in logs)
     assert BOT_TOKEN not in stderr
-
-
-def readyz(port: int) -> dict[str, object] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-            answer: dict[str, object] = json.loads(resp.read())
-            return answer
-    except OSError:
-        time.sleep(0.1)
-        return None
 
 
 def test_migrate_is_idempotent(tmp_path: Path) -> None:

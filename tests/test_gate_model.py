@@ -206,7 +206,7 @@ class GateMachine(RuleBasedStateMachine):
 
     @rule(who=who, ws=workspace, read_only=st.booleans())
     def token(self, who: str, ws: str, read_only: bool) -> None:
-        self._submit(who, kinds.TokenIssue(ws, read_only=read_only))
+        self._submit(who, kinds.TokenIssue(ws, timedelta(hours=1), read_only=read_only))
 
     @rule(who=who, data=st.data())
     def revoke(self, who: str, data: st.DataObject) -> None:

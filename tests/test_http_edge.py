@@ -35,6 +35,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bot.signing import MAX_BODY_BYTES
+from tests.fakes.cli import env_for, free_port, kfbot, readyz
 from tests.fakes.figures import count
 from tests.fakes.slack import (
     BOT_TOKEN,
@@ -46,7 +47,6 @@ from tests.fakes.slack import (
     view_submission_body,
 )
 from tests.fakes.slack_bot import ADMIN_CHANNEL
-from tests.test_cli import env_for, free_port, kfbot, readyz
 
 pytestmark = pytest.mark.slow
 

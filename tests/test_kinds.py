@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from handlers import errors, kinds
@@ -180,7 +182,7 @@ def test_share_quota_token_plans() -> None:
     assert any("replaced" in w for w in share.warnings)
     quota = kinds.QuotaChange("team-a", gpu="4").plan(ctx(facts=facts))
     assert quota.steps[0].params == {"profile": "ns-a", "hard": {"cpu": "8", "requests.nvidia.com/gpu": "4"}}
-    token = kinds.TokenIssue("team-a", audience="pipelines").plan(ctx(facts=facts))
+    token = kinds.TokenIssue("team-a", timedelta(hours=1), audience="pipelines").plan(ctx(facts=facts))
     assert token.steps[0].params["audiences"] == ["pipelines.kubeflow.org", "https://kubernetes.default.svc"]
     assert token.steps[0].params["name"] == "kfbot-token-rplan01"
     with pytest.raises(errors.InvalidInput, match="owns"):
@@ -190,7 +192,7 @@ def test_share_quota_token_plans() -> None:
 def test_args_round_trip_through_storage() -> None:
     for kind in (
         kinds.Share("team-a", "b@example.com", duration=__import__("datetime").timedelta(days=7)),
-        kinds.TokenIssue("team-a", read_only=True),
+        kinds.TokenIssue("team-a", timedelta(hours=1), read_only=True),
         kinds.WorkspaceCreate("w", "a@example.com", gpu=2, nodes_min=1, nodes_max=3),
     ):
         assert kinds.from_args(kind.KIND, kinds.to_args(kind)) == kind

@@ -27,6 +27,7 @@ from provisioning.settings import KubeflowSettings
 from tests.fakes.apiserver import FakeApiServer, crd_schemas_available
 from tests.fakes.clock import FakeClock
 from tests.fakes.facts import StaticFacts
+from tests.fakes.kfam import KFAM_VECTORS
 
 RBAC = "rbac.authorization.k8s.io"
 RBAC_V1 = f"{RBAC}/v1"
@@ -38,15 +39,6 @@ MANAGED = {"app.kubernetes.io/managed-by": "kf-chatops"}
 DEFAULT_PRINCIPALS = ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
                       "cluster.local/ns/kubeflow/sa/ml-pipeline-ui"]
 
-# KFAM's own test vectors (kfam/bindings_test.go) plus the one from the issue.
-KFAM_VECTORS = [
-    ("lalith.vaka@zq.msds.kp.org", "user-lalith-vaka-zq-msds-kp-org-clusterrole-edit"),
-    ("397401@zq.msds.kp.org", "user-397401-zq-msds-kp-org-clusterrole-edit"),
-    ("lalith.397401@zq.msds.kp.org", "user-lalith-397401-zq-msds-kp-org-clusterrole-edit"),
-    ("397401.vaka@zq.msds.kp.org", "user-397401-vaka-zq-msds-kp-org-clusterrole-edit"),
-    ("i397401@zq.msds.kp.org", "user-i397401-zq-msds-kp-org-clusterrole-edit"),
-    ("Alice.Smith+ml@Example.COM", "user-alice-smith-ml-example-com-clusterrole-edit"),
-]
 
 
 class HookClock(FakeClock):

@@ -12,10 +12,9 @@ import io
 import json
 import logging
 import re
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,15 +45,19 @@ from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
-    block_action_body,
-    post_signed,
-    slash_command_body,
 )
-from tests.fakes.slack_bot import ADMIN_CHANNEL, bot_settings, migrate, running_bot
+from tests.fakes.slack_bot import bot_settings, migrate, running_bot
+from tests.fakes.slack_edge import (
+    ALICE,
+    BOB,
+    card_for,
+    click,
+    new_workspace_request,
+    slash,
+    wait_state,
+    wait_until,
+)
 
-ALICE, BOB = "U0ALICE01", "U0BOB0001"
-WAIT = 15.0
-_ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 _REF = re.compile(r"\(ref ([0-9A-F]{8})\)")
 
 
@@ -78,76 +81,6 @@ def bot(fake_slack: FakeSlack, tmp_path: Path, clock: FakeClock) -> Iterator[Run
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-
-
-def _wait(predicate: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def slash(bot: Running, fake: FakeSlack, text: str, *, user: str, name: str) -> str:
-    body = slash_command_body(text, user_id=user, response_url=fake.response_url(name))
-    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
-    assert status == 200
-    reply = fake.wait_for(lambda: fake.responses.get(name, []), WAIT, f"reply to /kf {text}")
-    return str(reply[0].get("text", ""))
-
-
-def submit(bot: Running, fake: FakeSlack, name: str) -> str:
-    match = _ID.search(slash(bot, fake, f"workspace new {name} --gpu 1", user=ALICE, name=name))
-    assert match
-    return match.group(0)
-
-
-def card_for(fake: FakeSlack, request_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = fake.wait_for(
-        lambda: next(
-            (
-                m
-                for m in fake.messages_in(ADMIN_CHANNEL)
-                if not m.get("thread_ts") and request_id in m["text"]
-            ),
-            None,
-        ),
-        WAIT,
-        f"the card of {request_id}",
-    )
-    return found
-
-
-def approve(bot: Running, fake: FakeSlack, card: dict[str, Any]) -> None:
-    button = next(
-        e for b in card["blocks"] for e in b.get("elements", []) if e.get("action_id") == blocks.APPROVE
-    )
-    body = block_action_body(
-        blocks.APPROVE,
-        button["value"],
-        user_id=BOB,
-        channel_id=card["channel"],
-        message_ts=card["ts"],
-        response_url=fake.response_url("click"),
-        message_blocks=card["blocks"],
-    )
-    assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
-
-
-def request_in_db(bot: Running, request_id: str) -> Request:
-    with bot.backend.uow() as uow:
-        request: Request = uow.requests.get(request_id)
-        return request
-
-
-def wait_state(bot: Running, request_id: str, state: RequestState) -> Request:
-    found: Request = _wait(
-        lambda: r if (r := request_in_db(bot, request_id)).state is state else None,
-        f"{request_id} to be {state.value}",
-    )
-    return found
 
 
 def scrape(bot: Running) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
@@ -179,14 +112,14 @@ def test_metrics_after_requests_through_the_slack_edge(
     bot: Running, fake_slack: FakeSlack, clock: FakeClock
 ) -> None:
     fake_slack.rate_limit_next("chat.postMessage", retry_after=0)  # the first card post is rate limited
-    done_id = submit(bot, fake_slack, "team-a")
+    done_id = new_workspace_request(bot, fake_slack, name="team-a")
     card = card_for(fake_slack, done_id)  # posted anyway: the client retried after the 429
     clock.advance(timedelta(minutes=10))
     fake_slack.fail_next("chat.update", "message_not_found")  # the card update after the decision
-    approve(bot, fake_slack, card)
+    assert click(bot, fake_slack, card, blocks.APPROVE, user=BOB) == 200
     done = wait_state(bot, done_id, RequestState.SUCCEEDED)
 
-    pending_id = submit(bot, fake_slack, "team-b")
+    pending_id = new_workspace_request(bot, fake_slack, name="team-b")
     card_for(fake_slack, pending_id)
     clock.advance(timedelta(minutes=31))  # past KFBOT_NUDGE_AFTER: the nudge timer is due
     sweep_once(bot.backend, bot.edge.deps.core)
@@ -360,7 +293,7 @@ def test_a_listener_error_logs_the_ref_the_user_sees(
     match = _REF.search(reply)
     assert match, reply
     ref = match.group(1)
-    errors = _wait(
+    errors = wait_until(
         lambda: [r for r in records(json_logs) if r["level"] == "ERROR" and r.get("correlation_id") == ref],
         "the error logged under the user's ref",
     )

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from handlers import errors, naming
 from tests.fakes.attacks import MORE_EMAIL_ATTACKS, REVIEWED_EMAIL_ATTACKS
+from tests.fakes.kfam import KFAM_VECTORS
+from tests.fakes.messages import PROPERTY, assert_safe_message, rejection
 
 RUNBOOK = naming.NamingSettings(
     namespace="aic-ns-{project}-ws",
@@ -24,26 +26,6 @@ RUNBOOK = naming.NamingSettings(
     env="dev",
 )
 DEFAULT = naming.NamingSettings()
-# No example database: these run in CI checkouts and must leave no files behind.
-PROPERTY = settings(deadline=None, database=None)
-SAFE_EXTRA = {"…", "\u200b"}
-
-
-def assert_safe_message(message: str) -> None:
-    """A user_message must be printable ASCII (plus our ellipsis / ZWSP) with no raw Slack markup."""
-    assert message
-    unexpected = {c for c in message if not (" " <= c <= "~") and c not in SAFE_EXTRA}
-    assert not unexpected, (message, unexpected)
-    assert "<" not in message and ">" not in message, message
-
-
-def rejection(func: object, *args: object, **kwargs: object) -> errors.InvalidInput:
-    with pytest.raises(errors.InvalidInput) as info:
-        func(*args, **kwargs)  # type: ignore[operator]
-    assert_safe_message(info.value.user_message)
-    return info.value
-
-
 # --------------------------------------------------------------------------- workspace NAME
 
 
@@ -416,14 +398,7 @@ def test_normalize_email_rejects(raw: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("email", "binding"),
     [
-        # kubeflow/dashboard components/access-management/kfam/bindings_test.go
-        ("lalith.vaka@zq.msds.kp.org", "user-lalith-vaka-zq-msds-kp-org-clusterrole-edit"),
-        ("397401@zq.msds.kp.org", "user-397401-zq-msds-kp-org-clusterrole-edit"),
-        ("lalith.397401@zq.msds.kp.org", "user-lalith-397401-zq-msds-kp-org-clusterrole-edit"),
-        ("397401.vaka@zq.msds.kp.org", "user-397401-vaka-zq-msds-kp-org-clusterrole-edit"),
-        ("i397401@zq.msds.kp.org", "user-i397401-zq-msds-kp-org-clusterrole-edit"),
-        # checked against the rule in kubeflow-reference.md §2.2
-        ("Alice.Smith+ml@Example.COM", "user-alice-smith-ml-example-com-clusterrole-edit"),
+        *KFAM_VECTORS,
         ("alice@example.com", "user-alice-example-com-clusterrole-edit"),
     ],
 )

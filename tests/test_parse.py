@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from handlers import errors, kinds, parse
+from handlers.settings import CoreSettings
 
 ME = "alice@example.com"
 USERS = {"U0BOB0001": "bob@example.com"}
@@ -21,7 +22,7 @@ def resolve(user_id: str) -> str:
 
 
 def p(text: str) -> Any:
-    return parse.parse_command(text, requester_email=ME, resolve_user=resolve)
+    return parse.parse_command(text, requester_email=ME, resolve_user=resolve, settings=CoreSettings())
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def p(text: str) -> Any:
             "quota team-a --memory 32Gi --storage 200Gi --cpu 8",
             kinds.QuotaChange("team-a", cpu="8", memory="32Gi", storage="200Gi"),
         ),
-        ("token team-a", kinds.TokenIssue("team-a")),
+        ("token team-a", kinds.TokenIssue("team-a", CoreSettings().tokens.default_ttl)),
         (
             "token team-a --ttl 2h --audience pipelines --read-only",
             kinds.TokenIssue("team-a", timedelta(hours=2), "pipelines", True),

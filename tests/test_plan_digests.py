@@ -118,7 +118,7 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         _facts(),
         RUNBOOK,
     ),
-    "token-kubernetes": (kinds.TokenIssue("team-a"), _facts(), RUNBOOK),
+    "token-kubernetes": (kinds.TokenIssue("team-a", ttl=timedelta(hours=1)), _facts(), RUNBOOK),
     "token-pipelines-read-only": (
         kinds.TokenIssue("team-a", ttl=timedelta(hours=8), audience="pipelines", read_only=True),
         _facts(),

@@ -80,8 +80,9 @@ unshare_editor = kinds.Unshare("team-a", EDITOR.email)
 gpu_plus_1 = kinds.QuotaChange("team-a", gpu="3")
 gpu_plus_4 = kinds.QuotaChange("team-a", gpu="6")
 gpu_down = kinds.QuotaChange("team-a", gpu="0", memory="64Gi")
-edit_token = kinds.TokenIssue("team-a")
-view_token = kinds.TokenIssue("team-a", read_only=True)
+HOUR = timedelta(hours=1)
+edit_token = kinds.TokenIssue("team-a", HOUR)
+view_token = kinds.TokenIssue("team-a", HOUR, read_only=True)
 revoke = kinds.TokenRevoke("RTOKEN1")
 
 # (request, actor) -> does it apply without an admin?  (False = an admin must approve)
@@ -122,8 +123,8 @@ AUTO_APPLY_TABLE = [
     (kinds.Share("team-m", "friend@example.com"), "mapped", True),
     (kinds.Unshare("team-m", EDITOR.email), "mapped", True),
     (kinds.QuotaChange("team-m", gpu="3"), "mapped", True),
-    (kinds.TokenIssue("team-m"), "mapped", True),
-    (kinds.TokenIssue("team-c", read_only=True), "mapped", True),
+    (kinds.TokenIssue("team-m", HOUR), "mapped", True),
+    (kinds.TokenIssue("team-c", HOUR, read_only=True), "mapped", True),
     (kinds.Unshare("team-c", MAPPED.email), "mapped", True),
     (kinds.Share("team-a", "friend@example.com"), "mapped", False),
 ]

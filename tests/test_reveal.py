@@ -57,7 +57,7 @@ class _WritesDuringIssue:
 def test_the_token_is_made_outside_any_transaction(sqlite_url: str) -> None:
     stack = build_stack(sqlite_url)
     succeed(stack, kinds.WorkspaceCreate("team-a", ALICE.email))
-    rid = succeed(stack, kinds.TokenIssue("team-a"))
+    rid = succeed(stack, kinds.TokenIssue("team-a", timedelta(hours=1)))
     issuer = _WritesDuringIssue(stack)
     core = services.Core(
         stack.core.settings, stack.core.uow, stack.core.facts, stack.clock, stack.notifier, issuer

@@ -75,6 +75,7 @@ def test_every_variable_reaches_its_layer() -> None:
             "KFBOT_KUBE_API_URL": "https://k8s:443",
             "KFBOT_KUBE_CA_FILE": "/ca.pem",
             "KFBOT_TOKEN_MAX_TTL": "12h",
+            "KFBOT_TOKEN_DEFAULT_TTL": "2h",
             "KFBOT_TOKEN_API_AUDIENCE": "https://api",
             "KFBOT_PRICE_OVERRIDES": "g4dn.xlarge=0.5",
             "KFBOT_SWEEP_SECONDS": "5",
@@ -126,6 +127,7 @@ def test_every_variable_reaches_its_layer() -> None:
     )
     assert k.ingress_principal and k.kfp_ui_principal
     assert c.tokens.max_ttl == timedelta(hours=12) and c.tokens.api_audience == "https://api"
+    assert c.tokens.default_ttl == timedelta(hours=2)
 
 
 @pytest.mark.parametrize(
@@ -160,6 +162,9 @@ def test_every_variable_reaches_its_layer() -> None:
         ("KFBOT_NAME_NAMESPACE", "{name.__class__}"),
         ("KFBOT_REGION_ALIAS", "Not Valid"),
         ("KFBOT_TOKEN_MAX_TTL", "soon"),
+        ("KFBOT_TOKEN_DEFAULT_TTL", "soon"),
+        ("KFBOT_TOKEN_DEFAULT_TTL", "5m"),  # shorter than any --ttl may be
+        ("KFBOT_TOKEN_DEFAULT_TTL", "2d"),  # longer than KFBOT_TOKEN_MAX_TTL
         ("KFBOT_ADMIN_CHANNEL", "C1\nC2"),
     ],
 )
@@ -167,6 +172,13 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})
     assert name in info.value.user_message
+
+
+def test_a_lowered_token_max_ttl_must_keep_room_for_the_default() -> None:
+    with pytest.raises(SettingsError, match=r"KFBOT_TOKEN_DEFAULT_TTL.*allowed: 10m to 30m"):
+        Settings.from_env({"KFBOT_TOKEN_MAX_TTL": "30m"})
+    tokens = Settings.from_env({"KFBOT_TOKEN_MAX_TTL": "30m", "KFBOT_TOKEN_DEFAULT_TTL": "15m"}).core.tokens
+    assert (tokens.max_ttl, tokens.default_ttl) == (timedelta(minutes=30), timedelta(minutes=15))
 
 
 def test_dex_username_and_restart_quiet_period_default_when_unset() -> None:

@@ -53,6 +53,7 @@ from tests.fakes.apiserver import (
 )
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
+from tests.fakes.kfam import KFAM_VECTORS
 from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -81,15 +82,6 @@ DEFAULT_PRINCIPALS = [
     "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
     "cluster.local/ns/kubeflow/sa/ml-pipeline-ui",
 ]
-# KFAM's own test vectors (kfam/bindings_test.go, role edit) plus the issue's.
-KFAM_VECTORS = [
-    ("lalith.vaka@zq.msds.kp.org", "user-lalith-vaka-zq-msds-kp-org-clusterrole-edit"),
-    ("397401@zq.msds.kp.org", "user-397401-zq-msds-kp-org-clusterrole-edit"),
-    ("lalith.397401@zq.msds.kp.org", "user-lalith-397401-zq-msds-kp-org-clusterrole-edit"),
-    ("397401.vaka@zq.msds.kp.org", "user-397401-vaka-zq-msds-kp-org-clusterrole-edit"),
-    ("i397401@zq.msds.kp.org", "user-i397401-zq-msds-kp-org-clusterrole-edit"),
-    ("Alice.Smith+ml@Example.COM", "user-alice-smith-ml-example-com-clusterrole-edit"),
-]
 _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 
 
@@ -108,7 +100,9 @@ class Live:
     def kf(self, actor: Actor, text: str) -> Request | str:
         """``/kf text`` as the Slack listener runs it: a request (applied as far as it goes without
         an admin), or the text a control command answers."""
-        command = parse.parse_command(text, requester_email=actor.email, resolve_user=_no_mentions)
+        command = parse.parse_command(
+            text, requester_email=actor.email, resolve_user=_no_mentions, settings=self.core.settings
+        )
         if isinstance(command, parse.Control):
             return control(self.core, self.backend, actor, command)
         assert not isinstance(command, parse.WorkspaceForm | parse.PasswordReset)

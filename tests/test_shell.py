@@ -4,13 +4,13 @@ driven through stdin in a subprocess, and the shell's commands in-process throug
 from __future__ import annotations
 
 import io
-import os
 import re
 import sqlite3
 import stat
 import subprocess
 import sys
 from argparse import Namespace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,27 +18,14 @@ import pytest
 from bot import cli
 from bot.settings import Settings
 from tests.fakes.attacks import REVIEWED_EMAIL_ATTACKS
+from tests.fakes.cli import clean_env, run_kfbot
 
 _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """No KFBOT_/SLACK_ variables: the defaults of a fresh checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KFBOT_", "SLACK_"))}
-    return {**env, **extra}
-
-
-def kfbot(args: list[str], cwd: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        cwd=cwd,
-        input=stdin,
-        text=True,
-        capture_output=True,
-        env=clean_env(**env),
-        timeout=120,
-        check=False,
-    )
+def kfbot(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``kfbot ARGS`` on a fresh checkout: no settings at all."""
+    return run_kfbot(cwd, args, clean_env(), stdin)
 
 
 @pytest.mark.slow
@@ -79,11 +66,14 @@ def test_shell_on_a_fresh_checkout_runs_a_request_end_to_end(tmp_path: Path) -> 
     assert "generated" not in second.stderr  # the key file is reused
 
 
-def run_shell(tmp_path: Path, lines: str, *, as_: str = "alice@example.com", admin: bool = False) -> str:
+def run_shell(
+    tmp_path: Path, lines: str, *, as_: str = "alice@example.com", admin: bool = False, **env: str
+) -> str:
     settings = Settings.from_env(
         {
             "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
             "KFBOT_AUDIT_KEY": "shell-test-audit-key-0123456789",
+            **env,
         }
     )
     out = io.StringIO()
@@ -131,6 +121,20 @@ def test_reject_token_share_and_errors_in_one_session(tmp_path: Path) -> None:
 
     out = run_shell(tmp_path, f"reveal {token_id}\n", as_="bob@example.com")
     assert "Only the person who asked for this token can see it." in out
+
+
+def test_a_token_without_ttl_lasts_the_configured_default(tmp_path: Path) -> None:
+    out = run_shell(tmp_path, "/kf workspace new team-a\n")
+    request_id = _ID.search(out).group(0)  # type: ignore[union-attr]
+    run_shell(tmp_path, f"approve {request_id}\n", as_="bob@example.com", admin=True)
+
+    asked = datetime.now(UTC)
+    out = run_shell(tmp_path, "/kf token team-a\n/kf tokens\n", KFBOT_TOKEN_DEFAULT_TTL="2h")
+
+    assert "edit token for `team-a` (kubernetes, 2h)" in out
+    expires = re.search(r"expires (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", out).group(1)  # type: ignore[union-attr]
+    lasts = datetime.strptime(expires, "%Y-%m-%d %H:%M").replace(tzinfo=UTC) - asked
+    assert timedelta(hours=2) - timedelta(minutes=1) <= lasts <= timedelta(hours=2, minutes=1)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +211,8 @@ def test_an_unclosed_quote_in_as_is_a_clear_message_not_a_traceback(tmp_path: Pa
     result = kfbot(["shell", "--as", "alice@example.com"], tmp_path, stdin='as "\n')
     assert "Could not read the command" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr and "went wrong" not in result.stdout
+
+
+def test_the_shell_does_not_import_slack_bolt() -> None:
+    code = "import sys, bot.shell; sys.exit('slack_bolt' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -12,9 +12,7 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,186 +20,77 @@ from typing import Any
 import pytest
 
 from bot import app as composition
-from bot import blocks, render
+from bot import blocks, controls, render
 from bot import logging as log
 from bot.app import Running
 from bot.http import HttpServer, wsgi_app
 from bot.scheduler import sweep_once
-from bot.settings import Settings
+from handlers import parse
 from handlers.model import Request, RequestState
 from handlers.plan import Plan, Step
+from provisioning import WorkspaceView
 from tests.fakes.clock import FakeClock
 from tests.fakes.slack import (
     SIGNING_SECRET,
     FakeSlack,
-    block_action_body,
     post_signed,
     slash_command_body,
     view_submission_body,
 )
-from tests.fakes.slack_bot import ADMIN_CHANNEL, bot_settings, running_bot
-
-ALICE, BOB, CAROL, DAVE, EVE, GRACE = (
-    "U0ALICE01",
-    "U0BOB0001",
-    "U0CAROL01",
-    "U0DAVE001",
-    "U0EVE0001",
-    "U0GRACE01",
+from tests.fakes.slack_bot import running_bot
+from tests.fakes.slack_edge import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    EVE,
+    GRACE,
+    REQUEST_ID,
+    WAIT,
+    add_users,
+    audit_types,
+    button,
+    card_for,
+    cards,
+    click,
+    dm_texts,
+    get,
+    new_workspace_request,
+    requests_in_db,
+    response_texts,
+    settings_for,
+    slash,
+    wait_response,
+    wait_state,
 )
-ADMIN_GROUP = "S0ADMINS1"
-WAIT = 15.0
-_ID = re.compile(r"\bR[A-Z0-9]{6}\b")
-
-
-def settings_for(fake: FakeSlack, tmp_path: Path, **extra: str) -> Settings:
-    return bot_settings(
-        fake,
-        tmp_path,
-        admins=f"{BOB},{CAROL}",
-        KFBOT_ADMIN_GROUP=ADMIN_GROUP,
-        KFBOT_WORKER_ID="slack-edge-test",
-        **extra,
-    )
 
 
 @pytest.fixture
 def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
-    fake_slack.add_user(ALICE, "Alice@Example.com", "alice")
-    fake_slack.add_user(BOB, "bob@example.com", "bob")
-    fake_slack.add_user(CAROL, "carol@example.com", "carol")
-    fake_slack.add_user(DAVE, "dave@example.com", "dave")
-    fake_slack.add_user(EVE, None, "eve")  # no email in the profile
-    fake_slack.add_user(GRACE, "grace@example.com", "grace")
-    fake_slack.set_usergroup(ADMIN_GROUP, [GRACE])
+    add_users(fake_slack)
     with running_bot(settings_for(fake_slack, tmp_path)) as running:
         yield running
 
 
-# -- helpers -----------------------------------------------------------------------------------------
-
-
-def requests_in_db(bot: Running) -> list[Request]:
-    with bot.backend.uow() as uow:
-        return list(uow.requests.list(limit=500))
-
-
-def audit_types(bot: Running) -> list[str]:
-    return [json.loads(line)["type"] for line in bot.backend.audit_export("jsonl", None)]
-
-
-def slash(
-    bot: Running,
-    fake: FakeSlack,
-    text: str,
-    *,
-    user: str = ALICE,
-    name: str = "cmd",
-    trigger_id: str | None = None,
-) -> str:
-    """Run ``/kf text``; returns the text of the ephemeral reply posted to the response_url."""
-    before = len(fake.responses.get(name, []))
-    body = slash_command_body(text, user_id=user, response_url=fake.response_url(name), trigger_id=trigger_id)
-    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
-    assert status == 200
-    reply = fake.wait_for(lambda: fake.responses.get(name, [])[before:], WAIT, f"reply to /kf {text}")
-    return str(reply[0].get("text", ""))
-
-
-def cards(fake: FakeSlack) -> list[dict[str, Any]]:
-    return [m for m in fake.messages_in(ADMIN_CHANNEL) if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
-
-
-def card_for(fake: FakeSlack, request_id: str) -> dict[str, Any]:
-    def find() -> dict[str, Any] | None:
-        return next((c for c in reversed(cards(fake)) if request_id in c["text"]), None)
-
-    found: dict[str, Any] = fake.wait_for(find, WAIT, f"the card of {request_id}")
+def reject_form(fake: FakeSlack) -> dict[str, Any]:
+    """The "why reject?" modal the Reject button opened."""
+    found: dict[str, Any] = fake.wait_for(
+        lambda: [v for v in fake.views.values() if v.get("callback_id") == blocks.REJECT_VIEW], WAIT
+    )[0]
     return found
 
 
-def button(message: dict[str, Any], action_id: str) -> dict[str, Any] | None:
-    for block in message.get("blocks", []):
-        for element in block.get("elements", []):
-            if element.get("action_id") == action_id:
-                return dict(element)
-    return None
-
-
-def click(
-    bot: Running,
-    fake: FakeSlack,
-    message: dict[str, Any],
-    action_id: str,
-    *,
-    user: str,
-    name: str = "click",
-    value: str | None = None,
-) -> int:
-    found = button(message, action_id)
-    assert found is not None, f"no {action_id} button on {message.get('text')}"
-    body = block_action_body(
-        action_id,
-        value if value is not None else found["value"],
-        user_id=user,
-        channel_id=message["channel"],
-        message_ts=message["ts"],
-        response_url=fake.response_url(name),
-        message_blocks=message.get("blocks"),
+def submit_reason(bot: Running, view: dict[str, Any], reason: str) -> tuple[int, bytes]:
+    """Bob submits ``reason`` in the reject modal; the HTTP status and the body of the ack."""
+    body = view_submission_body(
+        blocks.REJECT_VIEW,
+        {"reason": {"reason": reason}},
+        user_id=BOB,
+        private_metadata=view["private_metadata"],
+        view_id=view["id"],
     )
-    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
-    return status
-
-
-def response_texts(fake: FakeSlack, name: str) -> list[str]:
-    return [str(r.get("text", "")) for r in fake.responses.get(name, [])]
-
-
-def wait_response(fake: FakeSlack, name: str, needle: str) -> str:
-    found: str = fake.wait_for(
-        lambda: next((t for t in response_texts(fake, name) if needle in t), None),
-        WAIT,
-        f"a reply containing {needle!r} at {name}",
-    )
-    return found
-
-
-def dm_texts(fake: FakeSlack, user: str) -> list[str]:
-    return [m.get("text", "") for m in fake.messages_in(fake.dm_channel(user))]
-
-
-def wait_state(bot: Running, request_id: str, state: RequestState) -> Request:
-    def current() -> Request | None:
-        request = next(r for r in requests_in_db(bot) if r.id == request_id)
-        return request if request.state is state else None
-
-    found: Request = _wait(current, f"{request_id} to be {state.value}")
-    return found
-
-
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def new_workspace_request(bot: Running, fake: FakeSlack, *, user: str = ALICE, name: str = "team-a") -> str:
-    reply = slash(bot, fake, f"workspace new {name} --gpu 1", user=user, name=f"new-{name}-{user}")
-    match = _ID.search(reply)
-    assert match, reply
-    return match.group(0)
-
-
-def get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    return status, answer
 
 
 # -- the happy paths -------------------------------------------------------------------------------------
@@ -258,31 +147,14 @@ def test_reject_asks_for_a_reason_in_a_modal(bot: Running, fake_slack: FakeSlack
     card = card_for(fake_slack, request_id)
 
     assert click(bot, fake_slack, card, blocks.REJECT, user=BOB) == 200
-    view = fake_slack.wait_for(
-        lambda: [v for v in fake_slack.views.values() if v.get("callback_id") == blocks.REJECT_VIEW], WAIT
-    )[0]
+    view = reject_form(fake_slack)
     assert requests_in_db(bot)[0].state is RequestState.PENDING  # nothing decided before the reason
 
-    empty = view_submission_body(
-        blocks.REJECT_VIEW,
-        {"reason": {"reason": ""}},
-        user_id=BOB,
-        private_metadata=view["private_metadata"],
-        view_id=view["id"],
-    )
-    status, _, answer = post_signed(bot.url, empty, SIGNING_SECRET)
+    status, answer = submit_reason(bot, view, "")
     assert status == 200 and json.loads(answer)["response_action"] == "errors"
 
     reason = "Too big for this quarter <!channel> @here <@U0DAVE001>"
-    body = view_submission_body(
-        blocks.REJECT_VIEW,
-        {"reason": {"reason": reason}},
-        user_id=BOB,
-        private_metadata=view["private_metadata"],
-        view_id=view["id"],
-    )
-    status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
-    assert status == 200
+    assert submit_reason(bot, view, reason)[0] == 200
 
     request = wait_state(bot, request_id, RequestState.REJECTED)
     assert request.reason == reason
@@ -305,29 +177,16 @@ def test_a_reason_with_markup_shows_literally_and_one_with_controls_is_refused(
     request_id = new_workspace_request(bot, fake_slack)
     card = card_for(fake_slack, request_id)
     assert click(bot, fake_slack, card, blocks.REJECT, user=BOB) == 200
-    view = fake_slack.wait_for(
-        lambda: [v for v in fake_slack.views.values() if v.get("callback_id") == blocks.REJECT_VIEW], WAIT
-    )[0]
-
-    def submit(reason: str) -> tuple[int, bytes]:
-        body = view_submission_body(
-            blocks.REJECT_VIEW,
-            {"reason": {"reason": reason}},
-            user_id=BOB,
-            private_metadata=view["private_metadata"],
-            view_id=view["id"],
-        )
-        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
-        return status, answer
+    view = reject_form(fake_slack)
 
     refused = [("no\x00pe", "U+0000"), ("fine \u202eenif", "U+202E"), ("x" * 1001, "limit is 1000")]
     for reason, shown in refused:
-        status, answer = submit(reason)
+        status, answer = submit_reason(bot, view, reason)
         assert status == 200 and shown in json.loads(answer)["errors"]["reason"]
     assert requests_in_db(bot)[0].state is RequestState.PENDING
 
     reason = "*not* _now_ ~ever~ `x` <!here> & <http://evil.example|docs>"
-    assert submit(reason)[0] == 200
+    assert submit_reason(bot, view, reason)[0] == 200
 
     assert wait_state(bot, request_id, RequestState.REJECTED).reason == reason
     updated = fake_slack.wait_for(
@@ -563,7 +422,7 @@ def test_token_and_password_are_made_at_the_click_and_shown_once(bot: Running, f
     click(bot, fake_slack, card_for(fake_slack, request_id), blocks.APPROVE, user=BOB)
     wait_state(bot, request_id, RequestState.SUCCEEDED)
     reply = slash(bot, fake_slack, "token team-a --ttl 2h", name="token")
-    token_id = _ID.search(reply).group(0)  # type: ignore[union-attr]
+    token_id = REQUEST_ID.search(reply).group(0)  # type: ignore[union-attr]
     wait_state(bot, token_id, RequestState.SUCCEEDED)
     dm = fake_slack.wait_for(
         lambda: next(
@@ -727,3 +586,89 @@ def test_the_log_filter_never_lets_secrets_through() -> None:
     assert "s3cr3t" not in record_text and "xoxb-123456" not in record_text and "hunter22" not in record_text
     assert "eyJhbGci" not in record_text
     assert render.internal_error_text("ABCD1234").startswith("Something went wrong (ref ABCD1234)")
+
+
+# -- the workspace form acks before any Slack, database or Kubernetes call ----------------------------
+
+
+def _submit_form(running: Running, user: str, name: str, view_id: str) -> tuple[int, bytes]:
+    body = view_submission_body(
+        blocks.WORKSPACE_VIEW, {"name": {"name": name}, "gpu": {"gpu": "1"}}, user_id=user, view_id=view_id
+    )
+    status, _, answer = post_signed(running.url, body, SIGNING_SECRET)
+    return status, answer
+
+
+def test_a_taken_name_is_told_after_the_ack(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    click(bot, fake_slack, card_for(fake_slack, request_id), blocks.APPROVE, user=BOB)
+    wait_state(bot, request_id, RequestState.SUCCEEDED)
+
+    status, answer = _submit_form(bot, ALICE, "team-a", "VFORMTAKEN")
+
+    assert status == 200 and answer in (b"", b"{}")  # acked: no field errors from the plan
+    fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, ALICE) if "already exists" in t], WAIT)
+    assert len(requests_in_db(bot)) == 1
+
+
+def test_the_form_acks_even_when_slack_cannot_say_who_the_user_is(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
+    fake_slack.fail_next("users.info", "fatal_error")
+
+    status, answer = _submit_form(bot, DAVE, "team-d", "VFORMUSERS")
+
+    assert status == 200 and answer in (b"", b"{}")
+    fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, DAVE) if "Something went wrong" in t], WAIT)
+    assert requests_in_db(bot) == []
+
+
+def test_readyz_reports_slack_from_a_cached_auth_test(bot: Running, fake_slack: FakeSlack) -> None:
+    fake_slack.accepted_tokens = {"xoxb-" + "some-other-token"}  # the bot's token was revoked
+    before = len(fake_slack.calls_to("auth.test"))
+
+    status, body = get(bot.http.url("/readyz"))
+    again, _ = get(bot.http.url("/readyz"))
+
+    assert status == 503 and body["slack"] is False and body["database"] is True
+    assert again == 503
+    assert len(fake_slack.calls_to("auth.test")) == before + 1  # cached between probes
+
+
+def test_show_and_contributors_authorize_on_the_registry_and_read_live_once(
+    bot: Running, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    click(bot, fake_slack, card_for(fake_slack, request_id), blocks.APPROVE, user=BOB)
+    wait_state(bot, request_id, RequestState.SUCCEEDED)
+    backend, core = bot.backend, bot.edge.deps.core
+    real_view = backend.workspace_view
+    live_reads: list[str] = []
+
+    def workspace_view(name: str, *, live: bool = True) -> WorkspaceView | None:
+        if live:
+            live_reads.append(name)
+        return real_view(name, live=live)
+
+    monkeypatch.setattr(backend, "workspace_view", workspace_view)
+    dave, alice = bot.edge.deps.identity.actor(DAVE), bot.edge.deps.identity.actor(ALICE)
+
+    for command in (parse.WorkspaceShow("team-a"), parse.Contributors("team-a")):
+        with pytest.raises(Exception, match="There is no workspace"):
+            controls.control(core, backend, dave, command)
+    assert live_reads == []
+
+    assert "no contributors" in controls.control(core, backend, alice, parse.Contributors("team-a"))
+    assert live_reads == ["team-a"]
+
+
+def test_a_decision_without_a_version_is_refused(bot: Running, fake_slack: FakeSlack) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+
+    assert click(bot, fake_slack, card, blocks.APPROVE, user=BOB, name="nover", value=request_id) == 200
+
+    wait_response(fake_slack, "nover", "does not say which version")
+    assert fake_slack.responses["nover"][0]["response_type"] == "ephemeral"
+    time.sleep(0.3)
+    assert requests_in_db(bot)[0].state is RequestState.PENDING

@@ -11,25 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers import errors, units
-
-# No example database: these run in CI checkouts and must leave no files behind.
-PROPERTY = settings(deadline=None, database=None)
-SAFE_EXTRA = {"…", "\u200b"}
-
-
-def assert_safe_message(message: str) -> None:
-    assert message
-    unexpected = {c for c in message if not (" " <= c <= "~") and c not in SAFE_EXTRA}
-    assert not unexpected, (message, unexpected)
-    assert "<" not in message and ">" not in message, message
-
-
-def rejection(func: object, *args: object, **kwargs: object) -> errors.InvalidInput:
-    with pytest.raises(errors.InvalidInput) as info:
-        func(*args, **kwargs)  # type: ignore[operator]
-    assert_safe_message(info.value.user_message)
-    return info.value
-
+from tests.fakes.messages import PROPERTY, assert_safe_message, rejection
 
 # --------------------------------------------------------------------------- durations
 

@@ -48,7 +48,12 @@ def handle(deps: Deps, command: dict[str, Any], respond: Respond, client: WebCli
     actor = deps.identity.actor(str(command["user_id"]))
     text = str(command.get("text") or "")
     logger.info("/kf from %s: %s", actor.user_id, render.SLACK.esc(text[:200]))
-    parsed = parse.parse_command(text, requester_email=actor.email, resolve_user=deps.identity.email_of_other)
+    parsed = parse.parse_command(
+        text,
+        requester_email=actor.email,
+        resolve_user=deps.identity.email_of_other,
+        settings=deps.core.settings,
+    )
     if isinstance(parsed, parse.WorkspaceForm):
         client.views_open(trigger_id=command["trigger_id"], view=blocks.workspace_modal())
         return

@@ -231,6 +231,8 @@ class Parsed:
     requester_email: str
     user: Callable[[str], str]
     """A user as typed (email or Slack mention) -> their lowercased email."""
+    settings: CoreSettings
+    """Where a flag left out takes its default from (``/kf token`` without ``--ttl``)."""
 
 
 @dataclass(frozen=True)

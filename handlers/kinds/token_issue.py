@@ -35,7 +35,7 @@ from handlers.kinds.token_revoke import TokenRevoke
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts
-from handlers.settings import CoreSettings
+from handlers.settings import MIN_TOKEN_TTL, CoreSettings
 
 AUDIENCES = ("kubernetes", "pipelines")
 PIPELINES_AUDIENCE = "pipelines.kubeflow.org"
@@ -61,7 +61,8 @@ def _expire(ref: str, payload: Mapping[str, JSON], facts: Facts) -> TimerResult:
 
 
 def _build(p: Parsed) -> TokenIssue:
-    return TokenIssue(p.positional[0], **p.options)
+    options = {"ttl": p.settings.tokens.default_ttl, **p.options}
+    return TokenIssue(p.positional[0], **options)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class TokenIssue:
     TIMERS: ClassVar[tuple[TimerKind, ...]] = (TimerKind(TOKEN_EXPIRE, "the token expired", _expire),)
 
     workspace: str
-    ttl: timedelta = timedelta(hours=1)
+    ttl: timedelta
     audience: str = "kubernetes"
     read_only: bool = False
 
@@ -120,7 +121,7 @@ class TokenIssue:
 
     def plan(self, ctx: PlanContext) -> Plan:
         limits = ctx.settings.tokens
-        units.check_range(self.ttl, minimum=timedelta(minutes=10), maximum=limits.max_ttl, what="--ttl")
+        units.check_range(self.ttl, minimum=MIN_TOKEN_TTL, maximum=limits.max_ttl, what="--ttl")
         ws = require_workspace(ctx, self.workspace)
         name = token_account_name(ctx.request_id)
         return Plan.of(
