@@ -137,7 +137,7 @@ def run_shell(
         notifier = ShellNotifier(
             stdout,
             calls=backend.render_step if backend.mode == "dry-run" else None,
-            step_details=backend.step_details,
+            kept_by_steps=backend.kept_by_steps,
         )
         core = composition.build_core(settings, backend, notifier, provisioning.SystemClock())
         shell = Shell(core=core, backend=backend, notifier=notifier, out=stdout, actor=actor)

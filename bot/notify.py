@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 Card = tuple[str, str]
 StepCalls = Callable[[str, Mapping[str, JSON]], list[str]]
 """``backend.render_step``: the calls a dry-run step would make, shown under its progress line."""
-StepDetails = Callable[[str], Mapping[int, Mapping[str, JSON]]]
-"""``backend.step_details``: request id -> the recorded outcome details of its steps, by index."""
+KeptBySteps = Callable[[str], Sequence[str]]
+"""``backend.kept_by_steps``: request id -> what its steps kept rather than lose data."""
 _FINISHED = (RequestState.SUCCEEDED, RequestState.FAILED, RequestState.NEEDS_ATTENTION)
 
 
@@ -45,9 +45,9 @@ class _Transport:
 
     style: render.Style
 
-    def __init__(self, calls: StepCalls | None, step_details: StepDetails | None) -> None:
+    def __init__(self, calls: StepCalls | None, kept_by_steps: KeptBySteps | None) -> None:
         self._calls = calls
-        self._step_details = step_details
+        self._kept_by_steps = kept_by_steps
 
     def _deliver_all(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
         """Deliver every notice; returns the card posted now, if one was."""
@@ -65,8 +65,8 @@ class _Transport:
 
     def _text(self, notice: Notice) -> str:
         kept: list[str] = []
-        if notice.kept and self._step_details is not None:
-            kept = render.kept_at_apply(notice.request, self._step_details(notice.request.id))
+        if notice.kept and self._kept_by_steps is not None:
+            kept = render.kept_at_apply(self._kept_by_steps(notice.request.id))
         return render.notice_text(notice, self.style, kept)
 
     def _step_calls(self, notice: Notice) -> list[str]:
@@ -113,9 +113,9 @@ class SlackNotifier(_Transport):
         admin_channel: str,
         find_user: Callable[[str], str | None],
         calls: StepCalls | None = None,
-        step_details: StepDetails | None = None,
+        kept_by_steps: KeptBySteps | None = None,
     ) -> None:
-        super().__init__(calls, step_details)
+        super().__init__(calls, kept_by_steps)
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
@@ -205,9 +205,9 @@ class ShellNotifier(_Transport):
     style = render.SHELL
 
     def __init__(
-        self, out: TextIO, calls: StepCalls | None = None, step_details: StepDetails | None = None
+        self, out: TextIO, calls: StepCalls | None = None, kept_by_steps: KeptBySteps | None = None
     ) -> None:
-        super().__init__(calls, step_details)
+        super().__init__(calls, kept_by_steps)
         self._out = out
         self._sent: list[str] = []
 

@@ -266,18 +266,13 @@ def decision_text(request: Request, style: Style) -> str:
     return STATE_WORDS[request.state]
 
 
-def kept_at_apply(request: Request, details: Mapping[int, Mapping[str, Any]]) -> list[str]:
-    """What a delete's steps kept rather than lose data (a bucket that holds objects, without
-    ``--purge-data``), from the recorded step outcomes' details by step index."""
-    notes: list[str] = []
-    for idx, step in enumerate(request.plan.steps):
-        found = details.get(idx) or {}
-        if step.action == "aws.bucket.remove" and found.get("kept") is True:
-            notes.append(
-                f"S3 bucket `{step.params.get('bucket')}` holds data and is kept; "
-                "ask again with `--purge-data` to delete it too."
-            )
-    return notes
+def kept_at_apply(kept: Sequence[str]) -> list[str]:
+    """The notes for what a delete's steps kept rather than lose data (``StepOutcome.kept``: a
+    bucket that holds objects, without ``--purge-data``)."""
+    return [
+        f"{item} holds data and is kept; ask again with `--purge-data` to delete it too."
+        for item in kept
+    ]
 
 
 def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str:
@@ -286,8 +281,9 @@ def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str
     what = describe(request, style)
     deleting = keeps_data(request)
     if request.state is RequestState.SUCCEEDED:
-        # What a delete deliberately left in place (data, a login still in use) is part of its result.
-        notes = [w for w in request.plan.warnings if deleting and " is kept" in w] + list(kept)
+        # What a delete deliberately left in place (its plan's notes on data and logins it keeps,
+        # and what its steps kept) is part of its result.
+        notes = [*(request.plan.warnings if deleting else ()), *kept]
         return f"✅ `{request.id}` is done: {what}." + "".join(f"\n• {style.esc(n)}" for n in notes)
     if request.state is RequestState.FAILED:
         # Removals are not undone (deleted data cannot be brought back): say what that means.

@@ -310,7 +310,6 @@ def _kept_bucket(bucket: str) -> StepOutcome:
         created=False,
         details={
             "deleted": False,
-            "kept": True,
             "bucket": bucket,
             "reason": f"S3 bucket {bucket} held data when it was to be removed, so it was kept; "
             "ask again with --purge-data to delete it too.",

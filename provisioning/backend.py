@@ -224,11 +224,12 @@ class Backend:
         with self.db.uow() as uow:
             return [t for t in uow.registry.tokens_of(requester_id) if t.expires_at > now]
 
-    def step_details(self, request_id: str) -> dict[int, Mapping[str, JSON]]:
-        """The recorded outcome details of a request's steps, by step index (what a delete kept)."""
+    def kept_by_steps(self, request_id: str) -> tuple[str, ...]:
+        """What a request's steps kept rather than lose data (``StepOutcome.kept``), in step order."""
         with self.db.uow() as uow:
             records = uow.work.steps(request_id)
-        return {r.idx: dict(r.outcome.details) for r in records if r.outcome is not None}
+        ordered = sorted(records, key=lambda r: r.idx)
+        return tuple(item for r in ordered if r.outcome is not None for item in r.outcome.kept)
 
     def request_counts(self) -> dict[tuple[str, str], int]:
         """(kind, state) -> requests: one GROUP BY (``kfbot_requests`` on /metrics)."""

@@ -225,7 +225,7 @@ def test_remove_keeps_a_non_empty_bucket_without_purge_and_purges_all_versions_w
 
     # Data that arrived after the plan: kept and recorded, so the delete goes on (not half-done).
     kept = action.ensure({"bucket": "kf-data", "purge_data": False})
-    assert kept.created is False and kept.details["kept"] is True and kept.details["deleted"] is False
+    assert kept.created is False and kept.kept == ("S3 bucket `kf-data`",) and kept.details["deleted"] is False
     assert "kf-data" in str(kept.details["reason"]) and "--purge-data" in str(kept.details["reason"])
     assert kept.kept == ("S3 bucket `kf-data`",)  # structured, for the result text
     assert len(s3.list_object_versions(Bucket="kf-data")["Versions"]) == 2
@@ -256,7 +256,7 @@ def test_a_delete_whose_bucket_gained_data_completes_and_its_result_names_the_ke
         state=RequestState.SUCCEEDED,
     )
 
-    report = render.result_text(request, render.SHELL, render.kept_at_apply(request, {0: outcome.details}))
+    report = render.result_text(request, render.SHELL, render.kept_at_apply(outcome.kept))
 
     assert "is done" in report and "S3 bucket `kf-team-a` holds data and is kept" in report
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["kf-team-a"]

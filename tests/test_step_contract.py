@@ -64,7 +64,7 @@ def test_the_dry_run_renders_exactly_the_catalogue() -> None:
 
 
 def test_what_a_removal_kept_survives_storage() -> None:
-    outcome = StepOutcome(created=False, details={"kept": True}, kept=("S3 bucket `b`",))
+    outcome = StepOutcome(created=False, details={"deleted": False}, kept=("S3 bucket `b`",))
     assert StepOutcome.from_json(outcome.to_json()) == outcome
     # Outcomes stored before the field existed read as keeping nothing.
     assert StepOutcome.from_json({"created": True, "details": {}}).kept == ()
