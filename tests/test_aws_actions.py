@@ -225,7 +225,8 @@ def test_remove_keeps_a_non_empty_bucket_without_purge_and_purges_all_versions_w
 
     # Data that arrived after the plan: kept and recorded, so the delete goes on (not half-done).
     kept = action.ensure({"bucket": "kf-data", "purge_data": False})
-    assert kept.created is False and kept.kept == ("S3 bucket `kf-data`",) and kept.details["deleted"] is False
+    assert kept.created is False and kept.details["deleted"] is False
+    assert kept.kept == ("S3 bucket `kf-data`",)
     assert "kf-data" in str(kept.details["reason"]) and "--purge-data" in str(kept.details["reason"])
     assert kept.kept == ("S3 bucket `kf-data`",)  # structured, for the result text
     assert len(s3.list_object_versions(Bucket="kf-data")["Versions"]) == 2
