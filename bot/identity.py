@@ -91,7 +91,8 @@ class Identity:
             return self.email(user_id)
         except errors.InvalidInput as exc:
             raise errors.InvalidInput(
-                f"<@{user_id}> has no usable email address in Slack; type their email instead.", field="user"
+                f"{naming.person(user_id)} has no usable email address in Slack; type their email instead.",
+                field="user",
             ) from exc
 
     def is_admin(self, user_id: str) -> bool:

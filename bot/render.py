@@ -1,15 +1,15 @@
 """Plain text for people: Slack's fallback text and ephemeral replies, and the local shell.
 
 The same functions serve both so the shell shows what Slack would show. ``Style`` carries the
-two differences: Slack needs user-supplied text escaped (``naming.escape_slack_text``: no forged
+two differences: Slack needs every text escaped (``naming.escape_slack_text``: no forged
 mentions, links or ``@channel``) and shows users as ``<@U…>`` mentions and times as
-``<!date^…>``; the shell prints plain text. Messages from ``KfError.user_message`` are already
-Slack-safe and are never escaped twice.
+``<!date^…>``; the shell prints plain text with control characters masked. Texts the core
+writes (``KfError.user_message``) are neutral, with people as ``naming.person`` placeholders:
+``Style.message`` renders them, so the only markup in Slack text is the markup written here.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +23,6 @@ from handlers.notifications import Access, Notice, Say, keeps_data
 from handlers.plan import Plan, Step
 from provisioning import Contributor, GrantRecord, QuotaState, TokenRecord, WorkspaceRecord, WorkspaceView
 
-_SHELL_MENTION = re.compile(r"<@shell:([^>|]+)>")
 # C0 and C1 controls (a terminal reads ESC and CSI as commands) and bidirectional controls.
 _CONTROL = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f" + "".join(sorted(naming.BIDI_CONTROLS)) + "]"
@@ -85,11 +84,12 @@ class Style:
         Slack, control characters masked in the shell."""
         return slack_literal(free) if self.slack else _shell_text(free)
 
-    def message(self, user_message: str) -> str:
-        """A ``KfError.user_message``: Slack-safe already; the shell shows it unescaped."""
-        if self.slack:
-            return user_message
-        return _shell_text(html.unescape(_SHELL_MENTION.sub(r"\1", user_message)))
+    def message(self, core_text: str) -> str:
+        """A neutral text of the core (``KfError.user_message``): escaped as a whole, with its
+        ``naming.person`` placeholders rendered as people."""
+        # split() with the one group alternates text (even places) and user ids (odd places).
+        parts = naming.PERSON.split(core_text)
+        return "".join(self.user(part) if odd % 2 else self.esc(part) for odd, part in enumerate(parts))
 
 
 SLACK = Style(naming.escape_slack_text, slack=True)
@@ -405,7 +405,7 @@ def notice_text(notice: Notice, style: Style, kept: Sequence[str] = ()) -> str:
         # an expired grant, the owner of a reverted quota.
         return f"⏰ A time limit ran out. {result_text(request, style)}"
     if say is Say.TIMER_MESSAGE:
-        return notice.message or ""
+        return style.message(notice.message or "")
     return decision_text(request, style)
 
 

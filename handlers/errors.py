@@ -10,7 +10,8 @@ from __future__ import annotations
 
 
 class KfError(Exception):
-    """A failure we expected and can explain; ``user_message`` is safe to show in Slack."""
+    """A failure we expected and can explain; ``user_message`` is neutral text for people, no
+    markup (``handlers.naming``, "text for people"): each edge renders it in its medium."""
 
     def __init__(self, user_message: str) -> None:
         super().__init__(user_message)

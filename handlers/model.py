@@ -106,10 +106,6 @@ class Actor:
     email: str
     is_admin: bool = False
 
-    @property
-    def mention(self) -> str:
-        return f"<@{self.user_id}>" if self.user_id.startswith(("U", "W")) else self.email
-
 
 SYSTEM = Actor(user_id="kfbot", email="kfbot@system", is_admin=True)
 REFUSED_PREFIX = "Refused: "

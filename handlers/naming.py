@@ -18,9 +18,9 @@ Naming templates (``NamingSettings``) are ``str.format``-style strings limited t
 ``{field}`` placeholders. They are checked when the settings are built, so a bad template stops
 the bot at start-up instead of failing a request at apply time.
 
-Every ``errors.InvalidInput`` raised here carries a ``user_message`` that is already safe to post
-in Slack (``&``, ``<``, ``>`` escaped, broadcast mentions neutralised): the edge must not escape it
-a second time.
+Every ``errors.InvalidInput`` raised here carries a ``user_message`` in the core's neutral text
+(see "Text for people" below): values shown raw but truncated and with invisible characters
+spelled out; the edge escapes it for Slack (``bot.render.Style.message``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,35 @@ _TEMPLATE_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
 _TEMPLATES_NEEDING_NAME = ("namespace", "bucket", "nodegroup", "node_label_value")
 
 
-# --------------------------------------------------------------------------- Slack-safe text
+# --------------------------------------------------------------------------- text for people
+#
+# Texts the core writes for people (``KfError.user_message``, a timer's message, a pin's reason)
+# are neutral: plain text, no Slack markup, so one text serves Slack and the terminal alike.
+# * Values a person typed are quoted with ``show_value``: raw, but truncated and with control,
+#   bidirectional and other non-ASCII characters spelled out (``\\u202e``). That is about what a
+#   person sees, so it happens here, for every edge.
+# * Backticks are the one shared code marker (Slack shows them as code, the terminal as is).
+# * People are ``person(user_id)`` placeholders, never ``<@U…>``: each edge renders them
+#   (Slack as a mention, the terminal as a name).
+# Each edge makes the whole text inert in its own medium: Slack escapes ``&``, ``<``, ``>`` and
+# broadcasts (``escape_slack_text``), the terminal masks control characters.
+
+_PERSON_MARK = "\x1e"
+# User ids: Slack's (U123), the shell's (shell:alice@example.com), the bot's own (kfbot).
+PERSON = re.compile(_PERSON_MARK + r"@([A-Za-z0-9][A-Za-z0-9:._@+-]{0,319})" + _PERSON_MARK)
+"""A ``person`` placeholder; one group, the user id (``PERSON.split`` alternates text and ids)."""
+
+
+def person(user_id: str) -> str:
+    """A person named in a core text, as a placeholder the edge renders: ``\\x1e@U123\\x1e``.
+
+    The mark is a control character, which no value reaches a text with: ``show_value`` spells
+    control characters out and ``free_text`` refuses them, so a person cannot type a placeholder
+    into a message; an edge that finds a stray mark treats it as text.
+    """
+    if not PERSON.fullmatch(f"{_PERSON_MARK}@{user_id}{_PERSON_MARK}"):
+        raise ValueError(f"not a user id: {user_id!r}")
+    return f"{_PERSON_MARK}@{user_id}{_PERSON_MARK}"
 
 
 def truncate(text: str, limit: int) -> str:
@@ -122,7 +150,8 @@ def truncate(text: str, limit: int) -> str:
 
 
 def escape_slack_text(text: str) -> str:
-    """``text`` made inert for Slack ``mrkdwn``/plain text: no mentions, links or broadcasts.
+    """``text`` made inert for Slack ``mrkdwn``/plain text: no mentions, links or broadcasts
+    (the edge's escape of neutral core text and of values, ``bot.render.SLACK``).
 
     Slack's control sequences all start with ``<`` (``<!channel>``, ``<@U123>``,
     ``<http://x|label>``), so escaping ``&``, ``<`` and ``>`` as Slack documents disarms them.
@@ -150,15 +179,16 @@ def _visible_char(char: str) -> str:
 
 
 def show_value(value: str, limit: int = _SHOW_LIMIT) -> str:
-    """``value`` quoted for an error message: truncated, control and non-ASCII characters escaped.
+    """``value`` quoted for a message: truncated, control and non-ASCII characters escaped.
 
     Non-ASCII characters are shown as ``\\u0430`` so that a look-alike letter is visible as what
-    it is instead of looking like the Latin letter it imitates.
+    it is instead of looking like the Latin letter it imitates. Markup characters (``<``, ``&``)
+    stay as typed: the text is neutral and the edge escapes it (see "text for people").
     """
     shown = "".join(_visible_char(c) for c in value[:limit])
     if len(value) > limit:
         shown += "…"
-    return f"`{escape_slack_text(shown)}`"
+    return f"`{shown}`"
 
 
 def describe_char(char: str) -> str:
@@ -174,7 +204,7 @@ def describe_char(char: str) -> str:
     if char in BIDI_CONTROLS:
         return f"the bidirectional control U+{ord(char):04X}, which makes text show in another order"
     if " " < char <= "~":
-        return f"'{escape_slack_text(char)}'"
+        return f"'{char}'"
     name = unicodedata.name(char, "")
     if not name or unicodedata.category(char).startswith("C"):
         return f"the invisible control character U+{ord(char):04X}"

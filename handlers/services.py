@@ -293,9 +293,8 @@ def pending_decision(core: Core, actor: Actor, request_id: str) -> Request:
 
 
 def already_text(request: Request) -> str:
-    who = (
-        f" by <@{request.decided_by}>" if request.decided_by and request.decided_by != SYSTEM.user_id else ""
-    )
+    decided_by = request.decided_by
+    who = f" by {naming.person(decided_by)}" if decided_by and decided_by != SYSTEM.user_id else ""
     return f"{request.id} is already {request.state.value}{who}."
 
 

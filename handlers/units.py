@@ -235,7 +235,7 @@ def _split_quantity(text: str, what: str, field: str) -> tuple[Decimal, str]:
         hint = _SUFFIX_HINTS.get(suffix.lower())
         if hint is not None and number is not None and number.group():
             raise errors.InvalidInput(
-                f"{subject} has the unit '{naming.escape_slack_text(suffix)}', which Kubernetes "
+                f"{subject} has the unit '{suffix}', which Kubernetes "
                 f"does not use; write {hint} (e.g. {number.group()}{hint.split()[-1]}).",
                 field=field,
             )

@@ -51,6 +51,7 @@ from handlers.model import Request, RequestState
 from handlers.plan import JSON
 from tests import harness
 from tests.fakes import figures
+from tests.fakes.messages import assert_slack_inert
 from tests.harness import build_stack
 
 ALICE, ADMIN = "alice@example.com", "admin@example.com"
@@ -256,7 +257,10 @@ def assert_clear_refusal(message: str, value: str) -> None:
     assert message and len(message) <= 1500 and " " in message, message
     assert not message[0].isspace() and message.rstrip()[-1] in ".?!`)", message  # a sentence
     assert not _visible_only(message), (message, _visible_only(message))
-    assert not SLACK_MARKUP.search(message), message
+    # The core's text is neutral; what must hold no markup is what Slack shows of it.
+    slack = render.SLACK.message(message)
+    assert not SLACK_MARKUP.search(slack), slack
+    assert_slack_inert(slack)
     if len(value) > 200:
         assert value not in message, "a long value is echoed in full"
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from handlers import errors, naming
 from tests.fakes.attacks import MORE_EMAIL_ATTACKS, REVIEWED_EMAIL_ATTACKS
 from tests.fakes.kfam import KFAM_VECTORS
-from tests.fakes.messages import PROPERTY, assert_safe_message, rejection
+from tests.fakes.messages import PROPERTY, assert_safe_message, rejection, slack_text
 
 RUNBOOK = naming.NamingSettings(
     namespace="aic-ns-{project}-ws",
@@ -76,7 +76,7 @@ def test_valid_workspace_names(name: str) -> None:
 )
 def test_hostile_workspace_names(name: str, fragment: str) -> None:
     error = rejection(naming.validate_workspace_name, name)
-    assert fragment in error.user_message
+    assert fragment in slack_text(error.user_message)  # as Slack shows it
     assert error.field == "name"
 
 
@@ -391,7 +391,7 @@ def test_normalize_email(raw: str, email: str) -> None:
 )
 def test_normalize_email_rejects(raw: str, fragment: str) -> None:
     error = rejection(naming.normalize_email, raw)
-    assert fragment in error.user_message
+    assert fragment in slack_text(error.user_message)  # as Slack shows it
     assert error.field == "email"
 
 
@@ -506,7 +506,8 @@ def test_truncate_never_exceeds_limit(text: str, limit: int) -> None:
 
 
 def test_show_value_escapes_invisible_characters() -> None:
-    assert naming.show_value("a\nb\u0430\U0001f600`<") == "`a\\nb\\u0430\\U0001f600\\x60&lt;`"
+    # Markup characters stay as typed: the text is neutral, each edge makes it inert.
+    assert naming.show_value("a\nb\u0430\U0001f600`<") == "`a\\nb\\u0430\\U0001f600\\x60<`"
 
 
 # --------------------------------------------------------------------------- properties

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from bot import render
 from handlers import errors, kinds, services
 from handlers.model import Actor, EventType, RequestState
 from handlers.plan import StepStatus
@@ -83,8 +84,9 @@ def test_second_request_for_the_same_subject_is_refused(stack: Stack) -> None:
 def test_double_click_and_second_admin_get_already_done(stack: Stack) -> None:
     rid = submit(stack)
     services.decide(stack.core, ADMIN, rid, approve=True, decision_key="ts1:approve:UADMIN:1")
-    with pytest.raises(errors.AlreadyDone, match="already approved by <@UADMIN>"):
+    with pytest.raises(errors.AlreadyDone) as again:
         services.decide(stack.core, ADMIN, rid, approve=True, decision_key="ts1:approve:UADMIN:1")
+    assert "already approved by <@UADMIN>" in render.SLACK.message(again.value.user_message)
     with pytest.raises(errors.AlreadyDone):
         services.decide(
             stack.core, ADMIN2, rid, approve=False, reason="no", decision_key="ts1:reject:UADMIN2:1"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers import errors, units
-from tests.fakes.messages import PROPERTY, assert_safe_message, rejection
+from tests.fakes.messages import PROPERTY, assert_safe_message, rejection, slack_text
 
 # --------------------------------------------------------------------------- durations
 
@@ -68,7 +68,7 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
 )
 def test_parse_duration_rejects(text: str, fragment: str) -> None:
     error = rejection(units.parse_duration, text)
-    assert fragment in error.user_message
+    assert fragment in slack_text(error.user_message)  # as Slack shows it
     assert error.field == "duration"
 
 
@@ -215,7 +215,7 @@ def test_parse_quantity(text: str, value: Decimal) -> None:
 )
 def test_parse_quantity_rejects(text: str, fragment: str) -> None:
     error = rejection(units.parse_quantity, text, "memory")
-    assert fragment in error.user_message
+    assert fragment in slack_text(error.user_message)  # as Slack shows it
     assert error.field == "memory"
 
 

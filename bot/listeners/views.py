@@ -10,7 +10,6 @@ records one request.
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
@@ -29,8 +28,8 @@ PLACEHOLDER_EMAIL = "requester@example.com"
 
 def field_errors(exc: errors.KfError) -> dict[str, str]:
     block = blocks.FIELD_BLOCKS.get(getattr(exc, "field", None) or "", "name")
-    # Modal errors are plain text: show the message unescaped and short.
-    return {block: naming.truncate(html.unescape(exc.user_message), 300)}
+    # Modal errors are plain text, Slack's escapes would show as such: render it as the shell does.
+    return {block: naming.truncate(render.SHELL.message(exc.user_message), 300)}
 
 
 def register(app: App, deps: Deps) -> None:
