@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import ClassVar, Final, Self
 
 from handlers.errors import PermanentError
-from handlers.plan import JSON
+from handlers.plan import JSON, as_list, as_text_map
 
 
 class ActionName(StrEnum):
@@ -69,6 +69,11 @@ def _found(value: JSON) -> str:
     return "a list" if isinstance(value, list) else "an object"
 
 
+def _whole(value: JSON) -> int | None:
+    """``value`` when it is an integer (not a boolean, not a float), else None."""
+    return value if type(value) is int else None
+
+
 class Fields:
     """Reads one step's params for ``action``; each reader refuses a wrong or missing value with a
     ``PermanentError`` naming the action and the field."""
@@ -110,20 +115,20 @@ class Fields:
         value = self.params.get(key)
         if value is None:
             return {}
-        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-            raise self.refuse(key, "an object mapping names to strings")
-        return {str(k): v for k, v in value.items()}
+        try:
+            return as_text_map(value)
+        except TypeError:
+            raise self.refuse(key, "an object mapping names to strings") from None
 
     def text_maps(self, key: str) -> tuple[dict[str, str], ...]:
         """A list of objects of strings, ``()`` when absent."""
         value = self.params.get(key)
         if value is None:
             return ()
-        if not isinstance(value, list) or not all(
-            isinstance(item, Mapping) and all(isinstance(v, str) for v in item.values()) for item in value
-        ):
-            raise self.refuse(key, "a list of objects mapping names to strings")
-        return tuple({str(k): v for k, v in item.items()} for item in value)
+        try:
+            return tuple(as_text_map(item) for item in as_list(value))
+        except TypeError:
+            raise self.refuse(key, "a list of objects mapping names to strings") from None
 
     def flag(self, key: str) -> bool:
         """A boolean, False when absent."""
@@ -384,13 +389,13 @@ class Scaling:
     @classmethod
     def read(cls, f: Fields, nodegroup: str) -> Scaling:
         raw = f.params.get("scaling")
-        keys = ("minSize", "maxSize", "desiredSize")
-        if not isinstance(raw, Mapping) or not all(type(raw.get(k)) is int for k in keys):
+        sizes = raw if isinstance(raw, Mapping) else {}
+        low, high, desired = (_whole(sizes.get(k)) for k in ("minSize", "maxSize", "desiredSize"))
+        if low is None or high is None or desired is None:
             raise PermanentError(
                 f"The `{f.action}` step's `scaling` parameter is not valid: nodegroup {nodegroup} needs "
                 "integer minSize, maxSize and desiredSize."
             )
-        low, high, desired = raw["minSize"], raw["maxSize"], raw["desiredSize"]
         if high < 1:
             raise PermanentError(f"Nodegroup {nodegroup}: maxSize must be at least 1 (got {high}).")
         if not 0 <= low <= desired <= high:

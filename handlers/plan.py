@@ -14,10 +14,43 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
-JSON: TypeAlias = Any
-"""A JSON-serialisable value (dict/list/str/int/float/bool/None); checked by ``canonical_json``."""
+JSON: TypeAlias = "Mapping[str, JSON] | Sequence[JSON] | str | int | float | bool | None"
+"""A JSON value, read-only: what plans, outcomes and stored rows hold (``canonical_json`` still
+rejects NaN and infinities, which the type cannot express)."""
+
+
+def as_object(value: JSON) -> Mapping[str, JSON]:
+    """``value`` read as a JSON object; TypeError for any other value."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def as_list(value: JSON) -> Sequence[JSON]:
+    """``value`` read as a JSON array; TypeError for any other value (a string too, though it is a
+    ``Sequence``)."""
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a JSON array, got {type(value).__name__}")
+    return value
+
+
+def as_text(value: JSON) -> str:
+    """``value`` read as a JSON string; TypeError for any other value."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a JSON string, got {type(value).__name__}")
+    return value
+
+
+def as_texts(value: JSON) -> tuple[str, ...]:
+    """``value`` read as a JSON array of strings; TypeError for any other value."""
+    return tuple(as_text(item) for item in as_list(value))
+
+
+def as_text_map(value: JSON) -> dict[str, str]:
+    """``value`` read as a JSON object of strings; TypeError for any other value."""
+    return {key: as_text(item) for key, item in as_object(value).items()}
 
 
 def canonical_json(value: JSON) -> str:
@@ -50,7 +83,10 @@ class Step:
     @classmethod
     def from_json(cls, data: Mapping[str, JSON]) -> Step:
         return cls(
-            action=data["action"], key=data["key"], params=data["params"], summary=data.get("summary", "")
+            action=as_text(data["action"]),
+            key=as_text(data["key"]),
+            params=as_object(data["params"]),
+            summary=as_text(data.get("summary", "")),
         )
 
 
@@ -76,9 +112,9 @@ class Plan:
     @classmethod
     def from_json(cls, data: Mapping[str, JSON]) -> Plan:
         return cls(
-            steps=tuple(Step.from_json(s) for s in data["steps"]),
-            warnings=tuple(data.get("warnings", ())),
-            cost=data.get("cost", {}),
+            steps=tuple(Step.from_json(as_object(s)) for s in as_list(data["steps"])),
+            warnings=as_texts(data.get("warnings", ())),
+            cost=as_object(data.get("cost", {})),
         )
 
     @classmethod
@@ -125,6 +161,6 @@ class StepOutcome:
     def from_json(cls, data: Mapping[str, JSON]) -> StepOutcome:
         return cls(
             created=bool(data["created"]),
-            details=data.get("details", {}),
-            kept=tuple(str(k) for k in data.get("kept") or ()),
+            details=as_object(data.get("details", {})),
+            kept=tuple(str(k) for k in as_list(data.get("kept") or ())),
         )

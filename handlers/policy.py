@@ -27,7 +27,7 @@ from handlers import errors, kinds
 from handlers.actions import ActionName
 from handlers.kinds.base import kubeflow_user as kubeflow_user  # noqa: PLC0414 (re-exported)
 from handlers.model import SYSTEM, Actor, Event, EventType, Request, RequestState
-from handlers.plan import canonical_json
+from handlers.plan import as_list, as_object, canonical_json
 from handlers.ports import Facts
 from handlers.settings import CoreSettings, kubeflow_user_id
 
@@ -76,12 +76,14 @@ def owners_recorded(trail: Sequence[Event], workspace: str) -> set[str]:
     created = next((e for e in trail if e.type is EventType.CREATED), None)
     if created is None or not any(e.type is EventType.SUCCEEDED for e in trail):
         return set()
-    args = created.data.get("args") or {}
+    args = as_object(created.data.get("args") or {})
     if created.data.get("kind") != kinds.WorkspaceCreate.KIND or args.get("name") != workspace:
         return set()
-    steps = (created.data.get("plan") or {}).get("steps", [])
+    steps = [as_object(step) for step in as_list(as_object(created.data.get("plan") or {}).get("steps", []))]
     profile_owners = {
-        step.get("params", {}).get("owner") for step in steps if step.get("action") == ActionName.PROFILE
+        as_object(step.get("params", {})).get("owner")
+        for step in steps
+        if step.get("action") == ActionName.PROFILE
     }
     return {str(o) for o in {args.get("owner"), *profile_owners} if o}
 

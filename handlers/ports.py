@@ -7,7 +7,7 @@ small in-memory fakes of these.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -143,7 +143,7 @@ class WorkspaceFacts:
     """``status.used`` of the namespace's ``kf-resource-quota`` (empty when unknown)."""
     quota_enforced: dict[str, str] = field(default_factory=dict)
     """``status.hard`` of ``kf-resource-quota``: the limits in force now (empty when unknown)."""
-    created: dict[str, JSON] = field(default_factory=dict)
+    created: dict[str, Mapping[str, JSON]] = field(default_factory=dict)
     """Objects the bot created for this workspace, by step key, with their params (for delete)."""
     pvcs: int | None = None
     """PersistentVolumeClaims in the namespace now (None when unknown: no cluster to ask)."""

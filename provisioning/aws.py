@@ -80,7 +80,7 @@ from handlers.actions import (
     Taint,
 )
 from handlers.errors import KfError, PermanentError, TemporaryError
-from handlers.plan import StepOutcome, canonical_json
+from handlers.plan import StepOutcome, as_list, canonical_json
 from handlers.ports import Clock
 from provisioning.actions import Action, KeyedLock, TypedAction, registry_of
 
@@ -766,7 +766,7 @@ class AwsActions:
         return [arn for arn in resources if owned.get(_bucket_of(arn) or "", False)]
 
     def _undo_iam_resources(self, params: IamResourcesParams, outcome: StepOutcome) -> None:
-        added = outcome.details.get("added") or []
+        added = as_list(outcome.details.get("added") or [])
         if added:
             self._edit_policy(params.policy_arn, add=[], remove=[str(arn) for arn in added])
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 from handlers.kinds import MANAGED_BY
 from handlers.naming import dex_password_object_name, kfam_binding_name
-from handlers.plan import JSON, StepOutcome, canonical_json
+from handlers.plan import JSON, StepOutcome, as_text, as_texts, canonical_json
 from provisioning.actions import Action
 
 
@@ -24,7 +24,7 @@ def _profile(p: Mapping[str, JSON]) -> list[str]:
     spec: dict[str, JSON] = {"owner": {"kind": "User", "name": p["owner"]}}
     if p["hard"]:
         spec["resourceQuotaSpec"] = {"hard": p["hard"]}
-    body = {
+    body: JSON = {
         "apiVersion": "kubeflow.org/v1",
         "kind": "Profile",
         "metadata": {"name": p["name"], "labels": p["labels"]},
@@ -42,13 +42,13 @@ def _profile_remove(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _poddefault(p: Mapping[str, JSON]) -> list[str]:
-    body = {
+    body: JSON = {
         "apiVersion": "kubeflow.org/v1alpha1",
         "kind": "PodDefault",
         "metadata": {"name": p["name"], "namespace": p["namespace"], "labels": dict(MANAGED_BY)},
         "spec": {
             "desc": p.get("description", ""),
-            "selector": {"matchLabels": {p["name"]: "true"}},
+            "selector": {"matchLabels": {as_text(p["name"]): "true"}},
             "tolerations": p["tolerations"],
         },
     }
@@ -163,13 +163,13 @@ def _bucket_remove(p: Mapping[str, JSON]) -> list[str]:
 
 def _iam(p: Mapping[str, JSON]) -> list[str]:
     return [
-        f"iam:CreatePolicyVersion {p['policy_arn']} adding {', '.join(p['resources'])} "
+        f"iam:CreatePolicyVersion {p['policy_arn']} adding {', '.join(as_texts(p['resources']))} "
         "(deleting the oldest non-default version at 5)"
     ]
 
 
 def _iam_remove(p: Mapping[str, JSON]) -> list[str]:
-    return [f"iam:CreatePolicyVersion {p['policy_arn']} without {', '.join(p['resources'])}"]
+    return [f"iam:CreatePolicyVersion {p['policy_arn']} without {', '.join(as_texts(p['resources']))}"]
 
 
 def _nodegroup(p: Mapping[str, JSON]) -> list[str]:

@@ -55,7 +55,7 @@ from handlers.kinds.base import (
     UpdateWorkspaceObjects,
 )
 from handlers.model import SYSTEM, Event, EventType, Request, RequestState
-from handlers.plan import JSON, Step, StepOutcome, StepStatus
+from handlers.plan import JSON, Step, StepOutcome, StepStatus, as_object
 from handlers.ports import Clock, Facts, Notifier
 from handlers.settings import CoreSettings
 from provisioning.actions import REQUEST_MARK, ActionRegistry
@@ -558,7 +558,7 @@ class Engine:
                     payload[key] = pending[key]
             uow.timers.schedule(spec.kind, spec.ref, spec.due_at, payload)
             # The timers table is not keyed; this audit row is what the sweeper trusts it by.
-            vouch = {"timer": spec.kind, "ref": spec.ref, "payload": payload}
+            vouch: dict[str, JSON] = {"timer": spec.kind, "ref": spec.ref, "payload": payload}
             uow.audit.append([Event(EventType.TIMER_SCHEDULED, request.id, now, SYSTEM.user_id, vouch)])
 
 
@@ -577,7 +577,7 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
                     created[key] = {**created[key], "params": dict(params)}
             for key, params in merge.items():
                 if key in created:
-                    created[key] = {**created[key], "params": {**created[key]["params"], **params}}
+                    created[key] = {**created[key], "params": {**as_object(created[key]["params"]), **params}}
             registry.put_workspace(name, row.namespace, row.owner, row.request_id, created, row.created_at)
         case DeleteWorkspace(name):
             registry.forget_workspace(name, now)

@@ -16,6 +16,7 @@ from handlers import errors, kinds, policy
 from handlers.actions import ActionName
 from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, Request, RequestState
+from handlers.plan import as_object, as_text_map
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
 from provisioning.records import TokenRecord, WorkspaceRecord, WorkspaceState
 from provisioning.store import Database, SqlUnitOfWork
@@ -110,10 +111,10 @@ class RegistryFacts:
         # workspace: not one of an earlier workspace of the same name.
         last = cls._quota_changes(uow, name, limit=1)
         if last and last[0].created_at >= row.created_at:
-            return dict(last[0].plan.steps[0].params["hard"])
+            return as_text_map(last[0].plan.steps[0].params["hard"])
         for entry in row.created.values():
             if entry["action"] == ActionName.PROFILE:
-                return dict(entry["params"]["hard"])
+                return as_text_map(as_object(entry["params"])["hard"])
         return {}
 
     @classmethod
@@ -125,7 +126,7 @@ class RegistryFacts:
         baseline: dict[str, str] = {}
         for entry in row.created.values():
             if entry["action"] == ActionName.PROFILE:
-                baseline = {str(k): str(v) for k, v in dict(entry["params"]["hard"]).items()}
+                baseline = {str(k): str(v) for k, v in as_object(as_object(entry["params"])["hard"]).items()}
         decided: dict[str, str] = {}
         for request in cls._quota_changes(uow, name, limit=None):  # newest first
             if request.created_at < row.created_at:
@@ -154,7 +155,7 @@ class RegistryFacts:
         with self.db.uow() as uow:
             workspaces = uow.registry.list_workspaces()
         return any(
-            entry["action"] == ActionName.DEX_USER and entry["params"].get("email") == user
+            entry["action"] == ActionName.DEX_USER and as_object(entry["params"]).get("email") == user
             for ws in workspaces
             if ws.deleted_at is None
             for entry in ws.created.values()

@@ -36,6 +36,7 @@ from kubernetes import client
 from handlers.errors import NotFound, PermanentError
 from handlers.kinds import PIPELINES_AUDIENCE
 from handlers.model import Request, RequestState
+from handlers.plan import as_list
 from handlers.ports import Clock, RevealedSecret
 from provisioning import k8s
 from provisioning.dex import DexActions, check_cost
@@ -106,9 +107,10 @@ class Secrets:
                                  "request that succeeded.")
         params = step.params
         namespace, name = str(params["namespace"]), str(params["name"])
-        audiences = [str(a) for a in params.get("audiences") or []]
+        audiences = [str(a) for a in as_list(params.get("audiences") or [])]
         granted_at = request.updated_at or request.created_at
-        expires = granted_at + timedelta(seconds=int(params.get("ttl_seconds") or 3600))
+        ttl = params.get("ttl_seconds")
+        expires = granted_at + timedelta(seconds=ttl if isinstance(ttl, int) and ttl else 3600)
         remaining = (expires - self.clock.now()).total_seconds()
         if remaining <= 0:
             raise PermanentError(f"This token's time ran out at {expires:%Y-%m-%d %H:%M} UTC; ask for a "

@@ -59,7 +59,7 @@ class PutWorkspace:
     namespace: str
     owner: str
     request_id: str
-    created: Mapping[str, JSON]
+    created: Mapping[str, Mapping[str, JSON]]
     """Step key -> ``{"action", "params"}`` of every object the request created."""
 
 
@@ -302,10 +302,11 @@ def to_args(kind: RequestKind) -> dict[str, JSON]:
 
 def from_args(cls: type[K], args: Mapping[str, JSON]) -> K:
     """The kind ``cls`` from its stored ``args`` (validated again on construction)."""
-    values = dict(args)
+    values: dict[str, JSON | timedelta] = dict(args)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.type in ("timedelta | None", "timedelta") and isinstance(values.get(f.name), str):
-            values[f.name] = units.parse_duration(values[f.name])
+        stored = values.get(f.name)
+        if f.type in ("timedelta | None", "timedelta") and isinstance(stored, str):
+            values[f.name] = units.parse_duration(stored)
     return cls(**values)
 
 

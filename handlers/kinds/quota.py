@@ -38,7 +38,7 @@ from handlers.kinds.base import (
 )
 from handlers.kinds.workspace_create import GPU_RESOURCE
 from handlers.model import Actor
-from handlers.plan import JSON, Plan, Step
+from handlers.plan import JSON, Plan, Step, as_object, as_text
 from handlers.ports import Facts
 from handlers.settings import CoreSettings
 
@@ -89,7 +89,7 @@ def _revert(ref: str, payload: Mapping[str, JSON], facts: Facts) -> TimerResult:
     ws = facts.workspace(workspace)
     if ws is None:
         return None
-    was_set, previous = dict(payload.get("set", {})), dict(payload.get("previous", {}))
+    was_set, previous = as_object(payload.get("set", {})), as_object(payload.get("previous", {}))
     changed = {r: v for r, v in was_set.items() if ws.quota.get(r) != v}
     origin_id = str(payload.get("request_id", ""))
     if changed:
@@ -104,7 +104,7 @@ def _revert(ref: str, payload: Mapping[str, JSON], facts: Facts) -> TimerResult:
         )
     revert = {r: previous.get(r) for r in was_set}
     restore = {
-        flag: revert[resource]
+        flag: as_text(revert[resource])
         for flag, resource in QUOTA_FLAGS.items()
         if resource in revert and revert[resource] is not None
     }
@@ -113,7 +113,15 @@ def _revert(ref: str, payload: Mapping[str, JSON], facts: Facts) -> TimerResult:
     if not (restore or unset):
         return None
     return SystemRequest(
-        QuotaChange(workspace, **restore, notify=(ws.owner,), unset=unset or None),
+        QuotaChange(
+            workspace,
+            gpu=restore.get("gpu"),
+            cpu=restore.get("cpu"),
+            memory=restore.get("memory"),
+            storage=restore.get("storage"),
+            notify=(ws.owner,),
+            unset=unset or None,
+        ),
         f"timer:{QUOTA_REVERT}:{origin_id}",
     )
 
@@ -246,8 +254,8 @@ class QuotaChange:
                 )
             )
         outcome = done.outcomes.get(0)
-        before = dict(outcome.details.get("previous", {})) if outcome else {}
-        hard = done.plan.steps[0].params["hard"]
+        before = as_object(outcome.details.get("previous", {})) if outcome else {}
+        hard = as_object(done.plan.steps[0].params["hard"])
         return Success(
             timers=tuple(
                 TimerSpec(

@@ -33,7 +33,7 @@ from handlers.kinds.base import (
 )
 from handlers.kinds.token_revoke import TokenRevoke
 from handlers.model import Actor
-from handlers.plan import JSON, Plan, Step
+from handlers.plan import JSON, Plan, Step, as_texts
 from handlers.ports import Facts
 from handlers.settings import MIN_TOKEN_TTL, CoreSettings
 
@@ -152,7 +152,7 @@ class TokenIssue:
             str(params["namespace"]),
             str(params["name"]),
             self.role,
-            tuple(params["audiences"]),
+            as_texts(params["audiences"]),
             done.at + self.ttl,
         )
         expiry = TimerSpec(TOKEN_EXPIRE, done.request_id, done.at + self.ttl, {"request_id": done.request_id})

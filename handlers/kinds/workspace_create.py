@@ -4,6 +4,7 @@ for GPU work, an EKS nodegroup pinned to the workspace. Only an admin approves i
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -269,7 +270,7 @@ class WorkspaceCreate:
     def on_success(self, done: Applied) -> Success:
         """The registry records the workspace with every object the bot created (what a delete
         may remove, and nothing else)."""
-        created: dict[str, JSON] = {
+        created: dict[str, Mapping[str, JSON]] = {
             step.key: {"action": step.action, "params": dict(step.params)}
             for idx, step in enumerate(done.plan.steps)
             if (outcome := done.outcomes.get(idx)) is not None and outcome.created
@@ -295,7 +296,9 @@ def gpu_nodegroup_taints(namespace: str) -> list[dict[str, JSON]]:
     return [dict(GPU_TAINT, effect="NO_SCHEDULE"), {"key": key, "value": value, "effect": "NO_SCHEDULE"}]
 
 
-def poddefault_step(namespace: str, name: str, description: str, taints: list[dict[str, JSON]]) -> Step:
+def poddefault_step(
+    namespace: str, name: str, description: str, taints: Sequence[Mapping[str, JSON]]
+) -> Step:
     """The PodDefault that lets a notebook onto nodegroup ``name``: it tolerates exactly the
     nodegroup's ``taints`` (PodDefault has no nodeSelector; see ``handlers.scheduling``). The GPU
     taint is tolerated whatever its value, as before pinning existed."""

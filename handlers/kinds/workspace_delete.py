@@ -25,12 +25,12 @@ from handlers.kinds.base import (
     workspace_people,
 )
 from handlers.model import Actor
-from handlers.plan import Plan, Step
+from handlers.plan import Plan, Step, as_object, as_text
 from handlers.ports import Facts
 from handlers.settings import CoreSettings
 
 # Deletion walks the create steps backwards; each create action has a removal twin.
-_REMOVAL = {
+_REMOVAL: dict[str, ActionName | None] = {
     ActionName.NODEGROUP: ActionName.NODEGROUP_REMOVE,
     ActionName.IAM_RESOURCES: ActionName.IAM_RESOURCES_REMOVE,
     ActionName.BUCKET: ActionName.BUCKET_REMOVE,
@@ -106,11 +106,11 @@ class WorkspaceDelete:
         steps: list[Step] = []
         warnings: list[str] = []
         for key, created in reversed(list(ws.created.items())):
-            action, params = created["action"], dict(created["params"])
+            action, params = as_text(created["action"]), dict(as_object(created["params"]))
             removal = _REMOVAL.get(action)
             if removal is None:
                 continue
-            if action == ActionName.DEX_USER and ctx.facts.user_in_use(params["email"], self.name):
+            if action == ActionName.DEX_USER and ctx.facts.user_in_use(as_text(params["email"]), self.name):
                 warnings.append(
                     f"The Dex login {params['email']} is kept: it still owns or shares another workspace."
                 )

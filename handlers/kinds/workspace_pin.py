@@ -21,17 +21,26 @@ from handlers.kinds.base import (
     workspace_people,
 )
 from handlers.kinds.workspace_create import GPU_TAINT, PINNING_LIMITS, gpu_nodegroup_taints, poddefault_step
-from handlers.plan import JSON, Plan, Step
+from handlers.plan import JSON, Plan, Step, as_list, as_object
 from handlers.ports import Facts, WorkspaceFacts
+
+
+def _taints(params: Mapping[str, JSON]) -> list[Mapping[str, JSON]]:
+    """The taints (EKS's spelling) in a recorded nodegroup step's params."""
+    return [as_object(t) for t in as_list(params.get("taints") or [])]
 
 
 def _gpu_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
     """(step key, create params) of the GPU nodegroups the bot made for ``ws``, from the registry."""
-    return [
-        (key, entry["params"])
+    nodegroups = [
+        (key, as_object(entry["params"]))
         for key, entry in ws.created.items()
         if entry["action"] == ActionName.NODEGROUP
-        and any(t.get("key") == GPU_TAINT["key"] for t in entry["params"].get("taints") or [])
+    ]
+    return [
+        (key, params)
+        for key, params in nodegroups
+        if any(t.get("key") == GPU_TAINT["key"] for t in _taints(params))
     ]
 
 
@@ -66,7 +75,7 @@ class WorkspacePin:
         """Whether the registry shows a GPU nodegroup of ``ws`` without its workspace taint."""
         key, value = naming.workspace_taint(ws.namespace)
         return any(
-            not any(t.get("key") == key and t.get("value") == value for t in params["taints"])
+            not any(t.get("key") == key and t.get("value") == value for t in _taints(params))
             for _, params in _gpu_nodegroups(ws)
         )
 
@@ -90,11 +99,10 @@ class WorkspacePin:
                     f"cannot give it the toleration; nodegroup `{name}` is left as it is.",
                     field="name",
                 )
-            wanted = list(params["taints"])
+            wanted = _taints(params)
             wanted += [t for t in gpu_nodegroup_taints(ws.namespace) if t not in wanted]
-            steps.append(
-                poddefault_step(ws.namespace, name, str(poddefault["params"].get("description", "")), wanted)
-            )
+            description = str(as_object(poddefault["params"]).get("description", ""))
+            steps.append(poddefault_step(ws.namespace, name, description, wanted))
             steps.append(
                 Step(
                     ActionName.NODEGROUP_TAINTS,

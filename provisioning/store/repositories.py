@@ -561,8 +561,8 @@ class SqlRegistry:
 
     # -- workspaces ---------------------------------------------------------------------------
     def put_workspace(
-        self, name: str, namespace: str, owner: str, request_id: str | None, created: Mapping[str, JSON],
-        at: datetime,
+        self, name: str, namespace: str, owner: str, request_id: str | None,
+        created: Mapping[str, Mapping[str, JSON]], at: datetime,
     ) -> None:
         values = {"namespace": namespace, "owner": owner, "request_id": request_id, "created": dict(created),
                   "created_at": at, "deleted_at": None}
