@@ -17,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
@@ -80,12 +79,11 @@ def build_core(settings: Settings, backend: provisioning.Backend, notifier: Noti
 def make_client(settings: Settings, metrics: BotMetrics | None = None) -> WebClient:
     """The bot's WebClient. With ``metrics``, every call's API errors and rate limits are counted
     (the observer goes first; Bolt copies the handlers into each listener's client)."""
-    kwargs: dict[str, Any] = {"base_url": settings.slack.api_url} if settings.slack.api_url else {}
     observer: list[RetryHandler] = [SlackCallObserver(metrics)] if metrics is not None else []
     return WebClient(
         token=settings.slack.bot_token,
+        base_url=settings.slack.api_url or WebClient.BASE_URL,
         timeout=10,
-        **kwargs,
         retry_handlers=[
             *observer,
             ConnectionErrorRetryHandler(max_retry_count=1),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from slack_sdk.models.blocks import (
     ActionsBlock,
@@ -34,7 +33,8 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot import render
+from bot import payloads, render
+from bot.payloads import BlockDict, Blocks
 from handlers import errors, naming
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
@@ -81,7 +81,7 @@ def fallback(text: str) -> str:
     return naming.truncate(text, FALLBACK_LIMIT)
 
 
-def to_dicts(blocks: Sequence[Block]) -> list[dict[str, Any]]:
+def to_dicts(blocks: Sequence[Block]) -> Blocks:
     return [b.to_dict() for b in blocks[:MESSAGE_BLOCKS]]
 
 
@@ -125,7 +125,7 @@ HEADINGS = {
 }
 
 
-def card(request: Request, *, superseded: bool = False) -> tuple[str, list[dict[str, Any]]]:
+def card(request: Request, *, superseded: bool = False) -> tuple[str, Blocks]:
     """The approval card: (fallback text, blocks). Buttons only while the request is pending."""
     heading = "Superseded" if superseded else HEADINGS[request.state]
     who = S.user(request.requester_id, request.requester_email)
@@ -167,7 +167,7 @@ def card(request: Request, *, superseded: bool = False) -> tuple[str, list[dict[
 # -- DMs -------------------------------------------------------------------------------------------------
 
 
-def dm(text: str, *, action: tuple[str, str, str] | None = None) -> tuple[str, list[dict[str, Any]]]:
+def dm(text: str, *, action: tuple[str, str, str] | None = None) -> tuple[str, Blocks]:
     """A DM with an optional button ``(label, action_id, value)``."""
     blocks: list[Block] = [section(text)]
     if action is not None:
@@ -211,7 +211,7 @@ def _modal(
     close: str = "Close",
     submit: str | None = None,
     private_metadata: str = "",
-) -> dict[str, Any]:
+) -> BlockDict:
     view = View(
         type="modal",
         callback_id=callback_id or None,
@@ -224,7 +224,7 @@ def _modal(
     return view.to_dict()
 
 
-def plan_modal(request: Request) -> dict[str, Any]:
+def plan_modal(request: Request) -> BlockDict:
     return _modal(f"Plan {request.id}", plan_blocks(request.plan, request_id=request.id))
 
 
@@ -252,7 +252,7 @@ def plan_blocks(plan: Plan, *, request_id: str) -> list[Block]:
     )
 
 
-def secret_modal(secret: RevealedSecret, *, request_id: str | None) -> dict[str, Any]:
+def secret_modal(secret: RevealedSecret, *, request_id: str | None) -> BlockDict:
     """The one place a secret is ever shown. It is not stored, logged or posted anywhere else."""
     what = "token" if secret.kind == "token" else "password"
     blocks: list[Block] = [
@@ -272,13 +272,13 @@ def secret_modal(secret: RevealedSecret, *, request_id: str | None) -> dict[str,
     return _modal(f"Your {what}", _fit(blocks, MODAL_BLOCKS, "Some of the text did not fit."))
 
 
-def working_modal(title: str) -> dict[str, Any]:
+def working_modal(title: str) -> BlockDict:
     """Opened at once with a click's ``trigger_id`` (valid ~3 s) while the slow part runs; the
     listener then ``views.update``s it with the result (``notice_modal`` or ``secret_modal``)."""
     return _modal(title, [section("Working… this takes a few seconds.")])
 
 
-def notice_modal(title: str, text: str) -> dict[str, Any]:
+def notice_modal(title: str, text: str) -> BlockDict:
     return _modal(title, [section(text)])
 
 
@@ -304,7 +304,7 @@ class RejectContext:
         )
 
 
-def reject_modal(request: Request, context: RejectContext) -> dict[str, Any]:
+def reject_modal(request: Request, context: RejectContext) -> BlockDict:
     blocks: list[Block] = [
         section(
             f"Reject `{request.id}`: {render.describe(request, S)} (by "
@@ -357,7 +357,7 @@ FIELD_BLOCKS: Mapping[str, str] = {
 }
 
 
-def workspace_modal() -> dict[str, Any]:
+def workspace_modal() -> BlockDict:
     blocks: list[Block] = [
         InputBlock(
             block_id=block_id,
@@ -370,7 +370,7 @@ def workspace_modal() -> dict[str, Any]:
     return _modal("New workspace", blocks, callback_id=WORKSPACE_VIEW, submit="Request", close="Cancel")
 
 
-def form_values(view: Mapping[str, Any]) -> dict[str, str]:
+def form_values(view: payloads.View) -> dict[str, str]:
     """``{block_id: text}`` from a submitted view's state (empty inputs left out)."""
     out: dict[str, str] = {}
     for block_id, actions in (view.get("state", {}).get("values", {}) or {}).items():

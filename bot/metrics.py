@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.exposition import choose_encoder
@@ -129,7 +129,7 @@ class SlackCallObserver(RetryHandler):
         elif response.status_code >= 400:
             self._metrics.slack_errors.labels(method=method, error=f"http_{response.status_code}").inc()
         else:
-            body: Any = response.body
+            body: object = response.body  # declared a dict; checked, as a reply may not be JSON
             if isinstance(body, dict) and body.get("ok") is False:
                 error_code = str(body.get("error") or "unknown")[:64]
                 self._metrics.slack_errors.labels(method=method, error=error_code).inc()

@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot import blocks, render
 from bot import logging as log
+from bot.payloads import Blocks, text_at
 from handlers.model import Event, EventType, Request, RequestState
 from handlers.notifications import Audience, Button, Notice, Say, route
 from handlers.plan import JSON
@@ -135,7 +136,9 @@ class SlackNotifier(_Transport):
         return Delivery(card=new_card, sent=tuple(self._sent.messages))
 
     # -- delivery ------------------------------------------------------------------------------------
-    def _call(self, method: str, **kwargs: Any) -> dict[str, Any] | None:
+    def _call(self, method: str, **kwargs: str | Blocks) -> Mapping[str, object]:
+        """``WebClient.<method>(**kwargs)``'s answer, read with ``text_at`` (its shape is the
+        method's); empty when the call failed (logged)."""
         try:
             response = getattr(self._client, method)(**kwargs)
         except SlackApiError as exc:
@@ -143,10 +146,10 @@ class SlackNotifier(_Transport):
             logger.warning(
                 "Slack %s failed: %s", method, error, extra={"slack_method": method, "slack_error": error}
             )
-            return None
+            return {}
         except (SlackClientError, OSError) as exc:
             logger.warning("Slack %s failed: %s", method, type(exc).__name__, extra={"slack_method": method})
-            return None
+            return {}
         if method.startswith("chat_"):
             self._sent.messages.append(f"{method}:{kwargs.get('channel', '')}")
         return dict(response.data) if isinstance(response.data, dict) else {}
@@ -154,9 +157,10 @@ class SlackNotifier(_Transport):
     def _post_card(self, request: Request) -> Card | None:
         text, blks = blocks.card(request)
         answer = self._call("chat_postMessage", channel=self._channel, text=text, blocks=blks)
-        if not answer or not answer.get("ts"):
+        ts = text_at(answer, "ts")
+        if not ts:
             return None
-        return str(answer.get("channel") or self._channel), str(answer["ts"])
+        return text_at(answer, "channel") or self._channel, ts
 
     def _on_card(self, notice: Notice, card: Card) -> None:
         if notice.audience is Audience.THREAD:
@@ -192,7 +196,7 @@ class SlackNotifier(_Transport):
         if not _is_slack_user(user_id):
             return
         opened = self._call("conversations_open", users=user_id)
-        channel = (opened or {}).get("channel", {}).get("id")
+        channel = text_at(opened, "channel", "id")
         if not channel:
             return
         fallback_text, blks = blocks.dm(text, action=action)

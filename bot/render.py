@@ -15,12 +15,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from handlers import errors, kinds, naming, parse, services
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
 from handlers.notifications import Access, Notice, Say, keeps_data
-from handlers.plan import Plan, Step
+from handlers.plan import JSON, Plan, Step
 from provisioning import Contributor, GrantRecord, QuotaState, TokenRecord, WorkspaceRecord, WorkspaceView
 
 # C0 and C1 controls (a terminal reads ESC and CSI as commands) and bidirectional controls.
@@ -172,7 +171,7 @@ def request_list(requests: Sequence[Request], style: Style, *, admin: bool) -> s
     return "\n".join([heading, *(f"• {request_line(r, style)}" for r in requests)])
 
 
-def cost_text(cost: Mapping[str, Any]) -> str:
+def cost_text(cost: Mapping[str, JSON]) -> str:
     if not cost.get("hourly_max"):
         return ""
     return (
@@ -200,7 +199,7 @@ def step_params(step: Step) -> str:
 
 
 def plan_full(
-    plan: Plan, style: Style, calls: Callable[[str, Mapping[str, Any]], list[str]] | None = None
+    plan: Plan, style: Style, calls: Callable[[str, Mapping[str, JSON]], list[str]] | None = None
 ) -> str:
     """Every step with its action, object, parameters and (with ``calls``, the backend's
     ``render_step``) the API calls it makes (``kfbot plan``, the shell's ``show``)."""
@@ -307,7 +306,7 @@ def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str
     return f"`{request.id}`: {STATE_WORDS[request.state]}."
 
 
-def step_of(request: Request, data: Mapping[str, Any]) -> Step | None:
+def step_of(request: Request, data: Mapping[str, JSON]) -> Step | None:
     idx = data.get("idx")
     if isinstance(idx, int) and 0 <= idx < len(request.plan.steps):
         return request.plan.steps[idx]
@@ -315,7 +314,7 @@ def step_of(request: Request, data: Mapping[str, Any]) -> Step | None:
     return next((s for s in request.plan.steps if s.key == key), None)
 
 
-def step_name(request: Request, data: Mapping[str, Any]) -> str:
+def step_name(request: Request, data: Mapping[str, JSON]) -> str:
     step = step_of(request, data)
     if step is not None and step.summary:
         return step.summary

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
@@ -23,21 +22,22 @@ from slack_sdk import WebClient
 from bot import blocks
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, error_reply, tell
+from bot.payloads import Action, BlockActions, text_at
 from handlers import services
 from handlers.model import Actor
 from handlers.ports import RevealedSecret
 
 logger = logging.getLogger(__name__)
 
-Click = Callable[[dict[str, Any], str, WebClient, Callable[[str], None]], None]
+Click = Callable[[BlockActions, str, WebClient, Callable[[str], None]], None]
 """A button's work after the ack: (body, the button's value, client, tell the clicker)."""
 
 
-def message_ts(body: dict[str, Any]) -> str:
-    return str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts") or "")
+def message_ts(body: BlockActions) -> str:
+    return text_at(body, "container", "message_ts") or text_at(body, "message", "ts")
 
 
-def decision_key(body: dict[str, Any], action: str, user: str, version: int | None) -> str:
+def decision_key(body: BlockActions, action: str, user: str, version: int | None) -> str:
     return f"{message_ts(body)}:{action}:{user}:{version}"
 
 
@@ -53,8 +53,8 @@ def on_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
 
     def listener(
         ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
+        body: BlockActions,
+        action: Action,
         context: BoltContext,
         client: WebClient,
         respond: Respond,
@@ -75,7 +75,7 @@ def on_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
 
 def show_secret(
     client: WebClient,
-    body: dict[str, Any],
+    body: BlockActions,
     title: str,
     make: Callable[[], RevealedSecret],
     request_id: str | None,
@@ -98,7 +98,7 @@ def show_secret(
 def register(app: App, deps: Deps) -> None:
     core, identity = deps.core, deps.identity
 
-    def approve(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+    def approve(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
         user = body["user"]["id"]
         actor = identity.actor(user)
         request_id, version = blocks.parse_decision_value(value)
@@ -113,22 +113,21 @@ def register(app: App, deps: Deps) -> None:
         logger.info("%s approved %s", user, request.id, extra={"request_id": request.id})
         say(f"You approved `{request.id}`; it is being applied.")
 
-    def reject(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+    def reject(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
         actor = identity.actor(body["user"]["id"])
         request_id, version = blocks.parse_decision_value(value)
         request = services.pending_decision(core, actor, request_id)  # decide()'s rule, before the modal
-        container = body.get("container") or {}
-        channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
+        channel = text_at(body, "container", "channel_id") or text_at(body, "channel", "id")
         metadata = blocks.RejectContext(request.id, version, channel, message_ts(body))
         client.views_open(trigger_id=body["trigger_id"], view=blocks.reject_modal(request, metadata))
 
-    def view_plan(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+    def view_plan(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
         actor = identity.actor(body["user"]["id"])
         request = services.get_request(core, actor, value)
         client.views_open(trigger_id=body["trigger_id"], view=blocks.plan_modal(request))
 
     def secret_click(title: str, make: Callable[[Actor, str], RevealedSecret], *, per_request: bool) -> Click:
-        def work(body: dict[str, Any], value: str, client: WebClient, say: Callable[[str], None]) -> None:
+        def work(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
             actor = identity.actor(body["user"]["id"])
             request_id = value if per_request else None
             shown = show_secret(

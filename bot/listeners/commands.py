@@ -7,7 +7,6 @@ the request the first one recorded and says so instead of recording a second.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
@@ -15,6 +14,7 @@ from slack_sdk import WebClient
 from bot import blocks, render
 from bot.controls import control
 from bot.listeners.common import Deps, after_ack, correlation
+from bot.payloads import SlashCommand
 from handlers import parse, services
 from handlers.kinds import RequestKind
 
@@ -25,8 +25,8 @@ S = render.SLACK
 def register(app: App, deps: Deps) -> None:
     def kf(
         ack: Ack,
-        body: dict[str, Any],
-        command: dict[str, Any],
+        body: SlashCommand,
+        command: SlashCommand,
         respond: Respond,
         context: BoltContext,
         client: WebClient,
@@ -44,7 +44,7 @@ def register(app: App, deps: Deps) -> None:
     app.command("/kf")(kf)
 
 
-def handle(deps: Deps, command: dict[str, Any], respond: Respond, client: WebClient, cid: str) -> None:
+def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClient, cid: str) -> None:
     actor = deps.identity.actor(str(command["user_id"]))
     text = str(command.get("text") or "")
     logger.info("/kf from %s: %s", actor.user_id, render.SLACK.esc(text[:200]))

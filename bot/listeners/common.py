@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from slack_bolt import BoltContext, Respond
 from slack_sdk import WebClient
@@ -19,6 +18,7 @@ from bot import logging as log
 from bot import render
 from bot.controls import WorkspaceReads
 from bot.identity import Identity
+from bot.payloads import text_at
 from bot.settings import Settings
 from handlers import errors
 from handlers.services import Core
@@ -101,7 +101,7 @@ def correlation(context: BoltContext) -> str:
 def after_ack(
     deps: Deps,
     context: BoltContext,
-    body: dict[str, Any],
+    body: Mapping[str, object],
     client: WebClient,
     respond: Respond | None,
     work: Callable[[], None],
@@ -131,12 +131,16 @@ def after_ack(
             tell(body, client, respond, BUSY_TEXT)
 
 
-def user_id(body: Mapping[str, Any]) -> str:
-    return str(body.get("user_id") or (body.get("user") or {}).get("id") or "")
+def user_id(body: Mapping[str, object]) -> str:
+    return text_at(body, "user_id") or text_at(body, "user", "id")
 
 
 def on_error(
-    error: Exception, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond | None
+    error: Exception,
+    body: Mapping[str, object],
+    context: BoltContext,
+    client: WebClient,
+    respond: Respond | None,
 ) -> None:
     if not context.get(FROM_SLACK):
         # Bolt also calls this handler for a failure inside its own middleware, before the request
@@ -159,15 +163,15 @@ def error_reply(error: Exception, cid: str) -> str:
     return render.internal_error_text(cid)
 
 
-def _channel_of(body: Mapping[str, Any]) -> str | None:
+def _channel_of(body: Mapping[str, object]) -> str | None:
     channel = (
-        body.get("channel_id")
-        or (body.get("channel") or {}).get("id")
-        or (body.get("container") or {}).get("channel_id")
+        text_at(body, "channel_id")
+        or text_at(body, "channel", "id")
+        or text_at(body, "container", "channel_id")
     )
     if channel:
-        return str(channel)
-    metadata = (body.get("view") or {}).get("private_metadata") or ""
+        return channel
+    metadata = text_at(body, "view", "private_metadata")
     if metadata.startswith("{"):
         try:
             found = json.loads(metadata).get("c")
@@ -177,7 +181,7 @@ def _channel_of(body: Mapping[str, Any]) -> str | None:
     return None
 
 
-def tell(body: Mapping[str, Any], client: WebClient, respond: Respond | None, text: str) -> None:
+def tell(body: Mapping[str, object], client: WebClient, respond: Respond | None, text: str) -> None:
     """An ephemeral note to the person who acted: via response_url where Slack gave one, else an
     ephemeral message in the channel, else a DM. Delivery failures are logged, never raised."""
     uid = user_id(body)

@@ -11,7 +11,6 @@ records one request.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
@@ -19,6 +18,7 @@ from slack_sdk import WebClient
 from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, correlation, tell
+from bot.payloads import View, ViewSubmission
 from handlers import errors, naming, parse, services
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def register(app: App, deps: Deps) -> None:
     core, identity = deps.core, deps.identity
 
     def reject_reason(
-        ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext, client: WebClient
+        ack: Ack, body: ViewSubmission, view: View, context: BoltContext, client: WebClient
     ) -> None:
         reason = blocks.form_values(view).get(blocks.REASON_BLOCK, "")
         if not reason:
@@ -70,7 +70,7 @@ def register(app: App, deps: Deps) -> None:
         after_ack(deps, context, body, client, None, work)
 
     def workspace_form(
-        ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext, client: WebClient
+        ack: Ack, body: ViewSubmission, view: View, context: BoltContext, client: WebClient
     ) -> None:
         values = blocks.form_values(view)
         with log.bound(correlation(context)):
