@@ -54,6 +54,10 @@ def slack_literal(text: str) -> str:
     return f"{_FENCE}{inner}{_FENCE}"
 
 
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+"""What Slack user ids look like; anything else is not rendered as a mention."""
+
+
 @dataclass(frozen=True)
 class Style:
     esc: Callable[[str], str]
@@ -66,7 +70,9 @@ class Style:
             return "kfbot"
         if user_id.startswith("shell:"):
             return self.esc(user_id.removeprefix("shell:"))
-        if self.slack and user_id[:1] in ("U", "W"):
+        if self.slack and _SLACK_USER_ID.fullmatch(user_id):
+            # Only a well-formed id becomes a mention: an id edited in the database
+            # (``U1><!channel>``) is shown as escaped text.
             return f"<@{user_id}>"
         return self.esc(email or user_id)
 

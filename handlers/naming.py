@@ -128,6 +128,11 @@ PERSON = re.compile(_PERSON_MARK + r"@([A-Za-z0-9][A-Za-z0-9:._@+-]{0,319})" + _
 """A ``person`` placeholder; one group, the user id (``PERSON.split`` alternates text and ids)."""
 
 
+def is_person_id(user_id: str) -> bool:
+    """Whether ``user_id`` can be named with ``person``."""
+    return PERSON.fullmatch(f"{_PERSON_MARK}@{user_id}{_PERSON_MARK}") is not None
+
+
 def person(user_id: str) -> str:
     """A person named in a core text, as a placeholder the edge renders: ``\\x1e@U123\\x1e``.
 
@@ -135,7 +140,7 @@ def person(user_id: str) -> str:
     control characters out and ``free_text`` refuses them, so a person cannot type a placeholder
     into a message; an edge that finds a stray mark treats it as text.
     """
-    if not PERSON.fullmatch(f"{_PERSON_MARK}@{user_id}{_PERSON_MARK}"):
+    if not is_person_id(user_id):
         raise ValueError(f"not a user id: {user_id!r}")
     return f"{_PERSON_MARK}@{user_id}{_PERSON_MARK}"
 

@@ -88,6 +88,24 @@ def owners_recorded(trail: Sequence[Event], workspace: str) -> set[str]:
     return {str(o) for o in {args.get("owner"), *profile_owners} if o}
 
 
+def grant_recorded(trail: Sequence[Event], workspace: str, user: str, role: str) -> bool:
+    """Whether the trail is of a share of ``workspace`` that succeeded and granted ``user`` ``role``
+    (the user as its plan wrote it: the Kubeflow id)."""
+    created = next((e for e in trail if e.type is EventType.CREATED), None)
+    if created is None or not any(e.type is EventType.SUCCEEDED for e in trail):
+        return False
+    args = as_object(created.data.get("args") or {})
+    if created.data.get("kind") != kinds.Share.KIND or args.get("workspace") != workspace:
+        return False
+    steps = as_list(as_object(created.data.get("plan") or {}).get("steps") or [])
+    return any(
+        as_object(step).get("action") == ActionName.CONTRIBUTOR
+        and as_object(as_object(step).get("params") or {}).get("user") == user
+        and as_object(as_object(step).get("params") or {}).get("role") == role
+        for step in steps
+    )
+
+
 def record_problem(request: Request, trail: Sequence[Event]) -> str | None:
     """Why the stored request is not the one its requester filed, or None: its kind, arguments
     and requester must be those of its ``request.created`` event (written with the audit key)."""

@@ -294,7 +294,9 @@ def pending_decision(core: Core, actor: Actor, request_id: str) -> Request:
 
 def already_text(request: Request) -> str:
     decided_by = request.decided_by
-    who = f" by {naming.person(decided_by)}" if decided_by and decided_by != SYSTEM.user_id else ""
+    # A decider that is no user id (a row edited in the database) is left out, not an error.
+    known = decided_by and decided_by != SYSTEM.user_id and naming.is_person_id(decided_by)
+    who = f" by {naming.person(decided_by)}" if known and decided_by else ""
     return f"{request.id} is already {request.state.value}{who}."
 
 

@@ -9,6 +9,7 @@ dashboard is not silently overwritten.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -18,7 +19,7 @@ from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, Request, RequestState
 from handlers.plan import as_object, as_text_map
 from handlers.ports import Clock, TokenFacts, WorkspaceFacts
-from provisioning.records import TokenRecord, WorkspaceRecord, WorkspaceState
+from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord, WorkspaceState
 from provisioning.store import Database, SqlUnitOfWork
 
 
@@ -48,8 +49,10 @@ class RegistryFacts:
             if row is None or row.deleted_at is not None:
                 return None
             self._check_owner(uow, row)
-            grants = {g.user: g.role for g in uow.registry.grants(name) if not self._expired(g.expires_at)}
-            recorded = {g.user: g.role for g in uow.registry.grants(name)}
+            rows = uow.registry.grants(name)
+            self._check_grants(uow, name, rows)
+            grants = {g.user: g.role for g in rows if not self._expired(g.expires_at)}
+            recorded = {g.user: g.role for g in rows}
             quota = self._last_quota(uow, name, row)
             baseline = self._quota_baseline(uow, name, row)
             active = uow.registry.tokens_in(name)
@@ -89,6 +92,15 @@ class RegistryFacts:
         trail = uow.audit.trail(row.request_id) if row.request_id else []
         if row.owner not in policy.owners_recorded(trail, row.name):
             raise _inconsistent(f"workspace `{row.name}`")
+
+    @staticmethod
+    def _check_grants(uow: SqlUnitOfWork, name: str, grants: Sequence[GrantRecord]) -> None:
+        """A grant decides who gets tokens and shares without an admin, so each must be the one a
+        succeeded share recorded in the audit log (a row added in the database is refused)."""
+        for grant in grants:
+            trail = uow.audit.trail(grant.request_id) if grant.request_id else []
+            if not policy.grant_recorded(trail, name, grant.user, grant.role):
+                raise _inconsistent(f"{grant.user}'s grant in `{name}`")
 
     @staticmethod
     def _check_tokens(uow: SqlUnitOfWork, name: str, tokens: list[TokenRecord]) -> None:

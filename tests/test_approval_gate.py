@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from bot import render
 from bot.notify import ShellNotifier
 from handlers import errors, kinds, policy, services
 from handlers.model import SYSTEM, Actor, Event, EventType, Request, RequestState
@@ -596,3 +597,40 @@ def test_a_timer_the_bot_set_still_fires(stack: Stack) -> None:
     stack.backend.sweep_timers(lambda k, r, p: services.handle_timer(stack.core, k, r, p))
     stack.run()
     assert "dave@example.com" not in (stack.core.facts.workspace("team-a") or pytest.fail()).contributors
+
+
+# -- what a third outside attack found --------------------------------------------------------------
+
+
+def test_a_grant_row_added_in_the_database_gives_no_token_and_no_share(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    with stack.backend.uow() as uow:
+        share = next(r.id for r in uow.requests.list(kind=kinds.Share.KIND))
+    sql(
+        stack,
+        'INSERT INTO grants (workspace, "user", role, request_id, expires_at, created_at) '
+        "VALUES ('team-a', 'mallory@example.com', 'edit', :r, NULL, :at)",
+        r=share,
+        at=stack.clock.now(),
+    )
+    mallory = Actor("UMALLORY", "mallory@example.com")
+    for kind in (
+        kinds.TokenIssue("team-a", ttl=timedelta(hours=1)),
+        kinds.Share("team-a", "eve@example.com"),
+    ):
+        with pytest.raises(errors.Inconsistent, match="grant"):
+            services.submit(stack.core, mallory, kind, idempotency_key=None)
+
+
+def test_ids_edited_in_the_database_never_become_slack_markup_or_a_crash(stack: Stack) -> None:
+    workspace_with_bob(stack)
+    carol = Actor("UCAROL", "carol@example.com")
+    pending = submit(stack, kinds.Share("team-a", "eve@example.com"), actor=carol)
+    sql(stack, "UPDATE requests SET requester_id = :u WHERE id = :id", u="U1><!channel><@U2", id=pending)
+    shown = render.SLACK.user(stack.request(pending).requester_id)
+    assert "<!channel>" not in shown and "<@U2" not in shown
+    decided = submit(stack, kinds.Share("team-a", "dave@example.com"), actor=carol)
+    stack.approve(decided)
+    sql(stack, "UPDATE requests SET decided_by = 'zed example' WHERE id = :id", id=decided)
+    with pytest.raises(errors.AlreadyDone, match="already approved"):
+        stack.approve(decided, ADMIN2)

@@ -49,7 +49,8 @@ def _auto(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings)
     user = kubeflow_user(actor, settings)
     own_role = "edit" if ws.owner == user else ws.contributors.get(user)
     if own_role == "edit" or (own_role == "view" and kind.role == "view"):
-        return f"a {kind.role} token within the requester's own {own_role} role"
+        article = "an" if kind.role == "edit" else "a"
+        return f"{article} {kind.role} token within the requester's own {own_role} role"
     return None
 
 
