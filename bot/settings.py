@@ -19,11 +19,14 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal, TypeVar, cast, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
 
 import provisioning
 from handlers import errors, units
 from handlers.naming import NamingSettings, normalize_email
-from handlers.settings import CoreSettings, PolicySettings, TokenSettings, WorkspaceDefaults
+from handlers.settings import CoreSettings, CostSettings, PolicySettings, TokenSettings, WorkspaceDefaults
 
 T = TypeVar("T")
 DEFAULT_DATABASE_URL = "sqlite:///./kfbot.db"
@@ -118,7 +121,9 @@ class Settings:
             },
         )
         tokens = env.build("KFBOT_TOKEN_DEFAULT_TTL", _tokens)
-        core = CoreSettings(policy=policy, naming=naming, workspace=workspace, tokens=tokens)
+        core = CoreSettings(
+            policy=policy, naming=naming, workspace=workspace, tokens=tokens, cost=_cost_settings(env)
+        )
         prov = provisioning.ProvisioningSettings(
             mode="live" if env.text("KFBOT_PROVISIONER") == "live" else "dry-run",
             database_url=env.text("KFBOT_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -148,6 +153,7 @@ class Settings:
                 ),
             ),
             aws_region=region,
+            cost=_cost_probe_settings(env),
         )
         api_url = env.text("KFBOT_SLACK_API_URL") or None
         if api_url is not None and not (
@@ -230,6 +236,75 @@ class Settings:
             return self, None
         prov = replace(self.provisioning, audit_key=key.encode())
         return replace(self, provisioning=prov), note
+
+
+def _cost_settings(env: _Env) -> CostSettings:
+    auto_stop = env.text("KFBOT_AUTO_STOP_AFTER")
+    return CostSettings(
+        idle_after=env.duration("KFBOT_IDLE_AFTER", CostSettings.idle_after),
+        idle_gpu_util=env.number(
+            "KFBOT_IDLE_GPU_UTIL", CostSettings.idle_gpu_util * 100, minimum=0, maximum=100
+        )
+        / 100,
+        scan_interval=env.duration("KFBOT_SCAN_INTERVAL", CostSettings.scan_interval),
+        cost_channel=env.text("KFBOT_COST_CHANNEL"),
+        workspace_channels=env.pairs("KFBOT_WORKSPACE_CHANNELS"),
+        auto_stop_after=(
+            None
+            if auto_stop in ("", "off")
+            else env.duration("KFBOT_AUTO_STOP_AFTER", CostSettings.idle_after)
+        ),
+        digest_schedule=env.convert(
+            "KFBOT_COST_DIGEST",
+            env.text("KFBOT_COST_DIGEST", CostSettings.digest_schedule),
+            check_digest_schedule,
+        ),
+        timezone=env.convert("KFBOT_TIMEZONE", env.text("KFBOT_TIMEZONE", "UTC"), _timezone),
+    )
+
+
+def check_digest_schedule(text: str) -> str:
+    """Five crontab fields with named days. APScheduler's ``CronTrigger.from_crontab`` numbers
+    weekdays from Monday = 0, so the crontab text ``1-5`` would mean Tuesday to Saturday there:
+    digits in the day-of-week field are refused rather than silently read the other way."""
+    if text.strip() in ("", "off"):
+        return ""
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(
+            "give five crontab fields: minute hour day month day-of-week, e.g. `0 9 * * mon-fri`"
+        )
+    if any(ch.isdigit() for ch in fields[4]):
+        raise ValueError(
+            "name the days of the week (`mon-fri`, `mon,wed`): numbers are read differently by cron"
+        )
+    CronTrigger(minute=fields[0], hour=fields[1], day=fields[2], month=fields[3], day_of_week=fields[4])
+    return " ".join(fields)
+
+
+def _timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("give an IANA time zone such as `Europe/Berlin` or `UTC`") from exc
+    return name
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("give an http(s) URL")
+    return value.rstrip("/")
+
+
+def _cost_probe_settings(env: _Env) -> provisioning.CostProbeSettings:
+    prometheus = env.text("KFBOT_PROMETHEUS_URL")
+    defaults = provisioning.CostProbeSettings()
+    return provisioning.CostProbeSettings(
+        prometheus_url=env.convert("KFBOT_PROMETHEUS_URL", prometheus, _http_url) if prometheus else None,
+        cluster_domain=env.text("KFBOT_CLUSTER_DOMAIN", defaults.cluster_domain),
+        bot_principal=env.text("KFBOT_BOT_PRINCIPAL", defaults.bot_principal),
+        cost_explorer=env.choice("KFBOT_COST_EXPLORER", ("on", "off"), "off") == "on",
+    )
 
 
 def sqlite_path(database_url: str) -> Path | None:

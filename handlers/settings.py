@@ -79,11 +79,38 @@ class TokenSettings:
 
 
 @dataclass(frozen=True)
+class CostSettings:
+    """Cost control: when a GPU counts as idle, where reports go, when the digest is posted."""
+
+    idle_after: timedelta = timedelta(hours=2)
+    """An idle signal must hold this long before it is reported (``KFBOT_IDLE_AFTER``)."""
+    idle_gpu_util: float = 0.05
+    """A GPU below this utilisation (0..1) over the whole period is unused (``KFBOT_IDLE_GPU_UTIL``,
+    given in percent)."""
+    scan_interval: timedelta = timedelta(minutes=10)
+    """How often the leader scans for idle GPUs (``KFBOT_SCAN_INTERVAL``)."""
+    cost_channel: str = ""
+    """Channel id for idle reports and the digest (``KFBOT_COST_CHANNEL``); empty: the admin
+    channel."""
+    workspace_channels: Mapping[str, str] = field(default_factory=dict)
+    """Workspace -> channel id whose reports go there instead (``KFBOT_WORKSPACE_CHANNELS``)."""
+    auto_stop_after: timedelta | None = None
+    """Opt-in: stop or scale down what a report warned about after this long without an answer
+    (``KFBOT_AUTO_STOP_AFTER``); None: never."""
+    digest_schedule: str = "0 9 * * mon-fri"
+    """Crontab text (minute hour day month day-of-week, named days) for the cost digest
+    (``KFBOT_COST_DIGEST``); empty: no digest."""
+    timezone: str = "UTC"
+    """IANA zone the digest schedule is read in (``KFBOT_TIMEZONE``)."""
+
+
+@dataclass(frozen=True)
 class CoreSettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     naming: NamingSettings = field(default_factory=NamingSettings)
     workspace: WorkspaceDefaults = field(default_factory=WorkspaceDefaults)
     tokens: TokenSettings = field(default_factory=TokenSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
 
 
 def kubeflow_user_id(settings: CoreSettings, email: str) -> str:

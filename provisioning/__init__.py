@@ -14,12 +14,19 @@ from provisioning.records import (
     WorkspaceState,
     WorkspaceView,
 )
-from provisioning.settings import DexSettings, EngineSettings, KubeflowSettings, ProvisioningSettings
+from provisioning.settings import (
+    CostProbeSettings,
+    DexSettings,
+    EngineSettings,
+    KubeflowSettings,
+    ProvisioningSettings,
+)
 
 __all__ = [
     "Backend",
     "CheckResult",
     "Contributor",
+    "CostProbeSettings",
     "DexSettings",
     "DoctorReport",
     "EngineSettings",

@@ -53,6 +53,23 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class CostProbeSettings:
+    """Where the idle-GPU scan reads activity from, besides the Kubernetes and EKS APIs."""
+
+    prometheus_url: str | None = None
+    """``KFBOT_PROMETHEUS_URL``: Prometheus with the DCGM exporter's metrics; None: no signal 3."""
+    cluster_domain: str = "cluster.local"
+    """``KFBOT_CLUSTER_DOMAIN``: notebook servers are read at ``NAME.NAMESPACE.svc.<domain>``."""
+    bot_principal: str = "cluster.local/ns/kf-chatops/sa/kf-chatops"
+    """``KFBOT_BOT_PRINCIPAL``: the bot pod's Istio principal, the only one the per-workspace
+    ``kfbot-notebook-activity`` AuthorizationPolicy lets read notebook activity."""
+    cost_explorer: bool = False
+    """``KFBOT_COST_EXPLORER=on``: add billed cost from Cost Explorer to the digest."""
+    request_timeout: float = 5.0
+    """Seconds per notebook-server or Prometheus read."""
+
+
+@dataclass(frozen=True)
 class ProvisioningSettings:
     mode: ProvisionerMode = "dry-run"
     database_url: str = "sqlite:///./kfbot.db"
@@ -62,3 +79,4 @@ class ProvisioningSettings:
     dex: DexSettings = field(default_factory=DexSettings)
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
+    cost: CostProbeSettings = field(default_factory=CostProbeSettings)

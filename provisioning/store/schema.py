@@ -238,3 +238,65 @@ audit_head = sa.Table(
     sa.CheckConstraint("id = 1", name="single_row"),
 )
 
+
+# -- cost control ---------------------------------------------------------------------------------
+
+# One row per idle candidate the scans see (an empty GPU node, a notebook or pod holding GPUs it
+# does not use), keyed by what it is (``node:<nodegroup>/<node>``, ``notebook:<ns>/<name>``,
+# ``pod:<ns>/<name>``). ``first_seen`` is when the signal started: it survives restarts, so the
+# idle clock does not reset; the row is deleted when the item is busy again or gone.
+gpu_signals = sa.Table(
+    "gpu_signals",
+    metadata,
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("workspace", sa.String(), nullable=True),
+    sa.Column("nodegroup", sa.String(), nullable=True),
+    sa.Column("signal", sa.String(), nullable=False),  # empty-node | idle-notebook | unused-gpu
+    sa.Column("first_seen", UtcDateTime(), nullable=False),
+    sa.Column("last_seen", UtcDateTime(), nullable=False),
+    sa.Column("reported_at", UtcDateTime(), nullable=True),
+    sa.Column("warned_at", UtcDateTime(), nullable=True),
+    sa.Column("detail", _json(), nullable=False),
+)
+
+# Keep / snooze: until ``until`` the item (``target`` is a ``gpu_signals`` key prefix such as
+# ``nodegroup:<name>`` or ``notebook:<ns>/<name>``) is neither reported nor auto-stopped.
+gpu_holds = sa.Table(
+    "gpu_holds",
+    metadata,
+    sa.Column("target", sa.String(), primary_key=True),
+    sa.Column("until", UtcDateTime(), nullable=False),
+    sa.Column("held_by", sa.String(), nullable=False),
+    sa.Column("request_id", sa.String(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# The one idle report message per channel: the next scan edits it instead of posting again.
+cost_reports = sa.Table(
+    "cost_reports",
+    metadata,
+    sa.Column("channel", sa.String(), primary_key=True),
+    sa.Column("ts", sa.String(), nullable=True),
+    sa.Column("digest", sa.String(), nullable=False),  # hash of the text: unchanged -> not edited
+    sa.Column("items", _json(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# GPU node time as the scans observed it, one row per node per UTC day: the digest's node-hours,
+# idle share and dollars (price at the time of the scan, list on-demand unless overridden).
+gpu_usage = sa.Table(
+    "gpu_usage",
+    metadata,
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("node", sa.String(), primary_key=True),
+    sa.Column("nodegroup", sa.String(), nullable=False),
+    sa.Column("workspace", sa.String(), nullable=True),
+    sa.Column("instance_type", sa.String(), nullable=False),
+    sa.Column("seconds", sa.Float(), nullable=False, default=0.0, server_default="0"),
+    sa.Column("idle_seconds", sa.Float(), nullable=False, default=0.0, server_default="0"),
+    sa.Column("usd", sa.Float(), nullable=False, default=0.0, server_default="0"),
+    sa.Column("idle_usd", sa.Float(), nullable=False, default=0.0, server_default="0"),
+    sa.Column("last_scan", UtcDateTime(), nullable=False),
+    sa.Index("ix_gpu_usage_workspace", "workspace"),
+)
