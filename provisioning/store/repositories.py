@@ -193,7 +193,7 @@ class SqlRequestRepository:
             if holder is not None:
                 # A concurrent submission about the same subject committed first (the unique index
                 # made this INSERT wait for it); READ COMMITTED shows it to this next statement.
-                raise errors.SubjectBusy(holder.id, holder.state.value) from None
+                raise errors.SubjectBusy(holder.id, holder.state.value, holder.requester_id) from None
             raise
         return request
 
