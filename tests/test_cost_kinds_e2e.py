@@ -299,3 +299,18 @@ def test_resize_to_another_type_removes_the_old_nodegroup_only_once_no_gpu_pod_r
     # The next scale-down acts on the new nodegroup.
     assert stack.apply(ALICE, "gpu down team-a").state is RequestState.SUCCEEDED
     assert scaling(stack, new) == {"minSize": 0, "maxSize": 2, "desiredSize": 0}
+
+
+def test_stop_by_notebook_name_alone_finds_the_requesters_one_workspace(stack: LiveStack) -> None:
+    stack.kube().create(k8s.NOTEBOOK, notebook("nb1"))
+    done = stack.apply(ALICE, "gpu stop nb1")
+    assert done.state is RequestState.SUCCEEDED, done.error
+    assert dict(done.args) == {"workspace": "team-a", "notebook": "nb1"}  # recorded resolved
+    stored = stack.apiserver.get("kubeflow.org/v1", "notebooks", "nb1", NAMESPACE)
+    assert stored is not None and STOPPED in stored["metadata"]["annotations"]
+    # Someone who owns no workspace, or several, is asked to say whose notebook.
+    with pytest.raises(errors.InvalidInput, match="You own no workspace"):
+        stack.submit(ADMIN, "gpu stop nb1")
+    assert stack.apply(ALICE, "workspace new team-b").state is RequestState.SUCCEEDED
+    with pytest.raises(errors.InvalidInput, match=r"You own 2 workspaces.*team-a|WORKSPACE/nb1"):
+        stack.submit(ALICE, "gpu stop nb1")

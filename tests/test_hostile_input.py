@@ -65,7 +65,7 @@ VALID = {
     "TOKEN_ID": "RZZZZZZ",
     "COMMAND": "share",
     "EMAIL": "carol@example.com",
-    "WORKSPACE/NOTEBOOK": "team-a/train-1",
+    "WORKSPACE/NOTEBOOK|NOTEBOOK": "team-a/train-1",
     "WORKSPACE|WORKSPACE/NOTEBOOK": "team-a/train-1",
     "DURATION": "1d",
     "N": "2",
@@ -335,7 +335,7 @@ def test_the_grammar_yields_a_slot_for_every_argument() -> None:
     names = {str(slot) for slot in SLOTS}
     assert {"share:USER", "share:--role", "share:--for", "workspace new:--owner", "workspace new:NAME",
             "workspace delete:--confirm", "token:--audience", "token revoke:TOKEN_ID", "quota:--memory",
-            "help:COMMAND", "reject:REASON", "as:EMAIL", "gpu stop:WORKSPACE/NOTEBOOK", "gpu up:N",
+            "help:COMMAND", "reject:REASON", "as:EMAIL", "gpu stop:WORKSPACE/NOTEBOOK|NOTEBOOK", "gpu up:N",
             "gpu down:WORKSPACE", "gpu snooze:DURATION", "gpu snooze:WORKSPACE|WORKSPACE/NOTEBOOK",
             "workspace resize:--instance-type", "workspace resize:NAME"} <= names
     assert len(SLOTS) >= 35

@@ -49,7 +49,10 @@ from handlers.kinds.workspace_create import (
 from handlers.kinds.workspace_delete import WorkspaceDelete
 from handlers.kinds.workspace_pin import WorkspacePin
 from handlers.kinds.workspace_resize import WorkspaceResize
+from handlers.model import Actor
 from handlers.plan import JSON
+from handlers.ports import Facts
+from handlers.settings import CoreSettings
 
 KINDS: Mapping[str, type[RequestKind]] = {
     cls.KIND: cls
@@ -83,6 +86,12 @@ USAGES: Mapping[str, str] = {
 
 TIMERS: Mapping[str, TimerKind] = {t.name: t for cls in KINDS.values() for t in cls.TIMERS}
 """Timer kind -> its handler, for every timer a kind's success schedules."""
+
+
+def complete(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> RequestKind:
+    """``kind`` with what its command's shorthand left out filled in (``Syntax.complete``)."""
+    fill = type(kind).SYNTAX.complete
+    return kind if fill is None else fill(kind, actor, facts, settings)
 
 
 def from_args(kind_name: str, args: Mapping[str, JSON]) -> RequestKind:
@@ -125,6 +134,7 @@ __all__ = [
     "WorkspaceDelete",
     "WorkspacePin",
     "WorkspaceResize",
+    "complete",
     "from_args",
     "gpu_nodegroup_taints",
     "people_to_tell",

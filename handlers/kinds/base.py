@@ -269,6 +269,9 @@ class Syntax:
     build: Callable[[Parsed], RequestKind]
     optional: tuple[str, ...] = ()
     """Positionals that may be left out, after ``positional`` (``/kf gpu up WORKSPACE [N]``)."""
+    complete: Callable[[RequestKind, Actor, Facts, CoreSettings], RequestKind] | None = None
+    """Fills in what a shorthand left out from who asks (``/kf gpu stop NOTEBOOK``: the requester's
+    one workspace), before anything is checked or recorded; ``InvalidInput`` when it cannot."""
 
 
 def whole_number(flag: str) -> Callable[[str], int]:

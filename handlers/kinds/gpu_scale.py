@@ -158,10 +158,8 @@ class GpuScale:
                 "waits. Cluster Autoscaler brings nodes back when a GPU pod asks (from zero it needs "
                 "version 1.24 or newer); without it, `/kf gpu up` does."
             )
-            hourly = self._hourly(ctx, nodegroups)
-            if hourly is not None:
-                cost = {"hourly_per_node": hourly, "saves_per_node_hour": hourly}
-            return Plan.of(steps, warnings, cost)
+            warnings.extend(self._savings(ctx, nodegroups))
+            return Plan.of(steps, warnings)
         if len(nodegroups) > 1:
             names = ", ".join(f"`{params['name']}`" for _, params in nodegroups)
             raise errors.InvalidInput(
@@ -195,10 +193,32 @@ class GpuScale:
             cost = {
                 "instance_type": _instance_type(params) or "",
                 "hourly_per_node": hourly,
+                "max_nodes": self.nodes,
                 "hourly_max": round(hourly * self.nodes, 2),
                 "monthly_max": round(prices.monthly(hourly * self.nodes), 2),
             }
         return Plan.of(steps, warnings, cost)
+
+    @staticmethod
+    def _savings(ctx: PlanContext, nodegroups: list[tuple[str, Mapping[str, JSON]]]) -> list[str]:
+        """What a scale-down stops paying, per nodegroup, in prose (the card's cost line is for
+        what a request adds)."""
+        d = ctx.settings.workspace
+        lines = []
+        for _, params in nodegroups:
+            instance_type = _instance_type(params)
+            hourly = (
+                prices.hourly_price(d.region, instance_type, d.price_overrides) if instance_type else None
+            )
+            if hourly is None:
+                continue
+            high = scaling_of(params)[2]
+            lines.append(
+                f"Saves ${hourly:.3f}/hour per {instance_type} node of `{params['name']}` that is up now "
+                f"(up to ${hourly * high:.2f}/hour, ${prices.monthly(hourly * high):,.0f}/month, for its "
+                f"{high} node(s)); on-demand list price."
+            )
+        return lines
 
     @staticmethod
     def _hourly(ctx: PlanContext, nodegroups: list[tuple[str, Mapping[str, JSON]]]) -> float | None:

@@ -140,19 +140,29 @@ class WorkspaceResize:
             lines.extend(self._cost_line(ctx, params, name))
         return Plan.of(steps, [*lines, *self._warnings()])
 
-    def _cost_line(self, ctx: PlanContext, params: Mapping[str, JSON], name: str) -> list[str]:
-        types = params.get("instance_types")
-        instance_type = str(types[0]) if isinstance(types, list) and types else ""
-        hourly = self._hourly(ctx, instance_type) if instance_type else None
+    def _cost_line(
+        self, ctx: PlanContext, params: Mapping[str, JSON], name: str, was: Mapping[str, JSON] | None = None
+    ) -> list[str]:
+        """The nodegroup's cost after the change, against before (``was``: the nodegroup it
+        replaces; else the same one's recorded scaling), in prose."""
+        was = was or params
+        now_type, before_type = _type_of(params), _type_of(was)
+        hourly = self._hourly(ctx, now_type) if now_type else None
+        before = self._hourly(ctx, before_type) if before_type else None
         if hourly is None:
             return []
-        low, _, high = scaling_of(params)
-        return [
-            f"Cost of `{name}` ({instance_type}, ${hourly:.2f}/hour per node, on-demand list price): "
-            f"at least ${hourly * self.nodes_min:.2f}/hour when idle (was ${hourly * low:.2f}), at most "
-            f"${hourly * self.nodes_max:.2f}/hour (was ${hourly * high:.2f}), "
-            f"${prices.monthly(hourly * self.nodes_max):,.0f}/month at most."
-        ]
+        low, _, high = scaling_of(was)
+        line = (
+            f"Cost of `{name}` ({now_type} at ${hourly:.3f}/hour per node, on-demand list price): "
+            f"${hourly * self.nodes_min:.2f}/hour with nothing running, "
+            f"up to ${hourly * self.nodes_max:.2f}/hour "
+            f"(${prices.monthly(hourly * self.nodes_max):,.0f}/month)"
+        )
+        if before is not None:
+            line += (
+                f"; before: ${before * low:.2f} to ${before * high:.2f}/hour ({high} x {before_type} at most)"
+            )
+        return [line + "."]
 
     def _warnings(self) -> list[str]:
         if self.nodes_min == 0:
@@ -230,7 +240,7 @@ class WorkspaceResize:
             "removed only once none is left. Stop its notebooks (`/kf gpu stop`) so they start again on "
             f"{instance_type}. If GPU pods stay longer than the step deadline, the request fails and "
             "the new nodegroup is removed again.",
-            *self._cost_line(ctx, params, names.nodegroup),
+            *self._cost_line(ctx, params, names.nodegroup, was=old),
             *self._warnings(),
             PINNING_LIMITS,
         ]
@@ -257,3 +267,8 @@ class WorkspaceResize:
                 ),
             )
         )
+
+
+def _type_of(params: Mapping[str, JSON]) -> str:
+    types = params.get("instance_types")
+    return str(types[0]) if isinstance(types, list) and types else ""
