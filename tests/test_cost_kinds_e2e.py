@@ -159,6 +159,10 @@ def test_a_stranger_cannot_stop_a_notebook_and_nothing_is_recorded(stack: LiveSt
 def test_scale_down_sets_min_and_desired_to_zero_and_keeps_the_maximum(stack: LiveStack) -> None:
     stack.apiserver.seed(node("ip-10-0-0-1"))
     stack.apiserver.seed(gpu_pod("other-team", "ip-10-0-0-9", namespace="default"))  # another node
+    stack.apiserver.seed(gpu_pod("finished", "ip-10-0-0-1", phase="Succeeded"))  # holds no GPU any more
+    cpu_only = gpu_pod("cpu-only", "ip-10-0-0-1")
+    cpu_only["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1"}}
+    stack.apiserver.seed(cpu_only)
     stack.aws("eks").update_nodegroup_config(
         clusterName=CLUSTER,
         nodegroupName=NODEGROUP,
