@@ -256,7 +256,8 @@ def parse_command(
     syntax = kinds.SYNTAXES.get(command)
     if syntax is not None:
         pos, opts = _flags(command, rest, syntax.flags)
-        args = _positional(command, pos, syntax.positional)
+        names = (*syntax.positional, *syntax.optional)
+        args = _positional(command, pos, names[: max(min(len(pos), len(names)), len(syntax.positional))])
         return syntax.build(
             Parsed(args, opts, requester_email, lambda token: _user(token, resolve_user), settings)
         )

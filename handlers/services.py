@@ -116,6 +116,7 @@ def build_plan(core: Core, kind: RequestKind, request_id: str) -> Plan:
 
 def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | None]:
     """The plan and the auto-apply reason, without recording anything (``kfbot plan``)."""
+    kind = kinds.complete(kind, actor, core.facts, core.settings)
     policy.check_may_request(kind, actor, core.facts, core.settings)
     return build_plan(core, kind, "RPREVIEW"), policy.auto_apply_reason(
         kind, actor, core.facts, core.settings
@@ -125,6 +126,7 @@ def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | No
 def submit(
     core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None, correlation_id: str = ""
 ) -> Submitted:
+    kind = kinds.complete(kind, actor, core.facts, core.settings)
     policy.check_may_request(kind, actor, core.facts, core.settings)
     reason = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
     auto = None if reason is None else AutoDecision(policy.auto_rule(kind), reason)
