@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +93,10 @@ SERVER_TYPE_ANNOTATION: Final = "notebooks.kubeflow.org/server-type"
 """Set by Kubeflow's Jupyter web app: ``jupyter``, ``group-one`` (VS Code), ``group-two`` (RStudio)."""
 NON_JUPYTER_SERVERS: Final[Mapping[str, str]] = {"group-one": "VS Code", "group-two": "RStudio"}
 RUNNING_PODS: Final = "status.phase!=Succeeded,status.phase!=Failed"
+JUPYTER_MAX_BYTES: Final = 1 << 20
+"""A kernels or terminals list bigger than 1 MiB is not a notebook server's answer."""
+PROMETHEUS_MAX_BYTES: Final = 32 << 20
+"""One series per GPU pod: 32 MiB is far above any cluster's answer."""
 PAGE_SIZE: Final = 500
 """Items per list page: kubectl's chunk size; 40 pages for 20k pods."""
 ENGINE_ACTIVE: Final = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
@@ -560,21 +565,46 @@ class GpuScanner:
     def _read_jupyter(self, run: _Scan, url: str, what: str) -> list[Obj] | str:
         """The list the server sent, or why there is none (a note)."""
         run.calls.add("jupyter")
+        answer = self._get(url, JUPYTER_MAX_BYTES)
+        if isinstance(answer, str):
+            return f"the notebook server {answer} (/api/{what})"
+        status, data = answer
+        if status != 200:
+            return f"the notebook server answered HTTP {status} to /api/{what}"
         try:
-            response = self._http.request(
-                "GET", url, headers={"Accept": "application/json"}, redirect=False, preload_content=True
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            return f"the notebook server {_failure(exc)} (/api/{what})"
-        if response.status != 200:
-            return f"the notebook server answered HTTP {response.status} to /api/{what}"
-        try:
-            body = json.loads(response.data)
+            body = json.loads(data)
         except ValueError:
             return f"the notebook server does not answer like Jupyter (/api/{what} is not JSON)"
         if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
             return f"the notebook server does not answer like Jupyter (/api/{what} is not a list)"
         return body
+
+    def _get(self, url: str, limit: int) -> tuple[int, bytes] | str:
+        """GET with a deadline for the whole answer and a size cap, or why not ("timed out",
+        "unreachable", "answered more than N bytes"). A notebook server is whatever its user runs:
+        it may drip bytes or send megabytes, and neither may hold up or bloat the scan."""
+        deadline = time.monotonic() + self._probe.request_timeout
+        try:
+            response = self._http.request(
+                "GET", url, headers={"Accept": "application/json"}, redirect=False, preload_content=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            return _failure(exc)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := response.read1(64 * 1024):  # what one recv gave: the deadline holds
+                size += len(chunk)
+                if size > limit:
+                    return f"answered more than {limit // 1024} KiB"
+                if time.monotonic() > deadline:
+                    return "timed out"
+                chunks.append(chunk)
+        except urllib3.exceptions.HTTPError as exc:
+            return _failure(exc)
+        finally:
+            response.release_conn()
+        return response.status, b"".join(chunks)
 
     # -- Prometheus --------------------------------------------------------------------------------
 
@@ -625,22 +655,22 @@ class GpuScanner:
         base = str(self._probe.prometheus_url).rstrip("/")
         params = urlencode({"query": query, "time": f"{run.now.timestamp():.3f}"})
         run.calls.add("prometheus")
+        answer = self._get(f"{base}/api/v1/query?{params}", PROMETHEUS_MAX_BYTES)
+        if isinstance(answer, str):
+            return answer
+        status, data = answer
         try:
-            response = self._http.request("GET", f"{base}/api/v1/query?{params}", redirect=False)
-        except urllib3.exceptions.HTTPError as exc:
-            return _failure(exc)
-        try:
-            body = json.loads(response.data)
+            body = json.loads(data)
         except ValueError:
-            return f"HTTP {response.status}, not a Prometheus answer"
+            return f"HTTP {status}, not a Prometheus answer"
         if not isinstance(body, dict):
-            return f"HTTP {response.status}, not a Prometheus answer"
+            return f"HTTP {status}, not a Prometheus answer"
         if body.get("status") != "success":
-            return f"HTTP {response.status}: {scrub(str(body.get('errorType', 'error')))}"
-        data = body.get("data") or {}
-        if not isinstance(data, dict) or data.get("resultType") != "vector":
+            return f"HTTP {status}: {scrub(str(body.get('errorType', 'error')))}"
+        vector = body.get("data") or {}
+        if not isinstance(vector, dict) or vector.get("resultType") != "vector":
             return "an answer that is not an instant vector"
-        result = data.get("result")
+        result = vector.get("result")
         return [item for item in result if isinstance(item, dict)] if isinstance(result, list) else []
 
 

@@ -7,12 +7,16 @@ import math
 import socket
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from handlers.actions import ActionName
 from handlers.cost.inventory import Inventory
+from handlers.settings import CoreSettings, WorkspaceDefaults
+from provisioning import ProvisioningSettings, build_backend
 from provisioning.gpu_scan import GpuScanner, ScanLimits, judge_activity, pod_of
 from provisioning.settings import CostProbeSettings
 from tests.fakes.apiserver import FakeApiServer
@@ -284,6 +288,10 @@ def arrange(jupyter: FakeJupyter, case: str) -> None:
         jupyter.server(ns, name, mode="html")
     elif case == "slow":
         jupyter.server(ns, name, delay=1.5)
+    elif case == "huge":
+        jupyter.server(ns, name, mode="huge")
+    elif case == "drip":
+        jupyter.server(ns, name, mode="drip")
     elif case == "404":
         pass  # nothing serves /notebook/ws-a/lab
 
@@ -300,6 +308,8 @@ ACTIVITY_CASES = {
     "html": ("unknown", "does not answer like Jupyter"),
     "slow": ("unknown", "timed out"),
     "404": ("unknown", "HTTP 404 to /api/kernels"),
+    "huge": ("unknown", "answered more than 1024 KiB"),
+    "drip": ("unknown", "timed out"),
 }
 
 
@@ -494,3 +504,62 @@ def test_eks_failure_becomes_a_note(
 
     assert inventory.nodegroups == () and "nodegroups" in inventory.unread
     assert any("could not be listed" in note and "eks" in note.lower() for note in inventory.notes)
+
+
+# -- the public surface ----------------------------------------------------------------------------------
+
+
+def test_backend_attributes_nodegroups_from_the_registry_in_live_mode(
+    apiserver: FakeApiServer,
+    aws: AwsEnv,
+    kube_api_client: client.ApiClient,
+    clock: FakeClock,
+    tmp_path: Path,
+    make_scanner: Callable[..., GpuScanner],
+) -> None:
+
+    add_group(apiserver, aws, GroupSpec("team-a-gpu"))
+    add_group(apiserver, aws, GroupSpec("hand-made"))
+    settings = ProvisioningSettings(
+        mode="live",
+        database_url=f"sqlite:///{tmp_path}/kfbot.db",
+        audit_key=b"k" * 32,
+        aws_endpoint_url=aws.url,
+    )
+    backend = build_backend(
+        settings, CoreSettings(workspace=WorkspaceDefaults(cluster=CLUSTER)), clock, kube_api=kube_api_client
+    )
+    backend.migrate()
+    created = {
+        "nodegroup": {
+            "action": ActionName.NODEGROUP.value,
+            "params": {"cluster": CLUSTER, "name": "team-a-gpu"},
+        },
+        "other-cluster": {
+            "action": ActionName.NODEGROUP.value,
+            "params": {"cluster": "elsewhere", "name": "hand-made"},
+        },
+        "bucket": {"action": ActionName.BUCKET.value, "params": {"bucket": "hand-made"}},
+    }
+    with backend.db.uow() as uow:
+        uow.registry.put_workspace("team-a", "team-a", "alice@example.com", "R1", created, NOW)
+        uow.commit()
+
+    inventory = backend.gpu_inventory(WINDOW)
+
+    assert {g.name: g.workspace for g in inventory.nodegroups} == {"team-a-gpu": "team-a", "hand-made": None}
+    assert inventory.taken_at == NOW and inventory.region == "us-east-1"
+    backend.close()
+
+
+def test_backend_in_dry_run_says_there_is_no_cluster(tmp_path: Path, clock: FakeClock) -> None:
+
+    backend = build_backend(
+        ProvisioningSettings(database_url=f"sqlite:///{tmp_path}/kfbot.db", audit_key=b"k" * 32),
+        CoreSettings(),
+        clock,
+    )
+    inventory = backend.gpu_inventory(WINDOW)
+    assert inventory.nodegroups == () and inventory.pods == () and inventory.calls == {}
+    assert inventory.notes == ("Dry-run mode has no cluster to scan.",)
+    backend.close()

@@ -630,8 +630,10 @@ class GroupSpec:
     gpus: int = 1
 
     def node_names(self) -> list[str]:
+        d = int(_digest(self.name), 16)  # distinct per nodegroup: a name collision would merge nodes
         return [
-            f"ip-10-0-{int(_digest(self.name), 16) % 250}-{i + 10}.ec2.internal" for i in range(self.nodes)
+            f"ip-{d % 256}-{(d >> 8) % 256}-{(d >> 16) % 256}-{i + 10}.ec2.internal"
+            for i in range(self.nodes)
         ]
 
 

@@ -11,7 +11,9 @@ times written as ``jupyter_server._tz.isoformat`` does (``2026-03-02T08:00:00.00
 real deployment can also answer: a path nobody serves (Tornado's HTML 404), a server without the
 terminals extension (404 on ``/api/terminals`` only), Istio refusing the caller (403
 ``RBAC: access denied``, text), a non-Jupyter server (VS Code, RStudio: an HTML page), and a
-server too slow to answer within the caller's timeout.
+server too slow to answer within the caller's timeout (``delay``); and, since a notebook server
+is whatever its user runs, one that sends megabytes (``huge``) or drips its answer a byte at a
+time (``drip``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["jupyter", "no-terminals", "rbac-denied", "html", "slow"]
+Mode = Literal["jupyter", "no-terminals", "rbac-denied", "html", "huge", "drip"]
 
 
 def jupyter_time(moment: datetime) -> str:
@@ -126,6 +128,11 @@ class FakeJupyter:
                     b"<!doctype html><html><head><title>code-server</title></head></html>",
                     server.delay,
                 )
+            if server.mode == "huge":
+                junk = [{"name": str(i), "last_activity": "2026-01-01T00:00:00.000000Z"} for i in range(40_000)]
+                return 200, "application/json", json.dumps(junk).encode(), server.delay
+            if server.mode == "drip":
+                return 200, "application/json", b"[" + b" " * 400 + b"]", -1.0
             if what == "kernels":
                 return 200, "application/json", json.dumps(server.kernels).encode(), server.delay
             if what == "terminals" and server.mode != "no-terminals":
@@ -152,13 +159,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         status, ctype, body, delay = self.server.fake.answer(self.path)
-        if delay:
+        if delay > 0:
             time.sleep(delay)  # a slow server: the caller's timeout must cut it off
         try:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if delay < 0:  # drip: a byte every 20 ms, each read well within a per-read timeout
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.02)
+                return
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the caller gave up (its timeout)
