@@ -129,7 +129,9 @@ class FakeJupyter:
                     server.delay,
                 )
             if server.mode == "huge":
-                junk = [{"name": str(i), "last_activity": "2026-01-01T00:00:00.000000Z"} for i in range(40_000)]
+                junk = [
+                    {"name": str(i), "last_activity": "2026-01-01T00:00:00.000000Z"} for i in range(40_000)
+                ]
                 return 200, "application/json", json.dumps(junk).encode(), server.delay
             if server.mode == "drip":
                 return 200, "application/json", b"[" + b" " * 400 + b"]", -1.0
