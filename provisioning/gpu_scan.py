@@ -48,10 +48,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote, urlencode
 
 import boto3
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+T = TypeVar("T")
 
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 NODEGROUP_LABEL: Final = "eks.amazonaws.com/nodegroup"
@@ -216,12 +217,12 @@ class GpuScanner:
             sets_f = pool.submit(self._notebook_sets, run)
             notebooks_f = pool.submit(self._notebooks, run)
             utilisation_f = pool.submit(self._utilisation, run) if self._probe.prometheus_url else None
-            raw_nodes = nodes_f.result()
-            nodegroups = nodegroups_f.result()
-            raw_pods = pods_f.result()
-            sets = sets_f.result()
-            notebooks = notebooks_f.result()
-            utilisation = utilisation_f.result() if utilisation_f is not None else None
+            raw_nodes = _settle(run, nodes_f, "Nodes")
+            nodegroups = _settle(run, nodegroups_f, "EKS nodegroups")
+            raw_pods = _settle(run, pods_f, "Pods")
+            sets = _settle(run, sets_f, "StatefulSets")
+            notebooks = _settle(run, notebooks_f, "Kubeflow Notebooks")
+            utilisation = _settle(run, utilisation_f, "Prometheus") if utilisation_f is not None else None
         sources = {
             "nodegroups": nodegroups,
             "nodes": raw_nodes,
@@ -260,7 +261,7 @@ class GpuScanner:
             notebooks=tuple(sorted(by_name.values(), key=lambda nb: (nb.namespace, nb.name))),
             activity=activity,
             utilisation=utilisation,
-            notes=tuple(run.notes),
+            notes=tuple(sorted(set(run.notes))),  # threads add them in any order; reports compare them
             unread=frozenset(unread),
             calls=run.calls.snapshot(),
         )
@@ -677,11 +678,25 @@ class GpuScanner:
 # -- pure pieces (tested directly and through the scan) ---------------------------------------------
 
 
+def _settle(run: _Scan, future: Future[T], what: str) -> T | None:
+    """A source's result; a failure that is not one of ours (a bug, an answer of a shape nobody
+    expected) is logged and becomes a note, so one source never fails the scan."""
+    try:
+        return future.result()
+    except Exception:
+        log.exception("the GPU scan failed to read %s", what)
+        run.note(f"{what} could not be read (an unexpected failure; the bot's log has the details).")
+        return None
+
+
 def _decode_list(data: bytes) -> tuple[list[Obj], str]:
     page = json.loads(data)
     if not isinstance(page, dict):
         raise ValueError("not a list")
-    items = [item for item in page.get("items") or [] if isinstance(item, dict)]
+    raw = page.get("items") or []
+    if not isinstance(raw, list):
+        raise ValueError("items is not a list")
+    items = [item for item in raw if isinstance(item, dict)]
     return items, str((page.get("metadata") or {}).get("continue") or "")
 
 

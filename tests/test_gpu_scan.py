@@ -485,6 +485,35 @@ def test_a_failing_source_becomes_a_note_and_the_rest_is_still_read(
     assert all("injected fault" not in note for note in inventory.notes)  # no raw Status text for 5xx
 
 
+def test_an_object_of_an_unexpected_shape_is_a_note_not_a_failed_scan(
+    apiserver: FakeApiServer, aws: AwsEnv, make_scanner: Callable[..., GpuScanner]
+) -> None:
+    nodes = add_group(apiserver, aws, GroupSpec("ws-gpu"))
+    ensure_namespace(apiserver, "ws-a")
+    apiserver.seed(training_pod("ws-a", "train", nodes[0], "job"))
+    # seeded past validation: a Notebook whose annotations are a list (no CRD schema would allow it)
+    apiserver.seed(
+        {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "Notebook",
+            "metadata": {"name": "odd", "namespace": "ws-a", "annotations": ["x"]},
+            "spec": {},
+        }
+    )
+    apiserver.fail_next(
+        "GET", r"^/apis/apps/v1/statefulsets$", 200, body={"kind": "StatefulSetList", "items": 5}
+    )
+
+    inventory = make_scanner().scan(WINDOW, {})
+
+    assert inventory.unread == frozenset({"notebooks", "statefulsets"})
+    assert [p.name for p in inventory.pods] == ["train"] and len(inventory.nodes) == 1
+    assert "Kubeflow Notebooks could not be read (an unexpected failure; the bot's log has the details)." in (
+        inventory.notes
+    )
+    assert any("StatefulSets could not be listed" in note for note in inventory.notes)
+
+
 def test_eks_failure_becomes_a_note(
     apiserver: FakeApiServer, aws: AwsEnv, fault_proxy: FaultProxy, make_scanner: Callable[..., GpuScanner]
 ) -> None:
