@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -635,12 +635,6 @@ class GroupSpec:
             f"ip-{d % 256}-{(d >> 8) % 256}-{(d >> 16) % 256}-{i + 10}.ec2.internal"
             for i in range(self.nodes)
         ]
-
-
-@dataclass
-class Seeded:
-    groups: list[GroupSpec] = field(default_factory=list)
-    notebooks: dict[tuple[str, str], JSON] = field(default_factory=dict)
 
 
 def create_eks_cluster(eks: Any, cluster: str = CLUSTER) -> None:
