@@ -80,6 +80,7 @@ class Backend:
         kube_api: Any | None = None,
         timer_handlers: Mapping[str, ProvisioningTimerHandler] | None = None,
         gpu_scanner: GpuScanner | None = None,
+        notebook_url: Callable[[str, str], str] | None = None,
     ) -> None:
         self.settings, self.core, self.clock, self.db = settings, core, clock, db
         self.mode = settings.mode
@@ -89,7 +90,7 @@ class Backend:
         self._parts, self._kube_api = parts, kube_api
         self._leader = LeaderElection(db, "kfbot-scheduler")
         self._timer_handlers = dict(timer_handlers or {})
-        self._gpu_scanner = gpu_scanner
+        self._gpu_scanner, self._notebook_url = gpu_scanner, notebook_url
         self._scanner_lock = threading.Lock()
 
     def uow(self) -> SqlUnitOfWork:
@@ -268,6 +269,7 @@ class Backend:
                     probe=self.settings.cost,
                     clock=self.clock,
                     aws_endpoint_url=self.settings.aws_endpoint_url,
+                    notebook_url=self._notebook_url,
                 )
             return self._gpu_scanner
 
@@ -327,11 +329,14 @@ def build_backend(
     kube_api: Any | None = None,
     metrics: Metrics | None = None,
     log_context: LogContext = no_log_context,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> Backend:
     """Build the backend ``settings.mode`` names. ``kube_api`` (a ``kubernetes.client.ApiClient``)
     replaces the standard kubeconfig/in-cluster discovery; tests point it at a fake apiserver.
     ``metrics`` (default: unregistered) receives step, sweep and request-count observations;
-    ``log_context`` binds a request's correlation id around its processing (``bot.logging.bound``)."""
+    ``log_context`` binds a request's correlation id around its processing (``bot.logging.bound``);
+    ``notebook_url`` (``(namespace, name) -> base URL``) replaces the notebook Services' cluster DNS
+    names for the GPU scan's activity reads (tests point it at a fake Jupyter server)."""
     db = Database(settings.database_url, audit_key=settings.audit_key, now=clock.now)
     metrics = metrics or Metrics()
     if settings.mode != "live":
@@ -349,7 +354,7 @@ def build_backend(
             kube_api=kube_api,
         )
     else:
-        backend = _build_live(settings, core, clock, db, kube_api, metrics, log_context)
+        backend = _build_live(settings, core, clock, db, kube_api, metrics, log_context, notebook_url)
     metrics.watch_requests(backend.request_counts)
     return backend
 
@@ -402,6 +407,7 @@ def _build_live(
     kube_api: Any | None,
     metrics: Metrics,
     log_context: LogContext,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> Backend:
     from provisioning.dex import RESTART_TIMER
     from provisioning.secrets import Secrets
@@ -424,6 +430,7 @@ def _build_live(
         parts=parts,
         kube_api=kube_api,
         timer_handlers={RESTART_TIMER: dex.restart_timer},
+        notebook_url=notebook_url,
     )
 
 

@@ -544,11 +544,15 @@ def test_backend_attributes_nodegroups_from_the_registry_in_live_mode(
     kube_api_client: client.ApiClient,
     clock: FakeClock,
     tmp_path: Path,
+    jupyter: FakeJupyter,
     make_scanner: Callable[..., GpuScanner],
 ) -> None:
 
-    add_group(apiserver, aws, GroupSpec("team-a-gpu"))
+    nodes = add_group(apiserver, aws, GroupSpec("team-a-gpu"))
     add_group(apiserver, aws, GroupSpec("hand-made"))
+    add_notebook(apiserver, "team-a", "lab", node_name=nodes[0])
+    jupyter.kernel("team-a", "lab", LONG_AGO)
+    jupyter.terminal("team-a", "lab", LONG_AGO)
     settings = ProvisioningSettings(
         mode="live",
         database_url=f"sqlite:///{tmp_path}/kfbot.db",
@@ -556,7 +560,11 @@ def test_backend_attributes_nodegroups_from_the_registry_in_live_mode(
         aws_endpoint_url=aws.url,
     )
     backend = build_backend(
-        settings, CoreSettings(workspace=WorkspaceDefaults(cluster=CLUSTER)), clock, kube_api=kube_api_client
+        settings,
+        CoreSettings(workspace=WorkspaceDefaults(cluster=CLUSTER)),
+        clock,
+        kube_api=kube_api_client,
+        notebook_url=lambda namespace, name: jupyter.url,
     )
     backend.migrate()
     created = {
@@ -578,6 +586,7 @@ def test_backend_attributes_nodegroups_from_the_registry_in_live_mode(
 
     assert {g.name: g.workspace for g in inventory.nodegroups} == {"team-a-gpu": "team-a", "hand-made": None}
     assert inventory.taken_at == NOW and inventory.region == "us-east-1"
+    assert inventory.activity[("team-a", "lab")].state == "idle"  # read from the injected notebook URL
     backend.close()
 
 
