@@ -43,6 +43,13 @@ class WorkSignal:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._generation = 0
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Workers idle in ``wait`` right now (tests wait for the engine to be idle)."""
+        with self._cond:
+            return self._waiting
 
     @property
     def generation(self) -> int:
@@ -57,7 +64,11 @@ class WorkSignal:
     def wait(self, seen: int, timeout: float) -> bool:
         """Wait until a notification newer than ``seen`` or ``timeout`` seconds; True if notified."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._generation != seen, timeout)
+            self._waiting += 1
+            try:
+                return self._cond.wait_for(lambda: self._generation != seen, timeout)
+            finally:
+                self._waiting -= 1
 
 
 class PgWakeups:
