@@ -531,8 +531,9 @@ class Engine:
                 first_failure_at=first_failure,
             )
             uow.audit.append(events)
+            card = uow.requests.card(request.id) if events else None
             uow.commit()
-        self._notify(request, events)
+        self._notify(request, events, card)
 
     def _save(
         self,
@@ -546,11 +547,13 @@ class Engine:
             if on_commit is not None:
                 on_commit(uow)
             uow.audit.append(events)
+            card = uow.requests.card(request.id) if events else None
             uow.commit()
-        self._notify(request, events)
+        self._notify(request, events, card)
 
-    def _notify(self, request: Request, events: list[Event]) -> None:
-        services.announce(self.db.uow, self.notifier, self.clock, request, events)
+    def _notify(self, request: Request, events: list[Event], card: tuple[str, str] | None) -> None:
+        # ``card`` was read in the transaction that made the change: announcing costs no extra one.
+        services.announce(self.db.uow, self.notifier, self.clock, request, events, card)
 
     def _record_success(self, uow: ProvisioningUnitOfWork, request: Request, now: datetime) -> None:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was
