@@ -187,7 +187,9 @@ def stop(replica: Replica) -> None:
 # -- one burst --------------------------------------------------------------------------------------
 
 
-def load(bodies: list[tuple[str, bytes]], meanwhile: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
+def load(
+    bodies: list[tuple[str, bytes]], meanwhile: Callable[[], None] = lambda: None
+) -> list[dict[str, Any]]:
     """Fire the bodies at once from the load generator's own process; ``meanwhile`` runs here
     while it does (watching the answers arrive)."""
     job = {"secret": SIGNING_SECRET, "requests": [{"url": u, "body": b.decode()} for u, b in bodies]}
@@ -237,8 +239,8 @@ def run_burst(dep: Deployment, size: int, tag: str) -> dict[str, Any]:
         fake.add_user(user, f"{user.lower()}@example.com", user.lower())
     names = [f"cmd-{tag}-{i}" for i in range(size)]
     bodies = [
-        (urls[i % len(urls)],
-         slash_command_body(f"workspace new w{tag}-{i}", user_id=users[i], response_url=fake.response_url(names[i])))
+        (urls[i % len(urls)], slash_command_body(
+            f"workspace new w{tag}-{i}", user_id=users[i], response_url=fake.response_url(names[i])))
         for i in range(size)
     ]
     replies: dict[str, tuple[float, str]] = {}
@@ -298,7 +300,8 @@ def run_burst(dep: Deployment, size: int, tag: str) -> dict[str, Any]:
         "reply_ms": percentiles([(t - sent[n]) * 1000 for n, (t, _) in replies.items()]),
         "busy": busy,
         "lost_commands": lost_commands,
-        "lost_approvals": sum(1 for r in final.values() if r.state == "pending") + len(set(acked) - set(final)),
+        "lost_approvals": sum(1 for r in final.values() if r.state == "pending")
+        + len(set(acked) - set(final)),
         "not_succeeded": sum(1 for r in final.values() if r.state != "succeeded"),
         "decided_to_succeeded_ms": percentiles(
             [(r.updated_at - r.decided_at).total_seconds() * 1000 for r in final.values()
@@ -351,8 +354,10 @@ def report_profile(paths: list[Path], count: int) -> None:
         print(f"(no profile written by the {count}-replica run)")
         return
     stats = pstats.Stats(*present)
-    print(f"\n-- profile, {count} replica(s), all threads, by own time --")
-    stats.sort_stats("tottime").print_stats(18)
+    print(f"\n-- profile, {count} replica(s), CPU time of every thread: own time --")
+    stats.sort_stats("tottime").print_stats(15)
+    print(f"-- profile, {count} replica(s): cumulative, kf-chatops' own functions --")
+    stats.sort_stats("cumulative").print_stats(r"/(handlers|provisioning|bot)/", 30)
 
 
 def table(rows: list[dict[str, Any]]) -> str:

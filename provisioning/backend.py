@@ -153,7 +153,7 @@ class Backend:
                         log.error("an engine worker stopped unexpectedly")
                         return
             finally:
-                self.db.work_signal.notify()  # idle workers see the stop now, not after a poll
+                self.db.work_signal.notify_all()  # idle workers see the stop now, not after a poll
             for thread in workers:
                 thread.join()
             if listener is not None:

@@ -175,14 +175,14 @@ class Engine:
         ``stop`` notifies the signal so idle workers see it at once (``Backend.start_worker``)."""
         signal = self.db.work_signal
         while not stop.is_set():
-            seen = signal.generation  # before looking: a wake-up during the claim is not lost
             try:
                 busy = self.run_once()
             except Exception:
                 log.exception("engine loop failed; retrying")
                 busy = False
             if not busy and not stop.is_set():
-                signal.wait(seen, self.settings.poll_interval)
+                # A wake-up that came during the empty claim left its token: no wait then.
+                signal.wait(self.settings.poll_interval)
 
     # -- one request ---------------------------------------------------------------------------
     def _process(self, request: Request) -> None:

@@ -20,7 +20,8 @@ pytest_plugins = ["tests.fakes.db_fixtures"]
 
 
 class Ledger:
-    """What happened, in order: each transaction begun and committed, and each publish with the connections open then."""
+    """What happened, in order: each transaction begun and committed, and each publish with the
+    connections open then."""
 
     def __init__(self, stack: Stack) -> None:
         self.entries: list[str] = []

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from handlers import errors, kinds, services
 from handlers.model import SYSTEM, EventType, RequestState
 from provisioning.store import Database, requests
-from provisioning.store.wakeup import PgWakeups
+from provisioning.store.wakeup import PgWakeups, WorkSignal
 from tests.harness import ADMIN, ALICE, Stack, build_stack
 
 pytest_plugins = ["tests.fakes.db_fixtures"]
@@ -337,3 +337,25 @@ def test_the_started_request_of_a_subject_goes_first(database: Database) -> None
             uow.commit()
         taken.append(None if claimed is None else claimed.id)
     assert sorted(t for t in taken if t) == ["RFREE", "RNEW"]
+
+
+def test_a_wake_up_before_the_wait_is_kept_and_one_wakes_one_worker() -> None:
+    signal = WorkSignal()
+    # A notification while no worker waits (one is between an empty claim and its wait) is kept...
+    signal.notify()
+    signal.notify()
+    assert signal.wait(0) is True
+    # ... but only one: a busy worker looks again by itself, so more tokens would be empty claims.
+    assert signal.wait(0) is False
+    woken: list[bool] = []
+    waiters = [threading.Thread(target=lambda: woken.append(signal.wait(WAIT))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    wait_for(lambda: signal.waiting == 3)
+    signal.notify()
+    wait_for(lambda: signal.waiting == 2)
+    assert woken == [True]
+    signal.notify_all()
+    for t in waiters:
+        t.join()
+    assert woken == [True, True, True]

@@ -16,6 +16,7 @@ approving at once exactly one succeeds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -166,7 +167,7 @@ passed over only when another worker claimed a request of its subject in the mea
 _STARTED = (RequestState.APPLYING.value, RequestState.COMPENSATING.value)
 
 
-def _in_progress(t: sa.FromClause, now: datetime) -> sa.ColumnElement[bool]:
+def _in_progress(t: sa.FromClause, now: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     """A request of ``t`` has started work: applying or compensating (also while deferred), or
     held by a live claim (a worker is about to begin it)."""
     return sa.or_(
@@ -175,7 +176,7 @@ def _in_progress(t: sa.FromClause, now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def _queued_behind(r: sa.Table, now: datetime) -> sa.ColumnElement[bool]:
+def _queued_behind(r: sa.Table, now: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     """Whether request ``r`` waits behind another request of its subject in a work state.
 
     Requests about one subject (a workspace, a grant) never run at once: the submission rules keep
@@ -195,6 +196,38 @@ def _queued_behind(r: sa.Table, now: datetime) -> sa.ColumnElement[bool]:
         other.c.state.in_([s.value for s in WORK_STATES]),
         sa.or_(sa.and_(theirs, sa.not_(mine)), sa.and_(theirs == mine, older)),
     )
+
+
+@functools.cache
+def _claim_statements(states: frozenset[str]) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """``claim_request``'s two queries, built once (bound parameters ``now``, ``worker_id``,
+    ``passed_over``, ``id``): building them per claim cost more CPU than running them (profiled
+    with bench.run --profile), and every idle worker's wake-up is a claim."""
+    r = requests
+    now = sa.bindparam("now", type_=r.c.lease_until.type)
+    worker_id = sa.bindparam("worker_id", type_=sa.String())
+    find = (
+        sa.select(r)
+        .where(
+            r.c.state.in_(sorted(states)),
+            sa.or_(
+                r.c.lease_until.is_(None),
+                sa.and_(r.c.claimed_by.is_(None), r.c.lease_until <= now),
+                r.c.lease_until < now,
+                r.c.claimed_by == worker_id,
+            ),
+            sa.not_(_queued_behind(r, now)),
+            r.c.id.not_in(sa.bindparam("passed_over", expanding=True)),
+        )
+        .order_by(r.c.created_at, r.c.id)
+        .limit(1)
+        # SKIP LOCKED: a row another worker is claiming right now is simply not a candidate
+        # (rendered only on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises claims).
+        # OF requests: the subquery's rows are read, not locked.
+        .with_for_update(skip_locked=True, of=r)
+    )
+    recheck = sa.select(r.c.id).where(r.c.id == sa.bindparam("id"), _queued_behind(r, now))
+    return find, recheck
 
 
 class Tx:
@@ -406,28 +439,10 @@ class SqlWork:
         that time (its ``retry_at``) before anyone may take it."""
         conn = self._tx.conn
         r = requests
+        find, recheck = _claim_statements(frozenset(RequestState(s).value for s in states))
         passed_over: list[str] = []
         for _ in range(_CLAIM_TRIES):
-            row = conn.execute(
-                sa.select(r)
-                .where(
-                    r.c.state.in_([RequestState(s).value for s in states]),
-                    sa.or_(
-                        r.c.lease_until.is_(None),
-                        sa.and_(r.c.claimed_by.is_(None), r.c.lease_until <= now),
-                        r.c.lease_until < now,
-                        r.c.claimed_by == worker_id,
-                    ),
-                    sa.not_(_queued_behind(r, now)),
-                    r.c.id.not_in(passed_over),
-                )
-                .order_by(r.c.created_at, r.c.id)
-                .limit(1)
-                # SKIP LOCKED: a row another worker is claiming right now is simply not a candidate
-                # (rendered only on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises claims).
-                # OF requests: the subquery's rows are read, not locked.
-                .with_for_update(skip_locked=True, of=r)
-            ).first()
+            row = conn.execute(find, {"now": now, "worker_id": worker_id, "passed_over": passed_over}).first()
             if row is None:
                 return None
             if row.subject is not None and conn.dialect.name == "postgresql":
@@ -436,8 +451,7 @@ class SqlWork:
                 # for the rest of their transaction, and the rule is checked again once it is ours
                 # (READ COMMITTED: this next statement sees what the lock's last holder committed).
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key("subject", row.subject))))
-                again = sa.select(r.c.id).where(r.c.id == row.id, _queued_behind(r, now))
-                if conn.execute(again).first() is not None:
+                if conn.execute(recheck, {"now": now, "id": row.id}).first() is not None:
                     passed_over.append(row.id)
                     continue
             break

@@ -14,7 +14,7 @@
   interval, whichever comes first. A notification is a hint, never the only copy of anything (the
   request row is), so a listener that lost its connection, a notification lost with it, or a
   deferred step whose retry time came all end in the next poll; on reconnecting the listener
-  wakes the workers once, for whatever was committed while it was not listening.
+  wakes every idle worker, for whatever was committed while it was not listening.
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ WORK_CHANNEL = "kfbot_work"
 
 
 class WorkSignal:
-    """A generation counter idle workers wait on: ``notify`` bumps it and wakes them all.
+    """Wake-up tokens idle workers wait on: ``notify`` wakes one waiting worker.
 
-    A worker reads ``generation`` *before* looking for work and waits only while it is unchanged,
-    so a notification that arrives between its empty claim and its wait is not lost."""
+    One notification is one piece of work that may have become claimable, so it wakes one worker,
+    not all of them (the others would only make empty claims: measured with bench.run
+    --profile, those were most of the engine's CPU). A token nobody waits for yet is kept, so a
+    worker between an empty claim and its wait comes straight back; tokens are capped at the
+    number of waiting workers (at least one), since a busy worker looks again by itself before it
+    waits."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._generation = 0
+        self._tokens = 0
         self._waiting = 0
 
     @property
@@ -51,22 +55,26 @@ class WorkSignal:
         with self._cond:
             return self._waiting
 
-    @property
-    def generation(self) -> int:
-        with self._cond:
-            return self._generation
-
     def notify(self) -> None:
         with self._cond:
-            self._generation += 1
+            self._tokens = min(self._tokens + 1, max(self._waiting, 1))
+            self._cond.notify()
+
+    def notify_all(self) -> None:
+        """Wake every waiting worker (to see that it is asked to stop)."""
+        with self._cond:
+            self._tokens = max(self._tokens, self._waiting, 1)
             self._cond.notify_all()
 
-    def wait(self, seen: int, timeout: float) -> bool:
-        """Wait until a notification newer than ``seen`` or ``timeout`` seconds; True if notified."""
+    def wait(self, timeout: float) -> bool:
+        """Wait for a token or ``timeout`` seconds; True if woken by a notification."""
         with self._cond:
             self._waiting += 1
             try:
-                return self._cond.wait_for(lambda: self._generation != seen, timeout)
+                woken = self._cond.wait_for(lambda: self._tokens > 0, timeout)
+                if woken:
+                    self._tokens -= 1
+                return woken
             finally:
                 self._waiting -= 1
 
@@ -122,8 +130,8 @@ class PgWakeups:
                 schema = None if row is None else row[0]
                 self.connections += 1
                 self.listening.set()
-                # Whatever was committed while nobody listened here is found by this one wake-up.
-                self._signal.notify()
+                # Whatever was committed while nobody listened here: every idle worker looks.
+                self._signal.notify_all()
                 checked = time.monotonic()
                 while not stop.is_set():
                     for note in conn.notifies(timeout=1.0):
