@@ -188,10 +188,10 @@ def stop(replica: Replica) -> None:
 
 
 def load(
-    bodies: list[tuple[str, bytes]], meanwhile: Callable[[], None] = lambda: None
+    bodies: list[tuple[str, bytes]], meanwhile: Callable[[Callable[[], bool]], None]
 ) -> list[dict[str, Any]]:
-    """Fire the bodies at once from the load generator's own process; ``meanwhile`` runs here
-    while it does (watching the answers arrive)."""
+    """Fire the bodies at once from the load generator's own process; ``meanwhile(finished)``
+    runs here while it does (watching the answers arrive)."""
     job = {"secret": SIGNING_SECRET, "requests": [{"url": u, "body": b.decode()} for u, b in bodies]}
     with tempfile.TemporaryFile() as out:
         generator = subprocess.Popen(
@@ -201,7 +201,7 @@ def load(
         assert generator.stdin is not None
         generator.stdin.write(json.dumps(job).encode())
         generator.stdin.close()
-        meanwhile()
+        meanwhile(lambda: generator.poll() is not None)
         if generator.wait(timeout=300) != 0:
             raise RuntimeError("the load generator failed")
         out.seek(0)
@@ -209,20 +209,31 @@ def load(
     return results
 
 
-def watch_responses(fake: FakeSlack, names: list[str], timeout: float) -> dict[str, tuple[float, str]]:
-    """First time each ``response_url`` name was answered, and its text (polled every 5 ms)."""
-    seen: dict[str, tuple[float, str]] = {}
+class Answers:
+    """When each ``response_url`` name was first answered, and the text (polled every 5 ms)."""
 
-    def all_seen() -> bool:
-        answers = fake.responses
-        now = time.time()
-        for name in names:
-            if name not in seen and answers.get(name):
-                seen[name] = (now, str(answers[name][0].get("text", "")))
-        return len(seen) == len(names)
+    def __init__(self, fake: FakeSlack) -> None:
+        self.fake = fake
+        self.seen: dict[str, tuple[float, str]] = {}
 
-    wait_for(all_seen, timeout, every=0.005)
-    return seen
+    def poll(self) -> None:
+        answers, now = self.fake.responses, time.time()
+        for name, posted in answers.items():
+            if name not in self.seen and posted:
+                self.seen[name] = (now, str(posted[0].get("text", "")))
+
+    def watch(self, until: Callable[[], bool]) -> None:
+        while not until():
+            self.poll()
+            time.sleep(0.005)
+        self.poll()
+
+    def wait_for(self, names: set[str], timeout: float) -> None:
+        def all_seen() -> bool:
+            self.poll()
+            return names <= set(self.seen)
+
+        wait_for(all_seen, timeout, every=0.005)
 
 
 def card_for(fake: FakeSlack, request_id: str) -> dict[str, Any] | None:
@@ -243,10 +254,11 @@ def run_burst(dep: Deployment, size: int, tag: str) -> dict[str, Any]:
             f"workspace new w{tag}-{i}", user_id=users[i], response_url=fake.response_url(names[i])))
         for i in range(size)
     ]
-    replies: dict[str, tuple[float, str]] = {}
-    commands = load(bodies, lambda: replies.update(watch_responses(fake, names, 60)))
+    answers = Answers(fake)
+    commands = load(bodies, answers.watch)
     acked_names = {n for n, c in zip(names, commands, strict=True) if c["status"] == 200}
-    replies = {n: r for n, r in replies.items() if n in acked_names}
+    answers.wait_for(acked_names, 60)
+    replies = {n: r for n, r in answers.seen.items() if n in acked_names}
     busy = sum(1 for _, text in replies.values() if BUSY_TEXT in text)
     db = Database(dep.db_url, audit_key=AUDIT_KEY.encode())
     try:
@@ -273,7 +285,7 @@ def run_burst(dep: Deployment, size: int, tag: str) -> dict[str, Any]:
                 message_ts=card["ts"], response_url=fake.response_url(f"click-{tag}-{i}"),
                 message_blocks=card.get("blocks"))))
             clicked.append(request_id)
-        approvals = load(clicks)
+        approvals = load(clicks, lambda finished: wait_for(finished, 300))
         acked = [rid for rid, a in zip(clicked, approvals, strict=True) if a["status"] == 200]
 
         def states() -> dict[str, Any]:
@@ -303,6 +315,8 @@ def run_burst(dep: Deployment, size: int, tag: str) -> dict[str, Any]:
         "lost_approvals": sum(1 for r in final.values() if r.state == "pending")
         + len(set(acked) - set(final)),
         "not_succeeded": sum(1 for r in final.values() if r.state != "succeeded"),
+        "succeeded": sum(1 for r in final.values() if r.state == "succeeded"),
+        "commands_acked": len(acked_names),
         "decided_to_succeeded_ms": percentiles(
             [(r.updated_at - r.decided_at).total_seconds() * 1000 for r in final.values()
              if r.state == "succeeded" and r.decided_at is not None]
@@ -362,7 +376,7 @@ def report_profile(paths: list[Path], count: int) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'repl':>4} {'burst':>5} {'tcp err':>7} {'conn p99':>8} {'cmd ack p50/p99':>16} "
-            f"{'click ack p50/p99':>18} {'reply p50/p99':>15} {'busy':>4} {'lost':>4} "
+            f"{'click ack p50/p99':>18} {'reply p50/p99':>15} {'busy':>4} {'lost':>4} {'applied':>7} "
             f"{'decided->ok p50/p99':>20} {'RSS MiB idle->after (ratio)':>30} {'ready s':>9}")
     lines = [head, "-" * len(head)]
 
@@ -376,7 +390,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['replicas']:>4} {r['burst']:>5} {r['tcp_errors']:>7} {r['connect_ms']['p99']:>8.0f} "
             f"{pair(r['command_ack_ms']):>16} {pair(r['click_ack_ms']):>18} {pair(r['reply_ms']):>15} "
-            f"{r['busy']:>4} {lost:>4} {pair(r['decided_to_succeeded_ms']):>20} {rss:>30} "
+            f"{r['busy']:>4} {lost:>4} {r['succeeded']:>7} {pair(r['decided_to_succeeded_ms']):>20} {rss:>30} "
             f"{','.join(str(s) for s in r['ready_s']):>9}"
         )
     return "\n".join(lines)
@@ -394,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run(counts, bursts, args.profile)
     cpus = os.cpu_count()
     print(f"kf-chatops bench: kfbot serve x{'/'.join(map(str, counts))}, PostgreSQL, dry-run, fake Slack "
-          f"(no rate limit), {cpus} CPUs; times in ms; lost = acked but never recorded")
+          f"(no rate limit), {cpus} CPUs; times in ms; lost = acked but never recorded; "
+          "applied = requests succeeded, each once")
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
