@@ -159,6 +159,8 @@ class Settings:
                 worker_id=env.text("KFBOT_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
                 lease=timedelta(seconds=env.number("KFBOT_LEASE_SECONDS", 60.0, minimum=5)),
                 step_deadline=env.duration("KFBOT_STEP_DEADLINE", timedelta(minutes=30)),
+                workers=int(env.number("KFBOT_WORKERS", provisioning.EngineSettings.workers, minimum=1,
+                                       maximum=64, integer=True)),
             ),
             kubeflow=provisioning.KubeflowSettings(
                 userid_header=env.text("KFBOT_USERID_HEADER") or None,

@@ -29,6 +29,7 @@ from provisioning.metrics import Metrics, count_requests
 from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 from provisioning.settings import ProvisioningSettings
 from provisioning.store import Database, LeaderElection, SqlUnitOfWork
+from provisioning.store.wakeup import PgWakeups
 
 if TYPE_CHECKING:
     from provisioning.dex import RestartRequester
@@ -92,6 +93,8 @@ class Backend:
         self._timer_handlers = dict(timer_handlers or {})
         self._gpu_scanner, self._notebook_url = gpu_scanner, notebook_url
         self._scanner_lock = threading.Lock()
+        self.wakeups: PgWakeups | None = None
+        """The running listener for other replicas' work notifications (``start_worker``, PostgreSQL)."""
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
@@ -105,14 +108,17 @@ class Backend:
         self.db.check_migrated()
 
     # -- work ------------------------------------------------------------------------------------
-    def engine(self, notifier: Notifier) -> Engine:
+    def engine(self, notifier: Notifier, *, worker_id: str | None = None) -> Engine:
+        settings = self.settings.engine
+        if worker_id is not None:
+            settings = replace(settings, worker_id=worker_id)
         return Engine(
             self.db,
             self.actions,
             self.core,
             self.facts,
             self.clock,
-            self.settings.engine,
+            settings,
             notifier,
             metrics=self.metrics,
             log_context=self._log_context,
@@ -122,11 +128,47 @@ class Backend:
         return self.engine(notifier).run_until_idle()
 
     def start_worker(self, notifier: Notifier, stop: threading.Event) -> threading.Thread:
-        thread = threading.Thread(
-            target=self.engine(notifier).run_forever, args=(stop,), name="kfbot-engine", daemon=True
+        """Start the engine: ``settings.engine.workers`` worker threads, each claiming under its
+        own id (``WORKER_ID/N``: a lease is one worker's, not the process's), and on PostgreSQL
+        the listener for other replicas' work notifications. The returned thread supervises them:
+        it ends when ``stop`` is set (after the workers finished what they hold) or when a worker
+        died, so ``kfbot serve`` can exit and let the pod restart."""
+        workers = [
+            threading.Thread(
+                target=self.engine(notifier, worker_id=f"{self.settings.engine.worker_id}/{n}").run_forever,
+                args=(stop,),
+                name=f"kfbot-engine-{n}",
+                daemon=True,
+            )
+            for n in range(1, max(1, self.settings.engine.workers) + 1)
+        ]
+        self.wakeups = self.db.wakeups()
+        listener = (
+            None
+            if self.wakeups is None
+            else threading.Thread(target=self.wakeups.run, args=(stop,), name="kfbot-wakeups", daemon=True)
         )
-        thread.start()
-        return thread
+
+        def supervise() -> None:
+            for thread in workers:
+                thread.start()
+            if listener is not None:
+                listener.start()
+            try:
+                while not stop.wait(1.0):
+                    if not all(t.is_alive() for t in workers):
+                        log.error("an engine worker stopped unexpectedly")
+                        return
+            finally:
+                self.db.work_signal.notify_all()  # idle workers see the stop now, not after a poll
+            for thread in workers:
+                thread.join()
+            if listener is not None:
+                listener.join()
+
+        supervisor = threading.Thread(target=supervise, name="kfbot-engine", daemon=True)
+        supervisor.start()
+        return supervisor
 
     def sweep_timers(self, on_timer: TimerHandler, limit: int = 50) -> int:
         """Run due timers, each claimed with a lease so two sweepers never both run one.
