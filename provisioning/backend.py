@@ -26,7 +26,7 @@ from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
 from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, SqlUnitOfWork
+from provisioning.store import Database, LeaderElection, SqlUnitOfWork, UsageLedger
 
 if TYPE_CHECKING:
     from provisioning.dex import RestartRequester
@@ -85,6 +85,7 @@ class Backend:
         self._parts, self._kube_api = parts, kube_api
         self._leader = LeaderElection(db, "kfbot-scheduler")
         self._timer_handlers = dict(timer_handlers or {})
+        self._usage: UsageLedger | None = None
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
@@ -159,6 +160,14 @@ class Backend:
             handler(ref, payload)
 
         return run
+
+    # -- cost: observed GPU node time (the scans write it, the digest reads it) -------------------
+    @property
+    def usage(self) -> UsageLedger:
+        """GPU node time per node per UTC day (``provisioning.store.usage``)."""
+        if self._usage is None:
+            self._usage = UsageLedger(self.db, self.core.cost.scan_interval)
+        return self._usage
 
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
