@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from handlers.cost.digest import BilledCost, Period
 from handlers.model import Request
 from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
@@ -29,6 +30,7 @@ from provisioning.settings import ProvisioningSettings
 from provisioning.store import Database, LeaderElection, SqlUnitOfWork, UsageLedger
 
 if TYPE_CHECKING:
+    from provisioning.costexplorer import CostExplorer
     from provisioning.dex import RestartRequester
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class Backend:
         self._leader = LeaderElection(db, "kfbot-scheduler")
         self._timer_handlers = dict(timer_handlers or {})
         self._usage: UsageLedger | None = None
+        self._cost_explorer: CostExplorer | None = None
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
@@ -168,6 +171,32 @@ class Backend:
         if self._usage is None:
             self._usage = UsageLedger(self.db, self.core.cost.scan_interval)
         return self._usage
+
+    def billed_cost(self, period: Period) -> BilledCost | None:
+        """Billed EC2 cost per workspace tag from Cost Explorer (``KFBOT_COST_EXPLORER=on``), None
+        when it is off. Raises ``KfError`` when Cost Explorer cannot answer."""
+        if not self.settings.cost.cost_explorer:
+            return None
+        from provisioning.costexplorer import CostExplorer  # boto3 only when it is on
+
+        if self._cost_explorer is None:
+            self._cost_explorer = CostExplorer(self.settings.aws_endpoint_url)
+        return self._cost_explorer.billed(period)
+
+    def keep_timer(self, kind: str, ref: str, due_at: datetime | None, *, keep_overdue: bool = True) -> None:
+        """Make the one pending (kind, ref) timer due at ``due_at`` (None: no pending timer). With
+        ``keep_overdue`` a pending row already due stays as it is, so a timer missed while the bot
+        was down still fires (once) instead of being pushed to its next time. For the bot's own
+        schedules (the cost digest), whose next time is computed, not stored by a request."""
+        with self.db.uow() as uow:
+            if due_at is None:
+                uow.timers.cancel(kind, ref)
+            else:
+                pending = uow.work.pending_due(kind, ref)
+                overdue = pending is not None and pending <= self.clock.now() and keep_overdue
+                if pending != due_at and not overdue:
+                    uow.timers.schedule(kind, ref, due_at, {})
+            uow.commit()
 
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
