@@ -368,7 +368,7 @@ def test_a_missing_scope_is_named(
     code, output, results = run_doctor(settings)
 
     assert code == 1
-    assert set(to_fix(results)) == {"scope im:write", "scope usergroups:read"}
+    assert set(to_fix(results)) == {"scope im:write", "scope usergroups:read", "scope files:write"}
     assert "reinstall" in to_fix(results)["scope usergroups:read"].fix
     assert line_of(output, "scope im:write").startswith("FIX")
 
