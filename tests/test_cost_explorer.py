@@ -25,7 +25,8 @@ PERIOD = Period(date(2026, 3, 2), date(2026, 3, 9))
 
 
 def group(value: str, amount: str, unit: str = "USD") -> dict[str, Any]:
-    return {"Keys": [f"{WORKSPACE_TAG}${value}"], "Metrics": {"UnblendedCost": {"Amount": amount, "Unit": unit}}}
+    metric = {"Amount": amount, "Unit": unit}
+    return {"Keys": [f"{WORKSPACE_TAG}${value}"], "Metrics": {"UnblendedCost": metric}}
 
 
 def day_result(d: int, groups: list[dict[str, Any]], estimated: bool = False) -> dict[str, Any]:
