@@ -383,7 +383,7 @@ def _live_parts(
     api = kube_api if kube_api is not None else api_client_from_environment()
     return checks.LiveParts(
         kube=Kube(api),
-        kubeflow=KubeflowActions(api, settings.kubeflow, clock),
+        kubeflow=KubeflowActions(api, settings.kubeflow, clock, settings.cost.bot_principal),
         dex=DexActions(
             api,
             settings.dex,

@@ -567,7 +567,7 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
     match change:
         case PutWorkspace(name, namespace, owner, made_by, created):
             registry.put_workspace(name, namespace, owner, made_by, created, now)
-        case UpdateWorkspaceObjects(name, replace, merge):
+        case UpdateWorkspaceObjects(name, replace, merge, add):
             row = registry.get_workspace(name)
             if row is None:
                 return
@@ -578,6 +578,8 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
             for key, params in merge.items():
                 if key in created:
                     created[key] = {**created[key], "params": {**as_object(created[key]["params"]), **params}}
+            for key, entry in add.items():
+                created.setdefault(key, dict(entry))
             registry.put_workspace(name, row.namespace, row.owner, row.request_id, created, row.created_at)
         case DeleteWorkspace(name):
             registry.forget_workspace(name, now)

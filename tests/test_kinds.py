@@ -43,6 +43,7 @@ def test_runbook_naming_by_configuration_alone() -> None:
     ]
     assert [s.action for s in plan.steps] == [
         "kubeflow.profile",
+        "kubeflow.notebook_activity",
         "dex.user",
         "aws.bucket",
         "aws.iam_resources",

@@ -66,11 +66,14 @@ class PutWorkspace:
 @dataclass(frozen=True)
 class UpdateWorkspaceObjects:
     """Record the params an object has now over its create-time ones: ``replace`` replaces an
-    entry's params, ``merge`` updates some of them. Keys the registry does not hold are skipped."""
+    entry's params, ``merge`` updates some of them. Keys the registry does not hold are skipped.
+    ``add`` records objects made after the workspace (``{"action": ..., "params": ...}``, as
+    ``PutWorkspace`` records them); a key the registry already holds is left as it is."""
 
     name: str
     replace: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
     merge: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+    add: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
