@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bot.settings import Settings, SettingsError
 from handlers import errors, kinds
 from handlers.actions import ActionName
 from handlers.kinds.base import UpdateWorkspaceObjects
@@ -72,3 +73,15 @@ def test_a_workspace_with_the_policy_and_its_taints_is_passed_by() -> None:
 def test_delete_leaves_the_policy_to_the_namespace() -> None:
     plan = _plan(kinds.WorkspaceDelete("team-a", "team-a"), _facts())
     assert all(s.key != KEY for s in plan.steps)
+
+
+@pytest.mark.parametrize(
+    "principal",
+    ["*", "cluster.local/ns/kf-chatops/sa/*", "cluster.local/ns/*/sa/kf-chatops", "kf-chatops",
+     "cluster.local/ns//sa/x", "cluster.local/ns/a/sa/b/c"],
+)
+def test_a_hostile_bot_principal_stops_the_bot_at_start(principal: str) -> None:
+    with pytest.raises(SettingsError, match="KFBOT_BOT_PRINCIPAL"):
+        Settings.from_env({"KFBOT_BOT_PRINCIPAL": principal})
+    ok = Settings.from_env({"KFBOT_BOT_PRINCIPAL": "spiffe.example/ns/ops/sa/kfbot"})
+    assert ok.provisioning.cost.bot_principal == "spiffe.example/ns/ops/sa/kfbot"
