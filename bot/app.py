@@ -30,6 +30,7 @@ from slack_sdk.http_retry.handler import RetryHandler
 import provisioning
 from bot import listeners
 from bot import logging as log
+from bot.digest import install_digest
 from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool
@@ -239,7 +240,8 @@ def start_slack(
         raise
     stop_event = threading.Event()
     worker = backend.start_worker(edge.notifier, stop_event)
-    scheduler = start_scheduler(backend, edge.deps.core, settings.http.sweep_seconds)
+    bot_timers = install_digest(settings, backend, edge.client, clock)
+    scheduler = start_scheduler(backend, edge.deps.core, settings.http.sweep_seconds, bot_timers)
     socket_handler = None
     if settings.slack.socket_mode:
         socket_handler = SocketModeHandler(edge.app, settings.slack.app_token)

@@ -21,6 +21,7 @@ from provisioning.settings import (
     KubeflowSettings,
     ProvisioningSettings,
 )
+from provisioning.store.usage import NodeUsage, UsageLedger
 
 __all__ = [
     "Backend",
@@ -33,12 +34,14 @@ __all__ = [
     "GrantRecord",
     "KubeflowSettings",
     "Metrics",
+    "NodeUsage",
     "Permission",
     "ProvisioningSettings",
     "QuotaState",
     "Status",
     "SystemClock",
     "TokenRecord",
+    "UsageLedger",
     "WorkspaceRecord",
     "WorkspaceState",
     "WorkspaceView",

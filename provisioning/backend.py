@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from handlers.actions import ActionName
+from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory
 from handlers.model import Request
 from handlers.plan import JSON
@@ -28,10 +29,11 @@ from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
 from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, SqlUnitOfWork
+from provisioning.store import Database, LeaderElection, SqlUnitOfWork, UsageLedger
 from provisioning.store.wakeup import PgWakeups
 
 if TYPE_CHECKING:
+    from provisioning.costexplorer import CostExplorer
     from provisioning.dex import RestartRequester
     from provisioning.gpu_scan import GpuScanner
 
@@ -95,6 +97,8 @@ class Backend:
         self._scanner_lock = threading.Lock()
         self.wakeups: PgWakeups | None = None
         """The running listener for other replicas' work notifications (``start_worker``, PostgreSQL)."""
+        self._usage: UsageLedger | None = None
+        self._cost_explorer: CostExplorer | None = None
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
@@ -208,6 +212,40 @@ class Backend:
             handler(ref, payload)
 
         return run
+
+    # -- cost: observed GPU node time (the scans write it, the digest reads it) -------------------
+    @property
+    def usage(self) -> UsageLedger:
+        """GPU node time per node per UTC day (``provisioning.store.usage``)."""
+        if self._usage is None:
+            self._usage = UsageLedger(self.db, self.core.cost.scan_interval)
+        return self._usage
+
+    def billed_cost(self, period: Period) -> BilledCost | None:
+        """Billed EC2 cost per workspace tag from Cost Explorer (``KFBOT_COST_EXPLORER=on``), None
+        when it is off. Raises ``KfError`` when Cost Explorer cannot answer."""
+        if not self.settings.cost.cost_explorer:
+            return None
+        from provisioning.costexplorer import CostExplorer  # boto3 only when it is on
+
+        if self._cost_explorer is None:
+            self._cost_explorer = CostExplorer(self.settings.aws_endpoint_url)
+        return self._cost_explorer.billed(period)
+
+    def keep_timer(self, kind: str, ref: str, due_at: datetime | None, *, keep_overdue: bool = True) -> None:
+        """Make the one pending (kind, ref) timer due at ``due_at`` (None: no pending timer). With
+        ``keep_overdue`` a pending row already due stays as it is, so a timer missed while the bot
+        was down still fires (once) instead of being pushed to its next time. For the bot's own
+        schedules (the cost digest), whose next time is computed, not stored by a request."""
+        with self.db.uow() as uow:
+            if due_at is None:
+                uow.timers.cancel(kind, ref)
+            else:
+                pending = uow.work.pending_due(kind, ref)
+                overdue = pending is not None and pending <= self.clock.now() and keep_overdue
+                if pending != due_at and not overdue:
+                    uow.timers.schedule(kind, ref, due_at, {})
+            uow.commit()
 
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
@@ -428,7 +466,7 @@ def _live_parts(
     api = kube_api if kube_api is not None else api_client_from_environment()
     return checks.LiveParts(
         kube=Kube(api),
-        kubeflow=KubeflowActions(api, settings.kubeflow, clock),
+        kubeflow=KubeflowActions(api, settings.kubeflow, clock, settings.cost.bot_principal),
         dex=DexActions(
             api,
             settings.dex,

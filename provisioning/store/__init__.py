@@ -57,6 +57,7 @@ from provisioning.store.schema import (
     workspaces,
 )
 from provisioning.store.uow import ProvisioningUnitOfWork, SqlUnitOfWork
+from provisioning.store.usage import NodeUsage, UsageLedger
 
 __all__ = [
     "GENESIS_MAC",
@@ -64,12 +65,14 @@ __all__ = [
     "DbLock",
     "LeaderElection",
     "LeaseLost",
+    "NodeUsage",
     "ProvisioningUnitOfWork",
     "SqlRegistry",
     "SqlUnitOfWork",
     "SqlWork",
     "StepRecord",
     "TimerRow",
+    "UsageLedger",
     "UtcDateTime",
     "audit_events",
     "audit_head",

@@ -619,6 +619,14 @@ class SqlWork:
             for r in rows
         ]
 
+    def pending_due(self, kind: str, ref: str) -> datetime | None:
+        """When the pending timer (kind, ref) is due; None when there is none."""
+        due: datetime | None = self._tx.conn.execute(
+            sa.select(timers.c.due_at)
+            .where(timers.c.kind == kind, timers.c.ref == ref, timers.c.done_at.is_(None))
+        ).scalar()
+        return due
+
     def finish_timer(self, timer_id: int, worker_id: str, now: datetime) -> bool:
         """Mark the timer done if we still hold it; False when it was moved, cancelled or taken over."""
         result = self._tx.conn.execute(
