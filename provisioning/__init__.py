@@ -21,6 +21,7 @@ from provisioning.settings import (
     KubeflowSettings,
     ProvisioningSettings,
 )
+from provisioning.store.inbox import InboxItem, SqlInbox
 
 __all__ = [
     "Backend",
@@ -31,11 +32,13 @@ __all__ = [
     "DoctorReport",
     "EngineSettings",
     "GrantRecord",
+    "InboxItem",
     "KubeflowSettings",
     "Metrics",
     "Permission",
     "ProvisioningSettings",
     "QuotaState",
+    "SqlInbox",
     "Status",
     "SystemClock",
     "TokenRecord",

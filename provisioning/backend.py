@@ -26,7 +26,7 @@ from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
 from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, SqlUnitOfWork
+from provisioning.store import Database, LeaderElection, SqlInbox, SqlUnitOfWork
 
 if TYPE_CHECKING:
     from provisioning.dex import RestartRequester
@@ -85,6 +85,8 @@ class Backend:
         self._parts, self._kube_api = parts, kube_api
         self._leader = LeaderElection(db, "kfbot-scheduler")
         self._timer_handlers = dict(timer_handlers or {})
+        self.inbox = SqlInbox(db)
+        """Slack requests acked and not yet finished (``provisioning/store/inbox.py``)."""
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""

@@ -14,14 +14,15 @@ lives (~3 s: a Dex restart in configmap mode, bcrypt at cost 16), so the modal i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import cast
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks
 from bot import logging as log
-from bot.listeners.common import Deps, after_ack, error_reply, tell
+from bot.listeners.common import Deps, after_ack, durable, error_reply, tell
 from bot.payloads import Action, BlockActions, text_at
 from handlers import services
 from handlers.model import Actor
@@ -48,8 +49,32 @@ def _forget(secret: RevealedSecret) -> None:
             log.forget_later(text)
 
 
+def _value(body: Mapping[str, object]) -> str:
+    actions = body.get("actions")
+    first = actions[0] if isinstance(actions, list) and actions else {}
+    return str(first.get("value", "")) if isinstance(first, dict) else ""
+
+
+def on_durable_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
+    """Register ``work`` for a button whose work must survive the ack (a decision): recorded in the
+    inbox, acked, run (``durable``)."""
+    kind = f"click:{action_id}"
+
+    def listener(
+        ack: Ack, body: BlockActions, context: BoltContext, client: WebClient, respond: Respond
+    ) -> None:
+        durable(deps, kind, ack, body, context, client, respond)
+
+    def run(body: Mapping[str, object], client: WebClient, respond: Respond | None, cid: str) -> None:
+        work(cast(BlockActions, body), _value(body), client, lambda text: tell(body, client, respond, text))
+
+    deps.inbox.handler(kind, run)
+    app.action(action_id)(listener)
+
+
 def on_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
-    """Register ``work`` for a button: ack at once, then run it through ``after_ack``."""
+    """Register ``work`` for a button that opens a modal: ack at once, then run it through
+    ``after_ack`` on the quick pool (the ``trigger_id`` lives 3 s; nothing to keep after that)."""
 
     def listener(
         ack: Ack,
@@ -139,7 +164,7 @@ def register(app: App, deps: Deps) -> None:
 
         return work
 
-    on_click(app, deps, blocks.APPROVE, approve)
+    on_durable_click(app, deps, blocks.APPROVE, approve)
     on_click(app, deps, blocks.REJECT, reject)
     on_click(app, deps, blocks.VIEW_PLAN, view_plan)
     on_click(

@@ -37,8 +37,8 @@ Nothing here does I/O at import time: engines are created lazily by ``Database``
 composition root first uses one.
 """
 
-
 from provisioning.store.database import Database
+from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.locks import DbLock, LeaderElection
 from provisioning.store.repositories import LeaseLost, SqlRegistry, SqlWork, StepRecord, TimerRow
 from provisioning.store.schema import (
@@ -62,9 +62,11 @@ __all__ = [
     "GENESIS_MAC",
     "Database",
     "DbLock",
+    "InboxItem",
     "LeaderElection",
     "LeaseLost",
     "ProvisioningUnitOfWork",
+    "SqlInbox",
     "SqlRegistry",
     "SqlUnitOfWork",
     "SqlWork",
