@@ -105,19 +105,31 @@ def show_secret(
     make: Callable[[], RevealedSecret],
     request_id: str | None,
     cid: str,
-) -> RevealedSecret | None:
+    later: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
     """Open "Working…" with the click's trigger_id at once, then make the secret and put it (or
-    the reason there is none) into that modal by its view id."""
+    the reason there is none) into that modal by its view id. ``later`` runs the making (seconds:
+    bcrypt, a Dex restart) off the thread that opened the modal, so the quick pool stays free for
+    the next click's ``views.open``; without it, it runs here."""
     opened = client.views_open(trigger_id=body["trigger_id"], view=blocks.working_modal(title))
     view_id = str((opened.get("view") or {}).get("id") or "")
-    try:
-        secret = make()
-    except Exception as error:  # shown in the modal the clicker is looking at, not in a message
-        client.views_update(view_id=view_id, view=blocks.notice_modal(title, error_reply(error, cid)))
-        return None
-    _forget(secret)
-    client.views_update(view_id=view_id, view=blocks.secret_modal(secret, request_id=request_id))
-    return secret
+
+    def fill() -> None:
+        with log.bound(cid):
+            try:
+                secret = make()
+            except Exception as error:  # shown in the modal the clicker is looking at, not in a message
+                client.views_update(view_id=view_id, view=blocks.notice_modal(title, error_reply(error, cid)))
+                return
+            _forget(secret)
+            client.views_update(view_id=view_id, view=blocks.secret_modal(secret, request_id=request_id))
+            extra = {"request_id": request_id} if request_id else {}
+            logger.info("%s shown to %s", secret.kind, text_at(body, "user", "id"), extra=extra)
+
+    if later is None:
+        fill()
+    else:
+        later(fill)
 
 
 def register(app: App, deps: Deps) -> None:
@@ -151,16 +163,34 @@ def register(app: App, deps: Deps) -> None:
         request = services.get_request(core, actor, value)
         client.views_open(trigger_id=body["trigger_id"], view=blocks.plan_modal(request))
 
+    def elsewhere(fill: Callable[[], None]) -> None:
+        # Not durable (the secret is made for the person looking at this modal, or not at all);
+        # the work pool if it has room, else this thread.
+        cid = log.correlation_id()
+
+        def guarded() -> None:
+            with log.bound(cid):
+                try:
+                    fill()
+                except Exception:  # the modal stays on "Working…"; the log has why, under the cid
+                    logger.exception("could not fill a secret modal")
+
+        if not deps.pool.submit(guarded):
+            guarded()
+
     def secret_click(title: str, make: Callable[[Actor, str], RevealedSecret], *, per_request: bool) -> Click:
         def work(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
             actor = identity.actor(body["user"]["id"])
             request_id = value if per_request else None
-            shown = show_secret(
-                client, body, title, lambda: make(actor, value), request_id, log.correlation_id()
+            show_secret(
+                client,
+                body,
+                title,
+                lambda: make(actor, value),
+                request_id,
+                log.correlation_id(),
+                later=elsewhere,
             )
-            if shown is not None:
-                extra = {"request_id": request_id} if request_id else {}
-                logger.info("%s shown to %s", shown.kind, actor.user_id, extra=extra)
 
         return work
 

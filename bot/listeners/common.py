@@ -158,22 +158,24 @@ class Inbox:
     def run(
         self,
         kind: str,
-        key: str,
+        key: str | None,
         body: Mapping[str, object],
         client: WebClient,
         respond: Respond | None,
         context: BoltContext,
     ) -> None:
         cid = correlation(context)
-        if not self.pool.submit(self._job(kind, key, body, client, respond, cid, context), key):
-            with log.bound(cid):
-                logger.info("work pool full; the request waits in the inbox")
+        if self.pool.submit(self._job(kind, key, body, client, respond, cid, context), key or ""):
+            return
+        with log.bound(cid):
+            logger.info("work pool full; the request waits in the inbox")
+        if key is not None:
             self.store.release([key], self.owner)
 
     def _job(
         self,
         kind: str,
-        key: str,
+        key: str | None,
         body: Mapping[str, object],
         client: WebClient,
         respond: Respond | None,
@@ -189,7 +191,8 @@ class Inbox:
                 except Exception as error:  # the one handler, reached without Bolt's post-ack race
                     on_error(error, body, context, client, respond)
                 finally:
-                    self.store.finish(key)
+                    if key is not None:
+                        self.store.finish(key)
 
         return run
 
@@ -257,11 +260,12 @@ def durable(
     respond: Respond | None,
 ) -> None:
     """Record, ack, run: the request is in the database before Slack hears 200, so a stop or a crash
-    after the ack loses nothing. A redelivery of a recorded request is acked and not run again."""
+    after the ack loses nothing."""
     key = deps.inbox.record(kind, body)
     ack()
-    if key is not None:
-        deps.inbox.run(kind, key, body, client, respond, context)
+    # A redelivery (key None: the first copy's row stands) still runs, from memory only, so it is
+    # answered as before ("already recorded"); the use cases are idempotent on the same keys.
+    deps.inbox.run(kind, key, body, client, respond, context)
 
 
 FROM_SLACK = "kfbot_from_slack"
