@@ -62,7 +62,8 @@ class HttpLimits:
     runs elsewhere (``bot.listeners.common.WorkPool``), so these are only ever briefly busy."""
     queue: int = 256
     """Accepted connections waiting for a thread; past ``threads + queue`` a connection is
-    answered 503 at once (the connection limit)."""
+    answered 503 at once (the connection limit). At least 1: cheroot hands it to ``queue.Queue``,
+    where 0 means unbounded."""
     read_timeout: float = 10.0
     """Seconds one socket read or write may block."""
     header_deadline: float = 10.0
@@ -205,6 +206,8 @@ class HttpServer:
 
     def __init__(self, app: Wsgi, host: str, port: int, limits: HttpLimits | None = None) -> None:
         self.limits = limits or HttpLimits()
+        if self.limits.queue < 1:
+            raise ValueError("HttpLimits.queue must be at least 1 (0 would make cheroot's queue unbounded)")
         self._server = _Server(app, host, port, self.limits)
         self._server.prepare()  # binds and listens now: the port is known and connections queue
         self._thread: threading.Thread | None = None

@@ -191,7 +191,7 @@ class Settings:
                 env.number("KFBOT_HTTP_THREADS", HttpSettings.threads, minimum=2, maximum=512, integer=True)
             ),
             queue=int(
-                env.number("KFBOT_HTTP_QUEUE", HttpSettings.queue, minimum=0, maximum=65535, integer=True)
+                env.number("KFBOT_HTTP_QUEUE", HttpSettings.queue, minimum=1, maximum=65535, integer=True)
             ),
             timeout=env.number("KFBOT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.5, maximum=300),
             shutdown_seconds=env.number(

@@ -236,3 +236,35 @@ def test_sigterm_during_a_burst_loses_no_acked_command(tmp_path: Path, fake: Fak
         fake.wait_for(lambda: rows(db, "select count(*) from slack_inbox") == [(0,)], WAIT, "the inbox")
     assert acked <= recorded_triggers(db)
     assert rows(db, "select count(*) from requests") == [(len(recorded_triggers(db)),)]
+
+
+def test_the_listen_backlog_is_1024(tmp_path: Path, fake: FakeSlack) -> None:
+    """What the kernel holds for the listening socket (``ss`` shows the backlog as Send-Q)."""
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    with serving(tmp_path, fake) as serve:
+        listing = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{serve.port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    assert listing[0] == "LISTEN" and int(listing[2]) >= 1024, listing
+
+
+def test_past_threads_and_queue_a_connection_is_answered_503_at_once(tmp_path: Path, fake: FakeSlack) -> None:
+    """The connection limit: two threads held by clients that send half a request line, one more
+    such client waiting in the queue of one; the next connection gets 503 instead of waiting."""
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    env = {"KFBOT_HTTP_THREADS": "2", "KFBOT_HTTP_QUEUE": "1", "KFBOT_HTTP_TIMEOUT": "20"}
+    with serving(tmp_path, fake, **env) as serve:
+        holders = []
+        for _ in range(3):
+            holder = socket.create_connection(("127.0.0.1", serve.port), 10)
+            holder.sendall(b"GET /healthz HTT")
+            holders.append(holder)
+            time.sleep(0.3)  # let the server take each one before the next (ordering, not a timing assertion)
+        try:
+            with socket.create_connection(("127.0.0.1", serve.port), 10) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = sock.recv(65536)
+        finally:
+            for holder in holders:
+                holder.close()
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:80]
