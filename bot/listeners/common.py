@@ -261,11 +261,14 @@ def durable(
 ) -> None:
     """Record, ack, run: the request is in the database before Slack hears 200, so a stop or a crash
     after the ack loses nothing."""
-    key = deps.inbox.record(kind, body)
+    key = deps.inbox.record(kind, body)  # raises when the database cannot take it: no ack, Slack says so
     ack()
     # A redelivery (key None: the first copy's row stands) still runs, from memory only, so it is
     # answered as before ("already recorded"); the use cases are idempotent on the same keys.
-    deps.inbox.run(kind, key, body, client, respond, context)
+    try:
+        deps.inbox.run(kind, key, body, client, respond, context)
+    except Exception:  # acked and recorded: the inbox sweep runs it; Slack must still get its 200
+        logger.exception("could not hand an acked request to the work pool; the inbox sweep will")
 
 
 FROM_SLACK = "kfbot_from_slack"
