@@ -161,7 +161,9 @@ def render(results: Sequence[CheckResult], *, mode: str, live: bool) -> str:
             lines.append(f"{'':<6}  {'':<{area_width}}  -> fix: {r.fix}")
     to_fix = [r for r in results if r.status is Status.FIX]
     lines.append("")
-    lines.append(f"{len(to_fix)} to fix." if to_fix else f"All {len(results)} checks OK (or skipped).")
+    lines.append(
+        f"{len(to_fix)} to fix." if to_fix else f"All {len(results)} checks OK (or skipped)."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -42,13 +42,7 @@ from provisioning.store.audit_chain import SqlAuditLog, check_no_secrets, comput
 from provisioning.store.schema import GENESIS_MAC, audit_events, audit_head
 
 __all__ = [
-    "GENESIS_MAC",
-    "SqlAuditLog",
-    "VerifyResult",
-    "check_no_secrets",
-    "compute_mac",
-    "export",
-    "verify",
+    "GENESIS_MAC", "SqlAuditLog", "VerifyResult", "check_no_secrets", "compute_mac", "export", "verify",
 ]
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -95,37 +89,29 @@ def _verify(conn: Connection, key: bytes, expect_head: str | None) -> VerifyResu
         if row.seq < expected:  # only a forged row can sit before the first one (seq <= 0)
             return bad(row.seq, f"row {row.seq} is out of sequence: inserted")
         if row.seq != expected:
-            missing = (
-                f"row {expected} is" if row.seq == expected + 1 else f"rows {expected}-{row.seq - 1} are"
-            )
+            missing = (f"row {expected} is" if row.seq == expected + 1
+                       else f"rows {expected}-{row.seq - 1} are")
             return bad(expected, f"{missing} missing: deleted from the log")
         if not hmac.compare_digest(row.prev_mac, prev):
             return bad(row.seq, f"row {row.seq} does not chain to row {row.seq - 1}: inserted or replaced")
-        mac = compute_mac(
-            key,
-            seq=row.seq,
-            at=row.at,
-            request_id=row.request_id,
-            type_=row.type,
-            actor=row.actor,
-            data=row.data,
-            prev_mac=row.prev_mac,
-        )
+        mac = compute_mac(key, seq=row.seq, at=row.at, request_id=row.request_id, type_=row.type,
+                          actor=row.actor, data=row.data, prev_mac=row.prev_mac)
         if not hmac.compare_digest(mac, row.mac):
             return bad(row.seq, f"row {row.seq} does not match its MAC: edited, or forged without the key")
         prev, expected = row.mac, expected + 1
         if expect_head is not None and hmac.compare_digest(row.mac, expect_head):
             seen_expected = True
     last = expected - 1
-    head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.mac).where(audit_head.c.id == 1)).first()
+    head = conn.execute(
+        sa.select(audit_head.c.seq, audit_head.c.mac).where(audit_head.c.id == 1)
+    ).first()
     if head is None:
         return bad(None, "the chain head row is missing")
     if head.seq > last:
         return bad(last + 1, f"rows {last + 1}-{head.seq} at the end are missing: the tail was deleted")
     if head.seq < last:
-        return bad(
-            int(head.seq) + 1, f"rows {head.seq + 1}-{last} were added behind the head, outside the log"
-        )
+        return bad(int(head.seq) + 1,
+                   f"rows {head.seq + 1}-{last} were added behind the head, outside the log")
     if not hmac.compare_digest(head.mac, prev):
         return bad(last, f"the head does not match row {last}: the head row was edited")
     if not seen_expected:
@@ -171,16 +157,8 @@ def _export(db: Database, fmt: str, since: datetime | None) -> Iterator[str]:
         if fmt == "csv":
             yield csv_line(_COLUMNS)
         for row in conn.execute(query.execution_options(yield_per=1000)):
-            record = {
-                "seq": row.seq,
-                "at": iso(row.at),
-                "request_id": row.request_id,
-                "type": row.type,
-                "actor": row.actor,
-                "data": row.data,
-                "prev_mac": row.prev_mac,
-                "mac": row.mac,
-            }
+            record = {"seq": row.seq, "at": iso(row.at), "request_id": row.request_id, "type": row.type,
+                      "actor": row.actor, "data": row.data, "prev_mac": row.prev_mac, "mac": row.mac}
             if fmt == "jsonl":
                 yield canonical_json(record) + "\n"
             else:

@@ -265,6 +265,8 @@ def _aws_call(what: str) -> Iterator[None]:
         raise TemporaryError(f"The AWS call failed while {what} ({type(e).__name__}); will retry.") from e
 
 
+
+
 MARK_TAG: Final = "kf-chatops/request"
 """Tag naming the request that created a bucket or nodegroup; the same key as the Kubernetes label
 ``provisioning.k8s.MARK_KEY``, so one search finds a request's objects everywhere."""

@@ -124,16 +124,9 @@ class RestartRequester(Protocol):
 
 
 class DexActions:
-    def __init__(
-        self,
-        api: client.ApiClient,
-        settings: DexSettings,
-        clock: Clock,
-        *,
-        request_restart: RestartRequester | None = None,
-        rollout_timeout: float = 600.0,
-        poll_interval: float = 2.0,
-    ) -> None:
+    def __init__(self, api: client.ApiClient, settings: DexSettings, clock: Clock, *,
+                 request_restart: RestartRequester | None = None, rollout_timeout: float = 600.0,
+                 poll_interval: float = 2.0) -> None:
         check_cost(settings.bcrypt_cost)
         self.kube = Kube(api)
         self.settings = settings
@@ -169,9 +162,8 @@ class DexActions:
         try:
             parsed = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise PermanentError(
-                f"ConfigMap {self._cm_ref} has no valid `{CONFIG_KEY}`; fix it before adding users."
-            ) from exc
+            raise PermanentError(f"ConfigMap {self._cm_ref} has no valid `{CONFIG_KEY}`; fix it before "
+                                 "adding users.") from exc
         if not isinstance(parsed, dict):
             raise PermanentError(f"`{CONFIG_KEY}` in ConfigMap {self._cm_ref} is not a YAML mapping.")
         return parsed
@@ -227,9 +219,8 @@ class DexActions:
         if mode != "configmap":
             raise PermanentError(f"Unknown Dex mode `{mode}`.")
         if cm is None:
-            raise PermanentError(
-                f"ConfigMap {self._cm_ref} does not exist; is Dex installed in configmap mode?"
-            )
+            raise PermanentError(f"ConfigMap {self._cm_ref} does not exist; is Dex installed in configmap "
+                                 "mode?")
         if entry is None and self._password_object(email) is not None:
             return StepOutcome(created=False, details={"mode": mode, "found": "password-object"})
         key = env_key_for(email)
@@ -252,19 +243,16 @@ class DexActions:
         except PermanentError as failure:
             # The step records nothing when it fails, so nobody else would remove the entry.
             if created and not self._forget_static_user(email, key):
-                raise PermanentError(
-                    f"{failure.user_message} Taking back the Dex entry for {email} "
-                    f"failed too; remove it from {self._cm_ref} by hand."
-                ) from failure
+                raise PermanentError(f"{failure.user_message} Taking back the Dex entry for {email} "
+                                     f"failed too; remove it from {self._cm_ref} by hand.") from failure
             raise
         details: dict[str, JSON] = {"mode": mode, "env_key": key}
         if not created:
             details["found"] = "staticPasswords"
         return StepOutcome(created=created, details=details)
 
-    def _ensure_password_object(
-        self, email: str, username: str, user_id: str, params: DexUserParams
-    ) -> StepOutcome:
+    def _ensure_password_object(self, email: str, username: str, user_id: str,
+                                params: DexUserParams) -> StepOutcome:
         name = dex_password_object_name(email)
         labels = {**k8s.MANAGED_BY, **k8s.mark_labels(params)}
         body: Obj = {
@@ -276,10 +264,8 @@ class DexActions:
         }
         existing, created = self.kube.create(k8s.DEX_PASSWORD, body)
         if not created and str(existing.get("email", "")).lower() != email:
-            raise PermanentError(
-                f"Dex's Password object `{name}` holds another email; Dex's storage is "
-                "inconsistent and needs an administrator."
-            )
+            raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
+                                 "inconsistent and needs an administrator.")
         # Found carrying this request's mark: an earlier attempt made it (a worker killed before
         # the outcome was recorded). Dex keeps metadata when it updates a Password, so the mark stays.
         created = created or k8s.marked_by(existing, params)
@@ -330,15 +316,12 @@ class DexActions:
         template = (deployment.get("spec") or {}).get("template") or {}
         for container in (template.get("spec") or {}).get("containers") or []:
             for source in container.get("envFrom") or []:
-                if (source.get("secretRef") or {}).get("name") == self.settings.secret and not source.get(
-                    "prefix"
-                ):
+                if ((source.get("secretRef") or {}).get("name") == self.settings.secret
+                        and not source.get("prefix")):
                     return
-        raise PermanentError(
-            f"Deployment {self._deploy_ref} does not load Secret `{self.settings.secret}` "
-            "with envFrom, so `hashFromEnv` users would have no password. Use the "
-            "Kubeflow 1.9+ Dex manifests or the password-cr mode."
-        )
+        raise PermanentError(f"Deployment {self._deploy_ref} does not load Secret `{self.settings.secret}` "
+                             "with envFrom, so `hashFromEnv` users would have no password. Use the "
+                             "Kubeflow 1.9+ Dex manifests or the password-cr mode.")
 
     def _deployment(self) -> Obj:
         deployment = self.kube.get(k8s.DEPLOYMENT, self.settings.deployment, self.settings.namespace)
@@ -347,13 +330,11 @@ class DexActions:
         return deployment
 
     def _dump(self, cm: Obj, config: Mapping[str, Any]) -> None:
-        cm.setdefault("data", {})[CONFIG_KEY] = yaml.safe_dump(
-            dict(config), sort_keys=False, default_flow_style=False, allow_unicode=True
-        )
+        cm.setdefault("data", {})[CONFIG_KEY] = yaml.safe_dump(dict(config), sort_keys=False,
+                                                               default_flow_style=False, allow_unicode=True)
 
-    def _add_static_entry(
-        self, email: str, key: str, username: str, user_id: str, request: str | None
-    ) -> bool:
+    def _add_static_entry(self, email: str, key: str, username: str, user_id: str,
+                          request: str | None) -> bool:
         """Add the entry; True when this request owns it (added now, or found with its mark)."""
         added = False
 
@@ -363,8 +344,7 @@ class DexActions:
             entry = self._static_entry(config, email)
             if entry is not None:  # another writer added it first: ours only if it carries our mark
                 added = entry.get("hashFromEnv") == key and k8s.owns(
-                    request, k8s.annotations_of(cm).get(_entry_mark(key))
-                )
+                    request, k8s.annotations_of(cm).get(_entry_mark(key)))
                 return False
             entries = config.get("staticPasswords")
             if not isinstance(entries, list):
@@ -384,12 +364,8 @@ class DexActions:
             added = True
             return True
 
-        if (
-            self.kube.read_modify_write(
-                k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate
-            )
-            is None
-        ):
+        if self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace,
+                                       mutate) is None:
             raise PermanentError(f"ConfigMap {self._cm_ref} disappeared.")
         return added
 
@@ -400,15 +376,8 @@ class DexActions:
             nonlocal removed
             config = self._parse(cm)
             entries = config.get("staticPasswords") or []
-            kept = [
-                e
-                for e in entries
-                if not (
-                    isinstance(e, dict)
-                    and e.get("hashFromEnv") == key
-                    and str(e.get("email", "")).lower() == email
-                )
-            ]
+            kept = [e for e in entries if not (isinstance(e, dict) and e.get("hashFromEnv") == key
+                                               and str(e.get("email", "")).lower() == email)]
             removed = len(kept) != len(entries)
             if not removed:
                 return False
@@ -437,10 +406,8 @@ class DexActions:
 
         ns, name = self.settings.namespace, self.settings.secret
         if self.kube.read_modify_write(k8s.SECRET, name, ns, mutate) is None:
-            _, created = self.kube.create(
-                k8s.SECRET,
-                {"metadata": {"name": name, "namespace": ns}, "type": "Opaque", "data": {key: encoded}},
-            )
+            _, created = self.kube.create(k8s.SECRET, {"metadata": {"name": name, "namespace": ns},
+                                                       "type": "Opaque", "data": {key: encoded}})
             if created:
                 return True
             self.kube.read_modify_write(k8s.SECRET, name, ns, mutate)  # made by someone else: add ours
@@ -479,17 +446,13 @@ class DexActions:
         status = deployment.get("status") or {}
         replicas = (deployment.get("spec") or {}).get("replicas")
         replicas = 1 if replicas is None else int(replicas)
-        return (
-            int(status.get("observedGeneration") or 0) >= generation
-            and int(status.get("updatedReplicas") or 0) == replicas
-        )
+        return (int(status.get("observedGeneration") or 0) >= generation
+                and int(status.get("updatedReplicas") or 0) == replicas)
 
     def _ask_restart(self, *, move: bool) -> None:
         if self._request_restart is None:
-            raise PermanentError(
-                "This bot was built without a way to schedule Dex restarts (configmap "
-                "mode needs the timers table); this is a bug in its composition."
-            )
+            raise PermanentError("This bot was built without a way to schedule Dex restarts (configmap "
+                                 "mode needs the timers table); this is a bug in its composition.")
         due = self.clock.now() + timedelta(seconds=self.settings.restart_quiet_period)
         self._request_restart(due, move=move)
 
@@ -500,9 +463,8 @@ class DexActions:
         if self._applied_digest() == self._config_digest():
             if self._rollout_complete(self._deployment()):
                 return
-            raise TemporaryError(
-                f"Dex ({self._deploy_ref}) has not finished restarting.", delay=self.poll_interval
-            )
+            raise TemporaryError(f"Dex ({self._deploy_ref}) has not finished restarting.",
+                                 delay=self.poll_interval)
         self._ask_restart(move=wrote)
         raise TemporaryError("waiting for Dex to restart", delay=self.settings.restart_quiet_period)
 
@@ -520,26 +482,18 @@ class DexActions:
         # Read the digest right before the restart: every write made so far is in it.
         digest = self._config_digest()
         now = self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        patch: dict[str, JSON] = {
-            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now, CONFIG_DIGEST: digest}}}}
-        }
+        patch: dict[str, JSON] = {"spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_AT: now, CONFIG_DIGEST: digest}}}}}
         self.kube.merge_patch(k8s.DEPLOYMENT, self.settings.deployment, patch, self.settings.namespace)
-        log.info(
-            "restarted Deployment %s/%s for Dex config %s",
-            self.settings.namespace,
-            self.settings.deployment,
-            digest,
-        )
+        log.info("restarted Deployment %s/%s for Dex config %s", self.settings.namespace,
+                 self.settings.deployment, digest)
 
     def _wait_rollout(self) -> None:
         start = self.clock.now()
         while not self._rollout_complete(self._deployment()):
             if (self.clock.now() - start).total_seconds() >= self.rollout_timeout:
-                raise TemporaryError(
-                    f"Dex ({self._deploy_ref}) has not finished restarting after "
-                    f"{self.rollout_timeout:.0f}s.",
-                    delay=10.0,
-                )
+                raise TemporaryError(f"Dex ({self._deploy_ref}) has not finished restarting after "
+                                     f"{self.rollout_timeout:.0f}s.", delay=10.0)
             self.clock.sleep(self.poll_interval)
 
     # -- the reveal flow ---------------------------------------------------------------------

@@ -143,11 +143,8 @@ class Permission:
 
     def attributes(self) -> dict[str, str]:
         attrs = {"verb": self.verb, "group": self.group, "resource": self.plural}
-        for key, value in (
-            ("subresource", self.subresource),
-            ("namespace", self.namespace),
-            ("name", self.name),
-        ):
+        for key, value in (("subresource", self.subresource), ("namespace", self.namespace),
+                           ("name", self.name)):
             if value:
                 attrs[key] = value
         return attrs
@@ -157,105 +154,49 @@ CLUSTER_SCOPED: Final = frozenset({"profiles", "namespaces", "nodes", "clusterro
 _WRITE: Final = ("create", "get", "list", "delete", "patch")
 
 CLUSTER_RULES: Final[tuple[Rule, ...]] = (
-    Rule(
-        "kubeflow.org",
-        ("profiles",),
-        ("create", "get", "list", "patch", "delete"),
-        why="workspaces are Kubeflow Profiles: create, wait for, patch quotas, remove",
-    ),
-    Rule(
-        "",
-        ("namespaces", "nodes", "pods", "persistentvolumeclaims", "resourcequotas"),
-        ("get", "list"),
-        why="read-only view: profile namespaces and owners, GPU capacity, usage, data left behind",
-    ),
-    Rule(
-        "rbac.authorization.k8s.io",
-        ("rolebindings",),
-        _WRITE,
-        why="contributors (KFAM's RoleBinding) and token accounts",
-    ),
-    Rule(
-        "security.istio.io", ("authorizationpolicies",), _WRITE, why="the Istio half of a contributor binding"
-    ),
+    Rule("kubeflow.org", ("profiles",), ("create", "get", "list", "patch", "delete"),
+         why="workspaces are Kubeflow Profiles: create, wait for, patch quotas, remove"),
+    Rule("", ("namespaces", "nodes", "pods", "persistentvolumeclaims", "resourcequotas"), ("get", "list"),
+         why="read-only view: profile namespaces and owners, GPU capacity, usage, data left behind"),
+    Rule("rbac.authorization.k8s.io", ("rolebindings",), _WRITE,
+         why="contributors (KFAM's RoleBinding) and token accounts"),
+    Rule("security.istio.io", ("authorizationpolicies",), _WRITE,
+         why="the Istio half of a contributor binding"),
     Rule("", ("serviceaccounts",), _WRITE, why="one ServiceAccount per issued API token"),
     Rule("kubeflow.org", ("poddefaults",), _WRITE, why="GPU workspaces get a PodDefault"),
     Rule("", ("serviceaccounts/token",), ("create",), why="short-lived tokens (TokenRequest)"),
-    Rule(
-        "", ("configmaps",), ("get",), ("kube-root-ca.crt",), why="the cluster CA for handed-out kubeconfigs"
-    ),
-    Rule(
-        "rbac.authorization.k8s.io",
-        ("clusterroles",),
-        ("bind",),
-        ("kubeflow-edit", "kubeflow-view"),
-        why="RoleBindings to kubeflow-edit/-view need `bind` (RBAC escalation prevention)",
-    ),
+    Rule("", ("configmaps",), ("get",), ("kube-root-ca.crt",),
+         why="the cluster CA for handed-out kubeconfigs"),
+    Rule("rbac.authorization.k8s.io", ("clusterroles",), ("bind",), ("kubeflow-edit", "kubeflow-view"),
+         why="RoleBindings to kubeflow-edit/-view need `bind` (RBAC escalation prevention)"),
 )
 """The ClusterRole of ``helm/kf-chatops/templates/rbac.yaml``, bound cluster-wide."""
 
 
 def kubeflow_rules(settings: ProvisioningSettings) -> tuple[Rule, ...]:
     """The Role in the Kubeflow namespace (``rbac.yaml``)."""
-    return (
-        Rule(
-            "apps",
-            ("deployments",),
-            ("get",),
-            (settings.kubeflow.profiles_deployment,),
-            why="identity header and principals from the profiles Deployment's env",
-        ),
-    )
+    return (Rule("apps", ("deployments",), ("get",), (settings.kubeflow.profiles_deployment,),
+                 why="identity header and principals from the profiles Deployment's env"),)
 
 
 def dex_rules(settings: ProvisioningSettings) -> tuple[Rule, ...]:
     """The Role in Dex's namespace (``rbac-dex.yaml``), which follows the Dex mode."""
     dex = settings.dex
     if dex.mode == "password-cr":
-        return (
-            Rule(
-                "dex.coreos.com",
-                ("passwords",),
-                ("create", "get", "list", "delete", "update"),
-                why="one Dex Password object per login",
-            ),
-            Rule(
-                "",
-                ("configmaps",),
-                ("get",),
-                (dex.configmap,),
-                why="an email in staticPasswords must not get a second login",
-            ),
-        )
+        return (Rule("dex.coreos.com", ("passwords",), ("create", "get", "list", "delete", "update"),
+                     why="one Dex Password object per login"),
+                Rule("", ("configmaps",), ("get",), (dex.configmap,),
+                     why="an email in staticPasswords must not get a second login"))
     if dex.mode == "configmap":
         return (
-            Rule(
-                "",
-                ("configmaps",),
-                ("get", "update", "patch"),
-                (dex.configmap,),
-                why="static users in Dex's config.yaml",
-            ),
-            Rule(
-                "dex.coreos.com",
-                ("passwords",),
-                ("get", "list"),
-                why="an email with a Password object must not get a second login",
-            ),
-            Rule(
-                "",
-                ("secrets",),
-                ("get", "update", "patch"),
-                (dex.secret,),
-                why="their bcrypt hashes (hashFromEnv)",
-            ),
-            Rule(
-                "apps",
-                ("deployments",),
-                ("get", "patch"),
-                (dex.deployment,),
-                why="restart Dex after a change and watch the rollout",
-            ),
+            Rule("", ("configmaps",), ("get", "update", "patch"), (dex.configmap,),
+                 why="static users in Dex's config.yaml"),
+            Rule("dex.coreos.com", ("passwords",), ("get", "list"),
+                 why="an email with a Password object must not get a second login"),
+            Rule("", ("secrets",), ("get", "update", "patch"), (dex.secret,),
+                 why="their bcrypt hashes (hashFromEnv)"),
+            Rule("apps", ("deployments",), ("get", "patch"), (dex.deployment,),
+                 why="restart Dex after a change and watch the rollout"),
         )
     return ()
 
@@ -263,9 +204,7 @@ def dex_rules(settings: ProvisioningSettings) -> tuple[Rule, ...]:
 def _expand(rules: Iterable[Rule], namespace: str, source: str) -> list[Permission]:
     return [
         Permission(verb, rule.group, resource, namespace, name, rule.why, source)
-        for rule in rules
-        for resource in rule.resources
-        for verb in rule.verbs
+        for rule in rules for resource in rule.resources for verb in rule.verbs
         for name in (rule.names or ("",))
     ]
 
@@ -274,16 +213,10 @@ def required_permissions(settings: ProvisioningSettings) -> list[Permission]:
     """Every (verb, resource, namespace, name) the live provisioner needs, from the table above."""
     return [
         *_expand(CLUSTER_RULES, "", f"{RBAC_TEMPLATE} (ClusterRole)"),
-        *_expand(
-            kubeflow_rules(settings),
-            settings.kubeflow.profiles_namespace,
-            f"{RBAC_TEMPLATE} (Role in {settings.kubeflow.profiles_namespace})",
-        ),
-        *_expand(
-            dex_rules(settings),
-            settings.dex.namespace,
-            f"{RBAC_DEX_TEMPLATE} (Role in {settings.dex.namespace}, dex.mode={settings.dex.mode})",
-        ),
+        *_expand(kubeflow_rules(settings), settings.kubeflow.profiles_namespace,
+                 f"{RBAC_TEMPLATE} (Role in {settings.kubeflow.profiles_namespace})"),
+        *_expand(dex_rules(settings), settings.dex.namespace,
+                 f"{RBAC_DEX_TEMPLATE} (Role in {settings.dex.namespace}, dex.mode={settings.dex.mode})"),
     ]
 
 
@@ -300,10 +233,8 @@ class LiveParts:
     aws: AwsActions
 
 
-_SECRET_LIKE: Final = re.compile(
-    r"\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{20,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_.-]*"
-    r"|[A-Za-z0-9+/=_-]{40,}"
-)
+_SECRET_LIKE: Final = re.compile(r"\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{20,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_.-]*"
+                                 r"|[A-Za-z0-9+/=_-]{40,}")
 
 
 def _scrub(text: str, limit: int = 200) -> str:
@@ -323,26 +254,14 @@ def check_database(db: Database) -> list[CheckResult]:
     where = db.url.render_as_string(hide_password=True)
     sqlite_file = db.url.get_backend_name() == "sqlite" and db.url.database not in (None, "", ":memory:")
     if sqlite_file and not Path(str(db.url.database)).exists():  # connecting would create an empty file
-        return [
-            fix(
-                "database",
-                "reachable",
-                f"{where}: the file does not exist",
-                "run `kfbot migrate` to create it (or fix KFBOT_DATABASE_URL)",
-            )
-        ]
+        return [fix("database", "reachable", f"{where}: the file does not exist",
+                    "run `kfbot migrate` to create it (or fix KFBOT_DATABASE_URL)")]
     try:
         current = db.current_revision()
     except Exception as exc:
-        return [
-            fix(
-                "database",
-                "reachable",
-                f"cannot connect to {where}: {_first_line(exc)}",
-                "check KFBOT_DATABASE_URL, the credentials, and that the pod can reach the "
-                "database (security group, NetworkPolicy)",
-            )
-        ]
+        return [fix("database", "reachable", f"cannot connect to {where}: {_first_line(exc)}",
+                    "check KFBOT_DATABASE_URL, the credentials, and that the pod can reach the "
+                    "database (security group, NetworkPolicy)")]
     results = [ok("database", "reachable", where)]
     head = db.head_revision()
     if current == head:
@@ -350,14 +269,8 @@ def check_database(db: Database) -> list[CheckResult]:
     elif current is None:
         results.append(fix("database", "migrations", "no kfbot tables yet", "run `kfbot migrate`"))
     else:
-        results.append(
-            fix(
-                "database",
-                "migrations",
-                f"schema at revision {current}; this kfbot needs {head}",
-                "run `kfbot migrate` (if the database is newer, upgrade kfbot instead)",
-            )
-        )
+        results.append(fix("database", "migrations", f"schema at revision {current}; this kfbot needs {head}",
+                           "run `kfbot migrate` (if the database is newer, upgrade kfbot instead)"))
     return results
 
 
@@ -368,42 +281,23 @@ def check_access(kube: Kube, permissions: Iterable[Permission]) -> list[CheckRes
     """One SelfSubjectAccessReview per permission; a FIX row for each one denied."""
     from provisioning.k8s import Kind
 
-    ssar = Kind(
-        "SelfSubjectAccessReview",
-        "authorization.k8s.io",
-        "v1",
-        "selfsubjectaccessreviews",
-        False,
-        "AuthorizationV1Api",
-        "self_subject_access_review",
-    )
+    ssar = Kind("SelfSubjectAccessReview", "authorization.k8s.io", "v1", "selfsubjectaccessreviews", False,
+                "AuthorizationV1Api", "self_subject_access_review")
     wanted = list(permissions)
     denied: list[CheckResult] = []
     for permission in wanted:
         try:
             review, _ = kube.create(ssar, {"spec": {"resourceAttributes": permission.attributes()}})
         except Exception as exc:  # the API itself: no point asking the other ~40 questions
-            return [
-                fix(
-                    "kubernetes",
-                    "API access",
-                    f"cannot ask the Kubernetes API: {_first_line(exc)}",
-                    "check the bot's kubeconfig or in-cluster ServiceAccount and that the API server "
-                    "is reachable",
-                )
-            ]
+            return [fix("kubernetes", "API access", f"cannot ask the Kubernetes API: {_first_line(exc)}",
+                        "check the bot's kubeconfig or in-cluster ServiceAccount and that the API server "
+                        "is reachable")]
         status = review.get("status") or {}
         if not status.get("allowed"):
             why = status.get("reason") or status.get("evaluationError") or ""
             detail = "denied" + (f" ({_scrub(str(why))})" if why else "")
-            denied.append(
-                fix(
-                    "kubernetes",
-                    permission.describe(),
-                    detail,
-                    f"grant it: {permission.source}; needed for: {permission.why}",
-                )
-            )
+            denied.append(fix("kubernetes", permission.describe(), detail,
+                              f"grant it: {permission.source}; needed for: {permission.why}"))
     granted = len(wanted) - len(denied)
     summary = f"{granted} of {len(wanted)} permissions granted ({ALL_VERBS_CHECKED_BY})"
     if not denied:
@@ -421,47 +315,21 @@ def _served(kube: Kube, group: str, version: str, plural: str) -> bool:
     try:
         # Through Kube's one error boundary (``_call`` translates ApiException), for a path no
         # typed API method covers.
-        body = kube._call(
-            "get",
-            kind,
-            None,
-            None,
-            lambda: kube.api.call_api(
-                path,
-                "GET",
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-            ),
-        )
+        body = kube._call("get", kind, None, None, lambda: kube.api.call_api(
+            path, "GET", header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+            _preload_content=False, _return_http_data_only=True))
     except Missing:
         return False
     return any(isinstance(r, Mapping) and r.get("name") == plural for r in body.get("resources") or [])
 
 
 _CRDS: Final = (
-    (
-        "kubeflow.org",
-        "v1",
-        "profiles",
-        "Profile",
-        "install Kubeflow's profile controller (kubeflow/manifests applications/profiles)",
-    ),
-    (
-        "kubeflow.org",
-        "v1alpha1",
-        "poddefaults",
-        "PodDefault",
-        "install Kubeflow's admission webhook (PodDefaults); GPU workspaces need it",
-    ),
-    (
-        "security.istio.io",
-        "v1beta1",
-        "authorizationpolicies",
-        "AuthorizationPolicy",
-        "install Istio; contributors need AuthorizationPolicies",
-    ),
+    ("kubeflow.org", "v1", "profiles", "Profile", "install Kubeflow's profile controller (kubeflow/manifests "
+     "applications/profiles)"),
+    ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault", "install Kubeflow's admission webhook "
+     "(PodDefaults); GPU workspaces need it"),
+    ("security.istio.io", "v1beta1", "authorizationpolicies", "AuthorizationPolicy",
+     "install Istio; contributors need AuthorizationPolicies"),
 )
 
 
@@ -472,20 +340,11 @@ def check_kubeflow(kube: Kube) -> list[CheckResult]:
         try:
             served = _served(kube, group, version, plural)
         except KfError as exc:
-            results.append(
-                fix(
-                    "kubeflow",
-                    check,
-                    f"cannot read API discovery: {_first_line(exc)}",
-                    "check the bot's access to the Kubernetes API",
-                )
-            )
+            results.append(fix("kubeflow", check, f"cannot read API discovery: {_first_line(exc)}",
+                               "check the bot's access to the Kubernetes API"))
             continue
-        results.append(
-            ok("kubeflow", check, "served")
-            if served
-            else fix("kubeflow", check, "not served by this cluster", what)
-        )
+        results.append(ok("kubeflow", check, "served") if served
+                       else fix("kubeflow", check, "not served by this cluster", what))
     return results
 
 
@@ -493,105 +352,53 @@ def check_dex(kube: Kube, dex: DexActions, mode: DexMode, namespace: str) -> lis
     from provisioning.k8s import SECRET
 
     if mode == "external":
-        return [
-            ok(
-                "dex",
-                "mode external",
-                "logins come from an external identity provider; no Dex objects are needed",
-            )
-        ]
+        return [ok("dex", "mode external", "logins come from an external identity provider; no Dex objects "
+                   "are needed")]
     if mode == "password-cr":
         check = "mode password-cr: Password CRD (passwords.dex.coreos.com/v1)"
         try:
             served = _served(kube, "dex.coreos.com", "v1", "passwords")
         except KfError as exc:
-            return [
-                fix(
-                    "dex",
-                    check,
-                    f"cannot read API discovery: {_first_line(exc)}",
-                    "check the bot's access to the Kubernetes API",
-                )
-            ]
+            return [fix("dex", check, f"cannot read API discovery: {_first_line(exc)}",
+                        "check the bot's access to the Kubernetes API")]
         if served:
             return [ok("dex", check, "served: Dex keeps its users in Kubernetes storage")]
-        return [
-            fix(
-                "dex",
-                check,
-                "not served: Dex has not created its storage CRDs",
-                "check that Dex runs with `storage: {type: kubernetes}` (it creates the CRD at start), "
-                "or set KFBOT_DEX_MODE=configmap",
-            )
-        ]
+        return [fix("dex", check, "not served: Dex has not created its storage CRDs",
+                    "check that Dex runs with `storage: {type: kubernetes}` (it creates the CRD at start), "
+                    "or set KFBOT_DEX_MODE=configmap")]
     settings = dex.settings
     results: list[CheckResult] = []
     ref = f"{namespace}/{settings.configmap}"
     try:
         cm, config = dex._config()
     except KfError as exc:
-        return [
-            fix(
-                "dex",
-                f"mode configmap: ConfigMap {ref}",
-                _first_line(exc),
-                f"fix `config.yaml` in ConfigMap {ref}",
-            )
-        ]
+        return [fix("dex", f"mode configmap: ConfigMap {ref}", _first_line(exc),
+                    f"fix `config.yaml` in ConfigMap {ref}")]
     if cm is None:
-        results.append(
-            fix(
-                "dex",
-                f"mode configmap: ConfigMap {ref}",
-                "not found",
-                "install Dex there, set KFBOT_DEX_NAMESPACE, or use KFBOT_DEX_MODE=password-cr",
-            )
-        )
+        results.append(fix("dex", f"mode configmap: ConfigMap {ref}", "not found",
+                           "install Dex there, set KFBOT_DEX_NAMESPACE, or use KFBOT_DEX_MODE=password-cr"))
     elif config.get("enablePasswordDB") is not True:
-        results.append(
-            fix(
-                "dex",
-                f"mode configmap: ConfigMap {ref}",
-                "config.yaml has no `enablePasswordDB: true`, so Dex ignores staticPasswords",
-                "set enablePasswordDB: true in Dex's config",
-            )
-        )
+        results.append(fix("dex", f"mode configmap: ConfigMap {ref}",
+                           "config.yaml has no `enablePasswordDB: true`, so Dex ignores staticPasswords",
+                           "set enablePasswordDB: true in Dex's config"))
     else:
         count = len(config.get("staticPasswords") or [])
-        results.append(
-            ok("dex", f"mode configmap: ConfigMap {ref}", f"config.yaml with {count} static users")
-        )
+        results.append(ok("dex", f"mode configmap: ConfigMap {ref}",
+                          f"config.yaml with {count} static users"))
     secret_ref = f"{namespace}/{settings.secret}"
     try:
         secret = kube.get(SECRET, settings.secret, namespace)
-        results.append(
-            ok("dex", f"mode configmap: Secret {secret_ref}", "present")
-            if secret is not None
-            else fix(
-                "dex",
-                f"mode configmap: Secret {secret_ref}",
-                "not found",
-                f"create it (the bot may not): kubectl -n {namespace} create secret generic "
-                f"{settings.secret}",
-            )
-        )
+        results.append(ok("dex", f"mode configmap: Secret {secret_ref}", "present") if secret is not None
+                       else fix("dex", f"mode configmap: Secret {secret_ref}", "not found",
+                                f"create it (the bot may not): kubectl -n {namespace} create secret generic "
+                                f"{settings.secret}"))
         dex._check_deployment_loads_secret()
-        results.append(
-            ok(
-                "dex",
-                f"mode configmap: Deployment {namespace}/{settings.deployment}",
-                f"present; loads Secret {settings.secret} with envFrom",
-            )
-        )
+        results.append(ok("dex", f"mode configmap: Deployment {namespace}/{settings.deployment}",
+                          f"present; loads Secret {settings.secret} with envFrom"))
     except KfError as exc:
-        results.append(
-            fix(
-                "dex",
-                f"mode configmap: Deployment {namespace}/{settings.deployment}",
-                _first_line(exc),
-                "use the Kubeflow 1.9+ Dex manifests, or KFBOT_DEX_MODE=password-cr",
-            )
-        )
+        results.append(fix("dex", f"mode configmap: Deployment {namespace}/{settings.deployment}",
+                           _first_line(exc),
+                           "use the Kubeflow 1.9+ Dex manifests, or KFBOT_DEX_MODE=password-cr"))
     return results
 
 
@@ -609,34 +416,18 @@ def check_identity(kubeflow: KubeflowActions) -> list[CheckResult]:
     try:
         identity = kubeflow.identity_config()
     except KfError as exc:
-        return [
-            fix(
-                "identity",
-                "header and principals",
-                _first_line(exc),
-                "set KFBOT_USERID_HEADER (and the principals), or let the bot read the profiles Deployment",
-            )
-        ]
-    values = {
-        "header": identity.header,
-        "prefix": identity.prefix,
-        "ingress_principal": identity.ingress_principal,
-        "kfp_ui_principal": identity.kfp_ui_principal,
-    }
-    rows = [
-        ok("identity", key.replace("_", " "), f"{value!r} from {identity.sources.get(key, '?')}")
-        for key, value in values.items()
-    ]
+        return [fix("identity", "header and principals", _first_line(exc),
+                    "set KFBOT_USERID_HEADER (and the principals), or let the bot read the profiles "
+                    "Deployment")]
+    values = {"header": identity.header, "prefix": identity.prefix,
+              "ingress_principal": identity.ingress_principal, "kfp_ui_principal": identity.kfp_ui_principal}
+    rows = [ok("identity", key.replace("_", " "), f"{value!r} from {identity.sources.get(key, '?')}")
+            for key, value in values.items()]
     defaults = [key for key in values if identity.sources.get(key) == "default"]
     if defaults:
         names = ", ".join(_IDENTITY_VARS[key] for key in defaults)
-        rows.append(
-            ok(
-                "identity",
-                "defaults in use",
-                f"kubeflow/manifests values; if your Kubeflow differs, set {names}",
-            )
-        )
+        rows.append(ok("identity", "defaults in use",
+                       f"kubeflow/manifests values; if your Kubeflow differs, set {names}"))
     return rows
 
 
@@ -670,15 +461,9 @@ def check_aws(aws: AwsActions, workspace: WorkspaceDefaults, region: str) -> lis
         identity = aws.caller_identity()
         results.append(ok("aws", "identity (sts)", f"account {identity['Account']} as {identity['Arn']}"))
     except KfError as exc:
-        results.append(
-            fix(
-                "aws",
-                "identity (sts)",
-                _first_line(exc),
-                "give the pod AWS credentials: the IRSA role annotation "
-                "(serviceAccount.irsaRoleArn) and its trust policy, docs/DEPLOY.md §5",
-            )
-        )
+        results.append(fix("aws", "identity (sts)", _first_line(exc),
+                           "give the pod AWS credentials: the IRSA role annotation "
+                           "(serviceAccount.irsaRoleArn) and its trust policy, docs/DEPLOY.md §5"))
     try:
         with _aws_call("listing S3 buckets"):
             buckets = aws._s3().list_buckets()
@@ -687,17 +472,11 @@ def check_aws(aws: AwsActions, workspace: WorkspaceDefaults, region: str) -> lis
         if _aws_code(exc) in _DENIED:  # a signed request answered: reachable, credentials accepted
             results.append(ok("aws", "S3", "reachable (ListBuckets is denied, which the bot does not need)"))
         else:
-            results.append(
-                fix("aws", "S3", _first_line(exc), "check the network path to S3 and the bot's credentials")
-            )
+            results.append(fix("aws", "S3", _first_line(exc), "check the network path to S3 and the bot's "
+                               "credentials"))
     if not workspace.iam_policy_arns:
-        results.append(
-            ok(
-                "aws",
-                "IAM policies",
-                "none configured (KFBOT_IAM_POLICY_ARNS): new buckets are not added to any policy",
-            )
-        )
+        results.append(ok("aws", "IAM policies", "none configured (KFBOT_IAM_POLICY_ARNS): new buckets are "
+                          "not added to any policy"))
     for arn in workspace.iam_policy_arns:
         try:
             with _aws_call(f"reading IAM policy {arn}"):
@@ -705,30 +484,19 @@ def check_aws(aws: AwsActions, workspace: WorkspaceDefaults, region: str) -> lis
             version = policy.get("Policy", {}).get("DefaultVersionId", "?")
             results.append(ok("aws", f"IAM policy {arn}", f"readable (default version {version})"))
         except KfError as exc:
-            results.append(
-                fix(
-                    "aws",
-                    f"IAM policy {arn}",
-                    _first_line(exc),
-                    "check KFBOT_IAM_POLICY_ARNS and that the bot's IAM role may iam:GetPolicy on it",
-                )
-            )
+            results.append(fix("aws", f"IAM policy {arn}", _first_line(exc),
+                               "check KFBOT_IAM_POLICY_ARNS and that the bot's IAM role may "
+                               "iam:GetPolicy on it"))
     cluster = workspace.cluster
     try:
         with _aws_call(f"describing EKS cluster {cluster}"):
             found = aws._eks().describe_cluster(name=cluster)
         status = str(found.get("cluster", {}).get("status", "?"))
         version = found.get("cluster", {}).get("version", "?")
-        results.append(
-            ok("aws", f"EKS cluster {cluster}", f"{status} (Kubernetes {version})")
-            if status == "ACTIVE"
-            else fix(
-                "aws",
-                f"EKS cluster {cluster}",
-                f"status {status}",
-                "nodegroups can be created only in an ACTIVE cluster",
-            )
-        )
+        results.append(ok("aws", f"EKS cluster {cluster}", f"{status} (Kubernetes {version})")
+                       if status == "ACTIVE" else
+                       fix("aws", f"EKS cluster {cluster}", f"status {status}",
+                           "nodegroups can be created only in an ACTIVE cluster"))
     except KfError as exc:
         code = _aws_code(exc)
         if code in _DENIED:
@@ -750,20 +518,13 @@ def run_live_checks(
     try:
         live = parts()
     except Exception as exc:  # no kubeconfig, no in-cluster credentials
-        return [
-            fix(
-                "kubernetes",
-                "credentials",
-                f"cannot load Kubernetes credentials: {_first_line(exc)}",
-                "run in the cluster with the chart's ServiceAccount, or point KUBECONFIG at a kubeconfig",
-            )
-        ]
+        return [fix("kubernetes", "credentials", f"cannot load Kubernetes credentials: {_first_line(exc)}",
+                    "run in the cluster with the chart's ServiceAccount, or point KUBECONFIG at a "
+                    "kubeconfig")]
     return check_kubernetes(live, settings) + check_aws(live.aws, workspace, settings.aws_region)
 
 
 def skipped_live_checks(mode: str) -> CheckResult:
-    return skip(
-        "live",
-        "Kubernetes, Kubeflow, Dex, identity, AWS",
-        f"skipped: the provisioner is {mode}; `kfbot doctor --live` checks them too",
-    )
+    return skip("live", "Kubernetes, Kubeflow, Dex, identity, AWS",
+                f"skipped: the provisioner is {mode}; `kfbot doctor --live` checks them too")
+

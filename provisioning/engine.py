@@ -226,7 +226,8 @@ class Engine:
         )
         before = request.version
         request.refuse(
-            f"{problem}. Nothing was applied. Was the database edited by hand? Check `kfbot audit verify`.",
+            f"{problem}. Nothing was applied. Was the database edited by hand? "
+            "Check `kfbot audit verify`.",
             self.clock.now(),
         )
         self._save(request, before)
@@ -293,15 +294,8 @@ class Engine:
         attempts = record.attempts if record else 0
         first_failure = record.first_failure_at if record else None
         if record is None or record.status is not StepStatus.RUNNING:
-            self._record(
-                request,
-                idx,
-                step,
-                StepStatus.RUNNING,
-                attempts=attempts,
-                first_failure=first_failure,
-                event=(EventType.STEP_STARTED, {"action": step.action}),
-            )
+            self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts,
+                         first_failure=first_failure, event=(EventType.STEP_STARTED, {"action": step.action}))
         # else: a retry (deferred, or resumed after a crash): its RUNNING record is already there.
         if action is None:
             return self._step_failed(
@@ -315,40 +309,18 @@ class Engine:
         attempts += 1
 
         def wait(first_failure: datetime, message: str) -> None:
-            self._record(
-                request,
-                idx,
-                step,
-                StepStatus.RUNNING,
-                attempts=attempts,
-                first_failure=first_failure,
-                error=message,
-            )
+            self._record(request, idx, step, StepStatus.RUNNING, attempts=attempts,
+                         first_failure=first_failure, error=message)
 
-        result = self._attempt(
-            request,
-            step,
-            lambda: action.ensure(marked(step, request)),
-            "step",
-            attempts=attempts,
-            first_failure=first_failure,
-            wait=wait,
-            metered=True,
-        )
+        result = self._attempt(request, step, lambda: action.ensure(marked(step, request)), "step",
+                               attempts=attempts, first_failure=first_failure, wait=wait, metered=True)
         if isinstance(result, _Wait):
             return result
         if isinstance(result, _Failed):
             return self._step_failed(request, idx, step, attempts, result.first_failure, result.reason)
-        self._record(
-            request,
-            idx,
-            step,
-            StepStatus.DONE,
-            outcome=result,
-            attempts=attempts,
-            first_failure=first_failure,
-            event=(EventType.STEP_SUCCEEDED, {"created": result.created}),
-        )
+        self._record(request, idx, step, StepStatus.DONE, outcome=result, attempts=attempts,
+                     first_failure=first_failure,
+                     event=(EventType.STEP_SUCCEEDED, {"created": result.created}))
         return None
 
     def _step_failed(
@@ -369,16 +341,8 @@ class Engine:
             reason,
             extra={"correlation_id": request.correlation_id, "request_id": request.id},
         )
-        self._record(
-            request,
-            idx,
-            step,
-            StepStatus.FAILED,
-            attempts=attempts,
-            first_failure=first_failure,
-            error=reason,
-            event=(EventType.STEP_FAILED, {"error": reason}),
-        )
+        self._record(request, idx, step, StepStatus.FAILED, attempts=attempts, first_failure=first_failure,
+                     error=reason, event=(EventType.STEP_FAILED, {"error": reason}))
         return reason
 
     def _backoff(self, attempts: int) -> float:
@@ -423,15 +387,9 @@ class Engine:
             # the bot made is told as "undone" (a removal's undo restores nothing, and a step
             # that found its object had nothing to undo).
             restored = outcome.created and not is_removal(step.action)
-            self._record(
-                request,
-                record.idx,
-                step,
-                StepStatus.UNDONE,
-                outcome=outcome,
-                attempts=record.attempts,
-                event=(EventType.STEP_UNDONE, {"removed": True}) if restored else None,
-            )
+            self._record(request, record.idx, step, StepStatus.UNDONE, outcome=outcome,
+                         attempts=record.attempts,
+                         event=(EventType.STEP_UNDONE, {"removed": True}) if restored else None)
         before = request.version
         now = self.clock.now()
         if problems:
@@ -461,27 +419,12 @@ class Engine:
         attempts = (record.attempts if undoing else 0) + 1
 
         def wait(first_failure: datetime, message: str) -> None:
-            self._record(
-                request,
-                idx,
-                step,
-                StepStatus.DONE,
-                outcome=outcome,
-                attempts=attempts,
-                first_failure=first_failure,
-                error=f"undo: {message}",
-            )
+            self._record(request, idx, step, StepStatus.DONE, outcome=outcome, attempts=attempts,
+                         first_failure=first_failure, error=f"undo: {message}")
 
-        result = self._attempt(
-            request,
-            step,
-            undo,
-            "undo",
-            attempts=attempts,
-            first_failure=record.first_failure_at if undoing else None,
-            wait=wait,
-            metered=False,
-        )
+        result = self._attempt(request, step, undo, "undo", attempts=attempts,
+                               first_failure=record.first_failure_at if undoing else None, wait=wait,
+                               metered=False)
         if isinstance(result, _Wait):
             return result
         return result.reason if isinstance(result, _Failed) else None
@@ -516,9 +459,8 @@ class Engine:
             now = self.clock.now()
             first_failure = first_failure or now
             if now - first_failure >= self.settings.step_deadline:
-                return _Failed(
-                    f"{exc.user_message} (still failing after {self.settings.step_deadline})", first_failure
-                )
+                return _Failed(f"{exc.user_message} (still failing after {self.settings.step_deadline})",
+                               first_failure)
             wait(first_failure, exc.user_message)
             return _Wait(self._retry_at(now, exc, attempts), exc.user_message)
         except errors.KfError as exc:
@@ -559,13 +501,9 @@ class Engine:
     ) -> None:
         """Write step ``idx``'s record; ``event`` (its type and data beside the step's idx and key)
         goes to the audit log in the same transaction and is then announced."""
-        events = (
-            []
-            if event is None
-            else [
-                Event(event[0], request.id, self.clock.now(), None, {"idx": idx, "key": step.key, **event[1]})
-            ]
-        )
+        events = [] if event is None else [
+            Event(event[0], request.id, self.clock.now(), None, {"idx": idx, "key": step.key, **event[1]})
+        ]
         with self.db.uow() as uow:
             uow.work.record_step(
                 request.id,

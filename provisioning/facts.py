@@ -114,12 +114,8 @@ class RegistryFacts:
     @staticmethod
     def _quota_changes(uow: SqlUnitOfWork, name: str, limit: int | None) -> list[Request]:
         """The applied quota changes of workspace ``name``, newest first (an indexed lookup)."""
-        return uow.requests.list(
-            kind=kinds.QuotaChange.KIND,
-            subject=kinds.quota_subject(name),
-            states=[RequestState.SUCCEEDED],
-            limit=limit,
-        )
+        return uow.requests.list(kind=kinds.QuotaChange.KIND, subject=kinds.quota_subject(name),
+                                 states=[RequestState.SUCCEEDED], limit=limit)
 
     @classmethod
     def _last_quota(cls, uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:

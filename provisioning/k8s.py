@@ -90,25 +90,16 @@ NAMESPACE = Kind("Namespace", "", "v1", "namespaces", False, "CoreV1Api", "names
 SERVICE_ACCOUNT = Kind("ServiceAccount", "", "v1", "serviceaccounts", True, "CoreV1Api", "service_account")
 CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps", True, "CoreV1Api", "config_map")
 SECRET = Kind("Secret", "", "v1", "secrets", True, "CoreV1Api", "secret")
-PVC = Kind(
-    "PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", True, "CoreV1Api", "persistent_volume_claim"
-)
+PVC = Kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", True, "CoreV1Api",
+           "persistent_volume_claim")
 RESOURCE_QUOTA = Kind("ResourceQuota", "", "v1", "resourcequotas", True, "CoreV1Api", "resource_quota")
-ROLE_BINDING = Kind(
-    "RoleBinding",
-    "rbac.authorization.k8s.io",
-    "v1",
-    "rolebindings",
-    True,
-    "RbacAuthorizationV1Api",
-    "role_binding",
-)
+ROLE_BINDING = Kind("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", True,
+                    "RbacAuthorizationV1Api", "role_binding")
 DEPLOYMENT = Kind("Deployment", "apps", "v1", "deployments", True, "AppsV1Api", "deployment")
 PROFILE = Kind("Profile", "kubeflow.org", "v1", "profiles", False)
 POD_DEFAULT = Kind("PodDefault", "kubeflow.org", "v1alpha1", "poddefaults", True)
-AUTHORIZATION_POLICY = Kind(
-    "AuthorizationPolicy", "security.istio.io", "v1beta1", "authorizationpolicies", True
-)
+AUTHORIZATION_POLICY = Kind("AuthorizationPolicy", "security.istio.io", "v1beta1", "authorizationpolicies",
+                            True)
 DEX_PASSWORD = Kind("Password", "dex.coreos.com", "v1", "passwords", True)
 
 
@@ -175,17 +166,14 @@ def translate(exc: Exception, *, verb: str, kind: Kind, namespace: str | None, n
     """Map a client failure to our error types; the only place that inspects ``ApiException``."""
     what = f"{kind.kind} {name}" if name else kind.resource
     if isinstance(exc, urllib3.exceptions.HTTPError):
-        return TemporaryError(
-            f"The Kubernetes API could not be reached ({type(exc).__name__}) while trying to {verb} {what}.",
-            delay=5.0,
-        )
+        return TemporaryError(f"The Kubernetes API could not be reached ({type(exc).__name__}) while trying "
+                              f"to {verb} {what}.", delay=5.0)
     if not isinstance(exc, ApiException):
         return exc
     status = int(exc.status or 0)
     if status == 0:  # the client wraps SSL and protocol failures this way
-        return TemporaryError(
-            f"The Kubernetes API connection failed while trying to {verb} {what}.", delay=5.0
-        )
+        return TemporaryError(f"The Kubernetes API connection failed while trying to {verb} {what}.",
+                              delay=5.0)
     if status == 404 and verb == "create" and namespace:
         return Missing(f"Cannot create {what}: namespace {namespace} does not exist (any more).")
     if status == 404:
@@ -194,21 +182,16 @@ def translate(exc: Exception, *, verb: str, kind: Kind, namespace: str | None, n
         reason = _status_reason(exc) or "Conflict"
         return Conflict(f"{what} {_where(namespace)} changed or exists already ({reason}).", reason=reason)
     if status in (401, 403):
-        return PermanentError(
-            f"The bot's ServiceAccount may not {verb} {kind.resource} {_where(namespace)} "
-            f"(HTTP {status}); grant it in the bot's RBAC."
-        )
+        return PermanentError(f"The bot's ServiceAccount may not {verb} {kind.resource} {_where(namespace)} "
+                              f"(HTTP {status}); grant it in the bot's RBAC.")
     if status == 429:
-        return TemporaryError(
-            f"The Kubernetes API is throttling the bot ({verb} {what}).", delay=_retry_after(exc, 5.0)
-        )
+        return TemporaryError(f"The Kubernetes API is throttling the bot ({verb} {what}).",
+                              delay=_retry_after(exc, 5.0))
     if status >= 500:
-        return TemporaryError(
-            f"The Kubernetes API failed to {verb} {what} (HTTP {status}).", delay=_retry_after(exc, 2.0)
-        )
-    return PermanentError(
-        f"The Kubernetes API refused to {verb} {what} {_where(namespace)}: {status_message(exc)}"
-    )
+        return TemporaryError(f"The Kubernetes API failed to {verb} {what} (HTTP {status}).",
+                              delay=_retry_after(exc, 2.0))
+    return PermanentError(f"The Kubernetes API refused to {verb} {what} {_where(namespace)}: "
+                          f"{status_message(exc)}")
 
 
 # -- the helpers -------------------------------------------------------------------------------
@@ -237,9 +220,8 @@ class Kube:
         method: Callable[..., Any] = getattr(self._typed(kind), f"{verb}_{scope}{kind.snake}")
         return method
 
-    def _call(
-        self, verb: str, kind: Kind, namespace: str | None, name: str | None, fn: Callable[[], Any]
-    ) -> Obj:
+    def _call(self, verb: str, kind: Kind, namespace: str | None, name: str | None,
+              fn: Callable[[], Any]) -> Obj:
         try:
             response = fn()
         except (ApiException, urllib3.exceptions.HTTPError) as exc:
@@ -250,15 +232,8 @@ class Kube:
         parsed = json.loads(data)
         return parsed if isinstance(parsed, dict) else {}
 
-    def _invoke(
-        self,
-        kind: Kind,
-        verb: str,
-        namespace: str | None,
-        name: str | None = None,
-        body: Obj | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def _invoke(self, kind: Kind, verb: str, namespace: str | None, name: str | None = None,
+                body: Obj | None = None, **kwargs: Any) -> Any:
         """Call the client method for ``verb`` on ``kind``.
 
         The generated typed APIs take ``(name?, namespace?, body?)`` and are named
@@ -279,18 +254,16 @@ class Kube:
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj | None:
         """The object, or None when it does not exist."""
         try:
-            return self._call(
-                "get", kind, namespace, name, lambda: self._invoke(kind, "read", namespace, name)
-            )
+            return self._call("get", kind, namespace, name,
+                              lambda: self._invoke(kind, "read", namespace, name))
         except Missing:
             return None
 
     def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
         kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
         try:
-            result = self._call(
-                "list", kind, namespace, None, lambda: self._invoke(kind, "list", namespace, **kwargs)
-            )
+            result = self._call("list", kind, namespace, None,
+                                lambda: self._invoke(kind, "list", namespace, **kwargs))
         except Missing:
             return []  # a namespace that is gone has nothing in it
         return [item for item in result.get("items") or [] if isinstance(item, dict)]
@@ -301,9 +274,8 @@ class Kube:
         name, namespace = meta(body).get("name"), meta(body).get("namespace")
         full = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
         try:
-            return self._call(
-                "create", kind, namespace, name, lambda: self._invoke(kind, "create", namespace, body=full)
-            ), True
+            return self._call("create", kind, namespace, name,
+                              lambda: self._invoke(kind, "create", namespace, body=full)), True
         except Conflict as exc:
             if exc.reason != "AlreadyExists":
                 raise
@@ -315,23 +287,15 @@ class Kube:
     def replace(self, kind: Kind, body: Obj) -> Obj:
         """PUT; the body carries ``metadata.resourceVersion``, so a stale write raises ``Conflict``."""
         name, namespace = str(meta(body).get("name")), meta(body).get("namespace")
-        return self._call(
-            "update", kind, namespace, name, lambda: self._invoke(kind, "replace", namespace, name, body)
-        )
+        return self._call("update", kind, namespace, name,
+                          lambda: self._invoke(kind, "replace", namespace, name, body))
 
-    def merge_patch(
-        self, kind: Kind, name: str, patch: Mapping[str, JSON], namespace: str | None = None
-    ) -> Obj:
+    def merge_patch(self, kind: Kind, name: str, patch: Mapping[str, JSON],
+                    namespace: str | None = None) -> Obj:
         """JSON merge patch (RFC 7386): nested maps merge, ``None`` removes a key, lists replace."""
-        return self._call(
-            "patch",
-            kind,
-            namespace,
-            name,
-            lambda: self._invoke(
-                kind, "patch", namespace, name, dict(patch), _content_type="application/merge-patch+json"
-            ),
-        )
+        return self._call("patch", kind, namespace, name,
+                          lambda: self._invoke(kind, "patch", namespace, name, dict(patch),
+                                               _content_type="application/merge-patch+json"))
 
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
         """Delete-if-present: True when this call deleted it, False when it was already gone."""
@@ -341,15 +305,8 @@ class Kube:
             return False
         return True
 
-    def read_modify_write(
-        self,
-        kind: Kind,
-        name: str,
-        namespace: str | None,
-        mutate: Callable[[Obj], bool],
-        *,
-        attempts: int = 64,
-    ) -> Obj | None:
+    def read_modify_write(self, kind: Kind, name: str, namespace: str | None,
+                          mutate: Callable[[Obj], bool], *, attempts: int = 64) -> Obj | None:
         """Optimistic update: read, ``mutate`` in place (False = nothing to change), PUT with the
         read resourceVersion; on 409 read again and re-apply, so concurrent writers never lose
         each other's changes. Returns the written (or unchanged) object, None when it is absent."""
@@ -363,28 +320,20 @@ class Kube:
                 return self.replace(kind, current)
             except Conflict:
                 continue  # someone wrote in between: their change is in the next read
-        raise TemporaryError(
-            f"{kind.kind} {name} {_where(namespace)} kept changing under the bot; will retry."
-        )
+        raise TemporaryError(f"{kind.kind} {name} {_where(namespace)} kept changing under the bot; "
+                             "will retry.")
 
-    def create_token(
-        self, namespace: str, service_account: str, audiences: Sequence[str], expiration_seconds: int
-    ) -> Obj:
+    def create_token(self, namespace: str, service_account: str, audiences: Sequence[str],
+                     expiration_seconds: int) -> Obj:
         """TokenRequest (``POST .../serviceaccounts/<sa>/token``); the token is in ``status.token``."""
         spec: dict[str, Any] = {"expirationSeconds": int(expiration_seconds)}
         if audiences:
             spec["audiences"] = list(audiences)
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         kind = Kind("ServiceAccount", "", "v1", "serviceaccounts/token", True, "CoreV1Api", "service_account")
-        return self._call(
-            "create",
-            kind,
-            namespace,
-            service_account,
-            lambda: self._typed(kind).create_namespaced_service_account_token(
-                service_account, namespace, body, _preload_content=False
-            ),
-        )
+        return self._call("create", kind, namespace, service_account,
+                          lambda: self._typed(kind).create_namespaced_service_account_token(
+                              service_account, namespace, body, _preload_content=False))
 
 
 # -- small shared pieces -----------------------------------------------------------------------
@@ -449,6 +398,8 @@ def owns(request: str | None, mark: object) -> bool:
 def marked_by(obj: Mapping[str, Any], params: StepParams) -> bool:
     """Whether ``obj`` carries the mark of this step's request."""
     return owns(request_of(params), labels_of(obj).get(MARK_KEY))
+
+
 
 
 def no_undo(params: StepParams, outcome: StepOutcome) -> None:

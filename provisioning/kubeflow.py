@@ -191,12 +191,8 @@ class KubeflowActions:
 
     def _read_identity(self) -> IdentityConfig:
         s = self.settings
-        from_settings = {
-            "header": s.userid_header,
-            "prefix": s.userid_prefix,
-            "ingress_principal": s.ingress_principal,
-            "kfp_ui_principal": s.kfp_ui_principal,
-        }
+        from_settings = {"header": s.userid_header, "prefix": s.userid_prefix,
+                         "ingress_principal": s.ingress_principal, "kfp_ui_principal": s.kfp_ui_principal}
         values: dict[str, str] = {}
         sources: dict[str, str] = {}
         for key, value in from_settings.items():
@@ -212,13 +208,9 @@ class KubeflowActions:
                     values[key], sources[key] = _DEFAULTS[key], "default"
         if not values["header"]:
             raise PermanentError("The identity header (USERID_HEADER) is empty; set KFBOT_USERID_HEADER.")
-        return IdentityConfig(
-            header=values["header"],
-            prefix=values["prefix"],
-            ingress_principal=values["ingress_principal"],
-            kfp_ui_principal=values["kfp_ui_principal"],
-            sources=sources,
-        )
+        return IdentityConfig(header=values["header"], prefix=values["prefix"],
+                              ingress_principal=values["ingress_principal"],
+                              kfp_ui_principal=values["kfp_ui_principal"], sources=sources)
 
     def _profiles_env(self, names: list[str]) -> dict[str, str]:
         """The named env values of the profiles Deployment, following ``value``,
@@ -229,19 +221,12 @@ class KubeflowActions:
         except TemporaryError:
             raise
         except PermanentError as exc:  # typically 403: the bot may not read kubeflow's Deployments
-            log.warning(
-                "cannot read Deployment %s/%s for identity settings, using defaults: %s",
-                ns,
-                name,
-                exc.user_message,
-            )
+            log.warning("cannot read Deployment %s/%s for identity settings, using defaults: %s", ns, name,
+                        exc.user_message)
             return {}
         if deployment is None:
-            log.warning(
-                "Deployment %s/%s not found; identity settings fall back to kubeflow/manifests defaults",
-                ns,
-                name,
-            )
+            log.warning("Deployment %s/%s not found; identity settings fall back to kubeflow/manifests "
+                        "defaults", ns, name)
             return {}
         template = (deployment.get("spec") or {}).get("template") or {}
         containers = (template.get("spec") or {}).get("containers") or []
@@ -295,10 +280,8 @@ class KubeflowActions:
             namespace = self.kube.get(k8s.NAMESPACE, name)
             if namespace is not None and k8s.annotations_of(namespace).get("owner") != owner:
                 # Exactly the controller's rule: it would set a Failed condition and stop.
-                raise PermanentError(
-                    f"The namespace `{name}` already exists and is not owned by {owner}; "
-                    "Kubeflow will not hand it to a new Profile. Pick another name."
-                )
+                raise PermanentError(f"The namespace `{name}` already exists and is not owned by {owner}; "
+                                     "Kubeflow will not hand it to a new Profile. Pick another name.")
             spec: dict[str, Any] = {"owner": {"kind": "User", "name": owner}}
             if hard:
                 spec["resourceQuotaSpec"] = {"hard": hard}
@@ -310,15 +293,12 @@ class KubeflowActions:
         created = created or k8s.marked_by(existing, params)
         if k8s.meta(existing).get("deletionTimestamp"):
             # A delete of this workspace is still finishing; creating now would race the finalizer.
-            raise TemporaryError(
-                f"The Profile `{name}` is being deleted; the bot will try again.", delay=10.0
-            )
+            raise TemporaryError(f"The Profile `{name}` is being deleted; the bot will try again.",
+                                 delay=10.0)
         current_owner = _profile_owner(existing)
         if current_owner != owner:
-            raise PermanentError(
-                f"A Profile `{name}` already exists, owned by {current_owner or 'nobody'}; "
-                f"it cannot become {owner}'s workspace."
-            )
+            raise PermanentError(f"A Profile `{name}` already exists, owned by {current_owner or 'nobody'}; "
+                                 f"it cannot become {owner}'s workspace.")
         try:
             self._await_namespace(name, owner)
         except PermanentError:
@@ -335,19 +315,15 @@ class KubeflowActions:
                 return
             profile = self.kube.get(k8s.PROFILE, name)
             if profile is None:
-                raise TemporaryError(
-                    f"The Profile `{name}` disappeared while the bot waited for its namespace."
-                )
+                raise TemporaryError(f"The Profile `{name}` disappeared while the bot waited for its "
+                                     "namespace.")
             for condition in (profile.get("status") or {}).get("conditions") or []:
                 if isinstance(condition, dict) and condition.get("type") == "Failed":
                     message = k8s.scrub(str(condition.get("message") or "no message"))
                     raise PermanentError(f"Kubeflow's profile controller refused `{name}`: {message}")
             if self._elapsed(start) >= self.settings.namespace_timeout:
-                raise TemporaryError(
-                    f"The profile controller has not created namespace `{name}` after "
-                    f"{self.settings.namespace_timeout:.0f}s; is it running?",
-                    delay=10.0,
-                )
+                raise TemporaryError(f"The profile controller has not created namespace `{name}` after "
+                                     f"{self.settings.namespace_timeout:.0f}s; is it running?", delay=10.0)
             self.clock.sleep(self.settings.poll_interval)
 
     def undo_profile(self, params: ProfileParams, outcome: StepOutcome) -> None:
@@ -361,11 +337,9 @@ class KubeflowActions:
         if profile is not None and not (profile.get("metadata") or {}).get("deletionTimestamp"):
             pvcs = self.kube.list(k8s.PVC, name)
             if pvcs and not params.purge_data:
-                raise PermanentError(
-                    f"Namespace `{name}` still has {len(pvcs)} PersistentVolumeClaim(s); "
-                    "deleting it would delete their data. Delete them first or use "
-                    "--purge-data."
-                )
+                raise PermanentError(f"Namespace `{name}` still has {len(pvcs)} PersistentVolumeClaim(s); "
+                                     "deleting it would delete their data. Delete them first or use "
+                                     "--purge-data.")
             deleted = self.kube.delete(k8s.PROFILE, name)
         if profile is None:
             namespace = self.kube.get(k8s.NAMESPACE, name)
@@ -375,10 +349,8 @@ class KubeflowActions:
         start = self.clock.now()
         while self.kube.get(k8s.NAMESPACE, name) is not None:
             if self._elapsed(start) >= self.settings.namespace_timeout:
-                raise TemporaryError(
-                    f"Namespace `{name}` is still terminating after {self.settings.namespace_timeout:.0f}s.",
-                    delay=10.0,
-                )
+                raise TemporaryError(f"Namespace `{name}` is still terminating after "
+                                     f"{self.settings.namespace_timeout:.0f}s.", delay=10.0)
             self.clock.sleep(self.settings.poll_interval)
         return StepOutcome(created=deleted, details={"profile": name, "deleted": deleted})
 
@@ -388,17 +360,12 @@ class KubeflowActions:
         # Only fields of the PodDefault CRD (kubeflow.org/v1alpha1): it has no nodeSelector, and an
         # apiserver prunes what its schema lacks, so the nodegroup is reached by tolerations alone.
         name = params.name
-        spec: dict[str, Any] = {
-            "selector": {"matchLabels": {name: "true"}},
-            "desc": params.description or f"Run on nodegroup {name}",
-        }
+        spec: dict[str, Any] = {"selector": {"matchLabels": {name: "true"}},
+                                "desc": params.description or f"Run on nodegroup {name}"}
         if params.tolerations:
             spec["tolerations"] = [dict(t) for t in params.tolerations]
-        metadata = {
-            "name": name,
-            "namespace": params.namespace,
-            "labels": {**k8s.MANAGED_BY, **k8s.mark_labels(params)},
-        }
+        metadata = {"name": name, "namespace": params.namespace,
+                    "labels": {**k8s.MANAGED_BY, **k8s.mark_labels(params)}}
         return {"metadata": metadata, "spec": spec}
 
     def ensure_poddefault(self, params: PodDefaultParams) -> StepOutcome:
@@ -412,11 +379,9 @@ class KubeflowActions:
             have = (existing.get("spec") or {}).get("tolerations") or []
             if any(t not in have for t in body["spec"].get("tolerations", [])):
                 # Left alone, it would not let notebooks onto the tainted nodegroup it is named after.
-                raise PermanentError(
-                    f"A PodDefault `{name}` that kf-chatops did not make already exists in "
-                    f"`{namespace}` without the tolerations for nodegroup `{name}`; it was "
-                    "left alone. Remove or rename it, then retry."
-                )
+                raise PermanentError(f"A PodDefault `{name}` that kf-chatops did not make already exists in "
+                                     f"`{namespace}` without the tolerations for nodegroup `{name}`; it was "
+                                     "left alone. Remove or rename it, then retry.")
         created = made or k8s.marked_by(existing, params)  # made by an earlier attempt of this request
         return StepOutcome(created=created, details={"poddefault": body["metadata"]["name"]})
 
@@ -426,18 +391,12 @@ class KubeflowActions:
 
     # -- contributors (KFAM's pair) ----------------------------------------------------------
 
-    def _pair(
-        self, namespace: str, user: str, role: str, mark: Mapping[str, str] | None = None
-    ) -> tuple[Obj, Obj]:
+    def _pair(self, namespace: str, user: str, role: str,
+              mark: Mapping[str, str] | None = None) -> tuple[Obj, Obj]:
         name = kfam_binding_name(user, role)
-
         def metadata() -> Obj:  # each object gets its own dicts: they are mutated and sent separately
-            return {
-                "name": name,
-                "namespace": namespace,
-                "annotations": {"user": user, "role": role},
-                "labels": {**k8s.MANAGED_BY, **(mark or {})},
-            }
+            return {"name": name, "namespace": namespace, "annotations": {"user": user, "role": role},
+                    "labels": {**k8s.MANAGED_BY, **(mark or {})}}
 
         binding: Obj = {
             "metadata": metadata(),
@@ -452,10 +411,8 @@ class KubeflowActions:
         identity = self.identity_config()
         value = istio_literal(identity.prefix + user, "the identity header value")
         principals = [istio_literal(p, "the principal") for p in identity.principals]
-        return {
-            "when": [{"key": f"request.headers[{identity.header}]", "values": [value]}],
-            "from": [{"source": {"principals": principals}}],
-        }
+        return {"when": [{"key": f"request.headers[{identity.header}]", "values": [value]}],
+                "from": [{"source": {"principals": principals}}]}
 
     @staticmethod
     def _subject_names(binding: Obj) -> list[str]:
@@ -488,33 +445,27 @@ class KubeflowActions:
             f"`{kfam_binding_name(user, role)}` in `{namespace}` already grants {role} access to {holder}, "
             f"not {user}. KFAM names fold every non-alphanumeric character to `-`, so these addresses share "
             "one name and Kubeflow cannot hold a grant for both; remove the other grant first or use another "
-            "address."
-        )
+            "address.")
 
-    def _create_pair(
-        self, namespace: str, user: str, role: str, params: StepParams | None = None
-    ) -> tuple[bool, bool]:
+    def _create_pair(self, namespace: str, user: str, role: str,
+                     params: StepParams | None = None) -> tuple[bool, bool]:
         """Create both halves, or converge existing ones; returns which halves this step's request
         created (now, or in an earlier attempt: found carrying its mark)."""
         params = params or StepParams()  # no request: what it makes is not marked as a request's
         binding, policy = self._pair(namespace, user, role, k8s.mark_labels(params))
         name = binding["metadata"]["name"]
         existing_rb, rb_made = self.kube.create(k8s.ROLE_BINDING, binding)
-        if not rb_made and (
-            existing_rb.get("roleRef") != binding["roleRef"]
-            or _subjects(existing_rb) != binding["subjects"]
-            or k8s.annotations_of(existing_rb) != binding["metadata"]["annotations"]
-        ):
+        if not rb_made and (existing_rb.get("roleRef") != binding["roleRef"]
+                            or _subjects(existing_rb) != binding["subjects"]
+                            or k8s.annotations_of(existing_rb) != binding["metadata"]["annotations"]):
             if self._subject_names(existing_rb) != [user]:
                 raise self._clash_error(namespace, user, role, ", ".join(self._subject_names(existing_rb)))
             # roleRef is immutable, so a drifted binding is replaced rather than patched. The
             # replacement keeps the found labels: it stands in for someone else's grant, and this
             # request's mark on it would let a retry claim (and an undo delete) that grant.
             self.kube.delete(k8s.ROLE_BINDING, name, namespace)
-            replacement = {
-                **binding,
-                "metadata": {**binding["metadata"], "labels": k8s.labels_of(existing_rb)},
-            }
+            replacement = {**binding, "metadata": {**binding["metadata"],
+                                                   "labels": k8s.labels_of(existing_rb)}}
             self.kube.create(k8s.ROLE_BINDING, replacement)
         existing_ap, ap_made = self.kube.create(k8s.AUTHORIZATION_POLICY, policy)
         if not ap_made and existing_ap.get("spec") != policy["spec"]:
@@ -524,7 +475,8 @@ class KubeflowActions:
             # The principals or header changed (settings, a Kubeflow upgrade): the policy follows.
             self.kube.merge_patch(k8s.AUTHORIZATION_POLICY, name, {"spec": policy["spec"]}, namespace)
         # Found carrying this request's mark: made by an earlier attempt of the same step.
-        return (rb_made or k8s.marked_by(existing_rb, params), ap_made or k8s.marked_by(existing_ap, params))
+        return (rb_made or k8s.marked_by(existing_rb, params),
+                ap_made or k8s.marked_by(existing_ap, params))
 
     def _delete_pair(self, namespace: str, name: str) -> list[str]:
         removed = []
@@ -610,10 +562,8 @@ class KubeflowActions:
             return
         if current != params.hard:
             # Someone changed it after us: restoring would clobber their change.
-            raise PermanentError(
-                f"The quota of `{name}` was changed by someone else since the bot set it; "
-                "it was not reverted."
-            )
+            raise PermanentError(f"The quota of `{name}` was changed by someone else since the bot set it; "
+                                 "it was not reverted.")
         self._set_hard(name, current, previous)
 
     # -- token accounts ----------------------------------------------------------------------
@@ -633,18 +583,15 @@ class KubeflowActions:
         for kind, body in ((k8s.SERVICE_ACCOUNT, account), (k8s.ROLE_BINDING, binding)):
             existing, created = self.kube.create(kind, body)
             if not created and k8s.labels_of(existing).get(TOKEN_ID_LABEL) != token_id:
-                raise PermanentError(
-                    f"A {kind.kind} `{name}` that is not this token's already exists in `{namespace}`."
-                )
+                raise PermanentError(f"A {kind.kind} `{name}` that is not this token's already exists in "
+                                     f"`{namespace}`.")
             if not created and kind is k8s.ROLE_BINDING and existing.get("roleRef") != binding["roleRef"]:
-                raise PermanentError(
-                    f"The token's RoleBinding `{name}` grants another role; revoke the token."
-                )
+                raise PermanentError(f"The token's RoleBinding `{name}` grants another role; revoke the "
+                                     "token.")
             made.append(created)
         # The names embed the token id, so an existing pair labelled with it is this step's own.
-        return StepOutcome(
-            created=True, details={"account": name, "token_id": token_id, "found_existing": not any(made)}
-        )
+        return StepOutcome(created=True, details={"account": name, "token_id": token_id,
+                                                  "found_existing": not any(made)})
 
     def undo_token_account(self, params: TokenAccountParams, outcome: StepOutcome) -> None:
         if outcome.created:
@@ -660,10 +607,8 @@ class KubeflowActions:
             if existing is None:
                 continue
             if TOKEN_ID_LABEL not in k8s.labels_of(existing):
-                raise PermanentError(
-                    f"{kind.kind} `{name}` in `{namespace}` was not made by the bot for a "
-                    "token; it was left alone."
-                )
+                raise PermanentError(f"{kind.kind} `{name}` in `{namespace}` was not made by the bot for a "
+                                     "token; it was left alone.")
             if self.kube.delete(kind, name, namespace):
                 removed.append(kind.kind)
         # Deleting the ServiceAccount is what invalidates its tokens.

@@ -63,11 +63,8 @@ def generate_password(length: int = PASSWORD_LENGTH) -> str:
         raise ValueError("passwords are at least 16 characters")
     while True:
         candidate = "".join(pysecrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
-        if (
-            any(c.islower() for c in candidate)
-            and any(c.isupper() for c in candidate)
-            and any(c.isdigit() for c in candidate)
-        ):
+        if (any(c.islower() for c in candidate) and any(c.isupper() for c in candidate)
+                and any(c.isdigit() for c in candidate)):
             return candidate
 
 
@@ -83,14 +80,8 @@ def _parse_time(value: Any) -> datetime | None:
 class Secrets:
     """``handlers.ports.SecretIssuer`` over Dex and the TokenRequest API."""
 
-    def __init__(
-        self,
-        api: client.ApiClient,
-        kubeflow: KubeflowSettings,
-        dex: DexActions,
-        clock: Clock,
-        bcrypt_cost: int,
-    ) -> None:
+    def __init__(self, api: client.ApiClient, kubeflow: KubeflowSettings, dex: DexActions, clock: Clock,
+                 bcrypt_cost: int) -> None:
         self.kube = Kube(api)
         self.settings = kubeflow
         self.dex = dex
@@ -112,10 +103,8 @@ class Secrets:
         if step is None:
             raise PermanentError(f"Request {request.id} did not create a token account.")
         if request.state is not RequestState.SUCCEEDED:
-            raise PermanentError(
-                f"Request {request.id} is {request.state.value}; a token is made only for a "
-                "request that succeeded."
-            )
+            raise PermanentError(f"Request {request.id} is {request.state.value}; a token is made only for a "
+                                 "request that succeeded.")
         params = step.params
         namespace, name = str(params["namespace"]), str(params["name"])
         audiences = [str(a) for a in as_list(params.get("audiences") or [])]
@@ -124,25 +113,20 @@ class Secrets:
         expires = granted_at + timedelta(seconds=ttl if isinstance(ttl, int) and ttl else 3600)
         remaining = (expires - self.clock.now()).total_seconds()
         if remaining <= 0:
-            raise PermanentError(
-                f"This token's time ran out at {expires:%Y-%m-%d %H:%M} UTC; ask for a "
-                "new one with `/kf token`."
-            )
+            raise PermanentError(f"This token's time ran out at {expires:%Y-%m-%d %H:%M} UTC; ask for a "
+                                 "new one with `/kf token`.")
         server = self.settings.kube_api_url
         if not server:
-            raise PermanentError(
-                "The bot does not know the API server URL to put in a kubeconfig (set KFBOT_KUBE_API_URL)."
-            )
+            raise PermanentError("The bot does not know the API server URL to put in a kubeconfig "
+                                 "(set KFBOT_KUBE_API_URL).")
         # The CA first: if it is missing, no token should have been made for nothing.
         ca = self._ca_data(namespace) if not server.startswith("http://") else None
         try:
-            response = self.kube.create_token(
-                namespace, name, audiences, max(MIN_TOKEN_SECONDS, int(remaining))
-            )
+            response = self.kube.create_token(namespace, name, audiences,
+                                              max(MIN_TOKEN_SECONDS, int(remaining)))
         except k8s.Missing as exc:
-            raise NotFound(
-                f"The token account `{name}` is gone (revoked or expired); ask for a new token."
-            ) from exc
+            raise NotFound(f"The token account `{name}` is gone (revoked or expired); ask for a new "
+                           "token.") from exc
         status = response.get("status") or {}
         token = status.get("token")
         if not isinstance(token, str) or not token:
@@ -150,13 +134,8 @@ class Secrets:
         extra = {"kubeconfig": self._kubeconfig(server, ca, namespace, name, token)}
         if PIPELINES_AUDIENCE in audiences:
             extra["kfp"] = self._kfp_snippet(namespace, token)
-        return RevealedSecret(
-            kind="token",
-            value=token,
-            fingerprint=fingerprint(token),
-            expires_at=_parse_time(status.get("expirationTimestamp")),
-            extra=extra,
-        )
+        return RevealedSecret(kind="token", value=token, fingerprint=fingerprint(token),
+                              expires_at=_parse_time(status.get("expirationTimestamp")), extra=extra)
 
     def _ca_data(self, namespace: str) -> str:
         """base64 of the PEM CA bundle, as ``certificate-authority-data`` wants it."""
@@ -164,17 +143,14 @@ class Secrets:
             try:
                 pem = Path(self.settings.kube_ca_file).read_bytes()
             except OSError as exc:
-                raise PermanentError(
-                    f"The CA file {self.settings.kube_ca_file} cannot be read ({type(exc).__name__})."
-                ) from exc
+                raise PermanentError(f"The CA file {self.settings.kube_ca_file} cannot be read "
+                                     f"({type(exc).__name__}).") from exc
         else:
             cm = self.kube.get(k8s.CONFIG_MAP, "kube-root-ca.crt", namespace)
             text = ((cm or {}).get("data") or {}).get("ca.crt")
             if not text:
-                raise PermanentError(
-                    f"Namespace `{namespace}` has no ConfigMap kube-root-ca.crt with "
-                    "ca.crt; set KFBOT_KUBE_CA_FILE."
-                )
+                raise PermanentError(f"Namespace `{namespace}` has no ConfigMap kube-root-ca.crt with "
+                                     "ca.crt; set KFBOT_KUBE_CA_FILE.")
             pem = str(text).encode()
         return base64.b64encode(pem).decode()
 
@@ -189,9 +165,8 @@ class Secrets:
             "kind": "Config",
             "clusters": [{"name": "kubeflow", "cluster": cluster}],
             "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [
-                {"name": context, "context": {"cluster": "kubeflow", "user": account, "namespace": namespace}}
-            ],
+            "contexts": [{"name": context, "context": {"cluster": "kubeflow", "user": account,
+                                                       "namespace": namespace}}],
             "current-context": context,
             "preferences": {},
         }

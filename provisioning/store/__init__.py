@@ -37,6 +37,7 @@ Nothing here does I/O at import time: engines are created lazily by ``Database``
 composition root first uses one.
 """
 
+
 from provisioning.store.database import Database
 from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.locks import DbLock, LeaderElection

@@ -40,20 +40,10 @@ def iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def compute_mac(
-    key: bytes,
-    *,
-    seq: int,
-    at: datetime,
-    request_id: str | None,
-    type_: str,
-    actor: str | None,
-    data: JSON,
-    prev_mac: str,
-) -> str:
-    body = canonical_json(
-        {"seq": seq, "at": iso(at), "request_id": request_id, "type": type_, "actor": actor, "data": data}
-    )
+def compute_mac(key: bytes, *, seq: int, at: datetime, request_id: str | None, type_: str, actor: str | None,
+                data: JSON, prev_mac: str) -> str:
+    body = canonical_json({"seq": seq, "at": iso(at), "request_id": request_id, "type": type_,
+                           "actor": actor, "data": data})
     return hmac.new(key, body.encode() + prev_mac.encode(), hashlib.sha256).hexdigest()
 
 
@@ -70,16 +60,8 @@ class SqlAuditLog:
         )
         trail = []
         for row in rows:
-            mac = compute_mac(
-                self._key,
-                seq=row.seq,
-                at=row.at,
-                request_id=row.request_id,
-                type_=row.type,
-                actor=row.actor,
-                data=row.data,
-                prev_mac=row.prev_mac,
-            )
+            mac = compute_mac(self._key, seq=row.seq, at=row.at, request_id=row.request_id, type_=row.type,
+                              actor=row.actor, data=row.data, prev_mac=row.prev_mac)
             if not hmac.compare_digest(mac, row.mac):
                 continue
             try:
@@ -106,7 +88,9 @@ class SqlAuditLog:
             data = json.loads(canonical_json(dict(event.data)))
             prepared.append((event, data))
         head = self._conn.execute(
-            sa.select(audit_head.c.seq, audit_head.c.mac).where(audit_head.c.id == 1).with_for_update()
+            sa.select(audit_head.c.seq, audit_head.c.mac)
+            .where(audit_head.c.id == 1)
+            .with_for_update()
         ).first()
         if head is None:
             raise RuntimeError("the audit chain head row is missing: run `kfbot migrate`")
@@ -115,28 +99,12 @@ class SqlAuditLog:
         for event, data in prepared:
             seq += 1
             type_ = str(event.type.value)
-            mac = compute_mac(
-                self._key,
-                seq=seq,
-                at=event.at,
-                request_id=event.request_id,
-                type_=type_,
-                actor=event.actor,
-                data=data,
-                prev_mac=prev,
-            )
-            rows.append(
-                {
-                    "seq": seq,
-                    "at": event.at,
-                    "request_id": event.request_id,
-                    "type": type_,
-                    "actor": event.actor,
-                    "data": data,
-                    "prev_mac": prev,
-                    "mac": mac,
-                }
-            )
+            mac = compute_mac(self._key, seq=seq, at=event.at, request_id=event.request_id, type_=type_,
+                              actor=event.actor, data=data, prev_mac=prev)
+            rows.append({"seq": seq, "at": event.at, "request_id": event.request_id, "type": type_,
+                         "actor": event.actor, "data": data, "prev_mac": prev, "mac": mac})
             prev = mac
         self._conn.execute(sa.insert(audit_events), rows)
-        self._conn.execute(sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, mac=prev))
+        self._conn.execute(
+            sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, mac=prev)
+        )

@@ -84,9 +84,7 @@ class Database:
         self.url = make_url(url)
         backend = self.url.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
-            raise errors.KfError(
-                f"Unsupported database `{backend}`: use sqlite:/// or postgresql+psycopg://."
-            )
+            raise errors.KfError(f"Unsupported database `{backend}`: use sqlite:/// or postgresql+psycopg://.")
         self.audit_key = audit_key
         self._now = now or (lambda: datetime.now(UTC))
         self._engine: Engine | None = None
@@ -113,9 +111,8 @@ class Database:
         if not self.is_postgres:
             _create_private_file(self.url.database)
             # A normal (queue) pool of file connections, shared across threads.
-            engine = sa.create_engine(
-                self.url, connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000}
-            )
+            engine = sa.create_engine(self.url, connect_args={"check_same_thread": False,
+                                                              "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
@@ -135,9 +132,8 @@ class Database:
         """A unit of work with provisioning's work queue and registry. ``read_only`` only changes
         SQLite's BEGIN (DEFERRED: never waits for or blocks a writer); use it for reads nested
         inside another unit of work."""
-        return ProvisioningUnitOfWork(
-            self.engine, self.audit_key, self._now, read_only=read_only, writers=self._sqlite_writers
-        )
+        return ProvisioningUnitOfWork(self.engine, self.audit_key, self._now, read_only=read_only,
+                                      writers=self._sqlite_writers)
 
     def core_uow(self) -> SqlUnitOfWork:
         """A unit of work with only what ``handlers.ports.UnitOfWork`` declares: the core's."""
@@ -157,9 +153,8 @@ class Database:
         config.set_main_option("script_location", str(_MIGRATIONS_DIR))
         config.set_main_option("path_separator", "os")
         # ConfigParser interpolates '%': an escaped password must survive it.
-        config.set_main_option(
-            "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%")
-        )
+        config.set_main_option("sqlalchemy.url",
+                               self.url.render_as_string(hide_password=False).replace("%", "%%"))
         if connection is not None:
             config.attributes["connection"] = connection
         return config
@@ -212,3 +207,5 @@ class Database:
     def _local_lock(self, key: str) -> threading.Lock:
         with self._local_locks_guard:
             return self._local_locks.setdefault(key, threading.Lock())
+
+

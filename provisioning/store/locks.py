@@ -57,8 +57,7 @@ class DbLock:
                 conn.rollback()
                 if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
                     raise errors.TemporaryError(
-                        f"Another worker is still changing {key}; trying again."
-                    ) from exc
+                        f"Another worker is still changing {key}; trying again.") from exc
                 raise
             try:
                 yield

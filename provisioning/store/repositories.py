@@ -90,14 +90,12 @@ def _upsert(
     both backends, so two writers of the same key cannot both insert."""
     if conn.dialect.name == "postgresql":
         pg = postgresql.insert(table).values(dict(values))
-        conn.execute(
-            pg.on_conflict_do_update(index_elements=list(conflict), index_where=where, set_=dict(update))
-        )
+        conn.execute(pg.on_conflict_do_update(index_elements=list(conflict), index_where=where,
+                                              set_=dict(update)))
     elif conn.dialect.name == "sqlite":
         lite = sqlite.insert(table).values(dict(values))
-        conn.execute(
-            lite.on_conflict_do_update(index_elements=list(conflict), index_where=where, set_=dict(update))
-        )
+        conn.execute(lite.on_conflict_do_update(index_elements=list(conflict), index_where=where,
+                                                set_=dict(update)))
     else:  # pragma: no cover - the URL check in Database refuses other backends
         raise NotImplementedError(conn.dialect.name)
 
@@ -312,23 +310,16 @@ class SqlTimers:
             timers,
             {"kind": kind, "ref": ref, "due_at": due_at, "payload": body, "attempts": 0},
             conflict=["kind", "ref"],
-            update={
-                "due_at": due_at,
-                "payload": body,
-                "claimed_by": None,
-                "lease_until": None,
-                "attempts": 0,
-                "last_error": None,
-            },
+            update={"due_at": due_at, "payload": body, "claimed_by": None, "lease_until": None,
+                    "attempts": 0, "last_error": None},
             where=timers.c.done_at.is_(None),
         )
 
     def pending_payload(self, kind: str, ref: str) -> dict[str, JSON] | None:
         """The payload of the pending timer (kind, ref), or None when there is none."""
         row = self._tx.conn.execute(
-            sa.select(timers.c.payload).where(
-                timers.c.kind == kind, timers.c.ref == ref, timers.c.done_at.is_(None)
-            )
+            sa.select(timers.c.payload).where(timers.c.kind == kind, timers.c.ref == ref,
+                                              timers.c.done_at.is_(None))
         ).first()
         return None if row is None else dict(row.payload)
 
@@ -391,9 +382,8 @@ class SqlWork:
         """Extend the lease; False when it is no longer ours or already expired."""
         result = self._tx.conn.execute(
             sa.update(requests)
-            .where(
-                requests.c.id == request_id, requests.c.claimed_by == worker_id, requests.c.lease_until >= now
-            )
+            .where(requests.c.id == request_id, requests.c.claimed_by == worker_id,
+                   requests.c.lease_until >= now)
             .values(lease_until=lease_until)
         )
         return result.rowcount == 1
@@ -502,9 +492,8 @@ class SqlWork:
         )
 
     # -- timers -------------------------------------------------------------------------------
-    def claim_timers(
-        self, worker_id: str, now: datetime, lease_until: datetime, limit: int = 50
-    ) -> list[TimerRow]:
+    def claim_timers(self, worker_id: str, now: datetime, lease_until: datetime,
+                     limit: int = 50) -> list[TimerRow]:
         """Claim up to ``limit`` due, unfinished timers whose lease is free (oldest due first)."""
         conn = self._tx.conn
         ids = list(
@@ -513,11 +502,8 @@ class SqlWork:
                 .where(
                     timers.c.due_at <= now,
                     timers.c.done_at.is_(None),
-                    sa.or_(
-                        timers.c.claimed_by.is_(None),
-                        timers.c.lease_until.is_(None),
-                        timers.c.lease_until < now,
-                    ),
+                    sa.or_(timers.c.claimed_by.is_(None), timers.c.lease_until.is_(None),
+                           timers.c.lease_until < now),
                 )
                 .order_by(timers.c.due_at, timers.c.id)
                 .limit(limit)
@@ -535,15 +521,8 @@ class SqlWork:
             sa.select(timers).where(timers.c.id.in_(ids)).order_by(timers.c.due_at, timers.c.id)
         )
         return [
-            TimerRow(
-                id=r.id,
-                kind=r.kind,
-                ref=r.ref,
-                due_at=r.due_at,
-                payload=dict(r.payload),
-                attempts=r.attempts,
-                last_error=r.last_error,
-            )
+            TimerRow(id=r.id, kind=r.kind, ref=r.ref, due_at=r.due_at, payload=dict(r.payload),
+                     attempts=r.attempts, last_error=r.last_error)
             for r in rows
         ]
 
@@ -582,22 +561,11 @@ class SqlRegistry:
 
     # -- workspaces ---------------------------------------------------------------------------
     def put_workspace(
-        self,
-        name: str,
-        namespace: str,
-        owner: str,
-        request_id: str | None,
-        created: Mapping[str, Mapping[str, JSON]],
-        at: datetime,
+        self, name: str, namespace: str, owner: str, request_id: str | None,
+        created: Mapping[str, Mapping[str, JSON]], at: datetime,
     ) -> None:
-        values = {
-            "namespace": namespace,
-            "owner": owner,
-            "request_id": request_id,
-            "created": dict(created),
-            "created_at": at,
-            "deleted_at": None,
-        }
+        values = {"namespace": namespace, "owner": owner, "request_id": request_id, "created": dict(created),
+                  "created_at": at, "deleted_at": None}
         _upsert(self._tx.conn, workspaces, {"name": name, **values}, conflict=["name"], update=values)
 
     def get_workspace(self, name: str, *, include_deleted: bool = False) -> WorkspaceRecord | None:
@@ -623,22 +591,12 @@ class SqlRegistry:
 
     # -- grants -------------------------------------------------------------------------------
     def put_grant(
-        self,
-        workspace: str,
-        user: str,
-        role: str,
-        request_id: str | None,
-        expires_at: datetime | None,
+        self, workspace: str, user: str, role: str, request_id: str | None, expires_at: datetime | None,
         at: datetime,
     ) -> None:
         values = {"role": role, "request_id": request_id, "expires_at": expires_at, "created_at": at}
-        _upsert(
-            self._tx.conn,
-            grants,
-            {"workspace": workspace, "user": user, **values},
-            conflict=["workspace", "user"],
-            update=values,
-        )
+        _upsert(self._tx.conn, grants, {"workspace": workspace, "user": user, **values},
+                conflict=["workspace", "user"], update=values)
 
     def delete_grant(self, workspace: str, user: str) -> bool:
         result = self._tx.conn.execute(
@@ -660,28 +618,12 @@ class SqlRegistry:
 
     # -- tokens -------------------------------------------------------------------------------
     def put_token(
-        self,
-        token_id: str,
-        requester_id: str,
-        workspace: str,
-        namespace: str,
-        account: str,
-        role: str,
-        audiences: Sequence[str],
-        expires_at: datetime,
-        at: datetime,
+        self, token_id: str, requester_id: str, workspace: str, namespace: str, account: str, role: str,
+        audiences: Sequence[str], expires_at: datetime, at: datetime,
     ) -> None:
-        values = {
-            "requester_id": requester_id,
-            "workspace": workspace,
-            "namespace": namespace,
-            "account": account,
-            "role": role,
-            "audiences": list(audiences),
-            "expires_at": expires_at,
-            "created_at": at,
-            "revoked_at": None,
-        }
+        values = {"requester_id": requester_id, "workspace": workspace, "namespace": namespace,
+                  "account": account, "role": role, "audiences": list(audiences), "expires_at": expires_at,
+                  "created_at": at, "revoked_at": None}
         # An upsert, so recording the same issued token again (a resumed request) is harmless.
         _upsert(self._tx.conn, tokens, {"token_id": token_id, **values}, conflict=["token_id"], update=values)
 
@@ -738,39 +680,17 @@ class SqlRegistry:
 
 
 def _workspace(row: sa.Row[Any]) -> WorkspaceRecord:
-    return WorkspaceRecord(
-        name=row.name,
-        namespace=row.namespace,
-        owner=row.owner,
-        request_id=row.request_id,
-        created=dict(row.created),
-        created_at=row.created_at,
-        deleted_at=row.deleted_at,
-    )
+    return WorkspaceRecord(name=row.name, namespace=row.namespace, owner=row.owner, request_id=row.request_id,
+                           created=dict(row.created), created_at=row.created_at, deleted_at=row.deleted_at)
 
 
 def _grant(row: sa.Row[Any]) -> GrantRecord:
-    return GrantRecord(
-        workspace=row.workspace,
-        user=row.user,
-        role=row.role,
-        request_id=row.request_id,
-        expires_at=row.expires_at,
-        created_at=row.created_at,
-    )
+    return GrantRecord(workspace=row.workspace, user=row.user, role=row.role, request_id=row.request_id,
+                       expires_at=row.expires_at, created_at=row.created_at)
 
 
 def _token(row: sa.Row[Any], holder: str | None = None) -> TokenRecord:
-    return TokenRecord(
-        token_id=row.token_id,
-        requester_id=row.requester_id,
-        workspace=row.workspace,
-        namespace=row.namespace,
-        account=row.account,
-        role=row.role,
-        audiences=tuple(row.audiences),
-        expires_at=row.expires_at,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        holder=holder,
-    )
+    return TokenRecord(token_id=row.token_id, requester_id=row.requester_id, workspace=row.workspace,
+                       namespace=row.namespace, account=row.account, role=row.role,
+                       audiences=tuple(row.audiences), expires_at=row.expires_at, created_at=row.created_at,
+                       revoked_at=row.revoked_at, holder=holder)

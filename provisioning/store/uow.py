@@ -34,7 +34,6 @@ from provisioning.store.repositories import (
 if TYPE_CHECKING:
     from handlers.ports import UnitOfWork
 
-
 class SqlUnitOfWork:
     """``handlers.ports.UnitOfWork`` and nothing more: one transaction on one connection.
 
@@ -48,15 +47,8 @@ class SqlUnitOfWork:
     audit: AuditLog
     timers: Timers
 
-    def __init__(
-        self,
-        engine: Engine,
-        audit_key: bytes,
-        now: Callable[[], datetime],
-        *,
-        read_only: bool = False,
-        writers: threading.local | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, audit_key: bytes, now: Callable[[], datetime], *,
+                 read_only: bool = False, writers: threading.local | None = None) -> None:
         self._engine = engine
         self._audit_key = audit_key
         self._now = now
