@@ -48,6 +48,8 @@ short hand-over to ``WorkPool``), so it only needs to cover Slack requests arriv
 RESPONSE_URL_LIFETIME = timedelta(minutes=30)
 """Slack's ``response_url`` answers for 30 minutes: an acked request not handled by then is told
 "busy" (``BUSY_TEXT``) by DM; before that it waits its turn in the inbox."""
+REDELIVERY_WAIT_SECONDS = 60.0
+"""How long a redelivered request waits for this replica's run of its first copy."""
 INBOX_LEASE = timedelta(minutes=2)
 """How long a replica's claim on an inbox row stands before another replica may take the row."""
 
@@ -135,14 +137,17 @@ class Inbox:
         self.store, self.pool = store, pool
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._handlers: dict[str, Handler] = {}
+        self._inflight: dict[str, threading.Event] = {}  # fresh keys this replica is running
+        self._inflight_lock = threading.Lock()
         self.client: WebClient | None = None
         """The bot's own client, for work swept from the inbox (set by ``bot.app``)."""
 
     def handler(self, kind: str, handler: Handler) -> None:
         self._handlers[kind] = handler
 
-    def record(self, kind: str, body: Mapping[str, object]) -> str | None:
-        """Store a verified request before it is acked; its key, or None for a redelivery."""
+    def record(self, kind: str, body: Mapping[str, object]) -> tuple[str, bool]:
+        """Store a verified request before it is acked: its key, and False for a redelivery (the
+        key is there already)."""
         now = datetime.now(UTC)  # Slack's clock (response_url lifetime), not the core's
         trigger = text_at(body, "trigger_id") or secrets.token_hex(12)
         key = f"{kind}:{trigger}"
@@ -153,24 +158,41 @@ class Inbox:
             key, kind, payload, owner=self.owner, now=now, lease_until=now + INBOX_LEASE,
             expires_at=now + RESPONSE_URL_LIFETIME,
         )  # fmt: skip
-        return key if fresh else None
+        return key, fresh
 
     def run(
         self,
         kind: str,
-        key: str | None,
+        key: str,
+        fresh: bool,
         body: Mapping[str, object],
         client: WebClient,
         respond: Respond | None,
         context: BoltContext,
     ) -> None:
+        """Run a recorded request on the pool. A redelivery (not ``fresh``) runs from memory only,
+        after this replica's run of the first copy ends, so the use case finds the first copy's
+        request and says "already recorded" (two concurrent submissions of one key would race)."""
         cid = correlation(context)
-        if self.pool.submit(self._job(kind, key, body, client, respond, cid, context), key or ""):
+        if fresh:
+            with self._inflight_lock:
+                self._inflight[key] = threading.Event()
+        job = self._job(
+            kind, key if fresh else None, body, client, respond, cid, context, after=None if fresh else key
+        )
+        if self.pool.submit(job, key if fresh else ""):
             return
         with log.bound(cid):
             logger.info("work pool full; the request waits in the inbox")
-        if key is not None:
+        if fresh:
+            self._done(key)
             self.store.release([key], self.owner)
+
+    def _done(self, key: str) -> None:
+        with self._inflight_lock:
+            event = self._inflight.pop(key, None)
+        if event is not None:
+            event.set()
 
     def _job(
         self,
@@ -181,18 +203,28 @@ class Inbox:
         respond: Respond | None,
         cid: str,
         context: BoltContext | None,
+        *,
+        after: str | None = None,
     ) -> Callable[[], None]:
         handler = self._handlers[kind]
 
         def run() -> None:
             with log.bound(cid):
+                if after is not None:
+                    with self._inflight_lock:
+                        first = self._inflight.get(after)
+                    if first is not None:
+                        first.wait(REDELIVERY_WAIT_SECONDS)
                 try:
                     handler(body, client, respond, cid)
                 except Exception as error:  # the one handler, reached without Bolt's post-ack race
                     on_error(error, body, context, client, respond)
                 finally:
                     if key is not None:
-                        self.store.finish(key)
+                        try:
+                            self.store.finish(key)
+                        finally:
+                            self._done(key)
 
         return run
 
@@ -261,12 +293,12 @@ def durable(
 ) -> None:
     """Record, ack, run: the request is in the database before Slack hears 200, so a stop or a crash
     after the ack loses nothing."""
-    key = deps.inbox.record(kind, body)  # raises when the database cannot take it: no ack, Slack says so
+    key, fresh = deps.inbox.record(kind, body)  # raises when the database cannot take it: no ack
     ack()
-    # A redelivery (key None: the first copy's row stands) still runs, from memory only, so it is
-    # answered as before ("already recorded"); the use cases are idempotent on the same keys.
+    # A redelivery (the first copy's row stands) still runs, from memory only and after the first,
+    # so it is answered as before ("already recorded").
     try:
-        deps.inbox.run(kind, key, body, client, respond, context)
+        deps.inbox.run(kind, key, fresh, body, client, respond, context)
     except Exception:  # acked and recorded: the inbox sweep runs it; Slack must still get its 200
         logger.exception("could not hand an acked request to the work pool; the inbox sweep will")
 
