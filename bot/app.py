@@ -31,9 +31,9 @@ import provisioning
 from bot import listeners
 from bot import logging as log
 from bot.digest import install_digest
-from bot.http import HttpServer, wsgi_app
+from bot.http import HttpLimits, HttpServer, wsgi_app
 from bot.identity import Identity
-from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool
+from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, Inbox, WorkPool
 from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
 from bot.notify import SlackNotifier
 from bot.scheduler import start_scheduler
@@ -130,9 +130,9 @@ def build_slack(
         logger=logging.getLogger("kfbot.bolt"),
         listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="kfbot-ack"),
     )
-    deps = listeners.Deps(
-        settings=settings, core=core, identity=identity, backend=backend, pool=WorkPool(work_threads)
-    )
+    inbox = Inbox(backend.inbox, WorkPool(work_threads))
+    inbox.client = client
+    deps = listeners.Deps(settings=settings, core=core, identity=identity, backend=backend, inbox=inbox)
     listeners.register(app, deps)
     return SlackEdge(app, deps, notifier, client)
 
@@ -162,8 +162,13 @@ class SlackAuthCheck:
 
 
 def readiness(
-    backend: provisioning.Backend, mode: str, slack_connected: Callable[[], bool]
+    backend: provisioning.Backend,
+    mode: str,
+    slack_connected: Callable[[], bool],
+    draining: threading.Event | None = None,
 ) -> tuple[bool, dict[str, object]]:
+    if draining is not None and draining.is_set():  # SIGTERM: the Service stops sending us traffic
+        return False, {"provisioner": mode, "draining": True}
     body: dict[str, object] = {"provisioner": mode}
     try:
         body.update(backend.readiness())
@@ -189,6 +194,8 @@ class Running:
     socket_handler: SocketModeHandler | None = None
     registry: CollectorRegistry | None = None
     """What ``/metrics`` serves: this bot's own registry."""
+    draining: threading.Event = field(default_factory=threading.Event)
+    """Set on SIGTERM: ``/readyz`` answers 503 while what is in flight is finished."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -196,14 +203,21 @@ class Running:
         return self.http.url(SLACK_PATH)
 
     def stop(self) -> None:
+        """Graceful, within ``KFBOT_SHUTDOWN_SECONDS``: stop accepting; answer the requests already
+        taken; let the work pool finish what it can of the work they acked. Work still queued then
+        is not lost: it was recorded before the ack (``bot.listeners.common``), and another replica
+        (or this one, restarted) takes it up."""
         if self._stopped:
             return
         self._stopped = True
-        self.stop_event.set()
+        self.draining.set()
+        deadline = time.monotonic() + self.settings.http.shutdown_seconds
         if self.socket_handler is not None:
             self.socket_handler.close()  # type: ignore[no-untyped-call]
         self.http.stop()
-        self.edge.deps.pool.shutdown(wait=False)
+        self.stop_event.set()  # the inbox sweep takes nothing more
+        self.edge.deps.inbox.drain(max(0.0, deadline - time.monotonic()))
+        self.edge.deps.quick.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.worker.join(timeout=10)
         self.backend.close()
@@ -242,7 +256,9 @@ def start_slack(
     worker = backend.start_worker(edge.notifier, stop_event)
     bot_timers = install_digest(settings, backend, edge.client, clock)
     scheduler = start_scheduler(backend, edge.deps.core, settings.http.sweep_seconds, bot_timers)
+    start_inbox_sweep(edge.deps.inbox, stop_event, INBOX_SWEEP_SECONDS)
     socket_handler = None
+    draining = threading.Event()
     if settings.slack.socket_mode:
         socket_handler = SocketModeHandler(edge.app, settings.slack.app_token)
         socket_handler.connect()  # type: ignore[no-untyped-call]
@@ -251,23 +267,62 @@ def start_slack(
             return bool(socket_handler.client.is_connected())
 
         app = wsgi_app(
-            lambda: readiness(backend, settings.mode, connected), metrics=partial(exposition, registry)
+            lambda: readiness(backend, settings.mode, connected, draining),
+            metrics=partial(exposition, registry),
         )
     else:
         app = wsgi_app(
-            partial(readiness, backend, settings.mode, SlackAuthCheck(edge.client)),
+            partial(readiness, backend, settings.mode, SlackAuthCheck(edge.client), draining),
             slack=SlackEndpoint(edge.app, settings.slack.signing_secret),
             slack_path=SLACK_PATH,
             metrics=partial(exposition, registry),
         )
-    http = HttpServer(app, host or settings.http.host, settings.http.port if port is None else port).start()
+    http = HttpServer(
+        app, host or settings.http.host, settings.http.port if port is None else port, http_limits(settings)
+    ).start()
     logger.info(
         "kfbot serving: provisioner=%s, slack=%s, http port %d",
         settings.mode,
         "socket-mode" if socket_handler is not None else "http",
         http.port,
     )
-    return Running(settings, backend, edge, http, stop_event, worker, scheduler, socket_handler, registry)
+    return Running(
+        settings, backend, edge, http, stop_event, worker, scheduler, socket_handler, registry, draining
+    )
+
+
+INBOX_SWEEP_SECONDS = 2.0
+"""How often a replica looks for acked Slack work nobody is doing (another replica stopped)."""
+
+
+def start_inbox_sweep(inbox: Inbox, stop: threading.Event, every: float) -> threading.Thread:
+    """Each replica claims inbox rows whose lease ran out (a replica stopped or crashed mid-work, a
+    full pool) while it has room; the first sweep runs at start, so a restarted replica picks up
+    its own leftovers at once."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                inbox.sweep()
+            except Exception:  # a database blip must not end the sweep
+                logger.exception("inbox sweep failed")
+            stop.wait(every)
+
+    thread = threading.Thread(target=run, name="kfbot-inbox", daemon=True)
+    thread.start()
+    return thread
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    http = settings.http
+    return HttpLimits(
+        backlog=http.backlog,
+        threads=http.threads,
+        queue=http.queue,
+        read_timeout=http.timeout,
+        header_deadline=http.timeout,
+        shutdown_seconds=http.shutdown_seconds,
+    )
 
 
 def serve(settings: Settings) -> int:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -30,6 +31,8 @@ from handlers.model import Event, EventType, Request, RequestState
 from handlers.notifications import Audience, Button, Notice, Say, route
 from handlers.plan import JSON
 from handlers.ports import Delivery
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 Card = tuple[str, str]
@@ -105,6 +108,63 @@ _SLACK_BUTTONS: Mapping[Button, tuple[str, str, str]] = {
 }
 
 
+class ChannelPacer:
+    """Slack posts about one message per second per channel (short bursts tolerated) and answers
+    429 with ``Retry-After`` past that, while the client's own retry handler gives up after two
+    tries. Calls to one channel take turns in arrival order (a ticket queue, not a plain lock,
+    which would let a late thread overtake), and a 429 waits ``Retry-After`` and tries again while
+    keeping the turn: a burst of cards arrives complete and in order, and other channels are not
+    held up. A channel still throttled after ``max_wait`` seconds gives up (logged by the caller)."""
+
+    def __init__(self, max_wait: float = 900.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._max_wait, self._sleep = max_wait, sleep
+        self._lock = threading.Condition()
+        self._tickets: dict[str, list[int]] = {}  # channel -> [next ticket, now serving]
+
+    def call(self, channel: str, call: Callable[[], T]) -> T:
+        with self._lock:
+            turn = self._tickets.setdefault(channel, [0, 0])
+            ticket = turn[0]
+            turn[0] += 1
+            while turn[1] != ticket:
+                self._lock.wait()
+        try:
+            return self._until_accepted(call)
+        finally:
+            with self._lock:
+                turn[1] += 1
+                if turn[0] == turn[1]:
+                    del self._tickets[channel]
+                self._lock.notify_all()
+
+    def _until_accepted(self, call: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self._max_wait
+        while True:
+            try:
+                return call()
+            except SlackApiError as exc:
+                wait = retry_after(exc)
+                if wait is None or time.monotonic() + wait > deadline:
+                    raise
+                logger.info("Slack asked to slow down; retrying in %.0f s", wait)
+                self._sleep(wait)
+
+
+def retry_after(exc: SlackApiError) -> float | None:
+    """Seconds Slack asked to wait (429 ``Retry-After``), or None when it is another error."""
+    response = exc.response
+    if response is None or response.status_code != 429:
+        return None
+    for name, value in (response.headers or {}).items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) else value
+            try:
+                return max(1.0, float(raw))
+            except (TypeError, ValueError):
+                break
+    return 1.0
+
+
 class SlackNotifier(_Transport):
     style = render.SLACK
 
@@ -115,12 +175,14 @@ class SlackNotifier(_Transport):
         find_user: Callable[[str], str | None],
         calls: StepCalls | None = None,
         kept_by_steps: KeptBySteps | None = None,
+        pacer: ChannelPacer | None = None,
     ) -> None:
         super().__init__(calls, kept_by_steps)
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
         self._sent = threading.local()
+        self._pacer = pacer or ChannelPacer()
 
     def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
         # Listener threads and the engine publish concurrently: each call collects its own deliveries.
@@ -139,8 +201,12 @@ class SlackNotifier(_Transport):
     def _call(self, method: str, **kwargs: str | Blocks) -> Mapping[str, object]:
         """``WebClient.<method>(**kwargs)``'s answer, read with ``text_at`` (its shape is the
         method's); empty when the call failed (logged)."""
+        channel = kwargs.get("channel")
         try:
-            response = getattr(self._client, method)(**kwargs)
+            if method.startswith("chat_") and isinstance(channel, str):
+                response = self._pacer.call(channel, lambda: getattr(self._client, method)(**kwargs))
+            else:
+                response = getattr(self._client, method)(**kwargs)
         except SlackApiError as exc:
             error = exc.response.get("error", "?") if exc.response is not None else "?"
             logger.warning(

@@ -77,6 +77,17 @@ class HttpSettings:
     """``KFBOT_HTTP_PORT``: /slack/events (HTTP mode), /healthz, /readyz."""
     sweep_seconds: float = 15.0
     """``KFBOT_SWEEP_SECONDS``: how often the leader sweeps due timers."""
+    backlog: int = 1024
+    """``KFBOT_HTTP_BACKLOG``: the listen backlog (``bot.http.HttpLimits``)."""
+    threads: int = 32
+    """``KFBOT_HTTP_THREADS``: threads that read requests and run them up to the ack."""
+    queue: int = 256
+    """``KFBOT_HTTP_QUEUE``: accepted connections waiting for a thread; past it, 503."""
+    timeout: float = 10.0
+    """``KFBOT_HTTP_TIMEOUT``: seconds per socket read, and for a request's line and headers."""
+    shutdown_seconds: float = 20.0
+    """``KFBOT_SHUTDOWN_SECONDS``: on SIGTERM, how long requests in flight and acked work get before
+    the process exits; below the pod's ``terminationGracePeriodSeconds``."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,21 @@ class Settings:
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
             port=int(env.number("KFBOT_HTTP_PORT", 3000, minimum=0, maximum=65535, integer=True)),
             sweep_seconds=env.number("KFBOT_SWEEP_SECONDS", 15.0, minimum=1),
+            backlog=int(
+                env.number(
+                    "KFBOT_HTTP_BACKLOG", HttpSettings.backlog, minimum=128, maximum=65535, integer=True
+                )
+            ),
+            threads=int(
+                env.number("KFBOT_HTTP_THREADS", HttpSettings.threads, minimum=2, maximum=512, integer=True)
+            ),
+            queue=int(
+                env.number("KFBOT_HTTP_QUEUE", HttpSettings.queue, minimum=1, maximum=65535, integer=True)
+            ),
+            timeout=env.number("KFBOT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.5, maximum=300),
+            shutdown_seconds=env.number(
+                "KFBOT_SHUTDOWN_SECONDS", HttpSettings.shutdown_seconds, minimum=1, maximum=3600
+            ),
         )
         level = env.text("KFBOT_LOG_LEVEL", "INFO").upper()
         if level not in _LEVELS:

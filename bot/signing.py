@@ -29,12 +29,10 @@ from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
 from slack_bolt.request import BoltRequest
 
-from bot.http import json_response
+from bot.http import MAX_BODY_BYTES, json_response
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-"""Slack's payloads are a few KB; a modal submission stays far below this."""
 MAX_SKEW_SECONDS = 300
 """Slack's own replay window for the signature's timestamp."""
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # not \d: int() would also take other scripts' digits

@@ -21,6 +21,7 @@ from provisioning.settings import (
     KubeflowSettings,
     ProvisioningSettings,
 )
+from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.usage import NodeUsage, UsageLedger
 
 __all__ = [
@@ -32,12 +33,14 @@ __all__ = [
     "DoctorReport",
     "EngineSettings",
     "GrantRecord",
+    "InboxItem",
     "KubeflowSettings",
     "Metrics",
     "NodeUsage",
     "Permission",
     "ProvisioningSettings",
     "QuotaState",
+    "SqlInbox",
     "Status",
     "SystemClock",
     "TokenRecord",

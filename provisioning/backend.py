@@ -29,7 +29,7 @@ from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
 from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, SqlUnitOfWork, UsageLedger
+from provisioning.store import Database, LeaderElection, SqlInbox, SqlUnitOfWork, UsageLedger
 from provisioning.store.wakeup import PgWakeups
 
 if TYPE_CHECKING:
@@ -99,6 +99,8 @@ class Backend:
         """The running listener for other replicas' work notifications (``start_worker``, PostgreSQL)."""
         self._usage: UsageLedger | None = None
         self._cost_explorer: CostExplorer | None = None
+        self.inbox = SqlInbox(db)
+        """Slack requests acked and not yet finished (``provisioning/store/inbox.py``)."""
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""

@@ -20,14 +20,15 @@ lives (~3 s: a Dex restart in configmap mode, bcrypt at cost 16), so the modal i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import cast
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
 from bot import logging as log
-from bot.listeners.common import Deps, after_ack, error_reply, tell
+from bot.listeners.common import Deps, after_ack, durable, error_reply, tell
 from bot.payloads import Action, BlockActions, text_at
 from handlers import services
 from handlers.cost import buttons
@@ -55,8 +56,32 @@ def _forget(secret: RevealedSecret) -> None:
             log.forget_later(text)
 
 
+def _value(body: Mapping[str, object]) -> str:
+    actions = body.get("actions")
+    first = actions[0] if isinstance(actions, list) and actions else {}
+    return str(first.get("value", "")) if isinstance(first, dict) else ""
+
+
+def on_durable_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
+    """Register ``work`` for a button whose work must survive the ack (a decision): recorded in the
+    inbox, acked, run (``durable``)."""
+    kind = f"click:{action_id}"
+
+    def listener(
+        ack: Ack, body: BlockActions, context: BoltContext, client: WebClient, respond: Respond
+    ) -> None:
+        durable(deps, kind, ack, body, context, client, respond)
+
+    def run(body: Mapping[str, object], client: WebClient, respond: Respond | None, cid: str) -> None:
+        work(cast(BlockActions, body), _value(body), client, lambda text: tell(body, client, respond, text))
+
+    deps.inbox.handler(kind, run)
+    app.action(action_id)(listener)
+
+
 def on_click(app: App, deps: Deps, action_id: str, work: Click) -> None:
-    """Register ``work`` for a button: ack at once, then run it through ``after_ack``."""
+    """Register ``work`` for a button that opens a modal: ack at once, then run it through
+    ``after_ack`` on the quick pool (the ``trigger_id`` lives 3 s; nothing to keep after that)."""
 
     def listener(
         ack: Ack,
@@ -87,19 +112,31 @@ def show_secret(
     make: Callable[[], RevealedSecret],
     request_id: str | None,
     cid: str,
-) -> RevealedSecret | None:
+    later: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
     """Open "Working…" with the click's trigger_id at once, then make the secret and put it (or
-    the reason there is none) into that modal by its view id."""
+    the reason there is none) into that modal by its view id. ``later`` runs the making (seconds:
+    bcrypt, a Dex restart) off the thread that opened the modal, so the quick pool stays free for
+    the next click's ``views.open``; without it, it runs here."""
     opened = client.views_open(trigger_id=body["trigger_id"], view=blocks.working_modal(title))
     view_id = str((opened.get("view") or {}).get("id") or "")
-    try:
-        secret = make()
-    except Exception as error:  # shown in the modal the clicker is looking at, not in a message
-        client.views_update(view_id=view_id, view=blocks.notice_modal(title, error_reply(error, cid)))
-        return None
-    _forget(secret)
-    client.views_update(view_id=view_id, view=blocks.secret_modal(secret, request_id=request_id))
-    return secret
+
+    def fill() -> None:
+        with log.bound(cid):
+            try:
+                secret = make()
+            except Exception as error:  # shown in the modal the clicker is looking at, not in a message
+                client.views_update(view_id=view_id, view=blocks.notice_modal(title, error_reply(error, cid)))
+                return
+            _forget(secret)
+            client.views_update(view_id=view_id, view=blocks.secret_modal(secret, request_id=request_id))
+            extra = {"request_id": request_id} if request_id else {}
+            logger.info("%s shown to %s", secret.kind, text_at(body, "user", "id"), extra=extra)
+
+    if later is None:
+        fill()
+    else:
+        later(fill)
 
 
 def register(app: App, deps: Deps) -> None:
@@ -133,16 +170,34 @@ def register(app: App, deps: Deps) -> None:
         request = services.get_request(core, actor, value)
         client.views_open(trigger_id=body["trigger_id"], view=blocks.plan_modal(request))
 
+    def elsewhere(fill: Callable[[], None]) -> None:
+        # Not durable (the secret is made for the person looking at this modal, or not at all);
+        # the work pool if it has room, else this thread.
+        cid = log.correlation_id()
+
+        def guarded() -> None:
+            with log.bound(cid):
+                try:
+                    fill()
+                except Exception:  # the modal stays on "Working…"; the log has why, under the cid
+                    logger.exception("could not fill a secret modal")
+
+        if not deps.pool.submit(guarded):
+            guarded()
+
     def secret_click(title: str, make: Callable[[Actor, str], RevealedSecret], *, per_request: bool) -> Click:
         def work(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
             actor = identity.actor(body["user"]["id"])
             request_id = value if per_request else None
-            shown = show_secret(
-                client, body, title, lambda: make(actor, value), request_id, log.correlation_id()
+            show_secret(
+                client,
+                body,
+                title,
+                lambda: make(actor, value),
+                request_id,
+                log.correlation_id(),
+                later=elsewhere,
             )
-            if shown is not None:
-                extra = {"request_id": request_id} if request_id else {}
-                logger.info("%s shown to %s", shown.kind, actor.user_id, extra=extra)
 
         return work
 
@@ -178,8 +233,8 @@ def register(app: App, deps: Deps) -> None:
         return work
 
     for action_id in buttons.ACTIONS:
-        on_click(app, deps, action_id, report_button(action_id))
-    on_click(app, deps, blocks.APPROVE, approve)
+        on_durable_click(app, deps, action_id, report_button(action_id))
+    on_durable_click(app, deps, blocks.APPROVE, approve)
     on_click(app, deps, blocks.REJECT, reject)
     on_click(app, deps, blocks.VIEW_PLAN, view_plan)
     on_click(

@@ -7,19 +7,23 @@ the request the first one recorded and says so instead of recording a second.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import cast
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
 from bot.controls import control
-from bot.listeners.common import Deps, after_ack, correlation
+from bot.listeners.common import Deps, durable
 from bot.payloads import SlashCommand
-from handlers import parse, services
+from handlers import errors, parse, services
 from handlers.kinds import RequestKind
 
 logger = logging.getLogger(__name__)
 S = render.SLACK
+COMMAND = "command"
+"""The inbox kind of a ``/kf`` command."""
 
 
 def register(app: App, deps: Deps) -> None:
@@ -31,16 +35,14 @@ def register(app: App, deps: Deps) -> None:
         context: BoltContext,
         client: WebClient,
     ) -> None:
-        ack()
-        after_ack(
-            deps,
-            context,
-            body,
-            client,
-            respond,
-            lambda: handle(deps, command, respond, client, correlation(context)),
-        )
+        durable(deps, COMMAND, ack, body, context, client, respond)
 
+    def work(body: Mapping[str, object], client: WebClient, respond: Respond | None, cid: str) -> None:
+        if respond is None:  # Slack always sends a slash command's response_url
+            raise errors.InvalidInput("This command came without a response_url.")
+        handle(deps, cast(SlashCommand, body), respond, client, cid)
+
+    deps.inbox.handler(COMMAND, work)
     app.command("/kf")(kf)
 
 

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
+import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from slack_bolt import BoltContext, Respond
+from slack_bolt import Ack, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
 
+import provisioning
 from bot import logging as log
 from bot import render
 from bot.controls import WorkspaceReads
@@ -21,49 +28,238 @@ from bot.identity import Identity
 from bot.payloads import text_at
 from bot.settings import Settings
 from handlers import errors
+from handlers.plan import JSON
 from handlers.services import Core
 
 logger = logging.getLogger(__name__)
 
 
-BUSY_TEXT = "kf-chatops is busy right now; try again in a minute."
+BUSY_TEXT = (
+    "kf-chatops could not get to your request within 30 minutes, so it was dropped; please send it again."
+)
 WORK_THREADS = 8
 """Default size of the pool that runs listeners' work after their ack (``WorkPool``)."""
+QUICK_BUSY_TEXT = "kf-chatops is busy right now; click again in a moment."
+QUICK_THREADS = 4
+"""Size of the pool for clicks that only open a modal (``Deps.quick``): never behind bulk work."""
 LISTENER_THREADS = 16
 """Default size of Bolt's ``listener_executor``: it runs listeners up to their ``ack()`` (and the
 short hand-over to ``WorkPool``), so it only needs to cover Slack requests arriving together."""
+RESPONSE_URL_LIFETIME = timedelta(minutes=30)
+"""Slack's ``response_url`` answers for 30 minutes: an acked request not handled by then is told
+"busy" (``BUSY_TEXT``) by DM; before that it waits its turn in the inbox."""
+REDELIVERY_WAIT_SECONDS = 60.0
+"""How long a redelivered request waits for this replica's run of its first copy."""
+INBOX_LEASE = timedelta(minutes=2)
+"""How long a replica's claim on an inbox row stands before another replica may take the row."""
+
+Handler = Callable[[Mapping[str, object], WebClient, "Respond | None", str], None]
+"""Durable work of a Slack request, from its payload alone: (body, client, respond, correlation
+id). The same function runs the request in the replica that acked it and, from the inbox, in any
+other."""
 
 
 class WorkPool:
     """Runs listeners' work after their ack, on threads of its own, so a slow use case (a Dex
     restart, bcrypt at cost 16, a live read) never holds one of Bolt's listener threads, and the
     ``ack()`` of the next Slack request never waits behind it. Bounded: ``threads`` workers and at
-    most ``queue`` more waiting; past that a click is answered "busy" instead of queued."""
+    most ``queue`` more waiting. A full pool refuses (``submit`` is False): the durable work it
+    could not take stays in the inbox (``Inbox``), which is the real queue; this one only saves a
+    database round-trip in the common case."""
 
     def __init__(self, threads: int = WORK_THREADS, queue: int | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kfbot-work")
-        self._slots = threading.BoundedSemaphore(threads + (threads * 4 if queue is None else queue))
+        self._capacity = threads + (threads * 4 if queue is None else queue)
+        self._lock = threading.Condition()
+        self._taken = 0
+        self._waiting: dict[int, str] = {}  # submitted, not started: id -> tag
+        self._closed = False
 
-    def submit(self, work: Callable[[], None]) -> bool:
+    def free(self) -> int:
+        with self._lock:
+            return 0 if self._closed else self._capacity - self._taken
+
+    def submit(self, work: Callable[[], None], tag: str = "") -> bool:
         """Queue ``work``; False (nothing queued) when the pool is full or shut down."""
-        if not self._slots.acquire(blocking=False):
-            return False
+        with self._lock:
+            if self._closed or self._taken >= self._capacity:
+                return False
+            self._taken += 1
+            token = id(work)
+            self._waiting[token] = tag
 
         def run() -> None:
+            with self._lock:
+                started = self._waiting.pop(token, None) is not None
             try:
-                work()
+                if started:
+                    work()
             finally:
-                self._slots.release()
+                with self._lock:
+                    self._taken -= 1
+                    self._lock.notify_all()
 
         try:
             self._executor.submit(run)
         except RuntimeError:  # shut down
-            self._slots.release()
+            with self._lock:
+                self._waiting.pop(token, None)
+                self._taken -= 1
             return False
         return True
 
+    def drain(self, timeout: float) -> list[str]:
+        """Stop taking work, give what was taken up to ``timeout`` seconds to finish, and return
+        the tags of work that never started (it will not run here)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+            while self._taken and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(left)
+            never = [tag for tag in self._waiting.values() if tag]
+            self._waiting.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return never
+
     def shutdown(self, wait: bool = False) -> None:
+        with self._lock:
+            self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+class Inbox:
+    """Durable hand-over of acked Slack work (``provisioning.SqlInbox``): ``record`` before the ack,
+    ``run`` after it, ``sweep`` for rows nobody is working on (another replica stopped, or this
+    one's pool was full). A row is deleted when its handler returns or fails (a failure is told to
+    the person, as before); only a process that dies mid-work leaves it, for the next claim."""
+
+    def __init__(self, store: provisioning.SqlInbox, pool: WorkPool, owner: str | None = None) -> None:
+        self.store, self.pool = store, pool
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._handlers: dict[str, Handler] = {}
+        self._inflight: dict[str, threading.Event] = {}  # fresh keys this replica is running
+        self._inflight_lock = threading.Lock()
+        self.client: WebClient | None = None
+        """The bot's own client, for work swept from the inbox (set by ``bot.app``)."""
+
+    def handler(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def record(self, kind: str, body: Mapping[str, object]) -> tuple[str, bool]:
+        """Store a verified request before it is acked: its key, and False for a redelivery (the
+        key is there already)."""
+        now = datetime.now(UTC)  # Slack's clock (response_url lifetime), not the core's
+        trigger = text_at(body, "trigger_id") or secrets.token_hex(12)
+        key = f"{kind}:{trigger}"
+        payload = cast(
+            dict[str, JSON], json.loads(json.dumps({k: v for k, v in body.items() if k != "token"}))
+        )
+        fresh = self.store.record(
+            key, kind, payload, owner=self.owner, now=now, lease_until=now + INBOX_LEASE,
+            expires_at=now + RESPONSE_URL_LIFETIME,
+        )  # fmt: skip
+        return key, fresh
+
+    def run(
+        self,
+        kind: str,
+        key: str,
+        fresh: bool,
+        body: Mapping[str, object],
+        client: WebClient,
+        respond: Respond | None,
+        context: BoltContext,
+    ) -> None:
+        """Run a recorded request on the pool. A redelivery (not ``fresh``) runs from memory only,
+        after this replica's run of the first copy ends, so the use case finds the first copy's
+        request and says "already recorded" (two concurrent submissions of one key would race)."""
+        cid = correlation(context)
+        if fresh:
+            with self._inflight_lock:
+                self._inflight[key] = threading.Event()
+        job = self._job(
+            kind, key if fresh else None, body, client, respond, cid, context, after=None if fresh else key
+        )
+        if self.pool.submit(job, key if fresh else ""):
+            return
+        with log.bound(cid):
+            logger.info("work pool full; the request waits in the inbox")
+        if fresh:
+            self._done(key)
+            self.store.release([key], self.owner)
+
+    def _done(self, key: str) -> None:
+        with self._inflight_lock:
+            event = self._inflight.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _job(
+        self,
+        kind: str,
+        key: str | None,
+        body: Mapping[str, object],
+        client: WebClient,
+        respond: Respond | None,
+        cid: str,
+        context: BoltContext | None,
+        *,
+        after: str | None = None,
+    ) -> Callable[[], None]:
+        handler = self._handlers[kind]
+
+        def run() -> None:
+            with log.bound(cid):
+                if after is not None:
+                    with self._inflight_lock:
+                        first = self._inflight.get(after)
+                    if first is not None:
+                        first.wait(REDELIVERY_WAIT_SECONDS)
+                try:
+                    handler(body, client, respond, cid)
+                except Exception as error:  # the one handler, reached without Bolt's post-ack race
+                    on_error(error, body, context, client, respond)
+                finally:
+                    if key is not None:
+                        try:
+                            self.store.finish(key)
+                        finally:
+                            self._done(key)
+
+        return run
+
+    def sweep(self) -> int:
+        """Claim rows nobody is working on, as many as the pool has room for, and run them;
+        one past ``expires_at`` is told "busy" instead. The number claimed."""
+        client = self.client
+        if client is None:
+            return 0
+        now = datetime.now(UTC)
+        items = self.store.claim(self.owner, now, now + INBOX_LEASE, self.pool.free())
+        for item in items:
+            body: Mapping[str, object] = dict(item.payload)
+            cid = log.new_correlation_id()
+            if item.kind not in self._handlers:
+                logger.error("inbox row of unknown kind %s dropped", item.kind)
+                self.store.finish(item.key)
+                continue
+            if item.expires_at <= now:
+                with log.bound(cid):
+                    logger.warning("an acked Slack request expired in the inbox; told the user")
+                    tell(body, client, None, BUSY_TEXT)
+                self.store.finish(item.key)
+                continue
+            url = text_at(body, "response_url")
+            respond = Respond(response_url=url) if url else None
+            if not self.pool.submit(
+                self._job(item.kind, item.key, body, client, respond, cid, None), item.key
+            ):
+                self.store.release([item.key], self.owner)
+        return len(items)
+
+    def drain(self, timeout: float) -> None:
+        """Shutdown: finish what the pool holds within ``timeout``; hand the rest back."""
+        self.store.release(self.pool.drain(timeout), self.owner)
 
 
 @dataclass(frozen=True)
@@ -75,8 +271,36 @@ class Deps:
     identity: Identity
     backend: WorkspaceReads
     """``provisioning.Backend``'s read models (workspaces, contributors, tokens)."""
-    pool: WorkPool = field(default_factory=WorkPool)
-    """Where work after an ack runs (``after_ack``)."""
+    inbox: Inbox
+    """Where acked work is recorded and run (``durable``)."""
+    quick: WorkPool = field(default_factory=lambda: WorkPool(QUICK_THREADS))
+    """Where clicks that only open a modal run (``after_ack``): within the ``trigger_id``'s 3 s,
+    never queued behind bulk work."""
+
+    @property
+    def pool(self) -> WorkPool:
+        return self.inbox.pool
+
+
+def durable(
+    deps: Deps,
+    kind: str,
+    ack: Ack,
+    body: Mapping[str, object],
+    context: BoltContext,
+    client: WebClient,
+    respond: Respond | None,
+) -> None:
+    """Record, ack, run: the request is in the database before Slack hears 200, so a stop or a crash
+    after the ack loses nothing."""
+    key, fresh = deps.inbox.record(kind, body)  # raises when the database cannot take it: no ack
+    ack()
+    # A redelivery (the first copy's row stands) still runs, from memory only and after the first,
+    # so it is answered as before ("already recorded").
+    try:
+        deps.inbox.run(kind, key, fresh, body, client, respond, context)
+    except Exception:  # acked and recorded: the inbox sweep runs it; Slack must still get its 200
+        logger.exception("could not hand an acked request to the work pool; the inbox sweep will")
 
 
 FROM_SLACK = "kfbot_from_slack"
@@ -106,9 +330,10 @@ def after_ack(
     respond: Respond | None,
     work: Callable[[], None],
 ) -> None:
-    """Hand a listener's work, once it has acked, to ``deps.pool`` (never run on Bolt's listener
+    """Hand a click's modal work, once it has acked, to ``deps.quick`` (never run on Bolt's listener
     thread: see ``WorkPool``); it runs with the correlation id bound, and a failure goes to
-    ``on_error``, the same single handler ``@app.error`` is. A full pool answers "busy".
+    ``on_error``, the same single handler ``@app.error`` is. Not durable: a modal must open within
+    the click's 3 s or not at all, so a full pool says so and the person clicks again.
 
     Why not simply let the exception reach ``@app.error``: with ``process_before_response=False``
     Bolt 1.30 (``listener/thread_runner.py``) sets ``ack.response`` back to None when a listener
@@ -125,10 +350,10 @@ def after_ack(
             except Exception as error:  # the one handler, reached without Bolt's post-ack race
                 on_error(error, body, context, client, respond)
 
-    if not deps.pool.submit(run):
+    if not deps.quick.submit(run):
         with log.bound(cid):
-            logger.warning("work pool full; refused a Slack request")
-            tell(body, client, respond, BUSY_TEXT)
+            logger.warning("quick pool full; refused a click")
+            tell(body, client, respond, QUICK_BUSY_TEXT)
 
 
 def user_id(body: Mapping[str, object]) -> str:
@@ -138,17 +363,17 @@ def user_id(body: Mapping[str, object]) -> str:
 def on_error(
     error: Exception,
     body: Mapping[str, object],
-    context: BoltContext,
+    context: BoltContext | None,
     client: WebClient,
     respond: Respond | None,
 ) -> None:
-    if not context.get(FROM_SLACK):
+    if context is not None and not context.get(FROM_SLACK):
         # Bolt also calls this handler for a failure inside its own middleware, before the request
         # was verified: then the body is anyone's, and its response_url or channel names no one
         # to answer. Only the error's type is logged, nothing of the request.
         logger.warning("a Slack request failed in Bolt's middleware, before ours: %s", type(error).__name__)
         return
-    cid = correlation(context)
+    cid = correlation(context) if context is not None else log.correlation_id() or log.new_correlation_id()
     with log.bound(cid):
         tell(body, client, respond, error_reply(error, cid))
 

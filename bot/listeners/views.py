@@ -11,19 +11,23 @@ records one request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import cast
 
-from slack_bolt import Ack, App, BoltContext
+from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
 from bot import logging as log
-from bot.listeners.common import Deps, after_ack, correlation, tell
+from bot.listeners.common import Deps, correlation, durable, tell
 from bot.payloads import View, ViewSubmission
 from handlers import errors, naming, parse, services
 
 logger = logging.getLogger(__name__)
 PLACEHOLDER_EMAIL = "requester@example.com"
 """Stands in for the requester's address while the form is checked before the ack."""
+REJECT_KIND = "view:reject"
+FORM_KIND = "view:workspace"
 
 
 def field_errors(exc: errors.KfError) -> dict[str, str]:
@@ -43,31 +47,36 @@ def register(app: App, deps: Deps) -> None:
             ack(response_action="errors", errors={blocks.REASON_BLOCK: "Say why the request is rejected."})
             return
         try:  # pure, like the form below: the modal is the place to say what is wrong with it
-            reason = naming.free_text(reason, what="reason", field="reason")
+            naming.free_text(reason, what="reason", field="reason")  # again after the ack, from the row
         except errors.InvalidInput as exc:
             ack(response_action="errors", errors=field_errors(exc))
             return
-        ack()
+        durable(deps, REJECT_KIND, ack, body, context, client, None)
 
-        def work() -> None:
-            user = body["user"]["id"]
-            meta = blocks.RejectContext.load(view.get("private_metadata") or "")
-            if meta.version is None:  # decide() would skip its stale-card check
-                raise errors.InvalidInput(blocks.STALE_BUTTON_TEXT)
-            actor = identity.actor(user)
-            request = services.decide(
-                core,
-                actor,
-                meta.request_id,
-                approve=False,
-                reason=reason,
-                decision_key=f"{meta.message_ts}:reject:{user}:{meta.version}",
-                seen_version=meta.version,
-            )
-            logger.info("%s rejected %s", user, request.id, extra={"request_id": request.id})
-            tell(body, client, None, f"You rejected `{request.id}`.")
-
-        after_ack(deps, context, body, client, None, work)
+    def reject_work(
+        body_: Mapping[str, object], client: WebClient, respond: Respond | None, cid: str
+    ) -> None:
+        body = cast(ViewSubmission, body_)
+        view = body["view"]
+        reason = naming.free_text(
+            blocks.form_values(view).get(blocks.REASON_BLOCK, ""), what="reason", field="reason"
+        )
+        user = body["user"]["id"]
+        meta = blocks.RejectContext.load(view.get("private_metadata") or "")
+        if meta.version is None:  # decide() would skip its stale-card check
+            raise errors.InvalidInput(blocks.STALE_BUTTON_TEXT)
+        actor = identity.actor(user)
+        request = services.decide(
+            core,
+            actor,
+            meta.request_id,
+            approve=False,
+            reason=reason,
+            decision_key=f"{meta.message_ts}:reject:{user}:{meta.version}",
+            seen_version=meta.version,
+        )
+        logger.info("%s rejected %s", user, request.id, extra={"request_id": request.id})
+        tell(body, client, None, f"You rejected `{request.id}`.")
 
     def workspace_form(
         ack: Ack, body: ViewSubmission, view: View, context: BoltContext, client: WebClient
@@ -79,20 +88,20 @@ def register(app: App, deps: Deps) -> None:
             except errors.KfError as exc:  # before ack is the only moment Slack shows errors on fields
                 ack(response_action="errors", errors=field_errors(exc))
                 return
-        ack()
+        durable(deps, FORM_KIND, ack, body, context, client, None)
 
-        def work() -> None:
-            actor = identity.actor(body["user"]["id"])
-            kind = parse.workspace_from_form(values, actor.email)
-            result = services.submit(
-                core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=correlation(context)
-            )
-            text = render.submitted_text(
-                result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=render.SLACK
-            )
-            client.chat_postMessage(channel=actor.user_id, text=blocks.fallback(text))
+    def form_work(body_: Mapping[str, object], client: WebClient, respond: Respond | None, cid: str) -> None:
+        body = cast(ViewSubmission, body_)
+        view = body["view"]
+        actor = identity.actor(body["user"]["id"])
+        kind = parse.workspace_from_form(blocks.form_values(view), actor.email)
+        result = services.submit(core, actor, kind, idempotency_key=f"view:{view['id']}", correlation_id=cid)
+        text = render.submitted_text(
+            result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=render.SLACK
+        )
+        client.chat_postMessage(channel=actor.user_id, text=blocks.fallback(text))
 
-        after_ack(deps, context, body, client, None, work)
-
+    deps.inbox.handler(REJECT_KIND, reject_work)
+    deps.inbox.handler(FORM_KIND, form_work)
     app.view(blocks.REJECT_VIEW)(reject_reason)
     app.view(blocks.WORKSPACE_VIEW)(workspace_form)

@@ -39,6 +39,7 @@ composition root first uses one.
 
 
 from provisioning.store.database import Database
+from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.locks import DbLock, LeaderElection
 from provisioning.store.repositories import LeaseLost, SqlRegistry, SqlWork, StepRecord, TimerRow
 from provisioning.store.schema import (
@@ -63,10 +64,12 @@ __all__ = [
     "GENESIS_MAC",
     "Database",
     "DbLock",
+    "InboxItem",
     "LeaderElection",
     "LeaseLost",
     "NodeUsage",
     "ProvisioningUnitOfWork",
+    "SqlInbox",
     "SqlRegistry",
     "SqlUnitOfWork",
     "SqlWork",

@@ -120,7 +120,10 @@ class Database:
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
         # pre_ping: a connection the server dropped while pooled is replaced, not handed out.
-        return sa.create_engine(self.url, pool_pre_ping=True)
+        # SQLAlchemy's default pool (5 + 10 overflow) made a burst's threads queue for a connection
+        # (profiled: ~12 ms per checkout at 100 concurrent commands); connections open lazily, so
+        # a larger ceiling costs nothing idle. Two replicas stay well under PostgreSQL's 100.
+        return sa.create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=30)
 
     def dispose(self) -> None:
         with self._engine_lock:

@@ -315,3 +315,22 @@ cost_digests = sa.Table(
     sa.Column("claimed_at", UtcDateTime(), nullable=False),
     sa.Column("posted_at", UtcDateTime(), nullable=True),
 )
+
+# Slack requests acked but not yet handled (migration 0004): a listener records the verified
+# payload before it acks, and deletes the row once the work is done. A row whose lease ran out (its
+# replica was stopped or crashed, or its work pool was full) is claimed by any replica's inbox
+# sweep, so nothing acked is lost. ``payload`` holds the request as Slack sent it, minus its
+# legacy ``token``; it is deleted with the row (``response_url`` lives 30 minutes: ``expires_at``).
+slack_inbox = sa.Table(
+    "slack_inbox",
+    metadata,
+    sa.Column("key", sa.String(), primary_key=True),  # kind + trigger_id: a redelivery is one row
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("payload", _json(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Column("claimed_by", sa.String(), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    sa.Index("ix_slack_inbox_lease_until", "lease_until"),
+)

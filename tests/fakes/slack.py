@@ -17,6 +17,7 @@ import contextlib
 import copy
 import inspect
 import json
+import math
 import os
 import secrets
 import threading
@@ -176,6 +177,10 @@ class FakeSlack:
         self._ephemerals: list[Json] = []
         self._responses: dict[str, list[Json]] = {}
         self._rate_limits: dict[str, list[int]] = {}
+        self._channel_rate: tuple[float, float] | None = None  # (messages per second, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, at)
+        self.throttled = 0
+        """chat.postMessage calls answered 429 by the per-channel limit."""
         self._failures: dict[str, list[str]] = {}
         self._used_triggers: set[str] = set()
         self._opened: set[str] = set()
@@ -271,6 +276,30 @@ class FakeSlack:
         """The next call to ``method`` answers 429 with ``Retry-After`` (queued; one per call)."""
         with self._lock:
             self._rate_limits.setdefault(method, []).append(retry_after)
+
+    def limit_channel_rate(self, per_second: float = 1.0, burst: float = 5.0) -> None:
+        """Throttle chat.postMessage per channel as Slack does ("1 per second per channel, short
+        bursts allowed": docs.slack.dev/apis/web-api/rate-limits): a token bucket of ``burst``
+        refilled at ``per_second``; an empty bucket answers HTTP 429 with ``Retry-After`` (whole
+        seconds, at least 1) and ``{"ok": false, "error": "ratelimited"}``, and posts nothing."""
+        with self._lock:
+            self._channel_rate = (per_second, burst)
+            self._buckets.clear()
+
+    def _throttled(self, method: str, params: Json) -> int | None:
+        """Seconds to wait when the per-channel limit refuses this call, else None (and a token spent)."""
+        if self._channel_rate is None or method != "chat.postMessage":
+            return None
+        rate, burst = self._channel_rate
+        channel = str(params.get("channel", ""))
+        now = time.monotonic()
+        tokens, at = self._buckets.get(channel, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1:
+            self._buckets[channel] = (tokens, now)
+            return max(1, math.ceil((1 - tokens) / rate))
+        self._buckets[channel] = (tokens - 1, now)
+        return None
 
     def fail_next(self, method: str, error: str) -> None:
         """The next call to ``method`` answers ``ok: false`` with ``error`` (queued; one per call)."""
@@ -396,6 +425,10 @@ class FakeSlack:
                 retry_after = self._rate_limits[method].pop(0)
                 body = json.dumps({"ok": False, "error": "ratelimited"}).encode()
                 return 429, {**_JSON_HEADERS, "Retry-After": str(retry_after)}, body
+            if (wait := self._throttled(method, params)) is not None:
+                self.throttled += 1
+                body = json.dumps({"ok": False, "error": "ratelimited"}).encode()
+                return 429, {**_JSON_HEADERS, "Retry-After": str(wait)}, body
             try:
                 answer = self._answer(method, params, token)
             except _ApiError as err:

@@ -1,0 +1,114 @@
+"""The Slack inbox (table ``slack_inbox``): Slack requests a replica acked and has not finished.
+
+Why: Slack never retries a slash command or a click, so once the bot has said 200 the work it
+asks for must survive the replica: a SIGTERM, a crash, a full work pool. The edge records the
+verified payload *before* it acks (``record``, claimed by the recording replica for ``lease``),
+runs it from memory when it can, and deletes the row when done (``finish``). A row whose lease is
+free or expired is work nobody is doing: every replica's inbox sweep ``claim``s such rows, oldest
+first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two replicas never take the same one), and
+runs them through the same handlers. Running one twice is harmless by construction: the use cases
+behind them are idempotent on the request's own keys (a command's ``trigger_id``, a decision's
+key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from handlers.plan import JSON
+from provisioning.store.database import Database
+from provisioning.store.schema import slack_inbox
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    key: str
+    kind: str
+    payload: Mapping[str, JSON]
+    received_at: datetime
+    expires_at: datetime
+    attempts: int
+
+
+class SqlInbox:
+    """Each method is one short transaction of its own: never inside a unit of work, never
+    around a Slack call."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def record(
+        self,
+        key: str,
+        kind: str,
+        payload: Mapping[str, JSON],
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        expires_at: datetime,
+    ) -> bool:
+        """Record an acked request, claimed by ``owner``; False when ``key`` is already there (a
+        redelivery: the first copy's work stands)."""
+        try:
+            with self._db.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(slack_inbox).values(
+                        key=key, kind=kind, payload=dict(payload), received_at=now, expires_at=expires_at,
+                        claimed_by=owner, lease_until=lease_until, attempts=1,
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            return False
+        return True
+
+    def finish(self, key: str) -> None:
+        with self._db.engine.begin() as conn:
+            conn.execute(sa.delete(slack_inbox).where(slack_inbox.c.key == key))
+
+    def release(self, keys: list[str], owner: str) -> None:
+        """Give up our claim on ``keys`` (not started: a full pool, a shutdown): any replica's
+        sweep may take them at once."""
+        if not keys:
+            return
+        with self._db.engine.begin() as conn:
+            conn.execute(
+                sa.update(slack_inbox)
+                .where(slack_inbox.c.key.in_(keys), slack_inbox.c.claimed_by == owner)
+                .values(claimed_by=None, lease_until=None)
+            )
+
+    def claim(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[InboxItem]:
+        """Up to ``limit`` rows nobody is working on (lease free or expired), oldest first, now
+        claimed by ``owner`` until ``lease_until``."""
+        if limit <= 0:
+            return []
+        with self._db.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(slack_inbox)
+                .where(sa.or_(slack_inbox.c.lease_until.is_(None), slack_inbox.c.lease_until < now))
+                .order_by(slack_inbox.c.received_at, slack_inbox.c.key)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            conn.execute(
+                sa.update(slack_inbox)
+                .where(slack_inbox.c.key.in_([row.key for row in rows]))
+                .values(claimed_by=owner, lease_until=lease_until, attempts=slack_inbox.c.attempts + 1)
+            )
+        return [
+            InboxItem(row.key, row.kind, row.payload, row.received_at, row.expires_at, row.attempts + 1)
+            for row in rows
+        ]
+
+    def pending(self) -> int:
+        """Rows not finished (a gauge; tests)."""
+        with self._db.reader() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(slack_inbox)).scalar_one())

@@ -1,0 +1,92 @@
+"""Slack's own pace: chat.postMessage is throttled per channel (about one a second, short bursts
+allowed) with 429 and Retry-After. The fake Slack enforces a per-channel token bucket over HTTP;
+the bot's ``ChannelPacer`` (what ``SlackNotifier`` posts through) must deliver a burst of 200
+cards complete, each once, in the order each poster sent them, without holding up another channel.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot.notify import ChannelPacer
+from tests.fakes.slack import BOT_TOKEN, FakeSlack
+
+pytestmark = pytest.mark.slow
+CARDS = "C0CARDS01"
+OTHER = "C0OTHER01"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        fake.limit_channel_rate(per_second=100, burst=20)
+        yield fake
+
+
+def client(fake: FakeSlack) -> WebClient:
+    # As bot.app.make_client: the SDK's own handler retries a 429 twice, then raises.
+    return WebClient(
+        token=BOT_TOKEN,
+        base_url=fake.base_url,
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)],
+    )
+
+
+def test_the_fake_throttles_a_channel_with_429_and_retry_after(fake: FakeSlack) -> None:
+    web = WebClient(token=BOT_TOKEN, base_url=fake.base_url)
+    with pytest.raises(SlackApiError) as refused:
+        for i in range(100):
+            web.chat_postMessage(channel=CARDS, text=str(i))
+    assert refused.value.response.status_code == 429
+    assert refused.value.response["error"] == "ratelimited"
+    assert int(refused.value.response.headers["Retry-After"]) >= 1
+    posted = len(fake.messages_in(CARDS))
+    assert 20 <= posted < 100  # the burst went through, then the bucket was empty
+    web.chat_postMessage(channel=OTHER, text="another channel has its own bucket")
+    assert len(fake.messages_in(OTHER)) == 1
+
+
+def test_a_burst_of_200_cards_from_10_threads_arrives_complete_and_in_order(fake: FakeSlack) -> None:
+    pacer, web = ChannelPacer(), client(fake)
+    errors: list[BaseException] = []
+
+    def poster(thread: int) -> None:
+        try:
+            for i in range(20):
+                pacer.call(CARDS, lambda i=i: web.chat_postMessage(channel=CARDS, text=f"{thread}:{i}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poster, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    texts = [str(m["text"]) for m in fake.messages_in(CARDS)]
+    assert len(texts) == 200 and len(set(texts)) == 200  # none lost, none twice
+    for n in range(10):
+        assert [t for t in texts if t.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(20)]
+    assert fake.throttled > 0  # Slack's pace was really met, and honoured
+
+
+def test_a_throttled_channel_does_not_hold_up_another(fake: FakeSlack) -> None:
+    pacer, web = ChannelPacer(), client(fake)
+    busy = threading.Thread(
+        target=lambda: [pacer.call(CARDS, lambda i=i: web.chat_postMessage(channel=CARDS, text=str(i)))
+                        for i in range(60)]
+    )  # fmt: skip
+    busy.start()
+    fake.wait_for(lambda: fake.throttled > 0, 30, "the cards channel to be throttled")
+    pacer.call(OTHER, lambda: web.chat_postMessage(channel=OTHER, text="meanwhile"))
+    still_posting = busy.is_alive()
+    busy.join(timeout=120)
+    assert still_posting  # the other channel's message went out while the first one waited
+    assert len(fake.messages_in(OTHER)) == 1
+    assert [m["text"] for m in fake.messages_in(CARDS)] == [str(i) for i in range(60)]
