@@ -223,7 +223,8 @@ check(all("sidecar.istio.io/inject" not in j["spec"]["template"]["metadata"].get
 cluster_rules = {(g, r): set(rule["verbs"]) for cr in kinds(docs, "ClusterRole") for rule in cr["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
 check(cluster_rules.get(("apps", "statefulsets")) == {"list"}, "production: statefulsets must be list only")
-check(cluster_rules.get(("kubeflow.org", "notebooks")) == {"list", "patch"}, "production: notebooks list+patch")
+check(cluster_rules.get(("kubeflow.org", "notebooks")) == {"get", "list", "patch"},
+      "production: notebooks get+list+patch")
 
 _, docs = load("http-mode")
 env = env_of(docs)
