@@ -55,7 +55,7 @@ def test_shell_on_a_fresh_checkout_runs_a_request_end_to_end(tmp_path: Path) -> 
 
     out = second.stdout
     assert second.returncode == 0, second.stderr
-    assert "error: Only admins can approve or reject requests." in out  # alice may not; the shell goes on
+    assert "error: Only admins approve requests;" in out  # alice may not; the shell goes on
     assert f"You approved `{request_id}`." in out
     assert f"[DM to alice@example.com] Your request `{request_id}`" in out
     assert "would: s3:CreateBucket kf-team-a (us-east-1)" in out  # the dry-run rendering of each step
