@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -86,6 +86,10 @@ class SlackCall:
     method: str
     params: Json
     token: str | None
+
+
+class SocketModeEndpoint(Protocol):
+    def issue_url(self) -> str: ...
 
 
 class _ApiError(Exception):
@@ -189,7 +193,11 @@ class FakeSlack:
             "views.update": self._views_update,
             "views.publish": self._views_publish,
             "usergroups.users.list": self._usergroups_users_list,
+            "apps.connections.open": self._apps_connections_open,
         }
+        # The WebSocket side of Socket Mode (tests.fakes.slack_socket.FakeSocketMode), when a test
+        # runs the bot that way; apps.connections.open answers its URLs.
+        self.socket_mode: SocketModeEndpoint | None = None
         self._server = _FakeServer(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -287,6 +295,7 @@ class FakeSlack:
                 table.clear()
             self._used_triggers.clear()
             self._opened.clear()
+            self.socket_mode = None
             if users:
                 self._users.clear()
                 self._usergroups.clear()
@@ -400,6 +409,10 @@ class FakeSlack:
             return {"ok": False, "error": "unknown_method", "req_method": method}
         if not token:
             raise _ApiError("not_authed")
+        # Slack keeps the token kinds apart: only an app-level token opens a socket, and an
+        # app-level token calls nothing else.
+        if (method == "apps.connections.open") != token.startswith("xapp-"):
+            raise _ApiError("not_allowed_token_type")
         if self.accepted_tokens is not None and token not in self.accepted_tokens:
             raise _ApiError("invalid_auth")
         return handler(params)
@@ -590,6 +603,11 @@ class FakeSlack:
         if isinstance(submitted, dict):
             submitted = {"type": "home", **submitted}
         return {"ok": True, "view": self._view(submitted, view_id)}
+
+    def _apps_connections_open(self, params: Json) -> Json:
+        if self.socket_mode is None:
+            raise _ApiError("invalid_auth")  # no app here has Socket Mode turned on
+        return {"ok": True, "url": self.socket_mode.issue_url()}
 
     def _usergroups_users_list(self, params: Json) -> Json:
         group = str(params.get("usergroup") or "")
