@@ -125,12 +125,20 @@ HEADINGS = {
 }
 
 
-def card(request: Request, *, superseded: bool = False) -> tuple[str, Blocks]:
-    """The approval card: (fallback text, blocks). Buttons only while the request is pending."""
-    heading = "Superseded" if superseded else HEADINGS[request.state]
+DRY_RUN_CARD = (
+    "*Dry run*: kf-chatops runs with the dry-run provisioner. Approving records the decision and "
+    "shows every call the plan would make; nothing is changed in Kubeflow, Dex or AWS."
+)
+
+
+def card(request: Request, *, superseded: bool = False, dry_run: bool = False) -> tuple[str, Blocks]:
+    """The approval card: (fallback text, blocks). Buttons only while the request is pending.
+    ``dry_run``: the header and a first section say so, whatever the state ("Done (dry run)")."""
+    heading = ("Superseded" if superseded else HEADINGS[request.state]) + (" (dry run)" if dry_run else "")
     who = S.user(request.requester_id, request.requester_email)
     blocks: list[Block] = [
         HeaderBlock(text=plain(f"{heading}: {request.id} ({request.kind})", HEADER_LIMIT)),
+        *([section(DRY_RUN_CARD)] if dry_run else []),
         section(
             f"*{render.describe(request, S)}*\n*Requested by* {who} ({S.esc(request.requester_email)})\n"
             f"*Kind* `{request.kind}`"
