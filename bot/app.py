@@ -123,6 +123,7 @@ def build_slack(
         calls,
         backend.kept_by_steps,
         dry_run=backend.mode == "dry-run",
+        dashboard_url=settings.slack.dashboard_url,
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)

@@ -48,11 +48,17 @@ class _Transport:
     style: render.Style
 
     def __init__(
-        self, calls: StepCalls | None, kept_by_steps: KeptBySteps | None, *, dry_run: bool = False
+        self,
+        calls: StepCalls | None,
+        kept_by_steps: KeptBySteps | None,
+        *,
+        dry_run: bool = False,
+        dashboard_url: str | None = None,
     ) -> None:
         self._calls = calls
         self._kept_by_steps = kept_by_steps
         self.dry_run = dry_run
+        self.dashboard_url = dashboard_url
 
     def _deliver_all(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
         """Deliver every notice; returns the card posted now, if one was."""
@@ -72,7 +78,9 @@ class _Transport:
         kept: list[str] = []
         if notice.kept and self._kept_by_steps is not None:
             kept = render.kept_at_apply(self._kept_by_steps(notice.request.id))
-        return render.notice_text(notice, self.style, kept, dry_run=self.dry_run)
+        return render.notice_text(
+            notice, self.style, kept, dry_run=self.dry_run, dashboard_url=self.dashboard_url
+        )
 
     def _step_calls(self, notice: Notice) -> list[str]:
         event = notice.event
@@ -121,8 +129,9 @@ class SlackNotifier(_Transport):
         kept_by_steps: KeptBySteps | None = None,
         *,
         dry_run: bool = False,
+        dashboard_url: str | None = None,
     ) -> None:
-        super().__init__(calls, kept_by_steps, dry_run=dry_run)
+        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
@@ -223,8 +232,9 @@ class ShellNotifier(_Transport):
         kept_by_steps: KeptBySteps | None = None,
         *,
         dry_run: bool = False,
+        dashboard_url: str | None = None,
     ) -> None:
-        super().__init__(calls, kept_by_steps, dry_run=dry_run)
+        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
         self._out = out
         self._sent: list[str] = []
 

@@ -422,11 +422,67 @@ def access_text(request: Request, access: Access, style: Style) -> str:
     return f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
 
 
-def notice_text(notice: Notice, style: Style, kept: Sequence[str] = (), *, dry_run: bool = False) -> str:
+def next_steps(
+    request: Request, style: Style, dashboard_url: str | None = None, *, dry_run: bool = False
+) -> str:
+    """What to do with a workspace a request just made: where to open it, where the data goes,
+    which PodDefault to pick in the notebook form (by its description, which is what Kubeflow's
+    form lists under "Configurations"), how to log in, and ``/kf gpu status`` for GPU nodes.
+    Read from the plan's steps (what was made), so no kind is named here; empty when the request
+    made no Profile or did not succeed."""
+    made = {step.action: step.params for step in request.plan.steps}
+    profile = made.get(ActionName.PROFILE)
+    if profile is None or request.state is not RequestState.SUCCEEDED:
+        return ""
+    namespace = style.esc(str(profile.get("name") or ""))
+    owner = style.esc(str(request.args.get("owner") or request.requester_email))
+    if dashboard_url and style.slack:
+        where = f"<{style.esc(dashboard_url)}/?ns={namespace}|the Kubeflow dashboard>"
+    elif dashboard_url:
+        where = f"the Kubeflow dashboard ({style.esc(dashboard_url)}/?ns={namespace})"
+    else:
+        where = "your Kubeflow dashboard"
+    lines = [f"Open {where} and choose the namespace `{namespace}`."]
+    dex = made.get(ActionName.DEX_USER)
+    if dex is not None:
+        lines.append(
+            f"Log in as `{owner}` with the Kubeflow password its owner sets with “Set my password” "
+            "(shown once; `/kf password reset` makes a new one)."
+        )
+    else:
+        lines.append(f"Log in as `{owner}` through your organisation's sign-in (the bot makes no password).")
+    bucket = made.get(ActionName.BUCKET)
+    if bucket is not None:
+        lines.append(f"Your data bucket: `s3://{style.esc(str(bucket.get('bucket') or ''))}`.")
+    poddefault = made.get(ActionName.PODDEFAULT)
+    if poddefault is not None:
+        description = style.esc(str(poddefault.get("description") or poddefault.get("name") or ""))
+        lines.append(
+            f"For a GPU notebook: in the New Notebook form, under “Configurations”, tick “{description}” "
+            f"(PodDefault `{style.esc(str(poddefault.get('name') or ''))}`), and ask for GPUs."
+        )
+        lines.append("`/kf gpu status` shows your GPU nodes, what runs on them and what they cost.")
+    heading = "Next steps, once this runs for real" if dry_run else "Next steps"
+    head = f"*{heading}*" if style.slack else f"{heading}:"
+    return "\n".join([head, *(f"• {line}" for line in lines)])
+
+
+def notice_text(
+    notice: Notice,
+    style: Style,
+    kept: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    dashboard_url: str | None = None,
+) -> str:
     """The text of a notice other than a card (cards are the transports' own layout). In a dry
     run, what goes to a person or the admin channel (not a thread line, which says it itself)
     ends with ``DRY_RUN_NOTE``."""
     text = _notice_text(notice, style, kept, dry_run)
+    if notice.say in (Say.RESULT, Say.MADE_FOR_YOU) and (
+        steps := next_steps(notice.request, style, dashboard_url, dry_run=dry_run)
+    ):
+        text += "\n" + steps
     if dry_run and text and notice.say is not Say.PROGRESS and notice.request.state not in _NOT_RUN:
         text += f"\n_{DRY_RUN_NOTE}_" if style.slack else f"\n({DRY_RUN_NOTE})"
     return text

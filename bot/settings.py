@@ -63,6 +63,8 @@ class SlackSettings:
     """``KFBOT_ADMIN_CHANNEL``: channel id where approval cards are posted."""
     admin_cache_seconds: float = 60.0
     """How long user profiles and admin group members are cached."""
+    dashboard_url: str | None = None
+    """``KFBOT_DASHBOARD_URL``: the Kubeflow central dashboard, linked in the "done" DM."""
 
     @property
     def socket_mode(self) -> bool:
@@ -190,12 +192,14 @@ class Settings:
                 f"KFBOT_SLACK_API_URL={api_url!r}: give an http(s) URL that ends with '/'.",
                 variable="KFBOT_SLACK_API_URL",
             )
+        dashboard = env.text("KFBOT_DASHBOARD_URL")
         slack = SlackSettings(
             bot_token=env.text("SLACK_BOT_TOKEN"),
             signing_secret=env.text("SLACK_SIGNING_SECRET"),
             app_token=env.text("SLACK_APP_TOKEN"),
             api_url=api_url,
             admin_channel=env.text("KFBOT_ADMIN_CHANNEL"),
+            dashboard_url=env.convert("KFBOT_DASHBOARD_URL", dashboard, _link_url) if dashboard else None,
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
@@ -355,6 +359,16 @@ def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("give an http(s) URL")
     return value.rstrip("/")
+
+
+def _link_url(value: str) -> str:
+    """A URL the bot shows as a Slack link ``<url|text>``: http(s), and nothing that would end
+    the link early or be read as markup (whitespace, ``<``, ``>``, ``|``, quotes, backticks)."""
+    url = _http_url(value)
+    bad = sorted({c for c in url if c.isspace() or c in "<>|\"'`" or not c.isprintable() or ord(c) > 126})
+    if bad:
+        raise ValueError(f"give a plain http(s) URL (it contains {', '.join(map(repr, bad))})")
+    return url
 
 
 def _cost_probe_settings(env: _Env) -> provisioning.CostProbeSettings:
