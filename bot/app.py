@@ -124,6 +124,7 @@ def build_slack(
         backend.kept_by_steps,
         dry_run=backend.mode == "dry-run",
         dashboard_url=settings.slack.dashboard_url,
+        confirm_above=settings.slack.confirm_above,
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)

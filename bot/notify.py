@@ -130,8 +130,10 @@ class SlackNotifier(_Transport):
         *,
         dry_run: bool = False,
         dashboard_url: str | None = None,
+        confirm_above: float | None = None,
     ) -> None:
         super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
+        self._confirm_above = confirm_above
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
@@ -170,7 +172,7 @@ class SlackNotifier(_Transport):
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _post_card(self, request: Request) -> Card | None:
-        text, blks = blocks.card(request, dry_run=self.dry_run)
+        text, blks = blocks.card(request, dry_run=self.dry_run, confirm_above=self._confirm_above)
         answer = self._call("chat_postMessage", channel=self._channel, text=text, blocks=blks)
         ts = text_at(answer, "ts")
         if not ts:
@@ -187,7 +189,10 @@ class SlackNotifier(_Transport):
                 self._call("chat_postMessage", channel=card[0], thread_ts=card[1], text=blocks.fallback(line))
             return
         text, blks = blocks.card(
-            notice.request, superseded=notice.say is Say.CARD_SUPERSEDED, dry_run=self.dry_run
+            notice.request,
+            superseded=notice.say is Say.CARD_SUPERSEDED,
+            dry_run=self.dry_run,
+            confirm_above=self._confirm_above,
         )
         self._call("chat_update", channel=card[0], ts=card[1], text=text, blocks=blks)
 

@@ -10,6 +10,7 @@ directly or call ``from_env`` with a dict. docs/SETTINGS.md lists every variable
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -65,6 +66,8 @@ class SlackSettings:
     """How long user profiles and admin group members are cached."""
     dashboard_url: str | None = None
     """``KFBOT_DASHBOARD_URL``: the Kubeflow central dashboard, linked in the "done" DM."""
+    confirm_above: float = 1000.0
+    """``KFBOT_CONFIRM_ABOVE``: USD a month above which Approve asks "are you sure?" first."""
 
     @property
     def socket_mode(self) -> bool:
@@ -137,6 +140,7 @@ class Settings:
             node_role_arn=env.text("KFBOT_NODE_ROLE_ARN"),
             iam_policy_arns=tuple(env.csv("KFBOT_IAM_POLICY_ARNS")),
             gpu_instance_type=env.text("KFBOT_DEFAULT_GPU_INSTANCE_TYPE", "g4dn.xlarge"),
+            max_nodes=int(env.number("KFBOT_MAX_NODES", 10, minimum=1, maximum=100, integer=True)),
             dex_mode=dex_mode,
             price_overrides={
                 k: env.convert("KFBOT_PRICE_OVERRIDES", v, _price)
@@ -200,6 +204,9 @@ class Settings:
             api_url=api_url,
             admin_channel=env.text("KFBOT_ADMIN_CHANNEL"),
             dashboard_url=env.convert("KFBOT_DASHBOARD_URL", dashboard, _link_url) if dashboard else None,
+            confirm_above=env.convert(
+                "KFBOT_CONFIRM_ABOVE", env.text("KFBOT_CONFIRM_ABOVE", "1000"), _dollars
+            ),
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
@@ -359,6 +366,14 @@ def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("give an http(s) URL")
     return value.rstrip("/")
+
+
+def _dollars(value: str) -> float:
+    """A finite amount of USD, 0 or more (``nan`` would compare false and never ask)."""
+    amount = float(value)
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError("give an amount of USD a month, 0 or more (0 asks for every cost)")
+    return amount
 
 
 def _link_url(value: str) -> str:

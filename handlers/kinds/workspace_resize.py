@@ -31,7 +31,13 @@ from handlers.kinds.base import (
 )
 from handlers.kinds.gpu_common import bot_nodegroups, scaling_of
 from handlers.kinds.gpu_scale import recorded_scaling
-from handlers.kinds.workspace_create import PINNING_LIMITS, _nodes, gpu_nodegroup_taints, poddefault_step
+from handlers.kinds.workspace_create import (
+    PINNING_LIMITS,
+    _nodes,
+    check_max_nodes,
+    gpu_nodegroup_taints,
+    poddefault_step,
+)
 from handlers.kinds.workspace_pin import gpu_nodegroups
 from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts, WorkspaceFacts
@@ -86,7 +92,8 @@ class WorkspaceResize:
             if not prices.gpus_per_instance(self.instance_type):
                 raise errors.InvalidInput(
                     f"{naming.show_value(self.instance_type)} is not a GPU instance type the bot knows; "
-                    "a workspace's nodegroup moves only to a known GPU type.",
+                    "a workspace's nodegroup moves only to a known GPU type. Did you mean "
+                    f"{prices.closest(self.instance_type, prices.gpu_instance_types())}?",
                     usage=USAGE,
                     field="instance_type",
                 )
@@ -103,6 +110,9 @@ class WorkspaceResize:
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.name)
+        check_max_nodes(self.nodes_max, ctx.settings.workspace.max_nodes)
+        if self.instance_type is not None:
+            prices.require_known_instance_type(self.instance_type, ctx.settings.workspace.price_overrides)
         if not bot_nodegroups(ws):
             raise errors.InvalidInput(
                 f"`{self.name}` has no nodegroup made by kf-chatops; there is nothing to resize.",
