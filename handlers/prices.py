@@ -71,7 +71,29 @@ _GPU_INSTANCES: Final[Mapping[str, GpuInstance]] = {
 # Families without a GPU entry above still need the right AMI architecture (Graviton families).
 _ARM_FAMILIES: Final = frozenset({"g5g"})
 
+# Common general-purpose, compute and memory types for CPU nodegroups (us-east-1 and us-west-2
+# list prices): an instance type must be priced to be asked for (``require_known_instance_type``).
+_US_CPU: Final[Mapping[str, float]] = {
+    "m5.large": 0.096,
+    "m5.xlarge": 0.192,
+    "m5.2xlarge": 0.384,
+    "m5.4xlarge": 0.768,
+    "m6i.large": 0.096,
+    "m6i.xlarge": 0.192,
+    "m6i.2xlarge": 0.384,
+    "m6i.4xlarge": 0.768,
+    "c5.xlarge": 0.17,
+    "c5.2xlarge": 0.34,
+    "c6i.xlarge": 0.17,
+    "c6i.2xlarge": 0.34,
+    "r5.xlarge": 0.252,
+    "r5.2xlarge": 0.504,
+    "r6i.xlarge": 0.252,
+    "r6i.2xlarge": 0.504,
+}
+
 _US: Final[Mapping[str, float]] = {
+    **_US_CPU,
     "g4dn.xlarge": 0.526,
     "g4dn.2xlarge": 0.752,
     "g4dn.4xlarge": 1.204,

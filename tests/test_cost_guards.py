@@ -43,7 +43,7 @@ from tests.fakes.slack_edge import (
 def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
     add_users(fake_slack)
     settings = settings_for(
-        fake_slack, tmp_path, KFBOT_PRICE_OVERRIDES="m5.large=0.096", KFBOT_MAX_NODES="10"
+        fake_slack, tmp_path, KFBOT_PRICE_OVERRIDES="m7i.large=0.1008", KFBOT_MAX_NODES="10"
     )
     with running_bot(settings) as running:
         yield running
@@ -80,7 +80,8 @@ def approve_confirm(fake: FakeSlack, request_id: str) -> dict[str, Any] | None:
         ("g4dn.xlage", "`g4dn.xlarge`"),
         ("p5.48xlarg", "`p5.48xlarge`"),
         ("foo.bar", "`g"),  # nothing alike: common GPU types are offered
-        ("m5.larg", "`m5.large`"),  # a type the operator priced is known too
+        ("m5.larg", "`m5.large`"),  # CPU types are priced too
+        ("m7i.larg", "`m7i.large`"),  # and a type the operator priced is known
     ],
 )
 def test_an_unknown_instance_type_is_refused_with_the_closest_known_ones(
@@ -94,8 +95,8 @@ def test_an_unknown_instance_type_is_refused_with_the_closest_known_ones(
 
 
 def test_a_priced_type_is_accepted(bot: Running, fake_slack: FakeSlack) -> None:
-    for typed in ("g5.xlarge", "m5.large"):
-        request_id, reply = ask(bot, fake_slack, f"workspace new t-{typed[:2]} --instance-type {typed}")
+    for name, typed in (("t-g5", "g5.xlarge"), ("t-m5", "m5.large"), ("t-m7i", "m7i.large")):
+        request_id, reply = ask(bot, fake_slack, f"workspace new {name} --instance-type {typed}")
         assert request_id is not None, reply
 
 
