@@ -24,7 +24,9 @@ from handlers.plan import JSON, Plan, Step
 from provisioning import Contributor, GrantRecord, QuotaState, TokenRecord, WorkspaceRecord, WorkspaceView
 
 # C0 and C1 controls (a terminal reads ESC and CSI as commands) and bidirectional controls.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f" + "".join(sorted(naming.BIDI_CONTROLS)) + "]")
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f" + "".join(sorted(naming.BIDI_CONTROLS)) + "]"
+)
 _FENCE = "```"
 LITERAL_LIMIT = 1500
 """Longest escaped free text in one Slack text: leaves room in a 2000-character context block."""
@@ -290,7 +292,8 @@ def kept_at_apply(kept: Sequence[str]) -> list[str]:
     """The notes for what a delete's steps kept rather than lose data (``StepOutcome.kept``: a
     bucket that holds objects, without ``--purge-data``)."""
     return [
-        f"{item} holds data and is kept; ask again with `--purge-data` to delete it too." for item in kept
+        f"{item} holds data and is kept; ask again with `--purge-data` to delete it too."
+        for item in kept
     ]
 
 
@@ -313,7 +316,10 @@ def result_text(request: Request, style: Style, kept: Sequence[str] = (), *, dry
             if deleting
             else "What had been made was removed."
         )
-        return f"❌ `{request.id}` failed: {what}. {undone}\nReason: {style.esc(request.error or 'unknown')}"
+        return (
+            f"❌ `{request.id}` failed: {what}. {undone}\n"
+            f"Reason: {style.esc(request.error or 'unknown')}"
+        )
     if request.state is RequestState.NEEDS_ATTENTION and (request.error or "").startswith(REFUSED_PREFIX):
         error = style.esc(request.error or "")
         return f"⛔ `{request.id}` was not applied: {what}. The admins have been told.\n{error}"
