@@ -27,8 +27,10 @@ from handlers.model import RequestState
 from tests.fakes.cli import env_for, free_port, kfbot, readyz
 from tests.fakes.slack import (
     BOT_TOKEN,
+    SIGNING_SECRET,
     FakeSlack,
     block_action_body,
+    post_signed,
     slash_command_body,
     view_submission_body,
 )
@@ -48,7 +50,7 @@ from tests.fakes.slack_edge import (
     wait_state,
     wait_until,
 )
-from tests.fakes.slack_socket import FakeSocketMode, slash_payload
+from tests.fakes.slack_socket import FakeSocketMode, event_payload, slash_payload
 
 APP_TOKEN = "xapp-" + "1-test"  # built at runtime, like BOT_TOKEN, for the token scanner
 
@@ -257,3 +259,15 @@ def test_kfbot_serve_runs_in_socket_mode_as_its_own_process(tmp_path: Path) -> N
             assert proc.wait(timeout=30) == 0
         logs = log.read_text(encoding="utf-8", errors="replace")
         assert "Traceback" not in logs and APP_TOKEN not in logs and json.dumps(APP_TOKEN) not in logs
+
+
+def test_over_http_an_event_no_listener_handles_is_answered_200(
+    fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """The same catch-all in HTTP mode: Bolt would answer 404, and Slack retries what is not 2xx."""
+    add_users(fake_slack)
+    with running_bot(settings_for(fake_slack, tmp_path)) as running:
+        body = json.dumps(event_payload({"type": "app_home_opened", "user": ALICE, "tab": "home"})).encode()
+        status, _, _ = post_signed(running.url, body, SIGNING_SECRET)
+        assert status == 200
+        assert [c.method for c in fake_slack.calls if c.method.startswith(("chat.", "views."))] == []
