@@ -141,7 +141,9 @@ def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | 
     """The "are you sure?" dialog Slack shows before an Approve click is sent: for a plan that
     deletes (what it deletes) and for one whose cost may exceed ``confirm_above`` USD a month
     (``KFBOT_CONFIRM_ABOVE``; what it may cost). None: one click approves."""
-    removed = [step.summary or step.key for step in plan.steps if is_removal(step.action)]
+    removed = [
+        (step.summary or step.key).removeprefix("remove ") for step in plan.steps if is_removal(step.action)
+    ]
     monthly = plan.cost.get("monthly_max")
     costly = (
         confirm_above is not None
@@ -155,7 +157,7 @@ def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | 
     if costly:
         lines.append(f"This may cost {render.cost_text(plan.cost)}.")
     if removed:
-        lines.append("This deletes, for good: " + "; ".join(removed) + ".")
+        lines.append("This deletes " + "; ".join(removed) + ".")
     title = "Approve a deletion?" if removed else "Approve this cost?"
     return ConfirmObject(
         title=plain(title, 100),

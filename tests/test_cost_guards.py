@@ -177,7 +177,9 @@ def test_every_delete_asks_to_confirm_naming_what_goes(bot: Running, fake_slack:
 
     confirm = approve_confirm(fake_slack, request_id)
     assert confirm is not None and confirm["title"]["text"] == "Approve a deletion?"
-    assert "deletes" in confirm["text"]["text"] and "team-a" in confirm["text"]["text"]
+    text = confirm["text"]["text"]
+    assert text.startswith("This deletes ") and "Profile/team-a" in text and "Bucket/kf-team-a" in text
+    assert "remove " not in text
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "lots"])
