@@ -155,6 +155,15 @@ def test_a_costly_card_asks_to_confirm_with_its_cost(bot: Running, fake_slack: F
     assert "confirm" not in (button(card_for(fake_slack, request_id), blocks.REJECT) or {})
 
 
+def test_a_costly_resize_asks_to_confirm(bot: Running, fake_slack: FakeSlack) -> None:
+    made(bot, fake_slack)  # g4dn.xlarge, 0..2
+    request_id, reply = ask(bot, fake_slack, "workspace resize team-a --nodes 0:10")
+    assert request_id is not None, reply
+    confirm = approve_confirm(fake_slack, request_id)
+    assert confirm is not None and "10 x g4dn.xlarge" in confirm["text"]["text"]  # ~$3,840/month
+    assert "$3,840/month" in confirm["text"]["text"]
+
+
 def test_a_cheap_card_approves_in_one_click(bot: Running, fake_slack: FakeSlack) -> None:
     request_id, reply = ask(bot, fake_slack, "workspace new team-a --gpu 1")  # 2 x g4dn.xlarge, ~$768/month
     assert request_id is not None, reply

@@ -148,7 +148,9 @@ class WorkspaceResize:
                 )
             )
             lines.extend(self._cost_line(ctx, params, name))
-        return Plan.of(steps, [*lines, *self._warnings()])
+        nodegroups = bot_nodegroups(ws)
+        cost = self._cost(ctx, _type_of(nodegroups[0][1])) if len(nodegroups) == 1 else {}
+        return Plan.of(steps, [*lines, *self._warnings()], cost)
 
     def _cost_line(
         self, ctx: PlanContext, params: Mapping[str, JSON], name: str, was: Mapping[str, JSON] | None = None
@@ -254,7 +256,21 @@ class WorkspaceResize:
             *self._warnings(),
             PINNING_LIMITS,
         ]
-        return Plan.of(steps, warnings)
+        return Plan.of(steps, warnings, self._cost(ctx, instance_type))
+
+    def _cost(self, ctx: PlanContext, instance_type: str) -> dict[str, JSON]:
+        """The plan's cost at the new maximum, in ``workspace.create``'s shape (what the card's cost
+        line and Approve's confirm dialog read); empty for an unpriced type."""
+        hourly = self._hourly(ctx, instance_type) if instance_type else None
+        if hourly is None:
+            return {}
+        return {
+            "instance_type": instance_type,
+            "hourly_per_node": hourly,
+            "max_nodes": self.nodes_max,
+            "hourly_max": round(hourly * self.nodes_max, 2),
+            "monthly_max": round(prices.monthly(hourly * self.nodes_max), 2),
+        }
 
     def on_success(self, done: Applied) -> Success:
         """The registry records the new nodegroup (created by this request) in place of the old,
