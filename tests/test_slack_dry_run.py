@@ -93,9 +93,12 @@ def live_bot(
 
 def approve_and_finish(bot: Running, fake: FakeSlack) -> str:
     request_id = new_workspace_request(bot, fake)
-    assert click(bot, fake, card_for(fake, request_id), blocks.APPROVE, user=BOB) == 200
+    card = card_for(fake, request_id)
+    assert click(bot, fake, card, blocks.APPROVE, user=BOB) == 200
     wait_state(bot, request_id, RequestState.SUCCEEDED)
     fake.wait_for(lambda: done_dm(fake), WAIT, "the done DM")
+    # the card's last update may land after the DM: wait for it before reading every version
+    fake.wait_for(lambda: fake.messages[(card["channel"], card["ts"])]["text"].startswith("Done"), WAIT)
     return request_id
 
 
