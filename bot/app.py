@@ -118,7 +118,14 @@ def build_slack(
     identity = Identity(client, settings.core, cache_seconds=settings.slack.admin_cache_seconds)
     calls = backend.render_step if backend.mode == "dry-run" else None
     notifier: Notifier = SlackNotifier(
-        client, settings.slack.admin_channel, identity.user_id_for_email, calls, backend.kept_by_steps
+        client,
+        settings.slack.admin_channel,
+        identity.user_id_for_email,
+        calls,
+        backend.kept_by_steps,
+        dry_run=backend.mode == "dry-run",
+        dashboard_url=settings.slack.dashboard_url,
+        confirm_above=settings.slack.confirm_above,
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)

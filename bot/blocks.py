@@ -22,6 +22,7 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    ConfirmObject,
     ContextBlock,
     DividerBlock,
     HeaderBlock,
@@ -36,6 +37,7 @@ from slack_sdk.models.views import View
 from bot import payloads, render
 from bot.payloads import BlockDict, Blocks
 from handlers import errors, naming
+from handlers.actions import is_removal
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
 from handlers.ports import RevealedSecret
@@ -71,9 +73,15 @@ def section(text: str) -> SectionBlock:
     return SectionBlock(text=md(text))
 
 
-def button(text: str, action_id: str, value: str, style: str | None = None) -> ButtonElement:
+def button(
+    text: str, action_id: str, value: str, style: str | None = None, confirm: ConfirmObject | None = None
+) -> ButtonElement:
     return ButtonElement(
-        text=plain(text, BUTTON_LIMIT), action_id=action_id, value=naming.truncate(value, 2000), style=style
+        text=plain(text, BUTTON_LIMIT),
+        action_id=action_id,
+        value=naming.truncate(value, 2000),
+        style=style,
+        confirm=confirm,
     )
 
 
@@ -125,12 +133,57 @@ HEADINGS = {
 }
 
 
-def card(request: Request, *, superseded: bool = False) -> tuple[str, Blocks]:
-    """The approval card: (fallback text, blocks). Buttons only while the request is pending."""
-    heading = "Superseded" if superseded else HEADINGS[request.state]
+CONFIRM_TEXT_LIMIT = 300
+"""Block Kit's limit on a confirm dialog's text (title 100, buttons 30)."""
+
+
+def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | None:
+    """The "are you sure?" dialog Slack shows before an Approve click is sent: for a plan that
+    deletes (what it deletes) and for one whose cost may exceed ``confirm_above`` USD a month
+    (``KFBOT_CONFIRM_ABOVE``; what it may cost). None: one click approves."""
+    removed = [
+        (step.summary or step.key).removeprefix("remove ") for step in plan.steps if is_removal(step.action)
+    ]
+    monthly = plan.cost.get("monthly_max")
+    costly = (
+        confirm_above is not None
+        and isinstance(monthly, int | float)
+        and not isinstance(monthly, bool)
+        and monthly > confirm_above
+    )
+    if not removed and not costly:
+        return None
+    lines: list[str] = []
+    if costly:
+        lines.append(f"This may cost {render.cost_text(plan.cost)}.")
+    if removed:
+        lines.append("This deletes " + "; ".join(removed) + ".")
+    title = "Approve a deletion?" if removed else "Approve this cost?"
+    return ConfirmObject(
+        title=plain(title, 100),
+        text=plain(" ".join(lines), CONFIRM_TEXT_LIMIT),
+        confirm=plain("Approve", 30),
+        deny=plain("Cancel", 30),
+        style="danger",
+    )
+
+
+DRY_RUN_CARD = (
+    "*Dry run*: kf-chatops runs with the dry-run provisioner. Approving records the decision and "
+    "shows every call the plan would make; nothing is changed in Kubeflow, Dex or AWS."
+)
+
+
+def card(
+    request: Request, *, superseded: bool = False, dry_run: bool = False, confirm_above: float | None = None
+) -> tuple[str, Blocks]:
+    """The approval card: (fallback text, blocks). Buttons only while the request is pending.
+    ``dry_run``: the header and a first section say so, whatever the state ("Done (dry run)")."""
+    heading = ("Superseded" if superseded else HEADINGS[request.state]) + (" (dry run)" if dry_run else "")
     who = S.user(request.requester_id, request.requester_email)
     blocks: list[Block] = [
         HeaderBlock(text=plain(f"{heading}: {request.id} ({request.kind})", HEADER_LIMIT)),
+        *([section(DRY_RUN_CARD)] if dry_run else []),
         section(
             f"*{render.describe(request, S)}*\n*Requested by* {who} ({S.esc(request.requester_email)})\n"
             f"*Kind* `{request.kind}`"
@@ -148,7 +201,13 @@ def card(request: Request, *, superseded: bool = False) -> tuple[str, Blocks]:
                 block_id=f"decide:{request.id}",
                 elements=[
                     button("View plan", VIEW_PLAN, request.id),
-                    button("Approve", APPROVE, decision_value(request), "primary"),
+                    button(
+                        "Approve",
+                        APPROVE,
+                        decision_value(request),
+                        "primary",
+                        approve_confirm(request.plan, confirm_above),
+                    ),
                     button("Reject", REJECT, decision_value(request), "danger"),
                 ],
             )

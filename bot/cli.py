@@ -177,6 +177,8 @@ def run_shell(
             stdout,
             calls=backend.render_step if backend.mode == "dry-run" else None,
             kept_by_steps=backend.kept_by_steps,
+            dry_run=backend.mode == "dry-run",
+            dashboard_url=settings.slack.dashboard_url,
         )
         core = composition.build_core(settings, backend, notifier, provisioning.SystemClock())
         shell = Shell(core=core, backend=backend, notifier=notifier, out=stdout, actor=actor)

@@ -45,13 +45,23 @@ _FINISHED = (RequestState.SUCCEEDED, RequestState.FAILED, RequestState.NEEDS_ATT
 
 class _Transport:
     """What both transports share: the router's notices in order, the card they are about, the
-    dry-run calls under a step's line and what a delete's steps kept."""
+    dry-run calls under a step's line and what a delete's steps kept. ``dry_run``: the
+    provisioner changes nothing, and every card, thread line and message says so."""
 
     style: render.Style
 
-    def __init__(self, calls: StepCalls | None, kept_by_steps: KeptBySteps | None) -> None:
+    def __init__(
+        self,
+        calls: StepCalls | None,
+        kept_by_steps: KeptBySteps | None,
+        *,
+        dry_run: bool = False,
+        dashboard_url: str | None = None,
+    ) -> None:
         self._calls = calls
         self._kept_by_steps = kept_by_steps
+        self.dry_run = dry_run
+        self.dashboard_url = dashboard_url
 
     def _deliver_all(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
         """Deliver every notice; returns the card posted now, if one was."""
@@ -71,7 +81,9 @@ class _Transport:
         kept: list[str] = []
         if notice.kept and self._kept_by_steps is not None:
             kept = render.kept_at_apply(self._kept_by_steps(notice.request.id))
-        return render.notice_text(notice, self.style, kept)
+        return render.notice_text(
+            notice, self.style, kept, dry_run=self.dry_run, dashboard_url=self.dashboard_url
+        )
 
     def _step_calls(self, notice: Notice) -> list[str]:
         event = notice.event
@@ -176,8 +188,13 @@ class SlackNotifier(_Transport):
         calls: StepCalls | None = None,
         kept_by_steps: KeptBySteps | None = None,
         pacer: ChannelPacer | None = None,
+        *,
+        dry_run: bool = False,
+        dashboard_url: str | None = None,
+        confirm_above: float | None = None,
     ) -> None:
-        super().__init__(calls, kept_by_steps)
+        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
+        self._confirm_above = confirm_above
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
@@ -221,7 +238,7 @@ class SlackNotifier(_Transport):
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _post_card(self, request: Request) -> Card | None:
-        text, blks = blocks.card(request)
+        text, blks = blocks.card(request, dry_run=self.dry_run, confirm_above=self._confirm_above)
         answer = self._call("chat_postMessage", channel=self._channel, text=text, blocks=blks)
         ts = text_at(answer, "ts")
         if not ts:
@@ -237,7 +254,12 @@ class SlackNotifier(_Transport):
             if line:
                 self._call("chat_postMessage", channel=card[0], thread_ts=card[1], text=blocks.fallback(line))
             return
-        text, blks = blocks.card(notice.request, superseded=notice.say is Say.CARD_SUPERSEDED)
+        text, blks = blocks.card(
+            notice.request,
+            superseded=notice.say is Say.CARD_SUPERSEDED,
+            dry_run=self.dry_run,
+            confirm_above=self._confirm_above,
+        )
         self._call("chat_update", channel=card[0], ts=card[1], text=text, blocks=blks)
 
     def _tell(self, notice: Notice, text: str) -> None:
@@ -275,9 +297,15 @@ class ShellNotifier(_Transport):
     style = render.SHELL
 
     def __init__(
-        self, out: TextIO, calls: StepCalls | None = None, kept_by_steps: KeptBySteps | None = None
+        self,
+        out: TextIO,
+        calls: StepCalls | None = None,
+        kept_by_steps: KeptBySteps | None = None,
+        *,
+        dry_run: bool = False,
+        dashboard_url: str | None = None,
     ) -> None:
-        super().__init__(calls, kept_by_steps)
+        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
         self._out = out
         self._sent: list[str] = []
 
@@ -295,9 +323,10 @@ class ShellNotifier(_Transport):
         return Delivery(card=new_card, sent=tuple(dict.fromkeys(self._sent)))
 
     def _post_card(self, request: Request) -> Card | None:
+        dry = f"({render.DRY_RUN_NOTE} Approving runs the plan as a dry run.)\n" if self.dry_run else ""
         self._print(
             "[admin channel]",
-            render.request_detail(request, self.style) + "\n"
+            dry + render.request_detail(request, self.style) + "\n"
             f"[View plan: show {request.id}] [Approve: approve {request.id}] "
             f"[Reject: reject {request.id} REASON]",
         )
@@ -311,7 +340,8 @@ class ShellNotifier(_Transport):
         elif notice.say is Say.CARD_SUPERSEDED:
             self._print(f"[card {request.id}]", "Superseded: the plan changed; a new card follows.")
         elif request.state in _FINISHED:
-            self._print(f"[card {request.id}]", f"{blocks.HEADINGS[request.state]}.")
+            dry = " (dry run)" if self.dry_run else ""
+            self._print(f"[card {request.id}]", f"{blocks.HEADINGS[request.state]}{dry}.")
         else:
             self._print(f"[card {request.id}]", render.decision_text(request, self.style))
 

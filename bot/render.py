@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from handlers import errors, kinds, naming, parse, services
+from handlers.actions import ActionName, is_removal
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
 from handlers.notifications import Access, Notice, Say, keeps_data
 from handlers.plan import JSON, Plan, Step
@@ -29,6 +30,22 @@ _CONTROL = re.compile(
 _FENCE = "```"
 LITERAL_LIMIT = 1500
 """Longest escaped free text in one Slack text: leaves room in a 2000-character context block."""
+DRY_RUN_NOTE = "Dry run: kf-chatops changed nothing in Kubeflow, Dex or AWS."
+"""Under every DM and admin-channel message a dry-run bot sends: people must not take a dry run
+for the real thing (a "done" that made no workspace)."""
+_NOT_RUN = (RequestState.PENDING, RequestState.REJECTED, RequestState.CANCELLED, RequestState.EXPIRED)
+"""States in which nothing was going to run, dry or not: their messages need no dry-run note."""
+_CREATES = frozenset(
+    {
+        ActionName.PROFILE,
+        ActionName.PODDEFAULT,
+        ActionName.CONTRIBUTOR,
+        ActionName.TOKEN_ACCOUNT,
+        ActionName.DEX_USER,
+        ActionName.BUCKET,
+        ActionName.NODEGROUP,
+    }
+)
 
 
 def _shell_text(text: str) -> str:
@@ -280,16 +297,18 @@ def kept_at_apply(kept: Sequence[str]) -> list[str]:
     ]
 
 
-def result_text(request: Request, style: Style, kept: Sequence[str] = ()) -> str:
+def result_text(request: Request, style: Style, kept: Sequence[str] = (), *, dry_run: bool = False) -> str:
     """The requester's DM once a request has finished (or is stuck). ``kept``: what the steps
     themselves kept (``kept_at_apply``), beside what the plan already said would be kept."""
-    what = describe(request, style)
+    what = describe(request, style) + (" (dry run)" if dry_run else "")
     deleting = keeps_data(request)
     if request.state is RequestState.SUCCEEDED:
         # What a delete deliberately left in place (its plan's notes on data and logins it keeps,
         # and what its steps kept) is part of its result.
         notes = [*(request.plan.warnings if deleting else ()), *kept]
-        return f"✅ `{request.id}` is done: {what}." + "".join(f"\n• {style.esc(n)}" for n in notes)
+        done = "is done (dry run)" if dry_run else "is done"
+        head = f"✅ `{request.id}` {done}: {describe(request, style)}."
+        return head + "".join(f"\n• {style.esc(n)}" for n in notes)
     if request.state is RequestState.FAILED:
         # Removals are not undone (deleted data cannot be brought back): say what that means.
         undone = (
@@ -327,28 +346,46 @@ def step_name(request: Request, data: Mapping[str, JSON]) -> str:
     return str(data.get("key") or data.get("summary") or "")
 
 
-def event_text(request: Request, event: Event, style: Style) -> str | None:
-    """One progress line for the card's thread (None: not worth a line)."""
+def _would(step: Step | None) -> str:
+    """What a dry-run step would have done, in one verb."""
+    if step is None:
+        return "apply"
+    if is_removal(step.action):
+        return "remove"
+    return "create" if step.action in _CREATES else "apply"
+
+
+def event_text(request: Request, event: Event, style: Style, *, dry_run: bool = False) -> str | None:
+    """One progress line for the card's thread (None: not worth a line). In a dry run each line
+    says so, and a finished step says what it *would* have done: nothing was."""
     data = event.data
     step = style.esc(step_name(request, data))
     t = event.type
     if t is EventType.APPLY_STARTED:
         count = len(request.plan.steps)
-        return f"Applying `{request.id}` ({count} step{'' if count == 1 else 's'})…"
+        steps = f"{count} step{'' if count == 1 else 's'}"
+        if dry_run:
+            return (
+                f"Dry run of `{request.id}` ({steps}): each step shows the calls it would make, none is made."
+            )
+        return f"Applying `{request.id}` ({steps})…"
     if t is EventType.STEP_STARTED:
-        return f"▶ {step}"
+        return f"▶ {step}" + (" (dry run)" if dry_run else "")
     if t is EventType.STEP_SUCCEEDED:
         made = data.get("created")
+        if dry_run:
+            verb = _would(step_of(request, data))
+            return f"✔ would {verb}: {step.removeprefix(verb + ' ')} (dry run)"
         note = " (created)" if made is True else " (already there)" if made is False else ""
         return f"✔ {step}{note}"
     if t is EventType.STEP_FAILED:
         return f"✖ {step}: {style.esc(str(data.get('error') or ''))}"
     if t is EventType.STEP_UNDONE:
-        return f"↩ undone: {step}"
+        return f"↩ {'would undo' if dry_run else 'undone'}: {step}"
     if t is EventType.COMPENSATING:
         return f"Failed: {style.esc(str(data.get('error') or request.error or ''))}. Undoing completed steps…"
     if t in (EventType.SUCCEEDED, EventType.FAILED, EventType.NEEDS_ATTENTION, EventType.REFUSED):
-        return result_text(request, style)
+        return result_text(request, style, dry_run=dry_run)
     if t is EventType.RETRIED:
         return f"Retry requested by {style.user(event.actor)}."
     if t is EventType.NUDGED:
@@ -369,14 +406,15 @@ def replan_dm(request: Request, style: Style) -> str:
     )
 
 
-def decision_dm(request: Request, style: Style) -> str:
+def decision_dm(request: Request, style: Style, *, dry_run: bool = False) -> str:
     what = f"`{request.id}` ({describe(request, style)})"
     if request.state is RequestState.REJECTED:
         who = style.user(request.decided_by)
         return f"Your request {what} was rejected by {who}: {style.text(request.reason or '')}"
     if request.state is RequestState.EXPIRED:
         return f"Your request {what} expired: no admin decided in time. Ask again if you still need it."
-    return f"Your request {what} was approved by {style.user(request.decided_by)}; applying it now."
+    applying = "running it as a dry run (nothing will be changed)" if dry_run else "applying it now"
+    return f"Your request {what} was approved by {style.user(request.decided_by)}; {applying}."
 
 
 def access_text(request: Request, access: Access, style: Style) -> str:
@@ -390,17 +428,82 @@ def access_text(request: Request, access: Access, style: Style) -> str:
     return f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
 
 
-def notice_text(notice: Notice, style: Style, kept: Sequence[str] = ()) -> str:
-    """The text of a notice other than a card (cards are the transports' own layout)."""
+def next_steps(
+    request: Request, style: Style, dashboard_url: str | None = None, *, dry_run: bool = False
+) -> str:
+    """What to do with a workspace a request just made: where to open it, where the data goes,
+    which PodDefault to pick in the notebook form (by its description, which is what Kubeflow's
+    form lists under "Configurations"), how to log in, and ``/kf gpu status`` for GPU nodes.
+    Read from the plan's steps (what was made), so no kind is named here; empty when the request
+    made no Profile or did not succeed."""
+    made = {step.action: step.params for step in request.plan.steps}
+    profile = made.get(ActionName.PROFILE)
+    if profile is None or request.state is not RequestState.SUCCEEDED:
+        return ""
+    namespace = style.esc(str(profile.get("name") or ""))
+    owner = style.esc(str(request.args.get("owner") or request.requester_email))
+    if dashboard_url and style.slack:
+        where = f"<{style.esc(dashboard_url)}/?ns={namespace}|the Kubeflow dashboard>"
+    elif dashboard_url:
+        where = f"the Kubeflow dashboard ({style.esc(dashboard_url)}/?ns={namespace})"
+    else:
+        where = "your Kubeflow dashboard"
+    lines = [f"Open {where} and choose the namespace `{namespace}`."]
+    dex = made.get(ActionName.DEX_USER)
+    if dex is not None:
+        lines.append(
+            f"Log in as `{owner}` with the Kubeflow password its owner sets with “Set my password” "
+            "(shown once; `/kf password reset` makes a new one)."
+        )
+    else:
+        lines.append(f"Log in as `{owner}` through your organisation's sign-in (the bot makes no password).")
+    bucket = made.get(ActionName.BUCKET)
+    if bucket is not None:
+        lines.append(f"Your data bucket: `s3://{style.esc(str(bucket.get('bucket') or ''))}`.")
+    poddefault = made.get(ActionName.PODDEFAULT)
+    if poddefault is not None:
+        description = style.esc(str(poddefault.get("description") or poddefault.get("name") or ""))
+        lines.append(
+            f"For a GPU notebook: in the New Notebook form, under “Configurations”, tick “{description}” "
+            f"(PodDefault `{style.esc(str(poddefault.get('name') or ''))}`), and ask for GPUs."
+        )
+        lines.append("`/kf gpu status` shows your GPU nodes, what runs on them and what they cost.")
+    heading = "Next steps, once this runs for real" if dry_run else "Next steps"
+    head = f"*{heading}*" if style.slack else f"{heading}:"
+    return "\n".join([head, *(f"• {line}" for line in lines)])
+
+
+def notice_text(
+    notice: Notice,
+    style: Style,
+    kept: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    dashboard_url: str | None = None,
+) -> str:
+    """The text of a notice other than a card (cards are the transports' own layout). In a dry
+    run, what goes to a person or the admin channel (not a thread line, which says it itself)
+    ends with ``DRY_RUN_NOTE``."""
+    text = _notice_text(notice, style, kept, dry_run)
+    if notice.say in (Say.RESULT, Say.MADE_FOR_YOU) and (
+        steps := next_steps(notice.request, style, dashboard_url, dry_run=dry_run)
+    ):
+        text += "\n" + steps
+    if dry_run and text and notice.say is not Say.PROGRESS and notice.request.state not in _NOT_RUN:
+        text += f"\n_{DRY_RUN_NOTE}_" if style.slack else f"\n({DRY_RUN_NOTE})"
+    return text
+
+
+def _notice_text(notice: Notice, style: Style, kept: Sequence[str], dry_run: bool) -> str:
     request, say = notice.request, notice.say
     if say is Say.PROGRESS and notice.event is not None:
-        return event_text(request, notice.event, style) or ""
+        return event_text(request, notice.event, style, dry_run=dry_run) or ""
     if say is Say.DECISION:
-        return decision_dm(request, style)
+        return decision_dm(request, style, dry_run=dry_run)
     if say is Say.REPLANNED:
         return replan_dm(request, style)
     if say in (Say.RESULT, Say.ADMIN_NOTE):
-        return result_text(request, style, kept)
+        return result_text(request, style, kept, dry_run=dry_run)
     if say is Say.MADE_FOR_YOU:
         return f"A Kubeflow workspace was made for you: {describe(request, style)}."
     if say is Say.ACCESS_CHANGED and notice.access is not None:
@@ -408,7 +511,7 @@ def notice_text(notice: Notice, style: Style, kept: Sequence[str] = ()) -> str:
     if say is Say.TIME_LIMIT:
         # For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
         # an expired grant, the owner of a reverted quota.
-        return f"⏰ A time limit ran out. {result_text(request, style)}"
+        return f"⏰ A time limit ran out. {result_text(request, style, dry_run=dry_run)}"
     if say is Say.TIMER_MESSAGE:
         return style.message(notice.message or "")
     return decision_text(request, style)

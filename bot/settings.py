@@ -10,6 +10,7 @@ directly or call ``from_env`` with a dict. docs/SETTINGS.md lists every variable
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -63,6 +64,10 @@ class SlackSettings:
     """``KFBOT_ADMIN_CHANNEL``: channel id where approval cards are posted."""
     admin_cache_seconds: float = 60.0
     """How long user profiles and admin group members are cached."""
+    dashboard_url: str | None = None
+    """``KFBOT_DASHBOARD_URL``: the Kubeflow central dashboard, linked in the "done" DM."""
+    confirm_above: float = 1000.0
+    """``KFBOT_CONFIRM_ABOVE``: USD a month above which Approve asks "are you sure?" first."""
 
     @property
     def socket_mode(self) -> bool:
@@ -146,6 +151,7 @@ class Settings:
             node_role_arn=env.text("KFBOT_NODE_ROLE_ARN"),
             iam_policy_arns=tuple(env.csv("KFBOT_IAM_POLICY_ARNS")),
             gpu_instance_type=env.text("KFBOT_DEFAULT_GPU_INSTANCE_TYPE", "g4dn.xlarge"),
+            max_nodes=int(env.number("KFBOT_MAX_NODES", 10, minimum=1, maximum=100, integer=True)),
             dex_mode=dex_mode,
             price_overrides={
                 k: env.convert("KFBOT_PRICE_OVERRIDES", v, _price)
@@ -203,12 +209,17 @@ class Settings:
                 f"KFBOT_SLACK_API_URL={api_url!r}: give an http(s) URL that ends with '/'.",
                 variable="KFBOT_SLACK_API_URL",
             )
+        dashboard = env.text("KFBOT_DASHBOARD_URL")
         slack = SlackSettings(
             bot_token=env.text("SLACK_BOT_TOKEN"),
             signing_secret=env.text("SLACK_SIGNING_SECRET"),
             app_token=env.text("SLACK_APP_TOKEN"),
             api_url=api_url,
             admin_channel=env.text("KFBOT_ADMIN_CHANNEL"),
+            dashboard_url=env.convert("KFBOT_DASHBOARD_URL", dashboard, _link_url) if dashboard else None,
+            confirm_above=env.convert(
+                "KFBOT_CONFIRM_ABOVE", env.text("KFBOT_CONFIRM_ABOVE", "1000"), _dollars
+            ),
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
@@ -393,6 +404,24 @@ def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("give an http(s) URL")
     return value.rstrip("/")
+
+
+def _dollars(value: str) -> float:
+    """A finite amount of USD, 0 or more (``nan`` would compare false and never ask)."""
+    amount = float(value)
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError("give an amount of USD a month, 0 or more (0 asks for every cost)")
+    return amount
+
+
+def _link_url(value: str) -> str:
+    """A URL the bot shows as a Slack link ``<url|text>``: http(s), and nothing that would end
+    the link early or be read as markup (whitespace, ``<``, ``>``, ``|``, quotes, backticks)."""
+    url = _http_url(value)
+    bad = sorted({c for c in url if c.isspace() or c in "<>|\"'`" or not c.isprintable() or ord(c) > 126})
+    if bad:
+        raise ValueError(f"give a plain http(s) URL (it contains {', '.join(map(repr, bad))})")
+    return url
 
 
 def _cost_probe_settings(env: _Env) -> provisioning.CostProbeSettings:

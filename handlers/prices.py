@@ -14,9 +14,12 @@ Graviton). Everything here is a pure function over constants: no I/O.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from handlers import errors, naming
 
 Architecture = Literal["x86_64", "arm64"]
 
@@ -68,7 +71,29 @@ _GPU_INSTANCES: Final[Mapping[str, GpuInstance]] = {
 # Families without a GPU entry above still need the right AMI architecture (Graviton families).
 _ARM_FAMILIES: Final = frozenset({"g5g"})
 
+# Common general-purpose, compute and memory types for CPU nodegroups (us-east-1 and us-west-2
+# list prices): an instance type must be priced to be asked for (``require_known_instance_type``).
+_US_CPU: Final[Mapping[str, float]] = {
+    "m5.large": 0.096,
+    "m5.xlarge": 0.192,
+    "m5.2xlarge": 0.384,
+    "m5.4xlarge": 0.768,
+    "m6i.large": 0.096,
+    "m6i.xlarge": 0.192,
+    "m6i.2xlarge": 0.384,
+    "m6i.4xlarge": 0.768,
+    "c5.xlarge": 0.17,
+    "c5.2xlarge": 0.34,
+    "c6i.xlarge": 0.17,
+    "c6i.2xlarge": 0.34,
+    "r5.xlarge": 0.252,
+    "r5.2xlarge": 0.504,
+    "r6i.xlarge": 0.252,
+    "r6i.2xlarge": 0.504,
+}
+
 _US: Final[Mapping[str, float]] = {
+    **_US_CPU,
     "g4dn.xlarge": 0.526,
     "g4dn.2xlarge": 0.752,
     "g4dn.4xlarge": 1.204,
@@ -182,3 +207,43 @@ def hourly_price(region: str, instance_type: str, overrides: Mapping[str, float]
 
 def monthly(hourly: float) -> float:
     return hourly * HOURS_PER_MONTH
+
+
+def known_instance_types(overrides: Mapping[str, float]) -> frozenset[str]:
+    """Every instance type the bot can describe: the GPU table, the price table of any region and
+    the operator's price overrides (how a CPU type or a new GPU type is admitted)."""
+    priced = {t for table in _PRICES.values() for t in table}
+    return frozenset({*_GPU_INSTANCES, *priced, *overrides})
+
+
+def require_known_instance_type(
+    instance_type: str, overrides: Mapping[str, float], *, field: str = "instance_type"
+) -> str:
+    """Refuse an instance type the bot knows nothing of (a typo such as ``g5.xlarg``, or
+    ``foo.bar``): a nodegroup of it would have no cost line and no GPU count for the approver.
+    The message names the closest known types (``difflib``)."""
+    known = known_instance_types(overrides)
+    if instance_type in known:
+        return instance_type
+    raise errors.InvalidInput(
+        f"{naming.show_value(instance_type)} is not an instance type kf-chatops knows a price for. "
+        f"Did you mean {closest(instance_type, known)}? An admin can add a type with KFBOT_PRICE_OVERRIDES.",
+        field=field,
+    )
+
+
+def gpu_instance_types() -> frozenset[str]:
+    return frozenset(_GPU_INSTANCES)
+
+
+def closest(instance_type: str, candidates: frozenset[str]) -> str:
+    """Up to three of ``candidates`` most like ``instance_type``, as `a`, `b`, `c` (``difflib``;
+    when nothing is alike, the same family, else the usual GPU types)."""
+    close = difflib.get_close_matches(instance_type, sorted(candidates), n=3, cutoff=0.5)
+    if not close:
+        family = instance_type.split(".", 1)[0]
+        close = sorted(t for t in candidates if t.split(".", 1)[0] == family)[:3] or [
+            "g4dn.xlarge",
+            "g5.xlarge",
+        ]
+    return ", ".join(f"`{t}`" for t in close)

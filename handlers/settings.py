@@ -48,6 +48,9 @@ class WorkspaceDefaults:
     """Instance type for ``--gpu N`` without ``--instance-type``."""
     nodes_min: int = 0
     nodes_max: int = 2
+    max_nodes: int = 10
+    """``KFBOT_MAX_NODES``: the largest ``--nodes MAX`` a request may ask for (a cost guard; a
+    request above it is refused before it is recorded)."""
     cpu: str = "8"
     memory: str = "32Gi"
     storage: str = "100Gi"

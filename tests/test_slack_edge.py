@@ -133,7 +133,7 @@ def test_approve_updates_the_card_threads_progress_and_dms_the_requester(
     assert button(updated, blocks.APPROVE) is None and button(updated, blocks.REJECT) is None
     assert f"Approved by <@{BOB}>" in json.dumps(updated["blocks"])
     thread = [m["text"] for m in fake_slack.replies(card["channel"], card["ts"])]
-    assert any("Applying" in t for t in thread) and any("S3 bucket" in t for t in thread)
+    assert any("Dry run of" in t for t in thread) and any("S3 bucket" in t for t in thread)
     assert any("s3:CreateBucket" in t for t in thread)  # the dry-run rendering of each step
     dms = fake_slack.wait_for(lambda: [t for t in dm_texts(fake_slack, ALICE) if "is done" in t], WAIT)
     assert any(f"approved by <@{BOB}>" in t for t in dm_texts(fake_slack, ALICE))

@@ -10,6 +10,8 @@ else into "Something went wrong (ref XYZ)" with the traceback logged under that 
 
 from __future__ import annotations
 
+import re
+
 from slack_bolt import App
 
 from bot.listeners import actions, commands, common, views
@@ -25,3 +27,12 @@ def register(app: App, deps: Deps) -> None:
     commands.register(app, deps)
     actions.register(app, deps)
     views.register(app, deps)
+    # Last, because Bolt runs only the first listener that matches. Bolt acknowledges an event
+    # before its listener runs, but answers one that no listener matches with 404, which in
+    # Socket Mode means no acknowledgement: Slack would redeliver it and, after repeated
+    # failures, turn the app's events off.
+    app.event(re.compile(".+"))(_ignore_event)
+
+
+def _ignore_event() -> None:
+    """An event no listener above handles: acknowledged and dropped."""

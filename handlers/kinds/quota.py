@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
 
-from handlers import errors, naming, units
+from handlers import errors, naming, prices, units
 from handlers.actions import ActionName
 from handlers.kinds.base import (
     Applied,
@@ -36,10 +36,11 @@ from handlers.kinds.base import (
     text,
     workspace_people,
 )
+from handlers.kinds.gpu_common import bot_nodegroups, scaling_of
 from handlers.kinds.workspace_create import GPU_RESOURCE
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step, as_object, as_text
-from handlers.ports import Facts
+from handlers.ports import Facts, WorkspaceFacts
 from handlers.settings import CoreSettings
 
 QUOTA_FLAGS = {"gpu": GPU_RESOURCE, "cpu": "cpu", "memory": "memory", "storage": "requests.storage"}
@@ -228,6 +229,8 @@ class QuotaChange:
                         f"{resource} {wanted} is below the {used} in use now: running pods keep "
                         "their share, new ones wait until usage drops."
                     )
+            if resource == GPU_RESOURCE:
+                part += gpu_capacity_note(self.workspace, ws, wanted, warnings)
             parts.append(part)
         return Plan.of(
             [
@@ -274,3 +277,38 @@ class QuotaChange:
                 for resource in self.changes()
             )
         )
+
+
+def gpu_capacity_note(workspace: str, ws: WorkspaceFacts, wanted: str, warnings: list[str]) -> str:
+    """What a GPU quota can actually use: the GPUs the workspace's bot-made nodegroups hold at
+    their maximum (nodes x GPUs per node, as the registry records them). Returned for the quota
+    step's line; a warning is added when the quota cannot be reached."""
+    try:
+        asked = int(wanted)
+    except ValueError:
+        return ""
+    total, known, parts = 0, True, []
+    for _, params in bot_nodegroups(ws):
+        types = params.get("instance_types")
+        instance_type = str(types[0]) if isinstance(types, list) and types else ""
+        high = scaling_of(params)[2]
+        gpus = prices.gpus_per_instance(instance_type)
+        if gpus is None:
+            known = False
+            continue
+        total += high * gpus
+        parts.append(f"{params.get('name')}: {high} x {instance_type} x {gpus} GPU")
+    if not parts and known:
+        if asked > 0:
+            warnings.append(
+                f"`{workspace}` has no GPU nodegroup made by kf-chatops, so a GPU quota of {asked} can "
+                "only be used on GPU nodes the cluster has otherwise."
+            )
+        return "; no GPU nodegroup of its own"
+    if known and asked > total:
+        warnings.append(
+            f"A GPU quota of {asked} cannot be reached: the nodegroups of `{workspace}` hold at most "
+            f"{total} GPU{'' if total == 1 else 's'} ({'; '.join(parts)}). Ask for "
+            f"`/kf workspace resize {workspace} --nodes MIN:MAX` too, or a smaller quota."
+        )
+    return f"; its nodegroups hold at most {total} GPU{'' if total == 1 else 's'}" if known else ""

@@ -130,6 +130,8 @@ class WorkspaceCreate:
         s, d = ctx.settings, ctx.settings.workspace
         if ctx.facts.workspace(self.name) is not None:
             raise errors.InvalidInput(f"A workspace named `{self.name}` already exists.", field="name")
+        if self.instance_type is not None:
+            prices.require_known_instance_type(self.instance_type, d.price_overrides)
         instance_type = self.instance_type or (d.gpu_instance_type if self.gpu > 0 else None)
         names = naming.render_names(s.naming, self.name, instance_type)
         user = kubeflow_user_id(s, self.owner)
@@ -201,6 +203,7 @@ class WorkspaceCreate:
             raise errors.InvalidInput(
                 "--nodes MAX must be at least 1 (EKS needs maxSize >= 1).", field="nodes"
             )
+        check_max_nodes(hi, d.max_nodes)
         if not lo <= desired <= hi:
             raise errors.InvalidInput(
                 f"Need MIN <= desired <= MAX, got {lo} <= {desired} <= {hi}.", field="desired"
@@ -287,6 +290,17 @@ class WorkspaceCreate:
                     created,
                 ),
             )
+        )
+
+
+def check_max_nodes(nodes_max: int, limit: int) -> None:
+    """``KFBOT_MAX_NODES``: a cost guard on every ``--nodes MAX`` (checked when the plan is made,
+    so a request over it is refused before anything is recorded)."""
+    if nodes_max > limit:
+        raise errors.InvalidInput(
+            f"--nodes MAX {nodes_max} is above the limit of {limit} nodes per nodegroup here "
+            "(KFBOT_MAX_NODES); ask for fewer, or ask an admin to raise the limit.",
+            field="nodes",
         )
 
 

@@ -31,7 +31,13 @@ from handlers.kinds.base import (
 )
 from handlers.kinds.gpu_common import bot_nodegroups, scaling_of
 from handlers.kinds.gpu_scale import recorded_scaling
-from handlers.kinds.workspace_create import PINNING_LIMITS, _nodes, gpu_nodegroup_taints, poddefault_step
+from handlers.kinds.workspace_create import (
+    PINNING_LIMITS,
+    _nodes,
+    check_max_nodes,
+    gpu_nodegroup_taints,
+    poddefault_step,
+)
 from handlers.kinds.workspace_pin import gpu_nodegroups
 from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts, WorkspaceFacts
@@ -86,7 +92,8 @@ class WorkspaceResize:
             if not prices.gpus_per_instance(self.instance_type):
                 raise errors.InvalidInput(
                     f"{naming.show_value(self.instance_type)} is not a GPU instance type the bot knows; "
-                    "a workspace's nodegroup moves only to a known GPU type.",
+                    "a workspace's nodegroup moves only to a known GPU type. Did you mean "
+                    f"{prices.closest(self.instance_type, prices.gpu_instance_types())}?",
                     usage=USAGE,
                     field="instance_type",
                 )
@@ -103,6 +110,9 @@ class WorkspaceResize:
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.name)
+        check_max_nodes(self.nodes_max, ctx.settings.workspace.max_nodes)
+        if self.instance_type is not None:
+            prices.require_known_instance_type(self.instance_type, ctx.settings.workspace.price_overrides)
         if not bot_nodegroups(ws):
             raise errors.InvalidInput(
                 f"`{self.name}` has no nodegroup made by kf-chatops; there is nothing to resize.",
@@ -138,7 +148,9 @@ class WorkspaceResize:
                 )
             )
             lines.extend(self._cost_line(ctx, params, name))
-        return Plan.of(steps, [*lines, *self._warnings()])
+        nodegroups = bot_nodegroups(ws)
+        cost = self._cost(ctx, _type_of(nodegroups[0][1])) if len(nodegroups) == 1 else {}
+        return Plan.of(steps, [*lines, *self._warnings()], cost)
 
     def _cost_line(
         self, ctx: PlanContext, params: Mapping[str, JSON], name: str, was: Mapping[str, JSON] | None = None
@@ -244,7 +256,21 @@ class WorkspaceResize:
             *self._warnings(),
             PINNING_LIMITS,
         ]
-        return Plan.of(steps, warnings)
+        return Plan.of(steps, warnings, self._cost(ctx, instance_type))
+
+    def _cost(self, ctx: PlanContext, instance_type: str) -> dict[str, JSON]:
+        """The plan's cost at the new maximum, in ``workspace.create``'s shape (what the card's cost
+        line and Approve's confirm dialog read); empty for an unpriced type."""
+        hourly = self._hourly(ctx, instance_type) if instance_type else None
+        if hourly is None:
+            return {}
+        return {
+            "instance_type": instance_type,
+            "hourly_per_node": hourly,
+            "max_nodes": self.nodes_max,
+            "hourly_max": round(hourly * self.nodes_max, 2),
+            "monthly_max": round(prices.monthly(hourly * self.nodes_max), 2),
+        }
 
     def on_success(self, done: Applied) -> Success:
         """The registry records the new nodegroup (created by this request) in place of the old,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -87,6 +87,10 @@ class SlackCall:
     method: str
     params: Json
     token: str | None
+
+
+class SocketModeEndpoint(Protocol):
+    def issue_url(self) -> str: ...
 
 
 class _ApiError(Exception):
@@ -199,9 +203,13 @@ class FakeSlack:
             "usergroups.users.list": self._usergroups_users_list,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
+            "apps.connections.open": self._apps_connections_open,
         }
         # The external upload flow: id -> {name, length, alt_txt, data (None until POSTed)}.
         self._files: dict[str, Json] = {}
+        # The WebSocket side of Socket Mode (tests.fakes.slack_socket.FakeSocketMode), when a test
+        # runs the bot that way; apps.connections.open answers its URLs.
+        self.socket_mode: SocketModeEndpoint | None = None
         self._server = _FakeServer(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -324,6 +332,7 @@ class FakeSlack:
             self._files.clear()
             self._used_triggers.clear()
             self._opened.clear()
+            self.socket_mode = None
             if users:
                 self._users.clear()
                 self._usergroups.clear()
@@ -443,6 +452,10 @@ class FakeSlack:
             return {"ok": False, "error": "unknown_method", "req_method": method}
         if not token:
             raise _ApiError("not_authed")
+        # Slack keeps the token kinds apart: only an app-level token opens a socket, and an
+        # app-level token calls nothing else.
+        if (method == "apps.connections.open") != token.startswith("xapp-"):
+            raise _ApiError("not_allowed_token_type")
         if self.accepted_tokens is not None and token not in self.accepted_tokens:
             raise _ApiError("invalid_auth")
         return handler(params)
@@ -697,6 +710,11 @@ class FakeSlack:
                                   latest_reply=ts)
             self._messages[(channel, ts)] = message
         return {"ok": True, "files": done}
+
+    def _apps_connections_open(self, params: Json) -> Json:
+        if self.socket_mode is None:
+            raise _ApiError("invalid_auth")  # no app here has Socket Mode turned on
+        return {"ok": True, "url": self.socket_mode.issue_url()}
 
     def _usergroups_users_list(self, params: Json) -> Json:
         group = str(params.get("usergroup") or "")
