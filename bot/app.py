@@ -29,6 +29,7 @@ from slack_sdk.http_retry.handler import RetryHandler
 
 import provisioning
 from bot import listeners
+from bot.cost import CostReporter
 from bot import logging as log
 from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
@@ -135,6 +136,21 @@ def build_slack(
     return SlackEdge(app, deps, notifier, client)
 
 
+def build_cost_reporter(
+    settings: Settings, backend: provisioning.Backend, edge: SlackEdge, clock: Clock
+) -> CostReporter:
+    """The idle-GPU reporter: posts with the bot's client, mentions owners Slack knows by email."""
+    return CostReporter(
+        edge.client,
+        backend,
+        backend.uow,
+        clock,
+        settings.core.cost,
+        settings.slack.admin_channel,
+        edge.deps.identity.user_id_for_email,
+    )
+
+
 class SlackAuthCheck:
     """``/readyz``'s Slack check in HTTP mode: ``auth.test``, its answer kept ``ttl`` seconds so a
     probe every few seconds costs one Slack call a minute (a revoked token or an unreachable
@@ -225,7 +241,15 @@ def start_slack(
         raise
     stop_event = threading.Event()
     worker = backend.start_worker(edge.notifier, stop_event)
-    scheduler = start_scheduler(backend, edge.deps.core, settings.http.sweep_seconds)
+    # Only a live backend can scan the cluster (the dry-run has no GPUs to find).
+    cost = build_cost_reporter(settings, backend, edge, clock) if backend.mode == "live" else None
+    scheduler = start_scheduler(
+        backend,
+        edge.deps.core,
+        settings.http.sweep_seconds,
+        cost,
+        settings.core.cost.scan_interval.total_seconds(),
+    )
     socket_handler = None
     if settings.slack.socket_mode:
         socket_handler = SocketModeHandler(edge.app, settings.slack.app_token)

@@ -9,11 +9,14 @@ import logging
 import secrets as pysecrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from handlers import errors, prices
+from handlers.cost import autostop, idle
+from handlers.cost.inventory import Inventory
 from handlers.model import Request
 from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
@@ -24,9 +27,16 @@ from provisioning.actions import ActionRegistry
 from provisioning.engine import Engine, LogContext, no_log_context
 from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
-from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
+from provisioning.records import (
+    Contributor,
+    CostReportRecord,
+    IdleScan,
+    TokenRecord,
+    WorkspaceRecord,
+    WorkspaceView,
+)
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, SqlUnitOfWork
+from provisioning.store import Database, LeaderElection, NodeUsage, SqlUnitOfWork, UsageLedger
 
 if TYPE_CHECKING:
     from provisioning.dex import RestartRequester
@@ -163,6 +173,88 @@ class Backend:
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
 
+    # -- cost control: idle GPUs ----------------------------------------------------------------
+    def gpu_inventory(self, idle_window: timedelta) -> Inventory:
+        """What the cluster holds in GPUs now (the scan's; this stand-in says it is missing)."""
+        raise errors.ProvisioningError("The GPU scan is not available in this build.")
+
+    def observe_idle(self) -> IdleScan:
+        """One observation: scan, decide, and persist the signals (with the GPU node time) in one
+        transaction, so a restart keeps every idle clock. Returns what to report."""
+        return self._idle_scan(persist=True)
+
+    def gpu_status(self) -> IdleScan:
+        """``/kf gpu status``: a fresh scan decided against the stored signals, persisting nothing,
+        with this month's GPU node time."""
+        return self._idle_scan(persist=False)
+
+    def _idle_scan(self, *, persist: bool) -> IdleScan:
+        cost = self.core.cost
+        inventory = self.gpu_inventory(cost.idle_after)
+        now = self.clock.now()
+        overrides = self.core.workspace.price_overrides
+        with self.db.uow(read_only=not persist) as uow:
+            rows = uow.registry.list_workspaces()
+            namespaces = {w.namespace: w.name for w in rows}
+            owners = {w.name: w.owner for w in rows}
+            observation = idle.classify(
+                inventory,
+                uow.cost.signals(for_update=persist),
+                uow.cost.holds(now),
+                now,
+                cost,
+                price_overrides=overrides,
+                namespaces=namespaces,
+            )
+            lines = idle.fleet(inventory, overrides)
+            if persist:
+                uow.cost.apply(observation.upsert, observation.delete)
+                UsageLedger(uow.connection, max_gap=2 * cost.scan_interval).record(
+                    now, _node_usage(inventory, observation, overrides)
+                )
+            warned = frozenset(
+                s.detail.get("item") for s in uow.cost.signal_rows() if s.warned_at is not None
+            ) - {None}
+            pending = uow.cost.pending_timers(autostop.AUTO_STOP)
+            month = () if persist else tuple(UsageLedger(uow.connection).month(now))
+            if persist:
+                uow.commit()
+        return IdleScan(
+            now,
+            observation,
+            lines,
+            owners,
+            frozenset(str(k) for k in warned),
+            pending,
+            month,
+        )
+
+    def mark_cost_signals(
+        self, keys: Sequence[str], *, reported: datetime | None = None, warned: datetime | None = None
+    ) -> None:
+        with self.db.uow() as uow:
+            uow.cost.mark(keys, reported=reported, warned=warned)
+            uow.commit()
+
+    def cost_report(self, channel: str) -> CostReportRecord | None:
+        with self.db.uow(read_only=True) as uow:
+            row = uow.cost.report(channel)
+        return None if row is None else CostReportRecord(row.channel, row.ts, row.digest, row.items)
+
+    def cost_reports(self) -> list[CostReportRecord]:
+        with self.db.uow(read_only=True) as uow:
+            return [CostReportRecord(r.channel, r.ts, r.digest, r.items) for r in uow.cost.reports()]
+
+    def save_cost_report(self, channel: str, ts: str | None, digest: str, items: Mapping[str, JSON]) -> None:
+        with self.db.uow() as uow:
+            uow.cost.put_report(channel, ts, digest, items, self.clock.now())
+            uow.commit()
+
+    def drop_cost_report(self, channel: str) -> None:
+        with self.db.uow() as uow:
+            uow.cost.delete_report(channel)
+            uow.commit()
+
     # -- audit -----------------------------------------------------------------------------------
     def audit_verify(self, expect_head: str | None = None) -> audit.VerifyResult:
         return audit.verify(self.db, self.settings.audit_key, expect_head)
@@ -265,6 +357,31 @@ class Backend:
     def close(self) -> None:
         self._leader.release()
         self.db.dispose()
+
+
+def _node_usage(
+    inventory: Inventory, observation: idle.Observation, overrides: Mapping[str, float]
+) -> list[NodeUsage]:
+    """Every node of a GPU nodegroup this scan saw, idle when signal 1 holds for it."""
+    empty = {r.key for r in observation.upsert if r.signal == "empty-node"}
+    groups = {g.name: g for g in inventory.nodegroups if g.gpus_per_node > 0}
+    out = []
+    for node in inventory.nodes:
+        group = groups.get(node.nodegroup)
+        if group is None:
+            continue
+        itype = node.instance_type or group.instance_type
+        out.append(
+            NodeUsage(
+                node=node.name,
+                nodegroup=node.nodegroup,
+                workspace=group.workspace,
+                instance_type=itype,
+                idle=idle.node_key(node.nodegroup, node.name) in empty,
+                hourly_usd=prices.hourly_price(inventory.region, itype, overrides),
+            )
+        )
+    return out
 
 
 def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: str | None) -> list[str]:

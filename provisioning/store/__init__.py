@@ -38,6 +38,7 @@ composition root first uses one.
 """
 
 
+from provisioning.store.cost import ReportRow, SqlCost
 from provisioning.store.database import Database
 from provisioning.store.locks import DbLock, LeaderElection
 from provisioning.store.repositories import LeaseLost, SqlRegistry, SqlWork, StepRecord, TimerRow
@@ -57,6 +58,7 @@ from provisioning.store.schema import (
     workspaces,
 )
 from provisioning.store.uow import ProvisioningUnitOfWork, SqlUnitOfWork
+from provisioning.store.usage import NodeUsage, UsageLedger
 
 __all__ = [
     "GENESIS_MAC",
@@ -64,12 +66,16 @@ __all__ = [
     "DbLock",
     "LeaderElection",
     "LeaseLost",
+    "NodeUsage",
     "ProvisioningUnitOfWork",
+    "ReportRow",
+    "SqlCost",
     "SqlRegistry",
     "SqlUnitOfWork",
     "SqlWork",
     "StepRecord",
     "TimerRow",
+    "UsageLedger",
     "UtcDateTime",
     "audit_events",
     "audit_head",
