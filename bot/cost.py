@@ -209,10 +209,10 @@ class CostReporter:
             return "cleared"
         rep = report.build(items, owners, notes, now, auto_stops=due)
         digest = rep.digest()
+        if live and previous is not None and previous.digest == digest:
+            return None
         text, blks = report_blocks(rep, self._find_user)
         if live and previous is not None and previous.ts is not None:
-            if previous.digest == digest:
-                return None
             answer = self._call(
                 "chat_update", channel=channel, ts=previous.ts, text=text, blocks=blocks.to_dicts(blks)
             )
