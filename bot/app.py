@@ -29,8 +29,8 @@ from slack_sdk.http_retry.handler import RetryHandler
 
 import provisioning
 from bot import listeners
-from bot.cost import CostReporter
 from bot import logging as log
+from bot.cost import CostReporter
 from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool

@@ -25,7 +25,9 @@ COST = CostSettings(idle_after=timedelta(hours=2))
 NS = {"ws-a": "team-a", "ws-b": "team-b"}
 
 
-def group(name: str = "ng-a", ws: str | None = "team-a", status: str = "ACTIVE", itype: str = "g5.xlarge") -> Nodegroup:
+def group(
+    name: str = "ng-a", ws: str | None = "team-a", status: str = "ACTIVE", itype: str = "g5.xlarge"
+) -> Nodegroup:
     return Nodegroup(name, ws, itype, 1, status, 0, 4, 1)
 
 
@@ -41,7 +43,9 @@ def stored_from(obs: idle.Observation) -> list[StoredSignal]:
     return [StoredSignal(r.key, r.signal, r.first_seen, r.last_seen) for r in obs.upsert]
 
 
-def run(inv: Inventory, stored: list[StoredSignal], now: datetime, holds: tuple[Hold, ...] = ()) -> idle.Observation:
+def run(
+    inv: Inventory, stored: list[StoredSignal], now: datetime, holds: tuple[Hold, ...] = ()
+) -> idle.Observation:
     return classify(inv, stored, holds, now, COST, namespaces=NS)
 
 
@@ -57,7 +61,10 @@ def worlds(draw: st.DrawFn) -> Inventory:
         group("ng-a", "team-a", draw(st.sampled_from(["ACTIVE", "UPDATING", "DEGRADED"]))),
         group("ng-b", draw(st.sampled_from(["team-b", None])), draw(st.sampled_from(["ACTIVE", "CREATING"]))),
     ]
-    nodes = [node(f"n{i}", draw(st.sampled_from(["ng-a", "ng-b"])), draw(st.integers(0, 1))) for i in range(draw(st.integers(0, 4)))]
+    nodes = [
+        node(f"n{i}", draw(st.sampled_from(["ng-a", "ng-b"])), draw(st.integers(0, 1)))
+        for i in range(draw(st.integers(0, 4)))
+    ]
     pods: list[GpuPod] = []
     notebooks: list[Notebook] = []
     activity: dict[tuple[str, str], NotebookActivity] = {}
@@ -73,18 +80,28 @@ def worlds(draw: st.DrawFn) -> Inventory:
             last = T0 - timedelta(hours=draw(st.integers(0, 10))) if state != "unknown" else None
             activity[(ns, name)] = NotebookActivity(state, last)
         else:
-            pods.append(GpuPod(ns, f"job{i}", where, 1, draw(st.sampled_from(["job", "pytorchjob", "other"]))))
+            pods.append(
+                GpuPod(ns, f"job{i}", where, 1, draw(st.sampled_from(["job", "pytorchjob", "other"])))
+            )
         util = draw(UTIL)
         if util is not None:
             by_pod[(ns, pods[-1].name)] = util
     utilisation = draw(st.sampled_from([None, GpuUtilisation(by_pod), GpuUtilisation(by_pod, "unreachable")]))
-    return Inventory(T0, "us-east-1", tuple(groups), tuple(nodes), tuple(pods), tuple(notebooks), activity, utilisation)
+    return Inventory(
+        T0, "us-east-1", tuple(groups), tuple(nodes), tuple(pods), tuple(notebooks), activity, utilisation
+    )
 
 
 def later(inv: Inventory, hours: float) -> Inventory:
     return Inventory(
-        inv.taken_at + timedelta(hours=hours), inv.region, inv.nodegroups, inv.nodes, inv.pods, inv.notebooks,
-        inv.activity, inv.utilisation,
+        inv.taken_at + timedelta(hours=hours),
+        inv.region,
+        inv.nodegroups,
+        inv.nodes,
+        inv.pods,
+        inv.notebooks,
+        inv.activity,
+        inv.utilisation,
     )
 
 
@@ -120,7 +137,11 @@ def test_never_idle_what_the_rules_exclude(inv: Inventory, hours: float) -> None
         if item.kind == "notebook":
             nb = next(n for n in inv.notebooks if (n.namespace, n.name) == (item.namespace, item.name))
             assert not nb.stopped
-            pod = next(p for p in inv.pods if p.workload == "notebook" and p.notebook == nb.name and p.namespace == nb.namespace)
+            pod = next(
+                p
+                for p in inv.pods
+                if p.workload == "notebook" and p.notebook == nb.name and p.namespace == nb.namespace
+            )
             peak = util.by_pod.get((pod.namespace, pod.name)) if usable and util else None
             state = inv.activity[(nb.namespace, nb.name)].state
             # Unknown is never idle (unless the GPU itself is seen unused); busy util overrides.
@@ -136,7 +157,9 @@ def test_never_idle_what_the_rules_exclude(inv: Inventory, hours: float) -> None
 
 
 @settings(max_examples=200, deadline=None)
-@given(worlds(), st.sampled_from(["nodegroup:ng-a", "nodegroup:ng-b", "workspace:team-a", "workspace:team-b"]))
+@given(
+    worlds(), st.sampled_from(["nodegroup:ng-a", "nodegroup:ng-b", "workspace:team-a", "workspace:team-b"])
+)
 def test_a_held_item_is_never_reported(inv: Inventory, target: str) -> None:
     stored = stored_from(run(inv, [], T0))
     now = T0 + timedelta(hours=3)
@@ -208,14 +231,20 @@ def test_notebook_idle_since_its_last_activity_and_new_activity_restarts_the_clo
 def test_unknown_activity_is_never_idle_and_a_busy_gpu_overrides_idle_kernels() -> None:
     nb = Notebook("ws-a", "nb", False, 1, "jupyter")
     base = dict(nodegroups=(group(),), nodes=(node("n1"),), pods=(nb_pod("nb", "n1"),), notebooks=(nb,))
-    unknown = Inventory(T0, "us-east-1", activity={("ws-a", "nb"): NotebookActivity("unknown", note="404")}, **base)  # type: ignore[arg-type]
+    unknown = Inventory(
+        T0, "us-east-1", activity={("ws-a", "nb"): NotebookActivity("unknown", note="404")}, **base
+    )  # type: ignore[arg-type]
     assert run(unknown, [], T0 + timedelta(days=3)).items == ()
     idle_kernels = {("ws-a", "nb"): NotebookActivity("idle", T0 - timedelta(days=1))}
-    busy_gpu = Inventory(T0, "us-east-1", activity=idle_kernels, utilisation=GpuUtilisation({("ws-a", "nb-0"): 0.9}), **base)  # type: ignore[arg-type]
+    busy_gpu = Inventory(
+        T0, "us-east-1", activity=idle_kernels, utilisation=GpuUtilisation({("ws-a", "nb-0"): 0.9}), **base
+    )  # type: ignore[arg-type]
     obs = run(busy_gpu, [], T0)
     assert obs.items == () and "notebook:ws-a/nb" in obs.busy
     # Prometheus configured but unreachable: reported from the kernels, but not established.
-    degraded = Inventory(T0, "us-east-1", activity=idle_kernels, utilisation=GpuUtilisation({}, "unreachable"), **base)  # type: ignore[arg-type]
+    degraded = Inventory(
+        T0, "us-east-1", activity=idle_kernels, utilisation=GpuUtilisation({}, "unreachable"), **base
+    )  # type: ignore[arg-type]
     (item,) = run(degraded, [], T0).items
     assert not item.established and any("unreachable" in n for n in run(degraded, [], T0).notes)
 
@@ -223,7 +252,12 @@ def test_unknown_activity_is_never_idle_and_a_busy_gpu_overrides_idle_kernels() 
 def test_a_stopped_notebook_is_never_reported() -> None:
     nb = Notebook("ws-a", "nb", True, 1, "jupyter")
     inv = Inventory(
-        T0, "us-east-1", (group(),), (node("n1"),), (nb_pod("nb", "n1"),), (nb,),
+        T0,
+        "us-east-1",
+        (group(),),
+        (node("n1"),),
+        (nb_pod("nb", "n1"),),
+        (nb,),
         {("ws-a", "nb"): NotebookActivity("idle", T0 - timedelta(days=2))},
     )
     assert run(inv, [], T0).items == ()
@@ -233,7 +267,14 @@ def test_a_job_is_reported_only_through_unused_gpus() -> None:
     pods = (GpuPod("ws-b", "train", "n1", 1, "pytorchjob"),)
     inv = Inventory(T0, "us-east-1", (group(),), (node("n1"),), pods)
     assert run(inv, [], T0 + timedelta(days=1)).items == ()
-    unused = Inventory(T0, "us-east-1", (group(),), (node("n1"),), pods, utilisation=GpuUtilisation({("ws-b", "train"): 0.01}))
+    unused = Inventory(
+        T0,
+        "us-east-1",
+        (group(),),
+        (node("n1"),),
+        pods,
+        utilisation=GpuUtilisation({("ws-b", "train"): 0.01}),
+    )
     stored = stored_from(run(unused, [], T0))
     (item,) = run(unused, stored, T0 + timedelta(hours=2)).items
     assert item.kind == "pod" and item.workspace == "team-b" and item.target is None and not item.stoppable

@@ -19,8 +19,8 @@ from handlers.cost import autostop
 from handlers.cost.inventory import GpuPod, Inventory, Node, Nodegroup, Notebook, NotebookActivity
 from handlers.model import EventType
 from handlers.settings import CostSettings
-from provisioning.store.schema import gpu_holds as gpu_holds_table
 from provisioning.store.schema import audit_events, timers
+from provisioning.store.schema import gpu_holds as gpu_holds_table
 from tests.fakes.slack import FakeSlack
 from tests.harness import ALICE, CORE, Stack, build_stack, make_workspace
 
@@ -44,19 +44,28 @@ class World:
     def inventory(self, window: timedelta) -> Inventory:
         self.calls += 1
         return Inventory(
-            self.stack.clock.now(), "us-east-1", tuple(self.groups), tuple(self.nodes), tuple(self.pods),
-            tuple(self.notebooks), dict(self.activity),
+            self.stack.clock.now(),
+            "us-east-1",
+            tuple(self.groups),
+            tuple(self.nodes),
+            tuple(self.pods),
+            tuple(self.notebooks),
+            dict(self.activity),
         )
 
 
-def setup(db_url: str, fake_slack: FakeSlack, cost: CostSettings = COST, **kw: object) -> tuple[Stack, World, CostReporter]:
+def setup(
+    db_url: str, fake_slack: FakeSlack, cost: CostSettings = COST, **kw: object
+) -> tuple[Stack, World, CostReporter]:
     stack = build_stack(db_url, core=dataclasses.replace(CORE, cost=cost), **kw)  # type: ignore[arg-type]
     fake_slack.add_user("UALICE", "alice@example.com")
     world = World(stack)
     return stack, world, reporter_for(stack, world, fake_slack, cost)
 
 
-def reporter_for(stack: Stack, world: World, fake_slack: FakeSlack, cost: CostSettings = COST) -> CostReporter:
+def reporter_for(
+    stack: Stack, world: World, fake_slack: FakeSlack, cost: CostSettings = COST
+) -> CostReporter:
     stack.backend.gpu_inventory = world.inventory  # type: ignore[method-assign]
     client = WebClient(token="xoxb-test", base_url=fake_slack.base_url)
 
@@ -74,7 +83,11 @@ def namespace(stack: Stack, name: str) -> str:
 
 
 def top_level(fake_slack: FakeSlack, channel: str) -> list[dict[str, object]]:
-    return [m for m in fake_slack.messages_in(channel) if not m.get("thread_ts") or m.get("thread_ts") == m.get("ts")]
+    return [
+        m
+        for m in fake_slack.messages_in(channel)
+        if not m.get("thread_ts") or m.get("thread_ts") == m.get("ts")
+    ]
 
 
 def test_report_posted_once_then_edited_threaded_held_cleared_and_the_clock_survives_a_restart(
@@ -115,14 +128,24 @@ def test_report_posted_once_then_edited_threaded_held_cleared_and_the_clock_surv
     out = reporter.scan_once()
     assert out.edited == out.threaded == ("CCOST",)
     ts = str(top_level(fake_slack, "CCOST")[0]["ts"])
-    (note,) = fake_slack.replies("CCOST", ts)[1:] if fake_slack.replies("CCOST", ts)[0]["ts"] == ts else fake_slack.replies("CCOST", ts)
+    (note,) = (
+        fake_slack.replies("CCOST", ts)[1:]
+        if fake_slack.replies("CCOST", ts)[0]["ts"] == ts
+        else fake_slack.replies("CCOST", ts)
+    )
     assert "Newly idle: notebook" in str(note["text"])
 
     # The owner pressed Keep on the nodegroup (the gpu.hold kind writes this row).
     with stack.backend.db.engine.begin() as conn:
-        conn.execute(sa.insert(gpu_holds_table).values(
-            target="nodegroup:ng-a", until=stack.clock.now() + timedelta(hours=4), held_by="UALICE",
-            request_id=None, created_at=stack.clock.now()))
+        conn.execute(
+            sa.insert(gpu_holds_table).values(
+                target="nodegroup:ng-a",
+                until=stack.clock.now() + timedelta(hours=4),
+                held_by="UALICE",
+                request_id=None,
+                created_at=stack.clock.now(),
+            )
+        )
     stack.clock.advance(timedelta(minutes=10))
     out = reporter.scan_once()
     assert out.threaded == ("CCOST",)
@@ -176,7 +199,9 @@ def test_workspace_channels_and_unattributed_items(db_url: str, fake_slack: Fake
 def test_two_replicas_post_one_report(postgres_url: str, fake_slack: FakeSlack) -> None:
     stack, world, first = setup(postgres_url, fake_slack)
     make_workspace(stack, "team-a", ALICE)
-    other = build_stack(postgres_url, clock=stack.clock, core=stack.core.settings, migrate=False, worker_id="w2")
+    other = build_stack(
+        postgres_url, clock=stack.clock, core=stack.core.settings, migrate=False, worker_id="w2"
+    )
     second = reporter_for(other, world, fake_slack)
     first.scan_once()
     second.scan_once()
@@ -201,7 +226,7 @@ def pending(stack: Stack) -> dict[str, datetime]:
 
 
 def test_auto_stop_is_off_unless_enabled(db_url: str, fake_slack: FakeSlack) -> None:
-    stack, world, reporter = setup(db_url, fake_slack)
+    stack, _, reporter = setup(db_url, fake_slack)
     make_workspace(stack, "team-a", ALICE)
     reporter.scan_once()
     stack.clock.advance(timedelta(hours=3))
@@ -211,7 +236,9 @@ def test_auto_stop_is_off_unless_enabled(db_url: str, fake_slack: FakeSlack) -> 
     stack.backend.close()
 
 
-def test_auto_stop_scheduled_vouched_warned_and_cancelled_when_busy(db_url: str, fake_slack: FakeSlack) -> None:
+def test_auto_stop_scheduled_vouched_warned_and_cancelled_when_busy(
+    db_url: str, fake_slack: FakeSlack
+) -> None:
     cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
     stack, world, reporter = setup(db_url, fake_slack, cost)
     make_workspace(stack, "team-a", ALICE)
@@ -242,13 +269,21 @@ def test_auto_stop_scheduled_vouched_warned_and_cancelled_when_busy(db_url: str,
 
 def test_a_forged_auto_stop_timer_is_refused(db_url: str, fake_slack: FakeSlack) -> None:
     cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
-    stack, world, reporter = setup(db_url, fake_slack, cost)
+    stack, _, _ = setup(db_url, fake_slack, cost)
     make_workspace(stack, "team-a", ALICE)
-    payload = {"request_id": "cost:nodegroup:ng-a", "workspace": "team-a", "target": "nodegroup:ng-a",
-               "since": stack.clock.now().isoformat(), "seen_after": stack.clock.now().isoformat()}
+    payload = {
+        "request_id": "cost:nodegroup:ng-a",
+        "workspace": "team-a",
+        "target": "nodegroup:ng-a",
+        "since": stack.clock.now().isoformat(),
+        "seen_after": stack.clock.now().isoformat(),
+    }
     with stack.backend.db.engine.begin() as conn:
-        conn.execute(sa.insert(timers).values(kind=autostop.AUTO_STOP, ref="nodegroup:ng-a",
-                                              due_at=stack.clock.now(), payload=payload))
+        conn.execute(
+            sa.insert(timers).values(
+                kind=autostop.AUTO_STOP, ref="nodegroup:ng-a", due_at=stack.clock.now(), payload=payload
+            )
+        )
     assert sweep(stack) == 1
     with stack.backend.db.engine.connect() as conn:
         fired = conn.execute(sa.select(audit_events.c.data).where(audit_events.c.type == "timer.fired")).all()
@@ -260,7 +295,9 @@ def test_a_forged_auto_stop_timer_is_refused(db_url: str, fake_slack: FakeSlack)
     stack.backend.close()
 
 
-def _fire(stack: Stack, world: World, reporter: CostReporter, *, keep: Callable[[], None] | None = None) -> None:
+def _fire(
+    stack: Stack, world: World, reporter: CostReporter, *, keep: Callable[[], None] | None = None
+) -> None:
     reporter.scan_once()
     stack.clock.advance(timedelta(hours=2, minutes=5))
     reporter.scan_once()
@@ -296,9 +333,15 @@ def test_auto_stop_does_nothing_when_held_after_the_warning(db_url: str, fake_sl
 
     def keep() -> None:
         with stack.backend.db.engine.begin() as conn:
-            conn.execute(sa.insert(gpu_holds_table).values(
-                target="workspace:team-a", until=stack.clock.now() + timedelta(days=1), held_by="UALICE",
-                request_id=None, created_at=stack.clock.now()))
+            conn.execute(
+                sa.insert(gpu_holds_table).values(
+                    target="workspace:team-a",
+                    until=stack.clock.now() + timedelta(days=1),
+                    held_by="UALICE",
+                    request_id=None,
+                    created_at=stack.clock.now(),
+                )
+            )
 
     _fire(stack, world, reporter, keep=keep)
     assert pending(stack) == {}
