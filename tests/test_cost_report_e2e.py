@@ -348,3 +348,57 @@ def test_auto_stop_does_nothing_when_held_after_the_warning(db_url: str, fake_sl
     with stack.backend.uow() as uow:
         assert uow.requests.list(kind="gpu.scale", limit=None) == []
     stack.backend.close()
+
+
+def test_the_due_timer_is_vouched_for_and_rechecks_the_database(
+    db_url: str, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
+    stack, _, reporter = setup(db_url, fake_slack, cost)
+    make_workspace(stack, "team-a", ALICE)
+    reporter.scan_once()
+    stack.clock.advance(timedelta(hours=2, minutes=5))
+    reporter.scan_once()
+    stack.clock.advance(timedelta(minutes=55))
+    assert reporter.scan_once().warned == ("nodegroup:ng-a",)
+    with stack.backend.uow() as uow:
+        body = uow.timers.pending_payload(autostop.AUTO_STOP, "nodegroup:ng-a")
+    assert body is not None
+
+    @dataclasses.dataclass(frozen=True)
+    class FakeScale:  # stands in for the `kinds` helper's gpu.scale until it is merged
+        workspace: str
+        nodes: int
+
+    if "gpu.scale" not in kinds.KINDS:
+        monkeypatch.setitem(kinds.KINDS, "gpu.scale", FakeScale)  # type: ignore[arg-type]
+    seen = stack.backend.facts.idle_item("nodegroup:ng-a")
+    assert seen is not None and seen.established and seen.warned and not seen.held
+    result = autostop.TIMER.handle("nodegroup:ng-a", body, stack.backend.facts)
+    assert result is not None and kinds.to_args(result.kind) == {"workspace": "team-a", "nodes": 0}  # type: ignore[union-attr]
+
+    # Held after the warning: the re-check through the database says no.
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(gpu_holds_table).values(
+                target="nodegroup:ng-a",
+                until=stack.clock.now() + timedelta(hours=4),
+                held_by="UALICE",
+                request_id=None,
+                created_at=stack.clock.now(),
+            )
+        )
+    assert autostop.TIMER.handle("nodegroup:ng-a", body, stack.backend.facts) is None
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(sa.delete(gpu_holds_table))
+
+    # The real timer fires through the sweeper: the audit log vouches for it (no refusal).
+    monkeypatch.undo()  # the stand-in kind cannot plan; the real one (once merged) can
+    stack.clock.advance(timedelta(minutes=10))
+    assert sweep(stack) == 1
+    with stack.backend.db.engine.connect() as conn:
+        refused = conn.execute(
+            sa.select(audit_events.c.data).where(audit_events.c.type == "timer.fired")
+        ).all()
+    assert not [r for r in refused if r.data.get("refused")]
+    stack.backend.close()
