@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from slack_sdk import WebClient
 
 from bot.cost import CostReporter
+from bot.scheduler import JOB_ID, SCAN_JOB_ID, start_scheduler
+from bot.scheduler import scan_once as scan_job
 from handlers import kinds, services
 from handlers.cost import autostop
 from handlers.cost.inventory import GpuPod, Inventory, Node, Nodegroup, Notebook, NotebookActivity
@@ -401,4 +403,35 @@ def test_the_due_timer_is_vouched_for_and_rechecks_the_database(
             sa.select(audit_events.c.data).where(audit_events.c.type == "timer.fired")
         ).all()
     assert not [r for r in refused if r.data.get("refused")]
+    stack.backend.close()
+
+
+# -- the scheduler's scan job -----------------------------------------------------------------------
+
+
+def test_the_scan_job_runs_every_scan_interval_on_its_own_thread(db_url: str, fake_slack: FakeSlack) -> None:
+    stack, _, reporter = setup(db_url, fake_slack)
+    scheduler = start_scheduler(stack.backend, stack.core, 3600, reporter, COST.scan_interval.total_seconds())
+    try:
+        job = scheduler.get_job(SCAN_JOB_ID)
+        assert job is not None and job.trigger.interval == COST.scan_interval
+        assert scheduler.get_job(JOB_ID) is not None
+    finally:
+        scheduler.shutdown(wait=False)
+    without = start_scheduler(stack.backend, stack.core, 3600)
+    try:
+        assert without.get_job(SCAN_JOB_ID) is None
+    finally:
+        without.shutdown(wait=False)
+    stack.backend.close()
+
+
+def test_a_scan_that_cannot_read_the_cluster_is_logged_and_posts_nothing(
+    db_url: str, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack, _, reporter = setup(db_url, fake_slack)
+    del stack.backend.gpu_inventory  # back to the stand-in: "not available in this build"
+    scan_job(reporter)
+    assert "idle-GPU scan skipped" in caplog.text
+    assert fake_slack.messages_in("CCOST") == []
     stack.backend.close()
