@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -278,3 +278,21 @@ def test_a_job_is_reported_only_through_unused_gpus() -> None:
     stored = stored_from(run(unused, [], T0))
     (item,) = run(unused, stored, T0 + timedelta(hours=2)).items
     assert item.kind == "pod" and item.workspace == "team-b" and item.target is None and not item.stoppable
+
+
+def test_a_start_in_another_zone_is_stored_in_utc_as_the_database_returns_it() -> None:
+    berlin = timezone(timedelta(hours=1))
+    nb = Notebook("ws-a", "nb", False, 1, "jupyter")
+    last = (T0 - timedelta(hours=5)).astimezone(berlin)
+    inv = Inventory(
+        T0,
+        "us-east-1",
+        (group(),),
+        (node("n1"),),
+        (nb_pod("nb", "n1"),),
+        (nb,),
+        {("ws-a", "nb"): NotebookActivity("idle", last)},
+    )
+    (row,) = [r for r in run(inv, [], T0).upsert if r.key == "notebook:ws-a/nb"]
+    assert row.first_seen == last and row.first_seen.tzinfo is UTC
+    assert run(inv, [], T0).items[0].since.isoformat() == (T0 - timedelta(hours=5)).isoformat()

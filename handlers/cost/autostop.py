@@ -136,7 +136,11 @@ def _handle(ref: str, body: Mapping[str, JSON], facts: Facts) -> TimerResult:
         return None
     if seen.held or not seen.established or not seen.warned or seen.workspace != workspace:
         return None
-    if seen.since.isoformat() != since or seen.last_seen < datetime.fromisoformat(seen_after):
+    try:
+        started, fresh_after = datetime.fromisoformat(since), datetime.fromisoformat(seen_after)
+    except ValueError:
+        return None
+    if seen.since != started or seen.last_seen < fresh_after:
         return None  # busy in between (a new idle stretch), or the scans stopped seeing it
     args: dict[str, JSON]
     if ref.startswith("notebook:"):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from handlers import prices
@@ -191,15 +191,11 @@ class _Ctx:
             and (activity_at is None or activity_at <= old.first_seen)
         ):
             start = old.first_seen
+        # In UTC, as the database gives it back: the auto-stop timer compares the start it was
+        # scheduled for with the stored one.
+        start = min(start, self.now).astimezone(UTC)
         kept = SignalRow(
-            row.key,
-            row.kind,
-            row.workspace,
-            row.nodegroup,
-            row.signal,
-            min(start, self.now),
-            self.now,
-            row.detail,
+            row.key, row.kind, row.workspace, row.nodegroup, row.signal, start, self.now, row.detail
         )
         self.rows[row.key] = kept
         return kept
