@@ -31,6 +31,7 @@ from provisioning.records import (
     Contributor,
     CostReportRecord,
     IdleScan,
+    MonthUsage,
     TokenRecord,
     WorkspaceRecord,
     WorkspaceView,
@@ -206,27 +207,23 @@ class Backend:
                 price_overrides=overrides,
                 namespaces=namespaces,
             )
-            lines = idle.fleet(inventory, overrides)
             if persist:
                 uow.cost.apply(observation.upsert, observation.delete)
-                UsageLedger(uow.connection, max_gap=2 * cost.scan_interval).record(
-                    now, _node_usage(inventory, observation, overrides)
-                )
-            warned = frozenset(
-                s.detail.get("item") for s in uow.cost.signal_rows() if s.warned_at is not None
-            ) - {None}
+            warned = {str(s.detail.get("item")) for s in uow.cost.signal_rows() if s.warned_at is not None}
             pending = uow.cost.pending_timers(autostop.AUTO_STOP)
-            month = () if persist else tuple(UsageLedger(uow.connection).month(now))
             if persist:
                 uow.commit()
+        ledger = UsageLedger(self.db, cost.scan_interval)
+        if persist:
+            ledger.record(now, _node_usage(inventory, observation, overrides))
         return IdleScan(
             now,
             observation,
-            lines,
+            idle.fleet(inventory, overrides),
             owners,
-            frozenset(str(k) for k in warned),
+            frozenset(warned),
             pending,
-            month,
+            () if persist else _month(ledger, now),
         )
 
     def mark_cost_signals(
@@ -379,9 +376,24 @@ def _node_usage(
                 instance_type=itype,
                 idle=idle.node_key(node.nodegroup, node.name) in empty,
                 hourly_usd=prices.hourly_price(inventory.region, itype, overrides),
+                created_at=node.created_at,
             )
         )
     return out
+
+
+def _month(ledger: UsageLedger, now: datetime) -> tuple[MonthUsage, ...]:
+    """GPU node time per workspace since the first of ``now``'s UTC month."""
+    today = now.astimezone(UTC).date()
+    totals: dict[str | None, list[float]] = {}
+    for day in ledger.days(today.replace(day=1), today + timedelta(days=1)):
+        acc = totals.setdefault(day.workspace, [0.0, 0.0, 0.0, 0.0])
+        for i, value in enumerate((day.seconds, day.idle_seconds, day.usd, day.idle_usd)):
+            acc[i] += value
+    return tuple(
+        MonthUsage(ws, acc[0] / 3600, acc[1] / 3600, acc[2], acc[3])
+        for ws, acc in sorted(totals.items(), key=lambda kv: kv[0] or "\uffff")
+    )
 
 
 def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: str | None) -> list[str]:

@@ -302,17 +302,18 @@ def test_signals_keep_reported_and_warned_across_upserts(database: Database) -> 
 
 def test_usage_ledger_books_observed_time_capped_per_node(database: Database) -> None:
     nodes = [
-        NodeUsage("n1", "ng", "team-a", "g5.xlarge", True, 1.0),
-        NodeUsage("n2", "ng", "team-a", "g5.xlarge", False, None),
+        NodeUsage("n1", "ng", "team-a", "g5.xlarge", True, 1.0, T0 - timedelta(days=1)),
+        NodeUsage("n2", "ng", "team-a", "g5.xlarge", False, None, T0 - timedelta(minutes=4)),
     ]
-    with database.uow() as uow:
-        ledger = UsageLedger(uow.connection, max_gap=timedelta(minutes=30))
-        ledger.record(T0, nodes)
-        ledger.record(T0 + timedelta(minutes=10), nodes)
-        ledger.record(T0 + timedelta(hours=5), nodes)  # the bot was down: only 30 minutes count
-        (month,) = ledger.month(T0)
-        uow.commit()
-    assert month.workspace == "team-a"
-    assert month.node_hours == pytest.approx(2 * 40 / 60)
-    assert month.idle_hours == pytest.approx(40 / 60)
-    assert month.usd == pytest.approx(40 / 60) and month.idle_usd == pytest.approx(40 / 60)
+    ledger = UsageLedger(database, timedelta(minutes=10))
+    ledger.record(T0, nodes)  # first sight: one interval at most, never before the node joined
+    ledger.record(T0, nodes)  # the same instant again adds nothing
+    ledger.record(T0 + timedelta(minutes=10), nodes)
+    ledger.record(T0 + timedelta(hours=5), nodes)  # the bot was down: two intervals count
+    days = ledger.days(T0.date(), T0.date() + timedelta(days=1))
+    seconds = sum(d.seconds for d in days)
+    assert seconds == pytest.approx((10 + 10 + 20) * 60 + (4 + 10 + 20) * 60)
+    assert sum(d.idle_seconds for d in days) == pytest.approx(40 * 60)
+    assert sum(d.usd for d in days) == pytest.approx(40 / 60) and sum(
+        d.idle_usd for d in days
+    ) == pytest.approx(40 / 60)
