@@ -16,7 +16,7 @@ from slack_sdk import WebClient
 from bot.cost import CostReporter
 from bot.scheduler import JOB_ID, SCAN_JOB_ID, start_scheduler
 from bot.scheduler import scan_once as scan_job
-from handlers import kinds, services
+from handlers import errors, kinds, services
 from handlers.cost import autostop
 from handlers.cost.inventory import GpuPod, Inventory, Node, Nodegroup, Notebook, NotebookActivity
 from handlers.model import EventType
@@ -430,7 +430,10 @@ def test_a_scan_that_cannot_read_the_cluster_is_logged_and_posts_nothing(
     db_url: str, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack, _, reporter = setup(db_url, fake_slack)
-    del stack.backend.gpu_inventory  # back to the stand-in: "not available in this build"
+    def unreadable(window: timedelta) -> Inventory:
+        raise errors.TemporaryError("EKS throttled the scan")
+
+    stack.backend.gpu_inventory = unreadable  # type: ignore[method-assign]
     scan_job(reporter)
     assert "idle-GPU scan skipped" in caplog.text
     assert fake_slack.messages_in("CCOST") == []
