@@ -158,6 +158,20 @@ def test_report_groups_by_workspace_with_owner_and_buttons() -> None:
     assert "$1.01/hour now, $3.02 spent idle so far" in nb.text
 
 
+def test_the_digest_ignores_what_grows_by_itself_but_not_what_changed() -> None:
+    first = report.build([item()], {}, [], T0)
+    later = report.build([item(spent_usd=9.0)], {}, [], T0 + timedelta(hours=1))
+    assert first.digest() == later.digest() and first.text() != later.text()
+    for changed in (
+        report.build([item(hourly_usd=2.0)], {}, [], T0),
+        report.build([item(established=False)], {}, [], T0),
+        report.build([item()], {}, ["Prometheus unreachable"], T0),
+        report.build([item()], {}, [], T0, auto_stops={"notebook:ws-a/nb": T0}),
+        report.build([item(), item("notebook:ws-a/two")], {}, [], T0),
+    ):
+        assert changed.digest() != first.digest()
+
+
 def test_changes_between_reports() -> None:
     a = report.build([item()], {}, [], T0).items
     b = report.build(

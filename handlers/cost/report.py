@@ -59,6 +59,7 @@ class Report:
     items: Mapping[str, JSON]
     """Item key -> a short summary (what, workspace): stored with the message, compared by
     ``changes`` with the next report."""
+    fingerprint: str = ""
 
     @property
     def empty(self) -> bool:
@@ -76,15 +77,10 @@ class Report:
         return "\n".join(lines)
 
     def digest(self) -> str:
-        """Of the text and the buttons: unchanged -> the message is left alone."""
-        body = json.dumps(
-            [
-                self.text(),
-                [[b.action_id, b.value] for s in self.sections for e in s.entries for b in e.buttons],
-            ],
-            sort_keys=True,
-        )
-        return hashlib.sha256(body.encode()).hexdigest()
+        """Of what the report says, not of the figures that grow with every scan (the time and
+        dollars idle so far): a report whose items, rates and buttons did not change is left
+        alone, so a quiet channel sees no edit every scan interval."""
+        return self.fingerprint
 
 
 def money(usd: float | None) -> str:
@@ -125,12 +121,16 @@ def buttons(item: IdleItem) -> tuple[ReportButton, ...]:
     return (first, ReportButton(KEEP, "Keep 4h", value), ReportButton(SNOOZE, "Snooze until tomorrow", value))
 
 
-def entry_text(item: IdleItem, now: datetime, auto_stop_at: datetime | None = None) -> str:
+def entry_text(
+    item: IdleItem, now: datetime, auto_stop_at: datetime | None = None, *, growing: bool = True
+) -> str:
+    """``growing=False``: without the figures that grow by themselves (for the digest)."""
     gpus = f"{item.gpus} GPU" + ("s" if item.gpus != 1 else "")
-    text = (
-        f"{item.what} ({gpus}): idle since {when(item.since)} ({idle_for(now, item.since)}, {item.reason}); "
-        f"{money(item.hourly_usd)}/hour now, {money(item.spent_usd)} spent idle so far"
-    )
+    duration = f"{idle_for(now, item.since)}, " if growing else ""
+    text = f"{item.what} ({gpus}): idle since {when(item.since)} ({duration}{item.reason}); "
+    text += f"{money(item.hourly_usd)}/hour now"
+    if growing:
+        text += f", {money(item.spent_usd)} spent idle so far"
     if not item.established:
         text += "; not certain enough to stop automatically"
     elif auto_stop_at is not None:
@@ -169,9 +169,19 @@ def build(
     count = len(items)
     plural = "s" if count != 1 else ""
     title = f"Idle GPUs: {count} item{plural}, {money(hourly)}/hour, {money(spent)} spent idle so far"
-    footer = f"Prices: {PRICE_BASIS} (USD). Updated {when(now)}; this message is updated by each scan."
+    footer = (
+        f"Prices: {PRICE_BASIS} (USD). Figures as of {when(now)}; the scans edit this message when "
+        "what is idle changes."
+    )
     summary: dict[str, JSON] = {i.key: {"what": i.what, "workspace": i.workspace} for i in items}
-    return Report(title, tuple(sections), tuple(notes), footer, summary)
+    stable = [
+        [s.heading for s in sections],
+        [entry_text(i, now, stops.get(i.key), growing=False) for i in sorted(items, key=lambda i: i.key)],
+        [[b.action_id, b.value] for s in sections for e in s.entries for b in e.buttons],
+        list(notes),
+    ]
+    fingerprint = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
+    return Report(title, tuple(sections), tuple(notes), footer, summary, fingerprint)
 
 
 def all_clear(now: datetime) -> str:
