@@ -296,3 +296,15 @@ def test_a_start_in_another_zone_is_stored_in_utc_as_the_database_returns_it() -
     (row,) = [r for r in run(inv, [], T0).upsert if r.key == "notebook:ws-a/nb"]
     assert row.first_seen == last and row.first_seen.tzinfo is UTC
     assert run(inv, [], T0).items[0].since.isoformat() == (T0 - timedelta(hours=5)).isoformat()
+
+
+def test_a_pending_gpu_pod_of_the_workspace_keeps_its_nodegroup_from_being_established() -> None:
+    inv = Inventory(T0, "us-east-1", (group(),), (node("n1"),), (GpuPod("ws-a", "waiting", None, 1, "job"),))
+    stored = stored_from(run(inv, [], T0))
+    (item,) = run(inv, stored, T0 + timedelta(hours=3)).items
+    assert not item.established
+    elsewhere = Inventory(
+        T0, "us-east-1", (group(),), (node("n1"),), (GpuPod("ws-b", "waiting", None, 1, "job"),)
+    )
+    (item,) = run(elsewhere, stored, T0 + timedelta(hours=3)).items
+    assert item.established  # team-b's pod cannot use team-a's tainted nodes

@@ -18,7 +18,8 @@ to report. The rules, each a property in ``tests/test_cost_idle.py``:
 * **Established** idleness is what auto-stop may act on: the evidence covers the whole period
   (a node whose GPUs the device plugin reported; a notebook whose own server dates its last
   activity, and whose GPU Prometheus, when configured, saw unused; utilisation data for signal 3)
-  and, for a nodegroup, every node of it is empty (scaling to 0 would stop nothing busy).
+  and, for a nodegroup, every node of it is empty and no GPU pod of its workspace is pending
+  (scaling to 0 would stop nothing busy and strand nothing waiting).
 
 Prices are on-demand list prices (``handlers.prices.hourly_price``, the operator's overrides
 winning); a notebook or pod costs its share of its node (its GPUs over the node's).
@@ -322,7 +323,13 @@ def _nodegroup_item(
     shape = ", ".join(f"{count} x {itype}" for itype, count in sorted(types.items()))
     gpus = sum(n.gpus or group.gpus_per_node for n, _ in due)
     all_empty = len(due) == len(nodes) and len(nodes) > 0
-    established = all_empty and all(n.gpus > 0 for n, _ in due)
+    # A pending GPU pod of the workspace (or of a namespace no workspace owns) may be waiting for
+    # exactly these nodes: scaling them away would strand it.
+    waiting = any(
+        p.node is None and p.gpus > 0 and ctx.namespaces.get(p.namespace) in (None, group.workspace)
+        for p in ctx.inventory.pods
+    )
+    established = all_empty and not waiting and all(n.gpus > 0 for n, _ in due)
     return IdleItem(
         key=nodegroup_target(group.name),
         kind="nodes",
