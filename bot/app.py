@@ -37,8 +37,9 @@ from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool
 from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
 from bot.notify import SlackNotifier
 from bot.scheduler import start_scheduler
-from bot.settings import Settings
+from bot.settings import Settings, sqlite_path
 from bot.signing import SlackEndpoint
+from handlers import errors
 from handlers.ports import Clock, Notifier
 from handlers.services import Core
 
@@ -230,12 +231,25 @@ def start_slack(
     """Build and start everything ``kfbot serve`` runs. Raises ``KfError`` when the database is
     behind (``kfbot migrate``) or a setting is missing; never creates or migrates the database."""
     settings.require_serve()
+    database_file = sqlite_path(settings.provisioning.database_url)
+    if database_file is not None and not database_file.exists():
+        # Connecting would create an empty file, which the next start would then find "behind".
+        raise errors.Misconfigured(
+            f"There is no database at {database_file}: run `kfbot migrate` first (serve never creates one)."
+        )
     clock = clock or provisioning.SystemClock()
     registry, bot_metrics = new_registry(settings.mode)
     backend = build_backend(settings, clock, metrics=provisioning.Metrics(registry))
     try:
         backend.check_migrated()
-        edge = build_slack(settings, backend, clock, bot_metrics)
+        try:
+            edge = build_slack(settings, backend, clock, bot_metrics)
+        except (SlackClientError, OSError) as exc:  # Bolt checks the token with auth.test at once
+            where = settings.slack.api_url or "https://slack.com/api/"
+            raise errors.Misconfigured(
+                f"Slack did not accept the bot at start-up ({where}: {str(exc).splitlines()[0][:160]}). "
+                "Check SLACK_BOT_TOKEN, the network path to Slack, and KFBOT_SLACK_API_URL if set."
+            ) from exc
     except BaseException:
         backend.close()
         raise

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
+import secrets
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +64,42 @@ def _local_backend(settings: Settings, *, create: bool) -> tuple[Settings, provi
         backend.close()
         raise
     return settings, backend
+
+
+@contextlib.contextmanager
+def _planning_backend(settings: Settings) -> Iterator[tuple[Settings, provisioning.Backend]]:
+    """For plan, which must write nothing: an existing database as it is (with its key file when
+    there is one); with none yet, a throw-away one in a temporary folder, so no ``kfbot.db`` or
+    audit key file appears where the user typed ``kfbot plan``."""
+    path = sqlite_path(settings.provisioning.database_url)
+    throwaway = path is not None and not path.exists()
+    with contextlib.ExitStack() as stack:
+        if throwaway:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="kfbot-plan-"))
+            settings = dataclasses.replace(
+                settings,
+                provisioning=dataclasses.replace(
+                    settings.provisioning,
+                    database_url=f"sqlite:///{folder}/plan.db",
+                    audit_key=secrets.token_hex(32).encode(),
+                ),
+            )
+        elif path is not None:
+            settings, _ = settings.with_local_audit_key(create=False)
+            if not settings.provisioning.audit_key:  # reads only; nothing is appended to the chain
+                settings = dataclasses.replace(
+                    settings,
+                    provisioning=dataclasses.replace(
+                        settings.provisioning, audit_key=secrets.token_hex(32).encode()
+                    ),
+                )
+        backend = composition.build_backend(settings)
+        stack.callback(backend.close)
+        if throwaway:
+            backend.migrate()
+        else:
+            backend.check_migrated()
+        yield settings, backend
 
 
 def _maintenance_backend(
@@ -163,9 +202,8 @@ def run_plan(args: argparse.Namespace, settings: Settings) -> int:
     if text.split(" ", 1)[0].lower() in ("/kf", "kf"):
         text = text.split(" ", 1)[1] if " " in text else ""
     actor = shell_actor(args.as_, admin=args.admin)
-    settings, backend = _local_backend(settings, create=True)
-    try:
-        core = composition.build_core(settings, backend, NullNotifier(), provisioning.SystemClock())
+    with _planning_backend(settings) as (planning, backend):
+        core = composition.build_core(planning, backend, NullNotifier(), provisioning.SystemClock())
         parsed = parse.parse_command(
             text, requester_email=actor.email, resolve_user=_no_mentions, settings=core.settings
         )
@@ -178,13 +216,11 @@ def run_plan(args: argparse.Namespace, settings: Settings) -> int:
         s = render.SHELL
         print(f"Request: {s.esc(parsed.describe())} ({parsed.KIND}) by {actor.email}")
         print("Approval: " + (f"applies without an admin ({auto})" if auto else "needs an admin"))
-        print(f"Provisioner: {settings.mode}")
+        print(f"Provisioner: {planning.mode}")
         print(f"Plan ({len(plan.steps)} steps):")
         print(render.plan_full(plan, s, backend.render_step))
         print("Nothing was applied or recorded.")
         return EXIT_OK
-    finally:
-        backend.close()
 
 
 # -- migrate and audit -------------------------------------------------------------------------------------
@@ -230,8 +266,16 @@ def run_audit(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_OK
             print(f"FAILED: first bad row seq {result.first_bad_seq}: {result.problem}")
             return EXIT_FAILED
-        for line in backend.audit_export(args.format, args.since):
-            sys.stdout.write(line if line.endswith("\n") else line + "\n")
+        try:
+            for line in backend.audit_export(args.format, args.since):
+                sys.stdout.write(line if line.endswith("\n") else line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): say so once, and keep Python from printing a
+            # second error when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print("kfbot: the output was closed before the export finished (broken pipe).", file=sys.stderr)
+            return EXIT_FAILED
         return EXIT_OK
     finally:
         backend.close()
@@ -297,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(args.subcommand, settings)
         return COMMANDS[args.subcommand].run(args, settings)
     except SettingsError as exc:
-        print(f"kfbot: setting error: {exc.user_message}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"kfbot: setting error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except errors.KfError as exc:
         print(f"kfbot: {render.SHELL.message(exc.user_message)}", file=sys.stderr)

@@ -63,7 +63,9 @@ def settings_checks(settings: Settings) -> list[CheckResult]:
     try:
         settings.require_serve()
     except SettingsError as exc:
-        return [_fix("settings", "kfbot serve", exc.user_message, "set it (docs/SETTINGS.md)")]
+        return [
+            _fix("settings", "kfbot serve", problem, "set it (docs/SETTINGS.md)") for problem in exc.problems
+        ]
     transport = "Socket Mode" if settings.slack.socket_mode else "HTTP (/slack/events)"
     return [
         _ok(

@@ -38,7 +38,15 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(errors.KfError):
-    """A setting is missing or malformed; the message names the variable."""
+    """Settings are missing or malformed; each line of the message names its variable.
+
+    ``variable``: the one variable at fault, when there is exactly one (``from_env`` uses it to
+    go on past that variable and report every problem at once)."""
+
+    def __init__(self, *problems: str, variable: str | None = None) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+        self.variable = variable
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,25 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """The settings, or one ``SettingsError`` listing every malformed variable: a variable at
+        fault is set aside (its default taken) and the rest read again, so an operator fixes them
+        all in one round instead of one per restart."""
+        remaining = dict(environ)
+        problems: list[str] = []
+        while True:
+            try:
+                settings = cls._read(remaining)
+            except SettingsError as exc:
+                problems.extend(exc.problems)
+                if exc.variable is None or remaining.pop(exc.variable, None) is None:
+                    raise SettingsError(*problems) from exc
+                continue
+            if problems:
+                raise SettingsError(*problems)
+            return settings
+
+    @classmethod
+    def _read(cls, environ: Mapping[str, str]) -> Settings:
         env = _Env(environ)
         naming = env.build("KFBOT_NAME_* naming templates", _naming)
         policy = PolicySettings(
@@ -159,7 +186,10 @@ class Settings:
         if api_url is not None and not (
             api_url.endswith("/") and api_url.startswith(("http://", "https://"))
         ):
-            raise SettingsError(f"KFBOT_SLACK_API_URL={api_url!r}: give an http(s) URL that ends with '/'.")
+            raise SettingsError(
+                f"KFBOT_SLACK_API_URL={api_url!r}: give an http(s) URL that ends with '/'.",
+                variable="KFBOT_SLACK_API_URL",
+            )
         slack = SlackSettings(
             bot_token=env.text("SLACK_BOT_TOKEN"),
             signing_secret=env.text("SLACK_SIGNING_SECRET"),
@@ -174,7 +204,9 @@ class Settings:
         )
         level = env.text("KFBOT_LOG_LEVEL", "INFO").upper()
         if level not in _LEVELS:
-            raise SettingsError(f"KFBOT_LOG_LEVEL={level!r}: use one of {', '.join(_LEVELS)}.")
+            raise SettingsError(
+                f"KFBOT_LOG_LEVEL={level!r}: use one of {', '.join(_LEVELS)}.", variable="KFBOT_LOG_LEVEL"
+            )
         log_format: LogFormat = (
             "text" if env.choice("KFBOT_LOG_FORMAT", ("json", "text"), "json") == "text" else "json"
         )
@@ -182,30 +214,59 @@ class Settings:
 
     # -- what each command needs ------------------------------------------------------------------
     def require_serve(self) -> None:
-        """``kfbot serve`` needs Slack credentials, the admin channel and the audit key."""
+        """``kfbot serve`` needs Slack credentials, the admin channel and the audit key (and, live,
+        what the provisioner cannot work without); every missing one is named at once."""
+        problems: list[str] = []
         if not self.slack.bot_token:
-            raise SettingsError("SLACK_BOT_TOKEN is not set; `kfbot serve` needs the bot token (xoxb-…).")
+            problems.append("SLACK_BOT_TOKEN is not set; `kfbot serve` needs the bot token (xoxb-…).")
         if not self.slack.socket_mode and not self.slack.signing_secret:
-            raise SettingsError(
+            problems.append(
                 "SLACK_SIGNING_SECRET is not set; HTTP mode needs it to verify Slack's requests "
                 "(or set SLACK_APP_TOKEN for Socket Mode)."
             )
         if not self.slack.admin_channel:
-            raise SettingsError("KFBOT_ADMIN_CHANNEL is not set; approval cards need a channel id.")
-        self.require_audit_key()
+            problems.append("KFBOT_ADMIN_CHANNEL is not set; approval cards need a channel id.")
+        problems.extend(self.audit_key_problems())
+        problems.extend(self.live_problems())
+        if problems:
+            raise SettingsError(*problems)
+
+    def live_problems(self) -> list[str]:
+        """What the live provisioner needs before it can apply a plan, found at start-up rather than
+        halfway through a workspace's steps."""
+        if self.mode != "live":
+            return []
+        workspace = self.core.workspace
+        problems = []
+        if not workspace.subnets:
+            problems.append(
+                "KFBOT_NODEGROUP_SUBNETS is not set; live GPU nodegroups need the subnet ids to launch in."
+            )
+        if not workspace.node_role_arn.startswith("arn:"):
+            problems.append(
+                "KFBOT_NODE_ROLE_ARN is not set to an IAM role ARN; live GPU nodegroups need their "
+                "nodes' role."
+            )
+        return problems
 
     def require_audit_key(self) -> None:
+        problems = self.audit_key_problems()
+        if problems:
+            raise SettingsError(*problems)
+
+    def audit_key_problems(self) -> list[str]:
         key = self.provisioning.audit_key
         if not key:
-            raise SettingsError(
+            return [
                 "KFBOT_AUDIT_KEY is not set; the audit log's HMAC chain needs a secret key "
                 "kept outside the database."
-            )
+            ]
         if len(key) < MIN_AUDIT_KEY:
-            raise SettingsError(
+            return [
                 f"KFBOT_AUDIT_KEY is too short; use at least {MIN_AUDIT_KEY} characters "
                 "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)."
-            )
+            ]
+        return []
 
     def with_local_audit_key(self, *, create: bool) -> tuple[Settings, str | None]:
         """On SQLite without ``KFBOT_AUDIT_KEY``: the key from ``.kfbot-audit-key`` beside the
@@ -332,21 +393,22 @@ class _Env:
         if value is None or value == "":
             return default
         if any(ord(c) < 32 for c in value):
-            raise SettingsError(f"{name} contains control characters.")
+            raise SettingsError(f"{name} contains control characters.", variable=name)
         return value
 
     def build(self, name: str, build: Callable[[_Env], T]) -> T:
         try:
             return build(self)
         except ValueError as exc:
-            raise SettingsError(_name_var(name, str(exc))) from exc
+            variable = _name_var(name, str(exc))
+            raise SettingsError(f"{variable}: {exc}", variable=variable) from exc
 
     def convert(self, name: str, value: str, convert: Callable[[str], T]) -> T:
         try:
             return convert(value)
         except (ValueError, errors.KfError) as exc:
             detail = exc.user_message if isinstance(exc, errors.KfError) else str(exc)
-            raise SettingsError(f"{name}: {detail}") from exc
+            raise SettingsError(f"{name}: {detail}", variable=name) from exc
 
     def csv(self, name: str) -> list[str]:
         return [part.strip() for part in self.text(name).split(",") if part.strip()]
@@ -356,14 +418,16 @@ class _Env:
         for part in self.csv(name):
             key, eq, value = part.partition("=")
             if not eq or not key.strip() or not value.strip():
-                raise SettingsError(f"{name}: `{part}` is not KEY=VALUE (comma-separated pairs).")
+                raise SettingsError(
+                    f"{name}: `{part}` is not KEY=VALUE (comma-separated pairs).", variable=name
+                )
             out[key.strip()] = value.strip()
         return out
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.text(name, default)
         if value not in choices:
-            raise SettingsError(f"{name}={value!r}: use one of {', '.join(choices)}.")
+            raise SettingsError(f"{name}={value!r}: use one of {', '.join(choices)}.", variable=name)
         return value
 
     def duration(self, name: str, default: timedelta) -> timedelta:
@@ -388,9 +452,11 @@ class _Env:
             number = float(int(value)) if integer else float(value)
         except ValueError as exc:
             kind = "a whole number" if integer else "a number"
-            raise SettingsError(f"{name}={value!r}: give {kind}.") from exc
+            raise SettingsError(f"{name}={value!r}: give {kind}.", variable=name) from exc
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-            raise SettingsError(f"{name}={value!r}: must be between {minimum} and {maximum}.")
+            raise SettingsError(
+                f"{name}={value!r}: must be between {minimum} and {maximum}.", variable=name
+            )
         return number
 
 
@@ -409,11 +475,11 @@ _TEMPLATE_VARS = {
 
 
 def _name_var(fallback: str, message: str) -> str:
-    """Name the variable in a ``NamingSettings`` error ("naming template bucket=…")."""
+    """The variable a ``NamingSettings`` error is about ("naming template bucket=…")."""
     for which, var in _TEMPLATE_VARS.items():
         if f"template {which}=" in message or f"setting {which}" in message:
-            return f"{var}: {message}"
-    return f"{fallback}: {message}"
+            return var
+    return fallback
 
 
 def _price(value: str) -> float:

@@ -18,6 +18,11 @@ class KfError(Exception):
         self.user_message = user_message
 
 
+class Misconfigured(KfError):
+    """The deployment lacks what the command needs (no Kubernetes credentials, Slack unreachable at
+    start); the message says what to set or check."""
+
+
 class InvalidInput(KfError):
     """Bad names, emails, sizes or flags. Nothing was recorded or applied."""
 

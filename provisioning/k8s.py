@@ -38,6 +38,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from handlers import errors
 from handlers.actions import StepParams
 from handlers.errors import PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome
@@ -410,12 +411,20 @@ def api_client_from_environment() -> client.ApiClient:
     """The composition root's ApiClient: in-cluster credentials in a pod, else the kubeconfig
     (``KUBECONFIG`` or ``~/.kube/config``), exactly as kubectl would pick them."""
     configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        # Read KUBECONFIG now, not the client's copy taken at import (a later-set one is honoured);
-        # None falls back to ~/.kube/config.
-        config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
-        )
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            # Read KUBECONFIG now, not the client's copy taken at import (a later-set one is
+            # honoured); None falls back to ~/.kube/config.
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+            )
+    except (config.ConfigException, OSError) as exc:
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise errors.Misconfigured(
+            f"KFBOT_PROVISIONER=live needs Kubernetes credentials, and none were found ({where}: "
+            f"{str(exc).strip().splitlines()[0][:160]}). Set KUBECONFIG to a kubeconfig file, run in "
+            "the cluster with the chart's service account, or leave KFBOT_PROVISIONER unset for dry-run."
+        ) from exc
     return client.ApiClient(configuration)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot import cli
-from tests.fakes.cli import env_for, free_port, kfbot, readyz
+from tests.fakes.cli import clean_env, env_for, free_port, kfbot, readyz, run_kfbot
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
 
 
@@ -40,8 +40,21 @@ def test_plan_prints_every_step_and_records_nothing(tmp_path: Path) -> None:
         assert f"action: {action}" in out
     assert "POST /apis/kubeflow.org/v1/profiles" in out and "s3:CreateBucket kf-team-a" in out
     assert '"maxSize": 3' in out and "Nothing was applied or recorded." in out
-    assert rows(tmp_path, "select count(*) from requests") == [(0,)]
-    assert rows(tmp_path, "select count(*) from audit_events") == [(0,)]
+    assert not (tmp_path / "kfbot.db").exists()
+
+
+def test_plan_on_an_existing_database_records_nothing_in_it(tmp_path: Path) -> None:
+    shell = kfbot(tmp_path, "shell", "--as", "alice@example.com", stdin="/kf workspace new team-a\n")
+    assert shell.returncode == 0
+
+    def counts() -> list[tuple[object, ...]]:
+        requests = rows(tmp_path, "select count(*) from requests")
+        return requests + rows(tmp_path, "select count(*) from audit_events")
+
+    before = counts()
+    done = kfbot(tmp_path, "plan", "/kf workspace new team-b --gpu 1", "--as", "bob@example.com")
+    assert done.returncode == 0, done.stderr
+    assert counts() == before
 
 
 def test_plan_refuses_what_is_not_a_request(tmp_path: Path) -> None:
@@ -102,7 +115,7 @@ def test_serve_refuses_a_database_that_is_behind_and_never_creates_it(tmp_path: 
         KFBOT_ADMIN_CHANNEL="CADMINS01",
     )
     assert done.returncode == 2 and "kfbot migrate" in done.stderr
-    assert rows(tmp_path, "select count(*) from sqlite_master where type = 'table'") == [(0,)]
+    assert not (tmp_path / "kfbot.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -171,3 +184,95 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
     assert kfbot(tmp_path, "migrate").returncode == 0
     again = kfbot(tmp_path, "migrate")
     assert again.returncode == 0 and "migrated" in again.stdout
+
+
+# -- errors people see: one line, what to do, no traceback (#13) ---------------------------------------
+
+
+def _one_clean_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.startswith("kfbot:")]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["plan", "shell"])
+def test_live_without_kubernetes_credentials_says_what_to_set(tmp_path: Path, command: str) -> None:
+    args = ["/kf workspace new team-a"] if command == "plan" else []
+    done = kfbot(
+        tmp_path,
+        command,
+        *args,
+        "--as",
+        "alice@example.com",
+        KFBOT_PROVISIONER="live",
+        KUBECONFIG=str(tmp_path / "missing-kubeconfig"),
+        KUBERNETES_SERVICE_HOST="",
+    )
+    line = _one_clean_line(done)
+    assert "Kubernetes credentials" in line and "KUBECONFIG" in line
+
+
+def test_plan_writes_no_file_where_it_runs(tmp_path: Path) -> None:
+    env = clean_env()  # the fresh-checkout defaults: ./kfbot.db and a generated key file
+    done = run_kfbot(tmp_path, ["plan", "/kf workspace new team-a --gpu 1", "--as", "a@example.com"], env)
+    assert done.returncode == 0, done.stderr
+    assert "Nothing was applied or recorded." in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_with_slack_unreachable_says_so_in_one_line(tmp_path: Path) -> None:
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    done = kfbot(
+        tmp_path,
+        "serve",
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        KFBOT_ADMIN_CHANNEL="CADMINS01",
+        KFBOT_SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/",
+    )
+    line = _one_clean_line(done)
+    assert "Slack did not accept the bot" in line and "SLACK_BOT_TOKEN" in line
+
+
+def test_serve_names_every_missing_setting_at_once(tmp_path: Path) -> None:
+    done = kfbot(tmp_path, "serve", KFBOT_AUDIT_KEY="", KFBOT_PROVISIONER="live", KFBOT_LOG_LEVEL="loud")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    # A malformed variable is reported with the others, not one per restart.
+    assert "KFBOT_LOG_LEVEL" in done.stderr
+    done = kfbot(tmp_path, "serve", KFBOT_AUDIT_KEY="", KFBOT_PROVISIONER="live")
+    for missing in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "KFBOT_ADMIN_CHANNEL",
+        "KFBOT_AUDIT_KEY",
+        "KFBOT_NODEGROUP_SUBNETS",
+        "KFBOT_NODE_ROLE_ARN",
+    ):
+        assert f"kfbot: setting error: {missing}" in done.stderr, done.stderr
+    assert not (tmp_path / "kfbot.db").exists()
+
+
+def test_audit_export_into_a_closed_pipe_ends_with_one_line(tmp_path: Path) -> None:
+    # Well over a pipe's 64 KiB buffer, so the export is still writing when the reader leaves.
+    commands = "".join(f"/kf workspace new team-{i}\n" for i in range(150))
+    assert kfbot(tmp_path, "shell", "--as", "alice@example.com", stdin=commands).returncode == 0
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "audit", "export"],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    first = reader.stdout.readline()
+    reader.stdout.close()  # `| head -1`
+    _, err = reader.communicate(timeout=60)
+    assert json.loads(first)["type"]
+    assert reader.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "kfbot: the output was closed before the export finished (broken pipe)."
+    ]

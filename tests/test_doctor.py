@@ -169,6 +169,8 @@ def env_for(fake: FakeSlack, tmp_path: Path, **extra: str) -> dict[str, str]:
         "KFBOT_EKS_CLUSTER": CLUSTER,
         "KFBOT_AWS_REGION": "us-east-1",
         "KFBOT_IAM_POLICY_ARNS": POLICY_ARN,
+        "KFBOT_NODEGROUP_SUBNETS": "subnet-0a1b2c3d",
+        "KFBOT_NODE_ROLE_ARN": "arn:aws:iam::123456789012:role/kf-nodes",
         **extra,
     }
 

@@ -238,3 +238,33 @@ def test_no_key_file_for_postgres_or_an_explicit_key(tmp_path: Path) -> None:
         sqlite_path("sqlite:///:memory:") is None
         and sqlite_path("sqlite:///./x.db") == Path("x.db").resolve()
     )
+
+
+def test_every_malformed_variable_is_named_in_one_error() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            {
+                "KFBOT_HTTP_PORT": "http",
+                "KFBOT_LOG_LEVEL": "loud",
+                "KFBOT_REQUEST_TTL": "forever",
+                "KFBOT_NAME_BUCKET": "{nope}",
+                "KFBOT_TIMEZONE": "Mars/Olympus",
+            }
+        )
+    named = [problem.split("=")[0].split(":")[0] for problem in caught.value.problems]
+    assert sorted(named) == sorted(
+        ["KFBOT_HTTP_PORT", "KFBOT_LOG_LEVEL", "KFBOT_REQUEST_TTL", "KFBOT_NAME_BUCKET", "KFBOT_TIMEZONE"]
+    )
+
+
+def test_serve_names_every_missing_setting_and_the_live_provisioners_needs() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"KFBOT_PROVISIONER": "live"}).require_serve()
+    assert [problem.split(" ")[0] for problem in caught.value.problems] == [
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "KFBOT_ADMIN_CHANNEL",
+        "KFBOT_AUDIT_KEY",
+        "KFBOT_NODEGROUP_SUBNETS",
+        "KFBOT_NODE_ROLE_ARN",
+    ]

@@ -930,6 +930,8 @@ def test_the_token_is_only_ever_in_the_requesters_modal(
         "KFBOT_HTTP_PORT": "0",
         "KFBOT_WORKER_ID": "token-edge-test",
         "KFBOT_PROVISIONER": "live",
+        "KFBOT_NODEGROUP_SUBNETS": "subnet-0a1b2c3d",
+        "KFBOT_NODE_ROLE_ARN": "arn:aws:iam::123456789012:role/kf-nodes",
         "KFBOT_DEX_MODE": "external",
         "KFBOT_KUBE_API_URL": "https://api.example:6443",
         "KFBOT_TOKEN_API_AUDIENCE": DEFAULT_AUDIENCE,
