@@ -160,7 +160,7 @@ def card(request: Request, *, superseded: bool = False) -> tuple[str, Blocks]:
         blocks.append(ContextBlock(elements=[md(render.decision_text(request, S), 2000)]))
         if request.state in (RequestState.FAILED, RequestState.NEEDS_ATTENTION) and request.error:
             blocks.append(section(f"*Error*\n{S.esc(request.error)}"))
-    text = f"{heading}: {request.id} {render.describe(request, S)} (by {who})"
+    text = f"{heading}: {request.id} {render.describe(request, S)} (requested by {who})"
     return fallback(text), to_dicts(blocks)
 
 

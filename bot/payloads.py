@@ -53,6 +53,8 @@ class Action(TypedDict, total=False):
     action_id: str
     block_id: str
     value: str
+    action_ts: str
+    """Unique per click (a redelivery repeats it): the report buttons' idempotency key."""
 
 
 class BlockActions(TypedDict, total=False):

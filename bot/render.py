@@ -177,7 +177,7 @@ def args_text(request: Request, style: Style) -> str:
 
 def request_line(request: Request, style: Style) -> str:
     who = style.user(request.requester_id, request.requester_email)
-    return f"`{request.id}` {describe(request, style)}: {STATE_WORDS[request.state]} (by {who})"
+    return f"`{request.id}` {describe(request, style)}: {STATE_WORDS[request.state]} (requested by {who})"
 
 
 def request_list(requests: Sequence[Request], style: Style, *, admin: bool) -> str:

@@ -113,6 +113,10 @@ class Shell:
             self.actor = shell_actor(emails[0], admin=admin)
             self.say(f"You are now {self.actor.email}{' (admin)' if admin else ''}.")
         elif word in ("approve", "reject"):
+            if not self.actor.is_admin:
+                raise errors.InvalidInput(
+                    f"Only admins {word} requests; `as EMAIL --admin` acts as one in this shell."
+                )
             request_id, _, reason = rest.strip().partition(" ")
             request = (
                 services.get_request(core, self.actor, parse.request_id(request_id))

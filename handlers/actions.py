@@ -42,6 +42,9 @@ class ActionName(StrEnum):
     NODEGROUP = "aws.nodegroup"
     NODEGROUP_REMOVE = "aws.nodegroup.remove"
     NODEGROUP_TAINTS = "aws.nodegroup.taints"
+    NODEGROUP_SCALING = "aws.nodegroup.scaling"
+    NOTEBOOK_STOP = "kubeflow.notebook.stop"
+    GPU_PODS_ABSENT = "kubeflow.gpu_pods.absent"
 
 
 def is_removal(action: str) -> bool:
@@ -464,6 +467,70 @@ class NodegroupTaintsParams(StepParams):
         return cls(f.text("cluster"), f.text("name"), _taints(f, required=True), request=f.request())
 
 
+def _optional_size(f: Fields, key: str) -> int | None:
+    """A node count 0..1000, None when absent (the nodegroup keeps what it has)."""
+    value = f.params.get(key)
+    if value is None:
+        return None
+    size = _whole(value)
+    if size is None or not 0 <= size <= 1000:
+        raise f.refuse(key, "a whole number of nodes (0..1000) or null")
+    return size
+
+
+@dataclass(frozen=True)
+class NodegroupScalingParams(StepParams):
+    """A new scaling for a nodegroup the bot made. ``None``: keep what EKS has now (a desired size
+    kept is clamped into the new bounds). The JSON keys are the field names."""
+
+    ACTION: ClassVar[ActionName] = ActionName.NODEGROUP_SCALING
+    cluster: str
+    name: str
+    min_size: int | None
+    desired_size: int | None
+    max_size: int | None
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        name = f.text("name")
+        low, desired, high = (_optional_size(f, k) for k in ("min_size", "desired_size", "max_size"))
+        if high is not None and high < 1:
+            raise PermanentError(f"Nodegroup {name}: maxSize must be at least 1 (got {high}).")
+        if low is not None and high is not None and low > high:
+            raise PermanentError(f"Nodegroup {name}: minSize {low} is above maxSize {high}.")
+        below = desired is not None and low is not None and desired < low
+        if below or (desired is not None and high is not None and desired > high):
+            raise PermanentError(f"Nodegroup {name}: desiredSize {desired} is outside {low}..{high}.")
+        return cls(f.text("cluster"), name, low, desired, high, request=f.request())
+
+
+@dataclass(frozen=True)
+class NotebookStopParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.NOTEBOOK_STOP
+    namespace: str
+    name: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("namespace"), f.text("name"), request=f.request())
+
+
+@dataclass(frozen=True)
+class GpuPodsAbsentParams(StepParams):
+    """No pod requesting ``nvidia.com/gpu`` runs on the nodes of ``nodegroup`` (and, when
+    ``namespace`` is set, none of that namespace is pending). ``wait``: while there are, defer
+    (``TemporaryError``) instead of refusing (``PermanentError``)."""
+
+    ACTION: ClassVar[ActionName] = ActionName.GPU_PODS_ABSENT
+    nodegroup: str
+    namespace: str
+    wait: bool
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("nodegroup"), f.optional_text("namespace"), f.flag("wait"), request=f.request())
+
+
 PARAMS: Mapping[ActionName, type[StepParams]] = {
     cls.ACTION: cls
     for cls in (
@@ -484,6 +551,9 @@ PARAMS: Mapping[ActionName, type[StepParams]] = {
         NodegroupParams,
         NodegroupRemoveParams,
         NodegroupTaintsParams,
+        NodegroupScalingParams,
+        NotebookStopParams,
+        GpuPodsAbsentParams,
     )
 }
 """Action -> the type its params parse into."""

@@ -35,8 +35,14 @@ class InvalidInput(KfError):
 class SubjectBusy(InvalidInput):
     """Another open request is about the same thing (a workspace name, a grant, a quota)."""
 
-    def __init__(self, other_id: str, other_state: str) -> None:
-        super().__init__(f"{other_id} about the same thing is still open ({other_state}).")
+    def __init__(
+        self, other_id: str, other_state: str, holder_id: str = "", *, user_message: str | None = None
+    ) -> None:
+        super().__init__(user_message or f"{other_id} about the same thing is still open ({other_state}).")
+        self.other_id = other_id
+        self.other_state = other_state
+        self.holder_id = holder_id
+        """The user id of the person whose request holds the subject."""
 
 
 class NotFound(KfError):

@@ -175,6 +175,12 @@ def _visible_char(char: str) -> str:
     named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
     if char in named:
         return named[char]
+    # A letter, digit, punctuation or symbol is echoed as typed (`tëam`, not `t\xebam`): the
+    # message that refuses it names the character too. What cannot be seen or changes how text
+    # around it shows (controls, format characters such as bidi overrides, spaces other than the
+    # plain one, combining marks) is spelled out.
+    if char != "`" and unicodedata.category(char)[0] in "LNPS" and char not in BIDI_CONTROLS:
+        return char
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"
@@ -184,11 +190,10 @@ def _visible_char(char: str) -> str:
 
 
 def show_value(value: str, limit: int = _SHOW_LIMIT) -> str:
-    """``value`` quoted for a message: truncated, control and non-ASCII characters escaped.
+    """``value`` quoted for a message: truncated; invisible characters and the backtick spelled out.
 
-    Non-ASCII characters are shown as ``\\u0430`` so that a look-alike letter is visible as what
-    it is instead of looking like the Latin letter it imitates. Markup characters (``<``, ``&``)
-    stay as typed: the text is neutral and the edge escapes it (see "text for people").
+    Markup characters (``<``, ``&``) stay as typed: the text is neutral and the edge escapes it
+    (see "text for people").
     """
     shown = "".join(_visible_char(c) for c in value[:limit])
     if len(value) > limit:

@@ -120,6 +120,9 @@ _SUBCOMMAND_ALIASES = {"create": "new"}
 _MENTION = re.compile(r"<@([UW][A-Z0-9]{2,20})(?:\|[^>]*)?>")
 _REQUEST_ID = re.compile(r"R[A-Z0-9]{4,12}")
 _MAX_TEXT = 1000
+_DASHES = "\u2010-\u2015\u2212\ufe58\ufe63\uff0d"
+_DASH_FLAG = re.compile(f"^([{_DASHES}])[{_DASHES}-]*([a-z].*)$")
+"""A word that starts with a typographic dash (en, em, minus...) then letters: a flag mistyped."""
 _SMART_QUOTES = {0x201C: '"', 0x201D: '"', 0x2018: "'", 0x2019: "'"}  # what Slack clients type for quotes
 
 
@@ -130,6 +133,16 @@ def _flags(
     values: dict[str, Any] = {}
     it = iter(args)
     for token in it:
+        dashed = _DASH_FLAG.match(token)
+        if dashed:
+            # Slack's desktop clients and macOS turn a typed `--` into a dash, so `--gpu` arrives
+            # as `\u2013gpu` (an en dash); say so rather than read it as a stray argument.
+            raise errors.InvalidInput(
+                f"{naming.show_value(token)} starts with a dash character ({dashed.group(1)}), not two "
+                f"hyphens: type `--{dashed.group(2)}` (your keyboard "
+                "or Slack may turn `--` into a dash).",
+                usage=USAGE[usage_key],
+            )
         if not token.startswith("--"):
             positional.append(token)
             continue
@@ -153,6 +166,11 @@ def _flags(
 
 def _positional(usage_key: str, positional: list[str], names: Sequence[str]) -> list[str]:
     if len(positional) != len(names):
+        if not names:
+            raise errors.InvalidInput(
+                f"`/kf {usage_key}` takes no arguments; {naming.show_value(positional[0])} is one too many.",
+                usage=USAGE[usage_key],
+            )
         what = "Missing" if len(positional) < len(names) else "Too many"
         raise errors.InvalidInput(f"{what} arguments: expected {' '.join(names)}.", usage=USAGE[usage_key])
     return positional
@@ -255,7 +273,8 @@ def parse_command(
     syntax = kinds.SYNTAXES.get(command)
     if syntax is not None:
         pos, opts = _flags(command, rest, syntax.flags)
-        args = _positional(command, pos, syntax.positional)
+        names = (*syntax.positional, *syntax.optional)
+        args = _positional(command, pos, names[: max(min(len(pos), len(names)), len(syntax.positional))])
         return syntax.build(
             Parsed(args, opts, requester_email, lambda token: _user(token, resolve_user), settings)
         )

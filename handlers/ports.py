@@ -182,6 +182,12 @@ class Facts(Protocol):
         """Whether ``user`` owns or holds a grant on a workspace other than ``except_workspace``."""
         ...
 
+    def owned_workspaces(self, user: str) -> tuple[str, ...]:
+        """Names of the live workspaces the registry records ``user`` (a Kubeflow user id) as owning,
+        sorted (``/kf gpu stop NOTEBOOK`` finds the requester's one workspace with it; whoever it
+        names, the kind's rules then check ownership through ``workspace``)."""
+        ...
+
     def bot_made_login(self, user: str) -> bool:
         """Whether a live workspace's create request made the Dex login of ``user``."""
         ...

@@ -8,10 +8,11 @@ what happened instead, never as a second decision.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -116,6 +117,7 @@ def build_plan(core: Core, kind: RequestKind, request_id: str) -> Plan:
 
 def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | None]:
     """The plan and the auto-apply reason, without recording anything (``kfbot plan``)."""
+    kind = kinds.complete(kind, actor, core.facts, core.settings)
     policy.check_may_request(kind, actor, core.facts, core.settings)
     return build_plan(core, kind, "RPREVIEW"), policy.auto_apply_reason(
         kind, actor, core.facts, core.settings
@@ -125,6 +127,7 @@ def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | No
 def submit(
     core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None, correlation_id: str = ""
 ) -> Submitted:
+    kind = kinds.complete(kind, actor, core.facts, core.settings)
     policy.check_may_request(kind, actor, core.facts, core.settings)
     reason = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
     auto = None if reason is None else AutoDecision(policy.auto_rule(kind), reason)
@@ -195,7 +198,7 @@ def _record(
         if auto.trigger is not None:
             named["trigger"] = auto.trigger
         request.events[-1] = dataclasses.replace(last, data={**last.data, **named})
-    with core.uow() as uow:
+    with core.uow() as uow, _busy_as_seen_by(actor):
         # A pending request (waiting for an admin) must not hold off an expiry: otherwise anyone
         # could keep a grant alive by keeping a request about it pending. Only one being applied
         # blocks the bot's own requests, and briefly. The store's unique indexes enforce the same
@@ -221,12 +224,41 @@ def schedule_decision_timers(timers: Timers, settings: CoreSettings, request_id:
     timers.schedule("request.nudge", request_id, now + settings.policy.nudge_after)
 
 
+@contextlib.contextmanager
+def _busy_as_seen_by(actor: Actor) -> Iterator[None]:
+    """A busy subject, told the way ``/kf requests`` would show it to ``actor``: their own request
+    by id with how to withdraw it; someone else's by id and person to an admin only; to anyone
+    else, that it exists, without another person's request id."""
+    try:
+        yield
+    except SubjectBusy as exc:
+        if actor.user_id == SYSTEM.user_id:
+            raise
+        if exc.holder_id == actor.user_id:
+            text = (
+                f"You already asked for this: `{exc.other_id}` is still open ({exc.other_state}). "
+                f"Wait for it, or withdraw it with `/kf cancel {exc.other_id}`."
+            )
+        elif actor.is_admin:
+            who = naming.person(exc.holder_id) if naming.is_person_id(exc.holder_id) else "another person"
+            text = (
+                f"`{exc.other_id}` by {who} about the same thing is still open ({exc.other_state}); "
+                "it has to be decided or finished first."
+            )
+        else:
+            text = (
+                "Another person's request about the same thing is still open; try again once it "
+                "has been decided."
+            )
+        raise SubjectBusy(exc.other_id, exc.other_state, exc.holder_id, user_message=text) from None
+
+
 def _refuse_open_duplicate(uow: UnitOfWork, request: Request, states: frozenset[RequestState]) -> None:
     if request.subject is None:
         return
     newest = uow.requests.list(subject=request.subject, states=sorted(states), limit=1)
     if newest:
-        raise SubjectBusy(newest[0].id, newest[0].state.value)
+        raise SubjectBusy(newest[0].id, newest[0].state.value, newest[0].requester_id)
 
 
 def decide(

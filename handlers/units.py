@@ -181,6 +181,8 @@ def parse_duration(
             f"{subject} is not a whole number; write e.g. 1h30m instead of 1.5h.", field=field
         )
     if text.isdigit():
+        if int(text) == 0:
+            raise errors.InvalidInput(f"{subject} is zero; {allowed}.", field=field)
         raise errors.InvalidInput(f"{subject} has no unit; add m, h, d or w, e.g. {text}d.", field=field)
     match = _DURATION.fullmatch(text)
     if match is None:

@@ -75,12 +75,13 @@ from handlers.actions import (
     IamResourcesRemoveParams,
     NodegroupParams,
     NodegroupRemoveParams,
+    NodegroupScalingParams,
     NodegroupTaintsParams,
     StepParams,
     Taint,
 )
 from handlers.errors import KfError, PermanentError, TemporaryError
-from handlers.plan import StepOutcome, as_list, canonical_json
+from handlers.plan import JSON, StepOutcome, as_list, as_object, canonical_json
 from handlers.ports import Clock
 from provisioning.actions import Action, KeyedLock, TypedAction, registry_of
 
@@ -426,6 +427,7 @@ class AwsActions:
             TypedAction(NodegroupParams, self._ensure_nodegroup, self._undo_nodegroup),
             TypedAction(NodegroupRemoveParams, self._remove_nodegroup, _irreversible),
             TypedAction(NodegroupTaintsParams, self._ensure_nodegroup_taints, _taints_stay),
+            TypedAction(NodegroupScalingParams, self._ensure_nodegroup_scaling, self._undo_nodegroup_scaling),
         )
 
     # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --
@@ -1029,6 +1031,91 @@ class AwsActions:
             f"EKS is adding the taints to nodegroup {name}; will check again.",
             delay=self._settings.poll_interval,
         )
+
+    # -- aws.nodegroup.scaling --
+
+    def _bot_nodegroup(self, cluster: str, name: str, what: str) -> NodegroupTypeDef:
+        with _aws_call(what):
+            nodegroup = self._describe(cluster, name)
+        if nodegroup is None:
+            raise PermanentError(f"EKS nodegroup {name} does not exist in cluster {cluster}.")
+        if MARK_TAG not in nodegroup.get("tags", {}):
+            raise PermanentError(
+                f"EKS nodegroup {name} was not made by kf-chatops; its scaling was left alone."
+            )
+        return nodegroup
+
+    def _set_scaling(self, cluster: str, name: str, scaling: Mapping[str, int], what: str) -> None:
+        with _aws_call(what):
+            try:
+                self._eks().update_nodegroup_config(
+                    clusterName=cluster,
+                    nodegroupName=name,
+                    scalingConfig={
+                        "minSize": scaling["minSize"],
+                        "maxSize": scaling["maxSize"],
+                        "desiredSize": scaling["desiredSize"],
+                    },
+                )
+            except ClientError as e:
+                if _code(e) == "ResourceInUseException":
+                    raise TemporaryError(
+                        f"EKS nodegroup {name} is busy with another update; will retry.",
+                        delay=self._settings.poll_interval,
+                    ) from e
+                raise
+
+    def _ensure_nodegroup_scaling(self, params: NodegroupScalingParams) -> StepOutcome:
+        """Set the scaling the step asks for; a size it leaves out (None) stays as EKS has it, the
+        desired size clamped into the new bounds. ``created`` means "changed", so compensation
+        puts back the scaling from before (``details["previous"]``), as a quota change does."""
+        cluster, name = params.cluster, params.name
+        what = f"scaling nodegroup {name} in cluster {cluster}"
+        nodegroup = self._bot_nodegroup(cluster, name, what)
+        config = nodegroup.get("scalingConfig", {})
+        current = {
+            "minSize": config.get("minSize", 0),
+            "maxSize": config.get("maxSize", 1),
+            "desiredSize": config.get("desiredSize", 0),
+        }
+        low = current["minSize"] if params.min_size is None else params.min_size
+        high = current["maxSize"] if params.max_size is None else params.max_size
+        low = min(low, high)
+        desired = params.desired_size
+        if desired is None:
+            desired = min(max(current["desiredSize"], low), high)
+        wanted = {"minSize": low, "maxSize": high, "desiredSize": desired}
+        if not 0 <= low <= desired <= high or high < 1:
+            raise PermanentError(
+                f"Nodegroup {name}: need 0 <= minSize <= desiredSize <= maxSize and maxSize >= 1, got "
+                f"{low}, {desired}, {high}."
+            )
+        details: dict[str, JSON] = {"previous": dict(current), "scaling": dict(wanted)}
+        if current == wanted:
+            return StepOutcome(created=False, details=details)
+        self._set_scaling(cluster, name, wanted, what)
+        return StepOutcome(created=True, details=details)
+
+    def _undo_nodegroup_scaling(self, params: NodegroupScalingParams, outcome: StepOutcome) -> None:
+        if not outcome.created:
+            return
+        previous = as_object(outcome.details.get("previous"))
+        applied = as_object(outcome.details.get("scaling"))
+        cluster, name = params.cluster, params.name
+        what = f"restoring the scaling of nodegroup {name} in cluster {cluster}"
+        with _aws_call(what):
+            nodegroup = self._describe(cluster, name)
+        if nodegroup is None:
+            return
+        config = dict(nodegroup.get("scalingConfig", {}))
+        bounds = ("minSize", "maxSize")  # Cluster Autoscaler moves desiredSize: not someone's change
+        if {k: config.get(k) for k in bounds} != {k: applied.get(k) for k in bounds}:
+            raise PermanentError(
+                    f"The scaling of nodegroup {name} was changed by someone else since the bot set it; "
+                    "it was not reverted."
+                )
+        restore = {k: int(str(previous[k])) for k in ("minSize", "maxSize", "desiredSize")}
+        self._set_scaling(cluster, name, restore, what)
 
     # -- aws.nodegroup.remove --
 

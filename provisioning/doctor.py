@@ -164,6 +164,8 @@ CLUSTER_RULES: Final[tuple[Rule, ...]] = (
          why="the Istio half of a contributor binding"),
     Rule("", ("serviceaccounts",), _WRITE, why="one ServiceAccount per issued API token"),
     Rule("kubeflow.org", ("poddefaults",), _WRITE, why="GPU workspaces get a PodDefault"),
+    Rule("kubeflow.org", ("notebooks",), ("get", "patch"),
+         why="stop a notebook as the dashboard does (the kubeflow-resource-stopped annotation)"),
     Rule("", ("serviceaccounts/token",), ("create",), why="short-lived tokens (TokenRequest)"),
     Rule("", ("configmaps",), ("get",), ("kube-root-ca.crt",),
          why="the cluster CA for handed-out kubeconfigs"),

@@ -193,6 +193,41 @@ def _nodegroup_remove(p: Mapping[str, JSON]) -> list[str]:
     return [f"eks:DeleteNodegroup {p['cluster']}/{p['name']}", "wait until it is gone"]
 
 
+def _nodegroup_scaling(p: Mapping[str, JSON]) -> list[str]:
+    keys = (("min_size", "minSize"), ("desired_size", "desiredSize"), ("max_size", "maxSize"))
+    wanted = {eks: p.get(key) for key, eks in keys}
+    kept = ", ".join(eks for eks, value in wanted.items() if value is None)
+    return [
+        f"refuse unless eks:DescribeNodegroup {p['cluster']}/{p['name']} shows the kf-chatops/request tag",
+        f"eks:UpdateNodegroupConfig {p['cluster']}/{p['name']} "
+        f"{canonical_json({'scalingConfig': {k: v for k, v in wanted.items() if v is not None}})}"
+        + (f" ({kept} kept as EKS has them)" if kept else ""),
+    ]
+
+
+def _notebook_stop(p: Mapping[str, JSON]) -> list[str]:
+    patch: JSON = {"metadata": {"annotations": {"kubeflow-resource-stopped": "<now, RFC 3339 UTC>"}}}
+    return [
+        _k8s("GET", f"/apis/kubeflow.org/v1/namespaces/{p['namespace']}/notebooks/{p['name']}"),
+        "if not stopped already: "
+        + _k8s("PATCH", f"/apis/kubeflow.org/v1/namespaces/{p['namespace']}/notebooks/{p['name']}", patch)
+        + " (merge patch)",
+    ]
+
+
+def _gpu_pods_absent(p: Mapping[str, JSON]) -> list[str]:
+    calls = [
+        _k8s("GET", f"/api/v1/nodes?labelSelector=eks.amazonaws.com/nodegroup={p['nodegroup']}"),
+        _k8s("GET", "/api/v1/pods?fieldSelector=spec.nodeName=<node>,status.phase!=Succeeded,"
+             "status.phase!=Failed") + " for each of its nodes",
+    ]
+    if p.get("namespace"):
+        pending = f"/api/v1/namespaces/{p['namespace']}/pods?fieldSelector=status.phase=Pending"
+        calls.append(_k8s("GET", pending))
+    then = "wait while" if p.get("wait") else "refuse if"
+    return [*calls, f"{then} any of them requests nvidia.com/gpu"]
+
+
 RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.profile": _profile,
     "kubeflow.profile.remove": _profile_remove,
@@ -211,6 +246,9 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "aws.nodegroup": _nodegroup,
     "aws.nodegroup.remove": _nodegroup_remove,
     "aws.nodegroup.taints": _nodegroup_taints,
+    "aws.nodegroup.scaling": _nodegroup_scaling,
+    "kubeflow.notebook.stop": _notebook_stop,
+    "kubeflow.gpu_pods.absent": _gpu_pods_absent,
 }
 
 

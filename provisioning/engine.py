@@ -48,6 +48,7 @@ from handlers.kinds.base import (
     DeleteGrant,
     DeleteWorkspace,
     PutGrant,
+    PutHold,
     PutToken,
     PutWorkspace,
     RegistryChange,
@@ -567,11 +568,12 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
     match change:
         case PutWorkspace(name, namespace, owner, made_by, created):
             registry.put_workspace(name, namespace, owner, made_by, created, now)
-        case UpdateWorkspaceObjects(name, replace, merge):
+        case UpdateWorkspaceObjects(name, replace, merge, add, remove):
             row = registry.get_workspace(name)
             if row is None:
                 return
-            created = dict(row.created)
+            created = {key: entry for key, entry in row.created.items() if key not in remove}
+            created.update({key: dict(entry) for key, entry in add.items()})
             for key, params in replace.items():
                 if key in created:
                     created[key] = {**created[key], "params": dict(params)}
@@ -591,3 +593,5 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
             )
         case RevokeToken(token_id):
             registry.revoke_token(token_id, now)
+        case PutHold(target, until, held_by, made_by):
+            registry.put_hold(target, until, held_by, made_by, now)

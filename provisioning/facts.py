@@ -163,6 +163,10 @@ class RegistryFacts:
             granted = [g for g in uow.registry.grants_of(user) if g.workspace != except_workspace]
         return bool(owned or granted)
 
+    def owned_workspaces(self, user: str) -> tuple[str, ...]:
+        with self.db.uow() as uow:
+            return tuple(w.name for w in uow.registry.list_workspaces(owner=user))
+
     def bot_made_login(self, user: str) -> bool:
         with self.db.uow() as uow:
             workspaces = uow.registry.list_workspaces()

@@ -102,6 +102,9 @@ POD_DEFAULT = Kind("PodDefault", "kubeflow.org", "v1alpha1", "poddefaults", True
 AUTHORIZATION_POLICY = Kind("AuthorizationPolicy", "security.istio.io", "v1beta1", "authorizationpolicies",
                             True)
 DEX_PASSWORD = Kind("Password", "dex.coreos.com", "v1", "passwords", True)
+NOTEBOOK = Kind("Notebook", "kubeflow.org", "v1", "notebooks", True)
+NODE = Kind("Node", "", "v1", "nodes", False, "CoreV1Api", "node")
+POD = Kind("Pod", "", "v1", "pods", True, "CoreV1Api", "pod")
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -260,11 +263,20 @@ class Kube:
         except Missing:
             return None
 
-    def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
+    def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[Obj]:
         kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
+        if field_selector:
+            kwargs["field_selector"] = field_selector
+
+        def call() -> Any:
+            if kind.namespaced and namespace is None and kind.typed_api:  # every namespace
+                method = getattr(self._typed(kind), f"list_{kind.snake}_for_all_namespaces")
+                return method(_preload_content=False, **kwargs)
+            return self._invoke(kind, "list", namespace, **kwargs)
+
         try:
-            result = self._call("list", kind, namespace, None,
-                                lambda: self._invoke(kind, "list", namespace, **kwargs))
+            result = self._call("list", kind, namespace, None, call)
         except Missing:
             return []  # a namespace that is gone has nothing in it
         return [item for item in result.get("items") or [] if isinstance(item, dict)]

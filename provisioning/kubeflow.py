@@ -43,6 +43,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from typing import Any, Final
 
 from kubernetes import client
@@ -50,6 +51,8 @@ from kubernetes import client
 from handlers.actions import (
     ContributorParams,
     ContributorRemoveParams,
+    GpuPodsAbsentParams,
+    NotebookStopParams,
     PodDefaultParams,
     ProfileParams,
     ProfileRemoveParams,
@@ -58,7 +61,7 @@ from handlers.actions import (
     TokenAccountParams,
     TokenAccountRemoveParams,
 )
-from handlers.errors import PermanentError, TemporaryError
+from handlers.errors import NotFound, PermanentError, TemporaryError
 from handlers.naming import kfam_binding_name, show_value
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
@@ -77,6 +80,28 @@ CONTRIBUTOR_ROLES: Final = ("edit", "view")
 KFAM_ROLES: Final = ("edit", "view", "admin")
 
 # kubeflow/manifests values (applications/profiles/upstream/manager/kustomization.yaml).
+STOP_ANNOTATION: Final = "kubeflow-resource-stopped"
+"""Kubeflow's stop annotation (notebook controller, jupyter web app)."""
+NODEGROUP_LABEL: Final = "eks.amazonaws.com/nodegroup"
+GPU: Final = "nvidia.com/gpu"
+_RUNNING: Final = "status.phase!=Succeeded,status.phase!=Failed"
+"""Field selector for pods that still hold their resources."""
+
+
+def gpu_request(pod: Mapping[str, Any]) -> int:
+    """GPUs a pod asks for: the sum over its containers of ``nvidia.com/gpu`` requests (limits when
+    no request is given: Kubernetes then defaults the request to the limit)."""
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {} if isinstance(container, dict) else {}
+        value = (resources.get("requests") or {}).get(GPU, (resources.get("limits") or {}).get(GPU, 0))
+        try:
+            total += int(str(value))
+        except ValueError:
+            continue  # not a whole count: not something the device plugin hands out
+    return total
+
+
 DEFAULT_HEADER: Final = "kubeflow-userid"
 DEFAULT_PREFIX: Final = ""
 DEFAULT_INGRESS_PRINCIPAL: Final = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
@@ -169,6 +194,8 @@ class KubeflowActions:
             TypedAction(QuotaParams, self.ensure_quota, self.undo_quota),
             TypedAction(TokenAccountParams, self.ensure_token_account, self.undo_token_account),
             TypedAction(TokenAccountRemoveParams, self.remove_token_account, k8s.no_undo),
+            TypedAction(NotebookStopParams, self.stop_notebook, k8s.no_undo),
+            TypedAction(GpuPodsAbsentParams, self.check_gpu_pods_absent, k8s.no_undo),
         )
 
     # -- waiting -----------------------------------------------------------------------------
@@ -565,6 +592,56 @@ class KubeflowActions:
             raise PermanentError(f"The quota of `{name}` was changed by someone else since the bot set it; "
                                  "it was not reverted.")
         self._set_hard(name, current, previous)
+
+    # -- notebooks and GPU pods (cost control) -----------------------------------------------
+
+    def stop_notebook(self, params: NotebookStopParams) -> StepOutcome:
+        """Kubeflow's Stop, as the jupyter web app does it: a JSON merge patch setting the
+        ``kubeflow-resource-stopped`` annotation to the time, ``%Y-%m-%dT%H:%M:%SZ`` in UTC. The
+        notebook controller scales the StatefulSet to zero; the volumes stay. A notebook stopped
+        already keeps its annotation (and its time): not undone by compensation either, since
+        starting a notebook again is its owner's call."""
+        name, namespace = params.name, params.namespace
+        notebook = self.kube.get(k8s.NOTEBOOK, name, namespace)
+        if notebook is None:
+            raise NotFound(
+                f"There is no notebook `{name}` in `{namespace}` (deleted already?); nothing was stopped."
+            )
+        since = k8s.annotations_of(notebook).get(STOP_ANNOTATION)
+        if since is not None:
+            return StepOutcome(created=False, details={"stopped_at": since, "already_stopped": True})
+        stamp = self.clock.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.kube.merge_patch(k8s.NOTEBOOK, name, {"metadata": {"annotations": {STOP_ANNOTATION: stamp}}},
+                              namespace)
+        return StepOutcome(created=True, details={"stopped_at": stamp})
+
+    def gpu_pods_on(self, nodegroup: str, namespace: str) -> list[str]:
+        """``namespace/name`` of every non-terminated pod that requests ``nvidia.com/gpu`` on the
+        nodes of EKS nodegroup ``nodegroup``, and of the pending ones of ``namespace`` (if given).
+        One list of the nodegroup's nodes, then one pod list per node (a nodegroup has few)."""
+        nodes = self.kube.list(k8s.NODE, label_selector=f"{NODEGROUP_LABEL}={nodegroup}")
+        pods: list[Obj] = []
+        for node in nodes:
+            node_name = k8s.meta(node).get("name")
+            if node_name:
+                pods += self.kube.list(k8s.POD, field_selector=f"spec.nodeName={node_name},{_RUNNING}")
+        if namespace:
+            pods += self.kube.list(k8s.POD, namespace, field_selector="status.phase=Pending")
+        return sorted(
+            {f"{k8s.meta(p).get('namespace')}/{k8s.meta(p).get('name')}" for p in pods if gpu_request(p) > 0}
+        )
+
+    def check_gpu_pods_absent(self, params: GpuPodsAbsentParams) -> StepOutcome:
+        found = self.gpu_pods_on(params.nodegroup, params.namespace)
+        if not found:
+            return StepOutcome(created=False, details={"gpu_pods": []})
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        shown = ", ".join(f"`{p}`" for p in found[:5]) + more
+        if params.wait:
+            raise TemporaryError(f"Waiting for {len(found)} GPU pod(s) on nodegroup `{params.nodegroup}` to "
+                                 f"finish: {shown}.", delay=60.0)
+        raise PermanentError(f"Not scaled down: {len(found)} GPU pod(s) run or wait for nodegroup "
+                             f"`{params.nodegroup}` now: {shown}. Nothing was changed.")
 
     # -- token accounts ----------------------------------------------------------------------
 

@@ -84,6 +84,15 @@ def namespace(stack: Stack, name: str) -> str:
     return next(w.namespace for w in stack.backend.workspaces() if w.name == name)
 
 
+def make_gpu_workspace(stack: Stack, name: str) -> None:
+    """A workspace with a bot-made GPU nodegroup (what ``gpu.scale`` scales), made as the bot does."""
+    create = kinds.WorkspaceCreate(name, ALICE.email, gpu=1)
+    request = services.submit(stack.core, ALICE, create, idempotency_key=None)
+    stack.approve(request.request.id)
+    stack.run()
+    assert stack.request(request.request.id).state.value == "succeeded"
+
+
 def top_level(fake_slack: FakeSlack, channel: str) -> list[dict[str, object]]:
     return [
         m
@@ -314,25 +323,52 @@ def _fire(
     sweep(stack)
 
 
-@pytest.mark.skipif("gpu.scale" not in kinds.KINDS, reason="runs once the gpu.scale kind is merged")
 def test_auto_stop_files_a_system_scale_down_naming_its_rule(db_url: str, fake_slack: FakeSlack) -> None:
     cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
     stack, world, reporter = setup(db_url, fake_slack, cost)
-    make_workspace(stack, "team-a", ALICE)
+    make_gpu_workspace(stack, "team-a")
     _fire(stack, world, reporter)
     with stack.backend.uow() as uow:
         (request,) = uow.requests.list(kind="gpu.scale", limit=None)
+    assert request.requester_id == "kfbot" and request.args == {"workspace": "team-a", "nodes": 0}
+    stack.run()
+    with stack.backend.uow() as uow:
         trail = uow.audit.trail(request.id)
-    assert request.args["nodes"] == 0 and request.args["workspace"] == "team-a"
     auto = [e for e in trail if e.type is EventType.AUTO_APPROVED]
     assert auto and auto[0].data["rule"] == "system:cost.auto_stop"
+    assert stack.request(request.id).state.value == "succeeded"
+    assert "aws.nodegroup.scaling" in stack.world.ensure_calls
+    # Redelivered or rescheduled for the same idle stretch: nothing new is filed.
+    assert sweep(stack) == 0
+    stack.backend.close()
+
+
+def test_auto_stop_files_notebook_stop_for_an_idle_notebook(db_url: str, fake_slack: FakeSlack) -> None:
+    cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
+    stack, world, reporter = setup(db_url, fake_slack, cost)
+    make_workspace(stack, "team-a", ALICE)
+    ns = namespace(stack, "team-a")
+    world.pods.append(GpuPod(ns, "nb-0", "n1", 1, "notebook", "nb"))
+    world.notebooks.append(Notebook(ns, "nb", False, 1, "jupyter"))
+    world.activity[(ns, "nb")] = NotebookActivity("idle", stack.clock.now() - timedelta(hours=3))
+    reporter.scan_once()  # idle for 3h already: reported and scheduled at once
+    assert list(pending(stack)) == [f"notebook:{ns}/nb"]
+    stack.clock.advance(timedelta(minutes=55))
+    assert reporter.scan_once().warned == (f"notebook:{ns}/nb",)
+    stack.clock.advance(timedelta(minutes=10))
+    assert sweep(stack) == 1
+    with stack.backend.uow() as uow:
+        (request,) = uow.requests.list(kind="notebook.stop", limit=None)
+    assert request.args == {"workspace": "team-a", "notebook": "nb"}
+    stack.run()
+    assert stack.request(request.id).state.value == "succeeded"
     stack.backend.close()
 
 
 def test_auto_stop_does_nothing_when_held_after_the_warning(db_url: str, fake_slack: FakeSlack) -> None:
     cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
     stack, world, reporter = setup(db_url, fake_slack, cost)
-    make_workspace(stack, "team-a", ALICE)
+    make_gpu_workspace(stack, "team-a")
 
     def keep() -> None:
         with stack.backend.db.engine.begin() as conn:
@@ -353,12 +389,10 @@ def test_auto_stop_does_nothing_when_held_after_the_warning(db_url: str, fake_sl
     stack.backend.close()
 
 
-def test_the_due_timer_is_vouched_for_and_rechecks_the_database(
-    db_url: str, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_due_timer_is_vouched_for_and_rechecks_the_database(db_url: str, fake_slack: FakeSlack) -> None:
     cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
     stack, _, reporter = setup(db_url, fake_slack, cost)
-    make_workspace(stack, "team-a", ALICE)
+    make_gpu_workspace(stack, "team-a")
     reporter.scan_once()
     stack.clock.advance(timedelta(hours=2, minutes=5))
     reporter.scan_once()
@@ -368,13 +402,6 @@ def test_the_due_timer_is_vouched_for_and_rechecks_the_database(
         body = uow.timers.pending_payload(autostop.AUTO_STOP, "nodegroup:ng-a")
     assert body is not None
 
-    @dataclasses.dataclass(frozen=True)
-    class FakeScale:  # stands in for the `kinds` helper's gpu.scale until it is merged
-        workspace: str
-        nodes: int
-
-    if "gpu.scale" not in kinds.KINDS:
-        monkeypatch.setitem(kinds.KINDS, "gpu.scale", FakeScale)  # type: ignore[arg-type]
     seen = stack.backend.facts.idle_item("nodegroup:ng-a")
     assert seen is not None and seen.established and seen.warned and not seen.held
     result = autostop.TIMER.handle("nodegroup:ng-a", body, stack.backend.facts)
@@ -396,7 +423,6 @@ def test_the_due_timer_is_vouched_for_and_rechecks_the_database(
         conn.execute(sa.delete(gpu_holds_table))
 
     # The real timer fires through the sweeper: the audit log vouches for it (no refusal).
-    monkeypatch.undo()  # the stand-in kind cannot plan; the real one (once merged) can
     stack.clock.advance(timedelta(minutes=10))
     assert sweep(stack) == 1
     with stack.backend.db.engine.connect() as conn:
@@ -404,6 +430,8 @@ def test_the_due_timer_is_vouched_for_and_rechecks_the_database(
             sa.select(audit_events.c.data).where(audit_events.c.type == "timer.fired")
         ).all()
     assert not [r for r in refused if r.data.get("refused")]
+    with stack.backend.uow() as uow:
+        assert len(uow.requests.list(kind="gpu.scale", limit=None)) == 1
     stack.backend.close()
 
 
@@ -431,6 +459,7 @@ def test_a_scan_that_cannot_read_the_cluster_is_logged_and_posts_nothing(
     db_url: str, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack, _, reporter = setup(db_url, fake_slack)
+
     def unreadable(window: timedelta) -> Inventory:
         raise errors.TemporaryError("EKS throttled the scan")
 

@@ -252,14 +252,7 @@ def test_the_timer_does_nothing_for_a_signal_that_lapsed_or_a_bad_payload() -> N
     assert autostop.TIMER.handle("notebook:ws-a/nb", {**PAYLOAD, "since": 3}, facts_for()) is None
 
 
-def test_the_timer_files_notebook_stop_when_the_kind_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    @dataclasses.dataclass(frozen=True)
-    class FakeStop:  # stands in for the `kinds` helper's notebook.stop until it is merged
-        workspace: str
-        notebook: str
-
-    if "notebook.stop" not in kinds.KINDS:
-        monkeypatch.setitem(kinds.KINDS, "notebook.stop", FakeStop)  # type: ignore[arg-type]
+def test_the_timer_files_notebook_stop() -> None:
     result = autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, facts_for())
     assert isinstance(result, SystemRequest)
     assert kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "nb"}

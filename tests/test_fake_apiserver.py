@@ -452,7 +452,9 @@ def test_discovery(kube_api_client: client.ApiClient) -> None:
     assert core["serviceaccounts/token"].kind == "TokenRequest" and core["namespaces"].namespaced is False
     kubeflow = client.CustomObjectsApi(kube_api_client).get_api_resources("kubeflow.org", "v1beta1")
     assert [(r.name, r.namespaced) for r in kubeflow.resources] == [("profiles", False),
-                                                                    ("profiles/status", False)]
+                                                                    ("profiles/status", False),
+                                                                    ("notebooks", True),
+                                                                    ("notebooks/status", True)]
     dynamic = DynamicClient(kube_api_client)
     assert dynamic.resources.get(api_version="dex.coreos.com/v1", kind="Password").namespaced
 

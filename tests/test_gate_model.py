@@ -66,6 +66,7 @@ SETTINGS = CoreSettings(
     workspace=WorkspaceDefaults(user_id_map={ADMIN_MAPPED.email: ADMIN_MAPPED_ID}),
 )
 WORKSPACES = ("team-a", "admin-ws")
+COST_KINDS = (kinds.NotebookStop.KIND, kinds.GpuScale.KIND, kinds.GpuHold.KIND, kinds.WorkspaceResize.KIND)
 PEOPLE = (ALICE.email, BOB.email, CAROL.email, ADMIN_OWNER.email, ADMIN_MAPPED.email, ADMIN_MAPPED_ID)
 
 
@@ -76,7 +77,7 @@ def canonical(email: str) -> str:
 # What the state machine explored, reported at the end of the session (tests/conftest.py).
 EXPLORED: Counter[str] = Counter()
 CELLS: set[tuple[str, str]] = set()
-ACTIONS_PER_ACTOR = 13  # eight kinds to submit; approve, reject, cancel, retry, show token
+ACTIONS_PER_ACTOR = 17  # twelve kinds to submit; approve, reject, cancel, retry, show token
 SYSTEM_CELLS = 5  # the engine, timers, three hand edits of the database
 
 
@@ -95,6 +96,9 @@ class Oracle:
     owners: dict[str, str] = field(default_factory=dict)
     contributors: dict[str, dict[str, str]] = field(default_factory=dict)
     tampered: set[str] = field(default_factory=set)
+    max_nodes: dict[str, int] = field(default_factory=dict)
+    """The largest node count an admin approved for a workspace's nodegroups (made, resized or
+    scaled above it), as the registry records what succeeded."""
 
     def people(self, workspace: str) -> set[str]:
         owner = self.owners.get(workspace)
@@ -106,9 +110,26 @@ class Oracle:
             out.add(canonical(str(args["owner"])))
         if kind in (kinds.Share.KIND, kinds.Unshare.KIND):
             out.add(canonical(str(args["user"])))
-        if kind in (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND, kinds.WorkspacePin.KIND):
+        workspace_kinds = (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND, kinds.WorkspacePin.KIND)
+        if kind in (*workspace_kinds, *COST_KINDS):
             out |= self.people(str(args.get("workspace") or args.get("name")))
         return out
+
+    def may_apply_alone(self, actor: Actor, kind: str, args: dict[str, object]) -> bool:
+        """The cost kinds' rule, written here independently of ``handlers.policy``: the workspace's
+        owner or an admin stops, holds and scales down at once, and scales up at once only within
+        the approved maximum; a resize always waits for an admin."""
+        if kind == kinds.WorkspaceResize.KIND:
+            return False
+        owner = self.owners.get(str(args["workspace"]))
+        if not (actor.is_admin or (owner is not None and canonical(actor.email) == owner)):
+            return False
+        nodes = int(str(args.get("nodes", 0)))
+        return (
+            kind != kinds.GpuScale.KIND
+            or nodes == 0
+            or nodes <= self.max_nodes.get(str(args["workspace"]), -1)
+        )
 
     def may_decide(self, actor: Actor, kind: str, args: dict[str, object], requester: Actor) -> bool:
         return (
@@ -163,6 +184,15 @@ class GateMachine(RuleBasedStateMachine):
         if not result.duplicate:
             self.requests.append(result.request.id)
             self.requester_of[result.request.id] = actor
+            request = result.request
+            if request.kind in COST_KINDS:
+                alone = request.state is RequestState.APPROVED
+                assert alone == self.oracle.may_apply_alone(actor, request.kind, dict(request.args)), (
+                    f"{who}'s {request.kind} {dict(request.args)} applied alone={alone}"
+                )
+            if request.kind in COST_KINDS[:3]:  # who may not even ask is refused before anything
+                owner = self.oracle.owners.get(str(request.args["workspace"]))
+                assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed {request.kind}"
 
     def _apply_succeeded(self) -> None:
         """Bring the oracle's view of owners and grants up to date with what succeeded."""
@@ -170,6 +200,13 @@ class GateMachine(RuleBasedStateMachine):
             for ws in uow.registry.list_workspaces():
                 self.oracle.owners[ws.name] = ws.owner
                 self.oracle.contributors[ws.name] = {g.user: g.role for g in uow.registry.grants(ws.name)}
+                sizes = [
+                    int(e["params"]["scaling"]["maxSize"])  # type: ignore[index, call-overload]
+                    for e in ws.created.values()
+                    if e["action"] == "aws.nodegroup"
+                ]
+                if sizes:
+                    self.oracle.max_nodes[ws.name] = max(sizes)
             for name in list(self.oracle.owners):
                 if uow.registry.get_workspace(name) is None:
                     self.oracle.owners.pop(name)
@@ -179,9 +216,9 @@ class GateMachine(RuleBasedStateMachine):
     @initialize()
     def workspaces(self) -> None:
         EXPLORED["sequences"] += 1
-        for name, owner in (("team-a", ALICE.email), ("admin-ws", ADMIN_OWNER.email)):
+        for name, owner, gpu in (("team-a", ALICE.email, 1), ("admin-ws", ADMIN_OWNER.email, 0)):
             rid = services.submit(
-                self.stack.core, CAROL, kinds.WorkspaceCreate(name, owner), idempotency_key=None
+                self.stack.core, CAROL, kinds.WorkspaceCreate(name, owner, gpu=gpu), idempotency_key=None
             ).request.id
             services.decide(self.stack.core, ADMIN, rid, approve=True, decision_key=f"setup:{rid}")
         self.stack.run()
@@ -226,6 +263,23 @@ class GateMachine(RuleBasedStateMachine):
     @rule(who=who, ws=workspace)
     def pin(self, who: str, ws: str) -> None:
         self._submit(who, kinds.WorkspacePin(ws))
+
+    # -- cost control (#11): the same requests a report's buttons file ------------------------------
+    @rule(who=who, ws=workspace, notebook=st.sampled_from(("nb1", "nb2")))
+    def stop_notebook(self, who: str, ws: str, notebook: str) -> None:
+        self._submit(who, kinds.NotebookStop(ws, notebook))
+
+    @rule(who=who, ws=workspace, nodes=st.sampled_from((0, 1, 2, 3, 8)))
+    def scale(self, who: str, ws: str, nodes: int) -> None:
+        self._submit(who, kinds.GpuScale(ws, nodes))
+
+    @rule(who=who, ws=workspace, hours=st.sampled_from((4, 24, 168)))
+    def hold(self, who: str, ws: str, hours: int) -> None:
+        self._submit(who, kinds.GpuHold(ws, f"workspace:{ws}", duration=timedelta(hours=hours)))
+
+    @rule(who=who, ws=workspace, high=st.sampled_from((1, 4)))
+    def resize(self, who: str, ws: str, high: int) -> None:
+        self._submit(who, kinds.WorkspaceResize(ws, 0, high))
 
     # -- buttons and modals ------------------------------------------------------------------------
     def _pick(self, data: st.DataObject, *, pending: bool = False) -> str | None:

@@ -65,6 +65,12 @@ VALID = {
     "TOKEN_ID": "RZZZZZZ",
     "COMMAND": "share",
     "EMAIL": "carol@example.com",
+    "WORKSPACE/NOTEBOOK|NOTEBOOK": "team-a/train-1",
+    "WORKSPACE|WORKSPACE/NOTEBOOK": "team-a/train-1",
+    "DURATION": "1d",
+    "N": "2",
+    "MIN:MAX": "0:2",
+    "T": "g5.xlarge",
 }
 SEEDS = [
     # Slack markup and mentions
@@ -92,7 +98,8 @@ HOSTILE = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8", categories=["Cc", "Cf", "Zl", "Zp", "Sm", "Po"]),
             min_size=1, max_size=12),
 )
-TOKEN = re.compile(r"(?:[A-Za-z0-9]+(?:[._+:@-][A-Za-z0-9]+)*)?")
+TOKEN = re.compile(r"(?:[A-Za-z0-9]+(?:[._+:@/-][A-Za-z0-9]+)*)?")
+"""``/`` joins a hold target's namespace and notebook (``notebook:team-a-ns/train-1``)."""
 SLACK_MARKUP = re.compile(r"<(?!@[UW][A-Z0-9]+>|!date\^\d+\^)")
 OUR_MARKUP = re.compile(r"<@[UW][A-Z0-9]+>|<!date\^\d+\^[^|<>]*\|[^<>]*>")
 FIGURES: Counter[str] = Counter()
@@ -328,7 +335,9 @@ def test_the_grammar_yields_a_slot_for_every_argument() -> None:
     names = {str(slot) for slot in SLOTS}
     assert {"share:USER", "share:--role", "share:--for", "workspace new:--owner", "workspace new:NAME",
             "workspace delete:--confirm", "token:--audience", "token revoke:TOKEN_ID", "quota:--memory",
-            "help:COMMAND", "reject:REASON", "as:EMAIL"} <= names
+            "help:COMMAND", "reject:REASON", "as:EMAIL", "gpu stop:WORKSPACE/NOTEBOOK|NOTEBOOK", "gpu up:N",
+            "gpu down:WORKSPACE", "gpu snooze:DURATION", "gpu snooze:WORKSPACE|WORKSPACE/NOTEBOOK",
+            "workspace resize:--instance-type", "workspace resize:NAME"} <= names
     assert len(SLOTS) >= 35
 
 

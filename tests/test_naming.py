@@ -507,7 +507,9 @@ def test_truncate_never_exceeds_limit(text: str, limit: int) -> None:
 
 def test_show_value_escapes_invisible_characters() -> None:
     # Markup characters stay as typed: the text is neutral, each edge makes it inert.
-    assert naming.show_value("a\nb\u0430\U0001f600`<") == "`a\\nb\\u0430\\U0001f600\\x60<`"
+    assert naming.show_value("a\nb\u0430\U0001f600`<") == "`a\\nb\u0430\U0001f600\\x60<`"
+    # Invisible or reordering characters stay spelled out; letters are echoed as typed.
+    assert naming.show_value("t\u00ebam\u202e\u200b\u00a0\u0301") == "`t\u00ebam\\u202e\\u200b\\xa0\\u0301`"
 
 
 # --------------------------------------------------------------------------- properties

@@ -127,6 +127,21 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     "token-revoke": (
         kinds.TokenRevoke("RTOKEN1"), _facts(tokens={"RTOKEN1": ("U1", "team-a")}), RUNBOOK
     ),
+    # Cost control (#11): frozen from their first release on.
+    "notebook-stop": (kinds.NotebookStop("team-a", "train-1"), _facts(), RUNBOOK),
+    "gpu-down": (kinds.GpuScale("team-a", 0), _facts(), RUNBOOK),
+    "gpu-up-within-max": (kinds.GpuScale("team-a", 1), _facts(), RUNBOOK),
+    "gpu-up-above-max": (kinds.GpuScale("team-a", 5), _facts(), RUNBOOK),
+    "hold-snooze-notebook": (
+        kinds.GpuHold("team-a", "notebook:aic-ns-team-a-ws/train-1", duration=timedelta(days=1)),
+        _facts(),
+        RUNBOOK,
+    ),
+    "hold-until-workspace": (
+        kinds.GpuHold("team-a", "workspace:team-a", until="2026-12-06T09:00:00+01:00"), _facts(), RUNBOOK
+    ),
+    "resize-nodes": (kinds.WorkspaceResize("team-a", 0, 4), _facts(), RUNBOOK),
+    "resize-instance-type": (kinds.WorkspaceResize("team-a", 0, 2, "g5.xlarge"), _facts(), RUNBOOK),
 }
 
 GOLDEN: dict[str, str] = {
@@ -146,8 +161,19 @@ GOLDEN: dict[str, str] = {
     "token-revoke": "43090ebcce96ef0811de49e001eb40fb1a568804dcf1187fbf9d24d482ef507b",
     "unshare-expiry": "36de92d54e6ab595caef8a777b84332c447e3d681b37ecca0454264e7fc50221",
     "unshare-with-tokens": "749d978662059e67879768412ed3d74f072dd88930956ba993f8de097e2146fd",
+    # Cost control (#11), computed by their first release: a hold has no step (nothing changes in
+    # the cluster), so every hold's plan has the empty plan's digest; its effect is its arguments,
+    # which the engine checks against the audit log's ``request.created`` (invariant 1).
+    "gpu-down": "c639b5fcd9d86d833a5dc42b344f2725388617494809528dc2ba619a958fcd6d",
+    "gpu-up-above-max": "2e4547348abf2f5bc962234322dac8e9a6320ec5eeb84eb54f30b16f4c5e3217",
+    "gpu-up-within-max": "12c0b0f060aa95b6510e2b74d2c7fb81a0df312335fc961b2b738ced7f2a3355",
+    "hold-snooze-notebook": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+    "hold-until-workspace": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+    "notebook-stop": "346a3007d5d26a8d36d2c9c12c88cc76460900944a60cf7e1d169da1fb5cb246",
+    "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
+    "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
 }
-"""Computed by the code of 7b032e4 for ``CASES``."""
+"""Computed by the code of 7b032e4 for ``CASES`` (the cost-control kinds by their first release)."""
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

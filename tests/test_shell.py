@@ -137,6 +137,18 @@ def test_a_token_without_ttl_lasts_the_configured_default(tmp_path: Path) -> Non
     assert timedelta(hours=2) - timedelta(minutes=1) <= lasts <= timedelta(hours=2, minutes=1)
 
 
+def test_a_non_admins_approve_says_only_admins_decide(tmp_path: Path) -> None:
+    out = run_shell(tmp_path, "/kf workspace new team-a\napprove\nreject\n", as_="dave@example.com")
+    assert "Only admins approve requests; `as EMAIL --admin` acts as one in this shell." in out
+    assert "Only admins reject requests" in out and "of yours" not in out
+
+
+def test_unicode_is_echoed_as_typed_and_a_dash_flag_gets_a_hint(tmp_path: Path) -> None:
+    out = run_shell(tmp_path, "/kf workspace new t\u00ebam\n/kf workspace new team-b \u2013gpu 1\n")
+    assert "`t\u00ebam` contains U+00EB" in out and "\\x" not in out
+    assert "type `--gpu`" in out
+
+
 @pytest.mark.parametrize(
     "line",
     [

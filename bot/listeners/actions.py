@@ -1,4 +1,10 @@
-"""Buttons: Approve, Reject (opens the reason modal), View plan, Show token, Set my password.
+"""Buttons: Approve, Reject (opens the reason modal), View plan, Show token, Set my password, and
+the idle report's Stop notebook, Scale to 0, Keep 4h and Snooze until tomorrow.
+
+A report button files the request its command would (``handlers.cost.buttons.request_for`` reads
+the untrusted value), as the clicking user, through ``services.submit``: the kind's policy row
+decides, as for the command. Its idempotency key is the click's ``action_ts``, so a redelivered
+click files nothing new while a click on the same button later files again.
 
 A decision's idempotency key is the card's message ts + the action + the clicking user + the
 request version the card showed, claimed under a unique constraint in ``services.decide``: a
@@ -19,11 +25,12 @@ from collections.abc import Callable
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from bot import blocks
+from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, error_reply, tell
 from bot.payloads import Action, BlockActions, text_at
 from handlers import services
+from handlers.cost import buttons
 from handlers.model import Actor
 from handlers.ports import RevealedSecret
 
@@ -139,6 +146,39 @@ def register(app: App, deps: Deps) -> None:
 
         return work
 
+    def report_button(action_id: str) -> Click:
+        def work(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
+            user = body["user"]["id"]
+            actor = identity.actor(user)
+            kind = buttons.request_for(
+                action_id, value, now=core.clock.now(), settings=core.settings, facts=core.facts
+            )
+            actions = body.get("actions") or [{}]
+            click = str(actions[0].get("action_ts") or body.get("trigger_id") or message_ts(body))
+            result = services.submit(
+                core,
+                actor,
+                kind,
+                idempotency_key=f"button:{action_id}:{user}:{click}",
+                correlation_id=log.correlation_id(),
+            )
+            extra = {"request_id": result.request.id}
+            logger.info("%s clicked %s: %s", user, action_id, result.request.id, extra=extra)
+            say(
+                blocks.fallback(
+                    render.submitted_text(
+                        result.request,
+                        duplicate=result.duplicate,
+                        auto_reason=result.auto_reason,
+                        style=render.SLACK,
+                    )
+                )
+            )
+
+        return work
+
+    for action_id in buttons.ACTIONS:
+        on_click(app, deps, action_id, report_button(action_id))
     on_click(app, deps, blocks.APPROVE, approve)
     on_click(app, deps, blocks.REJECT, reject)
     on_click(app, deps, blocks.VIEW_PLAN, view_plan)

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from handlers import naming
+from handlers.cost import buttons as buttons_in
 from handlers.cost.idle import PRICE_BASIS, IdleItem
 from handlers.plan import JSON
 
-STOP_NOTEBOOK = "cost_stop_notebook"
-SCALE_DOWN = "cost_scale_down"
-KEEP = "cost_keep"
-SNOOZE = "cost_snooze"
-ACTION_IDS = (STOP_NOTEBOOK, SCALE_DOWN, KEEP, SNOOZE)
-"""The report's Block Kit action ids (the ``gpu.hold``/``notebook.stop``/``gpu.scale`` listeners)."""
+STOP_NOTEBOOK = buttons_in.STOP_NOTEBOOK
+SCALE_DOWN = buttons_in.SCALE_DOWN
+KEEP = buttons_in.KEEP_4H
+SNOOZE = buttons_in.SNOOZE
+"""The report's Block Kit action ids; ``handlers.cost.buttons`` reads the clicks back."""
 
 
 @dataclass(frozen=True)
@@ -102,17 +102,13 @@ def idle_for(now: datetime, since: datetime) -> str:
     return f"{hours}h {mins:02d}m" if hours else f"{mins}m"
 
 
-def button_value(workspace: str, target: str) -> str:
-    return json.dumps({"workspace": workspace, "target": target}, sort_keys=True, separators=(",", ":"))
-
-
 def buttons(item: IdleItem) -> tuple[ReportButton, ...]:
     """A workspace's notebook or nodegroup gets Stop/Scale to 0, Keep 4h, Snooze until tomorrow;
     an unattributed item or a non-notebook pod none (nothing the bot may file for it)."""
     target = item.target
     if item.workspace is None or target is None:
         return ()
-    value = button_value(item.workspace, target)
+    value = buttons_in.button_value(item.workspace, target)
     first = (
         ReportButton(STOP_NOTEBOOK, "Stop notebook", value, "danger")
         if item.kind == "notebook"

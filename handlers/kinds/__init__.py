@@ -31,6 +31,9 @@ from handlers.kinds.base import (
     to_args,
     token_account_name,
 )
+from handlers.kinds.gpu_hold import GpuHold
+from handlers.kinds.gpu_scale import DOWN_SYNTAX, DOWN_USAGE, GpuScale
+from handlers.kinds.notebook_stop import NotebookStop
 from handlers.kinds.quota import QUOTA_FLAGS, QuotaChange, quota_subject, quota_timer_ref
 from handlers.kinds.share import Share
 from handlers.kinds.token_issue import AUDIENCES, PIPELINES_AUDIENCE, TokenIssue
@@ -45,7 +48,11 @@ from handlers.kinds.workspace_create import (
 )
 from handlers.kinds.workspace_delete import WorkspaceDelete
 from handlers.kinds.workspace_pin import WorkspacePin
+from handlers.kinds.workspace_resize import WorkspaceResize
+from handlers.model import Actor
 from handlers.plan import JSON
+from handlers.ports import Facts
+from handlers.settings import CoreSettings
 
 KINDS: Mapping[str, type[RequestKind]] = {
     cls.KIND: cls
@@ -58,15 +65,33 @@ KINDS: Mapping[str, type[RequestKind]] = {
         QuotaChange,
         TokenIssue,
         TokenRevoke,
+        NotebookStop,
+        GpuScale,
+        GpuHold,
+        WorkspaceResize,
     )
 }
 
-SYNTAXES: Mapping[str, Syntax] = {cls.SYNTAX.command: cls.SYNTAX for cls in KINDS.values()}
+_MORE_SYNTAXES: tuple[tuple[Syntax, str], ...] = ((DOWN_SYNTAX, DOWN_USAGE),)
+"""Kinds spelled more than one way (``/kf gpu down`` is ``gpu.scale`` with 0 nodes)."""
+SYNTAXES: Mapping[str, Syntax] = {
+    **{cls.SYNTAX.command: cls.SYNTAX for cls in KINDS.values()},
+    **{syntax.command: syntax for syntax, _ in _MORE_SYNTAXES},
+}
 """``/kf`` words -> the kind's syntax (``handlers.parse`` runs them)."""
-USAGES: Mapping[str, str] = {cls.SYNTAX.command: cls.USAGE for cls in KINDS.values()}
+USAGES: Mapping[str, str] = {
+    **{cls.SYNTAX.command: cls.USAGE for cls in KINDS.values()},
+    **{syntax.command: usage for syntax, usage in _MORE_SYNTAXES},
+}
 
 TIMERS: Mapping[str, TimerKind] = {t.name: t for cls in KINDS.values() for t in cls.TIMERS}
 """Timer kind -> its handler, for every timer a kind's success schedules."""
+
+
+def complete(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> RequestKind:
+    """``kind`` with what its command's shorthand left out filled in (``Syntax.complete``)."""
+    fill = type(kind).SYNTAX.complete
+    return kind if fill is None else fill(kind, actor, facts, settings)
 
 
 def from_args(kind_name: str, args: Mapping[str, JSON]) -> RequestKind:
@@ -90,6 +115,9 @@ __all__ = [
     "TIMERS",
     "USAGES",
     "Applied",
+    "GpuHold",
+    "GpuScale",
+    "NotebookStop",
     "PlanContext",
     "QuotaChange",
     "RequestKind",
@@ -105,6 +133,8 @@ __all__ = [
     "WorkspaceCreate",
     "WorkspaceDelete",
     "WorkspacePin",
+    "WorkspaceResize",
+    "complete",
     "from_args",
     "gpu_nodegroup_taints",
     "people_to_tell",

@@ -71,6 +71,11 @@ class UpdateWorkspaceObjects:
     name: str
     replace: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
     merge: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+    add: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+    """Step key -> ``{"action", "params"}`` of objects the request created (a replacement
+    nodegroup), appended: a later delete removes them first."""
+    remove: tuple[str, ...] = ()
+    """Keys of objects the request removed (the nodegroup a replacement retired)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +118,32 @@ class RevokeToken:
 
 
 @dataclass(frozen=True)
+class PutHold:
+    """Keep ``target`` (``nodegroup:<name>``, ``notebook:<namespace>/<name>``, ``workspace:<name>``)
+    out of the idle report and auto-stop until ``until`` (a ``gpu_holds`` row; a newer hold of the
+    same target replaces it)."""
+
+    target: str
+    until: datetime
+    held_by: str
+    request_id: str
+
+
+@dataclass(frozen=True)
 class CancelTimer:
     kind: str
     ref: str
 
 
 RegistryChange = (
-    PutWorkspace | UpdateWorkspaceObjects | DeleteWorkspace | PutGrant | DeleteGrant | PutToken | RevokeToken
+    PutWorkspace
+    | UpdateWorkspaceObjects
+    | DeleteWorkspace
+    | PutGrant
+    | DeleteGrant
+    | PutToken
+    | RevokeToken
+    | PutHold
 )
 
 
@@ -243,6 +267,11 @@ class Syntax:
     positional: tuple[str, ...]
     flags: Mapping[str, Flag]
     build: Callable[[Parsed], RequestKind]
+    optional: tuple[str, ...] = ()
+    """Positionals that may be left out, after ``positional`` (``/kf gpu up WORKSPACE [N]``)."""
+    complete: Callable[[RequestKind, Actor, Facts, CoreSettings], RequestKind] | None = None
+    """Fills in what a shorthand left out from who asks (``/kf gpu stop NOTEBOOK``: the requester's
+    one workspace), before anything is checked or recorded; ``InvalidInput`` when it cannot."""
 
 
 def whole_number(flag: str) -> Callable[[str], int]:

@@ -62,8 +62,17 @@ def _expire(ref: str, payload: Mapping[str, JSON], facts: Facts) -> TimerResult:
 
 
 def _build(p: Parsed) -> TokenIssue:
-    options = {"ttl": p.settings.tokens.default_ttl, **p.options}
-    return TokenIssue(p.positional[0], **options)
+    options = dict(p.options)
+    typed = options.pop("ttl", None)
+    limits = p.settings.tokens
+    # Read against the token limits here, so the message echoes what was typed (`48h`, not `2d`)
+    # and names the token range rather than the generic one.
+    ttl = (
+        limits.default_ttl
+        if typed is None
+        else units.parse_duration(str(typed), minimum=MIN_TOKEN_TTL, maximum=limits.max_ttl, what="--ttl")
+    )
+    return TokenIssue(p.positional[0], ttl=ttl, **options)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ class TokenIssue:
         "token",
         ("WORKSPACE",),
         {
-            "--ttl": Flag("ttl", units.parse_duration),
+            "--ttl": Flag("ttl", text),
             "--audience": Flag("audience", text),
             "--read-only": Flag("read_only", None),
         },

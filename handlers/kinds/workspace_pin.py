@@ -30,7 +30,7 @@ def _taints(params: Mapping[str, JSON]) -> list[Mapping[str, JSON]]:
     return [as_object(t) for t in as_list(params.get("taints") or [])]
 
 
-def _gpu_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
+def gpu_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
     """(step key, create params) of the GPU nodegroups the bot made for ``ws``, from the registry."""
     nodegroups = [
         (key, as_object(entry["params"]))
@@ -76,12 +76,12 @@ class WorkspacePin:
         key, value = naming.workspace_taint(ws.namespace)
         return any(
             not any(t.get("key") == key and t.get("value") == value for t in _taints(params))
-            for _, params in _gpu_nodegroups(ws)
+            for _, params in gpu_nodegroups(ws)
         )
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.name)
-        nodegroups = _gpu_nodegroups(ws)
+        nodegroups = gpu_nodegroups(ws)
         if not nodegroups:
             raise errors.InvalidInput(
                 f"`{self.name}` has no GPU nodegroup made by kf-chatops; there is nothing to pin.",

@@ -32,6 +32,7 @@ from handlers.plan import JSON, Plan, StepOutcome, StepStatus
 from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord
 from provisioning.store.schema import (
     decision_keys,
+    gpu_holds,
     grants,
     idempotency_keys,
     requests,
@@ -193,7 +194,7 @@ class SqlRequestRepository:
             if holder is not None:
                 # A concurrent submission about the same subject committed first (the unique index
                 # made this INSERT wait for it); READ COMMITTED shows it to this next statement.
-                raise errors.SubjectBusy(holder.id, holder.state.value) from None
+                raise errors.SubjectBusy(holder.id, holder.state.value, holder.requester_id) from None
             raise
         return request
 
@@ -588,6 +589,19 @@ class SqlRegistry:
             .values(deleted_at=at)
         )
         return result.rowcount == 1
+
+    # -- GPU holds (keep / snooze) ------------------------------------------------------------
+    def put_hold(
+        self, target: str, until: datetime, held_by: str, request_id: str | None, at: datetime
+    ) -> None:
+        values = {"until": until, "held_by": held_by, "request_id": request_id, "created_at": at}
+        _upsert(self._tx.conn, gpu_holds, {"target": target, **values}, conflict=["target"], update=values)
+
+    def holds(self, now: datetime) -> dict[str, datetime]:
+        """Target -> end of every hold still in force at ``now``."""
+        query = sa.select(gpu_holds.c.target, gpu_holds.c.until).where(gpu_holds.c.until > now)
+        rows = self._tx.conn.execute(query)
+        return {row.target: row.until for row in rows}
 
     # -- grants -------------------------------------------------------------------------------
     def put_grant(

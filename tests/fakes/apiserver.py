@@ -149,6 +149,7 @@ RESOURCES = (
     CLUSTERROLEBINDINGS := Resource(RBAC_GROUP, ("v1",), "clusterrolebindings", "ClusterRoleBinding", False),
     PROFILES := Resource("kubeflow.org", ("v1", "v1beta1"), "profiles", "Profile", False, True, True),
     Resource("kubeflow.org", ("v1alpha1",), "poddefaults", "PodDefault", True, custom=True),
+    Resource("kubeflow.org", ("v1", "v1alpha1", "v1beta1"), "notebooks", "Notebook", True, True, True),
     AUTHZ := Resource("security.istio.io", ("v1", "v1beta1"), "authorizationpolicies",
                       "AuthorizationPolicy", True, True, True),
     Resource("dex.coreos.com", ("v1",), "passwords", "Password", True, custom=True),

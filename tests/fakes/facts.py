@@ -22,6 +22,9 @@ class StaticFacts:
     def user_in_use(self, user: str, except_workspace: str) -> bool:
         return user in self.users_elsewhere
 
+    def owned_workspaces(self, user: str) -> tuple[str, ...]:
+        return tuple(sorted(name for name, ws in self.workspaces.items() if ws.owner == user))
+
     def bot_made_login(self, user: str) -> bool:
         return user in self.logins_made
 

@@ -5,6 +5,7 @@ behind."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import pytest
 from hypothesis import settings
@@ -32,12 +33,21 @@ def assert_slack_inert(slack: str) -> None:
     assert not re.search(r"(?:^|\s)@(?:channel|here|everyone)", slack, re.IGNORECASE), slack
 
 
+def _seen_as_itself(char: str) -> bool:
+    # Printable ASCII, or a letter, digit, punctuation or symbol echoed as typed (`tëam`); never
+    # a control, format (bidi), separator or combining character, which show_value spells out.
+    if " " <= char <= "~" or char in SAFE_EXTRA:
+        return True
+    return unicodedata.category(char)[0] in "LNPS" and char not in naming.BIDI_CONTROLS
+
+
 def assert_safe_message(message: str) -> None:
-    """A user_message is printable ASCII (plus our ellipsis / ZWSP and ``naming.person``
-    placeholders) with no Slack markup once rendered, and the shell shows it as written."""
+    """A user_message holds only characters that show as themselves (plus our ellipsis / ZWSP and
+    ``naming.person`` placeholders), no Slack markup once rendered, and the shell shows it as
+    written."""
     assert message
     bare = naming.PERSON.sub("", message)
-    unexpected = {c for c in bare if not (" " <= c <= "~") and c not in SAFE_EXTRA}
+    unexpected = {c for c in bare if not _seen_as_itself(c)}
     assert not unexpected, (message, unexpected)
     assert_slack_inert(slack_text(message))
     if bare == message:

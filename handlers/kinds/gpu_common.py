@@ -1,0 +1,82 @@
+"""What the cost-control kinds share (``notebook.stop``, ``gpu.scale``, ``gpu.hold``): the
+owner-or-admin rule, how a hold target is written, and the bot-made nodegroups of a workspace.
+
+A workspace's owner, or an admin, stops what costs money without waiting for anyone: stopping a
+notebook or scaling an idle nodegroup to zero takes nothing from anyone but the workspace's own
+running work, which the plan checks for first. Anyone else is refused before anything is
+recorded, with a message that says who may."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+from handlers import errors, naming
+from handlers.actions import ActionName
+from handlers.kinds.base import AutoRule, RequestKind, RequestRule, kubeflow_user
+from handlers.model import Actor
+from handlers.plan import JSON, as_object
+from handlers.ports import Facts, WorkspaceFacts
+from handlers.settings import CoreSettings
+
+NOTEBOOK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A Notebook's name: a DNS-1123 label (the controller names its StatefulSet and Service after it)."""
+
+
+def is_owner_or_admin(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:
+    if actor.is_admin:
+        return True
+    ws = facts.workspace(workspace)
+    return ws is not None and ws.owner == kubeflow_user(actor, settings)
+
+
+def owner_or_admin_may_ask(what: str, workspace_of: Callable[[RequestKind], str]) -> RequestRule:
+    """``may_request``: only the workspace's owner or an admin; ``what`` says what they asked."""
+
+    def rule(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
+        workspace = workspace_of(kind)
+        if not is_owner_or_admin(actor, facts, workspace, settings):
+            raise errors.Forbidden(f"Only the owner of `{workspace}` or an admin can {what}.")
+
+    return rule
+
+
+def owner_or_admin_applies(reason: str, workspace_of: Callable[[RequestKind], str]) -> AutoRule:
+    """``auto_apply``: the owner's or an admin's request applies at once (``may_request`` refused
+    everyone else already; checked again here so the rule stands on its own)."""
+
+    def rule(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
+        return reason if is_owner_or_admin(actor, facts, workspace_of(kind), settings) else None
+
+    return rule
+
+
+def validate_notebook_name(name: str) -> str:
+    if not NOTEBOOK_NAME.fullmatch(name):
+        raise errors.InvalidInput(
+            f"{naming.show_value(name)} is not a notebook name (lowercase letters, digits and `-`, "
+            "at most 63).",
+            field="notebook",
+        )
+    return name
+
+
+def bot_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
+    """(registry key, recorded params) of every EKS nodegroup the bot made for ``ws``: the only
+    nodegroups the cost kinds ever scale, replace or remove."""
+    return [
+        (key, as_object(entry["params"]))
+        for key, entry in ws.created.items()
+        if entry["action"] == ActionName.NODEGROUP
+    ]
+
+
+def scaling_of(params: Mapping[str, JSON]) -> tuple[int, int, int]:
+    """(min, desired, max) as the registry records them for a nodegroup."""
+    scaling = as_object(params.get("scaling") or {})
+
+    def size(key: str) -> int:
+        value = scaling.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return size("minSize"), size("desiredSize"), size("maxSize")

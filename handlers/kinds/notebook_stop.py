@@ -1,0 +1,131 @@
+"""``notebook.stop``: stop a Kubeflow Notebook the way the dashboard's Stop button does.
+
+The step sets the Notebook's ``kubeflow-resource-stopped`` annotation to the time of the stop
+(RFC 3339, UTC, whole seconds, as Kubeflow's jupyter web app writes it), by JSON merge patch; the
+notebook controller then scales its StatefulSet to zero. The pod goes and its GPU with it; its
+volumes stay, and Start in the dashboard brings it back. The workspace's owner or an admin stops
+at once (``auto:notebook.stop``); anyone else is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from handlers import errors, naming
+from handlers.actions import ActionName
+from handlers.kinds.base import (
+    Applied,
+    Parsed,
+    PlanContext,
+    PolicyRow,
+    RequestKind,
+    Success,
+    Syntax,
+    TimerKind,
+    kubeflow_user,
+    require_workspace,
+    workspace_people,
+)
+from handlers.kinds.gpu_common import owner_or_admin_applies, owner_or_admin_may_ask, validate_notebook_name
+from handlers.model import Actor
+from handlers.plan import Plan, Step
+from handlers.ports import Facts
+from handlers.settings import CoreSettings
+
+STOP_ANNOTATION = "kubeflow-resource-stopped"
+"""Kubeflow's stop annotation (the notebook controller and the jupyter web app read it)."""
+USAGE = "/kf gpu stop WORKSPACE/NOTEBOOK|NOTEBOOK"
+"""``NOTEBOOK`` alone: in the one workspace the requester owns."""
+
+
+def split_notebook(text: str) -> tuple[str, str]:
+    """``WORKSPACE/NOTEBOOK`` -> (workspace, notebook), each validated."""
+    workspace, slash, notebook = text.partition("/")
+    if not slash:
+        raise errors.InvalidInput(
+            f"Name the notebook as WORKSPACE/NOTEBOOK, not {naming.show_value(text)}.", usage=USAGE
+        )
+    naming.validate_workspace_name(workspace)
+    return workspace, validate_notebook_name(notebook)
+
+
+def _workspace(kind: RequestKind) -> str:
+    assert isinstance(kind, NotebookStop)
+    return kind.workspace or ""
+
+
+def _build(p: Parsed) -> NotebookStop:
+    text = p.positional[0]
+    if "/" in text:
+        return NotebookStop(*split_notebook(text))
+    return NotebookStop(None, validate_notebook_name(text))
+
+
+def _complete(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> RequestKind:
+    """``/kf gpu stop NOTEBOOK``: the notebook of the one workspace the requester owns."""
+    assert isinstance(kind, NotebookStop)
+    if kind.workspace is not None:
+        return kind
+    owned = facts.owned_workspaces(kubeflow_user(actor, settings))
+    if len(owned) != 1:
+        mine = "no workspace" if not owned else f"{len(owned)} workspaces"
+        raise errors.InvalidInput(
+            f"You own {mine}, so say whose notebook: `/kf gpu stop WORKSPACE/{kind.notebook}`.", usage=USAGE
+        )
+    return dataclasses.replace(kind, workspace=owned[0])
+
+
+@dataclass(frozen=True)
+class NotebookStop:
+    KIND: ClassVar[str] = "notebook.stop"
+    USAGE: ClassVar[str] = USAGE
+    SYNTAX: ClassVar[Syntax] = Syntax(
+        "gpu stop", ("WORKSPACE/NOTEBOOK|NOTEBOOK",), {}, _build, complete=_complete
+    )
+    POLICY: ClassVar[PolicyRow] = PolicyRow(
+        auto_apply=owner_or_admin_applies("the workspace's owner or an admin stops a notebook", _workspace),
+        may_request=owner_or_admin_may_ask("stop its notebooks", _workspace),
+    )
+    TIMERS: ClassVar[tuple[TimerKind, ...]] = ()
+
+    workspace: str | None
+    """None only between parsing ``/kf gpu stop NOTEBOOK`` and ``_complete``: never recorded."""
+    notebook: str
+
+    def __post_init__(self) -> None:
+        if self.workspace is not None:
+            naming.validate_workspace_name(self.workspace)
+        validate_notebook_name(self.notebook)
+
+    def subject(self) -> str:
+        return f"notebook:{self.workspace}/{self.notebook}"
+
+    def describe(self) -> str:
+        return f"stop notebook `{self.notebook}` of `{self.workspace}`"
+
+    def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
+        return workspace_people(facts, self.workspace or "")  # their notebook is what stops
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        if self.workspace is None:
+            raise errors.InvalidInput("Say whose notebook: WORKSPACE/NOTEBOOK.", usage=USAGE)
+        ws = require_workspace(ctx, self.workspace)
+        return Plan.of(
+            [
+                Step(
+                    ActionName.NOTEBOOK_STOP,
+                    f"Notebook/{ws.namespace}/{self.notebook}",
+                    {"namespace": ws.namespace, "name": self.notebook},
+                    f"stop Notebook `{self.notebook}` in `{ws.namespace}` (annotation `{STOP_ANNOTATION}`, "
+                    "as the dashboard's Stop does)",
+                )
+            ],
+            [
+                "The notebook's pod stops and frees its GPU; its volumes and files stay. Start it "
+                "again from the Kubeflow dashboard. A notebook stopped already stays as it is."
+            ],
+        )
+
+    def on_success(self, done: Applied) -> Success:
+        return Success()
