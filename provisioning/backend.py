@@ -14,7 +14,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from handlers import errors, prices
+from handlers import prices
+from handlers.actions import ActionName
 from handlers.cost import autostop, idle
 from handlers.cost.inventory import Inventory
 from handlers.model import Request
@@ -41,6 +42,7 @@ from provisioning.store import Database, LeaderElection, NodeUsage, SqlUnitOfWor
 
 if TYPE_CHECKING:
     from provisioning.dex import RestartRequester
+    from provisioning.gpu_scan import GpuScanner
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class Backend:
         parts: checks.LiveParts | None = None,
         kube_api: Any | None = None,
         timer_handlers: Mapping[str, ProvisioningTimerHandler] | None = None,
+        gpu_scanner: GpuScanner | None = None,
+        notebook_url: Callable[[str, str], str] | None = None,
     ) -> None:
         self.settings, self.core, self.clock, self.db = settings, core, clock, db
         self.mode = settings.mode
@@ -96,6 +100,8 @@ class Backend:
         self._parts, self._kube_api = parts, kube_api
         self._leader = LeaderElection(db, "kfbot-scheduler")
         self._timer_handlers = dict(timer_handlers or {})
+        self._gpu_scanner, self._notebook_url = gpu_scanner, notebook_url
+        self._scanner_lock = threading.Lock()
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
@@ -175,10 +181,6 @@ class Backend:
         return self._leader.try_acquire()
 
     # -- cost control: idle GPUs ----------------------------------------------------------------
-    def gpu_inventory(self, idle_window: timedelta) -> Inventory:
-        """What the cluster holds in GPUs now (the scan's; this stand-in says it is missing)."""
-        raise errors.ProvisioningError("The GPU scan is not available in this build.")
-
     def observe_idle(self) -> IdleScan:
         """One observation: scan, decide, and persist the signals (with the GPU node time) in one
         transaction, so a restart keeps every idle clock. Returns what to report."""
@@ -324,6 +326,37 @@ class Backend:
         """(kind, state) -> requests: one GROUP BY (``kfbot_requests`` on /metrics)."""
         return count_requests(self.db)
 
+    # -- cost control ----------------------------------------------------------------------------
+    def gpu_inventory(self, idle_window: timedelta) -> Inventory:
+        """One scan of the GPU nodegroups, nodes, GPU pods and Notebooks, with notebook activity and
+        (when configured) Prometheus utilisation over ``idle_window`` (``provisioning.gpu_scan``).
+        Nodegroups map to workspaces through the registry (the nodegroups the bot made for each);
+        the others are unattributed. Dry-run has no cluster: an empty inventory that says so."""
+        if self.mode != "live":
+            return Inventory(taken_at=self.clock.now(), region=self.settings.aws_region,
+                             notes=("Dry-run mode has no cluster to scan.",))
+        from provisioning.gpu_scan import nodegroup_workspaces
+
+        records = [(w.name, w.created) for w in self.workspaces()]
+        mapping = nodegroup_workspaces(records, self.core.workspace.cluster, ActionName.NODEGROUP)
+        return self._scanner().scan(idle_window, mapping)
+
+    def _scanner(self) -> GpuScanner:
+        with self._scanner_lock:
+            if self._gpu_scanner is None:
+                from provisioning.gpu_scan import GpuScanner
+
+                self._gpu_scanner = GpuScanner(
+                    self._live_parts().kube.api,
+                    region=self.settings.aws_region,
+                    cluster=self.core.workspace.cluster,
+                    probe=self.settings.cost,
+                    clock=self.clock,
+                    aws_endpoint_url=self.settings.aws_endpoint_url,
+                    notebook_url=self._notebook_url,
+                )
+            return self._gpu_scanner
+
     # -- kfbot doctor ----------------------------------------------------------------------------
     def doctor(self, *, live: bool) -> checks.DoctorReport:
         """The database checks, and with ``live`` the Kubernetes, Kubeflow, Dex, identity and AWS
@@ -420,11 +453,14 @@ def build_backend(
     kube_api: Any | None = None,
     metrics: Metrics | None = None,
     log_context: LogContext = no_log_context,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> Backend:
     """Build the backend ``settings.mode`` names. ``kube_api`` (a ``kubernetes.client.ApiClient``)
     replaces the standard kubeconfig/in-cluster discovery; tests point it at a fake apiserver.
     ``metrics`` (default: unregistered) receives step, sweep and request-count observations;
-    ``log_context`` binds a request's correlation id around its processing (``bot.logging.bound``)."""
+    ``log_context`` binds a request's correlation id around its processing (``bot.logging.bound``);
+    ``notebook_url`` (``(namespace, name) -> base URL``) replaces the notebook Services' cluster DNS
+    names for the GPU scan's activity reads (tests point it at a fake Jupyter server)."""
     db = Database(settings.database_url, audit_key=settings.audit_key, now=clock.now)
     metrics = metrics or Metrics()
     if settings.mode != "live":
@@ -442,7 +478,7 @@ def build_backend(
             kube_api=kube_api,
         )
     else:
-        backend = _build_live(settings, core, clock, db, kube_api, metrics, log_context)
+        backend = _build_live(settings, core, clock, db, kube_api, metrics, log_context, notebook_url)
     metrics.watch_requests(backend.request_counts)
     return backend
 
@@ -495,6 +531,7 @@ def _build_live(
     kube_api: Any | None,
     metrics: Metrics,
     log_context: LogContext,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> Backend:
     from provisioning.dex import RESTART_TIMER
     from provisioning.secrets import Secrets
@@ -517,6 +554,7 @@ def _build_live(
         parts=parts,
         kube_api=kube_api,
         timer_handlers={RESTART_TIMER: dex.restart_timer},
+        notebook_url=notebook_url,
     )
 
 

@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fakes.slack_fixtures",
     "tests.fakes.aws_fixtures",
     "tests.fakes.db_fixtures",
+    "tests.fakes.cost_fixtures",
 ]
 
 

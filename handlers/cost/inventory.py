@@ -83,6 +83,9 @@ class Notebook:
     """GPUs its pod template asks for (``nvidia.com/gpu`` limits or requests)."""
     image: str
     """The first container's image (a non-Jupyter image cannot be probed: unknown)."""
+    server_type: str = "jupyter"
+    """The Jupyter web app's ``notebooks.kubeflow.org/server-type`` annotation: ``jupyter``,
+    ``group-one`` (VS Code) or ``group-two`` (RStudio); the last two have no kernels to read."""
 
 
 @dataclass(frozen=True)
@@ -122,5 +125,9 @@ class Inventory:
     """None when ``KFBOT_PROMETHEUS_URL`` is not set."""
     notes: tuple[str, ...] = ()
     """What the scan could not read (and so degraded), said in the report."""
+    unread: frozenset[str] = frozenset()
+    """Sources the scan could not read (``nodegroups``, ``nodes``, ``pods``, ``statefulsets``,
+    ``notebooks``, ``prometheus``): what they would have said is missing, not empty. Above all,
+    with ``pods`` unread every node would look empty, so nothing may be judged idle from it."""
     calls: Mapping[str, int] = field(default_factory=dict)
     """API calls made per kind (``eks.ListNodegroups``, ``k8s.list pods``, ``jupyter``...)."""

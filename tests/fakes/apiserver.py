@@ -14,13 +14,18 @@ Deliberate simplifications:
 - controllers (profile controller, Deployment rollouts, garbage collector, the ServiceAccount
   "default" of each new namespace) run synchronously, before the answer to the request that
   triggered them is sent, unless a test holds them back (`profile_controller_delay`, `hold_rollouts`);
-- no watch, no server-side apply, no managedFields; `limit` is ignored (one page);
+- no watch, no server-side apply, no managedFields;
+- `limit`/`continue` page in key order (namespace, name) like etcd, with an opaque token and
+  `remainingItemCount` (left out with a selector, as the real one does), but later pages are cut
+  from the current state, not from the first page's snapshot; `compact()` plays an etcd
+  compaction, after which an older token answers 410 Expired;
 - strategic merge patch is merge patch plus key-merged lists for a few well-known fields.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import json
 import os
@@ -143,13 +148,15 @@ RESOURCES = (
     RESOURCEQUOTAS := Resource("", ("v1",), "resourcequotas", "ResourceQuota", True, has_status=True),
     Resource("", ("v1",), "events", "Event", True),
     DEPLOYMENTS := Resource("apps", ("v1",), "deployments", "Deployment", True, has_status=True),
+    Resource("apps", ("v1",), "statefulsets", "StatefulSet", True, has_status=True),
     Resource(RBAC_GROUP, ("v1",), "roles", "Role", True),
     ROLEBINDINGS := Resource(RBAC_GROUP, ("v1",), "rolebindings", "RoleBinding", True),
     Resource(RBAC_GROUP, ("v1",), "clusterroles", "ClusterRole", False),
     CLUSTERROLEBINDINGS := Resource(RBAC_GROUP, ("v1",), "clusterrolebindings", "ClusterRoleBinding", False),
     PROFILES := Resource("kubeflow.org", ("v1", "v1beta1"), "profiles", "Profile", False, True, True),
     Resource("kubeflow.org", ("v1alpha1",), "poddefaults", "PodDefault", True, custom=True),
-    Resource("kubeflow.org", ("v1", "v1alpha1", "v1beta1"), "notebooks", "Notebook", True, True, True),
+    # the Notebook CRD serves v1 (storage), v1beta1 (what the notebook controller writes) and v1alpha1
+    Resource("kubeflow.org", ("v1", "v1beta1", "v1alpha1"), "notebooks", "Notebook", True, True, True),
     AUTHZ := Resource("security.istio.io", ("v1", "v1beta1"), "authorizationpolicies",
                       "AuthorizationPolicy", True, True, True),
     Resource("dex.coreos.com", ("v1",), "passwords", "Password", True, custom=True),
@@ -185,6 +192,7 @@ class _Fault:
     remaining: int
     body: JSON | None
     retry_after: int | None
+    query: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +389,16 @@ def _field_selector(res: Resource, text: str) -> Callable[[JSON], bool]:
     return lambda obj: all((_dig(obj, path) == value) == equal for path, value, equal in requirements)
 
 
+def _limit(text: str) -> int:
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad_request(f"invalid limit: {text!r}") from None
+    return max(value, 0)
+
+
 def _prune(value: Any, schema: JSON, root: bool = False) -> None:
     """Structural-schema pruning, as the apiserver does before validation (unknown fields are dropped)."""
     if isinstance(value, dict):
@@ -471,6 +489,12 @@ def _admit_rbac(res: Resource, obj: JSON, old: JSON | None) -> list[FieldError]:
     return errors
 
 
+class _ListAnswer(dict[str, Any]):
+    """A list answer that also carries its JSON, assembled from cached per-object encodings."""
+
+    encoded: bytes = b""
+
+
 class FakeApiServer:
     """The fake; see the module docstring. Thread-safe: every request runs under one lock."""
 
@@ -517,7 +541,10 @@ class FakeApiServer:
     def reset(self) -> None:
         with self._lock:
             self._objects: dict[tuple[str, str, str, str], JSON] = {}
+            self._sorted_keys: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
+            self._encoded: dict[tuple[tuple[str, str, str, str], str], tuple[JSON, bytes]] = {}
             self._rv = 0
+            self._compacted_rv = 0
             self._faults: list[_Fault] = []
             self._access_rules: list[_AccessRule] | None = None  # None: allow everything
             self._reconcile_queue: set[str] = set()
@@ -538,14 +565,15 @@ class FakeApiServer:
                 self._create(NAMESPACES, "v1", None, {"metadata": {"name": name}})
 
     def fail_next(self, method: str, path_regex: str, status: int, times: int = 1, body: JSON | None = None,
-                  retry_after: int | None = None) -> None:
+                  retry_after: int | None = None, query_regex: str | None = None) -> None:
         """Answer the next `times` matching requests (method or "*", re.search on the path) with `status`.
 
         Note: urllib3 (under the official client) transparently retries idempotent requests answered 429/503
         when a Retry-After header is present, so set `retry_after` only to test exactly that.
         """
         with self._lock:
-            fault = _Fault(method.upper(), re.compile(path_regex), status, times, body, retry_after)
+            fault = _Fault(method.upper(), re.compile(path_regex), status, times, body, retry_after,
+                           re.compile(query_regex) if query_regex is not None else None)
             self._faults.append(fault)
 
     def allow_access(self, verb: str, resource: str, group: str = "", namespace: str | None = None,
@@ -583,7 +611,26 @@ class FakeApiServer:
             self._rv += 1
             meta["resourceVersion"] = str(self._rv)
             self._objects[self._key(res, meta.get("namespace"), meta["name"])] = stored
+            self._sorted_keys.pop((res.group, res.plural), None)
             return self._serve(res, obj["apiVersion"].rpartition("/")[2], stored)
+
+    def create(self, obj: JSON) -> JSON:
+        """Create `obj` as a client's POST would (validation and pruning against the CRD schema,
+        defaults, controllers), without HTTP: for seeding objects that must be valid."""
+        with self._lock:
+            version = obj.get("apiVersion", "").rpartition("/")[2]
+            res = self._by_kind.get((obj.get("apiVersion", ""), obj.get("kind", "")))
+            if res is None:
+                raise KeyError(f"the fake does not serve {obj.get('apiVersion')} {obj.get('kind')}")
+            namespace = (obj.get("metadata") or {}).get("namespace") if res.namespaced else None
+            created = self._create(res, version, namespace, copy.deepcopy(obj))
+            self._run_controllers()
+            return created
+
+    def compact(self) -> None:
+        """Play an etcd compaction: every `continue` token issued so far answers 410 Expired."""
+        with self._lock:
+            self._compacted_rv = self._rv + 1
 
     def get(self, api_version: str, plural: str, name: str, namespace: str | None = None) -> JSON | None:
         group, _, version = api_version.rpartition("/")
@@ -631,10 +678,12 @@ class FakeApiServer:
         with self._lock:
             self.requests.append(RequestRecord(method, path, query, ctype, body))
             for fault in self._faults:
-                if fault.remaining > 0 and fault.method in ("*", method) and fault.path.search(path):
+                if (fault.remaining > 0 and fault.method in ("*", method) and fault.path.search(path)
+                        and (fault.query is None or fault.query.search(split.query))):
                     fault.remaining -= 1
                     reason = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-                              409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+                              409: "Conflict", 410: "Expired", 422: "Invalid", 429: "TooManyRequests",
+                              500: "InternalError",
                               503: "ServiceUnavailable", 504: "Timeout"}.get(fault.status, "Unknown")
                     headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                     error = ApiError(fault.status, reason, f"injected fault: {reason}", headers=headers)
@@ -657,6 +706,7 @@ class FakeApiServer:
             finally:
                 if snapshot is not None:
                     self._objects, self._rv, self._reconcile_queue, self._delayed = snapshot
+                    self._sorted_keys = {}
 
     def _route(self, method: str, path: str, query: dict[str, str], ctype: str,
                body: Any) -> tuple[int, JSON]:
@@ -734,6 +784,8 @@ class FakeApiServer:
 
     def _store(self, res: Resource, obj: JSON, old: JSON | None) -> None:
         self._rv += 1
+        if old is None:
+            self._sorted_keys.pop((res.group, res.plural), None)
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self._objects[self._key(res, obj["metadata"].get("namespace"), obj["metadata"]["name"])] = obj
         if res is PROFILES:
@@ -923,6 +975,7 @@ class FakeApiServer:
         meta = obj["metadata"]
         if self._objects.pop(self._key(res, meta.get("namespace"), meta["name"]), None) is None:
             return
+        self._sorted_keys.pop((res.group, res.plural), None)
         self._enqueue_owner(obj)
         if res is NAMESPACES:
             for key, inner in list(self._objects.items()):
@@ -937,11 +990,81 @@ class FakeApiServer:
     def _list(self, res: Resource, version: str, namespace: str | None, query: dict[str, str]) -> JSON:
         labels_match = label_selector(query.get("labelSelector", ""))
         fields_match = _field_selector(res, query.get("fieldSelector", ""))
-        items = [self._serve(res, version, obj) for key, obj in sorted(self._objects.items())
-                 if key[:2] == (res.group, res.plural) and (namespace is None or key[2] == namespace)
-                 and labels_match(obj["metadata"].get("labels") or {}) and fields_match(obj)]
-        return {"apiVersion": res.api_version(version), "kind": f"{res.kind}List",
-                "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+        selective = bool(query.get("labelSelector") or query.get("fieldSelector"))
+        limit = _limit(query.get("limit", ""))
+        list_rv, start = self._rv, None
+        if query.get("continue"):
+            list_rv, start = self._decode_continue(query["continue"])
+        keys = self._keys_of(res)
+        first = 0 if start is None else bisect.bisect_right(keys, (res.group, res.plural, *start))
+        items: list[JSON] = []
+        encoded: list[bytes] = []
+        metadata: JSON = {"resourceVersion": str(list_rv)}
+        for index in range(first, len(keys)):
+            key = keys[index]
+            if namespace is not None and key[2] != namespace:
+                continue
+            obj = self._objects[key]
+            if not (labels_match(obj["metadata"].get("labels") or {}) and fields_match(obj)):
+                continue
+            if limit and len(items) == limit:
+                last = items[-1]["metadata"]
+                metadata["continue"] = self._encode_continue(list_rv, last.get("namespace", ""), last["name"])
+                if not selective:
+                    metadata["remainingItemCount"] = sum(
+                        1 for k in keys[index:] if namespace is None or k[2] == namespace)
+                break
+            # A shallow copy: stored objects are replaced, never changed in place, and the page is
+            # serialised at once; a deep copy of 20k pods would cost the fake seconds.
+            items.append({**obj, "apiVersion": res.api_version(version), "kind": res.kind})
+            encoded.append(self._encode(key, version, obj, items[-1]))
+        answer = _ListAnswer(apiVersion=res.api_version(version), kind=f"{res.kind}List", metadata=metadata,
+                             items=items)
+        head = json.dumps({"apiVersion": answer["apiVersion"], "kind": answer["kind"], "metadata": metadata})
+        answer.encoded = head[:-1].encode() + b',"items":[' + b",".join(encoded) + b"]}"
+        return answer
+
+    def _encode(self, key: tuple[str, str, str, str], version: str, obj: JSON, served: JSON) -> bytes:
+        """An object's JSON, cached while the stored object stays the same one (like the watch
+        cache's cachingObject): listing 20k pods then costs the fake a join, not a serialisation."""
+        cached = self._encoded.get((key, version))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        data = json.dumps(served).encode()
+        self._encoded[(key, version)] = (obj, data)
+        return data
+
+    def _keys_of(self, res: Resource) -> list[tuple[str, str, str, str]]:
+        keys = self._sorted_keys.get((res.group, res.plural))
+        if keys is None:
+            keys = sorted(k for k in self._objects if k[:2] == (res.group, res.plural))
+            self._sorted_keys[(res.group, res.plural)] = keys
+        return keys
+
+    @staticmethod
+    def _encode_continue(list_rv: int, namespace: str, name: str) -> str:
+        # the apiserver's token is base64 JSON {"v", "rv", "start"}: opaque to clients
+        token = {"v": "meta.k8s.io/v1", "rv": list_rv, "start": f"{namespace}/{name}\u0000"}
+        return base64.urlsafe_b64encode(json.dumps(token).encode()).decode().rstrip("=")
+
+    def _decode_continue(self, token: str) -> tuple[int, tuple[str, str]]:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            list_rv, start = int(data["rv"]), str(data["start"]).removesuffix("\u0000")
+            namespace, _, name = start.rpartition("/")
+        except (ValueError, KeyError, TypeError) as err:
+            raise _bad_request(f"continue key is not valid: {err}") from err
+        if data.get("v") != "meta.k8s.io/v1":
+            raise _bad_request("continue key is not valid: incorrect encoded start resourceVersion "
+                               "(version meta.k8s.io/v1)")
+        if list_rv < self._compacted_rv:
+            raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                           "consistent list result. You can start a new list without the continue "
+                           "parameter, or use the continue token in this response to retrieve the "
+                           "remainder of the results. Continuing with the provided token results in an "
+                           "inconsistent list - objects that were created, modified, or deleted between "
+                           "the time the first chunk was returned and now may show up in the list.")
+        return list_rv, (namespace, name)
 
     # ---- subresources and reviews ----------------------------------------------------------------
     def _token_request(self, namespace: str, sa_name: str, body: JSON) -> JSON:
@@ -1207,7 +1330,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         code, body, headers = self.server.fake.handle(self.command, self.path,
                                                       self.headers.get("Content-Type", ""), raw)
-        data = json.dumps(body).encode()
+        data = body.encoded if isinstance(body, _ListAnswer) and body.encoded else json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

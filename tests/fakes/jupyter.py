@@ -1,0 +1,182 @@
+"""A fake of the notebook servers behind Kubeflow's Notebook Services, over HTTP.
+
+Each notebook is served under its ``NB_PREFIX`` (``/notebook/NAMESPACE/NAME``), as the notebook
+controller configures Jupyter, with Jupyter Server's REST shapes (``jupyter_server``'s
+``kernel_model`` and ``TerminalManager.list``):
+
+- ``GET .../api/kernels`` -> ``[{"id", "name", "last_activity", "execution_state", "connections"}]``
+- ``GET .../api/terminals`` -> ``[{"name", "last_activity"}]``
+
+times written as ``jupyter_server._tz.isoformat`` does (``2026-03-02T08:00:00.000000Z``). What a
+real deployment can also answer: a path nobody serves (Tornado's HTML 404), a server without the
+terminals extension (404 on ``/api/terminals`` only), Istio refusing the caller (403
+``RBAC: access denied``, text), a non-Jupyter server (VS Code, RStudio: an HTML page), and a
+server too slow to answer within the caller's timeout (``delay``); and, since a notebook server
+is whatever its user runs, one that sends megabytes (``huge``) or drips its answer a byte at a
+time (``drip``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+Mode = Literal["jupyter", "no-terminals", "rbac-denied", "html", "huge", "drip"]
+
+
+def jupyter_time(moment: datetime) -> str:
+    """``jupyter_server._tz.isoformat``: ISO 8601 with microseconds, ``Z`` for UTC."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Server:
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    terminals: list[dict[str, Any]] = field(default_factory=list)
+    mode: Mode = "jupyter"
+    delay: float = 0.0
+
+
+class FakeJupyter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._servers: dict[tuple[str, str], Server] = {}
+        self.requests: list[str] = []
+        self._httpd = _HTTPServer(("127.0.0.1", 0), self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="fake-jupyter"
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._servers.clear()
+            self.requests.clear()
+
+    # -- arranging ------------------------------------------------------------------------------
+
+    def server(self, namespace: str, name: str, *, mode: Mode = "jupyter", delay: float = 0.0) -> Server:
+        with self._lock:
+            server = self._servers.setdefault((namespace, name), Server())
+            server.mode, server.delay = mode, delay
+            return server
+
+    def kernel(
+        self,
+        namespace: str,
+        name: str,
+        last_activity: datetime,
+        state: str = "idle",
+        kernel_name: str = "python3",
+        connections: int = 1,
+    ) -> None:
+        server = self.server(namespace, name, mode=self._servers.get((namespace, name), Server()).mode)
+        with self._lock:
+            server.kernels.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "name": kernel_name,
+                    "last_activity": jupyter_time(last_activity),
+                    "execution_state": state,
+                    "connections": connections,
+                }
+            )
+
+    def terminal(self, namespace: str, name: str, last_activity: datetime) -> None:
+        server = self.server(namespace, name, mode=self._servers.get((namespace, name), Server()).mode)
+        with self._lock:
+            server.terminals.append(
+                {"name": str(len(server.terminals) + 1), "last_activity": jupyter_time(last_activity)}
+            )
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    def answer(self, path: str) -> tuple[int, str, bytes, float]:
+        with self._lock:
+            self.requests.append(path)
+            parts = path.split("?", 1)[0].strip("/").split("/")
+            server = None
+            if len(parts) == 5 and parts[0] == "notebook" and parts[3] == "api":
+                server = self._servers.get((parts[1], parts[2]))
+            if server is None:
+                return 404, "text/html", _tornado_404(), 0.0
+            what = parts[4]
+            if server.mode == "rbac-denied":
+                return 403, "text/plain", b"RBAC: access denied", server.delay
+            if server.mode == "html":
+                return (
+                    200,
+                    "text/html",
+                    b"<!doctype html><html><head><title>code-server</title></head></html>",
+                    server.delay,
+                )
+            if server.mode == "huge":
+                junk = [
+                    {"name": str(i), "last_activity": "2026-01-01T00:00:00.000000Z"} for i in range(40_000)
+                ]
+                return 200, "application/json", json.dumps(junk).encode(), server.delay
+            if server.mode == "drip":
+                return 200, "application/json", b"[" + b" " * 400 + b"]", -1.0
+            if what == "kernels":
+                return 200, "application/json", json.dumps(server.kernels).encode(), server.delay
+            if what == "terminals" and server.mode != "no-terminals":
+                return 200, "application/json", json.dumps(server.terminals).encode(), server.delay
+            return 404, "text/html", _tornado_404(), server.delay
+
+
+def _tornado_404() -> bytes:
+    return b"<html><title>404: Not Found</title><body>404: Not Found</body></html>"
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeJupyter) -> None:
+        super().__init__(address, _Handler)
+        self.fake = fake
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        status, ctype, body, delay = self.server.fake.answer(self.path)
+        if delay > 0:
+            time.sleep(delay)  # a slow server: the caller's timeout must cut it off
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if delay < 0:  # drip: a byte every 20 ms, each read well within a per-read timeout
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.02)
+                return
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller gave up (its timeout)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: ``FakeJupyter.requests`` is the log."""
