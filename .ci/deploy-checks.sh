@@ -210,6 +210,20 @@ check(taint_guard and taint_guard[0]["spec"]["matchConstraints"]["resourceRules"
 _, default_docs = load("defaults")
 check(not kinds(default_docs, "ValidatingAdmissionPolicy"), "defaults: admission policies must be opt-in")
 check(kinds(docs, "PodDisruptionBudget"), "production: no PodDisruptionBudget")
+# Cost control: its settings reach the bot, the principal is the pod's own, only the bot gets a sidecar.
+check({"KFBOT_COST_CHANNEL", "KFBOT_COST_DIGEST", "KFBOT_TIMEZONE", "KFBOT_WORKSPACE_CHANNELS",
+       "KFBOT_COST_EXPLORER", "KFBOT_PROMETHEUS_URL"} <= set(env), "production: cost settings missing")
+principal = f"cluster.local/ns/{sa['metadata']['namespace']}/sa/{sa['metadata']['name']}"
+check(env["KFBOT_BOT_PRINCIPAL"]["value"] == principal, "production: KFBOT_BOT_PRINCIPAL is not the bot's SA")
+pod = kinds(docs, "Deployment")[0]["spec"]["template"]["metadata"]
+check(pod["labels"].get("sidecar.istio.io/inject") == "true", "production: istio.sidecar did not label the pods")
+jobs = kinds(docs, "Job")
+check(all("sidecar.istio.io/inject" not in j["spec"]["template"]["metadata"].get("labels", {}) for j in jobs),
+      "production: the migration Job must not get a sidecar")
+cluster_rules = {(g, r): set(rule["verbs"]) for cr in kinds(docs, "ClusterRole") for rule in cr["rules"]
+                 for g in rule["apiGroups"] for r in rule["resources"]}
+check(cluster_rules.get(("apps", "statefulsets")) == {"list"}, "production: statefulsets must be list only")
+check(cluster_rules.get(("kubeflow.org", "notebooks")) == {"list", "patch"}, "production: notebooks list+patch")
 
 _, docs = load("http-mode")
 env = env_of(docs)
@@ -226,7 +240,8 @@ check(secrets and "pre-install" in secrets[0]["metadata"]["annotations"]["helm.s
 # Slack app manifest: the minimal scopes, /kf, interactivity, Socket Mode.
 m = yaml.safe_load(manifest.read_text())
 check(sorted(m["oauth_config"]["scopes"]["bot"]) ==
-      sorted(["commands", "chat:write", "im:write", "users:read", "users:read.email", "usergroups:read"]),
+      sorted(["commands", "chat:write", "im:write", "users:read", "users:read.email", "usergroups:read",
+              "files:write"]),
       f"slack manifest: scopes {m['oauth_config']['scopes']['bot']}")
 check([c["command"] for c in m["features"]["slash_commands"]] == ["/kf"], "slack manifest: slash command is not /kf")
 check(m["settings"]["interactivity"]["is_enabled"] is True, "slack manifest: interactivity off")

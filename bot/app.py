@@ -31,6 +31,7 @@ import provisioning
 from bot import listeners
 from bot import logging as log
 from bot.cost import CostReporter
+from bot.digest import install_digest
 from bot.http import HttpServer, wsgi_app
 from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, WorkPool
@@ -255,14 +256,16 @@ def start_slack(
         raise
     stop_event = threading.Event()
     worker = backend.start_worker(edge.notifier, stop_event)
+    bot_timers = install_digest(settings, backend, edge.client, clock)
     # Only a live backend can scan the cluster (the dry-run has no GPUs to find).
     cost = build_cost_reporter(settings, backend, edge, clock) if backend.mode == "live" else None
     scheduler = start_scheduler(
         backend,
         edge.deps.core,
         settings.http.sweep_seconds,
-        cost,
-        settings.core.cost.scan_interval.total_seconds(),
+        bot_timers,
+        cost=cost,
+        scan_seconds=settings.core.cost.scan_interval.total_seconds(),
     )
     socket_handler = None
     if settings.slack.socket_mode:

@@ -35,6 +35,7 @@ REQUIRED_SCOPES: Final = (
     "users:read",
     "users:read.email",
     "usergroups:read",
+    "files:write",
 )
 """The bot scopes of ``slack-app-manifest.yaml`` (a test keeps them equal)."""
 SCOPES_HEADER: Final = "x-oauth-scopes"

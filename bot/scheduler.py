@@ -11,6 +11,7 @@ process) does anything.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -22,21 +23,34 @@ from bot import logging as log
 from bot.cost import CostReporter
 from handlers import services
 from handlers.errors import KfError
+from handlers.plan import JSON
 from handlers.services import Core
 
 logger = logging.getLogger(__name__)
 JOB_ID = "kfbot-timer-sweeper"
 SCAN_JOB_ID = "kfbot-idle-gpu-scan"
+BotTimer = Callable[[str, Mapping[str, JSON]], None]
+"""``(ref, payload)``: a timer kind the Slack edge handles itself (the cost digest: it posts)."""
 
 
-def sweep_once(backend: provisioning.Backend, core: Core) -> int:
-    """Handle the timers due now if this process leads; returns how many were handled."""
+def sweep_once(
+    backend: provisioning.Backend, core: Core, bot_timers: Mapping[str, BotTimer] | None = None
+) -> int:
+    """Handle the timers due now if this process leads; returns how many were handled. Kinds in
+    ``bot_timers`` go to their handler; every other kind to the core's ``handle_timer``."""
     if not backend.try_lead():
         return 0
+    own = dict(bot_timers or {})
+
+    def dispatch(kind: str, ref: str, payload: dict[str, JSON]) -> None:
+        handler = own.get(kind)
+        if handler is not None:
+            handler(ref, payload)
+        else:
+            services.handle_timer(core, kind, ref, payload)
+
     with log.bound(log.new_correlation_id()):
-        count = backend.sweep_timers(
-            lambda kind, ref, payload: services.handle_timer(core, kind, ref, payload)
-        )
+        count = backend.sweep_timers(dispatch)
         if count:
             logger.info("handled %d due timers", count)
         return count
@@ -65,6 +79,7 @@ def start_scheduler(
     backend: provisioning.Backend,
     core: Core,
     interval_seconds: float,
+    bot_timers: Mapping[str, BotTimer] | None = None,
     cost: CostReporter | None = None,
     scan_seconds: float | None = None,
 ) -> BackgroundScheduler:
@@ -83,7 +98,7 @@ def start_scheduler(
         sweep_once,
         "interval",
         seconds=interval_seconds,
-        args=[backend, core],
+        args=[backend, core, bot_timers],
         id=JOB_ID,
         next_run_time=datetime.now(UTC),
         replace_existing=True,

@@ -159,6 +159,8 @@ class Settings:
                 worker_id=env.text("KFBOT_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
                 lease=timedelta(seconds=env.number("KFBOT_LEASE_SECONDS", 60.0, minimum=5)),
                 step_deadline=env.duration("KFBOT_STEP_DEADLINE", timedelta(minutes=30)),
+                workers=int(env.number("KFBOT_WORKERS", provisioning.EngineSettings.workers, minimum=1,
+                                       maximum=64, integer=True)),
             ),
             kubeflow=provisioning.KubeflowSettings(
                 userid_header=env.text("KFBOT_USERID_HEADER") or None,
@@ -351,6 +353,16 @@ def _timezone(name: str) -> str:
     return name
 
 
+def _principal(value: str) -> str:
+    """An Istio principal the notebook-activity policy can name literally: Istio reads ``*`` as a
+    wildcard (it would admit every workload), and the form is ``<trust domain>/ns/<ns>/sa/<sa>``."""
+    parts = value.split("/")
+    if "*" in value or len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa" or not all(parts):
+        raise ValueError("give the bot's Istio principal, "
+                         "`<trust domain>/ns/<namespace>/sa/<service account>`, without `*`")
+    return value
+
+
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("give an http(s) URL")
@@ -363,7 +375,9 @@ def _cost_probe_settings(env: _Env) -> provisioning.CostProbeSettings:
     return provisioning.CostProbeSettings(
         prometheus_url=env.convert("KFBOT_PROMETHEUS_URL", prometheus, _http_url) if prometheus else None,
         cluster_domain=env.text("KFBOT_CLUSTER_DOMAIN", defaults.cluster_domain),
-        bot_principal=env.text("KFBOT_BOT_PRINCIPAL", defaults.bot_principal),
+        bot_principal=env.convert(
+            "KFBOT_BOT_PRINCIPAL", env.text("KFBOT_BOT_PRINCIPAL", defaults.bot_principal), _principal
+        ),
         cost_explorer=env.choice("KFBOT_COST_EXPLORER", ("on", "off"), "off") == "on",
     )
 

@@ -45,6 +45,7 @@ class ActionName(StrEnum):
     NODEGROUP_SCALING = "aws.nodegroup.scaling"
     NOTEBOOK_STOP = "kubeflow.notebook.stop"
     GPU_PODS_ABSENT = "kubeflow.gpu_pods.absent"
+    NOTEBOOK_ACTIVITY = "kubeflow.notebook_activity"
 
 
 def is_removal(action: str) -> bool:
@@ -55,6 +56,11 @@ def is_removal(action: str) -> bool:
 REQUEST_MARK: Final = "_request"
 """The param key under which the engine passes the id of the request an action runs for; actions
 mark what they create with it, so a retried step knows its own objects. Never part of a plan."""
+
+NOTEBOOK_ACTIVITY_POLICY: Final = "kfbot-notebook-activity"
+"""The AuthorizationPolicy in each workspace namespace that lets the bot read notebook activity."""
+NOTEBOOK_ACTIVITY_PATHS: Final = ("*/api/kernels", "*/api/terminals")
+"""Its paths (Istio suffix matches; see ``provisioning.kubeflow.notebook_activity_policy``)."""
 
 EKS_TAINT_EFFECTS: Final = frozenset({"NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"})
 
@@ -208,6 +214,20 @@ class PodDefaultParams(StepParams):
             f.text("namespace"), f.text("name"), f.text_maps("tolerations"), f.optional_text("description"),
             request=f.request(),
         )
+
+
+@dataclass(frozen=True)
+class NotebookActivityParams(StepParams):
+    """The workspace namespace's ``kfbot-notebook-activity`` AuthorizationPolicy. The principal it
+    admits is the bot's own (``KFBOT_BOT_PRINCIPAL``), a deployment fact the live adapter holds, so
+    it is not a param: a request cannot name whom the policy lets in."""
+
+    ACTION: ClassVar[ActionName] = ActionName.NOTEBOOK_ACTIVITY
+    namespace: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("namespace"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -554,6 +574,7 @@ PARAMS: Mapping[ActionName, type[StepParams]] = {
         NodegroupScalingParams,
         NotebookStopParams,
         GpuPodsAbsentParams,
+        NotebookActivityParams,
     )
 }
 """Action -> the type its params parse into."""

@@ -65,18 +65,30 @@ class Submitted:
     auto_reason: str | None = None
 
 
+_UNREAD = ("", "")
+"""``announce``'s default ``card``: not read yet, so announce reads it in a transaction of its own."""
+
+
 def announce(
-    uow: UnitOfWorkFactory, notifier: Notifier, clock: Clock, request: Request, events: Sequence[Event]
+    uow: UnitOfWorkFactory,
+    notifier: Notifier,
+    clock: Clock,
+    request: Request,
+    events: Sequence[Event],
+    card: tuple[str, str] | None = _UNREAD,
 ) -> None:
     """Tell people about a committed change, then record where the card went and who was told.
 
     Runs outside any transaction: a Slack round-trip must never hold a database lock (on SQLite
-    that would stall every other writer).
+    that would stall every other writer). ``card``: where the request's card is, when the caller
+    read it in the transaction that made the change (a decision is then one transaction before
+    Slack is called, and one after to record the delivery).
     """
     if not events:
         return
-    with uow() as tx:
-        card = tx.requests.card(request.id)
+    if card is _UNREAD:
+        with uow() as tx:
+            card = tx.requests.card(request.id)
     delivery = notifier.publish(request, events, card)
     moved = delivery.card is not None and delivery.card != card
     if not (moved or delivery.sent):
@@ -99,16 +111,26 @@ def announce(
         tx.commit()
 
 
-def _announce(core: Core, request: Request, events: Sequence[Event]) -> None:
-    announce(core.uow, core.notifier, core.clock, request, events)
+def _announce(
+    core: Core, request: Request, events: Sequence[Event], card: tuple[str, str] | None = _UNREAD
+) -> None:
+    announce(core.uow, core.notifier, core.clock, request, events, card)
 
 
-def _commit(core: Core, uow: UnitOfWork, request: Request, expected_version: int) -> list[Event]:
+@dataclass(frozen=True)
+class _Committed:
+    events: list[Event]
+    card: tuple[str, str] | None
+    """Where the request's card is, read in the same transaction (for ``announce``)."""
+
+
+def _commit(core: Core, uow: UnitOfWork, request: Request, expected_version: int) -> _Committed:
     events = request.take_events()
     uow.requests.save(request, expected_version)
     uow.audit.append(events)
+    card = uow.requests.card(request.id)
     uow.commit()
-    return events
+    return _Committed(events, card)
 
 
 def build_plan(core: Core, kind: RequestKind, request_id: str) -> Plan:
@@ -214,7 +236,7 @@ def _record(
         events = request.take_events()
         uow.audit.append(events)
         uow.commit()
-    _announce(core, request, events)
+    _announce(core, request, events, None)  # just inserted: it has no card yet
     return Submitted(request, duplicate=False, auto_reason=None if auto is None else auto.reason)
 
 
@@ -298,17 +320,15 @@ def decide(
         uow.timers.cancel("request.expire", request.id)
         uow.timers.cancel("request.nudge", request.id)
         try:
-            events = _commit(core, uow, request, before)
+            committed = _commit(core, uow, request, before)
         except errors.StaleVersion:
-            lost = True
-        else:
-            lost = False
-    if lost:
+            committed = None
+    if committed is None:
         # Read the winner's decision in a new transaction: the failed one may still see the
         # snapshot from before it (SQLite), which would say "already pending".
         with core.uow() as uow:
             raise errors.AlreadyDone(already_text(uow.requests.get(request_id)))
-    _announce(core, request, events)
+    _announce(core, request, committed.events, committed.card)
     return request
 
 
@@ -366,8 +386,8 @@ def _change(
         if cancel_timers:
             uow.timers.cancel("request.expire", request.id)
             uow.timers.cancel("request.nudge", request.id)
-        events = _commit(core, uow, request, before)
-    _announce(core, request, events)
+        committed = _commit(core, uow, request, before)
+    _announce(core, request, committed.events, committed.card)
     return request
 
 

@@ -24,6 +24,7 @@ from provisioning.settings import (
     KubeflowSettings,
     ProvisioningSettings,
 )
+from provisioning.store.usage import NodeUsage, UsageLedger
 
 __all__ = [
     "Backend",
@@ -39,12 +40,14 @@ __all__ = [
     "KubeflowSettings",
     "Metrics",
     "MonthUsage",
+    "NodeUsage",
     "Permission",
     "ProvisioningSettings",
     "QuotaState",
     "Status",
     "SystemClock",
     "TokenRecord",
+    "UsageLedger",
     "WorkspaceRecord",
     "WorkspaceState",
     "WorkspaceView",

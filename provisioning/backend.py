@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from handlers import prices
 from handlers.actions import ActionName
 from handlers.cost import autostop, idle
+from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory
 from handlers.model import Request
 from handlers.plan import JSON
@@ -39,8 +40,10 @@ from provisioning.records import (
 )
 from provisioning.settings import ProvisioningSettings
 from provisioning.store import Database, LeaderElection, NodeUsage, SqlUnitOfWork, UsageLedger
+from provisioning.store.wakeup import PgWakeups
 
 if TYPE_CHECKING:
+    from provisioning.costexplorer import CostExplorer
     from provisioning.dex import RestartRequester
     from provisioning.gpu_scan import GpuScanner
 
@@ -102,6 +105,10 @@ class Backend:
         self._timer_handlers = dict(timer_handlers or {})
         self._gpu_scanner, self._notebook_url = gpu_scanner, notebook_url
         self._scanner_lock = threading.Lock()
+        self.wakeups: PgWakeups | None = None
+        """The running listener for other replicas' work notifications (``start_worker``, PostgreSQL)."""
+        self._usage: UsageLedger | None = None
+        self._cost_explorer: CostExplorer | None = None
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""
@@ -115,14 +122,17 @@ class Backend:
         self.db.check_migrated()
 
     # -- work ------------------------------------------------------------------------------------
-    def engine(self, notifier: Notifier) -> Engine:
+    def engine(self, notifier: Notifier, *, worker_id: str | None = None) -> Engine:
+        settings = self.settings.engine
+        if worker_id is not None:
+            settings = replace(settings, worker_id=worker_id)
         return Engine(
             self.db,
             self.actions,
             self.core,
             self.facts,
             self.clock,
-            self.settings.engine,
+            settings,
             notifier,
             metrics=self.metrics,
             log_context=self._log_context,
@@ -132,11 +142,47 @@ class Backend:
         return self.engine(notifier).run_until_idle()
 
     def start_worker(self, notifier: Notifier, stop: threading.Event) -> threading.Thread:
-        thread = threading.Thread(
-            target=self.engine(notifier).run_forever, args=(stop,), name="kfbot-engine", daemon=True
+        """Start the engine: ``settings.engine.workers`` worker threads, each claiming under its
+        own id (``WORKER_ID/N``: a lease is one worker's, not the process's), and on PostgreSQL
+        the listener for other replicas' work notifications. The returned thread supervises them:
+        it ends when ``stop`` is set (after the workers finished what they hold) or when a worker
+        died, so ``kfbot serve`` can exit and let the pod restart."""
+        workers = [
+            threading.Thread(
+                target=self.engine(notifier, worker_id=f"{self.settings.engine.worker_id}/{n}").run_forever,
+                args=(stop,),
+                name=f"kfbot-engine-{n}",
+                daemon=True,
+            )
+            for n in range(1, max(1, self.settings.engine.workers) + 1)
+        ]
+        self.wakeups = self.db.wakeups()
+        listener = (
+            None
+            if self.wakeups is None
+            else threading.Thread(target=self.wakeups.run, args=(stop,), name="kfbot-wakeups", daemon=True)
         )
-        thread.start()
-        return thread
+
+        def supervise() -> None:
+            for thread in workers:
+                thread.start()
+            if listener is not None:
+                listener.start()
+            try:
+                while not stop.wait(1.0):
+                    if not all(t.is_alive() for t in workers):
+                        log.error("an engine worker stopped unexpectedly")
+                        return
+            finally:
+                self.db.work_signal.notify_all()  # idle workers see the stop now, not after a poll
+            for thread in workers:
+                thread.join()
+            if listener is not None:
+                listener.join()
+
+        supervisor = threading.Thread(target=supervise, name="kfbot-engine", daemon=True)
+        supervisor.start()
+        return supervisor
 
     def sweep_timers(self, on_timer: TimerHandler, limit: int = 50) -> int:
         """Run due timers, each claimed with a lease so two sweepers never both run one.
@@ -177,6 +223,40 @@ class Backend:
 
         return run
 
+    # -- cost: observed GPU node time (the scans write it, the digest reads it) -------------------
+    @property
+    def usage(self) -> UsageLedger:
+        """GPU node time per node per UTC day (``provisioning.store.usage``)."""
+        if self._usage is None:
+            self._usage = UsageLedger(self.db, self.core.cost.scan_interval)
+        return self._usage
+
+    def billed_cost(self, period: Period) -> BilledCost | None:
+        """Billed EC2 cost per workspace tag from Cost Explorer (``KFBOT_COST_EXPLORER=on``), None
+        when it is off. Raises ``KfError`` when Cost Explorer cannot answer."""
+        if not self.settings.cost.cost_explorer:
+            return None
+        from provisioning.costexplorer import CostExplorer  # boto3 only when it is on
+
+        if self._cost_explorer is None:
+            self._cost_explorer = CostExplorer(self.settings.aws_endpoint_url)
+        return self._cost_explorer.billed(period)
+
+    def keep_timer(self, kind: str, ref: str, due_at: datetime | None, *, keep_overdue: bool = True) -> None:
+        """Make the one pending (kind, ref) timer due at ``due_at`` (None: no pending timer). With
+        ``keep_overdue`` a pending row already due stays as it is, so a timer missed while the bot
+        was down still fires (once) instead of being pushed to its next time. For the bot's own
+        schedules (the cost digest), whose next time is computed, not stored by a request."""
+        with self.db.uow() as uow:
+            if due_at is None:
+                uow.timers.cancel(kind, ref)
+            else:
+                pending = uow.work.pending_due(kind, ref)
+                overdue = pending is not None and pending <= self.clock.now() and keep_overdue
+                if pending != due_at and not overdue:
+                    uow.timers.schedule(kind, ref, due_at, {})
+            uow.commit()
+
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
 
@@ -215,7 +295,7 @@ class Backend:
             pending = uow.cost.pending_timers(autostop.AUTO_STOP)
             if persist:
                 uow.commit()
-        ledger = UsageLedger(self.db, cost.scan_interval)
+        ledger = self.usage
         if persist:
             ledger.record(now, _node_usage(inventory, observation, overrides))
         return IdleScan(
@@ -510,7 +590,7 @@ def _live_parts(
     api = kube_api if kube_api is not None else api_client_from_environment()
     return checks.LiveParts(
         kube=Kube(api),
-        kubeflow=KubeflowActions(api, settings.kubeflow, clock),
+        kubeflow=KubeflowActions(api, settings.kubeflow, clock, settings.cost.bot_principal),
         dex=DexActions(
             api,
             settings.dex,

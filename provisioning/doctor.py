@@ -15,8 +15,12 @@ Every denied permission is its own FIX row naming the verb, the resource and the
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 
 from handlers.errors import KfError
 from handlers.settings import WorkspaceDefaults
-from provisioning.settings import DexMode, ProvisioningSettings
+from provisioning.settings import CostProbeSettings, DexMode, ProvisioningSettings
 from provisioning.store import Database
 
 if TYPE_CHECKING:  # the live adapters load the cloud SDKs: imported where used, as in backend.py
@@ -158,10 +162,14 @@ CLUSTER_RULES: Final[tuple[Rule, ...]] = (
          why="workspaces are Kubeflow Profiles: create, wait for, patch quotas, remove"),
     Rule("", ("namespaces", "nodes", "pods", "persistentvolumeclaims", "resourcequotas"), ("get", "list"),
          why="read-only view: profile namespaces and owners, GPU capacity, usage, data left behind"),
+    Rule("apps", ("statefulsets",), ("list",),
+         why="cost scan: a GPU pod's StatefulSet names its Notebook"),
+    Rule("kubeflow.org", ("notebooks",), ("list", "patch"),
+         why="cost scan lists Notebooks; stopping an idle one patches kubeflow-resource-stopped"),
     Rule("rbac.authorization.k8s.io", ("rolebindings",), _WRITE,
          why="contributors (KFAM's RoleBinding) and token accounts"),
     Rule("security.istio.io", ("authorizationpolicies",), _WRITE,
-         why="the Istio half of a contributor binding"),
+         why="the Istio half of a contributor binding; kfbot-notebook-activity per workspace"),
     Rule("", ("serviceaccounts",), _WRITE, why="one ServiceAccount per issued API token"),
     Rule("kubeflow.org", ("poddefaults",), _WRITE, why="GPU workspaces get a PodDefault"),
     Rule("kubeflow.org", ("notebooks",), ("get", "patch"),
@@ -523,7 +531,40 @@ def run_live_checks(
         return [fix("kubernetes", "credentials", f"cannot load Kubernetes credentials: {_first_line(exc)}",
                     "run in the cluster with the chart's ServiceAccount, or point KUBECONFIG at a "
                     "kubeconfig")]
-    return check_kubernetes(live, settings) + check_aws(live.aws, workspace, settings.aws_region)
+    return (check_kubernetes(live, settings) + check_aws(live.aws, workspace, settings.aws_region)
+            + check_prometheus(settings.cost))
+
+
+DCGM_QUERY: Final = 'count({__name__=~"DCGM_FI_PROF_GR_ENGINE_ACTIVE|DCGM_FI_DEV_GPU_UTIL"})'
+"""Whether the DCGM exporter's utilisation series reach Prometheus (the idle scan's signal 3)."""
+
+
+def check_prometheus(cost: CostProbeSettings) -> list[CheckResult]:
+    """With ``KFBOT_PROMETHEUS_URL`` set: Prometheus answers an instant query, and holds DCGM series."""
+    if not cost.prometheus_url:
+        return [skip("prometheus", "reachable", "KFBOT_PROMETHEUS_URL is not set: GPU utilisation is "
+                     "not read")]
+    url = f"{cost.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": DCGM_QUERY})
+    try:
+        with urllib.request.urlopen(url, timeout=cost.request_timeout) as answer:  # noqa: S310 (http(s) only)
+            body = json.loads(answer.read(1 << 20))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return [fix("prometheus", "reachable", f"{cost.prometheus_url}: {_first_line(exc)}",
+                    "check KFBOT_PROMETHEUS_URL and that the bot pod may reach it (NetworkPolicy, "
+                    "mesh); the idle scan degrades to empty nodes and notebook activity meanwhile")]
+    result = body.get("data", {}).get("result") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("status") != "success" or not isinstance(result, list):
+        return [fix("prometheus", "reachable", f"{cost.prometheus_url} did not answer like Prometheus",
+                    "point KFBOT_PROMETHEUS_URL at the Prometheus HTTP API root (no /api/v1)")]
+    results = [ok("prometheus", "reachable", cost.prometheus_url)]
+    series = result[0].get("value", [None, "0"])[1] if result and isinstance(result[0], dict) else "0"
+    if str(series) in ("", "0"):
+        results.append(fix("prometheus", "DCGM metrics", "no DCGM_FI_PROF_GR_ENGINE_ACTIVE or "
+                           "DCGM_FI_DEV_GPU_UTIL series", "install NVIDIA's dcgm-exporter and let this "
+                           "Prometheus scrape it (GPU utilisation is then read)"))
+    else:
+        results.append(ok("prometheus", "DCGM metrics", f"{series} GPU utilisation series"))
+    return results
 
 
 def skipped_live_checks(mode: str) -> CheckResult:

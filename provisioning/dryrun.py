@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from handlers.actions import NOTEBOOK_ACTIVITY_PATHS, NOTEBOOK_ACTIVITY_POLICY
 from handlers.kinds import MANAGED_BY
 from handlers.naming import dex_password_object_name, kfam_binding_name
 from handlers.plan import JSON, StepOutcome, as_text, as_texts, canonical_json
@@ -228,6 +229,28 @@ def _gpu_pods_absent(p: Mapping[str, JSON]) -> list[str]:
     return [*calls, f"{then} any of them requests nvidia.com/gpu"]
 
 
+def _notebook_activity(p: Mapping[str, JSON]) -> list[str]:
+    body: JSON = {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {
+            "name": NOTEBOOK_ACTIVITY_POLICY, "namespace": p["namespace"], "labels": dict(MANAGED_BY)
+        },
+        "spec": {
+            "action": "ALLOW",
+            "rules": [{
+                "from": [{"source": {"principals": ["<KFBOT_BOT_PRINCIPAL>"]}}],
+                "to": [{"operation": {"methods": ["GET"], "paths": list(NOTEBOOK_ACTIVITY_PATHS)}}],
+            }],
+        },
+    }
+    return [
+        _k8s("POST", f"/apis/security.istio.io/v1beta1/namespaces/{p['namespace']}/authorizationpolicies",
+             body),
+        "if it exists and kf-chatops made it: merge-patch its spec to this one; someone else's: refuse",
+    ]
+
+
 RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.profile": _profile,
     "kubeflow.profile.remove": _profile_remove,
@@ -249,6 +272,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "aws.nodegroup.scaling": _nodegroup_scaling,
     "kubeflow.notebook.stop": _notebook_stop,
     "kubeflow.gpu_pods.absent": _gpu_pods_absent,
+    "kubeflow.notebook_activity": _notebook_activity,
 }
 
 

@@ -1,4 +1,5 @@
-"""The step engine: applies approved requests, one claimed request at a time per worker.
+"""The step engine: applies approved requests, one claimed request at a time per worker
+(``Backend.start_worker`` runs ``EngineSettings.workers`` of them per process).
 
 Why it looks like this:
 
@@ -21,7 +22,11 @@ Why it looks like this:
   max(delay, backoff(attempts))`` (``claimed_by`` NULL, ``lease_until`` = retry_at; see
   ``SqlWork.defer``), and takes other work. Backoff is capped exponential; a step still failing
   temporarily ``step_deadline`` after its persisted first failure counts as permanent. Undo waits
-  the same way. ``run_until_idle`` returns when nothing is claimable *now*; ``run_forever`` polls.
+  the same way. ``run_until_idle`` returns when nothing is claimable *now*; ``run_forever`` waits
+  for a wake-up (``provisioning.store.wakeup``) with polling as the fallback.
+* **One subject at a time.** Workers run independent requests concurrently, but a request is
+  claimed only at the head of its subject's queue (``SqlWork.claim_request``), so two requests
+  about one workspace or grant never run at once, not even interleaved by a deferred step.
 * **A permanent failure compensates** completed steps in reverse, undoing only objects the bot
   created; an undo that fails leaves the request ``needs-attention`` for admins.
 * **Approved == applied.** At approved -> applying the plan is rendered again; a different digest
@@ -166,14 +171,19 @@ class Engine:
         return done
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Work until ``stop``; when idle, wait for a wake-up (``Database.work_signal``: an
+        approval here or, on PostgreSQL, in another replica) or the poll interval. Whoever sets
+        ``stop`` notifies the signal so idle workers see it at once (``Backend.start_worker``)."""
+        signal = self.db.work_signal
         while not stop.is_set():
             try:
                 busy = self.run_once()
             except Exception:
                 log.exception("engine loop failed; retrying")
                 busy = False
-            if not busy:
-                stop.wait(self.settings.poll_interval)
+            if not busy and not stop.is_set():
+                # A wake-up that came during the empty claim left its token: no wait then.
+                signal.wait(self.settings.poll_interval)
 
     # -- one request ---------------------------------------------------------------------------
     def _process(self, request: Request) -> None:
@@ -209,7 +219,9 @@ class Engine:
 
     def _release(self, request: Request) -> None:
         with self.db.uow() as uow:
-            uow.work.release(request.id, self.settings.worker_id)
+            # A request of the same subject may queue behind this one (SqlWork.claim_request):
+            # wake the workers, here and in other replicas, rather than leave it to their poll.
+            uow.work.release(request.id, self.settings.worker_id, wake=request.subject is not None)
             uow.commit()
 
     def _authorized(self, request: Request) -> bool:
@@ -520,8 +532,9 @@ class Engine:
                 first_failure_at=first_failure,
             )
             uow.audit.append(events)
+            card = uow.requests.card(request.id) if events else None
             uow.commit()
-        self._notify(request, events)
+        self._notify(request, events, card)
 
     def _save(
         self,
@@ -535,11 +548,13 @@ class Engine:
             if on_commit is not None:
                 on_commit(uow)
             uow.audit.append(events)
+            card = uow.requests.card(request.id) if events else None
             uow.commit()
-        self._notify(request, events)
+        self._notify(request, events, card)
 
-    def _notify(self, request: Request, events: list[Event]) -> None:
-        services.announce(self.db.uow, self.notifier, self.clock, request, events)
+    def _notify(self, request: Request, events: list[Event], card: tuple[str, str] | None) -> None:
+        # ``card`` was read in the transaction that made the change: announcing costs no extra one.
+        services.announce(self.db.uow, self.notifier, self.clock, request, events, card)
 
     def _record_success(self, uow: ProvisioningUnitOfWork, request: Request, now: datetime) -> None:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was

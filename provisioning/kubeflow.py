@@ -49,9 +49,12 @@ from typing import Any, Final
 from kubernetes import client
 
 from handlers.actions import (
+    NOTEBOOK_ACTIVITY_PATHS,
+    NOTEBOOK_ACTIVITY_POLICY,
     ContributorParams,
     ContributorRemoveParams,
     GpuPodsAbsentParams,
+    NotebookActivityParams,
     NotebookStopParams,
     PodDefaultParams,
     ProfileParams,
@@ -69,7 +72,7 @@ from provisioning import k8s
 from provisioning.actions import Action, TypedAction, registry_of
 from provisioning.k8s import Kube, Obj
 from provisioning.records import QuotaState, WorkspaceState
-from provisioning.settings import KubeflowSettings
+from provisioning.settings import CostProbeSettings, KubeflowSettings
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +180,12 @@ def _profile_owner(profile: Mapping[str, Any]) -> str | None:
 
 
 class KubeflowActions:
-    def __init__(self, api: client.ApiClient, settings: KubeflowSettings, clock: Clock) -> None:
+    def __init__(self, api: client.ApiClient, settings: KubeflowSettings, clock: Clock,
+                 bot_principal: str = CostProbeSettings.bot_principal) -> None:
         self.kube = Kube(api)
         self.settings = settings
         self.clock = clock
+        self.bot_principal = bot_principal
         self._identity: IdentityConfig | None = None
         self._identity_lock = threading.Lock()
 
@@ -196,6 +201,7 @@ class KubeflowActions:
             TypedAction(TokenAccountRemoveParams, self.remove_token_account, k8s.no_undo),
             TypedAction(NotebookStopParams, self.stop_notebook, k8s.no_undo),
             TypedAction(GpuPodsAbsentParams, self.check_gpu_pods_absent, k8s.no_undo),
+            TypedAction(NotebookActivityParams, self.ensure_notebook_activity, self.undo_notebook_activity),
         )
 
     # -- waiting -----------------------------------------------------------------------------
@@ -415,6 +421,51 @@ class KubeflowActions:
     def undo_poddefault(self, params: PodDefaultParams, outcome: StepOutcome) -> None:
         if outcome.created:
             self.kube.delete(k8s.POD_DEFAULT, params.name, params.namespace)
+
+    # -- the bot's notebook-activity read (idle-GPU detection) --------------------------------
+
+    def notebook_activity_policy(self, params: NotebookActivityParams) -> Obj:
+        """``kfbot-notebook-activity``: ALLOW, no selector (every workload of the namespace, like
+        ``ns-owner-access-istio``), one rule: from the bot's principal only, GET only, paths
+        ``*/api/kernels`` and ``*/api/terminals``. Istio's classic path matching knows exact,
+        prefix (``abc*``), suffix (``*abc``) and presence (``*``) only; ``/notebook/<ns>/*/api/
+        kernels`` would be one literal path, and the ``{*}`` templates need Istio 1.22+ (Kubeflow
+        1.8 ships 1.17). So the suffix form, the one the profile controller itself writes for the
+        notebook controller; the namespace is bounded by where the policy lives. The principal
+        goes through ``istio_literal``: a ``*`` in ``KFBOT_BOT_PRINCIPAL`` would admit everyone."""
+        principal = istio_literal(self.bot_principal, "the bot's principal (KFBOT_BOT_PRINCIPAL)")
+        return {
+            "metadata": {"name": NOTEBOOK_ACTIVITY_POLICY, "namespace": params.namespace,
+                         "labels": {**k8s.MANAGED_BY, **k8s.mark_labels(params)}},
+            "spec": {
+                "action": "ALLOW",
+                "rules": [{
+                    "from": [{"source": {"principals": [principal]}}],
+                    "to": [{"operation": {"methods": ["GET"], "paths": list(NOTEBOOK_ACTIVITY_PATHS)}}],
+                }],
+            },
+        }
+
+    def ensure_notebook_activity(self, params: NotebookActivityParams) -> StepOutcome:
+        body = self.notebook_activity_policy(params)
+        namespace = params.namespace
+        existing, made = self.kube.create(k8s.AUTHORIZATION_POLICY, body)
+        if not made and not k8s.is_managed(existing):
+            # Someone else's policy under our name: widening or replacing it is not ours to do.
+            raise PermanentError(
+                f"An AuthorizationPolicy `{NOTEBOOK_ACTIVITY_POLICY}` that kf-chatops did not make "
+                f"already exists in `{namespace}`; it was left alone. Remove or rename it, then retry."
+            )
+        if not made and existing.get("spec") != body["spec"]:
+            # Ours but drifted (edited by hand, or KFBOT_BOT_PRINCIPAL changed): back to the plan.
+            self.kube.merge_patch(k8s.AUTHORIZATION_POLICY, NOTEBOOK_ACTIVITY_POLICY,
+                                  {"spec": body["spec"]}, namespace)
+        created = made or k8s.marked_by(existing, params)
+        return StepOutcome(created=created, details={"authorization_policy": NOTEBOOK_ACTIVITY_POLICY})
+
+    def undo_notebook_activity(self, params: NotebookActivityParams, outcome: StepOutcome) -> None:
+        if outcome.created:
+            self.kube.delete(k8s.AUTHORIZATION_POLICY, NOTEBOOK_ACTIVITY_POLICY, params.namespace)
 
     # -- contributors (KFAM's pair) ----------------------------------------------------------
 

@@ -50,6 +50,11 @@ class EngineSettings:
     retry_initial: float = 1.0
     retry_max: float = 60.0
     poll_interval: float = 2.0
+    """Seconds an idle worker waits before looking again when nothing woke it (the fallback:
+    approvals, retries and finished requests wake the workers at once, see store/wakeup.py)."""
+    workers: int = 4
+    """``KFBOT_WORKERS``: requests this process applies at once, each by its own worker thread
+    claiming under ``worker_id/N``; two requests about one subject never run at once."""
 
 
 @dataclass(frozen=True)

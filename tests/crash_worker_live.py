@@ -43,6 +43,7 @@ from tests.harness import AUDIT_KEY, CORE, RecordingNotifier, engine_settings
 CLUSTER = "kf-live"
 STEP_ACTIONS = (
     "kubeflow.profile",
+    "kubeflow.notebook_activity",
     "dex.user",
     "aws.bucket",
     "aws.iam_resources",

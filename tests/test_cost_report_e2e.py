@@ -440,7 +440,9 @@ def test_the_due_timer_is_vouched_for_and_rechecks_the_database(db_url: str, fak
 
 def test_the_scan_job_runs_every_scan_interval_on_its_own_thread(db_url: str, fake_slack: FakeSlack) -> None:
     stack, _, reporter = setup(db_url, fake_slack)
-    scheduler = start_scheduler(stack.backend, stack.core, 3600, reporter, COST.scan_interval.total_seconds())
+    scheduler = start_scheduler(
+        stack.backend, stack.core, 3600, cost=reporter, scan_seconds=COST.scan_interval.total_seconds()
+    )
     try:
         job = scheduler.get_job(SCAN_JOB_ID)
         assert job is not None and job.trigger.interval == COST.scan_interval

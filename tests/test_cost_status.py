@@ -23,7 +23,7 @@ from handlers.kinds.base import SystemRequest
 from handlers.model import Actor
 from handlers.ports import IdleFacts
 from handlers.settings import CostSettings
-from provisioning.store import Database, NodeUsage, UsageLedger
+from provisioning.store import Database
 from tests.fakes.facts import StaticFacts
 from tests.harness import ADMIN, ALICE, BOB, CORE, Stack, build_stack, make_workspace
 
@@ -305,22 +305,3 @@ def test_signals_keep_reported_and_warned_across_upserts(database: Database) -> 
         assert uow.cost.signals() == []
         report_row = uow.cost.report("C1")
         assert report_row is not None and (report_row.digest, report_row.items) == ("e", {})
-
-
-def test_usage_ledger_books_observed_time_capped_per_node(database: Database) -> None:
-    nodes = [
-        NodeUsage("n1", "ng", "team-a", "g5.xlarge", True, 1.0, T0 - timedelta(days=1)),
-        NodeUsage("n2", "ng", "team-a", "g5.xlarge", False, None, T0 - timedelta(minutes=4)),
-    ]
-    ledger = UsageLedger(database, timedelta(minutes=10))
-    ledger.record(T0, nodes)  # first sight: one interval at most, never before the node joined
-    ledger.record(T0, nodes)  # the same instant again adds nothing
-    ledger.record(T0 + timedelta(minutes=10), nodes)
-    ledger.record(T0 + timedelta(hours=5), nodes)  # the bot was down: two intervals count
-    days = ledger.days(T0.date(), T0.date() + timedelta(days=1))
-    seconds = sum(d.seconds for d in days)
-    assert seconds == pytest.approx((10 + 10 + 20) * 60 + (4 + 10 + 20) * 60)
-    assert sum(d.idle_seconds for d in days) == pytest.approx(40 * 60)
-    assert sum(d.usd for d in days) == pytest.approx(40 / 60) and sum(
-        d.idle_usd for d in days
-    ) == pytest.approx(40 / 60)

@@ -115,6 +115,10 @@ class Live:
     def poddefaults(self) -> list[dict[str, Any]]:
         return self.apiserver.list("kubeflow.org/v1alpha1", "poddefaults", NAMESPACE)
 
+    def activity_policies(self) -> list[dict[str, Any]]:
+        policies = self.apiserver.list("security.istio.io/v1beta1", "authorizationpolicies", NAMESPACE)
+        return [p for p in policies if p["metadata"]["name"] == "kfbot-notebook-activity"]
+
     def buckets(self) -> list[str]:
         return sorted(b["Name"] for b in aws_client(self.aws, "s3").list_buckets()["Buckets"])
 
@@ -269,10 +273,13 @@ def assert_exactly_one_of_each(live: Live, request_id: str) -> None:
     poddefaults = live.poddefaults()
     assert [p["metadata"]["name"] for p in poddefaults] == [NODEGROUP]
     assert poddefaults[0]["metadata"]["labels"][MARK] == request_id
+    [policy] = live.activity_policies()
+    assert policy["metadata"]["labels"][MARK] == request_id
 
 
 def assert_nothing_of_ours_left(live: Live, human_password: dict[str, Any] | None) -> None:
     assert live.profiles() == []
+    assert live.activity_policies() == []
     assert live.apiserver.get("v1", "namespaces", NAMESPACE) is None
     if human_password is None:
         assert live.passwords() == []
@@ -310,7 +317,8 @@ def test_a_worker_killed_at_any_step_resumes_to_exactly_one_of_each(
     assert [after[i].status for i in range(len(STEP_ACTIONS))] == [StepStatus.DONE] * len(STEP_ACTIONS)
     created = {STEP_ACTIONS[i]: (r.outcome.created if r.outcome else None) for i, r in after.items()}
     assert created == dict.fromkeys(STEP_ACTIONS, True)
-    assert after[3].outcome is not None and after[3].outcome.details == {"added": OURS}
+    iam = STEP_ACTIONS.index("aws.iam_resources")
+    assert after[iam].outcome is not None and after[iam].outcome.details == {"added": OURS}
     assert_exactly_one_of_each(live, rid)
 
 
@@ -340,6 +348,8 @@ def inject_permanent_failure(live: Live, proxy: FaultProxy, step: int) -> None:
         live.apiserver.fail_next("POST", "/profiles$", 422)
     elif action == "dex.user":
         live.apiserver.fail_next("POST", "/namespaces/auth/passwords$", 403)
+    elif action == "kubeflow.notebook_activity":
+        live.apiserver.fail_next("POST", f"/namespaces/{NAMESPACE}/authorizationpolicies$", 403)
     elif action == "aws.bucket":  # created and marked, then securing it is denied
         proxy.add(Fault("PUT", rf"/{BUCKET}\?publicAccessBlock", status=403, body=access_denied("secure")))
     elif action == "aws.iam_resources":
@@ -359,10 +369,11 @@ def inject_permanent_failure(live: Live, proxy: FaultProxy, step: int) -> None:
         live.apiserver.fail_next("POST", f"/namespaces/{NAMESPACE}/poddefaults$", 403)
 
 
+DEX = STEP_ACTIONS.index("dex.user")
 # With a human's Dex user only from the bucket step on: before it, the Dex step has not found it yet.
 FAILURES = [
     *(pytest.param(i, False, id=f"{a}-no-dex-user") for i, a in enumerate(STEP_ACTIONS)),
-    *(pytest.param(i, True, id=f"{a}-human-dex-user") for i, a in enumerate(STEP_ACTIONS) if i > 1),
+    *(pytest.param(i, True, id=f"{a}-human-dex-user") for i, a in enumerate(STEP_ACTIONS) if i > DEX),
 ]
 
 
@@ -383,7 +394,7 @@ def test_a_permanent_failure_at_any_step_leaves_nothing_of_ours_and_everything_e
     assert steps[step].status is StepStatus.FAILED
     assert [steps[i].status for i in range(step)] == [StepStatus.UNDONE] * step
     if human is not None:
-        outcome = steps[1].outcome
+        outcome = steps[DEX].outcome
         assert outcome is not None and outcome.created is False  # found, so never removed
     assert_nothing_of_ours_left(live, human)
 
@@ -401,12 +412,13 @@ def test_a_found_dex_user_is_not_claimed_by_a_resumed_step_nor_removed_by_compen
     rid = live.submit()
 
     straight_to_moto = dataclasses.replace(live.world, aws_url=live.aws.url)
-    kill_worker_at(live, 1, "after_call_before_record", straight_to_moto)
-    assert live.steps(rid)[1].status is StepStatus.RUNNING  # found the user, then died unrecorded
+    kill_worker_at(live, DEX, "after_call_before_record", straight_to_moto)
+    assert live.steps(rid)[DEX].status is StepStatus.RUNNING  # found the user, then died unrecorded
     inject_permanent_failure(live, fault_proxy, STEP_ACTIONS.index("aws.bucket"))
 
     assert resume(live, rid).state is RequestState.FAILED
     steps = live.steps(rid)
-    assert steps[1].outcome is not None and steps[1].outcome.created is False
-    assert [steps[i].status for i in range(3)] == [StepStatus.UNDONE, StepStatus.UNDONE, StepStatus.FAILED]
+    assert steps[DEX].outcome is not None and steps[DEX].outcome.created is False
+    bucket = STEP_ACTIONS.index("aws.bucket")
+    assert [steps[i].status for i in range(bucket + 1)] == [StepStatus.UNDONE] * bucket + [StepStatus.FAILED]
     assert_nothing_of_ours_left(live, human)

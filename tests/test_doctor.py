@@ -14,9 +14,12 @@ import dataclasses
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import yaml
@@ -27,6 +30,8 @@ from bot import app as composition
 from bot import cli
 from bot import doctor as bot_doctor
 from bot.settings import Settings
+from provisioning.doctor import Status, check_prometheus
+from provisioning.settings import CostProbeSettings
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import ACCOUNT_ID, AwsEnv
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
@@ -370,7 +375,7 @@ def test_a_missing_scope_is_named(
     code, output, results = run_doctor(settings)
 
     assert code == 1
-    assert set(to_fix(results)) == {"scope im:write", "scope usergroups:read"}
+    assert set(to_fix(results)) == {"scope im:write", "scope usergroups:read", "scope files:write"}
     assert "reinstall" in to_fix(results)["scope usergroups:read"].fix
     assert line_of(output, "scope im:write").startswith("FIX")
 
@@ -488,3 +493,53 @@ def test_the_permission_table_mirrors_the_chart(dex_mode: str, tmp_path: Path) -
         for p in provisioning.required_permissions(settings.provisioning)
     }
     assert asked == chart_grants(dex_mode)
+
+
+# -- Prometheus (cost control's utilisation signal) --------------------------------------------------
+
+
+class _Prometheus(BaseHTTPRequestHandler):
+    """Answers /api/v1/query like Prometheus's HTTP API (status, data.resultType, data.result)."""
+
+    series = "0"
+    queries: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/api/v1/query":
+            self.send_error(404)
+            return
+        self.queries.append(dict(parse_qsl(url.query))["query"])
+        result = [] if self.series == "0" else [{"metric": {}, "value": [1764900000.0, self.series]}]
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.mark.parametrize(("series", "status"), [("0", Status.FIX), ("12", Status.OK)])
+def test_doctor_reports_prometheus_and_its_dcgm_series(series: str, status: Status) -> None:
+    handler = type("P", (_Prometheus,), {"series": series, "queries": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        reachable, dcgm = check_prometheus(CostProbeSettings(prometheus_url=url))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reachable.status is Status.OK and dcgm.status is status
+    assert "DCGM_FI_PROF_GR_ENGINE_ACTIVE" in handler.queries[0]
+
+
+def test_doctor_says_when_prometheus_is_unreachable_or_unset() -> None:
+    [row] = check_prometheus(CostProbeSettings(prometheus_url="http://127.0.0.1:9", request_timeout=1.0))
+    assert row.status is Status.FIX and "KFBOT_PROMETHEUS_URL" in row.fix
+    [row] = check_prometheus(CostProbeSettings())
+    assert row.status is Status.SKIP

@@ -11,7 +11,8 @@ import pytest
 from handlers import errors, kinds, services
 from handlers.model import RequestState
 from handlers.plan import JSON, StepOutcome, StepStatus
-from tests.harness import ALICE, BOB, ScriptedAction, Stack, build_stack
+from tests.fakes.facts import StaticFacts
+from tests.harness import ALICE, BOB, CORE, ScriptedAction, Stack, build_stack
 
 
 @dataclass
@@ -33,12 +34,17 @@ class Stubborn:
         self.inner.undo(params, outcome)
 
 
+BUCKET = [s.action for s in kinds.WorkspaceCreate("x", "x@example.com").plan(
+    kinds.PlanContext(CORE, StaticFacts(), "RINDEX1")).steps].index("aws.bucket")
+"""The bucket step's index in a CPU workspace's plan."""
+
+
 def two_requests(stack: Stack) -> tuple[str, str, Stubborn]:
     first = services.submit(
         stack.core, ALICE, kinds.WorkspaceCreate("team-a", ALICE.email), idempotency_key="a"
     )
     second = services.submit(stack.core, BOB, kinds.WorkspaceCreate("team-b", BOB.email), idempotency_key="b")
-    bucket = str(first.request.plan.steps[2].params["bucket"])
+    bucket = str(first.request.plan.steps[BUCKET].params["bucket"])
     stubborn = Stubborn(ScriptedAction(stack.world, "aws.bucket"), bucket)
     stack.backend.actions["aws.bucket"] = stubborn  # type: ignore[index]
     stack.approve(first.request.id)
@@ -59,9 +65,9 @@ def test_a_deferred_request_does_not_block_the_others(db_url: str) -> None:
     with stack.backend.db.uow() as uow:
         steps = uow.work.steps(waiting)
         claimed_by, retry_at = uow.work.claim_of(waiting)
-    assert [s.status for s in steps] == [StepStatus.DONE, StepStatus.DONE, StepStatus.RUNNING]
-    assert steps[2].error == "S3 is throttling this bucket" and steps[2].attempts == 1
-    assert steps[2].first_failure_at == stack.clock.now()
+    assert [s.status for s in steps] == [StepStatus.DONE] * BUCKET + [StepStatus.RUNNING]
+    assert steps[BUCKET].error == "S3 is throttling this bucket" and steps[BUCKET].attempts == 1
+    assert steps[BUCKET].first_failure_at == stack.clock.now()
     assert claimed_by is None and retry_at == stack.clock.now() + timedelta(seconds=30)  # the error's delay
 
     # Once the throttling is over and the retry time has come, it finishes.
@@ -87,11 +93,11 @@ def test_a_deferred_request_is_not_claimable_by_another_worker_before_its_retry_
     stack.clock.advance(timedelta(seconds=29))
     assert second.run() == 0, "w2 may not take the deferred request before its retry time"
     assert stack.run() == 0, "nor may w1, which deferred it"
-    assert stubborn.calls.count(str(stack.request(waiting).plan.steps[2].params["bucket"])) == 1
+    assert stubborn.calls.count(str(stack.request(waiting).plan.steps[BUCKET].params["bucket"])) == 1
 
     stack.clock.advance(timedelta(seconds=1))
     assert second.run() == 1
     assert second.request(waiting).state is RequestState.SUCCEEDED
     with second.backend.db.uow() as uow:
         assert uow.work.claim_of(waiting) == (None, None)
-        assert uow.work.steps(waiting)[2].attempts == 2
+        assert uow.work.steps(waiting)[BUCKET].attempts == 2

@@ -43,6 +43,7 @@ def test_runbook_naming_by_configuration_alone() -> None:
     ]
     assert [s.action for s in plan.steps] == [
         "kubeflow.profile",
+        "kubeflow.notebook_activity",
         "dex.user",
         "aws.bucket",
         "aws.iam_resources",
@@ -85,7 +86,7 @@ def test_warns_when_max_nodes_cannot_reach_the_gpu_quota() -> None:
 def test_no_nodegroup_without_gpu_or_instance_type_and_no_dex_when_external() -> None:
     settings = CoreSettings(workspace=WorkspaceDefaults(dex_mode="external"))
     plan = kinds.WorkspaceCreate("cpu-only", "a@example.com").plan(ctx(settings))
-    assert [s.action for s in plan.steps] == ["kubeflow.profile", "aws.bucket"]
+    assert [s.action for s in plan.steps] == ["kubeflow.profile", "kubeflow.notebook_activity", "aws.bucket"]
 
 
 @pytest.mark.parametrize(

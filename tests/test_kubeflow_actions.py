@@ -751,3 +751,71 @@ def test_a_request_id_that_cannot_be_a_label_is_refused_before_any_write(
     with pytest.raises(PermanentError, match="ownership label"):
         kf.registry()["kubeflow.profile"].ensure(by("not a label!", profile_params()))
     assert apiserver.get("kubeflow.org/v1", "profiles", "team-a") is None
+
+
+# -- the bot's notebook-activity policy (cost control) ----------------------------------------------
+
+BOT = "cluster.local/ns/kf-chatops/sa/kf-chatops"
+
+
+def planned_activity_policy(name: str = "team-a") -> dict[str, Any]:
+    context = kinds.PlanContext(CoreSettings(), StaticFacts(), "RPLAN01")
+    plan = kinds.WorkspaceCreate(name, OWNER).plan(context)
+    return dict(next(s.params for s in plan.steps if s.action == "kubeflow.notebook_activity"))
+
+
+def test_the_activity_policy_lets_only_the_bot_get_kernels_and_terminals(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    params = {**planned_activity_policy(), "_request": "RPLAN01"}
+    assert params["namespace"] == ns
+    action = kf.registry()["kubeflow.notebook_activity"]
+    outcome = action.ensure(params)
+    assert outcome.created is True and action.ensure(params).created is True  # its own mark
+    policy = apiserver.get(ISTIO, "authorizationpolicies", "kfbot-notebook-activity", ns)
+    assert policy is not None and policy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kf-chatops"
+    # Exactly what was planned survived the real CRD's schema (validated and pruned by the fake).
+    assert policy["spec"] == {
+        "action": "ALLOW",
+        "rules": [{
+            "from": [{"source": {"principals": [BOT]}}],
+            "to": [{"operation": {"methods": ["GET"], "paths": ["*/api/kernels", "*/api/terminals"]}}],
+        }],
+    }
+    action.undo(params, outcome)
+    assert apiserver.get(ISTIO, "authorizationpolicies", "kfbot-notebook-activity", ns) is None
+
+
+def test_a_drifted_activity_policy_converges_and_a_foreign_one_is_refused(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    ns = workspace(kf)
+    params = planned_activity_policy()
+    action = kf.registry()["kubeflow.notebook_activity"]
+    action.ensure(params)
+    client.CustomObjectsApi(kf.kube.api).patch_namespaced_custom_object(
+        "security.istio.io", "v1beta1", ns, "authorizationpolicies", "kfbot-notebook-activity",
+        {"spec": {"rules": [{"to": [{"operation": {"paths": ["*"]}}]}]}},
+    )
+    assert action.ensure(params).created is False  # made without a request: not this request's
+    policy = apiserver.get(ISTIO, "authorizationpolicies", "kfbot-notebook-activity", ns)
+    assert policy is not None and policy["spec"]["rules"][0]["from"] == [{"source": {"principals": [BOT]}}]
+
+    other = workspace(kf, "other")
+    apiserver.seed({"apiVersion": ISTIO, "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "kfbot-notebook-activity", "namespace": other},
+                    "spec": {"rules": [{}]}})
+    with pytest.raises(PermanentError, match="did not make"):
+        action.ensure({"namespace": other})
+    foreign = apiserver.get(ISTIO, "authorizationpolicies", "kfbot-notebook-activity", other)
+    assert foreign is not None and foreign["spec"] == {"rules": [{}]}
+
+
+@pytest.mark.parametrize("principal", ["*", "cluster.local/ns/kf-chatops/sa/*", ""])
+def test_a_wildcard_bot_principal_is_never_written(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, settings: KubeflowSettings,
+        clock: FakeClock, principal: str) -> None:
+    kf = KubeflowActions(kube_api_client, settings, clock, principal)
+    ns = workspace(kf)
+    with pytest.raises(PermanentError, match="wildcard"):
+        kf.registry()["kubeflow.notebook_activity"].ensure({"namespace": ns})
+    assert apiserver.get(ISTIO, "authorizationpolicies", "kfbot-notebook-activity", ns) is None

@@ -16,7 +16,8 @@ from tests.fakes.db_fixtures import AUDIT_KEY
 pytest_plugins = ["tests.fakes.db_fixtures"]
 
 TABLES = {"requests", "idempotency_keys", "decision_keys", "step_outcomes", "timers", "workspaces", "grants",
-          "tokens", "audit_events", "audit_head", "gpu_signals", "gpu_holds", "cost_reports", "gpu_usage"}
+          "tokens", "audit_events", "audit_head", "gpu_signals", "gpu_holds", "cost_reports", "gpu_usage",
+          "cost_digests"}
 
 
 @pytest.fixture

@@ -145,10 +145,10 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
 }
 
 GOLDEN: dict[str, str] = {
-    "create-cpu-nodegroup": "f3e38b2742b21bdb7a87deb4348a11f0539733f9029569b6547eadb8b7e4d28b",
-    "create-external-dex": "4420279940169b1038de60157e39810ddd4d50859a70f176bfe53a5ec34e4781",
-    "create-gpu": "6e6d8bfc6b4874750028ded183d18e813f31f94c1741f6dba936adb9dc7c5a34",
-    "create-gpu-configmap": "92757e766b2ebceb03e5e412472c12297b3aa234245e14e960d0202e319fb8cf",
+    "create-cpu-nodegroup": "e4d97b035057fa83c6f035874b2bd2f2c54547a6ca8c95cd86ec7edbfa174c6b",
+    "create-external-dex": "9c934df93c4ce00900aea22fe324747f58e22094b56b95f4d1651233bb414f24",
+    "create-gpu": "342585f58d3c89e9a38771bacff4da4430c20528eeaccf72c7055cdbe837e3f5",
+    "create-gpu-configmap": "379e6a245c518249f60b8baaeab1725cc4a7846c2e30b476bb721948dd34abf2",
     "delete-keep-data": "247eb7e9ff414769a19eb4091ff396159217a7c0bd9c1ec63e27e3fe3998298e",
     "delete-purge-login-in-use": "145f3c6d1669c7ac632e6204e48cbbc2f3c8aacfca62871f3ee87715b21ef0d7",
     "pin": "577b316e4f2fe000bdf8a3241b427742496ef4ed6eb87d51ce55e801e5ae8727",
@@ -173,7 +173,11 @@ GOLDEN: dict[str, str] = {
     "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
     "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
 }
-"""Computed by the code of 7b032e4 for ``CASES`` (the cost-control kinds by their first release)."""
+"""Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
+release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step
+to ``workspace.create`` on purpose, so a create approved before that upgrade and not yet applied
+goes back to pending once (the engine's digest check): its approver never saw the new policy, and
+must."""
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -18,6 +18,7 @@ def test_defaults_need_no_environment() -> None:
     assert s.provisioning.audit_key == b"" and s.http.port == 3000 and s.log.format == "json"
     assert s.core.policy.request_ttl == timedelta(hours=72) and not s.slack.socket_mode
     assert s.slack.api_url is None
+    assert s.provisioning.engine.workers == 4
 
 
 @pytest.mark.parametrize("value", ["", "dry-run", "LIVE", "Live", "true", "1", "live ", "yes"])
@@ -46,6 +47,7 @@ def test_every_variable_reaches_its_layer() -> None:
             "KFBOT_LOG_LEVEL": "debug",
             "KFBOT_WORKER_ID": "w1",
             "KFBOT_LEASE_SECONDS": "30",
+            "KFBOT_WORKERS": "8",
             "KFBOT_STEP_DEADLINE": "10m",
             "KFBOT_DEX_MODE": "configmap",
             "KFBOT_DEX_NAMESPACE": "dex",
@@ -97,6 +99,7 @@ def test_every_variable_reaches_its_layer() -> None:
     )
     assert p.engine.worker_id == "w1" and p.engine.lease == timedelta(seconds=30)
     assert p.engine.step_deadline == timedelta(minutes=10)
+    assert p.engine.workers == 8
     assert (
         p.dex.mode == "configmap" == c.workspace.dex_mode
         and p.dex.namespace == "dex"
@@ -143,6 +146,10 @@ def test_every_variable_reaches_its_layer() -> None:
         ("KFBOT_NUDGE_AFTER", "-1h"),
         ("KFBOT_STEP_DEADLINE", "1.5h"),
         ("KFBOT_LEASE_SECONDS", "1"),
+        ("KFBOT_WORKERS", "0"),
+        ("KFBOT_WORKERS", "65"),
+        ("KFBOT_WORKERS", "2.5"),
+        ("KFBOT_WORKERS", "many"),
         ("KFBOT_BCRYPT_COST", "40"),
         ("KFBOT_BCRYPT_COST", "4"),  # accepted once, then the live start-up failed on it
         ("KFBOT_BCRYPT_COST", "9"),

@@ -42,10 +42,11 @@ def test_request_is_planned_approved_applied_and_audited(stack: Stack) -> None:
     assert stack.run() == 1
     request = stack.request(rid)
     assert request.state is RequestState.SUCCEEDED
-    assert step_statuses(stack, rid) == [StepStatus.DONE] * 3
+    assert step_statuses(stack, rid) == [StepStatus.DONE] * 4
     assert sorted(action for action, _ in stack.world.objects) == [
         "aws.bucket",
         "dex.user",
+        "kubeflow.notebook_activity",
         "kubeflow.profile",
     ]
     view = stack.backend.workspace_view("team-a")
@@ -206,8 +207,8 @@ def test_temporary_errors_retry_with_capped_backoff(stack: Stack) -> None:
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert stack.clock.slept == [], "no worker slept through a backoff"
     with stack.backend.db.uow() as uow:
-        assert uow.work.steps(rid)[2].attempts == 6
-    assert stack.notifier.types_for(rid).count(EventType.STEP_STARTED.value) == 3, "once per step"
+        assert uow.work.steps(rid)[3].attempts == 6
+    assert stack.notifier.types_for(rid).count(EventType.STEP_STARTED.value) == 4, "once per step"
 
 
 def test_temporary_errors_past_the_deadline_fail_and_compensate(stack: Stack) -> None:
@@ -218,9 +219,9 @@ def test_temporary_errors_past_the_deadline_fail_and_compensate(stack: Stack) ->
     waits = run_deferred(stack, rid)
     request = stack.request(rid)
     assert request.state is RequestState.FAILED
-    assert "S3 is slow" in (request.error or "") and "Step 3 of 3" in (request.error or "")
-    assert stack.world.objects == {}, "the profile and the Dex user the bot made were undone"
-    assert step_statuses(stack, rid) == [StepStatus.UNDONE, StepStatus.UNDONE, StepStatus.FAILED]
+    assert "S3 is slow" in (request.error or "") and "Step 4 of 4" in (request.error or "")
+    assert stack.world.objects == {}, "the profile, its policy and the Dex user the bot made were undone"
+    assert step_statuses(stack, rid) == [StepStatus.UNDONE] * 3 + [StepStatus.FAILED]
     # The deadline (5 minutes in the harness) counts from the first failure, across deferrals.
     assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and set(waits[4:]) == {8.0}
     assert stack.clock.now() - start == timedelta(seconds=sum(waits)) >= timedelta(minutes=5)
@@ -236,7 +237,7 @@ def test_a_waiting_undo_defers_too_and_then_finishes(stack: Stack) -> None:
     assert stack.request(rid).state is RequestState.FAILED
     assert waits == [1.0, 2.0, 4.0]
     assert stack.world.objects == {}
-    assert stack.notifier.types_for(rid).count(EventType.STEP_UNDONE.value) == 2
+    assert stack.notifier.types_for(rid).count(EventType.STEP_UNDONE.value) == 3
 
 
 @pytest.mark.parametrize("failing", ["kubeflow.profile", "dex.user", "aws.bucket"])
@@ -267,7 +268,7 @@ def test_failed_undo_needs_attention_and_retry_finishes(stack: Stack) -> None:
     services.retry(stack.core, ADMIN, rid)
     stack.run()
     assert stack.request(rid).state is RequestState.SUCCEEDED
-    assert len(stack.world.objects) == 3
+    assert len(stack.world.objects) == 4
 
 
 def test_a_worker_that_lost_its_lease_records_nothing(stack: Stack) -> None:
@@ -293,7 +294,7 @@ def test_a_worker_that_lost_its_lease_records_nothing(stack: Stack) -> None:
             error="late",
             attempts=1,
         )
-    assert step_statuses(stack, rid) == [StepStatus.DONE] * 3
+    assert step_statuses(stack, rid) == [StepStatus.DONE] * 4
 
 
 def test_pending_requests_expire_and_approvers_are_nudged(stack: Stack) -> None:

@@ -1,7 +1,10 @@
 """Plans already stored keep working: a database written by commit 7b032e4 (before issue 10
 reshaped the store and the step params; tests/fixtures/README.md) is upgraded by the migrations,
-and what it holds applies as it would have: approved and mid-plan requests apply without going
-back to pending (their plan digests still match), the grant expiry fires, the audit chain verifies.
+and what it holds applies as it would have: a mid-plan request applies without going back to
+pending (its stored plan is the one applied), the grant expiry fires, the audit chain verifies.
+An approved, not yet started ``workspace.create`` goes back to pending once: issue 11 added the
+``kfbot-notebook-activity`` AuthorizationPolicy to that kind's plan on purpose, and its approver
+never saw it; approved again, it applies with the policy.
 
 Public surfaces only (``build_backend``, ``services``, ``kfbot``), so this test guards any later
 reshaping of step params or digests too.
@@ -56,17 +59,25 @@ def test_a_database_from_7b032e4_upgrades_and_its_requests_apply(
             backend.check_migrated()
         backend.migrate()
 
-        assert backend.run_until_idle(told) == 2
+        backend.run_until_idle(told)
         with backend.uow() as uow:
             state = {rid: uow.requests.get(rid).state for rid in (APPLYING, APPROVED, PENDING)}
-        assert state == {APPLYING: RequestState.SUCCEEDED, APPROVED: RequestState.SUCCEEDED,
+        assert state == {APPLYING: RequestState.SUCCEEDED, APPROVED: RequestState.PENDING,
                          PENDING: RequestState.PENDING}
-        applied = [e for e in told.events if e.request_id in (APPLYING, APPROVED)]
-        assert {e.type for e in applied} >= {EventType.APPLY_STARTED, EventType.SUCCEEDED}
+        applied = [e for e in told.events if e.request_id == APPLYING]
+        assert {e.type for e in applied} >= {EventType.STEP_SUCCEEDED, EventType.SUCCEEDED}
         assert not [e for e in applied if e.type in (EventType.PLAN_CHANGED, EventType.REFUSED)]
+        assert [e.type for e in told.events if e.request_id == APPROVED] == [EventType.PLAN_CHANGED]
+        services.decide(core, Actor("UADMIN", "admin@example.com", is_admin=True), APPROVED, approve=True,
+                        decision_key="fixture:reapprove")
+        assert backend.run_until_idle(told) == 1
+        with backend.uow() as uow:
+            assert uow.requests.get(APPROVED).state is RequestState.SUCCEEDED
+        reapplied = {e.type for e in told.events if e.request_id == APPROVED}
+        assert reapplied >= {EventType.APPLY_STARTED, EventType.SUCCEEDED}
         gpu = backend.workspace_view("team-g", live=False)
         assert gpu is not None and {e["action"] for e in gpu.record.created.values()} >= {
-            "aws.nodegroup", "kubeflow.poddefault"}
+            "aws.nodegroup", "kubeflow.poddefault", "kubeflow.notebook_activity"}
 
         # The stored pending request still holds its subject (filled in by the upgrade).
         with pytest.raises(services.SubjectBusy, match=PENDING):

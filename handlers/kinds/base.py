@@ -66,7 +66,10 @@ class PutWorkspace:
 @dataclass(frozen=True)
 class UpdateWorkspaceObjects:
     """Record the params an object has now over its create-time ones: ``replace`` replaces an
-    entry's params, ``merge`` updates some of them. Keys the registry does not hold are skipped."""
+    entry's params, ``merge`` updates some of them. Keys the registry does not hold are skipped.
+    ``add`` records objects made after the workspace (``{"action": ..., "params": ...}``, as
+    ``PutWorkspace`` records them), replacing an entry under the same key; ``remove`` forgets
+    objects the request removed."""
 
     name: str
     replace: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)

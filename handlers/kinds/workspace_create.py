@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from handlers import errors, naming, prices, scheduling, units
-from handlers.actions import ActionName
+from handlers.actions import NOTEBOOK_ACTIVITY_POLICY, ActionName
 from handlers.kinds.base import (
     MANAGED_BY,
     Applied,
@@ -148,6 +148,7 @@ class WorkspaceCreate:
                 {"name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)},
                 f"Kubeflow Profile `{names.namespace}` owned by {user}",
             ),
+            notebook_activity_step(names.namespace),
         ]
         if d.dex_mode != "external":
             steps.append(
@@ -311,4 +312,17 @@ def poddefault_step(
         f"PodDefault/{namespace}/{name}",
         {"namespace": namespace, "name": name, "tolerations": tolerations, "description": description},
         f"PodDefault `{name}` whose tolerations let notebooks onto the nodegroup",
+    )
+
+
+def notebook_activity_step(namespace: str) -> Step:
+    """The workspace's ``kfbot-notebook-activity`` AuthorizationPolicy: only the bot's principal,
+    only GET, only Jupyter's ``/api/kernels`` and ``/api/terminals`` (the idle scan reads them the
+    way Kubeflow's culler does; the profile's own policy lets only the notebook controller)."""
+    return Step(
+        ActionName.NOTEBOOK_ACTIVITY,
+        f"AuthorizationPolicy/{namespace}/{NOTEBOOK_ACTIVITY_POLICY}",
+        {"namespace": namespace},
+        f"Istio AuthorizationPolicy `{NOTEBOOK_ACTIVITY_POLICY}`: only the bot may GET its notebooks' "
+        "/api/kernels and /api/terminals (idle-GPU detection)",
     )

@@ -36,6 +36,7 @@ _REMOVAL: dict[str, ActionName | None] = {
     ActionName.BUCKET: ActionName.BUCKET_REMOVE,
     ActionName.DEX_USER: ActionName.DEX_USER_REMOVE,
     ActionName.PODDEFAULT: None,  # goes with the namespace
+    ActionName.NOTEBOOK_ACTIVITY: None,  # goes with the namespace
     ActionName.PROFILE: ActionName.PROFILE_REMOVE,
 }
 _KEEPS_DATA = (ActionName.BUCKET, ActionName.PROFILE)

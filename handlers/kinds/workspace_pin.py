@@ -1,5 +1,6 @@
-"""``workspace.pin``: give a workspace made before pinning its workspace taint. Only an admin
-approves it; ``/kf workspace pin --all`` (``handlers.parse.PinAll``) files one per workspace."""
+"""``workspace.pin``: give a workspace made before pinning its workspace taint, and one made before
+cost control its ``kfbot-notebook-activity`` AuthorizationPolicy. Only an admin approves it;
+``/kf workspace pin --all`` (``handlers.parse.PinAll``) files one per workspace."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from handlers import errors, naming
-from handlers.actions import ActionName
+from handlers.actions import NOTEBOOK_ACTIVITY_POLICY, ActionName
 from handlers.kinds.base import (
     Applied,
     PlanContext,
@@ -20,7 +21,13 @@ from handlers.kinds.base import (
     require_workspace,
     workspace_people,
 )
-from handlers.kinds.workspace_create import GPU_TAINT, PINNING_LIMITS, gpu_nodegroup_taints, poddefault_step
+from handlers.kinds.workspace_create import (
+    GPU_TAINT,
+    PINNING_LIMITS,
+    gpu_nodegroup_taints,
+    notebook_activity_step,
+    poddefault_step,
+)
 from handlers.plan import JSON, Plan, Step, as_list, as_object
 from handlers.ports import Facts, WorkspaceFacts
 
@@ -42,6 +49,11 @@ def gpu_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
         for key, params in nodegroups
         if any(t.get("key") == GPU_TAINT["key"] for t in _taints(params))
     ]
+
+
+def _lacks_activity_policy(ws: WorkspaceFacts) -> bool:
+    """Made before cost control: the registry holds no ``kfbot-notebook-activity`` policy."""
+    return f"AuthorizationPolicy/{ws.namespace}/{NOTEBOOK_ACTIVITY_POLICY}" not in ws.created
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,10 @@ class WorkspacePin:
 
     @staticmethod
     def pending(ws: WorkspaceFacts) -> bool:
-        """Whether the registry shows a GPU nodegroup of ``ws`` without its workspace taint."""
+        """Whether the registry shows a GPU nodegroup of ``ws`` without its workspace taint, or no
+        notebook-activity policy."""
         key, value = naming.workspace_taint(ws.namespace)
-        return any(
+        return _lacks_activity_policy(ws) or any(
             not any(t.get("key") == key and t.get("value") == value for t in _taints(params))
             for _, params in gpu_nodegroups(ws)
         )
@@ -82,7 +95,7 @@ class WorkspacePin:
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.name)
         nodegroups = gpu_nodegroups(ws)
-        if not nodegroups:
+        if not nodegroups and not _lacks_activity_policy(ws):
             raise errors.InvalidInput(
                 f"`{self.name}` has no GPU nodegroup made by kf-chatops; there is nothing to pin.",
                 field="name",
@@ -112,11 +125,14 @@ class WorkspacePin:
                     "PodDefault tolerates it)",
                 )
             )
-        return Plan.of(steps, [PINNING_LIMITS])
+        if _lacks_activity_policy(ws):
+            steps.append(notebook_activity_step(ws.namespace))
+        return Plan.of(steps, [PINNING_LIMITS] if nodegroups else [])
 
     def on_success(self, done: Applied) -> Success:
         """The registry records the pinned PodDefault and the nodegroup's taints over the
-        create-time params, so the next ``pin --all`` passes the workspace by."""
+        create-time params, and the activity policy it made, so the next ``pin --all`` passes the
+        workspace by."""
         steps = done.plan.steps
         return Success(
             changes=(
@@ -126,7 +142,14 @@ class WorkspacePin:
                     merge={
                         s.key: {"taints": s.params["taints"]}
                         for s in steps
-                        if s.action != ActionName.PODDEFAULT
+                        if s.action == ActionName.NODEGROUP_TAINTS
+                    },
+                    add={
+                        s.key: {"action": s.action, "params": dict(s.params)}
+                        for idx, s in enumerate(steps)
+                        if s.action == ActionName.NOTEBOOK_ACTIVITY
+                        and (outcome := done.outcomes.get(idx)) is not None
+                        and outcome.created
                     },
                 ),
             )

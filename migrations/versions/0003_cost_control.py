@@ -66,12 +66,22 @@ def upgrade() -> None:
         sa.Column("usd", sa.Float(), nullable=False, server_default="0"),
         sa.Column("idle_usd", sa.Float(), nullable=False, server_default="0"),
         sa.Column("last_scan", _utc(), nullable=False),
+        sa.Column("unpriced_seconds", sa.Float(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("day", "node", name="pk_gpu_usage"),
     )
     op.create_index("ix_gpu_usage_workspace", "gpu_usage", ["workspace"])
+    op.create_table(
+        "cost_digests",
+        sa.Column("slot", _utc(), nullable=False),
+        sa.Column("channel", sa.String(), nullable=False),
+        sa.Column("ts", sa.String(), nullable=True),
+        sa.Column("claimed_at", _utc(), nullable=False),
+        sa.Column("posted_at", _utc(), nullable=True),
+        sa.PrimaryKeyConstraint("slot", name="pk_cost_digests"),
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_gpu_usage_workspace", table_name="gpu_usage")
-    for table in ("gpu_usage", "cost_reports", "gpu_holds", "gpu_signals"):
+    for table in ("cost_digests", "gpu_usage", "cost_reports", "gpu_holds", "gpu_signals"):
         op.drop_table(table)

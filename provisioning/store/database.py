@@ -20,14 +20,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from handlers import errors
+from provisioning.store.repositories import lock_key
 from provisioning.store.uow import ProvisioningUnitOfWork, SqlUnitOfWork
+from provisioning.store.wakeup import PgWakeups, WorkSignal
+
+__all__ = ["Database", "lock_key"]
+
+if TYPE_CHECKING:
+    import psycopg
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -64,13 +71,6 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
 
-def lock_key(prefix: str, key: str) -> sa.ColumnElement[Any]:
-    # Advisory locks are per database, not per schema: the schema in the key keeps two
-    # deployments (or two test runs) that share a database out of each other's way.
-    text = sa.literal(f"kfbot:{prefix}:") + sa.func.current_schema() + sa.literal(f":{key}")
-    return sa.func.hashtextextended(text, 0)
-
-
 class Database:
     """One database: its lazily created engine, migrations, and units of work.
 
@@ -92,6 +92,9 @@ class Database:
         self._local_locks: dict[str, threading.Lock] = {}
         self._local_locks_guard = threading.Lock()
         self._sqlite_writers = threading.local()  # per thread: read-write units of work open now
+        self.work_signal = WorkSignal()
+        """Notified after a commit that made work claimable, by this process's units of work and,
+        on PostgreSQL, by ``wakeups()``'s listener for the other replicas' (``store.wakeup``)."""
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
@@ -130,11 +133,33 @@ class Database:
         SQLite's BEGIN (DEFERRED: never waits for or blocks a writer); use it for reads nested
         inside another unit of work."""
         return ProvisioningUnitOfWork(self.engine, self.audit_key, self._now, read_only=read_only,
-                                      writers=self._sqlite_writers)
+                                      writers=self._sqlite_writers, on_wake=self.work_signal.notify)
 
     def core_uow(self) -> SqlUnitOfWork:
         """A unit of work with only what ``handlers.ports.UnitOfWork`` declares: the core's."""
-        return SqlUnitOfWork(self.engine, self.audit_key, self._now, writers=self._sqlite_writers)
+        return SqlUnitOfWork(self.engine, self.audit_key, self._now, writers=self._sqlite_writers,
+                             on_wake=self.work_signal.notify)
+
+    def wakeups(self) -> PgWakeups | None:
+        """The listener for other processes' work notifications (PostgreSQL only; a SQLite
+        deployment is one process, whose own commits notify ``work_signal`` directly)."""
+        if not self.is_postgres:
+            return None
+        return PgWakeups(self._listen_connection, self.work_signal)
+
+    def _listen_connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        import psycopg  # noqa: PLC0415 - only a PostgreSQL deployment needs it
+
+        # The engine's own connect arguments (host, credentials, the search_path option), on a
+        # connection of its own outside the pool: LISTEN lives as long as its session does.
+        cargs, cparams = self.engine.dialect.create_connect_args(self.url)
+        cparams.pop("context", None)
+        # A listener that only waits would never notice a dead peer on its own: TCP keepalives
+        # (and PgWakeups' periodic round trip) turn a silent loss into an error, hence a reconnect.
+        for key, value in (("keepalives", 1), ("keepalives_idle", 30), ("keepalives_interval", 10),
+                           ("keepalives_count", 3)):
+            cparams.setdefault(key, value)
+        return psycopg.Connection.connect(*cargs, **cparams, autocommit=True)
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:

@@ -16,6 +16,7 @@ approving at once exactly one succeeds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,13 @@ from provisioning.store.schema import (
     tokens,
     workspaces,
 )
+
+
+def lock_key(prefix: str, key: str) -> sa.ColumnElement[Any]:
+    # Advisory locks are per database, not per schema: the schema in the key keeps two
+    # deployments (or two test runs) that share a database out of each other's way.
+    text = sa.literal(f"kfbot:{prefix}:") + sa.func.current_schema() + sa.literal(f":{key}")
+    return sa.func.hashtextextended(text, 0)
 
 
 class LeaseLost(errors.StaleVersion):
@@ -154,11 +162,85 @@ def _to_request(row: sa.Row[Any]) -> Request:
     )
 
 
+_CLAIM_TRIES = 3
+"""Candidates one claim looks at before giving up until the next wake-up or poll (a candidate is
+passed over only when another worker claimed a request of its subject in the meantime)."""
+_STARTED = (RequestState.APPLYING.value, RequestState.COMPENSATING.value)
+
+
+def _in_progress(t: sa.FromClause, now: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """A request of ``t`` has started work: applying or compensating (also while deferred), or
+    held by a live claim (a worker is about to begin it)."""
+    return sa.or_(
+        t.c.state.in_(_STARTED),
+        sa.and_(t.c.claimed_by.is_not(None), t.c.lease_until >= now),
+    )
+
+
+def _queued_behind(r: sa.Table, now: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """Whether request ``r`` waits behind another request of its subject in a work state.
+
+    Requests about one subject (a workspace, a grant) never run at once: the submission rules keep
+    most pairs apart, but not all (an expiry filed while a person's request waits for an admin, a
+    ``/kf retry`` of an old request), and a deferred step hands its worker other work. So each
+    subject has a queue: requests that started (``_in_progress``) go first, then the oldest. Only
+    its head may be claimed; ``claim_request`` re-checks this under a per-subject lock."""
+    other = r.alias("queued_ahead")
+    mine, theirs = _in_progress(r, now), _in_progress(other, now)
+    older = sa.or_(
+        other.c.created_at < r.c.created_at,
+        sa.and_(other.c.created_at == r.c.created_at, other.c.id < r.c.id),
+    )
+    return sa.exists().where(
+        other.c.subject == r.c.subject,
+        other.c.id != r.c.id,
+        other.c.state.in_([s.value for s in WORK_STATES]),
+        sa.or_(sa.and_(theirs, sa.not_(mine)), sa.and_(theirs == mine, older)),
+    )
+
+
+@functools.cache
+def _claim_statements(states: frozenset[str]) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """``claim_request``'s two queries, built once (bound parameters ``now``, ``worker_id``,
+    ``passed_over``, ``id``): building them per claim cost more CPU than running them (profiled
+    with bench.run --profile), and every idle worker's wake-up is a claim."""
+    r = requests
+    now = sa.bindparam("now", type_=r.c.lease_until.type)
+    worker_id = sa.bindparam("worker_id", type_=sa.String())
+    find = (
+        sa.select(r)
+        .where(
+            r.c.state.in_(sorted(states)),
+            sa.or_(
+                r.c.lease_until.is_(None),
+                sa.and_(r.c.claimed_by.is_(None), r.c.lease_until <= now),
+                r.c.lease_until < now,
+                r.c.claimed_by == worker_id,
+            ),
+            sa.not_(_queued_behind(r, now)),
+            r.c.id.not_in(sa.bindparam("passed_over", expanding=True)),
+        )
+        .order_by(r.c.created_at, r.c.id)
+        .limit(1)
+        # SKIP LOCKED: a row another worker is claiming right now is simply not a candidate
+        # (rendered only on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises claims).
+        # OF requests: the subquery's rows are read, not locked.
+        .with_for_update(skip_locked=True, of=r)
+    )
+    recheck = sa.select(r.c.id).where(r.c.id == sa.bindparam("id"), _queued_behind(r, now))
+    return find, recheck
+
+
 class Tx:
-    """The connection of the enclosing unit of work, shared by its repositories."""
+    """The connection of the enclosing unit of work, shared by its repositories.
+
+    ``wake`` is set by a write that makes work claimable (a request approved, auto-approved or
+    retried; a finished request another one of its subject may queue behind): the unit of work
+    then wakes the step engine when it commits (``provisioning.store.wakeup``)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.wake = False
 
 
 # -- repositories ---------------------------------------------------------------------------------
@@ -196,6 +278,8 @@ class SqlRequestRepository:
                 # made this INSERT wait for it); READ COMMITTED shows it to this next statement.
                 raise errors.SubjectBusy(holder.id, holder.state.value, holder.requester_id) from None
             raise
+        if request.state is RequestState.APPROVED:  # auto-approved: the engine may take it now
+            self._tx.wake = True
         return request
 
     def _slot_holder(self, request: Request) -> Request | None:
@@ -237,6 +321,9 @@ class SqlRequestRepository:
         if result.rowcount == 0:
             self.get(request.id)  # NotFound when it does not exist at all
             raise errors.StaleVersion(f"{request.id} was changed by someone else; reload it.")
+        # Only a decision (approve) or a retry writes APPROVED; the engine moves it on from there.
+        if request.state is RequestState.APPROVED:
+            self._tx.wake = True
 
     def set_card(self, request_id: str, channel: str, ts: str) -> None:
         result = self._tx.conn.execute(
@@ -346,35 +433,36 @@ class SqlWork:
         lease_until: datetime,
         states: Collection[RequestState] = WORK_STATES,
     ) -> Request | None:
-        """Claim the oldest request in ``states`` whose lease is free, expired or already ours.
+        """Claim the oldest request in ``states`` whose lease is free, expired or already ours, and
+        which is first in its subject's queue (``_queued_behind``).
 
         An unclaimed row with a ``lease_until`` is a *deferred* request (``defer``): it waits for
         that time (its ``retry_at``) before anyone may take it."""
         conn = self._tx.conn
-        row = conn.execute(
-            sa.select(requests)
-            .where(
-                requests.c.state.in_([RequestState(s).value for s in states]),
-                sa.or_(
-                    requests.c.lease_until.is_(None),
-                    sa.and_(requests.c.claimed_by.is_(None), requests.c.lease_until <= now),
-                    requests.c.lease_until < now,
-                    requests.c.claimed_by == worker_id,
-                ),
-            )
-            .order_by(requests.c.created_at, requests.c.id)
-            .limit(1)
-            # SKIP LOCKED: a row another worker is claiming right now is simply not a candidate
-            # (rendered only on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises claims).
-            .with_for_update(skip_locked=True)
-        ).first()
-        if row is None:
+        r = requests
+        find, recheck = _claim_statements(frozenset(RequestState(s).value for s in states))
+        passed_over: list[str] = []
+        for _ in range(_CLAIM_TRIES):
+            row = conn.execute(find, {"now": now, "worker_id": worker_id, "passed_over": passed_over}).first()
+            if row is None:
+                return None
+            if row.subject is not None and conn.dialect.name == "postgresql":
+                # The subject rule above read a snapshot: another worker may have claimed a request
+                # of this subject since, uncommitted then. Claims of one subject take this lock
+                # for the rest of their transaction, and the rule is checked again once it is ours
+                # (READ COMMITTED: this next statement sees what the lock's last holder committed).
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key("subject", row.subject))))
+                if conn.execute(recheck, {"now": now, "id": row.id}).first() is not None:
+                    passed_over.append(row.id)
+                    continue
+            break
+        else:
             return None
         # attempts counts take-ups by a worker, not a worker's renewals of its own claim.
         attempts = row.attempts if row.claimed_by == worker_id else row.attempts + 1
         conn.execute(
-            sa.update(requests)
-            .where(requests.c.id == row.id)
+            sa.update(r)
+            .where(r.c.id == row.id)
             .values(claimed_by=worker_id, lease_until=lease_until, attempts=attempts)
         )
         return _to_request(row)
@@ -389,12 +477,16 @@ class SqlWork:
         )
         return result.rowcount == 1
 
-    def release(self, request_id: str, worker_id: str) -> None:
+    def release(self, request_id: str, worker_id: str, *, wake: bool = False) -> None:
+        """Give the claim back; ``wake``: the request is done with its subject, so a request
+        queued behind it (``claim_request``) can be taken at once, here or by another replica."""
         self._tx.conn.execute(
             sa.update(requests)
             .where(requests.c.id == request_id, requests.c.claimed_by == worker_id)
             .values(claimed_by=None, lease_until=None)
         )
+        if wake:
+            self._tx.wake = True
 
     def defer(self, request_id: str, worker_id: str, now: datetime, retry_at: datetime) -> None:
         """Give up our claim but keep the request unclaimable until ``retry_at`` (a step waits:
@@ -526,6 +618,14 @@ class SqlWork:
                      attempts=r.attempts, last_error=r.last_error)
             for r in rows
         ]
+
+    def pending_due(self, kind: str, ref: str) -> datetime | None:
+        """When the pending timer (kind, ref) is due; None when there is none."""
+        due: datetime | None = self._tx.conn.execute(
+            sa.select(timers.c.due_at)
+            .where(timers.c.kind == kind, timers.c.ref == ref, timers.c.done_at.is_(None))
+        ).scalar()
+        return due
 
     def finish_timer(self, timer_id: int, worker_id: str, now: datetime) -> bool:
         """Mark the timer done if we still hold it; False when it was moved, cancelled or taken over."""

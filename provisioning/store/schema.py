@@ -298,5 +298,20 @@ gpu_usage = sa.Table(
     sa.Column("usd", sa.Float(), nullable=False, default=0.0, server_default="0"),
     sa.Column("idle_usd", sa.Float(), nullable=False, default=0.0, server_default="0"),
     sa.Column("last_scan", UtcDateTime(), nullable=False),
+    # Node time of an instance type with no known price: counted in hours, never as $0 spent.
+    sa.Column("unpriced_seconds", sa.Float(), nullable=False, default=0.0, server_default="0"),
     sa.Index("ix_gpu_usage_workspace", "workspace"),
+)
+
+# One row per cost digest slot (a fire time of KFBOT_COST_DIGEST), written before the digest is
+# posted: two replicas, a retried timer or a forged timer row never post one slot twice, and a
+# slot older than the newest posted one is never posted at all.
+cost_digests = sa.Table(
+    "cost_digests",
+    metadata,
+    sa.Column("slot", UtcDateTime(), primary_key=True),
+    sa.Column("channel", sa.String(), nullable=False),
+    sa.Column("ts", sa.String(), nullable=True),
+    sa.Column("claimed_at", UtcDateTime(), nullable=False),
+    sa.Column("posted_at", UtcDateTime(), nullable=True),
 )

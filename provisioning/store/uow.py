@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Self
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from handlers.ports import AuditLog, DecisionKeys, RequestRepository, Timers
@@ -31,6 +32,7 @@ from provisioning.store.repositories import (
     SqlWork,
     Tx,
 )
+from provisioning.store.wakeup import WORK_CHANNEL
 
 if TYPE_CHECKING:
     from handlers.ports import UnitOfWork
@@ -49,14 +51,17 @@ class SqlUnitOfWork:
     timers: Timers
 
     def __init__(self, engine: Engine, audit_key: bytes, now: Callable[[], datetime], *,
-                 read_only: bool = False, writers: threading.local | None = None) -> None:
+                 read_only: bool = False, writers: threading.local | None = None,
+                 on_wake: Callable[[], None] | None = None) -> None:
         self._engine = engine
+        self._on_wake = on_wake
         self._audit_key = audit_key
         self._now = now
         self._read_only = read_only
         self._writers = writers if writers is not None else threading.local()
         self._holds_write_lock = False
         self._conn: Connection | None = None
+        self._tx: Tx | None = None
 
     @property
     def connection(self) -> Connection:
@@ -78,7 +83,8 @@ class SqlUnitOfWork:
             self._writers.depth = getattr(self._writers, "depth", 0) + 1
             self._holds_write_lock = True
         self._conn = conn
-        self._open(Tx(conn))
+        self._tx = Tx(conn)
+        self._open(self._tx)
         return self
 
     def _open(self, tx: Tx) -> None:
@@ -99,7 +105,17 @@ class SqlUnitOfWork:
                 conn.close()
 
     def commit(self) -> None:
-        self.connection.commit()
+        conn = self.connection
+        wake = self._tx is not None and self._tx.wake
+        if wake and conn.dialect.name == "postgresql":
+            # Transactional: delivered to the other replicas' listeners when this commits, never
+            # if it rolls back (provisioning.store.wakeup).
+            conn.execute(sa.select(sa.func.pg_notify(WORK_CHANNEL, sa.func.current_schema())))
+        conn.commit()
+        if self._tx is not None:
+            self._tx.wake = False
+        if wake and self._on_wake is not None:
+            self._on_wake()  # after the commit: a woken worker must see the row
 
     def rollback(self) -> None:
         self.connection.rollback()

@@ -45,7 +45,7 @@ DEFAULT_BOT_USER_ID = "UKFBOT001"
 DEFAULT_BOT_ID = "BKFBOT001"
 DEFAULT_APP_ID = "AKFBOT001"
 # Form-encoded callers send these as JSON strings; JSON callers send them as objects.
-_JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
+_JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "files")
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 Json = dict[str, Any]
@@ -96,6 +96,9 @@ class _ApiError(Exception):
 
 class _FakeServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The benchmark's bursts answer hundreds of response_urls at once: a backlog of 5 (the
+    # socketserver default) would make the fake, not the bot, reset connections.
+    request_queue_size = 1024
     fake: FakeSlack
 
 
@@ -189,7 +192,11 @@ class FakeSlack:
             "views.update": self._views_update,
             "views.publish": self._views_publish,
             "usergroups.users.list": self._usergroups_users_list,
+            "files.getUploadURLExternal": self._files_get_upload_url_external,
+            "files.completeUploadExternal": self._files_complete_upload_external,
         }
+        # The external upload flow: id -> {name, length, alt_txt, data (None until POSTed)}.
+        self._files: dict[str, Json] = {}
         self._server = _FakeServer(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -285,6 +292,7 @@ class FakeSlack:
             for table in (self._messages, self._views, self._home_tabs, self._responses,
                           self._rate_limits, self._failures):  # fmt: skip
                 table.clear()
+            self._files.clear()
             self._used_triggers.clear()
             self._opened.clear()
             if users:
@@ -370,6 +378,8 @@ class FakeSlack:
                 name = unquote(path.removeprefix("/response_url/"))
                 self._responses.setdefault(name, []).append(_parse_body(content_type, raw))
             return 200, {"Content-Type": "text/html"}, b"ok"
+        if path.startswith("/upload/v1/"):  # like https://files.slack.com/upload/v1/...: no token
+            return self._upload(path.removeprefix("/upload/v1/"), raw)
         if not path.startswith("/api/"):
             return 404, {"Content-Type": "text/plain"}, b"not found"
         method = path.removeprefix("/api/")
@@ -590,6 +600,70 @@ class FakeSlack:
         if isinstance(submitted, dict):
             submitted = {"type": "home", **submitted}
         return {"ok": True, "view": self._view(submitted, view_id)}
+
+    # -- the external upload flow (files.getUploadURLExternal, POST, files.completeUploadExternal) --
+    @property
+    def files(self) -> dict[str, Json]:
+        """Uploaded files by id: name, title, length, alt_txt, data (bytes), channel, thread_ts."""
+        with self._lock:
+            return copy.deepcopy(self._files)
+
+    def _files_get_upload_url_external(self, params: Json) -> Json:
+        # Slack: filename and length (bytes) are required; the answer is an upload URL and a file
+        # id that stays private until files.completeUploadExternal shares it.
+        filename = str(params.get("filename") or "")
+        try:
+            length = int(params.get("length") or 0)
+        except (TypeError, ValueError):
+            length = 0
+        if not filename or length <= 0:
+            raise _ApiError("invalid_arguments")
+        file_id = f"F{self._next():08d}"
+        self._files[file_id] = {"name": filename, "length": length, "alt_txt": params.get("alt_txt"),
+                                "data": None, "title": None, "channel": None, "thread_ts": None}
+        url = f"http://127.0.0.1:{self.port}/upload/v1/{file_id}"
+        return {"ok": True, "upload_url": url, "file_id": file_id}
+
+    def _upload(self, file_id: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            self._calls.append(SlackCall("upload", {"file_id": file_id, "bytes": len(raw)}, None))
+            entry = self._files.get(file_id)
+            if entry is None or entry["data"] is not None:
+                return 404, {"Content-Type": "text/plain"}, b"not found"
+            entry["data"] = raw
+        return 200, {"Content-Type": "text/plain"}, f"OK - {len(raw)}".encode()
+
+    def _files_complete_upload_external(self, params: Json) -> Json:
+        files = params.get("files")
+        if not isinstance(files, list) or not files:
+            raise _ApiError("invalid_arguments")
+        channel = str(params.get("channel_id") or "")
+        thread_ts = str(params.get("thread_ts") or "") or None
+        if thread_ts is not None and not channel:
+            raise _ApiError("invalid_arguments")
+        done: list[Json] = []
+        for item in files:
+            entry = self._files.get(str(item.get("id") if isinstance(item, dict) else ""))
+            # A file never POSTed to its upload URL (or of a wrong size) cannot be completed.
+            if entry is None or entry["data"] is None or len(entry["data"]) != entry["length"]:
+                raise _ApiError("file_not_found")
+            entry.update(title=item.get("title") or entry["name"], channel=channel or None,
+                         thread_ts=thread_ts)
+            done.append({"id": item["id"], "name": entry["name"], "title": entry["title"],
+                         "size": entry["length"], "mimetype": "image/png" if entry["name"].endswith(".png")
+                         else "application/octet-stream"})
+        if channel:
+            ts = self._next_ts()
+            message: Json = {"type": "message", "ts": ts, "user": self.bot_user_id, "bot_id": self.bot_id,
+                             "text": params.get("initial_comment", ""), "files": done, "channel": channel}
+            if thread_ts:
+                message["thread_ts"] = thread_ts
+                parent = self._messages.get((channel, thread_ts))
+                if parent is not None:
+                    parent.update(thread_ts=thread_ts, reply_count=parent.get("reply_count", 0) + 1,
+                                  latest_reply=ts)
+            self._messages[(channel, ts)] = message
+        return {"ok": True, "files": done}
 
     def _usergroups_users_list(self, params: Json) -> Json:
         group = str(params.get("usergroup") or "")

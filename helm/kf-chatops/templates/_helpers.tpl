@@ -185,6 +185,7 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
 - name: KFBOT_KUBE_API_URL
   value: {{ . | quote }}
 {{- end }}
+{{- include "kf-chatops.costEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -195,4 +196,31 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
 - kind: ServiceAccount
   name: {{ include "kf-chatops.serviceAccountName" . }}
   namespace: {{ .Release.Namespace }}
+{{- end }}
+
+{{/* Cost control's settings; KFBOT_BOT_PRINCIPAL is the pod's own Istio identity. */}}
+{{- define "kf-chatops.costEnv" -}}
+{{- $cost := .Values.cost }}
+{{- range $name, $value := dict "KFBOT_IDLE_AFTER" $cost.idleAfter "KFBOT_IDLE_GPU_UTIL" (toString $cost.idleGpuUtil) "KFBOT_SCAN_INTERVAL" $cost.scanInterval "KFBOT_COST_CHANNEL" $cost.channel "KFBOT_AUTO_STOP_AFTER" $cost.autoStopAfter "KFBOT_COST_DIGEST" $cost.digest "KFBOT_TIMEZONE" $cost.timezone "KFBOT_PROMETHEUS_URL" $cost.prometheusUrl "KFBOT_CLUSTER_DOMAIN" $cost.clusterDomain }}
+{{- if $value }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- with $cost.workspaceChannels }}
+- name: KFBOT_WORKSPACE_CHANNELS
+  value: {{ include "kf-chatops.pairs" . | quote }}
+{{- end }}
+{{- if $cost.costExplorer }}
+- name: KFBOT_COST_EXPLORER
+  value: "on"
+{{- end }}
+- name: KFBOT_BOT_PRINCIPAL
+  value: {{ printf "%s/ns/%s/sa/%s" .Values.istio.trustDomain .Release.Namespace (include "kf-chatops.serviceAccountName" .) | quote }}
+{{- end }}
+
+{{- define "kf-chatops.pairs" -}}
+{{- $out := list }}
+{{- range $k, $v := . }}{{ $out = append $out (printf "%s=%s" $k $v) }}{{ end }}
+{{- join "," $out }}
 {{- end }}
