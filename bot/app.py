@@ -30,6 +30,7 @@ from slack_sdk.http_retry.handler import RetryHandler
 import provisioning
 from bot import listeners
 from bot import logging as log
+from bot.cost import CostReporter
 from bot.digest import install_digest
 from bot.http import HttpLimits, HttpServer, wsgi_app
 from bot.identity import Identity
@@ -142,6 +143,21 @@ def build_slack(
     deps = listeners.Deps(settings=settings, core=core, identity=identity, backend=backend, inbox=inbox)
     listeners.register(app, deps)
     return SlackEdge(app, deps, notifier, client)
+
+
+def build_cost_reporter(
+    settings: Settings, backend: provisioning.Backend, edge: SlackEdge, clock: Clock
+) -> CostReporter:
+    """The idle-GPU reporter: posts with the bot's client, mentions owners Slack knows by email."""
+    return CostReporter(
+        edge.client,
+        backend,
+        backend.uow,
+        clock,
+        settings.core.cost,
+        settings.slack.admin_channel,
+        edge.deps.identity.user_id_for_email,
+    )
 
 
 class SlackAuthCheck:
@@ -262,7 +278,16 @@ def start_slack(
     stop_event = threading.Event()
     worker = backend.start_worker(edge.notifier, stop_event)
     bot_timers = install_digest(settings, backend, edge.client, clock)
-    scheduler = start_scheduler(backend, edge.deps.core, settings.http.sweep_seconds, bot_timers)
+    # Only a live backend can scan the cluster (the dry-run has no GPUs to find).
+    cost = build_cost_reporter(settings, backend, edge, clock) if backend.mode == "live" else None
+    scheduler = start_scheduler(
+        backend,
+        edge.deps.core,
+        settings.http.sweep_seconds,
+        bot_timers,
+        cost=cost,
+        scan_seconds=settings.core.cost.scan_interval.total_seconds(),
+    )
     start_inbox_sweep(edge.deps.inbox, stop_event, INBOX_SWEEP_SECONDS)
     socket_handler = None
     draining = threading.Event()

@@ -6,12 +6,13 @@ import the Slack edge). Typed against ``WorkspaceReads``, the read models of
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
 from bot import render
 from handlers import errors, parse, policy, services
 from handlers.model import Actor
-from provisioning import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
+from provisioning import Contributor, IdleScan, TokenRecord, WorkspaceRecord, WorkspaceView
 
 
 class WorkspaceReads(Protocol):
@@ -24,6 +25,8 @@ class WorkspaceReads(Protocol):
     def contributors(self, workspace: str, *, view: WorkspaceView | None = None) -> list[Contributor]: ...
 
     def tokens(self, requester_id: str) -> list[TokenRecord]: ...
+
+    def gpu_status(self) -> IdleScan: ...
 
 
 def _visible(core: services.Core, actor: Actor, view: WorkspaceView | None, name: str) -> WorkspaceView:
@@ -73,7 +76,52 @@ def control(
         return render.contributors_text(command.workspace, contributors, style)
     if isinstance(command, parse.Tokens):
         return render.tokens_text(backend.tokens(actor.user_id), style)
+    if isinstance(command, parse.GpuStatus):
+        return render.gpu_status_text(gpu_status(core, backend, actor, command.workspace), style)
     if isinstance(command, parse.PinAll):
         names = [row.name for row in backend.workspaces()]
         return render.pins_text(services.pin_all(core, actor, names), style)
     raise errors.InvalidInput("That command is not available here.")
+
+
+def gpu_status(core: services.Core, backend: WorkspaceReads, actor: Actor, workspace: str | None) -> IdleScan:
+    """``/kf gpu status``: what the actor may see of a fresh scan. A named workspace is checked like
+    ``/kf workspace show`` before anything is scanned; without one an admin sees everything
+    (unattributed nodegroups included), anyone else the workspaces they own or contribute to."""
+    allowed: set[str] | None
+    if workspace is not None:
+        _visible(core, actor, backend.workspace_view(workspace, live=False), workspace)
+        allowed = {workspace}
+    elif actor.is_admin:
+        allowed = None
+    else:
+        user = policy.kubeflow_user(actor, core.settings)
+        allowed = set()
+        for row in backend.workspaces():
+            view = backend.workspace_view(row.name, live=False)
+            if view is not None and (row.owner == user or user in {g.user for g in view.grants}):
+                allowed.add(row.name)
+    scan = backend.gpu_status()
+    if allowed is None:
+        return scan
+
+    def mine(ws: str | None) -> bool:
+        return ws is not None and ws in allowed
+
+    obs = scan.observation
+    return dataclasses.replace(
+        scan,
+        observation=dataclasses.replace(
+            obs,
+            items=tuple(i for i in obs.items if mine(i.workspace)),
+            held=tuple(i for i in obs.held if mine(i.workspace)),
+            upsert=(),
+            delete=(),
+            busy=(),
+        ),
+        fleet=tuple(f for f in scan.fleet if mine(f.workspace)),
+        owners={k: v for k, v in scan.owners.items() if mine(k)},
+        month=tuple(m for m in scan.month if mine(m.workspace)),
+        pending_stops={},
+        warned=frozenset(),
+    )

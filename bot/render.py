@@ -18,10 +18,20 @@ from datetime import datetime
 
 from handlers import errors, kinds, naming, parse, services
 from handlers.actions import ActionName, is_removal
+from handlers.cost import report as cost_report
+from handlers.cost.idle import PRICE_BASIS
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
 from handlers.notifications import Access, Notice, Say, keeps_data
 from handlers.plan import JSON, Plan, Step
-from provisioning import Contributor, GrantRecord, QuotaState, TokenRecord, WorkspaceRecord, WorkspaceView
+from provisioning import (
+    Contributor,
+    GrantRecord,
+    IdleScan,
+    QuotaState,
+    TokenRecord,
+    WorkspaceRecord,
+    WorkspaceView,
+)
 
 # C0 and C1 controls (a terminal reads ESC and CSI as commands) and bidirectional controls.
 _CONTROL = re.compile(
@@ -598,4 +608,42 @@ def tokens_text(rows: Sequence[TokenRecord], style: Style) -> str:
             f"• `{style.esc(row.token_id)}` {style.esc(row.role)} in "
             f"`{style.esc(row.workspace)}`, expires {style.when(row.expires_at)}"
         )
+    return "\n".join(lines)
+
+
+def gpu_status_text(scan: IdleScan, style: Style) -> str:
+    """``/kf gpu status``: GPU nodegroups, GPUs in use, idle items, $/hour now and this month."""
+    now = scan.taken_at
+    lines = [f"*GPU status* ({style.when(now)})"]
+    if not scan.fleet:
+        lines.append("No GPU nodegroups you can see.")
+    hourly = 0.0
+    for f in scan.fleet:
+        owner = style.esc(f.workspace) if f.workspace else "unattributed"
+        price = cost_report.money(f.hourly_usd)
+        hourly += f.hourly_usd or 0.0
+        lines.append(
+            f"• `{style.esc(f.nodegroup)}` ({owner}): {f.nodes} x {style.esc(f.instance_type)}, "
+            f"{f.gpus} GPUs, {f.gpus_in_use} in use, {price}/hour ({style.esc(f.status)})"
+        )
+    if scan.fleet:
+        lines.append(f"Now: {cost_report.money(hourly)}/hour ({PRICE_BASIS}).")
+    if scan.observation.items:
+        lines.append("*Idle:*")
+        lines += [f"• {style.message(cost_report.entry_text(i, now))}" for i in scan.observation.items]
+    else:
+        lines.append("Nothing idle.")
+    if scan.observation.held:
+        lines.append("*Idle but kept or snoozed:*")
+        lines += [f"• {style.message(i.what)}" for i in scan.observation.held]
+    for note in scan.observation.notes:
+        lines.append(f"Note: {style.message(note)}")
+    if scan.month:
+        lines.append("*This month* (GPU node time the scans observed):")
+        for m in sorted(scan.month, key=lambda m: m.workspace or "\uffff"):
+            who = style.esc(m.workspace) if m.workspace else "unattributed"
+            lines.append(
+                f"• {who}: {m.node_hours:.1f} node-hours, {cost_report.money(m.usd)}; "
+                f"idle {m.idle_hours:.1f} h, {cost_report.money(m.idle_usd)}"
+            )
     return "\n".join(lines)

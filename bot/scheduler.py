@@ -1,4 +1,5 @@
-"""Timed work: one APScheduler job that sweeps due timers, on the elected leader only.
+"""Timed work: APScheduler jobs on the elected leader only: the sweeper of due timers and, when the
+bot reports idle GPUs, the scan (``bot.cost.CostReporter.scan_once``, every ``scan_interval``).
 
 The timers themselves are rows in our own table (``due_at``), claimed like requests, so
 APScheduler keeps only a memory job store: its job stores must not be shared between schedulers,
@@ -19,12 +20,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 import provisioning
 from bot import logging as log
+from bot.cost import CostReporter
 from handlers import services
+from handlers.errors import KfError
 from handlers.plan import JSON
 from handlers.services import Core
 
 logger = logging.getLogger(__name__)
 JOB_ID = "kfbot-timer-sweeper"
+SCAN_JOB_ID = "kfbot-idle-gpu-scan"
 BotTimer = Callable[[str, Mapping[str, JSON]], None]
 """``(ref, payload)``: a timer kind the Slack edge handles itself (the cost digest: it posts)."""
 
@@ -52,15 +56,37 @@ def sweep_once(
         return count
 
 
+def scan_once(reporter: CostReporter) -> None:
+    """The idle-GPU scan job: the leader scans and reports; a failure is logged, and the next
+    interval tries again (the scan is idempotent: signals keep their start)."""
+    with log.bound(log.new_correlation_id()):
+        try:
+            outcome = reporter.scan_once()
+        except KfError as exc:
+            logger.warning("idle-GPU scan skipped: %s", exc.user_message)
+            return
+        if outcome.led and (outcome.posted or outcome.edited or outcome.cleared or outcome.warned):
+            logger.info(
+                "idle-GPU report: posted %s, edited %s, cleared %s, warned %s",
+                list(outcome.posted),
+                list(outcome.edited),
+                list(outcome.cleared),
+                list(outcome.warned),
+            )
+
+
 def start_scheduler(
     backend: provisioning.Backend,
     core: Core,
     interval_seconds: float,
     bot_timers: Mapping[str, BotTimer] | None = None,
+    cost: CostReporter | None = None,
+    scan_seconds: float | None = None,
 ) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
         jobstores={"default": MemoryJobStore()},
-        executors={"default": ThreadPoolExecutor(1)},
+        # The scan may take seconds: its own thread keeps due timers on time meanwhile.
+        executors={"default": ThreadPoolExecutor(1 if cost is None else 2)},
         job_defaults={
             "coalesce": True,
             "max_instances": 1,
@@ -77,5 +103,15 @@ def start_scheduler(
         next_run_time=datetime.now(UTC),
         replace_existing=True,
     )
+    if cost is not None and scan_seconds:
+        scheduler.add_job(
+            scan_once,
+            "interval",
+            seconds=scan_seconds,
+            args=[cost],
+            id=SCAN_JOB_ID,
+            replace_existing=True,
+            misfire_grace_time=int(max(scan_seconds, 1)),
+        )
     scheduler.start()
     return scheduler

@@ -70,6 +70,13 @@ class PinAll:
 
 
 @dataclass(frozen=True)
+class GpuStatus:
+    """``/kf gpu status [WORKSPACE]``: GPU nodes, idle items and cost (read-only)."""
+
+    workspace: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
@@ -86,6 +93,7 @@ Control = (
     | PasswordReset
     | WorkspaceForm
     | PinAll
+    | GpuStatus
 )
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
@@ -101,6 +109,7 @@ CONTROL_USAGE = {
     "contributors": "/kf contributors WORKSPACE",
     "tokens": "/kf tokens",
     "password reset": "/kf password reset",
+    "gpu status": "/kf gpu status [WORKSPACE]",
 }
 USAGE = {**CONTROL_USAGE, **kinds.USAGES}
 """Every command's usage line, by its words (``"workspace new"``); the kinds' come from their modules."""
@@ -218,6 +227,14 @@ def parse_command(
     words = tokenize(text)
     if not words:
         return Help()
+    if words[0].lower() == "gpu" and len(words) > 1 and words[1].lower() == "status":
+        # Matched on the words themselves: the `gpu` request kinds may make `gpu` a group.
+        args = words[2:]
+        if len(args) > 1:
+            raise errors.InvalidInput("Too many arguments: expected [WORKSPACE].", usage=USAGE["gpu status"])
+        if args:
+            naming.validate_workspace_name(args[0])
+        return GpuStatus(args[0] if args else None)
     command, rest = _words(words)
     if command in ("help", "-h", "--help"):
         return Help(" ".join(rest))

@@ -155,6 +155,24 @@ class WorkspaceFacts:
     takes the tokens that access made with it."""
 
 
+@dataclass(frozen=True)
+class IdleFacts:
+    """What the last scans recorded about an idle item (``gpu_signals``, ``gpu_holds``): what the
+    auto-stop timer re-checks before it acts."""
+
+    target: str
+    """``nodegroup:<name>`` or ``notebook:<namespace>/<name>``."""
+    workspace: str | None
+    since: datetime
+    last_seen: datetime
+    """When a scan last saw every signal behind the item hold."""
+    established: bool
+    held: bool
+    """A keep or snooze covers it now."""
+    warned: bool
+    """The report's last warning before an auto-stop was posted."""
+
+
 class Facts(Protocol):
     """Read-only view of the current world, for planning and policy."""
 
@@ -176,6 +194,10 @@ class Facts(Protocol):
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         """(requester user id, workspace) of an issued token, if it is still active."""
+        ...
+
+    def idle_item(self, target: str) -> IdleFacts | None:
+        """What the scans last recorded about ``target`` being idle; None when no signal holds."""
         ...
 
 

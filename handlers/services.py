@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from handlers import errors, kinds, naming, policy
+from handlers.cost import autostop
 from handlers.errors import SubjectBusy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
@@ -523,7 +524,7 @@ def handle_timer(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -
     if kind == "request.nudge":
         nudge(core, ref)
         return
-    timer = kinds.TIMERS.get(kind)
+    timer = kinds.TIMERS.get(kind) or autostop.TIMERS.get(kind)
     if timer is None:
         raise ValueError(f"unknown timer kind {kind!r}")
     if not _vouched_for(core, kind, ref, payload):

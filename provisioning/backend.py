@@ -9,12 +9,14 @@ import logging
 import secrets as pysecrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from handlers import prices
 from handlers.actions import ActionName
+from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory
 from handlers.model import Request
@@ -27,9 +29,17 @@ from provisioning.actions import ActionRegistry
 from provisioning.engine import Engine, LogContext, no_log_context
 from provisioning.facts import LiveWorkspaces, RegistryFacts
 from provisioning.metrics import Metrics, count_requests
-from provisioning.records import Contributor, TokenRecord, WorkspaceRecord, WorkspaceView
+from provisioning.records import (
+    Contributor,
+    CostReportRecord,
+    IdleScan,
+    MonthUsage,
+    TokenRecord,
+    WorkspaceRecord,
+    WorkspaceView,
+)
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, SqlInbox, SqlUnitOfWork, UsageLedger
+from provisioning.store import Database, LeaderElection, NodeUsage, SqlInbox, SqlUnitOfWork, UsageLedger
 from provisioning.store.wakeup import PgWakeups
 
 if TYPE_CHECKING:
@@ -252,6 +262,80 @@ class Backend:
     def try_lead(self) -> bool:
         return self._leader.try_acquire()
 
+    # -- cost control: idle GPUs ----------------------------------------------------------------
+    def observe_idle(self) -> IdleScan:
+        """One observation: scan, decide, and persist the signals (with the GPU node time) in one
+        transaction, so a restart keeps every idle clock. Returns what to report."""
+        return self._idle_scan(persist=True)
+
+    def gpu_status(self) -> IdleScan:
+        """``/kf gpu status``: a fresh scan decided against the stored signals, persisting nothing,
+        with this month's GPU node time."""
+        return self._idle_scan(persist=False)
+
+    def _idle_scan(self, *, persist: bool) -> IdleScan:
+        cost = self.core.cost
+        inventory = self.gpu_inventory(cost.idle_after)
+        now = self.clock.now()
+        overrides = self.core.workspace.price_overrides
+        with self.db.uow(read_only=not persist) as uow:
+            rows = uow.registry.list_workspaces()
+            namespaces = {w.namespace: w.name for w in rows}
+            owners = {w.name: w.owner for w in rows}
+            observation = idle.classify(
+                inventory,
+                uow.cost.signals(for_update=persist),
+                uow.cost.holds(now),
+                now,
+                cost,
+                price_overrides=overrides,
+                namespaces=namespaces,
+            )
+            if persist:
+                uow.cost.apply(observation.upsert, observation.delete)
+            warned = {str(s.detail.get("item")) for s in uow.cost.signal_rows() if s.warned_at is not None}
+            pending = uow.cost.pending_timers(autostop.AUTO_STOP)
+            if persist:
+                uow.commit()
+        ledger = self.usage
+        if persist:
+            ledger.record(now, _node_usage(inventory, observation, overrides))
+        return IdleScan(
+            now,
+            observation,
+            idle.fleet(inventory, overrides),
+            owners,
+            frozenset(warned),
+            pending,
+            () if persist else _month(ledger, now),
+        )
+
+    def mark_cost_signals(
+        self, keys: Sequence[str], *, reported: datetime | None = None, warned: datetime | None = None
+    ) -> None:
+        with self.db.uow() as uow:
+            uow.cost.mark(keys, reported=reported, warned=warned)
+            uow.commit()
+
+    def cost_report(self, channel: str) -> CostReportRecord | None:
+        with self.db.uow(read_only=True) as uow:
+            row = uow.cost.report(channel)
+        return None if row is None else CostReportRecord(row.channel, row.ts, row.digest, row.items)
+
+    def cost_reports(self) -> list[CostReportRecord]:
+        with self.db.uow(read_only=True) as uow:
+            return [CostReportRecord(r.channel, r.ts, r.digest, r.items) for r in uow.cost.reports()]
+
+    def save_cost_report(self, channel: str, ts: str | None, digest: str, items: Mapping[str, JSON]) -> None:
+        with self.db.uow() as uow:
+            uow.cost.put_report(channel, ts, digest, items, self.clock.now())
+            uow.commit()
+
+    def drop_cost_report(self, channel: str) -> None:
+        with self.db.uow() as uow:
+            uow.cost.delete_report(channel)
+            uow.commit()
+
     # -- audit -----------------------------------------------------------------------------------
     def audit_verify(self, expect_head: str | None = None) -> audit.VerifyResult:
         return audit.verify(self.db, self.settings.audit_key, expect_head)
@@ -385,6 +469,46 @@ class Backend:
     def close(self) -> None:
         self._leader.release()
         self.db.dispose()
+
+
+def _node_usage(
+    inventory: Inventory, observation: idle.Observation, overrides: Mapping[str, float]
+) -> list[NodeUsage]:
+    """Every node of a GPU nodegroup this scan saw, idle when signal 1 holds for it."""
+    empty = {r.key for r in observation.upsert if r.signal == "empty-node"}
+    groups = {g.name: g for g in inventory.nodegroups if g.gpus_per_node > 0}
+    out = []
+    for node in inventory.nodes:
+        group = groups.get(node.nodegroup)
+        if group is None:
+            continue
+        itype = node.instance_type or group.instance_type
+        out.append(
+            NodeUsage(
+                node=node.name,
+                nodegroup=node.nodegroup,
+                workspace=group.workspace,
+                instance_type=itype,
+                idle=idle.node_key(node.nodegroup, node.name) in empty,
+                hourly_usd=prices.hourly_price(inventory.region, itype, overrides),
+                created_at=node.created_at,
+            )
+        )
+    return out
+
+
+def _month(ledger: UsageLedger, now: datetime) -> tuple[MonthUsage, ...]:
+    """GPU node time per workspace since the first of ``now``'s UTC month."""
+    today = now.astimezone(UTC).date()
+    totals: dict[str | None, list[float]] = {}
+    for day in ledger.days(today.replace(day=1), today + timedelta(days=1)):
+        acc = totals.setdefault(day.workspace, [0.0, 0.0, 0.0, 0.0])
+        for i, value in enumerate((day.seconds, day.idle_seconds, day.usd, day.idle_usd)):
+            acc[i] += value
+    return tuple(
+        MonthUsage(ws, acc[0] / 3600, acc[1] / 3600, acc[2], acc[3])
+        for ws, acc in sorted(totals.items(), key=lambda kv: kv[0] or "\uffff")
+    )
 
 
 def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: str | None) -> list[str]:

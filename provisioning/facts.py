@@ -18,7 +18,7 @@ from handlers.actions import ActionName
 from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, Request, RequestState
 from handlers.plan import as_object, as_text_map
-from handlers.ports import Clock, TokenFacts, WorkspaceFacts
+from handlers.ports import Clock, IdleFacts, TokenFacts, WorkspaceFacts
 from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord, WorkspaceState
 from provisioning.store import Database, SqlUnitOfWork
 
@@ -183,3 +183,22 @@ class RegistryFacts:
         if token is None or token.revoked_at is not None:
             return None
         return token.requester_id, token.workspace
+
+    def idle_item(self, target: str) -> IdleFacts | None:
+        now = self.clock.now()
+        with self.db.uow(read_only=True) as uow:
+            rows = [s for s in uow.cost.signal_rows() if s.detail.get("item") == target]
+            if not rows:
+                return None
+            workspace = rows[0].workspace
+            covering = {target} | ({f"workspace:{workspace}"} if workspace else set())
+            held = any(h.target in covering for h in uow.cost.holds(now))
+        return IdleFacts(
+            target=target,
+            workspace=workspace,
+            since=min(r.first_seen for r in rows),
+            last_seen=min(r.last_seen for r in rows),
+            established=all(r.detail.get("established") is True for r in rows),
+            held=held,
+            warned=any(r.warned_at is not None for r in rows),
+        )

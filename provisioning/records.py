@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from handlers.cost.idle import FleetLine, Observation
 from handlers.plan import JSON
 
 
@@ -110,3 +111,39 @@ class Contributor:
     expires_at: datetime | None = None
     in_cluster: bool | None = None
     recorded: bool = True
+
+
+@dataclass(frozen=True)
+class MonthUsage:
+    workspace: str | None
+    node_hours: float
+    idle_hours: float
+    usd: float
+    idle_usd: float
+
+
+@dataclass(frozen=True)
+class IdleScan:
+    """One idle-GPU observation (``Backend.observe_idle``) or a status read (``Backend.gpu_status``)."""
+
+    taken_at: datetime
+    observation: Observation
+    fleet: tuple[FleetLine, ...]
+    owners: Mapping[str, str]
+    """Workspace -> its owner's user id (email), from the registry."""
+    warned: frozenset[str] = frozenset()
+    """Item keys whose last warning before an auto-stop was posted."""
+    pending_stops: Mapping[str, datetime] = field(default_factory=dict)
+    """Target -> due time of its pending ``cost.auto_stop`` timer."""
+    month: tuple[MonthUsage, ...] = ()
+    """GPU node time and dollars this UTC month per workspace (``gpu_usage``)."""
+
+
+@dataclass(frozen=True)
+class CostReportRecord:
+    """Where a channel's idle report message is and what it listed (``cost_reports``)."""
+
+    channel: str
+    ts: str | None
+    digest: str
+    items: Mapping[str, JSON]

@@ -43,8 +43,9 @@ WEEK = Period(date(2026, 3, 2), date(2026, 3, 9))
 
 
 def day(d: int, ng: str, ws: str | None, hours: float, idle: float = 0.0, price: float = 1.0) -> UsageDay:
-    return UsageDay(date(2026, 3, d), ng, ws, "g5.xlarge", hours * 3600, idle * 3600, hours * price,
-                    idle * price)
+    return UsageDay(
+        date(2026, 3, d), ng, ws, "g5.xlarge", hours * 3600, idle * 3600, hours * price, idle * price
+    )
 
 
 # -- the numbers ---------------------------------------------------------------------------------
@@ -52,8 +53,10 @@ def day(d: int, ng: str, ws: str | None, hours: float, idle: float = 0.0, price:
 
 def test_digest_per_workspace_idle_share_change_wasters_and_unattributed() -> None:
     current = [
-        day(2, "kf-a-gpu", "team-a", 24, idle=12), day(3, "kf-a-gpu", "team-a", 24, idle=6),
-        day(2, "kf-b-gpu", "team-b", 10), day(4, "hand-made", None, 8, idle=8, price=2.0),
+        day(2, "kf-a-gpu", "team-a", 24, idle=12),
+        day(3, "kf-a-gpu", "team-a", 24, idle=6),
+        day(2, "kf-b-gpu", "team-b", 10),
+        day(4, "hand-made", None, 8, idle=8, price=2.0),
         day(9, "kf-a-gpu", "team-a", 1000),  # after the period: ignored
     ]
     previous = [UsageDay(date(2026, 2, 24), "kf-a-gpu", "team-a", "g5.xlarge", 96 * 3600, 0, 96.0, 0.0)]
@@ -166,10 +169,13 @@ def _seed_week(stack: Stack) -> None:
     """Two nodes observed every 10 minutes for the week before Monday 9 March."""
     at = datetime(2026, 3, 2, tzinfo=UTC)
     while at < datetime(2026, 3, 9, tzinfo=UTC):
-        stack.backend.usage.record(at, [
-            NodeUsage("ip-a", "kf-team-a-gpu", "team-a", "g5.xlarge", idle=at.hour < 8, hourly_usd=1.0),
-            NodeUsage("ip-h", "hand-made", None, "g5.xlarge", idle=True, hourly_usd=2.0),
-        ])
+        stack.backend.usage.record(
+            at,
+            [
+                NodeUsage("ip-a", "kf-team-a-gpu", "team-a", "g5.xlarge", idle=at.hour < 8, hourly_usd=1.0),
+                NodeUsage("ip-h", "hand-made", None, "g5.xlarge", idle=True, hourly_usd=2.0),
+            ],
+        )
         at += timedelta(hours=4)  # the gaps are capped: 20 min charged per record, cheap to seed
 
 
@@ -180,8 +186,9 @@ def _sweep(stack: Stack, digest: CostDigest) -> int:
 def _pending(stack: Stack) -> list[tuple[str, datetime]]:
     with stack.backend.db.uow() as uow:
         rows = uow.connection.execute(
-            sa.select(timers.c.ref, timers.c.due_at)
-            .where(timers.c.kind == DIGEST_TIMER, timers.c.done_at.is_(None))
+            sa.select(timers.c.ref, timers.c.due_at).where(
+                timers.c.kind == DIGEST_TIMER, timers.c.done_at.is_(None)
+            )
         )
         return [(r.ref, r.due_at) for r in rows]
 
@@ -277,8 +284,14 @@ def test_a_forged_row_can_only_post_the_due_digest_once_to_the_configured_channe
     stack = _stack(db_url, clock)
     _seed_week(stack)
     digest = _digest(stack, slack_client)
-    hostile: dict[str, JSON] = {"channel": "CEVIL", "text": "<!channel> pwned", "action": "gpu.scale",
-                                "workspace": "team-a", "nodes": 0, "request_id": "r-1"}
+    hostile: dict[str, JSON] = {
+        "channel": "CEVIL",
+        "text": "<!channel> pwned",
+        "action": "gpu.scale",
+        "workspace": "team-a",
+        "nodes": 0,
+        "request_id": "r-1",
+    }
     with stack.backend.db.uow() as uow:
         for ref in (DIGEST_REF, "other", "../etc"):
             uow.timers.schedule(DIGEST_TIMER, ref, clock.now() - timedelta(days=30), hostile)
@@ -338,8 +351,9 @@ def test_a_chart_that_cannot_be_drawn_leaves_the_text(
     assert fake_slack.files == {}
 
 
-def test_no_usage_no_post_and_digest_off_leaves_no_timer(db_url: str, fake_slack: FakeSlack,
-                                                          slack_client: WebClient) -> None:
+def test_no_usage_no_post_and_digest_off_leaves_no_timer(
+    db_url: str, fake_slack: FakeSlack, slack_client: WebClient
+) -> None:
     clock = FakeClock(MONDAY_0859 + timedelta(minutes=2))
     stack = _stack(db_url, clock)
     digest = _digest(stack, slack_client)
@@ -355,4 +369,3 @@ def test_chart_spec_round_trips_through_validation() -> None:
     _title, days, series = chart.validate(chart_spec(d))
     assert days[0] == "2026-03-02" and len(days) == 7
     assert series == {"team-a": [5.0, 0, 0, 0, 0, 0, 0]}
-

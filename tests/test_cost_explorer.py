@@ -41,7 +41,9 @@ def day_result(d: int, groups: list[dict[str, Any]], estimated: bool = False) ->
 def queue(aws: AwsEnv, *results: dict[str, Any]) -> None:
     body = json.dumps({"results": list(results)}).encode()
     request = urllib.request.Request(
-        aws.url + "/moto-api/static/ce/cost-and-usage-results", data=body, method="POST",
+        aws.url + "/moto-api/static/ce/cost-and-usage-results",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request):
@@ -49,16 +51,26 @@ def queue(aws: AwsEnv, *results: dict[str, Any]) -> None:
 
 
 def test_billed_cost_per_workspace_tag_over_moto(aws: AwsEnv) -> None:
-    queue(aws, {"ResultsByTime": [
-        day_result(2, [group("team-a", "10.50"), group("", "99.25"), group("team-b", "1")]),
-        day_result(3, [group("team-a", "4.5")], estimated=True),
-    ], "DimensionValueAttributes": []})
+    queue(
+        aws,
+        {
+            "ResultsByTime": [
+                day_result(2, [group("team-a", "10.50"), group("", "99.25"), group("team-b", "1")]),
+                day_result(3, [group("team-a", "4.5")], estimated=True),
+            ],
+            "DimensionValueAttributes": [],
+        },
+    )
     billed = CostExplorer(aws.url).billed(PERIOD)
     assert billed.by_workspace == {"team-a": 15.0, "team-b": 1.0}
     assert billed.untagged == 99.25 and billed.estimated and billed.unit == "USD"
-    text = render_text(build_digest(PERIOD, [
-        UsageDay(date(2026, 3, 2), "kf-team-a-gpu", "team-a", "g5.xlarge", 3600, 0, 1.0, 0.0)
-    ], billed=billed))
+    text = render_text(
+        build_digest(
+            PERIOD,
+            [UsageDay(date(2026, 3, 2), "kf-team-a-gpu", "team-a", "g5.xlarge", 3600, 0, 1.0, 0.0)],
+            billed=billed,
+        )
+    )
     assert "*Billed* (Cost Explorer" in text and "team-a: 15.00 USD" in text and TAG_NOTE in text
     # Observed and billed are told apart: the observed line is labelled as list price.
     assert "not the bill" in text

@@ -38,6 +38,7 @@ composition root first uses one.
 """
 
 
+from provisioning.store.cost import ReportRow, SqlCost
 from provisioning.store.database import Database
 from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.locks import DbLock, LeaderElection
@@ -69,6 +70,8 @@ __all__ = [
     "LeaseLost",
     "NodeUsage",
     "ProvisioningUnitOfWork",
+    "ReportRow",
+    "SqlCost",
     "SqlInbox",
     "SqlRegistry",
     "SqlUnitOfWork",

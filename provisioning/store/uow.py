@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from handlers.ports import AuditLog, DecisionKeys, RequestRepository, Timers
 from provisioning.store.audit_chain import SqlAuditLog
+from provisioning.store.cost import SqlCost
 from provisioning.store.repositories import (
     SqlDecisionKeys,
     SqlRegistry,
@@ -126,11 +127,13 @@ class ProvisioningUnitOfWork(SqlUnitOfWork):
 
     work: SqlWork
     registry: SqlRegistry
+    cost: SqlCost
 
     def _open(self, tx: Tx) -> None:
         super()._open(tx)
         self.work = SqlWork(tx)
         self.registry = SqlRegistry(tx)
+        self.cost = SqlCost(tx)
 
 
 if TYPE_CHECKING:

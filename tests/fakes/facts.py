@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handlers.ports import WorkspaceFacts
+from handlers.ports import IdleFacts, WorkspaceFacts
 
 
 @dataclass
@@ -14,6 +14,7 @@ class StaticFacts:
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     users_elsewhere: set[str] = field(default_factory=set)
     logins_made: set[str] = field(default_factory=set)
+    idle: dict[str, IdleFacts] = field(default_factory=dict)
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
@@ -29,3 +30,6 @@ class StaticFacts:
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         return self.tokens.get(token_id)
+
+    def idle_item(self, target: str) -> IdleFacts | None:
+        return self.idle.get(target)
