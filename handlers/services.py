@@ -147,13 +147,22 @@ def preview(core: Core, actor: Actor, kind: RequestKind) -> tuple[Plan, str | No
 
 
 def submit(
-    core: Core, actor: Actor, kind: RequestKind, *, idempotency_key: str | None, correlation_id: str = ""
+    core: Core,
+    actor: Actor,
+    kind: RequestKind,
+    *,
+    idempotency_key: str | None,
+    correlation_id: str = "",
+    recorded: Callable[[Submitted], None] | None = None,
 ) -> Submitted:
+    """Record the request, then announce it. ``recorded`` is called once it is committed and before
+    anyone is told: the requester's answer goes first, so it never waits behind the admin card,
+    which Slack paces at about one message a second per channel."""
     kind = kinds.complete(kind, actor, core.facts, core.settings)
     policy.check_may_request(kind, actor, core.facts, core.settings)
     reason = policy.auto_apply_reason(kind, actor, core.facts, core.settings)
     auto = None if reason is None else AutoDecision(policy.auto_rule(kind), reason)
-    return _record(core, actor, kind, idempotency_key, auto, correlation_id)
+    return _record(core, actor, kind, idempotency_key, auto, correlation_id, recorded)
 
 
 @dataclass(frozen=True)
@@ -173,12 +182,13 @@ def _record(
     idempotency_key: str | None,
     auto: AutoDecision | None,
     correlation_id: str,
+    recorded: Callable[[Submitted], None] | None = None,
 ) -> Submitted:
     if idempotency_key is not None:
         with core.uow() as uow:
             seen = uow.requests.find_by_key(idempotency_key)
         if seen is not None:
-            return Submitted(seen, duplicate=True)
+            return _told(Submitted(seen, duplicate=True), recorded)
     request_id = core.new_id()
     plan = build_plan(core, kind, request_id)
     now = core.clock.now()
@@ -230,14 +240,26 @@ def _record(
         )
         stored = uow.requests.add(request, idempotency_key)
         if stored.id != request.id:
-            return Submitted(stored, duplicate=True)
+            return _told(Submitted(stored, duplicate=True), recorded)
         if auto is None:
             schedule_decision_timers(uow.timers, core.settings, request.id, now)
         events = request.take_events()
         uow.audit.append(events)
         uow.commit()
+    submitted = _told(
+        Submitted(request, duplicate=False, auto_reason=None if auto is None else auto.reason), recorded
+    )
     _announce(core, request, events, None)  # just inserted: it has no card yet
-    return Submitted(request, duplicate=False, auto_reason=None if auto is None else auto.reason)
+    return submitted
+
+
+def _told(submitted: Submitted, recorded: Callable[[Submitted], None] | None) -> Submitted:
+    if recorded is not None:
+        try:
+            recorded(submitted)
+        except Exception:  # the request is committed: failing to answer must not keep it unannounced
+            log.exception("could not answer the requester of %s", submitted.request.id)
+    return submitted
 
 
 def schedule_decision_timers(timers: Timers, settings: CoreSettings, request_id: str, now: datetime) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from slack_sdk import WebClient
@@ -16,6 +17,8 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.notify import ChannelPacer
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
+from tests.fakes.slack_bot import running_bot
+from tests.fakes.slack_edge import ADMIN_CHANNEL, REQUEST_ID, add_users, card_for, cards, settings_for, slash
 
 pytestmark = pytest.mark.slow
 CARDS = "C0CARDS01"
@@ -90,3 +93,21 @@ def test_a_throttled_channel_does_not_hold_up_another(fake: FakeSlack) -> None:
     assert still_posting  # the other channel's message went out while the first one waited
     assert len(fake.messages_in(OTHER)) == 1
     assert [m["text"] for m in fake.messages_in(CARDS)] == [str(i) for i in range(60)]
+
+
+def test_the_requesters_answer_does_not_wait_behind_a_throttled_card(
+    fake: FakeSlack, tmp_path: Path
+) -> None:
+    """The admin channel is out of tokens (a burst of cards before): the card of a new request
+    waits for Slack's pace, but the person who typed the command is answered at once, and the card
+    still arrives (paced, not lost)."""
+    add_users(fake)
+    fake.limit_channel_rate(per_second=0.25, burst=1)
+    WebClient(token=BOT_TOKEN, base_url=fake.base_url).chat_postMessage(channel=ADMIN_CHANNEL, text="earlier")
+    with running_bot(settings_for(fake, tmp_path)) as bot:
+        reply = slash(bot, fake, "workspace new team-a")
+        request_id = REQUEST_ID.search(reply).group(0)  # type: ignore[union-attr]
+        assert "recorded" in reply
+        # Answered while the card is still waiting for the channel's bucket (4 s a token).
+        assert not [c for c in cards(fake) if request_id in c["text"]]
+        assert card_for(fake, request_id)

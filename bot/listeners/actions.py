@@ -210,24 +210,27 @@ def register(app: App, deps: Deps) -> None:
             )
             actions = body.get("actions") or [{}]
             click = str(actions[0].get("action_ts") or body.get("trigger_id") or message_ts(body))
-            result = services.submit(
+            def answer(result: services.Submitted) -> None:
+                extra = {"request_id": result.request.id}
+                logger.info("%s clicked %s: %s", user, action_id, result.request.id, extra=extra)
+                say(
+                    blocks.fallback(
+                        render.submitted_text(
+                            result.request,
+                            duplicate=result.duplicate,
+                            auto_reason=result.auto_reason,
+                            style=render.SLACK,
+                        )
+                    )
+                )
+
+            services.submit(
                 core,
                 actor,
                 kind,
                 idempotency_key=f"button:{action_id}:{user}:{click}",
                 correlation_id=log.correlation_id(),
-            )
-            extra = {"request_id": result.request.id}
-            logger.info("%s clicked %s: %s", user, action_id, result.request.id, extra=extra)
-            say(
-                blocks.fallback(
-                    render.submitted_text(
-                        result.request,
-                        duplicate=result.duplicate,
-                        auto_reason=result.auto_reason,
-                        style=render.SLACK,
-                    )
-                )
+                recorded=answer,
             )
 
         return work

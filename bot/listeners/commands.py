@@ -72,14 +72,22 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
         )
         return
     kind: RequestKind = parsed
-    result = services.submit(
-        deps.core, actor, kind, idempotency_key=f"slash:{command['trigger_id']}", correlation_id=cid
-    )
-    respond(
-        text=blocks.fallback(
-            render.submitted_text(
-                result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=S
-            )
-        ),
-        response_type="ephemeral",
+
+    def answer(result: services.Submitted) -> None:
+        respond(
+            text=blocks.fallback(
+                render.submitted_text(
+                    result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=S
+                )
+            ),
+            response_type="ephemeral",
+        )
+
+    services.submit(
+        deps.core,
+        actor,
+        kind,
+        idempotency_key=f"slash:{command['trigger_id']}",
+        correlation_id=cid,
+        recorded=answer,
     )
