@@ -339,7 +339,9 @@ def run_burst(dep: Deployment, size: int, tag: str) -> dict[str, Any]:
 # -- the run --------------------------------------------------------------------------------------
 
 
-def run(replica_counts: Sequence[int], bursts: Sequence[int], profile: bool) -> list[dict[str, Any]]:
+def run(
+    replica_counts: Sequence[int], bursts: Sequence[int], profile: bool, slack_rate: float | None = None
+) -> list[dict[str, Any]]:
     server = os.environ.get("KFBOT_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
     rows: list[dict[str, Any]] = []
     for count in replica_counts:
@@ -349,6 +351,8 @@ def run(replica_counts: Sequence[int], bursts: Sequence[int], profile: bool) -> 
             migrator.migrate()
             migrator.dispose()
             with tempfile.TemporaryDirectory() as tmp, FakeSlack() as fake:
+                if slack_rate is not None:  # Slack's own pace: chat.postMessage per channel
+                    fake.limit_channel_rate(per_second=slack_rate, burst=5)
                 fake.add_user(ADMIN, "admin@example.com", "admin")
                 dep = Deployment(db_url, fake)
                 try:
@@ -417,13 +421,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bursts", default="50,100,200", help="burst sizes, comma-separated")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--profile", action="store_true", help="profile the replicas (cProfile, all threads)")
+    parser.add_argument(
+        "--slack-rate",
+        type=float,
+        help="enforce Slack's per-channel chat.postMessage pace (messages a second; Slack's is about 1)",
+    )
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.replicas.split(",")]
     bursts = [int(x) for x in args.bursts.split(",")]
-    rows = run(counts, bursts, args.profile)
+    rows = run(counts, bursts, args.profile, args.slack_rate)
     cpus = os.cpu_count()
     print(f"kf-chatops bench: kfbot serve x{'/'.join(map(str, counts))}, PostgreSQL, dry-run, fake Slack "
-          f"(no rate limit), {cpus} CPUs; times in ms; lost = acked, not recorded, not told busy; "
+          f"({'no rate limit' if args.slack_rate is None else f'{args.slack_rate:g} msg/s per channel'}), "
+          f"{cpus} CPUs; times in ms; lost = acked, not recorded, not told busy; "
           "applied = requests succeeded (!N: N recorded success twice)")
     print(table(rows))
     if args.json:
