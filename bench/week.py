@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -771,6 +772,13 @@ def removed(results: Sequence[Result], r: Result) -> float:
     return 1.0 - r.stats.idle_gpu_minutes / base if base else 0.0
 
 
+def of_reach(results: Sequence[Result], r: Result) -> float:
+    """Removed, as a share of what a bot that waits ``idle_after`` could remove at most."""
+    base = results[0].stats
+    gone = base.idle_gpu_minutes - r.stats.idle_gpu_minutes
+    return gone / base.idle_past_after if base.idle_past_after else 0.0
+
+
 def table(
     results: Sequence[Result],
     *,
@@ -784,20 +792,25 @@ def table(
     base = results[0].stats
     reachable = base.idle_past_after / base.idle_gpu_minutes if base.idle_gpu_minutes else 0.0
     order = "after" if scan_first else "before (worst order)"
-    lines = [
+    head = (
         f"kf-chatops week replay: seed {seed}, {days} days, {workspaces} workspaces; scans every 10 min, "
         f"KFBOT_IDLE_AFTER 2h, KFBOT_AUTO_STOP_AFTER {auto_stop_after}, owners click on "
         f"{click_share:.0%} of newly reported items; a due timer fires {order} the scan of its minute; "
         f"$ = on-demand list price ({REGION}). Without the bot {reachable:.0%} of the idle GPU-hours "
-        "lie past 2h into their idle stretch: the most a bot that waits KFBOT_IDLE_AFTER can remove.",
-        f"{'scenario':<15} {'GPU-h':>6} {'idle GPU-h':>10} {'idle $':>8} {'removed':>7} "
+        "lie past 2h into their idle stretch: the most a bot that waits KFBOT_IDLE_AFTER can remove "
+        "('of reach': the share of that removed)."
+    )
+    lines = [
+        *textwrap.wrap(head, 110),
+        f"{'scenario':<15} {'GPU-h':>6} {'idle GPU-h':>10} {'idle $':>8} {'removed':>7} {'of reach':>8} "
         f"{'busy stopped':>12} {'nb stops':>8} {'ng to 0':>7} {'refused':>7} {'reopened':>8} {'wall s':>6}",
     ]
     for r in results:
         s = r.stats
         lines.append(
             f"{r.scenario:<15} {s.gpu_minutes / 60:>6.0f} {s.idle_gpu_minutes / 60:>10.1f} "
-            f"{s.idle_usd:>8.2f} {removed(results, r):>7.1%} {s.busy_stops:>12} {s.stops:>8} "
+            f"{s.idle_usd:>8.2f} {removed(results, r):>7.1%} {of_reach(results, r):>8.1%} "
+            f"{s.busy_stops:>12} {s.stops:>8} "
             f"{s.scale_downs:>7} {s.refused:>7} {s.reopened:>8} {r.seconds:>6.2f}"
         )
     for r in results:

@@ -65,7 +65,9 @@ def test_the_replay_is_deterministic_per_seed() -> None:
 
 def test_the_table_prints_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     assert week.main(["--days", "1", "--workspaces", "3", "--seed", "1"]) == 0
-    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:6]]
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(out) if line.startswith("scenario "))
+    rows = [line.split()[0] for line in out[head + 1 : head + 5]]
     assert rows == [s.split()[0] for s in week.SCENARIOS]
     with pytest.raises(SystemExit):
         week.main(["--click-share", "2"])
