@@ -505,40 +505,6 @@ class AwsActions:
                 "is_empty": self._is_empty(s3, bucket),
             }
 
-    def scale_nodegroup(self, cluster: str, name: str, desired: int, minimum: int | None = None) -> None:
-        """Set desiredSize (and minSize); maxSize grows to fit, minSize shrinks to fit unless given."""
-        if desired < 0 or (minimum is not None and not 0 <= minimum <= desired):
-            raise PermanentError(f"Nodegroup {name}: need 0 <= minimum <= desired, got {minimum}, {desired}.")
-        with _aws_call(f"scaling nodegroup {name} in cluster {cluster}"):
-            nodegroup = self._describe(cluster, name)
-            if nodegroup is None:
-                raise PermanentError(f"EKS nodegroup {name} does not exist in cluster {cluster}.")
-            current = nodegroup.get("scalingConfig", {})
-            low = minimum if minimum is not None else min(current.get("minSize", 0), desired)
-            wanted = {
-                "minSize": low,
-                "maxSize": max(current.get("maxSize", 1), desired, 1),
-                "desiredSize": desired,
-            }
-            if {k: current.get(k) for k in wanted} == wanted:
-                return
-            try:
-                self._eks().update_nodegroup_config(
-                    clusterName=cluster,
-                    nodegroupName=name,
-                    scalingConfig={
-                        "minSize": wanted["minSize"],
-                        "maxSize": wanted["maxSize"],
-                        "desiredSize": wanted["desiredSize"],
-                    },
-                )
-            except ClientError as e:
-                if _code(e) == "ResourceInUseException":
-                    raise TemporaryError(
-                        f"EKS nodegroup {name} is busy with another update; will retry."
-                    ) from e
-                raise
-
     # -- aws.bucket --
 
     def _ensure_bucket(self, params: BucketParams) -> StepOutcome:

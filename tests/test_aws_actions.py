@@ -625,7 +625,7 @@ def test_the_taint_step_leaves_a_nodegroup_the_bot_did_not_make_alone(aws: AwsEn
 # -- helpers for other features --------------------------------------------------------------------
 
 
-def test_read_helpers_and_scaling(aws: AwsEnv) -> None:
+def test_read_helpers(aws: AwsEnv) -> None:
     make_cluster(aws)
     actions = aws.actions()
     actions.registry()["aws.nodegroup"].ensure(nodegroup_params())
@@ -641,16 +641,6 @@ def test_read_helpers_and_scaling(aws: AwsEnv) -> None:
     }
     assert actions.describe_nodegroup(CLUSTER, "absent") is None
 
-    actions.scale_nodegroup(CLUSTER, "ws-team-a-gpu", 0)
-    assert describe(aws)["scalingConfig"] == {"minSize": 0, "maxSize": 2, "desiredSize": 0}  # type: ignore[index]
-    actions.scale_nodegroup(CLUSTER, "ws-team-a-gpu", 4, minimum=1)
-    assert actions.describe_nodegroup(CLUSTER, "ws-team-a-gpu")["scalingConfig"] == {  # type: ignore[index]
-        "minSize": 1,
-        "maxSize": 4,
-        "desiredSize": 4,
-    }
-    with pytest.raises(PermanentError, match="ws-team-a-gpu"):
-        actions.scale_nodegroup(CLUSTER, "ws-team-a-gpu", 1, minimum=2)
 
 
 # -- error translation -----------------------------------------------------------------------------
