@@ -308,3 +308,28 @@ def test_a_pending_gpu_pod_of_the_workspace_keeps_its_nodegroup_from_being_estab
     )
     (item,) = run(elsewhere, stored, T0 + timedelta(hours=3)).items
     assert item.established  # team-b's pod cannot use team-a's tainted nodes
+
+
+def test_a_notebook_belongs_to_its_namespace_never_to_the_nodegroup_it_runs_on() -> None:
+    """A Notebook in a namespace no workspace owns, scheduled onto team-a's nodegroup (tolerations
+    written by hand), is unattributed: no buttons, no auto-stop, no owner, whatever node it uses."""
+    inv = Inventory(
+        T0,
+        "us-east-1",
+        (group(),),
+        (node("n1"), node("n2")),
+        (nb_pod("train", "n1"), nb_pod("train", "n2", ns="evil"), GpuPod("evil", "job-0", "n2", 1, "job")),
+        (Notebook("ws-a", "train", False, 1, "jupyter"), Notebook("evil", "train", False, 1, "jupyter")),
+        {
+            ("ws-a", "train"): NotebookActivity("busy", T0),
+            ("evil", "train"): NotebookActivity("idle", T0 - timedelta(days=1)),
+        },
+        utilisation=GpuUtilisation({("evil", "job-0"): 0.0}),
+    )
+    stored = stored_from(run(inv, [], T0))
+    obs = run(inv, stored, T0 + timedelta(hours=3))
+    by_key = {i.key: i for i in obs.items}
+    assert set(by_key) == {"notebook:evil/train", "pod:evil/job-0"}
+    for item in by_key.values():
+        assert item.workspace is None and not item.stoppable
+    assert all(r.workspace is None for r in obs.upsert if r.key.startswith(("notebook:evil", "pod:evil")))

@@ -23,6 +23,7 @@ from handlers.model import EventType
 from handlers.settings import CostSettings
 from provisioning.store.schema import audit_events, timers
 from provisioning.store.schema import gpu_holds as gpu_holds_table
+from provisioning.store.schema import gpu_signals as gpu_signals_table
 from tests.fakes.slack import FakeSlack
 from tests.harness import ALICE, CORE, Stack, build_stack, make_workspace
 
@@ -469,4 +470,73 @@ def test_a_scan_that_cannot_read_the_cluster_is_logged_and_posts_nothing(
     scan_job(reporter)
     assert "idle-GPU scan skipped" in caplog.text
     assert fake_slack.messages_in("CCOST") == []
+    stack.backend.close()
+
+
+def test_a_notebook_of_another_namespace_on_a_workspaces_nodes_stops_nothing_of_the_workspace(
+    db_url: str, fake_slack: FakeSlack
+) -> None:
+    """The attack: Notebook ``evil/train`` (a namespace no workspace owns) sits idle on team-a's
+    nodegroup while team-a's own ``train`` is busy. It is reported unattributed, without buttons
+    or team-a's owner, and auto-stop files nothing; even a signal row that names team-a (written
+    by an earlier version) cannot make the timer stop team-a's notebook of the same name."""
+    cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
+    stack, world, reporter = setup(db_url, fake_slack, cost)
+    make_workspace(stack, "team-a", ALICE)
+    ns = namespace(stack, "team-a")
+    world.nodes.append(Node("n2", "ng-a", "g5.xlarge", 1, stack.clock.now()))
+    world.pods += [
+        GpuPod(ns, "train-0", "n1", 1, "notebook", "train"),
+        GpuPod("evil", "train-0", "n2", 1, "notebook", "train"),
+    ]
+    world.notebooks += [
+        Notebook(ns, "train", False, 1, "jupyter"),
+        Notebook("evil", "train", False, 1, "jupyter"),
+    ]
+    world.activity[(ns, "train")] = NotebookActivity("busy", stack.clock.now())
+    world.activity[("evil", "train")] = NotebookActivity("idle", stack.clock.now() - timedelta(hours=3))
+    for _ in range(10):  # past the grace period and its last warning
+        reporter.scan_once()
+        sweep(stack)
+        stack.clock.advance(timedelta(minutes=10))
+    with stack.backend.uow() as uow:
+        assert uow.requests.list(kind="notebook.stop", limit=None) == []
+    assert pending(stack) == {}
+    (post,) = top_level(fake_slack, "CCOST")
+    assert "Unattributed" in str(post["text"]) and "evil/train" in str(post["text"])
+    assert "alice" not in str(post["text"]) and "UALICE" not in str(post["text"])
+    assert not any(b["type"] == "actions" for b in post["blocks"])  # type: ignore[index]
+
+    # Defence in depth: the timer refuses a notebook outside the workspace's namespace.
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(
+            sa.update(gpu_signals_table)
+            .where(gpu_signals_table.c.key == "notebook:evil/train")
+            .values(
+                workspace="team-a",
+                warned_at=stack.clock.now(),
+                detail={"item": "notebook:evil/train", "established": True},
+            )
+        )
+    seen = stack.backend.facts.idle_item("notebook:evil/train")
+    assert seen is not None and seen.workspace == "team-a" and seen.established and seen.warned
+    body = {
+        "request_id": "cost:notebook:evil/train",
+        "workspace": "team-a",
+        "target": "notebook:evil/train",
+        "since": seen.since.isoformat(),
+        "seen_after": (seen.last_seen - timedelta(minutes=1)).isoformat(),
+    }
+    assert autostop.TIMER.handle("notebook:evil/train", body, stack.backend.facts) is None
+    # The same body for team-a's own namespace would act (the refusal is the namespace, nothing else).
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(
+            sa.update(gpu_signals_table)
+            .where(gpu_signals_table.c.key == "notebook:evil/train")
+            .values(detail={"item": f"notebook:{ns}/train", "established": True})
+        )
+    result = autostop.TIMER.handle(
+        f"notebook:{ns}/train", {**body, "target": f"notebook:{ns}/train"}, stack.backend.facts
+    )
+    assert result is not None and kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "train"}  # type: ignore[union-attr]
     stack.backend.close()

@@ -144,7 +144,10 @@ def _handle(ref: str, body: Mapping[str, JSON], facts: Facts) -> TimerResult:
         return None  # busy in between (a new idle stretch), or the scans stopped seeing it
     args: dict[str, JSON]
     if ref.startswith("notebook:"):
-        name = ref.removeprefix("notebook:").split("/", 1)[-1]
+        namespace, _, name = ref.removeprefix("notebook:").partition("/")
+        owner = facts.workspace(workspace)
+        if owner is None or namespace != owner.namespace:
+            return None  # a notebook elsewhere is not the workspace's: never stop its namesake
         kind_name, args = STOP_KIND, {"workspace": workspace, "notebook": name}
     elif ref.startswith("nodegroup:"):
         kind_name, args = SCALE_KIND, {"workspace": workspace, "nodes": 0}

@@ -366,7 +366,9 @@ def _workloads(ctx: _Ctx) -> list[IdleItem]:
         group = groups.get(node.nodegroup)
         if group is not None and group.status not in STEADY_STATUSES:
             continue
-        workspace = ctx.namespaces.get(pod.namespace) or (group.workspace if group is not None else None)
+        # Its namespace, never the nodegroup it runs on: anyone may tolerate a workspace's taint, and
+        # a pod elsewhere must not be reported, held or stopped as the workspace's.
+        workspace = ctx.namespaces.get(pod.namespace)
         peak = util.by_pod.get((pod.namespace, pod.name)) if util is not None and usable_util else None
         gpu_busy = peak is not None and peak >= ctx.settings.idle_gpu_util
         gpu_unused = peak is not None and peak < ctx.settings.idle_gpu_util
