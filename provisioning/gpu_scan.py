@@ -28,10 +28,12 @@ Why it is built the way it is:
   with a note, never idle. Only notebooks whose pod holds a GPU on a node now are probed, a few at
   a time, each read bounded by ``CostProbeSettings.request_timeout``.
 * **Prometheus** (when configured): the DCGM exporter's ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (0-1,
-  also right for MIG slices), else ``DCGM_FI_DEV_GPU_UTIL`` (0-100), the highest value over the
-  idle window per pod (``max_over_time``). A series names its pod by ``pod``/``namespace``, or by
-  ``exported_pod``/``exported_namespace`` when Prometheus renamed them because the scrape target's
-  own labels (the exporter's pod) took those names: then the exported ones are the workload's.
+  also right for MIG slices) and ``DCGM_FI_DEV_GPU_UTIL`` (0-100, scaled to 0-1): per pod the
+  highest value of every series of both over the idle window (``max_over_time``), so a series
+  injected by another scrape target can make a GPU look busier, never idle. A series names its pod
+  by ``pod``/``namespace``, or by ``exported_pod``/``exported_namespace`` when Prometheus renamed
+  them because the scrape target's own labels (the exporter's pod) took those names: then the
+  exported ones are the workload's.
 * **A partial failure never fails the scan.** Each source's failure is translated at this boundary
   (``provisioning.k8s.translate``, ``provisioning.aws._aws_call``, or a note for the notebook and
   Prometheus reads) and becomes a line in ``Inventory.notes``; the decision then degrades (an
@@ -630,9 +632,10 @@ class GpuScanner:
             )
         by_pod: dict[tuple[str, str], float] = {}
         unlabelled = 0
-        # GPU_UTIL first, so a pod with both keeps ENGINE_ACTIVE (the better signal).
+        # Busy wins: any pod Prometheus scrapes can publish a series naming another pod, so only the
+        # highest value of every series of both metrics counts; a lie can then only make a GPU look
+        # busier (never reported, never stopped), never idle.
         for metric, scale in ((GPU_UTIL, 100.0), (ENGINE_ACTIVE, 1.0)):
-            per_metric: dict[tuple[str, str], float] = {}
             for item in series.get(metric, []):
                 key = pod_of(item.get("metric") or {})
                 value = _sample(item.get("value"))
@@ -642,8 +645,7 @@ class GpuScanner:
                 if value is None:
                     continue
                 share = min(max(value / scale, 0.0), 1.0)
-                per_metric[key] = max(per_metric.get(key, 0.0), share)
-            by_pod.update(per_metric)
+                by_pod[key] = max(by_pod.get(key, 0.0), share)
         note = ""
         if not by_pod:
             note = (

@@ -397,7 +397,7 @@ def samples(*values: float) -> list[tuple[Any, float]]:
     return [(NOW - timedelta(minutes=10 * i), v) for i, v in enumerate(values)]
 
 
-def test_engine_active_is_used_and_gpu_util_fills_in_where_it_is_missing(
+def test_both_dcgm_metrics_are_read_and_the_busiest_value_per_pod_counts(
     gpu_pods: list[str], prometheus: FakePrometheus, make_scanner: Callable[..., GpuScanner]
 ) -> None:
     exporter = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p"}
@@ -436,6 +436,48 @@ def test_engine_active_is_used_and_gpu_util_fills_in_where_it_is_missing(
     assert inventory.calls["prometheus"] == 2
     queries = [r["query"] for r in prometheus.requests]
     assert all("max_over_time" in q and "[7200s]" in q for q in queries)
+
+
+def test_an_injected_series_can_make_a_gpu_look_busier_never_idle(
+    gpu_pods: list[str], prometheus: FakePrometheus, make_scanner: Callable[..., GpuScanner]
+) -> None:
+    """Any pod Prometheus scrapes can publish a series whose (exported_)pod labels name another
+    namespace's pod. Per pod the busiest value of every series of both metrics counts, so a lying
+    ``0`` never hides real work."""
+    exporter = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p"}
+    liar = {"namespace": "evil", "pod": "metrics-0"}
+    victim = {"exported_namespace": "ws-a", "exported_pod": "train-a"}
+    prometheus.add("DCGM_FI_DEV_GPU_UTIL", {"gpu": "0", **victim, **exporter}, samples(97))
+    prometheus.add("DCGM_FI_PROF_GR_ENGINE_ACTIVE", {"gpu": "0", **victim, **liar}, samples(0))
+    # The other way round: real engine activity, a lying GPU_UTIL of 0.
+    prometheus.add(
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        {"gpu": "1", "exported_namespace": "ws-a", "exported_pod": "train-b", **exporter},
+        samples(0.6),
+    )
+    prometheus.add(
+        "DCGM_FI_DEV_GPU_UTIL",
+        {"gpu": "1", "exported_namespace": "ws-a", "exported_pod": "train-b", **liar},
+        samples(0),
+    )
+    # A lie can only raise a value: an injected 100 makes train-c busy (never idle, never stopped).
+    prometheus.add(
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE", {"gpu": "2", "namespace": "ws-a", "pod": "train-c"}, samples(0)
+    )
+    prometheus.add(
+        "DCGM_FI_DEV_GPU_UTIL",
+        {"gpu": "2", "exported_namespace": "ws-a", "exported_pod": "train-c", **liar},
+        samples(100),
+    )
+
+    inventory = make_scanner(prometheus_url=prometheus.url).scan(WINDOW, {})
+
+    assert inventory.utilisation is not None
+    assert dict(inventory.utilisation.by_pod) == {
+        ("ws-a", "train-a"): 0.97,
+        ("ws-a", "train-b"): 0.6,
+        ("ws-a", "train-c"): 1.0,
+    }
 
 
 def test_prometheus_unreachable_or_unlabelled_degrades_with_a_note(
