@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from handlers import errors
+from handlers import errors, services
 from handlers.model import EventType, RequestState
 from provisioning import k8s
 from tests.fakes.apiserver import FakeApiServer
@@ -262,6 +262,36 @@ def test_resize_nodes_waits_for_an_admin_and_changes_only_the_bounds(stack: Live
     assert stack.request(request.id).state is RequestState.SUCCEEDED
     assert scaling(stack) == {"minSize": 1, "maxSize": 3, "desiredSize": 1}
     assert recorded(stack)[f"Nodegroup/{NODEGROUP}"]["params"]["scaling"]["maxSize"] == 3
+
+
+def test_only_the_owner_or_an_admin_may_ask_to_resize_and_a_stranger_learns_nothing(stack: LiveStack) -> None:
+    """A resize's plan names the nodegroups, their sizes and costs: a stranger is told the same
+    whether the workspace exists or not, on the command and the preview path alike; a contributor
+    is refused; an admin who is not the workspace's asks, and another admin decides."""
+    before = len(stack.requests())
+    answers = []
+    for name in ("team-a", "team-z"):
+        for ask in (
+            stack.submit,
+            lambda actor, text: services.preview(stack.core, actor, stack.kind(actor, text)),
+        ):
+            with pytest.raises(errors.NotFound) as refused:
+                ask(BOB, f"workspace resize {name} --nodes 0:2")
+            answers.append(str(refused.value).replace(name, "NAME"))
+    assert answers == ["There is no workspace `NAME` of yours."] * 4
+    assert NODEGROUP not in " ".join(answers) and "$" not in " ".join(answers)
+
+    shared = stack.apply(ALICE, "share team-a bob@example.com")
+    assert shared.state is RequestState.SUCCEEDED, shared.error
+    with pytest.raises(errors.Forbidden, match="Only the owner of `team-a` or an admin"):
+        stack.submit(BOB, "workspace resize team-a --nodes 0:2")
+    assert len(stack.requests()) == before + 1  # the share only
+
+    request = stack.submit(ADMIN, "workspace resize team-a --nodes 0:3")
+    assert request.state is RequestState.PENDING
+    stack.approve(request.id, ADMIN2)
+    stack.run()
+    assert stack.request(request.id).state is RequestState.SUCCEEDED
 
 
 def test_resize_refuses_an_unknown_instance_type(stack: LiveStack) -> None:

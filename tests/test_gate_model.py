@@ -190,8 +190,8 @@ class GateMachine(RuleBasedStateMachine):
                 assert alone == self.oracle.may_apply_alone(actor, request.kind, dict(request.args)), (
                     f"{who}'s {request.kind} {dict(request.args)} applied alone={alone}"
                 )
-            if request.kind in COST_KINDS[:3]:  # who may not even ask is refused before anything
-                owner = self.oracle.owners.get(str(request.args["workspace"]))
+            if request.kind in COST_KINDS:  # who may not even ask is refused before anything
+                owner = self.oracle.owners.get(str(request.args.get("workspace") or request.args["name"]))
                 assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed {request.kind}"
 
     def _apply_succeeded(self) -> None:

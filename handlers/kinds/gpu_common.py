@@ -30,13 +30,23 @@ def is_owner_or_admin(actor: Actor, facts: Facts, workspace: str, settings: Core
     return ws is not None and ws.owner == kubeflow_user(actor, settings)
 
 
-def owner_or_admin_may_ask(what: str, workspace_of: Callable[[RequestKind], str]) -> RequestRule:
-    """``may_request``: only the workspace's owner or an admin; ``what`` says what they asked."""
+def owner_or_admin_may_ask(
+    what: str, workspace_of: Callable[[RequestKind], str], *, hide_from_outsiders: bool = False
+) -> RequestRule:
+    """``may_request``: only the workspace's owner or an admin; ``what`` says what they asked.
+    ``hide_from_outsiders``: someone neither owner nor contributor is told there is no such
+    workspace of theirs, as ``/kf workspace show`` tells them, whether it exists or not."""
 
     def rule(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
         workspace = workspace_of(kind)
-        if not is_owner_or_admin(actor, facts, workspace, settings):
-            raise errors.Forbidden(f"Only the owner of `{workspace}` or an admin can {what}.")
+        if is_owner_or_admin(actor, facts, workspace, settings):
+            return
+        if hide_from_outsiders:
+            ws = facts.workspace(workspace)
+            user = kubeflow_user(actor, settings)
+            if ws is None or (user not in ws.contributors and user not in ws.recorded_grants):
+                raise errors.NotFound(f"There is no workspace `{workspace}` of yours.")
+        raise errors.Forbidden(f"Only the owner of `{workspace}` or an admin can {what}.")
 
     return rule
 

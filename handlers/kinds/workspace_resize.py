@@ -21,6 +21,7 @@ from handlers.kinds.base import (
     Parsed,
     PlanContext,
     PolicyRow,
+    RequestKind,
     Success,
     Syntax,
     TimerKind,
@@ -29,7 +30,7 @@ from handlers.kinds.base import (
     text,
     workspace_people,
 )
-from handlers.kinds.gpu_common import bot_nodegroups, scaling_of
+from handlers.kinds.gpu_common import bot_nodegroups, owner_or_admin_may_ask, scaling_of
 from handlers.kinds.gpu_scale import recorded_scaling
 from handlers.kinds.workspace_create import (
     PINNING_LIMITS,
@@ -53,6 +54,11 @@ def _build(p: Parsed) -> WorkspaceResize:
     return WorkspaceResize(p.positional[0], low, high, opts.get("instance_type"))
 
 
+def _workspace(kind: RequestKind) -> str:
+    assert isinstance(kind, WorkspaceResize)
+    return kind.name
+
+
 @dataclass(frozen=True)
 class WorkspaceResize:
     KIND: ClassVar[str] = "workspace.resize"
@@ -63,7 +69,11 @@ class WorkspaceResize:
         {"--nodes": Flag("nodes", _nodes), "--instance-type": Flag("instance_type", text)},
         _build,
     )
-    POLICY: ClassVar[PolicyRow] = PolicyRow()  # an admin decides: it moves the workspace's spend
+    # The owner or an admin asks (the plan shows the nodegroups, their sizes and costs); an admin
+    # decides, as it moves the workspace's spend.
+    POLICY: ClassVar[PolicyRow] = PolicyRow(
+        may_request=owner_or_admin_may_ask("resize its nodegroups", _workspace, hide_from_outsiders=True)
+    )
     TIMERS: ClassVar[tuple[TimerKind, ...]] = ()
 
     name: str
