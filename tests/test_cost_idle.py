@@ -180,7 +180,7 @@ def test_an_empty_node_is_reported_after_idle_after_with_price_and_grouping() ->
     obs = run(later(inv, 2.5), stored_from(first), T0 + timedelta(hours=2.5))
     (item,) = obs.items
     assert item.key == "nodegroup:ng-a" and item.workspace == "team-a" and item.nodes == 2
-    assert item.what == "nodegroup ng-a: 2 x g5.xlarge" and item.since == T0
+    assert item.what == "nodegroup `ng-a`: 2 x g5.xlarge" and item.since == T0
     assert item.hourly_usd == 2 * 1.006
     assert abs((item.spent_usd or 0) - 2 * 1.006 * 2.5) < 1e-9
     assert item.established

@@ -115,7 +115,7 @@ def test_report_posted_once_then_edited_threaded_held_cleared_and_the_clock_surv
     out = reporter.scan_once()
     assert out.posted == ("CCOST",)
     (msg,) = fake_slack.messages_in("CCOST")
-    assert "nodegroup ng-a: 1 x g5.xlarge" in str(msg["text"]) and "<@UALICE>" in str(msg["text"])
+    assert "nodegroup `ng-a`: 1 x g5.xlarge" in str(msg["text"]) and "<@UALICE>" in str(msg["text"])
     assert "on-demand list price" in str(msg["text"])
     actions = [e for b in msg["blocks"] for e in b.get("elements", []) if b["type"] == "actions"]  # type: ignore[union-attr]
     assert [a["action_id"] for a in actions] == ["cost_scale_down", "cost_keep", "cost_snooze"]
@@ -163,7 +163,7 @@ def test_report_posted_once_then_edited_threaded_held_cleared_and_the_clock_surv
     out = reporter.scan_once()
     assert out.threaded == ("CCOST",)
     text = str(top_level(fake_slack, "CCOST")[0]["text"])
-    assert "nodegroup ng-a" not in text and "notebook" in text
+    assert "nodegroup `ng-a`" not in text and "notebook" in text
 
     # A restart: a new backend on the same database keeps the node's idle clock.
     stack.backend.close()

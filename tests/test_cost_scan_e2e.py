@@ -74,14 +74,14 @@ def test_a_scanned_idle_notebook_and_empty_node_are_reported_once_and_the_clock_
     out = reporter.scan_once()  # the notebook has been idle 5h by its own server's dates
     assert out.posted == ("CCOST",)
     (msg,) = fake_slack.messages_in("CCOST")
-    assert "notebook team-a/lab" in str(msg["text"]) and "<@UALICE>" in str(msg["text"])
-    assert "nodegroup team-a-gpu" not in str(msg["text"])  # its empty node: not 2h yet
+    assert "notebook `team-a/lab`" in str(msg["text"]) and "<@UALICE>" in str(msg["text"])
+    assert "nodegroup `team-a-gpu`" not in str(msg["text"])  # its empty node: not 2h yet
 
     clock.advance(timedelta(hours=2, minutes=5))
     out = reporter.scan_once()
     assert out.edited == out.threaded == ("CCOST",)
     (msg,) = fake_slack.messages_in("CCOST")[:1]
-    assert "nodegroup team-a-gpu: 1 x g4dn.xlarge" in str(msg["text"]) and "1 of 2 nodes" in str(msg["text"])
+    assert "nodegroup `team-a-gpu`: 1 x g4dn.xlarge" in str(msg["text"]) and "1 of 2 nodes" in str(msg["text"])
     scan = backend.gpu_status()
     nb = next(i for i in scan.observation.items if i.kind == "notebook")
     assert nb.since == EPOCH + timedelta(hours=1) and nb.established

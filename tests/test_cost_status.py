@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -16,12 +17,20 @@ from bot import render
 from bot.controls import control
 from bot.cost import mentions, report_blocks
 from handlers import errors, kinds, naming, parse, services
-from handlers.cost import autostop, report
+from handlers.cost import autostop, idle, report
 from handlers.cost.idle import IdleItem, SignalRow
-from handlers.cost.inventory import GpuPod, Inventory, Node, Nodegroup
+from handlers.cost.inventory import (
+    GpuPod,
+    GpuUtilisation,
+    Inventory,
+    Node,
+    Nodegroup,
+    Notebook,
+    NotebookActivity,
+)
 from handlers.kinds.base import SystemRequest
 from handlers.model import Actor
-from handlers.ports import IdleFacts
+from handlers.ports import IdleFacts, WorkspaceFacts
 from handlers.settings import CostSettings
 from provisioning.store import Database
 from tests.fakes.facts import StaticFacts
@@ -194,6 +203,49 @@ def test_hostile_names_from_the_cluster_render_inert_in_slack(name: str) -> None
     assert "<" not in rendered
 
 
+def outside_code_spans(text: str) -> str:
+    return re.sub(r"`[^`]*`", "", text)
+
+
+def test_names_from_the_cluster_are_code_spans_so_slack_links_none_of_them() -> None:
+    """A pod named like a domain (``evil.com-0``, valid in Kubernetes) in the report, its change
+    note, its last warning and ``/kf gpu status``: always inside a code span, never bare text that
+    Slack would turn into a link."""
+    groups = (Nodegroup("ng-a", "team-a", "g5.xlarge", 1, "ACTIVE", 1, 2, 2),)
+    nodes = (Node("n1", "ng-a", "g5.xlarge", 1, T0), Node("n2", "ng-a", "g5.xlarge", 1, T0))
+    pods = (GpuPod("ws-a", "evil.com-0", "n1", 1, "other"), GpuPod("ws-a", "nb-0", "n2", 1, "notebook", "nb"))
+    inv = Inventory(
+        T0,
+        "us-east-1",
+        groups,
+        nodes,
+        pods,
+        (Notebook("ws-a", "nb", False, 1, "jupyter"),),
+        {("ws-a", "nb"): NotebookActivity("idle", T0 - timedelta(days=1))},
+        utilisation=GpuUtilisation({("ws-a", "evil.com-0"): 0.0, ("ws-a", "nb-0"): 0.0}),
+    )
+    cost = CostSettings(idle_after=timedelta(hours=2))
+    first = idle.classify(inv, [], [], T0, cost, namespaces={"ws-a": "team-a"})
+    stored = [idle.StoredSignal(r.key, r.signal, r.first_seen, r.last_seen) for r in first.upsert]
+    later = dataclasses.replace(inv, taken_at=T0 + timedelta(hours=3))
+    items = idle.classify(
+        later, stored, [], T0 + timedelta(hours=3), cost, namespaces={"ws-a": "team-a"}
+    ).items
+    assert {i.key for i in items} == {"pod:ws-a/evil.com-0", "notebook:ws-a/nb"}
+    rep = report.build(items, {"team-a": "alice@example.com"}, [], T0 + timedelta(hours=3))
+    text, blks = report_blocks(rep, lambda e: None)
+    slack_texts = [
+        text,
+        json.dumps([b.to_dict() for b in blks], ensure_ascii=False),
+        render.SLACK.message(report.changes({}, rep.items) or ""),
+        *(render.SLACK.message(report.warning(i, T0)) for i in items),
+        *(render.SLACK.message(report.entry_text(i, T0)) for i in items),
+    ]
+    for rendered in slack_texts:
+        assert "evil.com" not in outside_code_spans(rendered), rendered
+    assert "`ws-a/evil.com-0`" in text and "`ws-a/nb`" in text
+
+
 def test_owner_mention_only_for_a_slack_id() -> None:
     text = "Workspace x (owner " + naming.person("alice@example.com") + ")"
     assert render.SLACK.message(mentions(text, lambda e: "UALICE")) == "Workspace x (owner <@UALICE>)"
@@ -218,7 +270,10 @@ def facts_for(**kw: object) -> StaticFacts:
         warned=True,
     )
     seen.update(kw)
-    return StaticFacts(idle={"notebook:ws-a/nb": IdleFacts(**seen)})  # type: ignore[arg-type]
+    return StaticFacts(
+        workspaces={"team-a": WorkspaceFacts("team-a", "ws-a", "alice@example.com")},
+        idle={"notebook:ws-a/nb": IdleFacts(**seen)},  # type: ignore[arg-type]
+    )
 
 
 PAYLOAD = {
@@ -250,6 +305,17 @@ def test_the_timer_does_nothing_unless_still_idle_established_unheld_and_warned(
 def test_the_timer_does_nothing_for_a_signal_that_lapsed_or_a_bad_payload() -> None:
     assert autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, StaticFacts()) is None
     assert autostop.TIMER.handle("notebook:ws-a/nb", {**PAYLOAD, "since": 3}, facts_for()) is None
+
+
+def test_the_timer_never_stops_a_notebook_outside_the_workspaces_namespace() -> None:
+    """The timer's ref names the notebook's namespace: only in the workspace's own namespace is the
+    notebook the workspace's (``notebook.stop`` names it by workspace and name alone)."""
+    elsewhere = dataclasses.replace(
+        facts_for(), workspaces={"team-a": WorkspaceFacts("team-a", "ws-other", "alice@example.com")}
+    )
+    assert autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, elsewhere) is None
+    gone = dataclasses.replace(facts_for(), workspaces={})
+    assert autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, gone) is None
 
 
 def test_the_timer_files_notebook_stop() -> None:

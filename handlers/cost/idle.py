@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from handlers import prices
+from handlers import naming, prices
 from handlers.cost.inventory import STEADY_STATUSES, GpuPod, Inventory, Node, Nodegroup, Notebook
 from handlers.plan import JSON
 from handlers.settings import CostSettings
@@ -110,7 +110,9 @@ class IdleItem:
     workspace: str | None
     """None: unattributed (a nodegroup or namespace the registry does not know)."""
     what: str
-    """Neutral words: ``nodegroup ng-a: 2 x g5.xlarge``, ``notebook team-a/nb``."""
+    """Neutral words, the cluster's names as code spans (``naming.show_value``) so that Slack
+    links none of them (a pod may be named ``evil.com-0``): ``nodegroup `ng-a`: 2 x g5.xlarge``,
+    ``notebook `team-a/nb```."""
     since: datetime
     gpus: int
     hourly_usd: float | None
@@ -203,6 +205,12 @@ class _Ctx:
 
     def idle_long_enough(self, since: datetime) -> bool:
         return self.now - since >= self.settings.idle_after
+
+
+def _shown(name: str) -> str:
+    """A name from the cluster as a code span, whole (Kubernetes and EKS bound its length, and a
+    cut name could pass for another)."""
+    return naming.show_value(name, limit=len(name))
 
 
 def _hours(delta: timedelta) -> float:
@@ -334,7 +342,7 @@ def _nodegroup_item(
         key=nodegroup_target(group.name),
         kind="nodes",
         workspace=group.workspace,
-        what=f"nodegroup {group.name}: {shape}",
+        what=f"nodegroup {_shown(group.name)}: {shape}",
         since=min(r.first_seen for _, r in due),
         gpus=gpus,
         hourly_usd=hourly if priced else None,
@@ -462,7 +470,7 @@ def _notebook(
         key=key,
         kind="notebook",
         workspace=workspace,
-        what=f"notebook {nb.namespace}/{nb.name}",
+        what=f"notebook {_shown(f'{nb.namespace}/{nb.name}')}",
         since=since,
         gpus=pod.gpus,
         hourly_usd=hourly,
@@ -491,7 +499,7 @@ def _pod(
         key=row.key,
         kind="pod",
         workspace=workspace,
-        what=f"{pod.workload} pod {pod.namespace}/{pod.name}",
+        what=f"{pod.workload} pod {_shown(f'{pod.namespace}/{pod.name}')}",
         since=row.first_seen,
         gpus=pod.gpus,
         hourly_usd=hourly,

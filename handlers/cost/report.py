@@ -2,8 +2,8 @@
 placeholder), one entry per idle item with its buttons, notes on degraded signals, and the short
 "what changed" note between two reports. Pure; ``bot/cost.py`` renders it for Slack (or the shell).
 
-Texts are neutral (``naming.show_value`` is not needed: every value here comes from the cluster
-through the scan, and the edge escapes the whole text); times are UTC, dollars are the
+Texts are neutral (the edge escapes the whole text; the cluster's names arrive as code spans in
+``IdleItem.what``, so Slack neither formats nor links them); times are UTC, dollars are the
 on-demand list price and say so.
 """
 
