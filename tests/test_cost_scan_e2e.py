@@ -81,7 +81,9 @@ def test_a_scanned_idle_notebook_and_empty_node_are_reported_once_and_the_clock_
     out = reporter.scan_once()
     assert out.edited == out.threaded == ("CCOST",)
     (msg,) = fake_slack.messages_in("CCOST")[:1]
-    assert "nodegroup `team-a-gpu`: 1 x g4dn.xlarge" in str(msg["text"]) and "1 of 2 nodes" in str(msg["text"])
+    assert "nodegroup `team-a-gpu`: 1 x g4dn.xlarge" in str(msg["text"]) and "1 of 2 nodes" in str(
+        msg["text"]
+    )
     scan = backend.gpu_status()
     nb = next(i for i in scan.observation.items if i.kind == "notebook")
     assert nb.since == EPOCH + timedelta(hours=1) and nb.established
