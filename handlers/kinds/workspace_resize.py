@@ -1,5 +1,6 @@
 """``workspace.resize``: change the scaling of a workspace's nodegroups, or move its GPU nodegroup
-to another instance type. An admin approves (never one the workspace is for).
+to another instance type. Only the owner or an admin asks; an admin approves (never one the
+workspace is for).
 
 ``--nodes MIN:MAX`` sets the minimum and maximum of every nodegroup the bot made for the workspace
 (``UpdateNodegroupConfig``; the desired size is kept, clamped into the new bounds). With
