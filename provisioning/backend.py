@@ -105,6 +105,10 @@ class Backend:
         self._timer_handlers = dict(timer_handlers or {})
         self._gpu_scanner, self._notebook_url = gpu_scanner, notebook_url
         self._scanner_lock = threading.Lock()
+        self._status_scan = threading.Lock()
+        """Held by the one status scan in flight (``gpu_status``)."""
+        self._last_inventory: Inventory | None = None
+        """The newest scan this process made (the scheduled one or a status one)."""
         self.wakeups: PgWakeups | None = None
         """The running listener for other replicas' work notifications (``start_worker``, PostgreSQL)."""
         self._usage: UsageLedger | None = None
@@ -269,14 +273,38 @@ class Backend:
         return self._idle_scan(persist=True)
 
     def gpu_status(self) -> IdleScan:
-        """``/kf gpu status``: a fresh scan decided against the stored signals, persisting nothing,
-        with this month's GPU node time."""
-        return self._idle_scan(persist=False)
+        """``/kf gpu status``: the newest scan, decided against the stored signals, persisting
+        nothing, with this month's GPU node time. Anyone in Slack can ask, so a call never scans
+        the cluster for itself: it reads the last scan when that is younger than the scan interval
+        (the scheduled scan refreshes it on the leader), else one shared scan runs (a caller that
+        finds it in flight is answered from the older scan at once, never waits behind it). The
+        answer is "as of" the scan's time (``IdleScan.taken_at``)."""
+        fresh = self._fresh_inventory()
+        if fresh is not None:
+            return self._idle_scan(persist=False, inventory=fresh)
+        if not self._status_scan.acquire(blocking=self._last_inventory is None):
+            last = self._last_inventory
+            if last is not None:
+                return self._idle_scan(persist=False, inventory=last)
+            self._status_scan.acquire()
+        try:
+            inventory = self._fresh_inventory()  # a scan may have ended while this call waited
+            return self._idle_scan(persist=False, inventory=inventory)
+        finally:
+            self._status_scan.release()
 
-    def _idle_scan(self, *, persist: bool) -> IdleScan:
+    def _fresh_inventory(self) -> Inventory | None:
+        last = self._last_inventory
+        if last is not None and self.clock.now() - last.taken_at < self.core.cost.scan_interval:
+            return last
+        return None
+
+    def _idle_scan(self, *, persist: bool, inventory: Inventory | None = None) -> IdleScan:
         cost = self.core.cost
-        inventory = self.gpu_inventory(cost.idle_after)
-        now = self.clock.now()
+        if inventory is None:
+            inventory = self.gpu_inventory(cost.idle_after)
+            self._last_inventory = inventory
+        now = self.clock.now() if persist else inventory.taken_at
         overrides = self.core.workspace.price_overrides
         with self.db.uow(read_only=not persist) as uow:
             rows = uow.registry.list_workspaces()
