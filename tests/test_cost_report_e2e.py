@@ -23,6 +23,7 @@ from handlers.model import EventType
 from handlers.settings import CostSettings
 from provisioning.store.schema import audit_events, timers
 from provisioning.store.schema import gpu_holds as gpu_holds_table
+from provisioning.store.schema import gpu_signals as gpu_signals_table
 from tests.fakes.slack import FakeSlack
 from tests.harness import ALICE, CORE, Stack, build_stack, make_workspace
 
@@ -304,6 +305,55 @@ def test_a_forged_auto_stop_timer_is_refused(db_url: str, fake_slack: FakeSlack)
     ]
     with stack.backend.uow() as uow:
         assert uow.requests.list(limit=None) == uow.requests.list(kind="workspace.create", limit=None)
+    stack.backend.close()
+
+
+def test_a_cancelled_auto_stop_re_inserted_with_forged_signals_is_refused(
+    db_url: str, fake_slack: FakeSlack
+) -> None:
+    """The DB writer's replay: the notebook was idle, the stop was scheduled (and vouched for) and
+    warned about; its owner went back to work and the scan cancelled the timer. Re-inserting the
+    timer row with the vouched payload and writing back the signal rows it re-checks (no MAC) must
+    not stop the busy notebook: the latest scheduling of that timer is followed by its cancellation."""
+    cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
+    stack, world, reporter = setup(db_url, fake_slack, cost)
+    make_workspace(stack, "team-a", ALICE)
+    ns = namespace(stack, "team-a")
+    target = f"notebook:{ns}/nb"
+    world.pods.append(GpuPod(ns, "nb-0", "n1", 1, "notebook", "nb"))
+    world.notebooks.append(Notebook(ns, "nb", False, 1, "jupyter"))
+    world.activity[(ns, "nb")] = NotebookActivity("idle", stack.clock.now() - timedelta(hours=3))
+    reporter.scan_once()
+    stack.clock.advance(timedelta(minutes=55))
+    assert reporter.scan_once().warned == (target,)
+    with stack.backend.db.engine.connect() as conn:
+        signals = [dict(r) for r in conn.execute(sa.select(gpu_signals_table)).mappings()]
+    with stack.backend.uow() as uow:
+        body = uow.timers.pending_payload(autostop.AUTO_STOP, target)
+    assert body is not None
+
+    world.activity[(ns, "nb")] = NotebookActivity("busy", stack.clock.now())
+    reporter.scan_once()
+    assert pending(stack) == {}
+    with stack.backend.uow() as uow:
+        assert any("cancelled" in e.data for e in uow.audit.trail(autostop.origin(target)))
+
+    stack.clock.advance(timedelta(minutes=10))
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(timers).values(
+                kind=autostop.AUTO_STOP, ref=target, due_at=stack.clock.now(), payload=dict(body)
+            )
+        )
+        conn.execute(sa.delete(gpu_signals_table))
+        conn.execute(
+            sa.insert(gpu_signals_table), [{**row, "last_seen": stack.clock.now()} for row in signals]
+        )
+    assert sweep(stack) == 1
+    with stack.backend.uow() as uow:
+        assert uow.requests.list(kind="notebook.stop", limit=None) == []
+        trail = uow.audit.trail(autostop.origin(target))
+    assert trail[-1].data.get("refused") == "the audit log does not vouch for this timer"
     stack.backend.close()
 
 
