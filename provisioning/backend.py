@@ -18,7 +18,7 @@ from handlers import prices
 from handlers.actions import ActionName
 from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
-from handlers.cost.inventory import Inventory
+from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.model import Request
 from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
@@ -480,7 +480,7 @@ class Backend:
 
     def _live_parts(self) -> checks.LiveParts:
         if self._parts is None:
-            self._parts = _live_parts(self.settings, self.clock, self.db, self._kube_api)
+            self._parts = _live_parts(self.settings, self.clock, self.db, self._kube_api, self._notebook_url)
         return self._parts
 
     def readiness(self) -> dict[str, object]:
@@ -607,8 +607,24 @@ def _dex_restart_requester(db: Database, ref: str) -> RestartRequester:
     return request_restart
 
 
+def _notebook_probe(
+    api: Any, settings: ProvisioningSettings, clock: Clock, notebook_url: Callable[[str, str], str] | None
+) -> Callable[[str, str, timedelta], NotebookActivity]:
+    """The auto-stop guard's read of a notebook server: the scan's own probe (``GpuScanner``,
+    which reads nothing until asked)."""
+    from provisioning.gpu_scan import GpuScanner
+
+    scanner = GpuScanner(api, region=settings.aws_region, cluster="", probe=settings.cost, clock=clock,
+                         aws_endpoint_url=settings.aws_endpoint_url, notebook_url=notebook_url)
+    return scanner.notebook_activity
+
+
 def _live_parts(
-    settings: ProvisioningSettings, clock: Clock, db: Database, kube_api: Any | None
+    settings: ProvisioningSettings,
+    clock: Clock,
+    db: Database,
+    kube_api: Any | None,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> checks.LiveParts:
     # Imported here so the dry-run default (the local shell) never loads the cloud SDKs.
     from provisioning.aws import AwsActions, AwsSettings
@@ -620,7 +636,13 @@ def _live_parts(
     api = kube_api if kube_api is not None else api_client_from_environment()
     return checks.LiveParts(
         kube=Kube(api),
-        kubeflow=KubeflowActions(api, settings.kubeflow, clock, settings.cost.bot_principal),
+        kubeflow=KubeflowActions(
+            api,
+            settings.kubeflow,
+            clock,
+            settings.cost.bot_principal,
+            _notebook_probe(api, settings, clock, notebook_url),
+        ),
         dex=DexActions(
             api,
             settings.dex,
@@ -646,7 +668,7 @@ def _build_live(
     from provisioning.dex import RESTART_TIMER
     from provisioning.secrets import Secrets
 
-    parts = _live_parts(settings, clock, db, kube_api)
+    parts = _live_parts(settings, clock, db, kube_api, notebook_url)
     kubeflow, dex, aws = parts.kubeflow, parts.dex, parts.aws
     actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
     secrets = Secrets(parts.kube.api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)

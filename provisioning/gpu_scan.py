@@ -573,6 +573,11 @@ class GpuScanner:
             pool.shutdown(wait=False, cancel_futures=True)
         return result
 
+    def notebook_activity(self, namespace: str, name: str, idle_window: timedelta) -> NotebookActivity:
+        """One notebook server's activity now, read as the scan reads it (the guard before an
+        automatic stop, ``kubeflow.notebook.idle``)."""
+        return self._probe_notebook(_Scan(now=self._clock.now(), idle_window=idle_window), namespace, name)
+
     def _probe_notebook(self, run: _Scan, namespace: str, name: str) -> NotebookActivity:
         base = f"{self._notebook_url(namespace, name)}/notebook/{quote(namespace)}/{quote(name)}/api"
         kernels = self._read_jupyter(run, f"{base}/kernels", "kernels")

@@ -409,7 +409,7 @@ def test_auto_stop_files_notebook_stop_for_an_idle_notebook(db_url: str, fake_sl
     assert sweep(stack) == 1
     with stack.backend.uow() as uow:
         (request,) = uow.requests.list(kind="notebook.stop", limit=None)
-    assert request.args == {"workspace": "team-a", "notebook": "nb"}
+    assert request.args == {"workspace": "team-a", "notebook": "nb", "idle_for": "2h"}
     stack.run()
     assert stack.request(request.id).state.value == "succeeded"
     stack.backend.close()

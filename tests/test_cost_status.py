@@ -268,6 +268,7 @@ PAYLOAD = {
     "target": "notebook:ws-a/nb",
     "since": T0.isoformat(),
     "seen_after": (T0 + timedelta(hours=3, minutes=40)).isoformat(),
+    "idle_for": "2h",
 }
 
 
@@ -291,12 +292,16 @@ def test_the_timer_does_nothing_unless_still_idle_established_unheld_and_warned(
 def test_the_timer_does_nothing_for_a_signal_that_lapsed_or_a_bad_payload() -> None:
     assert autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, StaticFacts()) is None
     assert autostop.TIMER.handle("notebook:ws-a/nb", {**PAYLOAD, "since": 3}, facts_for()) is None
+    # Without the idle period its guard re-checks, a notebook is never stopped automatically.
+    no_guard = {k: v for k, v in PAYLOAD.items() if k != "idle_for"}
+    assert autostop.TIMER.handle("notebook:ws-a/nb", no_guard, facts_for()) is None
 
 
 def test_the_timer_files_notebook_stop() -> None:
     result = autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, facts_for())
     assert isinstance(result, SystemRequest)
-    assert kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "nb"}
+    # idle_for: the stop's guard step reads the notebook again when it applies.
+    assert kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "nb", "idle_for": "2h"}
     assert result.key == f"cost.auto_stop:notebook:ws-a/nb:{T0.isoformat()}"
 
 
