@@ -85,9 +85,10 @@ def control(
 
 
 def gpu_status(core: services.Core, backend: WorkspaceReads, actor: Actor, workspace: str | None) -> IdleScan:
-    """``/kf gpu status``: what the actor may see of a fresh scan. A named workspace is checked like
-    ``/kf workspace show`` before anything is scanned; without one an admin sees everything
-    (unattributed nodegroups included), anyone else the workspaces they own or contribute to."""
+    """``/kf gpu status``: what the actor may see of the last scan (``Backend.gpu_status``). A named
+    workspace is checked like ``/kf workspace show`` before anything is read; without one an admin
+    sees everything (unattributed nodegroups included), anyone else the workspaces they own or
+    contribute to."""
     allowed: set[str] | None
     if workspace is not None:
         _visible(core, actor, backend.workspace_view(workspace, live=False), workspace)

@@ -614,7 +614,7 @@ def tokens_text(rows: Sequence[TokenRecord], style: Style) -> str:
 def gpu_status_text(scan: IdleScan, style: Style) -> str:
     """``/kf gpu status``: GPU nodegroups, GPUs in use, idle items, $/hour now and this month."""
     now = scan.taken_at
-    lines = [f"*GPU status* ({style.when(now)})"]
+    lines = [f"*GPU status* (as of {style.when(now)}, the last scan)"]
     if not scan.fleet:
         lines.append("No GPU nodegroups you can see.")
     hourly = 0.0

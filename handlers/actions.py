@@ -44,6 +44,7 @@ class ActionName(StrEnum):
     NODEGROUP_TAINTS = "aws.nodegroup.taints"
     NODEGROUP_SCALING = "aws.nodegroup.scaling"
     NOTEBOOK_STOP = "kubeflow.notebook.stop"
+    NOTEBOOK_IDLE = "kubeflow.notebook.idle"
     GPU_PODS_ABSENT = "kubeflow.gpu_pods.absent"
     NOTEBOOK_ACTIVITY = "kubeflow.notebook_activity"
 
@@ -536,6 +537,25 @@ class NotebookStopParams(StepParams):
 
 
 @dataclass(frozen=True)
+class NotebookIdleParams(StepParams):
+    """The guard before an automatic stop: notebook ``name`` in ``namespace`` has been idle for at
+    least ``idle_seconds`` now, read from its server's ``/api/kernels`` and ``/api/terminals`` as
+    the scan reads them; anything else refuses (``PermanentError``), nothing stopped."""
+
+    ACTION: ClassVar[ActionName] = ActionName.NOTEBOOK_IDLE
+    namespace: str
+    name: str
+    idle_seconds: int
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        seconds = f.params.get("idle_seconds")
+        if type(seconds) is not int or seconds < 1:
+            raise f.refuse("idle_seconds", "a whole number of seconds, at least 1")
+        return cls(f.text("namespace"), f.text("name"), seconds, request=f.request())
+
+
+@dataclass(frozen=True)
 class GpuPodsAbsentParams(StepParams):
     """No pod requesting ``nvidia.com/gpu`` runs on the nodes of ``nodegroup`` (and, when
     ``namespace`` is set, none of that namespace is pending). ``wait``: while there are, defer
@@ -575,6 +595,7 @@ PARAMS: Mapping[ActionName, type[StepParams]] = {
         NotebookStopParams,
         GpuPodsAbsentParams,
         NotebookActivityParams,
+        NotebookIdleParams,
     )
 }
 """Action -> the type its params parse into."""

@@ -559,9 +559,11 @@ def handle_timer(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -
 
 
 def _vouched_for(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -> bool:
-    """Whether the audit log vouches for a timer row: the request that set it recorded exactly this
-    timer (``timer.scheduled``, written with the audit key). A row inserted or edited in the
-    database would otherwise make the bot file a system request (a quota "revert" to any value).
+    """Whether the audit log vouches for a timer row: the LATEST ``timer.scheduled`` row of its
+    origin for this (kind, ref), written with the audit key, records exactly this payload, and no
+    row after it records the timer's cancellation. A row inserted or edited in the database would
+    otherwise make the bot file a system request (a quota "revert" to any value); vouching by any
+    past scheduling would let a cancelled timer be re-inserted (an auto-stop the scan called off).
     Timers set before the bot recorded them are trusted if their origin succeeded."""
     origin = str(payload.get("request_id") or "")
     with core.uow() as uow:
@@ -569,7 +571,7 @@ def _vouched_for(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -
         scheduled = [e for e in trail if e.type is EventType.TIMER_SCHEDULED]
         wanted = canonical_json({"timer": kind, "ref": ref, "payload": dict(payload)})
         if scheduled:
-            vouched = any(canonical_json(dict(e.data)) == wanted for e in scheduled)
+            vouched = _latest_scheduling_is(trail, kind, ref, wanted)
         else:
             vouched = any(e.type is EventType.SUCCEEDED for e in trail)
         if vouched:
@@ -585,6 +587,19 @@ def _vouched_for(core: Core, kind: str, ref: str, payload: Mapping[str, JSON]) -
         uow.commit()
     log.error("refused timer %s %s: the audit log does not vouch for it", kind, ref)
     return False
+
+
+def _latest_scheduling_is(trail: Sequence[Event], kind: str, ref: str, wanted: str) -> bool:
+    """The trail's last scheduling of (kind, ref) is ``wanted`` and nothing after it cancelled it."""
+    def about(event: Event) -> bool:
+        return event.data.get("timer") == kind and event.data.get("ref") == ref
+
+    scheduled = [i for i, e in enumerate(trail) if e.type is EventType.TIMER_SCHEDULED and about(e)]
+    latest = scheduled[-1] if scheduled else None
+    if latest is None or canonical_json(dict(trail[latest].data)) != wanted:
+        return False
+    later = trail[latest + 1 :]
+    return not any(e.type is EventType.TIMER_FIRED and about(e) and "cancelled" in e.data for e in later)
 
 
 def _timer_notice(core: Core, timer_kind: str, notice: kinds.TimerNotice) -> None:

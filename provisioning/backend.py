@@ -18,7 +18,7 @@ from handlers import prices
 from handlers.actions import ActionName
 from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
-from handlers.cost.inventory import Inventory
+from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.model import Request
 from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
@@ -105,6 +105,10 @@ class Backend:
         self._timer_handlers = dict(timer_handlers or {})
         self._gpu_scanner, self._notebook_url = gpu_scanner, notebook_url
         self._scanner_lock = threading.Lock()
+        self._status_scan = threading.Lock()
+        """Held by the one status scan in flight (``gpu_status``)."""
+        self._last_inventory: Inventory | None = None
+        """The newest scan this process made (the scheduled one or a status one)."""
         self.wakeups: PgWakeups | None = None
         """The running listener for other replicas' work notifications (``start_worker``, PostgreSQL)."""
         self._usage: UsageLedger | None = None
@@ -269,14 +273,38 @@ class Backend:
         return self._idle_scan(persist=True)
 
     def gpu_status(self) -> IdleScan:
-        """``/kf gpu status``: a fresh scan decided against the stored signals, persisting nothing,
-        with this month's GPU node time."""
-        return self._idle_scan(persist=False)
+        """``/kf gpu status``: the newest scan, decided against the stored signals, persisting
+        nothing, with this month's GPU node time. Anyone in Slack can ask, so a call never scans
+        the cluster for itself: it reads the last scan when that is younger than the scan interval
+        (the scheduled scan refreshes it on the leader), else one shared scan runs (a caller that
+        finds it in flight is answered from the older scan at once, never waits behind it). The
+        answer is "as of" the scan's time (``IdleScan.taken_at``)."""
+        fresh = self._fresh_inventory()
+        if fresh is not None:
+            return self._idle_scan(persist=False, inventory=fresh)
+        if not self._status_scan.acquire(blocking=self._last_inventory is None):
+            last = self._last_inventory
+            if last is not None:
+                return self._idle_scan(persist=False, inventory=last)
+            self._status_scan.acquire()
+        try:
+            inventory = self._fresh_inventory()  # a scan may have ended while this call waited
+            return self._idle_scan(persist=False, inventory=inventory)
+        finally:
+            self._status_scan.release()
 
-    def _idle_scan(self, *, persist: bool) -> IdleScan:
+    def _fresh_inventory(self) -> Inventory | None:
+        last = self._last_inventory
+        if last is not None and self.clock.now() - last.taken_at < self.core.cost.scan_interval:
+            return last
+        return None
+
+    def _idle_scan(self, *, persist: bool, inventory: Inventory | None = None) -> IdleScan:
         cost = self.core.cost
-        inventory = self.gpu_inventory(cost.idle_after)
-        now = self.clock.now()
+        if inventory is None:
+            inventory = self.gpu_inventory(cost.idle_after)
+            self._last_inventory = inventory
+        now = self.clock.now() if persist else inventory.taken_at
         overrides = self.core.workspace.price_overrides
         with self.db.uow(read_only=not persist) as uow:
             rows = uow.registry.list_workspaces()
@@ -452,7 +480,7 @@ class Backend:
 
     def _live_parts(self) -> checks.LiveParts:
         if self._parts is None:
-            self._parts = _live_parts(self.settings, self.clock, self.db, self._kube_api)
+            self._parts = _live_parts(self.settings, self.clock, self.db, self._kube_api, self._notebook_url)
         return self._parts
 
     def readiness(self) -> dict[str, object]:
@@ -579,8 +607,24 @@ def _dex_restart_requester(db: Database, ref: str) -> RestartRequester:
     return request_restart
 
 
+def _notebook_probe(
+    api: Any, settings: ProvisioningSettings, clock: Clock, notebook_url: Callable[[str, str], str] | None
+) -> Callable[[str, str, timedelta], NotebookActivity]:
+    """The auto-stop guard's read of a notebook server: the scan's own probe (``GpuScanner``,
+    which reads nothing until asked)."""
+    from provisioning.gpu_scan import GpuScanner
+
+    scanner = GpuScanner(api, region=settings.aws_region, cluster="", probe=settings.cost, clock=clock,
+                         aws_endpoint_url=settings.aws_endpoint_url, notebook_url=notebook_url)
+    return scanner.notebook_activity
+
+
 def _live_parts(
-    settings: ProvisioningSettings, clock: Clock, db: Database, kube_api: Any | None
+    settings: ProvisioningSettings,
+    clock: Clock,
+    db: Database,
+    kube_api: Any | None,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> checks.LiveParts:
     # Imported here so the dry-run default (the local shell) never loads the cloud SDKs.
     from provisioning.aws import AwsActions, AwsSettings
@@ -592,7 +636,13 @@ def _live_parts(
     api = kube_api if kube_api is not None else api_client_from_environment()
     return checks.LiveParts(
         kube=Kube(api),
-        kubeflow=KubeflowActions(api, settings.kubeflow, clock, settings.cost.bot_principal),
+        kubeflow=KubeflowActions(
+            api,
+            settings.kubeflow,
+            clock,
+            settings.cost.bot_principal,
+            _notebook_probe(api, settings, clock, notebook_url),
+        ),
         dex=DexActions(
             api,
             settings.dex,
@@ -618,7 +668,7 @@ def _build_live(
     from provisioning.dex import RESTART_TIMER
     from provisioning.secrets import Secrets
 
-    parts = _live_parts(settings, clock, db, kube_api)
+    parts = _live_parts(settings, clock, db, kube_api, notebook_url)
     kubeflow, dex, aws = parts.kubeflow, parts.dex, parts.aws
     actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
     secrets = Secrets(parts.kube.api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)

@@ -216,6 +216,16 @@ def _notebook_stop(p: Mapping[str, JSON]) -> list[str]:
     ]
 
 
+def _notebook_idle(p: Mapping[str, JSON]) -> list[str]:
+    ns, name = p["namespace"], p["name"]
+    base = f"http://{name}.{ns}.svc.<cluster domain>/notebook/{ns}/{name}/api"
+    return [
+        _k8s("GET", f"/apis/kubeflow.org/v1/namespaces/{p['namespace']}/notebooks/{p['name']}"),
+        f"GET {base}/kernels and {base}/terminals (each cut at the probe timeout)",
+        f"refuse unless every kernel is idle and the last activity is over {p['idle_seconds']} s ago",
+    ]
+
+
 def _gpu_pods_absent(p: Mapping[str, JSON]) -> list[str]:
     calls = [
         _k8s("GET", f"/api/v1/nodes?labelSelector=eks.amazonaws.com/nodegroup={p['nodegroup']}"),
@@ -272,6 +282,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "aws.nodegroup.scaling": _nodegroup_scaling,
     "kubeflow.notebook.stop": _notebook_stop,
     "kubeflow.gpu_pods.absent": _gpu_pods_absent,
+    "kubeflow.notebook.idle": _notebook_idle,
     "kubeflow.notebook_activity": _notebook_activity,
 }
 

@@ -43,14 +43,17 @@ Why it is built the way it is:
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -139,6 +142,10 @@ class ScanLimits:
     """``DescribeNodegroup`` calls at once (EKS throttles a burst of 100)."""
     list_timeout: float = 60.0
     """Seconds per list page (a 500-pod page is a few MB)."""
+    probe_budget: float = 60.0
+    """Seconds for all the notebook probes of one scan: each GET is cut at
+    ``CostProbeSettings.request_timeout``, but hundreds of slow servers would still add up; a
+    notebook not read within the budget is ``unknown`` (never idle) this time."""
 
 
 class _Calls:
@@ -189,17 +196,12 @@ class GpuScanner:
         session: boto3.Session | None = None,
         notebook_url: NotebookUrl | None = None,
         limits: ScanLimits | None = None,
-        http: urllib3.PoolManager | None = None,
     ) -> None:
         self._api = api
         self._region, self._cluster, self._probe, self._clock = region, cluster, probe, clock
         self._endpoint, self._session = aws_endpoint_url, session
         self._notebook_url = notebook_url or cluster_notebook_url(probe.cluster_domain)
         self._limits = limits or ScanLimits()
-        timeout = urllib3.Timeout(connect=probe.request_timeout, read=probe.request_timeout)
-        self._http = http or urllib3.PoolManager(
-            num_pools=64, maxsize=self._limits.probe_concurrency, timeout=timeout, retries=False
-        )
         self._gpu_types: dict[str, int] = {}
         self._types_lock = threading.Lock()
         self._clients_lock = threading.Lock()
@@ -553,11 +555,30 @@ class GpuScanner:
         if not to_probe:
             return result
         workers = max(1, min(self._limits.probe_concurrency, len(to_probe)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kfbot-probe") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kfbot-probe")
+        try:
             futures = {key: pool.submit(self._probe_notebook, run, *key) for key in to_probe}
+            wait(futures.values(), timeout=self._limits.probe_budget)
+            late = 0
             for key, future in futures.items():
-                result[key] = future.result()
+                if future.done() and not future.cancelled():
+                    result[key] = future.result()
+                else:
+                    late += 1
+                    result[key] = NotebookActivity(
+                        "unknown", note="not read within the scan's time budget for notebook servers"
+                    )
+            if late:
+                run.note(f"{late} notebook server(s) were not read within the scan's time budget.")
+        finally:
+            # Probes still running end at their own deadline; the scan does not wait for them.
+            pool.shutdown(wait=False, cancel_futures=True)
         return result
+
+    def notebook_activity(self, namespace: str, name: str, idle_window: timedelta) -> NotebookActivity:
+        """One notebook server's activity now, read as the scan reads it (the guard before an
+        automatic stop, ``kubeflow.notebook.idle``)."""
+        return self._probe_notebook(_Scan(now=self._clock.now(), idle_window=idle_window), namespace, name)
 
     def _probe_notebook(self, run: _Scan, namespace: str, name: str) -> NotebookActivity:
         base = f"{self._notebook_url(namespace, name)}/notebook/{quote(namespace)}/{quote(name)}/api"
@@ -583,31 +604,50 @@ class GpuScanner:
         return body
 
     def _get(self, url: str, limit: int) -> tuple[int, bytes] | str:
-        """GET with a deadline for the whole answer and a size cap, or why not ("timed out",
+        """GET with a hard deadline for the whole exchange and a size cap, or why not ("timed out",
         "unreachable", "answered more than N bytes"). A notebook server is whatever its user runs:
-        it may drip bytes or send megabytes, and neither may hold up or bloat the scan."""
+        it may drip bytes (each within a per-read timeout, which each byte would reset) or send
+        megabytes, and neither may hold up or bloat the scan. So every GET has its own connection,
+        closed after the answer and never pooled (a half-read one would hand its leftover drip to
+        the next GET as a status line), and a watchdog shuts its socket down at the deadline, which
+        ends any read in progress, status line and headers included."""
         deadline = time.monotonic() + self._probe.request_timeout
+        parsed = urllib3.util.parse_url(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            return "unreachable"
+        secure = parsed.scheme == "https"
+        conn = (urllib3.connection.HTTPSConnection if secure else urllib3.connection.HTTPConnection)(
+            parsed.host, parsed.port, timeout=self._probe.request_timeout
+        )
+        watchdog = threading.Timer(self._probe.request_timeout, _cut, args=(conn,))
+        watchdog.daemon = True
         try:
-            response = self._http.request(
-                "GET", url, headers={"Accept": "application/json"}, redirect=False, preload_content=False
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            return _failure(exc)
-        try:
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := response.read1(64 * 1024):  # what one recv gave: the deadline holds
-                size += len(chunk)
-                if size > limit:
-                    return f"answered more than {limit // 1024} KiB"
+            try:
+                watchdog.start()
+                conn.connect()
                 if time.monotonic() > deadline:
-                    return "timed out"
-                chunks.append(chunk)
-        except urllib3.exceptions.HTTPError as exc:
-            return _failure(exc)
+                    return "timed out"  # the watchdog may have fired before the socket existed
+                conn.request(
+                    "GET", parsed.request_uri, headers={"Accept": "application/json"}, preload_content=False
+                )
+                response = conn.getresponse()
+                chunks: list[bytes] = []
+                size = 0
+                while chunk := response.read1(64 * 1024):  # what one recv gave: the deadline holds
+                    size += len(chunk)
+                    if size > limit:
+                        return f"answered more than {limit // 1024} KiB"
+                    if time.monotonic() > deadline:
+                        return "timed out"
+                    chunks.append(chunk)
+            except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError) as exc:
+                return "timed out" if time.monotonic() >= deadline else _failure(exc)
+            if time.monotonic() > deadline:
+                return "timed out"  # cut by the watchdog: what was read is not the whole answer
+            return response.status, b"".join(chunks)
         finally:
-            response.release_conn()
-        return response.status, b"".join(chunks)
+            watchdog.cancel()
+            conn.close()
 
     # -- Prometheus --------------------------------------------------------------------------------
 
@@ -817,12 +857,21 @@ def pod_of(labels: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _failure(exc: urllib3.exceptions.HTTPError) -> str:
+def _failure(exc: BaseException) -> str:
     """ "timed out" or "unreachable"; urllib3's NewConnectionError is (for history) a timeout too."""
     cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
     if isinstance(cause, urllib3.exceptions.NewConnectionError):
         return "unreachable"
-    return "timed out" if isinstance(cause, urllib3.exceptions.TimeoutError) else "unreachable"
+    timeouts = (urllib3.exceptions.TimeoutError, TimeoutError)
+    return "timed out" if isinstance(cause, timeouts) else "unreachable"
+
+
+def _cut(conn: urllib3.connection.HTTPConnection) -> None:
+    """The watchdog: shutting the socket down ends a read blocked in another thread at once."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: the GET ended first
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _sample(value: Any) -> float | None:

@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any, Final
 
 from kubernetes import client
@@ -55,6 +55,7 @@ from handlers.actions import (
     ContributorRemoveParams,
     GpuPodsAbsentParams,
     NotebookActivityParams,
+    NotebookIdleParams,
     NotebookStopParams,
     PodDefaultParams,
     ProfileParams,
@@ -64,6 +65,7 @@ from handlers.actions import (
     TokenAccountParams,
     TokenAccountRemoveParams,
 )
+from handlers.cost.inventory import NotebookActivity
 from handlers.errors import NotFound, PermanentError, TemporaryError
 from handlers.naming import kfam_binding_name, show_value
 from handlers.plan import JSON, StepOutcome
@@ -179,10 +181,16 @@ def _profile_owner(profile: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+NotebookActivityProbe = Callable[[str, str, timedelta], NotebookActivity]
+"""``(namespace, name, idle window) -> activity now``: ``GpuScanner.notebook_activity``."""
+
+
 class KubeflowActions:
     def __init__(self, api: client.ApiClient, settings: KubeflowSettings, clock: Clock,
-                 bot_principal: str = CostProbeSettings.bot_principal) -> None:
+                 bot_principal: str = CostProbeSettings.bot_principal,
+                 notebook_activity: NotebookActivityProbe | None = None) -> None:
         self.kube = Kube(api)
+        self.notebook_activity = notebook_activity
         self.settings = settings
         self.clock = clock
         self.bot_principal = bot_principal
@@ -202,6 +210,7 @@ class KubeflowActions:
             TypedAction(NotebookStopParams, self.stop_notebook, k8s.no_undo),
             TypedAction(GpuPodsAbsentParams, self.check_gpu_pods_absent, k8s.no_undo),
             TypedAction(NotebookActivityParams, self.ensure_notebook_activity, self.undo_notebook_activity),
+            TypedAction(NotebookIdleParams, self.check_notebook_idle, k8s.no_undo),
         )
 
     # -- waiting -----------------------------------------------------------------------------
@@ -665,6 +674,28 @@ class KubeflowActions:
         self.kube.merge_patch(k8s.NOTEBOOK, name, {"metadata": {"annotations": {STOP_ANNOTATION: stamp}}},
                               namespace)
         return StepOutcome(created=True, details={"stopped_at": stamp})
+
+    def check_notebook_idle(self, params: NotebookIdleParams) -> StepOutcome:
+        """The guard before an automatic stop: the notebook's server, read now, says it has been
+        idle for at least ``idle_seconds``. Busy, unknown (unreadable, no kernels, a non-Jupyter
+        server) or no probe at all: refused, nothing stopped. A notebook stopped already passes
+        (the stop step keeps it as it is)."""
+        name, namespace = params.name, params.namespace
+        window = timedelta(seconds=params.idle_seconds)
+        notebook = self.kube.get(k8s.NOTEBOOK, name, namespace)
+        if notebook is not None and STOP_ANNOTATION in k8s.annotations_of(notebook):
+            return StepOutcome(created=False, details={"already_stopped": True})
+        if self.notebook_activity is None:
+            raise PermanentError(f"Not stopped: the activity of notebook `{name}` in `{namespace}` cannot be "
+                                 "read here, and an automatic stop needs it. Nothing was changed.")
+        activity = self.notebook_activity(namespace, name, window)
+        last = activity.last_activity.isoformat() if activity.last_activity else None
+        if activity.state == "idle":
+            return StepOutcome(created=False, details={"state": "idle", "last_activity": last})
+        why = ("it is in use now" if activity.state == "busy"
+               else f"its activity cannot be read now ({k8s.scrub(activity.note) or 'no answer'})")
+        raise PermanentError(f"Not stopped automatically: notebook `{name}` in `{namespace}` has not been "
+                             f"idle for {params.idle_seconds // 60} minutes, {why}. Nothing was changed.")
 
     def gpu_pods_on(self, nodegroup: str, namespace: str) -> list[str]:
         """``namespace/name`` of every non-terminated pod that requests ``nvidia.com/gpu`` on the

@@ -336,6 +336,7 @@ def build_live_stack(
     quiet_period: float = 1.0,
     migrate: bool = True,
     seed: bool = True,
+    notebook_url: Callable[[str, str], str] | None = None,
 ) -> LiveStack:
     """The live composition over ``db_url`` with its Kubernetes client on ``apiserver``.
 
@@ -349,7 +350,9 @@ def build_live_stack(
     api = client.ApiClient(client.Configuration(host=apiserver.url))
     if seed:
         seed_kube(apiserver, api, dex_mode)
-    backend = provisioning.build_backend(settings.provisioning, settings.core, clock, kube_api=api)
+    backend = provisioning.build_backend(
+        settings.provisioning, settings.core, clock, kube_api=api, notebook_url=notebook_url
+    )
     assert backend.mode == "live"
     if migrate:
         backend.migrate()

@@ -21,12 +21,14 @@ from typing import Any
 
 import pytest
 
-from handlers import errors, services
+from handlers import errors, kinds, services
+from handlers.cost import autostop
 from handlers.model import EventType, RequestState
 from provisioning import k8s
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
+from tests.fakes.jupyter import FakeJupyter
 from tests.live_harness import ADMIN, ADMIN2, ALICE, BOB, CLUSTER, LiveStack, live_stack, seed_aws
 
 NAMESPACE = "team-a"
@@ -135,6 +137,58 @@ def test_stop_sets_the_dashboards_annotation_by_merge_patch_and_keeps_an_earlier
     after = stack.apiserver.get("kubeflow.org/v1", "notebooks", "nb1", NAMESPACE)
     assert after is not None and after["metadata"]["annotations"][STOPPED] == stamp
     assert len([r for r in stack.apiserver.requests if r.method == "PATCH" and "/notebooks/" in r.path]) == 1
+
+
+AUTO_STOP_CASES = {
+    "idle-for-3h": ("idle", True),
+    "busy-kernel-since-the-scan": ("busy", False),
+    "terminal-used-since-the-scan": ("terminal", False),
+    "server-unreadable": ("rbac-denied", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AUTO_STOP_CASES))
+def test_the_bots_own_stop_reads_the_notebook_again_and_stops_only_if_idle(
+    sqlite_url: str, apiserver: FakeApiServer, aws: AwsEnv, jupyter: FakeJupyter, case: str
+) -> None:
+    """Auto-stop's request (``idle_for`` set) applies only after ``kubeflow.notebook.idle`` read
+    the notebook's server through the scan's probe: work resumed after the last scan (a busy
+    kernel, a terminal used), or a server that cannot be read, fails the request at the guard with
+    the notebook untouched; the scan's verdict, or any database row, is never enough."""
+    work, stops = AUTO_STOP_CASES[case]
+    with live_stack(
+        sqlite_url, apiserver, seed_aws(aws.url), notebook_url=lambda namespace, name: jupyter.url
+    ) as stack:
+        assert stack.apply(ALICE, "workspace new team-a --gpu 1").state is RequestState.SUCCEEDED
+        stack.kube().create(k8s.NOTEBOOK, notebook("nb1"))
+        now = stack.clock.now()
+        jupyter.kernel(NAMESPACE, "nb1", now - timedelta(hours=3))
+        if work == "busy":
+            jupyter.kernel(NAMESPACE, "nb1", now - timedelta(hours=3), state="busy")
+        elif work == "terminal":
+            jupyter.terminal(NAMESPACE, "nb1", now - timedelta(minutes=5))
+        elif work == "rbac-denied":
+            jupyter.server(NAMESPACE, "nb1", mode="rbac-denied")
+        ref = f"notebook:{NAMESPACE}/nb1"
+        kind = kinds.NotebookStop("team-a", "nb1", idle_for=timedelta(hours=2))
+        key = f"cost.auto_stop:{ref}:t"
+        filed = services._system_request(stack.core, kind, key, (autostop.TIMER, ref, {}))
+        assert filed is not None
+        stack.run()
+
+        done = stack.request(filed.request.id)
+        stored = stack.apiserver.get("kubeflow.org/v1", "notebooks", "nb1", NAMESPACE)
+        assert stored is not None
+        stopped = STOPPED in (stored["metadata"].get("annotations") or {})
+        assert stopped is stops
+        assert "/notebook/team-a/nb1/api/kernels" in jupyter.requests
+        if stops:
+            assert done.state is RequestState.SUCCEEDED, done.error
+        else:
+            assert done.state is RequestState.FAILED
+            assert "Not stopped automatically" in (done.error or "")
+            patches = [r for r in stack.apiserver.requests if r.method == "PATCH" and "/notebooks/" in r.path]
+            assert patches == []
 
 
 def test_stopping_a_missing_notebook_fails_with_a_clear_message(stack: LiveStack) -> None:
@@ -339,7 +393,7 @@ def test_stop_by_notebook_name_alone_finds_the_requesters_one_workspace(stack: L
     stack.kube().create(k8s.NOTEBOOK, notebook("nb1"))
     done = stack.apply(ALICE, "gpu stop nb1")
     assert done.state is RequestState.SUCCEEDED, done.error
-    assert dict(done.args) == {"workspace": "team-a", "notebook": "nb1"}  # recorded resolved
+    assert dict(done.args) == {"workspace": "team-a", "notebook": "nb1", "idle_for": None}  # resolved
     stored = stack.apiserver.get("kubeflow.org/v1", "notebooks", "nb1", NAMESPACE)
     assert stored is not None and STOPPED in stored["metadata"]["annotations"]
     # Someone who owns no workspace, or several, is asked to say whose notebook.

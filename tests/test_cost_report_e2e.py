@@ -308,6 +308,55 @@ def test_a_forged_auto_stop_timer_is_refused(db_url: str, fake_slack: FakeSlack)
     stack.backend.close()
 
 
+def test_a_cancelled_auto_stop_re_inserted_with_forged_signals_is_refused(
+    db_url: str, fake_slack: FakeSlack
+) -> None:
+    """The DB writer's replay: the notebook was idle, the stop was scheduled (and vouched for) and
+    warned about; its owner went back to work and the scan cancelled the timer. Re-inserting the
+    timer row with the vouched payload and writing back the signal rows it re-checks (no MAC) must
+    not stop the busy notebook: the latest scheduling of that timer is followed by its cancellation."""
+    cost = dataclasses.replace(COST, auto_stop_after=timedelta(hours=1))
+    stack, world, reporter = setup(db_url, fake_slack, cost)
+    make_workspace(stack, "team-a", ALICE)
+    ns = namespace(stack, "team-a")
+    target = f"notebook:{ns}/nb"
+    world.pods.append(GpuPod(ns, "nb-0", "n1", 1, "notebook", "nb"))
+    world.notebooks.append(Notebook(ns, "nb", False, 1, "jupyter"))
+    world.activity[(ns, "nb")] = NotebookActivity("idle", stack.clock.now() - timedelta(hours=3))
+    reporter.scan_once()
+    stack.clock.advance(timedelta(minutes=55))
+    assert reporter.scan_once().warned == (target,)
+    with stack.backend.db.engine.connect() as conn:
+        signals = [dict(r) for r in conn.execute(sa.select(gpu_signals_table)).mappings()]
+    with stack.backend.uow() as uow:
+        body = uow.timers.pending_payload(autostop.AUTO_STOP, target)
+    assert body is not None
+
+    world.activity[(ns, "nb")] = NotebookActivity("busy", stack.clock.now())
+    reporter.scan_once()
+    assert pending(stack) == {}
+    with stack.backend.uow() as uow:
+        assert any("cancelled" in e.data for e in uow.audit.trail(autostop.origin(target)))
+
+    stack.clock.advance(timedelta(minutes=10))
+    with stack.backend.db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(timers).values(
+                kind=autostop.AUTO_STOP, ref=target, due_at=stack.clock.now(), payload=dict(body)
+            )
+        )
+        conn.execute(sa.delete(gpu_signals_table))
+        conn.execute(
+            sa.insert(gpu_signals_table), [{**row, "last_seen": stack.clock.now()} for row in signals]
+        )
+    assert sweep(stack) == 1
+    with stack.backend.uow() as uow:
+        assert uow.requests.list(kind="notebook.stop", limit=None) == []
+        trail = uow.audit.trail(autostop.origin(target))
+    assert trail[-1].data.get("refused") == "the audit log does not vouch for this timer"
+    stack.backend.close()
+
+
 def _fire(
     stack: Stack, world: World, reporter: CostReporter, *, keep: Callable[[], None] | None = None
 ) -> None:
@@ -360,7 +409,7 @@ def test_auto_stop_files_notebook_stop_for_an_idle_notebook(db_url: str, fake_sl
     assert sweep(stack) == 1
     with stack.backend.uow() as uow:
         (request,) = uow.requests.list(kind="notebook.stop", limit=None)
-    assert request.args == {"workspace": "team-a", "notebook": "nb"}
+    assert request.args == {"workspace": "team-a", "notebook": "nb", "idle_for": "2h"}
     stack.run()
     assert stack.request(request.id).state.value == "succeeded"
     stack.backend.close()
@@ -526,6 +575,7 @@ def test_a_notebook_of_another_namespace_on_a_workspaces_nodes_stops_nothing_of_
         "target": "notebook:evil/train",
         "since": seen.since.isoformat(),
         "seen_after": (seen.last_seen - timedelta(minutes=1)).isoformat(),
+        "idle_for": "2h",
     }
     assert autostop.TIMER.handle("notebook:evil/train", body, stack.backend.facts) is None
     # The same body for team-a's own namespace would act (the refusal is the namespace, nothing else).
@@ -538,5 +588,6 @@ def test_a_notebook_of_another_namespace_on_a_workspaces_nodes_stops_nothing_of_
     result = autostop.TIMER.handle(
         f"notebook:{ns}/train", {**body, "target": f"notebook:{ns}/train"}, stack.backend.facts
     )
-    assert result is not None and kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "train"}  # type: ignore[union-attr]
+    expected = {"workspace": "team-a", "notebook": "train", "idle_for": "2h"}
+    assert result is not None and kinds.to_args(result.kind) == expected  # type: ignore[union-attr]
     stack.backend.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -125,6 +126,46 @@ def test_status_persists_nothing(stack: Stack) -> None:
     status(stack, ADMIN)
     with stack.backend.db.uow() as uow:
         assert uow.cost.signal_rows() == before
+
+
+def test_concurrent_status_calls_share_one_scan_and_never_wait_behind_it(stack: Stack) -> None:
+    """Anyone in Slack can type ``/kf gpu status``; each must not be a full scan of EKS, the
+    apiserver, Prometheus and every notebook server on a shared work thread. With a scan in flight
+    (held here until released), eight more calls are answered at once from the last scan, "as of"
+    its time, and none starts a scan of its own; then a call within the scan interval reuses it."""
+    scans: list[datetime] = []
+    started, release = threading.Event(), threading.Event()
+    groups = (Nodegroup("ng-a", "team-a", "g5.xlarge", 1, "ACTIVE", 1, 2, 2),)
+
+    def slow_inventory(window: timedelta) -> Inventory:
+        scans.append(stack.clock.now())
+        started.set()
+        release.wait(30)
+        return Inventory(stack.clock.now(), "us-east-1", groups, (Node("a1", "ng-a", "g5.xlarge", 1, T0),))
+
+    last_scan = stack.clock.now()
+    stack.backend.gpu_inventory = slow_inventory  # type: ignore[method-assign]
+    stack.clock.advance(CostSettings().scan_interval + timedelta(minutes=1))
+    first = threading.Thread(target=status, args=(stack, ADMIN), daemon=True)
+    first.start()
+    assert started.wait(30)
+    answers: list[str] = []
+    others = [
+        threading.Thread(target=lambda: answers.append(status(stack, ADMIN)), daemon=True) for _ in range(8)
+    ]
+    for t in others:
+        t.start()
+    for t in others:
+        t.join(30)
+    in_flight = len(scans)
+    release.set()
+    first.join(30)
+
+    assert in_flight == 1, f"{in_flight} scans at once"
+    assert len(answers) == 8, "status calls waited behind the scan in flight"
+    assert all(render.SHELL.when(last_scan) in a and "as of" in a for a in answers)
+    status(stack, ADMIN)
+    assert len(scans) == 1, "a status call within the scan interval scanned again"
 
 
 # -- the report's content and its Slack rendering ----------------------------------------------------
@@ -282,6 +323,7 @@ PAYLOAD = {
     "target": "notebook:ws-a/nb",
     "since": T0.isoformat(),
     "seen_after": (T0 + timedelta(hours=3, minutes=40)).isoformat(),
+    "idle_for": "2h",
 }
 
 
@@ -305,6 +347,9 @@ def test_the_timer_does_nothing_unless_still_idle_established_unheld_and_warned(
 def test_the_timer_does_nothing_for_a_signal_that_lapsed_or_a_bad_payload() -> None:
     assert autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, StaticFacts()) is None
     assert autostop.TIMER.handle("notebook:ws-a/nb", {**PAYLOAD, "since": 3}, facts_for()) is None
+    # Without the idle period its guard re-checks, a notebook is never stopped automatically.
+    no_guard = {k: v for k, v in PAYLOAD.items() if k != "idle_for"}
+    assert autostop.TIMER.handle("notebook:ws-a/nb", no_guard, facts_for()) is None
 
 
 def test_the_timer_never_stops_a_notebook_outside_the_workspaces_namespace() -> None:
@@ -321,7 +366,8 @@ def test_the_timer_never_stops_a_notebook_outside_the_workspaces_namespace() -> 
 def test_the_timer_files_notebook_stop() -> None:
     result = autostop.TIMER.handle("notebook:ws-a/nb", PAYLOAD, facts_for())
     assert isinstance(result, SystemRequest)
-    assert kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "nb"}
+    # idle_for: the stop's guard step reads the notebook again when it applies.
+    assert kinds.to_args(result.kind) == {"workspace": "team-a", "notebook": "nb", "idle_for": "2h"}
     assert result.key == f"cost.auto_stop:notebook:ws-a/nb:{T0.isoformat()}"
 
 

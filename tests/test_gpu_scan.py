@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import socket
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from tests.fakes.gpu_cluster import (
     training_pod,
     workload_pod,
 )
-from tests.fakes.jupyter import FakeJupyter
+from tests.fakes.jupyter import FakeJupyter, Mode
 from tests.fakes.prometheus import FakePrometheus
 
 NOW = EPOCH + timedelta(hours=6)
@@ -643,3 +644,58 @@ def test_backend_in_dry_run_says_there_is_no_cluster(tmp_path: Path, clock: Fake
     assert inventory.nodegroups == () and inventory.pods == () and inventory.calls == {}
     assert inventory.notes == ("Dry-run mode has no cluster to scan.",)
     backend.close()
+
+
+def _scan_in_thread(scanner: GpuScanner, limit: float) -> Inventory | None:
+    """The scan on its own thread, given up on after ``limit`` s: an unbounded scan must fail the
+    test, not hang the suite."""
+    out: list[Inventory] = []
+    worker = threading.Thread(target=lambda: out.append(scanner.scan(WINDOW, {})), daemon=True)
+    worker.start()
+    worker.join(limit)
+    return out[0] if out else None
+
+
+@pytest.mark.parametrize("mode", ["drip-forever", "drip-head"])
+def test_a_server_that_drips_without_end_cannot_hold_up_the_scan(
+    apiserver: FakeApiServer,
+    aws: AwsEnv,
+    jupyter: FakeJupyter,
+    make_scanner: Callable[..., GpuScanner],
+    mode: Mode,
+) -> None:
+    """Each byte comes well within the per-read timeout (0.3 s < 0.5 s), so only a deadline over
+    the whole answer (status line and headers included) ends the read; and a connection left
+    half-read must never serve the next GET (it would read the drip as its status line)."""
+    nodes = add_group(apiserver, aws, GroupSpec("ws-gpu", gpus=8, instance_type="p4d.24xlarge"))
+    add_notebook(apiserver, "ws-a", "evil", node_name=nodes[0])
+    add_notebook(apiserver, "ws-a", "lab", node_name=nodes[0])
+    jupyter.server("ws-a", "evil", mode=mode, drip_interval=0.3)
+    jupyter.kernel("ws-a", "lab", LONG_AGO)
+    jupyter.terminal("ws-a", "lab", LONG_AGO)
+
+    inventory = _scan_in_thread(make_scanner(timeout=0.5, probe_concurrency=1), limit=30)
+
+    assert inventory is not None, "the scan hung on a dripping notebook server"
+    evil = inventory.activity[("ws-a", "evil")]
+    assert (evil.state, "timed out" in evil.note) == ("unknown", True), evil
+    assert inventory.activity[("ws-a", "lab")].state == "idle"
+    assert jupyter.requests.count("/notebook/ws-a/evil/api/terminals") == 1
+
+
+def test_the_notebook_probes_of_one_scan_stop_at_their_budget(
+    apiserver: FakeApiServer, aws: AwsEnv, jupyter: FakeJupyter, make_scanner: Callable[..., GpuScanner]
+) -> None:
+    """One probe at a time, each cut at 2 x 0.5 s, and a budget of 1.2 s for all: the third and
+    fourth server cannot have been read, and are unknown with the reason."""
+    nodes = add_group(apiserver, aws, GroupSpec("ws-gpu", gpus=8, instance_type="p4d.24xlarge"))
+    for i in range(4):
+        add_notebook(apiserver, "ws-a", f"evil{i}", node_name=nodes[0])
+        jupyter.server("ws-a", f"evil{i}", mode="drip-forever", drip_interval=0.1)
+
+    inventory = _scan_in_thread(make_scanner(timeout=0.5, probe_concurrency=1, probe_budget=1.2), limit=30)
+
+    assert inventory is not None, "the scan hung"
+    states = {key: a for key, a in inventory.activity.items()}
+    assert all(a.state == "unknown" for a in states.values()), states
+    assert sum("budget" in a.note for a in states.values()) >= 2, states

@@ -129,6 +129,11 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     ),
     # Cost control (#11): frozen from their first release on.
     "notebook-stop": (kinds.NotebookStop("team-a", "train-1"), _facts(), RUNBOOK),
+    "notebook-auto-stop": (
+        kinds.NotebookStop("team-a", "train-1", idle_for=timedelta(hours=2)),
+        _facts(),
+        RUNBOOK,
+    ),
     "gpu-down": (kinds.GpuScale("team-a", 0), _facts(), RUNBOOK),
     "gpu-up-within-max": (kinds.GpuScale("team-a", 1), _facts(), RUNBOOK),
     "gpu-up-above-max": (kinds.GpuScale("team-a", 5), _facts(), RUNBOOK),
@@ -170,6 +175,9 @@ GOLDEN: dict[str, str] = {
     "hold-snooze-notebook": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
     "hold-until-workspace": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
     "notebook-stop": "346a3007d5d26a8d36d2c9c12c88cc76460900944a60cf7e1d169da1fb5cb246",
+    # The bot's own stop (auto-stop) with its guard step (kubeflow.notebook.idle), added after
+    # an outside review found the stop trusted the database alone.
+    "notebook-auto-stop": "525fa49f2065709cfd102d5698eef411b1e8bd4476a45ab2b3d9a8b4fafba824",
     "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
     "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
 }

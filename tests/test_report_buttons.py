@@ -124,7 +124,7 @@ def test_each_button_files_its_request_as_the_clicking_user(bot: Running, fake_s
     request = filed(bot, stop)
     assert (request.kind, dict(request.args), request.requester_id) == (
         "notebook.stop",
-        {"workspace": "team-a", "notebook": "nb1"},
+        {"workspace": "team-a", "notebook": "nb1", "idle_for": None},
         ALICE,
     )
     assert rule_of(bot, request.id) == "auto:notebook.stop"

@@ -10,8 +10,11 @@ to 0 after the grace period, when nobody answered.
 * When due, ``_handle`` re-checks through ``Facts.idle_item`` (the last scans' rows) that the item
   is still idle, established, not held, warned, seen recently and idle since the same moment;
   only then does it file ``notebook.stop`` or ``gpu.scale`` (nodes 0) as the bot's own request,
-  auto-applied under ``system:cost.auto_stop``. Those kinds re-check the cluster when they apply
-  (``gpu.scale`` refuses if a GPU pod appeared).
+  auto-applied under ``system:cost.auto_stop``. Those kinds re-check the cluster when they apply:
+  ``gpu.scale`` refuses if a GPU pod appeared, and the bot's ``notebook.stop`` (``idle_for`` set)
+  starts with ``kubeflow.notebook.idle``, which reads the notebook server again and refuses unless
+  it has been idle for the idle period, so neither a forged database row nor work resumed since
+  the last scan can stop a busy notebook.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from handlers import kinds
+from handlers import kinds, units
 from handlers.cost.idle import IdleItem
 from handlers.kinds.base import SystemRequest, TimerKind, TimerResult
 from handlers.model import SYSTEM, Event, EventType
@@ -87,6 +90,8 @@ def payload(item: IdleItem, due_at: datetime, settings: CostSettings) -> dict[st
         "since": item.since.isoformat(),
         # The timer acts only if a scan saw the item idle this recently (the scans may stop).
         "seen_after": (due_at - 2 * settings.scan_interval).isoformat(),
+        # What a notebook's stop re-checks on its server when it applies (its guard step).
+        "idle_for": units.format_duration(settings.idle_after),
     }
 
 
@@ -148,7 +153,10 @@ def _handle(ref: str, body: Mapping[str, JSON], facts: Facts) -> TimerResult:
         owner = facts.workspace(workspace)
         if owner is None or namespace != owner.namespace:
             return None  # a notebook elsewhere is not the workspace's: never stop its namesake
-        kind_name, args = STOP_KIND, {"workspace": workspace, "notebook": name}
+        idle_for = body.get("idle_for")
+        if not isinstance(idle_for, str):
+            return None  # without the guard's idle period the stop would trust the scan alone
+        kind_name, args = STOP_KIND, {"workspace": workspace, "notebook": name, "idle_for": idle_for}
     elif ref.startswith("nodegroup:"):
         kind_name, args = SCALE_KIND, {"workspace": workspace, "nodes": 0}
     else:

@@ -4,15 +4,22 @@ The step sets the Notebook's ``kubeflow-resource-stopped`` annotation to the tim
 (RFC 3339, UTC, whole seconds, as Kubeflow's jupyter web app writes it), by JSON merge patch; the
 notebook controller then scales its StatefulSet to zero. The pod goes and its GPU with it; its
 volumes stay, and Start in the dashboard brings it back. The workspace's owner or an admin stops
-at once (``auto:notebook.stop``); anyone else is refused."""
+at once (``auto:notebook.stop``); anyone else is refused.
+
+The bot's own stop (auto-stop, ``handlers.cost.autostop``) sets ``idle_for``: the plan then starts
+with the guard step ``kubeflow.notebook.idle``, which reads the notebook server's activity when the
+stop applies, through the scan's own probe, and refuses unless it has been idle for at least that
+long. What the last scan saw, or what the database says, is never enough to stop someone's work;
+a person's own stop has no guard (they decided)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import ClassVar
 
-from handlers import errors, naming
+from handlers import errors, naming, units
 from handlers.actions import ActionName
 from handlers.kinds.base import (
     Applied,
@@ -92,11 +99,19 @@ class NotebookStop:
     workspace: str | None
     """None only between parsing ``/kf gpu stop NOTEBOOK`` and ``_complete``: never recorded."""
     notebook: str
+    idle_for: timedelta | None = None
+    """Set only by auto-stop: stop only if the notebook has been idle this long when it applies."""
 
     def __post_init__(self) -> None:
         if self.workspace is not None:
             naming.validate_workspace_name(self.workspace)
         validate_notebook_name(self.notebook)
+        if self.idle_for is not None and (
+            not isinstance(self.idle_for, timedelta) or self.idle_for < timedelta(minutes=1)
+        ):
+            raise errors.InvalidInput(
+                "The idle period of an automatic stop must be at least 1m.", field="idle_for"
+            )
 
     def subject(self) -> str:
         return f"notebook:{self.workspace}/{self.notebook}"
@@ -111,8 +126,22 @@ class NotebookStop:
         if self.workspace is None:
             raise errors.InvalidInput("Say whose notebook: WORKSPACE/NOTEBOOK.", usage=USAGE)
         ws = require_workspace(ctx, self.workspace)
+        guard: list[Step] = []
+        if self.idle_for is not None:
+            seconds = int(self.idle_for.total_seconds())
+            guard.append(
+                Step(
+                    ActionName.NOTEBOOK_IDLE,
+                    f"NotebookIdle/{ws.namespace}/{self.notebook}",
+                    {"namespace": ws.namespace, "name": self.notebook, "idle_seconds": seconds},
+                    f"check that notebook `{self.notebook}` has been idle for at least "
+                    f"{units.format_duration(self.idle_for)} now, from its server's kernels and "
+                    "terminals (refused otherwise: nothing stopped)",
+                )
+            )
         return Plan.of(
             [
+                *guard,
                 Step(
                     ActionName.NOTEBOOK_STOP,
                     f"Notebook/{ws.namespace}/{self.notebook}",

@@ -12,8 +12,10 @@ real deployment can also answer: a path nobody serves (Tornado's HTML 404), a se
 terminals extension (404 on ``/api/terminals`` only), Istio refusing the caller (403
 ``RBAC: access denied``, text), a non-Jupyter server (VS Code, RStudio: an HTML page), and a
 server too slow to answer within the caller's timeout (``delay``); and, since a notebook server
-is whatever its user runs, one that sends megabytes (``huge``) or drips its answer a byte at a
-time (``drip``).
+is whatever its user runs, one that sends megabytes (``huge``), drips its answer a byte at a
+time (``drip``), or drips without end, each byte well within a per-read timeout: after its headers
+(``drip-forever``, a body that never ends) or before them (``drip-head``, a status line that never
+ends).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["jupyter", "no-terminals", "rbac-denied", "html", "huge", "drip"]
+Mode = Literal["jupyter", "no-terminals", "rbac-denied", "html", "huge", "drip", "drip-forever", "drip-head"]
 
 
 def jupyter_time(moment: datetime) -> str:
@@ -41,6 +43,8 @@ class Server:
     terminals: list[dict[str, Any]] = field(default_factory=list)
     mode: Mode = "jupyter"
     delay: float = 0.0
+    drip_interval: float = 0.02
+    """Seconds between two dripped bytes."""
 
 
 class FakeJupyter:
@@ -73,11 +77,26 @@ class FakeJupyter:
 
     # -- arranging ------------------------------------------------------------------------------
 
-    def server(self, namespace: str, name: str, *, mode: Mode = "jupyter", delay: float = 0.0) -> Server:
+    def server(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        mode: Mode = "jupyter",
+        delay: float = 0.0,
+        drip_interval: float = 0.02,
+    ) -> Server:
         with self._lock:
             server = self._servers.setdefault((namespace, name), Server())
-            server.mode, server.delay = mode, delay
+            server.mode, server.delay, server.drip_interval = mode, delay, drip_interval
             return server
+
+    def server_of(self, path: str) -> Server | None:
+        with self._lock:
+            parts = path.split("?", 1)[0].strip("/").split("/")
+            if len(parts) == 5 and parts[0] == "notebook" and parts[3] == "api":
+                return self._servers.get((parts[1], parts[2]))
+            return None
 
     def kernel(
         self,
@@ -160,6 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
 
     def do_GET(self) -> None:
+        server = self.server.fake.server_of(self.path)
+        if server is not None and server.mode in ("drip-forever", "drip-head"):
+            self.server.fake.answer(self.path)  # logged like any request
+            self._drip_forever(server)
+            return
         status, ctype, body, delay = self.server.fake.answer(self.path)
         if delay > 0:
             time.sleep(delay)  # a slow server: the caller's timeout must cut it off
@@ -177,6 +201,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the caller gave up (its timeout)
+
+    def _drip_forever(self, server: Server) -> None:
+        """A byte every ``drip_interval`` until the caller hangs up: after the headers of a body
+        said to be 100 kB (``drip-forever``), or as a status line that never ends (``drip-head``)."""
+        try:
+            if server.mode == "drip-forever":
+                self.wfile.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n["
+                )
+            else:
+                self.wfile.write(b"HTTP/1.1 2")
+            self.wfile.flush()
+            while True:
+                time.sleep(server.drip_interval)
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # the caller hung up: its deadline
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: ``FakeJupyter.requests`` is the log."""
