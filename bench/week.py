@@ -496,6 +496,21 @@ class World:
                     self._busy_stop(pod, m, kind.KIND)
                 self._stop_notebook(key)
                 self.stopped_by_bot.add(key)
+            elif step.action == ActionName.NOTEBOOK_IDLE:
+                # The guard of the bot's own stop reads the notebook again, as the live probe does:
+                # refused unless Jupyter says idle for the whole period right now.
+                key = (str(p["namespace"]), str(p["name"]))
+                if self.stopped[key] or self.pods.get(key) is None:
+                    continue
+                nb = next(n for n in self.d.notebooks if (n.namespace, n.name) == key)
+                window = int(str(p["idle_seconds"])) // 60
+                recent = nb.busy[max(0, m - window) : m + 1]
+                if nb.kind == "vscode" or any(recent):
+                    self.stats.refused += 1
+                    self.stats.refused_log.append(
+                        f"{minute_at(m):%a %H:%M} {kind.KIND} refused: {key[0]}/{key[1]} not idle now"
+                    )
+                    return  # the guard fails permanently: nothing is stopped
             elif step.action == ActionName.GPU_PODS_ABSENT:
                 group, namespace = str(p["nodegroup"]), str(p["namespace"])
                 on_group = {n.name for n in self.nodes.values() if n.group.name == group}

@@ -124,7 +124,7 @@ def test_each_button_files_its_request_as_the_clicking_user(bot: Running, fake_s
     request = filed(bot, stop)
     assert (request.kind, dict(request.args), request.requester_id) == (
         "notebook.stop",
-        {"workspace": "team-a", "notebook": "nb1", "idle_for": None},
+        {"workspace": "team-a", "notebook": "nb1", "idle_for": "2h"},
         ALICE,
     )
     assert rule_of(bot, request.id) == "auto:notebook.stop"
@@ -294,7 +294,10 @@ def test_values_map_to_the_commands_kinds() -> None:
     read = lambda action, target: buttons.request_for(  # noqa: E731
         action, buttons.button_value("team-a", target), now=NOW, settings=CORE, facts=FACTS
     )
-    assert read(buttons.STOP_NOTEBOOK, f"notebook:{ns}/nb1") == NotebookStop("team-a", "nb1")
+    # A click stops only what is still idle when the stop applies (the report may be minutes old).
+    assert read(buttons.STOP_NOTEBOOK, f"notebook:{ns}/nb1") == NotebookStop(
+        "team-a", "nb1", idle_for=CORE.cost.idle_after
+    )
     assert read(buttons.SCALE_DOWN, "workspace:team-a") == GpuScale("team-a", 0)
     assert read(buttons.KEEP_4H, f"notebook:{ns}/nb1") == GpuHold(
         "team-a", f"notebook:{ns}/nb1", duration=timedelta(hours=4)

@@ -89,7 +89,9 @@ def request_for(
     if action_id == STOP_NOTEBOOK:
         if what != "notebook":
             raise _refused("Stop notebook needs a notebook")
-        return NotebookStop(workspace, rest.partition("/")[2])
+        # A report can be minutes old: the click stops the notebook only if it is still idle when
+        # the stop applies (the same guard as auto-stop's); `/kf gpu stop` stops it regardless.
+        return NotebookStop(workspace, rest.partition("/")[2], idle_for=settings.cost.idle_after)
     if action_id == SCALE_DOWN:
         if what == "notebook":
             raise _refused("Scale to 0 needs a nodegroup or a workspace")
