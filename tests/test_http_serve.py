@@ -348,7 +348,9 @@ def test_slow_bodies_and_idle_connections_starve_neither_commands_nor_health(
     assert all(cut), f"{cut.count(False)} of 32 trickling connections were still open after 20 s"
 
 
-def test_a_request_trickling_its_body_is_cut_off_at_the_read_deadline(tmp_path: Path, fake: FakeSlack) -> None:
+def test_a_request_trickling_its_body_is_cut_off_at_the_read_deadline(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
     """One signed-looking request whose body arrives a byte every 0.3 s: each read succeeds, so
     only the whole-request deadline stops it. The server closes it without a 2xx, and it is still
     open a moment after the headers (the deadline runs from the first byte, not per read)."""
