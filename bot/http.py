@@ -142,8 +142,12 @@ class _Request(cheroot_server.HTTPRequest):
             in_time = watch.end(self.conn)
         if body is None:
             return
-        if not in_time:  # read whole, but the watch shut the socket as it finished: no answer can go
+        if not in_time:  # the watch shut the socket: no answer can go out
             self.close_connection = True
+            return
+        if len(body) < int(self.inheaders.get(b"Content-Length", 0)):  # the client stopped sending
+            self.close_connection = True
+            self.simple_response("400 Bad Request", "The body is shorter than its Content-Length.")
             return
         self.rfile = cheroot_server.KnownLengthRFile(io.BytesIO(body), len(body))
         self.server.gateway(self).respond()
@@ -153,7 +157,8 @@ class _Request(cheroot_server.HTTPRequest):
             self.conn.wfile.write(b"0\r\n\r\n")
 
     def _read_body(self) -> bytes | None:
-        """The body, or None when the request was answered or dropped here."""
+        """The body as far as it came (short when the client stopped, or the deadline shut the
+        socket), or None when the request was answered here."""
         if self.chunked_read:
             # Slack always sends Content-Length; a chunked body has no size to refuse it by, nor
             # to read it by in one bounded piece.
@@ -166,9 +171,6 @@ class _Request(cheroot_server.HTTPRequest):
             self.simple_response("413 Request Entity Too Large", "The request body is too large.")
             return None
         body: bytes = self.conn.rfile.read(length) if length else b""
-        if len(body) < length:  # the deadline shut the socket, or the client went away
-            self.close_connection = True
-            return None
         return body
 
 

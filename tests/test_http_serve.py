@@ -310,7 +310,7 @@ def test_slow_bodies_and_idle_connections_starve_neither_commands_nor_health(
     declare a 1000-byte body and trickle it a byte a second (every read succeeds, so no per-read
     timeout ends them), and 32 connections that never send a byte. A signed ``/kf help`` is still
     answered (the generous bound is the read deadline plus slack, never a performance claim),
-    ``/healthz`` and ``/readyz`` on the health listener answer while the attack goes on, and every
+    ``/healthz``, ``/readyz`` and ``/metrics`` on the health listener answer during the attack, and every
     trickling connection is closed by the server at the read deadline."""
     assert kfbot(tmp_path, "migrate").returncode == 0
     with serving(tmp_path, fake) as serve:
@@ -331,7 +331,8 @@ def test_slow_bodies_and_idle_connections_starve_neither_commands_nor_health(
         trickler.start()
         try:
             time.sleep(1.0)  # ordering: the server has taken the slow and idle connections first
-            health_during = (health(serve.health_port), health(serve.health_port, "/readyz"))
+            paths = ("/healthz", "/readyz", "/metrics")
+            health_during = tuple(health(serve.health_port, path) for path in paths)
             answered = command(serve.port, "help", "help.1.trigger", fake)
             health_after = health(serve.health_port)
             with ThreadPoolExecutor(max_workers=32) as pool:
@@ -342,7 +343,7 @@ def test_slow_bodies_and_idle_connections_starve_neither_commands_nor_health(
             trickler.join(timeout=10)
             for sock in idle + slow:
                 sock.close()
-    assert health_during == (200, 200)
+    assert health_during == (200, 200, 200)
     assert answered == 200
     assert health_after == 200
     assert all(cut), f"{cut.count(False)} of 32 trickling connections were still open after 20 s"
@@ -375,6 +376,7 @@ def test_a_request_trickling_its_body_is_cut_off_at_the_read_deadline(
                 stop.set()
                 trickler.join(timeout=5)
         assert health(serve.port) == 200  # the thread it held serves again
+        assert health(serve.health_port, "/slack/events") == 404  # the health listener serves no Slack
     assert early is None  # not cut off before its deadline
     assert answer is not None  # but cut off, though every read succeeded
     assert not answer.startswith(b"HTTP/1.1 2"), answer[:80]
