@@ -6,11 +6,13 @@ server", for why this one), configured explicitly rather than trusting its defau
 ``HttpLimits``: the listen backlog (cheroot's default is 5, which resets or stalls a burst of
 slash commands), a bounded thread pool and accept queue (the connection limit: past it a
 connection is answered 503 at once), a body limit enforced from ``Content-Length`` before a byte
-of the body is read (and on chunked bodies as they are read), a header size limit, a read timeout
-per socket operation and a *deadline* for the whole request line and headers, so a client that
-trickles its headers is cut off however slowly it sends. ``bot.signing.SlackEndpoint`` verifies
+of the body is read (a chunked body is refused), a header size limit, a read timeout per socket
+operation and a *deadline* for the whole request (line, headers and body, which the server reads
+itself before the app runs), so a client that trickles is cut off however regularly it sends; a
+connection that has sent nothing waits without a thread. ``bot.signing.SlackEndpoint`` verifies
 Slack's signed requests and hands only those to Bolt; in Socket Mode the same server serves only
-the health endpoints.
+the health endpoints. ``kfbot serve`` runs a second, small server for the health endpoints alone
+(``KFBOT_HEALTH_PORT``), so the probes never queue behind the Slack port.
 
 ``HttpServer.stop`` is the graceful half of SIGTERM: the listening socket closes (nothing new is
 accepted), requests already read or queued are answered, then the threads end, all within
