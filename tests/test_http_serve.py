@@ -151,8 +151,8 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(tmp_path: Path, fake
 
 def test_a_chunked_body_is_refused_without_being_read(tmp_path: Path, fake: FakeSlack) -> None:
     """Slack always sends Content-Length; a chunked body (whose size nobody announced) is refused
-    before a chunk is read, and the connection closed: the client is still sending when the answer
-    comes back. (cheroot also caps chunked reads at the body limit, for any other path.)"""
+    by the server before a chunk is read, and the connection closed: the client is still sending
+    when the answer comes back."""
     assert kfbot(tmp_path, "migrate").returncode == 0
     chunk = b"x" * 65536
     with serving(tmp_path, fake) as serve, socket.create_connection(("127.0.0.1", serve.port), 10) as sock:
@@ -164,7 +164,7 @@ def test_a_chunked_body_is_refused_without_being_read(tmp_path: Path, fake: Fake
 
 def test_slow_clients_are_cut_off_and_do_not_block_others(tmp_path: Path, fake: FakeSlack) -> None:
     """Two clients hold threads: one stops mid-headers, one trickles a header byte at a time (each
-    read succeeds, so only the header deadline stops it). With two of four threads taken, a signed
+    read succeeds, so only the request deadline stops it). With two of four threads taken, a signed
     command is answered at once; both slow clients are then disconnected."""
     assert kfbot(tmp_path, "migrate").returncode == 0
     with serving(tmp_path, fake, KFBOT_HTTP_THREADS="4", KFBOT_HTTP_TIMEOUT="3") as serve:
