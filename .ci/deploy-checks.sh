@@ -94,6 +94,9 @@ render defaults "${required[@]}"
 render production "${prod[@]}"
 render http-mode "${prod[@]}" --set slack.socketMode=false --set ingress.enabled=true \
   --set ingress.className=alb --set ingress.host=kfbot.example.com
+render http-nginx "${prod[@]}" --set slack.socketMode=false --set ingress.enabled=true \
+  --set ingress.className=nginx --set ingress.host=kfbot.example.com \
+  --set-string 'ingress.annotations.nginx\.ingress\.kubernetes\.io/proxy-body-size=512k'
 render dex-configmap "${required[@]}" --set dex.mode=configmap \
   --set database.existingSecret= --set database.url='postgresql+psycopg://kfbot:pw@db:5432/kfbot'
 render dex-external "${required[@]}" --set dex.mode=external --set serviceAccount.create=false \
@@ -171,6 +174,13 @@ for name in ["defaults", "production", "http-mode", "dex-configmap", "dex-extern
     probes = dep["spec"]["template"]["spec"]["containers"][0]
     check(probes["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness is not /healthz")
     check(probes["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness is not /readyz")
+    # Probes go to the health listener, never the port Slack (and anyone) reaches through the Ingress.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        check(probes[probe]["httpGet"]["port"] == "health", f"{name}: {probe} is not on the health port")
+    ports = {p["name"]: p["containerPort"] for p in probes["ports"]}
+    env_ports = {e["name"]: e.get("value") for e in probes["env"]}
+    check(str(ports.get("health")) == env_ports.get("KFBOT_HEALTH_PORT"), f"{name}: health port != KFBOT_HEALTH_PORT")
+    check(ports.get("health") != ports.get("http"), f"{name}: the health listener shares the Slack port")
     # Dex Role follows dex.mode.
     dex_roles = [r for r in kinds(docs, "Role") if r["metadata"]["namespace"] == "auth"]
     resources = {res for r in dex_roles for rule in r["rules"] for res in rule["resources"]}
@@ -232,6 +242,20 @@ check("SLACK_APP_TOKEN" not in env, "http-mode: SLACK_APP_TOKEN set in HTTP mode
 ing = kinds(docs, "Ingress")
 check(ing and [p["path"] for p in ing[0]["spec"]["rules"][0]["http"]["paths"]] == ["/slack/events"],
       "http-mode: Ingress must route only /slack/events")
+check(not any(k.startswith("nginx.") for k in (ing[0]["metadata"].get("annotations") or {})),
+      "http-mode: nginx annotations on an ALB Ingress")
+svc = kinds(docs, "Service")
+check(svc and {p["targetPort"] for p in svc[0]["spec"]["ports"]} == {"http", "health"},
+      "http-mode: the Service does not expose the http and health ports")
+
+# ingress-nginx buffers a slow client's body (it holds nginx, not the bot's threads); an operator's
+# own value wins over the chart's.
+_, docs = load("http-nginx")
+annotations = kinds(docs, "Ingress")[0]["metadata"]["annotations"]
+check(annotations.get("nginx.ingress.kubernetes.io/proxy-request-buffering") == "on",
+      "http-nginx: request buffering is not on")
+check(annotations.get("nginx.ingress.kubernetes.io/proxy-body-size") == "512k",
+      "http-nginx: the operator's proxy-body-size was overridden")
 
 _, docs = load("dex-configmap")
 secrets = kinds(docs, "Secret")

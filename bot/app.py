@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -219,6 +219,8 @@ class Running:
     """What ``/metrics`` serves: this bot's own registry."""
     draining: threading.Event = field(default_factory=threading.Event)
     """Set on SIGTERM: ``/readyz`` answers 503 while what is in flight is finished."""
+    health: HttpServer | None = None
+    """The health listener (``KFBOT_HEALTH_PORT``): /healthz, /readyz, /metrics."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -243,6 +245,8 @@ class Running:
         self.edge.deps.quick.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.worker.join(timeout=10)
+        if self.health is not None:  # last: the probes see the draining replica until it goes
+            self.health.stop()
         self.backend.close()
         logger.info("kfbot stopped")
 
@@ -298,29 +302,42 @@ def start_slack(
         def connected() -> bool:
             return bool(socket_handler.client.is_connected())
 
+        connected_check: Callable[[], bool] = connected
         app = wsgi_app(
-            lambda: readiness(backend, settings.mode, connected, draining),
+            partial(readiness, backend, settings.mode, connected_check, draining),
             metrics=partial(exposition, registry),
         )
     else:
+        connected_check = SlackAuthCheck(edge.client)
         app = wsgi_app(
-            partial(readiness, backend, settings.mode, SlackAuthCheck(edge.client), draining),
+            partial(readiness, backend, settings.mode, connected_check, draining),
             slack=SlackEndpoint(edge.app, settings.slack.signing_secret),
             slack_path=SLACK_PATH,
             metrics=partial(exposition, registry),
         )
+    health_app = wsgi_app(
+        partial(readiness, backend, settings.mode, connected_check, draining),
+        metrics=partial(exposition, registry),
+    )
+    # Probes and scrapes get a listener (and threads) of their own: whatever holds the main port's
+    # threads, a kubelet probe is answered, so no replica is restarted for being attacked.
+    health = HttpServer(
+        health_app, host or settings.http.host, settings.http.health_port, health_limits(settings)
+    ).start()
     http = HttpServer(
         app, host or settings.http.host, settings.http.port if port is None else port, http_limits(settings)
     ).start()
     logger.info(
-        "kfbot serving: provisioner=%s, slack=%s, http port %d",
+        "kfbot serving: provisioner=%s, slack=%s, http port %d, health port %d",
         settings.mode,
         "socket-mode" if socket_handler is not None else "http",
         http.port,
+        health.port,
     )
     return Running(
-        settings, backend, edge, http, stop_event, worker, scheduler, socket_handler, registry, draining
-    )
+        settings, backend, edge, http, stop_event, worker, scheduler, socket_handler, registry, draining,
+        health=health,
+    )  # fmt: skip
 
 
 INBOX_SWEEP_SECONDS = 2.0
@@ -352,9 +369,15 @@ def http_limits(settings: Settings) -> HttpLimits:
         threads=http.threads,
         queue=http.queue,
         read_timeout=http.timeout,
-        header_deadline=http.timeout,
+        read_deadline=http.read_deadline,
         shutdown_seconds=http.shutdown_seconds,
     )
+
+
+def health_limits(settings: Settings) -> HttpLimits:
+    """The health listener's: a few threads (kubelet probes and one Prometheus scrape at a time),
+    a short queue; the same deadlines as the main port."""
+    return replace(http_limits(settings), backlog=128, threads=4, queue=16)
 
 
 def serve(settings: Settings) -> int:

@@ -6,11 +6,13 @@ server", for why this one), configured explicitly rather than trusting its defau
 ``HttpLimits``: the listen backlog (cheroot's default is 5, which resets or stalls a burst of
 slash commands), a bounded thread pool and accept queue (the connection limit: past it a
 connection is answered 503 at once), a body limit enforced from ``Content-Length`` before a byte
-of the body is read (and on chunked bodies as they are read), a header size limit, a read timeout
-per socket operation and a *deadline* for the whole request line and headers, so a client that
-trickles its headers is cut off however slowly it sends. ``bot.signing.SlackEndpoint`` verifies
+of the body is read (a chunked body is refused), a header size limit, a read timeout per socket
+operation and a *deadline* for the whole request (line, headers and body, which the server reads
+itself before the app runs), so a client that trickles is cut off however regularly it sends; a
+connection that has sent nothing waits without a thread. ``bot.signing.SlackEndpoint`` verifies
 Slack's signed requests and hands only those to Bolt; in Socket Mode the same server serves only
-the health endpoints.
+the health endpoints. ``kfbot serve`` runs a second, small server for the health endpoints alone
+(``KFBOT_HEALTH_PORT``), so the probes never queue behind the Slack port.
 
 ``HttpServer.stop`` is the graceful half of SIGTERM: the listening socket closes (nothing new is
 accepted), requests already read or queued are answered, then the threads end, all within
@@ -25,6 +27,7 @@ reachable and migrated, Slack is connected, and which provisioner is active; 503
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
@@ -53,31 +56,36 @@ MAX_HEADER_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class HttpLimits:
     """How the server protects itself; every value is set on cheroot explicitly (its defaults:
-    backlog 5, unlimited body and headers, no header deadline)."""
+    backlog 5, unlimited body and headers, no deadline on a request)."""
 
     backlog: int = 1024
     """``listen()`` backlog: connections the kernel holds while every thread is busy."""
-    threads: int = 32
+    threads: int = 64
     """Threads that read requests and run the app (verify, Bolt, ``ack()``); the work after an ack
-    runs elsewhere (``bot.listeners.common.WorkPool``), so these are only ever briefly busy."""
+    runs elsewhere (``bot.listeners.common.WorkPool``), so these are only ever briefly busy. An
+    idle thread costs a stack that is mostly untouched (tens of KB resident)."""
     queue: int = 256
-    """Accepted connections waiting for a thread; past ``threads + queue`` a connection is
-    answered 503 at once (the connection limit). At least 1: cheroot hands it to ``queue.Queue``,
-    where 0 means unbounded."""
+    """Connections that sent their first byte and wait for a thread; past ``threads + queue`` a
+    connection is answered 503 at once (the connection limit). At least 1: cheroot hands it to
+    ``queue.Queue``, where 0 means unbounded."""
     read_timeout: float = 10.0
-    """Seconds one socket read or write may block."""
-    header_deadline: float = 10.0
-    """Seconds from a thread taking a connection to the end of its request headers."""
+    """Seconds one socket read or write may block; also how long a connection may stay silent
+    (new, or kept alive between requests) before it is closed. A silent connection holds no
+    thread, only its socket."""
+    read_deadline: float = 5.0
+    """Seconds from a request's first byte reaching a thread to the last byte of its body: request
+    line, headers and body together. However slowly a client sends, it holds a thread no longer."""
     shutdown_seconds: float = 20.0
     """On stop, how long requests in flight are given to be answered."""
     max_body_bytes: int = MAX_BODY_BYTES
 
 
-class _HeaderWatch:
-    """The header deadline. cheroot's own ``timeout`` is per socket operation, so a client that
-    sends a byte every few seconds would hold a thread for as long as it likes; this watch
-    shuts down the socket of any connection whose request line and headers are not complete
-    within the deadline, which ends the blocked read and frees the thread."""
+class _ReadDeadline:
+    """The whole-request deadline. cheroot's own ``timeout`` is per socket operation, so a client
+    that sends a byte every few seconds (in its headers or in its body) would hold a thread for as
+    long as it likes; this watch shuts down the socket of any connection whose request (line,
+    headers and body) is not complete within the deadline, which ends the blocked read and frees
+    the thread."""
 
     def __init__(self, deadline: float) -> None:
         self._deadline = deadline
@@ -96,9 +104,10 @@ class _HeaderWatch:
         with self._lock:
             self._reading[id(conn)] = (time.monotonic() + self._deadline, sock)
 
-    def end(self, conn: object) -> None:
+    def end(self, conn: object) -> bool:
+        """Stop watching ``conn``; False when its deadline had already cut it off."""
         with self._lock:
-            self._reading.pop(id(conn), None)
+            return self._reading.pop(id(conn), None) is not None
 
     def _run(self) -> None:
         tick = min(0.25, self._deadline / 4)
@@ -108,23 +117,69 @@ class _HeaderWatch:
                 late = [key for key, (due, _) in self._reading.items() if due <= now]
                 socks = [self._reading.pop(key)[1] for key in late]
             for sock in socks:
-                logger.info("http: cut off a client that did not finish its headers in time")
+                logger.info("http: cut off a client that did not send its request in time")
                 with contextlib.suppress(OSError):  # already gone
                     sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Request(cheroot_server.HTTPRequest):
+    """A request read whole, under the deadline, before the app sees it."""
+
     def parse_request(self) -> None:
-        watch: _HeaderWatch = self.server.header_watch
+        watch: _ReadDeadline = self.server.read_deadline
         watch.begin(self.conn, self.conn.socket)
         try:
             super().parse_request()
         finally:
-            watch.end(self.conn)
+            if not self.ready:  # refused or cut off: no body will be read
+                watch.end(self.conn)
+
+    def respond(self) -> None:
+        # cheroot's respond hands the app a stream on the socket, so the body would be read at
+        # the app's pace, outside any deadline; this one reads it first, under the deadline.
+        watch: _ReadDeadline = self.server.read_deadline
+        try:
+            body = self._read_body()
+        finally:
+            in_time = watch.end(self.conn)
+        if body is None:
+            return
+        if not in_time:  # the watch shut the socket: no answer can go out
+            self.close_connection = True
+            return
+        if len(body) < int(self.inheaders.get(b"Content-Length", 0)):  # the client stopped sending
+            self.close_connection = True
+            self.simple_response("400 Bad Request", "The body is shorter than its Content-Length.")
+            return
+        self.rfile = cheroot_server.KnownLengthRFile(io.BytesIO(body), len(body))
+        self.server.gateway(self).respond()
+        if self.ready:
+            self.ensure_headers_sent()
+        if self.chunked_write:
+            self.conn.wfile.write(b"0\r\n\r\n")
+
+    def _read_body(self) -> bytes | None:
+        """The body as far as it came (short when the client stopped, or the deadline shut the
+        socket), or None when the request was answered here."""
+        if self.chunked_read:
+            # Slack always sends Content-Length; a chunked body has no size to refuse it by, nor
+            # to read it by in one bounded piece.
+            self.close_connection = True
+            self.simple_response("411 Length Required", "A Content-Length is required.")
+            return None
+        length = int(self.inheaders.get(b"Content-Length", 0))  # cheroot checked it is a number
+        if length > self.server.max_request_body_size:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            self.simple_response("413 Request Entity Too Large", "The request body is too large.")
+            return None
+        body: bytes = self.conn.rfile.read(length) if length else b""
+        return body
 
 
 class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
+    waited = False
+    """Set once the connection has waited for its first byte without a thread."""
 
 
 class _Server(cheroot_wsgi.Server):
@@ -146,7 +201,17 @@ class _Server(cheroot_wsgi.Server):
         self.max_request_header_size = MAX_HEADER_BYTES
         self.keep_alive_conn_limit = limits.queue  # idle keep-alive connections kept open
         self.server_name = "kf-chatops"
-        self.header_watch = _HeaderWatch(limits.header_deadline)
+        self.read_deadline = _ReadDeadline(limits.read_deadline)
+
+    def process_conn(self, conn: _Connection) -> None:
+        # cheroot gives a thread to every connection it accepts, so connections that never send a
+        # byte each hold one; a new connection waits in the selector instead, like a kept-alive
+        # one, and takes a thread when its first byte arrives (or is closed after read_timeout).
+        if not conn.waited:
+            conn.waited = True
+            self._connections.put(conn)  # type: ignore[attr-defined]  # set by prepare(); not in the stubs
+            return
+        super().process_conn(conn)
 
     def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
         # cheroot prints to stderr by default; route it through our logging, without tracebacks
@@ -222,7 +287,7 @@ class HttpServer:
         return f"http://{host}:{self.port}{path}"
 
     def start(self) -> HttpServer:
-        self._server.header_watch.start()
+        self._server.read_deadline.start()
         self._thread = threading.Thread(target=self._server.serve, name="kfbot-http", daemon=True)
         self._thread.start()
         return self
@@ -230,6 +295,6 @@ class HttpServer:
     def stop(self) -> None:
         """Stop accepting, answer the requests already taken (up to ``shutdown_seconds``), end."""
         self._server.stop()
-        self._server.header_watch.stop()
+        self._server.read_deadline.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)

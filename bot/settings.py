@@ -80,16 +80,22 @@ class HttpSettings:
     """``KFBOT_HTTP_HOST``."""
     port: int = 3000
     """``KFBOT_HTTP_PORT``: /slack/events (HTTP mode), /healthz, /readyz."""
+    health_port: int = 3001
+    """``KFBOT_HEALTH_PORT``: /healthz, /readyz and /metrics on a listener of their own, so that
+    probes and scrapes never wait behind Slack's traffic (or an attacker's) on the main port."""
     sweep_seconds: float = 15.0
     """``KFBOT_SWEEP_SECONDS``: how often the leader sweeps due timers."""
     backlog: int = 1024
     """``KFBOT_HTTP_BACKLOG``: the listen backlog (``bot.http.HttpLimits``)."""
-    threads: int = 32
+    threads: int = 64
     """``KFBOT_HTTP_THREADS``: threads that read requests and run them up to the ack."""
     queue: int = 256
     """``KFBOT_HTTP_QUEUE``: accepted connections waiting for a thread; past it, 503."""
     timeout: float = 10.0
-    """``KFBOT_HTTP_TIMEOUT``: seconds per socket read, and for a request's line and headers."""
+    """``KFBOT_HTTP_TIMEOUT``: seconds per socket read or write, and how long a connection may stay
+    silent before it is closed."""
+    read_deadline: float = 5.0
+    """``KFBOT_HTTP_READ_DEADLINE``: seconds for a whole request to arrive (line, headers, body)."""
     shutdown_seconds: float = 20.0
     """``KFBOT_SHUTDOWN_SECONDS``: on SIGTERM, how long requests in flight and acked work get before
     the process exits; below the pod's ``terminationGracePeriodSeconds``."""
@@ -224,6 +230,11 @@ class Settings:
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
             port=int(env.number("KFBOT_HTTP_PORT", 3000, minimum=0, maximum=65535, integer=True)),
+            health_port=int(
+                env.number(
+                    "KFBOT_HEALTH_PORT", HttpSettings.health_port, minimum=0, maximum=65535, integer=True
+                )
+            ),
             sweep_seconds=env.number("KFBOT_SWEEP_SECONDS", 15.0, minimum=1),
             backlog=int(
                 env.number(
@@ -237,10 +248,19 @@ class Settings:
                 env.number("KFBOT_HTTP_QUEUE", HttpSettings.queue, minimum=1, maximum=65535, integer=True)
             ),
             timeout=env.number("KFBOT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.5, maximum=300),
+            read_deadline=env.number(
+                "KFBOT_HTTP_READ_DEADLINE", HttpSettings.read_deadline, minimum=0.5, maximum=60
+            ),
             shutdown_seconds=env.number(
                 "KFBOT_SHUTDOWN_SECONDS", HttpSettings.shutdown_seconds, minimum=1, maximum=3600
             ),
         )
+        if http.health_port and http.health_port == http.port:
+            raise SettingsError(
+                f"KFBOT_HEALTH_PORT={http.health_port}: the health listener needs a port of its own, "
+                "not KFBOT_HTTP_PORT's.",
+                variable="KFBOT_HEALTH_PORT",
+            )
         level = env.text("KFBOT_LOG_LEVEL", "INFO").upper()
         if level not in _LEVELS:
             raise SettingsError(

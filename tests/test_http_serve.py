@@ -39,6 +39,7 @@ class Serve:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    health_port: int
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def serving(workdir: Path, fake: FakeSlack, **env: str) -> Iterator[Serve]:
         KFBOT_HTTP_HOST="127.0.0.1",
         KFBOT_HTTP_PORT=str(port),
         KFBOT_LOG_FORMAT="text",
-        **env,
+        **{"KFBOT_HEALTH_PORT": str(free_port()), **env},
     )
     log = workdir / f"serve-{port}.log"
     with log.open("wb") as stderr:
@@ -64,7 +65,7 @@ def serving(workdir: Path, fake: FakeSlack, **env: str) -> Iterator[Serve]:
     try:
         fake.wait_for(lambda: readyz(port) or proc.poll() is not None, 30, "kfbot serve to be ready")
         assert proc.poll() is None, log.read_text()
-        yield Serve(port, proc, log)
+        yield Serve(port, proc, log, int(environ["KFBOT_HEALTH_PORT"]))
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -150,8 +151,8 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(tmp_path: Path, fake
 
 def test_a_chunked_body_is_refused_without_being_read(tmp_path: Path, fake: FakeSlack) -> None:
     """Slack always sends Content-Length; a chunked body (whose size nobody announced) is refused
-    before a chunk is read, and the connection closed: the client is still sending when the answer
-    comes back. (cheroot also caps chunked reads at the body limit, for any other path.)"""
+    by the server before a chunk is read, and the connection closed: the client is still sending
+    when the answer comes back."""
     assert kfbot(tmp_path, "migrate").returncode == 0
     chunk = b"x" * 65536
     with serving(tmp_path, fake) as serve, socket.create_connection(("127.0.0.1", serve.port), 10) as sock:
@@ -163,7 +164,7 @@ def test_a_chunked_body_is_refused_without_being_read(tmp_path: Path, fake: Fake
 
 def test_slow_clients_are_cut_off_and_do_not_block_others(tmp_path: Path, fake: FakeSlack) -> None:
     """Two clients hold threads: one stops mid-headers, one trickles a header byte at a time (each
-    read succeeds, so only the header deadline stops it). With two of four threads taken, a signed
+    read succeeds, so only the request deadline stops it). With two of four threads taken, a signed
     command is answered at once; both slow clients are then disconnected."""
     assert kfbot(tmp_path, "migrate").returncode == 0
     with serving(tmp_path, fake, KFBOT_HTTP_THREADS="4", KFBOT_HTTP_TIMEOUT="3") as serve:
@@ -268,3 +269,114 @@ def test_past_threads_and_queue_a_connection_is_answered_503_at_once(tmp_path: P
             for holder in holders:
                 holder.close()
     assert answer.startswith(b"HTTP/1.1 503 "), answer[:80]
+
+
+SLOW_BODY_HEAD = (
+    b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    b"X-Slack-Request-Timestamp: 1\r\nX-Slack-Signature: v0=00\r\nContent-Length: 1000\r\n\r\n"
+)
+
+
+def health(port: int, path: str = "/healthz") -> int:
+    """The status of a GET on ``path``, or -1 when it was not answered within 5 s."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = sock.recv(65536)
+    except OSError:
+        return -1
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else -1
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bytes | None:
+    """What the server sent on ``sock`` before it closed it (EOF or reset), or None when it was
+    still open after ``within`` seconds."""
+    sock.settimeout(within)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk  # an answer (a 408, say) before the close is fine
+    except TimeoutError:
+        return None
+    except OSError:
+        pass
+    return answer
+
+
+def test_slow_bodies_and_idle_connections_starve_neither_commands_nor_health(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """The atk2 slowloris, both halves at once with the default limits: 32 unsigned requests that
+    declare a 1000-byte body and trickle it a byte a second (every read succeeds, so no per-read
+    timeout ends them), and 32 connections that never send a byte. A signed ``/kf help`` is still
+    answered (the generous bound is the read deadline plus slack, never a performance claim),
+    ``/healthz``, ``/readyz`` and ``/metrics`` on the health listener answer during the attack, and every
+    trickling connection is closed by the server at the read deadline."""
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    with serving(tmp_path, fake) as serve:
+        idle = [socket.create_connection(("127.0.0.1", serve.port), 10) for _ in range(32)]
+        slow = [socket.create_connection(("127.0.0.1", serve.port), 10) for _ in range(32)]
+        for sock in slow:
+            sock.sendall(SLOW_BODY_HEAD)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.is_set():
+                for sock in slow:
+                    with suppress(OSError):
+                        sock.send(b"a")
+                stop.wait(1.0)
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            time.sleep(1.0)  # ordering: the server has taken the slow and idle connections first
+            paths = ("/healthz", "/readyz", "/metrics")
+            health_during = tuple(health(serve.health_port, path) for path in paths)
+            answered = command(serve.port, "help", "help.1.trigger", fake)
+            health_after = health(serve.health_port)
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                cut = [answer is not None for answer in pool.map(lambda s: closed_by_server(s, 20.0), slow)]
+            fake.wait_for(lambda: fake.responses.get("help.1.trigger"), WAIT, "the help reply")
+        finally:
+            stop.set()
+            trickler.join(timeout=10)
+            for sock in idle + slow:
+                sock.close()
+    assert health_during == (200, 200, 200)
+    assert answered == 200
+    assert health_after == 200
+    assert all(cut), f"{cut.count(False)} of 32 trickling connections were still open after 20 s"
+
+
+def test_a_request_trickling_its_body_is_cut_off_at_the_read_deadline(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """One signed-looking request whose body arrives a byte every 0.3 s: each read succeeds, so
+    only the whole-request deadline stops it. The server closes it without a 2xx, and it is still
+    open a moment after the headers (the deadline runs from the first byte, not per read)."""
+    assert kfbot(tmp_path, "migrate").returncode == 0
+    with serving(tmp_path, fake, KFBOT_HTTP_READ_DEADLINE="2") as serve:
+        with socket.create_connection(("127.0.0.1", serve.port), 10) as sock:
+            sock.sendall(SLOW_BODY_HEAD)
+            stop = threading.Event()
+
+            def trickle() -> None:
+                while not stop.is_set():
+                    with suppress(OSError):
+                        sock.send(b"a")
+                    stop.wait(0.3)
+
+            trickler = threading.Thread(target=trickle)
+            trickler.start()
+            try:
+                early = closed_by_server(sock, 0.5)
+                answer = closed_by_server(sock, 20.0)
+            finally:
+                stop.set()
+                trickler.join(timeout=5)
+        assert health(serve.port) == 200  # the thread it held serves again
+        assert health(serve.health_port, "/slack/events") == 404  # the health listener serves no Slack
+    assert early is None  # not cut off before its deadline
+    assert answer is not None  # but cut off, though every read succeeded
+    assert not answer.startswith(b"HTTP/1.1 2"), answer[:80]

@@ -140,6 +140,11 @@ def test_every_variable_reaches_its_layer() -> None:
         ("KFBOT_SLACK_API_URL", "slack.com/api/"),
         ("KFBOT_HTTP_PORT", "70000"),
         ("KFBOT_HTTP_PORT", "eighty"),
+        ("KFBOT_HEALTH_PORT", "70000"),
+        ("KFBOT_HEALTH_PORT", "3000"),  # KFBOT_HTTP_PORT's: probes would queue behind Slack again
+        ("KFBOT_HTTP_READ_DEADLINE", "0"),
+        ("KFBOT_HTTP_READ_DEADLINE", "600"),  # a trickling client would hold a thread for 10 minutes
+        ("KFBOT_HTTP_READ_DEADLINE", "soon"),
         ("KFBOT_LOG_FORMAT", "xml"),
         ("KFBOT_LOG_LEVEL", "LOUD"),
         ("KFBOT_REQUEST_TTL", "3 days"),
@@ -186,6 +191,14 @@ def test_a_lowered_token_max_ttl_must_keep_room_for_the_default() -> None:
         Settings.from_env({"KFBOT_TOKEN_MAX_TTL": "30m"})
     tokens = Settings.from_env({"KFBOT_TOKEN_MAX_TTL": "30m", "KFBOT_TOKEN_DEFAULT_TTL": "15m"}).core.tokens
     assert (tokens.max_ttl, tokens.default_ttl) == (timedelta(minutes=30), timedelta(minutes=15))
+
+
+def test_the_http_deadline_and_health_port_default_and_parse() -> None:
+    default = Settings.from_env({}).http
+    assert (default.read_deadline, default.health_port, default.threads) == (5.0, 3001, 64)
+    given = Settings.from_env({"KFBOT_HTTP_READ_DEADLINE": "2.5", "KFBOT_HEALTH_PORT": "9090"}).http
+    assert (given.read_deadline, given.health_port) == (2.5, 9090)
+    assert Settings.from_env({"KFBOT_HTTP_PORT": "0", "KFBOT_HEALTH_PORT": "0"}).http.health_port == 0
 
 
 def test_dex_username_and_restart_quiet_period_default_when_unset() -> None:

@@ -928,6 +928,7 @@ def test_the_token_is_only_ever_in_the_requesters_modal(
         "KFBOT_AUDIT_KEY": "test-audit-key-0123456789abcdef",
         "KFBOT_HTTP_HOST": "127.0.0.1",
         "KFBOT_HTTP_PORT": "0",
+        "KFBOT_HEALTH_PORT": "0",
         "KFBOT_WORKER_ID": "token-edge-test",
         "KFBOT_PROVISIONER": "live",
         "KFBOT_NODEGROUP_SUBNETS": "subnet-0a1b2c3d",

@@ -78,6 +78,7 @@ def live_bot(
         "KFBOT_ADMIN_USERS": BOB,
         "KFBOT_HTTP_HOST": "127.0.0.1",
         "KFBOT_HTTP_PORT": "0",
+        "KFBOT_HEALTH_PORT": "0",
     }
     settings: Settings = tune_for_tests(Settings.from_env(env))
     migrating = composition.build_backend(settings)

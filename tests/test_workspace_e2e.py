@@ -679,6 +679,7 @@ def test_the_password_appears_only_in_the_owners_modal_on_the_live_slack_bot(
         "KFBOT_ADMIN_USERS": APPROVER,
         "KFBOT_HTTP_HOST": "127.0.0.1",
         "KFBOT_HTTP_PORT": "0",
+        "KFBOT_HEALTH_PORT": "0",
     }
     settings = tune_for_tests(Settings.from_env(env))
     assert settings.mode == "live" and settings.provisioning.aws_endpoint_url is None

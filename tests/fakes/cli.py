@@ -23,9 +23,10 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A clean environment with a SQLite database in ``tmp_path`` and an audit key."""
+    """A clean environment with a SQLite database in ``tmp_path``, an audit key, and the health
+    listener on a port of the kernel's choosing (tests run side by side)."""
     database = {"KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}", "KFBOT_AUDIT_KEY": AUDIT_KEY}
-    return clean_env(**{**database, **extra})
+    return clean_env(**{**database, "KFBOT_HEALTH_PORT": "0", **extra})
 
 
 def run_kfbot(

@@ -29,6 +29,7 @@ def bot_settings(fake: FakeSlack, workdir: Path, *, admins: str, **extra: str) -
         "KFBOT_AUDIT_KEY": "test-audit-key-0123456789abcdef",
         "KFBOT_HTTP_HOST": "127.0.0.1",
         "KFBOT_HTTP_PORT": "0",
+        "KFBOT_HEALTH_PORT": "0",
         **extra,
     }
     settings = Settings.from_env(env)

@@ -147,6 +147,8 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
 {{- end }}
 - name: KFBOT_HTTP_PORT
   value: {{ .Values.http.port | quote }}
+- name: KFBOT_HEALTH_PORT
+  value: {{ .Values.http.healthPort | quote }}
 # In-flight requests and acked work get the grace period minus the preStop pause and a margin;
 # what is left over stays in the database inbox for another replica (docs/DEPLOY.md).
 - name: KFBOT_SHUTDOWN_SECONDS
