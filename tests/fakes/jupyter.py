@@ -21,13 +21,14 @@ ends).
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from tests.fakes.local_http import FakeHttpServer, LocalHttpFake
 
 Mode = Literal["jupyter", "no-terminals", "rbac-denied", "html", "huge", "drip", "drip-forever", "drip-head"]
 
@@ -47,28 +48,11 @@ class Server:
     """Seconds between two dripped bytes."""
 
 
-class FakeJupyter:
+class FakeJupyter(LocalHttpFake):
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__(_Handler, "fake-jupyter")
         self._servers: dict[tuple[str, str], Server] = {}
         self.requests: list[str] = []
-        self._httpd = _HTTPServer(("127.0.0.1", 0), self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="fake-jupyter"
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
     def reset(self) -> None:
         with self._lock:
@@ -165,18 +149,10 @@ def _tornado_404() -> bytes:
     return b"<html><title>404: Not Found</title><body>404: Not Found</body></html>"
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], fake: FakeJupyter) -> None:
-        super().__init__(address, _Handler)
-        self.fake = fake
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _HTTPServer
+    server: FakeHttpServer
 
     def do_GET(self) -> None:
         server = self.server.fake.server_of(self.path)

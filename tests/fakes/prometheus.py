@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.local_http import FakeHttpServer, LocalHttpFake
 
 LOOKBACK = 300.0
 _SELECTOR = r"(?P<metric>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<matchers>[^}]*)\})?"
@@ -55,29 +56,12 @@ def go_float(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-class FakePrometheus:
+class FakePrometheus(LocalHttpFake):
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__(_Handler, "fake-prometheus")
         self.series: list[Series] = []
         self.requests: list[dict[str, str]] = []
         self._fail: list[tuple[int, str, str]] = []
-        self._httpd = _HTTPServer(("127.0.0.1", 0), self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="fake-prometheus"
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
     def reset(self) -> None:
         with self._lock:
@@ -208,18 +192,10 @@ def _time(text: str | None, default: float | None = None) -> float:
         raise QueryError(400, "bad_data", f"cannot parse {text!r} to a valid timestamp") from None
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], fake: FakePrometheus) -> None:
-        super().__init__(address, _Handler)
-        self.fake = fake
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _HTTPServer
+    server: FakeHttpServer
 
     def _serve(self) -> None:
         split = urlsplit(self.path)
