@@ -402,3 +402,55 @@ def test_stop_by_notebook_name_alone_finds_the_requesters_one_workspace(stack: L
     assert stack.apply(ALICE, "workspace new team-b").state is RequestState.SUCCEEDED
     with pytest.raises(errors.InvalidInput, match=r"You own 2 workspaces.*team-a|WORKSPACE/nb1"):
         stack.submit(ALICE, "gpu stop nb1")
+
+
+# -- the gate's limits on the cost kinds (atk2) -------------------------------------------------------
+
+
+@pytest.fixture
+def capped(db_url: str, apiserver: FakeApiServer, aws: AwsEnv) -> Iterator[LiveStack]:
+    """team-a (owner alice, one GPU nodegroup) on either database, with ``KFBOT_MAX_NODES=4``."""
+    with live_stack(db_url, apiserver, seed_aws(aws.url), env={"KFBOT_MAX_NODES": "4"}) as built:
+        done = built.apply(ALICE, "workspace new team-a --gpu 1")
+        assert done.state is RequestState.SUCCEEDED, done.error
+        yield built
+
+
+def request_count(stack: LiveStack) -> int:
+    with stack.backend.uow() as uow:
+        return len(uow.requests.list())
+
+
+def test_gpu_up_above_max_nodes_is_refused_at_planning_so_no_admin_can_approve_it(capped: LiveStack) -> None:
+    before = request_count(capped)
+    for actor in (ALICE, ADMIN):
+        with pytest.raises(
+            errors.InvalidInput, match=r"`/kf gpu up` N 100 is above the limit of 4 .*KFBOT_MAX_NODES"
+        ):
+            capped.submit(actor, "gpu up team-a 100")
+    assert request_count(capped) == before and scaling(capped)["maxSize"] < 4
+    # At the cap an admin decides, and the maximum approved is the cap, which is all the owner
+    # can then apply alone.
+    at_cap = capped.submit(ALICE, "gpu up team-a 4")
+    assert at_cap.state is RequestState.PENDING
+    capped.approve(at_cap.id, ADMIN)
+    capped.run()
+    assert scaling(capped)["maxSize"] == 4
+    with pytest.raises(errors.InvalidInput, match="KFBOT_MAX_NODES"):
+        capped.submit(ALICE, "gpu up team-a 5")
+
+
+def test_an_admin_who_works_in_the_workspace_waits_for_another_admin(capped: LiveStack) -> None:
+    assert capped.apply(ALICE, f"share team-a {ADMIN.email}").state is RequestState.SUCCEEDED
+    for text in ("gpu snooze team-a 7d", "gpu stop team-a/nb1", "gpu up team-a 1", "gpu down team-a"):
+        mine = capped.submit(ADMIN, text)
+        assert mine.state is RequestState.PENDING, text
+        with pytest.raises(errors.Forbidden):
+            capped.approve(mine.id, ADMIN)
+        assert capped.approve(mine.id, ADMIN2).state is RequestState.APPROVED
+        assert audit_rule(capped, mine.id) == ADMIN2.user_id
+        capped.run()
+    # An admin with no part in the workspace, and its owner, still apply alone.
+    assert capped.submit(ADMIN2, "gpu snooze team-a 1d").state is RequestState.APPROVED
+    capped.run()
+    assert capped.submit(ALICE, "gpu snooze team-a 2d").state is RequestState.APPROVED

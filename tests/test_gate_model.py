@@ -65,6 +65,7 @@ SETTINGS = CoreSettings(
     policy=PolicySettings(admin_users=frozenset(ADMINS)),
     workspace=WorkspaceDefaults(user_id_map={ADMIN_MAPPED.email: ADMIN_MAPPED_ID}),
 )
+MAX_NODES = SETTINGS.workspace.max_nodes
 WORKSPACES = ("team-a", "admin-ws")
 COST_KINDS = (kinds.NotebookStop.KIND, kinds.GpuScale.KIND, kinds.GpuHold.KIND, kinds.WorkspaceResize.KIND)
 PEOPLE = (ALICE.email, BOB.email, CAROL.email, ADMIN_OWNER.email, ADMIN_MAPPED.email, ADMIN_MAPPED_ID)
@@ -118,11 +119,16 @@ class Oracle:
     def may_apply_alone(self, actor: Actor, kind: str, args: dict[str, object]) -> bool:
         """The cost kinds' rule, written here independently of ``handlers.policy``: the workspace's
         owner or an admin stops, holds and scales down at once, and scales up at once only within
-        the approved maximum; a resize always waits for an admin."""
+        the approved maximum; a resize always waits for an admin. The admin branch holds only for
+        an admin who is none of the workspace's people (docs/SECURITY.md invariant 3)."""
         if kind == kinds.WorkspaceResize.KIND:
             return False
-        owner = self.owners.get(str(args["workspace"]))
-        if not (actor.is_admin or (owner is not None and canonical(actor.email) == owner)):
+        ws = str(args["workspace"])
+        owner = self.owners.get(ws)
+        me = canonical(actor.email)
+        # The owner's own self-service; an admin only for a workspace they are no one in (an
+        # admin-contributor's request waits for another admin, like any request for them).
+        if not ((owner is not None and me == owner) or (actor.is_admin and me not in self.people(ws))):
             return False
         nodes = int(str(args.get("nodes", 0)))
         return (
@@ -181,6 +187,10 @@ class GateMachine(RuleBasedStateMachine):
             result = services.submit(self.stack.core, actor, kind, idempotency_key=None)
         except errors.KfError:
             return
+        # KFBOT_MAX_NODES bounds every node count, whoever asks: refused before anything is recorded.
+        assert not (isinstance(kind, kinds.GpuScale) and kind.nodes > SETTINGS.workspace.max_nodes), (
+            f"{who}'s gpu up {kind.nodes} was recorded above KFBOT_MAX_NODES"
+        )
         if not result.duplicate:
             self.requests.append(result.request.id)
             self.requester_of[result.request.id] = actor
@@ -222,7 +232,17 @@ class GateMachine(RuleBasedStateMachine):
             ).request.id
             services.decide(self.stack.core, ADMIN, rid, approve=True, decision_key=f"setup:{rid}")
         self.stack.run()
+        # An admin who works in a workspace (not its owner): their own stop, hold or scale there is
+        # for them, so it waits for another admin.
+        services.submit(
+            self.stack.core,
+            ALICE,
+            kinds.Share("team-a", ADMIN_OWNER.email, "edit", None),
+            idempotency_key=None,
+        )
+        self.stack.run()
         self._apply_succeeded()
+        assert ADMIN_OWNER.email in self.oracle.contributors["team-a"]
 
     # -- commands ----------------------------------------------------------------------------------
     who = st.sampled_from(sorted(ACTORS))
@@ -269,7 +289,7 @@ class GateMachine(RuleBasedStateMachine):
     def stop_notebook(self, who: str, ws: str, notebook: str) -> None:
         self._submit(who, kinds.NotebookStop(ws, notebook))
 
-    @rule(who=who, ws=workspace, nodes=st.sampled_from((0, 1, 2, 3, 8)))
+    @rule(who=who, ws=workspace, nodes=st.sampled_from((0, 1, 2, 3, 8, MAX_NODES, MAX_NODES + 1, 100)))
     def scale(self, who: str, ws: str, nodes: int) -> None:
         self._submit(who, kinds.GpuScale(ws, nodes))
 
@@ -468,6 +488,10 @@ class GateMachine(RuleBasedStateMachine):
             assert state is stored, f"{rid} is {stored} but its audit trail ends in {state}"
 
     @invariant()
+    def no_approved_maximum_above_the_node_cap(self) -> None:
+        assert all(n <= MAX_NODES for n in self.oracle.max_nodes.values()), self.oracle.max_nodes
+
+    @invariant()
     def the_chain_verifies(self) -> None:
         result = self.stack.backend.audit_verify()
         assert result.ok, result.problem
@@ -501,3 +525,63 @@ def test_gate_model_on_sqlite(sqlite_template: tuple[str, Path]) -> None:
 @pytest.mark.timeout(900)
 def test_gate_model_on_postgres(_migrated_postgres_url: str) -> None:
     _run(GateMachine, _migrated_postgres_url, None, examples=15)
+
+
+def test_every_actor_and_cost_kind_applies_alone_exactly_as_the_oracle_says(db_url: str) -> None:
+    """The machine's cost-kind cells as a table, so no random draw can miss one: every actor files
+    a stop, a hold and a scale (within the approved maximum, above it, above ``KFBOT_MAX_NODES``)
+    in a workspace they own, work in (the admin-contributor) or are no one in."""
+    stack = build_stack(db_url, core=SETTINGS)
+    try:
+        machine_like = Oracle()
+        for name, owner, gpu in (("team-a", ALICE.email, 1), ("admin-ws", ADMIN_OWNER.email, 1)):
+            rid = services.submit(
+                stack.core, CAROL, kinds.WorkspaceCreate(name, owner, gpu=gpu), idempotency_key=None
+            ).request.id
+            services.decide(stack.core, ADMIN, rid, approve=True, decision_key=f"setup:{rid}")
+        stack.run()
+        services.submit(
+            stack.core, ALICE, kinds.Share("team-a", ADMIN_OWNER.email, "edit", None), idempotency_key=None
+        )
+        stack.run()
+        with stack.backend.db.uow() as uow:
+            for ws in uow.registry.list_workspaces():
+                machine_like.owners[ws.name] = ws.owner
+                machine_like.contributors[ws.name] = {g.user: g.role for g in uow.registry.grants(ws.name)}
+                machine_like.max_nodes[ws.name] = max(
+                    int(e["params"]["scaling"]["maxSize"])  # type: ignore[index, call-overload]
+                    for e in ws.created.values()
+                    if e["action"] == "aws.nodegroup"
+                )
+        cells = 0
+        for who, actor in ACTORS.items():
+            for ws in WORKSPACES:
+                for kind in (
+                    kinds.NotebookStop(ws, "nb1"),
+                    kinds.GpuHold(ws, f"workspace:{ws}", duration=timedelta(hours=4)),
+                    kinds.GpuScale(ws, 0),
+                    kinds.GpuScale(ws, 1),
+                    kinds.GpuScale(ws, 4),
+                    kinds.GpuScale(ws, MAX_NODES + 1),
+                ):
+                    cells += 1
+                    try:
+                        result = services.submit(stack.core, actor, kind, idempotency_key=None)
+                    except errors.Forbidden:
+                        owner = machine_like.owners[ws]
+                        assert not actor.is_admin and canonical(actor.email) != owner, (who, kind)
+                        continue
+                    except errors.InvalidInput as e:
+                        assert isinstance(kind, kinds.GpuScale) and kind.nodes > MAX_NODES, (who, kind, e)
+                        assert "KFBOT_MAX_NODES" in str(e)
+                        continue
+                    assert not (isinstance(kind, kinds.GpuScale) and kind.nodes > MAX_NODES), (who, kind)
+                    request = result.request
+                    alone = request.state is RequestState.APPROVED
+                    assert alone == machine_like.may_apply_alone(actor, request.kind, dict(request.args)), (
+                        f"{who}'s {request.kind} {dict(request.args)} applied alone={alone}"
+                    )
+                    services.cancel(stack.core, actor, request.id)  # the next cell asks of the same subject
+        assert cells == len(ACTORS) * len(WORKSPACES) * 6
+    finally:
+        stack.backend.db.dispose()

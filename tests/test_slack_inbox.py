@@ -2,7 +2,8 @@
 fake Slack, SQLite). The work pool is filled with blocked jobs to stand for a burst: a command
 acked then waits in the inbox (``slack_inbox``) and runs once there is room; a Reject click still
 opens its modal at once (the quick pool); a row whose 30 minutes ran out is told "busy" and
-dropped; a row another replica claimed and abandoned is taken over.
+dropped; a row another replica claimed and abandoned is taken over; work slower than the lease,
+or that waited in the pool past it, keeps its lease and runs once.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from urllib.parse import parse_qsl
 import pytest
 import sqlalchemy as sa
 
+import bot.listeners.common as listeners_common
 from bot import blocks
 from bot.app import Running
+from bot.identity import Identity
 from bot.listeners.common import BUSY_TEXT
+from handlers.model import Actor
+from provisioning import SqlInbox
+from provisioning.store import Database
+from provisioning.store.schema import slack_inbox
 from tests.fakes.slack import SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
@@ -30,6 +37,7 @@ from tests.fakes.slack_edge import (
     click,
     new_workspace_request,
     requests_in_db,
+    response_texts,
     settings_for,
     wait_response,
 )
@@ -142,3 +150,121 @@ def test_a_row_another_replica_still_holds_is_left_alone(bot: Running, fake_slac
     )  # fmt: skip
     assert bot.backend.inbox.claim("someone-else", now, now + timedelta(minutes=2), 10) == []
     assert inbox_keys(bot) == ["command:3.3.held"]
+
+
+# -- the lease is renewed while the work runs (atk2 finding 3) -------------------------------------
+
+LEASE = timedelta(seconds=1)
+"""A lease short enough that the work below outlasts it several times."""
+
+
+@pytest.fixture
+def short_lease(fake_slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    monkeypatch.setattr(listeners_common, "INBOX_LEASE", LEASE)
+    add_users(fake_slack)
+    with running_bot(settings_for(fake_slack, tmp_path)) as running:
+        assert running.edge.deps.inbox.lease == LEASE
+        yield running
+
+
+@pytest.fixture
+def slow_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[str], threading.Event]]:
+    """Every handler's first look-up (who acted) waits for the returned event: a slow handler.
+    The list records each run that started."""
+    runs: list[str] = []
+    release = threading.Event()
+    original = Identity.actor
+
+    def slow(self: Identity, user_id: str) -> Actor:
+        runs.append(user_id)
+        release.wait(WAIT)
+        return original(self, user_id)
+
+    monkeypatch.setattr(Identity, "actor", slow)
+    yield runs, release
+    release.set()
+
+
+def lease_until(bot: Running, key: str) -> datetime | None:
+    with bot.backend.db.reader() as conn:
+        value = conn.execute(sa.select(slack_inbox.c.lease_until).where(slack_inbox.c.key == key)).scalar()
+    return value if isinstance(value, datetime) else None
+
+
+def send(bot: Running, fake_slack: FakeSlack, name: str, trigger: str) -> None:
+    body = slash_command_body(
+        f"workspace new {name}", user_id=ALICE, response_url=fake_slack.response_url(name), trigger_id=trigger
+    )
+    assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
+
+
+def test_a_handler_slower_than_the_lease_keeps_it_and_runs_once(
+    short_lease: Running, fake_slack: FakeSlack, slow_identity: tuple[list[str], threading.Event]
+) -> None:
+    bot, (runs, release) = short_lease, slow_identity
+    send(bot, fake_slack, "team-slow", "4.4.slow")
+    fake_slack.wait_for(lambda: runs, WAIT, "the handler to start")
+    first = lease_until(bot, "command:4.4.slow")
+    assert first is not None
+    # Two leases later the work still runs, and its lease still stands: renewed, not expired.
+    fake_slack.wait_for(lambda: datetime.now(UTC) > first + 2 * LEASE, WAIT, "two leases to pass")
+    now = datetime.now(UTC)
+    renewed = lease_until(bot, "command:4.4.slow")
+    assert renewed is not None and renewed > now, "the lease of running work was not renewed"
+    assert bot.backend.inbox.claim("another-replica", now, now + LEASE, 10) == []
+    assert bot.edge.deps.inbox.sweep() == 0
+    release.set()
+    wait_response(fake_slack, "team-slow", "team-slow")
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the inbox to empty")
+    fake_slack.wait_for(lambda: bot.edge.deps.pool.free() == idle_free(bot), WAIT, "the pool to go idle")
+    assert runs == [ALICE] and len(response_texts(fake_slack, "team-slow")) == 1
+    assert [r.args["name"] for r in requests_in_db(bot)] == ["team-slow"]
+
+
+def idle_free(bot: Running) -> int:
+    return bot.edge.deps.pool._capacity  # what free() says with nothing queued
+
+
+def test_work_that_waited_in_the_pool_past_its_lease_runs_once(
+    short_lease: Running, fake_slack: FakeSlack
+) -> None:
+    bot = short_lease
+    pool = bot.edge.deps.pool
+    release = threading.Event()
+    threads = pool._executor._max_workers  # busy every worker, leave the queue room
+    for _ in range(threads):
+        assert pool.submit(lambda: release.wait(WAIT))
+    try:
+        send(bot, fake_slack, "team-queued", "5.5.queued")
+        fake_slack.wait_for(lambda: inbox_keys(bot) == ["command:5.5.queued"], WAIT, "the row")
+        first = lease_until(bot, "command:5.5.queued")
+        assert first is not None and pool.free() < idle_free(bot) - threads  # queued, not run
+        fake_slack.wait_for(lambda: datetime.now(UTC) > first + LEASE, WAIT, "the lease to run out")
+        bot.edge.deps.inbox.sweep()  # takes the expired row again, as the sweep thread would
+    finally:
+        release.set()
+    wait_response(fake_slack, "team-queued", "team-queued")
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the inbox to empty")
+    fake_slack.wait_for(lambda: pool.free() == idle_free(bot), WAIT, "the pool to go idle")
+    assert len(response_texts(fake_slack, "team-queued")) == 1, response_texts(fake_slack, "team-queued")
+
+
+def test_a_row_is_taken_for_work_only_by_its_holder_or_once_its_lease_ran_out(database: Database) -> None:
+    inbox = SqlInbox(database)
+    now = datetime.now(UTC)
+    later = now + timedelta(minutes=2)
+    body = {"user_id": ALICE, "trigger_id": "6.6.take"}
+    assert inbox.record(
+        "command:6.6.take", "command", body, owner="a", now=now, lease_until=later, expires_at=later
+    )
+    assert inbox.take("command:6.6.take", "a", now, later)  # its own claim
+    assert not inbox.take("command:6.6.take", "b", now, later)  # a's lease stands
+    assert not inbox.renew("command:6.6.take", "b", later)
+    assert inbox.renew("command:6.6.take", "a", later + timedelta(minutes=2))
+    # Past a's renewed lease (a died): b takes it, and a's heartbeat learns it lost it.
+    past = later + timedelta(minutes=3)
+    assert inbox.take("command:6.6.take", "b", past, past + timedelta(minutes=2))
+    assert not inbox.renew("command:6.6.take", "a", past + timedelta(minutes=4))
+    assert not inbox.take("command:6.6.take", "a", past, past + timedelta(minutes=2))
+    inbox.finish("command:6.6.take")
+    assert not inbox.take("command:6.6.take", "b", past, past + timedelta(minutes=2))  # done: nothing runs

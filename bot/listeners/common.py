@@ -10,8 +10,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -51,7 +52,8 @@ RESPONSE_URL_LIFETIME = timedelta(minutes=30)
 REDELIVERY_WAIT_SECONDS = 60.0
 """How long a redelivered request waits for this replica's run of its first copy."""
 INBOX_LEASE = timedelta(minutes=2)
-"""How long a replica's claim on an inbox row stands before another replica may take the row."""
+"""How long a replica's claim on an inbox row stands before another replica may take the row; a
+heartbeat renews it every third of that while the work runs."""
 
 Handler = Callable[[Mapping[str, object], WebClient, "Respond | None", str], None]
 """Durable work of a Slack request, from its payload alone: (body, client, respond, correlation
@@ -131,13 +133,25 @@ class Inbox:
     """Durable hand-over of acked Slack work (``provisioning.SqlInbox``): ``record`` before the ack,
     ``run`` after it, ``sweep`` for rows nobody is working on (another replica stopped, or this
     one's pool was full). A row is deleted when its handler returns or fails (a failure is told to
-    the person, as before); only a process that dies mid-work leaves it, for the next claim."""
+    the person, as before); only a process that dies mid-work leaves it, for the next claim.
 
-    def __init__(self, store: provisioning.SqlInbox, pool: WorkPool, owner: str | None = None) -> None:
+    A row's work runs once: a job runs only after it ``take``s the row's lease (one that waited in
+    the pool past the lease may find another replica holding it, or the row done), a heartbeat
+    renews the lease while it runs, and the sweep never queues a row this replica already holds."""
+
+    def __init__(
+        self,
+        store: provisioning.SqlInbox,
+        pool: WorkPool,
+        owner: str | None = None,
+        lease: timedelta | None = None,
+    ) -> None:
         self.store, self.pool = store, pool
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease = lease or INBOX_LEASE
         self._handlers: dict[str, Handler] = {}
         self._inflight: dict[str, threading.Event] = {}  # fresh keys this replica is running
+        self._held: set[str] = set()  # rows queued or running here (fresh or swept)
         self._inflight_lock = threading.Lock()
         self.client: WebClient | None = None
         """The bot's own client, for work swept from the inbox (set by ``bot.app``)."""
@@ -155,7 +169,7 @@ class Inbox:
             dict[str, JSON], json.loads(json.dumps({k: v for k, v in body.items() if k != "token"}))
         )
         fresh = self.store.record(
-            key, kind, payload, owner=self.owner, now=now, lease_until=now + INBOX_LEASE,
+            key, kind, payload, owner=self.owner, now=now, lease_until=now + self.lease,
             expires_at=now + RESPONSE_URL_LIFETIME,
         )  # fmt: skip
         return key, fresh
@@ -177,6 +191,7 @@ class Inbox:
         if fresh:
             with self._inflight_lock:
                 self._inflight[key] = threading.Event()
+                self._held.add(key)
         job = self._job(
             kind, key if fresh else None, body, client, respond, cid, context, after=None if fresh else key
         )
@@ -188,11 +203,44 @@ class Inbox:
             self._done(key)
             self.store.release([key], self.owner)
 
+    def _hold(self, key: str) -> bool:
+        """Mark ``key`` queued here; False when it is already (a sweep re-claiming a row whose
+        lease ran out while it waited in this pool: queuing it again would run it twice)."""
+        with self._inflight_lock:
+            if key in self._held:
+                return False
+            self._held.add(key)
+            return True
+
     def _done(self, key: str) -> None:
         with self._inflight_lock:
             event = self._inflight.pop(key, None)
+            self._held.discard(key)
         if event is not None:
             event.set()
+
+    @contextmanager
+    def _heartbeat(self, key: str) -> Iterator[None]:
+        """Renew this replica's lease on ``key`` every third of the lease while the work runs (as
+        the engine's step heartbeat does), so no sweep takes work that is slow, not dead."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease.total_seconds() / 3):
+                try:
+                    if not self.store.renew(key, self.owner, datetime.now(UTC) + self.lease):
+                        logger.warning("lost the inbox lease of running work; another replica may run it")
+                        return
+                except Exception:  # a database blip: the next beat tries again within the lease
+                    logger.exception("could not renew an inbox lease")
+
+        thread = threading.Thread(target=beat, name="kfbot-inbox-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _job(
         self,
@@ -215,8 +263,14 @@ class Inbox:
                         first = self._inflight.get(after)
                     if first is not None:
                         first.wait(REDELIVERY_WAIT_SECONDS)
+                if key is not None and not self._take(key):
+                    return
                 try:
-                    handler(body, client, respond, cid)
+                    if key is None:
+                        handler(body, client, respond, cid)
+                    else:
+                        with self._heartbeat(key):
+                            handler(body, client, respond, cid)
                 except Exception as error:  # the one handler, reached without Bolt's post-ack race
                     on_error(error, body, context, client, respond)
                 finally:
@@ -228,6 +282,19 @@ class Inbox:
 
         return run
 
+    def _take(self, key: str) -> bool:
+        """Take the row's lease right before its work starts; False (and nothing runs here) when
+        another replica took it meanwhile or its work is done."""
+        try:
+            taken = self.store.take(key, self.owner, datetime.now(UTC), datetime.now(UTC) + self.lease)
+        except Exception:  # the row stays, so a sweep runs it once the database answers
+            logger.exception("could not take an inbox row's lease; the sweep will")
+            taken = False
+        if not taken:
+            logger.info("an inbox row is another replica's or done; not run here")
+            self._done(key)
+        return taken
+
     def sweep(self) -> int:
         """Claim rows nobody is working on, as many as the pool has room for, and run them;
         one past ``expires_at`` is told "busy" instead. The number claimed."""
@@ -235,31 +302,39 @@ class Inbox:
         if client is None:
             return 0
         now = datetime.now(UTC)
-        items = self.store.claim(self.owner, now, now + INBOX_LEASE, self.pool.free())
+        items = self.store.claim(self.owner, now, now + self.lease, self.pool.free())
         for item in items:
+            if not self._hold(item.key):
+                continue  # queued or running here already: the claim only renewed our lease
             body: Mapping[str, object] = dict(item.payload)
             cid = log.new_correlation_id()
             if item.kind not in self._handlers:
                 logger.error("inbox row of unknown kind %s dropped", item.kind)
                 self.store.finish(item.key)
+                self._done(item.key)
                 continue
             if item.expires_at <= now:
                 with log.bound(cid):
                     logger.warning("an acked Slack request expired in the inbox; told the user")
                     tell(body, client, None, BUSY_TEXT)
                 self.store.finish(item.key)
+                self._done(item.key)
                 continue
             url = text_at(body, "response_url")
             respond = Respond(response_url=url) if url else None
             if not self.pool.submit(
                 self._job(item.kind, item.key, body, client, respond, cid, None), item.key
             ):
+                self._done(item.key)
                 self.store.release([item.key], self.owner)
         return len(items)
 
     def drain(self, timeout: float) -> None:
         """Shutdown: finish what the pool holds within ``timeout``; hand the rest back."""
-        self.store.release(self.pool.drain(timeout), self.owner)
+        never = self.pool.drain(timeout)
+        for key in never:
+            self._done(key)
+        self.store.release(never, self.owner)
 
 
 @dataclass(frozen=True)

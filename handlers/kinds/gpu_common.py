@@ -4,7 +4,10 @@ owner-or-admin rule, how a hold target is written, and the bot-made nodegroups o
 A workspace's owner, or an admin, stops what costs money without waiting for anyone: stopping a
 notebook or scaling an idle nodegroup to zero takes nothing from anyone but the workspace's own
 running work, which the plan checks for first. Anyone else is refused before anything is
-recorded, with a message that says who may."""
+recorded, with a message that says who may. An admin's request applies alone only when it is not
+for them (they are none of the kind's ``beneficiaries``): an admin who works in the workspace
+waits for another admin, as for an approval (docs/SECURITY.md invariant 3); the owner's own
+self-service stays, as for shares."""
 
 from __future__ import annotations
 
@@ -13,11 +16,11 @@ from collections.abc import Callable, Mapping
 
 from handlers import errors, naming
 from handlers.actions import ActionName
-from handlers.kinds.base import AutoRule, RequestKind, RequestRule, kubeflow_user
+from handlers.kinds.base import AutoRule, RequestKind, RequestRule, kubeflow_user, owns
 from handlers.model import Actor
 from handlers.plan import JSON, as_object
 from handlers.ports import Facts, WorkspaceFacts
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, kubeflow_user_id
 
 NOTEBOOK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A Notebook's name: a DNS-1123 label (the controller names its StatefulSet and Service after it)."""
@@ -51,12 +54,35 @@ def owner_or_admin_may_ask(
     return rule
 
 
+def is_for(actor: Actor, kind: RequestKind, facts: Facts, settings: CoreSettings) -> bool:
+    """Whether ``actor`` is one of the people ``kind`` is for, compared as ``handlers.policy``
+    compares deciders (raw and ``KFBOT_USER_ID_MAP``-mapped, either side)."""
+    mine = {actor.email.strip().lower(), kubeflow_user(actor, settings)}
+    for person in kind.beneficiaries(facts):
+        raw = person.strip().lower()
+        if mine & {raw, kubeflow_user_id(settings, raw)}:
+            return True
+    return False
+
+
+def applies_alone(
+    kind: RequestKind, actor: Actor, facts: Facts, workspace: str, settings: CoreSettings
+) -> bool:
+    """The owner-or-admin auto rule: the owner's own self-service, or an admin the request is not
+    for. An admin among the beneficiaries (a contributor) is an interested party: their request
+    waits for another admin, since an auto-approval is a decision too."""
+    if owns(actor, facts, workspace, settings):
+        return True
+    return actor.is_admin and not is_for(actor, kind, facts, settings)
+
+
 def owner_or_admin_applies(reason: str, workspace_of: Callable[[RequestKind], str]) -> AutoRule:
-    """``auto_apply``: the owner's or an admin's request applies at once (``may_request`` refused
-    everyone else already; checked again here so the rule stands on its own)."""
+    """``auto_apply``: the owner's request, or an uninvolved admin's, applies at once
+    (``may_request`` refused everyone else already; checked again here so the rule stands on its
+    own); an admin the request is for waits for another admin."""
 
     def rule(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
-        return reason if is_owner_or_admin(actor, facts, workspace_of(kind), settings) else None
+        return reason if applies_alone(kind, actor, facts, workspace_of(kind), settings) else None
 
     return rule
 

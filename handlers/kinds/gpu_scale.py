@@ -6,9 +6,11 @@ GPU pod asks. Right before that, a step lists the GPU pods on the nodegroup's no
 workspace's pending GPU pods and refuses (permanently, saying which pods) if there are any: a
 report's "Scale to 0" clicked after someone started work does not kill it.
 
-``/kf gpu up WORKSPACE [N]`` (default 1) sets the desired size to N. Within the approved maximum
-(the one the registry records: the create request's, or a later admin-approved change) the owner
-or an admin applies at once; above it an admin approves, and only then is the maximum raised."""
+``/kf gpu up WORKSPACE [N]`` (default 1) sets the desired size to N, never above
+``KFBOT_MAX_NODES`` (refused at planning, like ``--nodes MAX``). Within the approved maximum (the
+one the registry records: the create request's, or a later admin-approved change) the owner, or an
+admin who is none of the workspace's people, applies at once; above it an admin approves, and only
+then is the maximum raised."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from handlers.kinds.base import (
     whole_number,
     workspace_people,
 )
-from handlers.kinds.gpu_common import is_owner_or_admin, owner_or_admin_may_ask, scaling_of
+from handlers.kinds.gpu_common import applies_alone, owner_or_admin_may_ask, scaling_of
+from handlers.kinds.workspace_create import check_max_nodes
 from handlers.kinds.workspace_pin import gpu_nodegroups
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step
@@ -58,13 +61,15 @@ def approved_max(ws: WorkspaceFacts) -> int | None:
 
 def _auto(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> str | None:
     assert isinstance(kind, GpuScale)
-    if not is_owner_or_admin(actor, facts, kind.workspace, settings):
+    if not applies_alone(kind, actor, facts, kind.workspace, settings):
         return None
     if kind.nodes == 0:
         return "the workspace's owner or an admin scales its idle GPU nodegroup to zero"
     ws = facts.workspace(kind.workspace)
     limit = approved_max(ws) if ws is not None else None
-    if limit is not None and kind.nodes <= limit:
+    # A maximum recorded before KFBOT_MAX_NODES was lowered (or enforced here) approves nothing
+    # above today's cap; ``plan`` refuses such an N anyway.
+    if limit is not None and kind.nodes <= min(limit, settings.workspace.max_nodes):
         return "the workspace's owner or an admin scales up within the approved maximum"
     return None  # above the approved maximum: an admin decides
 
@@ -167,6 +172,9 @@ class GpuScale:
                 "resize; scale them with `/kf workspace resize`.",
                 field="workspace",
             )
+        # The cost guard of every node count: above it nothing is recorded, so no admin approves
+        # a maximum the next owner's `gpu up` would then apply alone.
+        check_max_nodes(self.nodes, ctx.settings.workspace.max_nodes, asked="`/kf gpu up` N")
         key, params = nodegroups[0]
         name = str(params["name"])
         low, _, high = scaling_of(params)

@@ -293,12 +293,13 @@ class WorkspaceCreate:
         )
 
 
-def check_max_nodes(nodes_max: int, limit: int) -> None:
-    """``KFBOT_MAX_NODES``: a cost guard on every ``--nodes MAX`` (checked when the plan is made,
-    so a request over it is refused before anything is recorded)."""
+def check_max_nodes(nodes_max: int, limit: int, *, asked: str = "--nodes MAX") -> None:
+    """``KFBOT_MAX_NODES``: a cost guard on every node count a request may make a nodegroup's
+    maximum (``--nodes MAX``, ``/kf gpu up N``), checked when the plan is made, so a request over
+    it is refused before anything is recorded and no admin can approve one."""
     if nodes_max > limit:
         raise errors.InvalidInput(
-            f"--nodes MAX {nodes_max} is above the limit of {limit} nodes per nodegroup here "
+            f"{asked} {nodes_max} is above the limit of {limit} nodes per nodegroup here "
             "(KFBOT_MAX_NODES); ask for fewer, or ask an admin to raise the limit.",
             field="nodes",
         )

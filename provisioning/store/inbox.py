@@ -6,9 +6,11 @@ verified payload *before* it acks (``record``, claimed by the recording replica 
 runs it from memory when it can, and deletes the row when done (``finish``). A row whose lease is
 free or expired is work nobody is doing: every replica's inbox sweep ``claim``s such rows, oldest
 first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two replicas never take the same one), and
-runs them through the same handlers. Running one twice is harmless by construction: the use cases
-behind them are idempotent on the request's own keys (a command's ``trigger_id``, a decision's
-key).
+runs them through the same handlers. A worker runs a row only once it has ``take``n its lease
+(a job that waited in a pool past the lease may find another replica holding it, or the row done),
+and ``renew``s the lease while the work runs (a heartbeat), so work slower than the lease is never
+claimed again and run a second time (not every command has an idempotency key of its own:
+``/kf retry``, ``/kf cancel``, ``pin --all``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,36 @@ class SqlInbox:
                 .where(slack_inbox.c.key.in_(keys), slack_inbox.c.claimed_by == owner)
                 .values(claimed_by=None, lease_until=None)
             )
+
+    def take(self, key: str, owner: str, now: datetime, lease_until: datetime) -> bool:
+        """Take ``key`` for work, until ``lease_until``: True when it is ``owner``'s now (its own
+        claim, or a free or expired lease); False when the row is gone (its work is done) or
+        another worker's lease stands."""
+        with self._db.engine.begin() as conn:
+            taken = conn.execute(
+                sa.update(slack_inbox)
+                .where(
+                    slack_inbox.c.key == key,
+                    sa.or_(
+                        slack_inbox.c.claimed_by == owner,
+                        slack_inbox.c.lease_until.is_(None),
+                        slack_inbox.c.lease_until < now,
+                    ),
+                )
+                .values(claimed_by=owner, lease_until=lease_until)
+            )
+        return taken.rowcount == 1
+
+    def renew(self, key: str, owner: str, lease_until: datetime) -> bool:
+        """Extend ``owner``'s lease on ``key`` (the heartbeat of running work); False when the row
+        is gone or no longer ``owner``'s."""
+        with self._db.engine.begin() as conn:
+            renewed = conn.execute(
+                sa.update(slack_inbox)
+                .where(slack_inbox.c.key == key, slack_inbox.c.claimed_by == owner)
+                .values(lease_until=lease_until)
+            )
+        return renewed.rowcount == 1
 
     def claim(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[InboxItem]:
         """Up to ``limit`` rows nobody is working on (lease free or expired), oldest first, now
