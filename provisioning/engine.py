@@ -29,6 +29,10 @@ Why it looks like this:
   about one workspace or grant never run at once, not even interleaved by a deferred step.
 * **A permanent failure compensates** completed steps in reverse, undoing only objects the bot
   created; an undo that fails leaves the request ``needs-attention`` for admins.
+* **Notices go through an outbox.** What a change is to tell people is appended to
+  ``notification_outbox`` in the change's own transaction (``_notify``) and delivered afterwards
+  by ``provisioning.publisher``: a step never waits on Slack's per-channel pace, and a crash after
+  the commit loses no notice. ``run_until_idle`` drains it before returning.
 * **Approved == applied.** At approved -> applying the plan is rendered again; a different digest
   sends the request back to pending for a new approval.
 """
