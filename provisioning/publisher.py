@@ -43,7 +43,9 @@ class Publisher:
         )
         beat.start()
         try:
-            services.announce(self.db.core_uow, self.notifier, self.clock, notice.request, notice.events)
+            services.announce(
+                self.db.core_uow, self.notifier, self.clock, notice.request, notice.events, notice.card
+            )
         except Exception:
             # The row stays claimed: it is tried again when the lease runs out (by us or another
             # replica), and the request's later notices wait behind it, so none overtakes it.

@@ -27,7 +27,7 @@ from handlers.model import Event, EventType, Request, RequestState
 from handlers.plan import JSON, Plan, as_object
 from provisioning.store.audit_chain import iso
 from provisioning.store.repositories import Tx
-from provisioning.store.schema import notification_outbox
+from provisioning.store.schema import notification_outbox, requests
 
 if TYPE_CHECKING:
     from provisioning.store.database import Database
@@ -104,6 +104,8 @@ class Notice:
     request: Request
     events: list[Event]
     attempts: int
+    card: tuple[str, str] | None
+    """Where the request's card is, read in the claiming transaction (``announce`` needs no other)."""
 
 
 class SqlOutbox:
@@ -155,11 +157,18 @@ class Outbox:
                 .where(o.c.id == row.id)
                 .values(claimed_by=owner, lease_until=lease_until, attempts=o.c.attempts + 1)
             )
+            # Read now, not when the row was appended: a card posted or moved since is where
+            # the thread is. The request's earlier notices are all delivered by now (head only).
+            card = conn.execute(
+                sa.select(requests.c.card_channel, requests.c.card_ts).where(requests.c.id == row.request_id)
+            ).first()
         return Notice(
             row.id,
             _request(row.request),
             [_event(e, row.request_id) for e in row.events],
             row.attempts + 1,
+            None if card is None or card.card_channel is None or card.card_ts is None
+            else (card.card_channel, card.card_ts),
         )
 
     def renew(self, notice_id: int, owner: str, lease_until: datetime) -> bool:
