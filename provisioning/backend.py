@@ -149,7 +149,8 @@ class Backend:
 
     def start_worker(self, notifier: Notifier, stop: threading.Event) -> threading.Thread:
         """Start the engine: ``settings.engine.workers`` worker threads, each claiming under its
-        own id (``WORKER_ID/N``: a lease is one worker's, not the process's), and on PostgreSQL
+        own id (``WORKER_ID/N``: a lease is one worker's, not the process's), the outbox
+        publisher that delivers their notices (``WORKER_ID/outbox``), and on PostgreSQL
         the listener for other replicas' work notifications. The returned thread supervises them:
         it ends when ``stop`` is set (after the workers finished what they hold) or when a worker
         died, so ``kfbot serve`` can exit and let the pod restart."""
@@ -162,6 +163,16 @@ class Backend:
             )
             for n in range(1, max(1, self.settings.engine.workers) + 1)
         ]
+        # One publisher per process delivers the workers' notices (the outbox) at Slack's pace,
+        # so no worker waits on it; any replica's publisher drains rows another one left.
+        publisher = threading.Thread(
+            target=self.engine(notifier, worker_id=f"{self.settings.engine.worker_id}/outbox")
+            .publisher()
+            .run_forever,
+            args=(stop,),
+            name="kfbot-outbox",
+            daemon=True,
+        )
         self.wakeups = self.db.wakeups()
         listener = (
             None
@@ -172,17 +183,22 @@ class Backend:
         def supervise() -> None:
             for thread in workers:
                 thread.start()
+            publisher.start()
             if listener is not None:
                 listener.start()
             try:
                 while not stop.wait(1.0):
-                    if not all(t.is_alive() for t in workers):
+                    if not all(t.is_alive() for t in [*workers, publisher]):
                         log.error("an engine worker stopped unexpectedly")
                         return
             finally:
                 self.db.work_signal.notify_all()  # idle workers see the stop now, not after a poll
+                self.db.outbox_signal.notify_all()
             for thread in workers:
                 thread.join()
+            # A delivery may be waiting out Slack's pace: not joined for long, its row stays and
+            # is delivered (again) by whichever publisher claims it next.
+            publisher.join(timeout=5.0)
             if listener is not None:
                 listener.join()
 

@@ -29,6 +29,10 @@ Why it looks like this:
   about one workspace or grant never run at once, not even interleaved by a deferred step.
 * **A permanent failure compensates** completed steps in reverse, undoing only objects the bot
   created; an undo that fails leaves the request ``needs-attention`` for admins.
+* **Notices go through an outbox.** What a change is to tell people is appended to
+  ``notification_outbox`` in the change's own transaction (``_notify``) and delivered afterwards
+  by ``provisioning.publisher``: a step never waits on Slack's per-channel pace, and a crash after
+  the commit loses no notice. ``run_until_idle`` drains it before returning.
 * **Approved == applied.** At approved -> applying the plan is rendered again; a different digest
   sends the request back to pending for a new approval.
 """
@@ -66,6 +70,7 @@ from handlers.ports import Clock, Facts, Notifier
 from handlers.settings import CoreSettings
 from provisioning.actions import REQUEST_MARK, ActionRegistry
 from provisioning.metrics import CRASH, ERROR, OK, RETRY, Metrics
+from provisioning.publisher import Publisher
 from provisioning.settings import EngineSettings
 from provisioning.store import Database, LeaseLost, ProvisioningUnitOfWork, StepRecord
 
@@ -165,10 +170,17 @@ class Engine:
         return True
 
     def run_until_idle(self, limit: int = 1000) -> int:
+        """Work until nothing is claimable now, then deliver the notices that work recorded (and
+        any left over), in order: for ``kfbot shell`` and tests, which read them at once."""
         done = 0
         while done < limit and self.run_once():
             done += 1
+        self.publisher().drain()
         return done
+
+    def publisher(self) -> Publisher:
+        """A publisher of this engine's outbox, delivering through its notifier under its id."""
+        return Publisher(self.db, self.notifier, self.clock, self.settings, worker_id=self.settings.worker_id)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Work until ``stop``; when idle, wait for a wake-up (``Database.work_signal``: an
@@ -532,9 +544,9 @@ class Engine:
                 first_failure_at=first_failure,
             )
             uow.audit.append(events)
-            card = uow.requests.card(request.id) if events else None
+            self._notify(uow, request, events)
             uow.commit()
-        self._notify(request, events, card)
+        self._notified(events)
 
     def _save(
         self,
@@ -548,13 +560,19 @@ class Engine:
             if on_commit is not None:
                 on_commit(uow)
             uow.audit.append(events)
-            card = uow.requests.card(request.id) if events else None
+            self._notify(uow, request, events)
             uow.commit()
-        self._notify(request, events, card)
+        self._notified(events)
 
-    def _notify(self, request: Request, events: list[Event], card: tuple[str, str] | None) -> None:
-        # ``card`` was read in the transaction that made the change: announcing costs no extra one.
-        services.announce(self.db.uow, self.notifier, self.clock, request, events, card)
+    def _notify(self, uow: ProvisioningUnitOfWork, request: Request, events: list[Event]) -> None:
+        """Record what to announce in the transaction of the change (the outbox): applying never
+        waits on Slack's pace, and a crash after the commit loses no notice. The request is
+        snapshotted as it is now, so each notice shows the state it is about."""
+        uow.outbox.append(request, events, self.clock.now())
+
+    def _notified(self, events: list[Event]) -> None:
+        if events:
+            self.db.outbox_signal.notify()  # after the commit: the publisher must see the row
 
     def _record_success(self, uow: ProvisioningUnitOfWork, request: Request, now: datetime) -> None:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was

@@ -9,7 +9,7 @@ rollback and no lease release runs, exactly like an OOM kill or a node loss:
   kills itself before returning, so the engine never records the outcome;
 * ``after_record``: the process kills itself once step STEP's outcome is committed: at the start
   of the next step's ``ensure`` (its RUNNING record is committed by then), or for the last step
-  when the engine announces the step's success (the announcement follows the commit).
+  right after the commit of its success (before the request's own success is committed).
 
 Usage: python -m tests.crash_worker_live WORLD_JSON STEP WHEN START_ISO (or ``run_in_child`` in a
 process forked from a preloaded forkserver, which is how the tests start it: same code, no import
@@ -23,20 +23,20 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
 
 from kubernetes import client
 
-from handlers.model import Event, EventType, Request
+from handlers.model import Event, EventType
 from handlers.plan import JSON, StepOutcome
-from handlers.ports import Delivery
 from handlers.settings import CoreSettings, WorkspaceDefaults
 from provisioning import DexSettings, KubeflowSettings, ProvisioningSettings, build_backend
 from provisioning.actions import Action
 from provisioning.backend import Backend
+from provisioning.engine import Engine
 from tests.fakes.clock import FakeClock
 from tests.harness import AUDIT_KEY, CORE, RecordingNotifier, engine_settings
 
@@ -135,17 +135,17 @@ class _KillBeforeCall:
         self.inner.undo(params, outcome)
 
 
-class _KillOnRecorded(RecordingNotifier):
-    """Dies when the engine announces step ``idx``'s success, which it does after the commit."""
+def _kill_on_recorded(idx: int) -> None:
+    """Die right after the engine commits step ``idx``'s success: its notices are in the outbox
+    by then (``Engine._notified`` runs after each commit), and the request's own success is not."""
+    committed = Engine._notified
 
-    def __init__(self, idx: int) -> None:
-        super().__init__()
-        self.idx = idx
-
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
-        if any(e.type is EventType.STEP_SUCCEEDED and e.data.get("idx") == self.idx for e in events):
+    def notified(engine: Engine, events: list[Event]) -> None:
+        committed(engine, events)
+        if any(e.type is EventType.STEP_SUCCEEDED and e.data.get("idx") == idx for e in events):
             _die()
-        return super().publish(request, events, card)
+
+    Engine._notified = notified  # type: ignore[method-assign, assignment]  # this doomed process only
 
 
 def run_in_child(world_json: str, step: str, when: str, start: str, env: Mapping[str, str]) -> None:
@@ -170,7 +170,7 @@ def main(world_json: str, step: str, when: str, start: str) -> int:
     elif idx + 1 < len(STEP_ACTIONS):
         actions[STEP_ACTIONS[idx + 1]] = _KillBeforeCall(actions[STEP_ACTIONS[idx + 1]])
     else:
-        notifier = _KillOnRecorded(idx)
+        _kill_on_recorded(idx)
     backend.actions = actions
     backend.run_until_idle(notifier)
     return EXIT_NOT_KILLED  # the request ran to the end without reaching the kill point

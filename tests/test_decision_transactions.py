@@ -68,8 +68,8 @@ def test_the_engine_never_tells_inside_a_transaction(db_url: str) -> None:
     assert stack.run() == 1
     published = [e for e in ledger.entries if e.startswith("publish:")]
     assert published and set(published) == {"publish:0"}
-    # Each notice follows the commit that made its change directly: no transaction of its own
-    # to find the card.
+    # Each notice follows the commit of the outbox claim that read its card: no transaction of its
+    # own to find the card.
     for i, entry in enumerate(ledger.entries):
         if entry.startswith("publish:"):
             assert ledger.entries[i - 1] == "commit"

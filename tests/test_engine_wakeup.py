@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from handlers import errors, kinds, services
 from handlers.model import SYSTEM, EventType, RequestState
-from provisioning.store import Database, requests
+from provisioning.store import Database, Outbox, requests
 from provisioning.store.wakeup import PgWakeups, WorkSignal
 from tests.harness import ADMIN, ALICE, Stack, build_stack
 
@@ -222,6 +222,8 @@ def test_a_request_waits_while_another_of_its_subject_runs(db_url: str) -> None:
         release.set()
         wait_for(lambda: state(stack, new) is RequestState.SUCCEEDED)
         wait_for(lambda: state(stack, old) not in (RequestState.APPROVED, RequestState.APPLYING))
+        # The engine's notices are delivered after their commits, by the outbox publisher.
+        wait_for(lambda: Outbox(stack.backend.db).pending() == 0)
     # What people were told, in order: the old request moved on only after the new one succeeded
     # (its worker released it after that notice).
     told = stack.notifier.published

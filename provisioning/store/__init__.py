@@ -42,6 +42,7 @@ from provisioning.store.cost import ReportRow, SqlCost
 from provisioning.store.database import Database
 from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.locks import DbLock, LeaderElection
+from provisioning.store.outbox import Notice, Outbox, SqlOutbox
 from provisioning.store.repositories import LeaseLost, SqlRegistry, SqlWork, StepRecord, TimerRow
 from provisioning.store.schema import (
     GENESIS_MAC,
@@ -69,10 +70,13 @@ __all__ = [
     "LeaderElection",
     "LeaseLost",
     "NodeUsage",
+    "Notice",
+    "Outbox",
     "ProvisioningUnitOfWork",
     "ReportRow",
     "SqlCost",
     "SqlInbox",
+    "SqlOutbox",
     "SqlRegistry",
     "SqlUnitOfWork",
     "SqlWork",

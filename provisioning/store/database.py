@@ -95,6 +95,8 @@ class Database:
         self.work_signal = WorkSignal()
         """Notified after a commit that made work claimable, by this process's units of work and,
         on PostgreSQL, by ``wakeups()``'s listener for the other replicas' (``store.wakeup``)."""
+        self.outbox_signal = WorkSignal()
+        """Notified after a commit that added notices to the outbox (``provisioning.publisher``)."""
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"

@@ -334,3 +334,22 @@ slack_inbox = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
     sa.Index("ix_slack_inbox_lease_until", "lease_until"),
 )
+
+# Notices the step engine owes Slack (migration 0005): appended in the transaction that made the
+# change, delivered by a publisher thread after it, deleted once announced (store/outbox.py). So
+# applying never waits on Slack's per-channel pace and a crash loses no notice. ``request`` is the
+# request as it was at that change (the notice is rendered from it), ``events`` the change's
+# events as the audit log holds them (secret-free: the same transaction appended them there).
+notification_outbox = sa.Table(
+    "notification_outbox",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),  # delivery order
+    sa.Column("request_id", sa.String(), nullable=False),
+    sa.Column("request", _json(), nullable=False),
+    sa.Column("events", _json(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("claimed_by", sa.String(), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    sa.Index("ix_notification_outbox_request_id", "request_id", "id"),
+)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from handlers.ports import AuditLog, DecisionKeys, RequestRepository, Timers
 from provisioning.store.audit_chain import SqlAuditLog
 from provisioning.store.cost import SqlCost
+from provisioning.store.outbox import SqlOutbox
 from provisioning.store.repositories import (
     SqlDecisionKeys,
     SqlRegistry,
@@ -123,17 +124,20 @@ class SqlUnitOfWork:
 
 class ProvisioningUnitOfWork(SqlUnitOfWork):
     """The same transaction with what only provisioning uses: the engine's and the sweeper's
-    leases and step outcomes (``work``) and the registry of what the bot made."""
+    leases and step outcomes (``work``), the registry of what the bot made and the notices owed
+    (``outbox``)."""
 
     work: SqlWork
     registry: SqlRegistry
     cost: SqlCost
+    outbox: SqlOutbox
 
     def _open(self, tx: Tx) -> None:
         super()._open(tx)
         self.work = SqlWork(tx)
         self.registry = SqlRegistry(tx)
         self.cost = SqlCost(tx)
+        self.outbox = SqlOutbox(tx)
 
 
 if TYPE_CHECKING:
