@@ -482,6 +482,14 @@ def test_the_sweeper_expires_a_pending_request(fake_slack: FakeSlack, tmp_path: 
     try:
         request_id = new_workspace_request(running, fake_slack)
         card = card_for(fake_slack, request_id)
+
+        def card_recorded() -> bool:
+            # Slack has the card a moment before the bot records where it is; the nudge threads
+            # under the recorded card, so the clock moves only once it is.
+            with running.backend.uow() as uow:
+                return uow.requests.card(request_id) is not None
+
+        fake_slack.wait_for(card_recorded, WAIT, "the card recorded")
         clock.advance(timedelta(minutes=31))
         sweep_once(running.backend, running.edge.deps.core)
         fake_slack.wait_for(
