@@ -148,6 +148,7 @@ def start_replica(n: int, db_url: str, fake: FakeSlack, workdir: Path, profile: 
         "KFBOT_AUDIT_KEY": AUDIT_KEY,
         "KFBOT_HTTP_HOST": "127.0.0.1",
         "KFBOT_HTTP_PORT": str(port),
+        "KFBOT_HEALTH_PORT": "0",  # replicas share this machine: the kernel picks each one's probe port
         "KFBOT_WORKER_ID": f"replica-{n}",
         "KFBOT_LOG_LEVEL": "WARNING",
     }
