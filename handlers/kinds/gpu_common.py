@@ -18,7 +18,7 @@ from handlers import errors, naming
 from handlers.actions import ActionName
 from handlers.kinds.base import AutoRule, RequestKind, RequestRule, kubeflow_user, owns
 from handlers.model import Actor
-from handlers.plan import JSON, as_object
+from handlers.plan import JSON, Step, as_object
 from handlers.ports import Facts, WorkspaceFacts
 from handlers.settings import CoreSettings, kubeflow_user_id
 
@@ -116,3 +116,22 @@ def scaling_of(params: Mapping[str, JSON]) -> tuple[int, int, int]:
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     return size("minSize"), size("desiredSize"), size("maxSize")
+
+
+def scaling_step(
+    key: str, params: Mapping[str, JSON], low: int, desired: int | None, high: int, summary: str
+) -> Step:
+    """The ``aws.nodegroup.scaling`` step for the nodegroup recorded under ``key``: minimum,
+    desired (None: EKS keeps it, clamped within the new bounds) and maximum size."""
+    return Step(
+        ActionName.NODEGROUP_SCALING,
+        key,
+        {
+            "cluster": params["cluster"],
+            "name": str(params["name"]),
+            "min_size": low,
+            "desired_size": desired,
+            "max_size": high,
+        },
+        summary,
+    )

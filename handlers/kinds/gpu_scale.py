@@ -34,7 +34,7 @@ from handlers.kinds.base import (
     whole_number,
     workspace_people,
 )
-from handlers.kinds.gpu_common import applies_alone, owner_or_admin_may_ask, scaling_of
+from handlers.kinds.gpu_common import applies_alone, owner_or_admin_may_ask, scaling_of, scaling_step
 from handlers.kinds.workspace_create import check_max_nodes
 from handlers.kinds.workspace_pin import gpu_nodegroups
 from handlers.model import Actor
@@ -145,16 +145,8 @@ class GpuScale:
                     )
                 )
                 steps.append(
-                    Step(
-                        ActionName.NODEGROUP_SCALING,
-                        key,
-                        {
-                            "cluster": params["cluster"],
-                            "name": name,
-                            "min_size": 0,
-                            "desired_size": 0,
-                            "max_size": high,
-                        },
+                    scaling_step(
+                        key, params, 0, 0, high,
                         f"EKS nodegroup `{name}`: minimum and desired size 0, maximum kept at {high}",
                     )
                 )
@@ -180,16 +172,12 @@ class GpuScale:
         low, _, high = scaling_of(params)
         new_max = max(high, self.nodes)
         steps.append(
-            Step(
-                ActionName.NODEGROUP_SCALING,
+            scaling_step(
                 key,
-                {
-                    "cluster": params["cluster"],
-                    "name": name,
-                    "min_size": min(low, self.nodes),
-                    "desired_size": self.nodes,
-                    "max_size": new_max,
-                },
+                params,
+                min(low, self.nodes),
+                self.nodes,
+                new_max,
                 f"EKS nodegroup `{name}`: desired size {self.nodes} (maximum {new_max}"
                 + (f", raised from {high})" if new_max > high else ")"),
             )

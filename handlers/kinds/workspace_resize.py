@@ -31,7 +31,7 @@ from handlers.kinds.base import (
     text,
     workspace_people,
 )
-from handlers.kinds.gpu_common import bot_nodegroups, owner_or_admin_may_ask, scaling_of
+from handlers.kinds.gpu_common import bot_nodegroups, owner_or_admin_may_ask, scaling_of, scaling_step
 from handlers.kinds.gpu_scale import recorded_scaling
 from handlers.kinds.workspace_create import (
     PINNING_LIMITS,
@@ -144,16 +144,12 @@ class WorkspaceResize:
             name = str(params["name"])
             low, _, high = scaling_of(params)
             steps.append(
-                Step(
-                    ActionName.NODEGROUP_SCALING,
+                scaling_step(
                     key,
-                    {
-                        "cluster": params["cluster"],
-                        "name": name,
-                        "min_size": self.nodes_min,
-                        "desired_size": None,
-                        "max_size": self.nodes_max,
-                    },
+                    params,
+                    self.nodes_min,
+                    None,
+                    self.nodes_max,
                     f"EKS nodegroup `{name}`: {low}..{high} -> {self.nodes_min}..{self.nodes_max} nodes "
                     "(desired size kept within them)",
                 )
