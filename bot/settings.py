@@ -542,6 +542,8 @@ class _Env:
         except ValueError as exc:
             kind = "a whole number" if integer else "a number"
             raise SettingsError(f"{name}={value!r}: give {kind}.", variable=name) from exc
+        if not math.isfinite(number):  # nan passes every bound check below
+            raise SettingsError(f"{name}={value!r}: give a finite number.", variable=name)
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             raise SettingsError(
                 f"{name}={value!r}: must be between {minimum} and {maximum}.", variable=name

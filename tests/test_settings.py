@@ -288,3 +288,17 @@ def test_serve_names_every_missing_setting_and_the_live_provisioners_needs() -> 
         "KFBOT_NODEGROUP_SUBNETS",
         "KFBOT_NODE_ROLE_ARN",
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["KFBOT_IDLE_GPU_UTIL", "KFBOT_HTTP_READ_DEADLINE", "KFBOT_HTTP_TIMEOUT", "KFBOT_SWEEP_SECONDS",
+     "KFBOT_SHUTDOWN_SECONDS", "KFBOT_LEASE_SECONDS"],
+)
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
+def test_a_number_setting_refuses_what_is_not_a_finite_number(name: str, value: str) -> None:
+    # nan passes every `<` and `>` bound check: a util threshold of nan made every GPU look
+    # unused, a read deadline of nan never expired (third attack round).
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({name: value})
+    assert name in refused.value.user_message
