@@ -44,33 +44,6 @@ from provisioning import SystemClock
 
 JSON = Any
 
-BLOCK_TYPES = frozenset({"header", "section", "context", "actions", "divider", "input", "image", "rich_text"})
-ELEMENT_TYPES = frozenset(
-    {
-        "button",
-        "image",
-        "mrkdwn",
-        "plain_text",
-        "overflow",
-        "static_select",
-        "external_select",
-        "users_select",
-        "conversations_select",
-        "channels_select",
-        "multi_static_select",
-        "multi_users_select",
-        "datepicker",
-        "timepicker",
-        "plain_text_input",
-        "email_text_input",
-        "number_input",
-        "url_text_input",
-        "checkboxes",
-        "radio_buttons",
-    }
-)
-"""What this renderer draws; anything else is reported as unknown."""
-
 EMOJI = {
     "white_check_mark": "✅",
     "heavy_check_mark": "✔️",
@@ -477,10 +450,15 @@ SAMPLE_USERS = {"U0ALICE": "alice", "U0BOB": "bob"}
 
 
 def sample_request(
-    command: str, *, email: str = "alice@example.com", user_id: str = "U0ALICE"
+    command: str,
+    *,
+    email: str = "alice@example.com",
+    user_id: str = "U0ALICE",
+    before: Sequence[str] = (),
 ) -> tuple[Request, Settings]:
     """File ``command`` (the text after ``/kf``) through the real core, as a Slack user, on a
-    throw-away SQLite database with the dry-run provisioner; the request as recorded."""
+    throw-away SQLite database with the dry-run provisioner; the request as recorded.
+    ``before``: commands filed first, approved by an admin and applied (a workspace to delete)."""
     with tempfile.TemporaryDirectory(prefix="kfbot-render-") as folder:
         settings = Settings.from_env(
             {
@@ -494,12 +472,20 @@ def sample_request(
             backend.migrate()
             core = composition.build_core(settings, backend, NullNotifier(), SystemClock())
             actor = Actor(user_id=user_id, email=email)
-            kind = parse.parse_command(
-                command, requester_email=email, resolve_user=lambda uid: uid, settings=core.settings
-            )
-            if isinstance(kind, parse.Control):
-                raise ValueError(f"{command!r} is not a request")
-            return services.submit(core, actor, kind, idempotency_key=None).request, settings
+            admin = Actor(user_id="U0BOB", email="bob@example.com", is_admin=True)
+            for n, text in enumerate((*before, command)):
+                kind = parse.parse_command(
+                    text, requester_email=email, resolve_user=lambda uid: uid, settings=core.settings
+                )
+                if isinstance(kind, parse.Control):
+                    raise ValueError(f"{text!r} is not a request")
+                request = services.submit(core, actor, kind, idempotency_key=None).request
+                if n < len(before):
+                    services.decide(
+                        core, admin, request.id, approve=True, decision_key=f"sample:{request.id}"
+                    )
+                    backend.run_until_idle(NullNotifier())
+            return request, settings
         finally:
             backend.close()
 
