@@ -390,7 +390,7 @@ class Renderer:
             blocks = payload.get("blocks", []) if isinstance(payload, Mapping) else payload
             if not isinstance(blocks, list):
                 raise ValueError("expected a list of blocks, a message with blocks or a view")
-            initial = "".join(w[0] for w in re.split(r"[-_ ]", app) if w)[:2].upper()
+            initial = _initials(app)
             body = (
                 f'<div class="page"><div class="msg"><div class="avatar">{html.escape(initial)}</div>'
                 f'<div class="msg-body"><span class="sender">{html.escape(app)}</span>'
@@ -411,7 +411,7 @@ class Renderer:
     def _view(self, view: JSON, app: str) -> str:
         if view.get("type") == "home":
             return (
-                f'<div class="home-bar"><div class="avatar">{html.escape(app[:2].upper())}</div>'
+                f'<div class="home-bar"><div class="avatar">{html.escape(_initials(app))}</div>'
                 f'<span class="name">{html.escape(app)}</span></div>'
                 '<div class="tabs"><span class="on">Home</span><span>Messages</span><span>About</span></div>'
                 f'<div class="page">{self.blocks(view.get("blocks", []))}</div>'
@@ -424,6 +424,10 @@ class Renderer:
             f'<div class="modal-body">{self.blocks(view.get("blocks", []))}</div>'
             f'<div class="modal-foot"><span class="btn">{close}</span>{submit}</div></div></div>'
         )
+
+
+def _initials(app: str) -> str:
+    return "".join(w[0] for w in re.split(r"[-_ ]", app) if w)[:2].upper()
 
 
 def _unslack(text: str) -> str:
