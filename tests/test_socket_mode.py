@@ -267,7 +267,9 @@ def test_over_http_an_event_no_listener_handles_is_answered_200(
     """The same catch-all in HTTP mode: Bolt would answer 404, and Slack retries what is not 2xx."""
     add_users(fake_slack)
     with running_bot(settings_for(fake_slack, tmp_path)) as running:
-        body = json.dumps(event_payload({"type": "app_home_opened", "user": ALICE, "tab": "home"})).encode()
+        # app_home_opened has a listener now (the App Home); a reaction is an event nobody handles.
+        event = {"type": "reaction_added", "user": ALICE, "reaction": "eyes", "event_ts": "1700000000.000200"}
+        body = json.dumps(event_payload(event)).encode()
         status, _, _ = post_signed(running.url, body, SIGNING_SECRET)
         assert status == 200
         assert [c.method for c in fake_slack.calls if c.method.startswith(("chat.", "views."))] == []
