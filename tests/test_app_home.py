@@ -183,7 +183,7 @@ def test_tokens_are_revoked_from_the_tab_only_by_who_may(bot: Running, fake_slac
     wait_state(bot, token_request, RequestState.SUCCEEDED)
 
     alice = open_home(bot, fake_slack, ALICE)
-    [(action, token_id)] = [b for b in buttons(alice) if b[0] == home.HOME_REVOKE]
+    [(_, token_id)] = [b for b in buttons(alice) if b[0] == home.HOME_REVOKE]
     assert "team-a" in json.dumps(alice) and "(owner)" in json.dumps(alice)
 
     click_home(bot, fake_slack, DAVE, home.HOME_REVOKE, token_id)  # a stranger's forged click

@@ -653,7 +653,8 @@ class FakeSlack:
                 seen: set[str] = set()  # action ids are unique within a block, not a view
                 for element in _elements([block]):
                     action_id = str(element.get("action_id") or "")
-                    if len(action_id) > 255 or len(str(element.get("value") or "")) > 2000 or action_id in seen:
+                    too_long = len(action_id) > 255 or len(str(element.get("value") or "")) > 2000
+                    if too_long or action_id in seen:
                         raise _ApiError("invalid_arguments")
                     if action_id:
                         seen.add(action_id)
@@ -786,8 +787,8 @@ def home_action_body(
         (
             str(b.get("block_id") or "")
             for b in view.get("blocks", [])
-            for e in ([b.get("accessory")] if isinstance(b.get("accessory"), dict) else []) + list(b.get("elements") or [])
-            if isinstance(e, dict) and e.get("action_id") == action_id and e.get("value") == value
+            for e in _elements([b])
+            if e.get("action_id") == action_id and e.get("value") == value
         ),
         "b",
     )
