@@ -173,7 +173,7 @@ def home_sources(backend: provisioning.Backend) -> HomeSources:
 
     return HomeSources(
         workspaces=backend.workspaces,
-        workspace_view=backend.workspace_view,
+        workspace_view=lambda name, live: backend.workspace_view(name, live=live),
         tokens=backend.tokens,
         month_usd=month_usd,
         gpu_nodes=backend.gpu_nodes_running,

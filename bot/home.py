@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
@@ -257,7 +257,8 @@ class HomeSources:
     """The backend's reads the Home tab uses, as callables (the composition root binds them)."""
 
     workspaces: Callable[[], list[WorkspaceRecord]]
-    workspace_view: Callable[[str], WorkspaceView | None]
+    workspace_view: Callable[[str, bool], WorkspaceView | None]
+    """(name, live): ``Backend.workspace_view``."""
     tokens: Callable[[str], list[TokenRecord]]
     month_usd: Callable[[], dict[str, float]]
     gpu_nodes: Callable[[], dict[str, int] | None]
@@ -266,35 +267,38 @@ class HomeSources:
 def gather(
     core: services.Core, sources: HomeSources, actor: Actor, *, dry_run: bool, dashboard_url: str | None
 ) -> home.HomeView:
-    """Read what the core needs for ``actor``'s Home tab and let it decide what is shown. Quota
-    comes from the live view of the person's own workspaces only (a failed read shows no quota)."""
+    """Read what the core needs for ``actor``'s Home tab and let it decide what is shown. The
+    registry (database only) for every workspace; the live view (the quota, a cluster read) only
+    for those the core says are the person's (a failed read shows no quota)."""
     month = sources.month_usd()
     nodes = sources.gpu_nodes()
-    inputs: list[home.WorkspaceInput] = []
+    inputs: dict[str, home.WorkspaceInput] = {}
     for row in sources.workspaces():
-        try:
-            view = sources.workspace_view(row.name)
-        except errors.KfError:
-            logger.warning("App Home: could not read workspace %s", row.name)
-            view = None
+        view = sources.workspace_view(row.name, False)
         grants = tuple(home.GrantInput(g.user, g.role, g.expires_at) for g in (view.grants if view else ()))
-        live = view.live if view is not None else None
-        inputs.append(
-            home.WorkspaceInput(
-                name=row.name,
-                owner=row.owner,
-                grants=grants,
-                quota_hard=dict(live.quota.hard) if live else {},
-                quota_used=dict(live.quota.used) if live else {},
-                gpu_nodes=None if nodes is None else nodes.get(row.name, 0),
-                month_usd=month.get(row.name),
-            )
+        inputs[row.name] = home.WorkspaceInput(
+            name=row.name,
+            owner=row.owner,
+            grants=grants,
+            gpu_nodes=None if nodes is None else nodes.get(row.name, 0),
+            month_usd=month.get(row.name),
         )
+    for name in home.theirs(core, actor, inputs.values()):
+        try:
+            live = sources.workspace_view(name, True)
+        except errors.KfError:
+            logger.warning("App Home: could not read workspace %s", name)
+            continue
+        state = live.live if live is not None else None
+        if state is not None:
+            inputs[name] = replace(
+                inputs[name], quota_hard=dict(state.quota.hard), quota_used=dict(state.quota.used)
+            )
     tokens = [
         home.TokenInput(t.token_id, t.workspace, t.role, t.expires_at) for t in sources.tokens(actor.user_id)
     ]
     return home.build(
-        core, actor, workspaces=inputs, tokens=tokens, dry_run=dry_run, dashboard_url=dashboard_url
+        core, actor, workspaces=inputs.values(), tokens=tokens, dry_run=dry_run, dashboard_url=dashboard_url
     )
 
 
@@ -400,6 +404,9 @@ class Home:
 
     def changed(self, request: Request, events: Sequence[Event]) -> None:
         """A committed change: republish, debounced, the tabs it makes stale."""
+        with self._seen_lock:
+            if not self._seen:  # nobody looks: no admin lookup, no Slack call
+                return
         try:
             admins = list(self._admins())
         except Exception:  # the group lookup failing must not cost the requester their refresh

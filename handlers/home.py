@@ -99,6 +99,23 @@ class HomeView:
     failures: tuple[Request, ...] = ()
 
 
+def theirs(core: services.Core, actor: Actor, workspaces: Iterable[WorkspaceInput]) -> list[str]:
+    """The workspaces the Home tab of ``actor`` shows: those they own or hold a grant on (an
+    admin's too: the tab is about their own work, ``/kf workspace list`` shows every one)."""
+    user = policy.kubeflow_user(actor, core.settings)
+    names = []
+    for ws in workspaces:
+        grantees = [g.user for g in ws.grants]
+        if ws.owner != user and user not in grantees:
+            continue
+        try:
+            policy.check_may_see_workspace(actor, core.settings, ws.name, ws.owner, grantees)
+        except errors.NotFound:
+            continue
+        names.append(ws.name)
+    return sorted(names)
+
+
 def build(
     core: services.Core,
     actor: Actor,
@@ -113,16 +130,10 @@ def build(
     user = policy.kubeflow_user(actor, core.settings)
     lines: list[WorkspaceLine] = []
     grants: list[GrantLine] = []
-    for ws in sorted(workspaces, key=lambda w: w.name):
+    by_name = {ws.name: ws for ws in workspaces}
+    for name in theirs(core, actor, by_name.values()):
+        ws = by_name[name]
         mine = [g for g in ws.grants if g.user == user]
-        if ws.owner != user and not mine:
-            continue  # an admin's Home shows the workspaces they work in, not every one
-        try:
-            policy.check_may_see_workspace(
-                actor, core.settings, ws.name, ws.owner, [g.user for g in ws.grants]
-            )
-        except errors.NotFound:
-            continue
         role = "owner" if ws.owner == user else mine[0].role
         lines.append(WorkspaceLine(ws.name, role, ws.quota_hard, ws.quota_used, ws.gpu_nodes, ws.month_usd))
         grants += [GrantLine(ws.name, g.role, g.expires_at) for g in mine]

@@ -199,6 +199,14 @@ def test_tokens_are_revoked_from_the_tab_only_by_who_may(bot: Running, fake_slac
     click_home(bot, fake_slack, ALICE, home.HOME_REVOKE, "x" * 40 + "<@U1>")  # not a token id
     wait_dm(fake_slack, ALICE, "not a token id")
 
+    # A grant shows on the grantee's tab with its end; a stranger (and an admin not in it) sees none.
+    share = new_request(bot, fake_slack, "share team-a dave@example.com --role view --for 7d", user=ALICE)
+    wait_state(bot, share, RequestState.SUCCEEDED)
+    dave = json.dumps(open_home(bot, fake_slack, DAVE))
+    assert "view on *team-a*, until" in dave and "*team-a* (view)" in dave
+    for outsider in (EVE, CAROL):
+        assert "team-a" not in json.dumps(open_home(bot, fake_slack, outsider))
+
 
 def test_the_messages_tab_publishes_nothing_and_a_burst_refreshes_once(
     bot: Running, fake_slack: FakeSlack
