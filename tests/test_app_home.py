@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot import blocks, home
@@ -265,6 +265,7 @@ def _request(i: int, state: RequestState, requester: str) -> Request:
 
 
 @settings(max_examples=25, deadline=None)
+@example(counts=(40, 40, 40, 40, 40, 40), admin=True, dry_run=True)  # every list past its cut
 @given(
     counts=st.tuples(*(st.integers(0, 40) for _ in range(6))),
     admin=st.booleans(),
