@@ -24,6 +24,7 @@ from bot.app import Running
 from handlers import home as core_home
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
+from provisioning import NodeUsage
 from tests.fakes.slack import SIGNING_SECRET, FakeSlack, app_home_opened, home_action_body, post_signed
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
@@ -182,7 +183,15 @@ def test_tokens_are_revoked_from_the_tab_only_by_who_may(bot: Running, fake_slac
     token_request = new_request(bot, fake_slack, "token team-a --read-only", user=ALICE)
     wait_state(bot, token_request, RequestState.SUCCEEDED)
 
+    now = datetime.now(UTC)  # GPU node time the scans recorded this month (the usage ledger)
+    for minutes in (1, 0):
+        usage = NodeUsage("n1", "kf-team-a-gpu", "team-a", "g5.xlarge", idle=False, hourly_usd=6.0)
+        bot.backend.usage.record(now - timedelta(minutes=minutes), [usage])
+    month = {m.workspace: m.usd for m in bot.backend.month_usage()}
+    assert month["team-a"] > 0
+
     alice = open_home(bot, fake_slack, ALICE)
+    assert f"${month['team-a']:,.2f} GPU this month" in json.dumps(alice)
     [(_, token_id)] = [b for b in buttons(alice) if b[0] == home.HOME_REVOKE]
     assert "team-a" in json.dumps(alice) and "(owner)" in json.dumps(alice)
 
