@@ -6,6 +6,7 @@ as elsewhere. Pure parts: the 100-block cut (a property) and the debounce."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -20,12 +21,19 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot import blocks, home
-from bot.app import Running
+from bot.app import Running, home_sources
 from handlers import home as core_home
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
 from provisioning import NodeUsage
-from tests.fakes.slack import SIGNING_SECRET, FakeSlack, app_home_opened, home_action_body, post_signed
+from tests.fakes.slack import (
+    SIGNING_SECRET,
+    FakeSlack,
+    app_home_opened,
+    home_action_body,
+    post_signed,
+    view_submission_body,
+)
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
     ALICE,
@@ -165,6 +173,23 @@ def test_each_person_sees_their_own_and_no_admin_approves_what_is_for_them(
 
     wait_until(refreshed, "Alice's Home to show her new workspace")
 
+    # Reject from the tab: the card's modal, the card's decision.
+    other = new_request(bot, fake_slack, "workspace new team-d", user=DAVE)
+    other_request = next(r for r in requests_in_db(bot) if r.id == other)
+    click_home(bot, fake_slack, BOB, blocks.REJECT, blocks.decision_value(other_request))
+    modal = fake_slack.wait_for(
+        lambda: [v for v in fake_slack.views.values() if v.get("callback_id") == blocks.REJECT_VIEW], WAIT
+    )[0]
+    body = view_submission_body(
+        blocks.REJECT_VIEW,
+        {"reason": {"reason": "not now"}},
+        user_id=BOB,
+        private_metadata=modal["private_metadata"],
+        view_id=modal["id"],
+    )
+    assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
+    assert wait_state(bot, other, RequestState.REJECTED).decided_by == BOB
+
     # Cancel from the tab: not by someone else (Alice on Dave's request), by its requester yes.
     click_home(bot, fake_slack, ALICE, home.HOME_CANCEL, for_carol)
     wait_dm(fake_slack, ALICE, "Only the requester or an admin")
@@ -192,6 +217,11 @@ def test_tokens_are_revoked_from_the_tab_only_by_who_may(bot: Running, fake_slac
 
     alice = open_home(bot, fake_slack, ALICE)
     assert f"${month['team-a']:,.2f} GPU this month" in json.dumps(alice)
+    # GPU nodes come from the last scan (dry-run has none); with one, the tab counts them.
+    sources = dataclasses.replace(home_sources(bot.backend), gpu_nodes=lambda: {"team-a": 2})
+    actor = bot.edge.deps.identity.actor(ALICE)
+    gathered = home.gather(bot.edge.deps.core, sources, actor, dry_run=False, dashboard_url=None)
+    assert "2 GPU nodes running" in json.dumps(home.render_home(gathered))
     [(_, token_id)] = [b for b in buttons(alice) if b[0] == home.HOME_REVOKE]
     assert "team-a" in json.dumps(alice) and "(owner)" in json.dumps(alice)
 
