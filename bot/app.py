@@ -32,6 +32,7 @@ from bot import listeners
 from bot import logging as log
 from bot.cost import CostReporter
 from bot.digest import install_digest
+from bot.home import Home, HomeNotifier, HomeSources
 from bot.http import HttpLimits, HttpServer, wsgi_app
 from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, Inbox, WorkPool
@@ -101,6 +102,8 @@ class SlackEdge:
     deps: listeners.Deps
     notifier: Notifier
     client: WebClient
+    home: Home | None = None
+    """The App Home publisher: ``home.view_for(user_id)`` is the Home view JSON that person sees."""
 
 
 def build_slack(
@@ -130,7 +133,21 @@ def build_slack(
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)
+    homes: list[Home] = []
+    notifier = HomeNotifier(notifier, lambda: homes[0] if homes else None)
     core = build_core(settings, backend, notifier, clock)
+    home = Home(
+        lambda: core,
+        home_sources(backend),
+        client,
+        identity.actor,
+        identity.admin_ids,
+        dry_run=backend.mode == "dry-run",
+        dashboard_url=settings.slack.dashboard_url,
+        confirm_above=settings.slack.confirm_above,
+        refresh_seconds=settings.slack.home_refresh_seconds,
+    )
+    homes.append(home)
     app = App(
         client=client,
         signing_secret=settings.slack.signing_secret,
@@ -140,9 +157,27 @@ def build_slack(
     )
     inbox = Inbox(backend.inbox, WorkPool(work_threads))
     inbox.client = client
-    deps = listeners.Deps(settings=settings, core=core, identity=identity, backend=backend, inbox=inbox)
+    deps = listeners.Deps(
+        settings=settings, core=core, identity=identity, backend=backend, inbox=inbox, home=home
+    )
     listeners.register(app, deps)
-    return SlackEdge(app, deps, notifier, client)
+    return SlackEdge(app, deps, notifier, client, home)
+
+
+def home_sources(backend: provisioning.Backend) -> HomeSources:
+    """The Home tab's reads: the registry, the live quota, tokens, this month's GPU cost from the
+    usage ledger and the last scan's GPU nodes (never a scan of its own)."""
+
+    def month_usd() -> dict[str, float]:
+        return {m.workspace: m.usd for m in backend.month_usage() if m.workspace is not None}
+
+    return HomeSources(
+        workspaces=backend.workspaces,
+        workspace_view=lambda name, live: backend.workspace_view(name, live=live),
+        tokens=backend.tokens,
+        month_usd=month_usd,
+        gpu_nodes=backend.gpu_nodes_running,
+    )
 
 
 def build_cost_reporter(
@@ -243,6 +278,8 @@ class Running:
         self.stop_event.set()  # the inbox sweep takes nothing more
         self.edge.deps.inbox.drain(max(0.0, deadline - time.monotonic()))
         self.edge.deps.quick.shutdown(wait=False)
+        if self.edge.home is not None:
+            self.edge.home.close()
         self.scheduler.shutdown(wait=False)
         self.worker.join(timeout=10)
         if self.health is not None:  # last: the probes see the draining replica until it goes

@@ -98,6 +98,10 @@ class Identity:
     def is_admin(self, user_id: str) -> bool:
         return policy.is_admin(user_id, self._core, self._group_members())
 
+    def admin_ids(self) -> list[str]:
+        """The admins' Slack user ids: ``KFBOT_ADMIN_USERS`` and the admin group's members."""
+        return sorted({*self._core.policy.admin_users, *self._group_members()})
+
     def _group_members(self) -> list[str]:
         group = self._core.policy.admin_group
         if not group:

@@ -68,6 +68,9 @@ class SlackSettings:
     """``KFBOT_DASHBOARD_URL``: the Kubeflow central dashboard, linked in the "done" DM."""
     confirm_above: float = 1000.0
     """``KFBOT_CONFIRM_ABOVE``: USD a month above which Approve asks "are you sure?" first."""
+    home_refresh_seconds: float = 3.0
+    """``KFBOT_HOME_REFRESH_SECONDS``: a burst of changes within this many seconds republishes a
+    person's App Home once."""
 
     @property
     def socket_mode(self) -> bool:
@@ -226,6 +229,7 @@ class Settings:
             confirm_above=env.convert(
                 "KFBOT_CONFIRM_ABOVE", env.text("KFBOT_CONFIRM_ABOVE", "1000"), _dollars
             ),
+            home_refresh_seconds=env.number("KFBOT_HOME_REFRESH_SECONDS", 3.0, minimum=0, maximum=60),
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),

@@ -468,10 +468,26 @@ def pin_all(core: Core, actor: Actor, workspaces: Sequence[str]) -> list[PinFile
     return filed
 
 
+def may_see_request(actor: Actor, request: Request) -> bool:
+    """Who may see a request at all: its requester and the admins (``list_requests`` narrows what
+    is listed; nothing shows more than this)."""
+    return actor.is_admin or request.requester_id == actor.user_id
+
+
+def recent_failures(core: Core, actor: Actor, limit: int = 5) -> list[Request]:
+    """The newest stopped requests (failed, needs attention), for an admin's App Home; nothing
+    for anyone else."""
+    if not actor.is_admin:
+        return []
+    with core.uow() as uow:
+        stopped = uow.requests.list(states=[RequestState.FAILED, RequestState.NEEDS_ATTENTION], limit=limit)
+    return [r for r in stopped if may_see_request(actor, r)]
+
+
 def get_request(core: Core, actor: Actor, request_id: str) -> Request:
     with core.uow() as uow:
         request = uow.requests.get(request_id)
-    if not actor.is_admin and request.requester_id != actor.user_id:
+    if not may_see_request(actor, request):
         raise errors.NotFound(f"There is no request {request_id} of yours.")
     return request
 

@@ -354,6 +354,24 @@ class Backend:
             () if persist else _month(ledger, now),
         )
 
+    def month_usage(self) -> tuple[MonthUsage, ...]:
+        """GPU node time and its cost per workspace this UTC month, from the usage ledger (the App
+        Home's "$ this month"); reads the database only."""
+        return _month(self.usage, self.clock.now())
+
+    def gpu_nodes_running(self) -> dict[str, int] | None:
+        """Workspace -> GPU nodes in its nodegroups at the last scan; None when this process has
+        not scanned (dry-run, or not the leader yet). Never scans: the App Home must not cost a
+        cluster-wide read per person who opens it."""
+        last = self._last_inventory
+        if last is None:
+            return None
+        counts: dict[str, int] = {}
+        for line in idle.fleet(last, self.core.workspace.price_overrides):
+            if line.workspace is not None:
+                counts[line.workspace] = counts.get(line.workspace, 0) + line.nodes
+        return counts
+
     def mark_cost_signals(
         self, keys: Sequence[str], *, reported: datetime | None = None, warned: datetime | None = None
     ) -> None:

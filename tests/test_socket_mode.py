@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bot import blocks
+from bot import blocks, home
 from bot.app import Running
 from handlers.model import RequestState
 from tests.fakes.cli import env_for, free_port, kfbot, readyz
@@ -29,7 +29,9 @@ from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
+    app_home_opened,
     block_action_body,
+    home_action_body,
     post_signed,
     slash_command_body,
     view_submission_body,
@@ -267,7 +269,25 @@ def test_over_http_an_event_no_listener_handles_is_answered_200(
     """The same catch-all in HTTP mode: Bolt would answer 404, and Slack retries what is not 2xx."""
     add_users(fake_slack)
     with running_bot(settings_for(fake_slack, tmp_path)) as running:
-        body = json.dumps(event_payload({"type": "app_home_opened", "user": ALICE, "tab": "home"})).encode()
+        # app_home_opened has a listener now (the App Home); a reaction is an event nobody handles.
+        event = {"type": "reaction_added", "user": ALICE, "reaction": "eyes", "event_ts": "1700000000.000200"}
+        body = json.dumps(event_payload(event)).encode()
         status, _, _ = post_signed(running.url, body, SIGNING_SECRET)
         assert status == 200
         assert [c.method for c in fake_slack.calls if c.method.startswith(("chat.", "views."))] == []
+
+
+def test_the_app_home_is_published_and_its_buttons_work(
+    bot: Running, fake_slack: FakeSlack, socket_mode: FakeSocketMode
+) -> None:
+    """The App Home as in HTTP mode (tests/test_app_home.py): opened over the socket, published,
+    and a Cancel clicked on the tab goes through ``services.cancel``."""
+    request_id = new_request(socket_mode, fake_slack)
+    envelope_id = socket_mode.event(app_home_opened(ALICE))
+    assert socket_mode.ack_for(envelope_id) == {"envelope_id": envelope_id}
+    view = fake_slack.wait_for(lambda: fake_slack.home_view(ALICE), WAIT, "Alice's App Home")
+    assert request_id in json.dumps(view) and len(view["blocks"]) <= 100
+
+    envelope_id = socket_mode.interactive(home_action_body(view, home.HOME_CANCEL, request_id, user_id=ALICE))
+    assert socket_mode.ack_for(envelope_id) == {"envelope_id": envelope_id}
+    wait_state(bot, request_id, RequestState.CANCELLED)

@@ -14,7 +14,7 @@ import re
 
 from slack_bolt import App
 
-from bot.listeners import actions, commands, common, views
+from bot.listeners import actions, commands, common, home, views
 from bot.listeners.common import Deps, correlation, on_error, tell
 
 __all__ = ["Deps", "correlation", "on_error", "register", "tell"]
@@ -27,6 +27,7 @@ def register(app: App, deps: Deps) -> None:
     commands.register(app, deps)
     actions.register(app, deps)
     views.register(app, deps)
+    home.register(app, deps)  # before the catch-all below, which would take app_home_opened
     # Last, because Bolt runs only the first listener that matches. Bolt acknowledges an event
     # before its listener runs, but answers one that no listener matches with 404, which in
     # Socket Mode means no acknowledgement: Slack would redeliver it and, after repeated

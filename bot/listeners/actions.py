@@ -42,7 +42,13 @@ Click = Callable[[BlockActions, str, WebClient, Callable[[str], None]], None]
 
 
 def message_ts(body: BlockActions) -> str:
-    return text_at(body, "container", "message_ts") or text_at(body, "message", "ts")
+    """The card's ts; for a click on the App Home tab, its view id (in the same place of the
+    decision key)."""
+    return (
+        text_at(body, "container", "message_ts")
+        or text_at(body, "message", "ts")
+        or text_at(body, "container", "view_id")
+    )
 
 
 def decision_key(body: BlockActions, action: str, user: str, version: int | None) -> str:

@@ -25,6 +25,7 @@ import provisioning
 from bot import logging as log
 from bot import render
 from bot.controls import WorkspaceReads
+from bot.home import Home
 from bot.identity import Identity
 from bot.payloads import text_at
 from bot.settings import Settings
@@ -351,6 +352,8 @@ class Deps:
     quick: WorkPool = field(default_factory=lambda: WorkPool(QUICK_THREADS))
     """Where clicks that only open a modal run (``after_ack``): within the ``trigger_id``'s 3 s,
     never queued behind bulk work."""
+    home: Home | None = None
+    """Publishes App Home tabs (``bot.home``); None where there is no Slack app."""
 
     @property
     def pool(self) -> WorkPool:

@@ -640,12 +640,33 @@ class FakeSlack:
     def _views_publish(self, params: Json) -> Json:
         user_id = str(params.get("user_id") or "")
         self._user(user_id)
-        view_id = self._home_tabs.get(user_id) or f"V{self._next():08d}"
-        self._home_tabs[user_id] = view_id
         submitted = params.get("view")
         if isinstance(submitted, dict):
             submitted = {"type": "home", **submitted}
+            # Slack's rules for a Home tab view (docs.slack.dev/reference/views/home-tab-views):
+            # type "home", at most 100 blocks; Block Kit's: action ids and values of at most 255
+            # and 2000 characters, action ids unique within their block.
+            blocks = submitted.get("blocks")
+            if submitted.get("type") != "home" or not isinstance(blocks, list) or len(blocks) > HOME_BLOCKS:
+                raise _ApiError("invalid_arguments")
+            for block in blocks:
+                seen: set[str] = set()  # action ids are unique within a block, not a view
+                for element in _elements([block]):
+                    action_id = str(element.get("action_id") or "")
+                    too_long = len(action_id) > 255 or len(str(element.get("value") or "")) > 2000
+                    if too_long or action_id in seen:
+                        raise _ApiError("invalid_arguments")
+                    if action_id:
+                        seen.add(action_id)
+        view_id = self._home_tabs.get(user_id) or f"V{self._next():08d}"
+        self._home_tabs[user_id] = view_id
         return {"ok": True, "view": self._view(submitted, view_id)}
+
+    def home_view(self, user_id: str) -> Json | None:
+        """The Home tab last published for ``user_id`` (None: never)."""
+        with self._lock:
+            view_id = self._home_tabs.get(user_id)
+            return copy.deepcopy(self._views[view_id]) if view_id in self._views else None
 
     # -- the external upload flow (files.getUploadURLExternal, POST, files.completeUploadExternal) --
     @property
@@ -724,6 +745,65 @@ class FakeSlack:
 
 
 # ---- what Slack sends to the app ------------------------------------------------------------
+HOME_BLOCKS = 100
+
+
+def _elements(blocks: list[Any]) -> Iterator[Json]:
+    """Interactive elements of a view's blocks: section accessories and actions blocks' elements."""
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        accessory = block.get("accessory")
+        if isinstance(accessory, dict):
+            yield accessory
+        for element in block.get("elements") or []:
+            if isinstance(element, dict) and element.get("type") == "button":
+                yield element
+
+
+def app_home_opened(user_id: str, *, tab: str = "home", view: Json | None = None) -> Json:
+    """The ``app_home_opened`` event; ``view``: the tab's current view (sent once one was published)."""
+    event: Json = {
+        "type": "app_home_opened", "user": user_id, "channel": "D" + user_id[1:], "tab": tab,
+        "event_ts": f"{time.time():.6f}",
+    }  # fmt: skip
+    if view is not None:
+        event["view"] = view
+    return event
+
+
+def home_action_body(
+    view: Json,
+    action_id: str,
+    value: str,
+    *,
+    user_id: str,
+    user_name: str = "alice",
+    team_id: str = DEFAULT_TEAM_ID,
+) -> bytes:
+    """A button click on the App Home tab: a ``block_actions`` whose container is the view (no
+    channel, no message, no response_url), as Slack sends it."""
+    block_id = next(
+        (
+            str(b.get("block_id") or "")
+            for b in view.get("blocks", [])
+            for e in _elements([b])
+            if e.get("action_id") == action_id and e.get("value") == value
+        ),
+        "b",
+    )
+    label = {"type": "plain_text", "text": action_id, "emoji": True}
+    payload = {
+        "type": "block_actions", **_user_and_team(user_id, user_name, team_id), "token": "verification-token",
+        "container": {"type": "view", "view_id": view["id"]},
+        "trigger_id": random_trigger_id(), "view": view, "state": {"values": {}},
+        "actions": [{"type": "button", "action_id": action_id, "block_id": block_id, "text": label,
+                     "value": value, "action_ts": f"{time.time():.6f}"}],
+        "is_enterprise_install": False, "enterprise": None,
+    }  # fmt: skip
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
 def sign(body: bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:
     """Headers Slack adds to a request: v0 HMAC-SHA256 over ``v0:{timestamp}:{body}``."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
