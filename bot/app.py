@@ -142,6 +142,7 @@ def build_slack(
         client,
         identity.actor,
         identity.admin_ids,
+        identity.user_id_for_email,
         dry_run=backend.mode == "dry-run",
         dashboard_url=settings.slack.dashboard_url,
         confirm_above=settings.slack.confirm_above,

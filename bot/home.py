@@ -33,8 +33,8 @@ from slack_sdk.models.blocks import (
 
 from bot import blocks, render
 from bot.payloads import BlockDict
-from handlers import errors, home, services
-from handlers.model import Actor, Event, Request
+from handlers import errors, home, policy, services
+from handlers.model import Actor, Event, EventType, Request
 from handlers.ports import Delivery, Notifier
 from provisioning import TokenRecord, WorkspaceRecord, WorkspaceView
 
@@ -302,6 +302,10 @@ def gather(
     )
 
 
+_FOR_PEOPLE = "for-people-of:"
+"""A debouncer key that stands for the people a succeeded request was for (resolved when it fires)."""
+
+
 class Debouncer:
     """Runs ``action(key)`` once per key, ``delay`` seconds after the first ``touch`` of a burst;
     touches while one is scheduled join it. One daemon thread."""
@@ -352,8 +356,10 @@ class Debouncer:
 
 
 class Home:
-    """Publishes people's Home tabs. A change refreshes only the tabs of people who opened theirs
-    since this process started (Slack keeps the last published view; opening it publishes anew)."""
+    """Publishes people's Home tabs: on open, and, debounced, for everyone a committed change
+    concerns (the requester, the admins when the pending or failed lists change, and the people a
+    request that succeeded was for: a grantee, a new owner, a token holder). Slack keeps the last
+    published view, so a tab opened on another replica, or never opened, is kept current too."""
 
     def __init__(
         self,
@@ -362,6 +368,7 @@ class Home:
         client: WebClient,
         actor_of: Callable[[str], Actor],
         admins: Callable[[], Iterable[str]],
+        user_id_for_email: Callable[[str], str | None],
         *,
         dry_run: bool,
         dashboard_url: str | None,
@@ -371,9 +378,10 @@ class Home:
         self._core_of, self._sources, self._client = core_of, sources, client
         self._actor_of, self._admins = actor_of, admins
         self._dry_run, self._dashboard_url, self._confirm_above = dry_run, dashboard_url, confirm_above
-        self._seen: set[str] = set()
-        self._seen_lock = threading.Lock()
-        self.debouncer = Debouncer(refresh_seconds, self.publish)
+        self._user_id_for_email = user_id_for_email
+        self._succeeded: dict[str, Request] = {}
+        self._succeeded_lock = threading.Lock()
+        self.debouncer = Debouncer(refresh_seconds, self._refresh)
 
     def view_for(self, user_id: str) -> BlockDict:
         """The Home view JSON ``user_id`` sees now (what ``publish`` sends)."""
@@ -391,9 +399,27 @@ class Home:
         return render_home(view, confirm_above=self._confirm_above)
 
     def opened(self, user_id: str) -> None:
-        with self._seen_lock:
-            self._seen.add(user_id)
         self.publish(user_id)
+
+    def _refresh(self, key: str) -> None:
+        request_id = key.removeprefix(_FOR_PEOPLE)
+        if request_id == key:
+            self.publish(key)
+            return
+        with self._succeeded_lock:
+            request = self._succeeded.pop(request_id, None)
+        if request is None:
+            return
+        # Who a request is for is read here, on the debouncer's thread, not on the notifier's
+        # path: it may ask the cluster (a quota's contributors) and Slack (ids by email).
+        core = self._core_of()
+        people = {
+            user_id
+            for email in policy.beneficiaries(request, core.settings, core.facts)
+            if "@" in email and (user_id := self._user_id_for_email(email)) is not None
+        }
+        for user_id in sorted(people - {request.requester_id}):  # the requester's has its own key
+            self.publish(user_id)
 
     def publish(self, user_id: str) -> None:
         view = self.view_for(user_id)
@@ -404,19 +430,18 @@ class Home:
 
     def changed(self, request: Request, events: Sequence[Event]) -> None:
         """A committed change: republish, debounced, the tabs it makes stale."""
-        with self._seen_lock:
-            if not self._seen:  # nobody looks: no admin lookup, no Slack call
-                return
         try:
             admins = list(self._admins())
         except Exception:  # the group lookup failing must not cost the requester their refresh
             logger.warning("App Home: could not list the admins", exc_info=True)
             admins = []
-        people = home.audience(request, events, admins)
-        with self._seen_lock:
-            stale = [p for p in people if p in self._seen]
+        stale = set(home.audience(request, events, admins))
+        if any(e.type is EventType.SUCCEEDED for e in events):
+            with self._succeeded_lock:
+                self._succeeded[request.id] = request
+            stale.add(_FOR_PEOPLE + request.id)
         if stale:
-            self.debouncer.touch(stale)
+            self.debouncer.touch(sorted(stale))
 
     def close(self) -> None:
         self.debouncer.close()

@@ -198,7 +198,7 @@ def test_each_person_sees_their_own_and_no_admin_approves_what_is_for_them(
     wait_state(bot, for_carol, RequestState.CANCELLED)
 
 
-def test_tokens_are_revoked_from_the_tab_only_by_who_may(bot: Running, fake_slack: FakeSlack) -> None:
+def test_tokens_are_revoked_from_the_tab_only_by_who_may_and_a_grantee_is_refreshed(bot: Running, fake_slack: FakeSlack) -> None:
     workspace = new_request(bot, fake_slack, "workspace new team-a", user=ALICE)
     [request] = requests_in_db(bot)
     bob = open_home(bot, fake_slack, BOB)
@@ -241,6 +241,11 @@ def test_tokens_are_revoked_from_the_tab_only_by_who_may(bot: Running, fake_slac
     # A grant shows on the grantee's tab with its end; a stranger (and an admin not in it) sees none.
     share = new_request(bot, fake_slack, "share team-a dave@example.com --role view --for 7d", user=ALICE)
     wait_state(bot, share, RequestState.SUCCEEDED)
+    # Dave never opened his tab: the grant is his, so it is drawn for him all the same.
+    wait_until(
+        lambda: "view on *team-a*, until" in json.dumps(fake_slack.home_view(DAVE)),
+        "the grantee's tab to show the grant without being opened",
+    )
     dave = json.dumps(open_home(bot, fake_slack, DAVE))
     assert "view on *team-a*, until" in dave and "*team-a* (view)" in dave
     for outsider in (EVE, CAROL):
