@@ -5,13 +5,14 @@ the run (``tests.fakes.figures``)."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 
 import pytest
 
 from bot import logging as log
-from tests.fakes.figures import FIGURES
+from tests.fakes.figures import FIGURES, merge
 
 pytest_plugins = [
     "tests.fakes.apiserver_fixtures",
@@ -38,6 +39,18 @@ def debug_log() -> Iterator[io.StringIO]:
         root.setLevel(saved[0])
         for name, level in saved[2].items():
             logging.getLogger(name).setLevel(level)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # On a pytest-xdist worker: hand this process's figures to the controller, which reports them.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = json.dumps(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    merge(json.loads(getattr(node, "workeroutput", {}).get("figures", "{}")))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -16,3 +16,14 @@ def count(name: str, n: int = 1) -> None:
 def report(suite: str, line: str) -> None:
     """Set a suite's one-line summary; a suite overwrites its own line as it goes."""
     FIGURES[suite] = line
+
+
+def merge(other: dict[str, int | str]) -> None:
+    """Fold in the figures of another process (a pytest-xdist worker): counts add up, the
+    suites' lines of several workers are kept side by side."""
+    for name, value in other.items():
+        mine = FIGURES.get(name)
+        if isinstance(value, int) and isinstance(mine, int | None):
+            FIGURES[name] = (mine or 0) + value
+        else:
+            FIGURES[name] = value if mine is None else f"{mine}; {value}"
