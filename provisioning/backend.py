@@ -21,7 +21,7 @@ from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.model import Request
 from handlers.plan import JSON
-from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
+from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
 from provisioning import doctor as checks
@@ -694,7 +694,7 @@ def _build_live(
         clock,
         db,
         actions,
-        RegistryFacts(db, clock, kubeflow),
+        RegistryFacts(db, clock, kubeflow, _LiveData(kubeflow, aws)),
         secrets,
         kubeflow,
         metrics=metrics,
@@ -704,6 +704,20 @@ def _build_live(
         timer_handlers={RESTART_TIMER: dex.restart_timer},
         notebook_url=notebook_url,
     )
+
+
+class _LiveData:
+    """A transfer card's sizes: volumes from the cluster, bytes from S3."""
+
+    def __init__(self, kubeflow: Any, aws: Any) -> None:
+        self._kubeflow, self._aws = kubeflow, aws
+
+    def data_held(self, namespace: str, bucket: str | None) -> DataHeld:
+        pvcs, pvc_bytes = self._kubeflow.pvc_storage(namespace)
+        size = self._aws.bucket_bytes(bucket) if bucket else None
+        return DataHeld(pvcs=pvcs, pvc_bytes=pvc_bytes, bucket=bucket,
+                        bucket_bytes=None if size is None else size[0],
+                        bucket_more=bool(size and size[1]))
 
 
 def generate_audit_key() -> bytes:
