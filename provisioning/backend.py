@@ -20,6 +20,7 @@ from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.model import Request
+from handlers.offboard import Person
 from handlers.plan import JSON
 from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer
 from handlers.settings import CoreSettings
@@ -435,6 +436,17 @@ class Backend:
                 if user not in recorded
             ]
         return rows
+
+    def people(self) -> list[Person]:
+        """Everyone the bot gave access to (owners, grantees, token holders), for offboarding."""
+        with self.db.uow() as uow:
+            return uow.registry.people()
+
+    def record_slack_id(self, user: str, slack_id: str) -> None:
+        """``user``'s Slack id, found by email where their grants recorded none."""
+        with self.db.uow() as uow:
+            uow.registry.record_slack_id(user, slack_id)
+            uow.commit()
 
     def tokens(self, requester_id: str) -> list[TokenRecord]:
         now = self.clock.now()

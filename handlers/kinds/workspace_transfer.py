@@ -35,6 +35,8 @@ from handlers.kinds.base import (
     require_workspace,
     slack_id_of,
     text,
+    token_removals,
+    tokens_removed,
 )
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step, as_object, as_text
@@ -132,10 +134,11 @@ class WorkspaceTransfer:
                     f"remove {to}'s contributor binding (the owner's admin binding covers it)",
                 )
             )
-        warnings = [
-            data_held(ws, ctx.facts.data_held(ws.name)),
-            f"{ws.owner} loses the owner's access; their tokens in `{ws.name}` stay until revoked.",
-        ]
+        if not self.offboarded:
+            # The previous owner's tokens outlive the owner's binding: they go with the access.
+            # Offboarding revokes them at once with requests of its own, so its plan leaves them out.
+            steps.extend(token_removals(ws, ctx.settings, ws.owner, keep_role=None))
+        warnings = [data_held(ws, ctx.facts.data_held(ws.name)), f"{ws.owner} loses the owner's access."]
         login = self._login(ctx, ws)
         if login is not None:
             key, params = login
@@ -161,7 +164,8 @@ class WorkspaceTransfer:
         changes.append(UpdateWorkspaceObjects(self.name, merge=self._profile_owner(done, to), remove=removed))
         if any(s.action == ActionName.CONTRIBUTOR_REMOVE for s in done.plan.steps):
             changes.append(DeleteGrant(self.name, to))
-        return Success(changes=tuple(changes))
+        revoked, expiries = tokens_removed(done.plan)
+        return Success(changes=(*changes, *revoked), cancel=expiries)
 
     @staticmethod
     def _profile_owner(done: Applied, to: str) -> dict[str, dict[str, str]]:
