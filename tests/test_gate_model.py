@@ -321,7 +321,8 @@ class GateMachine(RuleBasedStateMachine):
         self._cell("system", "offboarding")
         people = [p for p in self.stack.backend.people() if p.user == user]
         for person in people:
-            answer = offboard.SlackAnswer(by_id=True, slack_id="U" + user.split("@")[0].upper(), deleted=True)
+            slack_id = "U" + user.split("@", maxsplit=1)[0].upper()
+            answer = offboard.SlackAnswer(by_id=True, slack_id=slack_id, deleted=True)
             result = offboard.offboard(self.stack.core, person, answer)
             for rid in result.filed:
                 self.requests.append(rid)

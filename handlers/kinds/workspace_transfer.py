@@ -85,9 +85,7 @@ def data_held(ws: WorkspaceFacts, held: DataHeld) -> str:
 class WorkspaceTransfer:
     KIND: ClassVar[str] = "workspace.transfer"
     USAGE: ClassVar[str] = "/kf workspace transfer NAME --to EMAIL"
-    SYNTAX: ClassVar[Syntax] = Syntax(
-        "workspace transfer", ("NAME",), {"--to": Flag("to", text)}, _build
-    )
+    SYNTAX: ClassVar[Syntax] = Syntax("workspace transfer", ("NAME",), {"--to": Flag("to", text)}, _build)
     POLICY: ClassVar[PolicyRow] = PolicyRow(may_request=_may_request)
     TIMERS: ClassVar[tuple[TimerKind, ...]] = ()
 
