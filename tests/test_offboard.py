@@ -7,10 +7,13 @@ Slack (``users.info`` of a deactivated user says ``deleted: true``, an id it no 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from slack_sdk import WebClient
 
 from bot.offboard import MAX_WAIT, Offboarder
+from bot.settings import Settings, SettingsError
 from handlers import errors, kinds, services
 from handlers.model import SYSTEM, Actor, RequestState
 from handlers.offboard import Presence, SlackAnswer, judge
@@ -225,3 +228,21 @@ def test_only_admins_offboard_and_only_owners_or_admins_ask_for_a_transfer(make_
     own = live.request_for(ALICE, f"workspace transfer {NS} --to {BOB.email}")
     assert own.state is RequestState.PENDING  # an admin decides even the owner's own transfer
     assert [s.action for s in own.plan.steps] == ["kubeflow.profile.owner", "kubeflow.contributor.remove"]
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+def test_offboard_settings() -> None:
+    assert Settings.from_env({}).core.offboard.every == timedelta(days=1)
+    assert Settings.from_env({"KFBOT_OFFBOARD_EVERY": "off"}).core.offboard.every is None
+    assert Settings.from_env({"KFBOT_OFFBOARD_EVERY": "12h"}).core.offboard.every == timedelta(hours=12)
+    owner = Settings.from_env({"KFBOT_OFFBOARD_OWNER": "Platform@Example.com"}).core.offboard.owner
+    assert owner == "platform@example.com"
+    for name, value in (
+        ("KFBOT_OFFBOARD_EVERY", "30m"),  # a users.info per person more than hourly
+        ("KFBOT_OFFBOARD_EVERY", "soon"),
+        ("KFBOT_OFFBOARD_OWNER", "not an email"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
