@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from slack_sdk import WebClient
 
 from bot.offboard import MAX_WAIT, Offboarder
@@ -17,6 +18,9 @@ from bot.settings import Settings, SettingsError
 from handlers import errors, kinds, services
 from handlers.model import SYSTEM, Actor, RequestState
 from handlers.offboard import Presence, SlackAnswer, judge
+from handlers.ports import DataHeld
+from tests import test_plan_digests as _digests
+from tests.fakes.facts import StaticFacts
 from tests.fakes.slack import BOT_TOKEN
 from tests.test_sharing_quota_tokens_e2e import (
     ADMIN,
@@ -174,6 +178,11 @@ def test_a_left_owner_gets_a_transfer_card_and_the_approved_transfer_moves_the_p
     assert CAROL.email not in live.grants()  # her contributor grant gave way to ownership
     assert live.request_for(CAROL, f"share {NS} {BOB.email} --role edit").state is RequestState.SUCCEEDED
     assert live.backend.facts.owned_workspaces(ALICE.email) == ()
+    # An owner written into the registry by hand, not by a transfer the audit log holds, gets nothing.
+    with live.backend.db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE workspaces SET owner = :o WHERE name = :n"), {"o": BOB.email, "n": NS})
+    with pytest.raises(errors.Inconsistent):
+        live.backend.facts.workspace(NS)
 
 
 def test_a_429_files_nothing_and_its_retry_after_is_waited_out(make_live: LiveFactory) -> None:
@@ -228,6 +237,28 @@ def test_only_admins_offboard_and_only_owners_or_admins_ask_for_a_transfer(make_
     own = live.request_for(ALICE, f"workspace transfer {NS} --to {BOB.email}")
     assert own.state is RequestState.PENDING  # an admin decides even the owner's own transfer
     assert [s.action for s in own.plan.steps] == ["kubeflow.profile.owner", "kubeflow.contributor.remove"]
+
+
+# -- the transfer's plan (pure) -------------------------------------------------------------------------
+
+
+def test_a_transfer_removes_the_old_owners_login_only_when_offboarding_and_unused_elsewhere() -> None:
+    ws = _digests._team()
+    held = DataHeld(pvcs=2, pvc_bytes=3 * 2**30, bucket="s3-use1-infra-dev-team-a", bucket_bytes=5 * 2**20)
+
+    def actions(kind: kinds.WorkspaceTransfer, **extra: object) -> list[str]:
+        facts = StaticFacts(workspaces={ws.name: ws}, data={ws.name: held}, **extra)  # type: ignore[arg-type]
+        return [s.action for s in _digests._plan(kind, facts).steps]
+
+    offboarded = kinds.WorkspaceTransfer("team-a", "d@example.com", offboarded=True)
+    assert "dex.user.remove" in actions(offboarded)
+    assert "dex.user.remove" not in actions(offboarded, users_elsewhere={"owner@example.com"})
+    assert "dex.user.remove" not in actions(kinds.WorkspaceTransfer("team-a", "d@example.com"))
+    plan = _digests._plan(offboarded, StaticFacts(workspaces={ws.name: ws}, data={ws.name: held}))
+    assert plan.warnings[0].startswith(
+        "It holds 2 PersistentVolumeClaim(s) (3.0 GiB requested) "
+        "and bucket `s3-use1-infra-dev-team-a` (5.0 MiB)"
+    )
 
 
 # -- settings ----------------------------------------------------------------------------------------
