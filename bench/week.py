@@ -63,7 +63,7 @@ from handlers.kinds import GpuScale, NotebookStop, RequestKind
 from handlers.kinds.base import PlanContext, SystemRequest
 from handlers.kinds.workspace_create import GPU_TAINT
 from handlers.plan import JSON
-from handlers.ports import IdleFacts, WorkspaceFacts
+from handlers.ports import DataHeld, IdleFacts, WorkspaceFacts
 from handlers.settings import CoreSettings, CostSettings
 
 REGION = "us-east-1"
@@ -586,6 +586,9 @@ class SimFacts:
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         return None
+
+    def data_held(self, workspace: str) -> DataHeld:
+        return DataHeld()
 
     def idle_item(self, target: str) -> IdleFacts | None:
         rows = [r for r in self.rows.values() if r.detail.get("item") == target]

@@ -38,6 +38,7 @@ from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, Inbox, WorkPool
 from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
 from bot.notify import SlackNotifier
+from bot.offboard import Offboarder
 from bot.scheduler import start_scheduler
 from bot.settings import Settings, sqlite_path
 from bot.signing import SlackEndpoint
@@ -159,7 +160,13 @@ def build_slack(
     inbox = Inbox(backend.inbox, WorkPool(work_threads))
     inbox.client = client
     deps = listeners.Deps(
-        settings=settings, core=core, identity=identity, backend=backend, inbox=inbox, home=home
+        settings=settings,
+        core=core,
+        identity=identity,
+        backend=backend,
+        inbox=inbox,
+        home=home,
+        people=backend,
     )
     listeners.register(app, deps)
     return SlackEdge(app, deps, notifier, client, home)
@@ -322,6 +329,7 @@ def start_slack(
     bot_timers = install_digest(settings, backend, edge.client, clock)
     # Only a live backend can scan the cluster (the dry-run has no GPUs to find).
     cost = build_cost_reporter(settings, backend, edge, clock) if backend.mode == "live" else None
+    every = settings.core.offboard.every
     scheduler = start_scheduler(
         backend,
         edge.deps.core,
@@ -329,6 +337,8 @@ def start_slack(
         bot_timers,
         cost=cost,
         scan_seconds=settings.core.cost.scan_interval.total_seconds(),
+        offboard=Offboarder(edge.client, backend, edge.deps.core, clock),
+        offboard_seconds=None if every is None else every.total_seconds(),
     )
     start_inbox_sweep(edge.deps.inbox, stop_event, INBOX_SWEEP_SECONDS)
     socket_handler = None

@@ -21,6 +21,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 import provisioning
 from bot import logging as log
 from bot.cost import CostReporter
+from bot.offboard import Offboarder
+from bot.offboard import run_job as run_offboarding
 from handlers import services
 from handlers.errors import KfError
 from handlers.plan import JSON
@@ -29,6 +31,7 @@ from handlers.services import Core
 logger = logging.getLogger(__name__)
 JOB_ID = "kfbot-timer-sweeper"
 SCAN_JOB_ID = "kfbot-idle-gpu-scan"
+OFFBOARD_JOB_ID = "kfbot-offboarding-check"
 BotTimer = Callable[[str, Mapping[str, JSON]], None]
 """``(ref, payload)``: a timer kind the Slack edge handles itself (the cost digest: it posts)."""
 
@@ -82,11 +85,13 @@ def start_scheduler(
     bot_timers: Mapping[str, BotTimer] | None = None,
     cost: CostReporter | None = None,
     scan_seconds: float | None = None,
+    offboard: Offboarder | None = None,
+    offboard_seconds: float | None = None,
 ) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
         jobstores={"default": MemoryJobStore()},
         # The scan may take seconds: its own thread keeps due timers on time meanwhile.
-        executors={"default": ThreadPoolExecutor(1 if cost is None else 2)},
+        executors={"default": ThreadPoolExecutor(1 + (cost is not None) + (offboard is not None))},
         job_defaults={
             "coalesce": True,
             "max_instances": 1,
@@ -112,6 +117,18 @@ def start_scheduler(
             id=SCAN_JOB_ID,
             replace_existing=True,
             misfire_grace_time=int(max(scan_seconds, 1)),
+        )
+    if offboard is not None and offboard_seconds:
+        # Leader only, like the scan (``Offboarder.run_once`` asks ``try_lead``); first run one
+        # interval after the start, so a restart loop does not ask Slack about everyone each time.
+        scheduler.add_job(
+            run_offboarding,
+            "interval",
+            seconds=offboard_seconds,
+            args=[offboard],
+            id=OFFBOARD_JOB_ID,
+            replace_existing=True,
+            misfire_grace_time=int(max(offboard_seconds, 1)),
         )
     scheduler.start()
     return scheduler

@@ -27,7 +27,14 @@ from apscheduler.triggers.cron import CronTrigger
 import provisioning
 from handlers import errors, units
 from handlers.naming import NamingSettings, normalize_email
-from handlers.settings import CoreSettings, CostSettings, PolicySettings, TokenSettings, WorkspaceDefaults
+from handlers.settings import (
+    CoreSettings,
+    CostSettings,
+    OffboardSettings,
+    PolicySettings,
+    TokenSettings,
+    WorkspaceDefaults,
+)
 
 T = TypeVar("T")
 DEFAULT_DATABASE_URL = "sqlite:///./kfbot.db"
@@ -175,7 +182,8 @@ class Settings:
         )
         tokens = env.build("KFBOT_TOKEN_DEFAULT_TTL", _tokens)
         core = CoreSettings(
-            policy=policy, naming=naming, workspace=workspace, tokens=tokens, cost=_cost_settings(env)
+            policy=policy, naming=naming, workspace=workspace, tokens=tokens, cost=_cost_settings(env),
+            offboard=_offboard_settings(env),
         )
         prov = provisioning.ProvisioningSettings(
             mode="live" if env.text("KFBOT_PROVISIONER") == "live" else "dry-run",
@@ -384,6 +392,24 @@ def _cost_settings(env: _Env) -> CostSettings:
             check_digest_schedule,
         ),
         timezone=env.convert("KFBOT_TIMEZONE", env.text("KFBOT_TIMEZONE", "UTC"), _timezone),
+    )
+
+
+def _offboard_settings(env: _Env) -> OffboardSettings:
+    every_text = env.text("KFBOT_OFFBOARD_EVERY")
+    every: timedelta | None = OffboardSettings.every
+    if every_text.lower() == "off":
+        every = None
+    elif every_text:
+        every = env.duration("KFBOT_OFFBOARD_EVERY", timedelta(days=1))
+        if every < timedelta(hours=1):
+            # Every person is one users.info call (Slack tier 4); hourly is already plenty.
+            raise SettingsError(
+                "KFBOT_OFFBOARD_EVERY: at least 1h, or `off`.", variable="KFBOT_OFFBOARD_EVERY"
+            )
+    owner = env.text("KFBOT_OFFBOARD_OWNER")
+    return OffboardSettings(
+        every=every, owner=env.convert("KFBOT_OFFBOARD_OWNER", owner, normalize_email) if owner else ""
     )
 
 

@@ -47,6 +47,7 @@ class ActionName(StrEnum):
     NOTEBOOK_IDLE = "kubeflow.notebook.idle"
     GPU_PODS_ABSENT = "kubeflow.gpu_pods.absent"
     NOTEBOOK_ACTIVITY = "kubeflow.notebook_activity"
+    PROFILE_OWNER = "kubeflow.profile.owner"
 
 
 def is_removal(action: str) -> bool:
@@ -188,6 +189,21 @@ class ProfileParams(StepParams):
         return cls(
             f.text("name"), f.text("owner"), f.text_map("hard"), f.text_map("labels"), request=f.request()
         )
+
+
+@dataclass(frozen=True)
+class ProfileOwnerParams(StepParams):
+    """``workspace.transfer``: the Profile's ``spec.owner`` (and, first, the namespace's ``owner``
+    annotation, without which the profile controller refuses the new owner) become ``owner``."""
+
+    ACTION: ClassVar[ActionName] = ActionName.PROFILE_OWNER
+    name: str
+    owner: str
+    previous: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("name"), f.text("owner"), f.text("previous"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -596,6 +612,7 @@ PARAMS: Mapping[ActionName, type[StepParams]] = {
         GpuPodsAbsentParams,
         NotebookActivityParams,
         NotebookIdleParams,
+        ProfileOwnerParams,
     )
 }
 """Action -> the type its params parse into."""

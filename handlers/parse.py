@@ -77,6 +77,14 @@ class GpuStatus:
 
 
 @dataclass(frozen=True)
+class Offboard:
+    """``/kf offboard EMAIL`` (admins): ask Slack now whether the person left, and if so file what
+    offboarding takes (``handlers.offboard``)."""
+
+    email: str
+
+
+@dataclass(frozen=True)
 class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
@@ -94,6 +102,7 @@ Control = (
     | WorkspaceForm
     | PinAll
     | GpuStatus
+    | Offboard
 )
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
@@ -110,6 +119,7 @@ CONTROL_USAGE = {
     "tokens": "/kf tokens",
     "password reset": "/kf password reset",
     "gpu status": "/kf gpu status [WORKSPACE]",
+    "offboard": "/kf offboard EMAIL",
 }
 USAGE = {**CONTROL_USAGE, **kinds.USAGES}
 """Every command's usage line, by its words (``"workspace new"``); the kinds' come from their modules."""
@@ -257,6 +267,9 @@ def parse_command(
         if rest[0].lower() != "reset":
             raise errors.InvalidInput("Did you mean `/kf password reset`?", usage=USAGE["password reset"])
         return PasswordReset()
+    if command == "offboard":
+        (email,) = _positional("offboard", rest, ["EMAIL"])
+        return Offboard(_user(email, resolve_user))
     if command == "workspace list":
         _positional("workspace list", rest, [])
         return WorkspaceList()
@@ -280,7 +293,7 @@ def parse_command(
         )
     if command.startswith("workspace "):
         raise errors.InvalidInput(
-            "Use `/kf workspace new|delete|list|show|pin`.", usage=USAGE["workspace new"]
+            "Use `/kf workspace new|delete|list|show|pin|transfer`.", usage=USAGE["workspace new"]
         )
     raise errors.InvalidInput(f"Unknown command {naming.show_value(words[0].lower())}. Try `/kf help`.")
 

@@ -88,6 +88,22 @@ def owners_recorded(trail: Sequence[Event], workspace: str) -> set[str]:
     return {str(o) for o in {args.get("owner"), *profile_owners} if o}
 
 
+def owner_transferred(trail: Sequence[Event], workspace: str) -> str | None:
+    """The owner a succeeded ``workspace.transfer`` of ``workspace`` handed it to, as its audit
+    trail records the plan (the Profile step's owner), or None."""
+    created = next((e for e in trail if e.type is EventType.CREATED), None)
+    if created is None or not any(e.type is EventType.SUCCEEDED for e in trail):
+        return None
+    args = as_object(created.data.get("args") or {})
+    if created.data.get("kind") != kinds.WorkspaceTransfer.KIND or args.get("name") != workspace:
+        return None
+    for step in as_list(as_object(created.data.get("plan") or {}).get("steps") or []):
+        if as_object(step).get("action") == ActionName.PROFILE_OWNER:
+            owner = as_object(as_object(step).get("params") or {}).get("owner")
+            return str(owner) if owner else None
+    return None
+
+
 def grant_recorded(trail: Sequence[Event], workspace: str, user: str, role: str) -> bool:
     """Whether the trail is of a share of ``workspace`` that succeeded and granted ``user`` ``role``
     (the user as its plan wrote it: the Kubeflow id)."""

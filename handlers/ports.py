@@ -156,6 +156,20 @@ class WorkspaceFacts:
 
 
 @dataclass(frozen=True)
+class DataHeld:
+    """What a workspace holds now, for whoever decides its fate (a transfer's approver). None:
+    unknown (no cluster or AWS to ask, or the read failed)."""
+
+    pvcs: int | None = None
+    pvc_bytes: int | None = None
+    """Storage the PersistentVolumeClaims request, summed."""
+    bucket: str | None = None
+    bucket_bytes: int | None = None
+    bucket_more: bool = False
+    """The bucket has more objects than were counted: ``bucket_bytes`` is a lower bound."""
+
+
+@dataclass(frozen=True)
 class IdleFacts:
     """What the last scans recorded about an idle item (``gpu_signals``, ``gpu_holds``): what the
     auto-stop timer re-checks before it acts."""
@@ -198,6 +212,10 @@ class Facts(Protocol):
 
     def idle_item(self, target: str) -> IdleFacts | None:
         """What the scans last recorded about ``target`` being idle; None when no signal holds."""
+        ...
+
+    def data_held(self, workspace: str) -> DataHeld:
+        """The volumes and bucket data of a live workspace, read now (for a transfer's card)."""
         ...
 
 

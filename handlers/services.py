@@ -253,6 +253,13 @@ def _record(
     return submitted
 
 
+def record_system(core: Core, kind: RequestKind, key: str, auto: AutoDecision | None) -> Submitted:
+    """A request of the bot's own (offboarding): auto-applied under ``auto``'s system rule, or
+    waiting for an admin when ``auto`` is None. ``key`` makes filing it again a no-op; a request
+    about the same subject being applied raises ``SubjectBusy``."""
+    return _record(core, SYSTEM, kind, key, auto, key)
+
+
 def _told(submitted: Submitted, recorded: Callable[[Submitted], None] | None) -> Submitted:
     if recorded is not None:
         try:

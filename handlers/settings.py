@@ -108,12 +108,25 @@ class CostSettings:
 
 
 @dataclass(frozen=True)
+class OffboardSettings:
+    """Offboarding: how often Slack is asked who left, and who gets a left owner's workspaces."""
+
+    every: timedelta | None = timedelta(days=1)
+    """How often the leader checks everyone the bot gave access to (``KFBOT_OFFBOARD_EVERY``;
+    ``off``: only ``/kf offboard EMAIL``)."""
+    owner: str = ""
+    """Whom a left owner's workspace is offered to when it has no edit contributor
+    (``KFBOT_OFFBOARD_OWNER``, an email; empty: the admins file the transfer themselves)."""
+
+
+@dataclass(frozen=True)
 class CoreSettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     naming: NamingSettings = field(default_factory=NamingSettings)
     workspace: WorkspaceDefaults = field(default_factory=WorkspaceDefaults)
     tokens: TokenSettings = field(default_factory=TokenSettings)
     cost: CostSettings = field(default_factory=CostSettings)
+    offboard: OffboardSettings = field(default_factory=OffboardSettings)
 
 
 def kubeflow_user_id(settings: CoreSettings, email: str) -> str:

@@ -357,3 +357,13 @@ def normalize_count(
     if not minimum <= value <= maximum:
         raise errors.InvalidInput(f"{rule}; {shown} is out of range.", field=field)
     return str(value)
+
+
+def format_bytes(value: int) -> str:
+    """A byte count for people: ``0 B``, ``512 B``, ``1.5 GiB`` (binary units, one decimal)."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

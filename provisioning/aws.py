@@ -505,6 +505,25 @@ class AwsActions:
                 "is_empty": self._is_empty(s3, bucket),
             }
 
+    def bucket_bytes(self, bucket: str, *, pages: int = 10) -> tuple[int, bool] | None:
+        """Bytes in the bucket's current objects (``ListObjectsV2``, at most ``pages`` pages of
+        1000), and whether there were more; None when the bucket is gone."""
+        s3 = self._s3()
+        total, token = 0, None
+        with _aws_call(f"reading the size of bucket {bucket}"):
+            if not self._bucket_exists(s3, bucket):
+                return None
+            for _ in range(pages):
+                kwargs: dict[str, Any] = {"Bucket": bucket}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = s3.list_objects_v2(**kwargs)
+                total += sum(int(o.get("Size", 0)) for o in page.get("Contents", []))
+                token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+                if not token:
+                    return total, False
+        return total, True
+
     # -- aws.bucket --
 
     def _ensure_bucket(self, params: BucketParams) -> StepOutcome:

@@ -20,8 +20,9 @@ from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.model import Request
+from handlers.offboard import Person
 from handlers.plan import JSON
-from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
+from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
 from provisioning import doctor as checks
@@ -454,6 +455,17 @@ class Backend:
             ]
         return rows
 
+    def people(self) -> list[Person]:
+        """Everyone the bot gave access to (owners, grantees, token holders), for offboarding."""
+        with self.db.uow() as uow:
+            return uow.registry.people()
+
+    def record_slack_id(self, user: str, slack_id: str) -> None:
+        """``user``'s Slack id, found by email where their grants recorded none."""
+        with self.db.uow() as uow:
+            uow.registry.record_slack_id(user, slack_id)
+            uow.commit()
+
     def tokens(self, requester_id: str) -> list[TokenRecord]:
         now = self.clock.now()
         with self.db.uow() as uow:
@@ -712,7 +724,7 @@ def _build_live(
         clock,
         db,
         actions,
-        RegistryFacts(db, clock, kubeflow),
+        RegistryFacts(db, clock, kubeflow, _LiveData(kubeflow, aws)),
         secrets,
         kubeflow,
         metrics=metrics,
@@ -722,6 +734,20 @@ def _build_live(
         timer_handlers={RESTART_TIMER: dex.restart_timer},
         notebook_url=notebook_url,
     )
+
+
+class _LiveData:
+    """A transfer card's sizes: volumes from the cluster, bytes from S3."""
+
+    def __init__(self, kubeflow: Any, aws: Any) -> None:
+        self._kubeflow, self._aws = kubeflow, aws
+
+    def data_held(self, namespace: str, bucket: str | None) -> DataHeld:
+        pvcs, pvc_bytes = self._kubeflow.pvc_storage(namespace)
+        size = self._aws.bucket_bytes(bucket) if bucket else None
+        return DataHeld(pvcs=pvcs, pvc_bytes=pvc_bytes, bucket=bucket,
+                        bucket_bytes=None if size is None else size[0],
+                        bucket_more=bool(size and size[1]))
 
 
 def generate_audit_key() -> bytes:

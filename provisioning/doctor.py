@@ -162,6 +162,8 @@ CLUSTER_RULES: Final[tuple[Rule, ...]] = (
          why="workspaces are Kubeflow Profiles: create, wait for, patch quotas, remove"),
     Rule("", ("namespaces", "nodes", "pods", "persistentvolumeclaims", "resourcequotas"), ("get", "list"),
          why="read-only view: profile namespaces and owners, GPU capacity, usage, data left behind"),
+    Rule("", ("namespaces",), ("patch",),
+         why="workspace transfer: a profile namespace's `owner` annotation, which Kubeflow checks"),
     Rule("apps", ("statefulsets",), ("list",),
          why="cost scan: a GPU pod's StatefulSet names its Notebook"),
     Rule("kubeflow.org", ("notebooks",), ("get", "list", "patch"),

@@ -99,6 +99,22 @@ def _quota(p: Mapping[str, JSON]) -> list[str]:
     ]
 
 
+def _profile_owner(p: Mapping[str, JSON]) -> list[str]:
+    owner = p["owner"]
+    return [
+        _k8s(
+            "PATCH",
+            f"/api/v1/namespaces/{p['name']} (merge-patch)",
+            {"metadata": {"annotations": {"owner": owner}}},
+        ),
+        _k8s(
+            "PATCH",
+            f"/apis/kubeflow.org/v1/profiles/{p['name']} (merge-patch)",
+            {"spec": {"owner": {"kind": "User", "name": owner}}},
+        ),
+    ]
+
+
 def _token_account(p: Mapping[str, JSON]) -> list[str]:
     ns, name = p["namespace"], p["name"]
     return [
@@ -268,6 +284,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.contributor": _contributor,
     "kubeflow.contributor.remove": _contributor_remove,
     "kubeflow.quota": _quota,
+    "kubeflow.profile.owner": _profile_owner,
     "kubeflow.token_account": _token_account,
     "kubeflow.token_account.remove": _token_account_remove,
     "dex.user": _dex_user,

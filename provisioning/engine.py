@@ -62,6 +62,7 @@ from handlers.kinds.base import (
     PutWorkspace,
     RegistryChange,
     RevokeToken,
+    SetOwner,
     UpdateWorkspaceObjects,
 )
 from handlers.model import SYSTEM, Event, EventType, Request, RequestState
@@ -578,7 +579,7 @@ class Engine:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was
         applied: the kind says what (``on_success``, pure), this writes it."""
         outcomes = {r.idx: r.outcome for r in uow.work.steps(request.id)}
-        done = Applied(request.id, request.requester_id, request.plan, outcomes, now)
+        done = Applied(request.id, request.requester_id, request.plan, outcomes, now, request.requester_email)
         success = kinds.from_args(request.kind, request.args).on_success(done)
         for change in success.changes:
             _apply_change(uow, change, now)
@@ -599,8 +600,10 @@ class Engine:
 def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: datetime) -> None:
     registry = uow.registry
     match change:
-        case PutWorkspace(name, namespace, owner, made_by, created):
-            registry.put_workspace(name, namespace, owner, made_by, created, now)
+        case PutWorkspace(name, namespace, owner, made_by, created, slack_id):
+            registry.put_workspace(name, namespace, owner, made_by, created, now, owner_slack_id=slack_id)
+        case SetOwner(name, owner, slack_id):
+            registry.set_owner(name, owner, slack_id)
         case UpdateWorkspaceObjects(name, replace, merge, add, remove):
             row = registry.get_workspace(name)
             if row is None:
@@ -616,8 +619,8 @@ def _apply_change(uow: ProvisioningUnitOfWork, change: RegistryChange, now: date
             registry.put_workspace(name, row.namespace, row.owner, row.request_id, created, row.created_at)
         case DeleteWorkspace(name):
             registry.forget_workspace(name, now)
-        case PutGrant(workspace, user, role, granted_by, expires_at):
-            registry.put_grant(workspace, user, role, granted_by, expires_at, now)
+        case PutGrant(workspace, user, role, granted_by, expires_at, slack_id):
+            registry.put_grant(workspace, user, role, granted_by, expires_at, now, slack_id=slack_id)
         case DeleteGrant(workspace, user):
             registry.delete_grant(workspace, user)
         case PutToken(token_id, requester_id, workspace, namespace, account, role, audiences, expires_at):

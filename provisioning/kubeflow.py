@@ -58,6 +58,7 @@ from handlers.actions import (
     NotebookIdleParams,
     NotebookStopParams,
     PodDefaultParams,
+    ProfileOwnerParams,
     ProfileParams,
     ProfileRemoveParams,
     QuotaParams,
@@ -66,10 +67,11 @@ from handlers.actions import (
     TokenAccountRemoveParams,
 )
 from handlers.cost.inventory import NotebookActivity
-from handlers.errors import NotFound, PermanentError, TemporaryError
+from handlers.errors import InvalidInput, NotFound, PermanentError, TemporaryError
 from handlers.naming import kfam_binding_name, show_value
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
+from handlers.units import parse_quantity
 from provisioning import k8s
 from provisioning.actions import Action, TypedAction, registry_of
 from provisioning.k8s import Kube, Obj
@@ -211,6 +213,7 @@ class KubeflowActions:
             TypedAction(GpuPodsAbsentParams, self.check_gpu_pods_absent, k8s.no_undo),
             TypedAction(NotebookActivityParams, self.ensure_notebook_activity, self.undo_notebook_activity),
             TypedAction(NotebookIdleParams, self.check_notebook_idle, k8s.no_undo),
+            TypedAction(ProfileOwnerParams, self.ensure_profile_owner, self.undo_profile_owner),
         )
 
     # -- waiting -----------------------------------------------------------------------------
@@ -395,6 +398,51 @@ class KubeflowActions:
                                      f"{self.settings.namespace_timeout:.0f}s.", delay=10.0)
             self.clock.sleep(self.settings.poll_interval)
         return StepOutcome(created=deleted, details={"profile": name, "deleted": deleted})
+
+    # -- owner (workspace.transfer) ----------------------------------------------------------
+
+    def ensure_profile_owner(self, params: ProfileOwnerParams) -> StepOutcome:
+        """Hand the Profile to ``owner``. The profile controller reconciles a namespace only while
+        its ``owner`` annotation equals ``spec.owner.name`` (its takeover guard: otherwise it sets
+        Failed and stops), and re-syncs the subjects of ``namespaceAdmin`` and the spec of
+        ``ns-owner-access-istio`` but never their annotations; so the annotation is moved first,
+        then the Profile, then the bot waits until ``namespaceAdmin`` names the new owner."""
+        name, owner = params.name, params.owner
+        istio_literal(owner, "the new owner")
+        profile = self.kube.get(k8s.PROFILE, name)
+        if profile is None:
+            raise PermanentError(f"There is no Profile `{name}` to hand over.")
+        current = _profile_owner(profile)
+        if current not in (params.previous, owner):
+            raise PermanentError(f"The Profile `{name}` is owned by {current or 'nobody'} now, not "
+                                 f"{params.previous}; nothing was changed.")
+        changed = current != owner
+        self._set_owner(name, owner)
+        self._await_owner(name, owner)
+        return StepOutcome(created=changed, details={"profile": name, "previous": params.previous})
+
+    def _set_owner(self, name: str, owner: str) -> None:
+        self.kube.merge_patch(k8s.NAMESPACE, name, {"metadata": {"annotations": {"owner": owner}}})
+        self.kube.merge_patch(k8s.PROFILE, name, {"spec": {"owner": {"kind": "User", "name": owner}}})
+
+    def _await_owner(self, name: str, owner: str) -> None:
+        start = self.clock.now()
+        while True:
+            binding = self.kube.get(k8s.ROLE_BINDING, "namespaceAdmin", name)
+            if binding is not None and [s.get("name") for s in _subjects(binding)] == [owner]:
+                return
+            if self._elapsed(start) >= self.settings.namespace_timeout:
+                raise TemporaryError(f"The profile controller has not handed `{name}` to {owner} after "
+                                     f"{self.settings.namespace_timeout:.0f}s; is it running?", delay=10.0)
+            self.clock.sleep(self.settings.poll_interval)
+
+    def undo_profile_owner(self, params: ProfileOwnerParams, outcome: StepOutcome) -> None:
+        if not outcome.created:
+            return
+        profile = self.kube.get(k8s.PROFILE, params.name)
+        if profile is None or _profile_owner(profile) != params.owner:
+            return  # gone, or someone moved it since: not ours to put back
+        self._set_owner(params.name, params.previous)
 
     # -- PodDefault --------------------------------------------------------------------------
 
@@ -774,6 +822,20 @@ class KubeflowActions:
         return StepOutcome(created=bool(removed), details={"removed": removed})
 
     # -- read models -------------------------------------------------------------------------
+
+    def pvc_storage(self, namespace: str) -> tuple[int, int]:
+        """(PersistentVolumeClaims, bytes they request) in the namespace."""
+        claims = self.kube.list(k8s.PVC, namespace)
+        total = 0
+        for claim in claims:
+            resources = (claim.get("spec") or {}).get("resources") or {}
+            requested = (resources.get("requests") or {}).get("storage")
+            if isinstance(requested, str):
+                try:
+                    total += int(parse_quantity(requested, "storage"))
+                except InvalidInput:
+                    continue  # the apiserver validated it; a form we cannot read counts as 0
+        return len(claims), total
 
     def workspace_state(self, namespace: str) -> WorkspaceState:
         """The live truth about one workspace, for ``/kf workspace show`` and planning facts."""

@@ -198,7 +198,9 @@ def test_each_person_sees_their_own_and_no_admin_approves_what_is_for_them(
     wait_state(bot, for_carol, RequestState.CANCELLED)
 
 
-def test_tokens_are_revoked_from_the_tab_only_by_who_may_and_a_grantee_is_refreshed(bot: Running, fake_slack: FakeSlack) -> None:
+def test_tokens_are_revoked_from_the_tab_only_by_who_may_and_a_grantee_is_refreshed(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
     workspace = new_request(bot, fake_slack, "workspace new team-a", user=ALICE)
     [request] = requests_in_db(bot)
     bob = open_home(bot, fake_slack, BOB)

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from handlers import errors, kinds, services
+from handlers import errors, kinds, offboard, services
 from handlers.model import SYSTEM, TRANSITIONS, Actor, Event, EventType, RequestState
 from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
 from provisioning.store import Database
@@ -78,8 +78,8 @@ def canonical(email: str) -> str:
 # What the state machine explored, reported at the end of the session (tests/conftest.py).
 EXPLORED: Counter[str] = Counter()
 CELLS: set[tuple[str, str]] = set()
-ACTIONS_PER_ACTOR = 17  # twelve kinds to submit; approve, reject, cancel, retry, show token
-SYSTEM_CELLS = 5  # the engine, timers, three hand edits of the database
+ACTIONS_PER_ACTOR = 18  # thirteen kinds to submit; approve, reject, cancel, retry, show token
+SYSTEM_CELLS = 6  # the engine, timers, offboarding, three hand edits of the database
 
 
 def _report() -> None:
@@ -111,6 +111,8 @@ class Oracle:
             out.add(canonical(str(args["owner"])))
         if kind in (kinds.Share.KIND, kinds.Unshare.KIND):
             out.add(canonical(str(args["user"])))
+        if kind == kinds.WorkspaceTransfer.KIND:
+            out.add(canonical(str(args["to"])))
         workspace_kinds = (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND, kinds.WorkspacePin.KIND)
         if kind in (*workspace_kinds, *COST_KINDS):
             out |= self.people(str(args.get("workspace") or args.get("name")))
@@ -200,6 +202,12 @@ class GateMachine(RuleBasedStateMachine):
                 assert alone == self.oracle.may_apply_alone(actor, request.kind, dict(request.args)), (
                     f"{who}'s {request.kind} {dict(request.args)} applied alone={alone}"
                 )
+            if request.kind == kinds.WorkspaceTransfer.KIND:
+                # A transfer gives someone a workspace: an admin decides, whoever asks (the owner or
+                # an admin; nobody else may even ask).
+                assert request.state is RequestState.PENDING, f"{who}'s transfer applied alone"
+                owner = self.oracle.owners.get(str(request.args["name"]))
+                assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed a transfer"
             if request.kind in COST_KINDS:  # who may not even ask is refused before anything
                 owner = self.oracle.owners.get(str(request.args.get("workspace") or request.args["name"]))
                 assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed {request.kind}"
@@ -300,6 +308,30 @@ class GateMachine(RuleBasedStateMachine):
     @rule(who=who, ws=workspace, high=st.sampled_from((1, 4)))
     def resize(self, who: str, ws: str, high: int) -> None:
         self._submit(who, kinds.WorkspaceResize(ws, 0, high))
+
+    # -- offboarding (#12) ------------------------------------------------------------------------
+    @rule(who=who, ws=workspace, to=person)
+    def transfer(self, who: str, ws: str, to: str) -> None:
+        self._submit(who, kinds.WorkspaceTransfer(ws, to))
+
+    @rule(user=st.sampled_from((ALICE.email, BOB.email)))
+    def person_leaves(self, user: str) -> None:
+        """Slack says ``user`` was deactivated: offboarding files the bot's own requests (unshares
+        and token revokes applied under ``system:offboard``, transfers waiting for an admin)."""
+        self._cell("system", "offboarding")
+        people = [p for p in self.stack.backend.people() if p.user == user]
+        for person in people:
+            slack_id = "U" + user.split("@", maxsplit=1)[0].upper()
+            answer = offboard.SlackAnswer(by_id=True, slack_id=slack_id, deleted=True)
+            result = offboard.offboard(self.stack.core, person, answer)
+            for rid in result.filed:
+                self.requests.append(rid)
+                self.requester_of[rid] = SYSTEM
+                request = self.stack.request(rid)
+                if request.kind == kinds.WorkspaceTransfer.KIND:
+                    assert request.state is RequestState.PENDING, "an offboarding transfer applied alone"
+                else:
+                    assert request.kind in (kinds.Unshare.KIND, kinds.TokenRevoke.KIND), request.kind
 
     # -- buttons and modals ------------------------------------------------------------------------
     def _pick(self, data: st.DataObject, *, pending: bool = False) -> str | None:

@@ -147,6 +147,11 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     ),
     "resize-nodes": (kinds.WorkspaceResize("team-a", 0, 4), _facts(), RUNBOOK),
     "resize-instance-type": (kinds.WorkspaceResize("team-a", 0, 2, "g5.xlarge"), _facts(), RUNBOOK),
+    # Offboarding (#12): frozen from their first release on.
+    "transfer-to-contributor": (kinds.WorkspaceTransfer("team-a", "b@example.com"), _facts(), RUNBOOK),
+    "transfer-offboarded-owner": (
+        kinds.WorkspaceTransfer("team-a", "d@example.com", offboarded=True), _facts(), RUNBOOK
+    ),
 }
 
 GOLDEN: dict[str, str] = {
@@ -180,6 +185,9 @@ GOLDEN: dict[str, str] = {
     "notebook-auto-stop": "525fa49f2065709cfd102d5698eef411b1e8bd4476a45ab2b3d9a8b4fafba824",
     "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
     "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
+    # Offboarding (#12), computed by its first release.
+    "transfer-offboarded-owner": "5ad559d19bbd76b45dd158fb5ee70006429d2d409050676d58b8088d68701383",
+    "transfer-to-contributor": "44a31a0fc150960b7c050102d055281d1c15a80b17702a7f529d08ea03743630",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 from bot import blocks, render
 from bot.controls import control
 from bot.listeners.common import Deps, durable
+from bot.offboard import Offboarder
 from bot.payloads import SlashCommand
 from handlers import errors, parse, services
 from handlers.kinds import RequestKind
@@ -65,6 +66,12 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
             action=("Set my password", blocks.SET_PASSWORD, ""),
         )
         respond(text=text, blocks=blks, response_type="ephemeral")
+        return
+    if isinstance(parsed, parse.Offboard):
+        if deps.people is None:
+            raise errors.InvalidInput("Offboarding is not available here.")
+        checked = Offboarder(client, deps.people, deps.core, deps.core.clock).check_now(actor, parsed.email)
+        respond(text=blocks.fallback(render.SLACK.message(checked)), response_type="ephemeral")
         return
     if isinstance(parsed, parse.Control):
         respond(

@@ -27,6 +27,7 @@ from bot import render
 from bot.controls import WorkspaceReads
 from bot.home import Home
 from bot.identity import Identity
+from bot.offboard import OffboardBackend
 from bot.payloads import text_at
 from bot.settings import Settings
 from handlers import errors
@@ -350,6 +351,8 @@ class Deps:
     inbox: Inbox
     """Where acked work is recorded and run (``durable``)."""
     quick: WorkPool = field(default_factory=lambda: WorkPool(QUICK_THREADS))
+    people: OffboardBackend | None = None
+    """``provisioning.Backend`` for ``/kf offboard`` (who holds access, their Slack ids)."""
     """Where clicks that only open a modal run (``after_ack``): within the ``trigger_id``'s 3 s,
     never queued behind bulk work."""
     home: Home | None = None

@@ -49,6 +49,7 @@ from handlers.kinds.workspace_create import (
 from handlers.kinds.workspace_delete import WorkspaceDelete
 from handlers.kinds.workspace_pin import WorkspacePin
 from handlers.kinds.workspace_resize import WorkspaceResize
+from handlers.kinds.workspace_transfer import WorkspaceTransfer
 from handlers.model import Actor
 from handlers.plan import JSON
 from handlers.ports import Facts
@@ -69,6 +70,7 @@ KINDS: Mapping[str, type[RequestKind]] = {
         GpuScale,
         GpuHold,
         WorkspaceResize,
+        WorkspaceTransfer,
     )
 }
 
@@ -134,6 +136,7 @@ __all__ = [
     "WorkspaceDelete",
     "WorkspacePin",
     "WorkspaceResize",
+    "WorkspaceTransfer",
     "complete",
     "from_args",
     "gpu_nodegroup_taints",

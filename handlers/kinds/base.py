@@ -61,6 +61,9 @@ class PutWorkspace:
     request_id: str
     created: Mapping[str, Mapping[str, JSON]]
     """Step key -> ``{"action", "params"}`` of every object the request created."""
+    slack_id: str | None = None
+    """The owner's Slack user id when the request knew it (the owner asked): offboarding asks
+    Slack about the owner by it."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,15 @@ class UpdateWorkspaceObjects:
 
 
 @dataclass(frozen=True)
+class SetOwner:
+    """The workspace has a new owner (``workspace.transfer``); ``slack_id`` as ``PutWorkspace``'s."""
+
+    name: str
+    owner: str
+    slack_id: str | None = None
+
+
+@dataclass(frozen=True)
 class DeleteWorkspace:
     """Mark the workspace deleted; every token account in it went with its namespace."""
 
@@ -95,6 +107,8 @@ class PutGrant:
     role: str
     request_id: str
     expires_at: datetime | None
+    slack_id: str | None = None
+    """The grantee's Slack user id when the request knew it (the grantee asked)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ RegistryChange = (
     | PutToken
     | RevokeToken
     | PutHold
+    | SetOwner
 )
 
 
@@ -160,6 +175,8 @@ class Applied:
     outcomes: Mapping[int, StepOutcome | None]
     """Step index -> its recorded outcome."""
     at: datetime
+    requester_email: str = ""
+    """The requester's Slack email: who the requester's Slack id (``requester_id``) belongs to."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +249,13 @@ def kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
     """The actor's Kubeflow user id (``KFBOT_USER_ID_MAP`` applied): owners, contributors and Dex
     logins are recorded under it, so every identity check compares this, never the raw email."""
     return kubeflow_user_id(settings, actor.email)
+
+
+def slack_id_of(done: Applied, user: str) -> str | None:
+    """``user``'s Slack id when the request's requester is ``user`` (the only Slack id a request
+    knows). An id mapped by ``KFBOT_USER_ID_MAP`` differs from the email, so none is recorded:
+    offboarding never asks Slack about a mapped id."""
+    return done.requester_id if done.requester_email and done.requester_email == user else None
 
 
 def owns(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:

@@ -29,6 +29,7 @@ from handlers.kinds.base import (
     kfam_clash,
     owns,
     require_workspace,
+    slack_id_of,
     text,
     token_removals,
     tokens_removed,
@@ -144,9 +145,8 @@ class Share:
     def on_success(self, done: Applied) -> Success:
         ref = grant_timer_ref(self.workspace, self.user)
         expires = done.at + self.duration if self.duration else None
-        grant = PutGrant(
-            self.workspace, str(done.plan.steps[0].params["user"]), self.role, done.request_id, expires
-        )
+        user = str(done.plan.steps[0].params["user"])
+        grant = PutGrant(self.workspace, user, self.role, done.request_id, expires, slack_id_of(done, user))
         revoked, expiries = tokens_removed(done.plan)
         if self.duration is None:
             return Success(changes=(grant, *revoked), cancel=(CancelTimer(GRANT_EXPIRE, ref), *expiries))

@@ -21,6 +21,7 @@ from handlers.kinds.base import (
     Success,
     Syntax,
     TimerKind,
+    slack_id_of,
     text,
     whole_number,
 )
@@ -288,6 +289,7 @@ class WorkspaceCreate:
                     str(profile.params["owner"]),
                     done.request_id,
                     created,
+                    slack_id_of(done, str(profile.params["owner"])),
                 ),
             )
         )

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from handlers import errors
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Request, RequestState
+from handlers.offboard import Person
 from handlers.plan import JSON, Plan, StepOutcome, StepStatus
 from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord
 from provisioning.store.schema import (
@@ -663,11 +664,76 @@ class SqlRegistry:
     # -- workspaces ---------------------------------------------------------------------------
     def put_workspace(
         self, name: str, namespace: str, owner: str, request_id: str | None,
-        created: Mapping[str, Mapping[str, JSON]], at: datetime,
+        created: Mapping[str, Mapping[str, JSON]], at: datetime, *, owner_slack_id: str | None = None,
     ) -> None:
-        values = {"namespace": namespace, "owner": owner, "request_id": request_id, "created": dict(created),
-                  "created_at": at, "deleted_at": None}
+        values: dict[str, Any] = {"namespace": namespace, "owner": owner, "request_id": request_id,
+                                  "created": dict(created), "created_at": at, "deleted_at": None}
+        if owner_slack_id is not None:  # None: keep an id recorded before (an update of the objects)
+            values["owner_slack_id"] = owner_slack_id
         _upsert(self._tx.conn, workspaces, {"name": name, **values}, conflict=["name"], update=values)
+
+    def set_owner(self, name: str, owner: str, slack_id: str | None) -> None:
+        self._tx.conn.execute(
+            sa.update(workspaces)
+            .where(workspaces.c.name == name, workspaces.c.deleted_at.is_(None))
+            .values(owner=owner, owner_slack_id=slack_id)
+        )
+
+    def record_slack_id(self, user: str, slack_id: str) -> None:
+        """``user``'s Slack id, found by email, where the grant or ownership recorded none: from
+        now on the person is asked about by id, and an id Slack no longer knows means they left."""
+        self._tx.conn.execute(
+            sa.update(workspaces)
+            .where(workspaces.c.owner == user, workspaces.c.owner_slack_id.is_(None))
+            .values(owner_slack_id=slack_id)
+        )
+        self._tx.conn.execute(
+            sa.update(grants)
+            .where(grants.c.user == user, grants.c.slack_id.is_(None))
+            .values(slack_id=slack_id)
+        )
+
+    def people(self) -> list[Person]:
+        """Everyone who holds access the bot granted: owners of live workspaces, grantees and
+        holders of active tokens (by the email their token request came from), with the Slack ids
+        recorded for them."""
+        found: dict[str, dict[str, Any]] = {}
+
+        def person(user: str) -> dict[str, Any]:
+            return found.setdefault(user, {"ids": {}, "owns": [], "grants": [], "tokens": []})
+
+        live = sa.select(workspaces).where(workspaces.c.deleted_at.is_(None)).order_by(workspaces.c.name)
+        names = set()
+        for row in self._tx.conn.execute(live):
+            names.add(row.name)
+            entry = person(row.owner)
+            entry["owns"].append(row.name)
+            if row.owner_slack_id:
+                entry["ids"][row.owner_slack_id] = None
+        for row in self._tx.conn.execute(sa.select(grants).order_by(grants.c.workspace)):
+            if row.workspace not in names:
+                continue
+            entry = person(row.user)
+            entry["grants"].append(row.workspace)
+            if row.slack_id:
+                entry["ids"][row.slack_id] = None
+        query = (
+            sa.select(tokens.c.token_id, tokens.c.workspace, tokens.c.requester_id,
+                      requests.c.requester_email)
+            .join(requests, requests.c.id == tokens.c.token_id)
+            .where(tokens.c.revoked_at.is_(None))
+            .order_by(tokens.c.token_id)
+        )
+        for row in self._tx.conn.execute(query):
+            if row.workspace not in names:
+                continue
+            entry = person(row.requester_email)
+            entry["tokens"].append((row.token_id, row.workspace))
+            entry["ids"][row.requester_id] = None
+        return [
+            Person(user, tuple(e["ids"]), tuple(e["owns"]), tuple(e["grants"]), tuple(e["tokens"]))
+            for user, e in sorted(found.items())
+        ]
 
     def get_workspace(self, name: str, *, include_deleted: bool = False) -> WorkspaceRecord | None:
         query = sa.select(workspaces).where(workspaces.c.name == name)
@@ -706,9 +772,12 @@ class SqlRegistry:
     # -- grants -------------------------------------------------------------------------------
     def put_grant(
         self, workspace: str, user: str, role: str, request_id: str | None, expires_at: datetime | None,
-        at: datetime,
+        at: datetime, *, slack_id: str | None = None,
     ) -> None:
-        values = {"role": role, "request_id": request_id, "expires_at": expires_at, "created_at": at}
+        values: dict[str, Any] = {"role": role, "request_id": request_id, "expires_at": expires_at,
+                                  "created_at": at}
+        if slack_id is not None:
+            values["slack_id"] = slack_id
         _upsert(self._tx.conn, grants, {"workspace": workspace, "user": user, **values},
                 conflict=["workspace", "user"], update=values)
 

@@ -181,6 +181,8 @@ workspaces = sa.Table(
     sa.Column("created", _json(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("deleted_at", UtcDateTime(), nullable=True),
+    # The owner's Slack user id when it was known as the access was granted (migration 0007).
+    sa.Column("owner_slack_id", sa.String(), nullable=True),
     sa.Index("ix_workspaces_owner", "owner"),
 )
 
@@ -193,6 +195,7 @@ grants = sa.Table(
     sa.Column("request_id", sa.String(), nullable=True),
     sa.Column("expires_at", UtcDateTime(), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("slack_id", sa.String(), nullable=True),
     sa.Index("ix_grants_user", "user"),
 )
 

@@ -276,6 +276,18 @@ class FakeSlack:
             self._users[user_id] = user
         return copy.deepcopy(user)
 
+    def deactivate_user(self, user_id: str) -> None:
+        """A Slack admin deactivates the account: ``users.info`` still answers, with ``deleted:
+        true``; ``users.lookupByEmail`` no longer finds it (docs.slack.dev: users.info, user type)."""
+        with self._lock:
+            self._users[user_id]["deleted"] = True
+
+    def forget_user(self, user_id: str) -> None:
+        """The id is gone from this workspace (an Enterprise Grid user moved out, a workspace
+        migration): ``users.info`` answers ``user_not_found``."""
+        with self._lock:
+            del self._users[user_id]
+
     def set_usergroup(self, group_id: str, user_ids: list[str]) -> None:
         with self._lock:
             self._usergroups[group_id] = list(user_ids)

@@ -1,0 +1,179 @@
+"""Offboarding: when Slack says a person left, take the access the bot gave them and ask the admins
+who gets the workspaces they own.
+
+Pure rules, and the one use case that files the requests (``offboard``). The Slack edge
+(``bot/offboard.py``) asks Slack about each person and hands the answer here as a ``SlackAnswer``;
+``judge`` turns what Slack said into a ``Presence``. Only ``LEFT`` acts:
+
+* ``users.info`` on a recorded id says ``deleted: true``, or ``user_not_found`` for an id that
+  was once known: left;
+* ``users.lookupByEmail`` (nobody recorded an id) finding nobody: Slack never knew the email (a
+  collaborator outside Slack, an id mapped by ``KFBOT_USER_ID_MAP``): never left;
+* any other error, a timeout, a 429: unknown, asked again on the next run (after ``Retry-After``).
+
+For someone who left, the bot files, as requests of its own (requester ``system``): an
+``unshare`` per grant (which takes the tokens that grant made) and a ``token.revoke`` per other
+token, auto-applied under the rule ``system:offboard`` (taking access away from someone Slack
+deactivated benefits nobody, as an expiry does not), and a ``workspace.transfer`` per workspace
+they own, which waits for an admin like any transfer (it gives someone a workspace and its data).
+Each request's idempotency key names the person, the Slack id and what it is about, so a second
+run files nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from handlers import errors, kinds, naming, policy
+from handlers.ports import Facts
+from handlers.services import AutoDecision, Core, record_system
+
+TRIGGER = "offboard"
+RULE = policy.system_rule(TRIGGER)
+REASON = "the person left Slack"
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone the bot gave access to, as the registry records them."""
+
+    user: str
+    """The Kubeflow user id of an owner or grantee, or the Slack email of a token's requester."""
+    slack_ids: tuple[str, ...] = ()
+    """The Slack ids recorded when the access was granted (a token's requester, always)."""
+    owns: tuple[str, ...] = ()
+    grants: tuple[str, ...] = ()
+    tokens: tuple[tuple[str, str], ...] = ()
+    """(token id, workspace) of active tokens."""
+
+
+class Presence(StrEnum):
+    ACTIVE = "active"
+    LEFT = "left"
+    NEVER_KNOWN = "never known"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class SlackAnswer:
+    """What one Slack call said: ``user`` (the user object) or ``error``; ``status`` the HTTP status
+    (0: no answer, a timeout); ``retry_after`` Slack's ``Retry-After`` in seconds on a 429."""
+
+    by_id: bool
+    """``users.info`` on a recorded id (else ``users.lookupByEmail``)."""
+    slack_id: str | None = None
+    deleted: bool | None = None
+    error: str | None = None
+    status: int = 200
+    retry_after: float | None = None
+
+
+def judge(answer: SlackAnswer) -> Presence:
+    if answer.status == 429 or answer.error == "ratelimited" or answer.status != 200:
+        return Presence.UNKNOWN
+    if answer.error is None:
+        return Presence.LEFT if answer.deleted is True else Presence.ACTIVE
+    if answer.by_id and answer.error == "user_not_found":
+        return Presence.LEFT  # an id Slack once gave us is gone
+    if not answer.by_id and answer.error == "users_not_found":
+        return Presence.NEVER_KNOWN
+    return Presence.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Offboarded:
+    """What one run did for one person."""
+
+    user: str
+    presence: Presence
+    filed: tuple[str, ...] = ()
+    """Ids of requests filed now (a second run files none)."""
+    already: tuple[str, ...] = ()
+    """Ids of requests an earlier run filed."""
+    skipped: tuple[str, ...] = field(default_factory=tuple)
+    """Why something was not filed (a request about it still open, nobody to hand a workspace to)."""
+
+
+def proposed_owner(core: Core, person: Person, workspace: str) -> str | None:
+    """Who a left owner's workspace is offered to: its first edit contributor who is not the person,
+    else ``KFBOT_OFFBOARD_OWNER``; the admin who decides sees the name and can reject and file
+    another transfer."""
+    ws = core.facts.workspace(workspace)
+    if ws is not None:
+        for user, role in sorted(ws.contributors.items()):
+            if role == "edit" and user != person.user and "@" in user:
+                return user
+    return core.settings.offboard.owner or None
+
+
+def offboard(core: Core, person: Person, answer: SlackAnswer) -> Offboarded:
+    """File what offboarding ``person`` takes, if ``answer`` says they left; nothing otherwise."""
+    presence = judge(answer)
+    if presence is not Presence.LEFT:
+        return Offboarded(person.user, presence)
+    said = "deleted" if answer.error is None else answer.error
+    trigger = f"slack:{answer.slack_id or person.user}:{said}"
+    who = f"{TRIGGER}:{person.user}:{answer.slack_id or '-'}"
+    filed: list[str] = []
+    already: list[str] = []
+    skipped: list[str] = []
+    auto = AutoDecision(RULE, REASON, trigger)
+
+    def file(kind: kinds.RequestKind, key: str, decision: AutoDecision | None) -> None:
+        try:
+            done = record_system(core, kind, key, decision)
+        except errors.SubjectBusy as exc:
+            skipped.append(f"{kind.describe()}: {exc.user_message or 'a request about it is still open'}")
+            return
+        except (errors.InvalidInput, errors.NotFound) as exc:
+            skipped.append(f"{kind.describe()}: {exc.user_message}")
+            return
+        (already if done.duplicate else filed).append(done.request.id)
+
+    for workspace in person.grants:
+        owner = _owner(core.facts, workspace)
+        notify = (owner,) if owner else ()
+        file(kinds.Unshare(workspace, person.user, notify=notify), f"{who}:grant:{workspace}", auto)
+    granted = set(person.grants)
+    for token_id, workspace in person.tokens:
+        if workspace in granted:
+            continue  # the unshare of that grant removes the tokens it made
+        file(kinds.TokenRevoke(token_id), f"{who}:token:{token_id}", auto)
+    for workspace in person.owns:
+        to = proposed_owner(core, person, workspace)
+        if to is None:
+            skipped.append(
+                f"`{workspace}` has nobody to hand it to: file "
+                f"`/kf workspace transfer {workspace} --to EMAIL`, or set KFBOT_OFFBOARD_OWNER."
+            )
+            continue
+        transfer = kinds.WorkspaceTransfer(workspace, to, offboarded=True)
+        file(transfer, f"{who}:transfer:{workspace}", None)
+    return Offboarded(person.user, presence, tuple(filed), tuple(already), tuple(skipped))
+
+
+def _owner(facts: Facts, workspace: str) -> str | None:
+    ws = facts.workspace(workspace)
+    return None if ws is None else ws.owner
+
+
+def describe(result: Offboarded) -> str:
+    """One line for the admin who ran ``/kf offboard`` (values quoted raw, as core texts are)."""
+    user = naming.show_value(result.user)
+    if result.presence is not Presence.LEFT:
+        why = {
+            Presence.ACTIVE: "is active in Slack",
+            Presence.NEVER_KNOWN: "is not a Slack user (never known to Slack), so never counts as left",
+            Presence.UNKNOWN: "could not be checked (Slack did not answer); the daily check tries again",
+        }[result.presence]
+        return f"{user} {why}; nothing was filed."
+    parts = [f"{user} left Slack."]
+    if result.filed:
+        parts.append("Filed " + ", ".join(f"`{i}`" for i in result.filed) + ".")
+    if result.already:
+        parts.append("Filed before: " + ", ".join(f"`{i}`" for i in result.already) + ".")
+    parts.extend(result.skipped)
+    if len(parts) == 1:
+        parts.append("They hold nothing the bot granted.")
+    return " ".join(parts)
