@@ -694,7 +694,7 @@ def _build_live(
         clock,
         db,
         actions,
-        RegistryFacts(db, clock, kubeflow),
+        RegistryFacts(db, clock, kubeflow, None if settings.dex.mode == "external" else dex),
         secrets,
         kubeflow,
         metrics=metrics,
