@@ -297,7 +297,7 @@ def _static_entry_by_hand(stack: LiveStack, email: str, bcrypt_hash: str) -> Non
     assert cm is not None
     config = yaml.safe_load(cm["data"]["config.yaml"])
     config.setdefault("staticPasswords", []).append(
-        {"email": email, "hash": bcrypt_hash, "username": email.split("@", maxsplit=1)[0], "userID": "hand-made"}
+        {"email": email, "hash": bcrypt_hash, "username": "by-hand", "userID": "hand-made"}
     )
     cm["data"]["config.yaml"] = yaml.safe_dump(config)
     code, answer, _ = stack.apiserver.handle(
