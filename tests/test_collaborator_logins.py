@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import bcrypt
 import pytest
 import yaml
+from kubernetes import client
 
+from bot import app as composition
+from bot import blocks
+from bot.settings import Settings
 from handlers import errors, kinds, notifications, parse, services
 from handlers.model import Actor, Request, RequestState
 from handlers.naming import dex_password_object_name
@@ -29,6 +35,9 @@ from handlers.settings import CoreSettings
 from provisioning import dex as dex_adapter
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.clock import FakeClock
+from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.fakes.slack_bot import ADMIN_CHANNEL
+from tests.fakes.slack_edge import REQUEST_ID, button, card_for, click, slash, wait_state, wait_until
 from tests.live_harness import (
     ADMIN,
     ADMIN2,
@@ -38,14 +47,21 @@ from tests.live_harness import (
     LiveStack,
     dex_secret_data,
     dex_static_passwords,
+    dump_database,
+    live_env,
     live_stack,
     seed_aws,
+    seed_kube,
+    tune_for_tests,
+    write_kubeconfig,
 )
 
 CAROL = Actor("UCAROL001", "carol@example.com")
 DAVE = Actor("UDAVE0001", "dave@example.com")
 EVE = Actor("UEVE00001", "eve@example.com")
 DEX_PASSWORDS = ("dex.coreos.com/v1", "passwords")
+NO_IAM = {"KFBOT_IAM_POLICY_ARNS": ""}
+"""Workspaces without the shared IAM policies: logins do not touch them, and moto's IAM is slow."""
 HOSTILE_EMAILS = (
     "*@example.com",  # an Istio wildcard
     "carol@example.com*",
@@ -68,14 +84,15 @@ def world(aws: Any) -> AwsWorld:
 def stack(
     request: pytest.FixtureRequest, sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld
 ) -> Iterator[LiveStack]:
-    with live_stack(sqlite_url, apiserver, world, dex_mode=request.param, quiet_period=1.0) as built:
+    mode = request.param
+    with live_stack(sqlite_url, apiserver, world, dex_mode=mode, quiet_period=1.0, env=NO_IAM) as built:
         _apply(built, ALICE, "workspace new team-a")
         yield built
 
 
 @pytest.fixture
 def password_cr(sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld) -> Iterator[LiveStack]:
-    with live_stack(sqlite_url, apiserver, world) as built:
+    with live_stack(sqlite_url, apiserver, world, env=NO_IAM) as built:
         _apply(built, ALICE, "workspace new team-a")
         yield built
 
@@ -270,7 +287,7 @@ def test_the_login_stays_while_other_access_remains_and_goes_with_expiry_or_dele
 
 
 def test_external_mode_changes_nothing(sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld) -> None:
-    with live_stack(sqlite_url, apiserver, world, dex_mode="external") as stack:
+    with live_stack(sqlite_url, apiserver, world, dex_mode="external", env=NO_IAM) as stack:
         _apply(stack, ALICE, "workspace new team-a")
         share = _apply(stack, ALICE, f"share team-a {CAROL.email}")
         assert [s.action for s in share.plan.steps] == ["kubeflow.contributor"]
@@ -320,3 +337,90 @@ def _refused(stack: LiveStack, actor: Actor, text: str) -> str:
 
 def _no_mentions(user_id: str) -> str:
     raise AssertionError("these tests type emails")
+
+
+# -- the Slack edge: the DM's button, pressed -----------------------------------------------------------
+
+
+def test_the_grantee_presses_set_my_password_in_their_dm_and_only_their_modal_shows_it(
+    sqlite_url: str,
+    apiserver: FakeApiServer,
+    world: AwsWorld,
+    fake_slack: FakeSlack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # INFO: slack_sdk's DEBUG lines carry request bodies; `kfbot serve` keeps them out of its logs
+    # (bot.logging, tested with the owner's password in test_workspace_e2e).
+    caplog.set_level(logging.INFO)
+    for actor, name in ((ALICE, "alice"), (CAROL, "carol"), (ADMIN, "admin"), (ADMIN2, "admin2")):
+        fake_slack.add_user(actor.user_id, actor.email, name)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", apiserver.url)))
+    with client.ApiClient(client.Configuration(host=apiserver.url)) as api:
+        seed_kube(apiserver, api, "password-cr")
+    env = {
+        **live_env(sqlite_url, world, **NO_IAM),
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "KFBOT_SLACK_API_URL": fake_slack.base_url,
+        "KFBOT_ADMIN_CHANNEL": ADMIN_CHANNEL,
+        "KFBOT_HTTP_HOST": "127.0.0.1",
+        "KFBOT_HTTP_PORT": "0",
+        "KFBOT_HEALTH_PORT": "0",
+    }
+    settings = tune_for_tests(Settings.from_env(env))
+    migrating = composition.build_backend(settings)
+    migrating.migrate()
+    migrating.close()
+    running = composition.start_slack(settings, port=0)
+    try:
+        created = REQUEST_ID.search(slash(running, fake_slack, "workspace new team-a", user=ALICE.user_id))
+        assert created is not None
+        click(running, fake_slack, card_for(fake_slack, created.group(0)), blocks.APPROVE, user=ADMIN.user_id)
+        wait_state(running, created.group(0), RequestState.SUCCEEDED)
+
+        reply = slash(running, fake_slack, f"share team-a {CAROL.email}", user=ALICE.user_id, name="share")
+        shared = REQUEST_ID.search(reply)
+        assert shared is not None, reply
+        wait_state(running, shared.group(0), RequestState.SUCCEEDED)
+        carol_dm = fake_slack.dm_channel(CAROL.user_id)
+
+        def dm_with_button(after: int) -> dict[str, Any] | None:
+            found = [m for m in fake_slack.messages_in(carol_dm) if button(m, blocks.SET_PASSWORD)]
+            return found[after] if len(found) > after else None
+
+        dm = wait_until(lambda: dm_with_button(0), "Carol's DM with Set my password")
+        assert "login was made for you" in dm["text"] and "team-a" in dm["text"]
+        # Alice, who asked, gets no password button of Carol's.
+        alice_dm = fake_slack.dm_channel(ALICE.user_id)
+        assert not [m for m in fake_slack.messages_in(alice_dm) if shared.group(0) in m.get("text", "")
+                    and button(m, blocks.SET_PASSWORD)]
+        name = dex_password_object_name(CAROL.email)
+        unusable = apiserver.get(*DEX_PASSWORDS, name, DEX_NAMESPACE)
+        assert unusable is not None
+
+        assert click(running, fake_slack, dm, blocks.SET_PASSWORD, user=CAROL.user_id, name="press") == 200
+        view = wait_until(lambda: fake_slack.calls_to("views.update"), "the modal's update")[-1]["view"]
+        match = re.search(r"```([A-Za-z0-9]{16,})```", json.dumps(view["blocks"]))
+        assert match is not None
+        password = match.group(1)
+        stored = apiserver.get(*DEX_PASSWORDS, name, DEX_NAMESPACE)
+        assert stored is not None and stored["hash"] != unusable["hash"]
+        assert bcrypt.checkpw(password.encode(), base64.b64decode(stored["hash"]))
+
+        # The admin's reset: Carol's DM gets the button again; the admin sees no password.
+        reply = slash(running, fake_slack, f"password reset {CAROL.email}", user=ADMIN.user_id, name="reset")
+        reset = REQUEST_ID.search(reply)
+        assert reset is not None, reply
+        wait_state(running, reset.group(0), RequestState.SUCCEEDED)
+        again = wait_until(lambda: dm_with_button(1), "Carol's second DM with Set my password")
+        assert "An admin let you set a new password" in again["text"]
+    finally:
+        running.stop()
+
+    # The password was in exactly one Slack call (the update of Carol's modal), nowhere else.
+    assert [c.method for c in fake_slack.calls if password in json.dumps(c.params)] == ["views.update"]
+    assert password not in json.dumps(fake_slack.responses)
+    assert password not in caplog.text and password not in dump_database(sqlite_url)
