@@ -435,7 +435,10 @@ def access_text(request: Request, access: Access, style: Style) -> str:
         return f"{who} removed your access to Kubeflow workspace `{workspace}` (`{request.id}`)."
     until = f" for {style.esc(str(request.args['duration']))}" if request.args.get("duration") else ""
     role = style.esc(str(request.args.get("role") or "edit"))
-    return f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
+    text = f"{who} gave you {role} access to Kubeflow workspace `{workspace}`{until} (`{request.id}`)."
+    if any(step.action == ActionName.DEX_USER for step in request.plan.steps):
+        text += " A Kubeflow login was made for you: set its password to sign in."
+    return text
 
 
 def next_steps(
@@ -516,6 +519,12 @@ def _notice_text(notice: Notice, style: Style, kept: Sequence[str], dry_run: boo
         return result_text(request, style, kept, dry_run=dry_run)
     if say is Say.MADE_FOR_YOU:
         return f"A Kubeflow workspace was made for you: {describe(request, style)}."
+    if say is Say.PASSWORD_OFFERED:
+        login = style.esc(str(request.args.get("user") or ""))
+        return (
+            f"An admin let you set a new password for your Kubeflow login {login} (`{request.id}`). "
+            "Your current password keeps working until you do; nobody else sees the new one."
+        )
     if say is Say.ACCESS_CHANGED and notice.access is not None:
         return access_text(request, notice.access, style)
     if say is Say.TIME_LIMIT:

@@ -43,6 +43,8 @@ class Say(StrEnum):
     RESULT = "result"
     MADE_FOR_YOU = "made_for_you"
     """A workspace made for an owner other than its requester."""
+    PASSWORD_OFFERED = "password_offered"  # noqa: S105 (a message kind, not a secret)
+    """An admin let this person set a new password (``password.reset``)."""
     ACCESS_CHANGED = "access_changed"
     """Someone else gave or removed this person's access (``Notice.access``)."""
     TIME_LIMIT = "time_limit"
@@ -95,8 +97,18 @@ def _password_button(request: Request) -> Button | None:
 SECRET_BUTTONS: Mapping[str, Callable[[Request], Button | None]] = {
     kinds.TokenIssue.KIND: lambda request: Button.SHOW_TOKEN,
     kinds.WorkspaceCreate.KIND: _password_button,
+    kinds.Share.KIND: _password_button,
+    kinds.PasswordResetFor.KIND: lambda request: Button.SET_PASSWORD,
 }
-"""Kind -> the secret its success hands out (the requester's, or a new owner's password)."""
+"""Kind -> the secret its success hands out (the requester's token; the password of the login it
+made or reset, for the person ``_login_holder`` names)."""
+
+
+def _login_holder(request: Request) -> str:
+    """Whose login a ``SET_PASSWORD`` button is for: a new workspace's owner, a share's grantee, a
+    reset's person; else the requester."""
+    return str(request.args.get("owner") or request.args.get("user") or request.requester_email)
+
 ACCESS_CHANGES: Mapping[str, Access] = {kinds.Share.KIND: Access.GIVEN, kinds.Unshare.KIND: Access.REMOVED}
 """Kinds whose ``user`` argument is told when someone else changed their access."""
 KEEPS_DATA = frozenset({kinds.WorkspaceDelete.KIND})
@@ -201,17 +213,23 @@ def _result(request: Request) -> list[Notice]:
         ]
     secret = SECRET_BUTTONS.get(request.kind)
     button = secret(request) if succeeded and secret is not None else None
-    owner = str(request.args.get("owner") or request.requester_email)
-    notices: list[Notice]
-    if button is Button.SET_PASSWORD and owner != request.requester_email:
-        notices = [
-            Notice(Audience.REQUESTER, Say.RESULT, request, kept=kept),
-            Notice(Audience.PERSON, Say.MADE_FOR_YOU, request, to=owner, button=button),
-        ]
-    else:
-        notices = [Notice(Audience.REQUESTER, Say.RESULT, request, kept=kept, button=button)]
+    holder = _login_holder(request)
     access = ACCESS_CHANGES.get(request.kind)
+    notices: list[Notice]
+    # A password button goes to the person whose login it is, never to a requester acting for them.
+    theirs = button if button is Button.SET_PASSWORD and holder != request.requester_email else None
+    if theirs is None:
+        notices = [Notice(Audience.REQUESTER, Say.RESULT, request, kept=kept, button=button)]
+    else:
+        notices = [Notice(Audience.REQUESTER, Say.RESULT, request, kept=kept)]
+        if request.kind == kinds.PasswordResetFor.KIND:
+            notices.append(Notice(Audience.PERSON, Say.PASSWORD_OFFERED, request, to=holder, button=theirs))
+        elif access is None:
+            notices.append(Notice(Audience.PERSON, Say.MADE_FOR_YOU, request, to=holder, button=theirs))
     user = str(request.args.get("user") or "")
     if succeeded and access is not None and user and user != request.requester_email:
-        notices.append(Notice(Audience.PERSON, Say.ACCESS_CHANGED, request, to=user, access=access))
+        # A share that made the grantee's login hands them its button with the news.
+        notices.append(
+            Notice(Audience.PERSON, Say.ACCESS_CHANGED, request, to=user, access=access, button=theirs)
+        )
     return notices

@@ -16,7 +16,7 @@ from typing import Any
 
 from handlers import errors, kinds, naming
 from handlers.kinds.base import Flag, Parsed
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, kubeflow_user_id
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,6 @@ CONTROL_USAGE = {
     "workspace show": "/kf workspace show NAME",
     "contributors": "/kf contributors WORKSPACE",
     "tokens": "/kf tokens",
-    "password reset": "/kf password reset",
     "gpu status": "/kf gpu status [WORKSPACE]",
     "offboard": "/kf offboard EMAIL",
 }
@@ -208,6 +207,15 @@ def _user(token: str, resolve_user: UserResolver) -> str:
     return naming.normalize_email(token)
 
 
+def _is_self(token: str, requester_email: str, resolve_user: UserResolver, settings: CoreSettings) -> bool:
+    if token.startswith("--"):
+        return False
+    user = _user(token, resolve_user)
+    return user == requester_email or kubeflow_user_id(settings, user) == kubeflow_user_id(
+        settings, requester_email
+    )
+
+
 def request_id(value: str, usage: str | None = None) -> str:
     """A request id as typed (``r7kq2m`` -> ``R7KQ2M``); ``InvalidInput`` for anything else, so
     that no lookup ever sees (or echoes) an arbitrary string."""
@@ -270,6 +278,10 @@ def parse_command(
     if command == "offboard":
         (email,) = _positional("offboard", rest, ["EMAIL"])
         return Offboard(_user(email, resolve_user))
+    if command == "password reset" and (not rest or (len(rest) == 1 and _is_self(rest[0], requester_email,
+                                                                                 resolve_user, settings))):
+        # One's own login: the self-service button, no request (an admin's own included).
+        return PasswordReset()
     if command == "workspace list":
         _positional("workspace list", rest, [])
         return WorkspaceList()

@@ -203,7 +203,19 @@ class Facts(Protocol):
         ...
 
     def bot_made_login(self, user: str) -> bool:
-        """Whether a live workspace's create request made the Dex login of ``user``."""
+        """Whether a live workspace records the bot making the Dex login of ``user`` (its create
+        request for the owner, a share for a collaborator)."""
+        ...
+
+    def login_origin(self, user: str) -> str | None:
+        """``made`` or ``adopted`` when a live workspace records the Dex login of ``user`` as made
+        or adopted by the bot (an entry of ``created`` whose action is ``dex.user``, with
+        ``"adopted": true`` for an adopted one); None for any other login, or none."""
+        ...
+
+    def has_login(self, user: str) -> bool | None:
+        """Whether Dex has a login for ``user`` now, whoever made it (a Password object or a
+        ``staticPasswords`` entry); None when there is no Dex to ask (dry run, ``external``)."""
         ...
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:

@@ -529,8 +529,9 @@ def reveal_password(core: Core, actor: Actor) -> RevealedSecret:
     """ "Set my password" and ``/kf password reset``: a new password for the actor's own Dex user,
     the one made for their Kubeflow user id (``KFBOT_USER_ID_MAP`` applied)."""
     user = policy.kubeflow_user(actor, core.settings)
-    if not core.facts.bot_made_login(user):
-        # A login an admin made by hand (a staticPasswords entry, say) is not the bot's to reset.
+    if core.facts.login_origin(user) is None:
+        # A login an admin made by hand (a staticPasswords entry, say) is not the bot's to reset;
+        # one the bot made (for an owner or a collaborator) or adopted is.
         raise errors.Forbidden(
             "kf-chatops did not make a Kubeflow login for you, so it cannot set its "
             "password; ask the platform admins."

@@ -40,6 +40,10 @@ class LiveData(Protocol):
         ...
 
 
+class DexLogins(Protocol):
+    def user_exists(self, email: str) -> bool: ...
+
+
 class RegistryFacts:
     def __init__(
         self,
@@ -47,8 +51,9 @@ class RegistryFacts:
         clock: Clock,
         live: LiveWorkspaces | None = None,
         data: LiveData | None = None,
+        logins: DexLogins | None = None,
     ) -> None:
-        self.db, self.clock, self.live, self.data = db, clock, live, data
+        self.db, self.clock, self.live, self.data, self.logins = db, clock, live, data, logins
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:
@@ -181,14 +186,23 @@ class RegistryFacts:
             return tuple(w.name for w in uow.registry.list_workspaces(owner=user))
 
     def bot_made_login(self, user: str) -> bool:
+        return self.login_origin(user) == "made"
+
+    def login_origin(self, user: str) -> str | None:
         with self.db.uow() as uow:
             workspaces = uow.registry.list_workspaces()
-        return any(
-            entry["action"] == ActionName.DEX_USER and as_object(entry["params"]).get("email") == user
+        origins = {
+            "adopted" if entry.get("adopted") is True else "made"
             for ws in workspaces
             if ws.deleted_at is None
             for entry in ws.created.values()
-        )
+            if entry["action"] == ActionName.DEX_USER and as_object(entry["params"]).get("email") == user
+        }
+        # Made wins: the bot answers for a login it made even where another workspace adopted it.
+        return "made" if "made" in origins else next(iter(origins), None)
+
+    def has_login(self, user: str) -> bool | None:
+        return None if self.logins is None else self.logins.user_exists(user)
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         with self.db.uow() as uow:

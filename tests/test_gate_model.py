@@ -109,7 +109,7 @@ class Oracle:
         out = {canonical(requester)}
         if kind == kinds.WorkspaceCreate.KIND:
             out.add(canonical(str(args["owner"])))
-        if kind in (kinds.Share.KIND, kinds.Unshare.KIND):
+        if kind in (kinds.Share.KIND, kinds.Unshare.KIND, kinds.PasswordResetFor.KIND):
             out.add(canonical(str(args["user"])))
         if kind == kinds.WorkspaceTransfer.KIND:
             out.add(canonical(str(args["to"])))
@@ -208,6 +208,12 @@ class GateMachine(RuleBasedStateMachine):
                 assert request.state is RequestState.PENDING, f"{who}'s transfer applied alone"
                 owner = self.oracle.owners.get(str(request.args["name"]))
                 assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed a transfer"
+            if request.kind == kinds.PasswordResetFor.KIND:
+                # Only an admin may ask; it applies alone unless the login is the admin's own.
+                assert actor.is_admin, f"{who} filed a password reset"
+                alone = request.state is RequestState.APPROVED
+                theirs = canonical(actor.email) == canonical(str(request.args["user"]))
+                assert alone == (not theirs), f"{who}'s reset of {request.args['user']} applied alone={alone}"
             if request.kind in COST_KINDS:  # who may not even ask is refused before anything
                 owner = self.oracle.owners.get(str(request.args.get("workspace") or request.args["name"]))
                 assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed {request.kind}"
@@ -291,6 +297,10 @@ class GateMachine(RuleBasedStateMachine):
     @rule(who=who, ws=workspace)
     def pin(self, who: str, ws: str) -> None:
         self._submit(who, kinds.WorkspacePin(ws))
+
+    @rule(who=who, user=person)
+    def password_reset(self, who: str, user: str) -> None:
+        self._submit(who, kinds.PasswordResetFor(user))
 
     # -- cost control (#11): the same requests a report's buttons file ------------------------------
     @rule(who=who, ws=workspace, notebook=st.sampled_from(("nb1", "nb2")))

@@ -134,6 +134,35 @@ def test_the_person_whose_access_someone_else_changed_is_told(kind: str, access:
     )
 
 
+def test_a_share_that_made_a_login_gives_the_password_button_to_the_grantee_only() -> None:
+    grant = Step("kubeflow.contributor", "Contributor/team-a/carol", {"user": CAROL[1]}, "edit for carol")
+    done = request(
+        kinds.Share.KIND, RequestState.SUCCEEDED, {"workspace": "team-a", "user": CAROL[1]}, (grant, DEX)
+    )
+    notices = route(done, [event(EventType.SUCCEEDED)], has_card=False)
+    assert [(n.audience, n.say, n.to, n.button) for n in notices] == [
+        (Audience.REQUESTER, Say.RESULT, None, None),
+        (Audience.PERSON, Say.ACCESS_CHANGED, CAROL[1], Button.SET_PASSWORD),
+    ]
+    # Carol asked for access herself (an admin approved): her own result carries it.
+    hers = replace(done, requester_id=CAROL[0], requester_email=CAROL[1])
+    assert [(n.audience, n.button) for n in route(hers, [event(EventType.SUCCEEDED)], False)] == [
+        (Audience.REQUESTER, Button.SET_PASSWORD)
+    ]
+    # No login made (she had one), or the share failed: no button for anyone.
+    for other in (replace(done, plan=Plan.of([grant])), replace(done, state=RequestState.FAILED)):
+        assert all(n.button is None for n in route(other, [event(EventType.SUCCEEDED)], False))
+
+
+def test_an_admins_reset_sends_the_button_to_the_person_and_not_to_the_admin() -> None:
+    done = request(kinds.PasswordResetFor.KIND, RequestState.SUCCEEDED, {"user": CAROL[1]}, ())
+    notices = route(done, [event(EventType.SUCCEEDED)], has_card=False)
+    assert [(n.audience, n.say, n.to, n.button) for n in notices] == [
+        (Audience.REQUESTER, Say.RESULT, None, None),
+        (Audience.PERSON, Say.PASSWORD_OFFERED, CAROL[1], Button.SET_PASSWORD),
+    ]
+
+
 def test_the_admins_hear_of_a_refusal_and_of_trouble_nobody_can_see_on_a_card() -> None:
     stuck = request(state=RequestState.NEEDS_ATTENTION)
     assert (Audience.ADMINS, Say.ADMIN_NOTE, None) in said(

@@ -74,6 +74,15 @@ def _unpinned() -> WorkspaceFacts:
     return dataclasses.replace(ws, created=created)
 
 
+def _with_collaborator_login() -> WorkspaceFacts:
+    """``_team`` after a share made b's Dex login (recorded with the workspace, as the owner's)."""
+    ws = _team()
+    login = {"email": "b@example.com", "username": "b", "mode": "password-cr"}
+    return dataclasses.replace(
+        ws, created={**ws.created, "DexUser/b@example.com": {"action": "dex.user", "params": login}}
+    )
+
+
 def _facts(ws: WorkspaceFacts | None = None, **extra: object) -> StaticFacts:
     ws = ws or _team()
     return StaticFacts(workspaces={ws.name: ws}, **extra)  # type: ignore[arg-type]
@@ -152,6 +161,19 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     "transfer-offboarded-owner": (
         kinds.WorkspaceTransfer("team-a", "d@example.com", offboarded=True), _facts(), RUNBOOK
     ),
+    # Collaborator logins (#12): frozen from their first release on.
+    "share-makes-login": (
+        kinds.Share("team-a", "d@example.com"), _facts(without_login={"d@example.com"}), RUNBOOK
+    ),
+    "share-makes-login-configmap": (
+        kinds.Share("team-a", "d@example.com"), _facts(without_login={"d@example.com"}), CONFIGMAP
+    ),
+    "unshare-removes-login": (
+        kinds.Unshare("team-a", "b@example.com"), _facts(_with_collaborator_login()), RUNBOOK
+    ),
+    "password-reset": (
+        kinds.PasswordResetFor("b@example.com"), _facts(logins_made={"b@example.com"}), RUNBOOK
+    ),
 }
 
 GOLDEN: dict[str, str] = {
@@ -188,6 +210,14 @@ GOLDEN: dict[str, str] = {
     # Offboarding (#12), computed by its first release.
     "transfer-offboarded-owner": "5ad559d19bbd76b45dd158fb5ee70006429d2d409050676d58b8088d68701383",
     "transfer-to-contributor": "44a31a0fc150960b7c050102d055281d1c15a80b17702a7f529d08ea03743630",
+    # Collaborator logins (#12), computed by their first release. A share that makes the grantee's
+    # login adds a ``dex.user`` step after the grant; one whose grantee has a login keeps the
+    # digest above. A reset has no step (nothing changes until the person presses the button),
+    # so its digest is the empty plan's, like a hold's.
+    "share-makes-login": "558f5955a866a99ab92429ab97f3b167111fece62e09f33d786e43e9c4fd5ef4",
+    "share-makes-login-configmap": "aef080828bfcd165e0ee20c5fec6b97817546f2fec9d3af74012785ad59dc498",
+    "unshare-removes-login": "3b056694fa24af4bfec78e356c411b3f84fdcca06e5050e3f781c6f23c1a557b",
+    "password-reset": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -34,6 +34,7 @@ from handlers.kinds.base import (
 from handlers.kinds.gpu_hold import GpuHold
 from handlers.kinds.gpu_scale import DOWN_SYNTAX, DOWN_USAGE, GpuScale
 from handlers.kinds.notebook_stop import NotebookStop
+from handlers.kinds.password_reset import PasswordResetFor
 from handlers.kinds.quota import QUOTA_FLAGS, QuotaChange, quota_subject, quota_timer_ref
 from handlers.kinds.share import Share
 from handlers.kinds.token_issue import AUDIENCES, PIPELINES_AUDIENCE, TokenIssue
@@ -71,6 +72,7 @@ KINDS: Mapping[str, type[RequestKind]] = {
         GpuHold,
         WorkspaceResize,
         WorkspaceTransfer,
+        PasswordResetFor,
     )
 }
 
@@ -120,6 +122,7 @@ __all__ = [
     "GpuHold",
     "GpuScale",
     "NotebookStop",
+    "PasswordResetFor",
     "PlanContext",
     "QuotaChange",
     "RequestKind",

@@ -18,6 +18,7 @@ from handlers.kinds.base import (
     PlanContext,
     PolicyRow,
     PutGrant,
+    RegistryChange,
     RequestKind,
     Success,
     Syntax,
@@ -25,6 +26,7 @@ from handlers.kinds.base import (
     TimerKind,
     TimerResult,
     TimerSpec,
+    UpdateWorkspaceObjects,
     check_role,
     kfam_clash,
     owns,
@@ -127,6 +129,13 @@ class Share:
             warnings.append(
                 f"{user} is {article} {previous} contributor now; the grant is replaced by {self.role}."
             )
+        login = collaborator_login(ctx, user)
+        if login is not None:
+            warnings.append(
+                f"{user} has no Kubeflow login today, so they could not sign in: the plan makes one "
+                f"(Dex, {ctx.settings.workspace.dex_mode}) with a password nobody knows, and they set "
+                "their own from the DM they get."
+            )
         return Plan.of(
             [
                 Step(
@@ -138,6 +147,7 @@ class Share:
                 ),
                 # A grant lowered to view takes the edit tokens it made with it.
                 *token_removals(ws, ctx.settings, user, keep_role=self.role),
+                *([] if login is None else [login]),
             ],
             warnings,
         )
@@ -148,12 +158,42 @@ class Share:
         user = str(done.plan.steps[0].params["user"])
         grant = PutGrant(self.workspace, user, self.role, done.request_id, expires, slack_id_of(done, user))
         revoked, expiries = tokens_removed(done.plan)
+        changes: tuple[RegistryChange, ...] = (grant, *revoked, *self._login_made(done))
         if self.duration is None:
-            return Success(changes=(grant, *revoked), cancel=(CancelTimer(GRANT_EXPIRE, ref), *expiries))
+            return Success(changes=changes, cancel=(CancelTimer(GRANT_EXPIRE, ref), *expiries))
         timer = TimerSpec(
             GRANT_EXPIRE,
             ref,
             done.at + self.duration,
             {"workspace": self.workspace, "user": self.user, "request_id": done.request_id},
         )
-        return Success(changes=(grant, *revoked), cancel=expiries, timers=(timer,))
+        return Success(changes=changes, cancel=expiries, timers=(timer,))
+
+    def _login_made(self, done: Applied) -> tuple[UpdateWorkspaceObjects, ...]:
+        """The Dex login this share created, recorded with the workspace as the owner's is: what
+        ``Set my password`` may reset, and what the unshare (or the workspace's delete) removes
+        once the collaborator has no other access. A login found at apply (someone made one since
+        the plan) is not the bot's, so it is not recorded."""
+        made: dict[str, Mapping[str, JSON]] = {
+            step.key: {"action": step.action, "params": dict(step.params)}
+            for idx, step in enumerate(done.plan.steps)
+            if step.action == ActionName.DEX_USER
+            and (outcome := done.outcomes.get(idx)) is not None
+            and outcome.created
+        }
+        return (UpdateWorkspaceObjects(self.workspace, add=made),) if made else ()
+
+
+def collaborator_login(ctx: PlanContext, user: str) -> Step | None:
+    """The ``dex.user`` step a grantee without a Dex login needs to sign in at all, made exactly as
+    an owner's (a hash of random bytes nobody sees); None in ``external`` mode, when Dex has a
+    login for them (whoever made it), or when there is no Dex to ask (dry run)."""
+    mode = ctx.settings.workspace.dex_mode
+    if mode == "external" or ctx.facts.has_login(user) is not False:
+        return None
+    return Step(
+        ActionName.DEX_USER,
+        f"DexUser/{user}",
+        {"email": user, "username": naming.dex_username(ctx.settings.naming, user), "mode": mode},
+        f"Dex login for {user} ({mode}), password set by them later",
+    )

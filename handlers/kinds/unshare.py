@@ -19,6 +19,7 @@ from handlers.kinds.base import (
     Success,
     Syntax,
     TimerKind,
+    UpdateWorkspaceObjects,
     kfam_clash,
     kubeflow_user,
     notify_list,
@@ -28,8 +29,8 @@ from handlers.kinds.base import (
     tokens_removed,
 )
 from handlers.model import Actor
-from handlers.plan import Plan, Step
-from handlers.ports import Facts
+from handlers.plan import Plan, Step, as_object, as_text
+from handlers.ports import Facts, WorkspaceFacts
 from handlers.settings import CoreSettings, kubeflow_user_id
 
 GRANT_EXPIRE = "grant.expire"
@@ -97,6 +98,8 @@ class Unshare:
             raise errors.NotFound(
                 f"{user} has no access to `{ws.name}`; `/kf contributors {ws.name}` lists who has."
             )
+        warnings: list[str] = []
+        login = self._login_removal(ctx, ws, user, warnings)
         return Plan.of(
             [
                 Step(
@@ -107,12 +110,33 @@ class Unshare:
                 ),
                 # Losing access takes every token that access made.
                 *tokens,
-            ]
+                *([] if login is None else [login]),
+            ],
+            warnings,
         )
+
+    @staticmethod
+    def _login_removal(ctx: PlanContext, ws: WorkspaceFacts, user: str, warnings: list[str]) -> Step | None:
+        """The Dex login a share of this workspace made for ``user`` goes with their last access,
+        as an owner's goes with their last workspace; one they still need elsewhere stays."""
+        key = f"DexUser/{user}"
+        entry = ws.created.get(key)
+        if entry is None or entry.get("action") != ActionName.DEX_USER or entry.get("adopted") is True:
+            return None
+        params = dict(as_object(entry["params"]))
+        if as_text(params.get("email", "")) != user:
+            return None
+        if ctx.facts.user_in_use(user, ws.name):
+            warnings.append(f"The Dex login {user} is kept: they still own or share another workspace.")
+            return None
+        summary = f"remove the Dex login kf-chatops made for {user}"
+        return Step(ActionName.DEX_USER_REMOVE, key, params, summary)
 
     def on_success(self, done: Applied) -> Success:
         revoked, expiries = tokens_removed(done.plan)
+        gone = tuple(s.key for s in done.plan.steps if s.action == ActionName.DEX_USER_REMOVE)
+        forget = (UpdateWorkspaceObjects(self.workspace, remove=gone),) if gone else ()
         return Success(
-            changes=(DeleteGrant(self.workspace, str(done.plan.steps[0].params["user"])), *revoked),
+            changes=(DeleteGrant(self.workspace, str(done.plan.steps[0].params["user"])), *revoked, *forget),
             cancel=(CancelTimer(GRANT_EXPIRE, grant_timer_ref(self.workspace, self.user)), *expiries),
         )

@@ -14,6 +14,9 @@ class StaticFacts:
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     users_elsewhere: set[str] = field(default_factory=set)
     logins_made: set[str] = field(default_factory=set)
+    logins_adopted: set[str] = field(default_factory=set)
+    without_login: set[str] = field(default_factory=set)
+    """Users Dex has no login for (everyone else has one)."""
     idle: dict[str, IdleFacts] = field(default_factory=dict)
     data: dict[str, DataHeld] = field(default_factory=dict)
 
@@ -28,6 +31,14 @@ class StaticFacts:
 
     def bot_made_login(self, user: str) -> bool:
         return user in self.logins_made
+
+    def login_origin(self, user: str) -> str | None:
+        if user in self.logins_made:
+            return "made"
+        return "adopted" if user in self.logins_adopted else None
+
+    def has_login(self, user: str) -> bool | None:
+        return user not in self.without_login
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         return self.tokens.get(token_id)
