@@ -1202,8 +1202,12 @@ class AwsActions:
 
     def _delete_launch_template(self, name: str) -> bool:
         with _aws_call(f"deleting launch template {name}"):
+            # Looked up first: EC2 answers a missing name with NotFound, moto with MissingParameter.
+            template = self._find_launch_template(name)
+            if template is None:
+                return False
             try:
-                self._ec2().delete_launch_template(LaunchTemplateName=name)
+                self._ec2().delete_launch_template(LaunchTemplateId=str(template["LaunchTemplateId"]))
             except ClientError as e:
                 if _code(e) in _LAUNCH_TEMPLATE_ABSENT:
                     return False

@@ -15,7 +15,7 @@ import pytest
 from handlers import kinds
 from handlers.plan import Plan
 from handlers.ports import TokenFacts, WorkspaceFacts
-from handlers.settings import CoreSettings
+from handlers.settings import RUNBOOK_NODEGROUP, CoreSettings, NodegroupStyle
 from tests.fakes.facts import StaticFacts
 from tests.test_kinds import RUNBOOK
 
@@ -25,6 +25,19 @@ def _dex(mode: str) -> CoreSettings:
 
 
 CONFIGMAP, EXTERNAL = _dex("configmap"), _dex("external")
+OIDC = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+RUNBOOK_STYLE = dataclasses.replace(
+    RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, nodegroup=RUNBOOK_NODEGROUP)
+)
+DISK_ONLY = dataclasses.replace(
+    RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, nodegroup=NodegroupStyle(disk_size=50))
+)
+ISOLATED = dataclasses.replace(
+    RUNBOOK_STYLE,
+    workspace=dataclasses.replace(
+        RUNBOOK_STYLE.workspace, workspace_iam="per-workspace", oidc_provider_arn=OIDC, iam_policy_arns=()
+    ),
+)
 
 
 def _plan(
@@ -72,6 +85,12 @@ def _unpinned() -> WorkspaceFacts:
             params["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         created[key] = {"action": entry["action"], "params": params}
     return dataclasses.replace(ws, created=created)
+
+
+def _isolated() -> WorkspaceFacts:
+    """A workspace made with the runbook's nodegroup (a launch template) and its own IAM role."""
+    create = _plan(kinds.WorkspaceCreate("team-a", "owner@example.com", gpu=1), settings=ISOLATED)
+    return dataclasses.replace(_team(), created=_created(create))
 
 
 def _facts(ws: WorkspaceFacts | None = None, **extra: object) -> StaticFacts:
@@ -147,6 +166,11 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     ),
     "resize-nodes": (kinds.WorkspaceResize("team-a", 0, 4), _facts(), RUNBOOK),
     "resize-instance-type": (kinds.WorkspaceResize("team-a", 0, 2, "g5.xlarge"), _facts(), RUNBOOK),
+    # Issue 12: the runbook's nodegroup fields and per-workspace IAM, frozen from their first release.
+    "create-runbook-nodegroup": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, RUNBOOK_STYLE),
+    "create-disk-size-only": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, DISK_ONLY),
+    "create-per-workspace-iam": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, ISOLATED),
+    "delete-per-workspace-iam": (kinds.WorkspaceDelete("team-a", "team-a"), _facts(_isolated()), ISOLATED),
 }
 
 GOLDEN: dict[str, str] = {
@@ -180,6 +204,10 @@ GOLDEN: dict[str, str] = {
     "notebook-auto-stop": "525fa49f2065709cfd102d5698eef411b1e8bd4476a45ab2b3d9a8b4fafba824",
     "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
     "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
+    "create-runbook-nodegroup": "e14c5257ad7ce9ef071396d77e1e9a3b8ecf51a93a24219c8121a2d53ff90d61",
+    "create-disk-size-only": "c413034c0c9d73befb411f6829380dbc47ac4879937f3d14e58c6893bb37eed0",
+    "create-per-workspace-iam": "bbe3c35a183836ec8c07bdd9a47c88ff96883eb41266c9734376f2fcb7278796",
+    "delete-per-workspace-iam": "459c15505ea1dd51136efae53cde3aa22d9f12262f5b7769330226577b3e1a11",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -254,8 +254,9 @@ class WorkspaceCreate:
         if lo == 0:
             warnings.append(
                 "The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler 1.24 or "
-                "newer, which reads the nodegroup's labels and taints from EKS (DescribeNodegroup). "
-                "Karpenter does not scale EKS managed nodegroups."
+                "newer, which reads the nodegroup's labels and taints from EKS (DescribeNodegroup, found "
+                "through the Auto Scaling group's `eks:nodegroup-name` tag; the autoscaler's role needs "
+                "`eks:DescribeNodegroup`). Karpenter does not scale EKS managed nodegroups."
             )
         hourly = prices.hourly_price(d.region, instance_type, d.price_overrides)
         if hourly is not None:
