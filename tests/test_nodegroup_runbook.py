@@ -12,10 +12,12 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers import kinds
+from bot.settings import Settings
+from handlers import errors, kinds
 from handlers.actions import PARAMS, ActionName, NodegroupParams
 from handlers.errors import PermanentError
 from handlers.plan import Plan, StepOutcome
+from handlers.ports import WorkspaceFacts
 from handlers.settings import RUNBOOK_NODEGROUP, CoreSettings, NodegroupStyle
 from provisioning.aws import MARK_TAG, ROOT_DEVICE
 from tests.fakes.aws_fixtures import AwsEnv
@@ -230,8 +232,6 @@ def test_create_then_delete_walks_the_template_after_the_nodegroup(aws: AwsEnv) 
     name = str(next(s for s in create.steps if s.action == "aws.nodegroup").params["name"])
     assert launch_template(aws, name) is not None and describe(aws, name) is not None
 
-    from handlers.ports import WorkspaceFacts
-
     ws = WorkspaceFacts("team-a", "aic-ns-team-a-ws", "a@example.com", created=created, pvcs=0)
     delete = kinds.WorkspaceDelete("team-a", "team-a", purge_data=True).plan(
         kinds.PlanContext(RUNBOOK, StaticFacts(workspaces={"team-a": ws}), "RDEL01")
@@ -245,9 +245,52 @@ def test_create_then_delete_walks_the_template_after_the_nodegroup(aws: AwsEnv) 
 
 
 def test_runbook_settings_from_the_environment() -> None:
-    from bot.settings import Settings
-
     assert Settings.from_env({}).core.workspace.nodegroup == NodegroupStyle()
     runbook = Settings.from_env({"KFBOT_NODEGROUP_STYLE": "runbook", "KFBOT_NODE_INSTANCE_TAGS": "off"})
     assert runbook.core.workspace.nodegroup == dataclasses.replace(RUNBOOK_NODEGROUP, instance_tags=False)
     assert isinstance(runbook.core, CoreSettings)
+
+
+# -- GPU types and --gpu (pure) ------------------------------------------------------------------------
+
+
+def _create(**kind: Any) -> Plan:
+    return kinds.WorkspaceCreate("team-a", "a@example.com", **kind).plan(
+        kinds.PlanContext(RUNBOOK, StaticFacts(), "RPLAN01")
+    )
+
+
+@pytest.mark.parametrize("instance_type", ["m5.large", "c6i.xlarge", "r5.2xlarge"])
+def test_gpus_on_a_type_without_gpus_are_refused_with_the_reason(instance_type: str) -> None:
+    with pytest.raises(errors.InvalidInput, match=f"{instance_type} has none") as refused:
+        _create(gpu=1, instance_type=instance_type)
+    assert refused.value.field == "gpu"
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "nodes", "quota"),
+    [("g4dn.xlarge", (0, 2), 2), ("g4dn.12xlarge", (0, 3), 12), ("p4d.24xlarge", (1, 1), 8)],
+)
+def test_a_gpu_type_without_gpu_gets_gpus_per_node_times_max_nodes(
+    instance_type: str, nodes: tuple[int, int], quota: int
+) -> None:
+    plan = _create(instance_type=instance_type, nodes_min=nodes[0], nodes_max=nodes[1])
+    assert plan.steps[0].params["hard"]["requests.nvidia.com/gpu"] == str(quota)  # type: ignore[index]
+    assert any("no `--gpu` was given" in w and f"= {quota}" in w for w in plan.warnings)
+    # An explicit --gpu is kept as asked (a CPU type with none stays at 0 and gets no note).
+    assert _create(gpu=1, instance_type=instance_type).steps[0].params["hard"][  # type: ignore[index]
+        "requests.nvidia.com/gpu"] == "1"
+    cpu = _create(instance_type="m5.large")
+    assert cpu.steps[0].params["hard"]["requests.nvidia.com/gpu"] == "0"  # type: ignore[index]
+    assert not any("no `--gpu` was given" in w for w in cpu.warnings)
+
+
+def test_the_plan_shows_the_runbook_fields() -> None:
+    settings = dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace,
+                                                                          nodegroup=RUNBOOK_NODEGROUP))
+    plan = kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1).plan(
+        kinds.PlanContext(settings, StaticFacts(), "RPLAN01"))
+    summary = next(s.summary for s in plan.steps if s.action == "aws.nodegroup")
+    for words in ("eksctl labels and tags", "50 GiB gp3 root volume", "IMDS tokens required, hop limit 1",
+                  "tagged `kf-chatops/workspace`"):
+        assert words in summary

@@ -25,7 +25,9 @@ def _dex(mode: str) -> CoreSettings:
 
 
 CONFIGMAP, EXTERNAL = _dex("configmap"), _dex("external")
-OIDC = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+OIDC = (
+    "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+)
 RUNBOOK_STYLE = dataclasses.replace(
     RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, nodegroup=RUNBOOK_NODEGROUP)
 )
@@ -167,7 +169,9 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     "resize-nodes": (kinds.WorkspaceResize("team-a", 0, 4), _facts(), RUNBOOK),
     "resize-instance-type": (kinds.WorkspaceResize("team-a", 0, 2, "g5.xlarge"), _facts(), RUNBOOK),
     # Issue 12: the runbook's nodegroup fields and per-workspace IAM, frozen from their first release.
-    "create-runbook-nodegroup": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, RUNBOOK_STYLE),
+    "create-runbook-nodegroup": (
+        kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, RUNBOOK_STYLE
+    ),
     "create-disk-size-only": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, DISK_ONLY),
     "create-per-workspace-iam": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, ISOLATED),
     "delete-per-workspace-iam": (kinds.WorkspaceDelete("team-a", "team-a"), _facts(_isolated()), ISOLATED),
