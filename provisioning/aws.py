@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import string
 import threading
 import uuid
@@ -509,6 +510,40 @@ class AwsActions:
         with _aws_call("checking the bot's AWS identity"):
             identity = self._sts().get_caller_identity()
         return {"Account": identity.get("Account", ""), "Arn": identity.get("Arn", "")}
+
+    def own_role_arn(self) -> str:
+        """The IAM role ARN behind the bot's credentials (an assumed-role session's role; its path
+        read with GetRole when allowed), or the caller's ARN when it is not a role."""
+        arn = self.caller_identity()["Arn"]
+        m = re.fullmatch(r"arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+", arn)
+        if m is None:
+            return arn
+        try:
+            with _aws_call(f"reading the bot's role {m.group(3)}"):
+                return str(self._iam().get_role(RoleName=m.group(3))["Role"]["Arn"])
+        except KfError:
+            return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}"
+
+    def simulate_own_permissions(self, principal: str, actions: Sequence[str]) -> dict[str, str]:
+        """IAM's policy simulator on ``principal`` (the bot's own role): action -> ``allowed``,
+        ``explicitDeny`` or ``implicitDeny``. Needs ``iam:SimulatePrincipalPolicy`` on itself."""
+        decisions: dict[str, str] = {}
+        with _aws_call("simulating the bot's own IAM permissions"):
+            paginator = self._iam().get_paginator("simulate_principal_policy")
+            for page in paginator.paginate(PolicySourceArn=principal, ActionNames=list(actions)):
+                for result in page["EvaluationResults"]:
+                    decisions[result["EvalActionName"]] = result["EvalDecision"]
+        return decisions
+
+    def attached_role_policies(self, role_arn: str) -> list[str]:
+        """The managed policies attached to a role (the node role, for ``kfbot doctor``)."""
+        name = role_arn.rsplit("/", 1)[-1]
+        with _aws_call(f"listing the policies attached to role {name}"):
+            return [
+                attached["PolicyArn"]
+                for page in self._iam().get_paginator("list_attached_role_policies").paginate(RoleName=name)
+                for attached in page["AttachedPolicies"]
+            ]
 
     def describe_nodegroup(self, cluster: str, name: str) -> dict[str, Any] | None:
         with _aws_call(f"reading nodegroup {name} in cluster {cluster}"):
