@@ -32,7 +32,10 @@ BUCKET_ACTIONS: Final = (
     "s3:ListBucket",
     "s3:GetBucketLocation",
 )
-_PROVIDER: Final = re.compile(r"arn:(aws[a-z-]*):iam::(\d{12}):oidc-provider/(\S+)")
+# The issuer becomes a condition key of the trust policy: host and path characters only.
+_PROVIDER: Final = re.compile(
+    r"arn:(aws[a-z-]*):iam::(\d{12}):oidc-provider/([A-Za-z0-9.-]+(?:/[A-Za-z0-9._-]+)*)"
+)
 _MAX_ROLE_NAME: Final = 64
 
 

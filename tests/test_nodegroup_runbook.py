@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from handlers import errors, kinds
 from handlers.actions import PARAMS, ActionName, NodegroupParams
 from handlers.errors import PermanentError
@@ -294,3 +294,45 @@ def test_the_plan_shows_the_runbook_fields() -> None:
     for words in ("eksctl labels and tags", "50 GiB gp3 root volume", "IMDS tokens required, hop limit 1",
                   "tagged `kf-chatops/workspace`"):
         assert words in summary
+
+
+def test_a_resize_to_another_type_keeps_the_eksctl_fields_under_the_new_name() -> None:
+    settings = dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace,
+                                                                          nodegroup=RUNBOOK_NODEGROUP))
+    create = kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1).plan(
+        kinds.PlanContext(settings, StaticFacts(), "RPLAN01"))
+    created = {s.key: {"action": s.action, "params": dict(s.params)} for s in create.steps}
+    old = next(s.params for s in create.steps if s.action == "aws.nodegroup")
+    ws = WorkspaceFacts("team-a", "aic-ns-team-a-ws", "a@example.com", created=created, pvcs=0)
+    resize = kinds.WorkspaceResize("team-a", 0, 2, "g5.xlarge").plan(
+        kinds.PlanContext(settings, StaticFacts(workspaces={"team-a": ws}), "RRES01"))
+    new = next(s.params for s in resize.steps if s.action == "aws.nodegroup")
+    assert new["name"] != old["name"]
+    labels, tags = new["labels"], new["tags"]
+    assert isinstance(labels, dict) and isinstance(tags, dict)
+    assert labels["alpha.eksctl.io/nodegroup-name"] == tags["alpha.eksctl.io/nodegroup-name"] == new["name"]
+    assert labels["alpha.eksctl.io/cluster-name"] == "kubeflow"
+    assert tags["alpha.eksctl.io/nodegroup-type"] == "managed"
+    assert new["launch_template"] == old["launch_template"]
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"KFBOT_NODE_DISK_SIZE": "nan"}, "KFBOT_NODE_DISK_SIZE"),
+        ({"KFBOT_NODE_DISK_SIZE": "0"}, "KFBOT_NODE_DISK_SIZE"),
+        ({"KFBOT_NODE_DISK_SIZE": "50Gi"}, "KFBOT_NODE_DISK_SIZE"),
+        ({"KFBOT_NODE_DISK_TYPE": "gp3; rm -rf"}, "KFBOT_NODE_DISK_TYPE"),
+        ({"KFBOT_NODE_IMDS_HOP_LIMIT": "0"}, "KFBOT_NODE_IMDS_HOP_LIMIT"),
+        ({"KFBOT_NODE_IMDS_TOKENS": "v2"}, "KFBOT_NODE_IMDS_TOKENS"),
+        ({"KFBOT_NODE_EKSCTL_LABELS": "yes"}, "KFBOT_NODE_EKSCTL_LABELS"),
+        ({"KFBOT_NODEGROUP_STYLE": "eksctl"}, "KFBOT_NODEGROUP_STYLE"),
+        ({"KFBOT_WORKSPACE_IAM": "per-user"}, "KFBOT_WORKSPACE_IAM"),
+        ({"KFBOT_OIDC_PROVIDER_ARN": 'arn:aws:iam::123456789012:oidc-provider/x"}]'},
+         "KFBOT_OIDC_PROVIDER_ARN"),
+    ],
+)
+def test_hostile_settings_stop_start_up_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    assert variable in str(refused.value)
