@@ -25,11 +25,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 
 import provisioning
-from handlers import errors, units
+from handlers import errors, units, workspace_iam
 from handlers.naming import NamingSettings, normalize_email
 from handlers.settings import (
+    RUNBOOK_NODEGROUP,
     CoreSettings,
     CostSettings,
+    NodegroupStyle,
     OffboardSettings,
     PolicySettings,
     TokenSettings,
@@ -179,6 +181,9 @@ class Settings:
                 )
                 for k, v in env.pairs("KFBOT_USER_ID_MAP").items()
             },
+            nodegroup=_nodegroup_style(env),
+            workspace_iam=env.choice("KFBOT_WORKSPACE_IAM", ("shared", "per-workspace"), "shared"),
+            oidc_provider_arn=_oidc_provider(env),
         )
         tokens = env.build("KFBOT_TOKEN_DEFAULT_TTL", _tokens)
         core = CoreSettings(
@@ -593,6 +598,46 @@ _TEMPLATE_VARS = {
     "env": "KFBOT_ENV",
     "instance_specs": "KFBOT_INSTANCE_SPECS",
 }
+
+
+def _nodegroup_style(env: _Env) -> NodegroupStyle:
+    """``KFBOT_NODEGROUP_STYLE`` picks the base (``eks``: EKS's defaults, ``runbook``: the runbook's
+    eksctl nodegroup); each ``KFBOT_NODE_*`` variable that is set overrides its field."""
+    runbook = env.choice("KFBOT_NODEGROUP_STYLE", ("eks", "runbook"), "eks") == "runbook"
+    base = RUNBOOK_NODEGROUP if runbook else NodegroupStyle()
+
+    def pick(name: str, choices: tuple[str, ...], default: str) -> str:
+        return env.choice(name, choices, default) if env.text(name) else default
+
+    def on_off(name: str, default: bool) -> bool:
+        return env.choice(name, ("on", "off"), "on" if default else "off") == "on"
+
+    size = env.text("KFBOT_NODE_DISK_SIZE")
+    hops = env.text("KFBOT_NODE_IMDS_HOP_LIMIT")
+    return NodegroupStyle(
+        disk_size=int(env.number("KFBOT_NODE_DISK_SIZE", 1, minimum=1, maximum=16384, integer=True))
+        if size else base.disk_size,
+        disk_type=pick("KFBOT_NODE_DISK_TYPE", ("gp2", "gp3", "io1", "io2"), base.disk_type),
+        eksctl_labels=on_off("KFBOT_NODE_EKSCTL_LABELS", base.eksctl_labels),
+        imds_tokens=pick("KFBOT_NODE_IMDS_TOKENS", ("required", "optional"), base.imds_tokens),
+        imds_hop_limit=int(env.number("KFBOT_NODE_IMDS_HOP_LIMIT", 1, minimum=1, maximum=64, integer=True))
+        if hops else base.imds_hop_limit,
+        instance_tags=on_off("KFBOT_NODE_INSTANCE_TAGS", base.instance_tags),
+    )
+
+
+def _oidc_provider(env: _Env) -> str:
+    value = env.text("KFBOT_OIDC_PROVIDER_ARN")
+    if value:
+        env.convert("KFBOT_OIDC_PROVIDER_ARN", value, workspace_iam.parse_provider)
+    if not value and env.text("KFBOT_WORKSPACE_IAM") == "per-workspace":
+        raise SettingsError(
+            "KFBOT_WORKSPACE_IAM=per-workspace needs KFBOT_OIDC_PROVIDER_ARN, the cluster's IAM OIDC "
+            "provider (`aws eks describe-cluster --query cluster.identity.oidc.issuer`, then "
+            "arn:aws:iam::ACCOUNT:oidc-provider/ISSUER-WITHOUT-https://).",
+            variable="KFBOT_WORKSPACE_IAM",
+        )
+    return value
 
 
 def _name_var(fallback: str, message: str) -> str:

@@ -48,6 +48,10 @@ class ActionName(StrEnum):
     GPU_PODS_ABSENT = "kubeflow.gpu_pods.absent"
     NOTEBOOK_ACTIVITY = "kubeflow.notebook_activity"
     PROFILE_OWNER = "kubeflow.profile.owner"
+    LAUNCH_TEMPLATE = "aws.launch_template"
+    LAUNCH_TEMPLATE_REMOVE = "aws.launch_template.remove"
+    WORKSPACE_ROLE = "aws.workspace_role"
+    WORKSPACE_ROLE_REMOVE = "aws.workspace_role.remove"
 
 
 def is_removal(action: str) -> bool:
@@ -183,11 +187,18 @@ class ProfileParams(StepParams):
     owner: str
     hard: Mapping[str, str]
     labels: Mapping[str, str]
+    aws_iam_role: str = ""
+    """The workspace role's ARN, set through the ``AwsIamForServiceAccount`` plugin with
+    ``annotateOnly`` (``KFBOT_WORKSPACE_IAM=per-workspace``); ``""``: no plugin."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
+        role = f.optional_text("aws_iam_role")
+        if role and (not role.startswith("arn:") or ":role/" not in role):
+            raise f.refuse("aws_iam_role", "an IAM role ARN")
         return cls(
-            f.text("name"), f.text("owner"), f.text_map("hard"), f.text_map("labels"), request=f.request()
+            f.text("name"), f.text("owner"), f.text_map("hard"), f.text_map("labels"), role,
+            request=f.request(),
         )
 
 
@@ -461,6 +472,10 @@ class NodegroupParams(StepParams):
     tags: Mapping[str, str]
     capacity_type: str
     """``""``: EKS's default (on-demand)."""
+    disk_size: int | None = None
+    """Root volume GiB as EKS's ``diskSize``; only without a launch template (EKS refuses both)."""
+    launch_template: str = ""
+    """The name of the launch template (``aws.launch_template``) the nodegroup starts from."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
@@ -477,8 +492,101 @@ class NodegroupParams(StepParams):
             f.text("node_role"),
             f.text_map("tags"),
             f.optional_text("capacity_type"),
+            _optional_whole(f, "disk_size", 1, 16384),
+            f.optional_text("launch_template"),
             request=f.request(),
         )
+
+
+def _optional_whole(f: Fields, key: str, low: int, high: int) -> int | None:
+    value = f.params.get(key)
+    if value is None:
+        return None
+    number = _whole(value)
+    if number is None or not low <= number <= high:
+        raise f.refuse(key, f"a whole number from {low} to {high}, or null")
+    return number
+
+
+DISK_TYPES: Final = frozenset({"gp2", "gp3", "io1", "io2"})
+IMDS_TOKENS: Final = frozenset({"required", "optional"})
+
+
+@dataclass(frozen=True)
+class LaunchTemplateParams(StepParams):
+    """An EC2 launch template for one nodegroup: its root volume (``/dev/xvda``, the AL2023 EKS
+    AMIs' root device), IMDS options and the tags its instances and volumes get. Empty or None
+    fields are left to EC2/EKS."""
+
+    ACTION: ClassVar[ActionName] = ActionName.LAUNCH_TEMPLATE
+    name: str
+    disk_size: int | None
+    disk_type: str
+    imds_tokens: str
+    imds_hop_limit: int | None
+    instance_tags: Mapping[str, str]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        disk_type, tokens = f.optional_text("disk_type"), f.optional_text("imds_tokens")
+        if disk_type and disk_type not in DISK_TYPES:
+            raise f.refuse("disk_type", "one of " + ", ".join(sorted(DISK_TYPES)))
+        if tokens and tokens not in IMDS_TOKENS:
+            raise f.refuse("imds_tokens", "required or optional")
+        return cls(
+            f.text("name"),
+            _optional_whole(f, "disk_size", 1, 16384),
+            disk_type,
+            tokens,
+            _optional_whole(f, "imds_hop_limit", 1, 64),
+            f.text_map("instance_tags"),
+            request=f.request(),
+        )
+
+
+@dataclass(frozen=True)
+class LaunchTemplateRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.LAUNCH_TEMPLATE_REMOVE
+    name: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("name"), request=f.request())
+
+
+@dataclass(frozen=True)
+class WorkspaceRoleParams(StepParams):
+    """A workspace's own IAM role (``KFBOT_WORKSPACE_IAM=per-workspace``): trusted only by
+    ``system:serviceaccount:NAMESPACE:SERVICE_ACCOUNT`` through the cluster's OIDC provider
+    (audience ``sts.amazonaws.com``), with one inline policy naming only ``bucket``."""
+
+    ACTION: ClassVar[ActionName] = ActionName.WORKSPACE_ROLE
+    name: str
+    namespace: str
+    service_account: str
+    oidc_provider_arn: str
+    bucket: str
+    tags: Mapping[str, str]
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        provider = f.text("oidc_provider_arn")
+        if not provider.startswith("arn:") or ":oidc-provider/" not in provider:
+            raise f.refuse("oidc_provider_arn", "an IAM OIDC provider ARN")
+        return cls(
+            f.text("name"), f.text("namespace"), f.text("service_account"), provider, f.text("bucket"),
+            f.text_map("tags"), request=f.request(),
+        )
+
+
+@dataclass(frozen=True)
+class WorkspaceRoleRemoveParams(StepParams):
+    ACTION: ClassVar[ActionName] = ActionName.WORKSPACE_ROLE_REMOVE
+    name: str
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        return cls(f.text("name"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -613,6 +721,10 @@ PARAMS: Mapping[ActionName, type[StepParams]] = {
         NotebookActivityParams,
         NotebookIdleParams,
         ProfileOwnerParams,
+        LaunchTemplateParams,
+        LaunchTemplateRemoveParams,
+        WorkspaceRoleParams,
+        WorkspaceRoleRemoveParams,
     )
 }
 """Action -> the type its params parse into."""

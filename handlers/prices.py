@@ -247,3 +247,10 @@ def closest(instance_type: str, candidates: frozenset[str]) -> str:
             "g5.xlarge",
         ]
     return ", ".join(f"`{t}`" for t in close)
+
+
+def is_gpu_family(instance_type: str) -> bool:
+    """Whether ``instance_type`` belongs to a family with GPUs (``g4dn``, ``g5``, ``p4d``, …):
+    the family of a type in the GPU table."""
+    family = instance_type.split(".", 1)[0]
+    return instance_type in _GPU_INSTANCES or family in {t.split(".", 1)[0] for t in _GPU_INSTANCES}

@@ -36,6 +36,44 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class NodegroupStyle:
+    """The runbook's eksctl nodegroup fields. Every default leaves EKS's own (and the plan's
+    params exactly as before this existed); ``RUNBOOK_NODEGROUP`` holds the runbook's values.
+    A disk type, IMDS options or instance tags need a launch template (EKS takes ``diskSize``
+    only without one); the bot makes one per nodegroup when any of them is set."""
+
+    disk_size: int | None = None
+    """Root volume GiB (``KFBOT_NODE_DISK_SIZE``); None: EKS's default (20)."""
+    disk_type: str = ""
+    """Root volume type (``KFBOT_NODE_DISK_TYPE``: gp2, gp3, io1, io2); empty: EKS's (gp2)."""
+    eksctl_labels: bool = False
+    """Label and tag the nodegroup as eksctl does (``KFBOT_NODE_EKSCTL_LABELS``)."""
+    imds_tokens: str = ""
+    """``required`` (IMDSv2 only) or ``optional`` (``KFBOT_NODE_IMDS_TOKENS``); empty: EKS's."""
+    imds_hop_limit: int | None = None
+    """IMDS PUT response hop limit (``KFBOT_NODE_IMDS_HOP_LIMIT``); 1 keeps pods (one hop further
+    away) from the node role's credentials."""
+    instance_tags: bool = False
+    """Tag instances and volumes with the workspace tags (``KFBOT_NODE_INSTANCE_TAGS``), so Cost
+    Explorer sees ``kf-chatops/workspace`` on them (EKS nodegroup tags do not propagate)."""
+
+    def needs_launch_template(self) -> bool:
+        return bool(self.disk_type or self.imds_tokens or self.imds_hop_limit or self.instance_tags)
+
+    def isolates_pods_from_node_role(self) -> bool:
+        """IMDSv2 required with hop limit 1: a pod (behind its own network hop) gets no token, so no
+        node-role credentials."""
+        return self.imds_tokens == "required" and self.imds_hop_limit == 1
+
+
+RUNBOOK_NODEGROUP = NodegroupStyle(
+    disk_size=50, disk_type="gp3", eksctl_labels=True, imds_tokens="required", imds_hop_limit=1,
+    instance_tags=True,
+)
+"""``KFBOT_NODEGROUP_STYLE=runbook``: the runbook's eksctl nodegroup."""
+
+
+@dataclass(frozen=True)
 class WorkspaceDefaults:
     region: str = "us-east-1"
     cluster: str = "kubeflow"
@@ -61,6 +99,16 @@ class WorkspaceDefaults:
     """Instance type -> hourly USD, overriding the built-in table."""
     user_id_map: Mapping[str, str] = field(default_factory=dict)
     """Slack email -> Kubeflow user id, where logins use another form."""
+    nodegroup: NodegroupStyle = field(default_factory=NodegroupStyle)
+    """What a new nodegroup carries beyond its size and type (``KFBOT_NODEGROUP_STYLE``,
+    ``KFBOT_NODE_*``)."""
+    workspace_iam: str = "shared"
+    """``shared``: each bucket joins ``iam_policy_arns`` (the runbook's way); ``per-workspace``: an
+    IAM role per workspace naming only its bucket, for its ``default-editor`` ServiceAccount
+    (``KFBOT_WORKSPACE_IAM``)."""
+    oidc_provider_arn: str = ""
+    """The cluster's IAM OIDC provider (``KFBOT_OIDC_PROVIDER_ARN``), which per-workspace roles
+    trust; required in ``per-workspace`` mode."""
 
 
 @dataclass(frozen=True)

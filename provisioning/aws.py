@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import string
 import threading
 import uuid
@@ -68,17 +69,22 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from handlers import workspace_iam
 from handlers.actions import (
     BucketParams,
     BucketRemoveParams,
     IamResourcesParams,
     IamResourcesRemoveParams,
+    LaunchTemplateParams,
+    LaunchTemplateRemoveParams,
     NodegroupParams,
     NodegroupRemoveParams,
     NodegroupScalingParams,
     NodegroupTaintsParams,
     StepParams,
     Taint,
+    WorkspaceRoleParams,
+    WorkspaceRoleRemoveParams,
 )
 from handlers.errors import KfError, PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome, as_list, as_object, canonical_json
@@ -86,6 +92,7 @@ from handlers.ports import Clock
 from provisioning.actions import Action, KeyedLock, TypedAction, registry_of
 
 if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_eks import EKSClient
     from mypy_boto3_eks.type_defs import NodegroupTypeDef
     from mypy_boto3_iam import IAMClient
@@ -416,6 +423,7 @@ class AwsActions:
         self._s3_clients: dict[str, S3Client] = {}
         self._iam_client: IAMClient | None = None
         self._eks_client: EKSClient | None = None
+        self._ec2_client: EC2Client | None = None
         self._sts_client: STSClient | None = None
 
     def registry(self) -> dict[str, Action]:
@@ -428,6 +436,10 @@ class AwsActions:
             TypedAction(NodegroupRemoveParams, self._remove_nodegroup, _irreversible),
             TypedAction(NodegroupTaintsParams, self._ensure_nodegroup_taints, _taints_stay),
             TypedAction(NodegroupScalingParams, self._ensure_nodegroup_scaling, self._undo_nodegroup_scaling),
+            TypedAction(LaunchTemplateParams, self._ensure_launch_template, self._undo_launch_template),
+            TypedAction(LaunchTemplateRemoveParams, self._remove_launch_template, _irreversible),
+            TypedAction(WorkspaceRoleParams, self._ensure_workspace_role, self._undo_workspace_role),
+            TypedAction(WorkspaceRoleRemoveParams, self._remove_workspace_role, _irreversible),
         )
 
     # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --
@@ -470,6 +482,17 @@ class AwsActions:
                 )
             return self._eks_client
 
+    def _ec2(self) -> EC2Client:
+        with self._clients_lock:
+            if self._ec2_client is None:
+                self._ec2_client = self._boto_session().client(
+                    "ec2",
+                    region_name=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
+                    config=_CLIENT_CONFIG,
+                )
+            return self._ec2_client
+
     def _sts(self) -> STSClient:
         with self._clients_lock:
             if self._sts_client is None:
@@ -487,6 +510,40 @@ class AwsActions:
         with _aws_call("checking the bot's AWS identity"):
             identity = self._sts().get_caller_identity()
         return {"Account": identity.get("Account", ""), "Arn": identity.get("Arn", "")}
+
+    def own_role_arn(self) -> str:
+        """The IAM role ARN behind the bot's credentials (an assumed-role session's role; its path
+        read with GetRole when allowed), or the caller's ARN when it is not a role."""
+        arn = self.caller_identity()["Arn"]
+        m = re.fullmatch(r"arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+", arn)
+        if m is None:
+            return arn
+        try:
+            with _aws_call(f"reading the bot's role {m.group(3)}"):
+                return str(self._iam().get_role(RoleName=m.group(3))["Role"]["Arn"])
+        except KfError:
+            return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}"
+
+    def simulate_own_permissions(self, principal: str, actions: Sequence[str]) -> dict[str, str]:
+        """IAM's policy simulator on ``principal`` (the bot's own role): action -> ``allowed``,
+        ``explicitDeny`` or ``implicitDeny``. Needs ``iam:SimulatePrincipalPolicy`` on itself."""
+        decisions: dict[str, str] = {}
+        with _aws_call("simulating the bot's own IAM permissions"):
+            paginator = self._iam().get_paginator("simulate_principal_policy")
+            for page in paginator.paginate(PolicySourceArn=principal, ActionNames=list(actions)):
+                for result in page["EvaluationResults"]:
+                    decisions[result["EvalActionName"]] = result["EvalDecision"]
+        return decisions
+
+    def attached_role_policies(self, role_arn: str) -> list[str]:
+        """The managed policies attached to a role (the node role, for ``kfbot doctor``)."""
+        name = role_arn.rsplit("/", 1)[-1]
+        with _aws_call(f"listing the policies attached to role {name}"):
+            return [
+                attached["PolicyArn"]
+                for page in self._iam().get_paginator("list_attached_role_policies").paginate(RoleName=name)
+                for attached in page["AttachedPolicies"]
+            ]
 
     def describe_nodegroup(self, cluster: str, name: str) -> dict[str, Any] | None:
         with _aws_call(f"reading nodegroup {name} in cluster {cluster}"):
@@ -878,10 +935,19 @@ class AwsActions:
             "clientRequestToken": str(
                 uuid.uuid5(
                     _TOKEN_NAMESPACE,
-                    canonical_json({"cluster": cluster, "name": name, "params": dataclasses.asdict(params)}),
+                    canonical_json({"cluster": cluster, "name": name, "params": _token_params(params)}),
                 )
             ),
         }
+        if params.launch_template:
+            # EKS refuses diskSize beside a launch template: the template's block device mapping
+            # carries the size then (the plan never sets both).
+            request["launchTemplate"] = {
+                "name": params.launch_template,
+                "version": self._launch_template_version(params.launch_template),
+            }
+        elif params.disk_size is not None:
+            request["diskSize"] = params.disk_size
         # The mark rides on the create call: EKS nodegroup tags set later would not be atomic with it.
         # EKS's model refuses empty tag maps; leave absent what the plan leaves empty.
         optional: dict[str, Any] = {
@@ -898,6 +964,13 @@ class AwsActions:
                 return False
             raise
         return True
+
+    def _launch_template_version(self, name: str) -> str:
+        with _aws_call(f"reading launch template {name}"):
+            template = self._find_launch_template(name)
+        if template is None:
+            raise PermanentError(f"EC2 launch template {name} does not exist; its step comes first.")
+        return str(template.get("DefaultVersionNumber", 1))
 
     def _describe(self, cluster: str, name: str) -> NodegroupTypeDef | None:
         try:
@@ -1107,3 +1180,256 @@ class AwsActions:
     def _remove_nodegroup(self, params: NodegroupRemoveParams) -> StepOutcome:
         deleted = self._delete_nodegroup(params.cluster, params.name)
         return StepOutcome(created=False, details={"deleted": deleted})
+
+    # -- aws.launch_template --
+
+    def _find_launch_template(self, name: str) -> dict[str, Any] | None:
+        try:
+            found = self._ec2().describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
+        except ClientError as e:
+            if _code(e) in _LAUNCH_TEMPLATE_ABSENT:
+                return None
+            raise
+        return dict(found[0]) if found else None
+
+    def _ensure_launch_template(self, params: LaunchTemplateParams) -> StepOutcome:
+        """One launch template per nodegroup, marked at creation (``TagSpecifications`` of type
+        ``launch-template`` ride on CreateLaunchTemplate itself). A template of that name without
+        this request's mark is someone else's: refused, since the nodegroup would start from
+        whatever it holds."""
+        name = params.name
+        request = _request_of(params)
+        what = f"creating launch template {name}"
+        with _aws_call(what):
+            existing = self._find_launch_template(name)
+            created = False
+            if existing is None:
+                created = self._create_launch_template(params)
+                existing = self._find_launch_template(name)
+        if existing is None:
+            raise TemporaryError(f"EC2 launch template {name} is not visible yet; will retry.")
+        tags = {t["Key"]: t["Value"] for t in existing.get("Tags", [])}
+        if not created and not _owns(request, tags):
+            raise PermanentError(
+                f"An EC2 launch template named {name} already exists and was not made by this request; "
+                "the bot does not start a nodegroup from a template it did not write. Delete or rename it."
+            )
+        return StepOutcome(
+            created=True,
+            details={"id": str(existing.get("LaunchTemplateId", "")), "name": name},
+        )
+
+    def _create_launch_template(self, params: LaunchTemplateParams) -> bool:
+        data: dict[str, Any] = {}
+        if params.disk_size is not None or params.disk_type:
+            ebs: dict[str, Any] = {"DeleteOnTermination": True, "Encrypted": True}
+            if params.disk_size is not None:
+                ebs["VolumeSize"] = params.disk_size
+            if params.disk_type:
+                ebs["VolumeType"] = params.disk_type
+            # The EKS-optimised AL2023 AMIs' root device (the bot's nodegroups use them).
+            data["BlockDeviceMappings"] = [{"DeviceName": ROOT_DEVICE, "Ebs": ebs}]
+        metadata: dict[str, Any] = {}
+        if params.imds_tokens:
+            metadata["HttpTokens"] = params.imds_tokens
+            metadata["HttpEndpoint"] = "enabled"
+        if params.imds_hop_limit is not None:
+            metadata["HttpPutResponseHopLimit"] = params.imds_hop_limit
+        if metadata:
+            data["MetadataOptions"] = metadata
+        if params.instance_tags:
+            data["TagSpecifications"] = [
+                {"ResourceType": kind, "Tags": _tag_set(params.instance_tags)}
+                for kind in ("instance", "volume")
+            ]
+        mark = {**params.instance_tags, **_mark(params)}
+        request: dict[str, Any] = {"LaunchTemplateName": params.name, "LaunchTemplateData": data}
+        if mark:
+            request["TagSpecifications"] = [{"ResourceType": "launch-template", "Tags": _tag_set(mark)}]
+        try:
+            self._ec2().create_launch_template(**request)
+        except ClientError as e:
+            if _code(e) == "InvalidLaunchTemplateName.AlreadyExistsException":
+                return False
+            raise
+        return True
+
+    def _delete_launch_template(self, name: str) -> bool:
+        with _aws_call(f"deleting launch template {name}"):
+            # Looked up first: EC2 answers a missing name with NotFound, moto with MissingParameter.
+            template = self._find_launch_template(name)
+            if template is None:
+                return False
+            try:
+                self._ec2().delete_launch_template(LaunchTemplateId=str(template["LaunchTemplateId"]))
+            except ClientError as e:
+                if _code(e) in _LAUNCH_TEMPLATE_ABSENT:
+                    return False
+                raise
+        return True
+
+    def _undo_launch_template(self, params: LaunchTemplateParams, outcome: StepOutcome) -> None:
+        if outcome.created:
+            self._delete_launch_template(params.name)
+
+    def _remove_launch_template(self, params: LaunchTemplateRemoveParams) -> StepOutcome:
+        return StepOutcome(created=False, details={"deleted": self._delete_launch_template(params.name)})
+
+    # -- aws.workspace_role --
+
+    def _get_role(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._iam().get_role(RoleName=name)["Role"])
+        except ClientError as e:
+            if _code(e) == "NoSuchEntity":
+                return None
+            raise
+
+    def _ensure_workspace_role(self, params: WorkspaceRoleParams) -> StepOutcome:
+        """The workspace's role: created with its trust policy and the mark in one CreateRole, then
+        its one inline policy (PutRolePolicy replaces, so a retry converges). A role of that name
+        without this request's mark is refused: its trust policy may let others in."""
+        name = params.name
+        request = _request_of(params)
+        trust = workspace_iam.trust_policy(params.oidc_provider_arn, params.namespace, params.service_account)
+        what = f"creating IAM role {name}"
+        with _aws_call(what):
+            role = self._get_role(name)
+            if role is None:
+                tags = {**params.tags, **_mark(params)}
+                try:
+                    self._iam().create_role(
+                        RoleName=name,
+                        AssumeRolePolicyDocument=json.dumps(trust),
+                        Description=f"kf-chatops: workspace {params.namespace} ({params.bucket} only)",
+                        Tags=cast(Any, _tag_set(tags)),
+                    )
+                except ClientError as e:
+                    if _code(e) != "EntityAlreadyExists":
+                        raise
+                role = self._get_role(name)
+            if role is None:
+                raise TemporaryError(f"IAM role {name} is not visible yet; will retry.")
+            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            if not _owns(request, tags):
+                raise PermanentError(
+                    f"An IAM role named {name} already exists and was not made by this request; the bot "
+                    "does not take over a role whose trust policy it did not write. Delete or rename it."
+                )
+            if _decoded(role.get("AssumeRolePolicyDocument")) != trust:
+                self._iam().update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
+            self._iam().put_role_policy(
+                RoleName=name,
+                PolicyName=workspace_iam.INLINE_POLICY,
+                PolicyDocument=json.dumps(workspace_iam.bucket_policy(params.bucket)),
+            )
+        return StepOutcome(created=True, details={"arn": str(role.get("Arn", ""))})
+
+    def _delete_role(self, name: str) -> bool:
+        """Inline policies and attached ones first (IAM refuses to delete a role that has any)."""
+        iam = self._iam()
+        with _aws_call(f"deleting IAM role {name}"):
+            try:
+                for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+                    for policy in page["PolicyNames"]:
+                        iam.delete_role_policy(RoleName=name, PolicyName=policy)
+                for attached_page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=name):
+                    for attached in attached_page["AttachedPolicies"]:
+                        iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
+                iam.delete_role(RoleName=name)
+            except ClientError as e:
+                if _code(e) == "NoSuchEntity":
+                    return False
+                raise
+        return True
+
+    def _undo_workspace_role(self, params: WorkspaceRoleParams, outcome: StepOutcome) -> None:
+        if outcome.created:
+            self._delete_role(params.name)
+
+    def _remove_workspace_role(self, params: WorkspaceRoleRemoveParams) -> StepOutcome:
+        return StepOutcome(created=False, details={"deleted": self._delete_role(params.name)})
+
+    def find_workspace_role(self, namespace: str, role: str | None = None) -> dict[str, Any] | None:
+        """The IAM role a workspace's pods use, for adoption: ``role`` (a name or ARN, such as the
+        Profile's ``AwsIamForServiceAccount`` plugin names), else the bot's name for it, else any
+        role whose trust policy names ``system:serviceaccount:NAMESPACE:default-editor`` (tags are
+        not searched: ListRoles returns trust policies but no tags). None when there is none.
+
+        Returns ``{"name", "arn", "tags", "trusts_namespace", "bucket_resources"}``:
+        ``bucket_resources`` are the S3 ARNs its inline policies grant."""
+        subject = workspace_iam.subject(namespace)
+        candidates = [role.rsplit("/", 1)[-1]] if role else []
+        candidates.append(workspace_iam.role_name(namespace))
+        with _aws_call(f"looking for the IAM role of workspace {namespace}"):
+            found = next((r for name in candidates if (r := self._get_role(name)) is not None), None)
+            if found is None:
+                for page in self._iam().get_paginator("list_roles").paginate():
+                    for listed in page["Roles"]:
+                        if _trusts(_decoded(listed.get("AssumeRolePolicyDocument")), subject):
+                            found = dict(listed)
+                            break
+                    if found is not None:
+                        break
+            if found is None:
+                return None
+            name = str(found["RoleName"])
+            iam = self._iam()
+            tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=name)["Tags"]}
+            resources: list[str] = []
+            for policy_page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+                for policy in policy_page["PolicyNames"]:
+                    answer = iam.get_role_policy(RoleName=name, PolicyName=policy)
+                    document = _decoded(answer["PolicyDocument"])
+                    for statement in _as_list(document.get("Statement", [])):
+                        if isinstance(statement, Mapping):
+                            resources.extend(
+                                str(r) for r in _as_list(statement.get("Resource", [])) if _bucket_of(str(r))
+                            )
+        return {
+            "name": name,
+            "arn": str(found.get("Arn", "")),
+            "tags": tags,
+            "trusts_namespace": _trusts(_decoded(found.get("AssumeRolePolicyDocument")), subject),
+            "bucket_resources": resources,
+        }
+
+
+ROOT_DEVICE: Final = "/dev/xvda"
+_LAUNCH_TEMPLATE_ABSENT: Final = frozenset(
+    {"InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"}
+)
+_NEW_NODEGROUP_FIELDS: Final = ("disk_size", "launch_template")
+
+
+def _token_params(params: NodegroupParams) -> dict[str, Any]:
+    """The params behind the idempotency token, without the fields added for the runbook when
+    they are unset: a step stored before they existed keeps the token it was first sent with."""
+    fields = dataclasses.asdict(params)
+    for key in _NEW_NODEGROUP_FIELDS:
+        if fields.get(key) in (None, ""):
+            fields.pop(key, None)
+    return fields
+
+
+def _decoded(document: Any) -> dict[str, Any]:
+    """A policy document as IAM returns it: a dict (boto3 decodes it) or URL-encoded JSON."""
+    if isinstance(document, str):
+        try:
+            return cast(dict[str, Any], json.loads(unquote(document)))
+        except ValueError:
+            return {}
+    return dict(document) if isinstance(document, Mapping) else {}
+
+
+def _trusts(document: Mapping[str, Any], subject: str) -> bool:
+    """Whether a trust policy lets ``subject`` assume the role through web identity."""
+    for statement in _as_list(document.get("Statement", [])):
+        if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+            continue
+        for operator in ("StringEquals", "StringLike"):
+            condition = (statement.get("Condition") or {}).get(operator) or {}
+            for key, value in condition.items():
+                if str(key).endswith(":sub") and subject in _as_list(value):
+                    return True
+    return False

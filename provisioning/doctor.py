@@ -519,6 +519,85 @@ def check_aws(aws: AwsActions, workspace: WorkspaceDefaults, region: str) -> lis
     return results
 
 
+def required_aws_actions(workspace: WorkspaceDefaults) -> dict[str, tuple[str, ...]]:
+    """What the bot's own IAM role must allow, by purpose, for these settings (docs/DEPLOY.md §5c)."""
+    needed: dict[str, tuple[str, ...]] = {
+        "workspace buckets": (
+            "s3:CreateBucket", "s3:PutBucketPublicAccessBlock", "s3:PutEncryptionConfiguration",
+            "s3:PutBucketTagging", "s3:GetBucketTagging", "s3:ListBucket", "s3:DeleteBucket",
+        ),
+        "nodegroups": (
+            "eks:CreateNodegroup", "eks:DescribeNodegroup", "eks:UpdateNodegroupConfig",
+            "eks:DeleteNodegroup", "eks:ListNodegroups", "eks:TagResource", "iam:PassRole",
+        ),
+    }
+    if workspace.iam_policy_arns and workspace.workspace_iam == "shared":
+        needed["shared bucket policies"] = (
+            "iam:GetPolicy", "iam:GetPolicyVersion", "iam:ListPolicyVersions", "iam:CreatePolicyVersion",
+            "iam:DeletePolicyVersion",
+        )
+    if workspace.nodegroup.needs_launch_template():
+        needed["launch templates"] = (
+            "ec2:CreateLaunchTemplate", "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions",
+            "ec2:DeleteLaunchTemplate", "ec2:CreateTags", "ec2:RunInstances",
+        )
+    if workspace.workspace_iam == "per-workspace":
+        needed["workspace roles"] = (
+            "iam:CreateRole", "iam:GetRole", "iam:TagRole", "iam:ListRoleTags", "iam:UpdateAssumeRolePolicy",
+            "iam:PutRolePolicy", "iam:ListRolePolicies", "iam:DeleteRolePolicy",
+            "iam:ListAttachedRolePolicies", "iam:DetachRolePolicy", "iam:DeleteRole",
+        )
+    return needed
+
+
+AUTOSCALER_REQUIREMENT: Final = (
+    "scaling a nodegroup up from zero needs Cluster Autoscaler 1.24 or newer, which finds the nodegroup "
+    "through its Auto Scaling group's `eks:nodegroup-name` tag and reads its labels and taints with "
+    "eks:DescribeNodegroup: the autoscaler's own IAM role must allow eks:DescribeNodegroup "
+    "(docs/DEPLOY.md, Cluster Autoscaler)"
+)
+
+
+def check_aws_permissions(aws: AwsActions, workspace: WorkspaceDefaults) -> list[CheckResult]:
+    """The bot's own role through IAM's policy simulator (the doctor cannot read another role's
+    effective permissions, so the autoscaler's requirement is printed, not checked)."""
+    results: list[CheckResult] = []
+    needed = required_aws_actions(workspace)
+    try:
+        principal = aws.own_role_arn()
+        decisions = aws.simulate_own_permissions(principal, [a for group in needed.values() for a in group])
+    except KfError as exc:
+        results.append(skip("aws", "bot IAM permissions", f"not simulated ({_first_line(exc)}); allow "
+                            "iam:SimulatePrincipalPolicy on the bot's own role to have them checked"))
+    else:
+        for purpose, actions in needed.items():
+            denied = [a for a in actions if decisions.get(a) != "allowed"]
+            if denied:
+                results.append(fix("aws", f"IAM: {purpose}",
+                                   f"{principal} is not allowed {', '.join(denied)}",
+                                   "add them to the bot's IAM policy (docs/DEPLOY.md §5c)"))
+            else:
+                results.append(ok("aws", f"IAM: {purpose}", f"{len(actions)} actions allowed"))
+    if workspace.workspace_iam == "per-workspace" and workspace.node_role_arn:
+        try:
+            attached = set(aws.attached_role_policies(workspace.node_role_arn))
+        except KfError as exc:
+            results.append(fix("aws", "node role isolation", _first_line(exc),
+                               "allow iam:ListAttachedRolePolicies on the node role"))
+        else:
+            shared = sorted(attached & set(workspace.iam_policy_arns))
+            results.append(
+                fix("aws", "node role isolation", f"the node role carries the shared bucket policies "
+                    f"{', '.join(shared)}: any pod that reaches the instance metadata reads every bucket",
+                    "detach them from the node role (per-workspace roles replace them)")
+                if shared else
+                ok("aws", "node role isolation", "no shared bucket policy (KFBOT_IAM_POLICY_ARNS) is "
+                   "attached to the node role")
+            )
+    results.append(skip("aws", "Cluster Autoscaler", "not checked (another role): " + AUTOSCALER_REQUIREMENT))
+    return results
+
+
 # -- all together ---------------------------------------------------------------------------------------
 
 
@@ -532,7 +611,7 @@ def run_live_checks(
                     "run in the cluster with the chart's ServiceAccount, or point KUBECONFIG at a "
                     "kubeconfig")]
     return (check_kubernetes(live, settings) + check_aws(live.aws, workspace, settings.aws_region)
-            + check_prometheus(settings.cost))
+            + check_aws_permissions(live.aws, workspace) + check_prometheus(settings.cost))
 
 
 DCGM_QUERY: Final = 'count({__name__=~"DCGM_FI_PROF_GR_ENGINE_ACTIVE|DCGM_FI_DEV_GPU_UTIL"})'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from handlers import workspace_iam
 from handlers.actions import NOTEBOOK_ACTIVITY_PATHS, NOTEBOOK_ACTIVITY_POLICY
 from handlers.kinds import MANAGED_BY
 from handlers.naming import dex_password_object_name, kfam_binding_name
@@ -25,6 +26,8 @@ def _profile(p: Mapping[str, JSON]) -> list[str]:
     spec: dict[str, JSON] = {"owner": {"kind": "User", "name": p["owner"]}}
     if p["hard"]:
         spec["resourceQuotaSpec"] = {"hard": p["hard"]}
+    if p.get("aws_iam_role"):
+        spec["plugins"] = [workspace_iam.profile_plugin(as_text(p["aws_iam_role"]))]
     body: JSON = {
         "apiVersion": "kubeflow.org/v1",
         "kind": "Profile",
@@ -194,6 +197,10 @@ def _nodegroup(p: Mapping[str, JSON]) -> list[str]:
         k: p[k]
         for k in ("instance_types", "ami_type", "scaling", "labels", "taints", "subnets", "node_role", "tags")
     }
+    if p.get("launch_template"):
+        call["launchTemplate"] = {"name": p["launch_template"], "version": "(its default)"}
+    elif p.get("disk_size") is not None:
+        call["diskSize"] = p["disk_size"]
     return [f"eks:CreateNodegroup {p['cluster']}/{p['name']} {canonical_json(call)}", "wait until ACTIVE"]
 
 
@@ -277,6 +284,35 @@ def _notebook_activity(p: Mapping[str, JSON]) -> list[str]:
     ]
 
 
+def _launch_template(p: Mapping[str, JSON]) -> list[str]:
+    fields = ("disk_size", "disk_type", "imds_tokens", "imds_hop_limit", "instance_tags")
+    data = {k: p[k] for k in fields if k in p}
+    return [
+        f"ec2:CreateLaunchTemplate {p['name']} {canonical_json(data)} (root volume /dev/xvda, "
+        "instance and volume tags, the launch template tagged kf-chatops/request)",
+        "refuse one of that name that this request did not make",
+    ]
+
+
+def _launch_template_remove(p: Mapping[str, JSON]) -> list[str]:
+    return [f"ec2:DeleteLaunchTemplate {p['name']}"]
+
+
+def _workspace_role(p: Mapping[str, JSON]) -> list[str]:
+    provider, namespace = as_text(p["oidc_provider_arn"]), as_text(p["namespace"])
+    trust = workspace_iam.trust_policy(provider, namespace, as_text(p["service_account"]))
+    return [
+        f"iam:CreateRole {p['name']} trust {canonical_json(trust)} (tagged kf-chatops/request)",
+        f"iam:PutRolePolicy {p['name']} {workspace_iam.INLINE_POLICY} "
+        f"{canonical_json(workspace_iam.bucket_policy(as_text(p['bucket'])))}",
+        "refuse a role of that name that this request did not make",
+    ]
+
+
+def _workspace_role_remove(p: Mapping[str, JSON]) -> list[str]:
+    return [f"iam:DeleteRolePolicy and iam:DetachRolePolicy for each, then iam:DeleteRole {p['name']}"]
+
+
 RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.profile": _profile,
     "kubeflow.profile.remove": _profile_remove,
@@ -301,6 +337,10 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.gpu_pods.absent": _gpu_pods_absent,
     "kubeflow.notebook.idle": _notebook_idle,
     "kubeflow.notebook_activity": _notebook_activity,
+    "aws.launch_template": _launch_template,
+    "aws.launch_template.remove": _launch_template_remove,
+    "aws.workspace_role": _workspace_role,
+    "aws.workspace_role.remove": _workspace_role_remove,
 }
 
 

@@ -48,6 +48,7 @@ from typing import Any, Final
 
 from kubernetes import client
 
+from handlers import workspace_iam
 from handlers.actions import (
     NOTEBOOK_ACTIVITY_PATHS,
     NOTEBOOK_ACTIVITY_POLICY,
@@ -330,6 +331,8 @@ class KubeflowActions:
             spec: dict[str, Any] = {"owner": {"kind": "User", "name": owner}}
             if hard:
                 spec["resourceQuotaSpec"] = {"hard": hard}
+            if params.aws_iam_role:
+                spec["plugins"] = [workspace_iam.profile_plugin(params.aws_iam_role)]
             labels = {**params.labels, **k8s.mark_labels(params)}
             body: Obj = {"metadata": {"name": name, "labels": labels}, "spec": spec}
             existing, created = self.kube.create(k8s.PROFILE, body)
@@ -344,6 +347,8 @@ class KubeflowActions:
         if current_owner != owner:
             raise PermanentError(f"A Profile `{name}` already exists, owned by {current_owner or 'nobody'}; "
                                  f"it cannot become {owner}'s workspace.")
+        if created and params.aws_iam_role:
+            self._converge_role_plugin(existing, params.aws_iam_role)
         try:
             self._await_namespace(name, owner)
         except PermanentError:
@@ -351,6 +356,17 @@ class KubeflowActions:
                 self.kube.delete(k8s.PROFILE, name)
             raise
         return StepOutcome(created=created, details={"profile": name, "owner": owner})
+
+    def _converge_role_plugin(self, profile: Obj, role: str) -> None:
+        """A Profile this request made (found again on a retry) that lost the role plugin since,
+        say to a hand edit: put the plugin back, keeping any other plugin as it is."""
+        plugins = [p for p in (profile.get("spec") or {}).get("plugins") or [] if isinstance(p, dict)]
+        wanted = workspace_iam.profile_plugin(role)
+        if wanted in plugins:
+            return
+        others = [p for p in plugins if p.get("kind") != workspace_iam.PLUGIN_KIND]
+        self.kube.merge_patch(k8s.PROFILE, str(k8s.meta(profile).get("name")),
+                              {"spec": {"plugins": [*others, wanted]}})
 
     def _await_namespace(self, name: str, owner: str) -> None:
         start = self.clock.now()

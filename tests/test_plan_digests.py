@@ -15,7 +15,7 @@ import pytest
 from handlers import kinds
 from handlers.plan import Plan
 from handlers.ports import TokenFacts, WorkspaceFacts
-from handlers.settings import CoreSettings
+from handlers.settings import RUNBOOK_NODEGROUP, CoreSettings, NodegroupStyle
 from tests.fakes.facts import StaticFacts
 from tests.test_kinds import RUNBOOK
 
@@ -25,6 +25,21 @@ def _dex(mode: str) -> CoreSettings:
 
 
 CONFIGMAP, EXTERNAL = _dex("configmap"), _dex("external")
+OIDC = (
+    "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+)
+RUNBOOK_STYLE = dataclasses.replace(
+    RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, nodegroup=RUNBOOK_NODEGROUP)
+)
+DISK_ONLY = dataclasses.replace(
+    RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, nodegroup=NodegroupStyle(disk_size=50))
+)
+ISOLATED = dataclasses.replace(
+    RUNBOOK_STYLE,
+    workspace=dataclasses.replace(
+        RUNBOOK_STYLE.workspace, workspace_iam="per-workspace", oidc_provider_arn=OIDC, iam_policy_arns=()
+    ),
+)
 
 
 def _plan(
@@ -81,6 +96,12 @@ def _with_collaborator_login() -> WorkspaceFacts:
     return dataclasses.replace(
         ws, created={**ws.created, "DexUser/b@example.com": {"action": "dex.user", "params": login}}
     )
+
+
+def _isolated() -> WorkspaceFacts:
+    """A workspace made with the runbook's nodegroup (a launch template) and its own IAM role."""
+    create = _plan(kinds.WorkspaceCreate("team-a", "owner@example.com", gpu=1), settings=ISOLATED)
+    return dataclasses.replace(_team(), created=_created(create))
 
 
 def _facts(ws: WorkspaceFacts | None = None, **extra: object) -> StaticFacts:
@@ -174,6 +195,13 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     "password-reset": (
         kinds.PasswordResetFor("b@example.com"), _facts(logins_made={"b@example.com"}), RUNBOOK
     ),
+    # Issue 12: the runbook's nodegroup fields and per-workspace IAM, frozen from their first release.
+    "create-runbook-nodegroup": (
+        kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, RUNBOOK_STYLE
+    ),
+    "create-disk-size-only": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, DISK_ONLY),
+    "create-per-workspace-iam": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, ISOLATED),
+    "delete-per-workspace-iam": (kinds.WorkspaceDelete("team-a", "team-a"), _facts(_isolated()), ISOLATED),
 }
 
 GOLDEN: dict[str, str] = {
@@ -218,6 +246,10 @@ GOLDEN: dict[str, str] = {
     "share-makes-login-configmap": "aef080828bfcd165e0ee20c5fec6b97817546f2fec9d3af74012785ad59dc498",
     "unshare-removes-login": "3b056694fa24af4bfec78e356c411b3f84fdcca06e5050e3f781c6f23c1a557b",
     "password-reset": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+    "create-runbook-nodegroup": "e14c5257ad7ce9ef071396d77e1e9a3b8ecf51a93a24219c8121a2d53ff90d61",
+    "create-disk-size-only": "c413034c0c9d73befb411f6829380dbc47ac4879937f3d14e58c6893bb37eed0",
+    "create-per-workspace-iam": "bbe3c35a183836ec8c07bdd9a47c88ff96883eb41266c9734376f2fcb7278796",
+    "delete-per-workspace-iam": "459c15505ea1dd51136efae53cde3aa22d9f12262f5b7769330226577b3e1a11",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

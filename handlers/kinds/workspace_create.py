@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from handlers import errors, naming, prices, scheduling, units
+from handlers import errors, naming, prices, scheduling, units, workspace_iam
 from handlers.actions import NOTEBOOK_ACTIVITY_POLICY, ActionName
 from handlers.kinds.base import (
     MANAGED_BY,
@@ -25,9 +25,9 @@ from handlers.kinds.base import (
     text,
     whole_number,
 )
-from handlers.plan import JSON, Plan, Step
+from handlers.plan import JSON, Plan, Step, as_text_map
 from handlers.ports import Facts
-from handlers.settings import kubeflow_user_id
+from handlers.settings import WorkspaceDefaults, kubeflow_user_id
 
 GPU_RESOURCE = "requests.nvidia.com/gpu"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
@@ -133,24 +133,44 @@ class WorkspaceCreate:
             raise errors.InvalidInput(f"A workspace named `{self.name}` already exists.", field="name")
         if self.instance_type is not None:
             prices.require_known_instance_type(self.instance_type, d.price_overrides)
+            self._check_gpu_type(self.instance_type)
         instance_type = self.instance_type or (d.gpu_instance_type if self.gpu > 0 else None)
+        warnings: list[str] = []
+        gpu = self.gpu
+        if instance_type is not None and self.gpu == 0 and prices.is_gpu_family(instance_type):
+            # A GPU nodegroup whose workspace may use no GPU would be paid for and never used.
+            _, hi = self._bounds(d)
+            per_node = prices.gpus_per_instance(instance_type) or 0
+            gpu = per_node * hi
+            warnings.append(
+                f"{instance_type} is a GPU type and no `--gpu` was given: the GPU quota is its "
+                f"{per_node} GPU(s) per node x {hi} node(s) at most = {gpu}."
+            )
         names = naming.render_names(s.naming, self.name, instance_type)
         user = kubeflow_user_id(s, self.owner)
         tags = {**MANAGED_BY, "kf-chatops/workspace": self.name, "kf-chatops/owner": self.owner}
         hard = {
             "cpu": self.cpu or d.cpu,
             "memory": self.memory or d.memory,
-            GPU_RESOURCE: str(self.gpu),
+            GPU_RESOURCE: str(gpu),
             "persistentvolumeclaims": str(self.pvcs if self.pvcs is not None else d.pvcs),
             "requests.storage": self.storage or d.storage,
         }
+        per_workspace = d.workspace_iam == "per-workspace"
+        profile: dict[str, JSON] = {
+            "name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)
+        }
+        profile_summary = f"Kubeflow Profile `{names.namespace}` owned by {user}"
+        if per_workspace:
+            role = workspace_iam.role_arn(d.oidc_provider_arn, names.namespace)
+            profile["aws_iam_role"] = role
+            profile_summary += (
+                f", its `{workspace_iam.SERVICE_ACCOUNT}` ServiceAccount annotated with role "
+                f"`{workspace_iam.role_name(names.namespace)}` "
+                f"(plugin {workspace_iam.PLUGIN_KIND}, annotateOnly)"
+            )
         steps = [
-            Step(
-                ActionName.PROFILE,
-                f"Profile/{names.namespace}",
-                {"name": names.namespace, "owner": user, "hard": hard, "labels": dict(MANAGED_BY)},
-                f"Kubeflow Profile `{names.namespace}` owned by {user}",
-            ),
+            Step(ActionName.PROFILE, f"Profile/{names.namespace}", profile, profile_summary),
             notebook_activity_step(names.namespace),
         ]
         if d.dex_mode != "external":
@@ -171,7 +191,9 @@ class WorkspaceCreate:
             )
         )
         resources = [f"arn:aws:s3:::{names.bucket}", f"arn:aws:s3:::{names.bucket}/*"]
-        for arn in d.iam_policy_arns:
+        if per_workspace:
+            steps.append(_role_step(ctx, names.namespace, names.bucket, tags))
+        for arn in () if per_workspace else d.iam_policy_arns:
             steps.append(
                 Step(
                     ActionName.IAM_RESOURCES,
@@ -180,11 +202,26 @@ class WorkspaceCreate:
                     f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}`",
                 )
             )
-        warnings: list[str] = []
         cost: dict[str, JSON] = {}
         if instance_type is not None and names.nodegroup is not None and names.node_label is not None:
-            steps.extend(self._nodegroup_steps(ctx, instance_type, names, tags, warnings, cost))
+            steps.extend(self._nodegroup_steps(ctx, instance_type, names, tags, warnings, cost, gpu))
+        if per_workspace:
+            warnings.extend(_isolation_warnings(ctx, instance_type is not None))
         return Plan.of(steps, warnings, cost)
+
+    def _check_gpu_type(self, instance_type: str) -> None:
+        """``--gpu N`` on a type without GPUs would make a quota no node can ever fill."""
+        if self.gpu > 0 and not prices.is_gpu_family(instance_type):
+            raise errors.InvalidInput(
+                f"--gpu {self.gpu} asks for GPUs, but {instance_type} has none: its pods could never "
+                "get one. Pick a GPU type (for example `g4dn.xlarge`, `g5.xlarge`), or leave out --gpu.",
+                field="gpu",
+            )
+
+    def _bounds(self, d: WorkspaceDefaults) -> tuple[int, int]:
+        lo = d.nodes_min if self.nodes_min is None else self.nodes_min
+        hi = d.nodes_max if self.nodes_max is None else self.nodes_max
+        return lo, hi
 
     def _nodegroup_steps(
         self,
@@ -194,11 +231,11 @@ class WorkspaceCreate:
         tags: dict[str, str],
         warnings: list[str],
         cost: dict[str, JSON],
+        gpu_quota: int,
     ) -> list[Step]:
         d = ctx.settings.workspace
         assert names.nodegroup is not None and names.node_label is not None
-        lo = d.nodes_min if self.nodes_min is None else self.nodes_min
-        hi = d.nodes_max if self.nodes_max is None else self.nodes_max
+        lo, hi = self._bounds(d)
         desired = lo if self.desired is None else self.desired
         if hi < 1:
             raise errors.InvalidInput(
@@ -210,16 +247,17 @@ class WorkspaceCreate:
                 f"Need MIN <= desired <= MAX, got {lo} <= {desired} <= {hi}.", field="desired"
             )
         gpus = prices.gpus_per_instance(instance_type)
-        if gpus is not None and hi * gpus < self.gpu:
+        if gpus is not None and hi * gpus < gpu_quota:
             warnings.append(
                 f"{hi} node(s) x {gpus} GPU(s) of {instance_type} cannot satisfy "
-                f"the quota of {self.gpu} GPUs."
+                f"the quota of {gpu_quota} GPUs."
             )
         if lo == 0:
             warnings.append(
                 "The nodegroup may scale to zero: scaling up from zero needs Cluster Autoscaler 1.24 or "
-                "newer, which reads the nodegroup's labels and taints from EKS (DescribeNodegroup). "
-                "Karpenter does not scale EKS managed nodegroups."
+                "newer, which reads the nodegroup's labels and taints from EKS (DescribeNodegroup, found "
+                "through the Auto Scaling group's `eks:nodegroup-name` tag; the autoscaler's role needs "
+                "`eks:DescribeNodegroup`). Karpenter does not scale EKS managed nodegroups."
             )
         hourly = prices.hourly_price(d.region, instance_type, d.price_overrides)
         if hourly is not None:
@@ -248,14 +286,15 @@ class WorkspaceCreate:
             "node_role": d.node_role_arn,
             "tags": tags,
         }
-        steps = [
+        steps, style_summary = runbook_fields(d, nodegroup, names.nodegroup, tags)
+        steps.append(
             Step(
                 ActionName.NODEGROUP,
                 f"Nodegroup/{names.nodegroup}",
                 nodegroup,
-                f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes",
+                f"EKS nodegroup `{names.nodegroup}`: {instance_type}, {lo}..{hi} nodes{style_summary}",
             )
-        ]
+        )
         if is_gpu:
             steps.append(
                 poddefault_step(
@@ -293,6 +332,100 @@ class WorkspaceCreate:
                 ),
             )
         )
+
+
+def runbook_fields(
+    d: WorkspaceDefaults, nodegroup: dict[str, JSON], name: str, tags: Mapping[str, str]
+) -> tuple[list[Step], str]:
+    """Adds the runbook's nodegroup fields (``KFBOT_NODEGROUP_STYLE`` / ``KFBOT_NODE_*``) to the
+    nodegroup's params, in place, and returns the launch template step they need (if any) and
+    the words the nodegroup's summary gets. Nothing is added for a field left at EKS's default,
+    so the params of a plan made without these settings are exactly what they always were."""
+    style = d.nodegroup
+    words: list[str] = []
+    if style.eksctl_labels:
+        eksctl = {"alpha.eksctl.io/cluster-name": d.cluster, "alpha.eksctl.io/nodegroup-name": name}
+        nodegroup["labels"] = {**as_text_map(nodegroup["labels"]), **eksctl}
+        nodegroup["tags"] = {
+            **as_text_map(nodegroup["tags"]), **eksctl, "alpha.eksctl.io/nodegroup-type": "managed"
+        }
+        words.append("eksctl labels and tags")
+    if not style.needs_launch_template():
+        if style.disk_size is not None:
+            nodegroup["disk_size"] = style.disk_size
+            words.append(f"{style.disk_size} GiB disk")
+        return [], "; " + ", ".join(words) if words else ""
+    template: dict[str, JSON] = {"name": name}
+    made: list[str] = []
+    if style.disk_size is not None:
+        template["disk_size"] = style.disk_size
+    if style.disk_type:
+        template["disk_type"] = style.disk_type
+    if style.disk_size is not None or style.disk_type:
+        size = f"{style.disk_size} GiB" if style.disk_size is not None else "default-size"
+        made.append(f"{size} {style.disk_type or 'default-type'} root volume")
+    if style.imds_tokens:
+        template["imds_tokens"] = style.imds_tokens
+    if style.imds_hop_limit is not None:
+        template["imds_hop_limit"] = style.imds_hop_limit
+    if style.imds_tokens or style.imds_hop_limit is not None:
+        made.append(
+            f"IMDS tokens {style.imds_tokens or '(EC2 default)'}, "
+            f"hop limit {style.imds_hop_limit or '(EC2 default)'}"
+        )
+    if style.instance_tags:
+        template["instance_tags"] = dict(tags)
+        made.append("instances and volumes tagged `kf-chatops/workspace`")
+    nodegroup["launch_template"] = name
+    step = Step(
+        ActionName.LAUNCH_TEMPLATE,
+        f"LaunchTemplate/{name}",
+        template,
+        f"EC2 launch template `{name}` for the nodegroup: " + ", ".join(made),
+    )
+    return [step], "; " + ", ".join([*words, *made])
+
+
+def _role_step(ctx: PlanContext, namespace: str, bucket: str, tags: Mapping[str, str]) -> Step:
+    d = ctx.settings.workspace
+    name = workspace_iam.role_name(namespace)
+    return Step(
+        ActionName.WORKSPACE_ROLE,
+        f"IamRole/{name}",
+        {
+            "name": name,
+            "namespace": namespace,
+            "service_account": workspace_iam.SERVICE_ACCOUNT,
+            "oidc_provider_arn": d.oidc_provider_arn,
+            "bucket": bucket,
+            "tags": dict(tags),
+        },
+        f"IAM role `{name}` for `{workspace_iam.subject(namespace)}` only (IRSA, audience "
+        f"`{workspace_iam.AUDIENCE}`), whose policy names only bucket `{bucket}`",
+    )
+
+
+def _isolation_warnings(ctx: PlanContext, has_nodegroup: bool) -> list[str]:
+    """Per-workspace roles keep one workspace out of another's bucket only if its pods cannot use
+    the node role instead; the plan cannot see the node role, so it says what must hold."""
+    d = ctx.settings.workspace
+    warnings = []
+    if not (has_nodegroup and d.nodegroup.isolates_pods_from_node_role()):
+        where = (
+            "this workspace's nodegroup does not" if has_nodegroup else "the nodes its pods run on may not"
+        )
+        warnings.append(
+            f"Bucket isolation is incomplete: {where} enforce IMDSv2 with hop limit 1 "
+            "(KFBOT_NODE_IMDS_TOKENS=required, KFBOT_NODE_IMDS_HOP_LIMIT=1), so its pods can borrow the "
+            "node role's credentials from the instance metadata service."
+        )
+    if d.iam_policy_arns:
+        warnings.append(
+            "KFBOT_IAM_POLICY_ARNS is still set: those shared policies keep granting the buckets they "
+            "list. Isolation holds only while none of them is attached to the node role "
+            "(KFBOT_NODE_ROLE_ARN); `kfbot doctor` checks it."
+        )
+    return warnings
 
 
 def check_max_nodes(nodes_max: int, limit: int, *, asked: str = "--nodes MAX") -> None:

@@ -32,6 +32,8 @@ from handlers.settings import CoreSettings
 # Deletion walks the create steps backwards; each create action has a removal twin.
 _REMOVAL: dict[str, ActionName | None] = {
     ActionName.NODEGROUP: ActionName.NODEGROUP_REMOVE,
+    ActionName.LAUNCH_TEMPLATE: ActionName.LAUNCH_TEMPLATE_REMOVE,
+    ActionName.WORKSPACE_ROLE: ActionName.WORKSPACE_ROLE_REMOVE,
     ActionName.IAM_RESOURCES: ActionName.IAM_RESOURCES_REMOVE,
     ActionName.BUCKET: ActionName.BUCKET_REMOVE,
     ActionName.DEX_USER: ActionName.DEX_USER_REMOVE,

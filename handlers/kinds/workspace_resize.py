@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from handlers import errors, naming, prices
 from handlers.actions import ActionName
@@ -41,7 +41,7 @@ from handlers.kinds.workspace_create import (
     poddefault_step,
 )
 from handlers.kinds.workspace_pin import gpu_nodegroups
-from handlers.plan import JSON, Plan, Step
+from handlers.plan import JSON, Plan, Step, as_text_map
 from handlers.ports import Facts, WorkspaceFacts
 
 USAGE = "/kf workspace resize NAME --nodes MIN:MAX [--instance-type T]"
@@ -231,6 +231,7 @@ class WorkspaceResize:
             "labels": {label_key: label_value},
             "taints": taints,
         }
+        _rename_eksctl_fields(params, old, names.nodegroup)
         steps = [
             Step(
                 ActionName.NODEGROUP,
@@ -305,3 +306,18 @@ class WorkspaceResize:
 def _type_of(params: Mapping[str, JSON]) -> str:
     types = params.get("instance_types")
     return str(types[0]) if isinstance(types, list) and types else ""
+
+
+_EKSCTL_NAME: Final = "alpha.eksctl.io/nodegroup-name"
+
+
+def _rename_eksctl_fields(params: dict[str, JSON], old: Mapping[str, JSON], name: str) -> None:
+    """A nodegroup made with eksctl's labels and tags (``KFBOT_NODE_EKSCTL_LABELS``) keeps them under
+    its new name: the old labels would be dropped with the node label and the tags name the old
+    nodegroup. The launch template, if any, is the old one's (it holds no instance type)."""
+    old_labels, old_tags = as_text_map(old.get("labels") or {}), as_text_map(old.get("tags") or {})
+    if _EKSCTL_NAME not in old_labels and _EKSCTL_NAME not in old_tags:
+        return
+    eksctl = {k: v for k, v in old_labels.items() if k.startswith("alpha.eksctl.io/")}
+    params["labels"] = {**as_text_map(params["labels"]), **eksctl, _EKSCTL_NAME: name}
+    params["tags"] = {**old_tags, _EKSCTL_NAME: name}

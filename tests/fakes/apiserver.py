@@ -49,6 +49,10 @@ import yaml
 JSON = dict[str, Any]
 
 PROFILE_FINALIZER = "profile-finalizer"
+
+
+def k8s_annotations(obj: JSON) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
 DEFAULT_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 KFP_UI_PRINCIPAL = "cluster.local/ns/kubeflow/sa/ml-pipeline-ui"
@@ -557,6 +561,9 @@ class FakeApiServer:
             self.max_token_expiration_seconds: int | None = None
             self.schema_validation = bool(self._validators)
             self.namespace_labels = dict(self._default_namespace_labels)  # the profile controller's file
+            # IAM calls the AwsIamForServiceAccount plugin would make (plugin_iam.go, without
+            # annotateOnly: GetRole + UpdateAssumeRolePolicy), as (call, role ARN, namespace).
+            self.profile_iam_calls: list[tuple[str, str, str]] = []
             self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
             for res in RESOURCES:
                 if res.custom:
@@ -1262,6 +1269,7 @@ class FakeApiServer:
                 "metadata": owned, "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
                 "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": name}]},
                 ("roleRef", "subjects"))
+        self._apply_iam_plugins(name, spec)
         self._ensure(ROLEBINDINGS, "v1", name, {
             "metadata": {"name": "namespaceAdmin", "annotations": admin, "ownerReferences": [ref]},
             "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": "kubeflow-admin"},
@@ -1278,6 +1286,25 @@ class FakeApiServer:
             finalized = copy.deepcopy(profile)
             finalized["metadata"]["finalizers"] = [*finalizers, PROFILE_FINALIZER]
             self._commit_update(PROFILES, "v1", profile, finalized)
+
+    def _apply_iam_plugins(self, name: str, spec: JSON) -> None:
+        """ApplyPlugin of ``AwsIamForServiceAccount`` (kubeflow-reference §1.3), on every reconcile:
+        annotate ``default-editor`` with the role; unless ``annotateOnly`` (Go's json matches the key
+        case-insensitively), the controller would then read and rewrite the role's trust policy,
+        which the fake records instead of doing."""
+        for plugin in spec.get("plugins") or []:
+            if plugin.get("kind") != "AwsIamForServiceAccount":
+                continue
+            plugin_spec = {str(k).lower(): v for k, v in (plugin.get("spec") or {}).items()}
+            role = str(plugin_spec.get("awsiamrole") or "")
+            account = self._objects.get(self._key(SERVICEACCOUNTS, name, "default-editor"))
+            if account is not None and k8s_annotations(account).get("eks.amazonaws.com/role-arn") != role:
+                annotated = copy.deepcopy(account)
+                annotated["metadata"].setdefault("annotations", {})["eks.amazonaws.com/role-arn"] = role
+                self._commit_update(SERVICEACCOUNTS, "v1", account, annotated)
+            if plugin_spec.get("annotateonly") is not True:
+                self.profile_iam_calls.append(("iam:GetRole", role, name))
+                self.profile_iam_calls.append(("iam:UpdateAssumeRolePolicy", role, name))
 
     def _namespace_labels(self, labels: dict[str, str]) -> dict[str, str]:
         """setNamespaceLabels: add missing keys, never overwrite, an empty value removes the key."""

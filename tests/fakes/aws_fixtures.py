@@ -29,6 +29,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from provisioning.aws import AwsActions, AwsSettings
+from tests.fakes import iam_simulator
 from tests.fakes.clock import FakeClock
 
 ACCOUNT_ID = "123456789012"
@@ -276,6 +277,7 @@ def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # One attempt per call: fault rules then fire exactly when a test says, and no backoff sleeps.
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    iam_simulator.install(monkeypatch)  # moto lacks iam:SimulatePrincipalPolicy (kfbot doctor)
     return AwsEnv(moto_server)
 
 
