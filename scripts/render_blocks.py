@@ -29,18 +29,19 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageChops
 
 from bot import app as composition
-from bot import blocks
+from bot import blocks, home
 from bot.notify import NullNotifier
 from bot.settings import Settings
 from handlers import parse, services
 from handlers.model import Actor, Request
-from provisioning import SystemClock
+from provisioning import NodeUsage, SystemClock
 
 JSON = Any
 
@@ -196,6 +197,8 @@ class Renderer:
             return f'<span class="mention">@{html.escape(self.users.get(uid, label or uid))}</span>'
         if target.startswith("#"):
             return f'<span class="mention">#{html.escape(label or target[1:])}</span>'
+        if target.startswith("!date^"):  # Slack shows the date in the reader's time zone: plain text
+            return html.escape(_unslack(label))
         if target.startswith("!"):
             word = target[1:].split("^", 1)[0]
             return f'<span class="mention">@{html.escape(label or word)}</span>'
@@ -450,7 +453,7 @@ def _find_confirm(blocks: Sequence[JSON], action_id: str) -> JSON | None:
 
 # -- samples built by the bot's own code ------------------------------------------------------------
 
-SAMPLE_USERS = {"U0ALICE": "alice", "U0BOB": "bob"}
+SAMPLE_USERS = {"U0ALICE": "alice", "U0BOB": "bob", "U0DAVE": "dave"}
 
 
 def sample_request(
@@ -503,7 +506,67 @@ def sample_card(
     return blks
 
 
-SAMPLES: Mapping[str, Callable[[], JSON]] = {"approval-card": sample_card}
+def sample_home() -> JSON:
+    """The Home tab an admin who also owns a workspace sees, in dry-run mode: their workspace (a
+    GPU one, with a token, a grant given and GPU time this month), their own pending quota raise
+    (which another admin must decide: no buttons for them) and someone else's request to approve."""
+    with tempfile.TemporaryDirectory(prefix="kfbot-render-") as folder:
+        settings = Settings.from_env(
+            {
+                "KFBOT_DATABASE_URL": f"sqlite:///{folder}/render.db",
+                "KFBOT_AUDIT_KEY": "render-blocks-sample-key-0123456789",
+                "KFBOT_PROVISIONER": "dry-run",
+                "KFBOT_DASHBOARD_URL": "https://kubeflow.example.com/",
+            }
+        )
+        backend = composition.build_backend(settings)
+        try:
+            backend.migrate()
+            core = composition.build_core(settings, backend, NullNotifier(), SystemClock())
+            alice = Actor(user_id="U0ALICE", email="alice@example.com", is_admin=True)
+            bob = Actor(user_id="U0BOB", email="bob@example.com", is_admin=True)
+            dave = Actor(user_id="U0DAVE", email="dave@example.com")
+
+            def file(actor: Actor, text: str) -> Request:
+                kind = parse.parse_command(
+                    text, requester_email=actor.email, resolve_user=lambda uid: uid, settings=core.settings
+                )
+                assert not isinstance(kind, parse.Control), text
+                request = services.submit(core, actor, kind, idempotency_key=None).request
+                if request.state.value == "pending" and text.startswith("workspace new team-vision"):
+                    services.decide(core, bob, request.id, approve=True, decision_key=f"sample:{request.id}")
+                backend.run_until_idle(NullNotifier())
+                return request
+
+            file(alice, "workspace new team-vision --gpu 4 --instance-type g5.12xlarge --nodes 0:2")
+            file(alice, "token team-vision --ttl 8h --read-only")
+            file(alice, "share team-vision carol@example.com --role view --for 7d")
+            file(alice, "quota team-vision --gpu 8")
+            file(dave, "workspace new team-nlp --gpu 1")
+            now = datetime.now(UTC)
+            for hours in (30, 0):  # GPU node time the scans recorded this month (the usage ledger)
+                node = NodeUsage(
+                    "ip-10-0-1-7",
+                    "team-vision-g5-12xlarge",
+                    "team-vision",
+                    "g5.12xlarge",
+                    idle=False,
+                    hourly_usd=5.672,
+                )
+                backend.usage.record(now - timedelta(hours=hours, minutes=1 if hours else 0), [node])
+            view = home.gather(
+                core,
+                composition.home_sources(backend),
+                alice,
+                dry_run=True,
+                dashboard_url=settings.slack.dashboard_url,
+            )
+            return home.render_home(view, confirm_above=settings.slack.confirm_above)
+        finally:
+            backend.close()
+
+
+SAMPLES: Mapping[str, Callable[[], JSON]] = {"approval-card": sample_card, "app-home": sample_home}
 
 
 # -- the screenshot ---------------------------------------------------------------------------------
