@@ -69,6 +69,11 @@ _UNREAD = ("", "")
 """``announce``'s default ``card``: not read yet, so announce reads it in a transaction of its own."""
 
 
+_STEP_EVENTS = frozenset(
+    {EventType.STEP_STARTED, EventType.STEP_SUCCEEDED, EventType.STEP_FAILED, EventType.STEP_UNDONE}
+)
+
+
 def announce(
     uow: UnitOfWorkFactory,
     notifier: Notifier,
@@ -86,16 +91,23 @@ def announce(
     """
     if not events:
         return
-    if card is _UNREAD:
+    # Only a step's notices edit a thread message of their own; the rest need not read them.
+    threads: dict[str, str] | None = None
+    if card is _UNREAD or any(e.type in _STEP_EVENTS for e in events):
         with uow() as tx:
-            card = tx.requests.card(request.id)
-    delivery = notifier.publish(request, events, card)
+            if card is _UNREAD:
+                card = tx.requests.card(request.id)
+            if any(e.type in _STEP_EVENTS for e in events):
+                threads = tx.requests.thread_messages(request.id)
+    delivery = notifier.publish(request, events, card, threads)
     moved = delivery.card is not None and delivery.card != card
-    if not (moved or delivery.sent):
+    if not (moved or delivery.sent or delivery.threads):
         return
     with uow() as tx:
         if moved and delivery.card is not None:
             tx.requests.set_card(request.id, *delivery.card)
+        for key, ts in delivery.threads.items():
+            tx.requests.set_thread_message(request.id, key, ts)
         if delivery.sent:
             tx.audit.append(
                 [
