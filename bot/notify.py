@@ -29,7 +29,7 @@ from bot import blocks, render
 from bot import logging as log
 from bot.payloads import Blocks, text_at
 from handlers.model import Event, EventType, Request, RequestState
-from handlers.notifications import Audience, Button, Notice, Say, route
+from handlers.notifications import Audience, Button, Notice, Say, route, step_message
 from handlers.plan import JSON
 from handlers.ports import Delivery
 
@@ -114,19 +114,6 @@ class _Transport:
 
     def _tell(self, notice: Notice, text: str) -> None:
         raise NotImplementedError
-
-
-_STEP_EVENTS = frozenset(
-    {EventType.STEP_STARTED, EventType.STEP_SUCCEEDED, EventType.STEP_FAILED, EventType.STEP_UNDONE}
-)
-
-
-def step_key(event: Event | None) -> str | None:
-    """The thread message a step's event belongs to (``step:<idx>``); None for other lines."""
-    if event is None or event.type not in _STEP_EVENTS:
-        return None
-    idx = event.data.get("idx")
-    return f"step:{idx}" if isinstance(idx, int) and not isinstance(idx, bool) else None
 
 
 def _is_slack_user(user_id: str) -> bool:
@@ -308,8 +295,10 @@ class SlackNotifier(_Transport):
         """One message per plan step: its start posts it, and what becomes of the step (done,
         failed, undone) edits it in place; the ts is returned in ``Delivery.threads`` and stored,
         so a restart or another replica's publisher edits the same message. A step started again
-        (a retry) gets a new message; one deleted in Slack is posted again."""
-        key = step_key(notice.event)
+        (a retry) gets a new message. An edit that fails (the message was deleted, or Slack could
+        not be reached past the pacer's retries) posts the line again: a stale "▶" would say the
+        step still runs."""
+        key = step_message(notice.event)
         known: dict[str, str] = self._sent.threads
         ts = known.get(key) if key is not None else None
         started = notice.event is not None and notice.event.type is EventType.STEP_STARTED

@@ -21,6 +21,7 @@ from handlers.cost import autostop
 from handlers.errors import SubjectBusy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
+from handlers.notifications import STEP_EVENTS
 from handlers.plan import JSON, Plan, canonical_json
 from handlers.ports import (
     Clock,
@@ -69,11 +70,6 @@ _UNREAD = ("", "")
 """``announce``'s default ``card``: not read yet, so announce reads it in a transaction of its own."""
 
 
-_STEP_EVENTS = frozenset(
-    {EventType.STEP_STARTED, EventType.STEP_SUCCEEDED, EventType.STEP_FAILED, EventType.STEP_UNDONE}
-)
-
-
 def announce(
     uow: UnitOfWorkFactory,
     notifier: Notifier,
@@ -93,11 +89,11 @@ def announce(
         return
     # Only a step's notices edit a thread message of their own; the rest need not read them.
     threads: dict[str, str] | None = None
-    if card is _UNREAD or any(e.type in _STEP_EVENTS for e in events):
+    if card is _UNREAD or any(e.type in STEP_EVENTS for e in events):
         with uow() as tx:
             if card is _UNREAD:
                 card = tx.requests.card(request.id)
-            if any(e.type in _STEP_EVENTS for e in events):
+            if any(e.type in STEP_EVENTS for e in events):
                 threads = tx.requests.thread_messages(request.id)
     delivery = notifier.publish(request, events, card, threads)
     moved = delivery.card is not None and delivery.card != card

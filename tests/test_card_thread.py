@@ -288,7 +288,9 @@ def test_a_delete_says_removed_kept_or_gone_per_step_in_prose(sqlite_url: str, f
     made = file_workspace(stack)
     stack.approve(made.id)
     stack.backend.run_until_idle(stack.core.notifier)
-    delete = services.submit(stack.core, ALICE, kinds.WorkspaceDelete("team-a", confirm="team-a"), idempotency_key=None).request
+    delete = services.submit(
+        stack.core, ALICE, kinds.WorkspaceDelete("team-a", confirm="team-a"), idempotency_key=None
+    ).request
     summaries = [s.summary for s in delete.plan.steps]
     assert "remove Kubeflow Profile `team-a` and its namespace" in summaries, summaries
     assert not any("/" in s.split("`")[0] for s in summaries), summaries  # words, not Kind/name keys
@@ -381,7 +383,9 @@ def test_the_shell_prints_the_same_header_expiry_and_removal_words(sqlite_url: s
     assert "Expires 20" in printed and "UTC if no admin decides by then." in printed
     stack.approve(request.id)
     stack.backend.run_until_idle(shell)
-    delete = services.submit(stack.core, BOB, kinds.WorkspaceDelete("team-a", confirm="team-a"), idempotency_key=None).request
+    delete = services.submit(
+        stack.core, BOB, kinds.WorkspaceDelete("team-a", confirm="team-a"), idempotency_key=None
+    ).request
     stack.approve(delete.id)
     stack.backend.run_until_idle(shell)
     printed = out.getvalue()
