@@ -143,7 +143,7 @@ def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | 
     deletes (what it deletes) and for one whose cost may exceed ``confirm_above`` USD a month
     (``KFBOT_CONFIRM_ABOVE``; what it may cost). None: one click approves."""
     removed = [
-        (step.summary or step.key).removeprefix("remove ") for step in plan.steps if is_removal(step.action)
+        render.removed_object(step.summary or step.key) for step in plan.steps if is_removal(step.action)
     ]
     monthly = plan.cost.get("monthly_max")
     costly = (

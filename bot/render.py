@@ -381,11 +381,19 @@ def _would(step: Step | None) -> str:
     return "create" if step.action in _CREATES else "apply"
 
 
+def removed_object(summary: str) -> str:
+    """What a removal step's summary removes: "remove S3 bucket `b`" -> "S3 bucket `b`"."""
+    for verb in ("remove ", "delete "):
+        if summary.startswith(verb):
+            return summary.removeprefix(verb)
+    return summary
+
+
 def _removed_text(step: str, removed: JSON, kept: JSON, style: Style) -> str:
     """A finished removal step: what it removed, what it kept rather than lose data
     (``StepOutcome.kept``), or that there was nothing left to remove. ``step`` is escaped."""
     # The plan's words without its conditions: "S3 bucket `b` (kept if it holds data)".
-    what = step.removeprefix("remove ").split(" (", 1)[0]
+    what = removed_object(step).split(" (", 1)[0]
     if isinstance(kept, list) and kept:
         items = style.esc(", ".join(str(k) for k in kept))
         return f"✔ kept: {items}, because it holds data (`--purge-data` deletes it)"
@@ -414,7 +422,8 @@ def event_text(request: Request, event: Event, style: Style, *, dry_run: bool = 
         made = data.get("created")
         if dry_run:
             verb = _would(step_of(request, data))
-            return f"✔ would {verb}: {step.removeprefix(verb + ' ')} (dry run)"
+            what = removed_object(step) if verb == "remove" else step.removeprefix(verb + " ")
+            return f"✔ would {verb}: {what} (dry run)"
         planned = step_of(request, data)
         if planned is not None and is_removal(planned.action):
             return _removed_text(step, made, data.get("kept"), style)

@@ -326,6 +326,35 @@ def test_removal_lines_in_a_dry_run_say_would_remove() -> None:
     assert render.event_text(request, event, render.SLACK) == "✔ removed: EKS nodegroup `ng`"
 
 
+@pytest.mark.parametrize(
+    ("created", "dry_run", "line"),
+    [
+        (True, False, "✔ removed: ServiceAccount `kf-tok`"),
+        (False, False, "✔ already gone: ServiceAccount `kf-tok`"),
+        (True, True, "✔ would remove: ServiceAccount `kf-tok` (bob's edit token T1 stops working) (dry run)"),
+    ],
+)
+def test_a_token_removal_is_told_by_what_it_removes(created: bool, dry_run: bool, line: str) -> None:
+    step = Step(
+        "kubeflow.token_account.remove",
+        "TokenAccount/ns/kf-tok",
+        {"namespace": "ns", "name": "kf-tok", "token_id": "T1"},
+        "delete ServiceAccount `kf-tok` (bob's edit token T1 stops working)",
+    )
+    request = Request(
+        "RDRY002",
+        "token.revoke",
+        {"token_id": "T1"},
+        "UBOB",
+        "bob@example.com",
+        Plan.of([step]),
+        created_at=T0,
+    )
+    data: dict[str, JSON] = {"idx": 0, "key": step.key, "created": created}
+    event = Event(EventType.STEP_SUCCEEDED, request.id, T0, None, data)
+    assert render.event_text(request, event, render.SLACK, dry_run=dry_run) == line
+
+
 # -- the dry run lists every call --------------------------------------------------------------------
 
 
