@@ -46,7 +46,8 @@ _KEEPS_DATA = (ActionName.BUCKET, ActionName.PROFILE)
 
 
 def _prose(removal: ActionName, params: Mapping[str, JSON], key: str) -> str:
-    """A removal step in words, as a create plan's steps are ("remove S3 bucket `b` if empty")."""
+    """A removal step in words, as a create plan's steps are ("remove S3 bucket `b` (kept if it
+    holds data)")."""
     purge = bool(params.get("purge_data"))
     if removal == ActionName.PROFILE_REMOVE:
         volumes = " with its volumes" if purge else ""
