@@ -131,6 +131,7 @@ def build_slack(
         dry_run=backend.mode == "dry-run",
         dashboard_url=settings.slack.dashboard_url,
         confirm_above=settings.slack.confirm_above,
+        expiry=backend.pending_expiry,
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)

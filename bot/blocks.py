@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from slack_sdk.models.blocks import (
     ActionsBlock,
@@ -142,7 +143,7 @@ def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | 
     deletes (what it deletes) and for one whose cost may exceed ``confirm_above`` USD a month
     (``KFBOT_CONFIRM_ABOVE``; what it may cost). None: one click approves."""
     removed = [
-        (step.summary or step.key).removeprefix("remove ") for step in plan.steps if is_removal(step.action)
+        render.removed_object(step.summary or step.key) for step in plan.steps if is_removal(step.action)
     ]
     monthly = plan.cost.get("monthly_max")
     costly = (
@@ -175,18 +176,26 @@ DRY_RUN_CARD = (
 
 
 def card(
-    request: Request, *, superseded: bool = False, dry_run: bool = False, confirm_above: float | None = None
+    request: Request,
+    *,
+    superseded: bool = False,
+    dry_run: bool = False,
+    confirm_above: float | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[str, Blocks]:
     """The approval card: (fallback text, blocks). Buttons only while the request is pending.
-    ``dry_run``: the header and a first section say so, whatever the state ("Done (dry run)")."""
+    The header says its state and the request in words ("Approval needed: New workspace team-a
+    for alice", ``RequestKind.title``). ``dry_run``: the header and a first section say so,
+    whatever the state ("Done (dry run)"). ``expires_at``: when a pending request expires."""
     heading = ("Superseded" if superseded else HEADINGS[request.state]) + (" (dry run)" if dry_run else "")
     who = S.user(request.requester_id, request.requester_email)
+    # The header is plain text, but escaped as every text the bot sends is (no markup survives).
     blocks: list[Block] = [
-        HeaderBlock(text=plain(f"{heading}: {request.id} ({request.kind})", HEADER_LIMIT)),
+        HeaderBlock(text=plain(f"{heading}: {S.esc(render.title(request))}", HEADER_LIMIT)),
         *([section(DRY_RUN_CARD)] if dry_run else []),
         section(
             f"*{render.describe(request, S)}*\n*Requested by* {who} ({S.esc(request.requester_email)})\n"
-            f"*Kind* `{request.kind}`"
+            f"*Request* `{request.id}` · *Kind* `{request.kind}`"
         ),
         section(f"*Arguments*\n{render.args_text(request, S)}"),
         section(f"*Plan* ({_steps(request.plan)})\n{render.plan_summary(request.plan, S)}"),
@@ -196,6 +205,8 @@ def card(
             ContextBlock(elements=[md("The plan changed; a new card was posted for the new plan.", 2000)])
         )
     elif request.state is RequestState.PENDING:
+        if expires_at is not None:
+            blocks.append(ContextBlock(elements=[md(render.expiry_text(expires_at, S), 2000)]))
         blocks.append(
             ActionsBlock(
                 block_id=f"decide:{request.id}",

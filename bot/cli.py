@@ -179,6 +179,7 @@ def run_shell(
             kept_by_steps=backend.kept_by_steps,
             dry_run=backend.mode == "dry-run",
             dashboard_url=settings.slack.dashboard_url,
+            expiry=backend.pending_expiry,
         )
         core = composition.build_core(settings, backend, notifier, provisioning.SystemClock())
         shell = Shell(core=core, backend=backend, notifier=notifier, out=stdout, actor=actor)

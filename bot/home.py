@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from slack_sdk import WebClient
@@ -454,8 +454,14 @@ class HomeNotifier:
     def __init__(self, inner: Notifier, home_of: Callable[[], Home | None]) -> None:
         self._inner, self._home_of = inner, home_of
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
-        delivery = self._inner.publish(request, events, card)
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: tuple[str, str] | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
+        delivery = self._inner.publish(request, events, card, threads)
         target = self._home_of()
         if target is not None:
             target.changed(request, events)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
@@ -153,9 +153,15 @@ class MeteredNotifier:
         self.inner = inner
         self._metrics = metrics
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: tuple[str, str] | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         try:
             self._metrics.observe_decision(request, events)
         except Exception:  # a metric never stops a notification (the port must not raise)
             logger.exception("could not observe the decision on %s", request.id)
-        return self.inner.publish(request, events, card)
+        return self.inner.publish(request, events, card, threads)

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TextIO, TypeVar
 
 from slack_sdk import WebClient
@@ -28,7 +29,7 @@ from bot import blocks, render
 from bot import logging as log
 from bot.payloads import Blocks, text_at
 from handlers.model import Event, EventType, Request, RequestState
-from handlers.notifications import Audience, Button, Notice, Say, route
+from handlers.notifications import Audience, Button, Notice, Say, route, step_message
 from handlers.plan import JSON
 from handlers.ports import Delivery
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 Card = tuple[str, str]
 StepCalls = Callable[[str, Mapping[str, JSON]], list[str]]
 """``backend.render_step``: the calls a dry-run step would make, shown under its progress line."""
+Expiry = Callable[[str], datetime | None]
+"""``backend.pending_expiry``: request id -> when it expires if nobody decides (shown on its card)."""
 KeptBySteps = Callable[[str], Sequence[str]]
 """``backend.kept_by_steps``: request id -> what its steps kept rather than lose data."""
 _FINISHED = (RequestState.SUCCEEDED, RequestState.FAILED, RequestState.NEEDS_ATTENTION)
@@ -57,11 +60,22 @@ class _Transport:
         *,
         dry_run: bool = False,
         dashboard_url: str | None = None,
+        expiry: Expiry | None = None,
     ) -> None:
         self._calls = calls
         self._kept_by_steps = kept_by_steps
         self.dry_run = dry_run
         self.dashboard_url = dashboard_url
+        self._expiry = expiry
+
+    def _expires_at(self, request: Request) -> datetime | None:
+        if self._expiry is None or request.state is not RequestState.PENDING:
+            return None
+        try:
+            return self._expiry(request.id)
+        except Exception:  # the card goes out without its expiry rather than not at all
+            logger.warning("could not read when %s expires", request.id, exc_info=True)
+            return None
 
     def _deliver_all(self, request: Request, events: Sequence[Event], card: Card | None) -> Card | None:
         """Deliver every notice; returns the card posted now, if one was."""
@@ -192,8 +206,9 @@ class SlackNotifier(_Transport):
         dry_run: bool = False,
         dashboard_url: str | None = None,
         confirm_above: float | None = None,
+        expiry: Expiry | None = None,
     ) -> None:
-        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
+        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url, expiry=expiry)
         self._confirm_above = confirm_above
         self._client = client
         self._channel = admin_channel
@@ -201,9 +216,17 @@ class SlackNotifier(_Transport):
         self._sent = threading.local()
         self._pacer = pacer or ChannelPacer()
 
-    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: Card | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         # Listener threads and the engine publish concurrently: each call collects its own deliveries.
         self._sent.messages = []
+        self._sent.threads = dict(threads or {})
+        self._sent.posted = {}
         new_card: Card | None = None
         with log.bound(request.correlation_id or log.correlation_id() or request.id):
             try:
@@ -212,7 +235,7 @@ class SlackNotifier(_Transport):
                 # The port forbids raising: the change is committed; a rendering bug must not
                 # stop the engine or the listener. It is logged with the correlation id.
                 logger.exception("could not notify about %s", request.id, extra={"request_id": request.id})
-        return Delivery(card=new_card, sent=tuple(self._sent.messages))
+        return Delivery(card=new_card, sent=tuple(self._sent.messages), threads=dict(self._sent.posted))
 
     # -- delivery ------------------------------------------------------------------------------------
     def _call(self, method: str, **kwargs: str | Blocks) -> Mapping[str, object]:
@@ -238,7 +261,12 @@ class SlackNotifier(_Transport):
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _post_card(self, request: Request) -> Card | None:
-        text, blks = blocks.card(request, dry_run=self.dry_run, confirm_above=self._confirm_above)
+        text, blks = blocks.card(
+            request,
+            dry_run=self.dry_run,
+            confirm_above=self._confirm_above,
+            expires_at=self._expires_at(request),
+        )
         answer = self._call("chat_postMessage", channel=self._channel, text=text, blocks=blks)
         ts = text_at(answer, "ts")
         if not ts:
@@ -252,15 +280,34 @@ class SlackNotifier(_Transport):
             if calls:
                 line += f"\n```{render.SLACK.esc(calls)}```"
             if line:
-                self._call("chat_postMessage", channel=card[0], thread_ts=card[1], text=blocks.fallback(line))
+                self._thread_line(notice, card, blocks.fallback(line))
             return
         text, blks = blocks.card(
             notice.request,
             superseded=notice.say is Say.CARD_SUPERSEDED,
             dry_run=self.dry_run,
             confirm_above=self._confirm_above,
+            expires_at=self._expires_at(notice.request),
         )
         self._call("chat_update", channel=card[0], ts=card[1], text=text, blocks=blks)
+
+    def _thread_line(self, notice: Notice, card: Card, text: str) -> None:
+        """One message per plan step: its start posts it, and what becomes of the step (done,
+        failed, undone) edits it in place; the ts is returned in ``Delivery.threads`` and stored,
+        so a restart or another replica's publisher edits the same message. A step started again
+        (a retry) gets a new message. An edit that fails (the message was deleted, or Slack could
+        not be reached past the pacer's retries) posts the line again: a stale "▶" would say the
+        step still runs."""
+        key = step_message(notice.event)
+        known: dict[str, str] = self._sent.threads
+        ts = known.get(key) if key is not None else None
+        started = notice.event is not None and notice.event.type is EventType.STEP_STARTED
+        if ts is not None and not started and self._call("chat_update", channel=card[0], ts=ts, text=text):
+            return
+        answer = self._call("chat_postMessage", channel=card[0], thread_ts=card[1], text=text)
+        posted = text_at(answer, "ts")
+        if key is not None and posted:
+            known[key] = self._sent.posted[key] = posted
 
     def _tell(self, notice: Notice, text: str) -> None:
         if notice.audience is Audience.ADMINS:
@@ -304,8 +351,9 @@ class ShellNotifier(_Transport):
         *,
         dry_run: bool = False,
         dashboard_url: str | None = None,
+        expiry: Expiry | None = None,
     ) -> None:
-        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url)
+        super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url, expiry=expiry)
         self._out = out
         self._sent: list[str] = []
 
@@ -317,17 +365,29 @@ class ShellNotifier(_Transport):
             self._out.write(f"{' ' * len(prefix)} {line}\n")
         self._out.flush()
 
-    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: Card | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         self._sent = []
         new_card = self._deliver_all(request, events, card)
         return Delivery(card=new_card, sent=tuple(dict.fromkeys(self._sent)))
 
     def _post_card(self, request: Request) -> Card | None:
         dry = f"({render.DRY_RUN_NOTE} Approving runs the plan as a dry run.)\n" if self.dry_run else ""
+        heading = blocks.HEADINGS[request.state] + (" (dry run)" if self.dry_run else "")
+        expiry = render.expiry_text(self._expires_at(request), self.style)
         self._print(
             "[admin channel]",
-            dry + render.request_detail(request, self.style) + "\n"
-            f"[View plan: show {request.id}] [Approve: approve {request.id}] "
+            f"{heading}: {self.style.esc(render.title(request))}\n"
+            + dry
+            + render.request_detail(request, self.style)
+            + "\n"
+            + (f"{expiry}\n" if expiry else "")
+            + f"[View plan: show {request.id}] [Approve: approve {request.id}] "
             f"[Reject: reject {request.id} REASON]",
         )
         return ("shell", request.id)
@@ -364,5 +424,11 @@ class ShellNotifier(_Transport):
 class NullNotifier:
     """For ``kfbot plan`` and maintenance commands: nothing is published."""
 
-    def publish(self, request: Request, events: Sequence[Event], card: Card | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: Card | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         return Delivery()

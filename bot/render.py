@@ -182,6 +182,22 @@ def describe(request: Request, style: Style) -> str:
     return style.esc(text)
 
 
+def title(request: Request) -> str:
+    """The request in words, as its kind puts it (``RequestKind.title``), unescaped plain text:
+    "New workspace team-a for alice"."""
+    try:
+        return kinds.from_args(request.kind, request.args).title(request.requester_email)
+    except (errors.KfError, TypeError, ValueError):
+        return f"{request.kind} {request.id}"
+
+
+def expiry_text(expires_at: datetime | None, style: Style) -> str:
+    """When a pending request expires, for its card; empty when it has no expiry."""
+    if expires_at is None:
+        return ""
+    return f"Expires {style.when(expires_at)} if no admin decides by then."
+
+
 def args_text(request: Request, style: Style) -> str:
     shown = []
     for key, value in request.args.items():
@@ -365,6 +381,27 @@ def _would(step: Step | None) -> str:
     return "create" if step.action in _CREATES else "apply"
 
 
+def removed_object(summary: str) -> str:
+    """What a removal step's summary removes: "remove S3 bucket `b`" -> "S3 bucket `b`"."""
+    for verb in ("remove ", "delete "):
+        if summary.startswith(verb):
+            return summary.removeprefix(verb)
+    return summary
+
+
+def _removed_text(step: str, removed: JSON, kept: JSON, style: Style) -> str:
+    """A finished removal step: what it removed, what it kept rather than lose data
+    (``StepOutcome.kept``), or that there was nothing left to remove. ``step`` is escaped."""
+    # The plan's words without its conditions: "S3 bucket `b` (kept if it holds data)".
+    what = removed_object(step).split(" (", 1)[0]
+    if isinstance(kept, list) and kept:
+        items = style.esc(", ".join(str(k) for k in kept))
+        return f"✔ kept: {items}, because it holds data (`--purge-data` deletes it)"
+    if removed is True:
+        return f"✔ removed: {what}"
+    return f"✔ already gone: {what}"
+
+
 def event_text(request: Request, event: Event, style: Style, *, dry_run: bool = False) -> str | None:
     """One progress line for the card's thread (None: not worth a line). In a dry run each line
     says so, and a finished step says what it *would* have done: nothing was."""
@@ -385,7 +422,11 @@ def event_text(request: Request, event: Event, style: Style, *, dry_run: bool = 
         made = data.get("created")
         if dry_run:
             verb = _would(step_of(request, data))
-            return f"✔ would {verb}: {step.removeprefix(verb + ' ')} (dry run)"
+            what = removed_object(step) if verb == "remove" else step.removeprefix(verb + " ")
+            return f"✔ would {verb}: {what} (dry run)"
+        planned = step_of(request, data)
+        if planned is not None and is_removal(planned.action):
+            return _removed_text(step, made, data.get("kept"), style)
         note = " (created)" if made is True else " (already there)" if made is False else ""
         return f"✔ {step}{note}"
     if t is EventType.STEP_FAILED:

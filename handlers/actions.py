@@ -68,6 +68,16 @@ NOTEBOOK_ACTIVITY_POLICY: Final = "kfbot-notebook-activity"
 NOTEBOOK_ACTIVITY_PATHS: Final = ("*/api/kernels", "*/api/terminals")
 """Its paths (Istio suffix matches; see ``provisioning.kubeflow.notebook_activity_policy``)."""
 
+KFAM_IDENTITY_DEFAULTS: Final = {
+    "header": "kubeflow-userid",
+    "prefix": "",
+    "ingress_principal": "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+    "kfp_ui_principal": "cluster.local/ns/kubeflow/sa/ml-pipeline-ui",
+}
+"""How Kubeflow recognises a user in a contributor's AuthorizationPolicy, as kubeflow/manifests
+sets it (applications/profiles/upstream/manager/kustomization.yaml): the live adapter's fallback
+and what the dry run shows."""
+
 EKS_TAINT_EFFECTS: Final = frozenset({"NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"})
 
 

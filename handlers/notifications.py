@@ -137,6 +137,22 @@ PROGRESS = frozenset(
     }
 )
 """Events that get a line in the card's thread."""
+STEP_EVENTS = frozenset(
+    {EventType.STEP_STARTED, EventType.STEP_SUCCEEDED, EventType.STEP_FAILED, EventType.STEP_UNDONE}
+)
+"""A step's events: they share one thread message (``step_message``), posted at the start and
+edited after it."""
+
+
+def step_message(event: Event | None) -> str | None:
+    """The thread message a step's event belongs to (``step:<idx>``), the key under which its ts
+    is stored (``Delivery.threads``); None for every other line."""
+    if event is None or event.type not in STEP_EVENTS:
+        return None
+    idx = event.data.get("idx")
+    return f"step:{idx}" if isinstance(idx, int) and not isinstance(idx, bool) else None
+
+
 CARD_CHANGES = frozenset(
     {
         *DECISIONS,

@@ -64,6 +64,14 @@ class RequestRepository(Protocol):
 
     def card(self, request_id: str) -> tuple[str, str] | None: ...
 
+    def thread_messages(self, request_id: str) -> dict[str, str]:
+        """The ts of each message kept up to date in the card's thread (``Delivery.threads``)."""
+        ...
+
+    def set_thread_message(self, request_id: str, key: str, ts: str) -> None:
+        """Remember (or replace) the ts of the thread message ``key`` (``step:<idx>``)."""
+        ...
+
 
 class DecisionKeys(Protocol):
     def claim(self, key: str, request_id: str) -> bool:
@@ -239,14 +247,24 @@ class Delivery:
     """(channel, ts) of the approval card when this publish posted one."""
     sent: tuple[str, ...] = ()
     """Where people were told, e.g. ``chat.postMessage:C123``; recorded as ``notification.sent``."""
+    threads: Mapping[str, str] = field(default_factory=dict)
+    """Thread messages this publish posted, key (``step:<idx>``) -> ts: later notices about the
+    same step edit that message instead of posting another (``RequestRepository.set_thread_message``)."""
 
 
 class Notifier(Protocol):
     """Tells people what happened; Slack in production, stdout in the shell."""
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: tuple[str, str] | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         """Deliver the events of one committed change. Must not raise for delivery failures:
-        the change is committed already."""
+        the change is committed already. ``threads``: the thread messages posted before
+        (``Delivery.threads`` of earlier publishes), which a step's later notices edit."""
         ...
 
 

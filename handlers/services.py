@@ -21,6 +21,7 @@ from handlers.cost import autostop
 from handlers.errors import SubjectBusy
 from handlers.kinds import PlanContext, RequestKind
 from handlers.model import OPEN_STATES, SYSTEM, WORK_STATES, Actor, Event, EventType, Request, RequestState
+from handlers.notifications import STEP_EVENTS
 from handlers.plan import JSON, Plan, canonical_json
 from handlers.ports import (
     Clock,
@@ -76,26 +77,36 @@ def announce(
     request: Request,
     events: Sequence[Event],
     card: tuple[str, str] | None = _UNREAD,
+    threads: Mapping[str, str] | None = None,
 ) -> None:
     """Tell people about a committed change, then record where the card went and who was told.
 
     Runs outside any transaction: a Slack round-trip must never hold a database lock (on SQLite
     that would stall every other writer). ``card``: where the request's card is, when the caller
     read it in the transaction that made the change (a decision is then one transaction before
-    Slack is called, and one after to record the delivery).
+    Slack is called, and one after to record the delivery). ``threads``: the request's thread
+    messages, read with ``card`` (the outbox claim does); left out, they are read with the card
+    when a step's notice needs them.
     """
     if not events:
         return
-    if card is _UNREAD:
+    # Only a step's notices edit a thread message of their own; the rest need not read them.
+    steps = threads is None and any(e.type in STEP_EVENTS for e in events)
+    if card is _UNREAD or steps:
         with uow() as tx:
-            card = tx.requests.card(request.id)
-    delivery = notifier.publish(request, events, card)
+            if card is _UNREAD:
+                card = tx.requests.card(request.id)
+            if steps:
+                threads = tx.requests.thread_messages(request.id)
+    delivery = notifier.publish(request, events, card, threads)
     moved = delivery.card is not None and delivery.card != card
-    if not (moved or delivery.sent):
+    if not (moved or delivery.sent or delivery.threads):
         return
     with uow() as tx:
         if moved and delivery.card is not None:
             tx.requests.set_card(request.id, *delivery.card)
+        for key, ts in delivery.threads.items():
+            tx.requests.set_thread_message(request.id, key, ts)
         if delivery.sent:
             tx.audit.append(
                 [

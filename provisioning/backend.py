@@ -478,6 +478,12 @@ class Backend:
         ordered = sorted(records, key=lambda r: r.idx)
         return tuple(item for r in ordered if r.outcome is not None for item in r.outcome.kept)
 
+    def pending_expiry(self, request_id: str) -> datetime | None:
+        """When a pending request expires if no admin decides (its ``request.expire`` timer);
+        None when it has no such timer (decided, or not waiting for an admin)."""
+        with self.db.uow() as uow:
+            return uow.work.pending_due("request.expire", request_id)
+
     def request_counts(self) -> dict[tuple[str, str], int]:
         """(kind, state) -> requests: one GROUP BY (``kfbot_requests`` on /metrics)."""
         return count_requests(self.db)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from handlers import workspace_iam
-from handlers.actions import NOTEBOOK_ACTIVITY_PATHS, NOTEBOOK_ACTIVITY_POLICY
+from handlers.actions import KFAM_IDENTITY_DEFAULTS, NOTEBOOK_ACTIVITY_PATHS, NOTEBOOK_ACTIVITY_POLICY
 from handlers.kinds import MANAGED_BY
-from handlers.naming import dex_password_object_name, kfam_binding_name
+from handlers.naming import KFAM_ROLES, dex_password_object_name, kfam_binding_name
 from handlers.plan import JSON, StepOutcome, as_text, as_texts, canonical_json
 from provisioning.actions import Action
 
@@ -62,34 +62,88 @@ def _poddefault(p: Mapping[str, JSON]) -> list[str]:
     ]
 
 
+_RBAC = "rbac.authorization.k8s.io"
+_CONTRIBUTOR_ROLES = ("edit", "view")
+"""The roles a share grants; a user holds one of them per workspace (a new role replaces the old)."""
+
+
+def _kfam_pair_paths(ns: JSON, name: str) -> tuple[str, str]:
+    return (
+        f"/apis/{_RBAC}/v1/namespaces/{ns}/rolebindings/{name}",
+        f"/apis/security.istio.io/v1beta1/namespaces/{ns}/authorizationpolicies/{name}",
+    )
+
+
 def _contributor(p: Mapping[str, JSON]) -> list[str]:
-    name = kfam_binding_name(str(p["user"]), str(p["role"]))
-    ns = p["namespace"]
+    user, role, ns = str(p["user"]), str(p["role"]), p["namespace"]
+    name = kfam_binding_name(user, role)
+    identity = KFAM_IDENTITY_DEFAULTS
+
+    def metadata() -> JSON:
+        return {
+            "name": name,
+            "namespace": ns,
+            "annotations": {"user": user, "role": role},
+            "labels": dict(MANAGED_BY),
+        }
+
+    binding: JSON = {
+        "apiVersion": f"{_RBAC}/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(),
+        "roleRef": {"apiGroup": _RBAC, "kind": "ClusterRole", "name": f"kubeflow-{role}"},
+        "subjects": [{"apiGroup": _RBAC, "kind": "User", "name": user}],
+    }
+    policy: JSON = {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "AuthorizationPolicy",
+        "metadata": metadata(),
+        "spec": {
+            "rules": [
+                {
+                    "when": [
+                        {
+                            "key": f"request.headers[{identity['header']}]",
+                            "values": [identity["prefix"] + user],
+                        }
+                    ],
+                    "from": [
+                        {
+                            "source": {
+                                "principals": [identity["ingress_principal"], identity["kfp_ui_principal"]]
+                            }
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    # A user holds one role per workspace: a role change deletes the old pair first (live:
+    # ``ensure_contributor``), so the dry run lists those DELETEs too.
+    replaced: list[str] = []
+    for old in (r for r in _CONTRIBUTOR_ROLES if r != role):
+        for path in _kfam_pair_paths(ns, kfam_binding_name(user, old)):
+            replaced.append(f"if {user} holds the {old} pair (a role change): " + _k8s("DELETE", path))
+    binding_path, policy_path = _kfam_pair_paths(ns, name)
     return [
-        _k8s(
-            "POST",
-            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-            {
-                "metadata": {"name": name, "annotations": {"user": p["user"], "role": p["role"]}},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": f"kubeflow-{p['role']}",
-                },
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": p["user"]}],
-            },
-        ),
-        _k8s(
-            "POST",
-            f"/apis/security.istio.io/v1beta1/namespaces/{ns}/authorizationpolicies/{name}"
-            " (identity-header rule for the user, ingress and KFP UI principals)",
-        ),
+        *replaced,
+        _k8s("POST", binding_path.rsplit("/", 1)[0], binding),
+        _k8s("POST", policy_path.rsplit("/", 1)[0], policy),
+        "if either exists for this user: replace a drifted RoleBinding, merge-patch a drifted "
+        "AuthorizationPolicy spec; one of another user's: refuse",
+        "(identity header, prefix and principals: KFBOT_USERID_HEADER, KFBOT_USERID_PREFIX, "
+        "KFBOT_INGRESS_PRINCIPAL and KFBOT_KFP_UI_PRINCIPAL when set, else the "
+        "profiles Deployment's environment, else these kubeflow/manifests defaults)",
     ]
 
 
 def _contributor_remove(p: Mapping[str, JSON]) -> list[str]:
-    ns, user = p["namespace"], p["user"]
-    return [f"DELETE the RoleBinding and AuthorizationPolicy in {ns} whose user annotation is {user}"]
+    ns, user = p["namespace"], str(p["user"])
+    return [
+        f"if {user} holds the {role} pair: " + _k8s("DELETE", path)
+        for role in sorted(KFAM_ROLES)  # live: every KFAM role's pair under the user's names
+        for path in _kfam_pair_paths(ns, kfam_binding_name(user, role))
+    ]
 
 
 def _quota(p: Mapping[str, JSON]) -> list[str]:

@@ -344,9 +344,12 @@ class Engine:
             return result
         if isinstance(result, _Failed):
             return self._step_failed(request, idx, step, attempts, result.first_failure, result.reason)
+        # What a removal kept rather than lose data goes into its line ("kept: S3 bucket ...").
+        done: dict[str, JSON] = {"created": result.created}
+        if result.kept:
+            done["kept"] = list(result.kept)
         self._record(request, idx, step, StepStatus.DONE, outcome=result, attempts=attempts,
-                     first_failure=first_failure,
-                     event=(EventType.STEP_SUCCEEDED, {"created": result.created}))
+                     first_failure=first_failure, event=(EventType.STEP_SUCCEEDED, done))
         return None
 
     def _step_failed(

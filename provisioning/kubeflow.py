@@ -50,6 +50,7 @@ from kubernetes import client
 
 from handlers import workspace_iam
 from handlers.actions import (
+    KFAM_IDENTITY_DEFAULTS,
     NOTEBOOK_ACTIVITY_PATHS,
     NOTEBOOK_ACTIVITY_POLICY,
     ContributorParams,
@@ -110,10 +111,10 @@ def gpu_request(pod: Mapping[str, Any]) -> int:
     return total
 
 
-DEFAULT_HEADER: Final = "kubeflow-userid"
-DEFAULT_PREFIX: Final = ""
-DEFAULT_INGRESS_PRINCIPAL: Final = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
-DEFAULT_KFP_UI_PRINCIPAL: Final = "cluster.local/ns/kubeflow/sa/ml-pipeline-ui"
+DEFAULT_HEADER: Final = KFAM_IDENTITY_DEFAULTS["header"]
+DEFAULT_PREFIX: Final = KFAM_IDENTITY_DEFAULTS["prefix"]
+DEFAULT_INGRESS_PRINCIPAL: Final = KFAM_IDENTITY_DEFAULTS["ingress_principal"]
+DEFAULT_KFP_UI_PRINCIPAL: Final = KFAM_IDENTITY_DEFAULTS["kfp_ui_principal"]
 
 _ENV_NAMES: Final = {
     "header": "USERID_HEADER",

@@ -44,7 +44,13 @@ class Publisher:
         beat.start()
         try:
             services.announce(
-                self.db.core_uow, self.notifier, self.clock, notice.request, notice.events, notice.card
+                self.db.core_uow,
+                self.notifier,
+                self.clock,
+                notice.request,
+                notice.events,
+                notice.card,
+                notice.threads,
             )
         except Exception:
             # The row stays claimed: it is tried again when the lease runs out (by us or another

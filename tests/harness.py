@@ -97,7 +97,13 @@ class RecordingNotifier:
     published: list[tuple[str, str, list[str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: tuple[str, str] | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         with self.lock:
             self.published.append((request.id, request.state.value, [e.type.value for e in events]))
             return Delivery(card=card or ("CADMIN", f"{len(self.published)}.0001"), sent=("recording",))

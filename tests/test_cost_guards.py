@@ -187,7 +187,8 @@ def test_every_delete_asks_to_confirm_naming_what_goes(bot: Running, fake_slack:
     confirm = approve_confirm(fake_slack, request_id)
     assert confirm is not None and confirm["title"]["text"] == "Approve a deletion?"
     text = confirm["text"]["text"]
-    assert text.startswith("This deletes ") and "Profile/team-a" in text and "Bucket/kf-team-a" in text
+    assert text.startswith("This deletes ") and "Kubeflow Profile `team-a`" in text
+    assert "S3 bucket `kf-team-a`" in text
     assert "remove " not in text
 
 

@@ -7,7 +7,7 @@ round trip inside a transaction would hold its locks, and on SQLite stall every 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import event
 
@@ -30,9 +30,14 @@ class Ledger:
         event.listen(engine, "commit", lambda conn: self.entries.append("commit"))
         recording = stack.notifier.publish
 
-        def publish(request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
+        def publish(
+            request: Request,
+            events: Sequence[Event],
+            card: tuple[str, str] | None,
+            threads: Mapping[str, str] | None = None,
+        ) -> Delivery:
             self.entries.append(f"publish:{engine.pool.checkedout()}")  # type: ignore[attr-defined]
-            return recording(request, events, card)
+            return recording(request, events, card, threads)
 
         stack.notifier.publish = publish  # type: ignore[method-assign]
 

@@ -819,3 +819,36 @@ def test_a_wildcard_bot_principal_is_never_written(
     with pytest.raises(PermanentError, match="wildcard"):
         kf.registry()["kubeflow.notebook_activity"].ensure({"namespace": ns})
     assert apiserver.get(ISTIO, "authorizationpolicies", "kfbot-notebook-activity", ns) is None
+
+
+def test_the_dry_run_shows_the_pair_a_role_change_writes_and_the_pair_it_deletes(
+        apiserver: FakeApiServer, kf: KubeflowActions) -> None:
+    """What ``kfbot plan`` and a dry-run thread show for a share is what the live action does:
+    the same RoleBinding and the full AuthorizationPolicy (with the default identity), and the
+    DELETEs of the old role's pair."""
+    from provisioning import dryrun  # noqa: PLC0415 - only this test reads the dry-run rendering
+
+    ns, user = workspace(kf), "alice@example.com"
+    share(kf, ns, user, "edit")
+    share(kf, ns, user, "view")  # a role change
+
+    calls = dryrun.render("kubeflow.contributor", {"namespace": ns, "user": user, "role": "view"})
+    posted = {c.split(" ", 2)[1]: json.loads(c.split(" ", 2)[2]) for c in calls if c.startswith("POST ")}
+    binding, policy = pair(apiserver, ns, "user-alice-example-com-clusterrole-view")
+    assert binding is not None and policy is not None
+    shown_rb = posted[f"/apis/{RBAC_V1}/namespaces/{ns}/rolebindings"]
+    shown_ap = posted[f"/apis/{ISTIO}/namespaces/{ns}/authorizationpolicies"]
+    for shown, live in ((shown_rb, binding), (shown_ap, policy)):
+        meta = live["metadata"]
+        mine = {k: meta[k] for k in ("name", "namespace", "annotations")}
+        assert {k: shown["metadata"][k] for k in mine} == mine
+        assert shown["metadata"]["labels"].items() <= meta["labels"].items()
+        assert (shown["apiVersion"], shown["kind"]) == (live["apiVersion"], live["kind"])
+    assert (shown_rb["roleRef"], shown_rb["subjects"]) == (binding["roleRef"], binding["subjects"])
+    assert shown_ap["spec"] == policy["spec"]
+
+    old = "user-alice-example-com-clusterrole-edit"
+    assert pair(apiserver, ns, old) == (None, None)  # live: the old pair is gone...
+    deletes = [c.split(": ", 1)[1] for c in calls if "DELETE " in c]
+    assert deletes == [f"DELETE /apis/{RBAC_V1}/namespaces/{ns}/rolebindings/{old}",
+                       f"DELETE /apis/{ISTIO}/namespaces/{ns}/authorizationpolicies/{old}"]  # ...and shown

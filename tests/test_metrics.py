@@ -235,7 +235,7 @@ def test_approval_latency_counts_human_decisions_only() -> None:
     seen: list[str] = []
 
     class Inner:
-        def publish(self, request: Request, events: Any, card: Any) -> Delivery:
+        def publish(self, request: Request, events: Any, card: Any, threads: Any = None) -> Delivery:
             seen.append(request.id)
             return Delivery()
 

@@ -120,10 +120,14 @@ def card_versions(fake: FakeSlack) -> list[dict[str, Any]]:
 
 
 def thread_lines(fake: FakeSlack) -> list[str]:
+    """Every version of every thread message: as posted, and as each edit left it (a step's
+    message is edited in place as the step progresses)."""
+    threaded = {key for key, m in fake.messages.items() if m.get("thread_ts") not in (None, m["ts"])}
     return [
         str(c.params["text"])
         for c in fake.calls
-        if c.method == "chat.postMessage" and c.params.get("thread_ts")
+        if (c.method == "chat.postMessage" and c.params.get("thread_ts"))
+        or (c.method == "chat.update" and (c.params.get("channel"), c.params.get("ts")) in threaded)
     ]
 
 

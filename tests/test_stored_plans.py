@@ -13,7 +13,7 @@ reshaping of step params or digests too.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,7 +38,13 @@ class Told:
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def publish(self, request: Request, events: Sequence[Event], card: tuple[str, str] | None) -> Delivery:
+    def publish(
+        self,
+        request: Request,
+        events: Sequence[Event],
+        card: tuple[str, str] | None,
+        threads: Mapping[str, str] | None = None,
+    ) -> Delivery:
         self.events.extend(events)
         return Delivery()
 

@@ -314,6 +314,12 @@ def text(value: str) -> str:
     return value
 
 
+def short_name(email: str) -> str:
+    """A person in a card's header: the part of their email before the ``@`` (the card's body
+    names them in full)."""
+    return email.partition("@")[0] or email
+
+
 # -- the protocol --------------------------------------------------------------------------------
 
 
@@ -330,6 +336,12 @@ class RequestKind(Protocol):
         ...
 
     def describe(self) -> str: ...
+
+    def title(self, requester: str) -> str:
+        """The request in words for the approval card's header ("New workspace team-a for
+        alice", "Share team-a with bob (edit) for alice"): plain text (a Block Kit header is not
+        formatted), people by ``short_name``; ``requester`` is the requester's email."""
+        ...
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         """Emails of the people the request's effect is for, besides its requester (an owner, a

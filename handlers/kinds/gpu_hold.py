@@ -27,6 +27,7 @@ from handlers.kinds.base import (
     Syntax,
     TimerKind,
     require_workspace,
+    short_name,
     workspace_people,
 )
 from handlers.kinds.gpu_common import (
@@ -162,6 +163,12 @@ class GpuHold:
     def describe(self) -> str:
         how = f"for {units.format_duration(self.duration)}" if self.duration else f"until {self.until}"
         return f"keep `{self.target}` of `{self.workspace}` out of the idle report {how}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        how = f"for {units.format_duration(self.duration)}" if self.duration else f"until {self.until}"
+        who = short_name(requester)
+        return f"Keep {self.target} of {self.workspace} out of the idle report {how}, for {who}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.workspace)  # their GPUs stay up

@@ -31,6 +31,7 @@ from handlers.kinds.base import (
     TimerKind,
     UpdateWorkspaceObjects,
     require_workspace,
+    short_name,
     whole_number,
     workspace_people,
 )
@@ -117,6 +118,11 @@ class GpuScale:
         if self.nodes == 0:
             return f"scale the GPU nodes of `{self.workspace}` to 0"
         return f"scale the GPU nodes of `{self.workspace}` up to {self.nodes}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        to = "to 0" if self.nodes == 0 else f"up to {self.nodes}"
+        return f"Scale the GPU nodes of {self.workspace} {to}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.workspace)  # their GPUs are what comes or goes

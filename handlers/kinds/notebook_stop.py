@@ -32,6 +32,7 @@ from handlers.kinds.base import (
     TimerKind,
     kubeflow_user,
     require_workspace,
+    short_name,
     workspace_people,
 )
 from handlers.kinds.gpu_common import owner_or_admin_applies, owner_or_admin_may_ask, validate_notebook_name
@@ -118,6 +119,10 @@ class NotebookStop:
 
     def describe(self) -> str:
         return f"stop notebook `{self.notebook}` of `{self.workspace}`"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        return f"Stop notebook {self.workspace}/{self.notebook}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.workspace or "")  # their notebook is what stops

@@ -25,6 +25,7 @@ from handlers.kinds.base import (
     Success,
     Syntax,
     TimerKind,
+    short_name,
 )
 from handlers.kinds.gpu_common import is_for
 from handlers.model import Actor
@@ -70,6 +71,10 @@ class PasswordResetFor:
 
     def describe(self) -> str:
         return f"let {self.user} set a new Kubeflow password"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        return f"Password reset for {short_name(self.user)}, by {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return (self.user,)

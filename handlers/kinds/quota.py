@@ -33,6 +33,7 @@ from handlers.kinds.base import (
     kubeflow_user,
     notify_list,
     require_workspace,
+    short_name,
     text,
     workspace_people,
 )
@@ -207,6 +208,14 @@ class QuotaChange:
         )
         until = f" for {units.format_duration(self.duration)}" if self.duration else ""
         return f"quota of `{self.workspace}`: {parts}{until}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        parts = ", ".join(
+            [f"{k}={v}" for k, v in self.changes().items()] + [f"{k} unset" for k in self.unset or ()]
+        )
+        until = f" for {units.format_duration(self.duration)}" if self.duration else ""
+        return f"Quota of {self.workspace}: {parts}{until}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.workspace)

@@ -31,6 +31,7 @@ from handlers.kinds.base import (
     kfam_clash,
     owns,
     require_workspace,
+    short_name,
     slack_id_of,
     text,
     token_removals,
@@ -103,6 +104,12 @@ class Share:
     def describe(self) -> str:
         until = f" for {units.format_duration(self.duration)}" if self.duration else ""
         return f"share `{self.workspace}` with {self.user} as {self.role}{until}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        until = f", {units.format_duration(self.duration)}" if self.duration else ""
+        user, who = short_name(self.user), short_name(requester)
+        return f"Share {self.workspace} with {user} ({self.role}{until}) for {who}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return (self.user,)

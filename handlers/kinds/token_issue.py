@@ -28,6 +28,7 @@ from handlers.kinds.base import (
     TimerSpec,
     kubeflow_user,
     require_workspace,
+    short_name,
     text,
     token_account_name,
 )
@@ -124,6 +125,13 @@ class TokenIssue:
     def describe(self) -> str:
         return (
             f"{self.role} token for `{self.workspace}` ({self.audience}, {units.format_duration(self.ttl)})"
+        )
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        return (
+            f"{self.role.capitalize()} token for {self.workspace} ({units.format_duration(self.ttl)}) "
+            f"for {short_name(requester)}"
         )
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:

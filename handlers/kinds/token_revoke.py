@@ -22,6 +22,7 @@ from handlers.kinds.base import (
     TimerKind,
     kubeflow_user,
     require_workspace,
+    short_name,
     token_account_name,
 )
 from handlers.model import Actor
@@ -71,6 +72,10 @@ class TokenRevoke:
 
     def describe(self) -> str:
         return f"revoke token {self.token_id}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        return f"Revoke token {self.token_id}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return ()  # taking a token away benefits nobody

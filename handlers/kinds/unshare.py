@@ -25,6 +25,7 @@ from handlers.kinds.base import (
     notify_list,
     owns,
     require_workspace,
+    short_name,
     token_removals,
     tokens_removed,
 )
@@ -77,6 +78,10 @@ class Unshare:
 
     def describe(self) -> str:
         return f"remove {self.user} from `{self.workspace}`"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        return f"Remove {short_name(self.user)} from {self.workspace}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return (self.user,)

@@ -21,6 +21,7 @@ from handlers.kinds.base import (
     Success,
     Syntax,
     TimerKind,
+    short_name,
     slack_id_of,
     text,
     whole_number,
@@ -123,6 +124,11 @@ class WorkspaceCreate:
     def describe(self) -> str:
         gpu = f", {self.gpu} GPU" if self.gpu else ""
         return f"new workspace `{self.name}` for {self.owner}{gpu}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        gpu = f" with {self.gpu} GPU" if self.gpu else ""
+        return f"New workspace {self.name}{gpu} for {short_name(self.owner)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return (self.owner,)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,11 +22,12 @@ from handlers.kinds.base import (
     TimerKind,
     kubeflow_user,
     require_workspace,
+    short_name,
     text,
     workspace_people,
 )
 from handlers.model import Actor
-from handlers.plan import Plan, Step, as_object, as_text
+from handlers.plan import JSON, Plan, Step, as_object, as_text
 from handlers.ports import Facts
 from handlers.settings import CoreSettings
 
@@ -43,6 +45,26 @@ _REMOVAL: dict[str, ActionName | None] = {
 }
 _KEEPS_DATA = (ActionName.BUCKET, ActionName.PROFILE)
 """Create actions whose removal deletes data only when asked (``purge_data``)."""
+
+
+def _prose(removal: ActionName, params: Mapping[str, JSON], key: str) -> str:
+    """A removal step in words, as a create plan's steps are ("remove S3 bucket `b` (kept if it
+    holds data)")."""
+    purge = bool(params.get("purge_data"))
+    if removal == ActionName.PROFILE_REMOVE:
+        volumes = " with its volumes" if purge else ""
+        return f"remove Kubeflow Profile `{params.get('name')}` and its namespace{volumes}"
+    if removal == ActionName.BUCKET_REMOVE:
+        data = " and everything in it" if purge else " (kept if it holds data)"
+        return f"remove S3 bucket `{params.get('bucket')}`{data}"
+    if removal == ActionName.DEX_USER_REMOVE:
+        return f"remove the Dex login for {params.get('email')}"
+    if removal == ActionName.IAM_RESOURCES_REMOVE:
+        policy = str(params.get("policy_arn") or "").rsplit("/", 1)[-1]
+        return f"remove the bucket from IAM policy `{policy}`"
+    if removal == ActionName.NODEGROUP_REMOVE:
+        return f"remove EKS nodegroup `{params.get('name')}` and its nodes"
+    return f"remove {key}"
 
 
 def _may_request(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
@@ -91,6 +113,11 @@ class WorkspaceDelete:
     def describe(self) -> str:
         return f"delete workspace `{self.name}`" + (" *and its data*" if self.purge_data else "")
 
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        data = " and its data" if self.purge_data else ""
+        return f"Delete workspace {self.name}{data}, for {short_name(requester)}"
+
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.name)
 
@@ -120,7 +147,7 @@ class WorkspaceDelete:
                 continue
             if action in _KEEPS_DATA:
                 params["purge_data"] = self.purge_data
-            steps.append(Step(removal, key, params, f"remove {key}"))
+            steps.append(Step(removal, key, params, _prose(removal, params, key)))
         if not self.purge_data:
             warnings.append(
                 "Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted."

@@ -19,6 +19,7 @@ from handlers.kinds.base import (
     TimerKind,
     UpdateWorkspaceObjects,
     require_workspace,
+    short_name,
     workspace_people,
 )
 from handlers.kinds.workspace_create import (
@@ -78,6 +79,10 @@ class WorkspacePin:
 
     def describe(self) -> str:
         return f"pin the GPU nodegroups of `{self.name}` to it"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        return f"Pin the GPU nodegroups of {self.name}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.name)  # their GPUs are what moves

@@ -28,6 +28,7 @@ from handlers.kinds.base import (
     TimerKind,
     UpdateWorkspaceObjects,
     require_workspace,
+    short_name,
     text,
     workspace_people,
 )
@@ -115,6 +116,13 @@ class WorkspaceResize:
     def describe(self) -> str:
         to = f" on {self.instance_type}" if self.instance_type else ""
         return f"resize the nodegroups of `{self.name}` to {self.nodes_min}..{self.nodes_max} nodes{to}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        to = f" on {self.instance_type}" if self.instance_type else ""
+        return (
+            f"Resize {self.name} to {self.nodes_min}..{self.nodes_max} nodes{to}, for {short_name(requester)}"
+        )
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.name)  # their nodes are what changes

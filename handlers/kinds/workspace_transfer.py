@@ -33,6 +33,7 @@ from handlers.kinds.base import (
     UpdateWorkspaceObjects,
     kubeflow_user,
     require_workspace,
+    short_name,
     slack_id_of,
     text,
     token_removals,
@@ -106,6 +107,11 @@ class WorkspaceTransfer:
 
     def describe(self) -> str:
         return f"hand workspace `{self.name}` to {self.to}"
+
+    def title(self, requester: str) -> str:
+        """The card's header: the request in words, plain text (``RequestKind.title``)."""
+        why = " (its owner left)" if self.offboarded else ""
+        return f"Hand {self.name} over to {short_name(self.to)}{why}, for {short_name(requester)}"
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return (self.to,)

@@ -17,7 +17,7 @@ next row of that request becomes claimable when the head is deleted, i.e. delive
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from handlers.model import Event, EventType, Request, RequestState
 from handlers.plan import JSON, Plan, as_object
 from provisioning.store.audit_chain import iso
 from provisioning.store.repositories import Tx
-from provisioning.store.schema import notification_outbox, requests
+from provisioning.store.schema import notification_outbox, requests, thread_messages
 
 if TYPE_CHECKING:
     from provisioning.store.database import Database
@@ -106,6 +106,8 @@ class Notice:
     attempts: int
     card: tuple[str, str] | None
     """Where the request's card is, read in the claiming transaction (``announce`` needs no other)."""
+    threads: dict[str, str] = field(default_factory=dict)
+    """The request's thread messages (key -> ts), read in the same transaction."""
 
 
 class SqlOutbox:
@@ -162,6 +164,14 @@ class Outbox:
             card = conn.execute(
                 sa.select(requests.c.card_channel, requests.c.card_ts).where(requests.c.id == row.request_id)
             ).first()
+            threads = {
+                t.key: t.ts
+                for t in conn.execute(
+                    sa.select(thread_messages.c.key, thread_messages.c.ts).where(
+                        thread_messages.c.request_id == row.request_id
+                    )
+                )
+            }
         return Notice(
             row.id,
             _request(row.request),
@@ -169,6 +179,7 @@ class Outbox:
             row.attempts + 1,
             None if card is None or card.card_channel is None or card.card_ts is None
             else (card.card_channel, card.card_ts),
+            threads,
         )
 
     def renew(self, notice_id: int, owner: str, lease_until: datetime) -> bool:

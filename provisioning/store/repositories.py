@@ -39,6 +39,7 @@ from provisioning.store.schema import (
     idempotency_keys,
     requests,
     step_outcomes,
+    thread_messages,
     timers,
     tokens,
     workspaces,
@@ -340,6 +341,24 @@ class SqlRequestRepository:
         if row is None or row.card_channel is None or row.card_ts is None:
             return None
         return (row.card_channel, row.card_ts)
+
+    def thread_messages(self, request_id: str) -> dict[str, str]:
+        rows = self._tx.conn.execute(
+            sa.select(thread_messages.c.key, thread_messages.c.ts).where(
+                thread_messages.c.request_id == request_id
+            )
+        )
+        return {row.key: row.ts for row in rows}
+
+    def set_thread_message(self, request_id: str, key: str, ts: str) -> None:
+        # An upsert: a retry's new message for a step replaces the old one's ts.
+        _upsert(
+            self._tx.conn,
+            thread_messages,
+            {"request_id": request_id, "key": key, "ts": ts},
+            conflict=["request_id", "key"],
+            update={"ts": ts},
+        )
 
     # Last, so that ``list`` below does not shadow the builtin in the annotations above.
     def list(

@@ -356,3 +356,14 @@ notification_outbox = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
     sa.Index("ix_notification_outbox_request_id", "request_id", "id"),
 )
+
+# The one message per plan step in a card's thread (migration 0011): the publisher posts it when
+# the step starts and edits it (``chat.update`` on ``ts``) as the step succeeds, fails or is
+# undone. ``key`` is ``step:<idx>``; a retry of the request posts (and records) new ones.
+thread_messages = sa.Table(
+    "thread_messages",
+    metadata,
+    sa.Column("request_id", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("ts", sa.String(), nullable=False),
+)
