@@ -261,6 +261,11 @@ def _notebook_activity(p: Mapping[str, JSON]) -> list[str]:
     ]
 
 
+def _adopt(params: Mapping[str, JSON]) -> list[str]:
+    # Adoption reads: the check is a GET of the object, nothing is written.
+    return [f"GET {params.get('object')} {params.get('name')} (adopt: record only, no change)"]
+
+
 RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.profile": _profile,
     "kubeflow.profile.remove": _profile_remove,
@@ -284,6 +289,9 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.gpu_pods.absent": _gpu_pods_absent,
     "kubeflow.notebook.idle": _notebook_idle,
     "kubeflow.notebook_activity": _notebook_activity,
+    "kubeflow.adopt": _adopt,
+    "dex.adopt": _adopt,
+    "aws.adopt": _adopt,
 }
 
 

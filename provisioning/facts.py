@@ -18,7 +18,7 @@ from handlers.actions import ActionName
 from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, Request, RequestState
 from handlers.plan import as_object, as_text_map
-from handlers.ports import Clock, IdleFacts, TokenFacts, WorkspaceFacts
+from handlers.ports import Clock, Discovery, IdleFacts, TokenFacts, WorkspaceFacts
 from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord, WorkspaceState
 from provisioning.store import Database, SqlUnitOfWork
 
@@ -34,14 +34,23 @@ class LiveWorkspaces(Protocol):
     def workspace_state(self, namespace: str) -> WorkspaceState: ...
 
 
+class Discover(Protocol):
+    def discover(self, namespace: str) -> Discovery: ...
+
+
 class RegistryFacts:
     def __init__(
         self,
         db: Database,
         clock: Clock,
         live: LiveWorkspaces | None = None,
+        discoverer: Discover | None = None,
     ) -> None:
         self.db, self.clock, self.live = db, clock, live
+        self.discoverer = discoverer
+
+    def discover(self, namespace: str) -> Discovery | None:
+        return None if self.discoverer is None else self.discoverer.discover(namespace)
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:

@@ -51,6 +51,7 @@ from kubernetes import client
 from handlers.actions import (
     NOTEBOOK_ACTIVITY_PATHS,
     NOTEBOOK_ACTIVITY_POLICY,
+    AdoptParams,
     ContributorParams,
     ContributorRemoveParams,
     GpuPodsAbsentParams,
@@ -211,6 +212,7 @@ class KubeflowActions:
             TypedAction(GpuPodsAbsentParams, self.check_gpu_pods_absent, k8s.no_undo),
             TypedAction(NotebookActivityParams, self.ensure_notebook_activity, self.undo_notebook_activity),
             TypedAction(NotebookIdleParams, self.check_notebook_idle, k8s.no_undo),
+            TypedAction(AdoptParams, self.check_adopted_profile, k8s.no_undo),
         )
 
     # -- waiting -----------------------------------------------------------------------------
@@ -774,6 +776,25 @@ class KubeflowActions:
         return StepOutcome(created=bool(removed), details={"removed": removed})
 
     # -- read models -------------------------------------------------------------------------
+
+    def check_adopted_profile(self, params: AdoptParams) -> StepOutcome:
+        """``kubeflow.adopt``: the Profile a ``workspace.adopt`` records must still be there; only
+        read, never written (adoption records, it changes nothing)."""
+        if self.kube.get(k8s.PROFILE, params.name) is None:
+            raise PermanentError(f"The Profile `{params.name}` is gone; nothing was recorded.")
+        return StepOutcome(created=False, details={"adopted": True})
+
+    def profiles(self) -> list[tuple[str, str | None, dict[str, str], dict[str, str]]]:
+        """(name, owner, quota ``hard``, labels) of every Profile, for adoption's discovery."""
+        return [
+            (
+                str(p["metadata"]["name"]),
+                _profile_owner(p),
+                _profile_hard(p),
+                _str_map((p.get("metadata") or {}).get("labels")),
+            )
+            for p in self.kube.list(k8s.PROFILE)
+        ]
 
     def workspace_state(self, namespace: str) -> WorkspaceState:
         """The live truth about one workspace, for ``/kf workspace show`` and planning facts."""

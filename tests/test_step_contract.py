@@ -195,8 +195,17 @@ def test_every_kind_emits_params_its_action_parses(case: str, step: Step) -> Non
     assert read <= set(step.params), f"{case}: {step.action} defaults {read - set(step.params)}"
 
 
-ADAPTER_DEFAULTS = {"aws.nodegroup": {"capacity_type"}, "dex.user": {"user_id"}}
-"""Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email."""
+ADAPTER_DEFAULTS = {
+    "aws.nodegroup": {"capacity_type"},
+    "dex.user": {"user_id"},
+    "aws.nodegroup.scaling": {"adopted"},
+    "kubeflow.adopt": {"resources"},
+    "dex.adopt": {"resources"},
+    "aws.adopt": {"resources"},
+}
+"""Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email; and
+fields written only for some objects: ``adopted`` (an adopted nodegroup), ``resources`` (an IAM
+policy's entries)."""
 
 
 def _sample_params() -> dict[str, dict[str, JSON]]:

@@ -39,6 +39,7 @@ from handlers.kinds.share import Share
 from handlers.kinds.token_issue import AUDIENCES, PIPELINES_AUDIENCE, TokenIssue
 from handlers.kinds.token_revoke import TokenRevoke
 from handlers.kinds.unshare import Unshare
+from handlers.kinds.workspace_adopt import WorkspaceAdopt
 from handlers.kinds.workspace_create import (
     GPU_RESOURCE,
     GPU_TAINT,
@@ -69,6 +70,7 @@ KINDS: Mapping[str, type[RequestKind]] = {
         GpuScale,
         GpuHold,
         WorkspaceResize,
+        WorkspaceAdopt,
     )
 }
 
@@ -130,6 +132,7 @@ __all__ = [
     "TokenIssue",
     "TokenRevoke",
     "Unshare",
+    "WorkspaceAdopt",
     "WorkspaceCreate",
     "WorkspaceDelete",
     "WorkspacePin",

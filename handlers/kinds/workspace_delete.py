@@ -19,6 +19,7 @@ from handlers.kinds.base import (
     Success,
     Syntax,
     TimerKind,
+    is_adopted,
     kubeflow_user,
     require_workspace,
     text,
@@ -60,11 +61,15 @@ def _build(p: Parsed) -> WorkspaceDelete:
 @dataclass(frozen=True)
 class WorkspaceDelete:
     KIND: ClassVar[str] = "workspace.delete"
-    USAGE: ClassVar[str] = "/kf workspace delete NAME --confirm NAME [--purge-data]"
+    USAGE: ClassVar[str] = "/kf workspace delete NAME --confirm NAME [--purge-data] [--delete-adopted]"
     SYNTAX: ClassVar[Syntax] = Syntax(
         "workspace delete",
         ("NAME",),
-        {"--confirm": Flag("confirm", text), "--purge-data": Flag("purge_data", None)},
+        {
+            "--confirm": Flag("confirm", text),
+            "--purge-data": Flag("purge_data", None),
+            "--delete-adopted": Flag("delete_adopted", None),
+        },
         _build,
     )
     POLICY: ClassVar[PolicyRow] = PolicyRow(may_request=_may_request)
@@ -73,6 +78,8 @@ class WorkspaceDelete:
     name: str
     confirm: str
     purge_data: bool = False
+    delete_adopted: bool = False
+    """Also remove the objects the workspace's adoption recorded (made by hand); each is a step."""
 
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.name)
@@ -87,14 +94,22 @@ class WorkspaceDelete:
         return f"workspace:{self.name}"
 
     def describe(self) -> str:
-        return f"delete workspace `{self.name}`" + (" *and its data*" if self.purge_data else "")
+        return (
+            f"delete workspace `{self.name}`"
+            + (" *and its data*" if self.purge_data else "")
+            + (" *and the objects it adopted*" if self.delete_adopted else "")
+        )
 
     def beneficiaries(self, facts: Facts) -> tuple[str, ...]:
         return workspace_people(facts, self.name)
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.name)
-        if ws.pvcs and not self.purge_data:
+        removes_profile = any(
+            e["action"] == ActionName.PROFILE and (self.delete_adopted or not is_adopted(e))
+            for e in ws.created.values()
+        )
+        if ws.pvcs and not self.purge_data and removes_profile:
             # Refused before anything is removed: the Profile step comes last, and a delete that
             # stopped there would leave the workspace without its nodegroup, grants and bucket.
             raise errors.InvalidInput(
@@ -106,9 +121,14 @@ class WorkspaceDelete:
             )
         steps: list[Step] = []
         warnings: list[str] = []
+        kept: list[str] = []
         for key, created in reversed(list(ws.created.items())):
             action, params = as_text(created["action"]), dict(as_object(created["params"]))
             removal = _REMOVAL.get(action)
+            adopted = is_adopted(created)
+            if adopted and not self.delete_adopted:
+                kept.append(key)
+                continue
             if removal is None:
                 continue
             if action == ActionName.DEX_USER and ctx.facts.user_in_use(as_text(params["email"]), self.name):
@@ -118,7 +138,13 @@ class WorkspaceDelete:
                 continue
             if action in _KEEPS_DATA:
                 params["purge_data"] = self.purge_data
-            steps.append(Step(removal, key, params, f"remove {key}"))
+            steps.append(Step(removal, key, params, f"remove {'adopted ' if adopted else ''}{key}"))
+        if kept:
+            warnings.append(
+                "Kept, because they were adopted (made by hand; only the record is forgotten): "
+                + ", ".join(f"`{k}`" for k in kept)
+                + ". Name `--delete-adopted` to remove them too."
+            )
         if not self.purge_data:
             warnings.append(
                 "Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted."

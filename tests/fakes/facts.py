@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handlers.ports import IdleFacts, WorkspaceFacts
+from handlers.ports import Discovery, IdleFacts, WorkspaceFacts
 
 
 @dataclass
@@ -15,6 +15,7 @@ class StaticFacts:
     users_elsewhere: set[str] = field(default_factory=set)
     logins_made: set[str] = field(default_factory=set)
     idle: dict[str, IdleFacts] = field(default_factory=dict)
+    found: dict[str, Discovery] = field(default_factory=dict)
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
@@ -33,3 +34,6 @@ class StaticFacts:
 
     def idle_item(self, target: str) -> IdleFacts | None:
         return self.idle.get(target)
+
+    def discover(self, namespace: str) -> Discovery | None:
+        return self.found.get(namespace)
