@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from handlers import errors
+from bot import blocks
+from bot.controls import scan
+from handlers import errors, kinds, services
 from handlers.actions import ActionName
 from handlers.model import Actor, RequestState
 from tests.fakes.apiserver import FakeApiServer
@@ -84,6 +86,52 @@ def world_state(stack: LiveStack, made: RunbookWorkspace) -> dict[str, Any]:
 def adopt(stack: LiveStack, made: RunbookWorkspace, text: str = "") -> None:
     done = stack.apply(ADMIN, f"workspace adopt {made.namespace} {text}".strip(), approver=ADMIN2)
     assert done.state is RequestState.SUCCEEDED, done.error
+
+
+@pytest.mark.parametrize("dex_mode", ["configmap"], indirect=True)
+def test_scan_finds_the_runbook_workspace_and_its_button_files_the_adoption(
+    runbook: tuple[LiveStack, RunbookWorkspace],
+) -> None:
+    stack, made = runbook
+    stack.aws("s3").create_bucket(Bucket="s3-an2-aic-dev-orphan")  # a workspace's bucket, no Profile
+    groups = stack.backend.scan_unmanaged()
+    assert groups is not None
+    by_label = {g.label: g for g in groups}
+    legacy = by_label[made.namespace]
+    assert legacy.namespace == made.namespace
+    assert {o.key for o in legacy.objects} == {
+        f"Profile/{made.namespace}",
+        f"DexUser/{made.owner}",
+        f"Bucket/{made.bucket}",
+        *(f"IamPolicy/{arn}" for arn in made.policy_arns),
+        f"Nodegroup/{made.nodegroup}",
+    }
+    assert by_label["orphan"].namespace is None  # grouped by the bucket template's project
+    assert [o.name for o in by_label["orphan"].objects] == ["s3-an2-aic-dev-orphan"]
+    assert by_label["Dex logins"].objects[0].name == "user@example.com"  # the manifests' own user
+
+    with pytest.raises(errors.Forbidden):
+        scan(stack.backend, OWNER)
+    _, message = blocks.scan_message(groups)
+    (adopt_button,) = [
+        e
+        for b in message
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == kinds.ADOPT_BUTTON
+    ]
+    kind = kinds.adopt_from_button(adopt_button["value"])
+    with pytest.raises(errors.Forbidden):
+        services.submit(stack.core, OWNER, kind, idempotency_key="button:owner")
+    filed = services.submit(stack.core, ADMIN, kind, idempotency_key="button:admin").request
+    assert filed.state is RequestState.PENDING
+    assert filed.plan == stack.kind(ADMIN, f"workspace adopt {made.namespace}").plan(
+        kinds.PlanContext(stack.core.settings, stack.core.facts, filed.id)
+    )
+    stack.approve(filed.id, ADMIN2)
+    stack.run()
+    after = stack.backend.scan_unmanaged()
+    assert after is not None and made.namespace not in {g.label for g in after}
 
 
 def test_adopt_records_each_object_as_adopted_and_changes_nothing(

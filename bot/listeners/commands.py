@@ -14,7 +14,7 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
-from bot.controls import control
+from bot.controls import control, scan
 from bot.listeners.common import Deps, durable
 from bot.payloads import SlashCommand
 from handlers import errors, parse, services
@@ -64,6 +64,10 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
             "A new Kubeflow password for your own login is made when you click, and shown once.",
             action=("Set my password", blocks.SET_PASSWORD, ""),
         )
+        respond(text=text, blocks=blks, response_type="ephemeral")
+        return
+    if isinstance(parsed, parse.WorkspaceScan):
+        text, blks = blocks.scan_message(scan(deps.backend, actor))
         respond(text=text, blocks=blks, response_type="ephemeral")
         return
     if isinstance(parsed, parse.Control):

@@ -13,8 +13,10 @@ A namespace the registry already holds, or one of the platform's, is refused.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from handlers import errors, naming
 from handlers.actions import ADOPTABLE, ActionName
@@ -38,6 +40,9 @@ from handlers.ports import Discovery, Facts
 from handlers.settings import CoreSettings, kubeflow_user_id
 
 USAGE = "/kf workspace adopt NAMESPACE [--owner EMAIL]"
+ADOPT_BUTTON: Final = "kf_adopt_workspace"
+"""The action id of ``/kf workspace scan``'s Adopt button; its value is ``{"namespace": NS}``."""
+_MAX_BUTTON_VALUE = 2000
 
 
 def _may_request(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
@@ -181,3 +186,27 @@ _WHAT = {
 
 def _what(action: str) -> str:
     return _WHAT.get(ActionName(action), action) if action in set(ActionName) else action
+
+
+def adopt_button_value(namespace: str) -> str:
+    return json.dumps({"namespace": namespace}, separators=(",", ":"))
+
+
+def adopt_from_button(value: object) -> WorkspaceAdopt:
+    """The request a click on the scan's Adopt button files. The value comes back from the
+    clicker's client, so it is read as hostile input: a JSON object holding exactly a namespace,
+    which the kind then checks as it checks the typed command. The clicker files it through the
+    normal gate (an admin may ask; another admin decides)."""
+
+    def refused(why: str) -> errors.InvalidInput:
+        return errors.InvalidInput(f"This button's value is not one the bot made ({why}); nothing was done.")
+
+    if not isinstance(value, str) or len(value) > _MAX_BUTTON_VALUE:
+        raise refused("too long")
+    try:
+        data = json.loads(value)
+    except (ValueError, RecursionError):
+        raise refused("not JSON") from None
+    if not isinstance(data, Mapping) or set(data) != {"namespace"} or not isinstance(data["namespace"], str):
+        raise refused("it must hold exactly a namespace")
+    return WorkspaceAdopt(data["namespace"])
