@@ -747,6 +747,7 @@ def test_unreachable_endpoint_is_temporary_and_construction_does_no_io(aws: AwsE
         "aws.nodegroup.remove",
         "aws.nodegroup.taints",
         "aws.nodegroup.scaling",
+        "aws.adopt",
     }
     with pytest.raises(TemporaryError, match="Could not reach AWS"):
         actions.caller_identity()
