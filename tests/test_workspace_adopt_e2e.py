@@ -139,6 +139,16 @@ def test_adopt_records_each_object_as_adopted_and_changes_nothing(
 ) -> None:
     stack, made = runbook
     before = world_state(stack, made)
+    for actor in (OWNER, BOB):  # not admins: not even the Profile's owner
+        with pytest.raises(errors.Forbidden):
+            stack.submit(actor, f"workspace adopt {made.namespace}")
+    with pytest.raises(errors.NotFound, match="no Kubeflow Profile"):
+        stack.submit(ADMIN, "workspace adopt no-such-ns")
+    for platform in ("kubeflow", "kube-system", "istio-system", "auth", "knative-serving"):
+        with pytest.raises(errors.InvalidInput, match="belongs to the platform"):
+            stack.submit(ADMIN, f"workspace adopt {platform}")
+    assert stack.requests() == []
+
     request = stack.submit(ADMIN, f"workspace adopt {made.namespace}")
     assert request.state is RequestState.PENDING  # always an admin's decision
     keys = [s.key for s in request.plan.steps]
@@ -175,24 +185,6 @@ def test_adopt_records_each_object_as_adopted_and_changes_nothing(
     with pytest.raises(errors.InvalidInput, match="already manages"):
         stack.submit(ADMIN, f"workspace adopt {made.namespace}")
     assert again.namespace == made.namespace  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("dex_mode", ["password-cr"], indirect=True)
-def test_owner_flag_is_recorded_and_the_card_says_so(runbook: tuple[LiveStack, RunbookWorkspace]) -> None:
-    stack, made = runbook
-    request = stack.submit(ADMIN, f"workspace adopt {made.namespace} --owner carol@example.com")
-    assert any(
-        "recorded owner: carol@example.com, given with --owner; the Profile names legacy.owner@example.com"
-        in w
-        for w in request.plan.warnings
-    )
-    with pytest.raises(errors.Forbidden):  # carol gains the workspace: not hers to approve
-        stack.approve(request.id, Actor("UCAROL", "carol@example.com", is_admin=True))
-    stack.approve(request.id, ADMIN2)
-    stack.run()
-    (record,) = stack.backend.workspaces()
-    assert record.owner == "carol@example.com"
-    assert stack.backend.facts.workspace(made.namespace) is not None  # the audit log vouches for her
 
 
 @pytest.mark.parametrize("dex_mode", ["password-cr"], indirect=True)
@@ -259,7 +251,20 @@ def test_delete_keeps_every_adopted_object_unless_named(runbook: tuple[LiveStack
     assert world_state(stack, made) == before
     assert stack.backend.workspaces() == []  # only the record is forgotten
 
-    adopt(stack, made)
+    # Adopted again, for someone else: the card says whose it becomes, and she may not approve it.
+    again = stack.submit(ADMIN, f"workspace adopt {made.namespace} --owner carol@example.com")
+    assert any(
+        "recorded owner: carol@example.com, given with --owner; the Profile names legacy.owner@example.com"
+        in w
+        for w in again.plan.warnings
+    )
+    with pytest.raises(errors.Forbidden):
+        stack.approve(again.id, Actor("UCAROL", "carol@example.com", is_admin=True))
+    stack.approve(again.id, ADMIN2)
+    stack.run()
+    assert [r.owner for r in stack.backend.workspaces()] == ["carol@example.com"]
+    assert stack.backend.facts.workspace(made.namespace) is not None  # the audit log vouches for her
+
     named = stack.submit(
         ADMIN, f"workspace delete {made.namespace} --confirm {made.namespace} --delete-adopted"
     )
@@ -267,17 +272,3 @@ def test_delete_keeps_every_adopted_object_unless_named(runbook: tuple[LiveStack
     assert sorted(s.key for s in named.plan.steps) == sorted(record.created)
     assert all(s.summary == f"remove adopted {s.key}" for s in named.plan.steps)
     assert not [w for w in named.plan.warnings if w.startswith("Kept, because")]
-
-
-@pytest.mark.parametrize("dex_mode", ["password-cr"], indirect=True)
-def test_who_may_ask_and_what_is_refused(runbook: tuple[LiveStack, RunbookWorkspace]) -> None:
-    stack, made = runbook
-    for actor in (OWNER, BOB):  # not admins: not even the Profile's owner
-        with pytest.raises(errors.Forbidden):
-            stack.submit(actor, f"workspace adopt {made.namespace}")
-    with pytest.raises(errors.NotFound, match="no Kubeflow Profile"):
-        stack.submit(ADMIN, "workspace adopt no-such-ns")
-    for platform in ("kubeflow", "kube-system", "istio-system", "auth", "knative-serving"):
-        with pytest.raises(errors.InvalidInput, match="belongs to the platform"):
-            stack.submit(ADMIN, f"workspace adopt {platform}")
-    assert stack.requests() == []
