@@ -17,8 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot import blocks
 from bot.app import Running
 from handlers import errors, kinds
+from handlers.ports import FoundObject, UnmanagedGroup
 from tests.fakes.messages import assert_slack_inert
 from tests.fakes.slack import FakeSlack
 from tests.fakes.slack_bot import running_bot
@@ -108,3 +110,24 @@ def test_any_button_value_is_read_or_refused_with_a_clear_message(value: str) ->
         else:
             assert kind.namespace == json.loads(candidate)["namespace"]
             assert kind.owner is None  # a button never names an owner
+
+
+def test_names_found_by_hand_are_escaped_in_the_scan() -> None:
+    """Names come from the cluster and AWS, written by hand (a Dex email in config.yaml, a tag):
+    the scan shows them inert, and a group without a Profile gets no Adopt button."""
+    hostile = "<!channel>@example.com"
+    groups = (
+        UnmanagedGroup(
+            "team-x", "team-x", (FoundObject("dex.user", f"DexUser/{hostile}", hostile, {}, "tag <@U1>"),)
+        ),
+        UnmanagedGroup(
+            "Dex logins", None, (FoundObject("dex.user", "DexUser/x", "*bold* <http://e|x>", {}, "&"),)
+        ),
+    )
+    text, message = blocks.scan_message(groups)
+    assert_slack_inert(text)
+    for block in message:
+        if block["type"] == "section":
+            assert_slack_inert(block["text"]["text"])
+    values = [e["value"] for b in message if b["type"] == "actions" for e in b["elements"]]
+    assert values == [kinds.adopt_button_value("team-x")]
