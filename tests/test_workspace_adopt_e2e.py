@@ -18,6 +18,7 @@ from bot.controls import scan
 from handlers import errors, kinds, services
 from handlers.actions import ActionName
 from handlers.model import Actor, RequestState
+from handlers.naming import dex_password_object_name
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.runbook import RUNBOOK_ENV, RunbookWorkspace, seed_runbook_workspace
@@ -88,14 +89,33 @@ def adopt(stack: LiveStack, made: RunbookWorkspace, text: str = "") -> None:
     assert done.state is RequestState.SUCCEEDED, done.error
 
 
-@pytest.mark.parametrize("dex_mode", ["configmap"], indirect=True)
+@pytest.mark.parametrize("dex_mode", ["password-cr"], indirect=True)
 def test_scan_finds_the_runbook_workspace_and_its_button_files_the_adoption(
     runbook: tuple[LiveStack, RunbookWorkspace],
 ) -> None:
     stack, made = runbook
     stack.aws("s3").create_bucket(Bucket="s3-an2-aic-dev-orphan")  # a workspace's bucket, no Profile
+    stack.apiserver.create(
+        {
+            "apiVersion": "dex.coreos.com/v1",
+            "kind": "Password",
+            "metadata": {"name": dex_password_object_name("left@example.com"), "namespace": "auth"},
+            "email": "left@example.com",
+            "hash": "JDJ5JDEwJA==",
+            "username": "left",
+            "userID": "left-1",
+        }
+    )
+    made_by_bot = stack.apply(BOB, "workspace new vision")  # Profile aic-ns-vision-ws, its bucket
+    assert made_by_bot.state is RequestState.SUCCEEDED, made_by_bot.error
     groups = stack.backend.scan_unmanaged()
     assert groups is not None
+    listed = {o.key for g in groups for o in g.objects}
+    assert "Profile/aic-ns-vision-ws" not in listed and "Bucket/s3-an2-aic-dev-vision" not in listed
+    with pytest.raises(
+        errors.InvalidInput, match="already manages `aic-ns-vision-ws` \\(workspace `vision`\\)"
+    ):
+        stack.submit(ADMIN, "workspace adopt aic-ns-vision-ws")
     by_label = {g.label: g for g in groups}
     legacy = by_label[made.namespace]
     assert legacy.namespace == made.namespace
@@ -108,7 +128,7 @@ def test_scan_finds_the_runbook_workspace_and_its_button_files_the_adoption(
     }
     assert by_label["orphan"].namespace is None  # grouped by the bucket template's project
     assert [o.name for o in by_label["orphan"].objects] == ["s3-an2-aic-dev-orphan"]
-    assert by_label["Dex logins"].objects[0].name == "user@example.com"  # the manifests' own user
+    assert [o.name for o in by_label["Dex logins"].objects] == ["left@example.com"]  # nobody's login
 
     with pytest.raises(errors.Forbidden):
         scan(stack.backend, OWNER)
