@@ -21,7 +21,9 @@ from bot import blocks
 from bot.app import Running
 from handlers import errors, kinds
 from handlers.ports import FoundObject, UnmanagedGroup
+from provisioning.discovery import _project
 from tests.fakes.messages import assert_slack_inert
+from tests.fakes.runbook import RUNBOOK_NAMING
 from tests.fakes.slack import FakeSlack
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
@@ -131,3 +133,17 @@ def test_names_found_by_hand_are_escaped_in_the_scan() -> None:
             assert_slack_inert(block["text"]["text"])
     values = [e["value"] for b in message if b["type"] == "actions" for e in b["elements"]]
     assert values == [kinds.adopt_button_value("team-x")]
+
+
+def test_naming_templates_read_backwards_give_the_project() -> None:
+    """Discovery "by name": the namespace gives the project, which the bucket and nodegroup names
+    must give back (any ``{spec}``); the settings placeholders must match their values."""
+    naming = RUNBOOK_NAMING
+    assert _project(naming.namespace, naming, "aic-ns-proj1-ws") == "proj1"
+    assert _project(naming.bucket, naming, "s3-an2-aic-dev-proj1") == "proj1"
+    assert _project(naming.nodegroup, naming, "ng-an2-aicond-proj1-ws-standard") == "proj1"
+    assert _project(naming.nodegroup, naming, "ng-an2-aicond-proj1-ws-g4dn-xlarge") == "proj1"
+    assert _project(naming.bucket, naming, "s3-use1-aic-dev-proj1") is None  # another region alias
+    assert _project(naming.namespace, naming, "aic-ns-legacy-ws") == "legacy"
+    assert _project(naming.namespace, naming, "kubeflow") is None
+    assert _project("{project}-{project}", naming, "a-b") is None  # one NAME, wherever it appears
