@@ -37,11 +37,11 @@ from slack_sdk.models.views import View
 
 from bot import payloads, render
 from bot.payloads import BlockDict, Blocks
-from handlers import errors, naming
+from handlers import errors, kinds, naming
 from handlers.actions import is_removal
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
-from handlers.ports import RevealedSecret
+from handlers.ports import RevealedSecret, UnmanagedGroup
 
 SECTION_LIMIT = 3000
 HEADER_LIMIT = 150
@@ -235,6 +235,22 @@ def card(
 
 
 # -- DMs -------------------------------------------------------------------------------------------------
+
+
+def scan_message(groups: Sequence[UnmanagedGroup] | None) -> tuple[str, Blocks]:
+    """``/kf workspace scan``: one section per group and, for a group with a Profile, an Adopt
+    button that files ``workspace adopt NAMESPACE`` as the clicker (through the normal gate)."""
+    text = render.scan_text(groups, S)
+    if not groups:
+        return fallback(text), to_dicts([section(text)])
+    blocks: list[Block] = [section("Not managed by kf-chatops, grouped by likely workspace:")]
+    for group in groups[: (MESSAGE_BLOCKS - 1) // 2]:
+        blocks.append(section(render.scan_group_text(group, S)))
+        if group.namespace:
+            value = kinds.adopt_button_value(group.namespace)
+            label = f"Adopt {group.namespace}"
+            blocks.append(ActionsBlock(elements=[button(label, kinds.ADOPT_BUTTON, value, "primary")]))
+    return fallback(text), to_dicts(blocks)
 
 
 def dm(text: str, *, action: tuple[str, str, str] | None = None) -> tuple[str, Blocks]:

@@ -12,6 +12,7 @@ from typing import Protocol
 from bot import render
 from handlers import errors, parse, policy, services
 from handlers.model import Actor
+from handlers.ports import UnmanagedGroup
 from provisioning import Contributor, IdleScan, TokenRecord, WorkspaceRecord, WorkspaceView
 
 
@@ -27,6 +28,8 @@ class WorkspaceReads(Protocol):
     def tokens(self, requester_id: str) -> list[TokenRecord]: ...
 
     def gpu_status(self) -> IdleScan: ...
+
+    def scan_unmanaged(self) -> tuple[UnmanagedGroup, ...] | None: ...
 
 
 def _visible(core: services.Core, actor: Actor, view: WorkspaceView | None, name: str) -> WorkspaceView:
@@ -78,10 +81,20 @@ def control(
         return render.tokens_text(backend.tokens(actor.user_id), style)
     if isinstance(command, parse.GpuStatus):
         return render.gpu_status_text(gpu_status(core, backend, actor, command.workspace), style)
+    if isinstance(command, parse.WorkspaceScan):
+        return render.scan_text(scan(backend, actor), style)
     if isinstance(command, parse.PinAll):
         names = [row.name for row in backend.workspaces()]
         return render.pins_text(services.pin_all(core, actor, names), style)
     raise errors.InvalidInput("That command is not available here.")
+
+
+def scan(backend: WorkspaceReads, actor: Actor) -> tuple[UnmanagedGroup, ...] | None:
+    """``/kf workspace scan``: admins only (it lists every Profile, bucket and login), refused
+    before anything is read."""
+    if not actor.is_admin:
+        raise errors.Forbidden("Only admins can scan for workspaces the bot does not manage.")
+    return backend.scan_unmanaged()
 
 
 def gpu_status(core: services.Core, backend: WorkspaceReads, actor: Actor, workspace: str | None) -> IdleScan:

@@ -23,6 +23,7 @@ from handlers.cost.idle import PRICE_BASIS
 from handlers.model import REFUSED_PREFIX, SYSTEM, Event, EventType, Request, RequestState
 from handlers.notifications import Access, Notice, Say, keeps_data
 from handlers.plan import JSON, Plan, Step
+from handlers.ports import UnmanagedGroup
 from provisioning import (
     Contributor,
     GrantRecord,
@@ -590,6 +591,39 @@ def workspaces_text(rows: Sequence[WorkspaceRecord], style: Style, *, admin: boo
             f"owner {style.esc(row.owner)}, since {style.when(row.created_at)}"
         )
     return "\n".join(lines)
+
+
+_FOUND_WHAT = {
+    "kubeflow.profile": "Profile",
+    "dex.user": "Dex login",
+    "aws.bucket": "bucket",
+    "aws.iam_resources": "IAM policy",
+    "aws.nodegroup": "nodegroup",
+}
+
+
+def scan_group_text(group: UnmanagedGroup, style: Style) -> str:
+    """One group of ``/kf workspace scan``: its likely workspace and each object on a line. Every
+    name comes from the cluster or AWS, made by hand: escaped like any other outside text."""
+    head = (
+        f"*Profile `{style.esc(group.namespace)}`*"
+        if group.namespace
+        else f"*{style.esc(group.label)}* (no Profile: not adoptable as it is)"
+    )
+    lines = [head]
+    for obj in group.objects:
+        what = _FOUND_WHAT.get(obj.action, obj.action)
+        lines.append(f"• {what} `{style.esc(obj.name)}` ({style.esc(obj.found_by)})")
+    return "\n".join(lines)
+
+
+def scan_text(groups: Sequence[UnmanagedGroup] | None, style: Style) -> str:
+    if groups is None:
+        return "Scanning needs the live cluster; this bot runs without one (dry run)."
+    if not groups:
+        return "Everything found in the cluster and AWS is managed by kf-chatops."
+    intro = "Not managed by kf-chatops, grouped by likely workspace (`/kf workspace adopt NAMESPACE`):"
+    return "\n\n".join([intro, *(scan_group_text(g, style) for g in groups)])
 
 
 def pins_text(filed: Sequence[services.PinFiled], style: Style) -> str:

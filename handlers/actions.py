@@ -52,6 +52,9 @@ class ActionName(StrEnum):
     LAUNCH_TEMPLATE_REMOVE = "aws.launch_template.remove"
     WORKSPACE_ROLE = "aws.workspace_role"
     WORKSPACE_ROLE_REMOVE = "aws.workspace_role.remove"
+    PROFILE_ADOPT = "kubeflow.adopt"
+    DEX_ADOPT = "dex.adopt"
+    AWS_ADOPT = "aws.adopt"
 
 
 def is_removal(action: str) -> bool:
@@ -162,6 +165,15 @@ class Fields:
             return False
         if not isinstance(value, bool):
             raise self.refuse(key, "true or false")
+        return value
+
+    def json_object(self, key: str) -> Mapping[str, JSON]:
+        """A JSON object (any values), ``{}`` when absent."""
+        value = self.params.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.refuse(key, "an object")
         return value
 
     def request(self) -> str | None:
@@ -644,6 +656,9 @@ class NodegroupScalingParams(StepParams):
     min_size: int | None
     desired_size: int | None
     max_size: int | None
+    adopted: bool = False
+    """The registry holds the nodegroup as adopted (made by hand, no mark of the bot's): present
+    in the params only then, so bot-made nodegroups' steps and digests are as before."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
@@ -656,7 +671,7 @@ class NodegroupScalingParams(StepParams):
         below = desired is not None and low is not None and desired < low
         if below or (desired is not None and high is not None and desired > high):
             raise PermanentError(f"Nodegroup {name}: desiredSize {desired} is outside {low}..{high}.")
-        return cls(f.text("cluster"), name, low, desired, high, request=f.request())
+        return cls(f.text("cluster"), name, low, desired, high, f.flag("adopted"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -705,6 +720,50 @@ class GpuPodsAbsentParams(StepParams):
         return cls(f.text("nodegroup"), f.optional_text("namespace"), f.flag("wait"), request=f.request())
 
 
+ADOPTABLE: Mapping[ActionName, ActionName] = {
+    ActionName.PROFILE: ActionName.PROFILE_ADOPT,
+    ActionName.DEX_USER: ActionName.DEX_ADOPT,
+    ActionName.BUCKET: ActionName.AWS_ADOPT,
+    ActionName.IAM_RESOURCES: ActionName.AWS_ADOPT,
+    ActionName.NODEGROUP: ActionName.AWS_ADOPT,
+}
+"""Create action of an object found by hand -> the action that checks it is still there when an
+adoption applies (each adapter checks its own objects; none of them writes anything)."""
+
+
+@dataclass(frozen=True)
+class AdoptParams(StepParams):
+    """An object made by hand that a ``workspace.adopt`` records as adopted: ``object`` is the
+    create action it stands for (``aws.bucket``), ``name`` the object (Profile, email, bucket,
+    policy ARN, nodegroup), ``params`` what the registry records, shaped as that create action's
+    params so every later kind reads it as it reads a bot-made object. ``resources`` (IAM): the
+    ARNs the policy must still list."""
+
+    ACTION: ClassVar[ActionName] = ActionName.PROFILE_ADOPT
+    object: ActionName
+    name: str
+    params: Mapping[str, JSON]
+    resources: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        obj = f.text("object")
+        if obj not in set(ActionName) or ADOPTABLE.get(ActionName(obj)) != cls.ACTION:
+            raise f.refuse("object", f"an object `{cls.ACTION}` checks")
+        resources = f.texts("resources") if "resources" in f.params else ()
+        return cls(ActionName(obj), f.text("name"), f.json_object("params"), resources, request=f.request())
+
+
+@dataclass(frozen=True)
+class DexAdoptParams(AdoptParams):
+    ACTION: ClassVar[ActionName] = ActionName.DEX_ADOPT
+
+
+@dataclass(frozen=True)
+class AwsAdoptParams(AdoptParams):
+    ACTION: ClassVar[ActionName] = ActionName.AWS_ADOPT
+
+
 PARAMS: Mapping[ActionName, type[StepParams]] = {
     cls.ACTION: cls
     for cls in (
@@ -735,6 +794,9 @@ PARAMS: Mapping[ActionName, type[StepParams]] = {
         LaunchTemplateRemoveParams,
         WorkspaceRoleParams,
         WorkspaceRoleRemoveParams,
+        AdoptParams,
+        DexAdoptParams,
+        AwsAdoptParams,
     )
 }
 """Action -> the type its params parse into."""

@@ -85,6 +85,11 @@ class Offboard:
 
 
 @dataclass(frozen=True)
+class WorkspaceScan:
+    """``/kf workspace scan`` (admins): what exists that the bot does not manage (read-only)."""
+
+
+@dataclass(frozen=True)
 class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
@@ -103,6 +108,7 @@ Control = (
     | PinAll
     | GpuStatus
     | Offboard
+    | WorkspaceScan
 )
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
@@ -119,6 +125,7 @@ CONTROL_USAGE = {
     "tokens": "/kf tokens",
     "gpu status": "/kf gpu status [WORKSPACE]",
     "offboard": "/kf offboard EMAIL",
+    "workspace scan": "/kf workspace scan",
 }
 USAGE = {**CONTROL_USAGE, **kinds.USAGES}
 """Every command's usage line, by its words (``"workspace new"``); the kinds' come from their modules."""
@@ -289,6 +296,9 @@ def parse_command(
         (name,) = _positional("workspace show", rest, ["NAME"])
         naming.validate_workspace_name(name)
         return WorkspaceShow(name)
+    if command == "workspace scan":
+        _positional("workspace scan", rest, [])
+        return WorkspaceScan()
     if command == "workspace new" and not rest:
         return WorkspaceForm()
     if command == "workspace pin" and any(t == "--all" or t.startswith("--all=") for t in rest):
@@ -305,7 +315,7 @@ def parse_command(
         )
     if command.startswith("workspace "):
         raise errors.InvalidInput(
-            "Use `/kf workspace new|delete|list|show|pin|transfer`.", usage=USAGE["workspace new"]
+            "Use `/kf workspace new|delete|list|show|pin|transfer|adopt|scan`.", usage=USAGE["workspace new"]
         )
     raise errors.InvalidInput(f"Unknown command {naming.show_value(words[0].lower())}. Try `/kf help`.")
 

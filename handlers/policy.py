@@ -77,9 +77,20 @@ def owners_recorded(trail: Sequence[Event], workspace: str) -> set[str]:
     if created is None or not any(e.type is EventType.SUCCEEDED for e in trail):
         return set()
     args = as_object(created.data.get("args") or {})
+    steps = [as_object(step) for step in as_list(as_object(created.data.get("plan") or {}).get("steps", []))]
+    if created.data.get("kind") == kinds.WorkspaceAdopt.KIND and args.get("namespace") == workspace:
+        # An adoption records the owner its approved plan's Profile step names (the Profile's
+        # owner, or --owner).
+        owners: set[str] = set()
+        for step in steps:
+            outer = as_object(step.get("params") or {})
+            if step.get("action") == ActionName.PROFILE_ADOPT and outer.get("object") == ActionName.PROFILE:
+                owner = as_object(outer.get("params") or {}).get("owner")
+                if isinstance(owner, str) and owner:
+                    owners.add(owner)
+        return owners
     if created.data.get("kind") != kinds.WorkspaceCreate.KIND or args.get("name") != workspace:
         return set()
-    steps = [as_object(step) for step in as_list(as_object(created.data.get("plan") or {}).get("steps", []))]
     profile_owners = {
         as_object(step.get("params", {})).get("owner")
         for step in steps

@@ -195,6 +195,45 @@ class IdleFacts:
     """The report's last warning before an auto-stop was posted."""
 
 
+@dataclass(frozen=True)
+class FoundObject:
+    """An object made by hand that adoption would record: ``action`` is the create action it
+    stands for, ``key`` its registry key (``Bucket/NAME``), ``params`` shaped as that action's
+    params, ``found_by`` how it was tied to the workspace (``name``, ``tag Namespace``, ...)."""
+
+    action: str
+    key: str
+    name: str
+    params: Mapping[str, JSON]
+    found_by: str
+    resources: tuple[str, ...] = ()
+    """IAM policies: the bucket ARNs the policy lists (what the adoption check re-reads)."""
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What exists by hand for one namespace (``Facts.discover``)."""
+
+    namespace: str
+    profile_exists: bool
+    owner: str | None
+    """The Profile's ``spec.owner.name`` (None: no Profile or no owner)."""
+    managed_by: str | None
+    """The registry's workspace that holds this namespace already, if any."""
+    objects: tuple[FoundObject, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnmanagedGroup:
+    """``/kf workspace scan``: objects the bot does not manage that look like one workspace.
+    ``namespace``: the Profile they belong to (None: no Profile found; not adoptable as is)."""
+
+    label: str
+    namespace: str | None
+    objects: tuple[FoundObject, ...]
+
+
 class Facts(Protocol):
     """Read-only view of the current world, for planning and policy."""
 
@@ -236,6 +275,11 @@ class Facts(Protocol):
 
     def data_held(self, workspace: str) -> DataHeld:
         """The volumes and bucket data of a live workspace, read now (for a transfer's card)."""
+        ...
+
+    def discover(self, namespace: str) -> Discovery | None:
+        """What was made by hand for ``namespace`` (Profile, owner, Dex login, bucket, IAM
+        policies, nodegroups), minus what the registry holds; None without a cluster to read."""
         ...
 
 

@@ -71,6 +71,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from handlers import workspace_iam
 from handlers.actions import (
+    ActionName,
+    AwsAdoptParams,
     BucketParams,
     BucketRemoveParams,
     IamResourcesParams,
@@ -440,7 +442,64 @@ class AwsActions:
             TypedAction(LaunchTemplateRemoveParams, self._remove_launch_template, _irreversible),
             TypedAction(WorkspaceRoleParams, self._ensure_workspace_role, self._undo_workspace_role),
             TypedAction(WorkspaceRoleRemoveParams, self._remove_workspace_role, _irreversible),
+            TypedAction(AwsAdoptParams, self._check_adopted, _irreversible),
         )
+
+    # -- adoption: reads only --
+
+    def buckets(self) -> list[tuple[str, dict[str, str]]]:
+        """(name, tags) of every bucket the account lists, for adoption's discovery."""
+        s3 = self._s3()
+        out: list[tuple[str, dict[str, str]]] = []
+        with _aws_call("listing S3 buckets"):
+            names = [str(b["Name"]) for b in s3.list_buckets().get("Buckets", []) if "Name" in b]
+        for name in names:
+            try:
+                tag_set = s3.get_bucket_tagging(Bucket=name).get("TagSet", [])
+            except ClientError as e:
+                if _code(e) not in ("NoSuchTagSet", "AccessDenied", "NoSuchBucket"):
+                    raise _translate(e, f"reading the tags of S3 bucket {name}") from e
+                tag_set = []
+            out.append((name, {str(t["Key"]): str(t["Value"]) for t in tag_set}))
+        return out
+
+    def policy_resources(self, policy_arn: str) -> list[str]:
+        """Every ``Resource`` the policy's default version names, in any statement."""
+        with _aws_call(f"reading IAM policy {_policy_name(policy_arn)}"):
+            document = self._default_document(self._iam(), policy_arn)
+        out: list[str] = []
+        for statement in _as_list(document.get("Statement", [])):
+            if isinstance(statement, Mapping):
+                out += [str(r) for r in _as_list(statement.get("Resource", []))]
+        return out
+
+    def nodegroups(self, cluster: str) -> list[NodegroupTypeDef]:
+        """Every nodegroup of ``cluster``, described."""
+        eks = self._eks()
+        with _aws_call(f"listing the nodegroups of cluster {cluster}"):
+            names = [n for page in eks.get_paginator("list_nodegroups").paginate(clusterName=cluster)
+                     for n in page.get("nodegroups", [])]
+            found = [self._describe(cluster, n) for n in names]
+        return [n for n in found if n is not None]
+
+    def _check_adopted(self, params: AwsAdoptParams) -> StepOutcome:
+        """``aws.adopt``: the bucket, the policy's entries or the nodegroup a ``workspace.adopt``
+        records must still be there; only read (adoption changes nothing)."""
+        name = params.name
+        if params.object == ActionName.BUCKET:
+            present = any(bucket == name for bucket, _ in self.buckets())
+        elif params.object == ActionName.IAM_RESOURCES:
+            listed = set(self.policy_resources(name))
+            present = all(r in listed for r in params.resources)
+        else:
+            cluster = str(params.params.get("cluster") or "")
+            with _aws_call(f"reading EKS nodegroup {name}"):
+                present = bool(cluster) and self._describe(cluster, name) is not None
+        if not present:
+            raise PermanentError(
+                f"{params.object} `{name}` is no longer as it was found; nothing was recorded."
+            )
+        return StepOutcome(created=False, details={"adopted": True})
 
     # -- clients (made on first use; boto3 clients are thread-safe, sessions are not) --
 
@@ -1092,12 +1151,16 @@ class AwsActions:
 
     # -- aws.nodegroup.scaling --
 
-    def _bot_nodegroup(self, cluster: str, name: str, what: str) -> NodegroupTypeDef:
+    def _bot_nodegroup(
+        self, cluster: str, name: str, what: str, *, adopted: bool = False
+    ) -> NodegroupTypeDef:
         with _aws_call(what):
             nodegroup = self._describe(cluster, name)
         if nodegroup is None:
             raise PermanentError(f"EKS nodegroup {name} does not exist in cluster {cluster}.")
-        if MARK_TAG not in nodegroup.get("tags", {}):
+        # An adopted nodegroup carries no mark (adoption writes nothing); the registry's adopted
+        # entry, through an approved plan, is what lets its scaling be changed.
+        if not adopted and MARK_TAG not in nodegroup.get("tags", {}):
             raise PermanentError(
                 f"EKS nodegroup {name} was not made by kf-chatops; its scaling was left alone."
             )
@@ -1129,7 +1192,7 @@ class AwsActions:
         puts back the scaling from before (``details["previous"]``), as a quota change does."""
         cluster, name = params.cluster, params.name
         what = f"scaling nodegroup {name} in cluster {cluster}"
-        nodegroup = self._bot_nodegroup(cluster, name, what)
+        nodegroup = self._bot_nodegroup(cluster, name, what, adopted=params.adopted)
         config = nodegroup.get("scalingConfig", {})
         current = {
             "minSize": config.get("minSize", 0),

@@ -22,7 +22,7 @@ from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.model import Request
 from handlers.offboard import Person
 from handlers.plan import JSON
-from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer
+from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer, UnmanagedGroup
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
 from provisioning import doctor as checks
@@ -411,6 +411,16 @@ class Backend:
         """The calls and objects a step makes, as text (plans, cards, ``kfbot plan``)."""
         return dryrun.render(action, params)
 
+    def scan_unmanaged(self) -> tuple[UnmanagedGroup, ...] | None:
+        """``/kf workspace scan``: what exists that the bot does not manage, grouped by likely
+        workspace (reads only); None without a cluster (dry run)."""
+        if self._parts is None:
+            return None
+        from provisioning.discovery import Discoverer
+
+        parts = self._parts
+        return Discoverer(self.db, self.core, parts.kubeflow, parts.dex, parts.aws).scan()
+
     def workspaces(self, owner: str | None = None) -> list[WorkspaceRecord]:
         with self.db.uow() as uow:
             return uow.registry.list_workspaces(owner=owner)
@@ -718,10 +728,12 @@ def _build_live(
     notebook_url: Callable[[str, str], str] | None = None,
 ) -> Backend:
     from provisioning.dex import RESTART_TIMER
+    from provisioning.discovery import Discoverer
     from provisioning.secrets import Secrets
 
     parts = _live_parts(settings, clock, db, kube_api, notebook_url)
     kubeflow, dex, aws = parts.kubeflow, parts.dex, parts.aws
+    discoverer = Discoverer(db, core, kubeflow, dex, aws)
     actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
     secrets = Secrets(parts.kube.api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)
     return Backend(
@@ -734,6 +746,7 @@ def _build_live(
             db,
             clock,
             kubeflow,
+            discoverer,
             data=_LiveData(kubeflow, aws),
             logins=None if settings.dex.mode == "external" else dex,
         ),

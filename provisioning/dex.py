@@ -55,6 +55,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
@@ -62,7 +63,7 @@ import bcrypt
 import yaml
 from kubernetes import client
 
-from handlers.actions import DexUserParams, DexUserRemoveParams
+from handlers.actions import AdoptParams, DexAdoptParams, DexUserParams, DexUserRemoveParams
 from handlers.errors import PermanentError, TemporaryError
 from handlers.naming import dex_password_object_name
 from handlers.plan import JSON, StepOutcome
@@ -115,6 +116,17 @@ def _secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+@dataclass(frozen=True)
+class DexLogin:
+    """A login Dex holds: ``mode`` is where (``configmap``/``password-cr``), ``how`` says more."""
+
+    email: str
+    mode: str
+    how: str
+    username: str
+    user_id: str
+
+
 class RestartRequester(Protocol):
     """Asks for one Dex restart at ``due_at`` through the timers table (timer ``RESTART_TIMER``,
     ref ``namespace/deployment``). ``move``: push a pending request to ``due_at`` (a new write
@@ -142,6 +154,7 @@ class DexActions:
         return registry_of(
             TypedAction(DexUserParams, self.ensure_user, self.undo_user),
             TypedAction(DexUserRemoveParams, self.remove_user, k8s.no_undo),
+            TypedAction(DexAdoptParams, self.check_adopted_user, k8s.no_undo),
         )
 
     @property
@@ -186,6 +199,34 @@ class DexActions:
         email = email.strip().lower()
         _, config = self._config()
         return self._static_entry(config, email) is not None or self._password_object(email) is not None
+
+    def logins(self) -> list[DexLogin]:
+        """Every login Dex holds, wherever it is kept (adoption's discovery reads both places,
+        whatever ``mode`` says: a runbook may have used either). Hashes are never read out."""
+        found: list[DexLogin] = []
+        _, config = self._config()
+        for entry in config.get("staticPasswords") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("email"), str):
+                key = entry.get("hashFromEnv")
+                how = f"staticPasswords, hashFromEnv {key}" if key else "staticPasswords, inline hash"
+                found.append(DexLogin(str(entry["email"]).lower(), "configmap", how,
+                                      str(entry.get("username") or ""), str(entry.get("userID") or "")))
+        try:
+            objects = self.kube.list(k8s.DEX_PASSWORD, self.settings.namespace)
+        except PermanentError:
+            objects = []  # no Password CRD: Dex never ran with kubernetes storage
+        for obj in objects:
+            if isinstance(obj.get("email"), str):
+                found.append(DexLogin(str(obj["email"]).lower(), "password-cr", "Password object",
+                                      str(obj.get("username") or ""), str(obj.get("userID") or "")))
+        return found
+
+    def check_adopted_user(self, params: AdoptParams) -> StepOutcome:
+        """``dex.adopt``: the login a ``workspace.adopt`` records must still exist; only read."""
+        email = params.name.strip().lower()
+        if not any(login.email == email for login in self.logins()):
+            raise PermanentError(f"Dex has no login for {email} any more; nothing was recorded.")
+        return StepOutcome(created=False, details={"adopted": True})
 
     # -- hashes ------------------------------------------------------------------------------
 

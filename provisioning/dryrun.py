@@ -367,6 +367,11 @@ def _workspace_role_remove(p: Mapping[str, JSON]) -> list[str]:
     return [f"iam:DeleteRolePolicy and iam:DetachRolePolicy for each, then iam:DeleteRole {p['name']}"]
 
 
+def _adopt(params: Mapping[str, JSON]) -> list[str]:
+    # Adoption reads: the check is a GET of the object, nothing is written.
+    return [f"GET {params.get('object')} {params.get('name')} (adopt: record only, no change)"]
+
+
 RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "kubeflow.profile": _profile,
     "kubeflow.profile.remove": _profile_remove,
@@ -395,6 +400,9 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, JSON]], list[str]]] = {
     "aws.launch_template.remove": _launch_template_remove,
     "aws.workspace_role": _workspace_role,
     "aws.workspace_role.remove": _workspace_role_remove,
+    "kubeflow.adopt": _adopt,
+    "dex.adopt": _adopt,
+    "aws.adopt": _adopt,
 }
 
 

@@ -18,7 +18,7 @@ from handlers.actions import ActionName
 from handlers.kinds.quota import lasting_values
 from handlers.model import SYSTEM, Request, RequestState
 from handlers.plan import as_object, as_text_map
-from handlers.ports import Clock, DataHeld, IdleFacts, TokenFacts, WorkspaceFacts
+from handlers.ports import Clock, DataHeld, Discovery, IdleFacts, TokenFacts, WorkspaceFacts
 from provisioning.records import GrantRecord, TokenRecord, WorkspaceRecord, WorkspaceState
 from provisioning.store import Database, SqlUnitOfWork
 
@@ -44,16 +44,25 @@ class DexLogins(Protocol):
     def user_exists(self, email: str) -> bool: ...
 
 
+class Discover(Protocol):
+    def discover(self, namespace: str) -> Discovery: ...
+
+
 class RegistryFacts:
     def __init__(
         self,
         db: Database,
         clock: Clock,
         live: LiveWorkspaces | None = None,
+        discoverer: Discover | None = None,
         data: LiveData | None = None,
         logins: DexLogins | None = None,
     ) -> None:
         self.db, self.clock, self.live, self.data, self.logins = db, clock, live, data, logins
+        self.discoverer = discoverer
+
+    def discover(self, namespace: str) -> Discovery | None:
+        return None if self.discoverer is None else self.discoverer.discover(namespace)
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:

@@ -53,6 +53,7 @@ from handlers.actions import (
     KFAM_IDENTITY_DEFAULTS,
     NOTEBOOK_ACTIVITY_PATHS,
     NOTEBOOK_ACTIVITY_POLICY,
+    AdoptParams,
     ContributorParams,
     ContributorRemoveParams,
     GpuPodsAbsentParams,
@@ -216,6 +217,7 @@ class KubeflowActions:
             TypedAction(NotebookActivityParams, self.ensure_notebook_activity, self.undo_notebook_activity),
             TypedAction(NotebookIdleParams, self.check_notebook_idle, k8s.no_undo),
             TypedAction(ProfileOwnerParams, self.ensure_profile_owner, self.undo_profile_owner),
+            TypedAction(AdoptParams, self.check_adopted_profile, k8s.no_undo),
         )
 
     # -- waiting -----------------------------------------------------------------------------
@@ -853,6 +855,25 @@ class KubeflowActions:
                 except InvalidInput:
                     continue  # the apiserver validated it; a form we cannot read counts as 0
         return len(claims), total
+
+    def check_adopted_profile(self, params: AdoptParams) -> StepOutcome:
+        """``kubeflow.adopt``: the Profile a ``workspace.adopt`` records must still be there; only
+        read, never written (adoption records, it changes nothing)."""
+        if self.kube.get(k8s.PROFILE, params.name) is None:
+            raise PermanentError(f"The Profile `{params.name}` is gone; nothing was recorded.")
+        return StepOutcome(created=False, details={"adopted": True})
+
+    def profiles(self) -> list[tuple[str, str | None, dict[str, str], dict[str, str]]]:
+        """(name, owner, quota ``hard``, labels) of every Profile, for adoption's discovery."""
+        return [
+            (
+                str(p["metadata"]["name"]),
+                _profile_owner(p),
+                _profile_hard(p),
+                _str_map((p.get("metadata") or {}).get("labels")),
+            )
+            for p in self.kube.list(k8s.PROFILE)
+        ]
 
     def workspace_state(self, namespace: str) -> WorkspaceState:
         """The live truth about one workspace, for ``/kf workspace show`` and planning facts."""

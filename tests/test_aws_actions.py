@@ -751,6 +751,7 @@ def test_unreachable_endpoint_is_temporary_and_construction_does_no_io(aws: AwsE
         "aws.launch_template.remove",
         "aws.workspace_role",
         "aws.workspace_role.remove",
+        "aws.adopt",
     }
     with pytest.raises(TemporaryError, match="Could not reach AWS"):
         actions.caller_identity()

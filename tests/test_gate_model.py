@@ -37,6 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from handlers import errors, kinds, offboard, services
 from handlers.model import SYSTEM, TRANSITIONS, Actor, Event, EventType, RequestState
+from handlers.ports import Discovery, FoundObject
 from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
 from provisioning.store import Database
 from tests.fakes.db_fixtures import _empty_tables
@@ -66,7 +67,10 @@ SETTINGS = CoreSettings(
     workspace=WorkspaceDefaults(user_id_map={ADMIN_MAPPED.email: ADMIN_MAPPED_ID}),
 )
 MAX_NODES = SETTINGS.workspace.max_nodes
-WORKSPACES = ("team-a", "admin-ws")
+LEGACY = "legacy-ws"
+"""A workspace made by hand (its Profile owned by Bob) that an admin may adopt (issue 12)."""
+MADE = ("team-a", "admin-ws")
+WORKSPACES = (*MADE, LEGACY)
 COST_KINDS = (kinds.NotebookStop.KIND, kinds.GpuScale.KIND, kinds.GpuHold.KIND, kinds.WorkspaceResize.KIND)
 PEOPLE = (ALICE.email, BOB.email, CAROL.email, ADMIN_OWNER.email, ADMIN_MAPPED.email, ADMIN_MAPPED_ID)
 
@@ -113,6 +117,8 @@ class Oracle:
             out.add(canonical(str(args["user"])))
         if kind == kinds.WorkspaceTransfer.KIND:
             out.add(canonical(str(args["to"])))
+        if kind == kinds.WorkspaceAdopt.KIND:  # who gains it and who held it by hand
+            out |= {canonical(BOB.email), *([canonical(str(args["owner"]))] if args.get("owner") else [])}
         workspace_kinds = (kinds.QuotaChange.KIND, kinds.WorkspaceDelete.KIND, kinds.WorkspacePin.KIND)
         if kind in (*workspace_kinds, *COST_KINDS):
             out |= self.people(str(args.get("workspace") or args.get("name")))
@@ -147,6 +153,26 @@ class Oracle:
         )
 
 
+@dataclass
+class _HandMade:
+    """Discovery over the dry-run stack: the hand-made Profile ``LEGACY`` owned by Bob, managed once
+    the registry records it (as the live discovery reads the registry)."""
+
+    stack: Stack
+
+    def discover(self, namespace: str) -> Discovery:
+        with self.stack.backend.db.uow() as uow:
+            row = uow.registry.get_workspace(namespace)
+        managed = row.name if row is not None and row.deleted_at is None else None
+        profile = FoundObject(
+            "kubeflow.profile", f"Profile/{namespace}", namespace,
+            {"name": namespace, "owner": BOB.email, "hard": {"cpu": "4"}, "labels": {}}, "name",
+        )
+        exists = namespace == LEGACY
+        owner = BOB.email if exists else None
+        return Discovery(namespace, exists, owner, managed, (profile,) if exists else ())
+
+
 class GateMachine(RuleBasedStateMachine):
     database_url: str = ""
     template: Path | None = None
@@ -171,7 +197,9 @@ class GateMachine(RuleBasedStateMachine):
             db = Database(url, audit_key=AUDIT_KEY)
             _empty_tables(db)
             db.dispose()
-        return build_stack(url, core=SETTINGS, migrate=False)
+        stack = build_stack(url, core=SETTINGS, migrate=False)
+        stack.backend.facts.discoverer = _HandMade(stack)  # type: ignore[attr-defined]
+        return stack
 
     def teardown(self) -> None:
         self.stack.backend.db.dispose()
@@ -214,6 +242,8 @@ class GateMachine(RuleBasedStateMachine):
                 alone = request.state is RequestState.APPROVED
                 theirs = canonical(actor.email) == canonical(str(request.args["user"]))
                 assert alone == (not theirs), f"{who}'s reset of {request.args['user']} applied alone={alone}"
+            if request.kind == kinds.WorkspaceAdopt.KIND:  # only an admin asks; an admin always decides
+                assert actor.is_admin and request.state is RequestState.PENDING, f"{who} adopted alone"
             if request.kind in COST_KINDS:  # who may not even ask is refused before anything
                 owner = self.oracle.owners.get(str(request.args.get("workspace") or request.args["name"]))
                 assert actor.is_admin or canonical(actor.email) == owner, f"{who} filed {request.kind}"
@@ -342,6 +372,11 @@ class GateMachine(RuleBasedStateMachine):
                     assert request.state is RequestState.PENDING, "an offboarding transfer applied alone"
                 else:
                     assert request.kind in (kinds.Unshare.KIND, kinds.TokenRevoke.KIND), request.kind
+
+    # -- adoption (issue 12): the command and the scan's Adopt button file the same request ----------
+    @rule(who=who, owner=st.sampled_from((None, *PEOPLE)))
+    def adopt(self, who: str, owner: str | None) -> None:
+        self._submit(who, kinds.WorkspaceAdopt(LEGACY, owner))
 
     # -- buttons and modals ------------------------------------------------------------------------
     def _pick(self, data: st.DataObject, *, pending: bool = False) -> str | None:
@@ -597,7 +632,7 @@ def test_every_actor_and_cost_kind_applies_alone_exactly_as_the_oracle_says(db_u
                 )
         cells = 0
         for who, actor in ACTORS.items():
-            for ws in WORKSPACES:
+            for ws in MADE:
                 for kind in (
                     kinds.NotebookStop(ws, "nb1"),
                     kinds.GpuHold(ws, f"workspace:{ws}", duration=timedelta(hours=4)),
@@ -624,6 +659,6 @@ def test_every_actor_and_cost_kind_applies_alone_exactly_as_the_oracle_says(db_u
                         f"{who}'s {request.kind} {dict(request.args)} applied alone={alone}"
                     )
                     services.cancel(stack.core, actor, request.id)  # the next cell asks of the same subject
-        assert cells == len(ACTORS) * len(WORKSPACES) * 6
+        assert cells == len(ACTORS) * len(MADE) * 6
     finally:
         stack.backend.db.dispose()

@@ -59,6 +59,7 @@ _ID = re.compile(r"\bR[A-Z0-9]{6}\b")
 # A valid value for each placeholder of the grammar; a new placeholder fails the test until added.
 VALID = {
     "NAME": "team-h",
+    "NAMESPACE": "team-legacy",
     "WORKSPACE": "team-a",
     "USER": "bob@example.com",
     "REQUEST_ID": "RZZZZZZ",

@@ -13,8 +13,8 @@ from datetime import timedelta
 import pytest
 
 from handlers import kinds
-from handlers.plan import Plan
-from handlers.ports import TokenFacts, WorkspaceFacts
+from handlers.plan import JSON, Plan
+from handlers.ports import Discovery, FoundObject, TokenFacts, WorkspaceFacts
 from handlers.settings import RUNBOOK_NODEGROUP, CoreSettings, NodegroupStyle
 from tests.fakes.facts import StaticFacts
 from tests.test_kinds import RUNBOOK
@@ -107,6 +107,51 @@ def _isolated() -> WorkspaceFacts:
 def _facts(ws: WorkspaceFacts | None = None, **extra: object) -> StaticFacts:
     ws = ws or _team()
     return StaticFacts(workspaces={ws.name: ws}, **extra)  # type: ignore[arg-type]
+
+
+def _legacy_discovery() -> Discovery:
+    """The runbook's hand-made workspace as discovery finds it (tests/fakes/runbook.py)."""
+    bucket, group = "s3-use1-infra-dev-proj1", "ng-use1-aicond-proj1-ws-g4dnxl"
+    arns = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    policy = "arn:aws:iam::123456789012:policy/kf-notebooks-s3"
+    owner, ns = "legacy.owner@example.com", "aic-ns-legacy-ws"
+    nodegroup: dict[str, JSON] = {
+        "cluster": "kubeflow", "name": group, "instance_types": ["g4dn.xlarge"], "ami_type": "AL2_x86_64_GPU",
+        "scaling": {"minSize": 0, "maxSize": 2, "desiredSize": 0}, "labels": {}, "subnets": [],
+        "node_role": "", "tags": {},
+        "taints": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}],
+    }
+    login: dict[str, JSON] = {"email": owner, "username": "legacy", "user_id": "u1", "mode": "configmap"}
+    return Discovery(
+        namespace=ns,
+        profile_exists=True,
+        owner=owner,
+        managed_by=None,
+        objects=(
+            FoundObject("kubeflow.profile", f"Profile/{ns}", ns,
+                        {"name": ns, "owner": owner, "hard": {"cpu": "16"}, "labels": {}}, "name"),
+            FoundObject("dex.user", f"DexUser/{owner}", owner, login, "owner's email, inline hash"),
+            FoundObject("aws.bucket", f"Bucket/{bucket}", bucket,
+                        {"bucket": bucket, "region": "us-east-1", "tags": {"Namespace": ns}}, "tag"),
+            FoundObject("aws.iam_resources", f"IamPolicy/{policy}", policy,
+                        {"policy_arn": policy, "resources": list(arns)}, "the bucket's ARNs", tuple(arns)),
+            FoundObject("aws.nodegroup", f"Nodegroup/{group}", group, nodegroup, "tag Namespace"),
+        ),
+    )
+
+
+def _adoptable() -> StaticFacts:
+    return StaticFacts(found={"aic-ns-legacy-ws": _legacy_discovery()})
+
+
+def _adopted() -> StaticFacts:
+    """The legacy workspace as the registry records it after its adoption."""
+    plan = _plan(kinds.WorkspaceAdopt("aic-ns-legacy-ws"), _adoptable(), RUNBOOK)
+    created = {s.key: {"action": s.params["object"], "params": s.params["params"], "adopted": True}
+               for s in plan.steps}
+    ws = WorkspaceFacts("aic-ns-legacy-ws", "aic-ns-legacy-ws", "legacy.owner@example.com", created=created,
+                        pvcs=0)
+    return StaticFacts(workspaces={ws.name: ws})
 
 
 CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
@@ -202,6 +247,15 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     "create-disk-size-only": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, DISK_ONLY),
     "create-per-workspace-iam": (kinds.WorkspaceCreate("team-a", "a@example.com", gpu=1), None, ISOLATED),
     "delete-per-workspace-iam": (kinds.WorkspaceDelete("team-a", "team-a"), _facts(_isolated()), ISOLATED),
+    # Adoption (issue 12), frozen from its first release on.
+    "adopt-runbook": (kinds.WorkspaceAdopt("aic-ns-legacy-ws"), _adoptable(), RUNBOOK),
+    "adopt-owner-given": (kinds.WorkspaceAdopt("aic-ns-legacy-ws", "Carol@Example.com"), _adoptable(),
+                          RUNBOOK),
+    "delete-adopted-named": (
+        kinds.WorkspaceDelete("aic-ns-legacy-ws", "aic-ns-legacy-ws", delete_adopted=True), _adopted(),
+        RUNBOOK,
+    ),
+    "gpu-down-adopted": (kinds.GpuScale("aic-ns-legacy-ws", 0), _adopted(), RUNBOOK),
 }
 
 GOLDEN: dict[str, str] = {
@@ -250,6 +304,11 @@ GOLDEN: dict[str, str] = {
     "create-disk-size-only": "c413034c0c9d73befb411f6829380dbc47ac4879937f3d14e58c6893bb37eed0",
     "create-per-workspace-iam": "bbe3c35a183836ec8c07bdd9a47c88ff96883eb41266c9734376f2fcb7278796",
     "delete-per-workspace-iam": "459c15505ea1dd51136efae53cde3aa22d9f12262f5b7769330226577b3e1a11",
+    # Adoption (issue 12), computed by its first release.
+    "adopt-runbook": "3d1e01c2a0b09d1739ca96cc5ba35b0112d5912af56d25f398306d61718baaa3",
+    "adopt-owner-given": "daaf0b7164a121c128f2007c118fdbd20af792f7151fa8fdcb25405e0fb57adc",
+    "delete-adopted-named": "b1dcd49718d03b21e3acc80679b683fe5181b4343d24d6189899bdeec4e3be0a",
+    "gpu-down-adopted": "95389eddb2d9dd0348400f52af283c66b01e017cc42ed5546a567352ce963584",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -28,9 +28,8 @@ def world(aws: AwsEnv) -> AwsWorld:
     return seed_aws(aws.url)
 
 
-@pytest.mark.parametrize(
-    ("dex_mode", "hash_from_env"), [("password-cr", False), ("configmap", False), ("configmap", True)]
-)
+# password-cr and inline-hash configmap seeds are checked by tests/test_workspace_adopt_e2e.py.
+@pytest.mark.parametrize(("dex_mode", "hash_from_env"), [("configmap", True)])
 def test_seed_makes_the_runbook_workspace(
     apiserver: FakeApiServer, world: AwsWorld, sqlite_url: str, dex_mode: str, hash_from_env: bool
 ) -> None:

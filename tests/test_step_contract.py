@@ -199,10 +199,16 @@ ADAPTER_DEFAULTS = {
     "aws.nodegroup": {"capacity_type", "disk_size", "launch_template"},
     "dex.user": {"user_id"},
     "kubeflow.profile": {"aws_iam_role"},
+    "aws.nodegroup.scaling": {"adopted"},
+    "kubeflow.adopt": {"resources"},
+    "dex.adopt": {"resources"},
+    "aws.adopt": {"resources"},
 }
-"""Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email; and
-fields written only when a setting asks for them (the runbook's nodegroup fields, per-workspace
-IAM), so plans made without those settings keep the params (and digests) they always had."""
+"""Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email; fields
+written only when a setting asks for them (the runbook's nodegroup fields, per-workspace IAM), so
+plans made without those settings keep the params (and digests) they always had; and fields
+written only for some objects: ``adopted`` (an adopted nodegroup), ``resources`` (an IAM policy's
+entries)."""
 
 
 def _sample_params() -> dict[str, dict[str, JSON]]:

@@ -30,7 +30,7 @@ from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, durable, error_reply, tell
 from bot.payloads import Action, BlockActions, text_at
-from handlers import services
+from handlers import kinds, services
 from handlers.cost import buttons
 from handlers.model import Actor
 from handlers.ports import RevealedSecret
@@ -241,8 +241,35 @@ def register(app: App, deps: Deps) -> None:
 
         return work
 
+    def adopt(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
+        # The scan's Adopt button: the request the command files, as the clicker, through the gate
+        # (only an admin may ask; another admin decides). The value is read as hostile input.
+        user = body["user"]["id"]
+        actor = identity.actor(user)
+        kind = kinds.adopt_from_button(value)
+        actions = body.get("actions") or [{}]
+        click = str(actions[0].get("action_ts") or body.get("trigger_id") or message_ts(body))
+
+        def answer(result: services.Submitted) -> None:
+            request = result.request
+            logger.info("%s clicked adopt: %s", user, request.id, extra={"request_id": request.id})
+            text = render.submitted_text(
+                request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=render.SLACK
+            )
+            say(blocks.fallback(text))
+
+        services.submit(
+            core,
+            actor,
+            kind,
+            idempotency_key=f"button:{kinds.ADOPT_BUTTON}:{user}:{click}",
+            correlation_id=log.correlation_id(),
+            recorded=answer,
+        )
+
     for action_id in buttons.ACTIONS:
         on_durable_click(app, deps, action_id, report_button(action_id))
+    on_durable_click(app, deps, kinds.ADOPT_BUTTON, adopt)
     on_durable_click(app, deps, blocks.APPROVE, approve)
     on_click(app, deps, blocks.REJECT, reject)
     on_click(app, deps, blocks.VIEW_PLAN, view_plan)

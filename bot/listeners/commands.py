@@ -14,7 +14,7 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot import blocks, render
-from bot.controls import control
+from bot.controls import control, scan
 from bot.listeners.common import Deps, durable
 from bot.offboard import Offboarder
 from bot.payloads import SlashCommand
@@ -72,6 +72,9 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
             raise errors.InvalidInput("Offboarding is not available here.")
         checked = Offboarder(client, deps.people, deps.core, deps.core.clock).check_now(actor, parsed.email)
         respond(text=blocks.fallback(render.SLACK.message(checked)), response_type="ephemeral")
+    if isinstance(parsed, parse.WorkspaceScan):
+        text, blks = blocks.scan_message(scan(deps.backend, actor))
+        respond(text=text, blocks=blks, response_type="ephemeral")
         return
     if isinstance(parsed, parse.Control):
         respond(

@@ -40,6 +40,7 @@ from handlers.kinds.share import Share
 from handlers.kinds.token_issue import AUDIENCES, PIPELINES_AUDIENCE, TokenIssue
 from handlers.kinds.token_revoke import TokenRevoke
 from handlers.kinds.unshare import Unshare
+from handlers.kinds.workspace_adopt import ADOPT_BUTTON, WorkspaceAdopt, adopt_button_value, adopt_from_button
 from handlers.kinds.workspace_create import (
     GPU_RESOURCE,
     GPU_TAINT,
@@ -73,6 +74,7 @@ KINDS: Mapping[str, type[RequestKind]] = {
         WorkspaceResize,
         WorkspaceTransfer,
         PasswordResetFor,
+        WorkspaceAdopt,
     )
 }
 
@@ -106,6 +108,7 @@ def from_args(kind_name: str, args: Mapping[str, JSON]) -> RequestKind:
 
 
 __all__ = [
+    "ADOPT_BUTTON",
     "AUDIENCES",
     "GPU_RESOURCE",
     "GPU_TAINT",
@@ -135,11 +138,14 @@ __all__ = [
     "TokenIssue",
     "TokenRevoke",
     "Unshare",
+    "WorkspaceAdopt",
     "WorkspaceCreate",
     "WorkspaceDelete",
     "WorkspacePin",
     "WorkspaceResize",
     "WorkspaceTransfer",
+    "adopt_button_value",
+    "adopt_from_button",
     "complete",
     "from_args",
     "gpu_nodegroup_taints",

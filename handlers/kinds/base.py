@@ -53,6 +53,15 @@ class TimerSpec:
     keep_pending: tuple[str, ...] = ()
 
 
+ADOPTED = "adopted"
+"""The key that marks a registry entry (``created[key]``) as adopted: made by hand before the bot,
+recorded by ``workspace.adopt``; ``workspace.delete`` removes it only when the admin names it."""
+
+
+def is_adopted(entry: Mapping[str, JSON]) -> bool:
+    return entry.get(ADOPTED) is True
+
+
 @dataclass(frozen=True)
 class PutWorkspace:
     name: str

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from handlers import errors, naming
 from handlers.actions import ActionName
-from handlers.kinds.base import AutoRule, RequestKind, RequestRule, kubeflow_user, owns
+from handlers.kinds.base import ADOPTED, AutoRule, RequestKind, RequestRule, is_adopted, kubeflow_user, owns
 from handlers.model import Actor
 from handlers.plan import JSON, Step, as_object
 from handlers.ports import Facts, WorkspaceFacts
@@ -97,11 +97,17 @@ def validate_notebook_name(name: str) -> str:
     return name
 
 
+def _marked(entry: Mapping[str, JSON]) -> Mapping[str, JSON]:
+    params = as_object(entry["params"])
+    return {**params, ADOPTED: True} if is_adopted(entry) else params
+
+
 def bot_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
     """(registry key, recorded params) of every EKS nodegroup the bot made for ``ws``: the only
     nodegroups the cost kinds ever scale, replace or remove."""
+    # An adopted nodegroup's steps say so: the adapter scales it without the bot's mark.
     return [
-        (key, as_object(entry["params"]))
+        (key, _marked(entry))
         for key, entry in ws.created.items()
         if entry["action"] == ActionName.NODEGROUP
     ]
@@ -123,15 +129,13 @@ def scaling_step(
 ) -> Step:
     """The ``aws.nodegroup.scaling`` step for the nodegroup recorded under ``key``: minimum,
     desired (None: EKS keeps it, clamped within the new bounds) and maximum size."""
-    return Step(
-        ActionName.NODEGROUP_SCALING,
-        key,
-        {
-            "cluster": params["cluster"],
-            "name": str(params["name"]),
-            "min_size": low,
-            "desired_size": desired,
-            "max_size": high,
-        },
-        summary,
-    )
+    step_params: dict[str, JSON] = {
+        "cluster": params["cluster"],
+        "name": str(params["name"]),
+        "min_size": low,
+        "desired_size": desired,
+        "max_size": high,
+    }
+    if params.get(ADOPTED) is True:
+        step_params["adopted"] = True
+    return Step(ActionName.NODEGROUP_SCALING, key, step_params, summary)

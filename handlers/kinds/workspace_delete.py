@@ -20,6 +20,7 @@ from handlers.kinds.base import (
     Success,
     Syntax,
     TimerKind,
+    is_adopted,
     kubeflow_user,
     require_workspace,
     short_name,
@@ -84,11 +85,15 @@ def _build(p: Parsed) -> WorkspaceDelete:
 @dataclass(frozen=True)
 class WorkspaceDelete:
     KIND: ClassVar[str] = "workspace.delete"
-    USAGE: ClassVar[str] = "/kf workspace delete NAME --confirm NAME [--purge-data]"
+    USAGE: ClassVar[str] = "/kf workspace delete NAME --confirm NAME [--purge-data] [--delete-adopted]"
     SYNTAX: ClassVar[Syntax] = Syntax(
         "workspace delete",
         ("NAME",),
-        {"--confirm": Flag("confirm", text), "--purge-data": Flag("purge_data", None)},
+        {
+            "--confirm": Flag("confirm", text),
+            "--purge-data": Flag("purge_data", None),
+            "--delete-adopted": Flag("delete_adopted", None),
+        },
         _build,
     )
     POLICY: ClassVar[PolicyRow] = PolicyRow(may_request=_may_request)
@@ -97,6 +102,8 @@ class WorkspaceDelete:
     name: str
     confirm: str
     purge_data: bool = False
+    delete_adopted: bool = False
+    """Also remove the objects the workspace's adoption recorded (made by hand); each is a step."""
 
     def __post_init__(self) -> None:
         naming.validate_workspace_name(self.name)
@@ -111,7 +118,11 @@ class WorkspaceDelete:
         return f"workspace:{self.name}"
 
     def describe(self) -> str:
-        return f"delete workspace `{self.name}`" + (" *and its data*" if self.purge_data else "")
+        return (
+            f"delete workspace `{self.name}`"
+            + (" *and its data*" if self.purge_data else "")
+            + (" *and the objects it adopted*" if self.delete_adopted else "")
+        )
 
     def title(self, requester: str) -> str:
         """The card's header: the request in words, plain text (``RequestKind.title``)."""
@@ -123,7 +134,11 @@ class WorkspaceDelete:
 
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.name)
-        if ws.pvcs and not self.purge_data:
+        removes_profile = any(
+            e["action"] == ActionName.PROFILE and (self.delete_adopted or not is_adopted(e))
+            for e in ws.created.values()
+        )
+        if ws.pvcs and not self.purge_data and removes_profile:
             # Refused before anything is removed: the Profile step comes last, and a delete that
             # stopped there would leave the workspace without its nodegroup, grants and bucket.
             raise errors.InvalidInput(
@@ -135,9 +150,14 @@ class WorkspaceDelete:
             )
         steps: list[Step] = []
         warnings: list[str] = []
+        kept: list[str] = []
         for key, created in reversed(list(ws.created.items())):
             action, params = as_text(created["action"]), dict(as_object(created["params"]))
             removal = _REMOVAL.get(action)
+            adopted = is_adopted(created)
+            if adopted and not self.delete_adopted:
+                kept.append(key)
+                continue
             if removal is None:
                 continue
             if action == ActionName.DEX_USER and ctx.facts.user_in_use(as_text(params["email"]), self.name):
@@ -147,7 +167,16 @@ class WorkspaceDelete:
                 continue
             if action in _KEEPS_DATA:
                 params["purge_data"] = self.purge_data
-            steps.append(Step(removal, key, params, _prose(removal, params, key)))
+            summary = _prose(removal, params, key)
+            if adopted:
+                summary = summary.replace("remove ", "remove adopted ", 1)
+            steps.append(Step(removal, key, params, summary))
+        if kept:
+            warnings.append(
+                "Kept, because they were adopted (made by hand; only the record is forgotten): "
+                + ", ".join(f"`{k}`" for k in kept)
+                + ". Name `--delete-adopted` to remove them too."
+            )
         if not self.purge_data:
             warnings.append(
                 "Data is kept: a non-empty bucket stays, and a namespace with volumes is not deleted."

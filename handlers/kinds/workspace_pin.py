@@ -22,6 +22,7 @@ from handlers.kinds.base import (
     short_name,
     workspace_people,
 )
+from handlers.kinds.gpu_common import bot_nodegroups
 from handlers.kinds.workspace_create import (
     GPU_TAINT,
     PINNING_LIMITS,
@@ -40,11 +41,7 @@ def _taints(params: Mapping[str, JSON]) -> list[Mapping[str, JSON]]:
 
 def gpu_nodegroups(ws: WorkspaceFacts) -> list[tuple[str, Mapping[str, JSON]]]:
     """(step key, create params) of the GPU nodegroups the bot made for ``ws``, from the registry."""
-    nodegroups = [
-        (key, as_object(entry["params"]))
-        for key, entry in ws.created.items()
-        if entry["action"] == ActionName.NODEGROUP
-    ]
+    nodegroups = bot_nodegroups(ws)  # an adopted one's params say so (its steps need to)
     return [
         (key, params)
         for key, params in nodegroups

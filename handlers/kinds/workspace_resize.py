@@ -17,6 +17,7 @@ from typing import ClassVar, Final
 from handlers import errors, naming, prices
 from handlers.actions import ActionName
 from handlers.kinds.base import (
+    ADOPTED,
     Applied,
     Flag,
     Parsed,
@@ -231,7 +232,7 @@ class WorkspaceResize:
         taints = gpu_nodegroup_taints(ws.namespace)
         label_key, label_value = names.node_label
         params: dict[str, JSON] = {
-            **dict(old),
+            **{k: v for k, v in old.items() if k != ADOPTED},  # the new one is the bot's own
             "name": names.nodegroup,
             "instance_types": [instance_type],
             "ami_type": prices.gpu_ami_type(instance_type),

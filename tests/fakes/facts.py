@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handlers.ports import DataHeld, IdleFacts, WorkspaceFacts
+from handlers.ports import DataHeld, Discovery, IdleFacts, WorkspaceFacts
 
 
 @dataclass
@@ -19,6 +19,7 @@ class StaticFacts:
     """Users Dex has no login for (everyone else has one)."""
     idle: dict[str, IdleFacts] = field(default_factory=dict)
     data: dict[str, DataHeld] = field(default_factory=dict)
+    found: dict[str, Discovery] = field(default_factory=dict)
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
@@ -48,3 +49,6 @@ class StaticFacts:
 
     def data_held(self, workspace: str) -> DataHeld:
         return self.data.get(workspace, DataHeld())
+
+    def discover(self, namespace: str) -> Discovery | None:
+        return self.found.get(namespace)

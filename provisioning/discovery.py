@@ -1,0 +1,299 @@
+"""What was made by hand: the objects of workspaces the bot does not manage (``workspace.adopt``'s
+plan, ``/kf workspace scan``). Reads only; nothing here writes to the cluster or AWS.
+
+A workspace's objects are tied to its Profile (namespace) in one of two ways:
+
+* **by name**: the namespace template (``KFBOT_NAME_NAMESPACE``) read backwards gives the
+  project (``aic-ns-{project}-ws`` and ``aic-ns-proj1-ws`` give ``proj1``); the bucket template
+  renders from it, and a nodegroup whose name the nodegroup template matches for that project
+  (any ``{spec}``) is its own;
+* **by tag or label**: a bucket tag, or a nodegroup tag or label, whose value is the namespace
+  (runbooks that named the Profile by hand tag the rest with it).
+
+IAM: each shared policy (``KFBOT_IAM_POLICY_ARNS``) whose default version lists a found bucket's
+ARNs. Dex: the owner's login, wherever Dex keeps it (a ``staticPasswords`` entry with an inline
+``hash:`` or ``hashFromEnv``, or a Password object). Whatever the registry records for a live
+workspace, or carries the bot's mark, is managed and never offered.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from handlers.actions import ActionName
+from handlers.naming import RESERVED_NAMESPACES, NamingSettings
+from handlers.plan import JSON
+from handlers.ports import Discovery, FoundObject, UnmanagedGroup
+from handlers.settings import CoreSettings
+from provisioning.aws import MARK_TAG, AwsActions
+from provisioning.dex import DexActions, DexLogin
+from provisioning.k8s import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from provisioning.kubeflow import KubeflowActions
+from provisioning.store import Database
+
+_PROJECT = "project"
+
+
+def _pattern(template: str, settings: NamingSettings) -> re.Pattern[str]:
+    """``template`` as a regex: NAME/project a group (the same value wherever it appears), the
+    settings placeholders their values, ``{spec}`` any short name."""
+    fixed = {"region_alias": settings.region_alias, "infra": settings.infra, "env": settings.env}
+    parts: list[str] = []
+    seen = False
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name in ("name", "project"):
+            parts.append(f"(?P={_PROJECT})" if seen else f"(?P<{_PROJECT}>[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)")
+            seen = True
+        elif name == "spec":
+            parts.append("[A-Za-z0-9-]+")
+        elif name is not None:
+            parts.append(re.escape(fixed.get(name, "")))
+    return re.compile("".join(parts))
+
+
+def _project(template: str, settings: NamingSettings, value: str) -> str | None:
+    match = _pattern(template, settings).fullmatch(value)
+    return match.group(_PROJECT) if match and _PROJECT in match.groupdict() else None
+
+
+def _tagged(values: Mapping[str, str], namespace: str, what: str) -> str | None:
+    return next((f"{what} {key}" for key, value in sorted(values.items()) if value == namespace), None)
+
+
+def _nodegroup_params(group: Mapping[str, Any]) -> dict[str, JSON]:
+    """A described nodegroup in ``aws.nodegroup``'s params shape (what the registry records)."""
+    scaling = group.get("scalingConfig") or {}
+    return {
+        "cluster": str(group.get("clusterName", "")),
+        "name": str(group.get("nodegroupName", "")),
+        "instance_types": [str(t) for t in group.get("instanceTypes") or []],
+        "ami_type": str(group.get("amiType", "")),
+        "scaling": {k: int(scaling.get(k, 0)) for k in ("minSize", "maxSize", "desiredSize")},
+        "labels": {str(k): str(v) for k, v in (group.get("labels") or {}).items()},
+        "taints": [
+            {
+                "key": str(t.get("key", "")),
+                "value": str(t.get("value", "")),
+                "effect": str(t.get("effect", "")),
+            }
+            for t in group.get("taints") or []
+        ],
+        "subnets": [str(s) for s in group.get("subnets") or []],
+        "node_role": str(group.get("nodeRole", "")),
+        "tags": {str(k): str(v) for k, v in (group.get("tags") or {}).items()},
+    }
+
+
+@dataclass
+class _World:
+    """One read of everything, shared by the questions a discovery or a scan asks."""
+
+    profiles: dict[str, tuple[str | None, dict[str, str], dict[str, str]]]
+    buckets: list[tuple[str, dict[str, str]]]
+    policies: dict[str, list[str]]
+    nodegroups: list[Mapping[str, Any]]
+    logins: list[DexLogin]
+    managed_namespaces: dict[str, str] = field(default_factory=dict)
+    managed_keys: set[str] = field(default_factory=set)
+
+
+class Discoverer:
+    def __init__(
+        self, db: Database, core: CoreSettings, kubeflow: KubeflowActions, dex: DexActions, aws: AwsActions
+    ) -> None:
+        self.db, self.core, self.kubeflow, self.dex, self.aws = db, core, kubeflow, dex, aws
+
+    def _world(self) -> _World:
+        with self.db.uow() as uow:
+            rows = [w for w in uow.registry.list_workspaces() if w.deleted_at is None]
+        world = _World(
+            profiles={name: (owner, hard, labels) for name, owner, hard, labels in self.kubeflow.profiles()},
+            buckets=self.aws.buckets(),
+            policies={arn: self.aws.policy_resources(arn) for arn in self.core.workspace.iam_policy_arns},
+            nodegroups=[dict(n) for n in self.aws.nodegroups(self.core.workspace.cluster)],
+            logins=self.dex.logins() if self.core.workspace.dex_mode != "external" else [],
+        )
+        for row in rows:
+            world.managed_namespaces[row.namespace] = row.name
+            world.managed_keys.update(row.created)
+        return world
+
+    def discover(self, namespace: str) -> Discovery:
+        return self._discover(self._world(), namespace)
+
+    def _discover(self, world: _World, namespace: str) -> Discovery:
+        naming = self.core.naming
+        profile = world.profiles.get(namespace)
+        objects: list[FoundObject] = []
+        notes: list[str] = []
+        owner = profile[0] if profile else None
+        if profile is not None:
+            objects.append(
+                FoundObject(
+                    ActionName.PROFILE,
+                    f"Profile/{namespace}",
+                    namespace,
+                    {
+                        "name": namespace,
+                        "owner": owner or "",
+                        "hard": dict(profile[1]),
+                        "labels": dict(profile[2]),
+                    },
+                    "name",
+                )
+            )
+        project = _project(naming.namespace, naming, namespace)
+        if owner:
+            login = next((x for x in world.logins if x.email == owner.lower()), None)
+            if login is not None and f"DexUser/{login.email}" not in world.managed_keys:
+                params: dict[str, JSON] = {
+                    "email": login.email,
+                    "username": login.username,
+                    "user_id": login.user_id,
+                    "mode": login.mode,
+                }
+                objects.append(
+                    FoundObject(
+                        ActionName.DEX_USER,
+                        f"DexUser/{login.email}",
+                        login.email,
+                        params,
+                        f"owner's email, {login.how}",
+                    )
+                )
+            elif login is None and self.core.workspace.dex_mode != "external":
+                notes.append(f"Dex has no login for the owner {owner}.")
+        found_buckets: list[str] = []
+        for (bucket, tags), how in self.bucket_candidates(world, namespace, project):
+            found_buckets.append(bucket)
+            objects.append(
+                FoundObject(
+                    ActionName.BUCKET,
+                    f"Bucket/{bucket}",
+                    bucket,
+                    {"bucket": bucket, "region": self.core.workspace.region, "tags": dict(tags)},
+                    how,
+                )
+            )
+        if not found_buckets:
+            notes.append("No S3 bucket was found by the naming template or a tag naming the namespace.")
+        for arn, resources in sorted(world.policies.items()):
+            listed = [
+                r
+                for b in found_buckets
+                for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")
+                if r in resources
+            ]
+            if listed:
+                objects.append(
+                    FoundObject(
+                        ActionName.IAM_RESOURCES,
+                        f"IamPolicy/{arn}",
+                        arn,
+                        {"policy_arn": arn, "resources": list(listed)},
+                        "the bucket's ARNs in its default version",
+                        tuple(listed),
+                    )
+                )
+        for group, how in self.nodegroup_candidates(world, namespace, project):
+            name = str(group.get("nodegroupName", ""))
+            objects.append(
+                FoundObject(ActionName.NODEGROUP, f"Nodegroup/{name}", name, _nodegroup_params(group), how)
+            )
+        return Discovery(
+            namespace=namespace,
+            profile_exists=profile is not None,
+            owner=owner,
+            managed_by=world.managed_namespaces.get(namespace),
+            objects=tuple(objects),
+            notes=tuple(notes),
+        )
+
+    def bucket_candidates(
+        self, world: _World, namespace: str, project: str | None
+    ) -> list[tuple[tuple[str, dict[str, str]], str]]:
+        naming = self.core.naming
+        out: list[tuple[tuple[str, dict[str, str]], str]] = []
+        for bucket, tags in world.buckets:
+            if f"Bucket/{bucket}" in world.managed_keys or tags.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
+                continue
+            how = "name" if project and _project(naming.bucket, naming, bucket) == project else None
+            how = how or _tagged(tags, namespace, "tag")
+            if how:
+                out.append(((bucket, tags), how))
+        return out
+
+    def nodegroup_candidates(
+        self, world: _World, namespace: str, project: str | None
+    ) -> list[tuple[Mapping[str, Any], str]]:
+        naming = self.core.naming
+        out: list[tuple[Mapping[str, Any], str]] = []
+        for group in world.nodegroups:
+            name = str(group.get("nodegroupName", ""))
+            tags = {str(k): str(v) for k, v in (group.get("tags") or {}).items()}
+            if f"Nodegroup/{name}" in world.managed_keys or MARK_TAG in tags:
+                continue
+            labels = {str(k): str(v) for k, v in (group.get("labels") or {}).items()}
+            how = "name" if project and _project(naming.nodegroup, naming, name) == project else None
+            how = how or _tagged(tags, namespace, "tag") or _tagged(labels, namespace, "label")
+            if how:
+                out.append((group, how))
+        return out
+
+    def scan(self) -> tuple[UnmanagedGroup, ...]:
+        """Profiles, nodegroups, buckets and Dex logins the bot does not manage, grouped by the
+        workspace they most likely belong to."""
+        world = self._world()
+        naming = self.core.naming
+        groups: list[UnmanagedGroup] = []
+        claimed: set[str] = set()
+        for namespace in sorted(world.profiles):
+            if namespace in world.managed_namespaces or namespace in RESERVED_NAMESPACES:
+                continue
+            if namespace.startswith("kube-"):
+                continue
+            found = self._discover(world, namespace)
+            claimed.update(o.key for o in found.objects)
+            groups.append(UnmanagedGroup(namespace, namespace, found.objects))
+        by_project: dict[str, list[FoundObject]] = {}
+        for bucket, tags in world.buckets:
+            key = f"Bucket/{bucket}"
+            if key in claimed or key in world.managed_keys or tags.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
+                continue
+            label = _project(naming.bucket, naming, bucket) or "unattributed"
+            by_project.setdefault(label, []).append(
+                FoundObject(
+                    ActionName.BUCKET, key, bucket, {"bucket": bucket, "tags": dict(tags)}, "no Profile"
+                )
+            )
+        for group in world.nodegroups:
+            name = str(group.get("nodegroupName", ""))
+            key = f"Nodegroup/{name}"
+            if key in claimed or key in world.managed_keys or MARK_TAG in (group.get("tags") or {}):
+                continue
+            label = _project(naming.nodegroup, naming, name) or "unattributed"
+            by_project.setdefault(label, []).append(
+                FoundObject(ActionName.NODEGROUP, key, name, _nodegroup_params(group), "no Profile")
+            )
+        owners = {row_owner for row_owner, _, _ in world.profiles.values() if row_owner}
+        for login in world.logins:
+            key = f"DexUser/{login.email}"
+            if key in claimed or key in world.managed_keys or login.email in owners:
+                continue
+            by_project.setdefault("Dex logins", []).append(
+                FoundObject(
+                    ActionName.DEX_USER,
+                    key,
+                    login.email,
+                    {"email": login.email, "mode": login.mode},
+                    login.how,
+                )
+            )
+        for label in sorted(by_project):
+            groups.append(UnmanagedGroup(label, None, tuple(by_project[label])))
+        return tuple(groups)
