@@ -68,6 +68,11 @@ class SlackSettings:
     """``KFBOT_DASHBOARD_URL``: the Kubeflow central dashboard, linked in the "done" DM."""
     confirm_above: float = 1000.0
     """``KFBOT_CONFIRM_ABOVE``: USD a month above which Approve asks "are you sure?" first."""
+    drift_report: str = "0 9 * * mon"
+    """``KFBOT_DRIFT_REPORT``: when the drift report is posted (or edited), in the cost digest's
+    crontab syntax and ``KFBOT_TIMEZONE``; empty or ``off``: no scheduled report."""
+    drift_channel: str = ""
+    """``KFBOT_DRIFT_CHANNEL``: where the drift report goes; empty: the admin channel."""
 
     @property
     def socket_mode(self) -> bool:
@@ -226,6 +231,12 @@ class Settings:
             confirm_above=env.convert(
                 "KFBOT_CONFIRM_ABOVE", env.text("KFBOT_CONFIRM_ABOVE", "1000"), _dollars
             ),
+            drift_report=env.convert(
+                "KFBOT_DRIFT_REPORT",
+                env.text("KFBOT_DRIFT_REPORT", SlackSettings.drift_report),
+                check_digest_schedule,
+            ),
+            drift_channel=env.text("KFBOT_DRIFT_CHANNEL"),
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),

@@ -77,6 +77,11 @@ class GpuStatus:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """``/kf drift``: where the cluster and the bot's record disagree (admins: all; owners: theirs)."""
+
+
+@dataclass(frozen=True)
 class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
@@ -94,6 +99,7 @@ Control = (
     | WorkspaceForm
     | PinAll
     | GpuStatus
+    | Drift
 )
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
@@ -110,6 +116,7 @@ CONTROL_USAGE = {
     "tokens": "/kf tokens",
     "password reset": "/kf password reset",
     "gpu status": "/kf gpu status [WORKSPACE]",
+    "drift": "/kf drift",
 }
 USAGE = {**CONTROL_USAGE, **kinds.USAGES}
 """Every command's usage line, by its words (``"workspace new"``); the kinds' come from their modules."""
@@ -249,6 +256,9 @@ def parse_command(
         (workspace,) = _positional("contributors", rest, ["WORKSPACE"])
         naming.validate_workspace_name(workspace)
         return Contributors(workspace)
+    if command == "drift":
+        _positional("drift", rest, [])
+        return Drift()
     if command == "tokens":
         _positional("tokens", rest, [])
         return Tokens()

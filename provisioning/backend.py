@@ -19,6 +19,7 @@ from handlers.actions import ActionName
 from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory, NotebookActivity
+from handlers.drift import DriftInventory, Orphan, RecordedNodegroup, Scaling, WorkspaceSeen
 from handlers.model import Request
 from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
@@ -32,6 +33,7 @@ from provisioning.metrics import Metrics, count_requests
 from provisioning.records import (
     Contributor,
     CostReportRecord,
+    DriftReportRecord,
     IdleScan,
     MonthUsage,
     TokenRecord,
@@ -380,6 +382,88 @@ class Backend:
             uow.cost.delete_report(channel)
             uow.commit()
 
+    # -- drift: the registry against the cluster ----------------------------------------------------
+    def drift_inventory(self) -> DriftInventory:
+        """What the registry records and what the cluster has, for ``handlers.drift.find``: per
+        workspace its grants, quota and nodegroup bounds, recorded and live; bot-tagged buckets and
+        nodegroups whose workspace the registry no longer has; Profiles it does not know. Dry-run
+        has no cluster: the recorded side only, with a note. Reads nothing it could change."""
+        now = self.clock.now()
+        recorded: list[tuple[WorkspaceRecord, dict[str, str], dict[str, str]]] = []
+        with self.db.uow(read_only=True) as uow:
+            for row in uow.registry.list_workspaces():
+                grants = {g.user: g.role for g in uow.registry.grants(row.name)}
+                recorded.append((row, grants, RegistryFacts.recorded_quota(uow, row.name, row)))
+        if self.mode != "live" or self._live is None:
+            seen = tuple(
+                WorkspaceSeen(row.name, row.namespace, row.owner, grants, quota, None, None)
+                for row, grants, quota in recorded
+            )
+            return DriftInventory(now, seen, notes=("Dry-run mode has no cluster to compare with.",))
+        from provisioning import k8s
+        from provisioning.costexplorer import WORKSPACE_TAG
+
+        parts = self._live_parts()
+        cluster = self.core.workspace.cluster
+        notes: list[str] = []
+        workspaces = []
+        for row, grants, quota in recorded:
+            state = self._live.workspace_state(row.namespace)
+            nodegroups = []
+            for key, entry in row.created.items():
+                if entry.get("action") != ActionName.NODEGROUP:
+                    continue
+                params = entry.get("params")
+                if not isinstance(params, dict) or params.get("cluster") != cluster:
+                    continue
+                name = str(params.get("name"))
+                described = parts.aws.describe_nodegroup(cluster, name)
+                live = None if described is None else _scaling(described.get("scalingConfig"))
+                recorded_scaling = _scaling(params.get("scaling")) or Scaling(0, 0)
+                nodegroups.append(RecordedNodegroup(key, name, recorded_scaling, live))
+            workspaces.append(
+                WorkspaceSeen(
+                    row.name,
+                    row.namespace,
+                    row.owner,
+                    grants,
+                    quota,
+                    dict(state.contributors) if state.profile_exists else None,
+                    dict(state.profile_hard) if state.profile_hard is not None else None,
+                    tuple(nodegroups),
+                )
+            )
+        names = {row.name for row, _, _ in recorded}
+        orphans = [
+            Orphan("bucket", bucket, workspace)
+            for bucket, workspace in sorted(parts.aws.tagged_buckets(WORKSPACE_TAG).items())
+            if workspace not in names
+        ]
+        if cluster:
+            tagged = parts.aws.tagged_nodegroups(cluster, WORKSPACE_TAG)
+            orphans += [
+                Orphan("nodegroup", nodegroup, workspace)
+                for nodegroup, workspace in sorted(tagged.items())
+                if workspace not in names
+            ]
+        namespaces = {row.namespace for row, _, _ in recorded}
+        unknown = tuple(
+            (str(p["metadata"]["name"]), str(((p.get("spec") or {}).get("owner") or {}).get("name") or ""))
+            for p in parts.kube.list(k8s.PROFILE)
+            if p["metadata"]["name"] not in namespaces
+        )
+        return DriftInventory(now, tuple(workspaces), tuple(orphans), unknown, tuple(notes))
+
+    def drift_report(self, channel: str) -> DriftReportRecord | None:
+        with self.db.uow(read_only=True) as uow:
+            row = uow.drift.get(channel)
+        return None if row is None else DriftReportRecord(row.channel, row.ts, row.digest, row.items)
+
+    def save_drift_report(self, channel: str, ts: str | None, digest: str, items: Mapping[str, JSON]) -> None:
+        with self.db.uow() as uow:
+            uow.drift.put(channel, ts, digest, items, self.clock.now())
+            uow.commit()
+
     # -- audit -----------------------------------------------------------------------------------
     def audit_verify(self, expect_head: str | None = None) -> audit.VerifyResult:
         return audit.verify(self.db, self.settings.audit_key, expect_head)
@@ -553,6 +637,16 @@ def _month(ledger: UsageLedger, now: datetime) -> tuple[MonthUsage, ...]:
         MonthUsage(ws, acc[0] / 3600, acc[1] / 3600, acc[2], acc[3])
         for ws, acc in sorted(totals.items(), key=lambda kv: kv[0] or "\uffff")
     )
+
+
+def _scaling(config: object) -> Scaling | None:
+    """EKS's ``scalingConfig`` (or the registry's record of it) as bounds; None when absent."""
+    if not isinstance(config, Mapping):
+        return None
+    low, high, desired = config.get("minSize"), config.get("maxSize"), config.get("desiredSize")
+    if not isinstance(low, int) or not isinstance(high, int):
+        return None
+    return Scaling(low, high, desired if isinstance(desired, int) else None)
 
 
 def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: str | None) -> list[str]:

@@ -66,6 +66,10 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
         )
         respond(text=text, blocks=blks, response_type="ephemeral")
         return
+    if isinstance(parsed, parse.Drift) and deps.drift is not None:
+        said, shown = deps.drift.answer(actor)
+        respond(text=said, blocks=blocks.to_dicts(shown), response_type="ephemeral")
+        return
     if isinstance(parsed, parse.Control):
         respond(
             text=blocks.fallback(control(deps.core, deps.backend, actor, parsed)), response_type="ephemeral"

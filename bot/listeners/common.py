@@ -25,6 +25,7 @@ import provisioning
 from bot import logging as log
 from bot import render
 from bot.controls import WorkspaceReads
+from bot.drift import DriftDesk
 from bot.identity import Identity
 from bot.payloads import text_at
 from bot.settings import Settings
@@ -348,6 +349,8 @@ class Deps:
     """``provisioning.Backend``'s read models (workspaces, contributors, tokens)."""
     inbox: Inbox
     """Where acked work is recorded and run (``durable``)."""
+    drift: DriftDesk | None = None
+    """The drift report's desk (``/kf drift`` and its buttons); None: not wired (the shell)."""
     quick: WorkPool = field(default_factory=lambda: WorkPool(QUICK_THREADS))
     """Where clicks that only open a modal run (``after_ack``): within the ``trigger_id``'s 3 s,
     never queued behind bulk work."""
