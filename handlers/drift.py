@@ -34,7 +34,7 @@ from handlers.kinds.unshare import Unshare
 from handlers.kinds.workspace_resize import WorkspaceResize
 from handlers.model import Actor
 from handlers.plan import JSON
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, kubeflow_user_id
 
 ADOPT = "drift_adopt"
 RESTORE = "drift_restore"
@@ -319,7 +319,9 @@ def check_may_adopt(kind: DriftAdopt, actor: Actor, beneficiaries: Iterable[str]
     if not actor.is_admin:
         raise errors.Forbidden("Only an admin can adopt a drift into the record.")
     user = policy.kubeflow_user(actor, settings)
-    if user in set(beneficiaries):
+    # Compared as Kubeflow ids: an admin mapped by KFBOT_USER_ID_MAP is the same person as their email.
+    people = {kubeflow_user_id(settings, b) for b in beneficiaries} | set(beneficiaries)
+    if user in people:
         raise errors.Forbidden(
             "You benefit from this drift (it is your workspace or your access): another admin "
             "has to adopt it."

@@ -20,6 +20,7 @@ from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.drift import DriftInventory, Orphan, RecordedNodegroup, Scaling, WorkspaceSeen
+from handlers.errors import KfError
 from handlers.model import Request
 from handlers.plan import JSON
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
@@ -434,18 +435,19 @@ class Backend:
                 )
             )
         names = {row.name for row, _, _ in recorded}
-        orphans = [
-            Orphan("bucket", bucket, workspace)
-            for bucket, workspace in sorted(parts.aws.tagged_buckets(WORKSPACE_TAG).items())
-            if workspace not in names
+        orphans: list[Orphan] = []
+        sources: list[tuple[str, Callable[[], dict[str, str]]]] = [
+            ("bucket", lambda: parts.aws.tagged_buckets(WORKSPACE_TAG))
         ]
         if cluster:
-            tagged = parts.aws.tagged_nodegroups(cluster, WORKSPACE_TAG)
-            orphans += [
-                Orphan("nodegroup", nodegroup, workspace)
-                for nodegroup, workspace in sorted(tagged.items())
-                if workspace not in names
-            ]
+            sources.append(("nodegroup", lambda: parts.aws.tagged_nodegroups(cluster, WORKSPACE_TAG)))
+        for what, read in sources:
+            try:
+                tagged = read()
+            except KfError as exc:  # one unreadable source leaves the rest of the report standing
+                notes.append(f"Orphan {what}s were not checked: {exc.user_message}")
+                continue
+            orphans += [Orphan(what, name, ws) for name, ws in sorted(tagged.items()) if ws not in names]
         namespaces = {row.namespace for row, _, _ in recorded}
         unknown = tuple(
             (str(p["metadata"]["name"]), str(((p.get("spec") or {}).get("owner") or {}).get("name") or ""))

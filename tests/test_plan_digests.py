@@ -147,6 +147,21 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     ),
     "resize-nodes": (kinds.WorkspaceResize("team-a", 0, 4), _facts(), RUNBOOK),
     "resize-instance-type": (kinds.WorkspaceResize("team-a", 0, 2, "g5.xlarge"), _facts(), RUNBOOK),
+    # Drift (#12): frozen from their first release on.
+    "drift-adopt-grant": (
+        kinds.DriftAdopt("contributor-added:team-a:d@example.com", "team-a", "grant", "admin@example.com",
+                         user="d@example.com", role="view"),
+        _facts(),
+        RUNBOOK,
+    ),
+    "drift-cleanup-bucket": (
+        kinds.DriftCleanup("bucket:s3-an2-aic-dev-gone", workspace="gone"), StaticFacts(), RUNBOOK
+    ),
+    "drift-cleanup-nodegroup-purge": (
+        kinds.DriftCleanup("nodegroup:ng-an2-aicond-gone-ws-standard", purge_data=True),
+        StaticFacts(),
+        RUNBOOK,
+    ),
 }
 
 GOLDEN: dict[str, str] = {
@@ -180,6 +195,9 @@ GOLDEN: dict[str, str] = {
     "notebook-auto-stop": "525fa49f2065709cfd102d5698eef411b1e8bd4476a45ab2b3d9a8b4fafba824",
     "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
     "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
+    "drift-adopt-grant": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+    "drift-cleanup-bucket": "ab8580284c211aa52167f5b261a7e3bae92c5fa3fcccc00ef4eaafd26f2a8287",
+    "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -1,0 +1,254 @@
+"""Drift (issue 12) end to end: the live backend against the fake apiserver (Profiles and
+AuthorizationPolicies validated against the real CRDs) and moto, the report posted into the fake
+Slack. A workspace is made the real way (``tests.test_sharing_quota_tokens_e2e``'s world); then hands
+edit the cluster as people do: a contributor added the way the dashboard's Manage Contributors
+(KFAM) adds one, the Profile's quota edited, a bucket left tagged for a workspace that is gone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from slack_sdk import WebClient
+
+from bot.digest import DigestSchedule
+from bot.drift import DRIFT_REF, DRIFT_TIMER, DriftDesk
+from handlers import drift, errors, kinds, services
+from handlers.model import SYSTEM, Actor, RequestState
+from handlers.naming import kfam_binding_name
+from handlers.settings import CoreSettings, PolicySettings
+from tests.fakes.aws_fixtures import AwsEnv
+from tests.fakes.slack import BOT_TOKEN
+from tests.test_sharing_quota_tokens_e2e import (  # noqa: F401 (fixtures)
+    ADMIN,
+    ADMIN_CHANNEL,
+    ALICE,
+    BOB,
+    ISTIO,
+    NS,
+    RBAC,
+    RBAC_V1,
+    Live,
+    LiveFactory,
+    core_settings,
+    make_live,
+)
+
+ADMIN2 = Actor("U0ADMIN02", "admin2@example.com", is_admin=True)
+EVE = "eve@example.com"
+ORPHAN = "s3-an2-aic-dev-gone"
+
+
+@pytest.fixture
+def world(make_live: LiveFactory, aws: AwsEnv) -> Live:  # noqa: F811 (the imported fixture)
+    aws.client("eks").create_cluster(
+        name="kubeflow", roleArn="arn:aws:iam::123456789012:role/eks",
+        resourcesVpcConfig={"subnetIds": ["subnet-a", "subnet-b"]},
+    )
+    base = core_settings()
+    core = dataclasses.replace(
+        base, policy=PolicySettings(admin_users=frozenset({ADMIN.user_id, ADMIN2.user_id}))
+    )
+    live = make_live(core=core)
+    live.slack.add_user(ADMIN2.user_id, ADMIN2.email)
+    return live
+
+
+def desk(live: Live, schedule: str | None = "0 9 * * mon") -> DriftDesk:
+    client = WebClient(token=BOT_TOKEN, base_url=live.slack.base_url)
+    return DriftDesk(
+        live.backend, client, ADMIN_CHANNEL, live.core, lambda email: None, live.clock,
+        DigestSchedule(schedule, "UTC") if schedule else None,
+    )
+
+
+def post(live: Live, path: str, obj: dict[str, Any]) -> None:
+    code, answer, _ = live.api.handle("POST", path, "application/json", json.dumps(obj).encode())
+    assert code == 201, answer
+
+
+def add_contributor_by_hand(live: Live, user: str, role: str = "edit") -> None:
+    """What KFAM writes for the dashboard's Manage Contributors: a RoleBinding and an
+    AuthorizationPolicy named ``user-<email folded>-clusterrole-<role>``, annotated user/role."""
+    name = kfam_binding_name(user, role)
+    notes = {"user": user, "role": role}
+    post(live, f"/apis/{RBAC_V1}/namespaces/{NS}/rolebindings", {
+        "apiVersion": RBAC_V1, "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": NS, "annotations": notes},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": f"kubeflow-{role}"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": user}],
+    })
+    post(live, f"/apis/{ISTIO}/namespaces/{NS}/authorizationpolicies", {
+        "apiVersion": ISTIO, "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": NS, "annotations": notes},
+        "spec": {"rules": [{"when": [{"key": "request.headers[kubeflow-userid]", "values": [user]}]}]},
+    })
+
+
+def orphan_bucket(aws: AwsEnv, workspace: str = "gone") -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=ORPHAN)
+    tags = {"kf-chatops/workspace": workspace, "app.kubernetes.io/managed-by": "kf-chatops"}
+    tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
+    s3.put_bucket_tagging(Bucket=ORPHAN, Tagging={"TagSet": tag_set})
+
+
+def bucket_exists(aws: AwsEnv, name: str) -> bool:
+    try:
+        aws.client("s3").head_bucket(Bucket=name)
+    except ClientError:
+        return False
+    return True
+
+
+def items(live: Live) -> dict[str, drift.DriftItem]:
+    return {i.key: i for i in drift.find(live.backend.drift_inventory())}
+
+
+def hand_edits(live: Live, aws: AwsEnv) -> tuple[str, str, str]:
+    assert live.hard()["cpu"] != "99"
+    add_contributor_by_hand(live, EVE)
+    live.patch_profile_by_hand({"cpu": "99"})
+    orphan_bucket(aws)
+    return f"contributor-added:{NS}:{EVE}", f"quota:{NS}", f"orphan-bucket:{ORPHAN}"
+
+
+def test_a_workspace_as_the_bot_made_it_has_no_drift(world: Live) -> None:
+    assert items(world) == {}
+    assert "No drift" in world.text_for(ADMIN, "drift")
+
+
+def test_drift_finds_the_hand_edits_and_each_button_does_what_it_says(world: Live, aws: AwsEnv) -> None:
+    original_cpu = world.hard()["cpu"]
+    contributor, quota, orphan = hand_edits(world, aws)
+    found = items(world)
+    # The bot's own bucket (tagged for the live workspace) is no orphan.
+    assert set(found) == {contributor, quota, orphan}, found
+    assert found[quota].data == {"hard": {"cpu": "99"}, "recorded": {"cpu": original_cpu}}
+    assert found[contributor].data == {"user": EVE, "role": "edit"}
+    d = desk(world)
+
+    # Adopt into the record: an admin who does not benefit; the registry follows the cluster, as a
+    # system decision naming the admin, and the cluster is not touched.
+    with pytest.raises(errors.Forbidden):
+        d.click(drift.ADOPT, contributor, ALICE, "k-alice")  # the owner benefits and is no admin
+    adopted = d.click(drift.ADOPT, contributor, ADMIN, "k-adopt")
+    assert adopted.request.requester_id == SYSTEM.user_id and adopted.request.plan.steps == ()
+    world.run()
+    assert world.request(adopted.request.id).state is RequestState.SUCCEEDED
+    assert world.grants()[EVE].role == "edit"
+    approval = next(e for e in world.audit()
+                    if e["request_id"] == adopted.request.id and e["type"] == "request.auto_approved")
+    assert approval["data"]["rule"] == "system:drift.adopt" and ADMIN.user_id in approval["data"]["trigger"]
+    assert contributor not in items(world)
+    # The adopted grant is a recorded grant: the owner's facts accept it (no Inconsistent).
+    assert world.backend.facts.workspace(NS) is not None
+
+    # Restore the quota as the owner: a normal quota request (the owner lowering it applies at once).
+    restored = d.click(drift.RESTORE, quota, ALICE, "k-restore")
+    assert restored.request.kind == kinds.QuotaChange.KIND and restored.request.requester_id == ALICE.user_id
+    world.run()
+    assert world.request(restored.request.id).state is RequestState.SUCCEEDED
+    assert world.hard()["cpu"] == original_cpu
+    assert quota not in items(world)
+
+    # Clean up the orphan bucket: only admins see it; an admin files it, another admin approves.
+    with pytest.raises(errors.NotFound):
+        d.click(drift.CLEAN_UP, orphan, ALICE, "k-alice-clean")
+    cleanup = d.click(drift.CLEAN_UP, orphan, ADMIN, "k-clean")
+    assert cleanup.request.kind == kinds.DriftCleanup.KIND and cleanup.request.state is RequestState.PENDING
+    world.run()
+    assert bucket_exists(aws, ORPHAN)  # nothing changes before an approval
+    with pytest.raises(errors.Forbidden):
+        world.approve(cleanup.request.id)  # ADMIN filed it: the requester never decides
+    services.decide(world.core, ADMIN2, cleanup.request.id, approve=True, decision_key="t:clean")
+    world.run()
+    assert world.request(cleanup.request.id).state is RequestState.SUCCEEDED
+    assert not bucket_exists(aws, ORPHAN)
+    assert items(world) == {}
+
+
+def test_buttons_refuse_forged_values_stale_drift_and_admins_who_benefit(world: Live, aws: AwsEnv) -> None:
+    original_cpu = world.hard()["cpu"]
+    contributor, quota, orphan = hand_edits(world, aws)
+    d = desk(world)
+    before = world.request_count()
+    forged = [
+        (drift.ADOPT, f"contributor-added:{NS}:mallory@example.com", errors.NotFound),  # not a drift
+        (drift.ADOPT, "contributor-added:other-ws:x@example.com", errors.NotFound),
+        (drift.RESTORE, "'; DROP TABLE requests; --", errors.InvalidInput),
+        (drift.RESTORE, "quota:" + "a" * 400, errors.InvalidInput),
+        (drift.CLEAN_UP, contributor, errors.InvalidInput),  # not this drift's button
+        (drift.ADOPT, orphan, errors.InvalidInput),
+        (drift.CLEAN_UP, f"orphan-bucket:{NS}-bucket-of-a-live-workspace", errors.NotFound),
+    ]
+    for action, value, error in forged:
+        with pytest.raises(error):
+            d.click(action, value, ADMIN, f"k-{action}-{len(value)}")
+    # A stranger sees none of it, and the owner sees only their workspace's drift.
+    with pytest.raises(errors.NotFound):
+        d.click(drift.RESTORE, quota, BOB, "k-bob")
+    assert "No drift" in world.text_for(BOB, "drift")
+    alice_sees = world.text_for(ALICE, "drift")
+    assert "eve@example.com" in alice_sees and ORPHAN not in alice_sees
+    assert ORPHAN in world.text_for(ADMIN, "drift")
+    # A drift fixed meanwhile: the button finds nothing to act on.
+    world.patch_profile_by_hand({"cpu": original_cpu})
+    with pytest.raises(errors.NotFound):
+        d.click(drift.RESTORE, quota, ALICE, "k-stale")
+    assert world.request_count() == before
+    # An admin whose own access the drift is may not adopt it; another admin may.
+    add_contributor_by_hand(world, ADMIN.email, "view")
+    mine = f"contributor-added:{NS}:{ADMIN.email}"
+    with pytest.raises(errors.Forbidden):
+        d.click(drift.ADOPT, mine, ADMIN, "k-mine")
+    assert world.request_count() == before
+    d.click(drift.ADOPT, mine, ADMIN2, "k-other-admin")
+    assert world.request_count() == before + 1
+
+
+def test_the_report_is_edited_not_reposted(world: Live, aws: AwsEnv) -> None:
+    add_contributor_by_hand(world, EVE)
+    d = desk(world)
+    d.keep_scheduled()
+    with world.backend.db.uow() as uow:
+        assert uow.work.pending_due(DRIFT_TIMER, DRIFT_REF) is not None
+    posts_before = len(world.slack.messages_in(ADMIN_CHANNEL))
+    d.handle("someone-else", {"channel": "CEVIL"})  # a forged row: refused, nothing posted
+    assert len(world.slack.messages_in(ADMIN_CHANNEL)) == posts_before
+    d.handle(DRIFT_REF, {"channel": "CEVIL"})  # the payload is never read
+    assert world.slack.messages_in("CEVIL") == []
+    reports = [m for m in world.slack.messages_in(ADMIN_CHANNEL) if "Drift" in str(m.get("text"))]
+    assert len(reports) == 1 and len(world.slack.messages_in(ADMIN_CHANNEL)) == posts_before + 1
+    assert EVE in json.dumps(reports[0].get("blocks"))
+    assert d.publish() is None  # nothing changed: not even an edit
+    world.patch_profile_by_hand({"cpu": "99"})
+    assert d.publish() == "edited"
+    reports = [m for m in world.slack.messages_in(ADMIN_CHANNEL) if "Drift" in str(m.get("text"))]
+    assert len(reports) == 1 and "99" in json.dumps(reports[0].get("blocks"))
+    assert len(world.slack.messages_in(ADMIN_CHANNEL)) == posts_before + 1
+
+
+def _seen(recorded: drift.Scaling, live: drift.Scaling) -> drift.DriftInventory:
+    ws = drift.WorkspaceSeen(
+        "team-a", "team-a", "alice@example.com", {}, {}, {}, {},
+        (drift.RecordedNodegroup("Nodegroup/k/ng", "ng", recorded, live),),
+    )
+    return drift.DriftInventory(datetime(2026, 12, 5, tzinfo=UTC), (ws,))
+
+
+def test_desired_size_changes_are_not_drift_bounds_are() -> None:
+    recorded = drift.Scaling(1, 4, 2)
+    for desired in (0, 1, 3, 4):
+        assert drift.find(_seen(recorded, drift.Scaling(1, 4, desired))) == []
+    (item,) = drift.find(_seen(recorded, drift.Scaling(0, 4, 3)))
+    assert item.what is drift.What.SCALING and item.actions == (drift.ADOPT, drift.RESTORE)
+    (item,) = drift.find(_seen(recorded, drift.Scaling(1, 8, 1)))
+    restore = drift.restore_request(item)
+    assert isinstance(restore, kinds.WorkspaceResize) and (restore.nodes_min, restore.nodes_max) == (1, 4)
+    adopt = drift.adopt_request(item, ADMIN2, CoreSettings())
+    assert (adopt.min_size, adopt.max_size, adopt.step) == (1, 8, "Nodegroup/k/ng")
