@@ -9,21 +9,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 from slack_sdk import WebClient
 
+from bot import app as composition
+from bot import blocks
 from bot.digest import DigestSchedule
 from bot.drift import DRIFT_REF, DRIFT_TIMER, DriftDesk
+from bot.settings import Settings
 from handlers import drift, errors, kinds, services
 from handlers.model import SYSTEM, Actor, RequestState
 from handlers.naming import kfam_binding_name
 from handlers.settings import CoreSettings, PolicySettings
+from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
-from tests.fakes.slack import BOT_TOKEN
+from tests.fakes.clock import FakeClock
+from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
 from tests.test_sharing_quota_tokens_e2e import (  # noqa: F401 (fixtures)
+    _ID,
     ADMIN,
     ADMIN_CHANNEL,
     ALICE,
@@ -34,8 +41,13 @@ from tests.test_sharing_quota_tokens_e2e import (  # noqa: F401 (fixtures)
     RBAC_V1,
     Live,
     LiveFactory,
+    _click,
+    _kubeconfig,
+    _slash,
+    _state,
     core_settings,
     make_live,
+    restore_logging,
 )
 
 ADMIN2 = Actor("U0ADMIN02", "admin2@example.com", is_admin=True)
@@ -252,3 +264,68 @@ def test_desired_size_changes_are_not_drift_bounds_are() -> None:
     assert isinstance(restore, kinds.WorkspaceResize) and (restore.nodes_min, restore.nodes_max) == (1, 4)
     adopt = drift.adopt_request(item, ADMIN2, CoreSettings())
     assert (adopt.min_size, adopt.max_size, adopt.step) == (1, 8, "Nodegroup/k/ng")
+
+
+def test_through_the_slack_edge_kf_drift_shows_buttons_and_a_click_adopts(
+    apiserver: FakeApiServer,
+    aws: AwsEnv,
+    fake_slack: FakeSlack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    restore_logging: None,  # noqa: F811 (the imported fixture)
+) -> None:
+    """The real composition over signed HTTP: ``/kf drift`` answers with the report's buttons, the
+    weekly timer is pending, and an Adopt click (a recorded, acked click) adopts the grant."""
+    for actor in (ALICE, ADMIN, ADMIN2):
+        fake_slack.add_user(actor.user_id, actor.email)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", apiserver.url)))
+    settings = Settings.from_env({
+        "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "KFBOT_SLACK_API_URL": fake_slack.base_url, "KFBOT_ADMIN_CHANNEL": ADMIN_CHANNEL,
+        "KFBOT_ADMIN_USERS": f"{ADMIN.user_id},{ADMIN2.user_id}",
+        "KFBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'kfbot.db'}",
+        "KFBOT_AUDIT_KEY": "test-audit-key-0123456789abcdef", "KFBOT_HTTP_HOST": "127.0.0.1",
+        "KFBOT_HTTP_PORT": "0", "KFBOT_HEALTH_PORT": "0", "KFBOT_WORKER_ID": "drift-edge-test",
+        "KFBOT_PROVISIONER": "live", "KFBOT_DEX_MODE": "external",
+        "KFBOT_KUBE_API_URL": "https://api.example:6443", "KFBOT_DRIFT_REPORT": "0 9 * * mon",
+        "KFBOT_NODEGROUP_SUBNETS": "subnet-0a1b2c3d",
+        "KFBOT_NODE_ROLE_ARN": "arn:aws:iam::123456789012:role/kf-nodes",
+    })
+    engine = dataclasses.replace(settings.provisioning.engine, poll_interval=0.05)
+    provisioning = dataclasses.replace(settings.provisioning, engine=engine)
+    settings = dataclasses.replace(settings, provisioning=provisioning)
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    apiserver.clock = clock.now
+    backend = composition.build_backend(settings)
+    backend.migrate()
+    backend.close()
+    bot = composition.start_slack(settings, clock=clock, port=0)
+    try:
+        create = _ID.search(_slash(bot, fake_slack, ALICE, f"workspace new {NS}", "create"))
+        assert create is not None
+        rid = create.group(0)
+        card = fake_slack.wait_for(
+            lambda: next((m for m in fake_slack.messages_in(ADMIN_CHANNEL) if rid in m["text"]), None), 15.0
+        )
+        _click(bot, fake_slack, ADMIN, card, blocks.APPROVE)
+        _state(bot, create.group(0), RequestState.SUCCEEDED, fake_slack)
+        hands = Live(bot.backend, None, clock, apiserver, fake_slack)  # type: ignore[arg-type]
+        add_contributor_by_hand(hands, EVE)
+        with bot.backend.db.uow() as uow:
+            assert uow.work.pending_due(DRIFT_TIMER, DRIFT_REF) is not None  # the weekly report
+        url = fake_slack.response_url("drift")
+        body = slash_command_body("drift", user_id=ADMIN.user_id, response_url=url)
+        assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
+        reply = fake_slack.wait_for(lambda: fake_slack.responses.get("drift"), 15.0)[0]
+        assert EVE in json.dumps(reply["blocks"])
+        report = {"channel": ADMIN_CHANNEL, "ts": "1700000000.000100", "blocks": reply["blocks"]}
+        _click(bot, fake_slack, ADMIN2, report, drift.ADOPT)
+
+        def adopted() -> bool:
+            with bot.backend.db.uow() as uow:
+                return EVE in {g.user for g in uow.registry.grants(NS)}
+
+        fake_slack.wait_for(adopted, 15.0, "the grant to be adopted")
+    finally:
+        bot.stop()
