@@ -28,7 +28,12 @@ from handlers.settings import CoreSettings, PolicySettings
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
+from tests.fakes.runbook import RUNBOOK_ENV, seed_runbook_workspace
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
+from tests.live_harness import ADMIN as H_ADMIN
+from tests.live_harness import ADMIN2 as H_ADMIN2
+from tests.live_harness import ALICE as H_ALICE
+from tests.live_harness import aws_client, live_stack, seed_aws
 from tests.test_sharing_quota_tokens_e2e import (  # noqa: F401 (fixtures)
     _ID,
     ADMIN,
@@ -329,3 +334,52 @@ def test_through_the_slack_edge_kf_drift_shows_buttons_and_a_click_adopts(
         fake_slack.wait_for(adopted, 15.0, "the grant to be adopted")
     finally:
         bot.stop()
+
+
+def test_runbook_workspace_is_an_unknown_profile_and_nodegroup_bounds_moved_by_hand_are_drift(
+    apiserver: FakeApiServer, aws: AwsEnv, sqlite_url: str
+) -> None:
+    """The runbook's hand-made workspace (tests/fakes/runbook.py) beside a bot-made GPU workspace:
+    the Profile is one the bot does not know (no button: adopting it is ``/kf workspace adopt``),
+    its untagged bucket and nodegroup are no orphans; the bot's nodegroup moved by the autoscaler
+    (desired size) is no drift, its bounds moved by hand are, and Restore/Adopt act on them."""
+    world = seed_aws(aws.url)
+    with live_stack(sqlite_url, apiserver, world, env=RUNBOOK_ENV) as stack:
+        made = seed_runbook_workspace(apiserver, world, dex_mode="password-cr")
+        done = stack.apply(H_ALICE, "workspace new proj2 --gpu 1")
+        assert done.state is RequestState.SUCCEEDED, done.error
+        found = {i.key: i for i in drift.find(stack.backend.drift_inventory())}
+        assert set(found) == {f"unknown-profile:{made.namespace}"}, found
+        assert found[f"unknown-profile:{made.namespace}"].actions == ()
+
+        (nodegroup,) = [
+            str(e["params"]["name"]) for e in stack.backend.workspaces()[0].created.values()  # type: ignore[index]
+            if e["action"] == "aws.nodegroup"
+        ]
+        eks = aws_client(world.endpoint_url, "eks")
+        before = eks.describe_nodegroup(clusterName=world.cluster, nodegroupName=nodegroup)["nodegroup"]
+        low, high = before["scalingConfig"]["minSize"], before["scalingConfig"]["maxSize"]
+        eks.update_nodegroup_config(clusterName=world.cluster, nodegroupName=nodegroup,
+                                    scalingConfig={"minSize": low, "maxSize": high, "desiredSize": high})
+        assert [i.what for i in drift.find(stack.backend.drift_inventory())] == [drift.What.UNKNOWN_PROFILE]
+
+        eks.update_nodegroup_config(clusterName=world.cluster, nodegroupName=nodegroup,
+                                    scalingConfig={"minSize": low, "maxSize": high + 3, "desiredSize": high})
+        desk_ = DriftDesk(stack.backend, WebClient(token=BOT_TOKEN), "CDRIFT", stack.core, lambda e: None,
+                          stack.clock, None)
+        key = f"scaling:proj2:{nodegroup}"
+        restore = desk_.click(drift.RESTORE, key, H_ADMIN, "k-restore-scaling")
+        assert restore.request.kind == kinds.WorkspaceResize.KIND
+        assert restore.request.state is RequestState.PENDING  # a resize waits for an admin
+        stack.approve(restore.request.id, H_ADMIN2)
+        stack.run()
+        assert stack.request(restore.request.id).state is RequestState.SUCCEEDED
+        after = eks.describe_nodegroup(clusterName=world.cluster, nodegroupName=nodegroup)["nodegroup"]
+        assert (after["scalingConfig"]["minSize"], after["scalingConfig"]["maxSize"]) == (low, high)
+
+        eks.update_nodegroup_config(clusterName=world.cluster, nodegroupName=nodegroup,
+                                    scalingConfig={"minSize": low, "maxSize": high + 1, "desiredSize": low})
+        adopted = desk_.click(drift.ADOPT, key, H_ADMIN2, "k-adopt-scaling")
+        stack.run()
+        assert stack.request(adopted.request.id).state is RequestState.SUCCEEDED
+        assert [i.what for i in drift.find(stack.backend.drift_inventory())] == [drift.What.UNKNOWN_PROFILE]
