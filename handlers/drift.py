@@ -52,6 +52,7 @@ class What(StrEnum):
     SCALING = "scaling"
     ORPHAN_BUCKET = "orphan-bucket"
     ORPHAN_NODEGROUP = "orphan-nodegroup"
+    ORPHAN_IAM = "orphan-iam"
     UNKNOWN_PROFILE = "unknown-profile"
 
 
@@ -99,9 +100,10 @@ class Orphan:
     """An object the bot made (or tagged) for a workspace the registry no longer has."""
 
     what: str
-    """``bucket`` or ``nodegroup``."""
+    """``bucket``, ``nodegroup`` or ``iam`` (a bucket the bot's IAM statement still grants)."""
     name: str
     workspace: str
+    """The gone workspace's name when the object says it (its tag); empty when unknown."""
     detail: str = ""
 
 
@@ -131,7 +133,7 @@ class DriftItem:
 
     @property
     def actions(self) -> tuple[str, ...]:
-        if self.what in (What.ORPHAN_BUCKET, What.ORPHAN_NODEGROUP):
+        if self.what in (What.ORPHAN_BUCKET, What.ORPHAN_NODEGROUP, What.ORPHAN_IAM):
             return (CLEAN_UP,)
         if self.what is What.UNKNOWN_PROFILE:
             return ()
@@ -149,16 +151,16 @@ def find(inv: DriftInventory) -> list[DriftItem]:
         items += _quota(ws)
         items += _scaling(ws)
     for orphan in inv.orphans:
-        what = What.ORPHAN_BUCKET if orphan.what == "bucket" else What.ORPHAN_NODEGROUP
-        label = "S3 bucket" if orphan.what == "bucket" else "nodegroup"
+        what, label = _ORPHANS[orphan.what]
         more = f" ({orphan.detail})" if orphan.detail else ""
+        whose = f"its workspace `{orphan.workspace}`" if orphan.workspace else "its workspace"
         items.append(
             DriftItem(
                 _key(what, orphan.name),
                 what,
                 None,
                 None,
-                f"Orphan {label} `{orphan.name}`: its workspace `{orphan.workspace}` is gone{more}.",
+                f"Orphan {label} `{orphan.name}`: {whose} is gone{more}.",
                 {"name": orphan.name, "workspace": orphan.workspace},
             )
         )
@@ -175,6 +177,13 @@ def find(inv: DriftInventory) -> list[DriftItem]:
             )
         )
     return sorted(items, key=lambda i: i.key)
+
+
+_ORPHANS = {
+    "bucket": (What.ORPHAN_BUCKET, "S3 bucket"),
+    "nodegroup": (What.ORPHAN_NODEGROUP, "nodegroup"),
+    "iam": (What.ORPHAN_IAM, "IAM grant of bucket"),
+}
 
 
 def _contributors(ws: WorkspaceSeen) -> list[DriftItem]:
@@ -353,8 +362,9 @@ def restore_request(item: DriftItem) -> Share | Unshare | QuotaChange | Workspac
 
 
 def cleanup_request(item: DriftItem) -> DriftCleanup:
-    target = "bucket" if item.what is What.ORPHAN_BUCKET else "nodegroup"
-    return DriftCleanup(f"{target}:{item.data['name']}", workspace=str(item.data["workspace"]))
+    target = {What.ORPHAN_BUCKET: "bucket", What.ORPHAN_NODEGROUP: "nodegroup", What.ORPHAN_IAM: "iam"}
+    workspace = str(item.data.get("workspace") or "") or None
+    return DriftCleanup(f"{target[item.what]}:{item.data['name']}", workspace=workspace)
 
 
 def _map(value: JSON) -> dict[str, str]:

@@ -523,6 +523,15 @@ class AwsActions:
                     found[name] = tags[tag]
         return found
 
+    def bot_policy_buckets(self, policy_arn: str) -> list[str]:
+        """The buckets the bot's own statement (``BOT_SID``) of ``policy_arn`` grants, in order."""
+        with _aws_call(f"reading IAM policy {_policy_name(policy_arn)}"):
+            document = self._default_document(self._iam(), policy_arn)
+        statements = _as_list(document.get("Statement", []))
+        ours = next((s for s in statements if isinstance(s, Mapping) and s.get("Sid") == BOT_SID), None)
+        buckets = (_bucket_of(arn) for arn in _bot_resources(ours))
+        return list(dict.fromkeys(b for b in buckets if b))
+
     def tagged_nodegroups(self, cluster: str, tag: str) -> dict[str, str]:
         """Nodegroup -> its value of tag ``tag``, for every nodegroup of ``cluster`` carrying it."""
         found: dict[str, str] = {}

@@ -22,7 +22,7 @@ from handlers.cost.inventory import Inventory, NotebookActivity
 from handlers.drift import DriftInventory, Orphan, RecordedNodegroup, Scaling, WorkspaceSeen
 from handlers.errors import KfError
 from handlers.model import Request
-from handlers.plan import JSON
+from handlers.plan import JSON, as_object
 from handlers.ports import Clock, Facts, Notifier, RevealedSecret, SecretIssuer
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
@@ -448,6 +448,24 @@ class Backend:
                 notes.append(f"Orphan {what}s were not checked: {exc.user_message}")
                 continue
             orphans += [Orphan(what, name, ws) for name, ws in sorted(tagged.items()) if ws not in names]
+        kept = {
+            str(as_object(entry["params"]).get("bucket"))
+            for row, _, _ in recorded
+            for entry in row.created.values()
+            if entry.get("action") == ActionName.BUCKET
+        }
+        granted: dict[str, list[str]] = {}
+        for arn in self.core.workspace.iam_policy_arns:
+            try:
+                for bucket in parts.aws.bot_policy_buckets(arn):
+                    granted.setdefault(bucket, []).append(arn.rsplit("/", 1)[-1])
+            except KfError as exc:
+                notes.append(f"IAM policy {arn.rsplit('/', 1)[-1]} was not checked: {exc.user_message}")
+        orphans += [
+            Orphan("iam", bucket, "", "granted by " + ", ".join(policies))
+            for bucket, policies in sorted(granted.items())
+            if bucket not in kept
+        ]
         namespaces = {row.namespace for row, _, _ in recorded}
         unknown = tuple(
             (str(p["metadata"]["name"]), str(((p.get("spec") or {}).get("owner") or {}).get("name") or ""))

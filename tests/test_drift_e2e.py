@@ -25,6 +25,7 @@ from handlers import drift, errors, kinds, services
 from handlers.model import SYSTEM, Actor, RequestState
 from handlers.naming import kfam_binding_name
 from handlers.settings import CoreSettings, PolicySettings
+from provisioning.aws import BOT_SID
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
@@ -33,7 +34,7 @@ from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed,
 from tests.live_harness import ADMIN as H_ADMIN
 from tests.live_harness import ADMIN2 as H_ADMIN2
 from tests.live_harness import ALICE as H_ALICE
-from tests.live_harness import aws_client, live_stack, seed_aws
+from tests.live_harness import aws_client, default_document, live_stack, seed_aws
 from tests.test_sharing_quota_tokens_e2e import (  # noqa: F401 (fixtures)
     _ID,
     ADMIN,
@@ -383,3 +384,33 @@ def test_runbook_workspace_is_an_unknown_profile_and_nodegroup_bounds_moved_by_h
         stack.run()
         assert stack.request(adopted.request.id).state is RequestState.SUCCEEDED
         assert [i.what for i in drift.find(stack.backend.drift_inventory())] == [drift.What.UNKNOWN_PROFILE]
+
+        # A bucket the bot's IAM statement still grants though no workspace records it (a delete
+        # that stopped halfway): an orphan IAM grant; Clean up removes it from the bot's statement
+        # only, leaving the runbook's statement (which grants the runbook bucket) alone.
+        for arn in world.policy_arns:
+            grant_in_bot_statement(world.endpoint_url, arn, "s3-an2-aic-dev-gone")
+        orphan = "orphan-iam:s3-an2-aic-dev-gone"
+        found = {i.key: i for i in drift.find(stack.backend.drift_inventory())}
+        assert set(found) == {orphan, f"unknown-profile:{made.namespace}"}, found
+        cleanup = desk_.click(drift.CLEAN_UP, orphan, H_ADMIN, "k-clean-iam")
+        stack.approve(cleanup.request.id, H_ADMIN2)
+        stack.run()
+        assert stack.request(cleanup.request.id).state is RequestState.SUCCEEDED
+        for arn in world.policy_arns:
+            document = default_document(world.endpoint_url, arn)
+            assert "s3-an2-aic-dev-gone" not in json.dumps(document)
+            assert made.policy_sid in json.dumps(document)  # the runbook's own statement stays
+        assert [i.what for i in drift.find(stack.backend.drift_inventory())] == [drift.What.UNKNOWN_PROFILE]
+
+
+def grant_in_bot_statement(endpoint_url: str, policy_arn: str, bucket: str) -> None:
+    iam = aws_client(endpoint_url, "iam")
+    document = default_document(endpoint_url, policy_arn)
+    ours = next(s for s in document["Statement"] if s.get("Sid") == BOT_SID)
+    resources = ours["Resource"] if isinstance(ours["Resource"], list) else [ours["Resource"]]
+    ours["Resource"] = [*resources, f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    for old in iam.list_policy_versions(PolicyArn=policy_arn)["Versions"]:
+        if not old["IsDefaultVersion"]:
+            iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old["VersionId"])
+    iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(document), SetAsDefault=True)

@@ -27,11 +27,11 @@ from handlers.kinds.base import (
     TimerKind,
 )
 from handlers.model import Actor
-from handlers.plan import Plan, Step
+from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts
 from handlers.settings import CoreSettings
 
-USAGE = "/kf drift cleanup bucket:NAME|nodegroup:NAME [--purge-data]"
+USAGE = "/kf drift cleanup bucket:NAME|nodegroup:NAME|iam:BUCKET [--purge-data]"
 
 
 def _may_request(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
@@ -60,7 +60,7 @@ class DriftCleanup:
 
     def __post_init__(self) -> None:
         what, _, name = str(self.target).partition(":")
-        if what == "bucket":
+        if what in ("bucket", "iam"):
             naming.validate_bucket_name(name, field="target")
         elif what == "nodegroup":
             naming.validate_nodegroup_name(name, field="target")
@@ -106,6 +106,21 @@ class DriftCleanup:
                 "Every object in the bucket is deleted." if self.purge_data
                 else "A bucket that holds data is kept and reported (`--purge-data` deletes it)."
             )
+        elif self.what == "iam":
+            arns = ctx.settings.workspace.iam_policy_arns
+            if not arns:
+                raise errors.InvalidInput("No IAM policies are configured (KFBOT_IAM_POLICY_ARNS).")
+            resources: list[JSON] = [f"arn:aws:s3:::{self.name}", f"arn:aws:s3:::{self.name}/*"]
+            steps = [
+                Step(
+                    ActionName.IAM_RESOURCES_REMOVE,
+                    f"IamPolicy/{arn}",
+                    {"policy_arn": arn, "resources": resources},
+                    f"remove bucket `{self.name}` from IAM policy `{arn.rsplit('/', 1)[-1]}`{gone}",
+                )
+                for arn in arns
+            ]
+            return Plan.of(steps, ["Only the bot's own statement changes; the bucket is not touched."])
         else:
             cluster = ctx.settings.workspace.cluster
             step = Step(
