@@ -53,6 +53,7 @@ class What(StrEnum):
     ORPHAN_BUCKET = "orphan-bucket"
     ORPHAN_NODEGROUP = "orphan-nodegroup"
     ORPHAN_IAM = "orphan-iam"
+    ORPHAN_DEX = "orphan-dex"
     UNKNOWN_PROFILE = "unknown-profile"
 
 
@@ -100,7 +101,8 @@ class Orphan:
     """An object the bot made (or tagged) for a workspace the registry no longer has."""
 
     what: str
-    """``bucket``, ``nodegroup`` or ``iam`` (a bucket the bot's IAM statement still grants)."""
+    """``bucket``, ``nodegroup``, ``iam`` (a bucket the bot's IAM statement still grants) or
+    ``dex`` (a login the bot made for a gone workspace, used by no workspace now)."""
     name: str
     workspace: str
     """The gone workspace's name when the object says it (its tag); empty when unknown."""
@@ -133,7 +135,7 @@ class DriftItem:
 
     @property
     def actions(self) -> tuple[str, ...]:
-        if self.what in (What.ORPHAN_BUCKET, What.ORPHAN_NODEGROUP, What.ORPHAN_IAM):
+        if self.what in (What.ORPHAN_BUCKET, What.ORPHAN_NODEGROUP, What.ORPHAN_IAM, What.ORPHAN_DEX):
             return (CLEAN_UP,)
         if self.what is What.UNKNOWN_PROFILE:
             return ()
@@ -183,6 +185,7 @@ _ORPHANS = {
     "bucket": (What.ORPHAN_BUCKET, "S3 bucket"),
     "nodegroup": (What.ORPHAN_NODEGROUP, "nodegroup"),
     "iam": (What.ORPHAN_IAM, "IAM grant of bucket"),
+    "dex": (What.ORPHAN_DEX, "Dex login"),
 }
 
 
@@ -362,7 +365,10 @@ def restore_request(item: DriftItem) -> Share | Unshare | QuotaChange | Workspac
 
 
 def cleanup_request(item: DriftItem) -> DriftCleanup:
-    target = {What.ORPHAN_BUCKET: "bucket", What.ORPHAN_NODEGROUP: "nodegroup", What.ORPHAN_IAM: "iam"}
+    target = {
+        What.ORPHAN_BUCKET: "bucket", What.ORPHAN_NODEGROUP: "nodegroup", What.ORPHAN_IAM: "iam",
+        What.ORPHAN_DEX: "dex",
+    }
     workspace = str(item.data.get("workspace") or "") or None
     return DriftCleanup(f"{target[item.what]}:{item.data['name']}", workspace=workspace)
 

@@ -391,10 +391,17 @@ class Backend:
         has no cluster: the recorded side only, with a note. Reads nothing it could change."""
         now = self.clock.now()
         recorded: list[tuple[WorkspaceRecord, dict[str, str], dict[str, str]]] = []
+        logins: dict[str, str] = {}
+        """Email -> the gone workspace whose create made the Dex login, for logins nobody uses now."""
         with self.db.uow(read_only=True) as uow:
             for row in uow.registry.list_workspaces():
                 grants = {g.user: g.role for g in uow.registry.grants(row.name)}
                 recorded.append((row, grants, RegistryFacts.recorded_quota(uow, row.name, row)))
+            for gone in uow.registry.deleted_workspaces():
+                for entry in gone.created.values():
+                    email = str(as_object(entry["params"]).get("email") or "")
+                    if entry.get("action") == ActionName.DEX_USER and email:
+                        logins.setdefault(email, gone.name)
         if self.mode != "live" or self._live is None:
             seen = tuple(
                 WorkspaceSeen(row.name, row.namespace, row.owner, grants, quota, None, None)
@@ -466,6 +473,16 @@ class Backend:
             for bucket, policies in sorted(granted.items())
             if bucket not in kept
         ]
+        in_use = {row.owner for row, _, _ in recorded} | {u for _, grants, _ in recorded for u in grants}
+        for email, gone_name in sorted(logins.items()):
+            if email in in_use or gone_name in names:
+                continue
+            try:
+                if parts.dex.user_exists(email):
+                    orphans.append(Orphan("dex", email, gone_name))
+            except KfError as exc:
+                notes.append(f"Dex logins were not checked: {exc.user_message}")
+                break
         namespaces = {row.namespace for row, _, _ in recorded}
         unknown = tuple(
             (str(p["metadata"]["name"]), str(((p.get("spec") or {}).get("owner") or {}).get("name") or ""))

@@ -23,7 +23,7 @@ from bot.drift import DRIFT_REF, DRIFT_TIMER, DriftDesk
 from bot.settings import Settings
 from handlers import drift, errors, kinds, services
 from handlers.model import SYSTEM, Actor, RequestState
-from handlers.naming import kfam_binding_name
+from handlers.naming import dex_password_object_name, kfam_binding_name
 from handlers.settings import CoreSettings, PolicySettings
 from provisioning.aws import BOT_SID
 from tests.fakes.apiserver import FakeApiServer
@@ -34,7 +34,8 @@ from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed,
 from tests.live_harness import ADMIN as H_ADMIN
 from tests.live_harness import ADMIN2 as H_ADMIN2
 from tests.live_harness import ALICE as H_ALICE
-from tests.live_harness import aws_client, default_document, live_stack, seed_aws
+from tests.live_harness import BOB as H_BOB
+from tests.live_harness import DEX_NAMESPACE, aws_client, default_document, live_stack, seed_aws
 from tests.test_sharing_quota_tokens_e2e import (  # noqa: F401 (fixtures)
     _ID,
     ADMIN,
@@ -414,3 +415,31 @@ def grant_in_bot_statement(endpoint_url: str, policy_arn: str, bucket: str) -> N
         if not old["IsDefaultVersion"]:
             iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old["VersionId"])
     iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
+
+
+def test_a_dex_login_left_by_two_deleted_workspaces_is_an_orphan_cleaned_up(
+    apiserver: FakeApiServer, aws: AwsEnv, sqlite_url: str
+) -> None:
+    """Workspace one makes Bob's login; workspace two finds it; deleting one keeps it (Bob owns
+    two), deleting two leaves it (two did not make it): a login nobody uses, the bot's orphan."""
+    world = seed_aws(aws.url)
+    with live_stack(sqlite_url, apiserver, world, env=RUNBOOK_ENV) as stack:
+        for name in ("one", "two"):
+            assert stack.apply(H_ADMIN, f"workspace new {name} --owner {H_BOB.email}",
+                               approver=H_ADMIN2).state is RequestState.SUCCEEDED
+        for name in ("one", "two"):
+            done = stack.apply(H_ADMIN, f"workspace delete {name} --confirm {name}", approver=H_ADMIN2)
+            assert done.state is RequestState.SUCCEEDED, done.error
+        key = f"orphan-dex:{H_BOB.email}"
+        login = ("dex.coreos.com/v1", "passwords", dex_password_object_name(H_BOB.email), DEX_NAMESPACE)
+        assert apiserver.get(*login) is not None
+        found = {i.key: i for i in drift.find(stack.backend.drift_inventory())}
+        assert key in found and found[key].actions == (drift.CLEAN_UP,), found
+        desk_ = DriftDesk(stack.backend, WebClient(token=BOT_TOKEN), "CDRIFT", stack.core, lambda e: None,
+                          stack.clock, None)
+        cleanup = desk_.click(drift.CLEAN_UP, key, H_ADMIN, "k-clean-dex")
+        stack.approve(cleanup.request.id, H_ADMIN2)
+        stack.run()
+        assert stack.request(cleanup.request.id).state is RequestState.SUCCEEDED
+        assert key not in {i.key for i in drift.find(stack.backend.drift_inventory())}
+        assert apiserver.get(*login) is None

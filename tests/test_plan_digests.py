@@ -163,6 +163,7 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         RUNBOOK,
     ),
     "drift-cleanup-iam": (kinds.DriftCleanup("iam:s3-an2-aic-dev-gone"), StaticFacts(), RUNBOOK),
+    "drift-cleanup-dex": (kinds.DriftCleanup("dex:Gone.Owner@example.com"), StaticFacts(), RUNBOOK),
 }
 
 GOLDEN: dict[str, str] = {
@@ -199,6 +200,7 @@ GOLDEN: dict[str, str] = {
     "drift-adopt-grant": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
     "drift-cleanup-bucket": "ab8580284c211aa52167f5b261a7e3bae92c5fa3fcccc00ef4eaafd26f2a8287",
     "drift-cleanup-iam": "800b5995c237f2f309fe220f7315d87b710b99f6de5bc8ae439490193a12d1a9",
+    "drift-cleanup-dex": "f6ed582cf629836dca3caf31aab8e3cdf26b8e48b4fcb0fddde00715adee0dbc",
     "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first

@@ -31,7 +31,7 @@ from handlers.plan import JSON, Plan, Step
 from handlers.ports import Facts
 from handlers.settings import CoreSettings
 
-USAGE = "/kf drift cleanup bucket:NAME|nodegroup:NAME|iam:BUCKET [--purge-data]"
+USAGE = "/kf drift cleanup bucket:NAME|nodegroup:NAME|iam:BUCKET|dex:EMAIL [--purge-data]"
 
 
 def _may_request(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
@@ -64,6 +64,8 @@ class DriftCleanup:
             naming.validate_bucket_name(name, field="target")
         elif what == "nodegroup":
             naming.validate_nodegroup_name(name, field="target")
+        elif what == "dex":
+            object.__setattr__(self, "target", f"dex:{naming.normalize_email(name)}")
         else:
             raise errors.InvalidInput(
                 f"{naming.show_value(str(self.target))} is not an orphan to clean up.", usage=USAGE
@@ -106,6 +108,16 @@ class DriftCleanup:
                 "Every object in the bucket is deleted." if self.purge_data
                 else "A bucket that holds data is kept and reported (`--purge-data` deletes it)."
             )
+        elif self.what == "dex":
+            if ctx.facts.user_in_use(self.name, ""):
+                raise errors.InvalidInput(f"The Dex login {self.name} still owns or shares a workspace.")
+            step = Step(
+                ActionName.DEX_USER_REMOVE,
+                f"DexUser/{self.name}",
+                {"email": self.name, "mode": ctx.settings.workspace.dex_mode},
+                f"delete the Dex login {self.name}{gone}",
+            )
+            warning = "The person can no longer sign in to Kubeflow with it."
         elif self.what == "iam":
             arns = ctx.settings.workspace.iam_policy_arns
             if not arns:
