@@ -236,6 +236,7 @@ def _quota(ws: WorkspaceSeen) -> list[DriftItem]:
     data: dict[str, JSON] = {
         "hard": {r: ws.hard[r] for r in changed if r in ws.hard},
         "recorded": {r: ws.quota[r] for r in changed if r in ws.quota},
+        "cluster": dict(ws.hard),
     }
     return [DriftItem(
         _key(What.QUOTA, ws.name), What.QUOTA, ws.name, ws.owner,
@@ -314,11 +315,9 @@ def adopt_request(item: DriftItem, actor: Actor, settings: CoreSettings) -> Drif
     if item.what is What.CONTRIBUTOR_REMOVED:
         return DriftAdopt(item.key, item.workspace, "ungrant", adopted_by, user=str(data["user"]))
     if item.what is What.QUOTA:
-        hard = data["hard"]
-        assert isinstance(hard, dict)
-        return DriftAdopt(item.key, item.workspace, "quota", adopted_by,
-                          hard={str(k): str(v) for k, v in hard.items()},
-                          unset=tuple(sorted(set(_map(data["recorded"])) - set(hard))))
+        # The record takes the Profile's whole quota as it is now (a resource removed by hand
+        # leaves the record too).
+        return DriftAdopt(item.key, item.workspace, "quota", adopted_by, hard=_map(data["cluster"]))
     if item.what is What.SCALING:
         return DriftAdopt(item.key, item.workspace, "scaling", adopted_by, step=str(data["step"]),
                           min_size=_int(data["min_size"]), max_size=_int(data["max_size"]))

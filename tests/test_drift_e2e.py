@@ -149,7 +149,8 @@ def test_drift_finds_the_hand_edits_and_each_button_does_what_it_says(world: Liv
     found = items(world)
     # The bot's own bucket (tagged for the live workspace) is no orphan.
     assert set(found) == {contributor, quota, orphan}, found
-    assert found[quota].data == {"hard": {"cpu": "99"}, "recorded": {"cpu": original_cpu}}
+    assert found[quota].data["hard"] == {"cpu": "99"}
+    assert found[quota].data["recorded"] == {"cpu": original_cpu}
     assert found[contributor].data == {"user": EVE, "role": "edit"}
     d = desk(world)
 
@@ -230,6 +231,17 @@ def test_buttons_refuse_forged_values_stale_drift_and_admins_who_benefit(world: 
     assert world.request_count() == before
     d.click(drift.ADOPT, mine, ADMIN2, "k-other-admin")
     assert world.request_count() == before + 1
+    world.run()
+
+    # Adopting a hand-edited quota: the record takes the Profile's whole quota, nothing else moves.
+    world.patch_profile_by_hand({"cpu": "77"})
+    cluster = world.hard()
+    adopted = d.click(drift.ADOPT, quota, ADMIN2, "k-adopt-quota")
+    world.run()
+    assert world.request(adopted.request.id).state is RequestState.SUCCEEDED
+    assert world.hard() == cluster
+    assert quota not in items(world)
+    assert set(items(world)) == {orphan, contributor}  # every other resource is recorded as before
 
 
 def test_the_report_is_edited_not_reposted(world: Live, aws: AwsEnv) -> None:

@@ -70,8 +70,7 @@ class DriftAdopt:
     user: str | None = None
     role: str | None = None
     hard: Mapping[str, str] = field(default_factory=dict)
-    """quota: the whole quota to record (the recorded one with the cluster's changes)."""
-    unset: tuple[str, ...] = ()
+    """quota: the whole quota to record (the Profile's ``resourceQuotaSpec.hard`` now)."""
     step: str | None = None
     min_size: int | None = None
     max_size: int | None = None
@@ -92,7 +91,6 @@ class DriftAdopt:
             if not hard or not all(_short(k) and _short(v) for k, v in hard.items()):
                 raise errors.InvalidInput("A quota to adopt names resources and values.", field="hard")
             object.__setattr__(self, "hard", dict(hard))
-        object.__setattr__(self, "unset", tuple(str(u) for u in self.unset or ()))
         if self.what == "scaling":
             sizes = (self.min_size, self.max_size)
             if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 1000 for s in sizes):
