@@ -265,6 +265,17 @@ def test_the_report_is_edited_not_reposted(world: Live, aws: AwsEnv) -> None:
     assert len(reports) == 1 and "99" in json.dumps(reports[0].get("blocks"))
     assert len(world.slack.messages_in(ADMIN_CHANNEL)) == posts_before + 1
 
+    # Restore a hand-added contributor: the owner's unshare (applies at once), both halves gone.
+    restored = d.click(drift.RESTORE, f"contributor-added:{NS}:{EVE}", ALICE, "k-restore-eve")
+    assert restored.request.kind == kinds.Unshare.KIND and restored.request.requester_id == ALICE.user_id
+    world.run()
+    assert world.request(restored.request.id).state is RequestState.SUCCEEDED
+    name = kfam_binding_name(EVE, "edit")
+    assert world.binding(name) is None and world.policy(name) is None
+    assert d.publish() == "edited"
+    reports = [m for m in world.slack.messages_in(ADMIN_CHANNEL) if "Drift" in str(m.get("text"))]
+    assert len(reports) == 1 and EVE not in json.dumps(reports[0].get("blocks"))
+
 
 def _seen(recorded: drift.Scaling, live: drift.Scaling) -> drift.DriftInventory:
     ws = drift.WorkspaceSeen(
