@@ -31,7 +31,8 @@ import provisioning
 from bot import listeners
 from bot import logging as log
 from bot.cost import CostReporter
-from bot.digest import install_digest
+from bot.digest import DigestSchedule, install_digest
+from bot.drift import DriftDesk, install_drift
 from bot.home import Home, HomeNotifier, HomeSources
 from bot.http import HttpLimits, HttpServer, wsgi_app
 from bot.identity import Identity
@@ -160,6 +161,16 @@ def build_slack(
     )
     inbox = Inbox(backend.inbox, WorkPool(work_threads))
     inbox.client = client
+    schedule = settings.slack.drift_report
+    desk = DriftDesk(
+        backend,
+        client,
+        settings.slack.drift_channel or settings.slack.admin_channel,
+        core,
+        identity.user_id_for_email,
+        clock,
+        DigestSchedule(schedule, settings.core.cost.timezone) if schedule else None,
+    )
     deps = listeners.Deps(
         settings=settings,
         core=core,
@@ -168,6 +179,7 @@ def build_slack(
         inbox=inbox,
         home=home,
         people=backend,
+        drift=desk,
     )
     listeners.register(app, deps)
     return SlackEdge(app, deps, notifier, client, home)
@@ -327,7 +339,10 @@ def start_slack(
         raise
     stop_event = threading.Event()
     worker = backend.start_worker(edge.notifier, stop_event)
-    bot_timers = install_digest(settings, backend, edge.client, clock)
+    bot_timers = {
+        **install_digest(settings, backend, edge.client, clock),
+        **install_drift(edge.deps.drift, settings.slack.drift_report),
+    }
     # Only a live backend can scan the cluster (the dry-run has no GPUs to find).
     cost = build_cost_reporter(settings, backend, edge, clock) if backend.mode == "live" else None
     every = settings.core.offboard.every

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Protocol
 
 from bot import render
-from handlers import errors, parse, policy, services
+from handlers import drift, errors, parse, policy, services
 from handlers.model import Actor
 from handlers.ports import UnmanagedGroup
 from provisioning import Contributor, IdleScan, TokenRecord, WorkspaceRecord, WorkspaceView
@@ -30,6 +30,7 @@ class WorkspaceReads(Protocol):
     def gpu_status(self) -> IdleScan: ...
 
     def scan_unmanaged(self) -> tuple[UnmanagedGroup, ...] | None: ...
+    def drift_inventory(self) -> drift.DriftInventory: ...
 
 
 def _visible(core: services.Core, actor: Actor, view: WorkspaceView | None, name: str) -> WorkspaceView:
@@ -83,6 +84,10 @@ def control(
         return render.gpu_status_text(gpu_status(core, backend, actor, command.workspace), style)
     if isinstance(command, parse.WorkspaceScan):
         return render.scan_text(scan(backend, actor), style)
+    if isinstance(command, parse.Drift):
+        inventory = backend.drift_inventory()
+        items = drift.visible(drift.find(inventory), actor, core.settings)
+        return style.message(drift.text(items, inventory.notes))
     if isinstance(command, parse.PinAll):
         names = [row.name for row in backend.workspaces()]
         return render.pins_text(services.pin_all(core, actor, names), style)

@@ -80,6 +80,11 @@ class SlackSettings:
     home_refresh_seconds: float = 3.0
     """``KFBOT_HOME_REFRESH_SECONDS``: a burst of changes within this many seconds republishes a
     person's App Home once."""
+    drift_report: str = "0 9 * * mon"
+    """``KFBOT_DRIFT_REPORT``: when the drift report is posted (or edited), in the cost digest's
+    crontab syntax and ``KFBOT_TIMEZONE``; empty or ``off``: no scheduled report."""
+    drift_channel: str = ""
+    """``KFBOT_DRIFT_CHANNEL``: where the drift report goes; empty: the admin channel."""
 
     @property
     def socket_mode(self) -> bool:
@@ -243,6 +248,12 @@ class Settings:
                 "KFBOT_CONFIRM_ABOVE", env.text("KFBOT_CONFIRM_ABOVE", "1000"), _dollars
             ),
             home_refresh_seconds=env.number("KFBOT_HOME_REFRESH_SECONDS", 3.0, minimum=0, maximum=60),
+            drift_report=env.convert(
+                "KFBOT_DRIFT_REPORT",
+                env.text("KFBOT_DRIFT_REPORT", SlackSettings.drift_report),
+                check_digest_schedule,
+            ),
+            drift_channel=env.text("KFBOT_DRIFT_CHANNEL"),
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),

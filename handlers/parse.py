@@ -90,6 +90,11 @@ class WorkspaceScan:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """``/kf drift``: where the cluster and the bot's record disagree (admins: all; owners: theirs)."""
+
+
+@dataclass(frozen=True)
 class WorkspaceForm:
     """``/kf workspace new`` with no arguments: the edge opens the form."""
 
@@ -109,6 +114,7 @@ Control = (
     | GpuStatus
     | Offboard
     | WorkspaceScan
+    | Drift
 )
 Command = kinds.RequestKind | Control
 UserResolver = Callable[[str], str]
@@ -126,6 +132,7 @@ CONTROL_USAGE = {
     "gpu status": "/kf gpu status [WORKSPACE]",
     "offboard": "/kf offboard EMAIL",
     "workspace scan": "/kf workspace scan",
+    "drift": "/kf drift",
 }
 USAGE = {**CONTROL_USAGE, **kinds.USAGES}
 """Every command's usage line, by its words (``"workspace new"``); the kinds' come from their modules."""
@@ -274,6 +281,9 @@ def parse_command(
         (workspace,) = _positional("contributors", rest, ["WORKSPACE"])
         naming.validate_workspace_name(workspace)
         return Contributors(workspace)
+    if command == "drift":
+        _positional("drift", rest, [])
+        return Drift()
     if command == "tokens":
         _positional("tokens", rest, [])
         return Tokens()

@@ -122,6 +122,10 @@ def grant_recorded(trail: Sequence[Event], workspace: str, user: str, role: str)
     if created is None or not any(e.type is EventType.SUCCEEDED for e in trail):
         return False
     args = as_object(created.data.get("args") or {})
+    if created.data.get("kind") == kinds.DriftAdopt.KIND:
+        # An admin adopted a grant made by hand into the record (a system decision).
+        return args.get("workspace") == workspace and args.get("what") == "grant" and (
+            args.get("user"), args.get("role")) == (user, role)
     if created.data.get("kind") != kinds.Share.KIND or args.get("workspace") != workspace:
         return False
     steps = as_list(as_object(created.data.get("plan") or {}).get("steps") or [])

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from handlers import errors, kinds, naming, policy
+from handlers import drift, errors, kinds, naming, policy
 from handlers.cost import autostop
 from handlers.errors import SubjectBusy
 from handlers.kinds import PlanContext, RequestKind
@@ -680,3 +680,19 @@ def _system_request(
         # Nothing left to expire (the grant, token or workspace is gone already).
         log.info("%s: nothing to do: %s", key, exc.user_message)
         return None
+
+
+def adopt_drift(
+    core: Core, actor: Actor, kind: kinds.DriftAdopt, *, idempotency_key: str, correlation_id: str = ""
+) -> Submitted:
+    """Adopt into the record (the drift report's button): the registry takes the cluster's state.
+    Only an admin who does not benefit (neither the workspace's people nor the person whose access
+    it is) may; it is filed as a system decision (``system:drift.adopt``) naming that admin, and
+    changes nothing in the cluster (its plan has no step)."""
+    drift.check_may_adopt(kind, actor, kind.beneficiaries(core.facts), core.settings)
+    decision = AutoDecision(
+        policy.system_rule(kinds.DriftAdopt.KIND),
+        f"an admin adopted the cluster's state into the record ({kind.drift})",
+        f"drift {kind.drift} adopted by {actor.user_id}",
+    )
+    return _record(core, SYSTEM, kind, idempotency_key, decision, correlation_id)

@@ -8,6 +8,7 @@ from provisioning.metrics import Metrics
 from provisioning.records import (
     Contributor,
     CostReportRecord,
+    DriftReportRecord,
     GrantRecord,
     IdleScan,
     MonthUsage,
@@ -35,6 +36,7 @@ __all__ = [
     "CostReportRecord",
     "DexSettings",
     "DoctorReport",
+    "DriftReportRecord",
     "EngineSettings",
     "GrantRecord",
     "IdleScan",

@@ -640,6 +640,45 @@ class AwsActions:
                     return total, False
         return total, True
 
+    def tagged_buckets(self, tag: str) -> dict[str, str]:
+        """Bucket -> its value of tag ``tag``, for every bucket of the account that carries it
+        (the drift report's orphans). One ``ListBuckets``, one ``GetBucketTagging`` per bucket."""
+        s3 = self._s3()
+        found: dict[str, str] = {}
+        with _aws_call("listing S3 buckets"):
+            for bucket in s3.list_buckets().get("Buckets", []):
+                name = bucket.get("Name", "")
+                try:
+                    tags = self._bucket_tags(s3, name)
+                except ClientError as e:
+                    if _code(e) in ("NoSuchBucket", "AccessDenied"):
+                        continue  # gone meanwhile, or another team's: not ours to judge
+                    raise
+                if tag in tags:
+                    found[name] = tags[tag]
+        return found
+
+    def bot_policy_buckets(self, policy_arn: str) -> list[str]:
+        """The buckets the bot's own statement (``BOT_SID``) of ``policy_arn`` grants, in order."""
+        with _aws_call(f"reading IAM policy {_policy_name(policy_arn)}"):
+            document = self._default_document(self._iam(), policy_arn)
+        statements = _as_list(document.get("Statement", []))
+        ours = next((s for s in statements if isinstance(s, Mapping) and s.get("Sid") == BOT_SID), None)
+        buckets = (_bucket_of(arn) for arn in _bot_resources(ours))
+        return list(dict.fromkeys(b for b in buckets if b))
+
+    def tagged_nodegroups(self, cluster: str, tag: str) -> dict[str, str]:
+        """Nodegroup -> its value of tag ``tag``, for every nodegroup of ``cluster`` carrying it."""
+        found: dict[str, str] = {}
+        with _aws_call(f"listing the nodegroups of cluster {cluster}"):
+            for page in self._eks().get_paginator("list_nodegroups").paginate(clusterName=cluster):
+                for name in page.get("nodegroups", []):
+                    nodegroup = self._describe(cluster, name)
+                    tags = (nodegroup or {}).get("tags") or {}
+                    if tag in tags:
+                        found[name] = tags[tag]
+        return found
+
     # -- aws.bucket --
 
     def _ensure_bucket(self, params: BucketParams) -> StepOutcome:

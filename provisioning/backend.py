@@ -19,9 +19,11 @@ from handlers.actions import ActionName
 from handlers.cost import autostop, idle
 from handlers.cost.digest import BilledCost, Period
 from handlers.cost.inventory import Inventory, NotebookActivity
+from handlers.drift import DriftInventory, Orphan, RecordedNodegroup, Scaling, WorkspaceSeen
+from handlers.errors import KfError
 from handlers.model import Request
 from handlers.offboard import Person
-from handlers.plan import JSON
+from handlers.plan import JSON, as_object
 from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer, UnmanagedGroup
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
@@ -33,6 +35,7 @@ from provisioning.metrics import Metrics, count_requests
 from provisioning.records import (
     Contributor,
     CostReportRecord,
+    DriftReportRecord,
     IdleScan,
     MonthUsage,
     TokenRecord,
@@ -399,6 +402,124 @@ class Backend:
             uow.cost.delete_report(channel)
             uow.commit()
 
+    # -- drift: the registry against the cluster ----------------------------------------------------
+    def drift_inventory(self) -> DriftInventory:
+        """What the registry records and what the cluster has, for ``handlers.drift.find``: per
+        workspace its grants, quota and nodegroup bounds, recorded and live; bot-tagged buckets and
+        nodegroups whose workspace the registry no longer has; Profiles it does not know. Dry-run
+        has no cluster: the recorded side only, with a note. Reads nothing it could change."""
+        now = self.clock.now()
+        recorded: list[tuple[WorkspaceRecord, dict[str, str], dict[str, str]]] = []
+        logins: dict[str, str] = {}
+        """Email -> the gone workspace whose create made the Dex login, for logins nobody uses now."""
+        with self.db.uow(read_only=True) as uow:
+            for row in uow.registry.list_workspaces():
+                grants = {g.user: g.role for g in uow.registry.grants(row.name)}
+                recorded.append((row, grants, RegistryFacts.recorded_quota(uow, row.name, row)))
+            for gone in uow.registry.deleted_workspaces():
+                for entry in gone.created.values():
+                    email = str(as_object(entry["params"]).get("email") or "")
+                    if entry.get("action") == ActionName.DEX_USER and email:
+                        logins.setdefault(email, gone.name)
+        if self.mode != "live" or self._live is None:
+            seen = tuple(
+                WorkspaceSeen(row.name, row.namespace, row.owner, grants, quota, None, None)
+                for row, grants, quota in recorded
+            )
+            return DriftInventory(now, seen, notes=("Dry-run mode has no cluster to compare with.",))
+        from provisioning import k8s
+        from provisioning.costexplorer import WORKSPACE_TAG
+
+        parts = self._live_parts()
+        cluster = self.core.workspace.cluster
+        notes: list[str] = []
+        workspaces = []
+        for row, grants, quota in recorded:
+            state = self._live.workspace_state(row.namespace)
+            nodegroups = []
+            for key, entry in row.created.items():
+                if entry.get("action") != ActionName.NODEGROUP:
+                    continue
+                params = entry.get("params")
+                if not isinstance(params, dict) or params.get("cluster") != cluster:
+                    continue
+                name = str(params.get("name"))
+                described = parts.aws.describe_nodegroup(cluster, name)
+                live = None if described is None else _scaling(described.get("scalingConfig"))
+                recorded_scaling = _scaling(params.get("scaling")) or Scaling(0, 0)
+                nodegroups.append(RecordedNodegroup(key, name, recorded_scaling, live))
+            workspaces.append(
+                WorkspaceSeen(
+                    row.name,
+                    row.namespace,
+                    row.owner,
+                    grants,
+                    quota,
+                    dict(state.contributors) if state.profile_exists else None,
+                    dict(state.profile_hard) if state.profile_hard is not None else None,
+                    tuple(nodegroups),
+                )
+            )
+        names = {row.name for row, _, _ in recorded}
+        orphans: list[Orphan] = []
+        sources: list[tuple[str, Callable[[], dict[str, str]]]] = [
+            ("bucket", lambda: parts.aws.tagged_buckets(WORKSPACE_TAG))
+        ]
+        if cluster:
+            sources.append(("nodegroup", lambda: parts.aws.tagged_nodegroups(cluster, WORKSPACE_TAG)))
+        for what, read in sources:
+            try:
+                tagged = read()
+            except KfError as exc:  # one unreadable source leaves the rest of the report standing
+                notes.append(f"Orphan {what}s were not checked: {exc.user_message}")
+                continue
+            orphans += [Orphan(what, name, ws) for name, ws in sorted(tagged.items()) if ws not in names]
+        kept = {
+            str(as_object(entry["params"]).get("bucket"))
+            for row, _, _ in recorded
+            for entry in row.created.values()
+            if entry.get("action") == ActionName.BUCKET
+        }
+        granted: dict[str, list[str]] = {}
+        for arn in self.core.workspace.iam_policy_arns:
+            try:
+                for bucket in parts.aws.bot_policy_buckets(arn):
+                    granted.setdefault(bucket, []).append(arn.rsplit("/", 1)[-1])
+            except KfError as exc:
+                notes.append(f"IAM policy {arn.rsplit('/', 1)[-1]} was not checked: {exc.user_message}")
+        orphans += [
+            Orphan("iam", bucket, "", "granted by " + ", ".join(policies))
+            for bucket, policies in sorted(granted.items())
+            if bucket not in kept
+        ]
+        in_use = {row.owner for row, _, _ in recorded} | {u for _, grants, _ in recorded for u in grants}
+        for email, gone_name in sorted(logins.items()):
+            if email in in_use or gone_name in names:
+                continue
+            try:
+                if parts.dex.user_exists(email):
+                    orphans.append(Orphan("dex", email, gone_name))
+            except KfError as exc:
+                notes.append(f"Dex logins were not checked: {exc.user_message}")
+                break
+        namespaces = {row.namespace for row, _, _ in recorded}
+        unknown = tuple(
+            (str(p["metadata"]["name"]), str(((p.get("spec") or {}).get("owner") or {}).get("name") or ""))
+            for p in parts.kube.list(k8s.PROFILE)
+            if p["metadata"]["name"] not in namespaces
+        )
+        return DriftInventory(now, tuple(workspaces), tuple(orphans), unknown, tuple(notes))
+
+    def drift_report(self, channel: str) -> DriftReportRecord | None:
+        with self.db.uow(read_only=True) as uow:
+            row = uow.drift.get(channel)
+        return None if row is None else DriftReportRecord(row.channel, row.ts, row.digest, row.items)
+
+    def save_drift_report(self, channel: str, ts: str | None, digest: str, items: Mapping[str, JSON]) -> None:
+        with self.db.uow() as uow:
+            uow.drift.put(channel, ts, digest, items, self.clock.now())
+            uow.commit()
+
     # -- audit -----------------------------------------------------------------------------------
     def audit_verify(self, expect_head: str | None = None) -> audit.VerifyResult:
         return audit.verify(self.db, self.settings.audit_key, expect_head)
@@ -599,6 +720,16 @@ def _month(ledger: UsageLedger, now: datetime) -> tuple[MonthUsage, ...]:
         MonthUsage(ws, acc[0] / 3600, acc[1] / 3600, acc[2], acc[3])
         for ws, acc in sorted(totals.items(), key=lambda kv: kv[0] or "\uffff")
     )
+
+
+def _scaling(config: object) -> Scaling | None:
+    """EKS's ``scalingConfig`` (or the registry's record of it) as bounds; None when absent."""
+    if not isinstance(config, Mapping):
+        return None
+    low, high, desired = config.get("minSize"), config.get("maxSize"), config.get("desiredSize")
+    if not isinstance(low, int) or not isinstance(high, int):
+        return None
+    return Scaling(low, high, desired if isinstance(desired, int) else None)
 
 
 def _drift(recorded: dict[str, str], live: dict[str, str], owner: str, live_owner: str | None) -> list[str]:

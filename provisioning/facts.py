@@ -145,10 +145,21 @@ class RegistryFacts:
                                  states=[RequestState.SUCCEEDED], limit=limit)
 
     @classmethod
+    def recorded_quota(cls, uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:
+        """The quota the bot recorded last for ``name`` (what the drift report compares with)."""
+        return cls._last_quota(uow, name, row)
+
+    @classmethod
     def _last_quota(cls, uow: SqlUnitOfWork, name: str, row: WorkspaceRecord) -> dict[str, str]:
         # Without a cluster to ask, the quota is what the last applied change set, in this
         # workspace: not one of an earlier workspace of the same name.
         last = cls._quota_changes(uow, name, limit=1)
+        adopted = uow.requests.list(kind=kinds.DriftAdopt.KIND, subject=kinds.quota_subject(name),
+                                    states=[RequestState.SUCCEEDED], limit=1)
+        if adopted and adopted[0].created_at >= row.created_at and (
+            not last or adopted[0].created_at >= last[0].created_at
+        ):
+            return as_text_map(adopted[0].args["hard"])  # an admin adopted a quota edited by hand
         if last and last[0].created_at >= row.created_at:
             return as_text_map(last[0].plan.steps[0].params["hard"])
         for entry in row.created.values():

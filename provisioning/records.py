@@ -147,3 +147,13 @@ class CostReportRecord:
     ts: str | None
     digest: str
     items: Mapping[str, JSON]
+
+
+@dataclass(frozen=True)
+class DriftReportRecord:
+    """Where a channel's drift report message is and what it listed (``drift_reports``)."""
+
+    channel: str
+    ts: str | None
+    digest: str
+    items: Mapping[str, JSON]

@@ -75,3 +75,13 @@ def test_bad_cost_values_stop_start_up_naming_the_variable(name: str, value: str
 
 def test_the_digest_can_be_switched_off() -> None:
     assert Settings.from_env({"KFBOT_COST_DIGEST": "off"}).core.cost.digest_schedule == ""
+
+
+def test_the_drift_report_takes_the_digest_schedule_syntax_and_its_own_channel() -> None:
+    s = Settings.from_env({"KFBOT_DRIFT_REPORT": "0 7 * * fri", "KFBOT_DRIFT_CHANNEL": "CDRIFT"})
+    assert (s.slack.drift_report, s.slack.drift_channel) == ("0 7 * * fri", "CDRIFT")
+    assert Settings.from_env({"KFBOT_DRIFT_REPORT": "off"}).slack.drift_report == ""
+    assert Settings.from_env({}).slack.drift_report == "0 9 * * mon"
+    for bad in ("0 9 * * 1", "0 9 * *", "0 25 * * mon"):
+        with pytest.raises(SettingsError, match="KFBOT_DRIFT_REPORT"):
+            Settings.from_env({"KFBOT_DRIFT_REPORT": bad})

@@ -82,7 +82,7 @@ def canonical(email: str) -> str:
 # What the state machine explored, reported at the end of the session (tests/conftest.py).
 EXPLORED: Counter[str] = Counter()
 CELLS: set[tuple[str, str]] = set()
-ACTIONS_PER_ACTOR = 18  # thirteen kinds to submit; approve, reject, cancel, retry, show token
+ACTIONS_PER_ACTOR = 22  # seventeen kinds to submit; approve, reject, cancel, retry, show token
 SYSTEM_CELLS = 6  # the engine, timers, offboarding, three hand edits of the database
 
 
@@ -377,6 +377,43 @@ class GateMachine(RuleBasedStateMachine):
     @rule(who=who, owner=st.sampled_from((None, *PEOPLE)))
     def adopt(self, who: str, owner: str | None) -> None:
         self._submit(who, kinds.WorkspaceAdopt(LEGACY, owner))
+
+    # -- drift (#12): Adopt into the record (a system decision) and Clean up --------------------------
+    @rule(who=who, ws=workspace, user=person, role=st.sampled_from(kinds.ROLES))
+    def adopt_drift(self, who: str, ws: str, user: str, role: str) -> None:
+        """Only an admin who is none of the workspace's people nor the grantee adopts; what is
+        adopted is applied as ``system:drift.adopt`` (and then counts as a recorded grant)."""
+        self._cell(who, "adopt drift")
+        actor = ACTORS[who]
+        if canonical(user) == self.oracle.owners.get(ws):
+            return  # the drift report never lists the owner as a contributor
+        benefits = canonical(actor.email) in self.oracle.people(ws) | {canonical(user)}
+        permitted = actor.is_admin and not benefits
+        key = f"contributor-added:{ws}:{user}"
+        kind = kinds.DriftAdopt(key, ws, "grant", actor.email, user=user, role=role)
+        try:
+            result = services.adopt_drift(
+                self.stack.core, actor, kind, idempotency_key=f"adopt:{EXPLORED['steps']}:{who}"
+            )
+        except errors.Forbidden:
+            assert not permitted, f"{who} was refused adopting {user} into {ws}"
+            return
+        except errors.KfError:
+            return  # busy subject, workspace gone
+        assert permitted, f"{who} adopted {user} into {ws}"
+        request = result.request
+        assert request.requester_id == SYSTEM.user_id and request.state is RequestState.APPROVED
+        self.requests.append(request.id)
+        self.requester_of[request.id] = SYSTEM
+
+    @rule(who=who, what=st.sampled_from(("bucket:s3-an2-aic-dev-gone", "nodegroup:ng-gone-standard")))
+    def clean_up(self, who: str, what: str) -> None:
+        before = len(self.requests)
+        self._submit(who, kinds.DriftCleanup(what, workspace="gone-ws"))
+        if len(self.requests) > before:
+            request = self.stack.request(self.requests[-1])
+            assert ACTORS[who].is_admin, f"{who} filed a clean-up"
+            assert request.state is RequestState.PENDING, "a clean-up applied without an admin"
 
     # -- buttons and modals ------------------------------------------------------------------------
     def _pick(self, data: st.DataObject, *, pending: bool = False) -> str | None:

@@ -256,6 +256,23 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         RUNBOOK,
     ),
     "gpu-down-adopted": (kinds.GpuScale("aic-ns-legacy-ws", 0), _adopted(), RUNBOOK),
+    # Drift (#12): frozen from their first release on.
+    "drift-adopt-grant": (
+        kinds.DriftAdopt("contributor-added:team-a:d@example.com", "team-a", "grant", "admin@example.com",
+                         user="d@example.com", role="view"),
+        _facts(),
+        RUNBOOK,
+    ),
+    "drift-cleanup-bucket": (
+        kinds.DriftCleanup("bucket:s3-an2-aic-dev-gone", workspace="gone"), StaticFacts(), RUNBOOK
+    ),
+    "drift-cleanup-nodegroup-purge": (
+        kinds.DriftCleanup("nodegroup:ng-an2-aicond-gone-ws-standard", purge_data=True),
+        StaticFacts(),
+        RUNBOOK,
+    ),
+    "drift-cleanup-iam": (kinds.DriftCleanup("iam:s3-an2-aic-dev-gone"), StaticFacts(), RUNBOOK),
+    "drift-cleanup-dex": (kinds.DriftCleanup("dex:Gone.Owner@example.com"), StaticFacts(), RUNBOOK),
 }
 
 GOLDEN: dict[str, str] = {
@@ -309,6 +326,11 @@ GOLDEN: dict[str, str] = {
     "adopt-owner-given": "daaf0b7164a121c128f2007c118fdbd20af792f7151fa8fdcb25405e0fb57adc",
     "delete-adopted-named": "b1dcd49718d03b21e3acc80679b683fe5181b4343d24d6189899bdeec4e3be0a",
     "gpu-down-adopted": "95389eddb2d9dd0348400f52af283c66b01e017cc42ed5546a567352ce963584",
+    "drift-adopt-grant": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+    "drift-cleanup-bucket": "ab8580284c211aa52167f5b261a7e3bae92c5fa3fcccc00ef4eaafd26f2a8287",
+    "drift-cleanup-iam": "800b5995c237f2f309fe220f7315d87b710b99f6de5bc8ae439490193a12d1a9",
+    "drift-cleanup-dex": "f6ed582cf629836dca3caf31aab8e3cdf26b8e48b4fcb0fddde00715adee0dbc",
+    "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -30,7 +30,7 @@ from bot import blocks, render
 from bot import logging as log
 from bot.listeners.common import Deps, after_ack, durable, error_reply, tell
 from bot.payloads import Action, BlockActions, text_at
-from handlers import kinds, services
+from handlers import drift, kinds, services
 from handlers.cost import buttons
 from handlers.model import Actor
 from handlers.ports import RevealedSecret
@@ -270,6 +270,31 @@ def register(app: App, deps: Deps) -> None:
     for action_id in buttons.ACTIONS:
         on_durable_click(app, deps, action_id, report_button(action_id))
     on_durable_click(app, deps, kinds.ADOPT_BUTTON, adopt)
+
+    def drift_button(action_id: str) -> Click:
+        def work(body: BlockActions, value: str, client: WebClient, say: Callable[[str], None]) -> None:
+            if deps.drift is None:
+                say("The drift report is not available here.")
+                return
+            user = body["user"]["id"]
+            actions = body.get("actions") or [{}]
+            click = str(actions[0].get("action_ts") or body.get("trigger_id") or message_ts(body))
+            result = deps.drift.click(
+                action_id, value, identity.actor(user), f"button:{action_id}:{user}:{click}",
+                log.correlation_id(),
+            )
+            logger.info("%s clicked %s: %s", user, action_id, result.request.id,
+                        extra={"request_id": result.request.id})
+            say(blocks.fallback(render.submitted_text(
+                result.request, duplicate=result.duplicate, auto_reason=result.auto_reason, style=render.SLACK
+            )))
+
+        return work
+
+    for action_id in buttons.ACTIONS:
+        on_durable_click(app, deps, action_id, report_button(action_id))
+    for action_id in drift.ACTIONS:
+        on_durable_click(app, deps, action_id, drift_button(action_id))
     on_durable_click(app, deps, blocks.APPROVE, approve)
     on_click(app, deps, blocks.REJECT, reject)
     on_click(app, deps, blocks.VIEW_PLAN, view_plan)

@@ -75,6 +75,9 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
     if isinstance(parsed, parse.WorkspaceScan):
         text, blks = blocks.scan_message(scan(deps.backend, actor))
         respond(text=text, blocks=blks, response_type="ephemeral")
+    if isinstance(parsed, parse.Drift) and deps.drift is not None:
+        said, shown = deps.drift.answer(actor)
+        respond(text=said, blocks=blocks.to_dicts(shown), response_type="ephemeral")
         return
     if isinstance(parsed, parse.Control):
         respond(

@@ -25,6 +25,7 @@ import provisioning
 from bot import logging as log
 from bot import render
 from bot.controls import WorkspaceReads
+from bot.drift import DriftDesk
 from bot.home import Home
 from bot.identity import Identity
 from bot.offboard import OffboardBackend
@@ -350,6 +351,8 @@ class Deps:
     """``provisioning.Backend``'s read models (workspaces, contributors, tokens)."""
     inbox: Inbox
     """Where acked work is recorded and run (``durable``)."""
+    drift: DriftDesk | None = None
+    """The drift report's desk (``/kf drift`` and its buttons); None: not wired (the shell)."""
     quick: WorkPool = field(default_factory=lambda: WorkPool(QUICK_THREADS))
     people: OffboardBackend | None = None
     """``provisioning.Backend`` for ``/kf offboard`` (who holds access, their Slack ids)."""

@@ -31,6 +31,8 @@ from handlers.kinds.base import (
     to_args,
     token_account_name,
 )
+from handlers.kinds.drift_adopt import DriftAdopt
+from handlers.kinds.drift_cleanup import DriftCleanup
 from handlers.kinds.gpu_hold import GpuHold
 from handlers.kinds.gpu_scale import DOWN_SYNTAX, DOWN_USAGE, GpuScale
 from handlers.kinds.notebook_stop import NotebookStop
@@ -75,6 +77,8 @@ KINDS: Mapping[str, type[RequestKind]] = {
         WorkspaceTransfer,
         PasswordResetFor,
         WorkspaceAdopt,
+        DriftAdopt,
+        DriftCleanup,
     )
 }
 
@@ -122,6 +126,8 @@ __all__ = [
     "TIMERS",
     "USAGES",
     "Applied",
+    "DriftAdopt",
+    "DriftCleanup",
     "GpuHold",
     "GpuScale",
     "NotebookStop",

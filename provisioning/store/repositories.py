@@ -767,6 +767,11 @@ class SqlRegistry:
             query = query.where(workspaces.c.owner == owner)
         return [_workspace(row) for row in self._tx.conn.execute(query)]
 
+    def deleted_workspaces(self) -> list[WorkspaceRecord]:
+        """Workspaces marked deleted (what they made: the drift report's orphan Dex logins)."""
+        query = sa.select(workspaces).where(workspaces.c.deleted_at.is_not(None)).order_by(workspaces.c.name)
+        return [_workspace(row) for row in self._tx.conn.execute(query)]
+
     def mark_workspace_deleted(self, name: str, at: datetime) -> bool:
         result = self._tx.conn.execute(
             sa.update(workspaces)

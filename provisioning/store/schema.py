@@ -286,6 +286,17 @@ cost_reports = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 
+# Where each channel's drift report is (bot/drift.py): the next report edits it, never reposts.
+drift_reports = sa.Table(
+    "drift_reports",
+    metadata,
+    sa.Column("channel", sa.String(), primary_key=True),
+    sa.Column("ts", sa.String(), nullable=True),
+    sa.Column("digest", sa.String(), nullable=False),
+    sa.Column("items", _json(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
 # GPU node time as the scans observed it, one row per node per UTC day: the digest's node-hours,
 # idle share and dollars (price at the time of the scan, list on-demand unless overridden).
 gpu_usage = sa.Table(

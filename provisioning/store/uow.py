@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from handlers.ports import AuditLog, DecisionKeys, RequestRepository, Timers
 from provisioning.store.audit_chain import SqlAuditLog
 from provisioning.store.cost import SqlCost
+from provisioning.store.drift import SqlDriftReports
 from provisioning.store.outbox import SqlOutbox
 from provisioning.store.repositories import (
     SqlDecisionKeys,
@@ -131,6 +132,7 @@ class ProvisioningUnitOfWork(SqlUnitOfWork):
     registry: SqlRegistry
     cost: SqlCost
     outbox: SqlOutbox
+    drift: SqlDriftReports
 
     def _open(self, tx: Tx) -> None:
         super()._open(tx)
@@ -138,6 +140,7 @@ class ProvisioningUnitOfWork(SqlUnitOfWork):
         self.registry = SqlRegistry(tx)
         self.cost = SqlCost(tx)
         self.outbox = SqlOutbox(tx)
+        self.drift = SqlDriftReports(tx)
 
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
 """Thread messages: the Slack ts of each step's one message in a card's thread, so a step's
 progress edits that message (``chat.update``) instead of posting another, across restarts.
 
-Revision ID: 0011
-Revises: 0005
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0007"
+revision: str = "0009"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
