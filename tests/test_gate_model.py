@@ -604,6 +604,41 @@ def test_the_oracle_sees_what_the_worker_applied_after_a_database_edit(
         machine.teardown()
 
 
+def test_an_expired_grant_counts_until_its_unshare_applies(sqlite_template: tuple[str, Path]) -> None:
+    """The mapped admin's timed grant on ``team-a`` expired and its unshare waits for the worker:
+    they still have the cluster's binding (and the registry's row), so a hold or a scale of
+    ``team-a``'s GPUs is still for them and waits for another admin, and they may not decide the
+    owner's quota request there (invariant 3). The facts used to drop an expired grant at once
+    when they have no cluster view, while with one the binding kept counting."""
+    GateMachine.database_url, GateMachine.template = sqlite_template
+    machine = GateMachine()
+    try:
+        machine.workspaces()
+        machine.share("requester", "team-a", ADMIN_MAPPED_ID, "edit", True)
+        machine.work()
+        assert ADMIN_MAPPED_ID in machine.oracle.people("team-a")
+        machine.quota("requester", "team-a", 4, False)
+        quota = machine.stack.request(machine.requests[-1])
+        assert quota.state is RequestState.PENDING
+        machine.time_passes(3)  # the grant's expiry files its unshare; the worker has not run
+        assert ADMIN_MAPPED_ID in machine.oracle.people("team-a")
+        for rule, arg in ((machine.hold, 4), (machine.scale, 0)):
+            rule("mapped-admin", "team-a", arg)  # checks the oracle's verdict against the product's
+            request = machine.stack.request(machine.requests[-1])
+            assert request.state is RequestState.PENDING, request.kind
+        with pytest.raises(errors.Forbidden):
+            services.decide(machine.stack.core, ADMIN_MAPPED, quota.id, approve=True, decision_key="k")
+        machine.work()  # the unshare applies: now they are no one in team-a
+        assert ADMIN_MAPPED_ID not in machine.oracle.people("team-a")
+        machine.stop_notebook("mapped-admin", "team-a", "nb1")
+        assert machine.stack.request(machine.requests[-1]).state is RequestState.APPROVED
+        machine.applied_only_when_authorized()
+        machine.every_transition_is_audited()
+        machine.the_chain_verifies()
+    finally:
+        machine.teardown()
+
+
 def test_every_actor_and_cost_kind_applies_alone_exactly_as_the_oracle_says(db_url: str) -> None:
     """The machine's cost-kind cells as a table, so no random draw can miss one: every actor files
     a stop, a hold and a scale (within the approved maximum, above it, above ``KFBOT_MAX_NODES``)
