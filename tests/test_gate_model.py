@@ -512,7 +512,9 @@ class GateMachine(RuleBasedStateMachine):
         candidates = [r for r in self.requests if self.stack.request(r).state in wanted]
         if not candidates:
             return
-        rid = data.draw(st.sampled_from(candidates))
+        self._edit_and_work(data.draw(st.sampled_from(candidates)), state)
+
+    def _edit_and_work(self, rid: str, state: str) -> None:
         self._cell("database writer", f"set {state}")
         with self.stack.backend.db.engine.begin() as conn:
             conn.execute(
@@ -524,6 +526,10 @@ class GateMachine(RuleBasedStateMachine):
             conn.execute(sa.text("DELETE FROM step_outcomes WHERE request_id = :id"), {"id": rid})
         self.oracle.tampered.add(rid)
         self.stack.run()
+        # The worker may have applied other requests waiting in the queue too (an owner's share
+        # with an admin): the oracle must see them, or it would judge the next request against
+        # people who no longer match the registry (an admin-contributor taken for an outsider).
+        self._apply_succeeded()
 
     # -- invariants --------------------------------------------------------------------------------
     def _trails(self) -> Iterator[tuple[str, list[Event]]]:
@@ -639,6 +645,70 @@ def test_gate_model_on_sqlite(sqlite_template: tuple[str, Path]) -> None:
 @pytest.mark.timeout(900)
 def test_gate_model_on_postgres(_migrated_postgres_url: str) -> None:
     _run(GateMachine, _migrated_postgres_url, None, examples=15)
+
+
+def test_the_oracle_sees_what_the_worker_applied_after_a_database_edit(
+    sqlite_template: tuple[str, Path],
+) -> None:
+    """A sequence the machine found: the owner shares ``team-a`` with the mapped admin (applies
+    alone, waits for the worker), the worker runs only after someone edits the database, and the
+    mapped admin then snoozes ``team-a``'s GPUs. They work there now (their Kubeflow id is a
+    contributor), so the hold waits for another admin (invariant 3); the oracle used to miss the
+    share and expected it to apply alone."""
+    GateMachine.database_url, GateMachine.template = sqlite_template
+    machine = GateMachine()
+    try:
+        machine.workspaces()
+        machine.share("requester", "team-a", ADMIN_MAPPED.email, "edit", False)
+        machine.create("stranger", BOB.email, "new-ws")  # pending: something for the edit to pick
+        shared, pending = machine.requests[-2:]
+        assert machine.stack.request(shared).state is RequestState.APPROVED
+        machine._edit_and_work(pending, "approved")
+        assert machine.stack.request(shared).state is RequestState.SUCCEEDED
+        machine.hold("mapped-admin", "team-a", 4)  # checks the oracle's verdict against the product's
+        assert ADMIN_MAPPED_ID in machine.oracle.people("team-a")
+        hold = machine.stack.request(machine.requests[-1])
+        assert hold.kind == kinds.GpuHold.KIND and hold.state is RequestState.PENDING
+        machine.applied_only_when_authorized()
+        machine.every_transition_is_audited()
+        machine.the_chain_verifies()
+    finally:
+        machine.teardown()
+
+
+def test_an_expired_grant_counts_until_its_unshare_applies(sqlite_template: tuple[str, Path]) -> None:
+    """The mapped admin's timed grant on ``team-a`` expired and its unshare waits for the worker:
+    they still have the cluster's binding (and the registry's row), so a hold or a scale of
+    ``team-a``'s GPUs is still for them and waits for another admin, and they may not decide the
+    owner's quota request there (invariant 3). The facts used to drop an expired grant at once
+    when they have no cluster view, while with one the binding kept counting."""
+    GateMachine.database_url, GateMachine.template = sqlite_template
+    machine = GateMachine()
+    try:
+        machine.workspaces()
+        machine.share("requester", "team-a", ADMIN_MAPPED_ID, "edit", True)
+        machine.work()
+        assert ADMIN_MAPPED_ID in machine.oracle.people("team-a")
+        machine.quota("requester", "team-a", 4, False)
+        quota = machine.stack.request(machine.requests[-1])
+        assert quota.state is RequestState.PENDING
+        machine.time_passes(3)  # the grant's expiry files its unshare; the worker has not run
+        assert ADMIN_MAPPED_ID in machine.oracle.people("team-a")
+        for rule, arg in ((machine.hold, 4), (machine.scale, 0)):
+            rule("mapped-admin", "team-a", arg)  # checks the oracle's verdict against the product's
+            request = machine.stack.request(machine.requests[-1])
+            assert request.state is RequestState.PENDING, request.kind
+        with pytest.raises(errors.Forbidden):
+            services.decide(machine.stack.core, ADMIN_MAPPED, quota.id, approve=True, decision_key="k")
+        machine.work()  # the unshare applies: now they are no one in team-a
+        assert ADMIN_MAPPED_ID not in machine.oracle.people("team-a")
+        machine.stop_notebook("mapped-admin", "team-a", "nb1")
+        assert machine.stack.request(machine.requests[-1]).state is RequestState.APPROVED
+        machine.applied_only_when_authorized()
+        machine.every_transition_is_audited()
+        machine.the_chain_verifies()
+    finally:
+        machine.teardown()
 
 
 def test_every_actor_and_cost_kind_applies_alone_exactly_as_the_oracle_says(db_url: str) -> None:

@@ -391,8 +391,12 @@ def from_args(cls: type[K], args: Mapping[str, JSON]) -> K:
 
 
 def workspace_people(facts: Facts, name: str) -> tuple[str, ...]:
+    """The people a workspace's request is for (``beneficiaries``). Recorded grants count too:
+    an expired grant keeps its access until its unshare applies, and a binding removed by hand
+    still has the registry's half, so such a person is still an interested party (an admin among
+    them neither decides nor auto-applies; docs/SECURITY.md invariant 3)."""
     ws = facts.workspace(name)
-    return () if ws is None else (ws.owner, *ws.contributors)
+    return () if ws is None else tuple(dict.fromkeys((ws.owner, *ws.contributors, *ws.recorded_grants)))
 
 
 def require_workspace(ctx: PlanContext, name: str) -> WorkspaceFacts:
