@@ -392,11 +392,18 @@ class RejectContext:
 
     @classmethod
     def load(cls, text: str) -> RejectContext:
-        data = json.loads(text or "{}")
+        # Slack hands back what ``dump`` wrote, but a forged submission may carry anything: what
+        # is not an object with an integer version (``true`` is not one) decides nothing.
+        try:
+            data = json.loads(text or "{}")
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            data = {}
         version = data.get("v")
         return cls(
             str(data.get("r", "")),
-            int(version) if isinstance(version, int) else None,
+            version if isinstance(version, int) and not isinstance(version, bool) else None,
             str(data.get("c", "")),
             str(data.get("t", "")),
         )

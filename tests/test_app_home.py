@@ -349,9 +349,17 @@ def test_a_forged_version_is_refused_in_words_and_decides_nothing(
         before = refusals()
         click_home(bot, fake_slack, BOB, blocks.APPROVE, f"{asked}:{version}")
         wait_until(lambda: refusals() > before, f"the refusal of version {version!r}")  # noqa: B023
+    # The reject modal's metadata, forged the same way: not JSON, not an object, a version of true.
+    for metadata in ["not json", "[1]", json.dumps({"r": asked, "v": True, "c": "", "t": ""})]:
+        before = refusals()
+        body = view_submission_body(
+            blocks.REJECT_VIEW, {"reason": {"reason": "x"}}, user_id=BOB, private_metadata=metadata
+        )
+        assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
+        wait_until(lambda: refusals() > before, f"the refusal of metadata {metadata!r}")  # noqa: B023
     assert not any("Something went wrong" in t for t in dms(fake_slack, BOB))
     assert wait_state(bot, asked, RequestState.PENDING)
-    assert "request.approved" not in audit_types(bot)
+    assert "request.approved" not in audit_types(bot) and "request.rejected" not in audit_types(bot)
 
 
 def test_only_slack_users_get_a_tab_published(bot: Running, fake_slack: FakeSlack) -> None:
