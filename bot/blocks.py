@@ -15,6 +15,7 @@ Button values carry the request id and, for decisions, the version the card show
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,7 @@ from slack_sdk.models.views import View
 from bot import payloads, render
 from bot.payloads import BlockDict, Blocks
 from handlers import errors, kinds, naming
-from handlers.actions import is_removal
+from handlers.actions import ActionName, is_removal
 from handlers.model import Request, RequestState
 from handlers.plan import Plan
 from handlers.ports import RevealedSecret, UnmanagedGroup
@@ -104,11 +105,15 @@ STALE_BUTTON_TEXT = (
 )
 
 
+_VERSION = re.compile(r"[0-9]{1,18}")
+
+
 def parse_decision_value(value: str) -> tuple[str, int]:
     """``R7KQ2M:3`` -> (``R7KQ2M``, 3). A value without its version is refused: ``decide`` checks
     the version against the request's, and a decision without one would skip that stale-card check."""
     request_id, _, version = value.partition(":")
-    if not request_id or not version.isdigit():
+    # [0-9], not isdigit(): "²" passes isdigit() and int() raises on it; an Arabic-Indic 3 would become 3.
+    if not request_id or not _VERSION.fullmatch(version):
         raise errors.InvalidInput(STALE_BUTTON_TEXT)
     return request_id, int(version)
 
@@ -141,7 +146,9 @@ CONFIRM_TEXT_LIMIT = 300
 def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | None:
     """The "are you sure?" dialog Slack shows before an Approve click is sent: for a plan that
     deletes (what it deletes) and for one whose cost may exceed ``confirm_above`` USD a month
-    (``KFBOT_CONFIRM_ABOVE``; what it may cost). None: one click approves."""
+    (``KFBOT_CONFIRM_ABOVE``; what it may cost), and for one that hands a workspace to a new
+    owner (who, and the plan's warnings: the data goes along, the old owner loses access).
+    None: one click approves."""
     removed = [
         render.removed_object(step.summary or step.key) for step in plan.steps if is_removal(step.action)
     ]
@@ -152,14 +159,19 @@ def approve_confirm(plan: Plan, confirm_above: float | None) -> ConfirmObject | 
         and not isinstance(monthly, bool)
         and monthly > confirm_above
     )
-    if not removed and not costly:
+    handed = [step for step in plan.steps if step.action == ActionName.PROFILE_OWNER]
+    if not removed and not costly and not handed:
         return None
     lines: list[str] = []
     if costly:
         lines.append(f"This may cost {render.cost_text(plan.cost)}.")
+    for step in handed:  # a takeover: one click must not give a workspace and its data away
+        params = step.params
+        lines.append(f"This makes {params.get('owner')} the owner of `{params.get('name')}`.")
+        lines.extend(plan.warnings)
     if removed:
         lines.append("This deletes " + "; ".join(removed) + ".")
-    title = "Approve a deletion?" if removed else "Approve this cost?"
+    title = "Approve a transfer?" if handed else "Approve a deletion?" if removed else "Approve this cost?"
     return ConfirmObject(
         title=plain(title, 100),
         text=plain(" ".join(lines), CONFIRM_TEXT_LIMIT),
@@ -380,11 +392,18 @@ class RejectContext:
 
     @classmethod
     def load(cls, text: str) -> RejectContext:
-        data = json.loads(text or "{}")
+        # Slack hands back what ``dump`` wrote, but a forged submission may carry anything: what
+        # is not an object with an integer version (``true`` is not one) decides nothing.
+        try:
+            data = json.loads(text or "{}")
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            data = {}
         version = data.get("v")
         return cls(
             str(data.get("r", "")),
-            int(version) if isinstance(version, int) else None,
+            version if isinstance(version, int) and not isinstance(version, bool) else None,
             str(data.get("c", "")),
             str(data.get("t", "")),
         )

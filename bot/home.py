@@ -13,6 +13,7 @@ and ends with "and N more" pointing at the command that lists them all.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +47,9 @@ HOME_REVOKE = "kf_home_revoke"
 SHOWN = {"workspaces": 10, "requests": 10, "tokens": 10, "grants": 15, "approvals": 15, "failures": 5}
 """How many entries of each list the tab shows; with one block per entry (two per approval) and
 two per heading, the tab stays well under Slack's 100 blocks whatever the lists hold."""
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+"""Whose Home tab exists: Slack's users. The bot's own requests (``kfbot``) and the shell's
+(``shell:EMAIL``) have a requester Slack has no tab for; ``views.publish`` would only fail."""
 DRY_RUN_HOME = (
     "*Dry run*: kf-chatops runs with the dry-run provisioner. Requests are recorded, approved and "
     "shown as they would be applied; nothing is changed in Kubeflow, Dex or AWS."
@@ -139,6 +143,9 @@ def _approval_entry(line: home.ApprovalLine, confirm_above: float | None) -> lis
     r = line.request
     who = S.user(r.requester_id, r.requester_email)
     text = f"`{r.id}` {render.describe(r, S)} (requested by {who})"
+    # The plan's warnings (what a transfer hands over, who loses access) as the card shows them:
+    # the Approve below must not be the first an admin learns of them.
+    text += "".join(f"\n⚠ {S.esc(w)}" for w in r.plan.warnings)
     cost = render.cost_text(r.plan.cost)
     if cost:
         text += f"\n{cost}"
@@ -422,6 +429,9 @@ class Home:
             self.publish(user_id)
 
     def publish(self, user_id: str) -> None:
+        if not SLACK_USER_ID.fullmatch(user_id):
+            logger.debug("no App Home to publish for %s (not a Slack user)", user_id)
+            return
         view = self.view_for(user_id)
         try:
             self._client.views_publish(user_id=user_id, view=view)

@@ -331,14 +331,14 @@ def parse_command(
 
 
 # -- the Slack form ----------------------------------------------------------------------------------
-_FORM_NODES = re.compile(r"(\d{1,3}):(\d{1,3})")
+_FORM_NODES = re.compile(r"([0-9]{1,3}):([0-9]{1,3})")
 
 
 def _form_int(values: Mapping[str, str], key: str) -> int | None:
     raw = values.get(key)
     if raw is None:
         return None
-    if not re.fullmatch(r"\d{1,4}", raw):
+    if not re.fullmatch(r"[0-9]{1,4}", raw):
         raise errors.InvalidInput(f"Give a whole number, not {naming.show_value(raw)}.", field=key)
     return int(raw)
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from bot import blocks, home
 from bot.app import Running, home_sources
 from handlers import home as core_home
-from handlers.model import Request, RequestState
+from handlers.model import SYSTEM, Event, EventType, Request, RequestState
 from handlers.plan import Plan
 from provisioning import NodeUsage
 from tests.fakes.slack import (
@@ -45,6 +45,7 @@ from tests.fakes.slack_edge import (
     WAIT,
     add_users,
     audit_types,
+    card_for,
     requests_in_db,
     settings_for,
     slash,
@@ -294,6 +295,89 @@ def test_debouncer_runs_once_per_key_per_burst() -> None:
         assert sorted(ran) == ["U1", "U1", "U2"]
     finally:
         debouncer.close()
+
+
+def approve_button(view: dict[str, Any], request_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        e
+        for b in view["blocks"]
+        for e in [b.get("accessory") or {}, *b.get("elements", [])]
+        if e.get("action_id") == blocks.APPROVE and e.get("value", "").startswith(f"{request_id}:")
+    )
+    return found
+
+
+def test_a_transfer_on_the_tab_says_what_the_card_says_and_asks_to_confirm(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
+    made = new_request(bot, fake_slack, "workspace new team-a", user=ALICE)
+    [request] = requests_in_db(bot)
+    click_home(bot, fake_slack, BOB, blocks.APPROVE, blocks.decision_value(request))
+    wait_state(bot, made, RequestState.SUCCEEDED)
+    transfer = new_request(bot, fake_slack, "workspace transfer team-a --to dave@example.com", user=BOB)
+
+    card = card_for(fake_slack, transfer)
+    carol = open_home(bot, fake_slack, CAROL)
+    text = json.dumps(carol, ensure_ascii=False)
+    # The plan's warnings, as on the card: the data goes along, the old owner loses access.
+    assert "goes to the new owner" in text and "alice@example.com loses the owner's access" in text
+    assert "goes to the new owner" in json.dumps(card, ensure_ascii=False)
+
+    # Approve asks first, on the tab as on the card (the same dialog): no takeover in one click.
+    on_tab = approve_button(carol, transfer)["confirm"]
+    on_card = approve_button({"blocks": card["blocks"]}, transfer)["confirm"]
+    assert on_tab == on_card
+    assert on_tab["title"]["text"] == "Approve a transfer?" and on_tab["style"] == "danger"
+    said = on_tab["text"]["text"]
+    assert "dave@example.com the owner of `team-a`" in said and "loses the owner's access" in said
+    assert len(said) <= blocks.CONFIRM_TEXT_LIMIT
+    assert wait_state(bot, transfer, RequestState.PENDING)
+
+
+def test_a_forged_version_is_refused_in_words_and_decides_nothing(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
+    """``²`` passes ``isdigit()`` and ``int()`` raises on it; ``int()`` reads an Arabic-Indic or a
+    full-width 3 as 3. None of them is a version the card offered."""
+    asked = new_request(bot, fake_slack, "workspace new team-a", user=ALICE)
+    open_home(bot, fake_slack, BOB)
+
+    def refusals() -> int:
+        return sum("does not say which version" in t for t in dms(fake_slack, BOB))
+
+    for version in ["²", "\u0663", "\uff13", "1²", "", "-1", " 1", "1_0"]:
+        before = refusals()
+        click_home(bot, fake_slack, BOB, blocks.APPROVE, f"{asked}:{version}")
+        wait_until(lambda: refusals() > before, f"the refusal of version {version!r}")  # noqa: B023
+    # The reject modal's metadata, forged the same way: not JSON, not an object, a version of true.
+    for metadata in ["not json", "[1]", json.dumps({"r": asked, "v": True, "c": "", "t": ""})]:
+        before = refusals()
+        body = view_submission_body(
+            blocks.REJECT_VIEW, {"reason": {"reason": "x"}}, user_id=BOB, private_metadata=metadata
+        )
+        assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
+        wait_until(lambda: refusals() > before, f"the refusal of metadata {metadata!r}")  # noqa: B023
+    assert not any("Something went wrong" in t for t in dms(fake_slack, BOB))
+    assert wait_state(bot, asked, RequestState.PENDING)
+    assert "request.approved" not in audit_types(bot) and "request.rejected" not in audit_types(bot)
+
+
+def test_only_slack_users_get_a_tab_published(bot: Running, fake_slack: FakeSlack) -> None:
+    """The bot's own requests (offboarding, a grant's time limit) and the shell's have a requester
+    Slack has no Home for: the admins' tabs are refreshed, no publish is tried for them."""
+    assert bot.edge.home is not None
+    at = datetime.now(UTC)
+    before = publishes(fake_slack, BOB)
+    for requester in (SYSTEM.user_id, "shell:alice@example.com"):
+        request = dataclasses.replace(
+            _request(1, RequestState.PENDING, requester), id=f"RSYS{len(requester)}"
+        )
+        bot.edge.home.changed(request, [Event(EventType.CREATED, request.id, at, requester)])
+    wait_until(lambda: publishes(fake_slack, BOB) > before, "the admins' tabs to be refreshed")
+    time.sleep(0.5)  # past the debounce: a publish for the requester would have been tried by now
+    tried = {str(p.get("user_id")) for p in fake_slack.calls_to("views.publish")}
+    assert SYSTEM.user_id not in tried and "shell:alice@example.com" not in tried
+    assert all(home.SLACK_USER_ID.fullmatch(u) for u in tried)
 
 
 def _request(i: int, state: RequestState, requester: str) -> Request:

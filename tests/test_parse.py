@@ -7,6 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from handlers import errors, kinds, parse
 from handlers.settings import CoreSettings
@@ -194,3 +196,27 @@ def test_shell_metacharacters_in_flag_values_stay_inert_text() -> None:
         p("workspace new team-a --instance-type 'g4dn.xlarge;id'")
     share = p("share team-a 'bob+ops@example.com'")
     assert share == kinds.Share("team-a", "bob+ops@example.com")
+
+
+_OTHER_DIGITS = st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+"""Digits of other scripts (Arabic-Indic U+0663, full-width U+FF13, ...): ``\\d`` and ``isdigit()`` take
+them and ``int()`` reads them, so a pattern that means "a number" says ``[0-9]``."""
+
+
+@settings(max_examples=30, deadline=None)
+@example(digit="\u0663")
+@example(digit="\uff13")
+@given(digit=_OTHER_DIGITS)
+def test_numbers_are_ascii_digits_only(digit: str) -> None:
+    for text in (
+        f"workspace new team-a --gpu {digit}",
+        f"workspace new team-a --pvcs 1{digit}",
+        f"workspace new team-a --nodes 0:{digit}",
+        f"gpu up team-a {digit}",
+    ):
+        with pytest.raises(errors.InvalidInput):
+            p(text)
+    for field, value in (("gpu", digit), ("nodes", f"{digit}:2")):
+        with pytest.raises(errors.InvalidInput) as refused:
+            parse.workspace_from_form({"name": "team-a", field: value}, ME)
+        assert refused.value.field == field

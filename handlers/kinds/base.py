@@ -312,7 +312,7 @@ class Syntax:
 
 def whole_number(flag: str) -> Callable[[str], int]:
     def convert(value: str) -> int:
-        if not re.fullmatch(r"\d{1,6}", value):
+        if not re.fullmatch(r"[0-9]{1,6}", value):
             raise errors.InvalidInput(f"{flag} takes a whole number, not {naming.show_value(value)}.")
         return int(value)
 

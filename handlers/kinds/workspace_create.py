@@ -42,7 +42,7 @@ PINNING_LIMITS = (
 
 
 def _nodes(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d{1,3}):(\d{1,3})", value)
+    m = re.fullmatch(r"([0-9]{1,3}):([0-9]{1,3})", value)
     if not m:
         raise errors.InvalidInput(f"--nodes takes MIN:MAX, e.g. `0:2`, not {naming.show_value(value)}.")
     lo, hi = int(m.group(1)), int(m.group(2))
