@@ -126,14 +126,15 @@ def test_a_mapped_person_is_judged_by_their_own_slack_account(make_live: LiveFac
     live = make_live(core=_mapped_core())
     live.slack.add_user("U0OTHER01", "carol@ad.example.com")  # someone else's account, that address
     assert live.request_for(ALICE, f"share {NS} {CAROL.email} --role view").state is RequestState.SUCCEEDED
+    # Her workspace's create recorded Alice's own id, though her Kubeflow id is mapped.
+    people = {p.user: p for p in live.backend.people()}
+    assert people["alice@ad.example.com"].slack_ids == (ALICE.user_id,)
     checker = offboarder(live)
     checker.run_once()
     looked_up = [c.get("email") for c in live.slack.calls_to("users.lookupByEmail")]
     assert "carol@ad.example.com" not in looked_up and CAROL.email in looked_up
     people = {p.user: p for p in live.backend.people()}
     assert people["carol@ad.example.com"].slack_ids == (CAROL.user_id,)
-    # Her workspace's create recorded Alice's own id, though her Kubeflow id is mapped.
-    assert people["alice@ad.example.com"].slack_ids == (ALICE.user_id,)
     live.slack.deactivate_user("U0OTHER01")  # the other account goes: Carol is still here
     checker.run_once()
     live.run()
