@@ -96,7 +96,15 @@ def test_a_run_where_slack_knows_nobody_files_nothing_and_tells_the_admins(make_
 
 @pytest.mark.parametrize(
     ("asked", "left", "stops"),
-    [(1, 1, False), (2, 2, False), (3, 3, True), (10, 2, False), (10, 3, True), (100, 20, False), (100, 21, True)],
+    [
+        (1, 1, False),
+        (2, 2, False),
+        (3, 3, True),
+        (10, 2, False),
+        (10, 3, True),
+        (100, 20, False),
+        (100, 21, True),
+    ],
 )
 def test_the_breaker_allows_a_few_or_a_fifth(asked: int, left: int, stops: bool) -> None:
     assert implausible(asked, left) is stops
@@ -156,11 +164,17 @@ def test_a_transfer_cancels_the_new_owners_grant_timer_and_an_owner_is_never_uns
     make_live: LiveFactory,
 ) -> None:
     live = make_live()
-    assert live.request_for(ALICE, f"share {NS} {CAROL.email} --role edit --for 2h").state is RequestState.SUCCEEDED
+    share = live.request_for(ALICE, f"share {NS} {CAROL.email} --role edit --for 2h")
+    assert share.state is RequestState.SUCCEEDED
     transfer = live.request_for(ALICE, f"workspace transfer {NS} --to {CAROL.email}")
     assert live.approve(transfer.id).state is RequestState.SUCCEEDED
+    with live.backend.uow() as uow:
+        assert uow.timers.pending_payload("grant.expire", f"{NS}:{CAROL.email}") is None
+    token = live.request_for(CAROL, f"token {NS} --ttl 1d")  # the owner's own token
+    assert token.state is RequestState.SUCCEEDED
     live.later(timedelta(hours=3))  # past the grant's end
     assert live.requests(kinds.Unshare.KIND) == []
+    assert live.backend.facts.token_owner(token.id) is not None
     profile = live.api.get(PROFILES, "profiles", NS)
     assert profile is not None and profile["spec"]["owner"]["name"] == CAROL.email
     admin_binding = live.api.get(RBAC_V1, "rolebindings", "namespaceAdmin", NS)

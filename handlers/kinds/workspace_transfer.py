@@ -172,9 +172,8 @@ class WorkspaceTransfer:
             changes.append(DeleteGrant(self.name, to))
         revoked, expiries = tokens_removed(done.plan)
         # A time-limited grant the new owner held must not expire into an unshare of the owner.
-        grant_timers = tuple(
-            CancelTimer(GRANT_EXPIRE, grant_timer_ref(self.name, user)) for user in dict.fromkeys((self.to, to))
-        )
+        users = dict.fromkeys((self.to, to))
+        grant_timers = tuple(CancelTimer(GRANT_EXPIRE, grant_timer_ref(self.name, user)) for user in users)
         return Success(changes=(*changes, *revoked), cancel=(*grant_timers, *expiries))
 
     @staticmethod
