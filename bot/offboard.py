@@ -2,9 +2,10 @@
 the answers to ``handlers.offboard`` (which files what that takes).
 
 A person with recorded Slack ids is asked about by id (``users.info``: ``deleted: true`` or
-``user_not_found`` for an id once known means left); one without is looked up by email
-(``users.lookupByEmail``; Slack does not find deactivated users by email, so nobody found means
-"never known", never "left"), and the id found is recorded for the next run. A 429 answers
+``user_not_found`` for an id once known means left, unless an active account has their Slack
+address); one without is looked up by email (``users.lookupByEmail`` on their Slack address, never
+an address ``KFBOT_USER_ID_MAP`` maps to; Slack does not find deactivated users by email, so nobody
+found means "never known", never "left"), and the id found is recorded for the next run. A 429 answers
 "unknown" with its ``Retry-After``: the daily run waits that long before it asks anyone else
 (at most ``MAX_WAIT``, else it stops and the next run goes on), ``/kf offboard`` says when to try
 again. Errors and timeouts are "unknown" too: nothing is filed on them.

@@ -6,10 +6,12 @@ Pure rules, and the one use case that files the requests (``offboard``). The Sla
 ``judge`` turns what Slack said into a ``Presence``. Only ``LEFT`` acts:
 
 * ``users.info`` on a recorded id says ``deleted: true``, or ``user_not_found`` for an id that
-  was once known: left;
+  was once known: left (the edge first checks that no active account has their Slack address);
 * ``users.lookupByEmail`` (nobody recorded an id) finding nobody: Slack never knew the email (a
-  collaborator outside Slack, an id mapped by ``KFBOT_USER_ID_MAP``): never left;
+  collaborator outside Slack): never left;
 * any other error, a timeout, a 429: unknown, asked again on the next run (after ``Retry-After``).
+
+A run that finds implausibly many people left (``implausible``) files nothing.
 
 For someone who left, the bot files, as requests of its own (requester ``system``): an
 ``unshare`` per grant (which takes the tokens that grant made) and a ``token.revoke`` per other
