@@ -353,7 +353,7 @@ def start_slack(
         bot_timers,
         cost=cost,
         scan_seconds=settings.core.cost.scan_interval.total_seconds(),
-        offboard=Offboarder(edge.client, backend, edge.deps.core, clock),
+        offboard=Offboarder(edge.client, backend, edge.deps.core, clock, settings.slack.admin_channel),
         offboard_seconds=None if every is None else every.total_seconds(),
     )
     start_inbox_sweep(edge.deps.inbox, stop_event, INBOX_SWEEP_SECONDS)

@@ -2,9 +2,10 @@
 the answers to ``handlers.offboard`` (which files what that takes).
 
 A person with recorded Slack ids is asked about by id (``users.info``: ``deleted: true`` or
-``user_not_found`` for an id once known means left); one without is looked up by email
-(``users.lookupByEmail``; Slack does not find deactivated users by email, so nobody found means
-"never known", never "left"), and the id found is recorded for the next run. A 429 answers
+``user_not_found`` for an id once known means left, unless an active account has their Slack
+address); one without is looked up by email (``users.lookupByEmail`` on their Slack address, never
+an address ``KFBOT_USER_ID_MAP`` maps to; Slack does not find deactivated users by email, so nobody
+found means "never known", never "left"), and the id found is recorded for the next run. A 429 answers
 "unknown" with its ``Retry-After``: the daily run waits that long before it asks anyone else
 (at most ``MAX_WAIT``, else it stops and the next run goes on), ``/kf offboard`` says when to try
 again. Errors and timeouts are "unknown" too: nothing is filed on them.
@@ -15,15 +16,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot import logging as log
 from handlers import errors, naming
 from handlers.model import Actor
-from handlers.offboard import Offboarded, Person, Presence, SlackAnswer, describe, judge, offboard
+from handlers.offboard import (
+    Offboarded,
+    Person,
+    Presence,
+    SlackAnswer,
+    describe,
+    implausible,
+    judge,
+    offboard,
+    offboard_emails,
+)
 from handlers.ports import Clock
 from handlers.services import Core
 from handlers.settings import kubeflow_user_id
@@ -31,6 +44,26 @@ from handlers.settings import kubeflow_user_id
 logger = logging.getLogger(__name__)
 MAX_WAIT = 300.0
 """The longest ``Retry-After`` a run waits out before it stops (seconds)."""
+TELL_AGAIN = timedelta(days=7)
+"""How often the admins are reminded of a left owner's workspace nobody was proposed for."""
+
+
+def without_rate_limit_retries(client: WebClient) -> WebClient:
+    """``client`` without its ``RateLimitErrorRetryHandler``: that handler sleeps any
+    ``Retry-After``, uncapped, before the 429 reaches us, so ``MAX_WAIT`` would never apply."""
+    handlers = [h for h in client.retry_handlers if not isinstance(h, RateLimitErrorRetryHandler)]
+    if len(handlers) == len(client.retry_handlers):
+        return client
+    return WebClient(
+        token=client.token,
+        base_url=client.base_url,
+        timeout=client.timeout,
+        ssl=client.ssl,
+        proxy=client.proxy,
+        headers=dict(client.headers),
+        logger=client.logger,
+        retry_handlers=handlers,
+    )
 
 
 class OffboardBackend(Protocol):
@@ -77,20 +110,38 @@ class RunOutcome:
 
 
 class Offboarder:
-    def __init__(self, client: WebClient, backend: OffboardBackend, core: Core, clock: Clock) -> None:
-        self._client, self._backend, self._core, self._clock = client, backend, core, clock
+    def __init__(
+        self,
+        client: WebClient,
+        backend: OffboardBackend,
+        core: Core,
+        clock: Clock,
+        admin_channel: str = "",
+    ) -> None:
+        self._client = without_rate_limit_retries(client)
+        self._backend, self._core, self._clock = backend, core, clock
+        self._admin_channel = admin_channel
+        self._told: dict[tuple[str, str], datetime] = {}
+        """(person, workspace) -> when the admins were last told nobody was proposed for it."""
 
     def ask(self, person: Person) -> SlackAnswer:
-        """What Slack says about ``person`` (the first answer that is not "active" wins, so one of
-        several recorded ids being gone or unanswered is never hidden by another)."""
+        """What Slack says about ``person``. Any recorded id Slack calls active makes them active,
+        and so does an active account under their Slack email (a returning person's new account):
+        someone is left only when every id is gone and Slack finds nobody by email. Otherwise the
+        first answer that is neither (an error, a 429) is the answer: nothing is filed on it."""
+        emails = offboard_emails(self._core.settings, person.user)
         if not person.slack_ids:
-            return self._lookup(person)
-        answer = SlackAnswer(by_id=True)
-        for slack_id in person.slack_ids:
-            answer = self._info(slack_id)
-            if judge(answer) is not Presence.ACTIVE:
-                return answer
-        return answer
+            return self._lookup(person, emails)
+        answers = [self._info(slack_id) for slack_id in person.slack_ids]
+        verdicts = [judge(answer) for answer in answers]
+        if Presence.ACTIVE in verdicts:
+            return answers[verdicts.index(Presence.ACTIVE)]
+        if Presence.UNKNOWN in verdicts:
+            return answers[verdicts.index(Presence.UNKNOWN)]
+        found = self._lookup(person, emails)
+        if judge(found) in (Presence.ACTIVE, Presence.UNKNOWN):
+            return found
+        return answers[0]
 
     def _info(self, slack_id: str) -> SlackAnswer:
         try:
@@ -101,41 +152,88 @@ class Offboarder:
             return SlackAnswer(by_id=True, slack_id=slack_id, error="no_answer", status=0)
         return SlackAnswer(by_id=True, slack_id=slack_id, deleted=bool(user.get("deleted")))
 
-    def _lookup(self, person: Person) -> SlackAnswer:
-        if "@" not in person.user:
-            # A Kubeflow id mapped from an email (KFBOT_USER_ID_MAP) is no Slack email: never known.
-            return SlackAnswer(by_id=False, error="users_not_found")
-        try:
-            user = self._client.users_lookupByEmail(email=person.user)["user"]
-        except SlackApiError as exc:
-            return _failed(exc, False, None)
-        except (SlackClientError, OSError):
-            return SlackAnswer(by_id=False, error="no_answer", status=0)
-        slack_id = str(user.get("id") or "")
-        if slack_id and not user.get("deleted"):
-            self._backend.record_slack_id(person.user, slack_id)
-        return SlackAnswer(by_id=False, slack_id=slack_id or None, deleted=bool(user.get("deleted")))
+    def _lookup(self, person: Person, emails: Sequence[str]) -> SlackAnswer:
+        """``users.lookupByEmail`` on each of the person's Slack emails (never an address
+        ``KFBOT_USER_ID_MAP`` maps to: another account may hold it). The first active account is
+        recorded for the next run; nobody found is "never known"."""
+        gone: SlackAnswer | None = None
+        for email in emails:
+            try:
+                user = self._client.users_lookupByEmail(email=email)["user"]
+            except SlackApiError as exc:
+                failed = _failed(exc, False, None)
+                if judge(failed) is Presence.NEVER_KNOWN:
+                    continue
+                return failed
+            except (SlackClientError, OSError):
+                return SlackAnswer(by_id=False, error="no_answer", status=0)
+            slack_id = str(user.get("id") or "")
+            answer = SlackAnswer(by_id=False, slack_id=slack_id or None, deleted=bool(user.get("deleted")))
+            if judge(answer) is Presence.ACTIVE:
+                if slack_id:
+                    self._backend.record_slack_id(person.user, slack_id)
+                return answer
+            gone = gone or answer
+        return gone or SlackAnswer(by_id=False, error="users_not_found")
 
     def check(self, person: Person) -> tuple[Offboarded, SlackAnswer]:
         answer = self.ask(person)
         return offboard(self._core, person, answer), answer
 
     def run_once(self, people: Sequence[Person] | None = None) -> RunOutcome:
-        """The scheduled check (leader only): everyone, one after the other."""
+        """The scheduled check (leader only): ask Slack about everyone, then file for those who left,
+        unless implausibly many did (``handlers.offboard.implausible``): then nothing is filed and
+        the admins are told."""
         if not self._backend.try_lead():
             return RunOutcome(led=False)
-        results: list[Offboarded] = []
+        asked: list[tuple[Person, SlackAnswer]] = []
         for person in self._backend.people() if people is None else people:
-            result, answer = self.check(person)
+            answer = self.ask(person)
             if answer.retry_after is not None:
                 if answer.retry_after > MAX_WAIT:
-                    return RunOutcome(True, tuple(results), f"Slack asked to wait {answer.retry_after:.0f}s")
+                    return RunOutcome(True, (), f"Slack asked to wait {answer.retry_after:.0f}s")
                 self._clock.sleep(answer.retry_after)
-                result, answer = self.check(person)
+                answer = self.ask(person)
+            asked.append((person, answer))
+        left = sum(1 for _, answer in asked if judge(answer) is Presence.LEFT)
+        if implausible(len(asked), left):
+            stopped = f"Slack said {left} of the {len(asked)} people asked about left"
+            self._tell_admins(
+                f"Offboarding stopped: {stopped}, more than one check acts on, so nothing was filed. "
+                "Check that the bot's token is this Slack workspace's; to offboard someone anyway, "
+                "run `/kf offboard EMAIL`. The next check asks again."
+            )
+            return RunOutcome(True, (), stopped)
+        results: list[Offboarded] = []
+        for person, answer in asked:
+            result = offboard(self._core, person, answer)
             results.append(result)
             if result.presence is Presence.LEFT:
                 logger.info("offboarding %s: %s", person.user, describe(result))
+                self._tell_unplaced(result)
         return RunOutcome(True, tuple(results))
+
+    def _tell_unplaced(self, result: Offboarded) -> None:
+        """A left owner's workspace nobody was proposed for waits on an admin: they are told on the
+        first check that finds it and again every ``TELL_AGAIN`` while it stays so."""
+        now = self._clock.now()
+        due = [
+            w for w in result.unplaced
+            if (told := self._told.get((result.user, w))) is None or now - told >= TELL_AGAIN
+        ]
+        if due and self._tell_admins(describe(result)):
+            self._told.update({(result.user, w): now for w in due})
+
+    def _tell_admins(self, text: str) -> bool:
+        if not self._admin_channel:
+            logger.warning("offboarding: %s", text)
+            return False
+        try:
+            self._client.chat_postMessage(channel=self._admin_channel, text=text)
+        except (SlackClientError, OSError) as exc:
+            logger.warning("offboarding could not tell the admins: %s", type(exc).__name__)
+            return False
+        return True
 
     def check_now(self, actor: Actor, email: str) -> str:
         """``/kf offboard EMAIL`` (admins): check one person now and say what was filed."""

@@ -6,10 +6,12 @@ Pure rules, and the one use case that files the requests (``offboard``). The Sla
 ``judge`` turns what Slack said into a ``Presence``. Only ``LEFT`` acts:
 
 * ``users.info`` on a recorded id says ``deleted: true``, or ``user_not_found`` for an id that
-  was once known: left;
+  was once known: left (the edge first checks that no active account has their Slack address);
 * ``users.lookupByEmail`` (nobody recorded an id) finding nobody: Slack never knew the email (a
-  collaborator outside Slack, an id mapped by ``KFBOT_USER_ID_MAP``): never left;
+  collaborator outside Slack): never left;
 * any other error, a timeout, a 429: unknown, asked again on the next run (after ``Retry-After``).
+
+A run that finds implausibly many people left (``implausible``) files nothing.
 
 For someone who left, the bot files, as requests of its own (requester ``system``): an
 ``unshare`` per grant (which takes the tokens that grant made) and a ``token.revoke`` per other
@@ -26,12 +28,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from handlers import errors, kinds, naming, policy
+from handlers.model import RequestState
 from handlers.ports import Facts
 from handlers.services import AutoDecision, Core, record_system
+from handlers.settings import CoreSettings
 
 TRIGGER = "offboard"
 RULE = policy.system_rule(TRIGGER)
 REASON = "the person left Slack"
+MOST_LEFT = 2
+"""A run files for at most this many people judged left, or a fifth of those asked if more: past
+that, Slack's answers are implausible (a token for another Slack workspace answers
+``user_not_found`` for everyone), so the run files nothing and tells the admins."""
+
+
+def implausible(asked: int, left: int) -> bool:
+    """Too many of the ``asked`` people came back left for one run to act on (``MOST_LEFT``)."""
+    return left > max(MOST_LEFT, asked // 5)
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,17 @@ class Person:
     grants: tuple[str, ...] = ()
     tokens: tuple[tuple[str, str], ...] = ()
     """(token id, workspace) of active tokens."""
+
+
+def offboard_emails(settings: CoreSettings, user: str) -> tuple[str, ...]:
+    """The Slack emails ``user`` (a ``Person.user``) is known by: the emails ``KFBOT_USER_ID_MAP``
+    maps to that Kubeflow id, and the address itself unless the map makes it someone's Kubeflow id
+    (then a Slack account with that address is somebody else)."""
+    mapping = settings.workspace.user_id_map
+    emails = [email for email, kubeflow in sorted(mapping.items()) if kubeflow == user]
+    if user not in mapping.values():
+        emails.append(user)
+    return tuple(dict.fromkeys(e for e in emails if "@" in e))
 
 
 class Presence(StrEnum):
@@ -93,6 +117,8 @@ class Offboarded:
     """Ids of requests an earlier run filed."""
     skipped: tuple[str, ...] = field(default_factory=tuple)
     """Why something was not filed (a request about it still open, nobody to hand a workspace to)."""
+    unplaced: tuple[str, ...] = ()
+    """Workspaces they own that nobody was proposed for: the admins are told."""
 
 
 def proposed_owner(core: Core, person: Person, workspace: str) -> str | None:
@@ -118,11 +144,15 @@ def offboard(core: Core, person: Person, answer: SlackAnswer) -> Offboarded:
     filed: list[str] = []
     already: list[str] = []
     skipped: list[str] = []
+    unplaced: list[str] = []
     auto = AutoDecision(RULE, REASON, trigger)
 
     def file(kind: kinds.RequestKind, key: str, decision: AutoDecision | None) -> None:
         try:
             done = record_system(core, kind, key, decision)
+            # A transfer that expired was decided by nobody: file it again (a rejection stands).
+            while done.duplicate and decision is None and done.request.state is RequestState.EXPIRED:
+                done = record_system(core, kind, f"{key}:after:{done.request.id}", None)
         except errors.SubjectBusy as exc:
             skipped.append(f"{kind.describe()}: {exc.user_message or 'a request about it is still open'}")
             return
@@ -143,6 +173,7 @@ def offboard(core: Core, person: Person, answer: SlackAnswer) -> Offboarded:
     for workspace in person.owns:
         to = proposed_owner(core, person, workspace)
         if to is None:
+            unplaced.append(workspace)
             skipped.append(
                 f"`{workspace}` has nobody to hand it to: file "
                 f"`/kf workspace transfer {workspace} --to EMAIL`, or set KFBOT_OFFBOARD_OWNER."
@@ -150,7 +181,7 @@ def offboard(core: Core, person: Person, answer: SlackAnswer) -> Offboarded:
             continue
         transfer = kinds.WorkspaceTransfer(workspace, to, offboarded=True)
         file(transfer, f"{who}:transfer:{workspace}", None)
-    return Offboarded(person.user, presence, tuple(filed), tuple(already), tuple(skipped))
+    return Offboarded(person.user, presence, tuple(filed), tuple(already), tuple(skipped), tuple(unplaced))
 
 
 def _owner(facts: Facts, workspace: str) -> str | None:

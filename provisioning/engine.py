@@ -68,7 +68,7 @@ from handlers.kinds.base import (
 from handlers.model import SYSTEM, Event, EventType, Request, RequestState
 from handlers.plan import JSON, Step, StepOutcome, StepStatus, as_object
 from handlers.ports import Clock, Facts, Notifier
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, kubeflow_user_id
 from provisioning.actions import REQUEST_MARK, ActionRegistry
 from provisioning.metrics import CRASH, ERROR, OK, RETRY, Metrics
 from provisioning.publisher import Publisher
@@ -582,7 +582,9 @@ class Engine:
         """Keep the registry (workspaces, grants, tokens) and timed work in step with what was
         applied: the kind says what (``on_success``, pure), this writes it."""
         outcomes = {r.idx: r.outcome for r in uow.work.steps(request.id)}
-        done = Applied(request.id, request.requester_id, request.plan, outcomes, now, request.requester_email)
+        email = request.requester_email
+        user = kubeflow_user_id(self.core, email) if email else ""
+        done = Applied(request.id, request.requester_id, request.plan, outcomes, now, email, user)
         success = kinds.from_args(request.kind, request.args).on_success(done)
         for change in success.changes:
             _apply_change(uow, change, now)

@@ -186,6 +186,8 @@ class Applied:
     at: datetime
     requester_email: str = ""
     """The requester's Slack email: who the requester's Slack id (``requester_id``) belongs to."""
+    requester_user: str = ""
+    """The requester's Kubeflow user id (``KFBOT_USER_ID_MAP`` applied to ``requester_email``)."""
 
 
 @dataclass(frozen=True)
@@ -262,9 +264,11 @@ def kubeflow_user(actor: Actor, settings: CoreSettings) -> str:
 
 def slack_id_of(done: Applied, user: str) -> str | None:
     """``user``'s Slack id when the request's requester is ``user`` (the only Slack id a request
-    knows). An id mapped by ``KFBOT_USER_ID_MAP`` differs from the email, so none is recorded:
-    offboarding never asks Slack about a mapped id."""
-    return done.requester_id if done.requester_email and done.requester_email == user else None
+    knows), by Slack email or by the Kubeflow id ``KFBOT_USER_ID_MAP`` gives it: offboarding asks
+    Slack about that id, never about a mapped address (another account may hold it)."""
+    if not done.requester_email:
+        return None
+    return done.requester_id if user in (done.requester_email, done.requester_user) else None
 
 
 def owns(actor: Actor, facts: Facts, workspace: str, settings: CoreSettings) -> bool:

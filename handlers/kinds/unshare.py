@@ -89,6 +89,13 @@ class Unshare:
     def plan(self, ctx: PlanContext) -> Plan:
         ws = require_workspace(ctx, self.workspace)
         user = kubeflow_user_id(ctx.settings, self.user)
+        if user == ws.owner:
+            # The owner's access is the Profile's, not a grant: only a transfer or a delete takes it.
+            raise errors.InvalidInput(
+                f"{user} owns `{ws.name}`: an owner cannot be removed from their own workspace; "
+                f"hand it over with `/kf workspace transfer {ws.name} --to EMAIL` instead.",
+                field="user",
+            )
         clash = kfam_clash(ws, user, None)
         if clash is not None and user not in ws.contributors:
             holder, name = clash

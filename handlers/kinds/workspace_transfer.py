@@ -19,6 +19,7 @@ from handlers import errors, naming, units
 from handlers.actions import ActionName
 from handlers.kinds.base import (
     Applied,
+    CancelTimer,
     DeleteGrant,
     Flag,
     Parsed,
@@ -39,6 +40,7 @@ from handlers.kinds.base import (
     token_removals,
     tokens_removed,
 )
+from handlers.kinds.unshare import GRANT_EXPIRE, grant_timer_ref
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step, as_object, as_text
 from handlers.ports import DataHeld, Facts, WorkspaceFacts
@@ -169,7 +171,10 @@ class WorkspaceTransfer:
         if any(s.action == ActionName.CONTRIBUTOR_REMOVE for s in done.plan.steps):
             changes.append(DeleteGrant(self.name, to))
         revoked, expiries = tokens_removed(done.plan)
-        return Success(changes=(*changes, *revoked), cancel=expiries)
+        # A time-limited grant the new owner held must not expire into an unshare of the owner.
+        users = dict.fromkeys((self.to, to))
+        grant_timers = tuple(CancelTimer(GRANT_EXPIRE, grant_timer_ref(self.name, user)) for user in users)
+        return Success(changes=(*changes, *revoked), cancel=(*grant_timers, *expiries))
 
     @staticmethod
     def _profile_owner(done: Applied, to: str) -> dict[str, dict[str, str]]:

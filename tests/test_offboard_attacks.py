@@ -1,0 +1,249 @@
+"""Offboarding under the first outside attack round (findings 1-6): each test replays a finding
+through the real code paths (the live backend against the fake apiserver and moto, Slack's Web
+API played by the fake Slack over HTTP, ``bot.offboard.Offboarder`` asking it through a real
+``WebClient``) and asserts what must hold instead.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot.offboard import TELL_AGAIN, Offboarder
+from handlers import errors, kinds, services
+from handlers.model import SYSTEM, RequestState
+from handlers.offboard import Presence, implausible, offboard_emails
+from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
+from tests.fakes.slack import BOT_TOKEN
+from tests.test_offboard import _team
+from tests.test_sharing_quota_tokens_e2e import (
+    ADMIN,
+    ADMIN_CHANNEL,
+    ALICE,
+    BOB,
+    CAROL,
+    NS,
+    PROFILES,
+    RBAC_V1,
+    Live,
+    LiveFactory,
+    make_live,
+)
+
+__all__ = ["make_live"]  # the fixture, used by name
+
+
+def offboarder(live: Live, client: WebClient | None = None) -> Offboarder:
+    client = client or WebClient(token=BOT_TOKEN, base_url=live.slack.base_url)
+    return Offboarder(client, live.backend, live.core, live.clock, ADMIN_CHANNEL)
+
+
+def _filed(live: Live) -> list[str]:
+    return [r.kind for r in live.requests() if r.requester_id == SYSTEM.user_id]
+
+
+def _offboard_posts(live: Live) -> list[str]:
+    return [t for t in live.admin_posts() if "left" in t and "Slack" in t]
+
+
+# -- 1: one of a person's accounts gone is not the person gone ------------------------------------------
+
+
+def test_a_returning_person_with_a_new_active_account_is_not_left(make_live: LiveFactory) -> None:
+    live = make_live()
+    _team(live)  # Bob's token recorded his first account's id
+    live.slack.deactivate_user(BOB.user_id)
+    live.slack.add_user("U0BOB0002", BOB.email)  # re-hired: a new account, the same address
+    checker = offboarder(live)
+    for _ in range(2):  # every daily run, not just the first
+        outcome = checker.run_once()
+        live.run()
+        assert {r.user: r.presence for r in outcome.results}[BOB.email] is Presence.ACTIVE
+    assert _filed(live) == [] and BOB.email in live.grants()
+    # An admin's check agrees; and once the new account goes too, Bob has left.
+    assert "is active in Slack" in checker.check_now(ADMIN, BOB.email)
+    live.slack.deactivate_user("U0BOB0002")
+    checker.run_once()
+    live.run()
+    assert kinds.Unshare.KIND in _filed(live) and BOB.email not in live.grants()
+
+
+# -- 2: implausibly many "left" in one run files nothing ----------------------------------------------
+
+
+def test_a_run_where_slack_knows_nobody_files_nothing_and_tells_the_admins(make_live: LiveFactory) -> None:
+    live = make_live()
+    _team(live)
+    checker = offboarder(live)
+    checker.run_once()  # everyone's id recorded
+    for person in (ALICE, BOB, CAROL):  # a token for another Slack workspace: no id resolves
+        live.slack.forget_user(person.user_id)
+    outcome = checker.run_once()
+    live.run()
+    assert outcome.stopped is not None and "3 of the 4" in outcome.stopped
+    assert outcome.results == () and _filed(live) == []
+    assert ALICE.email == live.backend.facts.workspace(NS).owner  # type: ignore[union-attr]
+    assert BOB.email in live.grants() and CAROL.email in live.grants()
+    assert any("Offboarding stopped" in t and "nothing was filed" in t for t in live.admin_posts())
+    # An admin can still offboard one person on purpose.
+    assert "left Slack" in checker.check_now(ADMIN, BOB.email)
+    assert _filed(live) == [kinds.Unshare.KIND]
+
+
+@pytest.mark.parametrize(
+    ("asked", "left", "stops"),
+    [
+        (1, 1, False),
+        (2, 2, False),
+        (3, 3, True),
+        (10, 2, False),
+        (10, 3, True),
+        (100, 20, False),
+        (100, 21, True),
+    ],
+)
+def test_the_breaker_allows_a_few_or_a_fifth(asked: int, left: int, stops: bool) -> None:
+    assert implausible(asked, left) is stops
+
+
+# -- 3: KFBOT_USER_ID_MAP: Slack is asked about the Slack address, never the mapped one ----------------
+
+MAPPED = {"alice@example.com": "alice@ad.example.com", "carol@example.com": "carol@ad.example.com"}
+
+
+def _mapped_core() -> CoreSettings:
+    return CoreSettings(
+        policy=PolicySettings(admin_users=frozenset({ADMIN.user_id})),
+        workspace=WorkspaceDefaults(dex_mode="external", user_id_map=MAPPED),
+    )
+
+
+def test_slack_emails_of_a_mapped_id_are_the_addresses_mapped_to_it() -> None:
+    settings = _mapped_core()
+    assert offboard_emails(settings, "carol@ad.example.com") == ("carol@example.com",)
+    assert offboard_emails(settings, "carol@example.com") == ("carol@example.com",)  # a token's requester
+    assert offboard_emails(settings, "bob@example.com") == ("bob@example.com",)
+    assert offboard_emails(settings, "svc-account") == ()
+
+
+def test_a_mapped_person_is_judged_by_their_own_slack_account(make_live: LiveFactory) -> None:
+    live = make_live(core=_mapped_core())
+    live.slack.add_user("U0OTHER01", "carol@ad.example.com")  # someone else's account, that address
+    assert live.request_for(ALICE, f"share {NS} {CAROL.email} --role view").state is RequestState.SUCCEEDED
+    # Her workspace's create recorded Alice's own id, though her Kubeflow id is mapped.
+    people = {p.user: p for p in live.backend.people()}
+    assert people["alice@ad.example.com"].slack_ids == (ALICE.user_id,)
+    checker = offboarder(live)
+    checker.run_once()
+    looked_up = [c.get("email") for c in live.slack.calls_to("users.lookupByEmail")]
+    assert "carol@ad.example.com" not in looked_up and CAROL.email in looked_up
+    people = {p.user: p for p in live.backend.people()}
+    assert people["carol@ad.example.com"].slack_ids == (CAROL.user_id,)
+    live.slack.deactivate_user("U0OTHER01")  # the other account goes: Carol is still here
+    checker.run_once()
+    live.run()
+    assert _filed(live) == [] and "carol@ad.example.com" in live.grants()
+    # Carol and Alice really leave: both are found, by an admin's check and the daily one.
+    live.slack.deactivate_user(CAROL.user_id)
+    live.slack.deactivate_user(ALICE.user_id)
+    said = checker.check_now(ADMIN, ALICE.email)
+    assert "left Slack" in said and "`team-a` has nobody to hand it to" in said
+    checker.run_once()
+    live.run()
+    assert "carol@ad.example.com" not in live.grants()
+
+
+# -- 4: a transfer ends the new owner's time-limited grant, and nobody unshares an owner ----------------
+
+
+def test_a_transfer_cancels_the_new_owners_grant_timer_and_an_owner_is_never_unshared(
+    make_live: LiveFactory,
+) -> None:
+    live = make_live()
+    share = live.request_for(ALICE, f"share {NS} {CAROL.email} --role edit --for 2h")
+    assert share.state is RequestState.SUCCEEDED
+    transfer = live.request_for(ALICE, f"workspace transfer {NS} --to {CAROL.email}")
+    assert live.approve(transfer.id).state is RequestState.SUCCEEDED
+    with live.backend.uow() as uow:
+        assert uow.timers.pending_payload("grant.expire", f"{NS}:{CAROL.email}") is None
+    token = live.request_for(CAROL, f"token {NS} --ttl 1d")  # the owner's own token
+    assert token.state is RequestState.SUCCEEDED
+    live.later(timedelta(hours=3))  # past the grant's end
+    assert live.requests(kinds.Unshare.KIND) == []
+    assert live.backend.facts.token_owner(token.id) is not None
+    profile = live.api.get(PROFILES, "profiles", NS)
+    assert profile is not None and profile["spec"]["owner"]["name"] == CAROL.email
+    admin_binding = live.api.get(RBAC_V1, "rolebindings", "namespaceAdmin", NS)
+    assert admin_binding is not None and admin_binding["subjects"][0]["name"] == CAROL.email
+    # Nobody, not the owner, an admin, or the bot, files an unshare of the owner.
+    for actor in (CAROL, ADMIN):
+        with pytest.raises(errors.InvalidInput, match="owns `team-a`"):
+            live.kf(actor, f"unshare {NS} {CAROL.email}")
+    with pytest.raises(errors.InvalidInput):
+        services.record_system(live.core, kinds.Unshare(NS, CAROL.email), "test:owner", None)
+    assert live.requests(kinds.Unshare.KIND) == []
+
+
+# -- 5: a left owner's workspace never waits in silence ----------------------------------------------
+
+
+def test_a_left_owner_with_nobody_to_take_over_is_told_to_the_admins_and_again_later(
+    make_live: LiveFactory,
+) -> None:
+    live = make_live()
+    live.slack.deactivate_user(ALICE.user_id)
+    checker = offboarder(live)
+    checker.run_once()
+    posts = _offboard_posts(live)
+    assert len(posts) == 1 and "`team-a` has nobody to hand it to" in posts[0]
+    live.clock.advance(timedelta(days=1))
+    checker.run_once()
+    assert len(_offboard_posts(live)) == 1  # not every day
+    live.clock.advance(TELL_AGAIN)
+    checker.run_once()
+    assert len(_offboard_posts(live)) == 2  # still nobody decided: reminded
+
+
+def test_an_expired_transfer_is_filed_again_and_a_rejected_one_is_not(make_live: LiveFactory) -> None:
+    live = make_live()
+    _team(live)  # Carol (edit) is proposed
+    live.slack.deactivate_user(ALICE.user_id)
+    checker = offboarder(live)
+    checker.run_once()
+    (first,) = live.requests(kinds.WorkspaceTransfer.KIND)
+    live.later(timedelta(hours=73))  # nobody decided
+    assert live.request(first.id).state is RequestState.EXPIRED
+    checker.run_once()
+    checker.run_once()  # a second run files nothing more
+    transfers = live.requests(kinds.WorkspaceTransfer.KIND)
+    assert len(transfers) == 2
+    again = next(r for r in transfers if r.id != first.id)
+    assert again.state is RequestState.PENDING and again.args["to"] == CAROL.email
+    services.decide(live.core, ADMIN, again.id, approve=False, decision_key="no", reason="Alice comes back")
+    checker.run_once()
+    assert len(live.requests(kinds.WorkspaceTransfer.KIND)) == 2  # admins decided: it stands
+
+
+# -- 6: a 429 reaches the offboarder at once, whatever the client's retry handlers ----------------------
+
+
+def test_a_429_is_not_slept_through_by_the_clients_retry_handler(make_live: LiveFactory) -> None:
+    live = make_live()
+    _team(live)
+    client = WebClient(
+        token=BOT_TOKEN,
+        base_url=live.slack.base_url,
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)],  # as bot.app.make_client
+    )
+    checker = offboarder(live, client)
+    live.slack.rate_limit_next("users.info", retry_after=4)
+    started = time.monotonic()
+    said = checker.check_now(ADMIN, BOB.email)
+    assert time.monotonic() - started < 3.0
+    assert "wait 4s" in said and _filed(live) == []
+    # The bot's own client keeps its handlers for everything else.
+    assert any(isinstance(h, RateLimitErrorRetryHandler) for h in client.retry_handlers)
