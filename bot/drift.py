@@ -4,10 +4,12 @@ the same sweeper) in ``KFBOT_DRIFT_CHANNEL`` or the admin channel, and ``/kf dri
 One message per channel: ``drift_reports`` keeps its ``ts`` and the digest of what it shows, so the
 next report edits it (``chat.update``) and does nothing when nothing changed; a message deleted by
 someone is posted again. Each line carries its buttons (``handlers.drift``: Adopt into the record,
-Restore, Clean up) whose value is the drift's key only.
+Restore, Clean up) whose value is the drift's key and a digest of what the line shows
+(``DriftItem.value``): a click on a line whose drift changed since is refused.
 
 **A click trusts nothing it carries.** ``DriftDesk.click`` reads the drift again, looks the key up
-(``handlers.drift.resolve``: refused when it is not a drift now or not the clicker's to see) and
+(``handlers.drift.resolve``: refused when it is not a drift now, not the clicker's to see, or
+shows other values now than the clicked line did) and
 builds what it files from the item found: Restore and Clean up are requests of the clicker through
 ``services.submit`` (the approval gate decides), Adopt into the record is
 ``services.adopt_drift`` (an admin who does not benefit; a system decision). The timer, like the
@@ -79,7 +81,7 @@ def drift_blocks(
         if item.actions:
             out.append(ActionsBlock(
                 block_id=f"drift-{index}",
-                elements=[blocks.button(LABELS[a], a, item.key, STYLES[a]) for a in item.actions],
+                elements=[blocks.button(LABELS[a], a, item.value, STYLES[a]) for a in item.actions],
             ))
     if len(items) > MAX_ITEMS:
         out.append(blocks.section(f"…and {len(items) - MAX_ITEMS} more; fix these first."))

@@ -2,11 +2,21 @@
 
 Pure. ``provisioning.Backend.drift_inventory`` reads the registry and the cluster into a
 ``DriftInventory``; ``find`` turns it into ``DriftItem``s (one per disagreement, each with a stable
-``key``); the report (``bot/drift.py``) shows them with buttons whose value is only that key.
+``key``); the report (``bot/drift.py``) shows them with buttons whose value is that key and a digest
+of what the line showed (``DriftItem.value``).
 
 **A button value is never trusted.** A click is answered by reading the drift again and looking the
 key up (``resolve``): a key that is not in the current drift (forged, or the drift no longer
-holds) is refused, and what a button files is built from the item found now, never from the value.
+holds) is refused, so is a drift whose values differ from those the button's line showed (changed
+since the report: nobody adopts or restores values they never saw), and what a button files is
+built from the item found now, never from the value.
+
+**Everything read from the cluster is shown as a value, never as markup or a person.** Names on
+a Profile, a RoleBinding or a tag are whatever someone typed into the dashboard or the cloud
+(``o'brien@example.com``, ``Jane Doe``, ``UADMIN002``, ``<!channel>``): only an exact email becomes
+a ``naming.person`` (which the Slack edge turns into a mention only when Slack resolves the email),
+anything else is ``naming.show_value`` text; a key part that a button value cannot carry is hashed.
+The report never raises over such a name.
 **Restore** and **Clean up** file normal requests as the clicking person (``restore_request``,
 ``cleanup_request``): the approval gate decides as for the typed command. **Adopt into the record**
 (``adopt_request``) changes only the registry, as a system decision, and only for an admin who
@@ -19,6 +29,7 @@ only its minimum and maximum are compared.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +52,13 @@ RESTORE = "drift_restore"
 CLEAN_UP = "drift_cleanup"
 ACTIONS = (ADOPT, RESTORE, CLEAN_UP)
 """The report's button action ids."""
-_KEY = re.compile(r"[a-z-]{3,24}:[A-Za-z0-9._@+:/-]{1,250}")
+_KEY = re.compile(r"[a-z-]{3,24}:[A-Za-z0-9._@+:/~-]{1,250}")
+_SEEN = 16
+"""Hex digits of the digest of what a line showed, in its buttons' value (``key#digest``)."""
+_VALUE = re.compile(rf"({_KEY.pattern})#([0-9a-f]{{{_SEEN}}})")
+_KEY_PART = re.compile(r"[A-Za-z0-9._@+/-]{1,100}")
+_PLAIN = re.compile(r"[A-Za-z0-9.-]{1,63}")
+"""A value read from the cluster shown without quoting (``edit``, ``8Gi``): nothing markup."""
 
 
 class What(StrEnum):
@@ -134,6 +151,16 @@ class DriftItem:
     """What the buttons act on, as found now (user, role, quotas, scaling, object name)."""
 
     @property
+    def value(self) -> str:
+        """Its buttons' value: the key and a digest of what the line shows (``resolve``)."""
+        return f"{self.key}#{self.seen}"
+
+    @property
+    def seen(self) -> str:
+        shown = json.dumps([self.key, self.text, self.data], sort_keys=True, default=str)
+        return hashlib.sha256(shown.encode()).hexdigest()[:_SEEN]
+
+    @property
     def actions(self) -> tuple[str, ...]:
         if self.what in (What.ORPHAN_BUCKET, What.ORPHAN_NODEGROUP, What.ORPHAN_IAM, What.ORPHAN_DEX):
             return (CLEAN_UP,)
@@ -143,7 +170,31 @@ class DriftItem:
 
 
 def _key(what: What, *parts: str) -> str:
-    return ":".join((what.value, *parts))
+    return ":".join((what.value, *map(_key_part, parts)))
+
+
+def _key_part(part: str) -> str:
+    # A name from the cluster a button value cannot carry (a quote, a space, a bidi control):
+    # hashed, so the key stays unique and the strict value pattern holds (``~`` is no name's).
+    if _KEY_PART.fullmatch(part):
+        return part
+    return "~" + hashlib.sha256(part.encode()).hexdigest()[:24]
+
+
+def _who(user: str) -> str:
+    """A person read from the cluster: an exact email is a person (a mention where Slack knows
+    it), anything else (``Jane Doe``, ``UADMIN002``, ``o'brien@x``) shown as a value."""
+    try:
+        email = naming.normalize_email(user)
+    except errors.KfError:
+        email = ""
+    if email and email == user and naming.is_person_id(email):
+        return naming.person(email)
+    return naming.show_value(user)
+
+
+def _plain(value: str) -> str:
+    return value if _PLAIN.fullmatch(value) else naming.show_value(value)
 
 
 def find(inv: DriftInventory) -> list[DriftItem]:
@@ -154,15 +205,15 @@ def find(inv: DriftInventory) -> list[DriftItem]:
         items += _scaling(ws)
     for orphan in inv.orphans:
         what, label = _ORPHANS[orphan.what]
-        more = f" ({orphan.detail})" if orphan.detail else ""
-        whose = f"its workspace `{orphan.workspace}`" if orphan.workspace else "its workspace"
+        more = f" ({naming.show_value(orphan.detail, 200)[1:-1]})" if orphan.detail else ""
+        whose = "its workspace" + (f" {naming.show_value(orphan.workspace)}" if orphan.workspace else "")
         items.append(
             DriftItem(
                 _key(what, orphan.name),
                 what,
                 None,
                 None,
-                f"Orphan {label} `{orphan.name}`: {whose} is gone{more}.",
+                f"Orphan {label} {naming.show_value(orphan.name)}: {whose} is gone{more}.",
                 {"name": orphan.name, "workspace": orphan.workspace},
             )
         )
@@ -173,8 +224,8 @@ def find(inv: DriftInventory) -> list[DriftItem]:
                 What.UNKNOWN_PROFILE,
                 None,
                 None,
-                f"Profile `{namespace}` (owner {naming.person(owner) if owner else 'unknown'}) is not "
-                "one the bot knows.",
+                f"Profile {naming.show_value(namespace)} (owner {_who(owner) if owner else 'unknown'}) "
+                "is not one the bot knows.",
                 {"namespace": namespace},
             )
         )
@@ -200,15 +251,15 @@ def _contributors(ws: WorkspaceSeen) -> list[DriftItem]:
         if recorded is None:
             out.append(DriftItem(
                 _key(What.CONTRIBUTOR_ADDED, ws.name, user), What.CONTRIBUTOR_ADDED, ws.name, ws.owner,
-                f"`{ws.name}`: {naming.person(user)} has {role} access in the cluster that the bot did "
+                f"`{ws.name}`: {_who(user)} has {_plain(role)} access in the cluster that the bot did "
                 "not grant (added by hand).",
                 {"user": user, "role": role},
             ))
         elif recorded != role:
             out.append(DriftItem(
                 _key(What.CONTRIBUTOR_ROLE, ws.name, user), What.CONTRIBUTOR_ROLE, ws.name, ws.owner,
-                f"`{ws.name}`: {naming.person(user)} has {role} access in the cluster; the bot "
-                f"granted {recorded}.",
+                f"`{ws.name}`: {_who(user)} has {_plain(role)} access in the cluster; the bot "
+                f"granted {_plain(recorded)}.",
                 {"user": user, "role": role, "recorded": recorded},
             ))
     for user, role in sorted(ws.grants.items()):
@@ -216,7 +267,7 @@ def _contributors(ws: WorkspaceSeen) -> list[DriftItem]:
             out.append(DriftItem(
                 _key(What.CONTRIBUTOR_REMOVED, ws.name, user), What.CONTRIBUTOR_REMOVED, ws.name,
                 ws.owner,
-                f"`{ws.name}`: {naming.person(user)}'s {role} access, granted by the bot, is gone from "
+                f"`{ws.name}`: {_who(user)}'s {_plain(role)} access, granted by the bot, is gone from "
                 "the cluster (removed by hand).",
                 {"user": user, "recorded": role},
             ))
@@ -231,7 +282,8 @@ def _quota(ws: WorkspaceSeen) -> list[DriftItem]:
     if not changed:
         return []
     shown = ", ".join(
-        f"`{r}` {ws.hard.get(r, 'unset')} (recorded {ws.quota.get(r, 'unset')})" for r in changed
+        f"{naming.show_value(r)} {_plain(ws.hard.get(r, 'unset'))} "
+        f"(recorded {_plain(ws.quota.get(r, 'unset'))})" for r in changed
     )
     data: dict[str, JSON] = {
         "hard": {r: ws.hard[r] for r in changed if r in ws.hard},
@@ -254,8 +306,9 @@ def _scaling(ws: WorkspaceSeen) -> list[DriftItem]:
             continue  # the desired size is the autoscaler's: never drift
         out.append(DriftItem(
             _key(What.SCALING, ws.name, ng.name), What.SCALING, ws.name, ws.owner,
-            f"`{ws.name}`: nodegroup `{ng.name}` scales {live.min_size}-{live.max_size} nodes; the bot "
-            f"recorded {ng.recorded.min_size}-{ng.recorded.max_size} (changed outside the bot).",
+            f"`{ws.name}`: nodegroup {naming.show_value(ng.name)} scales {live.min_size}-{live.max_size} "
+            f"nodes; the bot recorded {ng.recorded.min_size}-{ng.recorded.max_size} "
+            "(changed outside the bot).",
             {
                 "nodegroup": ng.name, "step": ng.key, "min_size": live.min_size, "max_size": live.max_size,
                 "recorded_min": ng.recorded.min_size, "recorded_max": ng.recorded.max_size,
@@ -280,19 +333,25 @@ def visible(items: Iterable[DriftItem], actor: Actor, settings: CoreSettings) ->
     return [i for i in items if may_see(i, actor, settings)]
 
 
-def check_key(value: str) -> str:
-    """A button value as a drift key, or ``InvalidInput`` (it is untrusted input)."""
-    if not isinstance(value, str) or not _KEY.fullmatch(value):
-        raise errors.InvalidInput("That button does not name a drift the bot reported.")
-    return value
+def check_value(value: str) -> tuple[str, str]:
+    """A button value as (drift key, digest of what its line showed), or ``InvalidInput`` (it is
+    untrusted input; a bare key, as buttons carried before the digest, is refused too)."""
+    found = _VALUE.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        raise errors.InvalidInput(
+            "That button does not name a drift the bot reported (or is from an old report): "
+            "`/kf drift` shows the drift as it is now."
+        )
+    return found.group(1), found.group(2)
 
 
 def resolve(
     items: Sequence[DriftItem], action: str, value: str, actor: Actor, settings: CoreSettings
 ) -> DriftItem:
     """The item a click acts on, read now: refused when the key is not a drift now (forged, or
-    fixed meanwhile), when the clicker may not see it, or when the button is not one of its own."""
-    key = check_key(value)
+    fixed meanwhile), when the clicker may not see it, when the button is not one of its own, or
+    when the drift now shows other values than the button's line did (changed since the report)."""
+    key, seen = check_value(value)
     item = next((i for i in items if i.key == key), None)
     if item is None or not may_see(item, actor, settings):
         raise errors.NotFound(
@@ -301,6 +360,11 @@ def resolve(
         )
     if action not in item.actions:
         raise errors.InvalidInput("That button does not apply to this drift.")
+    if seen != item.seen:
+        raise errors.NotFound(
+            "That drift changed since the report was posted (the cluster now shows other values "
+            "than the ones you saw): nothing was done. `/kf drift` shows it as it is now."
+        )
     return item
 
 

@@ -130,6 +130,11 @@ def items(live: Live) -> dict[str, drift.DriftItem]:
     return {i.key: i for i in drift.find(live.backend.drift_inventory())}
 
 
+def value_of(live: Live, key: str) -> str:
+    """The button value the report shows now for ``key`` (the key and a digest of the line)."""
+    return items(live)[key].value
+
+
 def hand_edits(live: Live, aws: AwsEnv) -> tuple[str, str, str]:
     assert live.hard()["cpu"] != "99"
     add_contributor_by_hand(live, EVE)
@@ -157,8 +162,8 @@ def test_drift_finds_the_hand_edits_and_each_button_does_what_it_says(world: Liv
     # Adopt into the record: an admin who does not benefit; the registry follows the cluster, as a
     # system decision naming the admin, and the cluster is not touched.
     with pytest.raises(errors.Forbidden):
-        d.click(drift.ADOPT, contributor, ALICE, "k-alice")  # the owner benefits and is no admin
-    adopted = d.click(drift.ADOPT, contributor, ADMIN, "k-adopt")
+        d.click(drift.ADOPT, found[contributor].value, ALICE, "k-alice")  # the owner benefits, no admin
+    adopted = d.click(drift.ADOPT, found[contributor].value, ADMIN, "k-adopt")
     assert adopted.request.requester_id == SYSTEM.user_id and adopted.request.plan.steps == ()
     world.run()
     assert world.request(adopted.request.id).state is RequestState.SUCCEEDED
@@ -171,7 +176,7 @@ def test_drift_finds_the_hand_edits_and_each_button_does_what_it_says(world: Liv
     assert world.backend.facts.workspace(NS) is not None
 
     # Restore the quota as the owner: a normal quota request (the owner lowering it applies at once).
-    restored = d.click(drift.RESTORE, quota, ALICE, "k-restore")
+    restored = d.click(drift.RESTORE, found[quota].value, ALICE, "k-restore")
     assert restored.request.kind == kinds.QuotaChange.KIND and restored.request.requester_id == ALICE.user_id
     world.run()
     assert world.request(restored.request.id).state is RequestState.SUCCEEDED
@@ -180,8 +185,8 @@ def test_drift_finds_the_hand_edits_and_each_button_does_what_it_says(world: Liv
 
     # Clean up the orphan bucket: only admins see it; an admin files it, another admin approves.
     with pytest.raises(errors.NotFound):
-        d.click(drift.CLEAN_UP, orphan, ALICE, "k-alice-clean")
-    cleanup = d.click(drift.CLEAN_UP, orphan, ADMIN, "k-clean")
+        d.click(drift.CLEAN_UP, found[orphan].value, ALICE, "k-alice-clean")
+    cleanup = d.click(drift.CLEAN_UP, found[orphan].value, ADMIN, "k-clean")
     assert cleanup.request.kind == kinds.DriftCleanup.KIND and cleanup.request.state is RequestState.PENDING
     world.run()
     assert bucket_exists(aws, ORPHAN)  # nothing changes before an approval
@@ -198,22 +203,26 @@ def test_buttons_refuse_forged_values_stale_drift_and_admins_who_benefit(world: 
     original_cpu = world.hard()["cpu"]
     contributor, quota, orphan = hand_edits(world, aws)
     d = desk(world)
+    found = items(world)
     before = world.request_count()
+    seen = "#" + "0" * 16
     forged = [
-        (drift.ADOPT, f"contributor-added:{NS}:mallory@example.com", errors.NotFound),  # not a drift
-        (drift.ADOPT, "contributor-added:other-ws:x@example.com", errors.NotFound),
+        (drift.ADOPT, f"contributor-added:{NS}:mallory@example.com{seen}", errors.NotFound),  # no drift
+        (drift.ADOPT, f"contributor-added:other-ws:x@example.com{seen}", errors.NotFound),
+        (drift.ADOPT, contributor + seen, errors.NotFound),  # a drift, not the values its line showed
+        (drift.ADOPT, contributor, errors.InvalidInput),  # a bare key: an old report's button
         (drift.RESTORE, "'; DROP TABLE requests; --", errors.InvalidInput),
-        (drift.RESTORE, "quota:" + "a" * 400, errors.InvalidInput),
-        (drift.CLEAN_UP, contributor, errors.InvalidInput),  # not this drift's button
-        (drift.ADOPT, orphan, errors.InvalidInput),
-        (drift.CLEAN_UP, f"orphan-bucket:{NS}-bucket-of-a-live-workspace", errors.NotFound),
+        (drift.RESTORE, "quota:" + "a" * 400 + seen, errors.InvalidInput),
+        (drift.CLEAN_UP, found[contributor].value, errors.InvalidInput),  # not this drift's button
+        (drift.ADOPT, found[orphan].value, errors.InvalidInput),
+        (drift.CLEAN_UP, f"orphan-bucket:{NS}-bucket-of-a-live-workspace{seen}", errors.NotFound),
     ]
     for action, value, error in forged:
         with pytest.raises(error):
             d.click(action, value, ADMIN, f"k-{action}-{len(value)}")
     # A stranger sees none of it, and the owner sees only their workspace's drift.
     with pytest.raises(errors.NotFound):
-        d.click(drift.RESTORE, quota, BOB, "k-bob")
+        d.click(drift.RESTORE, found[quota].value, BOB, "k-bob")
     assert "No drift" in world.text_for(BOB, "drift")
     alice_sees = world.text_for(ALICE, "drift")
     assert "eve@example.com" in alice_sees and ORPHAN not in alice_sees
@@ -221,22 +230,22 @@ def test_buttons_refuse_forged_values_stale_drift_and_admins_who_benefit(world: 
     # A drift fixed meanwhile: the button finds nothing to act on.
     world.patch_profile_by_hand({"cpu": original_cpu})
     with pytest.raises(errors.NotFound):
-        d.click(drift.RESTORE, quota, ALICE, "k-stale")
+        d.click(drift.RESTORE, found[quota].value, ALICE, "k-stale")
     assert world.request_count() == before
     # An admin whose own access the drift is may not adopt it; another admin may.
     add_contributor_by_hand(world, ADMIN.email, "view")
     mine = f"contributor-added:{NS}:{ADMIN.email}"
     with pytest.raises(errors.Forbidden):
-        d.click(drift.ADOPT, mine, ADMIN, "k-mine")
+        d.click(drift.ADOPT, value_of(world, mine), ADMIN, "k-mine")
     assert world.request_count() == before
-    d.click(drift.ADOPT, mine, ADMIN2, "k-other-admin")
+    d.click(drift.ADOPT, value_of(world, mine), ADMIN2, "k-other-admin")
     assert world.request_count() == before + 1
     world.run()
 
     # Adopting a hand-edited quota: the record takes the Profile's whole quota, nothing else moves.
     world.patch_profile_by_hand({"cpu": "77"})
     cluster = world.hard()
-    adopted = d.click(drift.ADOPT, quota, ADMIN2, "k-adopt-quota")
+    adopted = d.click(drift.ADOPT, value_of(world, quota), ADMIN2, "k-adopt-quota")
     world.run()
     assert world.request(adopted.request.id).state is RequestState.SUCCEEDED
     assert world.hard() == cluster
@@ -266,7 +275,8 @@ def test_the_report_is_edited_not_reposted(world: Live, aws: AwsEnv) -> None:
     assert len(world.slack.messages_in(ADMIN_CHANNEL)) == posts_before + 1
 
     # Restore a hand-added contributor: the owner's unshare (applies at once), both halves gone.
-    restored = d.click(drift.RESTORE, f"contributor-added:{NS}:{EVE}", ALICE, "k-restore-eve")
+    eve = value_of(world, f"contributor-added:{NS}:{EVE}")
+    restored = d.click(drift.RESTORE, eve, ALICE, "k-restore-eve")
     assert restored.request.kind == kinds.Unshare.KIND and restored.request.requester_id == ALICE.user_id
     world.run()
     assert world.request(restored.request.id).state is RequestState.SUCCEEDED
@@ -407,7 +417,7 @@ def test_runbook_workspace_is_an_unknown_profile_and_nodegroup_bounds_moved_by_h
         desk_ = DriftDesk(stack.backend, WebClient(token=BOT_TOKEN), "CDRIFT", stack.core, lambda e: None,
                           stack.clock, None)
         key = f"scaling:proj2:{nodegroup}"
-        restore = desk_.click(drift.RESTORE, key, H_ADMIN, "k-restore-scaling")
+        restore = desk_.click(drift.RESTORE, now(stack, key), H_ADMIN, "k-restore-scaling")
         assert restore.request.kind == kinds.WorkspaceResize.KIND
         assert restore.request.state is RequestState.PENDING  # a resize waits for an admin
         stack.approve(restore.request.id, H_ADMIN2)
@@ -418,7 +428,7 @@ def test_runbook_workspace_is_an_unknown_profile_and_nodegroup_bounds_moved_by_h
 
         eks.update_nodegroup_config(clusterName=world.cluster, nodegroupName=nodegroup,
                                     scalingConfig={"minSize": low, "maxSize": high + 1, "desiredSize": low})
-        adopted = desk_.click(drift.ADOPT, key, H_ADMIN2, "k-adopt-scaling")
+        adopted = desk_.click(drift.ADOPT, now(stack, key), H_ADMIN2, "k-adopt-scaling")
         stack.run()
         assert stack.request(adopted.request.id).state is RequestState.SUCCEEDED
         assert [i.what for i in drift.find(stack.backend.drift_inventory())] == [drift.What.UNKNOWN_PROFILE]
@@ -431,7 +441,7 @@ def test_runbook_workspace_is_an_unknown_profile_and_nodegroup_bounds_moved_by_h
         orphan = "orphan-iam:s3-an2-aic-dev-gone"
         found = {i.key: i for i in drift.find(stack.backend.drift_inventory())}
         assert set(found) == {orphan, f"unknown-profile:{made.namespace}"}, found
-        cleanup = desk_.click(drift.CLEAN_UP, orphan, H_ADMIN, "k-clean-iam")
+        cleanup = desk_.click(drift.CLEAN_UP, found[orphan].value, H_ADMIN, "k-clean-iam")
         stack.approve(cleanup.request.id, H_ADMIN2)
         stack.run()
         assert stack.request(cleanup.request.id).state is RequestState.SUCCEEDED
@@ -440,6 +450,10 @@ def test_runbook_workspace_is_an_unknown_profile_and_nodegroup_bounds_moved_by_h
             assert "s3-an2-aic-dev-gone" not in json.dumps(document)
             assert made.policy_sid in json.dumps(document)  # the runbook's own statement stays
         assert [i.what for i in drift.find(stack.backend.drift_inventory())] == [drift.What.UNKNOWN_PROFILE]
+
+
+def now(stack: Any, key: str) -> str:
+    return next(i.value for i in drift.find(stack.backend.drift_inventory()) if i.key == key)
 
 
 def grant_in_bot_statement(endpoint_url: str, policy_arn: str, bucket: str) -> None:
@@ -474,7 +488,7 @@ def test_a_dex_login_left_by_two_deleted_workspaces_is_an_orphan_cleaned_up(
         assert key in found and found[key].actions == (drift.CLEAN_UP,), found
         desk_ = DriftDesk(stack.backend, WebClient(token=BOT_TOKEN), "CDRIFT", stack.core, lambda e: None,
                           stack.clock, None)
-        cleanup = desk_.click(drift.CLEAN_UP, key, H_ADMIN, "k-clean-dex")
+        cleanup = desk_.click(drift.CLEAN_UP, found[key].value, H_ADMIN, "k-clean-dex")
         stack.approve(cleanup.request.id, H_ADMIN2)
         stack.run()
         assert stack.request(cleanup.request.id).state is RequestState.SUCCEEDED
