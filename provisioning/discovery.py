@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.actions import ActionName
-from handlers.naming import RESERVED_NAMESPACES, NamingSettings
+from handlers.errors import InvalidInput
+from handlers.naming import RESERVED_NAMESPACES, NamingSettings, normalize_email
 from handlers.naming import show_value as naming_show
 from handlers.plan import JSON
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
@@ -77,6 +78,13 @@ def _names_other(world: _World, namespace: str, values: Mapping[str, str], what:
         if "namespace" in key.lower() or value in world.profiles:
             return f"its {what} {naming_show(key)} names {naming_show(value)}"
     return None
+
+
+def _is_user_id(value: str) -> bool:
+    try:
+        return normalize_email(value) == value
+    except InvalidInput:
+        return False
 
 
 def _principal_namespace(principal: str) -> str:
@@ -197,6 +205,9 @@ class Discoverer:
         if profile is not None:
             for user, role in sorted(self.kubeflow.contributor_pairs(namespace).items()):
                 if user == owner:
+                    continue
+                if not _is_user_id(user):  # a grant is keyed by a person; this names none
+                    notes.append(f"Not adopted: contributor {naming_show(user)}, not an email address.")
                     continue
                 objects.append(
                     FoundObject(

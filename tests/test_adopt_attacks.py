@@ -60,6 +60,28 @@ def self_registered(apiserver: FakeApiServer, name: str, owner: str = MALLORY.em
     )
 
 
+def kfam_pair(user: str, role: str, namespace: str) -> list[dict[str, Any]]:
+    """KFAM's RoleBinding + AuthorizationPolicy for ``user`` (kubeflow-reference §2.2)."""
+    meta = {"name": kfam_binding_name(user, role), "namespace": namespace,
+            "annotations": {"user": user, "role": role}}
+    rule = {"when": [{"key": "request.headers[kubeflow-userid]", "values": [user]}]}
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(meta),
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": f"kubeflow-{role}"},
+            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": user}],
+        },
+        {
+            "apiVersion": "security.istio.io/v1beta1",
+            "kind": "AuthorizationPolicy",
+            "metadata": dict(meta),
+            "spec": {"rules": [rule]},
+        },
+    ]
+
+
 def adopt_buttons(stack: LiveStack) -> set[str]:
     groups = stack.backend.scan_unmanaged()
     assert groups is not None
@@ -244,9 +266,13 @@ def test_existing_contributors_are_adopted_as_grants_and_not_reported_as_drift(
             "subjects": [{"apiGroup": RBAC, "kind": "User", "name": MALLORY.email}],
         }
     )
+    # KFAM's shape exactly, but its user is no person a grant could name (a Slack id's look).
+    for binding in kfam_pair("UADMIN002", "view", made.namespace):
+        stack.apiserver.create(binding)
     request = stack.submit(ADMIN, f"workspace adopt {made.namespace}")
     lines = [s.summary for s in request.plan.steps if s.key.startswith("Contributor/")]
     assert lines == [f"adopt contributor `{made.contributor}` (found by KFAM's RoleBinding, role edit)"]
+    assert "Not adopted: contributor `UADMIN002`, not an email address." in request.plan.warnings
     with pytest.raises(errors.Forbidden):  # an admin who is a contributor gains a recorded grant
         stack.approve(request.id, Actor("UHELPER1", made.contributor, is_admin=True))
     stack.approve(request.id, ADMIN2)
@@ -261,4 +287,4 @@ def test_existing_contributors_are_adopted_as_grants_and_not_reported_as_drift(
         if i.what is drift.What.CONTRIBUTOR_ADDED and i.workspace == made.namespace
     }
     assert made.contributor not in added
-    assert "eve@example.com" in added  # the look-alike stays someone else's to explain
+    assert {"eve@example.com", "UADMIN002"} <= added  # not adopted: still someone's to explain
