@@ -726,6 +726,7 @@ ADOPTABLE: Mapping[ActionName, ActionName] = {
     ActionName.BUCKET: ActionName.AWS_ADOPT,
     ActionName.IAM_RESOURCES: ActionName.AWS_ADOPT,
     ActionName.NODEGROUP: ActionName.AWS_ADOPT,
+    ActionName.CONTRIBUTOR: ActionName.PROFILE_ADOPT,
 }
 """Create action of an object found by hand -> the action that checks it is still there when an
 adoption applies (each adapter checks its own objects; none of them writes anything)."""

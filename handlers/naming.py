@@ -48,6 +48,7 @@ RESERVED_NAMESPACES = frozenset(
         "auth",
         "cert-manager",
         "istio-system",
+        "kf-chatops",
         "knative-eventing",
         "knative-serving",
         "kserve",
@@ -56,7 +57,10 @@ RESERVED_NAMESPACES = frozenset(
         "oauth2-proxy",
     }
 )
-"""Namespaces of the platform itself; ``kube-*`` is reserved as well.
+"""Namespaces of the platform itself; ``kube-*`` is reserved as well. ``kf-chatops`` is the
+bot's own (docs/DEPLOY.md; it holds the bot's secrets); adoption also refuses the namespaces the
+settings name (Dex's, Kubeflow's, the bot principal's) and any namespace the profile controller
+did not make for its Profile.
 
 The profile step would refuse most of them (they have no matching owner annotation), but the
 request should fail at parse time, not after an admin approved it.

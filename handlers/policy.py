@@ -126,6 +126,20 @@ def grant_recorded(trail: Sequence[Event], workspace: str, user: str, role: str)
         # An admin adopted a grant made by hand into the record (a system decision).
         return args.get("workspace") == workspace and args.get("what") == "grant" and (
             args.get("user"), args.get("role")) == (user, role)
+    if created.data.get("kind") == kinds.WorkspaceAdopt.KIND:
+        # An adoption recorded a contributor it found (KFAM's pair) as a grant.
+        if args.get("namespace") != workspace:
+            return False
+        for step in as_list(as_object(created.data.get("plan") or {}).get("steps") or []):
+            params = as_object(as_object(step).get("params") or {})
+            inner = as_object(params.get("params") or {})
+            if (
+                as_object(step).get("action") == ActionName.PROFILE_ADOPT
+                and params.get("object") == ActionName.CONTRIBUTOR
+                and (inner.get("user"), inner.get("role")) == (user, role)
+            ):
+                return True
+        return False
     if created.data.get("kind") != kinds.Share.KIND or args.get("workspace") != workspace:
         return False
     steps = as_list(as_object(created.data.get("plan") or {}).get("steps") or [])

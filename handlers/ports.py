@@ -222,6 +222,9 @@ class Discovery:
     """The registry's workspace that holds this namespace already, if any."""
     objects: tuple[FoundObject, ...] = ()
     notes: tuple[str, ...] = ()
+    refused: str | None = None
+    """Why the Profile is not adoptable (its namespace is not the one the profile controller made
+    for it, or it is the platform's); None: it is."""
 
 
 @dataclass(frozen=True)

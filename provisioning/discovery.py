@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.actions import ActionName
-from handlers.naming import RESERVED_NAMESPACES, NamingSettings
+from handlers.errors import InvalidInput
+from handlers.naming import RESERVED_NAMESPACES, NamingSettings, normalize_email
+from handlers.naming import show_value as naming_show
 from handlers.plan import JSON
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
 from handlers.settings import CoreSettings
@@ -33,6 +35,7 @@ from provisioning.aws import MARK_TAG, AwsActions
 from provisioning.dex import DexActions, DexLogin
 from provisioning.k8s import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from provisioning.kubeflow import KubeflowActions
+from provisioning.settings import KubeflowSettings
 from provisioning.store import Database
 
 _PROJECT = "project"
@@ -63,6 +66,31 @@ def _project(template: str, settings: NamingSettings, value: str) -> str | None:
 
 def _tagged(values: Mapping[str, str], namespace: str, what: str) -> str | None:
     return next((f"{what} {key}" for key, value in sorted(values.items()) if value == namespace), None)
+
+
+def _names_other(world: _World, namespace: str, values: Mapping[str, str], what: str) -> str | None:
+    """A tag or label tying the object to another namespace: its key names a namespace
+    (``Namespace``, ``kubeflow/namespace``), or its value is another Profile's name. Such an object
+    is that workspace's even when this one's naming template matches its name."""
+    for key, value in sorted(values.items()):
+        if value == namespace or not value:
+            continue
+        if "namespace" in key.lower() or value in world.profiles:
+            return f"its {what} {naming_show(key)} names {naming_show(value)}"
+    return None
+
+
+def _is_user_id(value: str) -> bool:
+    try:
+        return normalize_email(value) == value
+    except InvalidInput:
+        return False
+
+
+def _principal_namespace(principal: str) -> str:
+    """``cluster.local/ns/<namespace>/sa/<account>`` -> the namespace (empty if not that shape)."""
+    parts = principal.split("/")
+    return parts[2] if len(parts) == 5 and parts[1] == "ns" else ""
 
 
 def _nodegroup_params(group: Mapping[str, Any]) -> dict[str, JSON]:
@@ -98,6 +126,8 @@ class _World:
     policies: dict[str, list[str]]
     nodegroups: list[Mapping[str, Any]]
     logins: list[DexLogin]
+    problems: dict[str, str | None] = field(default_factory=dict)
+    """Profile -> why its namespace is not the profile controller's (``profile_namespace_problem``)."""
     managed_namespaces: dict[str, str] = field(default_factory=dict)
     managed_keys: set[str] = field(default_factory=set)
 
@@ -117,6 +147,7 @@ class Discoverer:
             policies={arn: self.aws.policy_resources(arn) for arn in self.core.workspace.iam_policy_arns},
             nodegroups=[dict(n) for n in self.aws.nodegroups(self.core.workspace.cluster)],
             logins=self.dex.logins() if self.core.workspace.dex_mode != "external" else [],
+            problems=self.kubeflow.profile_problems(),
         )
         for row in rows:
             world.managed_namespaces[row.namespace] = row.name
@@ -132,6 +163,9 @@ class Discoverer:
         objects: list[FoundObject] = []
         notes: list[str] = []
         owner = profile[0] if profile else None
+        refused = self._refused(world, namespace) if profile is not None else None
+        if refused is not None:
+            return Discovery(namespace, True, owner, world.managed_namespaces.get(namespace), refused=refused)
         if profile is not None:
             objects.append(
                 FoundObject(
@@ -168,8 +202,24 @@ class Discoverer:
                 )
             elif login is None and self.core.workspace.dex_mode != "external":
                 notes.append(f"Dex has no login for the owner {owner}.")
+        if profile is not None:
+            for user, role in sorted(self.kubeflow.contributor_pairs(namespace).items()):
+                if user == owner:
+                    continue
+                if not _is_user_id(user):  # a grant is keyed by a person; this names none
+                    notes.append(f"Not adopted: contributor {naming_show(user)}, not an email address.")
+                    continue
+                objects.append(
+                    FoundObject(
+                        ActionName.CONTRIBUTOR,
+                        f"Contributor/{user}",
+                        user,
+                        {"namespace": namespace, "user": user, "role": role},
+                        f"KFAM's RoleBinding, role {role}",
+                    )
+                )
         found_buckets: list[str] = []
-        for (bucket, tags), how in self.bucket_candidates(world, namespace, project):
+        for (bucket, tags), how in self.bucket_candidates(world, namespace, project, notes):
             found_buckets.append(bucket)
             objects.append(
                 FoundObject(
@@ -200,7 +250,7 @@ class Discoverer:
                         tuple(listed),
                     )
                 )
-        for group, how in self.nodegroup_candidates(world, namespace, project):
+        for group, how in self.nodegroup_candidates(world, namespace, project, notes):
             name = str(group.get("nodegroupName", ""))
             objects.append(
                 FoundObject(ActionName.NODEGROUP, f"Nodegroup/{name}", name, _nodegroup_params(group), how)
@@ -214,8 +264,24 @@ class Discoverer:
             notes=tuple(notes),
         )
 
+    def _refused(self, world: _World, namespace: str) -> str | None:
+        """Why the Profile ``namespace`` is never adopted: the bot's own namespace, Dex's or the
+        profiles' (whatever the settings name them), or a namespace the profile controller did
+        not make for this Profile (``kubeflow.profile_namespace_problem``)."""
+        kubeflow: KubeflowSettings = self.kubeflow.settings
+        platform = {
+            self.dex.settings.namespace: "Dex's namespace",
+            kubeflow.profiles_namespace: "Kubeflow's namespace",
+            _principal_namespace(self.kubeflow.bot_principal): "the bot's own namespace",
+        }
+        if namespace in platform:
+            return f"it is {platform[namespace]}"
+        if namespace in RESERVED_NAMESPACES or namespace.startswith(("kube-", "istio-", "knative-")):
+            return "it belongs to the platform"
+        return world.problems.get(namespace, "the profile controller has made no namespace for it")
+
     def bucket_candidates(
-        self, world: _World, namespace: str, project: str | None
+        self, world: _World, namespace: str, project: str | None, notes: list[str] | None = None
     ) -> list[tuple[tuple[str, dict[str, str]], str]]:
         naming = self.core.naming
         out: list[tuple[tuple[str, dict[str, str]], str]] = []
@@ -224,12 +290,16 @@ class Discoverer:
                 continue
             how = "name" if project and _project(naming.bucket, naming, bucket) == project else None
             how = how or _tagged(tags, namespace, "tag")
-            if how:
+            other = _names_other(world, namespace, tags, "tag")
+            if how and other:
+                if notes is not None:
+                    notes.append(f"Skipped S3 bucket `{bucket}`: {other}.")
+            elif how:
                 out.append(((bucket, tags), how))
         return out
 
     def nodegroup_candidates(
-        self, world: _World, namespace: str, project: str | None
+        self, world: _World, namespace: str, project: str | None, notes: list[str] | None = None
     ) -> list[tuple[Mapping[str, Any], str]]:
         naming = self.core.naming
         out: list[tuple[Mapping[str, Any], str]] = []
@@ -241,7 +311,13 @@ class Discoverer:
             labels = {str(k): str(v) for k, v in (group.get("labels") or {}).items()}
             how = "name" if project and _project(naming.nodegroup, naming, name) == project else None
             how = how or _tagged(tags, namespace, "tag") or _tagged(labels, namespace, "label")
-            if how:
+            other = _names_other(world, namespace, tags, "tag") or _names_other(
+                world, namespace, labels, "label"
+            )
+            if how and other:
+                if notes is not None:
+                    notes.append(f"Skipped EKS nodegroup `{name}`: {other}.")
+            elif how:
                 out.append((group, how))
         return out
 
@@ -258,6 +334,8 @@ class Discoverer:
             if namespace.startswith("kube-"):
                 continue
             found = self._discover(world, namespace)
+            if found.refused is not None:  # never offered; `workspace adopt` says why
+                continue
             claimed.update(o.key for o in found.objects)
             groups.append(UnmanagedGroup(namespace, namespace, found.objects))
         by_project: dict[str, list[FoundObject]] = {}

@@ -53,6 +53,7 @@ from handlers.actions import (
     KFAM_IDENTITY_DEFAULTS,
     NOTEBOOK_ACTIVITY_PATHS,
     NOTEBOOK_ACTIVITY_POLICY,
+    ActionName,
     AdoptParams,
     ContributorParams,
     ContributorRemoveParams,
@@ -184,6 +185,42 @@ def _profile_owner(profile: Mapping[str, Any]) -> str | None:
     owner = (profile.get("spec") or {}).get("owner") or {}
     name = owner.get("name") if isinstance(owner, dict) else None
     return name if isinstance(name, str) else None
+
+
+PROFILE_NAMESPACE_LABEL: Final = ("app.kubernetes.io/part-of", "kubeflow-profile")
+"""The namespace label every profile controller install adds (the manifests' and the dashboard's
+``namespace-labels.yaml``, kubeflow-reference §1.2)."""
+
+
+def profile_namespace_problem(profile: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> str | None:
+    """Why ``namespace`` is not the one the profile controller made for ``profile`` (None: it is).
+
+    The controller creates a Profile's namespace with annotation ``owner: <spec.owner.name>``, the
+    namespace labels and a controller ownerReference to the Profile (kubeflow-reference §1.2), and
+    refuses an existing namespace with another owner, leaving only a ``Failed`` condition. Anyone
+    may make a Profile (self-registration), so a Profile named after a namespace someone else made
+    (``gpu-operator``, the bot's own) proves nothing: only these marks tie the two together."""
+    meta = profile.get("metadata") or {}
+    name, owner = str(meta.get("name", "")), _profile_owner(profile)
+    conditions = (profile.get("status") or {}).get("conditions") or []
+    last = conditions[-1] if conditions and isinstance(conditions[-1], Mapping) else {}
+    if last.get("type") == "Failed":
+        return f"the profile controller refused it ({last.get('message') or 'Failed'})"
+    if namespace is None:
+        return "the profile controller has made no namespace for it"
+    if k8s.annotations_of(namespace).get("owner") != owner or not owner:
+        return "its namespace's `owner` annotation does not name the Profile's owner"
+    key, value = PROFILE_NAMESPACE_LABEL
+    if k8s.labels_of(namespace).get(key) != value:
+        return f"its namespace lacks the profile label `{key}: {value}`"
+    refs = (namespace.get("metadata") or {}).get("ownerReferences") or []
+    if not any(
+        isinstance(ref, Mapping) and ref.get("kind") == "Profile" and ref.get("name") == name
+        and ref.get("controller") is True and ref.get("uid") == meta.get("uid")
+        for ref in refs
+    ):
+        return "its namespace is not owned by the Profile (no controller ownerReference to it)"
+    return None
 
 
 NotebookActivityProbe = Callable[[str, str, timedelta], NotebookActivity]
@@ -859,9 +896,51 @@ class KubeflowActions:
     def check_adopted_profile(self, params: AdoptParams) -> StepOutcome:
         """``kubeflow.adopt``: the Profile a ``workspace.adopt`` records must still be there; only
         read, never written (adoption records, it changes nothing)."""
-        if self.kube.get(k8s.PROFILE, params.name) is None:
+        if params.object == ActionName.CONTRIBUTOR:
+            return self._check_adopted_contributor(params)
+        profile = self.kube.get(k8s.PROFILE, params.name)
+        if profile is None:
             raise PermanentError(f"The Profile `{params.name}` is gone; nothing was recorded.")
+        problem = profile_namespace_problem(profile, self.kube.get(k8s.NAMESPACE, params.name))
+        if problem is not None:
+            raise PermanentError(
+                f"The Profile `{params.name}` is not adoptable: {problem}; nothing was recorded."
+            )
         return StepOutcome(created=False, details={"adopted": True})
+
+    def _check_adopted_contributor(self, params: AdoptParams) -> StepOutcome:
+        namespace, user, role = (str(params.params.get(k, "")) for k in ("namespace", "user", "role"))
+        if self.contributor_pairs(namespace).get(user) != role:
+            raise PermanentError(
+                f"The {role} access of {user} in `{namespace}` is gone or changed; nothing was recorded."
+            )
+        return StepOutcome(created=False, details={"adopted": True})
+
+    def profile_problems(self) -> dict[str, str | None]:
+        """Each Profile's name -> why its namespace is not the profile controller's (None: it is)."""
+        namespaces = {str(n["metadata"]["name"]): n for n in self.kube.list(k8s.NAMESPACE)}
+        problems: dict[str, str | None] = {}
+        for profile in self.kube.list(k8s.PROFILE):
+            name = str(profile["metadata"]["name"])
+            problems[name] = profile_namespace_problem(profile, namespaces.get(name))
+        return problems
+
+    def contributor_pairs(self, namespace: str) -> dict[str, str]:
+        """user -> role of the contributors KFAM would list in ``namespace`` whose RoleBinding is
+        exactly KFAM's (its computed name, one subject who is that user, ``kubeflow-<role>``)."""
+        found: dict[str, str] = {}
+        for binding in self.kube.list(k8s.ROLE_BINDING, namespace):
+            notes = k8s.annotations_of(binding)
+            user, role = notes.get("user"), notes.get("role")
+            if not user or role not in KFAM_ROLES or role == "admin":
+                continue
+            if (
+                binding["metadata"].get("name") == kfam_binding_name(user, role)
+                and self._subject_names(binding) == [user]
+                and (binding.get("roleRef") or {}).get("name") == f"kubeflow-{role}"
+            ):
+                found[user] = role
+        return found
 
     def profiles(self) -> list[tuple[str, str | None, dict[str, str], dict[str, str]]]:
         """(name, owner, quota ``hard``, labels) of every Profile, for adoption's discovery."""

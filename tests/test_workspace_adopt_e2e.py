@@ -122,6 +122,7 @@ def test_scan_finds_the_runbook_workspace_and_its_button_files_the_adoption(
     assert {o.key for o in legacy.objects} == {
         f"Profile/{made.namespace}",
         f"DexUser/{made.owner}",
+        f"Contributor/{made.contributor}",
         f"Bucket/{made.bucket}",
         *(f"IamPolicy/{arn}" for arn in made.policy_arns),
         f"Nodegroup/{made.nodegroup}",
@@ -175,6 +176,7 @@ def test_adopt_records_each_object_as_adopted_and_changes_nothing(
     expected = {
         f"Profile/{made.namespace}": ActionName.PROFILE_ADOPT,
         f"DexUser/{made.owner}": ActionName.DEX_ADOPT,
+        f"Contributor/{made.contributor}": ActionName.PROFILE_ADOPT,
         f"Bucket/{made.bucket}": ActionName.AWS_ADOPT,
         **{f"IamPolicy/{arn}": ActionName.AWS_ADOPT for arn in made.policy_arns},
         f"Nodegroup/{made.nodegroup}": ActionName.AWS_ADOPT,
@@ -196,7 +198,10 @@ def test_adopt_records_each_object_as_adopted_and_changes_nothing(
     assert world_state(stack, made) == before
     (record,) = stack.backend.workspaces()
     assert (record.name, record.namespace, record.owner) == (made.namespace, made.namespace, made.owner)
-    assert set(record.created) == set(expected)
+    assert set(record.created) == set(expected) - {f"Contributor/{made.contributor}"}
+    # The contributor the runbook added is a recorded grant, not an object of the workspace.
+    adopted = stack.backend.facts.workspace(made.namespace)
+    assert adopted is not None and adopted.recorded_grants == {made.contributor: "edit"}
     assert all(entry["adopted"] is True for entry in record.created.values())
     assert record.created[f"Nodegroup/{made.nodegroup}"]["action"] == ActionName.NODEGROUP
     assert record.created[f"Profile/{made.namespace}"]["params"]["hard"] == dict(made.quota)

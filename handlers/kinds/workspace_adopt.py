@@ -27,6 +27,7 @@ from handlers.kinds.base import (
     Parsed,
     PlanContext,
     PolicyRow,
+    PutGrant,
     PutWorkspace,
     RequestKind,
     Success,
@@ -37,7 +38,7 @@ from handlers.kinds.base import (
 )
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step, as_object, as_text
-from handlers.ports import Discovery, Facts
+from handlers.ports import Discovery, Facts, FoundObject
 from handlers.settings import CoreSettings, kubeflow_user_id
 
 USAGE = "/kf workspace adopt NAMESPACE [--owner EMAIL]"
@@ -105,6 +106,8 @@ class WorkspaceAdopt:
         # may decide. Contributors keep what the cluster gives them either way.
         found = facts.discover(self.namespace)
         people = [self.owner, found.owner if found is not None else None]
+        # Existing contributors become recorded grants (self-service from then on).
+        people += [o.name for o in found.objects if o.action == ActionName.CONTRIBUTOR] if found else []
         return tuple(dict.fromkeys(p for p in people if p))
 
     def _discovered(self, ctx: PlanContext) -> Discovery:
@@ -122,6 +125,12 @@ class WorkspaceAdopt:
             )
         if not found.profile_exists:
             raise errors.NotFound(f"There is no Kubeflow Profile named `{self.namespace}` to adopt.")
+        if found.refused is not None:
+            raise errors.InvalidInput(
+                f"The Profile `{self.namespace}` is not adoptable: {found.refused}. Only a namespace "
+                "the profile controller made for that Profile is.",
+                field="namespace",
+            )
         return found
 
     def recorded_owner(self, settings: CoreSettings, found: Discovery) -> str:
@@ -151,7 +160,7 @@ class WorkspaceAdopt:
                     ADOPTABLE[ActionName(obj.action)],
                     obj.key,
                     step_params,
-                    f"adopt {_what(obj.action)} `{obj.name}` (found by {obj.found_by})",
+                    f"adopt {_what(obj.action)} {_shown(obj)} (found by {obj.found_by})",
                 )
             )
         if self.owner is not None and found.owner not in (None, owner):
@@ -169,15 +178,21 @@ class WorkspaceAdopt:
 
     def on_success(self, done: Applied) -> Success:
         created: dict[str, dict[str, JSON]] = {}
+        grants: list[PutGrant] = []
         owner = ""
         for step in done.plan.steps:
             inner = as_object(step.params["params"])
             action = as_text(step.params["object"])
             if action == ActionName.PROFILE:
                 owner = as_text(inner["owner"])
+            if action == ActionName.CONTRIBUTOR:
+                # A contributor is a grant, not an object the workspace owns.
+                user, role = as_text(inner["user"]), as_text(inner["role"])
+                grants.append(PutGrant(self.namespace, user, role, done.request_id, None))
+                continue
             created[step.key] = {"action": action, "params": dict(inner), ADOPTED: True}
         return Success(
-            changes=(PutWorkspace(self.namespace, self.namespace, owner, done.request_id, created),)
+            changes=(PutWorkspace(self.namespace, self.namespace, owner, done.request_id, created), *grants)
         )
 
 
@@ -187,7 +202,13 @@ _WHAT = {
     ActionName.BUCKET: "S3 bucket",
     ActionName.IAM_RESOURCES: "IAM policy entry of",
     ActionName.NODEGROUP: "EKS nodegroup",
+    ActionName.CONTRIBUTOR: "contributor",
 }
+
+
+def _shown(obj: FoundObject) -> str:
+    # A contributor's name is whatever a RoleBinding annotation holds: quoted, never markup.
+    return naming.show_value(obj.name) if obj.action == ActionName.CONTRIBUTOR else f"`{obj.name}`"
 
 
 def _what(action: str) -> str:
