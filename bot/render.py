@@ -621,7 +621,11 @@ def scan_text(groups: Sequence[UnmanagedGroup] | None, style: Style) -> str:
     if groups is None:
         return "Scanning needs the live cluster; this bot runs without one (dry run)."
     if not groups:
-        return "Everything found in the cluster and AWS is managed by kf-chatops."
+        return (
+            "Nothing to adopt: every Profile, bucket, nodegroup and Dex login found is managed by "
+            "kf-chatops or is not a Kubeflow workspace (system namespaces, and Profiles whose namespace "
+            "Kubeflow did not make, are never offered)."
+        )
     intro = "Not managed by kf-chatops, grouped by likely workspace (`/kf workspace adopt NAMESPACE`):"
     return "\n\n".join([intro, *(scan_group_text(g, style) for g in groups)])
 
