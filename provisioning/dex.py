@@ -322,7 +322,9 @@ class DexActions:
     def remove_user(self, params: DexUserRemoveParams) -> StepOutcome:
         return self._remove_user(params.email, params.mode, adopted=params.adopted)
 
-    def _remove_user(self, email: str, mode: str, *, adopted: bool = False, made: bool = False) -> StepOutcome:
+    def _remove_user(
+        self, email: str, mode: str, *, adopted: bool = False, made: bool = False
+    ) -> StepOutcome:
         mode = mode or self.settings.mode
         if mode == "external":
             return StepOutcome(created=False, details={"mode": mode})

@@ -268,12 +268,15 @@ def test_a_delete_whose_bucket_gained_data_completes_and_its_result_names_the_ke
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["kf-team-a"]
 
 
-def test_remove_refuses_a_bucket_without_the_mark_even_if_the_bot_tagged_it_unless_adopted(aws: AwsEnv) -> None:
+def test_remove_refuses_a_bucket_without_the_mark_even_if_the_bot_tagged_it_unless_adopted(
+    aws: AwsEnv,
+) -> None:
     """Workspace tags alone (what an older bot stamped on a bucket it found) are no ownership: the
     removal keeps the bucket and its data, whatever asked; an adopted record's step may remove it."""
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="kf-teams")
-    s3.put_bucket_tagging(Bucket="kf-teams", Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in TAGS.items()]})
+    tag_set = [{"Key": k, "Value": v} for k, v in TAGS.items()]
+    s3.put_bucket_tagging(Bucket="kf-teams", Tagging={"TagSet": tag_set})
     s3.put_object(Bucket="kf-teams", Key="results.csv", Body=b"a,b\n")
     remove = aws.actions().registry()["aws.bucket.remove"]
 
@@ -295,7 +298,8 @@ def test_remove_refuses_a_nodegroup_without_the_mark_unless_adopted(aws: AwsEnv)
         remove.ensure({"cluster": CLUSTER, "name": "ws-team-a-gpu"})
     assert describe(aws) is not None
 
-    assert remove.ensure({"cluster": CLUSTER, "name": "ws-team-a-gpu", "adopted": True}).details == {"deleted": True}
+    adopted = remove.ensure({"cluster": CLUSTER, "name": "ws-team-a-gpu", "adopted": True})
+    assert adopted.details == {"deleted": True}
     assert describe(aws) is None
 
 

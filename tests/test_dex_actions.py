@@ -190,7 +190,8 @@ def test_password_cr_existing_user_is_found_not_created(apiserver: FakeApiServer
 def test_password_cr_remove(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
     actions = dex(kube_api_client, "password-cr")
-    actions.registry()["dex.user"].ensure({**user_params("alice@example.com", "password-cr"), "_request": "R1"})
+    made = {**user_params("alice@example.com", "password-cr"), "_request": "R1"}  # marked, as the engine does
+    actions.registry()["dex.user"].ensure(made)
     remove = actions.registry()["dex.user.remove"]
     assert remove.ensure({"email": "alice@example.com", "mode": "password-cr"}).created is True
     assert not actions.user_exists("alice@example.com")
@@ -213,7 +214,8 @@ def test_password_cr_remove_refuses_a_login_the_bot_did_not_make_unless_adopted(
         remove.ensure({"email": "hand@example.com", "mode": "password-cr"})
     assert actions.user_exists("hand@example.com")
 
-    assert remove.ensure({"email": "hand@example.com", "mode": "password-cr", "adopted": True}).created is True
+    adopted = remove.ensure({"email": "hand@example.com", "mode": "password-cr", "adopted": True})
+    assert adopted.created is True
     assert not actions.user_exists("hand@example.com")
 
 

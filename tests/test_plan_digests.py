@@ -274,7 +274,9 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         RUNBOOK,
     ),
     "drift-cleanup-iam": (
-        kinds.DriftCleanup("iam:s3-an2-aic-dev-gone"), StaticFacts(orphans={"iam:s3-an2-aic-dev-gone"}), RUNBOOK
+        kinds.DriftCleanup("iam:s3-an2-aic-dev-gone"),
+        StaticFacts(orphans={"iam:s3-an2-aic-dev-gone"}),
+        RUNBOOK,
     ),
     "drift-cleanup-dex": (
         kinds.DriftCleanup("dex:Gone.Owner@example.com"),
