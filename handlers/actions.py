@@ -363,10 +363,12 @@ class DexUserRemoveParams(StepParams):
     ACTION: ClassVar[ActionName] = ActionName.DEX_USER_REMOVE
     email: str
     mode: str
+    adopted: bool = False
+    """A live workspace records the login as adopted (``provisioning.actions.check_removable``)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(_email(f), f.optional_text("mode"), request=f.request())
+        return cls(_email(f), f.optional_text("mode"), f.flag("adopted"), request=f.request())
 
 
 def _email(f: Fields) -> str:
@@ -393,10 +395,12 @@ class BucketRemoveParams(StepParams):
     ACTION: ClassVar[ActionName] = ActionName.BUCKET_REMOVE
     bucket: str
     purge_data: bool
+    adopted: bool = False
+    """A live workspace records the bucket as adopted (``provisioning.actions.check_removable``)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("bucket"), f.flag("purge_data"), request=f.request())
+        return cls(f.text("bucket"), f.flag("purge_data"), f.flag("adopted"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -616,10 +620,12 @@ class NodegroupRemoveParams(StepParams):
     ACTION: ClassVar[ActionName] = ActionName.NODEGROUP_REMOVE
     cluster: str
     name: str
+    adopted: bool = False
+    """A live workspace records the nodegroup as adopted (``provisioning.actions.check_removable``)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("cluster"), f.text("name"), request=f.request())
+        return cls(f.text("cluster"), f.text("name"), f.flag("adopted"), request=f.request())
 
 
 @dataclass(frozen=True)

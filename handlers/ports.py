@@ -285,6 +285,12 @@ class Facts(Protocol):
         policies, nodegroups), minus what the registry holds; None without a cluster to read."""
         ...
 
+    def orphan(self, target: str) -> bool | None:
+        """Whether the drift report's orphan list holds ``target`` (``bucket:NAME``,
+        ``nodegroup:NAME``, ``iam:BUCKET``, ``dex:EMAIL``) now, read afresh: never an object any
+        live workspace records (made or adopted). None without a cluster to read (dry run)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Delivery:

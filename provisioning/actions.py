@@ -20,9 +20,28 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from handlers.actions import REQUEST_MARK, StepParams
+from handlers.errors import PermanentError
 from handlers.plan import JSON, StepOutcome
 
-__all__ = ["REQUEST_MARK", "Action", "ActionRegistry", "KeyedLock", "TypedAction", "registry_of"]
+__all__ = [
+    "REQUEST_MARK", "Action", "ActionRegistry", "KeyedLock", "TypedAction", "check_removable", "registry_of",
+]
+
+
+def check_removable(what: str, *, marked: bool, adopted: bool) -> None:
+    """The one ownership rule every removal action (``*.remove``) applies before it deletes.
+
+    An object goes only if it carries the bot's mark (``kf-chatops/request``, which only the bot
+    writes, at creation) or the step says ``adopted: true`` (the planner copies it from a live
+    workspace's adopted registry entry, and the plan was approved). Anything else -- a bucket the
+    bot once tagged but never made, a nodegroup or Dex login made by hand -- is someone else's,
+    whatever a drift report or a stale record says."""
+    if marked or adopted:
+        return
+    raise PermanentError(
+        f"{what} carries neither kf-chatops's mark nor an adopted record naming it; "
+        "the bot did not make it, so it was left alone."
+    )
 
 
 class Action(Protocol):

@@ -19,8 +19,10 @@ Why some things are done the way they are:
   IAM policy versions have no room for a mark: when a retry finds its ARNs already granted, they
   count as its own exactly when their bucket carries the request's mark (the bucket name was free
   when the request began, so nobody else granted it in between).
+- A bucket that exists without this request's mark is refused (``PermanentError``): the bot never
+  tags, grants or later deletes a bucket it did not create (a team's, another workspace's).
 - Residual gaps, where ownership is not exact: a worker killed between ``CreateBucket`` and the
-  tagging call leaves an unmarked bucket that the retry treats as found and never removes
+  tagging call leaves an unmarked empty bucket that the retry refuses and nobody removes
   (``CreateBucketConfiguration.Tags`` would close this, but needs ``s3:TagResource`` and is not
   served by moto, so it is not used yet); a retry that finds the ARNs of a bucket it did *not*
   create (a pre-existing bucket) cannot tell a write of its own killed attempt from an earlier
@@ -91,7 +93,7 @@ from handlers.actions import (
 from handlers.errors import KfError, PermanentError, TemporaryError
 from handlers.plan import JSON, StepOutcome, as_list, as_object, canonical_json
 from handlers.ports import Clock
-from provisioning.actions import Action, KeyedLock, TypedAction, registry_of
+from provisioning.actions import Action, KeyedLock, TypedAction, check_removable, registry_of
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -641,8 +643,9 @@ class AwsActions:
         return total, True
 
     def tagged_buckets(self, tag: str) -> dict[str, str]:
-        """Bucket -> its value of tag ``tag``, for every bucket of the account that carries it
-        (the drift report's orphans). One ``ListBuckets``, one ``GetBucketTagging`` per bucket."""
+        """Bucket -> its value of tag ``tag``, for every bucket of the account that carries it and
+        the bot's mark (the drift report's orphans: a bucket tagged but not made by the bot is
+        never one). One ``ListBuckets``, one ``GetBucketTagging`` per bucket."""
         s3 = self._s3()
         found: dict[str, str] = {}
         with _aws_call("listing S3 buckets"):
@@ -654,7 +657,7 @@ class AwsActions:
                     if _code(e) in ("NoSuchBucket", "AccessDenied"):
                         continue  # gone meanwhile, or another team's: not ours to judge
                     raise
-                if tag in tags:
+                if tag in tags and MARK_TAG in tags:
                     found[name] = tags[tag]
         return found
 
@@ -668,14 +671,15 @@ class AwsActions:
         return list(dict.fromkeys(b for b in buckets if b))
 
     def tagged_nodegroups(self, cluster: str, tag: str) -> dict[str, str]:
-        """Nodegroup -> its value of tag ``tag``, for every nodegroup of ``cluster`` carrying it."""
+        """Nodegroup -> its value of tag ``tag``, for every nodegroup of ``cluster`` carrying it and
+        the bot's mark."""
         found: dict[str, str] = {}
         with _aws_call(f"listing the nodegroups of cluster {cluster}"):
             for page in self._eks().get_paginator("list_nodegroups").paginate(clusterName=cluster):
                 for name in page.get("nodegroups", []):
                     nodegroup = self._describe(cluster, name)
                     tags = (nodegroup or {}).get("tags") or {}
-                    if tag in tags:
+                    if tag in tags and MARK_TAG in tags:
                         found[name] = tags[tag]
         return found
 
@@ -691,6 +695,14 @@ class AwsActions:
         if not made_now:
             with _aws_call(f"reading the tags of bucket {bucket}"):
                 owned = _owns(request, self._bucket_tags(s3, bucket))
+            if not owned:
+                # Someone's bucket (a team's by hand, another workspace's, adopted or not): taking
+                # it would tag it as this workspace's, grant its role and later offer it as an orphan.
+                raise PermanentError(
+                    f"An S3 bucket named {bucket} already exists and was not made by the bot for "
+                    "this request; the bot does not take over a bucket it did not create. Pick "
+                    "another workspace name, or ask an admin to adopt the existing workspace."
+                )
         elif first_tags := {**tags, **_mark(params)}:
             # The mark goes on before anything else can fail: a bucket left unmarked by a failed or
             # killed attempt would look like someone else's to the retry, which then never removes it.
@@ -708,15 +720,14 @@ class AwsActions:
                 self._default_encryption(s3, bucket)
             with _aws_call(f"tagging bucket {bucket}"):
                 current = self._bucket_tags(s3, bucket)
-                # Plan tags only: a bucket someone else made never gets this request's mark.
                 wanted = {**current, **tags}
                 if wanted != current:
                     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": _tag_set(wanted)})
         except PermanentError as failure:
-            if owned:  # the failed step is not compensated, so its own bucket goes now
-                self._take_back_bucket(s3, bucket, failure)
+            # The failed step is not compensated, so its own bucket goes now.
+            self._take_back_bucket(s3, bucket, failure)
             raise
-        return StepOutcome(created=owned)
+        return StepOutcome(created=True)
 
     def _take_back_bucket(self, s3: S3Client, bucket: str, failure: KfError) -> None:
         """Delete a bucket this step made when the step itself fails; raise what explains a leftover."""
@@ -839,6 +850,8 @@ class AwsActions:
         s3 = self._s3()
         with _aws_call(f"deleting bucket {bucket}"):
             try:
+                tags = self._bucket_tags(s3, bucket)
+                check_removable(f"S3 bucket {bucket}", marked=MARK_TAG in tags, adopted=params.adopted)
                 if purge:
                     self._purge(s3, bucket)
                 elif not self._is_empty(s3, bucket):
@@ -1280,6 +1293,15 @@ class AwsActions:
     # -- aws.nodegroup.remove --
 
     def _remove_nodegroup(self, params: NodegroupRemoveParams) -> StepOutcome:
+        with _aws_call(f"reading nodegroup {params.name} in cluster {params.cluster}"):
+            nodegroup = self._describe(params.cluster, params.name)
+        if nodegroup is None:
+            return StepOutcome(created=False, details={"deleted": False})
+        check_removable(
+            f"EKS nodegroup {params.name}",
+            marked=MARK_TAG in (nodegroup.get("tags") or {}),
+            adopted=params.adopted,
+        )
         deleted = self._delete_nodegroup(params.cluster, params.name)
         return StepOutcome(created=False, details={"deleted": deleted})
 

@@ -9,7 +9,7 @@ import logging
 import secrets as pysecrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from handlers.drift import DriftInventory, Orphan, RecordedNodegroup, Scaling, W
 from handlers.errors import KfError
 from handlers.model import Request
 from handlers.offboard import Person
-from handlers.plan import JSON, as_object
+from handlers.plan import JSON, as_list, as_object
 from handlers.ports import Clock, DataHeld, Facts, Notifier, RevealedSecret, SecretIssuer, UnmanagedGroup
 from handlers.settings import CoreSettings
 from provisioning import audit, dryrun
@@ -461,6 +461,8 @@ class Backend:
                 )
             )
         names = {row.name for row, _, _ in recorded}
+        # Whatever a live workspace records (made or adopted) is no orphan, whatever its tags say.
+        held = _recorded_objects(row for row, _, _ in recorded)
         orphans: list[Orphan] = []
         sources: list[tuple[str, Callable[[], dict[str, str]]]] = [
             ("bucket", lambda: parts.aws.tagged_buckets(WORKSPACE_TAG))
@@ -473,13 +475,12 @@ class Backend:
             except KfError as exc:  # one unreadable source leaves the rest of the report standing
                 notes.append(f"Orphan {what}s were not checked: {exc.user_message}")
                 continue
-            orphans += [Orphan(what, name, ws) for name, ws in sorted(tagged.items()) if ws not in names]
-        kept = {
-            str(as_object(entry["params"]).get("bucket"))
-            for row, _, _ in recorded
-            for entry in row.created.values()
-            if entry.get("action") == ActionName.BUCKET
-        }
+            orphans += [
+                Orphan(what, name, ws)
+                for name, ws in sorted(tagged.items())
+                if ws not in names and name not in held[what]
+            ]
+        kept = held["iam"]
         granted: dict[str, list[str]] = {}
         for arn in self.core.workspace.iam_policy_arns:
             try:
@@ -494,7 +495,7 @@ class Backend:
         ]
         in_use = {row.owner for row, _, _ in recorded} | {u for _, grants, _ in recorded for u in grants}
         for email, gone_name in sorted(logins.items()):
-            if email in in_use or gone_name in names:
+            if email in in_use or gone_name in names or email in held["dex"]:
                 continue
             try:
                 if parts.dex.user_exists(email):
@@ -509,6 +510,11 @@ class Backend:
             if p["metadata"]["name"] not in namespaces
         )
         return DriftInventory(now, tuple(workspaces), tuple(orphans), unknown, tuple(notes))
+
+    def orphan_targets(self) -> set[str]:
+        """The drift report's orphans as ``drift.cleanup`` targets (``bucket:NAME``, ...), read
+        now: what a clean-up's plan checks, at filing and again before it applies."""
+        return {f"{o.what}:{o.name}" for o in self.drift_inventory().orphans}
 
     def drift_report(self, channel: str) -> DriftReportRecord | None:
         with self.db.uow(read_only=True) as uow:
@@ -867,20 +873,21 @@ def _build_live(
     discoverer = Discoverer(db, core, kubeflow, dex, aws)
     actions: ActionRegistry = {**kubeflow.registry(), **dex.registry(), **aws.registry()}
     secrets = Secrets(parts.kube.api, settings.kubeflow, dex, clock, settings.dex.bcrypt_cost)
-    return Backend(
+    facts = RegistryFacts(
+        db,
+        clock,
+        kubeflow,
+        discoverer,
+        data=_LiveData(kubeflow, aws),
+        logins=None if settings.dex.mode == "external" else dex,
+    )
+    backend = Backend(
         settings,
         core,
         clock,
         db,
         actions,
-        RegistryFacts(
-            db,
-            clock,
-            kubeflow,
-            discoverer,
-            data=_LiveData(kubeflow, aws),
-            logins=None if settings.dex.mode == "external" else dex,
-        ),
+        facts,
         secrets,
         kubeflow,
         metrics=metrics,
@@ -890,6 +897,31 @@ def _build_live(
         timer_handlers={RESTART_TIMER: dex.restart_timer},
         notebook_url=notebook_url,
     )
+    facts.orphans = backend.orphan_targets
+    return backend
+
+
+def _recorded_objects(rows: Iterable[WorkspaceRecord]) -> dict[str, set[str]]:
+    """What the given workspaces record, made or adopted, by drift orphan kind: bucket and
+    nodegroup names, the buckets their IAM entries grant (``iam``), Dex login emails."""
+    held: dict[str, set[str]] = {"bucket": set(), "nodegroup": set(), "iam": set(), "dex": set()}
+    for row in rows:
+        for entry in row.created.values():
+            params = as_object(entry.get("params") or {})
+            action = entry.get("action")
+            if action == ActionName.BUCKET:
+                held["bucket"].add(str(params.get("bucket")))
+                held["iam"].add(str(params.get("bucket")))
+            elif action == ActionName.NODEGROUP:
+                held["nodegroup"].add(str(params.get("name")))
+            elif action == ActionName.IAM_RESOURCES:
+                for arn in as_list(params.get("resources") or []):
+                    bucket = str(arn).removeprefix("arn:aws:s3:::").split("/", 1)[0]
+                    if str(arn).startswith("arn:aws:s3:::") and bucket:
+                        held["iam"].add(bucket)
+            elif action == ActionName.DEX_USER:
+                held["dex"].add(str(params.get("email") or "").lower())
+    return held
 
 
 class _LiveData:

@@ -69,7 +69,7 @@ from handlers.naming import dex_password_object_name
 from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from provisioning import k8s
-from provisioning.actions import Action, TypedAction, registry_of
+from provisioning.actions import Action, TypedAction, check_removable, registry_of
 from provisioning.k8s import Kube, Obj
 from provisioning.settings import DexSettings
 
@@ -316,18 +316,25 @@ class DexActions:
         return StepOutcome(created=created, details=details)
 
     def undo_user(self, params: DexUserParams, outcome: StepOutcome) -> None:
-        if outcome.created:
-            self._remove_user(params.email, params.mode)
+        if outcome.created:  # this step made it, as its recorded outcome says
+            self._remove_user(params.email, params.mode, made=True)
 
     def remove_user(self, params: DexUserRemoveParams) -> StepOutcome:
-        return self._remove_user(params.email, params.mode)
+        return self._remove_user(params.email, params.mode, adopted=params.adopted)
 
-    def _remove_user(self, email: str, mode: str) -> StepOutcome:
+    def _remove_user(
+        self, email: str, mode: str, *, adopted: bool = False, made: bool = False
+    ) -> StepOutcome:
         mode = mode or self.settings.mode
         if mode == "external":
             return StepOutcome(created=False, details={"mode": mode})
         if mode == "password-cr":
             name = dex_password_object_name(email)
+            found = self.kube.get(k8s.DEX_PASSWORD, name, self.settings.namespace)
+            if found is None:
+                return StepOutcome(created=False, details={"mode": mode, "deleted": False})
+            check_removable(f"The Dex login {email}", marked=made or k8s.MARK_KEY in k8s.labels_of(found),
+                            adopted=adopted)
             deleted = self.kube.delete(k8s.DEX_PASSWORD, name, self.settings.namespace)
             return StepOutcome(created=deleted, details={"mode": mode, "deleted": deleted})
         key = env_key_for(email)

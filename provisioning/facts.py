@@ -9,7 +9,8 @@ dashboard is not silently overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Protocol
 
@@ -60,9 +61,15 @@ class RegistryFacts:
     ) -> None:
         self.db, self.clock, self.live, self.data, self.logins = db, clock, live, data, logins
         self.discoverer = discoverer
+        self.orphans: Callable[[], AbstractSet[str]] | None = None
+        """The drift report's orphan targets, read now (``Backend.orphan_targets``, set by the
+        live composition, which builds the backend after its facts); None: no cluster."""
 
     def discover(self, namespace: str) -> Discovery | None:
         return None if self.discoverer is None else self.discoverer.discover(namespace)
+
+    def orphan(self, target: str) -> bool | None:
+        return None if self.orphans is None else target in self.orphans()
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         with self.db.uow() as uow:

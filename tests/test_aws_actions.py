@@ -116,13 +116,13 @@ def with_status(status: str, issues: list[dict[str, Any]] | None = None) -> Any:
 def test_bucket_is_created_private_encrypted_and_tagged_once(aws: AwsEnv) -> None:
     # Default settings and no session: boto3's own chain finds moto through AWS_ENDPOINT_URL.
     action = AwsActions(AwsSettings(), aws.clock, aws.lock).registry()["aws.bucket"]
-    params = {"bucket": "kf-team-a", "region": "us-east-1", "tags": TAGS}
+    params = {"bucket": "kf-team-a", "region": "us-east-1", "tags": TAGS, "_request": "R1"}
 
     first = action.ensure(params)
     second = action.ensure(params)
 
     s3 = aws.client("s3")
-    assert (first.created, second.created) == (True, False)
+    assert (first.created, second.created) == (True, True)  # the rerun finds its own mark
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["kf-team-a"]
     assert s3.get_public_access_block(Bucket="kf-team-a")["PublicAccessBlockConfiguration"] == {
         "BlockPublicAcls": True,
@@ -132,28 +132,29 @@ def test_bucket_is_created_private_encrypted_and_tagged_once(aws: AwsEnv) -> Non
     }
     rules = s3.get_bucket_encryption(Bucket="kf-team-a")["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-    assert {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket="kf-team-a")["TagSet"]} == TAGS
+    assert {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket="kf-team-a")["TagSet"]} == {
+        **TAGS, MARK_TAG: "R1"
+    }
 
 
-def test_bucket_outside_us_east_1_gets_its_location_and_our_existing_bucket_keeps_its_tags(
+def test_bucket_outside_us_east_1_gets_its_location_and_an_existing_bucket_of_ours_is_refused_untouched(
     aws: AwsEnv,
 ) -> None:
     s3 = aws.client("s3", "eu-west-1")
     s3.create_bucket(Bucket="kf-team-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     s3.put_bucket_tagging(Bucket="kf-team-eu", Tagging={"TagSet": [{"Key": "cost-center", "Value": "42"}]})
 
-    outcome = (
-        aws.actions()
-        .registry()["aws.bucket"]
-        .ensure({"bucket": "kf-team-eu", "region": "eu-west-1", "tags": TAGS})
-    )
+    # Same account (CreateBucket answers BucketAlreadyOwnedByYou), made by hand: not this request's.
+    with pytest.raises(PermanentError, match="kf-team-eu already exists and was not made by the bot"):
+        aws.actions().registry()["aws.bucket"].ensure(
+            {"bucket": "kf-team-eu", "region": "eu-west-1", "tags": TAGS, "_request": "R1"}
+        )
 
-    assert outcome.created is False
-    assert s3.get_bucket_location(Bucket="kf-team-eu")["LocationConstraint"] == "eu-west-1"
     assert {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket="kf-team-eu")["TagSet"]} == {
-        "cost-center": "42",
-        **TAGS,
+        "cost-center": "42"
     }
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.get_public_access_block(Bucket="kf-team-eu")  # nothing was set on it either
 
     aws.actions().registry()["aws.bucket"].ensure(
         {"bucket": "kf-new-eu", "region": "eu-west-1", "tags": TAGS}
@@ -206,7 +207,9 @@ def test_undo_leaves_a_bucket_it_did_not_create(aws: AwsEnv) -> None:
     action = aws.actions().registry()["aws.bucket"]
     params = {"bucket": "kf-preexisting", "region": "us-east-1", "tags": TAGS}
 
-    action.undo(params, action.ensure(params))
+    with pytest.raises(PermanentError, match="kf-preexisting already exists"):
+        action.ensure(params)  # called directly (no request): nothing found is ever claimed
+    action.undo(params, StepOutcome(created=False))
 
     assert [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]] == ["kf-preexisting"]
 
@@ -217,6 +220,7 @@ def test_undo_leaves_a_bucket_it_did_not_create(aws: AwsEnv) -> None:
 def test_remove_keeps_a_non_empty_bucket_without_purge_and_purges_all_versions_with_it(aws: AwsEnv) -> None:
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="kf-data")
+    s3.put_bucket_tagging(Bucket="kf-data", Tagging={"TagSet": [{"Key": MARK_TAG, "Value": "R1"}]})
     s3.put_bucket_versioning(Bucket="kf-data", VersioningConfiguration={"Status": "Enabled"})
     s3.put_object(Bucket="kf-data", Key="model.bin", Body=b"v1")
     s3.put_object(Bucket="kf-data", Key="model.bin", Body=b"v2")
@@ -243,6 +247,7 @@ def test_a_delete_whose_bucket_gained_data_completes_and_its_result_names_the_ke
 ) -> None:
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="kf-team-a")
+    s3.put_bucket_tagging(Bucket="kf-team-a", Tagging={"TagSet": [{"Key": MARK_TAG, "Value": "R1"}]})
     s3.put_object(Bucket="kf-team-a", Key="late.csv", Body=b"a,b\n")  # after the plan saw it empty
     remove = aws.actions().registry()["aws.bucket.remove"]
     outcome = remove.ensure({"bucket": "kf-team-a", "purge_data": False})
@@ -261,6 +266,41 @@ def test_a_delete_whose_bucket_gained_data_completes_and_its_result_names_the_ke
 
     assert "is done" in report and "S3 bucket `kf-team-a` holds data and is kept" in report
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["kf-team-a"]
+
+
+def test_remove_refuses_a_bucket_without_the_mark_even_if_the_bot_tagged_it_unless_adopted(
+    aws: AwsEnv,
+) -> None:
+    """Workspace tags alone (what an older bot stamped on a bucket it found) are no ownership: the
+    removal keeps the bucket and its data, whatever asked; an adopted record's step may remove it."""
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="kf-teams")
+    tag_set = [{"Key": k, "Value": v} for k, v in TAGS.items()]
+    s3.put_bucket_tagging(Bucket="kf-teams", Tagging={"TagSet": tag_set})
+    s3.put_object(Bucket="kf-teams", Key="results.csv", Body=b"a,b\n")
+    remove = aws.actions().registry()["aws.bucket.remove"]
+
+    with pytest.raises(PermanentError, match="S3 bucket kf-teams carries neither kf-chatops's mark"):
+        remove.ensure({"bucket": "kf-teams", "purge_data": True})
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="kf-teams")["Contents"]] == ["results.csv"]
+
+    outcome = remove.ensure({"bucket": "kf-teams", "purge_data": True, "adopted": True})
+    assert outcome.details == {"deleted": True, "purged": True} and s3.list_buckets()["Buckets"] == []
+
+
+def test_remove_refuses_a_nodegroup_without_the_mark_unless_adopted(aws: AwsEnv) -> None:
+    make_cluster(aws)
+    actions = aws.actions().registry()
+    actions["aws.nodegroup"].ensure(nodegroup_params())  # called directly: made without a mark
+    remove = actions["aws.nodegroup.remove"]
+
+    with pytest.raises(PermanentError, match="EKS nodegroup ws-team-a-gpu carries neither"):
+        remove.ensure({"cluster": CLUSTER, "name": "ws-team-a-gpu"})
+    assert describe(aws) is not None
+
+    adopted = remove.ensure({"cluster": CLUSTER, "name": "ws-team-a-gpu", "adopted": True})
+    assert adopted.details == {"deleted": True}
+    assert describe(aws) is None
 
 
 # -- aws.iam_resources -----------------------------------------------------------------------------
@@ -464,7 +504,7 @@ def test_undo_deletes_a_created_nodegroup_and_leaves_a_found_one(aws: AwsEnv) ->
 def test_remove_deletes_and_treats_absent_as_done(aws: AwsEnv) -> None:
     make_cluster(aws)
     actions = aws.actions().registry()
-    actions["aws.nodegroup"].ensure(nodegroup_params())
+    actions["aws.nodegroup"].ensure({**nodegroup_params(), "_request": "R1"})
 
     assert actions["aws.nodegroup.remove"].ensure({"cluster": CLUSTER, "name": "ws-team-a-gpu"}).details == {
         "deleted": True
@@ -803,21 +843,24 @@ def test_bucket_carries_the_mark_and_only_its_request_claims_it(aws: AwsEnv) -> 
 
     first = action.ensure(params)
     retried = action.ensure(params)  # a worker killed before recording `first` runs it again
-    other = action.ensure({**params, "_request": "R2"})
+    with pytest.raises(PermanentError, match="not made by the bot for this request"):
+        action.ensure({**params, "_request": "R2"})  # another request never takes it over
 
-    assert (first.created, retried.created, other.created) == (True, True, False)
+    assert (first.created, retried.created) == (True, True)
     assert bucket_tags(aws, "kf-team-a") == {**TAGS, MARK: "R1"}
 
 
-def test_a_found_bucket_is_not_claimed_nor_marked(aws: AwsEnv) -> None:
+def test_a_found_bucket_is_refused_neither_claimed_nor_tagged(aws: AwsEnv) -> None:
     aws.client("s3").create_bucket(Bucket="kf-someones")
 
-    outcome = aws.actions().registry()["aws.bucket"].ensure(
-        {"bucket": "kf-someones", "region": "us-east-1", "tags": TAGS, "_request": "R1"}
-    )
+    with pytest.raises(PermanentError, match="does not take over a bucket it did not create"):
+        aws.actions().registry()["aws.bucket"].ensure(
+            {"bucket": "kf-someones", "region": "us-east-1", "tags": TAGS, "_request": "R1"}
+        )
 
-    assert outcome.created is False
-    assert MARK not in bucket_tags(aws, "kf-someones")
+    with pytest.raises(aws.client("s3").exceptions.ClientError, match="NoSuchTagSet"):
+        bucket_tags(aws, "kf-someones")
+    assert [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]] == ["kf-someones"]
 
 
 def test_a_throttled_tagging_after_create_takes_the_bucket_back_and_the_retry_owns_it(

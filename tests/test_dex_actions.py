@@ -190,11 +190,33 @@ def test_password_cr_existing_user_is_found_not_created(apiserver: FakeApiServer
 def test_password_cr_remove(apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
     install_dex(apiserver, kube_api_client)
     actions = dex(kube_api_client, "password-cr")
-    actions.registry()["dex.user"].ensure(user_params("alice@example.com", "password-cr"))
+    made = {**user_params("alice@example.com", "password-cr"), "_request": "R1"}  # marked, as the engine does
+    actions.registry()["dex.user"].ensure(made)
     remove = actions.registry()["dex.user.remove"]
     assert remove.ensure({"email": "alice@example.com", "mode": "password-cr"}).created is True
     assert not actions.user_exists("alice@example.com")
     assert remove.ensure({"email": "alice@example.com", "mode": "password-cr"}).created is False
+
+
+def test_password_cr_remove_refuses_a_login_the_bot_did_not_make_unless_adopted(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    """A Password made by hand (no mark; Dex's storage shape) is never deleted by a removal step,
+    however it was filed (a drift clean-up, a stale record); an adopted record's step may."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "password-cr")
+    name = dex_password_object_name("hand@example.com")
+    apiserver.create({"apiVersion": "dex.coreos.com/v1", "kind": "Password",
+                      "metadata": {"name": name, "namespace": "auth"}, "email": "hand@example.com",
+                      "hash": "JDJ5JDEwJA==", "username": "hand", "userID": "hand-1"})
+    remove = actions.registry()["dex.user.remove"]
+
+    with pytest.raises(PermanentError, match="neither kf-chatops's mark nor an adopted record"):
+        remove.ensure({"email": "hand@example.com", "mode": "password-cr"})
+    assert actions.user_exists("hand@example.com")
+
+    adopted = remove.ensure({"email": "hand@example.com", "mode": "password-cr", "adopted": True})
+    assert adopted.created is True
+    assert not actions.user_exists("hand@example.com")
 
 
 # -- configmap ------------------------------------------------------------------------------------

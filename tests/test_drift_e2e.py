@@ -113,7 +113,8 @@ def add_contributor_by_hand(live: Live, user: str, role: str = "edit") -> None:
 def orphan_bucket(aws: AwsEnv, workspace: str = "gone") -> None:
     s3 = aws.client("s3")
     s3.create_bucket(Bucket=ORPHAN)
-    tags = {"kf-chatops/workspace": workspace, "app.kubernetes.io/managed-by": "kf-chatops"}
+    tags = {"kf-chatops/workspace": workspace, "app.kubernetes.io/managed-by": "kf-chatops",
+            "kf-chatops/request": "R-GONE"}  # as the bot's create for `gone` marked it
     tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
     s3.put_bucket_tagging(Bucket=ORPHAN, Tagging={"TagSet": tag_set})
 

@@ -264,15 +264,25 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         RUNBOOK,
     ),
     "drift-cleanup-bucket": (
-        kinds.DriftCleanup("bucket:s3-an2-aic-dev-gone", workspace="gone"), StaticFacts(), RUNBOOK
+        kinds.DriftCleanup("bucket:s3-an2-aic-dev-gone", workspace="gone"),
+        StaticFacts(orphans={"bucket:s3-an2-aic-dev-gone"}),
+        RUNBOOK,
     ),
     "drift-cleanup-nodegroup-purge": (
         kinds.DriftCleanup("nodegroup:ng-an2-aicond-gone-ws-standard", purge_data=True),
-        StaticFacts(),
+        StaticFacts(orphans={"nodegroup:ng-an2-aicond-gone-ws-standard"}),
         RUNBOOK,
     ),
-    "drift-cleanup-iam": (kinds.DriftCleanup("iam:s3-an2-aic-dev-gone"), StaticFacts(), RUNBOOK),
-    "drift-cleanup-dex": (kinds.DriftCleanup("dex:Gone.Owner@example.com"), StaticFacts(), RUNBOOK),
+    "drift-cleanup-iam": (
+        kinds.DriftCleanup("iam:s3-an2-aic-dev-gone"),
+        StaticFacts(orphans={"iam:s3-an2-aic-dev-gone"}),
+        RUNBOOK,
+    ),
+    "drift-cleanup-dex": (
+        kinds.DriftCleanup("dex:Gone.Owner@example.com"),
+        StaticFacts(orphans={"dex:gone.owner@example.com"}),
+        RUNBOOK,
+    ),
 }
 
 GOLDEN: dict[str, str] = {
@@ -324,7 +334,7 @@ GOLDEN: dict[str, str] = {
     # Adoption (issue 12), computed by its first release.
     "adopt-runbook": "3d1e01c2a0b09d1739ca96cc5ba35b0112d5912af56d25f398306d61718baaa3",
     "adopt-owner-given": "daaf0b7164a121c128f2007c118fdbd20af792f7151fa8fdcb25405e0fb57adc",
-    "delete-adopted-named": "b1dcd49718d03b21e3acc80679b683fe5181b4343d24d6189899bdeec4e3be0a",
+    "delete-adopted-named": "ba16cb827908487906a8ce69e709ded66b9f174b0e8a3fb1919066b551a632cc",
     "gpu-down-adopted": "95389eddb2d9dd0348400f52af283c66b01e017cc42ed5546a567352ce963584",
     "drift-adopt-grant": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
     "drift-cleanup-bucket": "ab8580284c211aa52167f5b261a7e3bae92c5fa3fcccc00ef4eaafd26f2a8287",

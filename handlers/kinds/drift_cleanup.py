@@ -2,7 +2,10 @@
 a workspace that is gone (the drift report's **Clean up** button, or
 ``/kf drift cleanup bucket:NAME|nodegroup:NAME [--purge-data]``).
 
-An admin asks and another admin decides: the plan names the object, and a bucket's data goes only
+An admin asks and another admin decides: the plan names the object, and it is made only while the
+drift report lists the target as an orphan (``Facts.orphan``, read again before it applies: never
+an object a live workspace records); the removal action then deletes only what carries the bot's
+mark (``provisioning.actions.check_removable``), and a bucket's data goes only
 with ``--purge-data`` (without it a bucket holding data is kept and reported, as a workspace
 delete keeps it). The button files it without ``--purge-data``. Nothing in the registry changes:
 the object's workspace is gone already.
@@ -100,6 +103,17 @@ class DriftCleanup:
     def plan(self, ctx: PlanContext) -> Plan:
         if self.workspace is not None and ctx.facts.workspace(self.workspace) is not None:
             raise errors.InvalidInput(f"`{self.workspace}` exists: its objects are no orphans.")
+        # Read afresh each time the plan is rendered (filing, and again before it applies): a
+        # typed target is whatever the admin wrote, and a button's may be stale by the approval.
+        listed = ctx.facts.orphan(self.target)
+        if listed is None:
+            raise errors.InvalidInput("There is no cluster to check orphans against (dry run).")
+        if not listed:
+            raise errors.InvalidInput(
+                f"{self.what} `{self.name}` is not an orphan: the drift report does not list it now "
+                "(a live workspace records it, made or adopted, or the bot did not make it). "
+                "Run `/kf drift` to see the orphans."
+            )
         gone = f" (workspace `{self.workspace}` is gone)" if self.workspace else ""
         if self.what == "bucket":
             step = Step(

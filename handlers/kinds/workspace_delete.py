@@ -170,6 +170,8 @@ class WorkspaceDelete:
             summary = _prose(removal, params, key)
             if adopted:
                 summary = summary.replace("remove ", "remove adopted ", 1)
+                # What lets the removal action delete an object without the bot's mark.
+                params["adopted"] = True
             steps.append(Step(removal, key, params, summary))
         if kept:
             warnings.append(

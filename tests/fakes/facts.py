@@ -20,6 +20,8 @@ class StaticFacts:
     idle: dict[str, IdleFacts] = field(default_factory=dict)
     data: dict[str, DataHeld] = field(default_factory=dict)
     found: dict[str, Discovery] = field(default_factory=dict)
+    orphans: set[str] = field(default_factory=set)
+    """``drift.cleanup`` targets the drift report lists as orphans now."""
 
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
@@ -52,3 +54,6 @@ class StaticFacts:
 
     def discover(self, namespace: str) -> Discovery | None:
         return self.found.get(namespace)
+
+    def orphan(self, target: str) -> bool | None:
+        return target in self.orphans
