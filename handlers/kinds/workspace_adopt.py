@@ -187,6 +187,7 @@ _WHAT = {
     ActionName.BUCKET: "S3 bucket",
     ActionName.IAM_RESOURCES: "IAM policy entry of",
     ActionName.NODEGROUP: "EKS nodegroup",
+    ActionName.WORKSPACE_ROLE: "IAM role",
 }
 
 
