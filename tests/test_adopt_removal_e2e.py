@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from handlers import workspace_iam
-from handlers.actions import ActionName
+from handlers.actions import PARAMS, ActionName
+from handlers.errors import PermanentError
 from handlers.model import RequestState
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
@@ -209,3 +210,25 @@ def test_a_hash_from_env_entry_goes_with_its_secret_key_and_a_shared_role_stays(
     secret = stack.apiserver.get("v1", "secrets", "dex-passwords", DEX_NAMESPACE)
     assert secret is not None and made.dex_env_key not in (secret.get("data") or {})
     assert stack.aws("iam").get_role(RoleName=ROLE)["Role"]["RoleName"] == ROLE
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "field"),
+    [
+        ("dex.user.remove", {"email": "a@example.com", "mode": "configmap", "static_entry": "rm -rf"},
+         "static_entry"),
+        ("dex.user.remove", {"email": "a@example.com", "mode": "configmap", "static_entry": "hashFromEnv"},
+         "env_key"),
+        ("dex.user.remove", {"email": "a@example.com", "static_entry": "hash", "env_key": ["K"]}, "env_key"),
+        ("aws.iam_resources.remove", {"policy_arn": "arn:aws:iam::1:policy/p", "resources": ["x"],
+                                      "statements": "Sid1"}, "statements"),
+        ("aws.iam_resources.remove", {"policy_arn": "arn:aws:iam::1:policy/p", "resources": ["x"],
+                                      "statements": [""]}, "statements"),
+    ],
+)
+def test_a_damaged_adopted_shape_is_refused_naming_the_field(
+    action: str, params: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(PermanentError) as refused:
+        PARAMS[ActionName(action)].parse(params)
+    assert f"`{action}`" in refused.value.user_message and f"`{field}`" in refused.value.user_message

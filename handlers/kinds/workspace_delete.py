@@ -76,7 +76,9 @@ def _adopted_removal(
     """An adopted object named by ``--delete-adopted``: its step's words (the shape its removal
     handles, as the runbook made it), and whether the step may run. What stays behind, and why,
     goes to ``kept`` ("kept: ..."): nothing adopted is left silently."""
-    summary = summary.replace("remove ", "remove adopted ", 1)
+    summary = summary.replace("remove the ", "remove the adopted ", 1) if summary.startswith(
+        "remove the "
+    ) else summary.replace("remove ", "remove adopted ", 1)
     if action == ActionName.WORKSPACE_ROLE:
         name = params.get("name")
         others = [str(b) for b in as_list(params.get("other_buckets") or [])]
