@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from handlers import workspace_iam
+from handlers import kinds, workspace_iam
 from handlers.actions import PARAMS, ActionName
 from handlers.errors import PermanentError
 from handlers.model import RequestState
+from handlers.ports import WorkspaceFacts
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
+from tests.fakes.facts import StaticFacts
 from tests.fakes.runbook import RUNBOOK_ENV, RunbookWorkspace, seed_runbook_workspace
 from tests.live_harness import (
     ADMIN,
@@ -35,6 +37,7 @@ from tests.live_harness import (
     live_stack,
     seed_aws,
 )
+from tests.test_kinds import RUNBOOK
 
 PROVIDER = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.ap-northeast-2.amazonaws.com/id/ABCDEF0123"
 ROLE = "aic-proj1-notebooks"
@@ -232,3 +235,37 @@ def test_a_damaged_adopted_shape_is_refused_naming_the_field(
     with pytest.raises(PermanentError) as refused:
         PARAMS[ActionName(action)].parse(params)
     assert f"`{action}`" in refused.value.user_message and f"`{field}`" in refused.value.user_message
+
+
+def _delete_plan(created: dict[str, Any]) -> tuple[list[str], tuple[str, ...]]:
+    ws = WorkspaceFacts("legacy", "legacy", "o@example.com", created=created, pvcs=0)
+    kind = kinds.WorkspaceDelete("legacy", "legacy", delete_adopted=True)
+    plan = kind.plan(kinds.PlanContext(RUNBOOK, StaticFacts(workspaces={"legacy": ws}), "RTEST01"))
+    return [s.key for s in plan.steps], plan.warnings
+
+
+def test_a_role_others_may_use_is_kept_and_an_older_record_says_what_it_leaves() -> None:
+    role = {"name": "shared-irsa", "arn": "arn:aws:iam::1:role/shared-irsa", "trusts_namespace": False,
+            "other_buckets": []}
+    policy = "arn:aws:iam::1:policy/kf-notebooks-s3"
+    created = {
+        "IamRole/shared-irsa": {"action": "aws.workspace_role", "params": role, "adopted": True},
+        # Recorded by the first adoption release: no statements, no static entry shape.
+        f"IamPolicy/{policy}": {"action": "aws.iam_resources", "adopted": True,
+                                "params": {"policy_arn": policy, "resources": ["arn:aws:s3:::b"]}},
+        "DexUser/o@example.com": {"action": "dex.user", "adopted": True,
+                                  "params": {"email": "o@example.com", "mode": "configmap"}},
+    }
+    keys, warnings = _delete_plan(created)
+    assert "IamRole/shared-irsa" not in keys and f"IamPolicy/{policy}" in keys
+    kept = [w for w in warnings if w.startswith("kept: ")]
+    assert len(kept) == 3
+    for why in (
+        "IAM role `shared-irsa`, because its trust policy does not name this namespace's default-editor",
+        "the bucket in the hand-written statements of IAM policy `kf-notebooks-s3`",
+        "the `staticPasswords` entry of o@example.com",
+    ):
+        assert any(w.startswith(f"kept: {why}") for w in kept), why
+    created["IamRole/shared-irsa"]["params"] = {**role, "trusts_namespace": True}
+    keys, _ = _delete_plan(created)
+    assert "IamRole/shared-irsa" in keys
