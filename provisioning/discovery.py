@@ -26,6 +26,7 @@ from typing import Any
 
 from handlers import workspace_iam
 from handlers.actions import ActionName
+from handlers.errors import PermanentError
 from handlers.naming import RESERVED_NAMESPACES, NamingSettings
 from handlers.plan import JSON, as_list
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
@@ -230,7 +231,17 @@ class Discoverer:
             objects.append(
                 FoundObject(ActionName.NODEGROUP, f"Nodegroup/{name}", name, _nodegroup_params(group), how)
             )
-        role = self._role(world, namespace, found_buckets) if profile is not None else None
+        role = None
+        if profile is not None:
+            try:
+                role = self._role(world, namespace, found_buckets)
+            except PermanentError as exc:
+                # The bot's documented permissions reach only its own kfbot-ws-* roles: a team that
+                # did not grant the reads still adopts the rest, and the plan says what was not read.
+                notes.append(
+                    "The workspace's IAM role was not looked for, so none is adopted "
+                    f"({exc.user_message}); docs/DEPLOY.md lists the IAM reads adoption needs."
+                )
         if role is not None:
             objects.append(role)
             if role.params.get("other_buckets"):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 
 from handlers import kinds, workspace_iam
 from handlers.actions import PARAMS, ActionName
@@ -269,3 +270,20 @@ def test_a_role_others_may_use_is_kept_and_an_older_record_says_what_it_leaves()
     created["IamRole/shared-irsa"]["params"] = {**role, "trusts_namespace": True}
     keys, _ = _delete_plan(created)
     assert "IamRole/shared-irsa" in keys
+
+
+def test_without_the_iam_reads_the_rest_is_adopted_and_the_plan_says_so(
+    runbook: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, made = runbook
+    _seed_role(stack, made, (made.bucket,))
+    iam = stack.backend.facts.discoverer.aws._iam()  # type: ignore[attr-defined]
+
+    def denied(**_: object) -> None:  # IAM's answer to a role without the reads DEPLOY.md lists
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized"}}, "GetRole")
+
+    monkeypatch.setattr(iam, "get_role", denied)
+    request = stack.submit(ADMIN, f"workspace adopt {made.namespace}")
+    assert not [s for s in request.plan.steps if s.key.startswith("IamRole/")]
+    assert f"Bucket/{made.bucket}" in {s.key for s in request.plan.steps}
+    assert any(w.startswith("The workspace's IAM role was not looked for") for w in request.plan.warnings)
