@@ -358,17 +358,34 @@ class DexUserParams(StepParams):
         )
 
 
+STATIC_INLINE_HASH: Final = "hash"
+STATIC_HASH_FROM_ENV: Final = "hashFromEnv"
+"""How an adopted ``staticPasswords`` entry keeps its hash (``DexUserRemoveParams.static_entry``)."""
+
+
 @dataclass(frozen=True)
 class DexUserRemoveParams(StepParams):
+    """``static_entry`` (an adopted ``staticPasswords`` entry, as adoption recorded it): ``hash``
+    for an inline hash, ``hashFromEnv`` for one whose hash is the Secret key ``env_key``;
+    ``""`` for the entries and objects the bot writes."""
+
     ACTION: ClassVar[ActionName] = ActionName.DEX_USER_REMOVE
     email: str
     mode: str
     adopted: bool = False
     """A live workspace records the login as adopted (``provisioning.actions.check_removable``)."""
+    static_entry: str = ""
+    env_key: str = ""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(_email(f), f.optional_text("mode"), f.flag("adopted"), request=f.request())
+        static = f.optional_text("static_entry")
+        if static not in ("", STATIC_INLINE_HASH, STATIC_HASH_FROM_ENV):
+            raise f.refuse("static_entry", f"`{STATIC_INLINE_HASH}` or `{STATIC_HASH_FROM_ENV}`")
+        key = f.optional_text("env_key")
+        if static == STATIC_HASH_FROM_ENV and not key:
+            raise f.refuse("env_key", "the Secret key a `hashFromEnv` entry names")
+        return cls(_email(f), f.optional_text("mode"), f.flag("adopted"), static, key, request=f.request())
 
 
 def _email(f: Fields) -> str:
@@ -416,7 +433,17 @@ class IamResourcesParams(StepParams):
 
 @dataclass(frozen=True)
 class IamResourcesRemoveParams(IamResourcesParams):
+    """``statements``: for ARNs an adoption found in statements written by hand (their ``Sid``,
+    or ``#N`` for the N-th statement without one), so the removal takes them out of every
+    ``Allow`` statement that lists them, not only the bot's own; empty for the bot's grants."""
+
     ACTION: ClassVar[ActionName] = ActionName.IAM_RESOURCES_REMOVE
+    statements: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, f: Fields) -> Self:
+        statements = f.texts("statements") if "statements" in f.params else ()
+        return cls(f.text("policy_arn"), f.texts("resources"), statements, request=f.request())
 
 
 @dataclass(frozen=True)
@@ -733,6 +760,7 @@ ADOPTABLE: Mapping[ActionName, ActionName] = {
     ActionName.IAM_RESOURCES: ActionName.AWS_ADOPT,
     ActionName.NODEGROUP: ActionName.AWS_ADOPT,
     ActionName.CONTRIBUTOR: ActionName.PROFILE_ADOPT,
+    ActionName.WORKSPACE_ROLE: ActionName.AWS_ADOPT,
 }
 """Create action of an object found by hand -> the action that checks it is still there when an
 adoption applies (each adapter checks its own objects; none of them writes anything)."""

@@ -475,6 +475,19 @@ class AwsActions:
                 out += [str(r) for r in _as_list(statement.get("Resource", []))]
         return out
 
+    def policy_statements(self, policy_arn: str) -> list[tuple[str, str, list[str]]]:
+        """``(label, Effect, Resource list)`` of each statement of the policy's default version,
+        for adoption: ``label`` is the ``Sid``, or ``#N`` (1-based) for a statement without one."""
+        with _aws_call(f"reading IAM policy {_policy_name(policy_arn)}"):
+            document = self._default_document(self._iam(), policy_arn)
+        out: list[tuple[str, str, list[str]]] = []
+        for index, statement in enumerate(_as_list(document.get("Statement", [])), start=1):
+            if isinstance(statement, Mapping):
+                resources = [str(r) for r in _as_list(statement.get("Resource", []))]
+                label = str(statement.get("Sid") or f"#{index}")
+                out.append((label, str(statement.get("Effect", "")), resources))
+        return out
+
     def nodegroups(self, cluster: str) -> list[NodegroupTypeDef]:
         """Every nodegroup of ``cluster``, described."""
         eks = self._eks()
@@ -493,6 +506,9 @@ class AwsActions:
         elif params.object == ActionName.IAM_RESOURCES:
             listed = set(self.policy_resources(name))
             present = all(r in listed for r in params.resources)
+        elif params.object == ActionName.WORKSPACE_ROLE:
+            with _aws_call(f"reading IAM role {name}"):
+                present = self._get_role(name) is not None
         else:
             cluster = str(params.params.get("cluster") or "")
             with _aws_call(f"reading EKS nodegroup {name}"):
@@ -926,8 +942,53 @@ class AwsActions:
             self._edit_policy(params.policy_arn, add=[], remove=[str(arn) for arn in added])
 
     def _remove_iam_resources(self, params: IamResourcesRemoveParams) -> StepOutcome:
+        if params.statements:
+            return self._remove_adopted_resources(params.policy_arn, params.resources)
         _, removed = self._edit_policy(params.policy_arn, add=[], remove=params.resources)
         return StepOutcome(created=False, details={"removed": removed})
+
+    def _remove_adopted_resources(self, policy_arn: str, resources: Sequence[str]) -> StepOutcome:
+        """An adopted grant, as the runbook wrote it: ``resources`` leave every ``Allow`` statement
+        that lists them (the bot's own included), a statement left without a resource goes, in
+        one new default version (room made as ``_edit_policy`` does, under the same lock). ``Deny``
+        statements and ``NotResource`` stay as they are: taking a bucket out of them widens access."""
+        name = _policy_name(policy_arn)
+        iam = self._iam()
+        doomed = set(resources)
+        with self._policy_lock.hold(policy_arn), _aws_call(f"updating IAM policy {name}"):
+            document = self._default_document(iam, policy_arn)
+            statements = _as_list(document.get("Statement", []))
+            rewritten: list[Any] = []
+            removed: list[str] = []
+            for statement in statements:
+                listed = _as_list(statement.get("Resource", [])) if isinstance(statement, Mapping) else []
+                if (
+                    not isinstance(statement, Mapping)
+                    or statement.get("Effect") != "Allow"
+                    or "Resource" not in statement
+                    or not doomed.intersection(map(str, listed))
+                ):
+                    rewritten.append(statement)
+                    continue
+                left = [r for r in listed if str(r) not in doomed]
+                removed += [str(r) for r in listed if str(r) in doomed]
+                if left:
+                    rewritten.append({**statement, "Resource": left})
+            if not removed:
+                return StepOutcome(created=False, details={"removed": []})
+            if not rewritten:  # IAM refuses a document without statements
+                rewritten = [{"Sid": BOT_SID, "Effect": "Allow", "Action": _GRANTS_NOTHING, "Resource": "*"}]
+            text = json.dumps({**document, "Statement": rewritten}, separators=(",", ":"))
+            self._make_room_for_version(iam, policy_arn)
+            try:
+                iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=text, SetAsDefault=True)
+            except ClientError as e:
+                if _code(e) == "LimitExceeded":
+                    raise TemporaryError(
+                        f"IAM policy {name} was changed by someone else meanwhile; will retry."
+                    ) from e
+                raise
+        return StepOutcome(created=False, details={"removed": list(dict.fromkeys(removed))})
 
     def _edit_policy(
         self, policy_arn: str, add: Sequence[str], remove: Sequence[str]

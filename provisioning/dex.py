@@ -63,7 +63,14 @@ import bcrypt
 import yaml
 from kubernetes import client
 
-from handlers.actions import AdoptParams, DexAdoptParams, DexUserParams, DexUserRemoveParams
+from handlers.actions import (
+    STATIC_HASH_FROM_ENV,
+    STATIC_INLINE_HASH,
+    AdoptParams,
+    DexAdoptParams,
+    DexUserParams,
+    DexUserRemoveParams,
+)
 from handlers.errors import PermanentError, TemporaryError
 from handlers.naming import dex_password_object_name
 from handlers.plan import JSON, StepOutcome
@@ -125,6 +132,9 @@ class DexLogin:
     how: str
     username: str
     user_id: str
+    static_entry: str = ""
+    """A ``staticPasswords`` entry's shape: ``hash`` (inline) or ``hashFromEnv``; else ``""``."""
+    hash_from_env: str = ""
 
 
 class RestartRequester(Protocol):
@@ -210,7 +220,8 @@ class DexActions:
                 key = entry.get("hashFromEnv")
                 how = f"staticPasswords, hashFromEnv {key}" if key else "staticPasswords, inline hash"
                 found.append(DexLogin(str(entry["email"]).lower(), "configmap", how,
-                                      str(entry.get("username") or ""), str(entry.get("userID") or "")))
+                                      str(entry.get("username") or ""), str(entry.get("userID") or ""),
+                                      STATIC_HASH_FROM_ENV if key else STATIC_INLINE_HASH, str(key or "")))
         try:
             objects = self.kube.list(k8s.DEX_PASSWORD, self.settings.namespace)
         except PermanentError:
@@ -320,7 +331,44 @@ class DexActions:
             self._remove_user(params.email, params.mode, made=True)
 
     def remove_user(self, params: DexUserRemoveParams) -> StepOutcome:
+        if params.static_entry and (params.mode or self.settings.mode) != "external":
+            return self._remove_adopted_static_user(params)
         return self._remove_user(params.email, params.mode, adopted=params.adopted)
+
+    def _remove_adopted_static_user(self, params: DexUserRemoveParams) -> StepOutcome:
+        """An adopted ``staticPasswords`` entry, as the runbook wrote it: the entry of that email
+        with that shape (inline ``hash``, or ``hashFromEnv`` naming the recorded key) leaves the
+        config, then its Secret key if no other entry names it; Dex restarts as for a removal."""
+        email, key = params.email, params.env_key
+
+        def same_shape(entry: object) -> bool:
+            if not isinstance(entry, dict) or str(entry.get("email", "")).lower() != email:
+                return False
+            if params.static_entry == STATIC_HASH_FROM_ENV:
+                return entry.get("hashFromEnv") == key
+            return "hash" in entry and not entry.get("hashFromEnv")
+
+        removed, key_in_use = False, False
+
+        def mutate(cm: Obj) -> bool:
+            nonlocal removed, key_in_use
+            config = self._parse(cm)
+            entries = config.get("staticPasswords") or []
+            kept = [e for e in entries if not same_shape(e)]
+            key_in_use = any(isinstance(e, dict) and key and e.get("hashFromEnv") == key for e in kept)
+            removed = len(kept) != len(entries)
+            if not removed:
+                return False
+            config["staticPasswords"] = kept
+            self._dump(cm, config)
+            return True
+
+        self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)
+        # Entry first, then its hash, as for the bot's own entries.
+        removed_key = bool(key) and not key_in_use and self._remove_secret_key(key)
+        if removed or removed_key:
+            self._ask_restart(move=True)
+        return StepOutcome(created=False, details={"mode": "configmap", "deleted": removed})
 
     def _remove_user(
         self, email: str, mode: str, *, adopted: bool = False, made: bool = False

@@ -24,14 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers import workspace_iam
 from handlers.actions import ActionName
-from handlers.errors import InvalidInput
+from handlers.errors import InvalidInput, PermanentError
 from handlers.naming import RESERVED_NAMESPACES, NamingSettings, normalize_email
 from handlers.naming import show_value as naming_show
-from handlers.plan import JSON
+from handlers.plan import JSON, as_list
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
 from handlers.settings import CoreSettings
-from provisioning.aws import MARK_TAG, AwsActions
+from provisioning.aws import BOT_SID, MARK_TAG, AwsActions
 from provisioning.dex import DexActions, DexLogin
 from provisioning.k8s import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from provisioning.kubeflow import KubeflowActions
@@ -62,6 +63,14 @@ def _pattern(template: str, settings: NamingSettings) -> re.Pattern[str]:
 def _project(template: str, settings: NamingSettings, value: str) -> str | None:
     match = _pattern(template, settings).fullmatch(value)
     return match.group(_PROJECT) if match and _PROJECT in match.groupdict() else None
+
+
+def _bucket_name(arn: str) -> str | None:
+    """``arn:aws:s3:::NAME`` and ``arn:aws:s3:::NAME/…`` -> NAME."""
+    prefix = "arn:aws:s3:::"
+    if not arn.startswith(prefix):
+        return None
+    return arn[len(prefix) :].split("/", 1)[0] or None
 
 
 def _tagged(values: Mapping[str, str], namespace: str, what: str) -> str | None:
@@ -123,7 +132,8 @@ class _World:
 
     profiles: dict[str, tuple[str | None, dict[str, str], dict[str, str]]]
     buckets: list[tuple[str, dict[str, str]]]
-    policies: dict[str, list[str]]
+    policies: dict[str, list[tuple[str, str, list[str]]]]
+    """Policy ARN -> its statements (``AwsActions.policy_statements``)."""
     nodegroups: list[Mapping[str, Any]]
     logins: list[DexLogin]
     problems: dict[str, str | None] = field(default_factory=dict)
@@ -144,7 +154,7 @@ class Discoverer:
         world = _World(
             profiles={name: (owner, hard, labels) for name, owner, hard, labels in self.kubeflow.profiles()},
             buckets=self.aws.buckets(),
-            policies={arn: self.aws.policy_resources(arn) for arn in self.core.workspace.iam_policy_arns},
+            policies={arn: self.aws.policy_statements(arn) for arn in self.core.workspace.iam_policy_arns},
             nodegroups=[dict(n) for n in self.aws.nodegroups(self.core.workspace.cluster)],
             logins=self.dex.logins() if self.core.workspace.dex_mode != "external" else [],
             problems=self.kubeflow.profile_problems(),
@@ -191,6 +201,10 @@ class Discoverer:
                     "user_id": login.user_id,
                     "mode": login.mode,
                 }
+                if login.static_entry:  # how the entry keeps its hash: what its removal must match
+                    params["static_entry"] = login.static_entry
+                if login.hash_from_env:
+                    params["env_key"] = login.hash_from_env
                 objects.append(
                     FoundObject(
                         ActionName.DEX_USER,
@@ -232,7 +246,8 @@ class Discoverer:
             )
         if not found_buckets:
             notes.append("No S3 bucket was found by the naming template or a tag naming the namespace.")
-        for arn, resources in sorted(world.policies.items()):
+        for arn, statements in sorted(world.policies.items()):
+            resources = {r for _, _, listed_in in statements for r in listed_in}
             listed = [
                 r
                 for b in found_buckets
@@ -240,12 +255,22 @@ class Discoverer:
                 if r in resources
             ]
             if listed:
+                iam_params: dict[str, JSON] = {"policy_arn": arn, "resources": list(listed)}
+                # The statements as the runbook wrote them, by effect: a removal takes the ARNs
+                # out of the Allow ones and never out of a Deny (that would widen access).
+                for effect, key in (("Allow", "statements"), ("Deny", "deny_statements")):
+                    labels = [
+                        label for label, eff, named in statements
+                        if eff == effect and label != BOT_SID and set(listed) & set(named)
+                    ]
+                    if labels:
+                        iam_params[key] = labels
                 objects.append(
                     FoundObject(
                         ActionName.IAM_RESOURCES,
                         f"IamPolicy/{arn}",
                         arn,
-                        {"policy_arn": arn, "resources": list(listed)},
+                        iam_params,
                         "the bucket's ARNs in its default version",
                         tuple(listed),
                     )
@@ -255,6 +280,24 @@ class Discoverer:
             objects.append(
                 FoundObject(ActionName.NODEGROUP, f"Nodegroup/{name}", name, _nodegroup_params(group), how)
             )
+        iam_role: FoundObject | None = None
+        if profile is not None:
+            try:
+                iam_role = self._role(world, namespace, found_buckets)
+            except PermanentError as exc:
+                # The bot's documented permissions reach only its own kfbot-ws-* roles: a team that
+                # did not grant the reads still adopts the rest, and the plan says what was not read.
+                notes.append(
+                    "The workspace's IAM role was not looked for, so none is adopted "
+                    f"({exc.user_message}); docs/DEPLOY.md lists the IAM reads adoption needs."
+                )
+        if iam_role is not None:
+            objects.append(iam_role)
+            if iam_role.params.get("other_buckets"):
+                notes.append(
+                    f"IAM role `{iam_role.name}` also grants bucket(s) of other workspaces "
+                    f"({', '.join(map(str, as_list(iam_role.params['other_buckets'])))})."
+                )
         return Discovery(
             namespace=namespace,
             profile_exists=profile is not None,
@@ -279,6 +322,37 @@ class Discoverer:
         if namespace in RESERVED_NAMESPACES or namespace.startswith(("kube-", "istio-", "knative-")):
             return "it belongs to the platform"
         return world.problems.get(namespace, "the profile controller has made no namespace for it")
+
+    def _role(self, world: _World, namespace: str, buckets: list[str]) -> FoundObject | None:
+        """The workspace's IAM role (per-workspace IAM, or one made by hand for IRSA): the one the
+        Profile's plugin names, else the bot's name for it, else one whose trust policy names
+        the namespace's ``default-editor`` (``AwsActions.find_workspace_role``)."""
+        plugin_role = self.kubeflow.profile_iam_role(namespace)
+        found = self.aws.find_workspace_role(namespace, plugin_role)
+        if found is None:
+            return None
+        name = str(found["name"])
+        tags = {str(k): str(v) for k, v in dict(found["tags"]).items()}
+        if f"IamRole/{name}" in world.managed_keys or MARK_TAG in tags:
+            return None
+        if plugin_role and plugin_role.rsplit("/", 1)[-1] == name:
+            how = "the Profile's AwsIamForServiceAccount plugin"
+        elif name == workspace_iam.role_name(namespace):
+            how = "name"
+        else:
+            how = f"trust policy naming {workspace_iam.subject(namespace)}"
+        granted = [b for b in dict.fromkeys(_bucket_name(str(r)) for r in found["bucket_resources"]) if b]
+        params: dict[str, JSON] = {
+            "name": name,
+            "arn": str(found["arn"]),
+            "namespace": namespace,
+            "service_account": workspace_iam.SERVICE_ACCOUNT,
+            "bucket": next((b for b in granted if b in buckets), ""),
+            "tags": dict(tags),
+            "trusts_namespace": bool(found["trusts_namespace"]),
+            "other_buckets": [b for b in granted if b not in buckets],
+        }
+        return FoundObject(ActionName.WORKSPACE_ROLE, f"IamRole/{name}", name, params, how)
 
     def bucket_candidates(
         self, world: _World, namespace: str, project: str | None, notes: list[str] | None = None

@@ -216,6 +216,9 @@ def _dex_user(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _dex_user_remove(p: Mapping[str, JSON]) -> list[str]:
+    if p.get("static_entry"):  # adopted: the entry as the runbook wrote it
+        key = f" and Secret key {p.get('env_key')}" if p.get("env_key") else ""
+        return [f"remove the staticPasswords entry ({p['static_entry']}) of {p['email']}{key}, restart Dex"]
     return [f"remove the Dex login {p['email']}"]
 
 
@@ -243,7 +246,8 @@ def _iam(p: Mapping[str, JSON]) -> list[str]:
 
 
 def _iam_remove(p: Mapping[str, JSON]) -> list[str]:
-    return [f"iam:CreatePolicyVersion {p['policy_arn']} without {', '.join(as_texts(p['resources']))}"]
+    where = " (every Allow statement, as written by hand)" if p.get("statements") else ""
+    return [f"iam:CreatePolicyVersion {p['policy_arn']} without {', '.join(as_texts(p['resources']))}{where}"]
 
 
 def _nodegroup(p: Mapping[str, JSON]) -> list[str]:

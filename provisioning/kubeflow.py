@@ -954,6 +954,17 @@ class KubeflowActions:
             for p in self.kube.list(k8s.PROFILE)
         ]
 
+    def profile_iam_role(self, namespace: str) -> str | None:
+        """The role the Profile's ``AwsIamForServiceAccount`` plugin names (``spec.awsIamRole``),
+        for adoption; None without a Profile or such a plugin."""
+        profile = self.kube.get(k8s.PROFILE, namespace)
+        for plugin in ((profile or {}).get("spec") or {}).get("plugins") or []:
+            if isinstance(plugin, Mapping) and plugin.get("kind") == workspace_iam.PLUGIN_KIND:
+                role = (plugin.get("spec") or {}).get("awsIamRole")
+                if isinstance(role, str) and role:
+                    return role
+        return None
+
     def workspace_state(self, namespace: str) -> WorkspaceState:
         """The live truth about one workspace, for ``/kf workspace show`` and planning facts."""
         profile = self.kube.get(k8s.PROFILE, namespace)

@@ -140,13 +140,35 @@ def _legacy_discovery() -> Discovery:
     )
 
 
-def _adoptable() -> StaticFacts:
-    return StaticFacts(found={"aic-ns-legacy-ws": _legacy_discovery()})
+def _legacy_discovery_shapes() -> Discovery:
+    """The same workspace found by a discovery that records the shapes the runbook wrote (its
+    statements, the static entry's hash) and the workspace's IAM role."""
+    found = _legacy_discovery()
+    objects = []
+    for obj in found.objects:
+        params = dict(obj.params)
+        if obj.action == "aws.iam_resources":
+            params.update(statements=["AicProj1Bucket"], deny_statements=["NoDelete"])
+        elif obj.action == "dex.user":
+            params.update(static_entry="hashFromEnv", env_key="DEX_LEGACY_OWNER_PASSWORD")
+        objects.append(dataclasses.replace(obj, params=params))
+    role: dict[str, JSON] = {
+        "name": "aic-proj1-notebooks", "arn": "arn:aws:iam::123456789012:role/aic-proj1-notebooks",
+        "namespace": found.namespace, "service_account": "default-editor",
+        "bucket": "s3-use1-infra-dev-proj1", "tags": {}, "trusts_namespace": True, "other_buckets": [],
+    }
+    objects.append(FoundObject("aws.workspace_role", "IamRole/aic-proj1-notebooks", "aic-proj1-notebooks",
+                               role, "the Profile's AwsIamForServiceAccount plugin"))
+    return dataclasses.replace(found, objects=tuple(objects))
 
 
-def _adopted() -> StaticFacts:
+def _adoptable(discovery: Discovery | None = None) -> StaticFacts:
+    return StaticFacts(found={"aic-ns-legacy-ws": discovery or _legacy_discovery()})
+
+
+def _adopted(discovery: Discovery | None = None) -> StaticFacts:
     """The legacy workspace as the registry records it after its adoption."""
-    plan = _plan(kinds.WorkspaceAdopt("aic-ns-legacy-ws"), _adoptable(), RUNBOOK)
+    plan = _plan(kinds.WorkspaceAdopt("aic-ns-legacy-ws"), _adoptable(discovery), RUNBOOK)
     created = {s.key: {"action": s.params["object"], "params": s.params["params"], "adopted": True}
                for s in plan.steps}
     ws = WorkspaceFacts("aic-ns-legacy-ws", "aic-ns-legacy-ws", "legacy.owner@example.com", created=created,
@@ -256,6 +278,14 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         RUNBOOK,
     ),
     "gpu-down-adopted": (kinds.GpuScale("aic-ns-legacy-ws", 0), _adopted(), RUNBOOK),
+    # The adopted role and the runbook's shapes (issue 12 follow-up), frozen from their first release.
+    "adopt-runbook-role-and-shapes": (
+        kinds.WorkspaceAdopt("aic-ns-legacy-ws"), _adoptable(_legacy_discovery_shapes()), RUNBOOK
+    ),
+    "delete-adopted-role-and-shapes": (
+        kinds.WorkspaceDelete("aic-ns-legacy-ws", "aic-ns-legacy-ws", delete_adopted=True),
+        _adopted(_legacy_discovery_shapes()), RUNBOOK,
+    ),
     # Drift (#12): frozen from their first release on.
     "drift-adopt-grant": (
         kinds.DriftAdopt("contributor-added:team-a:d@example.com", "team-a", "grant", "admin@example.com",
@@ -341,6 +371,8 @@ GOLDEN: dict[str, str] = {
     "drift-cleanup-iam": "800b5995c237f2f309fe220f7315d87b710b99f6de5bc8ae439490193a12d1a9",
     "drift-cleanup-dex": "f6ed582cf629836dca3caf31aab8e3cdf26b8e48b4fcb0fddde00715adee0dbc",
     "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
+    "adopt-runbook-role-and-shapes": "a8c1afb6dd7adc5ef6ae07e52e32525c2754cee6c4ce466e33c3d090e382fa22",
+    "delete-adopted-role-and-shapes": "e65560738e889a721934a50081d798a001c74f90585e24b15b5a5c66a74bfaf0",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -202,16 +202,17 @@ ADAPTER_DEFAULTS = {
     "aws.nodegroup.scaling": {"adopted"},
     "aws.bucket.remove": {"adopted"},
     "aws.nodegroup.remove": {"adopted"},
-    "dex.user.remove": {"adopted"},
     "kubeflow.adopt": {"resources"},
     "dex.adopt": {"resources"},
     "aws.adopt": {"resources"},
+    "aws.iam_resources.remove": {"statements"},
+    "dex.user.remove": {"adopted", "static_entry", "env_key"},
 }
 """Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email; fields
 written only when a setting asks for them (the runbook's nodegroup fields, per-workspace IAM), so
 plans made without those settings keep the params (and digests) they always had; and fields
 written only for some objects: ``adopted`` (an adopted nodegroup), ``resources`` (an IAM policy's
-entries)."""
+entries), ``statements``/``static_entry``/``env_key`` (the shapes an adoption recorded)."""
 
 
 def _sample_params() -> dict[str, dict[str, JSON]]:

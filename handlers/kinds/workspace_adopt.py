@@ -203,6 +203,7 @@ _WHAT = {
     ActionName.IAM_RESOURCES: "IAM policy entry of",
     ActionName.NODEGROUP: "EKS nodegroup",
     ActionName.CONTRIBUTOR: "contributor",
+    ActionName.WORKSPACE_ROLE: "IAM role",
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from handlers import errors, naming
-from handlers.actions import ActionName
+from handlers.actions import STATIC_HASH_FROM_ENV, STATIC_INLINE_HASH, ActionName
 from handlers.kinds.base import (
     Applied,
     DeleteWorkspace,
@@ -28,7 +28,7 @@ from handlers.kinds.base import (
     workspace_people,
 )
 from handlers.model import Actor
-from handlers.plan import JSON, Plan, Step, as_object, as_text
+from handlers.plan import JSON, Plan, Step, as_list, as_object, as_text
 from handlers.ports import Facts
 from handlers.settings import CoreSettings
 
@@ -65,7 +65,57 @@ def _prose(removal: ActionName, params: Mapping[str, JSON], key: str) -> str:
         return f"remove the bucket from IAM policy `{policy}`"
     if removal == ActionName.NODEGROUP_REMOVE:
         return f"remove EKS nodegroup `{params.get('name')}` and its nodes"
+    if removal == ActionName.WORKSPACE_ROLE_REMOVE:
+        return f"remove IAM role `{params.get('name')}` (its inline policies deleted, managed ones detached)"
     return f"remove {key}"
+
+
+def _adopted_removal(
+    action: str, params: Mapping[str, JSON], summary: str, kept: list[str]
+) -> tuple[str, bool]:
+    """An adopted object named by ``--delete-adopted``: its step's words (the shape its removal
+    handles, as the runbook made it), and whether the step may run. What stays behind, and why,
+    goes to ``kept`` ("kept: ..."): nothing adopted is left silently."""
+    summary = summary.replace("remove the ", "remove the adopted ", 1) if summary.startswith(
+        "remove the "
+    ) else summary.replace("remove ", "remove adopted ", 1)
+    if action == ActionName.WORKSPACE_ROLE:
+        name = params.get("name")
+        others = [str(b) for b in as_list(params.get("other_buckets") or [])]
+        if others:
+            kept.append(f"kept: IAM role `{name}`, because it also grants bucket(s) "
+                        f"{', '.join(f'`{b}`' for b in others)} of other workspaces")
+            return summary, False
+        if params.get("trusts_namespace") is not True:
+            kept.append(f"kept: IAM role `{name}`, because its trust policy does not name this "
+                        "namespace's default-editor, so something else may use it")
+            return summary, False
+    elif action == ActionName.IAM_RESOURCES:
+        policy = str(params.get("policy_arn") or "").rsplit("/", 1)[-1]
+        statements = [str(s) for s in as_list(params.get("statements") or [])]
+        if statements:
+            summary += f" (Allow statement(s) {', '.join(f'`{s}`' for s in statements)}, as written by hand)"
+        else:
+            kept.append(f"kept: the bucket in the hand-written statements of IAM policy `{policy}`, because "
+                        "the adoption did not record them (adopted by an older bot); only the bot's own "
+                        "statement changes")
+        denies = [str(s) for s in as_list(params.get("deny_statements") or [])]
+        if denies:
+            kept.append(f"kept: Deny statement(s) {', '.join(f'`{s}`' for s in denies)} of IAM policy "
+                        f"`{policy}`, because taking the bucket out of a Deny widens access")
+    elif action == ActionName.DEX_USER and params.get("mode") == "configmap":
+        shape = params.get("static_entry")
+        if shape == STATIC_INLINE_HASH:
+            summary += " (its `staticPasswords` entry, inline hash)"
+        elif shape == STATIC_HASH_FROM_ENV:
+            summary += f" (its `staticPasswords` entry and Secret key `{params.get('env_key')}`)"
+        else:
+            kept.append(f"kept: the `staticPasswords` entry of {params.get('email')}, because the adoption "
+                        "did not record its shape (adopted by an older bot)")
+        if shape:
+            kept.append(f"The runbook's Dex manifests may still list {params.get('email')}: re-applying "
+                        "them with kustomize brings the login back; take it out of them too.")
+    return summary, True
 
 
 def _may_request(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings) -> None:
@@ -169,7 +219,9 @@ class WorkspaceDelete:
                 params["purge_data"] = self.purge_data
             summary = _prose(removal, params, key)
             if adopted:
-                summary = summary.replace("remove ", "remove adopted ", 1)
+                summary, runs = _adopted_removal(action, params, summary, warnings)
+                if not runs:
+                    continue
                 # What lets the removal action delete an object without the bot's mark.
                 params["adopted"] = True
             steps.append(Step(removal, key, params, summary))
