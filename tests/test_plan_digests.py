@@ -372,7 +372,7 @@ GOLDEN: dict[str, str] = {
     "drift-cleanup-dex": "f6ed582cf629836dca3caf31aab8e3cdf26b8e48b4fcb0fddde00715adee0dbc",
     "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
     "adopt-runbook-role-and-shapes": "a8c1afb6dd7adc5ef6ae07e52e32525c2754cee6c4ce466e33c3d090e382fa22",
-    "delete-adopted-role-and-shapes": "e65560738e889a721934a50081d798a001c74f90585e24b15b5a5c66a74bfaf0",
+    "delete-adopted-role-and-shapes": "f67bc655fda4a8502e75ea0f8cd3adcaf58d44134051a9b42a1044880049639d",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step
