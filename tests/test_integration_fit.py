@@ -1,0 +1,50 @@
+"""Where the features merged together (#12, #13) meet: each command answers once, the shell says
+what it cannot do, docs and the chart know every setting, every kind reads in words."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import Running
+from tests.fakes.slack import FakeSlack
+from tests.fakes.slack_bot import running_bot
+from tests.fakes.slack_edge import BOB, add_users, response_texts, settings_for, slash
+from tests.test_shell import request_count, run_shell
+
+
+@pytest.fixture
+def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
+    add_users(fake_slack)
+    with running_bot(settings_for(fake_slack, tmp_path)) as running:
+        yield running
+
+
+def test_offboard_and_scan_answer_once_over_slack(bot: Running, fake_slack: FakeSlack) -> None:
+    """Each read-only admin command gets one ephemeral reply: no second, stale "not available"
+    error after the answer, no duplicate plain-text copy of the scan."""
+    said = slash(bot, fake_slack, "offboard nobody@example.com", user=BOB, name="offboard")
+    assert "holds nothing the bot granted" in said, said
+    said = slash(bot, fake_slack, "workspace scan", user=BOB, name="scan")
+    assert "needs the live cluster" in said, said
+    time.sleep(1.0)  # a second reply, if any, follows within the same handler at once
+    assert len(response_texts(fake_slack, "offboard")) == 1, response_texts(fake_slack, "offboard")
+    assert len(response_texts(fake_slack, "scan")) == 1, response_texts(fake_slack, "scan")
+
+
+RUNBOOK_IAM = {
+    "KFBOT_NODEGROUP_STYLE": "runbook",
+    "KFBOT_WORKSPACE_IAM": "per-workspace",
+    "KFBOT_OIDC_PROVIDER_ARN": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/ABC",
+}
+
+
+def test_a_runbook_nodegroup_with_its_own_role_is_recorded_and_planned_in_words(tmp_path: Path) -> None:
+    """The runbook's launch template carries ``imds_tokens`` (``required``, an IMDS mode, no secret):
+    the audit chain's secret check must record its plan, not refuse the request."""
+    out = run_shell(tmp_path, "/kf workspace new team-a --gpu 1\n", **RUNBOOK_IAM)
+    assert "error" not in out.lower(), out
+    assert request_count(tmp_path) == 1
