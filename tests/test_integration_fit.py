@@ -48,3 +48,33 @@ def test_a_runbook_nodegroup_with_its_own_role_is_recorded_and_planned_in_words(
     out = run_shell(tmp_path, "/kf workspace new team-a --gpu 1\n", **RUNBOOK_IAM)
     assert "error" not in out.lower(), out
     assert request_count(tmp_path) == 1
+
+
+def test_every_removal_a_delete_plans_is_said_in_words() -> None:
+    """Each create action a workspace records has its removal in prose (the delete card of a
+    per-workspace-IAM, runbook-style workspace said `remove LaunchTemplate/…`, `remove IamRole/…`)."""
+    from handlers.kinds import workspace_delete
+
+    params = {
+        "name": "team-a-g4dn-xlarge",
+        "bucket": "kf-team-a",
+        "email": "alice@example.com",
+        "policy_arn": "arn:aws:iam::123456789012:policy/kf-buckets",
+    }
+    for create, removal in workspace_delete._REMOVAL.items():
+        if removal is None:
+            continue
+        said = workspace_delete._prose(removal, params, f"Key/{create}")
+        assert "Key/" not in said and said.startswith("remove "), (create, said)
+    assert workspace_delete._prose(
+        workspace_delete.ActionName.LAUNCH_TEMPLATE_REMOVE, params, "LaunchTemplate/team-a-g4dn-xlarge"
+    ) == "remove EC2 launch template `team-a-g4dn-xlarge`"
+    assert workspace_delete._prose(
+        workspace_delete.ActionName.WORKSPACE_ROLE_REMOVE, {"name": "kfbot-ws-team-a"}, "IamRole/kfbot-ws-team-a"
+    ) == "remove IAM role `kfbot-ws-team-a` and its policies"
+
+
+def test_the_shell_says_offboarding_needs_slack(tmp_path: Path) -> None:
+    out = run_shell(tmp_path, "/kf offboard bob@example.com\n", as_="carol@example.com", admin=True)
+    assert "needs Slack" in out and "not available here" not in out, out
+    assert request_count(tmp_path) == 0
