@@ -78,3 +78,21 @@ def test_the_shell_says_offboarding_needs_slack(tmp_path: Path) -> None:
     out = run_shell(tmp_path, "/kf offboard bob@example.com\n", as_="carol@example.com", admin=True)
     assert "needs Slack" in out and "not available here" not in out, out
     assert request_count(tmp_path) == 0
+
+
+def test_resetting_an_adopted_login_waits_for_an_admin_a_made_one_does_not() -> None:
+    """#12: adopted logins only with approval. A hand-made login the bot adopted is reset only after
+    another admin approves, and the card says why; one the bot made applies at the admin's word."""
+    from handlers import kinds, policy
+    from handlers.model import Actor
+    from tests.fakes.facts import StaticFacts
+    from tests.harness import CORE
+
+    admin = Actor(user_id="UADMIN", email="admin@example.com", is_admin=True)
+    facts = StaticFacts(logins_made={"made@example.com"}, logins_adopted={"legacy@example.com"})
+    made, adopted = kinds.PasswordResetFor("made@example.com"), kinds.PasswordResetFor("legacy@example.com")
+    assert policy.auto_apply_reason(made, admin, facts, CORE) is not None
+    assert policy.auto_apply_reason(adopted, admin, facts, CORE) is None
+    ctx = kinds.PlanContext(CORE, facts, "RPLAN01")
+    assert any("adopted" in w and "approv" in w for w in adopted.plan(ctx).warnings), adopted.plan(ctx).warnings
+    assert not any("adopted" in w for w in made.plan(ctx).warnings)
