@@ -96,3 +96,62 @@ def test_resetting_an_adopted_login_waits_for_an_admin_a_made_one_does_not() -> 
     ctx = kinds.PlanContext(CORE, facts, "RPLAN01")
     assert any("adopted" in w and "approv" in w for w in adopted.plan(ctx).warnings), adopted.plan(ctx).warnings
     assert not any("adopted" in w for w in made.plan(ctx).warnings)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+_NAME = r"KFBOT_[A-Z0-9_]*[A-Z0-9]"
+
+
+def _settings_read() -> set[str]:
+    import re
+
+    return set(re.findall(rf'"({_NAME})"', (ROOT / "bot" / "settings.py").read_text()))
+
+
+def test_docs_settings_lists_every_setting_the_bot_reads_and_no_other() -> None:
+    import re
+
+    documented = set(re.findall(rf"^\| `({_NAME})`", (ROOT / "docs" / "SETTINGS.md").read_text(), re.M))
+    read = _settings_read()
+    assert read - documented == set(), "read but not in docs/SETTINGS.md"
+    assert documented - read == set(), "in docs/SETTINGS.md but never read"
+
+
+BROWNFIELD = {
+    "KFBOT_WORKSPACE_IAM": "workspaceIam",
+    "KFBOT_OIDC_PROVIDER_ARN": "oidcProviderArn",
+    "KFBOT_NODEGROUP_STYLE": "nodegroupStyle",
+    "KFBOT_NODE_DISK_SIZE": "diskSize",
+    "KFBOT_NODE_DISK_TYPE": "diskType",
+    "KFBOT_NODE_EKSCTL_LABELS": "eksctlLabels",
+    "KFBOT_NODE_IMDS_TOKENS": "imdsTokens",
+    "KFBOT_NODE_IMDS_HOP_LIMIT": "imdsHopLimit",
+    "KFBOT_NODE_INSTANCE_TAGS": "instanceTags",
+    "KFBOT_DRIFT_REPORT": "report",
+    "KFBOT_DRIFT_CHANNEL": "channel",
+    "KFBOT_OFFBOARD_EVERY": "every",
+    "KFBOT_OFFBOARD_OWNER": "owner",
+    "KFBOT_HOME_REFRESH_SECONDS": "refreshSeconds",
+}
+
+
+def test_the_chart_exposes_the_new_settings_as_values() -> None:
+    """The chart passes settings through values.yaml (as the cost settings): each #12/#13 setting
+    has a value documented by its name, the env block names it, and the chart names no setting
+    the bot does not read (a typo there is a setting silently ignored)."""
+    import re
+
+    import yaml
+
+    chart = ROOT / "helm" / "kf-chatops"
+    helpers = (chart / "templates" / "_helpers.tpl").read_text()
+    values_text = (chart / "values.yaml").read_text()
+    values = yaml.safe_load(values_text)
+    leaves = {
+        **values["aws"], **values["aws"]["node"], **values["drift"], **values["offboard"], **values["home"]
+    }
+    for name, key in BROWNFIELD.items():
+        assert name in _settings_read(), name
+        assert f'"{name}"' in helpers, f"{name} is not passed by the chart"
+        assert name in values_text and key in leaves and leaves[key] == "", (name, key)
+    assert set(re.findall(_NAME, helpers)) - _settings_read() == set()
