@@ -155,3 +155,21 @@ def test_the_chart_exposes_the_new_settings_as_values() -> None:
         assert f'"{name}"' in helpers, f"{name} is not passed by the chart"
         assert name in values_text and key in leaves and leaves[key] == "", (name, key)
     assert set(re.findall(_NAME, helpers)) - _settings_read() == set()
+
+
+def test_an_offboarding_transfer_says_when_the_login_it_removes_was_adopted() -> None:
+    """The approver of a left owner's transfer sees that the login going with it was made by hand."""
+    import dataclasses
+
+    from handlers import kinds
+    from tests import test_plan_digests as digests
+    from tests.fakes.facts import StaticFacts
+
+    ws = digests._team()
+    key = next(k for k, e in ws.created.items() if e["action"] == "dex.user")
+    adopted = dataclasses.replace(ws, created={**ws.created, key: {**ws.created[key], "adopted": True}})
+    transfer = kinds.WorkspaceTransfer(ws.name, "d@example.com", offboarded=True)
+    for facts_ws, word in ((ws, "made"), (adopted, "adopted")):
+        plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: facts_ws}))
+        (step,) = [s for s in plan.steps if s.action == "dex.user.remove"]
+        assert word in step.summary, step.summary

@@ -147,11 +147,16 @@ class WorkspaceTransfer:
         warnings = [data_held(ws, ctx.facts.data_held(ws.name)), f"{ws.owner} loses the owner's access."]
         login = self._login(ctx, ws)
         if login is not None:
-            key, params = login
-            steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, f"remove {ws.owner}'s Dex login"))
+            key, params, adopted = login
+            said = (
+                f"remove {ws.owner}'s adopted Dex login (made by hand before kf-chatops)"
+                if adopted
+                else f"remove the Dex login kf-chatops made for {ws.owner}"
+            )
+            steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, said))
         return Plan.of(steps, warnings)
 
-    def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON]] | None:
+    def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON], bool] | None:
         """The previous owner's Dex login, when offboarding asked, this workspace's create made it
         and they own or share nothing else."""
         if not self.offboarded or ctx.facts.user_in_use(ws.owner, self.name):
@@ -159,7 +164,7 @@ class WorkspaceTransfer:
         for key, entry in ws.created.items():
             params = as_object(entry["params"])
             if as_text(entry["action"]) == ActionName.DEX_USER and params.get("email") == ws.owner:
-                return key, {"email": ws.owner, "mode": params.get("mode", "")}
+                return key, {"email": ws.owner, "mode": params.get("mode", "")}, entry.get("adopted") is True
         return None
 
     def on_success(self, done: Applied) -> Success:
