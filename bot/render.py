@@ -472,7 +472,12 @@ def decision_dm(request: Request, style: Style, *, dry_run: bool = False) -> str
 def access_text(request: Request, access: Access, style: Style) -> str:
     """For the person whose access someone else gave or removed."""
     who = style.user(request.requester_id, request.requester_email)
-    workspace = style.esc(str(request.args.get("workspace")))
+    workspace = style.esc(str(request.args.get("workspace") or request.args.get("name")))
+    login = any(step.action == ActionName.DEX_USER for step in request.plan.steps)
+    if access is Access.OWNED:
+        by = "kf-chatops (the previous owner left)" if request.requester_id == SYSTEM.user_id else who
+        text = f"{by} made you the owner of Kubeflow workspace `{workspace}` (`{request.id}`)."
+        return text + (" A Kubeflow login was made for you: set its password to sign in." if login else "")
     if access is Access.REMOVED:
         return f"{who} removed your access to Kubeflow workspace `{workspace}` (`{request.id}`)."
     until = f" for {style.esc(str(request.args['duration']))}" if request.args.get("duration") else ""

@@ -3,16 +3,31 @@ what it cannot do, docs and the chart know every setting, every kind reads in wo
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bot import render
 from bot.app import Running
+from handlers import kinds, policy
+from handlers.actions import ActionName
+from handlers.kinds import workspace_delete
+from handlers.model import SYSTEM, Actor, EventType, RequestState
+from handlers.notifications import Access, Audience, Button, Say, route
+from handlers.plan import Step
+from tests import test_plan_digests as digests
+from tests.fakes.facts import StaticFacts
 from tests.fakes.slack import FakeSlack
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import BOB, add_users, response_texts, settings_for, slash
+from tests.harness import CORE
+from tests.test_notifications import BOB as BOB_ROW
+from tests.test_notifications import CAROL, event, request
 from tests.test_shell import request_count, run_shell
 
 
@@ -38,7 +53,9 @@ def test_offboard_and_scan_answer_once_over_slack(bot: Running, fake_slack: Fake
 RUNBOOK_IAM = {
     "KFBOT_NODEGROUP_STYLE": "runbook",
     "KFBOT_WORKSPACE_IAM": "per-workspace",
-    "KFBOT_OIDC_PROVIDER_ARN": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/ABC",
+    "KFBOT_OIDC_PROVIDER_ARN": (
+        "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/ABC"
+    ),
 }
 
 
@@ -53,7 +70,6 @@ def test_a_runbook_nodegroup_with_its_own_role_is_recorded_and_planned_in_words(
 def test_every_removal_a_delete_plans_is_said_in_words() -> None:
     """Each create action a workspace records has its removal in prose (the delete card of a
     per-workspace-IAM, runbook-style workspace said `remove LaunchTemplate/…`, `remove IamRole/…`)."""
-    from handlers.kinds import workspace_delete
 
     params = {
         "name": "team-a-g4dn-xlarge",
@@ -67,10 +83,10 @@ def test_every_removal_a_delete_plans_is_said_in_words() -> None:
         said = workspace_delete._prose(removal, params, f"Key/{create}")
         assert "Key/" not in said and said.startswith("remove "), (create, said)
     assert workspace_delete._prose(
-        workspace_delete.ActionName.LAUNCH_TEMPLATE_REMOVE, params, "LaunchTemplate/team-a-g4dn-xlarge"
+        ActionName.LAUNCH_TEMPLATE_REMOVE, params, "LaunchTemplate/team-a-g4dn-xlarge"
     ) == "remove EC2 launch template `team-a-g4dn-xlarge`"
     assert workspace_delete._prose(
-        workspace_delete.ActionName.WORKSPACE_ROLE_REMOVE, {"name": "kfbot-ws-team-a"}, "IamRole/kfbot-ws-team-a"
+        ActionName.WORKSPACE_ROLE_REMOVE, {"name": "kfbot-ws-team-a"}, "IamRole/kfbot-ws-team-a"
     ) == "remove IAM role `kfbot-ws-team-a` and its policies"
 
 
@@ -83,10 +99,6 @@ def test_the_shell_says_offboarding_needs_slack(tmp_path: Path) -> None:
 def test_resetting_an_adopted_login_waits_for_an_admin_a_made_one_does_not() -> None:
     """#12: adopted logins only with approval. A hand-made login the bot adopted is reset only after
     another admin approves, and the card says why; one the bot made applies at the admin's word."""
-    from handlers import kinds, policy
-    from handlers.model import Actor
-    from tests.fakes.facts import StaticFacts
-    from tests.harness import CORE
 
     admin = Actor(user_id="UADMIN", email="admin@example.com", is_admin=True)
     facts = StaticFacts(logins_made={"made@example.com"}, logins_adopted={"legacy@example.com"})
@@ -94,7 +106,8 @@ def test_resetting_an_adopted_login_waits_for_an_admin_a_made_one_does_not() -> 
     assert policy.auto_apply_reason(made, admin, facts, CORE) is not None
     assert policy.auto_apply_reason(adopted, admin, facts, CORE) is None
     ctx = kinds.PlanContext(CORE, facts, "RPLAN01")
-    assert any("adopted" in w and "approv" in w for w in adopted.plan(ctx).warnings), adopted.plan(ctx).warnings
+    warned = adopted.plan(ctx).warnings
+    assert any("adopted" in w and "approv" in w for w in warned), warned
     assert not any("adopted" in w for w in made.plan(ctx).warnings)
 
 
@@ -103,13 +116,11 @@ _NAME = r"KFBOT_[A-Z0-9_]*[A-Z0-9]"
 
 
 def _settings_read() -> set[str]:
-    import re
 
     return set(re.findall(rf'"({_NAME})"', (ROOT / "bot" / "settings.py").read_text()))
 
 
 def test_docs_settings_lists_every_setting_the_bot_reads_and_no_other() -> None:
-    import re
 
     documented = set(re.findall(rf"^\| `({_NAME})`", (ROOT / "docs" / "SETTINGS.md").read_text(), re.M))
     read = _settings_read()
@@ -139,9 +150,7 @@ def test_the_chart_exposes_the_new_settings_as_values() -> None:
     """The chart passes settings through values.yaml (as the cost settings): each #12/#13 setting
     has a value documented by its name, the env block names it, and the chart names no setting
     the bot does not read (a typo there is a setting silently ignored)."""
-    import re
 
-    import yaml
 
     chart = ROOT / "helm" / "kf-chatops"
     helpers = (chart / "templates" / "_helpers.tpl").read_text()
@@ -159,11 +168,7 @@ def test_the_chart_exposes_the_new_settings_as_values() -> None:
 
 def test_an_offboarding_transfer_says_when_the_login_it_removes_was_adopted() -> None:
     """The approver of a left owner's transfer sees that the login going with it was made by hand."""
-    import dataclasses
 
-    from handlers import kinds
-    from tests import test_plan_digests as digests
-    from tests.fakes.facts import StaticFacts
 
     ws = digests._team()
     key = next(k for k, e in ws.created.items() if e["action"] == "dex.user")
@@ -173,3 +178,36 @@ def test_an_offboarding_transfer_says_when_the_login_it_removes_was_adopted() ->
         plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: facts_ws}))
         (step,) = [s for s in plan.steps if s.action == "dex.user.remove"]
         assert word in step.summary, step.summary
+
+
+def test_the_new_owner_of_a_transfer_is_told_and_gets_the_login_they_lack() -> None:
+    """Logins x transfer x offboarding: a workspace handed to someone Dex has no login for would
+    leave its new owner unable to sign in; the plan makes one as a share does, and the new owner
+    (told even when offboarding, the bot itself, filed the transfer) gets the Set my password button."""
+
+
+    ws = digests._team()
+    transfer = kinds.WorkspaceTransfer(ws.name, CAROL[1], offboarded=True)
+    plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: ws}, without_login={CAROL[1]}))
+    (login,) = [s for s in plan.steps if s.action == "dex.user"]
+    assert login.params["email"] == CAROL[1] and any("no Kubeflow login" in w for w in plan.warnings)
+    had_one = digests._plan(transfer, StaticFacts(workspaces={ws.name: ws}))
+    assert "dex.user" not in [s.action for s in had_one.steps]
+
+    owner = Step("kubeflow.profile.owner", "ProfileOwner/team-a", {"name": "team-a", "owner": CAROL[1]}, "o")
+    args = {"name": "team-a", "to": CAROL[1], "offboarded": True}
+    for requester in (BOB_ROW, (SYSTEM.user_id, SYSTEM.email)):
+        done = request(kinds.WorkspaceTransfer.KIND, RequestState.SUCCEEDED, args, (owner, login), requester)
+        told = [n for n in route(done, [event(EventType.SUCCEEDED)], False) if n.to == CAROL[1]]
+        assert [(n.say, n.access, n.button) for n in told] == [
+            (Say.ACCESS_CHANGED, Access.OWNED, Button.SET_PASSWORD)
+        ], told
+        others = [n for n in route(done, [event(EventType.SUCCEEDED)], False) if n.to != CAROL[1]]
+        assert all(n.button is None for n in others)
+        text = render.access_text(done, Access.OWNED, render.SHELL)
+        assert "owner of Kubeflow workspace `team-a`" in text and "login was made" in text, text
+    plain = request(kinds.WorkspaceTransfer.KIND, RequestState.SUCCEEDED, args, (owner,), BOB_ROW)
+    told = [n for n in route(plain, [event(EventType.SUCCEEDED)], False) if n.audience is Audience.PERSON]
+    assert [(n.to, n.button) for n in told] == [(CAROL[1], None)]
+    failed = dataclasses.replace(plain, state=RequestState.FAILED)
+    assert not [n for n in route(failed, [event(EventType.FAILED)], False) if n.audience is Audience.PERSON]

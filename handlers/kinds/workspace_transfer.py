@@ -12,6 +12,7 @@ login when this workspace's create made it and they use nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,6 +41,7 @@ from handlers.kinds.base import (
     token_removals,
     tokens_removed,
 )
+from handlers.kinds.share import collaborator_login
 from handlers.kinds.unshare import GRANT_EXPIRE, grant_timer_ref
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step, as_object, as_text
@@ -154,6 +156,15 @@ class WorkspaceTransfer:
                 else f"remove the Dex login kf-chatops made for {ws.owner}"
             )
             steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, said))
+        # The new owner needs a login to open what they now own, as a share's grantee does.
+        made = collaborator_login(ctx, to)
+        if made is not None:
+            steps.append(made)
+            warnings.append(
+                f"{to} has no Kubeflow login today, so they could not sign in: the plan makes one "
+                f"(Dex, {ctx.settings.workspace.dex_mode}) with a password nobody knows, and they set "
+                "their own from the DM they get."
+            )
         return Plan.of(steps, warnings)
 
     def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON], bool] | None:
@@ -172,7 +183,18 @@ class WorkspaceTransfer:
         to = str(owner.params["owner"])
         changes: list[RegistryChange] = [SetOwner(self.name, to, slack_id_of(done, to))]
         removed = tuple(s.key for s in done.plan.steps if s.action == ActionName.DEX_USER_REMOVE)
-        changes.append(UpdateWorkspaceObjects(self.name, merge=self._profile_owner(done, to), remove=removed))
+        # A login this transfer made is recorded as a share's is: Set my password, unshare and
+        # delete find it there (one found at apply is someone else's, so not recorded).
+        made: dict[str, Mapping[str, JSON]] = {
+            step.key: {"action": step.action, "params": dict(step.params)}
+            for idx, step in enumerate(done.plan.steps)
+            if step.action == ActionName.DEX_USER
+            and (outcome := done.outcomes.get(idx)) is not None
+            and outcome.created
+        }
+        changes.append(
+            UpdateWorkspaceObjects(self.name, merge=self._profile_owner(done, to), remove=removed, add=made)
+        )
         if any(s.action == ActionName.CONTRIBUTOR_REMOVE for s in done.plan.steps):
             changes.append(DeleteGrant(self.name, to))
         revoked, expiries = tokens_removed(done.plan)
