@@ -20,6 +20,7 @@ from handlers.kinds import workspace_delete
 from handlers.model import SYSTEM, Actor, EventType, RequestState
 from handlers.notifications import Access, Audience, Button, Say, route
 from handlers.plan import Step
+from provisioning import dryrun
 from tests import test_plan_digests as digests
 from tests.fakes.facts import StaticFacts
 from tests.fakes.slack import FakeSlack
@@ -211,3 +212,15 @@ def test_the_new_owner_of_a_transfer_is_told_and_gets_the_login_they_lack() -> N
     assert [(n.to, n.button) for n in told] == [(CAROL[1], None)]
     failed = dataclasses.replace(plain, state=RequestState.FAILED)
     assert not [n for n in route(failed, [event(EventType.FAILED)], False) if n.audience is Audience.PERSON]
+
+
+def test_the_dry_run_lists_the_calls_that_remove_a_login() -> None:
+    """Unshare, transfer and delete remove logins now; their dry run names the call, as the
+    create's does, in either Dex mode."""
+    email = "carol@example.com"
+    cr = dryrun.RENDERERS[ActionName.DEX_USER_REMOVE]({"email": email, "mode": "password-cr"})
+    made = dryrun.RENDERERS[ActionName.DEX_USER]({"email": email, "mode": "password-cr", "username": "c"})
+    assert cr[0].startswith("DELETE ") and made[0].split(" ", 2)[1] == cr[0].split(" ", 2)[1], (cr, made)
+    cm = dryrun.RENDERERS[ActionName.DEX_USER_REMOVE]({"email": email, "mode": "configmap"})
+    assert any("staticPasswords" in line and "ConfigMap auth/dex" in line for line in cm), cm
+    assert any("restart Deployment auth/dex" in line for line in cm), cm
