@@ -7,6 +7,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from bot.app import Running
 from handlers import kinds, policy
 from handlers.actions import ActionName
 from handlers.kinds import workspace_delete
+from handlers.kinds.base import UpdateWorkspaceObjects
 from handlers.model import SYSTEM, Actor, EventType, RequestState
 from handlers.notifications import Access, Audience, Button, Say, route
-from handlers.plan import Step
+from handlers.plan import Step, StepOutcome
 from provisioning import dryrun
 from tests import test_plan_digests as digests
 from tests.fakes.facts import StaticFacts
@@ -207,6 +209,14 @@ def test_the_new_owner_of_a_transfer_is_told_and_gets_the_login_they_lack() -> N
         assert all(n.button is None for n in others)
         text = render.access_text(done, Access.OWNED, render.SHELL)
         assert "owner of Kubeflow workspace `team-a`" in text and "login was made" in text, text
+    # The login it made is recorded with the workspace (Set my password, unshare and delete read it);
+    # one found at apply is someone else's.
+    at = datetime(2026, 12, 5, tzinfo=UTC)
+    for created, recorded in ((True, {login.key}), (False, set())):
+        outcomes = {i: StepOutcome(created=created) for i in range(len(plan.steps))}
+        success = transfer.on_success(kinds.Applied("RXFER01", "UADMIN", plan, outcomes, at))
+        added = {k for c in success.changes if isinstance(c, UpdateWorkspaceObjects) for k in c.add}
+        assert added == recorded, success.changes
     plain = request(kinds.WorkspaceTransfer.KIND, RequestState.SUCCEEDED, args, (owner,), BOB_ROW)
     told = [n for n in route(plain, [event(EventType.SUCCEEDED)], False) if n.audience is Audience.PERSON]
     assert [(n.to, n.button) for n in told] == [(CAROL[1], None)]
