@@ -554,6 +554,11 @@ def notice_text(
     return text
 
 
+_TIMER_REASONS = frozenset(timer.reason for timer in kinds.TIMERS.values())
+"""Why a timer's request acted (``the grant expired``); another reason of the bot's own is not a
+time limit."""
+
+
 def _notice_text(notice: Notice, style: Style, kept: Sequence[str], dry_run: bool) -> str:
     request, say = notice.request, notice.say
     if say is Say.PROGRESS and notice.event is not None:
@@ -577,7 +582,11 @@ def _notice_text(notice: Notice, style: Style, kept: Sequence[str], dry_run: boo
     if say is Say.TIME_LIMIT:
         # For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
         # an expired grant, the owner of a reverted quota.
-        return f"⏰ A time limit ran out. {result_text(request, style, dry_run=dry_run)}"
+        done = result_text(request, style, dry_run=dry_run)
+        if request.reason and request.reason not in _TIMER_REASONS:
+            # Not a timer: offboarding acts on Slack's word, and says so rather than a time limit.
+            return f"kf-chatops acted on its own ({style.esc(request.reason)}). {done}"
+        return f"⏰ A time limit ran out. {done}"
     if say is Say.TIMER_MESSAGE:
         return style.message(notice.message or "")
     return decision_text(request, style)

@@ -234,3 +234,17 @@ def test_the_dry_run_lists_the_calls_that_remove_a_login() -> None:
     cm = dryrun.RENDERERS[ActionName.DEX_USER_REMOVE]({"email": email, "mode": "configmap"})
     assert any("staticPasswords" in line and "ConfigMap auth/dex" in line for line in cm), cm
     assert any("restart Deployment auth/dex" in line for line in cm), cm
+
+
+def test_the_owner_told_of_an_offboarding_unshare_hears_why_not_of_a_time_limit() -> None:
+    """Offboarding's unshare tells the workspace's owner as an expiry does; it is no time limit."""
+    args = {"workspace": "team-a", "user": CAROL[1], "notify": ["alice@example.com"]}
+    grant = Step("kubeflow.contributor.remove", "Contributor/team-a/carol", {"user": CAROL[1]}, "remove")
+    bot = (SYSTEM.user_id, SYSTEM.email)
+    cases = (("the person left Slack", "the person left Slack"), ("the grant expired", "time limit"))
+    for reason, said in cases:
+        unshare = request(kinds.Unshare.KIND, RequestState.SUCCEEDED, args, (grant,), bot)
+        done = dataclasses.replace(unshare, reason=reason)
+        (notice,) = route(done, [event(EventType.SUCCEEDED)], False)
+        text = render.notice_text(notice, render.SHELL)
+        assert said in text and (said == "time limit" or "time limit" not in text), text
