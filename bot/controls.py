@@ -88,6 +88,11 @@ def control(
         inventory = backend.drift_inventory()
         items = drift.visible(drift.find(inventory), actor, core.settings)
         return style.message(drift.text(items, inventory.notes))
+    if isinstance(command, parse.Offboard):
+        # "Left" is Slack's answer (users.info by the recorded id); the shell has no Slack to ask.
+        raise errors.InvalidInput(
+            "`/kf offboard` needs Slack: it asks Slack whether the person left. Run it in Slack."
+        )
     if isinstance(command, parse.PinAll):
         names = [row.name for row in backend.workspaces()]
         return render.pins_text(services.pin_all(core, actor, names), style)

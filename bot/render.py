@@ -472,7 +472,12 @@ def decision_dm(request: Request, style: Style, *, dry_run: bool = False) -> str
 def access_text(request: Request, access: Access, style: Style) -> str:
     """For the person whose access someone else gave or removed."""
     who = style.user(request.requester_id, request.requester_email)
-    workspace = style.esc(str(request.args.get("workspace")))
+    workspace = style.esc(str(request.args.get("workspace") or request.args.get("name")))
+    login = any(step.action == ActionName.DEX_USER for step in request.plan.steps)
+    if access is Access.OWNED:
+        by = "kf-chatops (the previous owner left)" if request.requester_id == SYSTEM.user_id else who
+        text = f"{by} made you the owner of Kubeflow workspace `{workspace}` (`{request.id}`)."
+        return text + (" A Kubeflow login was made for you: set its password to sign in." if login else "")
     if access is Access.REMOVED:
         return f"{who} removed your access to Kubeflow workspace `{workspace}` (`{request.id}`)."
     until = f" for {style.esc(str(request.args['duration']))}" if request.args.get("duration") else ""
@@ -549,6 +554,11 @@ def notice_text(
     return text
 
 
+_TIMER_REASONS = frozenset(timer.reason for timer in kinds.TIMERS.values())
+"""Why a timer's request acted (``the grant expired``); another reason of the bot's own is not a
+time limit."""
+
+
 def _notice_text(notice: Notice, style: Style, kept: Sequence[str], dry_run: bool) -> str:
     request, say = notice.request, notice.say
     if say is Say.PROGRESS and notice.event is not None:
@@ -572,7 +582,11 @@ def _notice_text(notice: Notice, style: Style, kept: Sequence[str], dry_run: boo
     if say is Say.TIME_LIMIT:
         # For the people a request of the bot's own (an expiry) concerns: the grantee and owner of
         # an expired grant, the owner of a reverted quota.
-        return f"⏰ A time limit ran out. {result_text(request, style, dry_run=dry_run)}"
+        done = result_text(request, style, dry_run=dry_run)
+        if request.reason and request.reason not in _TIMER_REASONS:
+            # Not a timer: offboarding acts on Slack's word, and says so rather than a time limit.
+            return f"kf-chatops acted on its own ({style.esc(request.reason)}). {done}"
+        return f"⏰ A time limit ran out. {done}"
     if say is Say.TIMER_MESSAGE:
         return style.message(notice.message or "")
     return decision_text(request, style)

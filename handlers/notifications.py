@@ -63,6 +63,7 @@ class Button(StrEnum):
 class Access(StrEnum):
     GIVEN = "given"
     REMOVED = "removed"
+    OWNED = "owned"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ SECRET_BUTTONS: Mapping[str, Callable[[Request], Button | None]] = {
     kinds.WorkspaceCreate.KIND: _password_button,
     kinds.Share.KIND: _password_button,
     kinds.PasswordResetFor.KIND: lambda request: Button.SET_PASSWORD,
+    kinds.WorkspaceTransfer.KIND: _password_button,
 }
 """Kind -> the secret its success hands out (the requester's token; the password of the login it
 made or reset, for the person ``_login_holder`` names)."""
@@ -107,10 +109,20 @@ made or reset, for the person ``_login_holder`` names)."""
 def _login_holder(request: Request) -> str:
     """Whose login a ``SET_PASSWORD`` button is for: a new workspace's owner, a share's grantee, a
     reset's person; else the requester."""
-    return str(request.args.get("owner") or request.args.get("user") or request.requester_email)
+    return str(request.args.get("owner") or _access_holder(request) or request.requester_email)
 
-ACCESS_CHANGES: Mapping[str, Access] = {kinds.Share.KIND: Access.GIVEN, kinds.Unshare.KIND: Access.REMOVED}
-"""Kinds whose ``user`` argument is told when someone else changed their access."""
+
+def _access_holder(request: Request) -> str:
+    """The person an access change is about: a share's ``user``, a transfer's new owner ``to``."""
+    return str(request.args.get("user") or request.args.get("to") or "")
+
+
+ACCESS_CHANGES: Mapping[str, Access] = {
+    kinds.Share.KIND: Access.GIVEN,
+    kinds.Unshare.KIND: Access.REMOVED,
+    kinds.WorkspaceTransfer.KIND: Access.OWNED,
+}
+"""Kinds whose ``user`` (or ``to``) argument is told when someone else changed their access."""
 KEEPS_DATA = frozenset({kinds.WorkspaceDelete.KIND})
 """Kinds whose steps may keep data (a non-empty bucket) that the result must mention."""
 
@@ -222,18 +234,25 @@ def _timer_message(request: Request, event: Event) -> list[Notice]:
 def _result(request: Request) -> list[Notice]:
     succeeded = request.state is RequestState.SUCCEEDED
     kept = succeeded and keeps_data(request)
-    if request.requester_id == SYSTEM.user_id:
-        return [
-            Notice(Audience.PERSON, Say.TIME_LIMIT, request, to=email)
-            for email in kinds.people_to_tell(request.args)
-        ]
     secret = SECRET_BUTTONS.get(request.kind)
     button = secret(request) if succeeded and secret is not None else None
     holder = _login_holder(request)
     access = ACCESS_CHANGES.get(request.kind)
-    notices: list[Notice]
     # A password button goes to the person whose login it is, never to a requester acting for them.
     theirs = button if button is Button.SET_PASSWORD and holder != request.requester_email else None
+    user = _access_holder(request)
+    # A share or transfer that made the person's login hands them its button with the news.
+    change = (
+        [Notice(Audience.PERSON, Say.ACCESS_CHANGED, request, to=user, access=access, button=theirs)]
+        if succeeded and access is not None and user and user != request.requester_email
+        else []
+    )
+    if request.requester_id == SYSTEM.user_id:
+        # Offboarding hands a left owner's workspace over as the bot: its new owner still hears.
+        told = kinds.people_to_tell(request.args)
+        limits = [Notice(Audience.PERSON, Say.TIME_LIMIT, request, to=email) for email in told]
+        return [*limits, *(change if access is Access.OWNED else [])]
+    notices: list[Notice]
     if theirs is None:
         notices = [Notice(Audience.REQUESTER, Say.RESULT, request, kept=kept, button=button)]
     else:
@@ -242,10 +261,4 @@ def _result(request: Request) -> list[Notice]:
             notices.append(Notice(Audience.PERSON, Say.PASSWORD_OFFERED, request, to=holder, button=theirs))
         elif access is None:
             notices.append(Notice(Audience.PERSON, Say.MADE_FOR_YOU, request, to=holder, button=theirs))
-    user = str(request.args.get("user") or "")
-    if succeeded and access is not None and user and user != request.requester_email:
-        # A share that made the grantee's login hands them its button with the news.
-        notices.append(
-            Notice(Audience.PERSON, Say.ACCESS_CHANGED, request, to=user, access=access, button=theirs)
-        )
-    return notices
+    return [*notices, *change]

@@ -219,7 +219,17 @@ def _dex_user_remove(p: Mapping[str, JSON]) -> list[str]:
     if p.get("static_entry"):  # adopted: the entry as the runbook wrote it
         key = f" and Secret key {p.get('env_key')}" if p.get("env_key") else ""
         return [f"remove the staticPasswords entry ({p['static_entry']}) of {p['email']}{key}, restart Dex"]
-    return [f"remove the Dex login {p['email']}"]
+    email = str(p["email"])
+    if p.get("mode") == "configmap":
+        return [
+            f"remove {email}'s entry (the bot's env key only) from staticPasswords in ConfigMap auth/dex, "
+            "its hash from Secret auth/dex-passwords",
+            "restart Deployment auth/dex once the burst of changes is over",
+        ]
+    if p.get("mode") == "password-cr":
+        return [f"DELETE /apis/dex.coreos.com/v1/namespaces/auth/passwords/{dex_password_object_name(email)}"]
+    # No mode recorded: the adapter's own (KFBOT_DEX_MODE) decides which of the two it is.
+    return [f"remove the Dex login {email} (KFBOT_DEX_MODE: the Password object, or the static entry)"]
 
 
 def _bucket(p: Mapping[str, JSON]) -> list[str]:

@@ -72,9 +72,11 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
             raise errors.InvalidInput("Offboarding is not available here.")
         checked = Offboarder(client, deps.people, deps.core, deps.core.clock).check_now(actor, parsed.email)
         respond(text=blocks.fallback(render.SLACK.message(checked)), response_type="ephemeral")
+        return
     if isinstance(parsed, parse.WorkspaceScan):
         text, blks = blocks.scan_message(scan(deps.backend, actor))
         respond(text=text, blocks=blks, response_type="ephemeral")
+        return
     if isinstance(parsed, parse.Drift) and deps.drift is not None:
         said, shown = deps.drift.answer(actor)
         respond(text=said, blocks=blocks.to_dicts(shown), response_type="ephemeral")

@@ -45,6 +45,11 @@ def _auto(kind: RequestKind, actor: Actor, facts: Facts, settings: CoreSettings)
     # The admin the login belongs to (an alias of theirs, say) waits for another admin like anyone
     # a request is for; everyone else was refused by ``_may_request``.
     if actor.is_admin and not is_for(actor, kind, facts, settings):
+        # #12: an adopted login (made by hand, then adopted) is reset only with another admin's
+        # approval; only the logins the bot made are reset at one admin's word.
+        assert isinstance(kind, PasswordResetFor)
+        if facts.login_origin(kubeflow_user_id(settings, kind.user)) == "adopted":
+            return None
         return "an admin lets a person set a new password"
     return None
 
@@ -96,13 +101,16 @@ class PasswordResetFor:
                 else "kf-chatops made no Dex login for them (a share or a new workspace makes one)"
             )
             raise errors.InvalidInput(f"Cannot reset the password of {user}: {why}.", field="user")
-        return Plan.of(
-            [],
-            [
-                f"{user} gets a DM with a Set my password button; the new password is made when they "
-                "press it and shown only to them. Until then their current password keeps working."
-            ],
-        )
+        warnings = [
+            f"{user} gets a DM with a Set my password button; the new password is made when they "
+            "press it and shown only to them. Until then their current password keeps working."
+        ]
+        if ctx.facts.login_origin(user) == "adopted":
+            warnings.append(
+                f"The login of {user} was made by hand and adopted: its reset waits for another "
+                "admin's approval."
+            )
+        return Plan.of([], warnings)
 
     def on_success(self, done: Applied) -> Success:
         return Success()

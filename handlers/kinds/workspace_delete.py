@@ -65,6 +65,8 @@ def _prose(removal: ActionName, params: Mapping[str, JSON], key: str) -> str:
         return f"remove the bucket from IAM policy `{policy}`"
     if removal == ActionName.NODEGROUP_REMOVE:
         return f"remove EKS nodegroup `{params.get('name')}` and its nodes"
+    if removal == ActionName.LAUNCH_TEMPLATE_REMOVE:
+        return f"remove EC2 launch template `{params.get('name')}`"
     if removal == ActionName.WORKSPACE_ROLE_REMOVE:
         return f"remove IAM role `{params.get('name')}` (its inline policies deleted, managed ones detached)"
     return f"remove {key}"

@@ -12,6 +12,7 @@ login when this workspace's create made it and they use nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,6 +41,7 @@ from handlers.kinds.base import (
     token_removals,
     tokens_removed,
 )
+from handlers.kinds.share import collaborator_login
 from handlers.kinds.unshare import GRANT_EXPIRE, grant_timer_ref
 from handlers.model import Actor
 from handlers.plan import JSON, Plan, Step, as_object, as_text
@@ -147,11 +149,25 @@ class WorkspaceTransfer:
         warnings = [data_held(ws, ctx.facts.data_held(ws.name)), f"{ws.owner} loses the owner's access."]
         login = self._login(ctx, ws)
         if login is not None:
-            key, params = login
-            steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, f"remove {ws.owner}'s Dex login"))
+            key, params, adopted = login
+            said = (
+                f"remove {ws.owner}'s adopted Dex login (made by hand before kf-chatops)"
+                if adopted
+                else f"remove the Dex login kf-chatops made for {ws.owner}"
+            )
+            steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, said))
+        # The new owner needs a login to open what they now own, as a share's grantee does.
+        made = collaborator_login(ctx, to)
+        if made is not None:
+            steps.append(made)
+            warnings.append(
+                f"{to} has no Kubeflow login today, so they could not sign in: the plan makes one "
+                f"(Dex, {ctx.settings.workspace.dex_mode}) with a password nobody knows, and they set "
+                "their own from the DM they get."
+            )
         return Plan.of(steps, warnings)
 
-    def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON]] | None:
+    def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON], bool] | None:
         """The previous owner's Dex login, when offboarding asked, this workspace's create made it
         and they own or share nothing else."""
         if not self.offboarded or ctx.facts.user_in_use(ws.owner, self.name):
@@ -159,7 +175,7 @@ class WorkspaceTransfer:
         for key, entry in ws.created.items():
             params = as_object(entry["params"])
             if as_text(entry["action"]) == ActionName.DEX_USER and params.get("email") == ws.owner:
-                return key, {"email": ws.owner, "mode": params.get("mode", "")}
+                return key, {"email": ws.owner, "mode": params.get("mode", "")}, entry.get("adopted") is True
         return None
 
     def on_success(self, done: Applied) -> Success:
@@ -167,7 +183,18 @@ class WorkspaceTransfer:
         to = str(owner.params["owner"])
         changes: list[RegistryChange] = [SetOwner(self.name, to, slack_id_of(done, to))]
         removed = tuple(s.key for s in done.plan.steps if s.action == ActionName.DEX_USER_REMOVE)
-        changes.append(UpdateWorkspaceObjects(self.name, merge=self._profile_owner(done, to), remove=removed))
+        # A login this transfer made is recorded as a share's is: Set my password, unshare and
+        # delete find it there (one found at apply is someone else's, so not recorded).
+        made: dict[str, Mapping[str, JSON]] = {
+            step.key: {"action": step.action, "params": dict(step.params)}
+            for idx, step in enumerate(done.plan.steps)
+            if step.action == ActionName.DEX_USER
+            and (outcome := done.outcomes.get(idx)) is not None
+            and outcome.created
+        }
+        changes.append(
+            UpdateWorkspaceObjects(self.name, merge=self._profile_owner(done, to), remove=removed, add=made)
+        )
         if any(s.action == ActionName.CONTRIBUTOR_REMOVE for s in done.plan.steps):
             changes.append(DeleteGrant(self.name, to))
         revoked, expiries = tokens_removed(done.plan)

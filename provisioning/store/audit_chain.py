@@ -19,7 +19,8 @@ from handlers.plan import JSON, canonical_json
 from provisioning.store.schema import audit_events, audit_head
 
 _SECRET_WORDS = ("password", "token", "secret", "hash", "kubeconfig")
-_ALLOWED_KEYS = frozenset({"fingerprint", "token_id"})
+# imds_tokens is EC2's metadata mode ("required"/"optional") in a launch template's params.
+_ALLOWED_KEYS = frozenset({"fingerprint", "token_id", "imds_tokens"})
 
 
 def check_no_secrets(data: JSON, path: str = "data") -> None:

@@ -192,6 +192,7 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
   value: {{ . | quote }}
 {{- end }}
 {{- include "kf-chatops.costEnv" . }}
+{{- include "kf-chatops.brownfieldEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -229,4 +230,19 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
 {{- $out := list }}
 {{- range $k, $v := . }}{{ $out = append $out (printf "%s=%s" $k $v) }}{{ end }}
 {{- join "," $out }}
+{{- end }}
+
+{{/* Per-workspace IAM, runbook nodegroups, drift, offboarding, App Home: set only when given. */}}
+{{- define "kf-chatops.brownfieldEnv" -}}
+{{- $aws := .Values.aws }}
+{{- $node := $aws.node | default dict }}
+{{- $drift := .Values.drift | default dict }}
+{{- $offboard := .Values.offboard | default dict }}
+{{- $home := .Values.home | default dict }}
+{{- range $name, $value := dict "KFBOT_WORKSPACE_IAM" $aws.workspaceIam "KFBOT_OIDC_PROVIDER_ARN" $aws.oidcProviderArn "KFBOT_NODEGROUP_STYLE" $aws.nodegroupStyle "KFBOT_NODE_DISK_SIZE" (toString $node.diskSize) "KFBOT_NODE_DISK_TYPE" $node.diskType "KFBOT_NODE_EKSCTL_LABELS" $node.eksctlLabels "KFBOT_NODE_IMDS_TOKENS" $node.imdsTokens "KFBOT_NODE_IMDS_HOP_LIMIT" (toString $node.imdsHopLimit) "KFBOT_NODE_INSTANCE_TAGS" $node.instanceTags "KFBOT_DRIFT_REPORT" $drift.report "KFBOT_DRIFT_CHANNEL" $drift.channel "KFBOT_OFFBOARD_EVERY" $offboard.every "KFBOT_OFFBOARD_OWNER" $offboard.owner "KFBOT_HOME_REFRESH_SECONDS" (toString $home.refreshSeconds) }}
+{{- if $value }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
