@@ -29,8 +29,11 @@ from handlers.settings import CoreSettings, WorkspaceDefaults, kubeflow_user_id,
 from tests.fakes.slack import SIGNING_SECRET, FakeSlack, block_action_body, post_signed
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
+    ADMIN_GROUP,
     ALICE,
     BOB,
+    DAVE,
+    GRACE,
     WAIT,
     add_users,
     audit_types,
@@ -56,6 +59,7 @@ REFUSAL = "is a Kubeflow id"
 def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
     add_users(fake_slack)
     fake_slack.add_user(OTHER, MAPPED, "other")
+    fake_slack.set_usergroup(ADMIN_GROUP, [GRACE, OTHER])  # an admin, even: refused all the same
     settings_ = settings_for(fake_slack, tmp_path, KFBOT_USER_ID_MAP=f"alice@example.com={MAPPED}")
     with running_bot(settings_) as b:
         yield b
@@ -79,6 +83,12 @@ def test_a_slack_account_at_a_mapped_id_cannot_act_as_the_mapped_person(
     request_id = new_workspace_request(bot, fake_slack)
     click(bot, fake_slack, card_for(fake_slack, request_id), blocks.APPROVE, user=BOB)
     wait_state(bot, request_id, RequestState.SUCCEEDED)  # Alice's workspace and Dex login (MAPPED)
+    # A card's button: the other account (an admin) cannot approve Dave's request either.
+    daves = new_workspace_request(bot, fake_slack, user=DAVE, name="team-d")
+    card = card_for(fake_slack, daves)
+    assert click(bot, fake_slack, card, blocks.APPROVE, user=OTHER, name="approve") == 200
+    wait_response(fake_slack, "approve", REFUSAL)
+    assert wait_state(bot, daves, RequestState.PENDING).decided_by is None
     recorded = len(requests_in_db(bot))
 
     # Slash commands: sharing Alice's workspace, her password, listing her workspaces.
