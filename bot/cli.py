@@ -170,7 +170,7 @@ def run_shell(
     args: argparse.Namespace, settings: Settings, *, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    actor = shell_actor(args.as_, admin=args.admin)
+    actor = shell_actor(args.as_, admin=args.admin, settings=settings.core)
     settings, backend = _local_backend(settings, create=True)
     try:
         notifier = ShellNotifier(
@@ -204,7 +204,7 @@ def run_plan(args: argparse.Namespace, settings: Settings) -> int:
     text = args.command.strip()
     if text.split(" ", 1)[0].lower() in ("/kf", "kf"):
         text = text.split(" ", 1)[1] if " " in text else ""
-    actor = shell_actor(args.as_, admin=args.admin)
+    actor = shell_actor(args.as_, admin=args.admin, settings=settings.core)
     with _planning_backend(settings) as (planning, backend):
         core = composition.build_core(planning, backend, NullNotifier(), provisioning.SystemClock())
         parsed = parse.parse_command(

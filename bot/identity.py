@@ -20,7 +20,7 @@ from slack_sdk.errors import SlackApiError
 
 from handlers import errors, naming, policy
 from handlers.model import Actor
-from handlers.settings import CoreSettings
+from handlers.settings import CoreSettings, mapped_away, slack_emails
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,12 +88,20 @@ class Identity:
     def email_of_other(self, user_id: str) -> str:
         """For mentions in commands (``/kf share ws <@U123>``)."""
         try:
-            return self.email(user_id)
+            email = self.email(user_id)
         except errors.InvalidInput as exc:
             raise errors.InvalidInput(
                 f"{naming.person(user_id)} has no usable email address in Slack; type their email instead.",
                 field="user",
             ) from exc
+        if mapped_away(self._core, email):
+            # The account is not the person the map gives that Kubeflow id (see ``actor``).
+            raise errors.InvalidInput(
+                f"The Slack address of {naming.person(user_id)} is a Kubeflow id mapped from another "
+                "address (`KFBOT_USER_ID_MAP`); type the address of the person you mean instead.",
+                field="user",
+            )
+        return email
 
     def is_admin(self, user_id: str) -> bool:
         return policy.is_admin(user_id, self._core, self._group_members())
@@ -118,12 +126,20 @@ class Identity:
         return members
 
     def actor(self, user_id: str) -> Actor:
-        return Actor(user_id=user_id, email=self.email(user_id), is_admin=self.is_admin(user_id))
+        """Every Slack actor is made here (commands, buttons, modals, App Home), so the rule of
+        who may act at all (``policy.check_slack_address``) holds for each of them."""
+        email = self.email(user_id)
+        policy.check_slack_address(self._core, email)
+        return Actor(user_id=user_id, email=email, is_admin=self.is_admin(user_id))
 
     def user_id_for_email(self, email: str) -> str | None:
-        """The Slack user with this email, for DMs to someone other than the requester."""
-        try:
-            user = self._client.users_lookupByEmail(email=email)["user"]
-        except SlackApiError:
-            return None
-        return str(user["id"])
+        """The Slack user with this email, for DMs to someone other than the requester. An address
+        ``KFBOT_USER_ID_MAP`` maps to is a Kubeflow id: the DM goes to the Slack address mapped to
+        it, never to an account that happens to hold that address."""
+        for address in slack_emails(self._core, email) if mapped_away(self._core, email) else (email,):
+            try:
+                user = self._client.users_lookupByEmail(email=address)["user"]
+            except SlackApiError:
+                continue
+            return str(user["id"])
+        return None

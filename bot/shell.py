@@ -18,9 +18,10 @@ import provisioning
 from bot import logging as log
 from bot import render
 from bot.controls import control
-from handlers import errors, naming, parse, services
+from handlers import errors, naming, parse, policy, services
 from handlers.model import Actor, Request, RequestState
 from handlers.ports import Notifier, RevealedSecret
+from handlers.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
 S = render.SHELL
@@ -36,8 +37,11 @@ SHELL_HELP = """Shell commands:
   whoami · help · quit"""
 
 
-def shell_actor(email: str, *, admin: bool) -> Actor:
+def shell_actor(email: str, *, admin: bool, settings: CoreSettings) -> Actor:
+    """The shell's actor (``--as``, ``as``), under the same rule as Slack's
+    (``policy.check_slack_address``)."""
     address = naming.normalize_email(email)
+    policy.check_slack_address(settings, address)
     return Actor(user_id=f"shell:{address}", email=address, is_admin=admin)
 
 
@@ -110,7 +114,7 @@ class Shell:
             emails = [a for a in args if a != "--admin"]
             if len(emails) != 1 or any(a.startswith("--") for a in emails):
                 raise errors.InvalidInput("Use `as EMAIL [--admin]`.")
-            self.actor = shell_actor(emails[0], admin=admin)
+            self.actor = shell_actor(emails[0], admin=admin, settings=core.settings)
             self.say(f"You are now {self.actor.email}{' (admin)' if admin else ''}.")
         elif word in ("approve", "reject"):
             if not self.actor.is_admin:

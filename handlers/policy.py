@@ -23,17 +23,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from handlers import errors, kinds
+from handlers import errors, kinds, naming
 from handlers.actions import ActionName
 from handlers.kinds.base import kubeflow_user as kubeflow_user  # noqa: PLC0414 (re-exported)
 from handlers.model import SYSTEM, Actor, Event, EventType, Request, RequestState
 from handlers.plan import as_list, as_object, canonical_json
 from handlers.ports import Facts
-from handlers.settings import CoreSettings, kubeflow_user_id
+from handlers.settings import CoreSettings, kubeflow_user_id, mapped_away
 
 
 def is_admin(user_id: str, settings: CoreSettings, group_members: Iterable[str] = ()) -> bool:
     return user_id in settings.policy.admin_users or user_id in set(group_members)
+
+
+def check_slack_address(settings: CoreSettings, email: str) -> None:
+    """The one rule for who may act at all, applied wherever an actor is made (Slack's
+    ``Identity.actor``, the shell's ``--as``): a Slack address that ``KFBOT_USER_ID_MAP`` makes
+    another address's Kubeflow id is refused, so no second account can act as the mapped person
+    (their workspaces, their Dex login's password, their DMs)."""
+    if mapped_away(settings, email):
+        raise errors.Forbidden(
+            f"Your address {naming.show_value(email.strip().lower())} is a Kubeflow id mapped from "
+            "another address (`KFBOT_USER_ID_MAP`), so kf-chatops cannot tell you apart from that "
+            "person; ask an admin."
+        )
 
 
 def check_may_decide(actor: Actor, request: Request, settings: CoreSettings, facts: Facts) -> None:

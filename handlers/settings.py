@@ -183,3 +183,23 @@ def kubeflow_user_id(settings: CoreSettings, email: str) -> str:
     registry record; every comparison of a person with workspace facts goes through it."""
     email = email.strip().lower()
     return settings.workspace.user_id_map.get(email, email)
+
+
+def slack_emails(settings: CoreSettings, user: str) -> tuple[str, ...]:
+    """The Slack addresses of the person whose Kubeflow id is ``user``: the addresses
+    ``KFBOT_USER_ID_MAP`` maps to it, and ``user`` itself unless the map makes it someone's
+    Kubeflow id (a Slack account at that address is somebody else, and may not act)."""
+    user = user.strip().lower()
+    mapping = settings.workspace.user_id_map
+    emails = [email for email, kubeflow in sorted(mapping.items()) if kubeflow == user]
+    if not mapped_away(settings, user):
+        emails.append(user)
+    return tuple(e for e in dict.fromkeys(emails) if "@" in e and kubeflow_user_id(settings, e) == user)
+
+
+def mapped_away(settings: CoreSettings, email: str) -> bool:
+    """Whether ``email`` is a Kubeflow id ``KFBOT_USER_ID_MAP`` maps another address to, and not a
+    Slack address the map knows itself: a Slack account there would act as the mapped person."""
+    email = email.strip().lower()
+    mapping = settings.workspace.user_id_map
+    return email not in mapping and any(v == email and k != email for k, v in mapping.items())

@@ -194,7 +194,7 @@ class Edge:
             return list(uow.requests.list(limit=5000))
 
     def act_as(self, email: str, *, admin: bool = False) -> None:
-        self.shell.actor = shell_actor(email, admin=admin)
+        self.shell.actor = shell_actor(email, admin=admin, settings=self.shell.core.settings)
 
     def line(self, text: str) -> None:
         """One shell line that must work (set-up, not attacked)."""
@@ -223,7 +223,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     notifier = notify.ShellNotifier(out, calls=backend.render_step)
     core = composition.build_core(settings_, backend, notifier, provisioning.SystemClock())
     edge = Edge(Shell(core=core, backend=backend, notifier=notifier, out=out,
-                      actor=shell_actor(ALICE, admin=False)), out, db)
+                      actor=shell_actor(ALICE, admin=False, settings=core.settings)), out, db)
     # alice owns team-a, so that share, quota and token reach their plans and policies.
     workspace = edge.pending_request("team-a")
     edge.act_as(ADMIN, admin=True)
