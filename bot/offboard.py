@@ -286,7 +286,9 @@ class Offboarder:
             return f"{naming.show_value(user)} holds nothing the bot granted; nothing was filed."
         lines = []
         for person in people:
-            result, answer = self.check(person)
+            answer = self.ask(person)
+            gone = self._left_contributors(person) if judge(answer) is Presence.LEFT else frozenset()
+            result = offboard(self._core, person, answer, gone)
             if answer.retry_after is not None:
                 lines.append(
                     f"Slack asked to wait {answer.retry_after:.0f}s before asking about "
@@ -295,6 +297,24 @@ class Offboarder:
                 continue
             lines.append(describe(result))
         return "\n".join(lines)
+
+    def _left_contributors(self, person: Person) -> frozenset[str]:
+        """The edit contributors of ``person``'s workspaces whom Slack finds left too: one person's
+        check must not offer a workspace to someone the daily run would find gone."""
+        if not person.owns:
+            return frozenset()
+        editors = {
+            user
+            for name in person.owns
+            if (ws := self._core.facts.workspace(name)) is not None
+            for user, role in ws.contributors.items()
+            if role == "edit" and user != person.user
+        }
+        return frozenset(
+            other.user
+            for other in self._backend.people()
+            if other.user in editors and judge(self.ask(other)) is Presence.LEFT
+        )
 
 
 def run_job(offboarder: Offboarder) -> None:

@@ -14,6 +14,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot import render
 from bot.offboard import TELL_AGAIN, Offboarder
 from handlers import errors, kinds, services
 from handlers.actions import ActionName
@@ -362,6 +363,7 @@ def test_a_returning_owners_pending_transfer_is_withdrawn(make_live: LiveFactory
     assert withdrawn == (transfer.id,)
     back = live.request(transfer.id)
     assert back.state is RequestState.CANCELLED and back.reason == WITHDRAWN
+    assert WITHDRAWN in render.decision_text(back, render.SLACK)  # the card says why
     assert {r.user: r.withdrawn for r in checker.run_once().results}[ALICE.email] == ()
     assert ALICE.email == live.backend.facts.workspace(NS).owner  # type: ignore[union-attr]
 
@@ -382,3 +384,19 @@ def test_a_left_owners_workspace_is_not_offered_to_a_contributor_who_left_too(ma
     assert {r.user: r.unplaced for r in outcome.results}[ALICE.email] == (NS,)
     assert CAROL.email not in live.grants()
     assert any("`team-a` has nobody to hand it to" in t for t in live.admin_posts())
+
+
+def test_an_admins_check_of_a_left_owner_does_not_offer_to_a_contributor_who_left(
+    make_live: LiveFactory,
+) -> None:
+    live = make_live()
+    _team(live)  # Carol (edit, her id recorded at the share)
+    live.slack.deactivate_user(ALICE.user_id)
+    live.slack.deactivate_user(CAROL.user_id)
+    said = offboarder(live).check_now(ADMIN, ALICE.email)
+    assert "`team-a` has nobody to hand it to" in said
+    assert live.requests(kinds.WorkspaceTransfer.KIND) == []
+    live.slack.add_user(CAROL.user_id, CAROL.email)  # Carol is here after all: she is proposed
+    offboarder(live).check_now(ADMIN, ALICE.email)
+    (transfer,) = live.requests(kinds.WorkspaceTransfer.KIND)
+    assert transfer.args["to"] == CAROL.email
