@@ -39,7 +39,7 @@ from bot.identity import Identity
 from bot.listeners.common import LISTENER_THREADS, WORK_THREADS, Inbox, WorkPool
 from bot.metrics import BotMetrics, MeteredNotifier, SlackCallObserver, exposition, new_registry
 from bot.notify import SlackNotifier
-from bot.offboard import Offboarder
+from bot.offboard import Offboarder, slack_id_recorder
 from bot.scheduler import start_scheduler
 from bot.settings import Settings, sqlite_path
 from bot.signing import SlackEndpoint
@@ -133,6 +133,7 @@ def build_slack(
         dashboard_url=settings.slack.dashboard_url,
         confirm_above=settings.slack.confirm_above,
         expiry=backend.pending_expiry,
+        seen=slack_id_recorder(settings.core, backend),
     )
     if metrics is not None:
         notifier = MeteredNotifier(notifier, metrics)

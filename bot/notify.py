@@ -207,12 +207,16 @@ class SlackNotifier(_Transport):
         dashboard_url: str | None = None,
         confirm_above: float | None = None,
         expiry: Expiry | None = None,
+        seen: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(calls, kept_by_steps, dry_run=dry_run, dashboard_url=dashboard_url, expiry=expiry)
         self._confirm_above = confirm_above
         self._client = client
         self._channel = admin_channel
         self._find_user = find_user
+        self._seen = seen
+        """(email, Slack id) of someone whose access just changed, found to tell them
+        (``bot.offboard.slack_id_recorder``: offboarding asks about that id later)."""
         self._sent = threading.local()
         self._pacer = pacer or ChannelPacer()
 
@@ -325,6 +329,11 @@ class SlackNotifier(_Transport):
         if user_id is None:
             logger.warning("no Slack user with the email of a person to tell", extra={"event": "notify"})
             return
+        if self._seen is not None and notice.say is Say.ACCESS_CHANGED and notice.to:
+            try:
+                self._seen(notice.to, user_id)
+            except Exception:  # recording the id must not cost the person their news
+                logger.warning("could not record a Slack id", exc_info=True, extra={"event": "notify"})
         self._dm(user_id, text, action)
 
     def _dm(self, user_id: str, text: str, action: tuple[str, str, str] | None) -> None:

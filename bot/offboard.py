@@ -14,7 +14,7 @@ again. Errors and timeouts are "unknown" too: nothing is filed on them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -39,7 +39,7 @@ from handlers.offboard import (
 )
 from handlers.ports import Clock
 from handlers.services import Core
-from handlers.settings import kubeflow_user_id
+from handlers.settings import CoreSettings, kubeflow_user_id
 
 logger = logging.getLogger(__name__)
 MAX_WAIT = 300.0
@@ -74,6 +74,22 @@ class OffboardBackend(Protocol):
     def people(self) -> list[Person]: ...
 
     def record_slack_id(self, user: str, slack_id: str) -> None: ...
+
+
+def slack_id_recorder(settings: CoreSettings, backend: OffboardBackend) -> Callable[[str, str], None]:
+    """What the notifier calls when it finds, by email, the Slack account of someone whose access
+    just changed (a grantee told of a share): their Slack id is recorded then, while Slack still
+    finds them by email, so a person deactivated before any daily check is still found left by id.
+    Only under the person's own Slack address (``offboard_emails``): never an address
+    ``KFBOT_USER_ID_MAP`` makes someone's Kubeflow id (another account may hold it)."""
+
+    def record(email: str, slack_id: str) -> None:
+        email = naming.normalize_email(email)
+        user = kubeflow_user_id(settings, email)
+        if email in offboard_emails(settings, user):
+            backend.record_slack_id(user, slack_id)
+
+    return record
 
 
 def _retry_after(exc: SlackApiError) -> float | None:
@@ -204,14 +220,38 @@ class Offboarder:
                 "run `/kf offboard EMAIL`. The next check asks again."
             )
             return RunOutcome(True, (), stopped)
+        if left and (blind := self._blind(asked)):
+            self._tell_admins(
+                f"Offboarding stopped: {blind}, so nothing was filed. A token for another Slack "
+                "workspace answers so: check that the bot's token is this Slack workspace's. To "
+                "offboard someone anyway, run `/kf offboard EMAIL`. The next check asks again."
+            )
+            return RunOutcome(True, (), blind)
+        gone = frozenset(person.user for person, answer in asked if judge(answer) is Presence.LEFT)
         results: list[Offboarded] = []
         for person, answer in asked:
-            result = offboard(self._core, person, answer)
+            result = offboard(self._core, person, answer, gone - {person.user})
             results.append(result)
             if result.presence is Presence.LEFT:
                 logger.info("offboarding %s: %s", person.user, describe(result))
                 self._tell_unplaced(result)
         return RunOutcome(True, tuple(results))
+
+    def _blind(self, asked: Sequence[tuple[Person, SlackAnswer]]) -> str | None:
+        """Why Slack's answers show the token cannot see this Slack workspace, if they do: every
+        recorded id came back ``user_not_found``, or nobody at all is active -- not one person
+        asked, nor any admin in ``KFBOT_ADMIN_USERS`` (Slack ids of this workspace's people)."""
+        by_id = [answer for person, answer in asked if person.slack_ids]
+        if by_id and all(answer.error == "user_not_found" for answer in by_id):
+            return f"Slack knows none of the {len(by_id)} recorded Slack ids"
+        if any(judge(answer) is Presence.ACTIVE for _, answer in asked):
+            return None
+        admins = sorted(self._core.settings.policy.admin_users)
+        if any(judge(self._info(admin)) is Presence.ACTIVE for admin in admins):
+            return None
+        return f"Slack found nobody active among the {len(asked)} people asked" + (
+            f" nor the {len(admins)} admins" if admins else ""
+        )
 
     def _tell_unplaced(self, result: Offboarded) -> None:
         """A left owner's workspace nobody was proposed for waits on an admin: they are told on the
@@ -246,7 +286,9 @@ class Offboarder:
             return f"{naming.show_value(user)} holds nothing the bot granted; nothing was filed."
         lines = []
         for person in people:
-            result, answer = self.check(person)
+            answer = self.ask(person)
+            gone = self._left_contributors(person) if judge(answer) is Presence.LEFT else frozenset()
+            result = offboard(self._core, person, answer, gone)
             if answer.retry_after is not None:
                 lines.append(
                     f"Slack asked to wait {answer.retry_after:.0f}s before asking about "
@@ -255,6 +297,24 @@ class Offboarder:
                 continue
             lines.append(describe(result))
         return "\n".join(lines)
+
+    def _left_contributors(self, person: Person) -> frozenset[str]:
+        """The edit contributors of ``person``'s workspaces whom Slack finds left too: one person's
+        check must not offer a workspace to someone the daily run would find gone."""
+        if not person.owns:
+            return frozenset()
+        editors = {
+            user
+            for name in person.owns
+            if (ws := self._core.facts.workspace(name)) is not None
+            for user, role in ws.contributors.items()
+            if role == "edit" and user != person.user
+        }
+        return frozenset(
+            other.user
+            for other in self._backend.people()
+            if other.user in editors and judge(self.ask(other)) is Presence.LEFT
+        )
 
 
 def run_job(offboarder: Offboarder) -> None:

@@ -305,7 +305,8 @@ def decision_text(request: Request, style: Style) -> str:
     if request.state is RequestState.REJECTED:
         return f"Rejected by {who} at {when}: {style.text(request.reason or '')}"
     if request.state is RequestState.CANCELLED:
-        return f"Cancelled at {style.when(request.updated_at)}."
+        note = f" {style.text(request.reason)}" if request.reason else ""
+        return f"Cancelled at {style.when(request.updated_at)}.{note}"
     if request.state is RequestState.EXPIRED:
         return f"Expired at {style.when(request.updated_at)}: nobody decided in time."
     if request.decided_by == SYSTEM.user_id:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from handlers import errors, kinds, naming, policy
-from handlers.model import RequestState
+from handlers.model import SYSTEM, Request, RequestState
 from handlers.ports import Facts
-from handlers.services import AutoDecision, Core, record_system
+from handlers.services import AutoDecision, Core, cancel, record_system
 from handlers.settings import CoreSettings
 
 TRIGGER = "offboard"
@@ -119,23 +119,63 @@ class Offboarded:
     """Why something was not filed (a request about it still open, nobody to hand a workspace to)."""
     unplaced: tuple[str, ...] = ()
     """Workspaces they own that nobody was proposed for: the admins are told."""
+    withdrawn: tuple[str, ...] = ()
+    """Ids of pending offboarding transfers cancelled because Slack finds the owner active again."""
 
 
-def proposed_owner(core: Core, person: Person, workspace: str) -> str | None:
-    """Who a left owner's workspace is offered to: its first edit contributor who is not the person,
-    else ``KFBOT_OFFBOARD_OWNER``; the admin who decides sees the name and can reject and file
-    another transfer."""
+def proposed_owner(
+    core: Core, person: Person, workspace: str, gone: frozenset[str] = frozenset()
+) -> str | None:
+    """Who a left owner's workspace is offered to: its first edit contributor who is not the person
+    and not among ``gone`` (people the same run found left: their grants are being taken), else
+    ``KFBOT_OFFBOARD_OWNER``; the admin who decides sees the name and can reject and file another
+    transfer."""
     ws = core.facts.workspace(workspace)
     if ws is not None:
         for user, role in sorted(ws.contributors.items()):
-            if role == "edit" and user != person.user and "@" in user:
+            if role == "edit" and user != person.user and user not in gone and "@" in user:
                 return user
     return core.settings.offboard.owner or None
 
 
-def offboard(core: Core, person: Person, answer: SlackAnswer) -> Offboarded:
-    """File what offboarding ``person`` takes, if ``answer`` says they left; nothing otherwise."""
+WITHDRAWN = "Withdrawn by the bot: Slack finds the owner active again."
+
+
+def withdraw_transfers(core: Core, person: Person) -> tuple[str, ...]:
+    """Cancel (as the bot, their requester) the offboarding transfers still pending for the
+    workspaces ``person`` owns: they were filed because Slack said the owner left, and Slack now
+    says otherwise. A transfer anyone else filed, or one already decided, is left alone."""
+    pending: list[Request] = []
+    with core.uow() as uow:
+        for workspace in person.owns:
+            pending += uow.requests.list(
+                requester_id=SYSTEM.user_id,
+                states=[RequestState.PENDING],
+                kind=kinds.WorkspaceTransfer.KIND,
+                subject=f"workspace:{workspace}",
+                limit=None,
+            )
+    withdrawn: list[str] = []
+    for request in pending:
+        if request.args.get("offboarded") is not True:
+            continue
+        try:
+            cancel(core, SYSTEM, request.id, WITHDRAWN)
+        except (errors.IllegalTransition, errors.StaleVersion):
+            continue  # decided meanwhile: the admin's decision stands
+        withdrawn.append(request.id)
+    return tuple(withdrawn)
+
+
+def offboard(
+    core: Core, person: Person, answer: SlackAnswer, gone: frozenset[str] = frozenset()
+) -> Offboarded:
+    """File what offboarding ``person`` takes, if ``answer`` says they left; nothing otherwise.
+    ``gone``: others the same run found left, never proposed as a new owner. Someone Slack finds
+    active has their pending offboarding transfers withdrawn (they came back)."""
     presence = judge(answer)
+    if presence is Presence.ACTIVE and person.owns:
+        return Offboarded(person.user, presence, withdrawn=withdraw_transfers(core, person))
     if presence is not Presence.LEFT:
         return Offboarded(person.user, presence)
     said = "deleted" if answer.error is None else answer.error
@@ -171,7 +211,7 @@ def offboard(core: Core, person: Person, answer: SlackAnswer) -> Offboarded:
             continue  # the unshare of that grant removes the tokens it made
         file(kinds.TokenRevoke(token_id), f"{who}:token:{token_id}", auto)
     for workspace in person.owns:
-        to = proposed_owner(core, person, workspace)
+        to = proposed_owner(core, person, workspace, gone)
         if to is None:
             unplaced.append(workspace)
             skipped.append(
@@ -195,10 +235,19 @@ def describe(result: Offboarded) -> str:
     if result.presence is not Presence.LEFT:
         why = {
             Presence.ACTIVE: "is active in Slack",
-            Presence.NEVER_KNOWN: "is not a Slack user (never known to Slack), so never counts as left",
+            Presence.NEVER_KNOWN: (
+                "could not be checked: no Slack id is recorded for them and Slack finds no active "
+                "account by that email (Slack does not look up deactivated accounts by email, so "
+                "this is someone outside Slack or someone who left before the bot recorded their "
+                "id); if they left, take their access with `/kf unshare`"
+            ),
             Presence.UNKNOWN: "could not be checked (Slack did not answer); the daily check tries again",
         }[result.presence]
-        return f"{user} {why}; nothing was filed."
+        said = f"{user} {why}; nothing was filed."
+        if result.withdrawn:
+            ids = ", ".join(f"`{i}`" for i in result.withdrawn)
+            said += f" Withdrawn: {ids} (the transfer filed when they were judged left)."
+        return said
     parts = [f"{user} left Slack."]
     if result.filed:
         parts.append("Filed " + ", ".join(f"`{i}`" for i in result.filed) + ".")

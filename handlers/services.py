@@ -393,8 +393,15 @@ def already_text(request: Request) -> str:
     return f"{request.id} is already {request.state.value}{who}."
 
 
-def cancel(core: Core, actor: Actor, request_id: str) -> Request:
-    return _change(core, request_id, lambda r, now: r.cancel(actor, now), cancel_timers=True)
+def cancel(core: Core, actor: Actor, request_id: str, reason: str | None = None) -> Request:
+    """``reason``: a note the card shows (the bot withdrawing a request of its own says why)."""
+
+    def change(request: Request, now: datetime) -> None:
+        request.cancel(actor, now)
+        if reason is not None:
+            request.reason = reason
+
+    return _change(core, request_id, change, cancel_timers=True)
 
 
 def retry(core: Core, actor: Actor, request_id: str) -> Request:

@@ -96,12 +96,13 @@ def test_slack_ids_are_recorded_when_access_is_granted(make_live: LiveFactory) -
     people = {p.user: p for p in live.backend.people()}
     assert people[ALICE.email].slack_ids == (ALICE.user_id,)  # she asked for her workspace
     assert people[ALICE.email].owns == (NS,)
-    # Bob's grant was asked for by Alice: his id comes from the token he asked for himself.
+    # Bob's and Carol's grants were asked for by Alice: their ids are the accounts the bot found
+    # by email to tell them of the share (and Bob's token's, which he asked for himself).
     assert people[BOB.email].slack_ids == (BOB.user_id,)
-    assert people[CAROL.email].slack_ids == ()
-    assert people[OUTSIDER].grants == (NS,)
+    assert people[CAROL.email].slack_ids == (CAROL.user_id,)
+    assert people[OUTSIDER].grants == (NS,) and people[OUTSIDER].slack_ids == ()
     offboarder(live).run_once()
-    # Looked up by email once, recorded; the outsider stays unknown to Slack.
+    # The outsider stays unknown to Slack.
     people = {p.user: p for p in live.backend.people()}
     assert people[CAROL.email].slack_ids == (CAROL.user_id,)
     assert people[OUTSIDER].slack_ids == ()
@@ -209,7 +210,8 @@ def test_an_email_slack_never_knew_is_never_left(make_live: LiveFactory) -> None
     live = make_live()
     _team(live)
     said = offboarder(live).check_now(ADMIN, OUTSIDER)
-    assert "never known to Slack" in said and _filed(live) == []
+    # Not "not a Slack user": Slack cannot tell someone outside it from someone deactivated.
+    assert "could not be checked: no Slack id is recorded" in said and _filed(live) == []
 
 
 def test_a_known_id_slack_no_longer_has_is_left(make_live: LiveFactory) -> None:

@@ -1,7 +1,8 @@
-"""Offboarding under the first outside attack round (findings 1-6): each test replays a finding
-through the real code paths (the live backend against the fake apiserver and moto, Slack's Web
-API played by the fake Slack over HTTP, ``bot.offboard.Offboarder`` asking it through a real
-``WebClient``) and asserts what must hold instead.
+"""Offboarding under the outside attack rounds (first round: findings 1-6; second round: the
+tests marked "round 2"): each test replays a finding through the real code paths (the live backend
+against the fake apiserver and moto, Slack's Web API played by the fake Slack over HTTP,
+``bot.offboard.Offboarder`` asking it through a real ``WebClient``) and asserts what must hold
+instead.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot import render
 from bot.offboard import TELL_AGAIN, Offboarder
 from handlers import errors, kinds, services
+from handlers.actions import ActionName
 from handlers.model import SYSTEM, RequestState
-from handlers.offboard import Presence, implausible, offboard_emails
+from handlers.naming import dex_password_object_name
+from handlers.offboard import WITHDRAWN, Presence, implausible, offboard_emails
 from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
-from tests.fakes.slack import BOT_TOKEN
-from tests.test_offboard import _team
+from tests.fakes.apiserver import FakeApiServer
+from tests.fakes.runbook import OWNER as LEGACY_OWNER
+from tests.fakes.runbook import RunbookWorkspace
+from tests.fakes.slack import BOT_TOKEN, FakeSlack
+from tests.live_harness import ADMIN2, DEX_NAMESPACE, LiveStack
+from tests.test_adopt_attacks import runbook, world
+from tests.test_offboard import OUTSIDER, _team
 from tests.test_sharing_quota_tokens_e2e import (
     ADMIN,
     ADMIN_CHANNEL,
@@ -34,7 +43,7 @@ from tests.test_sharing_quota_tokens_e2e import (
     make_live,
 )
 
-__all__ = ["make_live"]  # the fixture, used by name
+__all__ = ["make_live", "runbook", "world"]  # the fixtures, used by name
 
 
 def offboarder(live: Live, client: WebClient | None = None) -> Offboarder:
@@ -247,3 +256,147 @@ def test_a_429_is_not_slept_through_by_the_clients_retry_handler(make_live: Live
     assert "wait 4s" in said and _filed(live) == []
     # The bot's own client keeps its handlers for everything else.
     assert any(isinstance(h, RateLimitErrorRetryHandler) for h in client.retry_handlers)
+
+
+# -- round 2, finding 1: a token that sees nobody offboards nobody ------------------------------------
+
+
+def test_a_token_for_another_slack_workspace_files_nothing_though_few_are_left(
+    make_live: LiveFactory,
+) -> None:
+    live = make_live()
+    for grantee in (BOB.email, *(f"guest{i}@outside.example" for i in range(8))):
+        assert live.request_for(ALICE, f"share {NS} {grantee} --role view").state is RequestState.SUCCEEDED
+    # Alice's and Bob's ids are recorded; Slack never knew the guests: the breaker's fifth grows.
+    for person in (ALICE, BOB, CAROL, ADMIN):  # the token's Slack workspace has none of them
+        live.slack.forget_user(person.user_id)
+    assert not implausible(10, 2)  # what the old breaker alone let through
+    outcome = offboarder(live).run_once()
+    live.run()
+    assert outcome.stopped == "Slack knows none of the 2 recorded Slack ids" and outcome.results == ()
+    assert _filed(live) == [] and BOB.email in live.grants()
+    assert any("Offboarding stopped" in t and "nothing was filed" in t for t in live.admin_posts())
+
+
+def test_a_run_with_nobody_active_files_nothing_unless_an_admin_is_seen(make_live: LiveFactory) -> None:
+    live = make_live()
+    for grantee in (BOB.email, OUTSIDER):
+        assert live.request_for(ALICE, f"share {NS} {grantee} --role view").state is RequestState.SUCCEEDED
+    live.slack.deactivate_user(ALICE.user_id)  # deleted: true, not user_not_found
+    live.slack.deactivate_user(BOB.user_id)
+    live.slack.forget_user(ADMIN.user_id)
+    outcome = offboarder(live).run_once()
+    live.run()
+    assert outcome.stopped == "Slack found nobody active among the 3 people asked nor the 1 admins"
+    assert _filed(live) == [] and BOB.email in live.grants()
+    live.slack.add_user(ADMIN.user_id, ADMIN.email)  # the token sees this workspace: Alice and Bob left
+    outcome = offboarder(live).run_once()
+    live.run()
+    assert outcome.stopped is None and BOB.email not in live.grants()
+
+
+# -- round 2, finding 2: a transfer never removes an adopted (hand-made) login -------------------------
+
+
+def test_an_offboarding_transfer_keeps_the_adopted_owners_dex_login(
+    runbook: tuple[LiveStack, RunbookWorkspace], apiserver: FakeApiServer
+) -> None:
+    stack, rb = runbook
+    password = dex_password_object_name(LEGACY_OWNER)
+    assert apiserver.get("dex.coreos.com/v1", "passwords", password, DEX_NAMESPACE) is not None
+    adopt = stack.apply(ADMIN, f"workspace adopt {rb.namespace}", approver=ADMIN2)
+    assert adopt.state is RequestState.SUCCEEDED
+    with FakeSlack() as slack:
+        slack.add_user("ULEGACY01", LEGACY_OWNER)
+        slack.add_user("UHELPER01", rb.contributor)
+        slack.add_user(ADMIN.user_id, ADMIN.email)
+        stack.backend.record_slack_id(LEGACY_OWNER, "ULEGACY01")
+        slack.deactivate_user("ULEGACY01")
+        client = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
+        outcome = Offboarder(client, stack.backend, stack.core, stack.clock).run_once()
+    transfer = next(
+        stack.request(i) for r in outcome.results for i in r.filed
+        if stack.request(i).kind == kinds.WorkspaceTransfer.KIND
+    )
+    assert transfer.plan is not None
+    assert ActionName.DEX_USER_REMOVE not in [s.action for s in transfer.plan.steps]
+    assert any("Dex login is kept: it was adopted" in w for w in transfer.plan.warnings)
+    stack.approve(transfer.id, ADMIN)
+    stack.run()
+    assert stack.request(transfer.id).state is RequestState.SUCCEEDED
+    assert apiserver.get("dex.coreos.com/v1", "passwords", password, DEX_NAMESPACE) is not None
+
+
+# -- round 2, finding 3: a grantee's Slack id is recorded when the share succeeds ----------------------
+
+
+def test_a_grantee_deactivated_before_any_check_is_found_left(make_live: LiveFactory) -> None:
+    live = make_live()
+    assert live.request_for(ALICE, f"share {NS} {CAROL.email} --role edit").state is RequestState.SUCCEEDED
+    people = {p.user: p for p in live.backend.people()}
+    assert people[CAROL.email].slack_ids == (CAROL.user_id,)  # recorded as the bot told her
+    live.slack.deactivate_user(CAROL.user_id)  # lookupByEmail no longer finds her
+    said = offboarder(live).check_now(ADMIN, CAROL.email)
+    assert "left Slack" in said and kinds.Unshare.KIND in _filed(live)
+    live.run()
+    assert CAROL.email not in live.grants()
+    # Someone outside Slack is "could not be checked", never "not a Slack user".
+    assert live.request_for(ALICE, f"share {NS} {OUTSIDER} --role view").state is RequestState.SUCCEEDED
+    said = offboarder(live).check_now(ADMIN, OUTSIDER)
+    assert "could not be checked" in said and "does not look up deactivated accounts" in said
+
+
+# -- round 2, finding 4: an owner who comes back keeps the workspace -----------------------------------
+
+
+def test_a_returning_owners_pending_transfer_is_withdrawn(make_live: LiveFactory) -> None:
+    live = make_live()
+    _team(live)  # Carol (edit) is proposed
+    live.slack.deactivate_user(ALICE.user_id)
+    checker = offboarder(live)
+    checker.run_once()
+    (transfer,) = live.requests(kinds.WorkspaceTransfer.KIND)
+    assert transfer.state is RequestState.PENDING
+    live.slack.add_user(ALICE.user_id, ALICE.email)  # reactivated
+    outcome = checker.run_once()
+    withdrawn = {r.user: r.withdrawn for r in outcome.results}[ALICE.email]
+    assert withdrawn == (transfer.id,)
+    back = live.request(transfer.id)
+    assert back.state is RequestState.CANCELLED and back.reason == WITHDRAWN
+    assert WITHDRAWN in render.decision_text(back, render.SLACK)  # the card says why
+    assert {r.user: r.withdrawn for r in checker.run_once().results}[ALICE.email] == ()
+    assert ALICE.email == live.backend.facts.workspace(NS).owner  # type: ignore[union-attr]
+
+
+# -- round 2, finding 5: a workspace is never offered to someone the same run found gone --------------
+
+
+def test_a_left_owners_workspace_is_not_offered_to_a_contributor_who_left_too(make_live: LiveFactory) -> None:
+    live = make_live()
+    _team(live)
+    checker = offboarder(live)
+    checker.run_once()  # Carol's id recorded
+    live.slack.deactivate_user(ALICE.user_id)
+    live.slack.deactivate_user(CAROL.user_id)  # the only edit contributor leaves as well
+    outcome = checker.run_once()
+    live.run()
+    assert live.requests(kinds.WorkspaceTransfer.KIND) == []
+    assert {r.user: r.unplaced for r in outcome.results}[ALICE.email] == (NS,)
+    assert CAROL.email not in live.grants()
+    assert any("`team-a` has nobody to hand it to" in t for t in live.admin_posts())
+
+
+def test_an_admins_check_of_a_left_owner_does_not_offer_to_a_contributor_who_left(
+    make_live: LiveFactory,
+) -> None:
+    live = make_live()
+    _team(live)  # Carol (edit, her id recorded at the share)
+    live.slack.deactivate_user(ALICE.user_id)
+    live.slack.deactivate_user(CAROL.user_id)
+    said = offboarder(live).check_now(ADMIN, ALICE.email)
+    assert "`team-a` has nobody to hand it to" in said
+    assert live.requests(kinds.WorkspaceTransfer.KIND) == []
+    live.slack.add_user(CAROL.user_id, CAROL.email)  # Carol is here after all: she is proposed
+    offboarder(live).check_now(ADMIN, ALICE.email)
+    (transfer,) = live.requests(kinds.WorkspaceTransfer.KIND)
+    assert transfer.args["to"] == CAROL.email

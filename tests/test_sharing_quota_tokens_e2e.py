@@ -36,6 +36,7 @@ from bot import logging as botlog
 from bot.controls import control
 from bot.identity import Identity
 from bot.notify import SlackNotifier
+from bot.offboard import slack_id_recorder
 from bot.settings import Settings
 from handlers import errors, kinds, parse, services
 from handlers.model import SYSTEM, Actor, Request, RequestState
@@ -239,7 +240,10 @@ def make_live(
         backends.append(backend)
         backend.migrate()
         slack = WebClient(token=BOT_TOKEN, base_url=fake_slack.base_url)
-        notifier = SlackNotifier(slack, ADMIN_CHANNEL, Identity(slack, core).user_id_for_email)
+        notifier = SlackNotifier(
+            slack, ADMIN_CHANNEL, Identity(slack, core).user_id_for_email,
+            seen=slack_id_recorder(core, backend),  # as bot.app wires it
+        )
         world = Live(
             backend,
             services.Core(core, backend.uow, backend.facts, clock, notifier, backend.secrets),

@@ -7,7 +7,8 @@ The Profile's ``spec.owner`` is what Kubeflow knows the owner by: the profile co
 ``owner`` annotation names them too (its takeover guard), so the step moves both
 (``kubeflow.profile.owner``). A new owner who was a contributor loses the contributor binding (the
 owner's admin binding covers it). The offboarding's request also removes the previous owner's Dex
-login when this workspace's create made it and they use nothing else.
+login when this workspace's create made it and they use nothing else; an adopted (hand-made) login
+is never removed, and the card says it is kept.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from handlers.kinds.base import (
     Syntax,
     TimerKind,
     UpdateWorkspaceObjects,
+    is_adopted,
     kubeflow_user,
     require_workspace,
     short_name,
@@ -147,14 +149,15 @@ class WorkspaceTransfer:
             # Offboarding revokes them at once with requests of its own, so its plan leaves them out.
             steps.extend(token_removals(ws, ctx.settings, ws.owner, keep_role=None))
         warnings = [data_held(ws, ctx.facts.data_held(ws.name)), f"{ws.owner} loses the owner's access."]
+        if self._adopted_login(ctx, ws):
+            warnings.append(
+                f"{ws.owner}'s Dex login is kept: it was adopted (made by hand), and a transfer "
+                "never removes an adopted login; an admin removes it by hand if it should go."
+            )
         login = self._login(ctx, ws)
         if login is not None:
-            key, params, adopted = login
-            said = (
-                f"remove {ws.owner}'s adopted Dex login (made by hand before kf-chatops)"
-                if adopted
-                else f"remove the Dex login kf-chatops made for {ws.owner}"
-            )
+            key, params = login
+            said = f"remove the Dex login kf-chatops made for {ws.owner}"
             steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, said))
         # The new owner needs a login to open what they now own, as a share's grantee does.
         made = collaborator_login(ctx, to)
@@ -167,16 +170,31 @@ class WorkspaceTransfer:
             )
         return Plan.of(steps, warnings)
 
-    def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON], bool] | None:
+    def _login(self, ctx: PlanContext, ws: WorkspaceFacts) -> tuple[str, dict[str, JSON]] | None:
         """The previous owner's Dex login, when offboarding asked, this workspace's create made it
         and they own or share nothing else."""
         if not self.offboarded or ctx.facts.user_in_use(ws.owner, self.name):
             return None
         for key, entry in ws.created.items():
             params = as_object(entry["params"])
-            if as_text(entry["action"]) == ActionName.DEX_USER and params.get("email") == ws.owner:
-                return key, {"email": ws.owner, "mode": params.get("mode", "")}, entry.get("adopted") is True
+            if (
+                as_text(entry["action"]) == ActionName.DEX_USER
+                and params.get("email") == ws.owner
+                and not is_adopted(entry)  # someone's hand-made login: never the bot's to remove
+            ):
+                return key, {"email": ws.owner, "mode": params.get("mode", "")}
         return None
+
+    def _adopted_login(self, ctx: PlanContext, ws: WorkspaceFacts) -> bool:
+        """Offboarding would have removed the owner's login, but this workspace adopted it."""
+        if not self.offboarded or ctx.facts.user_in_use(ws.owner, self.name):
+            return False
+        return any(
+            as_text(entry["action"]) == ActionName.DEX_USER
+            and as_object(entry["params"]).get("email") == ws.owner
+            and is_adopted(entry)
+            for entry in ws.created.values()
+        )
 
     def on_success(self, done: Applied) -> Success:
         owner = done.plan.steps[0]
