@@ -90,7 +90,7 @@ def test_every_removal_a_delete_plans_is_said_in_words() -> None:
     ) == "remove EC2 launch template `team-a-g4dn-xlarge`"
     assert workspace_delete._prose(
         ActionName.WORKSPACE_ROLE_REMOVE, {"name": "kfbot-ws-team-a"}, "IamRole/kfbot-ws-team-a"
-    ) == "remove IAM role `kfbot-ws-team-a` and its policies"
+    ) == "remove IAM role `kfbot-ws-team-a` (its inline policies deleted, managed ones detached)"
 
 
 def test_the_shell_says_offboarding_needs_slack(tmp_path: Path) -> None:
@@ -169,18 +169,21 @@ def test_the_chart_exposes_the_new_settings_as_values() -> None:
     assert set(re.findall(_NAME, helpers)) - _settings_read() == set()
 
 
-def test_an_offboarding_transfer_says_when_the_login_it_removes_was_adopted() -> None:
-    """The approver of a left owner's transfer sees that the login going with it was made by hand."""
+def test_an_offboarding_transfer_removes_only_a_login_the_bot_made() -> None:
+    """A left owner's transfer removes the login kf-chatops made for them, and keeps (and says it
+    keeps) one that was adopted: someone's hand-made login is never a transfer's to remove."""
 
 
     ws = digests._team()
     key = next(k for k, e in ws.created.items() if e["action"] == "dex.user")
     adopted = dataclasses.replace(ws, created={**ws.created, key: {**ws.created[key], "adopted": True}})
     transfer = kinds.WorkspaceTransfer(ws.name, "d@example.com", offboarded=True)
-    for facts_ws, word in ((ws, "made"), (adopted, "adopted")):
-        plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: facts_ws}))
-        (step,) = [s for s in plan.steps if s.action == "dex.user.remove"]
-        assert word in step.summary, step.summary
+    plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: ws}))
+    (step,) = [s for s in plan.steps if s.action == "dex.user.remove"]
+    assert "kf-chatops made" in step.summary, step.summary
+    kept = digests._plan(transfer, StaticFacts(workspaces={ws.name: adopted}))
+    assert "dex.user.remove" not in [s.action for s in kept.steps]
+    assert any("adopted" in w and "kept" in w for w in kept.warnings), kept.warnings
 
 
 def test_the_new_owner_of_a_transfer_is_told_and_gets_the_login_they_lack() -> None:
