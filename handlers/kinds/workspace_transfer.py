@@ -150,12 +150,15 @@ class WorkspaceTransfer:
         login = self._login(ctx, ws)
         if login is not None:
             key, params, adopted = login
-            said = (
-                f"remove {ws.owner}'s adopted Dex login (made by hand before kf-chatops)"
-                if adopted
-                else f"remove the Dex login kf-chatops made for {ws.owner}"
-            )
-            steps.append(Step(ActionName.DEX_USER_REMOVE, key, params, said))
+            if adopted:
+                # Its removal needs the shape adoption recorded and an approval of its own: the
+                # offboarding files ``login.remove`` for it (a step here without them failed the
+                # whole transfer at apply, ``check_removable``).
+                warnings.append(f"{ws.owner}'s adopted Dex login stays: `login.remove` takes it, "
+                                "with an admin's approval.")
+            else:
+                steps.append(Step(ActionName.DEX_USER_REMOVE, key, params,
+                                  f"remove the Dex login kf-chatops made for {ws.owner}"))
         # The new owner needs a login to open what they now own, as a share's grantee does.
         made = collaborator_login(ctx, to)
         if made is not None:
