@@ -115,7 +115,8 @@ class Oracle:
         out = {canonical(requester)}
         if kind == kinds.WorkspaceCreate.KIND:
             out.add(canonical(str(args["owner"])))
-        if kind in (kinds.Share.KIND, kinds.Unshare.KIND, kinds.PasswordResetFor.KIND, kinds.LoginRemove.KIND):
+        for_user = (kinds.Share.KIND, kinds.Unshare.KIND, kinds.PasswordResetFor.KIND, kinds.LoginRemove.KIND)
+        if kind in for_user:
             out.add(canonical(str(args["user"])))
         if kind == kinds.WorkspaceTransfer.KIND:
             out.add(canonical(str(args["to"])))
@@ -247,7 +248,8 @@ class GateMachine(RuleBasedStateMachine):
                 theirs = canonical(actor.email) == canonical(str(request.args["user"]))
                 assert alone == (not theirs), f"{who}'s reset of {request.args['user']} applied alone={alone}"
             if request.kind == kinds.LoginRemove.KIND:  # only an admin asks; another admin decides
-                assert actor.is_admin and request.state is RequestState.PENDING, f"{who} removed a login alone"
+                alone = request.state is not RequestState.PENDING
+                assert actor.is_admin and not alone, f"{who} removed a login alone"
             if request.kind == kinds.WorkspaceAdopt.KIND:  # only an admin asks; an admin always decides
                 assert actor.is_admin and request.state is RequestState.PENDING, f"{who} adopted alone"
             if request.kind in COST_KINDS:  # who may not even ask is refused before anything
@@ -379,7 +381,7 @@ class GateMachine(RuleBasedStateMachine):
                 self.requester_of[rid] = SYSTEM
                 request = self.stack.request(rid)
                 if request.kind in (kinds.WorkspaceTransfer.KIND, kinds.LoginRemove.KIND):
-                    assert request.state is RequestState.PENDING, f"an offboarding {request.kind} applied alone"
+                    assert request.state is RequestState.PENDING, f"offboarding {request.kind} alone"
                 else:
                     assert request.kind in (kinds.Unshare.KIND, kinds.TokenRevoke.KIND), request.kind
 

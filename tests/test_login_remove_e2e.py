@@ -9,25 +9,32 @@ departed owner's login, in the shape adoption recorded, and forgets its record.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 
 from handlers import errors, kinds, services
+from handlers.kinds.base import UpdateWorkspaceObjects
 from handlers.model import SYSTEM, Actor, RequestState
 from handlers.naming import dex_password_object_name
 from handlers.offboard import SlackAnswer, offboard
+from handlers.plan import JSON
+from handlers.ports import WorkspaceFacts
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
+from tests.fakes.facts import StaticFacts
 from tests.fakes.runbook import RUNBOOK_ENV, RunbookWorkspace, _dex_login, seed_runbook_workspace
 from tests.live_harness import ADMIN, ADMIN2, DEX_NAMESPACE, AwsWorld, LiveStack, live_stack, seed_aws
+from tests.test_kinds import RUNBOOK
 
 BYSTANDER = "bystander@example.com"
 """A login made by hand that no workspace records: never the bot's to remove."""
 Seeded = tuple[LiveStack, RunbookWorkspace]
+RUNBOOK_AT = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -149,3 +156,43 @@ def test_only_admins_ask_and_only_for_logins_the_bot_made_or_adopted(runbook: Se
     with pytest.raises(errors.InvalidInput, match="neither made nor adopted"):
         stack.submit(ADMIN, f"login remove {made.contributor}")  # adopted as a grant, no login record
     assert _logins(stack, made.dex_mode) >= {made.owner, BYSTANDER}
+
+
+# -- the plan (pure) --------------------------------------------------------------------------------
+
+
+def _legacy(owner: str, entry: dict[str, JSON]) -> StaticFacts:
+    ws = WorkspaceFacts("legacy", "legacy", owner, created={"DexUser/gone@example.com": entry}, pvcs=0)
+    return StaticFacts(workspaces={ws.name: ws})
+
+
+ADOPTED_NO_SHAPE: dict[str, JSON] = {
+    "action": "dex.user", "adopted": True, "params": {"email": "gone@example.com", "mode": "configmap"},
+}
+MADE: dict[str, JSON] = {"action": "dex.user", "params": {"email": "gone@example.com", "mode": "password-cr"}}
+
+
+@pytest.mark.parametrize(
+    ("facts", "mode", "refusal"),
+    [
+        (_legacy("carol@example.com", MADE), "external", "upstream identity provider"),
+        (_legacy("carol@example.com", ADOPTED_NO_SHAPE), "configmap", "did not record the shape"),
+        (_legacy("gone@example.com", MADE), "password-cr", "still owns `legacy`"),
+        (StaticFacts(), "password-cr", "neither made nor adopted"),
+    ],
+)
+def test_the_plan_refuses_with_the_reason(facts: StaticFacts, mode: str, refusal: str) -> None:
+    settings = dataclasses.replace(RUNBOOK, workspace=dataclasses.replace(RUNBOOK.workspace, dex_mode=mode))
+    with pytest.raises(errors.InvalidInput, match=refusal):
+        kinds.LoginRemove("Gone@Example.com").plan(kinds.PlanContext(settings, facts, "R1"))
+
+
+def test_a_made_login_left_without_access_is_removed_as_the_bots_own() -> None:
+    plan = kinds.LoginRemove("gone@example.com").plan(
+        kinds.PlanContext(RUNBOOK, _legacy("carol@example.com", MADE), "R1")
+    )
+    (step,) = plan.steps
+    assert step.key == "legacy:DexUser/gone@example.com" and "adopted" not in step.params
+    applied = kinds.Applied("R1", "UADMIN001", plan, {0: None}, RUNBOOK_AT)
+    (change,) = kinds.LoginRemove("gone@example.com").on_success(applied).changes
+    assert change == UpdateWorkspaceObjects("legacy", remove=("DexUser/gone@example.com",))
