@@ -221,6 +221,10 @@ def offboard(
             continue
         transfer = kinds.WorkspaceTransfer(workspace, to, offboarded=True)
         file(transfer, f"{who}:transfer:{workspace}", None)
+
+    # -- login.remove (#12): an adopted login never goes with the access; an admin decides -----
+    if core.facts.login_origin(person.user) == "adopted":
+        file(kinds.LoginRemove(person.user, offboarded=True), f"{who}:login", None)
     return Offboarded(person.user, presence, tuple(filed), tuple(already), tuple(skipped), tuple(unplaced))
 
 

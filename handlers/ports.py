@@ -263,6 +263,11 @@ class Facts(Protocol):
         ``"adopted": true`` for an adopted one); None for any other login, or none."""
         ...
 
+    def login_records(self, user: str) -> tuple[str, ...]:
+        """Names of the live workspaces whose ``created`` map records the Dex login of ``user``
+        (a ``dex.user`` entry, made or adopted), sorted (``login.remove`` forgets each)."""
+        ...
+
     def has_login(self, user: str) -> bool | None:
         """Whether Dex has a login for ``user`` now, whoever made it (a Password object or a
         ``staticPasswords`` entry); None when there is no Dex to ask (dry run, ``external``)."""

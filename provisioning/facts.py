@@ -228,6 +228,19 @@ class RegistryFacts:
         # Made wins: the bot answers for a login it made even where another workspace adopted it.
         return "made" if "made" in origins else next(iter(origins), None)
 
+    def login_records(self, user: str) -> tuple[str, ...]:
+        with self.db.uow() as uow:
+            workspaces = uow.registry.list_workspaces()
+        return tuple(sorted(
+            ws.name
+            for ws in workspaces
+            if ws.deleted_at is None
+            and any(
+                entry["action"] == ActionName.DEX_USER and as_object(entry["params"]).get("email") == user
+                for entry in ws.created.values()
+            )
+        ))
+
     def has_login(self, user: str) -> bool | None:
         return None if self.logins is None else self.logins.user_exists(user)
 

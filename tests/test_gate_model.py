@@ -84,7 +84,7 @@ def canonical(email: str) -> str:
 # What the state machine explored, reported at the end of the session (tests/conftest.py).
 EXPLORED: Counter[str] = Counter()
 CELLS: set[tuple[str, str]] = set()
-ACTIONS_PER_ACTOR = 22  # seventeen kinds to submit; approve, reject, cancel, retry, show token
+ACTIONS_PER_ACTOR = 23  # eighteen kinds to submit; approve, reject, cancel, retry, show token
 SYSTEM_CELLS = 6  # the engine, timers, offboarding, three hand edits of the database
 
 
@@ -115,7 +115,8 @@ class Oracle:
         out = {canonical(requester)}
         if kind == kinds.WorkspaceCreate.KIND:
             out.add(canonical(str(args["owner"])))
-        if kind in (kinds.Share.KIND, kinds.Unshare.KIND, kinds.PasswordResetFor.KIND):
+        for_user = (kinds.Share.KIND, kinds.Unshare.KIND, kinds.PasswordResetFor.KIND, kinds.LoginRemove.KIND)
+        if kind in for_user:
             out.add(canonical(str(args["user"])))
         if kind == kinds.WorkspaceTransfer.KIND:
             out.add(canonical(str(args["to"])))
@@ -246,6 +247,9 @@ class GateMachine(RuleBasedStateMachine):
                 alone = request.state is RequestState.APPROVED
                 theirs = canonical(actor.email) == canonical(str(request.args["user"]))
                 assert alone == (not theirs), f"{who}'s reset of {request.args['user']} applied alone={alone}"
+            if request.kind == kinds.LoginRemove.KIND:  # only an admin asks; another admin decides
+                alone = request.state is not RequestState.PENDING
+                assert actor.is_admin and not alone, f"{who} removed a login alone"
             if request.kind == kinds.WorkspaceAdopt.KIND:  # only an admin asks; an admin always decides
                 assert actor.is_admin and request.state is RequestState.PENDING, f"{who} adopted alone"
             if request.kind in COST_KINDS:  # who may not even ask is refused before anything
@@ -336,6 +340,10 @@ class GateMachine(RuleBasedStateMachine):
     def password_reset(self, who: str, user: str) -> None:
         self._submit(who, kinds.PasswordResetFor(user))
 
+    @rule(who=who, user=person)
+    def login_remove(self, who: str, user: str) -> None:
+        self._submit(who, kinds.LoginRemove(user))
+
     # -- cost control (#11): the same requests a report's buttons file ------------------------------
     @rule(who=who, ws=workspace, notebook=st.sampled_from(("nb1", "nb2")))
     def stop_notebook(self, who: str, ws: str, notebook: str) -> None:
@@ -372,8 +380,8 @@ class GateMachine(RuleBasedStateMachine):
                 self.requests.append(rid)
                 self.requester_of[rid] = SYSTEM
                 request = self.stack.request(rid)
-                if request.kind == kinds.WorkspaceTransfer.KIND:
-                    assert request.state is RequestState.PENDING, "an offboarding transfer applied alone"
+                if request.kind in (kinds.WorkspaceTransfer.KIND, kinds.LoginRemove.KIND):
+                    assert request.state is RequestState.PENDING, f"offboarding {request.kind} alone"
                 else:
                     assert request.kind in (kinds.Unshare.KIND, kinds.TokenRevoke.KIND), request.kind
 

@@ -338,7 +338,7 @@ def test_the_grammar_yields_a_slot_for_every_argument() -> None:
             "workspace delete:--confirm", "token:--audience", "token revoke:TOKEN_ID", "quota:--memory",
             "help:COMMAND", "reject:REASON", "as:EMAIL", "gpu stop:WORKSPACE/NOTEBOOK|NOTEBOOK", "gpu up:N",
             "gpu down:WORKSPACE", "gpu snooze:DURATION", "gpu snooze:WORKSPACE|WORKSPACE/NOTEBOOK",
-            "workspace resize:--instance-type", "workspace resize:NAME"} <= names
+            "workspace resize:--instance-type", "workspace resize:NAME", "login remove:EMAIL"} <= names
     assert len(SLOTS) >= 35
 
 

@@ -169,21 +169,22 @@ def test_the_chart_exposes_the_new_settings_as_values() -> None:
     assert set(re.findall(_NAME, helpers)) - _settings_read() == set()
 
 
-def test_an_offboarding_transfer_removes_only_a_login_the_bot_made() -> None:
-    """A left owner's transfer removes the login kf-chatops made for them, and keeps (and says it
-    keeps) one that was adopted: someone's hand-made login is never a transfer's to remove."""
+def test_an_offboarding_transfer_removes_a_made_login_and_leaves_an_adopted_one_to_login_remove() -> None:
+    """The approver of a left owner's transfer sees the made login go with it; an adopted one stays
+    (a step without ``adopted`` and the recorded shape failed the whole transfer at apply), and the
+    card says ``login.remove`` takes it."""
 
 
     ws = digests._team()
     key = next(k for k, e in ws.created.items() if e["action"] == "dex.user")
     adopted = dataclasses.replace(ws, created={**ws.created, key: {**ws.created[key], "adopted": True}})
     transfer = kinds.WorkspaceTransfer(ws.name, "d@example.com", offboarded=True)
-    plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: ws}))
-    (step,) = [s for s in plan.steps if s.action == "dex.user.remove"]
-    assert "kf-chatops made" in step.summary, step.summary
-    kept = digests._plan(transfer, StaticFacts(workspaces={ws.name: adopted}))
-    assert "dex.user.remove" not in [s.action for s in kept.steps]
-    assert any("adopted" in w and "kept" in w for w in kept.warnings), kept.warnings
+    made_plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: ws}))
+    (step,) = [s for s in made_plan.steps if s.action == "dex.user.remove"]
+    assert "made" in step.summary, step.summary
+    adopted_plan = digests._plan(transfer, StaticFacts(workspaces={ws.name: adopted}))
+    assert "dex.user.remove" not in [s.action for s in adopted_plan.steps]
+    assert any("`login.remove` takes it" in w for w in adopted_plan.warnings), adopted_plan.warnings
 
 
 def test_the_new_owner_of_a_transfer_is_told_and_gets_the_login_they_lack() -> None:

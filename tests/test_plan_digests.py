@@ -176,6 +176,15 @@ def _adopted(discovery: Discovery | None = None) -> StaticFacts:
     return StaticFacts(workspaces={ws.name: ws})
 
 
+def _owner_left(discovery: Discovery | None = None) -> StaticFacts:
+    """The adopted workspace after its owner left and an admin gave it to someone else: the adopted
+    login of the old owner stays recorded (``login.remove``)."""
+    facts = _adopted(discovery)
+    ws = facts.workspaces["aic-ns-legacy-ws"]
+    facts.workspaces[ws.name] = dataclasses.replace(ws, owner="carol@example.com")
+    return facts
+
+
 CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
     "create-gpu": (kinds.WorkspaceCreate("team-a", "Owner@Example.com", gpu=1), None, RUNBOOK),
     "create-cpu-nodegroup": (
@@ -298,6 +307,14 @@ CASES: dict[str, tuple[kinds.RequestKind, StaticFacts | None, CoreSettings]] = {
         StaticFacts(orphans={"bucket:s3-an2-aic-dev-gone"}),
         RUNBOOK,
     ),
+    # login.remove (#12): frozen from its first release on.
+    "login-remove-adopted": (
+        kinds.LoginRemove("legacy.owner@example.com"), _owner_left(_legacy_discovery_shapes()), RUNBOOK
+    ),
+    "login-remove-offboarded-waits": (
+        kinds.LoginRemove("legacy.owner@example.com", offboarded=True), _adopted(_legacy_discovery_shapes()),
+        RUNBOOK,
+    ),
     "drift-cleanup-nodegroup-purge": (
         kinds.DriftCleanup("nodegroup:ng-an2-aicond-gone-ws-standard", purge_data=True),
         StaticFacts(orphans={"nodegroup:ng-an2-aicond-gone-ws-standard"}),
@@ -373,6 +390,10 @@ GOLDEN: dict[str, str] = {
     "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
     "adopt-runbook-role-and-shapes": "a8c1afb6dd7adc5ef6ae07e52e32525c2754cee6c4ce466e33c3d090e382fa22",
     "delete-adopted-role-and-shapes": "f67bc655fda4a8502e75ea0f8cd3adcaf58d44134051a9b42a1044880049639d",
+    # login.remove (#12), computed by its first release. One waiting on the access offboarding
+    # takes has no step yet: the empty plan's digest, so the re-plan at apply finds the removal.
+    "login-remove-adopted": "c4103bcdc643f20861c77fd32e3514086ecfedb54543102064a58e1b156006e0",
+    "login-remove-offboarded-waits": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
 }
 """Computed by the code of 7b032e4 for ``CASES``, except the cost-control kinds (by their first
 release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` AuthorizationPolicy step

@@ -35,6 +35,7 @@ from handlers.kinds.drift_adopt import DriftAdopt
 from handlers.kinds.drift_cleanup import DriftCleanup
 from handlers.kinds.gpu_hold import GpuHold
 from handlers.kinds.gpu_scale import DOWN_SYNTAX, DOWN_USAGE, GpuScale
+from handlers.kinds.login_remove import LoginRemove
 from handlers.kinds.notebook_stop import NotebookStop
 from handlers.kinds.password_reset import PasswordResetFor
 from handlers.kinds.quota import QUOTA_FLAGS, QuotaChange, quota_subject, quota_timer_ref
@@ -79,6 +80,7 @@ KINDS: Mapping[str, type[RequestKind]] = {
         WorkspaceAdopt,
         DriftAdopt,
         DriftCleanup,
+        LoginRemove,
     )
 }
 
@@ -130,6 +132,7 @@ __all__ = [
     "DriftCleanup",
     "GpuHold",
     "GpuScale",
+    "LoginRemove",
     "NotebookStop",
     "PasswordResetFor",
     "PlanContext",

@@ -151,8 +151,8 @@ class WorkspaceTransfer:
         warnings = [data_held(ws, ctx.facts.data_held(ws.name)), f"{ws.owner} loses the owner's access."]
         if self._adopted_login(ctx, ws):
             warnings.append(
-                f"{ws.owner}'s Dex login is kept: it was adopted (made by hand), and a transfer "
-                "never removes an adopted login; an admin removes it by hand if it should go."
+                f"{ws.owner}'s adopted Dex login stays: it was made by hand, and a transfer never "
+                "removes an adopted login; `login.remove` takes it, with an admin's approval."
             )
         login = self._login(ctx, ws)
         if login is not None:

@@ -40,6 +40,13 @@ class StaticFacts:
             return "made"
         return "adopted" if user in self.logins_adopted else None
 
+    def login_records(self, user: str) -> tuple[str, ...]:
+        return tuple(sorted(
+            name for name, ws in self.workspaces.items()
+            if any(e.get("action") == "dex.user" and isinstance(e.get("params"), dict)
+                   and e["params"].get("email") == user for e in ws.created.values())
+        ))
+
     def has_login(self, user: str) -> bool | None:
         return user not in self.without_login
 
