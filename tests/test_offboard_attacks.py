@@ -320,7 +320,7 @@ def test_an_offboarding_transfer_keeps_the_adopted_owners_dex_login(
     )
     assert transfer.plan is not None
     assert ActionName.DEX_USER_REMOVE not in [s.action for s in transfer.plan.steps]
-    assert any("Dex login is kept: it was adopted" in w for w in transfer.plan.warnings)
+    assert any("adopted Dex login stays" in w for w in transfer.plan.warnings)
     stack.approve(transfer.id, ADMIN)
     stack.run()
     assert stack.request(transfer.id).state is RequestState.SUCCEEDED
