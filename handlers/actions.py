@@ -244,10 +244,12 @@ class ProfileRemoveParams(StepParams):
     ACTION: ClassVar[ActionName] = ActionName.PROFILE_REMOVE
     name: str
     purge_data: bool
+    adopted: bool = False
+    """A live workspace records the Profile as adopted (``provisioning.actions.check_removable``)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("name"), f.flag("purge_data"), request=f.request())
+        return cls(f.text("name"), f.flag("purge_data"), f.flag("adopted"), request=f.request())
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ statement naming the bucket, stay, and the plan says so.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -204,6 +205,24 @@ def test_a_role_shared_with_other_principals_is_kept_by_delete_adopted(
     stack.run()
     assert stack.request(named.id).state is RequestState.SUCCEEDED
     assert iam.get_role(RoleName=ROLE)
+
+
+@pytest.mark.parametrize("whose", ["node", "bot"])
+def test_the_node_role_and_the_bots_own_role_are_never_adopted(
+    runbook: tuple[LiveStack, RunbookWorkspace], monkeypatch: pytest.MonkeyPatch, whose: str
+) -> None:
+    stack, made = runbook
+    _seed_role(stack, made, (made.bucket,))
+    arn = stack.aws("iam").get_role(RoleName=ROLE)["Role"]["Arn"]
+    discoverer = stack.backend.facts.discoverer  # type: ignore[attr-defined]
+    if whose == "node":
+        workspace = dataclasses.replace(discoverer.core.workspace, node_role_arn=arn)
+        monkeypatch.setattr(discoverer, "core", dataclasses.replace(discoverer.core, workspace=workspace))
+    else:
+        monkeypatch.setattr(discoverer.aws, "own_role_arn", lambda: arn)
+    request = stack.submit(ADMIN, f"workspace adopt {made.namespace}")
+    assert not [s for s in request.plan.steps if s.key.startswith("IamRole/")]
+    assert f"Bucket/{made.bucket}" in {s.key for s in request.plan.steps}
 
 
 def test_a_role_that_gained_a_managed_policy_since_adoption_is_refused_at_apply(
