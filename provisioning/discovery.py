@@ -147,6 +147,7 @@ class Discoverer:
         self, db: Database, core: CoreSettings, kubeflow: KubeflowActions, dex: DexActions, aws: AwsActions
     ) -> None:
         self.db, self.core, self.kubeflow, self.dex, self.aws = db, core, kubeflow, dex, aws
+        self._own_arn = ""
 
     def _world(self) -> _World:
         with self.db.uow() as uow:
@@ -324,11 +325,14 @@ class Discoverer:
         return world.problems.get(namespace, "the profile controller has made no namespace for it")
 
     def _own_role_arn(self) -> str:
-        try:
-            return self.aws.own_role_arn()
-        except KfError:
-            # Unknown: the node role check still holds; an unreadable identity adopts nothing extra.
-            return ""
+        # The bot's credentials do not change role while it runs: asked once (a scan adopts many).
+        if not self._own_arn:
+            try:
+                self._own_arn = self.aws.own_role_arn()
+            except KfError:
+                # Unknown: the node role check still holds; retried at the next adoption.
+                return ""
+        return self._own_arn
 
     def _role(self, world: _World, namespace: str, buckets: list[str]) -> FoundObject | None:
         """The workspace's IAM role (per-workspace IAM, or one made by hand for IRSA): the one the
