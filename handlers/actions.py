@@ -244,10 +244,12 @@ class ProfileRemoveParams(StepParams):
     ACTION: ClassVar[ActionName] = ActionName.PROFILE_REMOVE
     name: str
     purge_data: bool
+    adopted: bool = False
+    """A live workspace records the Profile as adopted (``provisioning.actions.check_removable``)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("name"), f.flag("purge_data"), request=f.request())
+        return cls(f.text("name"), f.flag("purge_data"), f.flag("adopted"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -601,10 +603,12 @@ class LaunchTemplateParams(StepParams):
 class LaunchTemplateRemoveParams(StepParams):
     ACTION: ClassVar[ActionName] = ActionName.LAUNCH_TEMPLATE_REMOVE
     name: str
+    adopted: bool = False
+    """The step names the template as adopted (``provisioning.actions.check_removable``)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("name"), request=f.request())
+        return cls(f.text("name"), f.flag("adopted"), request=f.request())
 
 
 @dataclass(frozen=True)
@@ -634,12 +638,22 @@ class WorkspaceRoleParams(StepParams):
 
 @dataclass(frozen=True)
 class WorkspaceRoleRemoveParams(StepParams):
+    """``adopted``: a live workspace records the role as adopted (``check_removable``); such a role
+    is deleted only while it still serves ``namespace`` alone and grants no bucket but ``bucket``
+    (the create step's fields, which a removal step carries)."""
+
     ACTION: ClassVar[ActionName] = ActionName.WORKSPACE_ROLE_REMOVE
     name: str
+    adopted: bool = False
+    namespace: str = ""
+    bucket: str = ""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("name"), request=f.request())
+        return cls(
+            f.text("name"), f.flag("adopted"), f.optional_text("namespace"), f.optional_text("bucket"),
+            request=f.request(),
+        )
 
 
 @dataclass(frozen=True)

@@ -1458,6 +1458,13 @@ class AwsActions:
             self._delete_launch_template(params.name)
 
     def _remove_launch_template(self, params: LaunchTemplateRemoveParams) -> StepOutcome:
+        # A template of that name may be someone's by hand (the record is stale, or never was ours).
+        with _aws_call(f"deleting launch template {params.name}"):
+            template = self._find_launch_template(params.name)
+        if template is None:
+            return StepOutcome(created=False, details={"deleted": False})
+        tags = {t["Key"]: t["Value"] for t in template.get("Tags", [])}
+        check_removable(f"EC2 launch template {params.name}", marked=MARK_TAG in tags, adopted=params.adopted)
         return StepOutcome(created=False, details={"deleted": self._delete_launch_template(params.name)})
 
     # -- aws.workspace_role --
@@ -1533,7 +1540,65 @@ class AwsActions:
             self._delete_role(params.name)
 
     def _remove_workspace_role(self, params: WorkspaceRoleRemoveParams) -> StepOutcome:
-        return StepOutcome(created=False, details={"deleted": self._delete_role(params.name)})
+        """The mark, or ``adopted: true`` and the role still serving only this workspace, re-read
+        now: a role that has since gained a principal, a managed policy or another bucket stays."""
+        name = params.name
+        with _aws_call(f"deleting IAM role {name}"):
+            role = self._get_role(name)
+            if role is None:
+                return StepOutcome(created=False, details={"deleted": False})
+            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            if MARK_TAG not in tags and params.adopted:
+                problem = self._shared_role_problem(role, params.namespace, params.bucket)
+                if problem:
+                    raise PermanentError(
+                        f"IAM role {name} is not deleted: {problem}, so something besides this "
+                        "workspace may use it. Delete it by hand if nothing does."
+                    )
+        check_removable(f"IAM role {name}", marked=MARK_TAG in tags, adopted=params.adopted)
+        return StepOutcome(created=False, details={"deleted": self._delete_role(name)})
+
+    def _role_grants(self, name: str) -> tuple[list[str], list[str]]:
+        """The S3 resources a role's inline policies grant (``*``, ``NotResource`` and non-S3
+        wildcards count as ``arn:aws:s3:::*``: every bucket) and its attached managed policies."""
+        iam = self._iam()
+        resources: list[str] = []
+        for policy_page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+            for policy in policy_page["PolicyNames"]:
+                answer = iam.get_role_policy(RoleName=name, PolicyName=policy)
+                document = _decoded(answer["PolicyDocument"])
+                for statement in _as_list(document.get("Statement", [])):
+                    if not isinstance(statement, Mapping):
+                        continue
+                    if "NotResource" in statement:
+                        resources.append(_EVERY_BUCKET)
+                    for r in _as_list(statement.get("Resource", [])):
+                        if _bucket_of(str(r)):
+                            resources.append(str(r))
+                        elif "*" in str(r) or "?" in str(r):
+                            resources.append(_EVERY_BUCKET)
+        attached = [
+            str(a["PolicyArn"])
+            for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=name)
+            for a in page["AttachedPolicies"]
+        ]
+        return resources, attached
+
+    def _shared_role_problem(self, role: Mapping[str, Any], namespace: str, bucket: str) -> str:
+        """Why an adopted role may serve more than workspace ``namespace`` (empty when it serves only
+        it): its trust policy must let in only this namespace's default-editor through one OIDC
+        provider, no managed policy may be attached, and its inline policies grant only ``bucket``."""
+        name = str(role["RoleName"])
+        if not namespace or not _trusts_only(_decoded(role.get("AssumeRolePolicyDocument")),
+                                            workspace_iam.subject(namespace)):
+            return f"its trust policy lets in more than {workspace_iam.subject(namespace)}"
+        resources, attached = self._role_grants(name)
+        if attached:
+            return f"managed policies are attached to it ({', '.join(attached)})"
+        others = sorted({b for r in resources if (b := _bucket_of(r)) and b != bucket})
+        if others:
+            return f"it grants bucket(s) other than {bucket or 'none'} ({', '.join(others)})"
+        return ""
 
     def find_workspace_role(self, namespace: str, role: str | None = None) -> dict[str, Any] | None:
         """The IAM role a workspace's pods use, for adoption: ``role`` (a name or ARN, such as the
@@ -1541,8 +1606,10 @@ class AwsActions:
         role whose trust policy names ``system:serviceaccount:NAMESPACE:default-editor`` (tags are
         not searched: ListRoles returns trust policies but no tags). None when there is none.
 
-        Returns ``{"name", "arn", "tags", "trusts_namespace", "bucket_resources"}``:
-        ``bucket_resources`` are the S3 ARNs its inline policies grant."""
+        Returns ``{"name", "arn", "tags", "trusts_namespace", "bucket_resources", "attached_policies"}``:
+        ``trusts_namespace`` only when that default-editor is all its trust policy lets in
+        (``_trusts_only``); ``bucket_resources`` the S3 ARNs its inline policies grant, ``*`` as
+        ``arn:aws:s3:::*``; ``attached_policies`` its managed policies' ARNs."""
         subject = workspace_iam.subject(namespace)
         candidates = [role.rsplit("/", 1)[-1]] if role else []
         candidates.append(workspace_iam.role_name(namespace))
@@ -1559,24 +1626,15 @@ class AwsActions:
             if found is None:
                 return None
             name = str(found["RoleName"])
-            iam = self._iam()
-            tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=name)["Tags"]}
-            resources: list[str] = []
-            for policy_page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
-                for policy in policy_page["PolicyNames"]:
-                    answer = iam.get_role_policy(RoleName=name, PolicyName=policy)
-                    document = _decoded(answer["PolicyDocument"])
-                    for statement in _as_list(document.get("Statement", [])):
-                        if isinstance(statement, Mapping):
-                            resources.extend(
-                                str(r) for r in _as_list(statement.get("Resource", [])) if _bucket_of(str(r))
-                            )
+            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            resources, attached = self._role_grants(name)
         return {
             "name": name,
             "arn": str(found.get("Arn", "")),
             "tags": tags,
-            "trusts_namespace": _trusts(_decoded(found.get("AssumeRolePolicyDocument")), subject),
+            "trusts_namespace": _trusts_only(_decoded(found.get("AssumeRolePolicyDocument")), subject),
             "bucket_resources": resources,
+            "attached_policies": attached,
         }
 
 
@@ -1605,6 +1663,43 @@ def _decoded(document: Any) -> dict[str, Any]:
         except ValueError:
             return {}
     return dict(document) if isinstance(document, Mapping) else {}
+
+
+_EVERY_BUCKET: Final = "arn:aws:s3:::*"
+
+
+def _trusts_only(document: Mapping[str, Any], subject: str) -> bool:
+    """Whether a trust policy lets in ``subject`` and nothing else: one ``Allow`` statement, one
+    federated principal (an OIDC provider), only ``sts:AssumeRoleWithWebIdentity``, exactly one
+    ``:sub`` condition equal to ``subject`` (and at most an ``:aud`` one). Anything broader (more
+    subjects, wildcards, other principals, ``Not*`` elements) may be someone else's way in."""
+    statements = _as_list(document.get("Statement", []))
+    if len(statements) != 1 or not isinstance(statements[0], Mapping):
+        return False
+    statement = statements[0]
+    if set(statement) - {"Sid", "Effect", "Principal", "Action", "Condition"}:
+        return False
+    if statement.get("Effect") != "Allow":
+        return False
+    principal = statement.get("Principal")
+    if not isinstance(principal, Mapping) or set(principal) != {"Federated"}:
+        return False
+    federated = _as_list(principal["Federated"])
+    if len(federated) != 1 or ":oidc-provider/" not in str(federated[0]):
+        return False
+    if _as_list(statement.get("Action")) != ["sts:AssumeRoleWithWebIdentity"]:
+        return False
+    conditions = statement.get("Condition")
+    if not isinstance(conditions, Mapping) or set(conditions) != {"StringEquals"}:
+        return False
+    condition = conditions["StringEquals"]
+    if not isinstance(condition, Mapping):
+        return False
+    subs = [k for k in condition if str(k).endswith(":sub")]
+    auds = [k for k in condition if str(k).endswith(":aud")]
+    if len(subs) != 1 or len(subs) + len(auds) != len(condition):
+        return False
+    return _as_list(condition[subs[0]]) == [subject]
 
 
 def _trusts(document: Mapping[str, Any], subject: str) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 from handlers import workspace_iam
 from handlers.actions import ActionName
-from handlers.errors import InvalidInput, PermanentError
+from handlers.errors import InvalidInput, KfError, PermanentError
 from handlers.naming import RESERVED_NAMESPACES, NamingSettings, normalize_email
 from handlers.naming import show_value as naming_show
 from handlers.plan import JSON, as_list
@@ -147,6 +147,7 @@ class Discoverer:
         self, db: Database, core: CoreSettings, kubeflow: KubeflowActions, dex: DexActions, aws: AwsActions
     ) -> None:
         self.db, self.core, self.kubeflow, self.dex, self.aws = db, core, kubeflow, dex, aws
+        self._own_arn = ""
 
     def _world(self) -> _World:
         with self.db.uow() as uow:
@@ -323,6 +324,16 @@ class Discoverer:
             return "it belongs to the platform"
         return world.problems.get(namespace, "the profile controller has made no namespace for it")
 
+    def _own_role_arn(self) -> str:
+        # The bot's credentials do not change role while it runs: asked once (a scan adopts many).
+        if not self._own_arn:
+            try:
+                self._own_arn = self.aws.own_role_arn()
+            except KfError:
+                # Unknown: the node role check still holds; retried at the next adoption.
+                return ""
+        return self._own_arn
+
     def _role(self, world: _World, namespace: str, buckets: list[str]) -> FoundObject | None:
         """The workspace's IAM role (per-workspace IAM, or one made by hand for IRSA): the one the
         Profile's plugin names, else the bot's name for it, else one whose trust policy names
@@ -334,6 +345,11 @@ class Discoverer:
         name = str(found["name"])
         tags = {str(k): str(v) for k, v in dict(found["tags"]).items()}
         if f"IamRole/{name}" in world.managed_keys or MARK_TAG in tags:
+            return None
+        # The nodes' role and the bot's own keep the cluster and the bot running: never anyone's to
+        # adopt (and so never deleted with a workspace), whatever their trust policy names.
+        arn = str(found["arn"])
+        if arn and arn in {self.core.workspace.node_role_arn, self._own_role_arn()}:
             return None
         if plugin_role and plugin_role.rsplit("/", 1)[-1] == name:
             how = "the Profile's AwsIamForServiceAccount plugin"
@@ -352,6 +368,9 @@ class Discoverer:
             "trusts_namespace": bool(found["trusts_namespace"]),
             "other_buckets": [b for b in granted if b not in buckets],
         }
+        attached = [str(a) for a in found.get("attached_policies") or []]
+        if attached:
+            params["attached_policies"] = attached
         return FoundObject(ActionName.WORKSPACE_ROLE, f"IamRole/{name}", name, params, how)
 
     def bucket_candidates(

@@ -77,7 +77,7 @@ from handlers.plan import JSON, StepOutcome
 from handlers.ports import Clock
 from handlers.units import parse_quantity
 from provisioning import k8s
-from provisioning.actions import Action, TypedAction, registry_of
+from provisioning.actions import Action, TypedAction, check_removable, registry_of
 from provisioning.k8s import Kube, Obj
 from provisioning.records import QuotaState, WorkspaceState
 from provisioning.settings import CostProbeSettings, KubeflowSettings
@@ -436,6 +436,10 @@ class KubeflowActions:
         profile = self.kube.get(k8s.PROFILE, name)
         deleted = False
         if profile is not None and not (profile.get("metadata") or {}).get("deletionTimestamp"):
+            # The Profile takes its namespace and everything in it: only the bot's (its create
+            # call writes the mark) or one the approved step names as adopted.
+            check_removable(f"Kubeflow Profile `{name}`", marked=k8s.MARK_KEY in k8s.labels_of(profile),
+                            adopted=params.adopted)
             pvcs = self.kube.list(k8s.PVC, name)
             if pvcs and not params.purge_data:
                 raise PermanentError(f"Namespace `{name}` still has {len(pvcs)} PersistentVolumeClaim(s); "

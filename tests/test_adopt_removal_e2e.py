@@ -11,6 +11,7 @@ statement naming the bucket, stay, and the plan says so.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -183,6 +184,68 @@ def test_delete_adopted_removes_the_runbook_shapes_and_the_adopted_role(
     assert made.owner not in _static_emails(stack)
     assert made.bucket not in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
     assert stack.backend.workspaces() == []
+
+
+def test_a_role_shared_with_other_principals_is_kept_by_delete_adopted(
+    runbook: tuple[LiveStack, RunbookWorkspace],
+) -> None:
+    stack, made = runbook
+    _seed_role(stack, made, (made.bucket,))
+    iam = stack.aws("iam")
+    shared = workspace_iam.trust_policy(PROVIDER, made.namespace)
+    shared["Statement"].append({"Effect": "Allow", "Action": "sts:AssumeRole",
+                                "Principal": {"AWS": "arn:aws:iam::123456789012:role/ci-deployer"}})
+    iam.update_assume_role_policy(RoleName=ROLE, PolicyDocument=json.dumps(shared))
+    _adopt(stack, made)
+    named = _delete_adopted(stack, made)
+    assert f"IamRole/{ROLE}" not in {s.key for s in named.plan.steps}
+    assert any(w.startswith(f"kept: IAM role `{ROLE}`, because its trust policy does not name this "
+                            "namespace's default-editor alone") for w in named.plan.warnings)
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED
+    assert iam.get_role(RoleName=ROLE)
+
+
+@pytest.mark.parametrize("whose", ["node", "bot"])
+def test_the_node_role_and_the_bots_own_role_are_never_adopted(
+    runbook: tuple[LiveStack, RunbookWorkspace], monkeypatch: pytest.MonkeyPatch, whose: str
+) -> None:
+    stack, made = runbook
+    _seed_role(stack, made, (made.bucket,))
+    arn = stack.aws("iam").get_role(RoleName=ROLE)["Role"]["Arn"]
+    discoverer = stack.backend.facts.discoverer  # type: ignore[attr-defined]
+    if whose == "node":
+        workspace = dataclasses.replace(discoverer.core.workspace, node_role_arn=arn)
+        monkeypatch.setattr(discoverer, "core", dataclasses.replace(discoverer.core, workspace=workspace))
+    else:
+        monkeypatch.setattr(discoverer.aws, "own_role_arn", lambda: arn)
+    request = stack.submit(ADMIN, f"workspace adopt {made.namespace}")
+    assert not [s for s in request.plan.steps if s.key.startswith("IamRole/")]
+    assert f"Bucket/{made.bucket}" in {s.key for s in request.plan.steps}
+
+
+def test_a_role_that_gained_a_managed_policy_since_adoption_is_refused_at_apply(
+    runbook: tuple[LiveStack, RunbookWorkspace],
+) -> None:
+    stack, made = runbook
+    _seed_role(stack, made, (made.bucket,))
+    iam = stack.aws("iam")
+    _adopt(stack, made)
+    # Adopted while it served only this workspace; a CI pipeline attached a policy since.
+    deploy = iam.create_policy(PolicyName="ProdDeploy", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]}
+    ))["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=ROLE, PolicyArn=deploy)
+    named = _delete_adopted(stack, made)
+    step = {s.key: s for s in named.plan.steps}[f"IamRole/{ROLE}"]
+    assert step.params["adopted"] is True
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    failed = stack.request(named.id)
+    assert failed.state is not RequestState.SUCCEEDED
+    assert "managed policies are attached" in str(failed.error)
+    assert [r["RoleName"] for r in iam.list_entities_for_policy(PolicyArn=deploy)["PolicyRoles"]] == [ROLE]
 
 
 @pytest.fixture

@@ -191,7 +191,8 @@ def test_slow_controller_is_a_temporary_error_after_the_timeout(apiserver: FakeA
 
 
 def test_profile_remove_keeps_data_unless_purged(apiserver: FakeApiServer, kf: KubeflowActions) -> None:
-    ns = workspace(kf)
+    ns = "team-a"
+    kf.registry()["kubeflow.profile"].ensure({**profile_params(ns), "_request": "RREQ1"})
     for i in range(2):
         apiserver.seed({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                         "metadata": {"name": f"vol-{i}", "namespace": ns}, "spec": {}})
@@ -206,6 +207,22 @@ def test_profile_remove_keeps_data_unless_purged(apiserver: FakeApiServer, kf: K
     assert apiserver.get("kubeflow.org/v1", "profiles", ns) is None
     assert apiserver.get("v1", "namespaces", ns) is None
     assert remove.ensure({**profile_params(), "purge_data": True}).created is False  # already gone: done
+
+
+def test_profile_remove_refuses_a_profile_without_the_mark_unless_adopted(
+    apiserver: FakeApiServer, kf: KubeflowActions
+) -> None:
+    ns = workspace(kf)  # called directly: made without a request's mark, as if by hand
+    remove = kf.registry()["kubeflow.profile.remove"]
+
+    with pytest.raises(PermanentError, match="Kubeflow Profile `team-a` carries neither"):
+        remove.ensure({**profile_params(), "purge_data": True})
+    assert apiserver.get("kubeflow.org/v1", "profiles", ns) is not None
+    assert apiserver.get("v1", "namespaces", ns) is not None
+
+    outcome = remove.ensure({**profile_params(), "purge_data": True, "adopted": True})
+    assert outcome.details["deleted"] is True
+    assert apiserver.get("kubeflow.org/v1", "profiles", ns) is None
 
 
 # -- PodDefault ---------------------------------------------------------------------------------

@@ -165,12 +165,119 @@ def test_the_adopt_helper_finds_a_workspace_role_by_name_plugin_or_trust(aws: Aw
         "tags": {"team": "a"},
         "trusts_namespace": True,
         "bucket_resources": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"],
+        "attached_policies": [],
     }
     assert actions.find_workspace_role("other-ws") is None
 
     actions.registry()["aws.workspace_role"].ensure(role_params())
     found = actions.find_workspace_role(NS)
     assert found is not None and found["name"] == ROLE and found["tags"]["kf-chatops/request"] == "RREQ1"
+
+
+# -- removing a role the bot did not make (adopted, or not ours at all) ------------------------------
+
+
+def hand_made_role(
+    aws: AwsEnv, name: str, trust: dict[str, Any], inline: dict[str, Any] | None = None
+) -> None:
+    iam = aws.client("iam")
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+    iam.put_role_policy(RoleName=name, PolicyName="bucket", PolicyDocument=json.dumps(
+        inline or workspace_iam.bucket_policy(BUCKET)))
+
+
+def with_subjects(*subjects: str) -> dict[str, Any]:
+    trust = json.loads(json.dumps(EXPECTED_TRUST))
+    trust["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"] = list(subjects)
+    return trust
+
+
+SHARED_TRUSTS: dict[str, dict[str, Any]] = {
+    "another namespace's account too": with_subjects(workspace_iam.subject(NS),
+                                                    "system:serviceaccount:prod-pipelines:runner"),
+    "a CI role too": {**EXPECTED_TRUST, "Statement": [*EXPECTED_TRUST["Statement"], {
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:role/ci-deployer"},
+        "Action": "sts:AssumeRole"}]},
+    "a wildcard subject": {**EXPECTED_TRUST, "Statement": [{**EXPECTED_TRUST["Statement"][0], "Condition": {
+        "StringLike": {f"{ISSUER}:sub": f"system:serviceaccount:{NS}:*"}}}]},
+    "another namespace only": with_subjects("system:serviceaccount:prod-pipelines:runner"),
+}
+
+
+def test_a_role_not_made_by_the_bot_is_removed_only_when_the_step_says_adopted(aws: AwsEnv) -> None:
+    # A stale record, or a same-named role made by hand since: not the bot's to delete.
+    hand_made_role(aws, ROLE, EXPECTED_TRUST)
+    remove = aws.actions().registry()["aws.workspace_role.remove"]
+    with pytest.raises(PermanentError, match=f"IAM role {ROLE} carries neither"):
+        remove.ensure({"name": ROLE, "namespace": NS, "bucket": BUCKET})
+    assert role_state(aws) is not None
+
+    adopted = remove.ensure({"name": ROLE, "namespace": NS, "bucket": BUCKET, "adopted": True})
+    assert adopted.details == {"deleted": True} and role_state(aws) is None
+
+
+@pytest.mark.parametrize("shape", sorted(SHARED_TRUSTS))
+def test_an_adopted_role_trusting_more_than_the_namespace_is_never_adopted_as_its_own_nor_deleted(
+    aws: AwsEnv, shape: str
+) -> None:
+    hand_made_role(aws, "shared-ml-role", SHARED_TRUSTS[shape])
+    actions = aws.actions()
+    found = actions.find_workspace_role(NS, "shared-ml-role")
+    assert found is not None and found["trusts_namespace"] is False
+
+    with pytest.raises(PermanentError, match="trust policy lets in more than"):
+        actions.registry()["aws.workspace_role.remove"].ensure(
+            {"name": "shared-ml-role", "namespace": NS, "bucket": BUCKET, "adopted": True})
+    assert role_state(aws, "shared-ml-role") is not None
+
+
+def test_an_adopted_role_with_a_managed_policy_or_other_buckets_is_kept_at_apply(aws: AwsEnv) -> None:
+    iam = aws.client("iam")
+    actions = aws.actions()
+    remove = actions.registry()["aws.workspace_role.remove"]
+    step = {"name": "ml-role", "namespace": NS, "bucket": BUCKET, "adopted": True}
+    deploy = iam.create_policy(PolicyName="ProdDeploy", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]}))
+    arn = deploy["Policy"]["Arn"]
+
+    hand_made_role(aws, "ml-role", EXPECTED_TRUST)
+    iam.attach_role_policy(RoleName="ml-role", PolicyArn=arn)
+    found = actions.find_workspace_role(NS, "ml-role")
+    assert found is not None and found["attached_policies"] == [arn]
+    with pytest.raises(PermanentError, match="managed policies are attached"):
+        remove.ensure(step)
+    roles = iam.list_entities_for_policy(PolicyArn=arn)["PolicyRoles"]
+    assert roles == [{"RoleName": "ml-role", "RoleId": found_id(aws, "ml-role")}]
+    iam.detach_role_policy(RoleName="ml-role", PolicyArn=arn)
+
+    # s3:* on "*" grants every bucket, other workspaces' included.
+    iam.put_role_policy(RoleName="ml-role", PolicyName="wide", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    found = actions.find_workspace_role(NS, "ml-role")
+    assert found is not None and "arn:aws:s3:::*" in found["bucket_resources"]
+    with pytest.raises(PermanentError, match="grants bucket"):
+        remove.ensure(step)
+    iam.delete_role_policy(RoleName="ml-role", PolicyName="wide")
+
+    assert remove.ensure(step).details == {"deleted": True} and role_state(aws, "ml-role") is None
+
+
+def found_id(aws: AwsEnv, name: str) -> str:
+    return str(aws.client("iam").get_role(RoleName=name)["Role"]["RoleId"])
+
+
+def test_a_launch_template_not_made_by_the_bot_is_removed_only_when_the_step_says_adopted(
+    aws: AwsEnv,
+) -> None:
+    ec2 = aws.client("ec2")
+    ec2.create_launch_template(LaunchTemplateName="team-a-gpu", LaunchTemplateData={})
+    remove = aws.actions().registry()["aws.launch_template.remove"]
+    with pytest.raises(PermanentError, match="EC2 launch template team-a-gpu carries neither"):
+        remove.ensure({"name": "team-a-gpu"})
+    assert ec2.describe_launch_templates()["LaunchTemplates"] != []
+    assert remove.ensure({"name": "team-a-gpu", "adopted": True}).details == {"deleted": True}
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == []
+    assert remove.ensure({"name": "team-a-gpu"}).details == {"deleted": False}
 
 
 # -- the Profile's plugin (fake apiserver, real CRD) --------------------------------------------------

@@ -88,9 +88,14 @@ def _adopted_removal(
             kept.append(f"kept: IAM role `{name}`, because it also grants bucket(s) "
                         f"{', '.join(f'`{b}`' for b in others)} of other workspaces")
             return summary, False
+        attached = [str(a) for a in as_list(params.get("attached_policies") or [])]
+        if attached:
+            kept.append(f"kept: IAM role `{name}`, because managed policies are attached to it "
+                        f"({', '.join(f'`{a}`' for a in attached)}), so something else may use it")
+            return summary, False
         if params.get("trusts_namespace") is not True:
             kept.append(f"kept: IAM role `{name}`, because its trust policy does not name this "
-                        "namespace's default-editor, so something else may use it")
+                        "namespace's default-editor alone, so something else may use it")
             return summary, False
     elif action == ActionName.IAM_RESOURCES:
         policy = str(params.get("policy_arn") or "").rsplit("/", 1)[-1]
