@@ -311,6 +311,8 @@ def gather(
 
 _FOR_PEOPLE = "for-people-of:"
 """A debouncer key that stands for the people a succeeded request was for (resolved when it fires)."""
+_PERSON_BY_EMAIL = "person-by-email:"
+"""A debouncer key for one person named by email (their Slack id is looked up when it fires)."""
 
 
 class Debouncer:
@@ -409,6 +411,9 @@ class Home:
         self.publish(user_id)
 
     def _refresh(self, key: str) -> None:
+        if key.startswith(_PERSON_BY_EMAIL):
+            self._refresh_by_email(key.removeprefix(_PERSON_BY_EMAIL))
+            return
         request_id = key.removeprefix(_FOR_PEOPLE)
         if request_id == key:
             self.publish(key)
@@ -418,14 +423,17 @@ class Home:
         if request is None:
             return
         # Who a request is for is read here, on the debouncer's thread, not on the notifier's
-        # path: it may ask the cluster (a quota's contributors) and Slack (ids by email).
+        # path: it may ask the cluster (a quota's contributors). Each person then gets a key of
+        # their own, so a burst of requests for one person costs one Slack lookup and one publish.
         core = self._core_of()
-        people = {
-            user_id
-            for email in policy.beneficiaries(request, core.settings, core.facts)
-            if "@" in email and (user_id := self._user_id_for_email(email)) is not None
-        }
-        for user_id in sorted(people - {request.requester_id}):  # the requester's has its own key
+        emails = {e.lower() for e in policy.beneficiaries(request, core.settings, core.facts) if "@" in e}
+        emails.discard(request.requester_email.lower())  # the requester's tab has its own key
+        if emails:
+            self.debouncer.touch(sorted(_PERSON_BY_EMAIL + e for e in emails))
+
+    def _refresh_by_email(self, email: str) -> None:
+        user_id = self._user_id_for_email(email)
+        if user_id is not None:
             self.publish(user_id)
 
     def publish(self, user_id: str) -> None:
