@@ -199,7 +199,11 @@ def test_the_marks_are_read_again_when_the_adoption_applies(
     stack.apiserver.seed(namespace)
     stack.approve(request.id, ADMIN2)
     stack.run()
-    assert stack.request(request.id).state is not RequestState.SUCCEEDED
+    # FAILED with the reason, not merely "not SUCCEEDED": a request the engine never ran (still
+    # APPROVED) or an approval refused (still PENDING) would pass that, with no re-check at all.
+    refused = stack.request(request.id)
+    assert refused.state is RequestState.FAILED, (refused.state, refused.error)
+    assert "`owner` annotation does not name the Profile's owner" in str(refused.error), refused.error
     assert stack.backend.workspaces() == []
 
 
