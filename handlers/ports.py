@@ -243,7 +243,8 @@ class Facts(Protocol):
     def workspace(self, name: str) -> WorkspaceFacts | None: ...
 
     def user_in_use(self, user: str, except_workspace: str) -> bool:
-        """Whether ``user`` owns or holds a grant on a workspace other than ``except_workspace``."""
+        """Whether ``user`` owns, holds a grant on, or (with a cluster to read) is a contributor of a
+        workspace other than ``except_workspace``: whether their Dex login is still needed."""
         ...
 
     def owned_workspaces(self, user: str) -> tuple[str, ...]:

@@ -200,13 +200,24 @@ class RegistryFacts:
 
     def user_in_use(self, user: str, except_workspace: str) -> bool:
         with self.db.uow() as uow:
-            owned = [
+            others = [
                 w
-                for w in uow.registry.list_workspaces(owner=user)
+                for w in uow.registry.list_workspaces()
                 if w.name != except_workspace and w.deleted_at is None
             ]
             granted = [g for g in uow.registry.grants_of(user) if g.workspace != except_workspace]
-        return bool(owned or granted)
+        if granted or any(w.owner == user for w in others):
+            return True
+        if self.live is None:
+            return False
+        # The registry is not the only record of who signs in: a contributor the dashboard's Manage
+        # Contributors added (or an owner changed by hand) uses the same login. A read that fails
+        # raises, so no login is removed on a guess.
+        for workspace in others:
+            state = self.live.workspace_state(workspace.namespace)
+            if user in state.contributors or state.owner == user:
+                return True
+        return False
 
     def owned_workspaces(self, user: str) -> tuple[str, ...]:
         with self.db.uow() as uow:

@@ -34,6 +34,7 @@ from handlers.notifications import Audience, Button
 from handlers.settings import CoreSettings
 from provisioning import dex as dex_adapter
 from tests.fakes.apiserver import FakeApiServer
+from tests.test_adopt_attacks import kfam_pair
 from tests.fakes.clock import FakeClock
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.fakes.slack_bot import ADMIN_CHANNEL
@@ -284,6 +285,27 @@ def test_the_login_stays_while_other_access_remains_and_goes_with_expiry_or_dele
     stack.approve(mine.request.id, ADMIN2)
     _settle(stack)
     assert stack.request(mine.request.id).state is RequestState.SUCCEEDED
+
+
+def test_a_login_stays_while_a_contributor_added_by_hand_elsewhere_still_uses_it(
+    password_cr: LiveStack,
+) -> None:
+    """The registry is not the only record of who signs in: a contributor the dashboard's Manage
+    Contributors added to another workspace uses the same login, so an owner's self-service unshare
+    (applied alone) must not take it (the login is the person's, not the grant's)."""
+    stack = password_cr
+    _apply(stack, ADMIN, "workspace new team-b", approver=ADMIN2)
+    _apply(stack, ALICE, f"share team-a {CAROL.email}")
+    assert _login_hash(stack, CAROL.email) is not None
+    (team_b,) = [w for w in stack.backend.workspaces() if w.name == "team-b"]
+    for binding in kfam_pair(CAROL.email, "edit", team_b.namespace):  # by hand, as KFAM writes it
+        stack.apiserver.create(binding)
+
+    unshare = _apply(stack, ALICE, f"unshare team-a {CAROL.email}")
+    assert unshare.state is RequestState.SUCCEEDED, unshare.error
+    assert "dex.user.remove" not in [s.action for s in unshare.plan.steps], unshare.plan.steps
+    assert any("is kept" in w for w in unshare.plan.warnings), unshare.plan.warnings
+    assert _login_hash(stack, CAROL.email) is not None
 
 
 def test_external_mode_changes_nothing(sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld) -> None:
