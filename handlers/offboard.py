@@ -142,17 +142,20 @@ WITHDRAWN = "Withdrawn by the bot: Slack finds the owner active again."
 
 
 def withdraw_transfers(core: Core, person: Person) -> tuple[str, ...]:
-    """Cancel (as the bot, their requester) the offboarding transfers still pending for the
-    workspaces ``person`` owns: they were filed because Slack said the owner left, and Slack now
-    says otherwise. A transfer anyone else filed, or one already decided, is left alone."""
+    """Cancel (as the bot, their requester) what offboarding filed for ``person`` and is still
+    pending: the transfers of the workspaces they own and the removal of their adopted login. They
+    were filed because Slack said the person left, and Slack now says otherwise. A request anyone
+    else filed, or one already decided, is left alone."""
+    filed = [(kinds.WorkspaceTransfer.KIND, f"workspace:{workspace}") for workspace in person.owns]
+    filed.append((kinds.LoginRemove.KIND, kinds.LoginRemove(person.user).subject()))
     pending: list[Request] = []
     with core.uow() as uow:
-        for workspace in person.owns:
+        for kind, subject in filed:
             pending += uow.requests.list(
                 requester_id=SYSTEM.user_id,
                 states=[RequestState.PENDING],
-                kind=kinds.WorkspaceTransfer.KIND,
-                subject=f"workspace:{workspace}",
+                kind=kind,
+                subject=subject,
                 limit=None,
             )
     withdrawn: list[str] = []

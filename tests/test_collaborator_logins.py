@@ -34,7 +34,6 @@ from handlers.notifications import Audience, Button
 from handlers.settings import CoreSettings
 from provisioning import dex as dex_adapter
 from tests.fakes.apiserver import FakeApiServer
-from tests.test_adopt_attacks import kfam_pair
 from tests.fakes.clock import FakeClock
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.fakes.slack_bot import ADMIN_CHANNEL
@@ -56,6 +55,7 @@ from tests.live_harness import (
     tune_for_tests,
     write_kubeconfig,
 )
+from tests.test_adopt_attacks import kfam_pair
 
 CAROL = Actor("UCAROL001", "carol@example.com")
 DAVE = Actor("UDAVE0001", "dave@example.com")

@@ -20,8 +20,9 @@ from handlers import errors, kinds, services
 from handlers.actions import ActionName
 from handlers.model import SYSTEM, RequestState
 from handlers.naming import dex_password_object_name
-from handlers.offboard import WITHDRAWN, Presence, implausible, offboard_emails
+from handlers.offboard import WITHDRAWN, Person, Presence, implausible, offboard_emails, withdraw_transfers
 from handlers.settings import CoreSettings, PolicySettings, WorkspaceDefaults
+from tests import harness
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.runbook import OWNER as LEGACY_OWNER
 from tests.fakes.runbook import RunbookWorkspace
@@ -400,3 +401,19 @@ def test_an_admins_check_of_a_left_owner_does_not_offer_to_a_contributor_who_lef
     offboarder(live).check_now(ADMIN, ALICE.email)
     (transfer,) = live.requests(kinds.WorkspaceTransfer.KIND)
     assert transfer.args["to"] == CAROL.email
+
+
+def test_a_returning_persons_pending_login_removal_is_withdrawn(sqlite_url: str) -> None:
+    """What offboarding files for an adopted login (``login.remove``, pending for an admin, titled
+    "(they left)") must not outlive the person's return: an admin trusting the card would remove
+    the login of someone active. Transfers were withdrawn; the login removal stayed pending."""
+    core = CoreSettings(workspace=WorkspaceDefaults(dex_mode="password-cr"))
+    stack = harness.build_stack(sqlite_url, core=core)
+    harness.make_workspace(stack, "team-a", ALICE)
+    filed = kinds.LoginRemove(ALICE.email, offboarded=True)
+    login = services.submit(stack.core, SYSTEM, filed, idempotency_key=None)
+    assert login.request.state is RequestState.PENDING
+    person = Person(user=ALICE.email, slack_ids=(ALICE.user_id,), owns=("team-a",))
+    assert login.request.id in withdraw_transfers(stack.core, person)
+    back = stack.request(login.request.id)
+    assert back.state is RequestState.CANCELLED and back.reason == WITHDRAWN
