@@ -52,7 +52,7 @@ import re
 import string
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -228,6 +228,31 @@ _INVALID: Final = frozenset(
 
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _created(create: Callable[[], object], exists: str) -> bool:
+    """Runs an AWS create call; False where AWS answers ``exists``: the thing is there already
+    (a retry of ours, or someone else's: the caller checks whose)."""
+    try:
+        create()
+    except ClientError as e:
+        if _code(e) == exists:
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def _nodegroup_update(name: str, delay: float) -> Iterator[None]:
+    """EKS refuses an update while another one runs on the nodegroup: retried later, not failed."""
+    try:
+        yield
+    except ClientError as e:
+        if _code(e) == "ResourceInUseException":
+            raise TemporaryError(
+                f"EKS nodegroup {name} is busy with another update; will retry.", delay=delay
+            ) from e
+        raise
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -1129,13 +1154,7 @@ class AwsActions:
             "capacityType": params.capacity_type,
         }
         request.update({k: v for k, v in optional.items() if v})
-        try:
-            self._eks().create_nodegroup(**request)
-        except ClientError as e:
-            if _code(e) == "ResourceInUseException":
-                return False
-            raise
-        return True
+        return _created(lambda: self._eks().create_nodegroup(**request), "ResourceInUseException")
 
     def _launch_template_version(self, name: str) -> str:
         with _aws_call(f"reading launch template {name}"):
@@ -1241,19 +1260,12 @@ class AwsActions:
                 delay=self._settings.poll_interval,
             )
         with _aws_call(what):
-            try:
+            with _nodegroup_update(name, self._settings.poll_interval):
                 self._eks().update_nodegroup_config(
                     clusterName=cluster,
                     nodegroupName=name,
                     taints={"addOrUpdateTaints": cast(Any, [t.to_json() for t in missing])},
                 )
-            except ClientError as e:
-                if _code(e) == "ResourceInUseException":
-                    raise TemporaryError(
-                        f"EKS nodegroup {name} is busy with another update; will retry.",
-                        delay=self._settings.poll_interval,
-                    ) from e
-                raise
             nodegroup = self._describe(cluster, name)
         if nodegroup is not None and all(_has_taint(nodegroup, t) for t in wanted):
             return StepOutcome(created=False, details={"taints": [t.to_json() for t in wanted]})
@@ -1280,24 +1292,16 @@ class AwsActions:
         return nodegroup
 
     def _set_scaling(self, cluster: str, name: str, scaling: Mapping[str, int], what: str) -> None:
-        with _aws_call(what):
-            try:
-                self._eks().update_nodegroup_config(
-                    clusterName=cluster,
-                    nodegroupName=name,
-                    scalingConfig={
-                        "minSize": scaling["minSize"],
-                        "maxSize": scaling["maxSize"],
-                        "desiredSize": scaling["desiredSize"],
-                    },
-                )
-            except ClientError as e:
-                if _code(e) == "ResourceInUseException":
-                    raise TemporaryError(
-                        f"EKS nodegroup {name} is busy with another update; will retry.",
-                        delay=self._settings.poll_interval,
-                    ) from e
-                raise
+        with _aws_call(what), _nodegroup_update(name, self._settings.poll_interval):
+            self._eks().update_nodegroup_config(
+                clusterName=cluster,
+                nodegroupName=name,
+                scalingConfig={
+                    "minSize": scaling["minSize"],
+                    "maxSize": scaling["maxSize"],
+                    "desiredSize": scaling["desiredSize"],
+                },
+            )
 
     def _ensure_nodegroup_scaling(self, params: NodegroupScalingParams) -> StepOutcome:
         """Set the scaling the step asks for; a size it leaves out (None) stays as EKS has it, the
@@ -1431,13 +1435,10 @@ class AwsActions:
         request: dict[str, Any] = {"LaunchTemplateName": params.name, "LaunchTemplateData": data}
         if mark:
             request["TagSpecifications"] = [{"ResourceType": "launch-template", "Tags": _tag_set(mark)}]
-        try:
-            self._ec2().create_launch_template(**request)
-        except ClientError as e:
-            if _code(e) == "InvalidLaunchTemplateName.AlreadyExistsException":
-                return False
-            raise
-        return True
+        return _created(
+            lambda: self._ec2().create_launch_template(**request),
+            "InvalidLaunchTemplateName.AlreadyExistsException",
+        )
 
     def _delete_launch_template(self, name: str) -> bool:
         with _aws_call(f"deleting launch template {name}"):
