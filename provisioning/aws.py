@@ -1490,16 +1490,15 @@ class AwsActions:
             role = self._get_role(name)
             if role is None:
                 tags = {**params.tags, **_mark(params)}
-                try:
-                    self._iam().create_role(
+                _created(  # an existing role is checked for the mark below, whoever made it
+                    lambda: self._iam().create_role(
                         RoleName=name,
                         AssumeRolePolicyDocument=json.dumps(trust),
                         Description=f"kf-chatops: workspace {params.namespace} ({params.bucket} only)",
                         Tags=cast(Any, _tag_set(tags)),
-                    )
-                except ClientError as e:
-                    if _code(e) != "EntityAlreadyExists":
-                        raise
+                    ),
+                    "EntityAlreadyExists",
+                )
                 role = self._get_role(name)
             if role is None:
                 raise TemporaryError(f"IAM role {name} is not visible yet; will retry.")
