@@ -1478,6 +1478,9 @@ class AwsActions:
                 return None
             raise
 
+    def _role_tags(self, name: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+
     def _ensure_workspace_role(self, params: WorkspaceRoleParams) -> StepOutcome:
         """The workspace's role: created with its trust policy and the mark in one CreateRole, then
         its one inline policy (PutRolePolicy replaces, so a retry converges). A role of that name
@@ -1502,7 +1505,7 @@ class AwsActions:
                 role = self._get_role(name)
             if role is None:
                 raise TemporaryError(f"IAM role {name} is not visible yet; will retry.")
-            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            tags = self._role_tags(name)
             if not _owns(request, tags):
                 raise PermanentError(
                     f"An IAM role named {name} already exists and was not made by this request; the bot "
@@ -1547,7 +1550,7 @@ class AwsActions:
             role = self._get_role(name)
             if role is None:
                 return StepOutcome(created=False, details={"deleted": False})
-            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            tags = self._role_tags(name)
             if MARK_TAG not in tags and params.adopted:
                 problem = self._shared_role_problem(role, params.namespace, params.bucket)
                 if problem:
@@ -1626,7 +1629,7 @@ class AwsActions:
             if found is None:
                 return None
             name = str(found["RoleName"])
-            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            tags = self._role_tags(name)
             resources, attached = self._role_grants(name)
         return {
             "name": name,
