@@ -333,7 +333,7 @@ def _owns(request: str | None, tags: Mapping[str, str] | None) -> bool:
     return request is not None and (tags or {}).get(MARK_TAG) == request
 
 
-def _bucket_of(arn: str) -> str | None:
+def bucket_of(arn: str) -> str | None:
     """``arn:aws:s3:::NAME`` and ``arn:aws:s3:::NAME/…`` -> NAME; None for anything else."""
     prefix = "arn:aws:s3:::"
     if not arn.startswith(prefix):
@@ -708,7 +708,7 @@ class AwsActions:
             document = self._default_document(self._iam(), policy_arn)
         statements = _as_list(document.get("Statement", []))
         ours = next((s for s in statements if isinstance(s, Mapping) and s.get("Sid") == BOT_SID), None)
-        buckets = (_bucket_of(arn) for arn in _bot_resources(ours))
+        buckets = (bucket_of(arn) for arn in _bot_resources(ours))
         return list(dict.fromkeys(b for b in buckets if b))
 
     def tagged_nodegroups(self, cluster: str, tag: str) -> dict[str, str]:
@@ -951,7 +951,7 @@ class AwsActions:
             return []
         owned: dict[str, bool] = {}
         s3 = self._s3()
-        for bucket in dict.fromkeys(b for b in map(_bucket_of, resources) if b):
+        for bucket in dict.fromkeys(b for b in map(bucket_of, resources) if b):
             with _aws_call(f"checking who made bucket {bucket}"):
                 try:
                     owned[bucket] = _owns(request, self._bucket_tags(s3, bucket))
@@ -959,7 +959,7 @@ class AwsActions:
                     if _code(e) != "NoSuchBucket":
                         raise
                     owned[bucket] = False
-        return [arn for arn in resources if owned.get(_bucket_of(arn) or "", False)]
+        return [arn for arn in resources if owned.get(bucket_of(arn) or "", False)]
 
     def _undo_iam_resources(self, params: IamResourcesParams, outcome: StepOutcome) -> None:
         added = as_list(outcome.details.get("added") or [])
@@ -1576,7 +1576,7 @@ class AwsActions:
                     if "NotResource" in statement:
                         resources.append(_EVERY_BUCKET)
                     for r in _as_list(statement.get("Resource", [])):
-                        if _bucket_of(str(r)):
+                        if bucket_of(str(r)):
                             resources.append(str(r))
                         elif "*" in str(r) or "?" in str(r):
                             resources.append(_EVERY_BUCKET)
@@ -1598,7 +1598,7 @@ class AwsActions:
         resources, attached = self._role_grants(name)
         if attached:
             return f"managed policies are attached to it ({', '.join(attached)})"
-        others = sorted({b for r in resources if (b := _bucket_of(r)) and b != bucket})
+        others = sorted({b for r in resources if (b := bucket_of(r)) and b != bucket})
         if others:
             return f"it grants bucket(s) other than {bucket or 'none'} ({', '.join(others)})"
         return ""
