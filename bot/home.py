@@ -13,7 +13,6 @@ and ends with "and N more" pointing at the command that lists them all.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +46,7 @@ HOME_REVOKE = "kf_home_revoke"
 SHOWN = {"workspaces": 10, "requests": 10, "tokens": 10, "grants": 15, "approvals": 15, "failures": 5}
 """How many entries of each list the tab shows; with one block per entry (two per approval) and
 two per heading, the tab stays well under Slack's 100 blocks whatever the lists hold."""
-SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+SLACK_USER_ID = render.SLACK_USER_ID
 """Whose Home tab exists: Slack's users. The bot's own requests (``kfbot``) and the shell's
 (``shell:EMAIL``) have a requester Slack has no tab for; ``views.publish`` would only fail."""
 DRY_RUN_HOME = (

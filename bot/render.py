@@ -82,7 +82,7 @@ def slack_literal(text: str) -> str:
     return f"{_FENCE}{inner}{_FENCE}"
 
 
-_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
 """What Slack user ids look like; anything else is not rendered as a mention."""
 
 
@@ -98,7 +98,7 @@ class Style:
             return "kfbot"
         if user_id.startswith("shell:"):
             return self.esc(user_id.removeprefix("shell:"))
-        if self.slack and _SLACK_USER_ID.fullmatch(user_id):
+        if self.slack and SLACK_USER_ID.fullmatch(user_id):
             # Only a well-formed id becomes a mention: an id edited in the database
             # (``U1><!channel>``) is shown as escaped text.
             return f"<@{user_id}>"

@@ -52,7 +52,7 @@ import re
 import string
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -230,6 +230,31 @@ def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def _created(create: Callable[[], object], exists: str) -> bool:
+    """Runs an AWS create call; False where AWS answers ``exists``: the thing is there already
+    (a retry of ours, or someone else's: the caller checks whose)."""
+    try:
+        create()
+    except ClientError as e:
+        if _code(e) == exists:
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def _nodegroup_update(name: str, delay: float) -> Iterator[None]:
+    """EKS refuses an update while another one runs on the nodegroup: retried later, not failed."""
+    try:
+        yield
+    except ClientError as e:
+        if _code(e) == "ResourceInUseException":
+            raise TemporaryError(
+                f"EKS nodegroup {name} is busy with another update; will retry.", delay=delay
+            ) from e
+        raise
+
+
 def _short(text: str, limit: int = 200) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -308,7 +333,7 @@ def _owns(request: str | None, tags: Mapping[str, str] | None) -> bool:
     return request is not None and (tags or {}).get(MARK_TAG) == request
 
 
-def _bucket_of(arn: str) -> str | None:
+def bucket_of(arn: str) -> str | None:
     """``arn:aws:s3:::NAME`` and ``arn:aws:s3:::NAME/…`` -> NAME; None for anything else."""
     prefix = "arn:aws:s3:::"
     if not arn.startswith(prefix):
@@ -683,7 +708,7 @@ class AwsActions:
             document = self._default_document(self._iam(), policy_arn)
         statements = _as_list(document.get("Statement", []))
         ours = next((s for s in statements if isinstance(s, Mapping) and s.get("Sid") == BOT_SID), None)
-        buckets = (_bucket_of(arn) for arn in _bot_resources(ours))
+        buckets = (bucket_of(arn) for arn in _bot_resources(ours))
         return list(dict.fromkeys(b for b in buckets if b))
 
     def tagged_nodegroups(self, cluster: str, tag: str) -> dict[str, str]:
@@ -926,7 +951,7 @@ class AwsActions:
             return []
         owned: dict[str, bool] = {}
         s3 = self._s3()
-        for bucket in dict.fromkeys(b for b in map(_bucket_of, resources) if b):
+        for bucket in dict.fromkeys(b for b in map(bucket_of, resources) if b):
             with _aws_call(f"checking who made bucket {bucket}"):
                 try:
                     owned[bucket] = _owns(request, self._bucket_tags(s3, bucket))
@@ -934,7 +959,7 @@ class AwsActions:
                     if _code(e) != "NoSuchBucket":
                         raise
                     owned[bucket] = False
-        return [arn for arn in resources if owned.get(_bucket_of(arn) or "", False)]
+        return [arn for arn in resources if owned.get(bucket_of(arn) or "", False)]
 
     def _undo_iam_resources(self, params: IamResourcesParams, outcome: StepOutcome) -> None:
         added = as_list(outcome.details.get("added") or [])
@@ -1129,13 +1154,7 @@ class AwsActions:
             "capacityType": params.capacity_type,
         }
         request.update({k: v for k, v in optional.items() if v})
-        try:
-            self._eks().create_nodegroup(**request)
-        except ClientError as e:
-            if _code(e) == "ResourceInUseException":
-                return False
-            raise
-        return True
+        return _created(lambda: self._eks().create_nodegroup(**request), "ResourceInUseException")
 
     def _launch_template_version(self, name: str) -> str:
         with _aws_call(f"reading launch template {name}"):
@@ -1241,19 +1260,12 @@ class AwsActions:
                 delay=self._settings.poll_interval,
             )
         with _aws_call(what):
-            try:
+            with _nodegroup_update(name, self._settings.poll_interval):
                 self._eks().update_nodegroup_config(
                     clusterName=cluster,
                     nodegroupName=name,
                     taints={"addOrUpdateTaints": cast(Any, [t.to_json() for t in missing])},
                 )
-            except ClientError as e:
-                if _code(e) == "ResourceInUseException":
-                    raise TemporaryError(
-                        f"EKS nodegroup {name} is busy with another update; will retry.",
-                        delay=self._settings.poll_interval,
-                    ) from e
-                raise
             nodegroup = self._describe(cluster, name)
         if nodegroup is not None and all(_has_taint(nodegroup, t) for t in wanted):
             return StepOutcome(created=False, details={"taints": [t.to_json() for t in wanted]})
@@ -1280,24 +1292,16 @@ class AwsActions:
         return nodegroup
 
     def _set_scaling(self, cluster: str, name: str, scaling: Mapping[str, int], what: str) -> None:
-        with _aws_call(what):
-            try:
-                self._eks().update_nodegroup_config(
-                    clusterName=cluster,
-                    nodegroupName=name,
-                    scalingConfig={
-                        "minSize": scaling["minSize"],
-                        "maxSize": scaling["maxSize"],
-                        "desiredSize": scaling["desiredSize"],
-                    },
-                )
-            except ClientError as e:
-                if _code(e) == "ResourceInUseException":
-                    raise TemporaryError(
-                        f"EKS nodegroup {name} is busy with another update; will retry.",
-                        delay=self._settings.poll_interval,
-                    ) from e
-                raise
+        with _aws_call(what), _nodegroup_update(name, self._settings.poll_interval):
+            self._eks().update_nodegroup_config(
+                clusterName=cluster,
+                nodegroupName=name,
+                scalingConfig={
+                    "minSize": scaling["minSize"],
+                    "maxSize": scaling["maxSize"],
+                    "desiredSize": scaling["desiredSize"],
+                },
+            )
 
     def _ensure_nodegroup_scaling(self, params: NodegroupScalingParams) -> StepOutcome:
         """Set the scaling the step asks for; a size it leaves out (None) stays as EKS has it, the
@@ -1431,13 +1435,10 @@ class AwsActions:
         request: dict[str, Any] = {"LaunchTemplateName": params.name, "LaunchTemplateData": data}
         if mark:
             request["TagSpecifications"] = [{"ResourceType": "launch-template", "Tags": _tag_set(mark)}]
-        try:
-            self._ec2().create_launch_template(**request)
-        except ClientError as e:
-            if _code(e) == "InvalidLaunchTemplateName.AlreadyExistsException":
-                return False
-            raise
-        return True
+        return _created(
+            lambda: self._ec2().create_launch_template(**request),
+            "InvalidLaunchTemplateName.AlreadyExistsException",
+        )
 
     def _delete_launch_template(self, name: str) -> bool:
         with _aws_call(f"deleting launch template {name}"):
@@ -1477,6 +1478,9 @@ class AwsActions:
                 return None
             raise
 
+    def _role_tags(self, name: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+
     def _ensure_workspace_role(self, params: WorkspaceRoleParams) -> StepOutcome:
         """The workspace's role: created with its trust policy and the mark in one CreateRole, then
         its one inline policy (PutRolePolicy replaces, so a retry converges). A role of that name
@@ -1489,20 +1493,19 @@ class AwsActions:
             role = self._get_role(name)
             if role is None:
                 tags = {**params.tags, **_mark(params)}
-                try:
-                    self._iam().create_role(
+                _created(  # an existing role is checked for the mark below, whoever made it
+                    lambda: self._iam().create_role(
                         RoleName=name,
                         AssumeRolePolicyDocument=json.dumps(trust),
                         Description=f"kf-chatops: workspace {params.namespace} ({params.bucket} only)",
                         Tags=cast(Any, _tag_set(tags)),
-                    )
-                except ClientError as e:
-                    if _code(e) != "EntityAlreadyExists":
-                        raise
+                    ),
+                    "EntityAlreadyExists",
+                )
                 role = self._get_role(name)
             if role is None:
                 raise TemporaryError(f"IAM role {name} is not visible yet; will retry.")
-            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            tags = self._role_tags(name)
             if not _owns(request, tags):
                 raise PermanentError(
                     f"An IAM role named {name} already exists and was not made by this request; the bot "
@@ -1547,7 +1550,7 @@ class AwsActions:
             role = self._get_role(name)
             if role is None:
                 return StepOutcome(created=False, details={"deleted": False})
-            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            tags = self._role_tags(name)
             if MARK_TAG not in tags and params.adopted:
                 problem = self._shared_role_problem(role, params.namespace, params.bucket)
                 if problem:
@@ -1573,7 +1576,7 @@ class AwsActions:
                     if "NotResource" in statement:
                         resources.append(_EVERY_BUCKET)
                     for r in _as_list(statement.get("Resource", [])):
-                        if _bucket_of(str(r)):
+                        if bucket_of(str(r)):
                             resources.append(str(r))
                         elif "*" in str(r) or "?" in str(r):
                             resources.append(_EVERY_BUCKET)
@@ -1595,7 +1598,7 @@ class AwsActions:
         resources, attached = self._role_grants(name)
         if attached:
             return f"managed policies are attached to it ({', '.join(attached)})"
-        others = sorted({b for r in resources if (b := _bucket_of(r)) and b != bucket})
+        others = sorted({b for r in resources if (b := bucket_of(r)) and b != bucket})
         if others:
             return f"it grants bucket(s) other than {bucket or 'none'} ({', '.join(others)})"
         return ""
@@ -1626,7 +1629,7 @@ class AwsActions:
             if found is None:
                 return None
             name = str(found["RoleName"])
-            tags = {t["Key"]: t["Value"] for t in self._iam().list_role_tags(RoleName=name)["Tags"]}
+            tags = self._role_tags(name)
             resources, attached = self._role_grants(name)
         return {
             "name": name,

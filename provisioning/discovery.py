@@ -32,7 +32,7 @@ from handlers.naming import show_value as naming_show
 from handlers.plan import JSON, as_list
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
 from handlers.settings import CoreSettings
-from provisioning.aws import BOT_SID, MARK_TAG, AwsActions
+from provisioning.aws import BOT_SID, MARK_TAG, AwsActions, bucket_of
 from provisioning.dex import DexActions, DexLogin
 from provisioning.k8s import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from provisioning.kubeflow import KubeflowActions
@@ -63,14 +63,6 @@ def _pattern(template: str, settings: NamingSettings) -> re.Pattern[str]:
 def _project(template: str, settings: NamingSettings, value: str) -> str | None:
     match = _pattern(template, settings).fullmatch(value)
     return match.group(_PROJECT) if match and _PROJECT in match.groupdict() else None
-
-
-def _bucket_name(arn: str) -> str | None:
-    """``arn:aws:s3:::NAME`` and ``arn:aws:s3:::NAME/…`` -> NAME."""
-    prefix = "arn:aws:s3:::"
-    if not arn.startswith(prefix):
-        return None
-    return arn[len(prefix) :].split("/", 1)[0] or None
 
 
 def _tagged(values: Mapping[str, str], namespace: str, what: str) -> str | None:
@@ -357,7 +349,7 @@ class Discoverer:
             how = "name"
         else:
             how = f"trust policy naming {workspace_iam.subject(namespace)}"
-        granted = [b for b in dict.fromkeys(_bucket_name(str(r)) for r in found["bucket_resources"]) if b]
+        granted = [b for b in dict.fromkeys(bucket_of(str(r)) for r in found["bucket_resources"]) if b]
         params: dict[str, JSON] = {
             "name": name,
             "arn": str(found["arn"]),
