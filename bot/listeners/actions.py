@@ -291,8 +291,6 @@ def register(app: App, deps: Deps) -> None:
 
         return work
 
-    for action_id in buttons.ACTIONS:
-        on_durable_click(app, deps, action_id, report_button(action_id))
     for action_id in drift.ACTIONS:
         on_durable_click(app, deps, action_id, drift_button(action_id))
     on_durable_click(app, deps, blocks.APPROVE, approve)
