@@ -98,16 +98,18 @@ def test_a_throttled_channel_does_not_hold_up_another(fake: FakeSlack) -> None:
 def test_the_requesters_answer_does_not_wait_behind_a_throttled_card(
     fake: FakeSlack, tmp_path: Path
 ) -> None:
-    """The admin channel is out of tokens (a burst of cards before): the card of a new request
-    waits for Slack's pace, but the person who typed the command is answered at once, and the card
-    still arrives (paced, not lost)."""
+    """The admin channel is out of tokens: the card of a new request waits for Slack's pace,
+    but the person who typed the command is answered at once, and the card still arrives (paced,
+    not lost)."""
     add_users(fake)
-    fake.limit_channel_rate(per_second=0.25, burst=1)
-    WebClient(token=BOT_TOKEN, base_url=fake.base_url).chat_postMessage(channel=ADMIN_CHANNEL, text="earlier")
+    fake.hold_channel(ADMIN_CHANNEL)  # the channel accepts nothing until the answer is in
     with running_bot(settings_for(fake, tmp_path)) as bot:
         reply = slash(bot, fake, "workspace new team-a")
         request_id = REQUEST_ID.search(reply).group(0)  # type: ignore[union-attr]
         assert "recorded" in reply
-        # Answered while the card is still waiting for the channel's bucket (4 s a token).
+        # Answered while the card is still waiting for the channel.
         assert not [c for c in cards(fake) if request_id in c["text"]]
+        fake.wait_for(lambda: fake.throttled > 0, 15, "the card to be refused by the held channel")
+        assert not [c for c in cards(fake) if request_id in c["text"]]
+        fake.hold_channel(ADMIN_CHANNEL, held=False)
         assert card_for(fake, request_id)

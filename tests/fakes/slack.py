@@ -183,6 +183,7 @@ class FakeSlack:
         self._rate_limits: dict[str, list[int]] = {}
         self._channel_rate: tuple[float, float] | None = None  # (messages per second, burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, at)
+        self._held_channels: set[str] = set()
         self.throttled = 0
         """chat.postMessage calls answered 429 by the per-channel limit."""
         self._failures: dict[str, list[str]] = {}
@@ -306,9 +307,23 @@ class FakeSlack:
             self._channel_rate = (per_second, burst)
             self._buckets.clear()
 
+    def hold_channel(self, channel: str, held: bool = True) -> None:
+        """While held, chat.postMessage to ``channel`` answers 429 (``Retry-After: 1``) and posts
+        nothing: a channel out of tokens for as long as a test needs, so what must not wait for
+        Slack's pace is proved without racing a clock."""
+        with self._lock:
+            if held:
+                self._held_channels.add(channel)
+            else:
+                self._held_channels.discard(channel)
+
     def _throttled(self, method: str, params: Json) -> int | None:
         """Seconds to wait when the per-channel limit refuses this call, else None (and a token spent)."""
-        if self._channel_rate is None or method != "chat.postMessage":
+        if method != "chat.postMessage":
+            return None
+        if str(params.get("channel", "")) in self._held_channels:
+            return 1
+        if self._channel_rate is None:
             return None
         rate, burst = self._channel_rate
         channel = str(params.get("channel", ""))
