@@ -10,8 +10,10 @@ directly or call ``from_env`` with a dict. docs/SETTINGS.md lists every variable
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 import secrets
 import socket
 import stat
@@ -26,7 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 import provisioning
 from handlers import errors, units, workspace_iam
-from handlers.naming import NamingSettings, normalize_email
+from handlers.naming import NamingSettings, normalize_email, validate_workspace_name
 from handlers.settings import (
     RUNBOOK_NODEGROUP,
     CoreSettings,
@@ -45,6 +47,16 @@ MIN_AUDIT_KEY = 16
 LogFormat = Literal["json", "text"]
 DexMode = Literal["password-cr", "configmap", "external"]
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{8,}")
+"""A public (``C``) or private (``G``) channel's conversation id. Slack's ids have 9 or 11
+characters and may grow, never shrink; channel names are lowercase, so no name looks like one."""
+_CHANNEL_ID_INSIDE = re.compile(r"(?<![A-Za-z0-9])[CG][A-Z0-9]{8,}(?![A-Za-z0-9])")
+_CHANNEL_AUDIENCE = {
+    "KFBOT_ADMIN_CHANNEL": "approval cards are for the admins",
+    "KFBOT_DRIFT_CHANNEL": "the drift report is for the admins",
+    "KFBOT_COST_CHANNEL": "the idle report and the digest are for a team",
+    "KFBOT_WORKSPACE_CHANNELS": "a workspace's idle report is for its team",
+}
 
 
 class SettingsError(errors.KfError):
@@ -242,7 +254,7 @@ class Settings:
             signing_secret=env.text("SLACK_SIGNING_SECRET"),
             app_token=env.text("SLACK_APP_TOKEN"),
             api_url=api_url,
-            admin_channel=env.text("KFBOT_ADMIN_CHANNEL"),
+            admin_channel=env.channel("KFBOT_ADMIN_CHANNEL"),
             dashboard_url=env.convert("KFBOT_DASHBOARD_URL", dashboard, _link_url) if dashboard else None,
             confirm_above=env.convert(
                 "KFBOT_CONFIRM_ABOVE", env.text("KFBOT_CONFIRM_ABOVE", "1000"), _dollars
@@ -253,7 +265,7 @@ class Settings:
                 env.text("KFBOT_DRIFT_REPORT", SlackSettings.drift_report),
                 check_digest_schedule,
             ),
-            drift_channel=env.text("KFBOT_DRIFT_CHANNEL"),
+            drift_channel=env.channel("KFBOT_DRIFT_CHANNEL"),
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
@@ -395,8 +407,8 @@ def _cost_settings(env: _Env) -> CostSettings:
         )
         / 100,
         scan_interval=env.duration("KFBOT_SCAN_INTERVAL", CostSettings.scan_interval),
-        cost_channel=env.text("KFBOT_COST_CHANNEL"),
-        workspace_channels=env.pairs("KFBOT_WORKSPACE_CHANNELS"),
+        cost_channel=env.channel("KFBOT_COST_CHANNEL"),
+        workspace_channels=_workspace_channels(env),
         auto_stop_after=(
             None
             if auto_stop in ("", "off")
@@ -408,6 +420,41 @@ def _cost_settings(env: _Env) -> CostSettings:
             check_digest_schedule,
         ),
         timezone=env.convert("KFBOT_TIMEZONE", env.text("KFBOT_TIMEZONE", "UTC"), _timezone),
+    )
+
+
+def _workspace_channels(env: _Env) -> dict[str, str]:
+    """Workspace -> channel id. A key is checked as ``workspace new`` checks a name: a key no
+    workspace can have would send that workspace's reports to the default channel without a word."""
+    name = "KFBOT_WORKSPACE_CHANNELS"
+    return {
+        env.convert(name, workspace, validate_workspace_name): env.convert(
+            name, channel, functools.partial(channel_id, variable=name, key=workspace)
+        )
+        for workspace, channel in env.pairs(name).items()
+    }
+
+
+def channel_id(value: str, variable: str, key: str = "") -> str:
+    """``value`` if it is a channel's conversation id, else ``ValueError`` saying what to write.
+
+    chat.postMessage also takes a name, but chat.update and the thread replies need the id (a card
+    posted by name is never updated), and a name is whichever channel holds it today. A DM (``D``)
+    or a person (``U``/``W``) is refused too: each of these messages is meant for a group and
+    carries buttons."""
+    if CHANNEL_ID.fullmatch(value):
+        return value
+    shown = f"{key}: {value!r}" if key else repr(value)
+    if re.fullmatch(r"[DUW][A-Z0-9]{8,}", value):  # posting to a person (U, W) opens a DM
+        raise ValueError(
+            f"{shown} is a direct message (D…) or a person (U…), but {_CHANNEL_AUDIENCE[variable]}: "
+            "create a channel for them (a private channel is fine) and give its id (C… or G…)."
+        )
+    inside = _CHANNEL_ID_INSIDE.search(value)
+    hint = f" (did you mean {inside.group()}?)" if inside else ""
+    raise ValueError(
+        f"{shown} is not a channel id{hint}: use the channel id (C… or G…), not its name: in "
+        "Slack, open the channel's details, the id is at the bottom of the About tab."
     )
 
 
@@ -545,6 +592,10 @@ class _Env:
             detail = exc.user_message if isinstance(exc, errors.KfError) else str(exc)
             raise SettingsError(f"{name}: {detail}", variable=name) from exc
 
+    def channel(self, name: str) -> str:
+        value = self.text(name)
+        return self.convert(name, value, functools.partial(channel_id, variable=name)) if value else ""
+
     def csv(self, name: str) -> list[str]:
         return [part.strip() for part in self.text(name).split(",") if part.strip()]
 
@@ -555,6 +606,10 @@ class _Env:
             if not eq or not key.strip() or not value.strip():
                 raise SettingsError(
                     f"{name}: `{part}` is not KEY=VALUE (comma-separated pairs).", variable=name
+                )
+            if key.strip() in out:  # the last one would win without a word
+                raise SettingsError(
+                    f"{name}: `{key.strip()}` is given twice; keep one.", variable=name
                 )
             out[key.strip()] = value.strip()
         return out

@@ -25,8 +25,8 @@ def test_every_cost_variable_reaches_its_layer() -> None:
             "KFBOT_IDLE_AFTER": "90m",
             "KFBOT_IDLE_GPU_UTIL": "12.5",
             "KFBOT_SCAN_INTERVAL": "5m",
-            "KFBOT_COST_CHANNEL": "C9",
-            "KFBOT_WORKSPACE_CHANNELS": "team-a=C1,team-b=C2",
+            "KFBOT_COST_CHANNEL": "C0COSTS01",
+            "KFBOT_WORKSPACE_CHANNELS": "team-a=C0TEAMA01,team-b=G0TEAMB01",
             "KFBOT_AUTO_STOP_AFTER": "4h",
             "KFBOT_COST_DIGEST": "30 8 * * mon,wed",
             "KFBOT_TIMEZONE": "Europe/Berlin",
@@ -38,8 +38,8 @@ def test_every_cost_variable_reaches_its_layer() -> None:
     )
     cost, probe = s.core.cost, s.provisioning.cost
     assert cost.idle_after == timedelta(minutes=90) and cost.idle_gpu_util == pytest.approx(0.125)
-    assert cost.scan_interval == timedelta(minutes=5) and cost.cost_channel == "C9"
-    assert dict(cost.workspace_channels) == {"team-a": "C1", "team-b": "C2"}
+    assert cost.scan_interval == timedelta(minutes=5) and cost.cost_channel == "C0COSTS01"
+    assert dict(cost.workspace_channels) == {"team-a": "C0TEAMA01", "team-b": "G0TEAMB01"}
     assert cost.auto_stop_after == timedelta(hours=4) and cost.digest_schedule == "30 8 * * mon,wed"
     assert cost.timezone == "Europe/Berlin"
     assert probe.prometheus_url == "http://prometheus.monitoring:9090" and probe.cost_explorer
@@ -78,8 +78,8 @@ def test_the_digest_can_be_switched_off() -> None:
 
 
 def test_the_drift_report_takes_the_digest_schedule_syntax_and_its_own_channel() -> None:
-    s = Settings.from_env({"KFBOT_DRIFT_REPORT": "0 7 * * fri", "KFBOT_DRIFT_CHANNEL": "CDRIFT"})
-    assert (s.slack.drift_report, s.slack.drift_channel) == ("0 7 * * fri", "CDRIFT")
+    s = Settings.from_env({"KFBOT_DRIFT_REPORT": "0 7 * * fri", "KFBOT_DRIFT_CHANNEL": "C0DRIFT01"})
+    assert (s.slack.drift_report, s.slack.drift_channel) == ("0 7 * * fri", "C0DRIFT01")
     assert Settings.from_env({"KFBOT_DRIFT_REPORT": "off"}).slack.drift_report == ""
     assert Settings.from_env({}).slack.drift_report == "0 9 * * mon"
     for bad in ("0 9 * * 1", "0 9 * *", "0 25 * * mon"):

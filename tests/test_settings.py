@@ -37,7 +37,7 @@ def test_every_variable_reaches_its_layer() -> None:
             "KFBOT_DATABASE_URL": "postgresql+psycopg://u@h/db",
             "KFBOT_PROVISIONER": "live",
             "KFBOT_AUDIT_KEY": "k" * 32,
-            "KFBOT_ADMIN_CHANNEL": "C1",
+            "KFBOT_ADMIN_CHANNEL": "C0ADMINS01",
             "KFBOT_ADMIN_USERS": "U1, U2,",
             "KFBOT_ADMIN_GROUP": "S1",
             "KFBOT_REQUEST_TTL": "3d",
@@ -88,7 +88,7 @@ def test_every_variable_reaches_its_layer() -> None:
         "xoxb-1",
         "sig",
         "xapp-1",
-        "C1",
+        "C0ADMINS01",
     )
     assert s.slack.socket_mode and s.slack.api_url == "http://127.0.0.1:9/api/"
     assert p.mode == "live" and p.database_url.startswith("postgresql") and p.audit_key == b"k" * 32
@@ -177,7 +177,7 @@ def test_every_variable_reaches_its_layer() -> None:
         ("KFBOT_TOKEN_DEFAULT_TTL", "soon"),
         ("KFBOT_TOKEN_DEFAULT_TTL", "5m"),  # shorter than any --ttl may be
         ("KFBOT_TOKEN_DEFAULT_TTL", "2d"),  # longer than KFBOT_TOKEN_MAX_TTL
-        ("KFBOT_ADMIN_CHANNEL", "C1\nC2"),
+        ("KFBOT_ADMIN_CHANNEL", "C0ADMINS01\nC0ADMINS02"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -210,7 +210,7 @@ def test_serve_requirements() -> None:
     base = {
         "SLACK_BOT_TOKEN": "xoxb-1",
         "SLACK_SIGNING_SECRET": "s",
-        "KFBOT_ADMIN_CHANNEL": "C1",
+        "KFBOT_ADMIN_CHANNEL": "C0ADMINS01",
         "KFBOT_AUDIT_KEY": "k" * 16,
     }
     Settings.from_env(base).require_serve()
