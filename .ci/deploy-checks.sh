@@ -272,6 +272,17 @@ check([c["command"] for c in m["features"]["slash_commands"]] == ["/kf"], "slack
 check(m["settings"]["interactivity"]["is_enabled"] is True, "slack manifest: interactivity off")
 check(m["settings"]["socket_mode_enabled"] is True, "slack manifest: Socket Mode off")
 
+# Every literal setting a render passes is one the bot accepts at start-up (a channel name in the
+# example values, say, would crash-loop the pod with a SettingsError).
+sys.path.insert(0, str(manifest.parent))
+from bot.settings import Settings, SettingsError
+for name in ["defaults", "production", "http-mode", "http-nginx", "dex-configmap", "dex-external"]:
+    literal = {k: e["value"] for k, e in env_of(load(name)[1]).items() if "value" in e}
+    try:
+        Settings.from_env(literal)
+    except SettingsError as exc:
+        errors.extend(f"{name}: {problem}" for problem in exc.problems)
+
 for e in errors:
     print("  " + e, file=sys.stderr)
 sys.exit(1 if errors else 0)

@@ -438,10 +438,11 @@ def _workspace_channels(env: _Env) -> dict[str, str]:
 def channel_id(value: str, variable: str, key: str = "") -> str:
     """``value`` if it is a channel's conversation id, else ``ValueError`` saying what to write.
 
-    chat.postMessage also takes a name, but chat.update and the thread replies need the id (a card
-    posted by name is never updated), and a name is whichever channel holds it today. A DM (``D``)
-    or a person (``U``/``W``) is refused too: each of these messages is meant for a group and
-    carries buttons."""
+    chat.postMessage also takes a name, but chat.update needs the id: the drift and idle reports are
+    edited by the configured channel, so each edit failed and a new report was posted beside the
+    stale one (its buttons still there). And a name is whichever channel holds it today. A DM
+    (``D``) or a person (``U``/``W``) is refused too: each of these messages is meant for a group
+    and carries buttons."""
     if CHANNEL_ID.fullmatch(value):
         return value
     shown = f"{key}: {value!r}" if key else repr(value)

@@ -1,10 +1,10 @@
 """Every channel setting is a Slack conversation id, checked at start-up.
 
-chat.postMessage takes a channel's name, but chat.update needs its id: with a name in
-``KFBOT_ADMIN_CHANNEL`` the approval cards were posted and then never updated, and a name is
-whatever channel holds it today (rename the admins' channel, and whoever creates one of the old name
-gets the cards). A typo'd ``KFBOT_WORKSPACE_CHANNELS`` key quietly sent that workspace's reports to
-the default channel.
+chat.postMessage takes a channel's name, but chat.update needs its id (Slack answers
+``channel_not_found``): the drift and idle reports, edited by the configured channel, were posted
+again beside their stale copies at every change. And a name is whatever channel holds it today
+(rename the admins' channel, and whoever creates one of the old name gets the cards). A typo'd
+``KFBOT_WORKSPACE_CHANNELS`` key quietly sent that workspace's reports to the default channel.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_serve_refuses_a_database_that_is_behind_and_never_creates_it(tmp_path: 
         ({"KFBOT_AUDIT_KEY": ""}, "KFBOT_AUDIT_KEY"),
         ({"KFBOT_AUDIT_KEY": "short"}, "KFBOT_AUDIT_KEY"),
         ({"KFBOT_ADMIN_CHANNEL": ""}, "KFBOT_ADMIN_CHANNEL"),
-        ({"KFBOT_ADMIN_CHANNEL": "#kf-admins"}, "KFBOT_ADMIN_CHANNEL"),  # cards posted, never updated
+        ({"KFBOT_ADMIN_CHANNEL": "#kf-admins"}, "KFBOT_ADMIN_CHANNEL"),  # a name: chat.update needs the id
         ({"KFBOT_WORKSPACE_CHANNELS": "team-a=C0TEAMA01,team-a=C0TEAMA02"}, "KFBOT_WORKSPACE_CHANNELS"),
         ({"SLACK_SIGNING_SECRET": ""}, "SLACK_SIGNING_SECRET"),
         ({"KFBOT_HTTP_PORT": "http"}, "KFBOT_HTTP_PORT"),
