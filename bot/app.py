@@ -43,6 +43,8 @@ from bot.offboard import Offboarder, slack_id_recorder
 from bot.scheduler import start_scheduler
 from bot.settings import Settings, sqlite_path
 from bot.signing import SlackEndpoint
+from bot.team import ServedTeam
+from bot.team import resolve as resolve_team
 from handlers import errors
 from handlers.ports import Clock, Notifier
 from handlers.services import Core
@@ -106,6 +108,8 @@ class SlackEdge:
     client: WebClient
     home: Home | None = None
     """The App Home publisher: ``home.view_for(user_id)`` is the Home view JSON that person sees."""
+    team: ServedTeam | None = None
+    """The one Slack team served (``bot.team``)."""
 
 
 def build_slack(
@@ -121,6 +125,8 @@ def build_slack(
     (``listener_threads``) runs each listener up to its ``ack()``; the work after the ack runs on
     ``listeners.WorkPool`` (``work_threads``), so slow use cases never delay an ack."""
     client = make_client(settings, metrics)
+    # Before anything is built: a token of another workspace than KFBOT_SLACK_TEAM_ID stops here.
+    team = resolve_team(client, settings.slack.team_id)
     identity = Identity(client, settings.core, cache_seconds=settings.slack.admin_cache_seconds)
     calls = backend.render_step if backend.mode == "dry-run" else None
     notifier: Notifier = SlackNotifier(
@@ -182,8 +188,8 @@ def build_slack(
         people=backend,
         drift=desk,
     )
-    listeners.register(app, deps)
-    return SlackEdge(app, deps, notifier, client, home)
+    listeners.register(app, deps, team)
+    return SlackEdge(app, deps, notifier, client, home, team)
 
 
 def home_sources(backend: provisioning.Backend) -> HomeSources:

@@ -22,6 +22,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 import provisioning
 from bot import app as composition
+from bot import team
 from bot.settings import Settings, SettingsError
 from handlers import errors
 
@@ -114,6 +115,14 @@ def slack_checks(settings: Settings) -> list[CheckResult]:
             f"bot user {data.get('user', '?')} ({data.get('user_id', '?')})",
         )
     ]
+    try:
+        served = team.from_auth_test(data, settings.slack.team_id)
+    except errors.Misconfigured as exc:
+        results.append(
+            _fix("slack", "team", exc.user_message, "kfbot serve refuses to start until they agree")
+        )
+    else:
+        results.append(_ok("slack", "team", f"serves workspace {served.team_id} only"))
     header = _header(response.headers, SCOPES_HEADER)
     if header is None:
         results.append(

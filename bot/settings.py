@@ -97,6 +97,9 @@ class SlackSettings:
     crontab syntax and ``KFBOT_TIMEZONE``; empty or ``off``: no scheduled report."""
     drift_channel: str = ""
     """``KFBOT_DRIFT_CHANNEL``: where the drift report goes; empty: the admin channel."""
+    team_id: str | None = None
+    """``KFBOT_SLACK_TEAM_ID``: the one Slack workspace (team) served; ``kfbot serve`` refuses to
+    start when the bot token's (``auth.test``) is another. Unset: the token's team."""
 
     @property
     def socket_mode(self) -> bool:
@@ -249,6 +252,7 @@ class Settings:
                 variable="KFBOT_SLACK_API_URL",
             )
         dashboard = env.text("KFBOT_DASHBOARD_URL")
+        team = env.text("KFBOT_SLACK_TEAM_ID")
         slack = SlackSettings(
             bot_token=env.text("SLACK_BOT_TOKEN"),
             signing_secret=env.text("SLACK_SIGNING_SECRET"),
@@ -266,6 +270,7 @@ class Settings:
                 check_digest_schedule,
             ),
             drift_channel=env.channel("KFBOT_DRIFT_CHANNEL"),
+            team_id=env.convert("KFBOT_SLACK_TEAM_ID", team, _team_id) if team else None,
         )
         http = HttpSettings(
             host=env.text("KFBOT_HTTP_HOST", HttpSettings.host),
@@ -526,6 +531,16 @@ def _dollars(value: str) -> float:
     if not math.isfinite(amount) or amount < 0:
         raise ValueError("give an amount of USD a month, 0 or more (0 asks for every cost)")
     return amount
+
+
+TEAM_ID = re.compile(r"T[A-Z0-9]{2,}")
+"""A Slack team (workspace) id as Slack spells it: ``T`` and upper-case letters or digits."""
+
+
+def _team_id(value: str) -> str:
+    if not TEAM_ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Slack team id (T and capitals or digits, e.g. T0123ABCD)")
+    return value
 
 
 def _link_url(value: str) -> str:

@@ -543,3 +543,21 @@ def test_doctor_says_when_prometheus_is_unreachable_or_unset() -> None:
     assert row.status is Status.FIX and "KFBOT_PROMETHEUS_URL" in row.fix
     [row] = check_prometheus(CostProbeSettings())
     assert row.status is Status.SKIP
+
+
+def test_a_team_id_that_is_not_the_tokens_is_a_fix(
+    fake_slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant_scopes(monkeypatch, fake_slack, ALL_SCOPES)
+    settings = Settings.from_env({**env_for(fake_slack, tmp_path), "KFBOT_SLACK_TEAM_ID": "T0OTHER99"})
+    migrate(settings)
+
+    code, output, results = run_doctor(settings)
+
+    assert code == 1
+    fix = to_fix(results)["team"]
+    assert "T0OTHER99" in fix.detail and fake_slack.team_id in fix.detail
+    assert "KFBOT_SLACK_TEAM_ID" in fix.detail
+    assert line_of(output, "is T0OTHER99").startswith("FIX")
+    agreed = Settings.from_env({**env_for(fake_slack, tmp_path), "KFBOT_SLACK_TEAM_ID": fake_slack.team_id})
+    assert "team" not in to_fix(run_doctor(agreed)[2])

@@ -16,13 +16,16 @@ from slack_bolt import App
 
 from bot.listeners import actions, commands, common, home, views
 from bot.listeners.common import Deps, correlation, on_error, tell
+from bot.team import ServedTeam
 
 __all__ = ["Deps", "correlation", "on_error", "register", "tell"]
 
 
-def register(app: App, deps: Deps) -> None:
-    """Install the correlation middleware, the global error handler and every listener."""
+def register(app: App, deps: Deps, team: ServedTeam) -> None:
+    """Install the correlation middleware, the one-team check (before every listener: see
+    ``bot.team``), the global error handler and every listener."""
     app.middleware(common.correlation_middleware)
+    app.middleware(common.team_middleware(team))
     app.error(on_error)
     commands.register(app, deps)
     actions.register(app, deps)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from slack_bolt import Ack, BoltContext, Respond
+from slack_bolt import Ack, BoltContext, BoltResponse, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
 
@@ -31,6 +31,7 @@ from bot.identity import Identity
 from bot.offboard import OffboardBackend
 from bot.payloads import text_at
 from bot.settings import Settings
+from bot.team import ServedTeam, refusal
 from handlers import errors
 from handlers.plan import JSON
 from handlers.services import Core
@@ -397,6 +398,30 @@ def correlation_middleware(context: BoltContext, next: Callable[[], None]) -> No
     context[FROM_SLACK] = True
     context["correlation_id"] = log.new_correlation_id()
     next()
+
+
+TEAM_REFUSED_TEXT = "kf-chatops does not serve this Slack workspace; nothing was done."
+"""The whole answer to a slash command from another team (other requests get an empty 200)."""
+
+
+def team_middleware(served: ServedTeam) -> Callable[..., BoltResponse]:
+    """Bolt's global middleware that serves only ``served`` (``bot.team``): installed right after
+    the correlation id, so it runs after Bolt's verification and before every listener, for both
+    transports. A refused request is answered 200 at once (Slack must not retry it), and nothing
+    of it is recorded, looked up or posted; the log has the reason and the correlation id, never
+    the payload."""
+
+    def check_team(
+        body: Mapping[str, object], context: BoltContext, next: Callable[[], BoltResponse]
+    ) -> BoltResponse:
+        reason = refusal(body, served)
+        if reason is None:
+            return next()
+        with log.bound(correlation(context)):
+            logger.warning("refused a Slack request from %s: kf-chatops serves one team", reason)
+        return BoltResponse(status=200, body=TEAM_REFUSED_TEXT if body.get("command") else "")
+
+    return check_team
 
 
 def correlation(context: BoltContext) -> str:

@@ -125,6 +125,10 @@ database.url, and a sqlite URL is refused (SQLite is for the local `kfbot` shell
       name: {{ .Values.slack.existingSecret }}
       key: {{ .Values.slack.appTokenKey }}
 {{- end }}
+{{- with .Values.slack.teamId }}
+- name: KFBOT_SLACK_TEAM_ID
+  value: {{ . | quote }}
+{{- end }}
 - name: KFBOT_AUDIT_KEY
   valueFrom:
     secretKeyRef:
