@@ -89,7 +89,12 @@ def command(port: int, text: str, trigger: str, fake: FakeSlack) -> int:
                 answer += chunk
     except OSError:
         return -1
-    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else -1
+    head_lines = answer.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+    if not answer.startswith(b"HTTP/") or b"server: kf-chatops" not in head_lines:
+        # Not our replica's answer: a connection made after it closed its port can reach whichever
+        # process took the port next (another xdist worker's server). For this replica: refused.
+        return -1
+    return int(answer.split(b" ", 2)[1])
 
 
 def burst(port: int, fake: FakeSlack, n: int, prefix: str) -> dict[str, int]:
@@ -285,7 +290,12 @@ def health(port: int, path: str = "/healthz") -> int:
             answer = sock.recv(65536)
     except OSError:
         return -1
-    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else -1
+    head_lines = answer.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+    if not answer.startswith(b"HTTP/") or b"server: kf-chatops" not in head_lines:
+        # Not our replica's answer: a connection made after it closed its port can reach whichever
+        # process took the port next (another xdist worker's server). For this replica: refused.
+        return -1
+    return int(answer.split(b" ", 2)[1])
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bytes | None:
