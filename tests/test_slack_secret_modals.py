@@ -58,7 +58,7 @@ class SlowSecrets:
             self.views_open_before.append(len(self.fake.calls_to("views.open")))
         try:
             time.sleep(self.delay)
-            assert self.released.wait(WAIT * 4), "the test never released the secrets"
+            assert self.released.wait(WAIT), "the test never released the secrets"
             secret: RevealedSecret = make()
         finally:
             with self._lock:
