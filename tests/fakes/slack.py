@@ -425,11 +425,12 @@ class FakeSlack:
         with self._lock:
             return copy.deepcopy(self._responses)
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, message: str = "") -> Any:
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, message: str = "") -> Any:
         """Poll until ``predicate()`` is truthy and return its value.
 
         Bolt runs listeners after ``ack()`` on a worker thread, so side effects land later than
-        the HTTP reply. Lookup errors inside the predicate count as "not yet".
+        the HTTP reply. Lookup errors inside the predicate count as "not yet". The timeout only
+        bounds a hang: it is generous because a loaded CI machine runs those threads late.
         """
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None

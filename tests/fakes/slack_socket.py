@@ -190,7 +190,7 @@ class FakeSocketMode:
         assert old is not None, "no live connection to refresh"
         self._send({"type": "disconnect", "reason": reason, "debug_info": {"host": "applink-fake"}})
         with self._lock:
-            renewed = self._lock.wait_for(lambda: self._opened > opened, 15.0)
+            renewed = self._lock.wait_for(lambda: self._opened > opened, 60.0)
         old.close()
         if not renewed:
             raise AssertionError(f"the client did not reconnect after a disconnect ({reason})")
