@@ -317,9 +317,10 @@ SLOW_BODY_HEAD = (
 
 
 def health(port: int, path: str = "/healthz") -> int:
-    """The status of a GET on ``path``, or -1 when it was not answered within 5 s."""
+    """The status of a GET on ``path``, or -1 when it was not answered within 30 s (a starved
+    listener never answers; a loaded machine answers late)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             answer = sock.recv(65536)
     except OSError:
