@@ -171,7 +171,7 @@ def new_workspace_request(bot: Running, fake: FakeSlack, *, user: str = ALICE, n
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(url, timeout=30) as resp:  # bounds a hang only
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
