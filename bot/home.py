@@ -318,8 +318,10 @@ class Debouncer:
     """Runs ``action(key)`` once per key, ``delay`` seconds after the first ``touch`` of a burst;
     touches while one is scheduled join it. One daemon thread."""
 
-    def __init__(self, delay: float, action: Callable[[str], None]) -> None:
-        self._delay, self._action = delay, action
+    def __init__(
+        self, delay: float, action: Callable[[str], None], monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._delay, self._action, self._monotonic = delay, action, monotonic
         self._due: dict[str, float] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -329,7 +331,7 @@ class Debouncer:
         with self._cond:
             if self._closed:
                 return
-            now = time.monotonic()
+            now = self._monotonic()
             for key in keys:
                 self._due.setdefault(key, now + self._delay)
             if self._thread is None:
@@ -346,7 +348,7 @@ class Debouncer:
         while True:
             with self._cond:
                 while not self._closed:
-                    now = time.monotonic()
+                    now = self._monotonic()
                     ready = [k for k, at in self._due.items() if at <= now]
                     if ready:
                         for key in ready:

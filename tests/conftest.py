@@ -10,9 +10,16 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from bot import logging as log
 from tests.fakes.figures import FIGURES, merge
+
+# Hypothesis fails an example slower than 200 ms, or slow data generation, by default: a claim on
+# speed that a loaded CI machine breaks (speed is measured by bench/). Tests that set their own
+# settings inherit this profile for what they leave out.
+settings.register_profile("kfbot", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kfbot")
 
 pytest_plugins = [
     "tests.fakes.apiserver_fixtures",

@@ -438,7 +438,8 @@ def dump_database(db_url_or_engine: str | sa.Engine) -> str:
             engine.dispose()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+    """Poll ``predicate`` until truthy; the timeout only bounds a hang (workers run late under load)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

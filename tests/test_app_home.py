@@ -256,7 +256,7 @@ def test_tokens_are_revoked_from_the_tab_only_by_who_may_and_a_grantee_is_refres
 
 
 def test_the_messages_tab_publishes_nothing_and_a_burst_refreshes_once(
-    bot: Running, fake_slack: FakeSlack
+    bot: Running, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     body = json.dumps(event_payload(app_home_opened(ALICE, tab="messages"))).encode()
     assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
@@ -264,35 +264,65 @@ def test_the_messages_tab_publishes_nothing_and_a_burst_refreshes_once(
     time.sleep(0.2)
     assert publishes(fake_slack, ALICE) == 0  # only the Home tab is ours to draw
 
-    opened = publishes(fake_slack, BOB)
-    for name in ("b1", "b2", "b3", "b4"):  # four new requests: four changes for the admins' tabs
-        new_request(bot, fake_slack, f"workspace new {name}", user=ALICE)
+    # The burst must fall within one debounce window whatever the machine's load: the refresh
+    # thread is kept busy publishing Eve's tab (Slack does not answer) until all four changes
+    # have reached the Home, so none of them can start a window of its own.
+    assert bot.edge.home is not None
+    announced: list[str] = []
+    changed = bot.edge.home.changed
+
+    def noting(request: Request, events: Any) -> None:
+        changed(request, events)
+        announced.append(request.id)
+
+    monkeypatch.setattr(bot.edge.home, "changed", noting)
+    opened, eve = publishes(fake_slack, BOB), publishes(fake_slack, EVE)
+    fake_slack.hold_method("views.publish")
+    bot.edge.home.debouncer.touch([EVE])
+    wait_until(lambda: publishes(fake_slack, EVE) > eve, "the refresh thread to be held by Eve's tab")
+    ids = [new_request(bot, fake_slack, f"workspace new {n}", user=ALICE) for n in ("b1", "b2", "b3", "b4")]
+    wait_until(lambda: set(ids) <= set(announced), "the four changes to reach the Home")
+    assert publishes(fake_slack, BOB) == opened
+    fake_slack.hold_method("views.publish", held=False)
+
     wait_until(lambda: publishes(fake_slack, BOB) > opened, "Bob's tab to be refreshed")
-    time.sleep(0.8)
-    assert publishes(fake_slack, BOB) - opened <= 2  # debounced (the burst may straddle one window)
     assert sum(1 for r in requests_in_db(bot) if r.state is RequestState.PENDING) == 4
     view = json.dumps(fake_slack.home_view(BOB))
     assert all(r.id in view for r in requests_in_db(bot))
+    assert publishes(fake_slack, BOB) - opened == 1  # four changes, one refresh
 
 
 def test_debouncer_runs_once_per_key_per_burst() -> None:
+    """On a clock the test moves (real sleeps raced the loop of touches and the debouncer's
+    thread on a loaded machine): touches within the delay join one burst, nothing runs before
+    it is due, and a touch after the burst has run starts a new one."""
+    now = [100.0]
     ran: list[str] = []
-    done = threading.Event()
+    lock = threading.Lock()
 
     def action(key: str) -> None:
-        ran.append(key)
-        if len(ran) >= 3:
-            done.set()
+        with lock:
+            ran.append(key)
 
-    debouncer = home.Debouncer(0.2, action)
+    def ran_now() -> list[str]:
+        with lock:
+            return sorted(ran)
+
+    debouncer = home.Debouncer(0.2, action, monotonic=lambda: now[0])
     try:
         for _ in range(50):
             debouncer.touch(["U1", "U2"])
-        time.sleep(0.5)
-        assert sorted(ran) == ["U1", "U2"]
+            now[0] += 0.003  # all 50 within the 0.2 s: one burst
+        debouncer.touch([])  # wakes the thread: the burst is not due yet
+        assert ran_now() == []
+        now[0] = 100.2
+        debouncer.touch([])
+        wait_until(lambda: ran_now() == ["U1", "U2"], "the burst to run")
         debouncer.touch(["U1"])  # a later change is a new burst
-        assert done.wait(2)
-        assert sorted(ran) == ["U1", "U1", "U2"]
+        now[0] = 100.4
+        debouncer.touch([])
+        wait_until(lambda: len(ran_now()) == 3, "the second burst to run")
+        assert ran_now() == ["U1", "U1", "U2"]
     finally:
         debouncer.close()
 

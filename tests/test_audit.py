@@ -196,7 +196,7 @@ def test_concurrent_appends_never_fork_the_chain_on_postgres(postgres_url: str) 
     db = Database(postgres_url, audit_key=AUDIT_KEY)
     db.migrate()
     try:
-        start = threading.Barrier(4, timeout=10)
+        start = threading.Barrier(4, timeout=60)  # bounds a hang: threads start late under load
 
         def writer(n: int) -> None:
             start.wait()
@@ -207,7 +207,7 @@ def test_concurrent_appends_never_fork_the_chain_on_postgres(postgres_url: str) 
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(30)
+            thread.join(120)
         assert not any(t.is_alive() for t in threads)
         result = audit.verify(db, AUDIT_KEY)
         assert result.ok and result.rows == 40

@@ -165,13 +165,13 @@ def test_serve_end_to_end_over_http(tmp_path: Path, fake_slack: FakeSlack) -> No
         stderr=subprocess.PIPE,
     )
     try:
-        ready = fake_slack.wait_for(lambda: readyz(port), 20, "kfbot serve to be ready")
+        ready = fake_slack.wait_for(lambda: readyz(port), 60, "kfbot serve to be ready")
         assert ready["provisioner"] == "dry-run" and ready["migrated"] is True
         body = slash_command_body(
             "workspace new team-a", user_id="U0ALICE01", response_url=fake_slack.response_url("serve")
         )
         assert post_signed(f"http://127.0.0.1:{port}/slack/events", body, SIGNING_SECRET)[0] == 200
-        fake_slack.wait_for(lambda: fake_slack.messages_in("CADMINS01"), 10)
+        fake_slack.wait_for(lambda: fake_slack.messages_in("CADMINS01"), 60)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)

@@ -372,7 +372,7 @@ def test_through_the_slack_edge_kf_drift_shows_buttons_and_a_click_adopts(
         url = fake_slack.response_url("drift")
         body = slash_command_body("drift", user_id=ADMIN.user_id, response_url=url)
         assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
-        reply = fake_slack.wait_for(lambda: fake_slack.responses.get("drift"), 15.0)[0]
+        reply = fake_slack.wait_for(lambda: fake_slack.responses.get("drift"), 60.0)[0]
         assert EVE in json.dumps(reply["blocks"])
         report = {"channel": ADMIN_CHANNEL, "ts": "1700000000.000100", "blocks": reply["blocks"]}
         _click(bot, fake_slack, ADMIN2, report, drift.ADOPT)
@@ -381,7 +381,7 @@ def test_through_the_slack_edge_kf_drift_shows_buttons_and_a_click_adopts(
             with bot.backend.db.uow() as uow:
                 return EVE in {g.user for g in uow.registry.grants(NS)}
 
-        fake_slack.wait_for(adopted, 15.0, "the grant to be adopted")
+        fake_slack.wait_for(adopted, 60.0, "the grant to be adopted")
     finally:
         bot.stop()
 

@@ -50,7 +50,9 @@ class _WritesDuringIssue:
 
         other = threading.Thread(target=write)
         other.start()
-        other.join(timeout=5)
+        # Blocked, the writer would sit out SQLite's 30 s busy timeout; 25 s tells that apart
+        # without failing a writer that is merely late on a loaded machine.
+        other.join(timeout=25)
         return RevealedSecret(kind="token", value="not-a-real-token", fingerprint="f")
 
 

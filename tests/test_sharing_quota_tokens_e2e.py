@@ -862,7 +862,7 @@ def _slash(bot: composition.Running, fake: FakeSlack, user: Actor, text: str, na
     body = slash_command_body(text, user_id=user.user_id, response_url=fake.response_url(name))
     status, _, _ = post_signed(bot.url, body, SIGNING_SECRET)
     assert status == 200
-    reply = fake.wait_for(lambda: fake.responses.get(name), 15.0, f"the reply to /kf {text}")
+    reply = fake.wait_for(lambda: fake.responses.get(name), 60.0, f"the reply to /kf {text}")
     return str(reply[0]["text"])
 
 
@@ -893,7 +893,7 @@ def _state(bot: composition.Running, request_id: str, state: RequestState, fake:
         with bot.backend.uow() as uow:
             return uow.requests.get(request_id).state is state
 
-    fake.wait_for(current, 15.0, f"{request_id} to be {state.value}")
+    fake.wait_for(current, 60.0, f"{request_id} to be {state.value}")
 
 
 @pytest.fixture
@@ -990,7 +990,7 @@ def test_the_token_is_only_ever_in_the_requesters_modal(
         )
         _click(bot, fake_slack, ALICE, dm, blocks.SHOW_TOKEN)
         # "Working…" opens at the click; the token arrives by views.update into that modal.
-        modal = fake_slack.wait_for(lambda: fake_slack.calls_to("views.update"), 15.0)[0]["view"]
+        modal = fake_slack.wait_for(lambda: fake_slack.calls_to("views.update"), 60.0)[0]["view"]
     finally:
         bot.stop()
 

@@ -42,6 +42,10 @@ def client(fake: FakeSlack) -> WebClient:
 
 
 def test_the_fake_throttles_a_channel_with_429_and_retry_after(fake: FakeSlack) -> None:
+    # A bucket that refills one token in 1000 s: the burst of 20 goes through and the 21st is
+    # refused however slowly the posts go (at 100 a second, a loaded machine posting no faster
+    # than that never emptied the bucket).
+    fake.limit_channel_rate(per_second=0.001, burst=20)
     web = WebClient(token=BOT_TOKEN, base_url=fake.base_url)
     with pytest.raises(SlackApiError) as refused:
         for i in range(100):
@@ -49,8 +53,7 @@ def test_the_fake_throttles_a_channel_with_429_and_retry_after(fake: FakeSlack) 
     assert refused.value.response.status_code == 429
     assert refused.value.response["error"] == "ratelimited"
     assert int(refused.value.response.headers["Retry-After"]) >= 1
-    posted = len(fake.messages_in(CARDS))
-    assert 20 <= posted < 100  # the burst went through, then the bucket was empty
+    assert len(fake.messages_in(CARDS)) == 20  # the burst went through, then the bucket was empty
     web.chat_postMessage(channel=OTHER, text="another channel has its own bucket")
     assert len(fake.messages_in(OTHER)) == 1
 
@@ -66,9 +69,15 @@ def test_a_burst_of_200_cards_from_10_threads_arrives_complete_and_in_order(fake
         except BaseException as exc:
             errors.append(exc)
 
+    # The channel refuses everything until all ten threads have met a 429 (at 100 a second, a
+    # loaded machine posting no faster than that was never throttled): Slack's pace is met for
+    # certain, then the bucket's.
+    fake.hold_channel(CARDS)
     threads = [threading.Thread(target=poster, args=(n,)) for n in range(10)]
     for thread in threads:
         thread.start()
+    fake.wait_for(lambda: fake.throttled > 0, 60, "the cards channel to refuse a post")
+    fake.hold_channel(CARDS, held=False)
     for thread in threads:
         thread.join(timeout=300)
     assert errors == []
@@ -81,14 +90,18 @@ def test_a_burst_of_200_cards_from_10_threads_arrives_complete_and_in_order(fake
 
 def test_a_throttled_channel_does_not_hold_up_another(fake: FakeSlack) -> None:
     pacer, web = ChannelPacer(), client(fake)
+    # The cards channel accepts nothing until the other channel's message is out: the first is
+    # throttled for as long as the test needs (at 100 a second it raced the other post).
+    fake.hold_channel(CARDS)
     busy = threading.Thread(
         target=lambda: [pacer.call(CARDS, lambda i=i: web.chat_postMessage(channel=CARDS, text=str(i)))
                         for i in range(60)]
     )  # fmt: skip
     busy.start()
-    fake.wait_for(lambda: fake.throttled > 0, 30, "the cards channel to be throttled")
+    fake.wait_for(lambda: fake.throttled > 0, 60, "the cards channel to be throttled")
     pacer.call(OTHER, lambda: web.chat_postMessage(channel=OTHER, text="meanwhile"))
-    still_posting = busy.is_alive()
+    still_posting = busy.is_alive() and fake.messages_in(CARDS) == []
+    fake.hold_channel(CARDS, held=False)
     busy.join(timeout=120)
     assert still_posting  # the other channel's message went out while the first one waited
     assert len(fake.messages_in(OTHER)) == 1

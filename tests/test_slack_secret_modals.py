@@ -40,13 +40,16 @@ from tests.fakes.slack_edge import (
 
 class SlowSecrets:
     """The real secret issuer, slowed down; notes what the fake Slack had seen when a secret was
-    made and what it returned."""
+    made and what it returned. While ``held`` is clear, no secret is made at all: the work in
+    flight lasts for as long as a test needs, whatever the machine's speed."""
 
     def __init__(self, real: SecretIssuer, fake: FakeSlack, delay: float) -> None:
         self.real, self.fake, self.delay = real, fake, delay
         self.views_open_before: list[int] = []
         self.made: list[RevealedSecret] = []
         self.in_flight = 0
+        self.released = threading.Event()
+        self.released.set()
         self._lock = threading.Lock()
 
     def _slow(self, make: Any) -> RevealedSecret:
@@ -55,6 +58,7 @@ class SlowSecrets:
             self.views_open_before.append(len(self.fake.calls_to("views.open")))
         try:
             time.sleep(self.delay)
+            assert self.released.wait(WAIT), "the test never released the secrets"
             secret: RevealedSecret = make()
         finally:
             with self._lock:
@@ -157,12 +161,15 @@ def test_a_secret_that_cannot_be_made_says_why_in_the_modal(
 # -- acks never wait behind work ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("delay", [3.0])
 def test_slow_clicks_in_flight_do_not_delay_the_ack_of_a_slash_command(
     slow_bot: tuple[Running, SlowSecrets], fake_slack: FakeSlack
 ) -> None:
+    """Every one of Bolt's listener threads is busy making a secret that is not made until the
+    slash command has been answered: the ack cannot have waited for any of them (a clock bound
+    on the ack raced the machine's load; speed belongs to bench/)."""
     running, secrets = slow_bot
     _alice_has_a_login(running, fake_slack)
+    secrets.released.clear()
     clicks = [
         threading.Thread(
             target=_press,
@@ -176,11 +183,12 @@ def test_slow_clicks_in_flight_do_not_delay_the_ack_of_a_slash_command(
     fake_slack.wait_for(lambda: secrets.in_flight >= 5, WAIT)  # Bolt's default pool has 5 threads
 
     body = slash_command_body("help", user_id=BOB, response_url=fake_slack.response_url("help"))
-    started = time.monotonic()
     status, _, _ = post_signed(running.url, body, SIGNING_SECRET)
-    acked = time.monotonic() - started
 
-    assert status == 200 and acked < 1.0, acked
+    assert status == 200
+    assert secrets.made == [] and secrets.in_flight >= 5  # answered while all five were held
+    assert fake_slack.calls_to("views.update") == []
+    secrets.released.set()
     for t in clicks:
         t.join()
     fake_slack.wait_for(lambda: len(fake_slack.calls_to("views.update")) == 8, WAIT)

@@ -75,7 +75,7 @@ from tests.live_harness import (
 
 MANAGED_KEY = "app.kubernetes.io/managed-by"
 PROFILES = ("kubeflow.org/v1", "profiles")
-WAIT = 20.0
+WAIT = 60.0  # bounds a hang, not a claim: the engine runs late on a loaded machine
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """A replica's engine in a process of its own, for the cross-process wake-up test: workers that
-poll only once a minute, so a request it applies promptly was woken by a PostgreSQL notification.
+poll only once an hour, so a request it applies promptly was woken by a PostgreSQL notification.
 
 Usage: python -m tests.wake_worker DB_URL READY_FILE
 Writes READY_FILE once its listener is up and its workers are idle; exits when stdin closes.
@@ -18,7 +18,7 @@ from tests.harness import build_stack
 
 def main(db_url: str, ready: str) -> None:
     stack = build_stack(db_url, worker_id="replica-2", migrate=False)
-    engine = dataclasses.replace(stack.backend.settings.engine, poll_interval=60.0, workers=2)
+    engine = dataclasses.replace(stack.backend.settings.engine, poll_interval=3600.0, workers=2)
     stack.backend.settings = dataclasses.replace(stack.backend.settings, engine=engine)
     stop = threading.Event()
     supervisor = stack.backend.start_worker(stack.notifier, stop)

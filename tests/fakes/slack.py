@@ -184,6 +184,7 @@ class FakeSlack:
         self._channel_rate: tuple[float, float] | None = None  # (messages per second, burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, at)
         self._held_channels: set[str] = set()
+        self._held_methods: dict[str, threading.Event] = {}
         self.throttled = 0
         """chat.postMessage calls answered 429 by the per-channel limit."""
         self._failures: dict[str, list[str]] = {}
@@ -225,6 +226,8 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        for method in list(self._held_methods):
+            self.hold_method(method, held=False)  # a test that failed while holding: let go
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
@@ -316,6 +319,18 @@ class FakeSlack:
                 self._held_channels.add(channel)
             else:
                 self._held_channels.discard(channel)
+
+    def hold_method(self, method: str, held: bool = True) -> None:
+        """While held, a call to ``method`` is recorded and then not answered until released: the
+        caller's thread is busy for as long as a test needs, so what must happen meanwhile is
+        proved without racing a clock."""
+        with self._lock:
+            if held:
+                self._held_methods.setdefault(method, threading.Event())
+                return
+            gate = self._held_methods.pop(method, None)
+        if gate is not None:
+            gate.set()
 
     def _throttled(self, method: str, params: Json) -> int | None:
         """Seconds to wait when the per-channel limit refuses this call, else None (and a token spent)."""
@@ -410,11 +425,12 @@ class FakeSlack:
         with self._lock:
             return copy.deepcopy(self._responses)
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, message: str = "") -> Any:
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, message: str = "") -> Any:
         """Poll until ``predicate()`` is truthy and return its value.
 
         Bolt runs listeners after ``ack()`` on a worker thread, so side effects land later than
-        the HTTP reply. Lookup errors inside the predicate count as "not yet".
+        the HTTP reply. Lookup errors inside the predicate count as "not yet". The timeout only
+        bounds a hang: it is generous because a loaded CI machine runs those threads late.
         """
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
@@ -457,18 +473,27 @@ class FakeSlack:
                 params[key] = json.loads(params[key])
         with self._lock:
             self._calls.append(SlackCall(method, copy.deepcopy(params), token))
-            if self._rate_limits.get(method):
-                retry_after = self._rate_limits[method].pop(0)
-                body = json.dumps({"ok": False, "error": "ratelimited"}).encode()
-                return 429, {**_JSON_HEADERS, "Retry-After": str(retry_after)}, body
-            if (wait := self._throttled(method, params)) is not None:
-                self.throttled += 1
-                body = json.dumps({"ok": False, "error": "ratelimited"}).encode()
-                return 429, {**_JSON_HEADERS, "Retry-After": str(wait)}, body
-            try:
-                answer = self._answer(method, params, token)
-            except _ApiError as err:
-                answer = {"ok": False, "error": err.error}
+            gate = self._held_methods.get(method)
+            if gate is None:
+                return self._respond(method, params, token)
+        gate.wait(60)
+        with self._lock:
+            return self._respond(method, params, token)
+
+    def _respond(self, method: str, params: Json, token: str | None) -> tuple[int, dict[str, str], bytes]:
+        """The answer to a recorded API call (under ``_lock``)."""
+        if self._rate_limits.get(method):
+            retry_after = self._rate_limits[method].pop(0)
+            body = json.dumps({"ok": False, "error": "ratelimited"}).encode()
+            return 429, {**_JSON_HEADERS, "Retry-After": str(retry_after)}, body
+        if (wait := self._throttled(method, params)) is not None:
+            self.throttled += 1
+            body = json.dumps({"ok": False, "error": "ratelimited"}).encode()
+            return 429, {**_JSON_HEADERS, "Retry-After": str(wait)}, body
+        try:
+            answer = self._answer(method, params, token)
+        except _ApiError as err:
+            answer = {"ok": False, "error": err.error}
         return 200, dict(_JSON_HEADERS), json.dumps(answer).encode()
 
     def _answer(self, method: str, params: Json, token: str | None) -> Json:
@@ -1006,8 +1031,8 @@ def post_signed(
     """POST ``body`` signed with ``secret``; returns (status, headers, body) for 4xx/5xx too."""
     headers = {**sign(body, secret, timestamp), **(headers_override or {})}
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+    try:  # the timeout bounds a hang: a loaded machine acks late, and an ack is not a speed claim
+        with urllib.request.urlopen(request, timeout=60) as resp:
             return resp.status, dict(resp.headers.items()), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers.items()), err.read()

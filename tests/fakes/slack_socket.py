@@ -135,7 +135,7 @@ class FakeSocketMode:
         with self._lock:
             return list(self._strays)
 
-    def wait_connected(self, count: int = 1, timeout: float = 15.0) -> None:
+    def wait_connected(self, count: int = 1, timeout: float = 60.0) -> None:
         """Until ``count`` connections have been opened and the latest one is live."""
         with self._lock:
             if not self._lock.wait_for(lambda: self._opened >= count and self._current is not None, timeout):
@@ -143,7 +143,7 @@ class FakeSocketMode:
                     f"no Socket Mode connection #{count} within {timeout}s ({self._opened} so far)"
                 )
 
-    def ack_for(self, envelope_id: str, timeout: float = 15.0) -> Json:
+    def ack_for(self, envelope_id: str, timeout: float = 60.0) -> Json:
         """The client's acknowledgement of ``envelope_id`` (fails when none comes)."""
         with self._lock:
             if not self._lock.wait_for(lambda: envelope_id in self._acks, timeout):
@@ -190,7 +190,7 @@ class FakeSocketMode:
         assert old is not None, "no live connection to refresh"
         self._send({"type": "disconnect", "reason": reason, "debug_info": {"host": "applink-fake"}})
         with self._lock:
-            renewed = self._lock.wait_for(lambda: self._opened > opened, 15.0)
+            renewed = self._lock.wait_for(lambda: self._opened > opened, 60.0)
         old.close()
         if not renewed:
             raise AssertionError(f"the client did not reconnect after a disconnect ({reason})")
