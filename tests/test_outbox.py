@@ -33,7 +33,7 @@ from tests.harness import ADMIN, ALICE, BOB, Stack, build_stack, make_workspace
 pytest_plugins = ["tests.fakes.db_fixtures"]
 
 ADMIN_CHANNEL = "CADMINS01"
-WAIT = 15.0
+WAIT = 60.0
 # One share request's engine notices, each a line in its card's thread (see handlers.notifications).
 THREAD_MESSAGES = 3
 """A one-step request's thread: the apply line, the step's one message, the result."""
