@@ -497,20 +497,12 @@ def test_start_up_with_the_tokens_team_serves(fake_slack: FakeSlack, tmp_path: P
 
 
 def test_start_up_refuses_an_org_wide_token(fake_slack: FakeSlack, tmp_path: Path) -> None:
-    original = fake_slack._auth_test
-
-    def org_wide(params: Json) -> Json:
-        return {**original(params), "is_enterprise_install": True, "enterprise_id": "E0GRID001"}
-
-    fake_slack._methods["auth.test"] = org_wide
-    try:
-        with (
-            pytest.raises(errors.Misconfigured, match="org-wide"),
-            running_bot(settings_for(fake_slack, tmp_path)),
-        ):
-            pytest.fail("the bot started with an org-wide token")
-    finally:
-        fake_slack._methods["auth.test"] = original
+    fake_slack.auth_extra = {"is_enterprise_install": True, "enterprise_id": "E0GRID001"}
+    with (
+        pytest.raises(errors.Misconfigured, match="org-wide"),
+        running_bot(settings_for(fake_slack, tmp_path)),
+    ):
+        pytest.fail("the bot started with an org-wide token")
 
 
 def test_kfbot_serve_names_the_mismatch_in_one_line(fake_slack: FakeSlack, tmp_path: Path) -> None:

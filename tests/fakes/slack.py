@@ -185,6 +185,8 @@ class FakeSlack:
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, at)
         self._held_channels: set[str] = set()
         self._held_methods: dict[str, threading.Event] = {}
+        self.auth_extra: Json = {}
+        """Fields auth.test answers on top of the workspace's (an Enterprise Grid org-wide install)."""
         self.throttled = 0
         """chat.postMessage calls answered 429 by the per-channel limit."""
         self._failures: dict[str, list[str]] = {}
@@ -572,7 +574,7 @@ class FakeSlack:
         return {
             **shape, "ok": True, "url": f"https://{self.team}.slack.com/", "team": self.team,
             "user": self.bot_name, "team_id": self.team_id, "user_id": self.bot_user_id,
-            "bot_id": self.bot_id, "is_enterprise_install": False,
+            "bot_id": self.bot_id, "is_enterprise_install": False, **self.auth_extra,
         }  # fmt: skip
 
     def _chat_post_message(self, params: Json) -> Json:
