@@ -674,10 +674,16 @@ class NodegroupRemoveParams(StepParams):
     name: str
     adopted: bool = False
     """A live workspace records the nodegroup as adopted (``provisioning.actions.check_removable``)."""
+    namespace: str = ""
+    """An adopted nodegroup's workspace namespace: one tagged or labelled for another since is
+    kept (``naming.names_other_namespace``, re-read when the step runs)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("cluster"), f.text("name"), f.flag("adopted"), request=f.request())
+        return cls(
+            f.text("cluster"), f.text("name"), f.flag("adopted"), f.optional_text("namespace"),
+            request=f.request(),
+        )
 
 
 @dataclass(frozen=True)

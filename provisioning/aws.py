@@ -1406,6 +1406,18 @@ class AwsActions:
             marked=MARK_TAG in (nodegroup.get("tags") or {}),
             adopted=params.adopted,
         )
+        if params.adopted:
+            # Handed to another team since the plan: theirs now, kept (the tag and label keys
+            # here; the plan checked the values against every Profile's name).
+            other = names_other_namespace(
+                params.namespace, nodegroup.get("tags") or {}, (), "tag"
+            ) or names_other_namespace(params.namespace, nodegroup.get("labels") or {}, (), "label")
+            if other:
+                return StepOutcome(
+                    created=False,
+                    details={"deleted": False, "reason": f"EKS nodegroup {params.name} was kept: {other}."},
+                    kept=(f"EKS nodegroup `{params.name}`",),
+                )
         deleted = self._delete_nodegroup(params.cluster, params.name)
         return StepOutcome(created=False, details={"deleted": deleted})
 

@@ -435,8 +435,9 @@ def test_a_bucket_handed_over_between_plan_and_apply_is_kept(runbook: Seeded) ->
     stack, made = runbook
     _adopt(stack, made)
     named = _delete_adopted(stack, made)
-    step = {s.key: s for s in named.plan.steps}[f"Bucket/{made.bucket}"]
-    assert step.params["namespace"] == made.namespace
+    steps = {s.key: s for s in named.plan.steps}
+    step = steps[f"Bucket/{made.bucket}"]
+    assert step.params["namespace"] == steps[f"Nodegroup/{made.nodegroup}"].params["namespace"] == made.namespace
     stack.approve(named.id, ADMIN2)
     _hand_over(stack, made)  # approved as planned; handed over before the request runs
     stack.run()
@@ -447,3 +448,31 @@ def test_a_bucket_handed_over_between_plan_and_apply_is_kept(runbook: Seeded) ->
     outcome = aws.registry()[ActionName.BUCKET_REMOVE].ensure(step.params)
     assert outcome.details["deleted"] is False and "`Namespace` names `team-y`" in outcome.details["reason"]
     assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
+
+
+def test_a_nodegroup_tagged_for_another_namespace_is_kept_by_plan_and_step(
+    runbook: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, made = runbook
+    _adopt(stack, made)
+    # Moto cannot retag a nodegroup: hand it over in what EKS answers, as a team retagging it would.
+    aws = stack.backend.facts.discoverer.aws  # type: ignore[attr-defined]
+    describe = aws._describe
+
+    def handed_over(cluster: str, name: str) -> Any:
+        group = describe(cluster, name)
+        return group and {**group, "tags": {**group.get("tags", {}), "Namespace": "team-y"}}
+
+    monkeypatch.setattr(aws, "_describe", handed_over)
+    named = _delete_adopted(stack, made)
+    assert f"Nodegroup/{made.nodegroup}" not in {s.key for s in named.plan.steps}
+    assert any(
+        w.startswith(f"kept: EKS nodegroup `{made.nodegroup}`, because its tag `Namespace` names `team-y`")
+        for w in named.plan.warnings
+    ), named.plan.warnings
+    # The step as a plan made before the hand-over wrote it: it reads the tags again.
+    step = {"cluster": stack.world.cluster, "name": made.nodegroup, "adopted": True, "namespace": made.namespace}
+    outcome = aws.registry()[ActionName.NODEGROUP_REMOVE].ensure(step)
+    assert outcome.details["deleted"] is False and "`Namespace` names `team-y`" in outcome.details["reason"]
+    eks = stack.aws("eks")
+    assert eks.describe_nodegroup(clusterName=stack.world.cluster, nodegroupName=made.nodegroup)

@@ -248,7 +248,7 @@ class WorkspaceDelete:
                     continue
                 # What lets the removal action delete an object without the bot's mark.
                 params["adopted"] = True
-                if action == ActionName.BUCKET:
+                if action in (ActionName.BUCKET, ActionName.NODEGROUP):
                     params["namespace"] = ws.namespace  # re-checked against its tags when it runs
             steps.append(Step(removal, key, params, summary))
         if kept:
