@@ -437,7 +437,8 @@ def test_a_bucket_handed_over_between_plan_and_apply_is_kept(runbook: Seeded) ->
     named = _delete_adopted(stack, made)
     steps = {s.key: s for s in named.plan.steps}
     step = steps[f"Bucket/{made.bucket}"]
-    assert step.params["namespace"] == steps[f"Nodegroup/{made.nodegroup}"].params["namespace"] == made.namespace
+    nodegroup = steps[f"Nodegroup/{made.nodegroup}"]
+    assert step.params["namespace"] == nodegroup.params["namespace"] == made.namespace
     stack.approve(named.id, ADMIN2)
     _hand_over(stack, made)  # approved as planned; handed over before the request runs
     stack.run()
@@ -471,7 +472,8 @@ def test_a_nodegroup_tagged_for_another_namespace_is_kept_by_plan_and_step(
         for w in named.plan.warnings
     ), named.plan.warnings
     # The step as a plan made before the hand-over wrote it: it reads the tags again.
-    step = {"cluster": stack.world.cluster, "name": made.nodegroup, "adopted": True, "namespace": made.namespace}
+    step = {"cluster": stack.world.cluster, "name": made.nodegroup, "adopted": True,
+            "namespace": made.namespace}
     outcome = aws.registry()[ActionName.NODEGROUP_REMOVE].ensure(step)
     assert outcome.details["deleted"] is False and "`Namespace` names `team-y`" in outcome.details["reason"]
     eks = stack.aws("eks")
