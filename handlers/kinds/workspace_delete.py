@@ -10,6 +10,7 @@ from typing import ClassVar
 from handlers import errors, naming
 from handlers.actions import STATIC_HASH_FROM_ENV, STATIC_INLINE_HASH, ActionName
 from handlers.kinds.base import (
+    POLICY_VERSION_NOTE,
     Applied,
     DeleteWorkspace,
     Flag,
@@ -250,6 +251,8 @@ class WorkspaceDelete:
                 params["adopted"] = True
                 if action in (ActionName.BUCKET, ActionName.NODEGROUP):
                     params["namespace"] = ws.namespace  # re-checked against its tags when it runs
+            if removal == ActionName.IAM_RESOURCES_REMOVE:
+                summary += f" ({POLICY_VERSION_NOTE})"
             steps.append(Step(removal, key, params, summary))
         if kept:
             warnings.append(
