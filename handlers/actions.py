@@ -416,10 +416,16 @@ class BucketRemoveParams(StepParams):
     purge_data: bool
     adopted: bool = False
     """A live workspace records the bucket as adopted (``provisioning.actions.check_removable``)."""
+    namespace: str = ""
+    """An adopted bucket's workspace namespace: one tagged for another since is kept
+    (``naming.names_other_namespace``, re-read when the step runs)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("bucket"), f.flag("purge_data"), f.flag("adopted"), request=f.request())
+        return cls(
+            f.text("bucket"), f.flag("purge_data"), f.flag("adopted"), f.optional_text("namespace"),
+            request=f.request(),
+        )
 
 
 @dataclass(frozen=True)
@@ -436,16 +442,21 @@ class IamResourcesParams(StepParams):
 @dataclass(frozen=True)
 class IamResourcesRemoveParams(IamResourcesParams):
     """``statements``: for ARNs an adoption found in statements written by hand (their ``Sid``,
-    or ``#N`` for the N-th statement without one), so the removal takes them out of every
-    ``Allow`` statement that lists them, not only the bot's own; empty for the bot's grants."""
+    or ``#N`` for the N-th statement without one), so the removal takes them out of those
+    ``Allow`` statements too, not only the bot's own; empty for the bot's grants."""
 
     ACTION: ClassVar[ActionName] = ActionName.IAM_RESOURCES_REMOVE
     statements: tuple[str, ...] = ()
+    statement_shapes: tuple[str, ...] = ()
+    """The whole text (``provisioning.aws.statement_identity``) of each recorded statement without
+    a ``Sid``: only a statement still exactly so is edited (an ``#N`` label names a position, which
+    a statement written since shifts). Empty in a record from before it: those stay."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
         statements = f.texts("statements") if "statements" in f.params else ()
-        return cls(f.text("policy_arn"), f.texts("resources"), statements, request=f.request())
+        shapes = f.texts("statement_shapes") if "statement_shapes" in f.params else ()
+        return cls(f.text("policy_arn"), f.texts("resources"), statements, shapes, request=f.request())
 
 
 @dataclass(frozen=True)
@@ -663,10 +674,16 @@ class NodegroupRemoveParams(StepParams):
     name: str
     adopted: bool = False
     """A live workspace records the nodegroup as adopted (``provisioning.actions.check_removable``)."""
+    namespace: str = ""
+    """An adopted nodegroup's workspace namespace: one tagged or labelled for another since is
+    kept (``naming.names_other_namespace``, re-read when the step runs)."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
-        return cls(f.text("cluster"), f.text("name"), f.flag("adopted"), request=f.request())
+        return cls(
+            f.text("cluster"), f.text("name"), f.flag("adopted"), f.optional_text("namespace"),
+            request=f.request(),
+        )
 
 
 @dataclass(frozen=True)

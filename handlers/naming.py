@@ -30,7 +30,7 @@ import dataclasses
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from types import MappingProxyType
 from urllib.parse import quote_plus
 
@@ -882,3 +882,18 @@ def check_templates(settings: NamingSettings) -> None:
         raise ValueError(
             f"naming templates cannot produce valid names (tried workspace {sample!r}): {exc.user_message}"
         ) from exc
+
+
+def names_other_namespace(
+    namespace: str, values: Mapping[str, str], profiles: Container[str], what: str
+) -> str | None:
+    """Why tags or labels tie an object to a namespace other than ``namespace``: a key that names a
+    namespace (``Namespace``, ``kubeflow/namespace``) with another value, or a value that is another
+    Profile's name (``profiles``). Adoption skips such an object, and ``workspace delete`` keeps an
+    adopted one that gained such a tag since: it was handed to that workspace's team."""
+    for key, value in sorted(values.items()):
+        if value == namespace or not value:
+            continue
+        if "namespace" in key.lower() or value in profiles:
+            return f"its {what} {show_value(key)} names {show_value(value)}"
+    return None

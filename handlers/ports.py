@@ -291,6 +291,13 @@ class Facts(Protocol):
         policies, nodegroups), minus what the registry holds; None without a cluster to read."""
         ...
 
+    def adopted_changes(self, namespace: str) -> Mapping[str, str] | None:
+        """What a delete with ``--delete-adopted`` keeps of workspace ``namespace``'s adopted
+        objects because of a change since adoption, read now: registry key -> a "kept: <why>"
+        line (a bucket or nodegroup tagged for another namespace is not removed; a policy's
+        statement the adoption did not record keeps the bucket). None without a cluster to read."""
+        ...
+
     def orphan(self, target: str) -> bool | None:
         """Whether the drift report's orphan list holds ``target`` (``bucket:NAME``,
         ``nodegroup:NAME``, ``iam:BUCKET``, ``dex:EMAIL``) now, read afresh: never an object any

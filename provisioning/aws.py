@@ -91,6 +91,7 @@ from handlers.actions import (
     WorkspaceRoleRemoveParams,
 )
 from handlers.errors import KfError, PermanentError, TemporaryError
+from handlers.naming import names_other_namespace
 from handlers.plan import JSON, StepOutcome, as_list, as_object, canonical_json
 from handlers.ports import Clock
 from provisioning.actions import Action, KeyedLock, TypedAction, check_removable, registry_of
@@ -333,6 +334,21 @@ def _owns(request: str | None, tags: Mapping[str, str] | None) -> bool:
     return request is not None and (tags or {}).get(MARK_TAG) == request
 
 
+def statement_identity(statement: Mapping[str, Any]) -> str:
+    """A statement's whole text, keys sorted: how a statement without a ``Sid`` is recognised
+    later. Its position is no identity (a statement written before it shifts every ``#N``)."""
+    return json.dumps(statement, sort_keys=True, separators=(",", ":"))
+
+
+def _recorded(statement: Mapping[str, Any], sids: Sequence[str], shapes: Sequence[str]) -> bool:
+    """Whether an adoption recorded ``statement``: its ``Sid`` among ``sids``, or, without a Sid,
+    its exact text among ``shapes``. The bot's own statement is always its own to edit."""
+    sid = statement.get("Sid")
+    if sid:
+        return str(sid) == BOT_SID or str(sid) in sids
+    return statement_identity(statement) in shapes
+
+
 def bucket_of(arn: str) -> str | None:
     """``arn:aws:s3:::NAME`` and ``arn:aws:s3:::NAME/…`` -> NAME; None for anything else."""
     prefix = "arn:aws:s3:::"
@@ -500,17 +516,19 @@ class AwsActions:
                 out += [str(r) for r in _as_list(statement.get("Resource", []))]
         return out
 
-    def policy_statements(self, policy_arn: str) -> list[tuple[str, str, list[str]]]:
-        """``(label, Effect, Resource list)`` of each statement of the policy's default version,
-        for adoption: ``label`` is the ``Sid``, or ``#N`` (1-based) for a statement without one."""
+    def policy_statements(self, policy_arn: str) -> list[tuple[str, str, list[str], str]]:
+        """``(label, Effect, Resource list, identity)`` of each statement of the policy's default
+        version, for adoption: ``label`` is the ``Sid``, or ``#N`` (1-based) for a statement without
+        one; ``identity`` is ``statement_identity`` (what a Sid-less statement is recognised by)."""
         with _aws_call(f"reading IAM policy {_policy_name(policy_arn)}"):
             document = self._default_document(self._iam(), policy_arn)
-        out: list[tuple[str, str, list[str]]] = []
+        out: list[tuple[str, str, list[str], str]] = []
         for index, statement in enumerate(_as_list(document.get("Statement", [])), start=1):
             if isinstance(statement, Mapping):
                 resources = [str(r) for r in _as_list(statement.get("Resource", []))]
                 label = str(statement.get("Sid") or f"#{index}")
-                out.append((label, str(statement.get("Effect", "")), resources))
+                effect = str(statement.get("Effect", ""))
+                out.append((label, effect, resources, statement_identity(statement)))
         return out
 
     def nodegroups(self, cluster: str) -> list[NodegroupTypeDef]:
@@ -893,6 +911,16 @@ class AwsActions:
             try:
                 tags = self._bucket_tags(s3, bucket)
                 check_removable(f"S3 bucket {bucket}", marked=MARK_TAG in tags, adopted=params.adopted)
+                # Handed to another team since the plan (or the adoption): theirs now, kept. Only
+                # the tag keys here; the plan checked the values against every Profile's name.
+                other = params.adopted and names_other_namespace(params.namespace, tags, (), "tag")
+                if other:
+                    return StepOutcome(
+                        created=False,
+                        details={"deleted": False, "bucket": bucket,
+                                 "reason": f"S3 bucket {bucket} was kept: {other}."},
+                        kept=(f"S3 bucket `{bucket}`",),
+                    )
                 if purge:
                     self._purge(s3, bucket)
                 elif not self._is_empty(s3, bucket):
@@ -968,24 +996,29 @@ class AwsActions:
 
     def _remove_iam_resources(self, params: IamResourcesRemoveParams) -> StepOutcome:
         if params.statements:
-            return self._remove_adopted_resources(params.policy_arn, params.resources)
+            return self._remove_adopted_resources(params)
         _, removed = self._edit_policy(params.policy_arn, add=[], remove=params.resources)
         return StepOutcome(created=False, details={"removed": removed})
 
-    def _remove_adopted_resources(self, policy_arn: str, resources: Sequence[str]) -> StepOutcome:
-        """An adopted grant, as the runbook wrote it: ``resources`` leave every ``Allow`` statement
-        that lists them (the bot's own included), a statement left without a resource goes, in
-        one new default version (room made as ``_edit_policy`` does, under the same lock). ``Deny``
-        statements and ``NotResource`` stay as they are: taking a bucket out of them widens access."""
+    def _remove_adopted_resources(self, params: IamResourcesRemoveParams) -> StepOutcome:
+        """An adopted grant, as the runbook wrote it: ``resources`` leave the ``Allow`` statements
+        the adoption recorded (by ``Sid``, or a Sid-less one by its whole text,
+        ``statement_shapes``) and the bot's own; a statement left without a resource goes, in one
+        new default version (room made as ``_edit_policy`` does, under the same lock). Any other
+        statement listing them stays (someone wrote it since, for their own reasons: the plan named
+        only the recorded ones), and so do ``Deny`` statements and ``NotResource``: taking a bucket
+        out of them widens access. Read under the lock, so a statement added after the plan stays."""
+        policy_arn = params.policy_arn
         name = _policy_name(policy_arn)
         iam = self._iam()
-        doomed = set(resources)
+        doomed = set(params.resources)
         with self._policy_lock.hold(policy_arn), _aws_call(f"updating IAM policy {name}"):
             document = self._default_document(iam, policy_arn)
             statements = _as_list(document.get("Statement", []))
             rewritten: list[Any] = []
             removed: list[str] = []
-            for statement in statements:
+            kept: list[str] = []
+            for index, statement in enumerate(statements, start=1):
                 listed = _as_list(statement.get("Resource", [])) if isinstance(statement, Mapping) else []
                 if (
                     not isinstance(statement, Mapping)
@@ -995,12 +1028,16 @@ class AwsActions:
                 ):
                     rewritten.append(statement)
                     continue
+                if not _recorded(statement, params.statements, params.statement_shapes):
+                    kept.append(str(statement.get("Sid") or f"#{index}"))
+                    rewritten.append(statement)
+                    continue
                 left = [r for r in listed if str(r) not in doomed]
                 removed += [str(r) for r in listed if str(r) in doomed]
                 if left:
                     rewritten.append({**statement, "Resource": left})
             if not removed:
-                return StepOutcome(created=False, details={"removed": []})
+                return StepOutcome(created=False, details={"removed": [], "kept_statements": kept})
             if not rewritten:  # IAM refuses a document without statements
                 rewritten = [{"Sid": BOT_SID, "Effect": "Allow", "Action": _GRANTS_NOTHING, "Resource": "*"}]
             text = json.dumps({**document, "Statement": rewritten}, separators=(",", ":"))
@@ -1013,7 +1050,9 @@ class AwsActions:
                         f"IAM policy {name} was changed by someone else meanwhile; will retry."
                     ) from e
                 raise
-        return StepOutcome(created=False, details={"removed": list(dict.fromkeys(removed))})
+        return StepOutcome(
+            created=False, details={"removed": list(dict.fromkeys(removed)), "kept_statements": kept}
+        )
 
     def _edit_policy(
         self, policy_arn: str, add: Sequence[str], remove: Sequence[str]
@@ -1367,6 +1406,18 @@ class AwsActions:
             marked=MARK_TAG in (nodegroup.get("tags") or {}),
             adopted=params.adopted,
         )
+        if params.adopted:
+            # Handed to another team since the plan: theirs now, kept (the tag and label keys
+            # here; the plan checked the values against every Profile's name).
+            other = names_other_namespace(
+                params.namespace, nodegroup.get("tags") or {}, (), "tag"
+            ) or names_other_namespace(params.namespace, nodegroup.get("labels") or {}, (), "label")
+            if other:
+                return StepOutcome(
+                    created=False,
+                    details={"deleted": False, "reason": f"EKS nodegroup {params.name} was kept: {other}."},
+                    kept=(f"EKS nodegroup `{params.name}`",),
+                )
         deleted = self._delete_nodegroup(params.cluster, params.name)
         return StepOutcome(created=False, details={"deleted": deleted})
 

@@ -27,7 +27,7 @@ from typing import Any
 from handlers import workspace_iam
 from handlers.actions import ActionName
 from handlers.errors import InvalidInput, KfError, PermanentError
-from handlers.naming import RESERVED_NAMESPACES, NamingSettings, normalize_email
+from handlers.naming import RESERVED_NAMESPACES, NamingSettings, names_other_namespace, normalize_email
 from handlers.naming import show_value as naming_show
 from handlers.plan import JSON, as_list
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
@@ -70,15 +70,7 @@ def _tagged(values: Mapping[str, str], namespace: str, what: str) -> str | None:
 
 
 def _names_other(world: _World, namespace: str, values: Mapping[str, str], what: str) -> str | None:
-    """A tag or label tying the object to another namespace: its key names a namespace
-    (``Namespace``, ``kubeflow/namespace``), or its value is another Profile's name. Such an object
-    is that workspace's even when this one's naming template matches its name."""
-    for key, value in sorted(values.items()):
-        if value == namespace or not value:
-            continue
-        if "namespace" in key.lower() or value in world.profiles:
-            return f"its {what} {naming_show(key)} names {naming_show(value)}"
-    return None
+    return names_other_namespace(namespace, values, world.profiles, what)
 
 
 def _is_user_id(value: str) -> bool:
@@ -124,7 +116,7 @@ class _World:
 
     profiles: dict[str, tuple[str | None, dict[str, str], dict[str, str]]]
     buckets: list[tuple[str, dict[str, str]]]
-    policies: dict[str, list[tuple[str, str, list[str]]]]
+    policies: dict[str, list[tuple[str, str, list[str], str]]]
     """Policy ARN -> its statements (``AwsActions.policy_statements``)."""
     nodegroups: list[Mapping[str, Any]]
     logins: list[DexLogin]
@@ -240,7 +232,7 @@ class Discoverer:
         if not found_buckets:
             notes.append("No S3 bucket was found by the naming template or a tag naming the namespace.")
         for arn, statements in sorted(world.policies.items()):
-            resources = {r for _, _, listed_in in statements for r in listed_in}
+            resources = {r for _, _, listed_in, _ in statements for r in listed_in}
             listed = [
                 r
                 for b in found_buckets
@@ -253,11 +245,18 @@ class Discoverer:
                 # out of the Allow ones and never out of a Deny (that would widen access).
                 for effect, key in (("Allow", "statements"), ("Deny", "deny_statements")):
                     labels = [
-                        label for label, eff, named in statements
+                        label for label, eff, named, _ in statements
                         if eff == effect and label != BOT_SID and set(listed) & set(named)
                     ]
                     if labels:
                         iam_params[key] = labels
+                # A Sid-less statement is recognised later by its whole text, never by position.
+                shapes = [
+                    shape for label, eff, named, shape in statements
+                    if eff == "Allow" and label.startswith("#") and set(listed) & set(named)
+                ]
+                if shapes:
+                    iam_params["statement_shapes"] = shapes
                 objects.append(
                     FoundObject(
                         ActionName.IAM_RESOURCES,
@@ -299,6 +298,60 @@ class Discoverer:
             objects=tuple(objects),
             notes=tuple(notes),
         )
+
+    def adopted_changes(self, namespace: str) -> dict[str, str]:
+        """What ``workspace delete --delete-adopted`` keeps of workspace ``namespace``'s adopted
+        objects because of a change since adoption, read now: registry key -> why. A bucket or
+        nodegroup now tagged (or labelled) for another namespace, by the rule adoption skips them
+        by; a policy's ``Allow`` statement listing the bucket that the adoption did not record."""
+        with self.db.uow() as uow:
+            rows = [w for w in uow.registry.list_workspaces() if w.deleted_at is None]
+        row = next((w for w in rows if w.namespace == namespace), None)
+        if row is None:
+            return {}
+        adopted = {k: e for k, e in row.created.items() if e.get("adopted") is True}
+        if not adopted:
+            return {}
+        world = self._world()
+        out: dict[str, str] = {}
+        tags_of = {bucket: tags for bucket, tags in world.buckets}
+        groups = {str(g.get("nodegroupName", "")): g for g in world.nodegroups}
+        for key, entry in adopted.items():
+            params = entry.get("params") if isinstance(entry.get("params"), Mapping) else {}
+            assert isinstance(params, Mapping)
+            action = entry.get("action")
+            if action == ActionName.BUCKET and str(params.get("bucket")) in tags_of:
+                bucket = str(params.get("bucket"))
+                other = _names_other(world, namespace, tags_of[bucket], "tag")
+                if other:
+                    out[key] = f"kept: S3 bucket `{bucket}`, because {other} (handed over since adoption)"
+            elif action == ActionName.NODEGROUP and str(params.get("name")) in groups:
+                name = str(params.get("name"))
+                group = groups[name]
+                tags = {str(k): str(v) for k, v in (group.get("tags") or {}).items()}
+                labels = {str(k): str(v) for k, v in (group.get("labels") or {}).items()}
+                other = _names_other(world, namespace, tags, "tag") or _names_other(
+                    world, namespace, labels, "label"
+                )
+                if other:
+                    out[key] = f"kept: EKS nodegroup `{name}`, because {other} (handed over since adoption)"
+            elif action == ActionName.IAM_RESOURCES and str(params.get("policy_arn")) in world.policies:
+                arn = str(params.get("policy_arn"))
+                resources = {str(r) for r in as_list(params.get("resources") or [])}
+                sids = {str(s) for s in as_list(params.get("statements") or [])}
+                shapes = {str(s) for s in as_list(params.get("statement_shapes") or [])}
+                others = [
+                    label for label, eff, named, shape in world.policies[arn]
+                    if eff == "Allow" and label != BOT_SID and resources & set(named)
+                    and not (label in sids if not label.startswith("#") else shape in shapes)
+                ]
+                if others:
+                    out[key] = (
+                        f"kept: the bucket in statement(s) {', '.join(f'`{s}`' for s in others)} of IAM "
+                        f"policy `{arn.rsplit('/', 1)[-1]}`, because the adoption did not record them "
+                        "(written since, or changed): only the recorded statements are edited"
+                    )
+        return out
 
     def _refused(self, world: _World, namespace: str) -> str | None:
         """Why the Profile ``namespace`` is never adopted: the bot's own namespace, Dex's or the

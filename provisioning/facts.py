@@ -9,7 +9,7 @@ dashboard is not silently overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Protocol
@@ -48,6 +48,8 @@ class DexLogins(Protocol):
 class Discover(Protocol):
     def discover(self, namespace: str) -> Discovery: ...
 
+    def adopted_changes(self, namespace: str) -> dict[str, str]: ...
+
 
 class RegistryFacts:
     def __init__(
@@ -67,6 +69,9 @@ class RegistryFacts:
 
     def discover(self, namespace: str) -> Discovery | None:
         return None if self.discoverer is None else self.discoverer.discover(namespace)
+
+    def adopted_changes(self, namespace: str) -> Mapping[str, str] | None:
+        return None if self.discoverer is None else self.discoverer.adopted_changes(namespace)
 
     def orphan(self, target: str) -> bool | None:
         return None if self.orphans is None else target in self.orphans()

@@ -350,3 +350,131 @@ def test_without_the_iam_reads_the_rest_is_adopted_and_the_plan_says_so(
     assert not [s for s in request.plan.steps if s.key.startswith("IamRole/")]
     assert f"Bucket/{made.bucket}" in {s.key for s in request.plan.steps}
     assert any(w.startswith("The workspace's IAM role was not looked for") for w in request.plan.warnings)
+
+
+def _new_default(stack: LiveStack, policy_arn: str, document: dict[str, Any]) -> None:
+    stack.aws("iam").create_policy_version(
+        PolicyArn=policy_arn, PolicyDocument=json.dumps(document), SetAsDefault=True
+    )
+
+
+def test_only_the_statements_adoption_recorded_lose_the_bucket(runbook: Seeded) -> None:
+    """The admins' own statements written after adoption (one with a Sid, one without, put
+    before the runbook's so every ``#N`` shifts) keep the bucket, and the plan names them."""
+    stack, made = runbook
+    arn = made.policy_arns[0]
+    document = default_document(stack, arn)
+    runbook_statement = next(s for s in document["Statement"] if s.get("Sid") == made.policy_sid)
+    runbook_statement.pop("Sid")  # the runbook wrote its statement without a Sid
+    _new_default(stack, arn, document)
+    _adopt(stack, made)
+    later = [
+        {"Sid": "AuditRead", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": [f"arn:aws:s3:::{made.bucket}/*", "arn:aws:s3:::audit-logs/*"]},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{made.bucket}"},
+    ]
+    document = default_document(stack, arn)
+    document["Statement"] = [*later, *document["Statement"]]
+    _new_default(stack, arn, document)
+
+    named = _delete_adopted(stack, made)
+    policy = arn.rsplit("/", 1)[-1]
+    kept = [w for w in named.plan.warnings if w.startswith("kept: the bucket in statement(s) ")]
+    assert len(kept) == 1 and "`AuditRead`" in kept[0] and f"`{policy}`" in kept[0], named.plan.warnings
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED, stack.request(named.id).error
+    after = default_document(stack, arn)["Statement"]
+    assert after[:2] == later  # untouched, in place
+    assert not any(
+        str(r).startswith(f"arn:aws:s3:::{made.bucket}")
+        for s in after[2:] for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
+    )
+
+
+def test_a_statement_added_between_plan_and_apply_is_kept(runbook: Seeded) -> None:
+    stack, made = runbook
+    arn = made.policy_arns[0]
+    _adopt(stack, made)
+    named = _delete_adopted(stack, made)
+    document = default_document(stack, arn)
+    audit = {"Sid": "AuditRead", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{made.bucket}/*"}
+    _new_default(stack, arn, {**document, "Statement": [*document["Statement"], audit]})
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED
+    assert audit in default_document(stack, arn)["Statement"]
+    assert [sid for sid, _ in _bucket_arns(default_document(stack, arn), made.bucket)] == ["AuditRead"]
+
+
+def _hand_over(stack: LiveStack, made: RunbookWorkspace) -> None:
+    """The bucket is given to another team: the runbook's Namespace tag now names theirs."""
+    stack.aws("s3").put_bucket_tagging(
+        Bucket=made.bucket, Tagging={"TagSet": [{"Key": "Namespace", "Value": "team-y"}]}
+    )
+
+
+def test_a_bucket_tagged_for_another_namespace_since_adoption_is_kept(runbook: Seeded) -> None:
+    stack, made = runbook
+    _adopt(stack, made)
+    _hand_over(stack, made)
+    named = _delete_adopted(stack, made)
+    assert f"Bucket/{made.bucket}" not in {s.key for s in named.plan.steps}
+    assert any(
+        w.startswith(f"kept: S3 bucket `{made.bucket}`, because its tag `Namespace` names `team-y`")
+        for w in named.plan.warnings
+    ), named.plan.warnings
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED
+    assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
+
+
+def test_a_bucket_handed_over_between_plan_and_apply_is_kept(runbook: Seeded) -> None:
+    stack, made = runbook
+    _adopt(stack, made)
+    named = _delete_adopted(stack, made)
+    steps = {s.key: s for s in named.plan.steps}
+    step = steps[f"Bucket/{made.bucket}"]
+    nodegroup = steps[f"Nodegroup/{made.nodegroup}"]
+    assert step.params["namespace"] == nodegroup.params["namespace"] == made.namespace
+    stack.approve(named.id, ADMIN2)
+    _hand_over(stack, made)  # approved as planned; handed over before the request runs
+    stack.run()
+    assert stack.request(named.id).state is not RequestState.SUCCEEDED  # re-planned: asked again
+    assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
+    # And the step itself, handed over after the last plan: it reads the tags again.
+    aws = stack.backend.facts.discoverer.aws  # type: ignore[attr-defined]
+    outcome = aws.registry()[ActionName.BUCKET_REMOVE].ensure(step.params)
+    assert outcome.details["deleted"] is False and "`Namespace` names `team-y`" in outcome.details["reason"]
+    assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
+
+
+def test_a_nodegroup_tagged_for_another_namespace_is_kept_by_plan_and_step(
+    runbook: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, made = runbook
+    _adopt(stack, made)
+    # Moto cannot retag a nodegroup: hand it over in what EKS answers, as a team retagging it would.
+    aws = stack.backend.facts.discoverer.aws  # type: ignore[attr-defined]
+    describe = aws._describe
+
+    def handed_over(cluster: str, name: str) -> Any:
+        group = describe(cluster, name)
+        return group and {**group, "tags": {**group.get("tags", {}), "Namespace": "team-y"}}
+
+    monkeypatch.setattr(aws, "_describe", handed_over)
+    named = _delete_adopted(stack, made)
+    assert f"Nodegroup/{made.nodegroup}" not in {s.key for s in named.plan.steps}
+    assert any(
+        w.startswith(f"kept: EKS nodegroup `{made.nodegroup}`, because its tag `Namespace` names `team-y`")
+        for w in named.plan.warnings
+    ), named.plan.warnings
+    # The step as a plan made before the hand-over wrote it: it reads the tags again.
+    step = {"cluster": stack.world.cluster, "name": made.nodegroup, "adopted": True,
+            "namespace": made.namespace}
+    outcome = aws.registry()[ActionName.NODEGROUP_REMOVE].ensure(step)
+    assert outcome.details["deleted"] is False and "`Namespace` names `team-y`" in outcome.details["reason"]
+    eks = stack.aws("eks")
+    assert eks.describe_nodegroup(clusterName=stack.world.cluster, nodegroupName=made.nodegroup)

@@ -197,3 +197,22 @@ def test_args_round_trip_through_storage() -> None:
         kinds.WorkspaceCreate("w", "a@example.com", gpu=2, nodes_min=1, nodes_max=3),
     ):
         assert kinds.from_args(kind.KIND, kinds.to_args(kind)) == kind
+
+
+def test_every_step_that_writes_a_policy_version_says_a_version_may_be_deleted() -> None:
+    """IAM keeps five versions of a managed policy: the bot deletes the oldest non-default one to
+    make room, and the plan says so wherever a step writes a new default version."""
+    note = "a new default version; the oldest non-default version is deleted when the policy holds five"
+    created = kinds.WorkspaceCreate("myproj", "a@example.com").plan(ctx())
+    (grant,) = [s for s in created.steps if s.action == "aws.iam_resources"]
+    assert note in grant.summary
+    policy = "arn:aws:iam::123456789012:policy/kubeflow-s3"
+    entry = {"action": "aws.iam_resources", "params": {"policy_arn": policy, "resources": ["arn:aws:s3:::b"]}}
+    for adopted in (False, True):
+        ws = WorkspaceFacts("w", "w", "o@example.com", created={f"IamPolicy/{policy}": {**entry,
+                            **({"adopted": True} if adopted else {})}}, pvcs=0)
+        deleted = kinds.WorkspaceDelete("w", "w", delete_adopted=True).plan(
+            ctx(facts=StaticFacts(workspaces={"w": ws}))
+        )
+        (removal,) = deleted.steps
+        assert note in removal.summary, removal.summary

@@ -53,6 +53,12 @@ class TimerSpec:
     keep_pending: tuple[str, ...] = ()
 
 
+POLICY_VERSION_NOTE = (
+    "a new default version; the oldest non-default version is deleted when the policy holds five"
+)
+"""Said by every step that edits a shared managed policy: IAM keeps five versions, and the bot makes
+room by deleting the oldest one that is not the default (``AwsActions._make_room_for_version``)."""
+
 ADOPTED = "adopted"
 """The key that marks a registry entry (``created[key]``) as adopted: made by hand before the bot,
 recorded by ``workspace.adopt``; ``workspace.delete`` removes it only when the admin names it."""

@@ -19,6 +19,7 @@ from typing import ClassVar
 from handlers import errors, naming
 from handlers.actions import ActionName
 from handlers.kinds.base import (
+    POLICY_VERSION_NOTE,
     Applied,
     Flag,
     Parsed,
@@ -147,7 +148,8 @@ class DriftCleanup:
                     ActionName.IAM_RESOURCES_REMOVE,
                     f"IamPolicy/{arn}",
                     {"policy_arn": arn, "resources": resources},
-                    f"remove bucket `{self.name}` from IAM policy `{arn.rsplit('/', 1)[-1]}`{gone}",
+                    f"remove bucket `{self.name}` from IAM policy `{arn.rsplit('/', 1)[-1]}`{gone} "
+                    f"({POLICY_VERSION_NOTE})",
                 )
                 for arn in arns
             ]

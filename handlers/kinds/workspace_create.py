@@ -12,6 +12,7 @@ from handlers import errors, naming, prices, scheduling, units, workspace_iam
 from handlers.actions import NOTEBOOK_ACTIVITY_POLICY, ActionName
 from handlers.kinds.base import (
     MANAGED_BY,
+    POLICY_VERSION_NOTE,
     Applied,
     Flag,
     Parsed,
@@ -205,7 +206,7 @@ class WorkspaceCreate:
                     ActionName.IAM_RESOURCES,
                     f"IamPolicy/{arn}",
                     {"policy_arn": arn, "resources": resources},
-                    f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}`",
+                    f"add the bucket to IAM policy `{arn.rsplit('/', 1)[-1]}` ({POLICY_VERSION_NOTE})",
                 )
             )
         cost: dict[str, JSON] = {}

@@ -10,6 +10,7 @@ from typing import ClassVar
 from handlers import errors, naming
 from handlers.actions import STATIC_HASH_FROM_ENV, STATIC_INLINE_HASH, ActionName
 from handlers.kinds.base import (
+    POLICY_VERSION_NOTE,
     Applied,
     DeleteWorkspace,
     Flag,
@@ -100,6 +101,12 @@ def _adopted_removal(
     elif action == ActionName.IAM_RESOURCES:
         policy = str(params.get("policy_arn") or "").rsplit("/", 1)[-1]
         statements = [str(s) for s in as_list(params.get("statements") or [])]
+        shapes = as_list(params.get("statement_shapes") or [])
+        unnamed = [s for s in statements if s.startswith("#")]
+        if unnamed and not shapes:
+            kept.append(f"kept: the bucket in statement(s) {', '.join(f'`{s}`' for s in unnamed)} of IAM "
+                        f"policy `{policy}`, because they have no Sid and the adoption did not record "
+                        "their text (adopted by an older bot), so they cannot be told apart")
         if statements:
             summary += f" (Allow statement(s) {', '.join(f'`{s}`' for s in statements)}, as written by hand)"
         else:
@@ -208,6 +215,13 @@ class WorkspaceDelete:
         steps: list[Step] = []
         warnings: list[str] = []
         kept: list[str] = []
+        # Read now, once: what changed since adoption (handed to another team, statements written
+        # since). The removal steps check again when they run.
+        changes = (
+            (ctx.facts.adopted_changes(ws.namespace) or {})
+            if self.delete_adopted and any(is_adopted(e) for e in ws.created.values())
+            else {}
+        )
         for key, created in reversed(list(ws.created.items())):
             action, params = as_text(created["action"]), dict(as_object(created["params"]))
             removal = _REMOVAL.get(action)
@@ -226,11 +240,19 @@ class WorkspaceDelete:
                 params["purge_data"] = self.purge_data
             summary = _prose(removal, params, key)
             if adopted:
+                if key in changes:
+                    warnings.append(changes[key])
+                    if action != ActionName.IAM_RESOURCES:  # the recorded statements still go
+                        continue
                 summary, runs = _adopted_removal(action, params, summary, warnings)
                 if not runs:
                     continue
                 # What lets the removal action delete an object without the bot's mark.
                 params["adopted"] = True
+                if action in (ActionName.BUCKET, ActionName.NODEGROUP):
+                    params["namespace"] = ws.namespace  # re-checked against its tags when it runs
+            if removal == ActionName.IAM_RESOURCES_REMOVE:
+                summary += f" ({POLICY_VERSION_NOTE})"
             steps.append(Step(removal, key, params, summary))
         if kept:
             warnings.append(

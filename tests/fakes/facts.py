@@ -3,6 +3,7 @@ tested against the real registry."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from handlers.ports import DataHeld, Discovery, IdleFacts, WorkspaceFacts
@@ -61,6 +62,9 @@ class StaticFacts:
 
     def discover(self, namespace: str) -> Discovery | None:
         return self.found.get(namespace)
+
+    def adopted_changes(self, namespace: str) -> Mapping[str, str] | None:
+        return None
 
     def orphan(self, target: str) -> bool | None:
         return target in self.orphans
