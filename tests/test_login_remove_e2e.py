@@ -178,15 +178,20 @@ def test_a_login_is_kept_while_its_holder_owns_a_profile_the_bot_does_not_manage
     stack.approve(transfer.id, ADMIN)
     _settle(stack)
     assert stack.request(transfer.id).state is RequestState.SUCCEEDED
-    _hand_made_profile(stack, "aic-ns-other-ws", owner)  # after the offboarding plan: apply re-checks
-
-    with pytest.raises(errors.InvalidInput, match="owns Profile `aic-ns-other-ws`"):
-        services.build_plan(stack.core, kinds.LoginRemove(owner), "RPREVIEW")  # an admin's own ask
     stack.approve(removal.id, ADMIN)
     _settle(stack)
+    assert [s.action for s in stack.request(removal.id).plan.steps] == ["dex.user.remove"]
+
+    # The hand-made Profile appears while the removal waits for its second admin.
+    _hand_made_profile(stack, "aic-ns-other-ws", owner)
+    with pytest.raises(errors.InvalidInput, match="the owner of Profile `aic-ns-other-ws`"):
+        services.build_plan(stack.core, kinds.LoginRemove(owner), "RPREVIEW")  # an admin's own ask
+    stack.approve(removal.id, ADMIN2)
+    _settle(stack)
     replanned = stack.request(removal.id)
-    assert replanned.plan.steps == (), replanned.plan.steps
-    assert any("aic-ns-other-ws" in w for w in replanned.plan.warnings), replanned.plan.warnings
+    assert replanned.state is RequestState.PENDING and replanned.plan.steps == (), replanned
+    warnings = replanned.plan.warnings
+    assert any("the owner of Profile `aic-ns-other-ws`" in w for w in warnings), warnings
     assert owner in _logins(stack, made.dex_mode)
 
 
@@ -198,7 +203,9 @@ def test_delete_adopted_keeps_the_login_of_a_contributor_of_a_profile_the_bot_do
     stack, made = runbook
     _hand_made_profile(stack, "team-x", "carol@example.com")
     _contributor(stack.apiserver, "team-x", made.owner)
-    delete = stack.submit(ADMIN, f"workspace delete {made.namespace} --confirm {made.namespace} --delete-adopted")
+    delete = stack.submit(
+        ADMIN, f"workspace delete {made.namespace} --confirm {made.namespace} --delete-adopted"
+    )
     assert "dex.user.remove" not in [s.action for s in delete.plan.steps], delete.plan.steps
     assert any("is kept" in w and "`team-x`" in w for w in delete.plan.warnings), delete.plan.warnings
     stack.approve(delete.id, ADMIN2)

@@ -26,8 +26,8 @@ class StaticFacts:
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
 
-    def user_in_use(self, user: str, except_workspace: str) -> bool:
-        return user in self.users_elsewhere
+    def user_in_use(self, user: str, except_workspace: str) -> str | None:
+        return "a collaborator on `elsewhere`" if user in self.users_elsewhere else None
 
     def owned_workspaces(self, user: str) -> tuple[str, ...]:
         return tuple(sorted(name for name, ws in self.workspaces.items() if ws.owner == user))
