@@ -276,6 +276,12 @@ class Facts(Protocol):
         ``staticPasswords`` entry); None when there is no Dex to ask (dry run, ``external``)."""
         ...
 
+    def login_key_shared_with(self, user: str) -> tuple[str, tuple[str, ...]] | None:
+        """(Secret key, other logins) when the ``staticPasswords`` entry of ``user`` names a
+        ``hashFromEnv`` key other entries name too (a runbook that gave several logins one key);
+        None otherwise, or with no Dex to ask."""
+        ...
+
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         """(requester user id, workspace) of an issued token, if it is still active."""
         ...

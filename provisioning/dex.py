@@ -210,6 +210,19 @@ class DexActions:
         _, config = self._config()
         return self._static_entry(config, email) is not None or self._password_object(email) is not None
 
+    def key_shared_with(self, email: str) -> tuple[str, tuple[str, ...]] | None:
+        """(the Secret key, the other logins naming it) when ``email``'s ``staticPasswords``
+        entry names a ``hashFromEnv`` key other entries name too: its password set moves it to a
+        key of its own (``set_password_hash``). None otherwise."""
+        email = email.strip().lower()
+        _, config = self._config()
+        entry = self._static_entry(config, email)
+        key = None if entry is None else entry.get("hashFromEnv")
+        if not isinstance(key, str) or not key:
+            return None
+        others = self._key_named_by_others(config, email, key)
+        return (key, tuple(others)) if others else None
+
     def logins(self) -> list[DexLogin]:
         """Every login Dex holds, wherever it is kept (adoption's discovery reads both places,
         whatever ``mode`` says: a runbook may have used either). Hashes are never read out."""

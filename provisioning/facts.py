@@ -46,6 +46,8 @@ class LiveData(Protocol):
 class DexLogins(Protocol):
     def user_exists(self, email: str) -> bool: ...
 
+    def key_shared_with(self, email: str) -> tuple[str, tuple[str, ...]] | None: ...
+
 
 class Discover(Protocol):
     def discover(self, namespace: str) -> Discovery: ...
@@ -259,6 +261,9 @@ class RegistryFacts:
 
     def has_login(self, user: str) -> bool | None:
         return None if self.logins is None else self.logins.user_exists(user)
+
+    def login_key_shared_with(self, user: str) -> tuple[str, tuple[str, ...]] | None:
+        return None if self.logins is None else self.logins.key_shared_with(user)
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         with self.db.uow() as uow:

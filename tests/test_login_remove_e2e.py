@@ -233,6 +233,9 @@ def test_setting_a_password_never_changes_another_login_sharing_its_secret_key(
         done = stack.apply(ADMIN, f"workspace adopt {made.namespace}", approver=ADMIN2)
         assert done.state is RequestState.SUCCEEDED, done.error
         before = dex_secret_data(apiserver)[shared]
+        # An admin's reset says so on its card before anyone presses anything.
+        reset = services.build_plan(stack.core, kinds.PasswordResetFor(made.owner), "RPREVIEW")
+        assert any(f"shares Secret key `{shared}` with {BYSTANDER}" in w for w in reset.warnings), reset
 
         password = services.reveal_password(stack.core, Actor("ULEGACY", made.owner)).value
         entries = {e["email"]: e for e in dex_static_passwords(apiserver)}

@@ -16,6 +16,7 @@ class StaticFacts:
     logins_made: set[str] = field(default_factory=set)
     logins_adopted: set[str] = field(default_factory=set)
     without_login: set[str] = field(default_factory=set)
+    shared_keys: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     """Users Dex has no login for (everyone else has one)."""
     idle: dict[str, IdleFacts] = field(default_factory=dict)
     data: dict[str, DataHeld] = field(default_factory=dict)
@@ -49,6 +50,9 @@ class StaticFacts:
 
     def has_login(self, user: str) -> bool | None:
         return user not in self.without_login
+
+    def login_key_shared_with(self, user: str) -> tuple[str, tuple[str, ...]] | None:
+        return self.shared_keys.get(user)
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         return self.tokens.get(token_id)
