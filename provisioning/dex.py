@@ -411,7 +411,9 @@ class DexActions:
         # Only the entry the bot wrote (its own env key) goes; a hand-made user with that email stays.
         removed = self._remove_static_entry(email, key)
         # Entry first, then its hash: Dex restarted in between would find a user without a hash.
-        removed_key = self._remove_secret_key(key)
+        # A key another entry names (a hand edit after the bot made this one) is theirs as well.
+        _, config = self._config()
+        removed_key = not self._key_named_by_others(config, email, key) and self._remove_secret_key(key)
         if removed or removed_key:
             self._ask_restart(move=True)
         return StepOutcome(created=removed, details={"mode": mode, "deleted": removed})

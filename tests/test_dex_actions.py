@@ -555,3 +555,19 @@ def test_a_password_set_on_a_shared_key_moves_that_login_alone_and_its_removal_f
                    "static_entry": "hashFromEnv", "env_key": "DEX_USER_PASSWORD"})
     assert [e["email"] for e in static_passwords(apiserver)] == ["helper@example.com"]
     assert secret_data(apiserver) == {"DEX_USER_PASSWORD": DEFAULT_HASH}
+
+
+def test_removing_the_bots_login_leaves_a_secret_key_another_login_came_to_name(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """After the bot made alice's login, a hand edit pointed another entry at her key: removing
+    alice's login takes her entry only; the key stays while that entry names it."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap")
+    ensure_user(actions, {**user_params("alice@example.com", "configmap"), "_request": "R1"})
+    key = env_key_for("alice@example.com")
+    _share_key(apiserver, "helper@example.com", key)
+
+    actions.registry()["dex.user.remove"].ensure({"email": "alice@example.com", "mode": "configmap"})
+    assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com", "helper@example.com"]
+    assert key in secret_data(apiserver)
