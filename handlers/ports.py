@@ -242,9 +242,11 @@ class Facts(Protocol):
 
     def workspace(self, name: str) -> WorkspaceFacts | None: ...
 
-    def user_in_use(self, user: str, except_workspace: str) -> bool:
-        """Whether ``user`` owns, holds a grant on, or (with a cluster to read) is a contributor of a
-        workspace other than ``except_workspace``: whether their Dex login is still needed."""
+    def user_in_use(self, user: str, except_workspace: str) -> str | None:
+        """Why the Dex login of ``user`` is still needed, as a noun phrase (``the owner of `x```,
+        ``a contributor (edit) of Profile `y```), or None: they own or hold a grant on no workspace other than
+        ``except_workspace`` and, with a cluster to read, own or contribute to no Profile other than
+        its namespace, the bot's or a hand-made one. Read at plan time and again at apply."""
         ...
 
     def owned_workspaces(self, user: str) -> tuple[str, ...]:
@@ -272,6 +274,12 @@ class Facts(Protocol):
     def has_login(self, user: str) -> bool | None:
         """Whether Dex has a login for ``user`` now, whoever made it (a Password object or a
         ``staticPasswords`` entry); None when there is no Dex to ask (dry run, ``external``)."""
+        ...
+
+    def login_key_shared_with(self, user: str) -> tuple[str, tuple[str, ...]] | None:
+        """(Secret key, other logins) when the ``staticPasswords`` entry of ``user`` names a
+        ``hashFromEnv`` key other entries name too (a runbook that gave several logins one key);
+        None otherwise, or with no Dex to ask."""
         ...
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:

@@ -210,6 +210,19 @@ class DexActions:
         _, config = self._config()
         return self._static_entry(config, email) is not None or self._password_object(email) is not None
 
+    def key_shared_with(self, email: str) -> tuple[str, tuple[str, ...]] | None:
+        """(the Secret key, the other logins naming it) when ``email``'s ``staticPasswords``
+        entry names a ``hashFromEnv`` key other entries name too: its password set moves it to a
+        key of its own (``set_password_hash``). None otherwise."""
+        email = email.strip().lower()
+        _, config = self._config()
+        entry = self._static_entry(config, email)
+        key = None if entry is None else entry.get("hashFromEnv")
+        if not isinstance(key, str) or not key:
+            return None
+        others = self._key_named_by_others(config, email, key)
+        return (key, tuple(others)) if others else None
+
     def logins(self) -> list[DexLogin]:
         """Every login Dex holds, wherever it is kept (adoption's discovery reads both places,
         whatever ``mode`` says: a runbook may have used either). Hashes are never read out."""
@@ -278,6 +291,9 @@ class DexActions:
         key = env_key_for(email)
         if entry is not None and entry.get("hashFromEnv") != key:
             return StepOutcome(created=False, details={"mode": mode, "found": "staticPasswords"})
+        # A key another login names already holds their hash: an entry naming it would sign in with
+        # their password, and the reveal would then write theirs.
+        self._refuse_shared_key(config, email, key)
         self._check_deployment_loads_secret()
         request = k8s.request_of(params)
         # The hash first: the moment the entry exists, a restart must find its env var. For an entry
@@ -338,24 +354,29 @@ class DexActions:
     def _remove_adopted_static_user(self, params: DexUserRemoveParams) -> StepOutcome:
         """An adopted ``staticPasswords`` entry, as the runbook wrote it: the entry of that email
         with that shape (inline ``hash``, or ``hashFromEnv`` naming the recorded key) leaves the
-        config, then its Secret key if no other entry names it; Dex restarts as for a removal."""
+        config, then its Secret key if no other entry names it; Dex restarts as for a removal.
+        The entry is also found under the key of its own the reveal flow may have moved it to."""
         email, key = params.email, params.env_key
+        own = env_key_for(email)
 
         def same_shape(entry: object) -> bool:
             if not isinstance(entry, dict) or str(entry.get("email", "")).lower() != email:
                 return False
+            if entry.get("hashFromEnv") == own:
+                return True  # the reveal flow moved it to a key of its own (set_password_hash)
             if params.static_entry == STATIC_HASH_FROM_ENV:
                 return entry.get("hashFromEnv") == key
             return "hash" in entry and not entry.get("hashFromEnv")
 
-        removed, key_in_use = False, False
+        removed, key_in_use, own_in_use = False, False, True
 
         def mutate(cm: Obj) -> bool:
-            nonlocal removed, key_in_use
+            nonlocal removed, key_in_use, own_in_use
             config = self._parse(cm)
             entries = config.get("staticPasswords") or []
             kept = [e for e in entries if not same_shape(e)]
             key_in_use = any(isinstance(e, dict) and key and e.get("hashFromEnv") == key for e in kept)
+            own_in_use = any(isinstance(e, dict) and e.get("hashFromEnv") == own for e in kept)
             removed = len(kept) != len(entries)
             if not removed:
                 return False
@@ -366,7 +387,8 @@ class DexActions:
         self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)
         # Entry first, then its hash, as for the bot's own entries.
         removed_key = bool(key) and not key_in_use and self._remove_secret_key(key)
-        if removed or removed_key:
+        removed_own = own != key and not own_in_use and self._remove_secret_key(own)
+        if removed or removed_key or removed_own:
             self._ask_restart(move=True)
         return StepOutcome(created=False, details={"mode": "configmap", "deleted": removed})
 
@@ -389,7 +411,9 @@ class DexActions:
         # Only the entry the bot wrote (its own env key) goes; a hand-made user with that email stays.
         removed = self._remove_static_entry(email, key)
         # Entry first, then its hash: Dex restarted in between would find a user without a hash.
-        removed_key = self._remove_secret_key(key)
+        # A key another entry names (a hand edit after the bot made this one) is theirs as well.
+        _, config = self._config()
+        removed_key = not self._key_named_by_others(config, email, key) and self._remove_secret_key(key)
         if removed or removed_key:
             self._ask_restart(move=True)
         return StepOutcome(created=removed, details={"mode": mode, "deleted": removed})
@@ -605,11 +629,18 @@ class DexActions:
         entry = self._static_entry(config, email)
         if entry is not None and cm is not None:
             key = entry.get("hashFromEnv")
-            if not isinstance(key, str) or not key:
-                # An inline `hash:` entry: move it to a key of ours rather than put a hash in the ConfigMap.
-                key = env_key_for(email)
-                self._write_secret_key(key, bcrypt_hash, only_if_absent=False)
-                self._set_entry_key(email, key)
+            if not isinstance(key, str) or not key or self._key_named_by_others(config, email, key):
+                # An inline `hash:` entry: move it to a key of ours rather than put a hash in the
+                # ConfigMap. A key another entry names too (a runbook that pointed two logins at
+                # one Secret key): writing it would give this password to those logins as well, so
+                # this login moves to a key of its own and theirs keep the old hash untouched.
+                own = env_key_for(email)
+                self._refuse_shared_key(config, email, own)
+                self._write_secret_key(own, bcrypt_hash, only_if_absent=False)
+                self._set_entry_key(email, own)
+                if key:
+                    log.info("Dex login %s moved from Secret key %s, which other logins name, to %s",
+                             email, key, own)
             else:
                 self._write_secret_key(key, bcrypt_hash, only_if_absent=False)
             # One click, one person waiting for a modal: restart now rather than after a quiet period.
@@ -629,9 +660,32 @@ class DexActions:
         if self.kube.read_modify_write(k8s.DEX_PASSWORD, name, self.settings.namespace, mutate) is None:
             raise PermanentError(f"Dex has no login for {email}; it is created with the workspace.")
 
+    @staticmethod
+    def _key_named_by_others(config: Mapping[str, Any], email: str, key: str) -> list[str]:
+        """The emails of the ``staticPasswords`` entries other than ``email``'s whose
+        ``hashFromEnv`` is ``key``: whoever's password a write under ``key`` would also set."""
+        return sorted(
+            str(e.get("email", ""))
+            for e in config.get("staticPasswords") or []
+            if isinstance(e, dict) and e.get("hashFromEnv") == key
+            and str(e.get("email", "")).lower() != email
+        )
+
+    def _refuse_shared_key(self, config: Mapping[str, Any], email: str, key: str) -> None:
+        if others := self._key_named_by_others(config, email, key):
+            raise PermanentError(
+                f"The Secret key `{key}` (Secret `{self.settings.secret}`) that kf-chatops keeps "
+                f"{email}'s password under is also named by the `staticPasswords` entry of "
+                f"{', '.join(others)} in ConfigMap {self._cm_ref}; a password written there would "
+                "open their login too, so nothing was written. An admin gives that entry a key "
+                "of its own (`hashFromEnv`), then this is tried again."
+            )
+
     def _set_entry_key(self, email: str, key: str) -> None:
         def mutate(cm: Obj) -> bool:
             config = self._parse(cm)
+            # Re-checked in the write itself: a key another entry came to name meanwhile is theirs too.
+            self._refuse_shared_key(config, email, key)
             entry = self._static_entry(config, email)
             if entry is None or entry.get("hashFromEnv") == key:
                 return False

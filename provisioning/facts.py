@@ -34,6 +34,8 @@ def _inconsistent(what: str) -> errors.Inconsistent:
 class LiveWorkspaces(Protocol):
     def workspace_state(self, namespace: str) -> WorkspaceState: ...
 
+    def profile_users(self) -> dict[str, dict[str, str]]: ...
+
 
 class LiveData(Protocol):
     def data_held(self, namespace: str, bucket: str | None) -> DataHeld:
@@ -43,6 +45,8 @@ class LiveData(Protocol):
 
 class DexLogins(Protocol):
     def user_exists(self, email: str) -> bool: ...
+
+    def key_shared_with(self, email: str) -> tuple[str, tuple[str, ...]] | None: ...
 
 
 class Discover(Protocol):
@@ -203,26 +207,29 @@ class RegistryFacts:
     def _expired(self, at: datetime | None) -> bool:
         return at is not None and at <= self.clock.now()
 
-    def user_in_use(self, user: str, except_workspace: str) -> bool:
+    def user_in_use(self, user: str, except_workspace: str) -> str | None:
         with self.db.uow() as uow:
-            others = [
-                w
-                for w in uow.registry.list_workspaces()
-                if w.name != except_workspace and w.deleted_at is None
-            ]
-            granted = [g for g in uow.registry.grants_of(user) if g.workspace != except_workspace]
-        if granted or any(w.owner == user for w in others):
-            return True
+            live = [w for w in uow.registry.list_workspaces() if w.deleted_at is None]
+            grants = uow.registry.grants_of(user)
+            granted = sorted({g.workspace for g in grants if g.workspace != except_workspace})
+        others = [w for w in live if w.name != except_workspace]
+        if owned := sorted(w.name for w in others if w.owner == user):
+            return f"the owner of `{owned[0]}`"
+        if granted:
+            return f"a collaborator on `{granted[0]}`"
         if self.live is None:
-            return False
-        # The registry is not the only record of who signs in: a contributor the dashboard's Manage
-        # Contributors added (or an owner changed by hand) uses the same login. A read that fails
-        # raises, so no login is removed on a guess.
-        for workspace in others:
-            state = self.live.workspace_state(workspace.namespace)
-            if user in state.contributors or state.owner == user:
-                return True
-        return False
+            return None
+        # The registry is not the only record of who signs in: the login opens every Profile that
+        # names its holder, including the hand-made ones the bot does not manage (`/kf workspace
+        # scan` lists them) and contributors the dashboard's Manage Contributors added. One read
+        # of the whole cluster, not one per workspace.
+        skip = {w.namespace for w in live if w.name == except_workspace}
+        uses = {ns: how for ns, how in self.live.profile_users().get(user.strip().lower(), {}).items()
+                if ns not in skip}
+        for namespace, how in sorted(uses.items()):
+            return (f"the owner of Profile `{namespace}`" if how == "owner"
+                    else f"a contributor ({how}) of Profile `{namespace}`")
+        return None
 
     def owned_workspaces(self, user: str) -> tuple[str, ...]:
         with self.db.uow() as uow:
@@ -259,6 +266,9 @@ class RegistryFacts:
 
     def has_login(self, user: str) -> bool | None:
         return None if self.logins is None else self.logins.user_exists(user)
+
+    def login_key_shared_with(self, user: str) -> tuple[str, tuple[str, ...]] | None:
+        return None if self.logins is None else self.logins.key_shared_with(user)
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         with self.db.uow() as uow:

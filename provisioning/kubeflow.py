@@ -946,6 +946,27 @@ class KubeflowActions:
                 found[user] = role
         return found
 
+    def profile_users(self) -> dict[str, dict[str, str]]:
+        """user -> {Profile name: ``owner`` or their KFAM role} over every Profile in the cluster,
+        the bot's or not (a login opens all of them). Two list calls whatever the cluster's size:
+        the Profiles, and the RoleBindings of every namespace; a contributor is what KFAM lists
+        (a binding annotated ``user`` and ``role``, not the owner's ``admin`` one) in a Profile's
+        namespace. A read that fails raises: no login is judged unused on a guess."""
+        uses: dict[str, dict[str, str]] = {}
+        names: set[str] = set()
+        for profile in self.kube.list(k8s.PROFILE):
+            name = str(profile["metadata"]["name"])
+            names.add(name)
+            if owner := _profile_owner(profile):
+                uses.setdefault(owner.strip().lower(), {})[name] = "owner"
+        for binding in self.kube.list(k8s.ROLE_BINDING):  # every namespace, one call
+            namespace = (binding.get("metadata") or {}).get("namespace")
+            notes = k8s.annotations_of(binding)
+            user, role = notes.get("user"), notes.get("role")
+            if namespace in names and user and role and role != "admin":
+                uses.setdefault(user.strip().lower(), {}).setdefault(str(namespace), role)
+        return uses
+
     def profiles(self) -> list[tuple[str, str | None, dict[str, str], dict[str, str]]]:
         """(name, owner, quota ``hard``, labels) of every Profile, for adoption's discovery."""
         return [

@@ -308,6 +308,31 @@ def test_a_login_stays_while_a_contributor_added_by_hand_elsewhere_still_uses_it
     assert _login_hash(stack, CAROL.email) is not None
 
 
+def test_a_login_stays_while_its_holder_contributes_to_a_profile_the_bot_does_not_manage(
+    password_cr: LiveStack,
+) -> None:
+    """A hand-made Profile (``/kf workspace scan`` lists it; the bot's record does not) is used with
+    the same login: carol, a KFAM contributor of team-x, keeps hers when an owner's self-service
+    unshare takes her last grant the bot knows of, and the plan says why."""
+    stack = password_cr
+    _apply(stack, ALICE, f"share team-a {CAROL.email}")
+    stack.apiserver.create({"apiVersion": "kubeflow.org/v1", "kind": "Profile",
+                            "metadata": {"name": "team-x"},
+                            "spec": {"owner": {"kind": "User", "name": "dave@example.com"}}})
+    for binding in kfam_pair(CAROL.email, "edit", "team-x"):  # by hand, as KFAM writes it
+        stack.apiserver.create(binding)
+
+    seen = len(stack.apiserver.requests)
+    unshare = _apply(stack, ALICE, f"unshare team-a {CAROL.email}")
+    assert "dex.user.remove" not in [s.action for s in unshare.plan.steps], unshare.plan.steps
+    assert any("is kept" in w and "`team-x`" in w for w in unshare.plan.warnings), unshare.plan.warnings
+    # The cluster is read whole, once per plan (and once more at apply), not namespace by namespace.
+    reads = [r.path for r in stack.apiserver.requests[seen:] if r.method == "GET"]
+    assert reads.count("/apis/rbac.authorization.k8s.io/v1/rolebindings") == 2, reads
+    assert not [p for p in reads if p.startswith("/apis/rbac.authorization.k8s.io/v1/namespaces/team-x/")]
+    assert _login_hash(stack, CAROL.email) is not None
+
+
 def test_external_mode_changes_nothing(sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld) -> None:
     with live_stack(sqlite_url, apiserver, world, dex_mode="external", env=NO_IAM) as stack:
         _apply(stack, ALICE, "workspace new team-a")

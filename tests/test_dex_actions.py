@@ -498,3 +498,76 @@ def test_a_forbidden_restart_fails_the_timer_not_silently(
     with pytest.raises(PermanentError, match="may not patch"):
         actions.restart_timer(actions.restart_ref, {})
     assert restarts(apiserver) == 1  # tried (and refused): the sweeper records the error and retries
+
+
+def _share_key(server: FakeApiServer, email: str, key: str) -> None:
+    """A hand-made ``staticPasswords`` entry for ``email`` naming Secret key ``key``, as a runbook
+    that points two logins at one key writes it."""
+    cm = server.get("v1", "configmaps", "dex", "auth")
+    assert cm is not None
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    config["staticPasswords"].append({"email": email, "hashFromEnv": key, "username": "x", "userID": "x-1"})
+    cm["data"]["config.yaml"] = yaml.safe_dump(config, sort_keys=False)
+    server.seed(cm)
+
+
+def test_a_new_login_never_names_a_secret_key_another_login_names(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """The key kf-chatops would keep alice's hash under already holds someone else's: her entry
+    would sign in with their password (and her reveal would set theirs), so nothing is written."""
+    install_dex(apiserver, kube_api_client)
+    key = env_key_for("alice@example.com")
+    _share_key(apiserver, "user@example.com", key)
+    hashed = base64.b64encode(DEFAULT_HASH.encode()).decode()
+    secret = apiserver.get("v1", "secrets", "dex-passwords", "auth")
+    assert secret is not None
+    secret["data"][key] = hashed
+    apiserver.seed(secret)
+    before = static_passwords(apiserver)
+
+    with pytest.raises(PermanentError, match=f"`{key}`.*user@example.com.*key of its own"):
+        ensure_user(dex(kube_api_client, "configmap"), user_params("alice@example.com", "configmap"))
+    assert static_passwords(apiserver) == before and secret_data(apiserver)[key] == DEFAULT_HASH
+
+
+def test_a_password_set_on_a_shared_key_moves_that_login_alone_and_its_removal_finds_it(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """Two entries name ``DEX_USER_PASSWORD``: setting one's password gives that entry a key of its
+    own (the other keeps the old hash); removing the adopted login later finds it there, takes its
+    key, and leaves the shared one to the login still naming it."""
+    install_dex(apiserver, kube_api_client)
+    _share_key(apiserver, "helper@example.com", "DEX_USER_PASSWORD")
+    actions = dex(kube_api_client, "configmap")
+    new = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    actions.set_password_hash("user@example.com", new)
+
+    entries = {e["email"]: e for e in static_passwords(apiserver)}
+    own = env_key_for("user@example.com")
+    assert entries["user@example.com"]["hashFromEnv"] == own
+    assert entries["helper@example.com"]["hashFromEnv"] == "DEX_USER_PASSWORD"
+    assert secret_data(apiserver) == {"DEX_USER_PASSWORD": DEFAULT_HASH, own: new}
+
+    remove = actions.registry()["dex.user.remove"]
+    remove.ensure({"email": "user@example.com", "mode": "configmap", "adopted": True,
+                   "static_entry": "hashFromEnv", "env_key": "DEX_USER_PASSWORD"})
+    assert [e["email"] for e in static_passwords(apiserver)] == ["helper@example.com"]
+    assert secret_data(apiserver) == {"DEX_USER_PASSWORD": DEFAULT_HASH}
+
+
+def test_removing_the_bots_login_leaves_a_secret_key_another_login_came_to_name(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """After the bot made alice's login, a hand edit pointed another entry at her key: removing
+    alice's login takes her entry only; the key stays while that entry names it."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap")
+    ensure_user(actions, {**user_params("alice@example.com", "configmap"), "_request": "R1"})
+    key = env_key_for("alice@example.com")
+    _share_key(apiserver, "helper@example.com", key)
+
+    actions.registry()["dex.user.remove"].ensure({"email": "alice@example.com", "mode": "configmap"})
+    assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com", "helper@example.com"]
+    assert key in secret_data(apiserver)

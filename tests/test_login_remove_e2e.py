@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import bcrypt
 import pytest
 import yaml
 
@@ -27,8 +28,24 @@ from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
 from tests.fakes.facts import StaticFacts
-from tests.fakes.runbook import RUNBOOK_ENV, RunbookWorkspace, _dex_login, seed_runbook_workspace
-from tests.live_harness import ADMIN, ADMIN2, DEX_NAMESPACE, AwsWorld, LiveStack, live_stack, seed_aws
+from tests.fakes.runbook import (
+    RUNBOOK_ENV,
+    RunbookWorkspace,
+    _contributor,
+    _dex_login,
+    seed_runbook_workspace,
+)
+from tests.live_harness import (
+    ADMIN,
+    ADMIN2,
+    DEX_NAMESPACE,
+    AwsWorld,
+    LiveStack,
+    dex_secret_data,
+    dex_static_passwords,
+    live_stack,
+    seed_aws,
+)
 from tests.test_kinds import RUNBOOK
 
 BYSTANDER = "bystander@example.com"
@@ -140,6 +157,94 @@ def test_a_departed_owners_adopted_login_is_removed_only_with_another_admin(runb
     assert _recorded(stack, owner) == []
     (record,) = stack.backend.workspaces()
     assert record.owner != owner and f"Profile/{made.namespace}" in record.created  # the rest stays
+
+
+def _hand_made_profile(stack: LiveStack, name: str, owner: str) -> None:
+    """A Profile made in the dashboard or with kubectl: ``/kf workspace scan`` lists it, the bot's
+    record does not."""
+    stack.apiserver.create({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": name},
+                            "spec": {"owner": {"kind": "User", "name": owner}}})
+
+
+def test_a_login_is_kept_while_its_holder_owns_a_profile_the_bot_does_not_manage(runbook: Seeded) -> None:
+    """The login opens every Profile its holder owns, managed or not: after the adopted workspace
+    is transferred away, removing the login is refused while they own hand-made `other-ws`, at
+    plan time with the reason, and again when an approved removal re-plans at apply."""
+    stack, made = runbook
+    owner = made.owner
+    filed = [stack.request(rid) for rid in _offboard(stack, owner)]
+    (removal,) = [r for r in filed if r.kind == kinds.LoginRemove.KIND]
+    (transfer,) = [r for r in filed if r.kind == kinds.WorkspaceTransfer.KIND]
+    stack.approve(transfer.id, ADMIN)
+    _settle(stack)
+    assert stack.request(transfer.id).state is RequestState.SUCCEEDED
+    stack.approve(removal.id, ADMIN)
+    _settle(stack)
+    assert [s.action for s in stack.request(removal.id).plan.steps] == ["dex.user.remove"]
+
+    # The hand-made Profile appears while the removal waits for its second admin.
+    _hand_made_profile(stack, "aic-ns-other-ws", owner)
+    with pytest.raises(errors.InvalidInput, match="the owner of Profile `aic-ns-other-ws`"):
+        services.build_plan(stack.core, kinds.LoginRemove(owner), "RPREVIEW")  # an admin's own ask
+    stack.approve(removal.id, ADMIN2)
+    _settle(stack)
+    replanned = stack.request(removal.id)
+    assert replanned.state is RequestState.PENDING and replanned.plan.steps == (), replanned
+    warnings = replanned.plan.warnings
+    assert any("the owner of Profile `aic-ns-other-ws`" in w for w in warnings), warnings
+    assert owner in _logins(stack, made.dex_mode)
+
+
+def test_delete_adopted_keeps_the_login_of_a_contributor_of_a_profile_the_bot_does_not_manage(
+    runbook: Seeded,
+) -> None:
+    """``--delete-adopted`` takes the adopted login only when nobody uses it: the owner is a KFAM
+    contributor (Manage Contributors) of hand-made `team-x`, so it stays and the plan says why."""
+    stack, made = runbook
+    _hand_made_profile(stack, "team-x", "carol@example.com")
+    _contributor(stack.apiserver, "team-x", made.owner)
+    delete = stack.submit(
+        ADMIN, f"workspace delete {made.namespace} --confirm {made.namespace} --delete-adopted"
+    )
+    assert "dex.user.remove" not in [s.action for s in delete.plan.steps], delete.plan.steps
+    assert any("is kept" in w and "`team-x`" in w for w in delete.plan.warnings), delete.plan.warnings
+    stack.approve(delete.id, ADMIN2)
+    _settle(stack)
+    assert stack.request(delete.id).state is RequestState.SUCCEEDED, stack.request(delete.id).error
+    assert made.owner in _logins(stack, made.dex_mode)
+
+
+def test_setting_a_password_never_changes_another_login_sharing_its_secret_key(
+    sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld
+) -> None:
+    """The runbook pointed two ``staticPasswords`` entries (the owner's and helper's) at one
+    ``hashFromEnv`` Secret key. The owner's "Set my password" gives the owner's entry a key of its
+    own: the new password opens the owner's login only, helper's hash is untouched."""
+    with live_stack(sqlite_url, apiserver, world, dex_mode="configmap", env=RUNBOOK_ENV) as stack:
+        made = seed_runbook_workspace(apiserver, world, dex_mode="configmap", hash_from_env=True)
+        cm = apiserver.get("v1", "configmaps", "dex", DEX_NAMESPACE)
+        assert cm is not None
+        config = yaml.safe_load(cm["data"]["config.yaml"])
+        (shared,) = [e["hashFromEnv"] for e in config["staticPasswords"] if e["email"] == made.owner]
+        config["staticPasswords"].append({"email": BYSTANDER, "username": "bystander", "userID": "b-2",
+                                          "hashFromEnv": shared})
+        cm["data"]["config.yaml"] = yaml.safe_dump(config, sort_keys=False)
+        apiserver.seed(cm)
+        done = stack.apply(ADMIN, f"workspace adopt {made.namespace}", approver=ADMIN2)
+        assert done.state is RequestState.SUCCEEDED, done.error
+        before = dex_secret_data(apiserver)[shared]
+        # An admin's reset says so on its card before anyone presses anything.
+        reset = services.build_plan(stack.core, kinds.PasswordResetFor(made.owner), "RPREVIEW")
+        assert any(f"shares Secret key `{shared}` with {BYSTANDER}" in w for w in reset.warnings), reset
+
+        password = services.reveal_password(stack.core, Actor("ULEGACY", made.owner)).value
+        entries = {e["email"]: e for e in dex_static_passwords(apiserver)}
+        data = dex_secret_data(apiserver)
+        assert entries[BYSTANDER]["hashFromEnv"] == shared and data[shared] == before
+        own = entries[made.owner]["hashFromEnv"]
+        assert own != shared
+        assert bcrypt.checkpw(password.encode(), data[own].replace("$2y$", "$2b$").encode())
+        assert not bcrypt.checkpw(password.encode(), data[shared].replace("$2y$", "$2b$").encode())
 
 
 @pytest.mark.parametrize("runbook", ["configmap"], indirect=True)  # who may ask is not a Dex matter

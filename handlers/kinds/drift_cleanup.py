@@ -129,8 +129,8 @@ class DriftCleanup:
                 else "A bucket that holds data is kept and reported (`--purge-data` deletes it)."
             )
         elif self.what == "dex":
-            if ctx.facts.user_in_use(self.name, ""):
-                raise errors.InvalidInput(f"The Dex login {self.name} still owns or shares a workspace.")
+            if why := ctx.facts.user_in_use(self.name, ""):
+                raise errors.InvalidInput(f"The Dex login {self.name} is still in use: its holder is {why}.")
             step = Step(
                 ActionName.DEX_USER_REMOVE,
                 f"DexUser/{self.name}",

@@ -116,13 +116,11 @@ class LoginRemove:
                 field="user",
             )
         owned = ctx.facts.owned_workspaces(user)
-        if owned or ctx.facts.user_in_use(user, ""):
-            held = (
-                f"owns {', '.join(f'`{w}`' for w in owned)}" if owned else "holds access to a workspace"
-            )
+        if owned or (why := ctx.facts.user_in_use(user, "")):
+            held = f"owns {', '.join(f'`{w}`' for w in owned)}" if owned else f"is {why}"
             if not self.offboarded:
                 raise errors.InvalidInput(
-                    f"Cannot remove the login of {user}: they still {held}. Transfer or unshare "
+                    f"Cannot remove the login of {user}: {user} still {held}. Transfer or unshare "
                     "first; the login goes with the last access.",
                     field="user",
                 )

@@ -105,6 +105,13 @@ class PasswordResetFor:
             f"{user} gets a DM with a Set my password button; the new password is made when they "
             "press it and shown only to them. Until then their current password keeps working."
         ]
+        if shared := ctx.facts.login_key_shared_with(user):
+            key, others = shared
+            warnings.append(
+                f"The login of {user} shares Secret key `{key}` with {', '.join(others)}: when they "
+                f"set their password, their entry moves to a Secret key of its own, so the new "
+                f"password opens only their login and {', '.join(others)} keep theirs."
+            )
         if ctx.facts.login_origin(user) == "adopted":
             warnings.append(
                 f"The login of {user} was made by hand and adopted: its reset waits for another "

@@ -138,8 +138,8 @@ class Unshare:
         params = dict(as_object(entry["params"]))
         if as_text(params.get("email", "")) != user:
             return None
-        if ctx.facts.user_in_use(user, ws.name):
-            warnings.append(f"The Dex login {user} is kept: they still own or share another workspace.")
+        if why := ctx.facts.user_in_use(user, ws.name):
+            warnings.append(f"The Dex login {user} is kept: they are still {why}.")
             return None
         summary = f"remove the Dex login kf-chatops made for {user}"
         return Step(ActionName.DEX_USER_REMOVE, key, params, summary)

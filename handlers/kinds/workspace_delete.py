@@ -231,10 +231,9 @@ class WorkspaceDelete:
                 continue
             if removal is None:
                 continue
-            if action == ActionName.DEX_USER and ctx.facts.user_in_use(as_text(params["email"]), self.name):
-                warnings.append(
-                    f"The Dex login {params['email']} is kept: it still owns or shares another workspace."
-                )
+            if action == ActionName.DEX_USER and (why := ctx.facts.user_in_use(as_text(params["email"]),
+                                                                                self.name)):
+                warnings.append(f"The Dex login {params['email']} is kept: its holder is still {why}.")
                 continue
             if action in _KEEPS_DATA:
                 params["purge_data"] = self.purge_data

@@ -17,6 +17,7 @@ class StaticFacts:
     logins_made: set[str] = field(default_factory=set)
     logins_adopted: set[str] = field(default_factory=set)
     without_login: set[str] = field(default_factory=set)
+    shared_keys: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     """Users Dex has no login for (everyone else has one)."""
     idle: dict[str, IdleFacts] = field(default_factory=dict)
     data: dict[str, DataHeld] = field(default_factory=dict)
@@ -27,8 +28,8 @@ class StaticFacts:
     def workspace(self, name: str) -> WorkspaceFacts | None:
         return self.workspaces.get(name)
 
-    def user_in_use(self, user: str, except_workspace: str) -> bool:
-        return user in self.users_elsewhere
+    def user_in_use(self, user: str, except_workspace: str) -> str | None:
+        return "a collaborator on `elsewhere`" if user in self.users_elsewhere else None
 
     def owned_workspaces(self, user: str) -> tuple[str, ...]:
         return tuple(sorted(name for name, ws in self.workspaces.items() if ws.owner == user))
@@ -50,6 +51,9 @@ class StaticFacts:
 
     def has_login(self, user: str) -> bool | None:
         return user not in self.without_login
+
+    def login_key_shared_with(self, user: str) -> tuple[str, tuple[str, ...]] | None:
+        return self.shared_keys.get(user)
 
     def token_owner(self, token_id: str) -> tuple[str, str] | None:
         return self.tokens.get(token_id)
