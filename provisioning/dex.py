@@ -368,7 +368,7 @@ class DexActions:
                 return entry.get("hashFromEnv") == key
             return "hash" in entry and not entry.get("hashFromEnv")
 
-        removed, key_in_use, own_in_use = False, False, True
+        removed, key_in_use, own_in_use = False, True, True  # no config read: keep every key
 
         def mutate(cm: Obj) -> bool:
             nonlocal removed, key_in_use, own_in_use

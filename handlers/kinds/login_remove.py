@@ -117,15 +117,15 @@ class LoginRemove:
             )
         owned = ctx.facts.owned_workspaces(user)
         if owned or (why := ctx.facts.user_in_use(user, "")):
-            held = f"owns {', '.join(f'`{w}`' for w in owned)}" if owned else f"is {why}"
+            held = f"still owns {', '.join(f'`{w}`' for w in owned)}" if owned else f"is still {why}"
             if not self.offboarded:
                 raise errors.InvalidInput(
-                    f"Cannot remove the login of {user}: {user} still {held}. Transfer or unshare "
+                    f"Cannot remove the login of {user}: {user} {held}. Transfer or unshare "
                     "first; the login goes with the last access.",
                     field="user",
                 )
             return Plan.of([], [
-                f"Nothing is removed yet: {user} still {held}. Once offboarding's transfer and "
+                f"Nothing is removed yet: {user} {held}. Once offboarding's transfer and "
                 "unshare requests are done, approving finds the removal and it waits for an admin again."
             ])
         names = ",".join(name for name, _ in records)
