@@ -167,7 +167,7 @@ def build_slack(
         listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="kfbot-ack"),
     )
     inbox = Inbox(backend.inbox, WorkPool(work_threads))
-    inbox.client = client
+    inbox.client, inbox.team = client, team
     schedule = settings.slack.drift_report
     desk = DriftDesk(
         backend,
