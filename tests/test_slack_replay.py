@@ -115,6 +115,37 @@ def test_a_replayed_retry_runs_once_across_replicas(fake_slack: FakeSlack, tmp_p
         db.dispose()
 
 
+def test_a_retry_delivered_again_under_its_trigger_id_retries_once(
+    bot: Running, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """Not a replay (signed anew, as a redelivery in Socket Mode or by a proxy would be, after the
+    first copy's inbox row was deleted): ``/kf retry`` is idempotent on its ``trigger_id``, as a
+    submission is."""
+    request_id = new_workspace_request(bot, fake_slack)
+    db = sa.create_engine(f"sqlite:///{tmp_path / 'kfbot.db'}")
+
+    def needs_attention() -> None:
+        with db.begin() as conn:
+            conn.execute(
+                sa.text("update requests set state = 'needs-attention' where id = :i"), {"i": request_id}
+            )
+
+    needs_attention()
+    url = fake_slack.response_url("retry")
+    body = slash_command_body(f"retry {request_id}", user_id=BOB, response_url=url, trigger_id="5.5.retry")
+    assert post_signed(bot.url, body, SIGNING_SECRET, timestamp=int(time.time()) - 30)[0] == 200
+    fake_slack.wait_for(lambda: fake_slack.responses.get("retry"), WAIT, "the retry's reply")
+    settle(fake_slack)
+    retried = audit_types(bot).count("request.retried")
+    needs_attention()
+    assert post_signed(bot.url, body, SIGNING_SECRET)[0] == 200
+    replies = fake_slack.wait_for(lambda: fake_slack.responses["retry"][1:], WAIT, "the second reply")
+    settle(fake_slack)
+    assert audit_types(bot).count("request.retried") == retried
+    assert "already" in str(replies[0].get("text", "")).lower()
+    db.dispose()
+
+
 def test_slacks_retry_of_an_event_is_a_new_request_and_is_handled(
     bot: Running, fake_slack: FakeSlack
 ) -> None:
