@@ -42,7 +42,7 @@ from bot.notify import SlackNotifier
 from bot.offboard import Offboarder, slack_id_recorder
 from bot.scheduler import start_scheduler
 from bot.settings import Settings, sqlite_path
-from bot.signing import SlackEndpoint
+from bot.signing import SlackEndpoint, replay_guard
 from bot.team import ServedTeam
 from bot.team import resolve as resolve_team
 from handlers import errors
@@ -167,7 +167,7 @@ def build_slack(
         listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="kfbot-ack"),
     )
     inbox = Inbox(backend.inbox, WorkPool(work_threads))
-    inbox.client = client
+    inbox.client, inbox.team = client, team
     schedule = settings.slack.drift_report
     desk = DriftDesk(
         backend,
@@ -382,7 +382,7 @@ def start_slack(
         connected_check = SlackAuthCheck(edge.client)
         app = wsgi_app(
             partial(readiness, backend, settings.mode, connected_check, draining),
-            slack=SlackEndpoint(edge.app, settings.slack.signing_secret),
+            slack=SlackEndpoint(edge.app, settings.slack.signing_secret, replay_guard(backend.signatures)),
             slack_path=SLACK_PATH,
             metrics=partial(exposition, registry),
         )

@@ -57,8 +57,10 @@ def control(
     actor: Actor,
     command: parse.Control,
     style: render.Style = render.SLACK,
+    key: str | None = None,
 ) -> str:
-    """Text for a control command; shared by Slack and the shell."""
+    """Text for a control command; shared by Slack and the shell. ``key``: the delivery's
+    idempotency key (Slack's ``trigger_id``), for the commands that change something once."""
     if isinstance(command, parse.Help):
         return render.help_text(command.topic)
     if isinstance(command, parse.ListRequests):
@@ -67,7 +69,7 @@ def control(
         request = services.cancel(core, actor, command.request_id)
         return f"Cancelled `{request.id}`: {render.describe(request, style)}."
     if isinstance(command, parse.Retry):
-        request = services.retry(core, actor, command.request_id)
+        request = services.retry(core, actor, command.request_id, key=None if key is None else f"retry:{key}")
         return f"`{request.id}` goes through apply again; progress follows in the card's thread."
     if isinstance(command, parse.WorkspaceList):
         rows = backend.workspaces(None if actor.is_admin else policy.kubeflow_user(actor, core.settings))

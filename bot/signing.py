@@ -9,9 +9,11 @@ The order is the point: method, a bounded ``Content-Length``, the exact bytes, t
 (ASCII digits within ``MAX_SKEW_SECONDS`` of now, either way), the ``v0=`` HMAC-SHA256 compared in
 constant time; only then are the bytes decoded, parsed and handed to Bolt. A refused request is
 answered 4xx (never 500) and leaves one log line: its size and the reason; the bytes of one that
-failed verification are never parsed, dispatched or logged. A replay of a signed request within
-the window passes this gate; the idempotency keys behind it (a command's ``trigger_id``, a
-decision's key) make it a no-op.
+failed verification are never parsed, dispatched or logged. A verified request's signature is
+then recorded (``Seen``: ``provisioning.SeenSignatures``, shared by the replicas) before Bolt sees
+it: the same signature again, a replay of the captured bytes within the window, is answered an
+empty 200 and dropped. Slack's own retries are new requests (an event's retry carries a new
+timestamp, so a new signature, and ``X-Slack-Retry-Num``) and are served as any other.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from slack_bolt import App
@@ -29,6 +32,7 @@ from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
 from slack_bolt.request import BoltRequest
 
+import provisioning
 from bot.http import MAX_BODY_BYTES, json_response
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,23 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # not \d: int() would also take other s
 _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 _MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "application/json"})
 _CHUNK = 64 * 1024
+REPLAY_SKEW_SECONDS = 60
+"""How far replicas' clocks may disagree: a signature is kept this long past the window, so a
+replica whose clock is behind cannot accept it again after another pruned it."""
+
+Seen = Callable[[str, int], bool]
+"""(signature, its timestamp) -> True the first time, False for a replay."""
+
+
+def replay_guard(signatures: provisioning.SeenSignatures) -> Seen:
+    """``Seen`` over the database: a signature is kept until its timestamp's window (and the skew
+    between replicas) has passed, after which ``signature_error`` refuses it anyway."""
+
+    def first(signature: str, timestamp: int) -> bool:
+        expires = datetime.fromtimestamp(timestamp + MAX_SKEW_SECONDS + REPLAY_SKEW_SECONDS, UTC)
+        return signatures.first(signature, expires, now=datetime.now(UTC))
+
+    return first
 
 
 class _Refused(Exception):
@@ -67,8 +88,8 @@ def signature_error(secret: bytes, timestamp: str, signature: str, body: bytes, 
 class SlackEndpoint:
     """WSGI app for ``/slack/events``: verifies, then dispatches to the Bolt ``app``."""
 
-    def __init__(self, app: App, signing_secret: str) -> None:
-        self._app, self._secret = app, signing_secret.encode()
+    def __init__(self, app: App, signing_secret: str, seen: Seen | None = None) -> None:
+        self._app, self._secret, self._seen = app, signing_secret.encode(), seen
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -77,6 +98,18 @@ class SlackEndpoint:
             logger.info("refused a request to /slack/events: %s (%d bytes)", refused.reason, refused.size)
             headers = [("Allow", "POST")] if refused.status.startswith("405") else []
             return json_response(start_response, refused.status, {"error": refused.answer}, headers)
+        if self._seen is not None:
+            signature = str(environ.get("HTTP_X_SLACK_SIGNATURE", ""))
+            timestamp = int(str(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")))  # verified digits
+            try:
+                first = self._seen(signature, timestamp)
+            except Exception as exc:  # fail closed: unrecorded, it could be carried out twice
+                logger.warning("could not record a Slack request's signature: %s", type(exc).__name__)
+                return json_response(start_response, "503 Service Unavailable", {"error": "try again"})
+            if not first:
+                logger.info("dropped a replayed Slack request (its signature was seen)")
+                start_response("200 OK", [("Content-Length", "0")])
+                return [b""]
         response = self._app.dispatch(request)
         wsgi = WsgiHttpResponse(status=response.status, headers=response.headers, body=response.body)
         start_response(wsgi.status, wsgi.get_headers())

@@ -404,15 +404,17 @@ def cancel(core: Core, actor: Actor, request_id: str, reason: str | None = None)
     return _change(core, request_id, change, cancel_timers=True)
 
 
-def retry(core: Core, actor: Actor, request_id: str) -> Request:
+def retry(core: Core, actor: Actor, request_id: str, *, key: str | None = None) -> Request:
     """``/kf retry``: re-run stopped work under its approval. Re-running is a decision too (the
-    world may have moved since the approval), so the one rule for deciding applies."""
+    world may have moved since the approval), so the one rule for deciding applies. ``key`` (Slack:
+    ``retry:<trigger_id>``) is claimed like a decision key, so the same command delivered again
+    after its work ended retries nothing, even if the request failed again meanwhile."""
 
     def change(request: Request, now: datetime) -> None:
         request.retry(actor, now)  # first: says which states can be retried at all
         policy.check_may_decide(actor, request, core.settings, core.facts)
 
-    return _change(core, request_id, change)
+    return _change(core, request_id, change, key=key)
 
 
 def expire(core: Core, request_id: str) -> Request | None:
@@ -424,12 +426,19 @@ def expire(core: Core, request_id: str) -> Request | None:
 
 
 def _change(
-    core: Core, request_id: str, change: Callable[[Request, datetime], None], *, cancel_timers: bool = False
+    core: Core,
+    request_id: str,
+    change: Callable[[Request, datetime], None],
+    *,
+    cancel_timers: bool = False,
+    key: str | None = None,
 ) -> Request:
     with core.uow() as uow:
         request = uow.requests.get(request_id)
         before = request.version
         change(request, core.clock.now())
+        if key is not None and not uow.decisions.claim(key, request.id):
+            raise errors.AlreadyDone(f"This command was already carried out for `{request.id}`.")
         if cancel_timers:
             uow.timers.cancel("request.expire", request.id)
             uow.timers.cancel("request.nudge", request.id)

@@ -26,6 +26,7 @@ from provisioning.settings import (
     ProvisioningSettings,
 )
 from provisioning.store.inbox import InboxItem, SqlInbox
+from provisioning.store.replay import SeenSignatures
 from provisioning.store.usage import NodeUsage, UsageLedger
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Permission",
     "ProvisioningSettings",
     "QuotaState",
+    "SeenSignatures",
     "SqlInbox",
     "Status",
     "SystemClock",

@@ -43,7 +43,15 @@ from provisioning.records import (
     WorkspaceView,
 )
 from provisioning.settings import ProvisioningSettings
-from provisioning.store import Database, LeaderElection, NodeUsage, SqlInbox, SqlUnitOfWork, UsageLedger
+from provisioning.store import (
+    Database,
+    LeaderElection,
+    NodeUsage,
+    SeenSignatures,
+    SqlInbox,
+    SqlUnitOfWork,
+    UsageLedger,
+)
 from provisioning.store.wakeup import PgWakeups
 
 if TYPE_CHECKING:
@@ -119,6 +127,8 @@ class Backend:
         self._cost_explorer: CostExplorer | None = None
         self.inbox = SqlInbox(db)
         """Slack requests acked and not yet finished (``provisioning/store/inbox.py``)."""
+        self.signatures = SeenSignatures(db)
+        """Signatures of accepted Slack requests, the replay guard (``provisioning/store/replay.py``)."""
 
     def uow(self) -> SqlUnitOfWork:
         """The core's unit of work: only what ``handlers.ports.UnitOfWork`` declares."""

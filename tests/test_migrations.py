@@ -17,7 +17,8 @@ pytest_plugins = ["tests.fakes.db_fixtures"]
 
 TABLES = {"requests", "idempotency_keys", "decision_keys", "step_outcomes", "timers", "workspaces", "grants",
           "tokens", "audit_events", "audit_head", "gpu_signals", "gpu_holds", "cost_reports", "gpu_usage",
-          "cost_digests", "slack_inbox", "notification_outbox", "thread_messages", "drift_reports"}
+          "cost_digests", "slack_inbox", "notification_outbox", "thread_messages", "drift_reports",
+          "slack_signatures"}
 
 
 @pytest.fixture

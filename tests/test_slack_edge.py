@@ -258,8 +258,10 @@ def test_workspace_form_validates_on_the_fields_and_records_once(bot: Running, f
         user_id=ALICE,
         view_id="VFORM00002",
     )
-    for _ in range(2):  # a redelivered submission records nothing new
-        status, _, answer = post_signed(bot.url, good, SIGNING_SECRET)
+    # A redelivered submission (signed anew: identical bytes are a replay, test_slack_replay)
+    # records nothing new.
+    for age in (1, 2):
+        status, _, answer = post_signed(bot.url, good, SIGNING_SECRET, timestamp=int(time.time()) - age)
         assert status == 200 and answer in (b"", b"{}")
     fake_slack.wait_for(lambda: len([t for t in dm_texts(fake_slack, ALICE) if "recorded" in t]) >= 2, WAIT)
     assert [r.args["name"] for r in requests_in_db(bot)] == ["team-b"]
@@ -279,7 +281,14 @@ def test_bad_signature_and_stale_timestamp_are_401(bot: Running, fake_slack: Fak
 def test_a_redelivered_slash_command_records_one_request(bot: Running, fake_slack: FakeSlack) -> None:
     trigger = "1234567890.1234567890.abcdef0123456789abcdef0123456789"
     first = slash(bot, fake_slack, "workspace new team-a", trigger_id=trigger, name="dup")
-    second = slash(bot, fake_slack, "workspace new team-a", trigger_id=trigger, name="dup")
+    # The same command signed at another time (the first's timestamp again would make the identical
+    # bytes, a replay: test_slack_replay).
+    body = slash_command_body(
+        "workspace new team-a", user_id=ALICE, response_url=fake_slack.response_url("dup"), trigger_id=trigger
+    )
+    assert post_signed(bot.url, body, SIGNING_SECRET, timestamp=int(time.time()) - 30)[0] == 200
+    replies = fake_slack.wait_for(lambda: fake_slack.responses["dup"][1:], WAIT, "the second reply")
+    second = str(replies[0].get("text"))
 
     assert "recorded" in first and "Already recorded" in second
     assert len(requests_in_db(bot)) == 1

@@ -8,6 +8,7 @@ or that waited in the pool past it, keeps its lease and runs once.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,11 +23,12 @@ from bot import blocks
 from bot.app import Running
 from bot.identity import Identity
 from bot.listeners.common import BUSY_TEXT
+from bot.logging import SecretFilter
 from handlers.model import Actor
 from provisioning import SqlInbox
 from provisioning.store import Database
 from provisioning.store.schema import slack_inbox
-from tests.fakes.slack import SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
+from tests.fakes.slack import DEFAULT_TEAM_ID, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
     ALICE,
@@ -113,7 +115,8 @@ def test_a_reject_click_opens_its_modal_while_the_pool_is_full(bot: Running, fak
 
 def test_a_row_past_its_response_url_is_told_busy_and_dropped(bot: Running, fake_slack: FakeSlack) -> None:
     past = datetime.now(UTC) - timedelta(minutes=31)
-    body = {"user_id": ALICE, "channel_id": "C111", "text": "workspace new team-old", "trigger_id": "1.1.old",
+    body = {"team_id": DEFAULT_TEAM_ID, "user_id": ALICE, "channel_id": "C111",
+            "text": "workspace new team-old", "trigger_id": "1.1.old",
             "response_url": fake_slack.response_url("old")}  # fmt: skip
     assert bot.backend.inbox.record(
         "command:1.1.old", "command", body, owner="gone", now=past, lease_until=past + timedelta(minutes=2),
@@ -122,6 +125,38 @@ def test_a_row_past_its_response_url_is_told_busy_and_dropped(bot: Running, fake
     fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the sweep to take the row")
     assert [e["text"] for e in fake_slack.ephemerals if e.get("user") == ALICE] == [BUSY_TEXT]
     assert requests_in_db(bot) == []
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["fresh", "expired"])
+@pytest.mark.parametrize("team", ["T999FOREIGN", None], ids=["another-team", "no-team"])
+def test_a_row_not_of_our_team_is_dropped_unrun_and_untold(
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, team: str | None, expired: bool
+) -> None:
+    """The one-team rule (``bot.team.refusal``) holds for the sweep too: a row another build or an
+    older configuration recorded is neither run nor told "busy"."""
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(SecretFilter())  # as kfbot's handler: it stamps the correlation id
+    now = datetime.now(UTC) - (timedelta(minutes=31) if expired else timedelta(0))
+    url = fake_slack.response_url("foreign")
+    payload = dict(parse_qsl(slash_command_body(
+        "workspace new team-evil --gpu 1", user_id=ALICE, response_url=url, trigger_id="4.4.foreign"
+    ).decode()))  # fmt: skip
+    payload.pop("team_id")
+    if team is not None:
+        payload["team_id"] = team
+    before = len(fake_slack.calls)
+    assert bot.backend.inbox.record(
+        "command:4.4.foreign", "command", payload, owner="old-replica", now=now,
+        lease_until=now - timedelta(seconds=1), expires_at=now + timedelta(minutes=25),
+    )  # fmt: skip
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the sweep to drop the row")
+    assert requests_in_db(bot) == []
+    assert "foreign" not in fake_slack.responses
+    assert fake_slack.calls[before:] == [], [c.method for c in fake_slack.calls[before:]]
+    dropped = [r for r in caplog.records if "inbox row" in r.getMessage() and "team" in r.getMessage()]
+    assert [r.levelno for r in dropped] == [logging.WARNING]
+    assert getattr(dropped[0], "correlation_id", None)
+    assert not {ALICE, "T999FOREIGN", "team-evil", url} & set(dropped[0].getMessage().split())
 
 
 def test_a_row_another_replica_abandoned_is_taken_over(bot: Running, fake_slack: FakeSlack) -> None:
@@ -142,8 +177,9 @@ def test_a_row_another_replica_abandoned_is_taken_over(bot: Running, fake_slack:
 
 def test_a_row_another_replica_still_holds_is_left_alone(bot: Running, fake_slack: FakeSlack) -> None:
     now = datetime.now(UTC)
-    body = {"user_id": ALICE, "channel_id": "C111", "text": "workspace new team-held",
-            "trigger_id": "3.3.held", "response_url": fake_slack.response_url("held")}  # fmt: skip
+    body = {"team_id": DEFAULT_TEAM_ID, "user_id": ALICE, "channel_id": "C111",
+            "text": "workspace new team-held", "trigger_id": "3.3.held",
+            "response_url": fake_slack.response_url("held")}  # fmt: skip
     assert bot.backend.inbox.record(
         "command:3.3.held", "command", body, owner="busy-replica", now=now,
         lease_until=now + timedelta(minutes=2), expires_at=now + timedelta(minutes=30),

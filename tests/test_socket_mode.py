@@ -10,6 +10,7 @@ recorded and answered, an Approve click applied, a Reject modal refused empty an
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -18,15 +19,18 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 from bot import blocks, home
 from bot.app import Running
+from bot.logging import SecretFilter
 from handlers.model import RequestState
 from tests.fakes.cli import env_for, free_port, kfbot, readyz
 from tests.fakes.slack import (
     BOT_TOKEN,
+    DEFAULT_TEAM_ID,
     SIGNING_SECRET,
     FakeSlack,
     app_home_opened,
@@ -47,12 +51,13 @@ from tests.fakes.slack_edge import (
     button,
     card_for,
     dm_texts,
+    new_workspace_request,
     requests_in_db,
     settings_for,
     wait_state,
     wait_until,
 )
-from tests.fakes.slack_socket import FakeSocketMode, event_payload, slash_payload
+from tests.fakes.slack_socket import FakeSocketMode, event_payload, interactive_payload, slash_payload
 
 APP_TOKEN = "xapp-" + "1-test"  # built at runtime, like BOT_TOKEN, for the token scanner
 
@@ -291,3 +296,84 @@ def test_the_app_home_is_published_and_its_buttons_work(
     envelope_id = socket_mode.interactive(home_action_body(view, home.HOME_CANCEL, request_id, user_id=ALICE))
     assert socket_mode.ack_for(envelope_id) == {"envelope_id": envelope_id}
     wait_state(bot, request_id, RequestState.CANCELLED)
+
+
+# -- interactions no listener handles (atk-1 #3) ------------------------------------------------------
+
+
+def _ours(**fields: Any) -> dict[str, Any]:
+    """An interaction payload from our own team (``fields`` on top)."""
+    return {
+        "user": {"id": ALICE, "team_id": DEFAULT_TEAM_ID}, "team": {"id": DEFAULT_TEAM_ID},
+        "api_app_id": "AKFBOT001", "is_enterprise_install": False, "enterprise": None, **fields,
+    }  # fmt: skip
+
+
+UNHANDLED: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
+    # kind: (payload, what the acknowledgement carries)
+    "shortcut": (_ours(type="shortcut", callback_id="kf", trigger_id="1.2.3"), None),
+    "message_action": (
+        _ours(
+            type="message_action", callback_id="kf", trigger_id="1.2.4", channel={"id": "C111"},
+            message={"ts": "1.1"},
+        ),
+        None,
+    ),
+    "block_suggestion": (
+        _ours(type="block_suggestion", action_id="x", block_id="b", value="a"),
+        {"options": []},
+    ),
+    "view_closed": (
+        _ours(type="view_closed", view={"id": "V1", "callback_id": "kf_reject", "team_id": DEFAULT_TEAM_ID}),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("transport", ["http", "socket"])
+def test_interactions_no_listener_handles_are_acknowledged_and_dropped(
+    fake_slack: FakeSlack, tmp_path: Path, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack shows the person an error for a 404, and redelivers an envelope nobody acknowledged:
+    every interaction of ours is acknowledged (an empty options list for a suggestion), logged once,
+    and changes nothing; an unknown button on a real card decides nothing."""
+    caplog.set_level(logging.DEBUG, logger="bot.listeners")
+    caplog.handler.addFilter(SecretFilter())
+    add_users(fake_slack)
+    extra = {"SLACK_APP_TOKEN": APP_TOKEN} if transport == "socket" else {}
+    with FakeSocketMode() as endpoint:
+        fake_slack.socket_mode = endpoint if transport == "socket" else None
+        with running_bot(settings_for(fake_slack, tmp_path, **extra)) as running:
+            if transport == "socket":
+                endpoint.wait_connected()
+            request_id = new_workspace_request(running, fake_slack) if transport == "http" else None
+            card = card_for(fake_slack, request_id) if request_id else {"channel": "C111", "ts": "1.1"}
+            unknown = block_action_body(
+                "kf_nope", f"{request_id or 'R000001'}:1", user_id=BOB, channel_id=card["channel"],
+                message_ts=card["ts"], response_url=fake_slack.response_url("nope"),
+                message_blocks=card.get("blocks"),
+            )  # fmt: skip
+            cases = {**UNHANDLED, "unknown action": (interactive_payload(unknown), None)}
+            before = len(fake_slack.calls)
+            logged = len(caplog.records)
+            for name, (payload, answer) in cases.items():
+                if transport == "socket":
+                    envelope = endpoint.deliver("interactive", payload, accepts_response_payload=True)
+                    expected: dict[str, Any] = {"envelope_id": envelope}
+                    if answer is not None:
+                        expected["payload"] = answer
+                    assert endpoint.ack_for(envelope, WAIT) == expected, name
+                else:
+                    form = urlencode({"payload": json.dumps(payload)}).encode()
+                    status, _, body = post_signed(running.url, form, SIGNING_SECRET)
+                    assert status == 200, (name, body)
+                    assert (json.loads(body) if body else None) == answer, name
+            assert [c.method for c in fake_slack.calls[before:]] == []
+            assert "nope" not in fake_slack.responses
+            if request_id is not None:
+                assert [r.state for r in requests_in_db(running)] == [RequestState.PENDING]
+            dropped = [r for r in caplog.records[logged:] if "no listener" in r.getMessage()]
+            assert len(dropped) == len(cases)
+            assert all(getattr(r, "correlation_id", "") for r in dropped)
+            assert all(r.levelno <= logging.INFO for r in dropped)
+        fake_slack.socket_mode = None

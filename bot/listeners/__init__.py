@@ -10,15 +10,20 @@ else into "Something went wrong (ref XYZ)" with the traceback logged under that 
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 
-from slack_bolt import App
+from slack_bolt import Ack, App, BoltContext
 
+from bot import logging as log
 from bot.listeners import actions, commands, common, home, views
 from bot.listeners.common import Deps, correlation, on_error, tell
 from bot.team import ServedTeam
 
 __all__ = ["Deps", "correlation", "on_error", "register", "tell"]
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: App, deps: Deps, team: ServedTeam) -> None:
@@ -36,7 +41,32 @@ def register(app: App, deps: Deps, team: ServedTeam) -> None:
     # Socket Mode means no acknowledgement: Slack would redeliver it and, after repeated
     # failures, turn the app's events off.
     app.event(re.compile(".+"))(_ignore_event)
+    # The same for interactions of ours no listener above takes (a shortcut, a message action, a
+    # suggestion, a closed or unknown modal, a button of an old message): Bolt would answer 404,
+    # which Slack shows the person as an error over HTTP and redelivers in Socket Mode.
+    anything = re.compile(".*")
+    app.shortcut(anything)(_ignore("a shortcut"))  # global shortcuts and message actions
+    app.action(anything)(_ignore("an action"))
+    app.options(anything)(_ignore("a suggestion", options=True))
+    app.view(anything)(_ignore("a modal submission"))
+    app.view_closed(anything)(_ignore("a closed modal"))
 
 
 def _ignore_event() -> None:
     """An event no listener above handles: acknowledged and dropped."""
+
+
+def _ignore(what: str, *, options: bool = False) -> Callable[[Ack, BoltContext], None]:
+    """A listener for interactions no other listener handles: acknowledged (a suggestion with no
+    ``options``) and dropped, one line in the log under the request's correlation id; nothing is
+    read or posted."""
+
+    def ignore(ack: Ack, context: BoltContext) -> None:
+        if options:
+            ack(options=[])
+        else:
+            ack()
+        with log.bound(correlation(context)):
+            logger.info("no listener handles %s; acknowledged and dropped", what)
+
+    return ignore

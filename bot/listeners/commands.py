@@ -83,7 +83,8 @@ def handle(deps: Deps, command: SlashCommand, respond: Respond, client: WebClien
         return
     if isinstance(parsed, parse.Control):
         respond(
-            text=blocks.fallback(control(deps.core, deps.backend, actor, parsed)), response_type="ephemeral"
+            text=blocks.fallback(control(deps.core, deps.backend, actor, parsed, key=command["trigger_id"])),
+            response_type="ephemeral",
         )
         return
     kind: RequestKind = parsed

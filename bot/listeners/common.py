@@ -159,6 +159,9 @@ class Inbox:
         self._inflight_lock = threading.Lock()
         self.client: WebClient | None = None
         """The bot's own client, for work swept from the inbox (set by ``bot.app``)."""
+        self.team: ServedTeam | None = None
+        """The one team served (set by ``bot.app``): the sweep holds its rows to the rule
+        ``team_middleware`` holds live requests to; unset, it sweeps nothing."""
 
     def handler(self, kind: str, handler: Handler) -> None:
         self._handlers[kind] = handler
@@ -301,9 +304,10 @@ class Inbox:
 
     def sweep(self) -> int:
         """Claim rows nobody is working on, as many as the pool has room for, and run them;
-        one past ``expires_at`` is told "busy" instead. The number claimed."""
-        client = self.client
-        if client is None:
+        one past ``expires_at`` is told "busy" instead, and one not from the served team (the
+        rule of ``bot.team.refusal``) is dropped untold. The number claimed."""
+        client, team = self.client, self.team
+        if client is None or team is None:
             return 0
         now = datetime.now(UTC)
         items = self.store.claim(self.owner, now, now + self.lease, self.pool.free())
@@ -314,6 +318,15 @@ class Inbox:
             cid = log.new_correlation_id()
             if item.kind not in self._handlers:
                 logger.error("inbox row of unknown kind %s dropped", item.kind)
+                self.store.finish(item.key)
+                self._done(item.key)
+                continue
+            # A row recorded by another build, or before KFBOT_SLACK_TEAM_ID changed, never passed
+            # this replica's team_middleware: the same rule, before it is run or told anything.
+            reason = refusal(body, team)
+            if reason is not None:
+                with log.bound(cid):
+                    logger.warning("dropped an inbox row from %s: kf-chatops serves one team", reason)
                 self.store.finish(item.key)
                 self._done(item.key)
                 continue

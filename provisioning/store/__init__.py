@@ -43,6 +43,7 @@ from provisioning.store.database import Database
 from provisioning.store.inbox import InboxItem, SqlInbox
 from provisioning.store.locks import DbLock, LeaderElection
 from provisioning.store.outbox import Notice, Outbox, SqlOutbox
+from provisioning.store.replay import SeenSignatures
 from provisioning.store.repositories import LeaseLost, SqlRegistry, SqlWork, StepRecord, TimerRow
 from provisioning.store.schema import (
     GENESIS_MAC,
@@ -74,6 +75,7 @@ __all__ = [
     "Outbox",
     "ProvisioningUnitOfWork",
     "ReportRow",
+    "SeenSignatures",
     "SqlCost",
     "SqlInbox",
     "SqlOutbox",

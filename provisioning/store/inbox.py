@@ -10,7 +10,7 @@ runs them through the same handlers. A worker runs a row only once it has ``take
 (a job that waited in a pool past the lease may find another replica holding it, or the row done),
 and ``renew``s the lease while the work runs (a heartbeat), so work slower than the lease is never
 claimed again and run a second time (not every command has an idempotency key of its own:
-``/kf retry``, ``/kf cancel``, ``pin --all``).
+``/kf cancel``, ``pin --all``).
 """
 
 from __future__ import annotations

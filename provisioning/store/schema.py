@@ -349,6 +349,17 @@ slack_inbox = sa.Table(
     sa.Index("ix_slack_inbox_lease_until", "lease_until"),
 )
 
+# Signatures of Slack requests the edge accepted (migration 0010), until Slack's 5-minute window
+# (plus clock skew between replicas) has passed: the same signature again is a replay, dropped
+# whichever replica it reaches (store/replay.py). Only the signature, never the request.
+slack_signatures = sa.Table(
+    "slack_signatures",
+    metadata,
+    sa.Column("signature", sa.String(), primary_key=True),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Index("ix_slack_signatures_expires_at", "expires_at"),
+)
+
 # Notices the step engine owes Slack (migration 0005): appended in the transaction that made the
 # change, delivered by a publisher thread after it, deleted once announced (store/outbox.py). So
 # applying never waits on Slack's per-channel pace and a crash loses no notice. ``request`` is the
