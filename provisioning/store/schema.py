@@ -379,7 +379,7 @@ notification_outbox = sa.Table(
     sa.Index("ix_notification_outbox_request_id", "request_id", "id"),
 )
 
-# The one message per plan step in a card's thread (migration 0011): the publisher posts it when
+# The one message per plan step in a card's thread (migration 0009): the publisher posts it when
 # the step starts and edits it (``chat.update`` on ``ts``) as the step succeeds, fails or is
 # undone. ``key`` is ``step:<idx>``; a retry of the request posts (and records) new ones.
 thread_messages = sa.Table(
