@@ -200,22 +200,23 @@ ADAPTER_DEFAULTS = {
     "dex.user": {"user_id"},
     "kubeflow.profile": {"aws_iam_role"},
     "aws.nodegroup.scaling": {"adopted"},
-    "aws.bucket.remove": {"adopted"},
-    "aws.nodegroup.remove": {"adopted"},
+    "aws.bucket.remove": {"adopted", "namespace"},
+    "aws.nodegroup.remove": {"adopted", "namespace"},
     "aws.launch_template.remove": {"adopted"},
     "aws.workspace_role.remove": {"adopted"},
     "kubeflow.profile.remove": {"adopted"},
     "kubeflow.adopt": {"resources"},
     "dex.adopt": {"resources"},
     "aws.adopt": {"resources"},
-    "aws.iam_resources.remove": {"statements"},
+    "aws.iam_resources.remove": {"statements", "statement_shapes"},
     "dex.user.remove": {"adopted", "static_entry", "env_key"},
 }
 """Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email; fields
 written only when a setting asks for them (the runbook's nodegroup fields, per-workspace IAM), so
 plans made without those settings keep the params (and digests) they always had; and fields
 written only for some objects: ``adopted`` (an adopted nodegroup), ``resources`` (an IAM policy's
-entries), ``statements``/``static_entry``/``env_key`` (the shapes an adoption recorded)."""
+entries), ``statements``/``statement_shapes``/``static_entry``/``env_key`` (the shapes an adoption
+recorded), ``namespace`` on a removal (the workspace an adopted bucket or nodegroup must still be for)."""
 
 
 def _sample_params() -> dict[str, dict[str, JSON]]:
