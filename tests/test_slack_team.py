@@ -496,8 +496,11 @@ def test_start_up_with_the_tokens_team_serves(fake_slack: FakeSlack, tmp_path: P
         new_workspace_request(running, fake_slack)
 
 
-def test_start_up_refuses_an_org_wide_token(fake_slack: FakeSlack, tmp_path: Path) -> None:
-    fake_slack.auth_extra = {"is_enterprise_install": True, "enterprise_id": "E0GRID001"}
+def test_start_up_refuses_an_org_wide_token(
+    fake_slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org_wide = {"is_enterprise_install": True, "enterprise_id": "E0GRID001"}
+    monkeypatch.setattr(fake_slack, "auth_extra", org_wide)  # the fake serves the worker's other tests
     with (
         pytest.raises(errors.Misconfigured, match="org-wide"),
         running_bot(settings_for(fake_slack, tmp_path)),

@@ -377,10 +377,18 @@ class FakeSlack:
             self._used_triggers.clear()
             self._opened.clear()
             self.socket_mode = None
+            # A held channel, a rate limit or an org-wide auth.test outlive no test.
+            self._held_channels.clear()
+            self._channel_rate = None
+            self._buckets.clear()
+            self.auth_extra = {}
+            held, self._held_methods = list(self._held_methods.values()), {}
             if users:
                 self._users.clear()
                 self._usergroups.clear()
                 self.accepted_tokens = None
+        for gate in held:
+            gate.set()
 
     # -- what tests read (snapshots, so a listener thread can't mutate them mid-assert) ----------
     @property
