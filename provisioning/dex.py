@@ -78,6 +78,7 @@ from handlers.ports import Clock
 from provisioning import k8s
 from provisioning.actions import Action, TypedAction, check_removable, registry_of
 from provisioning.k8s import Kube, Obj
+from provisioning.kubeflow import profile_users
 from provisioning.settings import DexSettings
 
 log = logging.getLogger(__name__)
@@ -347,9 +348,29 @@ class DexActions:
             self._remove_user(params.email, params.mode, made=True)
 
     def remove_user(self, params: DexUserRemoveParams) -> StepOutcome:
+        if (params.mode or self.settings.mode) != "external" and (kept := self._still_used(params)):
+            return kept
         if params.static_entry and (params.mode or self.settings.mode) != "external":
             return self._remove_adopted_static_user(params)
         return self._remove_user(params.email, params.mode, adopted=params.adopted)
+
+    def _still_used(self, params: DexUserRemoveParams) -> StepOutcome | None:
+        """The plan judged the login unused, but minutes may have passed (a nodegroup drains
+        first): read the cluster again, right before the removal, and keep a login its holder has
+        come to use since (a contributor the dashboard added), as a bucket that came to hold data
+        is kept. The request's own workspace namespace is no use: it is being taken apart."""
+        uses = profile_users(self.kube).get(params.email.strip().lower(), {})
+        uses = {ns: how for ns, how in uses.items() if ns != params.except_namespace}
+        if not uses:
+            return None
+        namespace, how = sorted(uses.items())[0]
+        why = "the owner" if how == "owner" else f"a contributor ({how})"
+        return StepOutcome(
+            created=False,
+            details={"deleted": False, "reason": f"The Dex login {params.email} was kept: its holder "
+                     f"is now {why} of Profile `{namespace}` (read as the step ran)."},
+            kept=(f"Dex login `{params.email}`",),
+        )
 
     def _remove_adopted_static_user(self, params: DexUserRemoveParams) -> StepOutcome:
         """An adopted ``staticPasswords`` entry, as the runbook wrote it: the entry of that email
