@@ -138,6 +138,16 @@ class DexLogin:
     hash_from_env: str = ""
 
 
+def _check_password_email(obj: Mapping[str, Any], email: str) -> None:
+    """A Password object named after ``email`` (``dex_password_object_name``) must carry it: Dex
+    signs in whoever its ``email`` field names, so writing to one that names another (a restore or
+    hand edit gone wrong) would make or reset a login for them."""
+    if str(obj.get("email", "")).strip().lower() != email.strip().lower():
+        name = (obj.get("metadata") or {}).get("name")
+        raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
+                             "inconsistent and needs an administrator.")
+
+
 class RestartRequester(Protocol):
     """Asks for one Dex restart at ``due_at`` through the timers table (timer ``RESTART_TIMER``,
     ref ``namespace/deployment``). ``move``: push a pending request to ``due_at`` (a new write
@@ -332,9 +342,8 @@ class DexActions:
             "userID": user_id,
         }
         existing, created = self.kube.create(k8s.DEX_PASSWORD, body)
-        if not created and str(existing.get("email", "")).lower() != email:
-            raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
-                                 "inconsistent and needs an administrator.")
+        if not created:
+            _check_password_email(existing, email)
         # Found carrying this request's mark: an earlier attempt made it (a worker killed before
         # the outcome was recorded). Dex keeps metadata when it updates a Password, so the mark stays.
         created = created or k8s.marked_by(existing, params)
@@ -673,6 +682,8 @@ class DexActions:
         encoded = base64.b64encode(bcrypt_hash.encode()).decode()
 
         def mutate(obj: Obj) -> bool:
+            # Dex signs in whom the object's `email` names, not whom its name came from.
+            _check_password_email(obj, email)
             if obj.get("hash") == encoded:
                 return False
             obj["hash"] = encoded

@@ -388,6 +388,23 @@ def test_a_binding_to_another_role_or_outside_a_profile_is_no_use_of_the_login(
     assert _login_hash(stack, CAROL.email) is None
 
 
+def test_set_my_password_refuses_a_password_object_that_names_someone_else(password_cr: LiveStack) -> None:
+    """A Password object under carol's name that carries the victim's email (a restore gone
+    wrong) signs in as the victim: "Set my password" refuses with the reason, as making a login
+    does, and the object's hash stays as it was."""
+    stack = password_cr
+    _apply(stack, ALICE, f"share team-a {CAROL.email}")
+    name = dex_password_object_name(CAROL.email)
+    tampered = stack.apiserver.get(*DEX_PASSWORDS, name, DEX_NAMESPACE)
+    assert tampered is not None
+    stack.apiserver.seed({**tampered, "email": "victim@example.com", "username": "victim"})
+
+    with pytest.raises(errors.PermanentError, match="Dex's storage is inconsistent"):
+        services.reveal_password(stack.core, CAROL)
+    after = stack.apiserver.get(*DEX_PASSWORDS, name, DEX_NAMESPACE)
+    assert after is not None and after["hash"] == tampered["hash"]
+
+
 def test_external_mode_changes_nothing(sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld) -> None:
     with live_stack(sqlite_url, apiserver, world, dex_mode="external", env=NO_IAM) as stack:
         _apply(stack, ALICE, "workspace new team-a")

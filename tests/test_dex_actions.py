@@ -621,3 +621,34 @@ def test_an_adopted_static_login_whose_holder_gained_access_is_kept(
          "static_entry": "hashFromEnv", "env_key": "DEX_USER_PASSWORD"})
     assert outcome.kept == ("Dex login `user@example.com`",), outcome
     assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
+
+
+@pytest.mark.parametrize("stored", ["victim@example.com", "", None])
+def test_a_password_is_never_set_on_a_password_object_that_names_another_email(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, stored: str | None) -> None:
+    """Dex signs in whoever the Password object's ``email`` names, not whom its name was derived
+    from: an object under alice's name carrying the victim's email (a restore or hand edit gone
+    wrong) would give the presser a password for the victim. Refused as creating a login refuses
+    such storage, and the hash stays as it was."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "password-cr")
+    name = dex_password_object_name("alice@example.com")
+    body: dict[str, Any] = {"apiVersion": "dex.coreos.com/v1", "kind": "Password",
+                            "metadata": {"name": name, "namespace": "auth"},
+                            "hash": "JDJ5JDEwJA==", "username": "victim", "userID": "victim-1"}
+    if stored is not None:
+        body["email"] = stored
+    apiserver.create(body)
+    hashed = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    with pytest.raises(PermanentError, match="holds another email; Dex's storage is inconsistent"):
+        actions.set_password_hash("alice@example.com", hashed)
+    found = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
+    assert found is not None and found["hash"] == "JDJ5JDEwJA=="
+
+    # The same object naming alice (in another case, as Dex folds it) takes the hash.
+    k8s.Kube(kube_api_client).delete(k8s.DEX_PASSWORD, name, "auth")
+    apiserver.create({**body, "email": "Alice@Example.com"})
+    actions.set_password_hash("alice@example.com", hashed)
+    found = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
+    assert found is not None and base64.b64decode(found["hash"]).decode() == hashed
