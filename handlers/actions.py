@@ -378,6 +378,9 @@ class DexUserRemoveParams(StepParams):
     """A live workspace records the login as adopted (``provisioning.actions.check_removable``)."""
     static_entry: str = ""
     env_key: str = ""
+    except_namespace: str = ""
+    """The namespace of the workspace the request deletes, transfers or unshares: its Profile and
+    bindings still stand when the step runs, and are no use of the login it removes."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
@@ -387,7 +390,8 @@ class DexUserRemoveParams(StepParams):
         key = f.optional_text("env_key")
         if static == STATIC_HASH_FROM_ENV and not key:
             raise f.refuse("env_key", "the Secret key a `hashFromEnv` entry names")
-        return cls(_email(f), f.optional_text("mode"), f.flag("adopted"), static, key, request=f.request())
+        return cls(_email(f), f.optional_text("mode"), f.flag("adopted"), static, key,
+                   f.optional_text("except_namespace"), request=f.request())
 
 
 def _email(f: Fields) -> str:

@@ -78,6 +78,7 @@ from handlers.ports import Clock
 from provisioning import k8s
 from provisioning.actions import Action, TypedAction, check_removable, registry_of
 from provisioning.k8s import Kube, Obj
+from provisioning.kubeflow import profile_users
 from provisioning.settings import DexSettings
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,16 @@ class DexLogin:
     static_entry: str = ""
     """A ``staticPasswords`` entry's shape: ``hash`` (inline) or ``hashFromEnv``; else ``""``."""
     hash_from_env: str = ""
+
+
+def _check_password_email(obj: Mapping[str, Any], email: str) -> None:
+    """A Password object named after ``email`` (``dex_password_object_name``) must carry it: Dex
+    signs in whoever its ``email`` field names, so writing to one that names another (a restore or
+    hand edit gone wrong) would make or reset a login for them."""
+    if str(obj.get("email", "")).strip().lower() != email.strip().lower():
+        name = (obj.get("metadata") or {}).get("name")
+        raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
+                             "inconsistent and needs an administrator.")
 
 
 class RestartRequester(Protocol):
@@ -331,9 +342,8 @@ class DexActions:
             "userID": user_id,
         }
         existing, created = self.kube.create(k8s.DEX_PASSWORD, body)
-        if not created and str(existing.get("email", "")).lower() != email:
-            raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
-                                 "inconsistent and needs an administrator.")
+        if not created:
+            _check_password_email(existing, email)
         # Found carrying this request's mark: an earlier attempt made it (a worker killed before
         # the outcome was recorded). Dex keeps metadata when it updates a Password, so the mark stays.
         created = created or k8s.marked_by(existing, params)
@@ -347,9 +357,29 @@ class DexActions:
             self._remove_user(params.email, params.mode, made=True)
 
     def remove_user(self, params: DexUserRemoveParams) -> StepOutcome:
+        if (params.mode or self.settings.mode) != "external" and (kept := self._still_used(params)):
+            return kept
         if params.static_entry and (params.mode or self.settings.mode) != "external":
             return self._remove_adopted_static_user(params)
         return self._remove_user(params.email, params.mode, adopted=params.adopted)
+
+    def _still_used(self, params: DexUserRemoveParams) -> StepOutcome | None:
+        """The plan judged the login unused, but minutes may have passed (a nodegroup drains
+        first): read the cluster again, right before the removal, and keep a login its holder has
+        come to use since (a contributor the dashboard added), as a bucket that came to hold data
+        is kept. The request's own workspace namespace is no use: it is being taken apart."""
+        uses = profile_users(self.kube).get(params.email.strip().lower(), {})
+        uses = {ns: how for ns, how in uses.items() if ns != params.except_namespace}
+        if not uses:
+            return None
+        namespace, how = sorted(uses.items())[0]
+        why = "the owner" if how == "owner" else f"a contributor ({how})"
+        return StepOutcome(
+            created=False,
+            details={"deleted": False, "reason": f"The Dex login {params.email} was kept: its holder "
+                     f"is now {why} of Profile `{namespace}` (read as the step ran)."},
+            kept=(f"Dex login `{params.email}`",),
+        )
 
     def _remove_adopted_static_user(self, params: DexUserRemoveParams) -> StepOutcome:
         """An adopted ``staticPasswords`` entry, as the runbook wrote it: the entry of that email
@@ -652,6 +682,8 @@ class DexActions:
         encoded = base64.b64encode(bcrypt_hash.encode()).decode()
 
         def mutate(obj: Obj) -> bool:
+            # Dex signs in whom the object's `email` names, not whom its name came from.
+            _check_password_email(obj, email)
             if obj.get("hash") == encoded:
                 return False
             obj["hash"] = encoded

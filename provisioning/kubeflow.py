@@ -187,6 +187,37 @@ def _profile_owner(profile: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def profile_users(kube: Kube) -> dict[str, dict[str, str]]:
+    """user -> {Profile name: ``owner`` or the role they hold} over every Profile in the cluster,
+    the bot's or not (a login opens all of them). Two list calls whatever the cluster's size:
+    the Profiles, and the RoleBindings of every namespace. A user holds a role in a Profile's
+    namespace when they are a ``User`` subject (address case-folded) of any RoleBinding there
+    to ``kubeflow-admin|edit|view``: KFAM's annotations are not required (a co-owner KFAM
+    wrote with ``role: admin``, a binding made with kubectl), since Kubernetes RBAC and the
+    dashboard honour the subject, not the annotation. Group subjects are not expanded (who is
+    in a group is the identity provider's, not the cluster's). A read that fails raises: no
+    login is judged unused on a guess."""
+    uses: dict[str, dict[str, str]] = {}
+    names: set[str] = set()
+    for profile in kube.list(k8s.PROFILE):
+        name = str(profile["metadata"]["name"])
+        names.add(name)
+        if owner := _profile_owner(profile):
+            uses.setdefault(owner.strip().lower(), {})[name] = "owner"
+    for binding in kube.list(k8s.ROLE_BINDING):  # every namespace, one call
+        namespace = (binding.get("metadata") or {}).get("namespace")
+        ref = binding.get("roleRef") or {}
+        role = str(ref.get("name") or "").removeprefix("kubeflow-")
+        if namespace not in names or ref.get("kind") != "ClusterRole" or role not in KFAM_ROLES \
+                or ref.get("name") != f"kubeflow-{role}":
+            continue
+        for subject in _subjects(binding):
+            user = subject.get("name")
+            if subject.get("kind") == "User" and isinstance(user, str) and user.strip():
+                uses.setdefault(user.strip().lower(), {}).setdefault(str(namespace), role)
+    return uses
+
+
 PROFILE_NAMESPACE_LABEL: Final = ("app.kubernetes.io/part-of", "kubeflow-profile")
 """The namespace label every profile controller install adds (the manifests' and the dashboard's
 ``namespace-labels.yaml``, kubeflow-reference §1.2)."""
@@ -947,25 +978,8 @@ class KubeflowActions:
         return found
 
     def profile_users(self) -> dict[str, dict[str, str]]:
-        """user -> {Profile name: ``owner`` or their KFAM role} over every Profile in the cluster,
-        the bot's or not (a login opens all of them). Two list calls whatever the cluster's size:
-        the Profiles, and the RoleBindings of every namespace; a contributor is what KFAM lists
-        (a binding annotated ``user`` and ``role``, not the owner's ``admin`` one) in a Profile's
-        namespace. A read that fails raises: no login is judged unused on a guess."""
-        uses: dict[str, dict[str, str]] = {}
-        names: set[str] = set()
-        for profile in self.kube.list(k8s.PROFILE):
-            name = str(profile["metadata"]["name"])
-            names.add(name)
-            if owner := _profile_owner(profile):
-                uses.setdefault(owner.strip().lower(), {})[name] = "owner"
-        for binding in self.kube.list(k8s.ROLE_BINDING):  # every namespace, one call
-            namespace = (binding.get("metadata") or {}).get("namespace")
-            notes = k8s.annotations_of(binding)
-            user, role = notes.get("user"), notes.get("role")
-            if namespace in names and user and role and role != "admin":
-                uses.setdefault(user.strip().lower(), {}).setdefault(str(namespace), role)
-        return uses
+        """``profile_users`` of this cluster (the in-use check of planning)."""
+        return profile_users(self.kube)
 
     def profiles(self) -> list[tuple[str, str | None, dict[str, str], dict[str, str]]]:
         """(name, owner, quota ``hard``, labels) of every Profile, for adoption's discovery."""

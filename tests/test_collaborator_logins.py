@@ -333,6 +333,78 @@ def test_a_login_stays_while_its_holder_contributes_to_a_profile_the_bot_does_no
     assert _login_hash(stack, CAROL.email) is not None
 
 
+@pytest.mark.parametrize("shape", ["kfam-admin", "unannotated-edit", "unannotated-view-other-case"])
+def test_a_login_stays_while_its_holder_is_a_user_subject_of_any_kubeflow_binding(
+    password_cr: LiveStack, shape: str,
+) -> None:
+    """Any User subject of a RoleBinding to kubeflow-admin/edit/view in a Profile's namespace signs
+    in with the login: a co-owner KFAM wrote with ``role: admin`` (not the owner's own
+    ``namespaceAdmin``), and a binding written by hand without KFAM's annotations, whatever the
+    case of the address. Only the Profile owner's binding was ever the owner's."""
+    stack = password_cr
+    _apply(stack, ALICE, f"share team-a {CAROL.email}")
+    stack.apiserver.create({"apiVersion": "kubeflow.org/v1", "kind": "Profile",
+                            "metadata": {"name": "team-x"},
+                            "spec": {"owner": {"kind": "User", "name": "dave@example.com"}}})
+    if shape == "kfam-admin":
+        binding = kfam_pair(CAROL.email, "admin", "team-x")[0]
+    else:
+        role = "edit" if shape == "unannotated-edit" else "view"
+        name = CAROL.email if role == "edit" else CAROL.email.upper()
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "by-hand", "namespace": "team-x"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": f"kubeflow-{role}"},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "ops"},
+                                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}]}
+    stack.apiserver.create(binding)
+
+    unshare = _apply(stack, ALICE, f"unshare team-a {CAROL.email}")
+    assert unshare.state is RequestState.SUCCEEDED, unshare.error
+    assert "dex.user.remove" not in [s.action for s in unshare.plan.steps], unshare.plan.steps
+    assert any("is kept" in w and "`team-x`" in w for w in unshare.plan.warnings), unshare.plan.warnings
+    assert _login_hash(stack, CAROL.email) is not None
+
+
+def test_a_binding_to_another_role_or_outside_a_profile_is_no_use_of_the_login(
+    password_cr: LiveStack,
+) -> None:
+    """The widened check still lets a login go: a binding to a ClusterRole that is not Kubeflow's,
+    or in a namespace no Profile owns, opens no dashboard."""
+    stack = password_cr
+    _apply(stack, ALICE, f"share team-a {CAROL.email}")
+    stack.apiserver.create({"apiVersion": "kubeflow.org/v1", "kind": "Profile",
+                            "metadata": {"name": "team-x"},
+                            "spec": {"owner": {"kind": "User", "name": "dave@example.com"}}})
+    for namespace, role in (("team-x", "cluster-admin"), ("default", "kubeflow-admin")):
+        stack.apiserver.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                                "metadata": {"name": "by-hand", "namespace": namespace},
+                                "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                            "kind": "ClusterRole", "name": role},
+                                "subjects": [{"kind": "User", "name": CAROL.email}]})
+    unshare = _apply(stack, ALICE, f"unshare team-a {CAROL.email}")
+    assert unshare.state is RequestState.SUCCEEDED, unshare.error
+    assert "dex.user.remove" in [s.action for s in unshare.plan.steps], unshare.plan.steps
+    assert _login_hash(stack, CAROL.email) is None
+
+
+def test_set_my_password_refuses_a_password_object_that_names_someone_else(password_cr: LiveStack) -> None:
+    """A Password object under carol's name that carries the victim's email (a restore gone
+    wrong) signs in as the victim: "Set my password" refuses with the reason, as making a login
+    does, and the object's hash stays as it was."""
+    stack = password_cr
+    _apply(stack, ALICE, f"share team-a {CAROL.email}")
+    name = dex_password_object_name(CAROL.email)
+    tampered = stack.apiserver.get(*DEX_PASSWORDS, name, DEX_NAMESPACE)
+    assert tampered is not None
+    stack.apiserver.seed({**tampered, "email": "victim@example.com", "username": "victim"})
+
+    with pytest.raises(errors.PermanentError, match="Dex's storage is inconsistent"):
+        services.reveal_password(stack.core, CAROL)
+    after = stack.apiserver.get(*DEX_PASSWORDS, name, DEX_NAMESPACE)
+    assert after is not None and after["hash"] == tampered["hash"]
+
+
 def test_external_mode_changes_nothing(sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld) -> None:
     with live_stack(sqlite_url, apiserver, world, dex_mode="external", env=NO_IAM) as stack:
         _apply(stack, ALICE, "workspace new team-a")

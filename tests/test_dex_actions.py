@@ -571,3 +571,84 @@ def test_removing_the_bots_login_leaves_a_secret_key_another_login_came_to_name(
     actions.registry()["dex.user.remove"].ensure({"email": "alice@example.com", "mode": "configmap"})
     assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com", "helper@example.com"]
     assert key in secret_data(apiserver)
+
+
+# -- the removal's own in-use check ---------------------------------------------------------------
+
+
+def _profile_with_binding(apiserver: FakeApiServer, profile: str, user: str, role: str) -> None:
+    apiserver.create({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": profile},
+                      "spec": {"owner": {"kind": "User", "name": "owner@example.com"}}})
+    apiserver.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                      "metadata": {"name": "by-hand", "namespace": profile},
+                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": f"kubeflow-{role}"},
+                      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+@pytest.mark.parametrize("mode", ["password-cr", "configmap"])
+def test_a_login_whose_holder_gained_access_since_the_plan_is_kept_by_the_removal_itself(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, mode: str) -> None:
+    """The plan's in-use check can be minutes old when the removal runs (a nodegroup drains
+    first): the step reads the cluster again and keeps a login its holder now uses, saying why,
+    as a bucket that came to hold data is kept. The request's own namespace does not count."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, mode)
+    ensure_user(actions, {**user_params("alice@example.com", mode), "_request": "R1"})
+    _profile_with_binding(apiserver, "team-x", "Alice@Example.com", "view")
+    _profile_with_binding(apiserver, "team-a", "alice@example.com", "admin")
+    remove = actions.registry()["dex.user.remove"]
+
+    kept = remove.ensure({"email": "alice@example.com", "mode": mode, "except_namespace": "team-a"})
+    assert kept.created is False and kept.kept == ("Dex login `alice@example.com`",)
+    assert "`team-x`" in str(kept.details["reason"]) and kept.details["deleted"] is False
+    assert actions.user_exists("alice@example.com")
+
+    k8s.Kube(kube_api_client).delete(k8s.ROLE_BINDING, "by-hand", "team-x")
+    gone = remove.ensure({"email": "alice@example.com", "mode": mode, "except_namespace": "team-a"})
+    assert gone.created is True and gone.kept == ()
+    assert not actions.user_exists("alice@example.com")
+
+
+def test_an_adopted_static_login_whose_holder_gained_access_is_kept(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient) -> None:
+    """The adopted ``staticPasswords`` path checks again too (``--delete-adopted``)."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "configmap")
+    _profile_with_binding(apiserver, "team-x", "user@example.com", "edit")
+    outcome = actions.registry()["dex.user.remove"].ensure(
+        {"email": "user@example.com", "mode": "configmap", "adopted": True,
+         "static_entry": "hashFromEnv", "env_key": "DEX_USER_PASSWORD"})
+    assert outcome.kept == ("Dex login `user@example.com`",), outcome
+    assert [e["email"] for e in static_passwords(apiserver)] == ["user@example.com"]
+
+
+@pytest.mark.parametrize("stored", ["victim@example.com", "", None])
+def test_a_password_is_never_set_on_a_password_object_that_names_another_email(
+        apiserver: FakeApiServer, kube_api_client: client.ApiClient, stored: str | None) -> None:
+    """Dex signs in whoever the Password object's ``email`` names, not whom its name was derived
+    from: an object under alice's name carrying the victim's email (a restore or hand edit gone
+    wrong) would give the presser a password for the victim. Refused as creating a login refuses
+    such storage, and the hash stays as it was."""
+    install_dex(apiserver, kube_api_client)
+    actions = dex(kube_api_client, "password-cr")
+    name = dex_password_object_name("alice@example.com")
+    body: dict[str, Any] = {"apiVersion": "dex.coreos.com/v1", "kind": "Password",
+                            "metadata": {"name": name, "namespace": "auth"},
+                            "hash": "JDJ5JDEwJA==", "username": "victim", "userID": "victim-1"}
+    if stored is not None:
+        body["email"] = stored
+    apiserver.create(body)
+    hashed = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    with pytest.raises(PermanentError, match="holds another email; Dex's storage is inconsistent"):
+        actions.set_password_hash("alice@example.com", hashed)
+    found = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
+    assert found is not None and found["hash"] == "JDJ5JDEwJA=="
+
+    # The same object naming alice (in another case, as Dex folds it) takes the hash.
+    k8s.Kube(kube_api_client).delete(k8s.DEX_PASSWORD, name, "auth")
+    apiserver.create({**body, "email": "Alice@Example.com"})
+    actions.set_password_hash("alice@example.com", hashed)
+    found = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
+    assert found is not None and base64.b64decode(found["hash"]).decode() == hashed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import bcrypt
 import pytest
@@ -24,6 +25,7 @@ from handlers.naming import dex_password_object_name
 from handlers.offboard import SlackAnswer, offboard
 from handlers.plan import JSON
 from handlers.ports import WorkspaceFacts
+from provisioning.aws import AwsActions
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.aws_fixtures import AwsEnv
 from tests.fakes.clock import FakeClock
@@ -212,6 +214,40 @@ def test_delete_adopted_keeps_the_login_of_a_contributor_of_a_profile_the_bot_do
     _settle(stack)
     assert stack.request(delete.id).state is RequestState.SUCCEEDED, stack.request(delete.id).error
     assert made.owner in _logins(stack, made.dex_mode)
+
+
+@pytest.mark.parametrize("mode", ["password-cr", "configmap"])
+def test_delete_adopted_keeps_a_login_whose_holder_became_a_contributor_while_it_applied(
+    mode: str, sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plan and its re-plan at apply find the login unused, but the Dex step runs after the
+    nodegroup is deleted (minutes on EKS): a contributor the dashboard adds meanwhile keeps it. The
+    request still succeeds, and its step says the login was kept and why (as a bucket that came to
+    hold data is kept)."""
+    removing = AwsActions._remove_nodegroup
+
+    added: list[str] = []
+
+    def while_draining(actions: AwsActions, params: Any) -> Any:
+        if not added:  # Manage Contributors, mid-apply (a retried step adds it once)
+            added.append(_contributor(apiserver, "team-x", made.owner))
+        return removing(actions, params)
+
+    monkeypatch.setattr(AwsActions, "_remove_nodegroup", while_draining)  # before the stack binds it
+    with live_stack(sqlite_url, apiserver, world, dex_mode=mode, env=RUNBOOK_ENV) as stack:
+        made = seed_runbook_workspace(apiserver, world, dex_mode=mode)
+        adopted = stack.apply(ADMIN, f"workspace adopt {made.namespace}", approver=ADMIN2)
+        assert adopted.state is RequestState.SUCCEEDED, adopted.error
+        _hand_made_profile(stack, "team-x", "carol@example.com")
+        delete = stack.submit(
+            ADMIN, f"workspace delete {made.namespace} --confirm {made.namespace} --delete-adopted"
+        )
+        assert "dex.user.remove" in [s.action for s in delete.plan.steps], delete.plan.steps
+        stack.approve(delete.id, ADMIN2)
+        _settle(stack)
+        assert stack.request(delete.id).state is RequestState.SUCCEEDED, stack.request(delete.id).error
+        assert made.owner in _logins(stack, mode)
+        assert f"Dex login `{made.owner}`" in stack.backend.kept_by_steps(delete.id)
 
 
 def test_setting_a_password_never_changes_another_login_sharing_its_secret_key(

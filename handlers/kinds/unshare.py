@@ -141,6 +141,7 @@ class Unshare:
         if why := ctx.facts.user_in_use(user, ws.name):
             warnings.append(f"The Dex login {user} is kept: they are still {why}.")
             return None
+        params["except_namespace"] = ws.namespace  # its grant goes with this request (re-checked as it runs)
         summary = f"remove the Dex login kf-chatops made for {user}"
         return Step(ActionName.DEX_USER_REMOVE, key, params, summary)
 

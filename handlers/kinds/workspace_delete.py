@@ -250,6 +250,8 @@ class WorkspaceDelete:
                 params["adopted"] = True
                 if action in (ActionName.BUCKET, ActionName.NODEGROUP):
                     params["namespace"] = ws.namespace  # re-checked against its tags when it runs
+            if removal == ActionName.DEX_USER_REMOVE:
+                params["except_namespace"] = ws.namespace  # re-checked for other use when it runs
             if removal == ActionName.IAM_RESOURCES_REMOVE:
                 summary += f" ({POLICY_VERSION_NOTE})"
             steps.append(Step(removal, key, params, summary))

@@ -182,7 +182,9 @@ class WorkspaceTransfer:
                 and params.get("email") == ws.owner
                 and not is_adopted(entry)  # someone's hand-made login: never the bot's to remove
             ):
-                return key, {"email": ws.owner, "mode": params.get("mode", "")}
+                # The workspace's own namespace is handed over: no use of the login the step re-checks.
+                return key, {"email": ws.owner, "mode": params.get("mode", ""),
+                             "except_namespace": ws.namespace}
         return None
 
     def _adopted_login(self, ctx: PlanContext, ws: WorkspaceFacts) -> bool:
