@@ -475,8 +475,13 @@ class AwsActions:
         clock: Clock,
         policy_lock: KeyedLock,
         session: boto3.Session | None = None,
+        *,
+        profile_names: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self._settings = settings
+        # Every Profile's name (one list call), for an adopted removal's hand-over check; None (a
+        # composition without Kubernetes) checks the tag keys only.
+        self._profile_names = profile_names
         self._clock = clock
         self._policy_lock = policy_lock
         self._session = session
@@ -486,6 +491,9 @@ class AwsActions:
         self._eks_client: EKSClient | None = None
         self._ec2_client: EC2Client | None = None
         self._sts_client: STSClient | None = None
+
+    def _profiles(self) -> frozenset[str]:
+        return frozenset(self._profile_names()) if self._profile_names is not None else frozenset()
 
     def registry(self) -> dict[str, Action]:
         return registry_of(
@@ -927,9 +935,11 @@ class AwsActions:
             try:
                 tags = self._bucket_tags(s3, bucket)
                 check_removable(f"S3 bucket {bucket}", marked=MARK_TAG in tags, adopted=params.adopted)
-                # Handed to another team since the plan (or the adoption): theirs now, kept. Only
-                # the tag keys here; the plan checked the values against every Profile's name.
-                other = params.adopted and names_other_namespace(params.namespace, tags, (), "tag")
+                # Handed to another team since the plan (or the adoption): theirs now, kept, by
+                # the plan's own rule (a key naming a namespace, or another Profile's name).
+                other = params.adopted and names_other_namespace(
+                    params.namespace, tags, self._profiles(), "tag"
+                )
                 if other:
                     return StepOutcome(
                         created=False,
@@ -1425,11 +1435,11 @@ class AwsActions:
             adopted=params.adopted,
         )
         if params.adopted:
-            # Handed to another team since the plan: theirs now, kept (the tag and label keys
-            # here; the plan checked the values against every Profile's name).
+            # Handed to another team since the plan: theirs now, kept, by the plan's own rule.
+            profiles = self._profiles()
             other = names_other_namespace(
-                params.namespace, nodegroup.get("tags") or {}, (), "tag"
-            ) or names_other_namespace(params.namespace, nodegroup.get("labels") or {}, (), "label")
+                params.namespace, nodegroup.get("tags") or {}, profiles, "tag"
+            ) or names_other_namespace(params.namespace, nodegroup.get("labels") or {}, profiles, "label")
             if other:
                 return StepOutcome(
                     created=False,

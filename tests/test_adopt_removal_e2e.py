@@ -451,6 +451,26 @@ def test_a_bucket_handed_over_between_plan_and_apply_is_kept(runbook: Seeded) ->
     assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
 
 
+def test_a_bucket_tagged_with_another_profiles_name_after_the_plan_is_kept_by_the_step(
+    runbook: Seeded, apiserver: FakeApiServer
+) -> None:
+    """The step applies the plan's whole rule: a tag whose value is another Profile's name (not
+    only a key naming a namespace) hands the bucket over, read when the step runs."""
+    stack, made = runbook
+    apiserver.seed({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "team-x"},
+                    "spec": {"owner": {"kind": "User", "name": "someone.else@example.com"}}})
+    _adopt(stack, made)
+    named = _delete_adopted(stack, made)
+    step = {s.key: s for s in named.plan.steps}[f"Bucket/{made.bucket}"]
+    stack.aws("s3").put_bucket_tagging(Bucket=made.bucket, Tagging={"TagSet": [
+        {"Key": "Namespace", "Value": made.namespace}, {"Key": "Owner", "Value": "team-x"}]})
+
+    aws = stack.backend.facts.discoverer.aws  # type: ignore[attr-defined]
+    outcome = aws.registry()[ActionName.BUCKET_REMOVE].ensure(step.params)
+    assert outcome.details["deleted"] is False and "`Owner` names `team-x`" in outcome.details["reason"]
+    assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
+
+
 def test_a_nodegroup_tagged_for_another_namespace_is_kept_by_plan_and_step(
     runbook: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
