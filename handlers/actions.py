@@ -455,12 +455,18 @@ class IamResourcesRemoveParams(IamResourcesParams):
     """The whole text (``provisioning.aws.statement_identity``) of each recorded statement without
     a ``Sid``: only a statement still exactly so is edited (an ``#N`` label names a position, which
     a statement written since shifts). Empty in a record from before it: those stay."""
+    statement_forms: tuple[str, ...] | None = None
+    """``provisioning.aws.statement_form`` of each recorded statement with a ``Sid``: only a
+    statement still of that form (same Sid, Effect, actions, Condition; resources may have grown)
+    is edited. None in a record from before it: the Sid alone, as then."""
 
     @classmethod
     def read(cls, f: Fields) -> Self:
         statements = f.texts("statements") if "statements" in f.params else ()
         shapes = f.texts("statement_shapes") if "statement_shapes" in f.params else ()
-        return cls(f.text("policy_arn"), f.texts("resources"), statements, shapes, request=f.request())
+        forms = f.texts("statement_forms") if "statement_forms" in f.params else None
+        return cls(f.text("policy_arn"), f.texts("resources"), statements, shapes, forms,
+                   request=f.request())
 
 
 @dataclass(frozen=True)

@@ -340,12 +340,28 @@ def statement_identity(statement: Mapping[str, Any]) -> str:
     return json.dumps(statement, sort_keys=True, separators=(",", ":"))
 
 
-def _recorded(statement: Mapping[str, Any], sids: Sequence[str], shapes: Sequence[str]) -> bool:
-    """Whether an adoption recorded ``statement``: its ``Sid`` among ``sids``, or, without a Sid,
-    its exact text among ``shapes``. The bot's own statement is always its own to edit."""
+def statement_form(statement: Mapping[str, Any]) -> str:
+    """A statement's text without its ``Resource``, actions as a sorted set: what a statement with
+    a ``Sid`` must still be for a removal to edit it. A ``Sid`` is unique within a policy, not over
+    time (an admin may replace the statement with another reusing it), while resources an admin
+    added since leave it the statement adoption recorded."""
+    form = {str(k): v for k, v in statement.items() if k != "Resource"}
+    for key in ("Action", "NotAction"):
+        if key in form:
+            form[key] = sorted({str(a) for a in _as_list(form[key])})
+    return json.dumps(form, sort_keys=True, separators=(",", ":"))
+
+
+def _recorded(statement: Mapping[str, Any], sids: Sequence[str], shapes: Sequence[str],
+              forms: Sequence[str] | None) -> bool:
+    """Whether an adoption recorded ``statement``: its ``Sid`` among ``sids`` and its
+    ``statement_form`` among ``forms`` (None: a record from before forms, the Sid alone), or,
+    without a Sid, its exact text among ``shapes``. The bot's own statement is always its own."""
     sid = statement.get("Sid")
     if sid:
-        return str(sid) == BOT_SID or str(sid) in sids
+        if str(sid) == BOT_SID:
+            return True
+        return str(sid) in sids and (forms is None or statement_form(statement) in forms)
     return statement_identity(statement) in shapes
 
 
@@ -459,8 +475,13 @@ class AwsActions:
         clock: Clock,
         policy_lock: KeyedLock,
         session: boto3.Session | None = None,
+        *,
+        profile_names: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self._settings = settings
+        # Every Profile's name (one list call), for an adopted removal's hand-over check; None (a
+        # composition without Kubernetes) checks the tag keys only.
+        self._profile_names = profile_names
         self._clock = clock
         self._policy_lock = policy_lock
         self._session = session
@@ -470,6 +491,9 @@ class AwsActions:
         self._eks_client: EKSClient | None = None
         self._ec2_client: EC2Client | None = None
         self._sts_client: STSClient | None = None
+
+    def _profiles(self) -> frozenset[str]:
+        return frozenset(self._profile_names()) if self._profile_names is not None else frozenset()
 
     def registry(self) -> dict[str, Action]:
         return registry_of(
@@ -911,9 +935,11 @@ class AwsActions:
             try:
                 tags = self._bucket_tags(s3, bucket)
                 check_removable(f"S3 bucket {bucket}", marked=MARK_TAG in tags, adopted=params.adopted)
-                # Handed to another team since the plan (or the adoption): theirs now, kept. Only
-                # the tag keys here; the plan checked the values against every Profile's name.
-                other = params.adopted and names_other_namespace(params.namespace, tags, (), "tag")
+                # Handed to another team since the plan (or the adoption): theirs now, kept, by
+                # the plan's own rule (a key naming a namespace, or another Profile's name).
+                other = params.adopted and names_other_namespace(
+                    params.namespace, tags, self._profiles(), "tag"
+                )
                 if other:
                     return StepOutcome(
                         created=False,
@@ -1002,12 +1028,13 @@ class AwsActions:
 
     def _remove_adopted_resources(self, params: IamResourcesRemoveParams) -> StepOutcome:
         """An adopted grant, as the runbook wrote it: ``resources`` leave the ``Allow`` statements
-        the adoption recorded (by ``Sid``, or a Sid-less one by its whole text,
-        ``statement_shapes``) and the bot's own; a statement left without a resource goes, in one
-        new default version (room made as ``_edit_policy`` does, under the same lock). Any other
-        statement listing them stays (someone wrote it since, for their own reasons: the plan named
-        only the recorded ones), and so do ``Deny`` statements and ``NotResource``: taking a bucket
-        out of them widens access. Read under the lock, so a statement added after the plan stays."""
+        the adoption recorded (by ``Sid`` while still of the recorded ``statement_forms``, or a
+        Sid-less one by its whole text, ``statement_shapes``) and the bot's own; a statement left
+        without a resource goes, in one new default version (room made as ``_edit_policy`` does,
+        under the same lock). Any other statement listing them stays (someone wrote it since, or
+        changed it, for their own reasons: the plan named only the recorded ones), and so do
+        ``Deny`` statements and ``NotResource``: taking a bucket out of them widens access. Read
+        under the lock, so a statement added after the plan stays."""
         policy_arn = params.policy_arn
         name = _policy_name(policy_arn)
         iam = self._iam()
@@ -1028,7 +1055,8 @@ class AwsActions:
                 ):
                     rewritten.append(statement)
                     continue
-                if not _recorded(statement, params.statements, params.statement_shapes):
+                if not _recorded(statement, params.statements, params.statement_shapes,
+                                 params.statement_forms):
                     kept.append(str(statement.get("Sid") or f"#{index}"))
                     rewritten.append(statement)
                     continue
@@ -1407,11 +1435,11 @@ class AwsActions:
             adopted=params.adopted,
         )
         if params.adopted:
-            # Handed to another team since the plan: theirs now, kept (the tag and label keys
-            # here; the plan checked the values against every Profile's name).
+            # Handed to another team since the plan: theirs now, kept, by the plan's own rule.
+            profiles = self._profiles()
             other = names_other_namespace(
-                params.namespace, nodegroup.get("tags") or {}, (), "tag"
-            ) or names_other_namespace(params.namespace, nodegroup.get("labels") or {}, (), "label")
+                params.namespace, nodegroup.get("tags") or {}, profiles, "tag"
+            ) or names_other_namespace(params.namespace, nodegroup.get("labels") or {}, profiles, "label")
             if other:
                 return StepOutcome(
                     created=False,

@@ -843,15 +843,16 @@ def _live_parts(
     from provisioning.store import DbLock
 
     api = kube_api if kube_api is not None else api_client_from_environment()
+    kubeflow = KubeflowActions(
+        api,
+        settings.kubeflow,
+        clock,
+        settings.cost.bot_principal,
+        _notebook_probe(api, settings, clock, notebook_url),
+    )
     return checks.LiveParts(
         kube=Kube(api),
-        kubeflow=KubeflowActions(
-            api,
-            settings.kubeflow,
-            clock,
-            settings.cost.bot_principal,
-            _notebook_probe(api, settings, clock, notebook_url),
-        ),
+        kubeflow=kubeflow,
         dex=DexActions(
             api,
             settings.dex,
@@ -859,7 +860,10 @@ def _live_parts(
             request_restart=_dex_restart_requester(db, f"{settings.dex.namespace}/{settings.dex.deployment}"),
         ),
         aws=AwsActions(
-            AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url), clock, DbLock(db)
+            AwsSettings(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+            clock,
+            DbLock(db),
+            profile_names=lambda: [profile[0] for profile in kubeflow.profiles()],
         ),
     )
 

@@ -54,7 +54,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -146,6 +146,11 @@ def _check_password_email(obj: Mapping[str, Any], email: str) -> None:
         name = (obj.get("metadata") or {}).get("name")
         raise PermanentError(f"Dex's Password object `{name}` holds another email; Dex's storage is "
                              "inconsistent and needs an administrator.")
+class _ConfigChanged(Exception):
+    """An admin's edit changed a ``staticPasswords`` entry after a password set read it: decide again."""
+
+
+_CONFIG_ATTEMPTS: Final = 5
 
 
 class RestartRequester(Protocol):
@@ -305,7 +310,7 @@ class DexActions:
         # A key another login names already holds their hash: an entry naming it would sign in with
         # their password, and the reveal would then write theirs.
         self._refuse_shared_key(config, email, key)
-        self._check_deployment_loads_secret()
+        self._check_deployment_loads_secret(key)
         request = k8s.request_of(params)
         # The hash first: the moment the entry exists, a restart must find its env var. For an entry
         # found with our key this repairs a lost half (an earlier attempt, or a hand edit).
@@ -461,17 +466,29 @@ class DexActions:
 
     # -- configmap mode: writes --------------------------------------------------------------
 
-    def _check_deployment_loads_secret(self) -> None:
-        deployment = self._deployment()
-        template = (deployment.get("spec") or {}).get("template") or {}
+    def _deployment_loads(self, key: str | None) -> bool:
+        """Whether Dex's pod gets env var ``key`` from our Secret's key ``key``: the whole Secret
+        with ``envFrom`` (no prefix), or that one key with ``env[].valueFrom.secretKeyRef``
+        (``key`` None: the whole Secret only)."""
+        template = (self._deployment().get("spec") or {}).get("template") or {}
         for container in (template.get("spec") or {}).get("containers") or []:
             for source in container.get("envFrom") or []:
                 if ((source.get("secretRef") or {}).get("name") == self.settings.secret
                         and not source.get("prefix")):
-                    return
-        raise PermanentError(f"Deployment {self._deploy_ref} does not load Secret `{self.settings.secret}` "
-                             "with envFrom, so `hashFromEnv` users would have no password. Use the "
-                             "Kubeflow 1.9+ Dex manifests or the password-cr mode.")
+                    return True
+            for var in container.get("env") or []:
+                ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}
+                if (key is not None and var.get("name") == key
+                        and ref.get("name") == self.settings.secret and ref.get("key") == key):
+                    return True
+        return False
+
+    def _check_deployment_loads_secret(self, key: str | None = None) -> None:
+        if not self._deployment_loads(key):
+            raise PermanentError(f"Deployment {self._deploy_ref} does not load Secret "
+                                 f"`{self.settings.secret}` with envFrom, so `hashFromEnv` users would "
+                                 "have no password. Use the Kubeflow 1.9+ Dex manifests or the password-cr "
+                                 "mode.")
 
     def _deployment(self) -> Obj:
         deployment = self.kube.get(k8s.DEPLOYMENT, self.settings.deployment, self.settings.namespace)
@@ -539,14 +556,19 @@ class DexActions:
         self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)
         return removed
 
-    def _write_secret_key(self, key: str, bcrypt_hash: str, *, only_if_absent: bool) -> bool:
-        """Write the hash under ``key``; True when the Secret changed."""
+    def _write_secret_key(self, key: str, bcrypt_hash: str, *, only_if_absent: bool,
+                          guard: Callable[[], None] | None = None) -> bool:
+        """Write the hash under ``key``; True when the Secret changed. ``guard`` runs right before
+        each attempt to write (it raises to stop the write): a check on the Dex config made as
+        late as two objects allow."""
         encoded = base64.b64encode(bcrypt_hash.encode()).decode()
         changed = False
 
         def mutate(secret: Obj) -> bool:
             nonlocal changed
             data = _secret_data(secret)
+            if guard is not None and not (key in data and only_if_absent):
+                guard()
             if key in data and (only_if_absent or data[key] == encoded):
                 return False
             data[key] = encoded
@@ -556,6 +578,8 @@ class DexActions:
 
         ns, name = self.settings.namespace, self.settings.secret
         if self.kube.read_modify_write(k8s.SECRET, name, ns, mutate) is None:
+            if guard is not None:
+                guard()
             _, created = self.kube.create(k8s.SECRET, {"metadata": {"name": name, "namespace": ns},
                                                        "type": "Opaque", "data": {key: encoded}})
             if created:
@@ -650,29 +674,25 @@ class DexActions:
 
     def set_password_hash(self, email: str, bcrypt_hash: str) -> None:
         """Give ``email``'s existing Dex login this hash, where that login lives; in configmap
-        mode this returns only when Dex has restarted with it."""
+        mode this returns only when Dex has restarted with it. A static entry keeps its hash where
+        Dex's pod can read it: under a key the Deployment loads, else inline (``_set_static_hash``)."""
         if self.settings.mode == "external":
             raise PermanentError("Passwords are managed by the upstream identity provider, not by this bot.")
         self._check_hash(bcrypt_hash)
         email = email.strip().lower()
         cm, config = self._config()
-        entry = self._static_entry(config, email)
-        if entry is not None and cm is not None:
-            key = entry.get("hashFromEnv")
-            if not isinstance(key, str) or not key or self._key_named_by_others(config, email, key):
-                # An inline `hash:` entry: move it to a key of ours rather than put a hash in the
-                # ConfigMap. A key another entry names too (a runbook that pointed two logins at
-                # one Secret key): writing it would give this password to those logins as well, so
-                # this login moves to a key of its own and theirs keep the old hash untouched.
-                own = env_key_for(email)
-                self._refuse_shared_key(config, email, own)
-                self._write_secret_key(own, bcrypt_hash, only_if_absent=False)
-                self._set_entry_key(email, own)
-                if key:
-                    log.info("Dex login %s moved from Secret key %s, which other logins name, to %s",
-                             email, key, own)
+        if cm is not None and self._static_entry(config, email) is not None:
+            # The config is read again on each attempt: an attempt stops (``_ConfigChanged``) when
+            # an admin's edit changed this entry's key, or who names it, since it decided.
+            for _ in range(_CONFIG_ATTEMPTS):
+                try:
+                    self._set_static_hash(email, bcrypt_hash)
+                    break
+                except _ConfigChanged:
+                    continue
             else:
-                self._write_secret_key(key, bcrypt_hash, only_if_absent=False)
+                raise TemporaryError(f"The `staticPasswords` entry of {email} in {self._cm_ref} kept "
+                                     "changing while its password was set; will retry.")
             # One click, one person waiting for a modal: restart now rather than after a quiet period.
             if self._applied_digest() != self._config_digest():
                 self._restart()
@@ -691,6 +711,72 @@ class DexActions:
 
         if self.kube.read_modify_write(k8s.DEX_PASSWORD, name, self.settings.namespace, mutate) is None:
             raise PermanentError(f"Dex has no login for {email}; it is created with the workspace.")
+
+    def _set_static_hash(self, email: str, bcrypt_hash: str) -> None:
+        """One attempt at giving ``email``'s ``staticPasswords`` entry this hash."""
+        _, config = self._config()
+        entry = self._static_entry(config, email)
+        if entry is None:
+            raise PermanentError(f"Dex has no login for {email} in {self._cm_ref} any more.")
+        key = entry.get("hashFromEnv")
+        key = key if isinstance(key, str) and key else None
+        if key is not None and not self._key_named_by_others(config, email, key):
+            if not self._deployment_loads(key):
+                raise PermanentError(
+                    f"Deployment {self._deploy_ref} does not load Secret `{self.settings.secret}` "
+                    f"(`envFrom`, or env var `{key}` from its key `{key}`), so a password written under "
+                    f"`{key}` would never reach Dex; nothing was changed. An admin adds `envFrom: "
+                    f"[{{secretRef: {{name: {self.settings.secret}}}}}]` to the Dex container (as the "
+                    "Kubeflow 1.9+ manifests do), then this is tried again.")
+
+            def still_own() -> None:
+                # Right before the write: the entry still names the key and nobody else does, else
+                # the hash would open another login (an admin's edit since this attempt's read).
+                _, now = self._config()
+                mine = self._static_entry(now, email)
+                if (mine is None or mine.get("hashFromEnv") != key
+                        or self._key_named_by_others(now, email, key)):
+                    raise _ConfigChanged
+
+            self._write_secret_key(key, bcrypt_hash, only_if_absent=False, guard=still_own)
+            return
+        own = env_key_for(email)
+        if not self._deployment_loads(own):
+            # Kubeflow 1.7/1.8: Dex loads no Secret of ours, and an entry moved to `hashFromEnv`
+            # would have no hash (Dex refuses it and does not start). The hash goes inline, where
+            # the runbook keeps it; other logins naming a shared key keep it untouched.
+            self._set_entry_inline(email, bcrypt_hash, key)
+            return
+        # Dex loads our Secret: the entry moves to a key of ours rather than keep a hash in the
+        # ConfigMap. From a key other entries name too (a runbook that pointed two logins at one
+        # Secret key) it moves as well: writing that key would give this password to those logins,
+        # so this login gets a key of its own and theirs keep the old hash untouched.
+        self._refuse_shared_key(config, email, own)
+
+        def nobody_else() -> None:
+            _, now = self._config()
+            self._refuse_shared_key(now, email, own)
+
+        self._write_secret_key(own, bcrypt_hash, only_if_absent=False, guard=nobody_else)
+        self._set_entry_key(email, own)
+        if key:
+            log.info("Dex login %s moved from Secret key %s, which other logins name, to %s", email, key, own)
+
+    def _set_entry_inline(self, email: str, bcrypt_hash: str, key: str | None) -> None:
+        """Give the entry an inline ``hash`` (dropping ``hashFromEnv``), if it still names ``key``."""
+        def mutate(cm: Obj) -> bool:
+            config = self._parse(cm)
+            entry = self._static_entry(config, email)
+            if entry is None or (entry.get("hashFromEnv") or None) != key:
+                raise _ConfigChanged
+            if entry.get("hash") == bcrypt_hash and "hashFromEnv" not in entry:
+                return False
+            entry.pop("hashFromEnv", None)
+            entry["hash"] = bcrypt_hash
+            self._dump(cm, config)
+            return True
+
+        self.kube.read_modify_write(k8s.CONFIG_MAP, self.settings.configmap, self.settings.namespace, mutate)
 
     @staticmethod
     def _key_named_by_others(config: Mapping[str, Any], email: str, key: str) -> list[str]:

@@ -18,6 +18,7 @@ workspace, or carries the bot's mark, is managed and never offered.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from handlers.naming import show_value as naming_show
 from handlers.plan import JSON, as_list
 from handlers.ports import Discovery, FoundObject, UnmanagedGroup
 from handlers.settings import CoreSettings
-from provisioning.aws import BOT_SID, MARK_TAG, AwsActions, bucket_of
+from provisioning.aws import BOT_SID, MARK_TAG, AwsActions, bucket_of, statement_form
 from provisioning.dex import DexActions, DexLogin
 from provisioning.k8s import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from provisioning.kubeflow import KubeflowActions
@@ -71,6 +72,11 @@ def _tagged(values: Mapping[str, str], namespace: str, what: str) -> str | None:
 
 def _names_other(world: _World, namespace: str, values: Mapping[str, str], what: str) -> str | None:
     return names_other_namespace(namespace, values, world.profiles, what)
+
+
+def _form(identity: str) -> str:
+    """``statement_form`` of a statement given by its ``statement_identity`` (its whole text)."""
+    return statement_form(json.loads(identity))
 
 
 def _is_user_id(value: str) -> bool:
@@ -257,6 +263,15 @@ class Discoverer:
                 ]
                 if shapes:
                     iam_params["statement_shapes"] = shapes
+                # A Sid is unique within a policy, not over time: a statement with one is recognised
+                # later by its Sid and its form (all but its resources, which may grow).
+                forms = [
+                    _form(shape) for label, eff, named, shape in statements
+                    if eff == "Allow" and not label.startswith("#") and label != BOT_SID
+                    and set(listed) & set(named)
+                ]
+                if forms:
+                    iam_params["statement_forms"] = forms
                 objects.append(
                     FoundObject(
                         ActionName.IAM_RESOURCES,
@@ -340,10 +355,15 @@ class Discoverer:
                 resources = {str(r) for r in as_list(params.get("resources") or [])}
                 sids = {str(s) for s in as_list(params.get("statements") or [])}
                 shapes = {str(s) for s in as_list(params.get("statement_shapes") or [])}
+                forms = ({str(s) for s in as_list(params.get("statement_forms") or [])}
+                         if "statement_forms" in params else None)
                 others = [
                     label for label, eff, named, shape in world.policies[arn]
                     if eff == "Allow" and label != BOT_SID and resources & set(named)
-                    and not (label in sids if not label.startswith("#") else shape in shapes)
+                    and not (
+                        label in sids and (forms is None or _form(shape) in forms)
+                        if not label.startswith("#") else shape in shapes
+                    )
                 ]
                 if others:
                     out[key] = (

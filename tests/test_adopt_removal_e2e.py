@@ -451,6 +451,26 @@ def test_a_bucket_handed_over_between_plan_and_apply_is_kept(runbook: Seeded) ->
     assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
 
 
+def test_a_bucket_tagged_with_another_profiles_name_after_the_plan_is_kept_by_the_step(
+    runbook: Seeded, apiserver: FakeApiServer
+) -> None:
+    """The step applies the plan's whole rule: a tag whose value is another Profile's name (not
+    only a key naming a namespace) hands the bucket over, read when the step runs."""
+    stack, made = runbook
+    apiserver.seed({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "team-x"},
+                    "spec": {"owner": {"kind": "User", "name": "someone.else@example.com"}}})
+    _adopt(stack, made)
+    named = _delete_adopted(stack, made)
+    step = {s.key: s for s in named.plan.steps}[f"Bucket/{made.bucket}"]
+    stack.aws("s3").put_bucket_tagging(Bucket=made.bucket, Tagging={"TagSet": [
+        {"Key": "Namespace", "Value": made.namespace}, {"Key": "Owner", "Value": "team-x"}]})
+
+    aws = stack.backend.facts.discoverer.aws  # type: ignore[attr-defined]
+    outcome = aws.registry()[ActionName.BUCKET_REMOVE].ensure(step.params)
+    assert outcome.details["deleted"] is False and "`Owner` names `team-x`" in outcome.details["reason"]
+    assert made.bucket in [b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"]]
+
+
 def test_a_nodegroup_tagged_for_another_namespace_is_kept_by_plan_and_step(
     runbook: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -478,3 +498,69 @@ def test_a_nodegroup_tagged_for_another_namespace_is_kept_by_plan_and_step(
     assert outcome.details["deleted"] is False and "`Namespace` names `team-y`" in outcome.details["reason"]
     eks = stack.aws("eks")
     assert eks.describe_nodegroup(clusterName=stack.world.cluster, nodegroupName=made.nodegroup)
+
+
+def _reuse_sid(stack: LiveStack, made: RunbookWorkspace) -> dict[str, Any]:
+    """An admin replaces the runbook's statement with another team's that reuses its Sid (Sids are
+    unique within a policy, not over time); it lists the workspace's bucket among others."""
+    arn = made.policy_arns[0]
+    document = default_document(stack, arn)
+    foreign = {"Sid": made.policy_sid, "Effect": "Allow", "Action": ["s3:GetObject"],
+               "Resource": [f"arn:aws:s3:::{made.bucket}/shared/*", "arn:aws:s3:::team-y-data/*",
+                            f"arn:aws:s3:::{made.bucket}/*"]}
+    document["Statement"] = [s for s in document["Statement"] if s.get("Sid") != made.policy_sid] + [foreign]
+    _new_default(stack, arn, document)
+    return foreign
+
+
+def test_a_statement_that_reuses_a_recorded_sid_is_kept(runbook: Seeded) -> None:
+    """A Sid is no identity over time: the statement is edited only while its Effect, Actions and
+    Condition are still as adopted (its resources may have grown); the plan says why it stays."""
+    stack, made = runbook
+    arn = made.policy_arns[0]
+    _adopt(stack, made)
+    foreign = _reuse_sid(stack, made)
+
+    named = _delete_adopted(stack, made)
+    kept = [w for w in named.plan.warnings if w.startswith("kept: the bucket in statement(s) ")]
+    assert len(kept) == 1 and f"`{made.policy_sid}`" in kept[0], named.plan.warnings
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED, stack.request(named.id).error
+    assert foreign in default_document(stack, arn)["Statement"]
+
+
+def test_a_statement_that_reuses_a_recorded_sid_between_plan_and_apply_is_kept(runbook: Seeded) -> None:
+    stack, made = runbook
+    arn = made.policy_arns[0]
+    _adopt(stack, made)
+    named = _delete_adopted(stack, made)
+    foreign = _reuse_sid(stack, made)
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED, stack.request(named.id).error
+    assert foreign in default_document(stack, arn)["Statement"]
+
+
+def test_a_recorded_statement_that_gained_resources_still_loses_the_bucket(runbook: Seeded) -> None:
+    """Admins adding a resource to the runbook's statement keep it the statement adoption recorded."""
+    stack, made = runbook
+    arn = made.policy_arns[0]
+    _adopt(stack, made)
+    document = default_document(stack, arn)
+    for statement in document["Statement"]:
+        if statement.get("Sid") == made.policy_sid:
+            listed = statement["Resource"]
+            listed = listed if isinstance(listed, list) else [listed]
+            statement["Resource"] = [*listed, "arn:aws:s3:::audit-logs/*"]
+    _new_default(stack, arn, document)
+
+    named = _delete_adopted(stack, made)
+    assert not [w for w in named.plan.warnings if w.startswith("kept: the bucket in statement(s) ")]
+    stack.approve(named.id, ADMIN2)
+    stack.run()
+    assert stack.request(named.id).state is RequestState.SUCCEEDED, stack.request(named.id).error
+    after = default_document(stack, arn)
+    assert _bucket_arns(after, made.bucket) == []
+    assert any(s.get("Sid") == made.policy_sid and s["Resource"] == ["arn:aws:s3:::audit-logs/*"]
+               for s in after["Statement"])

@@ -13,6 +13,8 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot import render
 from handlers import kinds, prices
@@ -20,7 +22,7 @@ from handlers.errors import PermanentError, TemporaryError
 from handlers.model import Request, RequestState
 from handlers.plan import Plan, Step, StepOutcome
 from provisioning import k8s
-from provisioning.aws import BOT_SID, BUCKET_ACTIONS, MARK_TAG, AwsActions, AwsSettings
+from provisioning.aws import BOT_SID, BUCKET_ACTIONS, MARK_TAG, AwsActions, AwsSettings, statement_form
 from tests.fakes.aws_fixtures import ACCOUNT_ID, AwsEnv, Fault, FaultProxy, aws_error_xml
 
 CLUSTER = "kubeflow"
@@ -944,3 +946,33 @@ def test_nodegroup_is_created_with_the_mark_and_a_retry_after_a_timeout_owns_it(
 
 def test_the_aws_mark_is_the_kubernetes_mark() -> None:
     assert MARK_TAG == k8s.MARK_KEY == MARK
+
+
+_ACTIONS = st.lists(st.sampled_from(["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:*"]),
+                    min_size=1, max_size=4, unique=True)
+_ARNS = st.lists(st.sampled_from(["arn:aws:s3:::a", "arn:aws:s3:::a/*", "arn:aws:s3:::b/*"]),
+                 min_size=1, max_size=3, unique=True)
+
+
+@given(actions=_ACTIONS, resources=_ARNS, grown=_ARNS, shuffle=st.randoms(use_true_random=False))
+def test_a_statement_form_ignores_resources_and_action_order(
+    actions: list[str], resources: list[str], grown: list[str], shuffle: Any
+) -> None:
+    statement = {"Sid": "Team", "Effect": "Allow", "Action": actions, "Resource": resources}
+    reordered = list(actions)
+    shuffle.shuffle(reordered)
+    assert statement_form(statement) == statement_form({**statement, "Action": reordered, "Resource": grown})
+
+
+@given(actions=_ACTIONS, other=_ACTIONS, resources=_ARNS)
+def test_a_statement_form_changes_with_actions_effect_or_condition(
+    actions: list[str], other: list[str], resources: list[str]
+) -> None:
+    """What a statement grants beyond its resources is its identity with its Sid, over time."""
+    statement = {"Sid": "Team", "Effect": "Allow", "Action": actions, "Resource": resources}
+    form = statement_form(statement)
+    assert (statement_form({**statement, "Action": other}) == form) == (set(other) == set(actions))
+    assert statement_form({**statement, "Effect": "Deny"}) != form
+    assert statement_form({**statement, "Sid": "Other"}) != form
+    condition = {"StringEquals": {"aws:PrincipalTag/team": "y"}}
+    assert statement_form({**statement, "Condition": condition}) != form

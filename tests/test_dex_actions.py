@@ -652,3 +652,123 @@ def test_a_password_is_never_set_on_a_password_object_that_names_another_email(
     actions.set_password_hash("alice@example.com", hashed)
     found = apiserver.get("dex.coreos.com/v1", "passwords", name, "auth")
     assert found is not None and base64.b64decode(found["hash"]).decode() == hashed
+def _make_inline(server: FakeApiServer, email: str) -> None:
+    """``email``'s entry with its hash inline, as the Kubeflow 1.7/1.8 runbook writes it."""
+    cm = server.get("v1", "configmaps", "dex", "auth")
+    assert cm is not None
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    for entry in config["staticPasswords"]:
+        if entry["email"] == email:
+            entry.pop("hashFromEnv", None)
+            entry["hash"] = DEFAULT_HASH
+    cm["data"]["config.yaml"] = yaml.safe_dump(config, sort_keys=False)
+    server.seed(cm)
+
+
+def test_a_password_set_keeps_an_inline_entry_inline_when_dex_does_not_load_the_secret(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """Kubeflow 1.7/1.8: Dex loads no ``dex-passwords``, so an entry moved to ``hashFromEnv`` would
+    have no hash and Dex would not start. The new hash goes inline, where the runbook put it."""
+    install_dex(apiserver, kube_api_client, load_secret=False)
+    _make_inline(apiserver, "user@example.com")
+    new = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+    secret_before = secret_data(apiserver)
+
+    dex(kube_api_client, "configmap").set_password_hash("user@example.com", new)
+
+    [entry] = static_passwords(apiserver)
+    assert "hashFromEnv" not in entry and entry["hash"] == new
+    assert secret_data(apiserver) == secret_before and restarts(apiserver) == 1
+
+
+def test_a_password_set_on_a_shared_key_goes_inline_when_dex_does_not_load_the_secret(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    install_dex(apiserver, kube_api_client, load_secret=False)
+    _share_key(apiserver, "helper@example.com", "DEX_USER_PASSWORD")
+    new = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    dex(kube_api_client, "configmap").set_password_hash("user@example.com", new)
+
+    entries = {e["email"]: e for e in static_passwords(apiserver)}
+    assert entries["user@example.com"].get("hash") == new and "hashFromEnv" not in entries["user@example.com"]
+    assert entries["helper@example.com"]["hashFromEnv"] == "DEX_USER_PASSWORD"
+    assert secret_data(apiserver) == {"DEX_USER_PASSWORD": DEFAULT_HASH}
+
+
+def test_a_password_set_under_a_key_dex_does_not_load_is_refused(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """The entry names its own key but the Deployment does not load our Secret: a hash written
+    there would never reach Dex, so the user would be shown a password that does not work."""
+    install_dex(apiserver, kube_api_client, load_secret=False)
+    before = static_passwords(apiserver)
+    new = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    with pytest.raises(PermanentError, match="does not load Secret `dex-passwords`"):
+        dex(kube_api_client, "configmap").set_password_hash("user@example.com", new)
+    assert static_passwords(apiserver) == before
+    assert secret_data(apiserver) == {"DEX_USER_PASSWORD": DEFAULT_HASH} and restarts(apiserver) == 0
+
+
+def test_a_password_set_under_a_key_loaded_by_a_secret_key_ref_is_written(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """A Deployment that loads the one key with ``env[].valueFrom.secretKeyRef`` loads it too."""
+    install_dex(apiserver, kube_api_client, load_secret=False)
+    deployment = apiserver.get("apps/v1", "deployments", "dex", "auth")
+    assert deployment is not None
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"] = [{
+        "name": "DEX_USER_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "dex-passwords", "key": "DEX_USER_PASSWORD"}}}]
+    apiserver.seed(deployment)
+    new = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    dex(kube_api_client, "configmap").set_password_hash("user@example.com", new)
+    assert secret_data(apiserver) == {"DEX_USER_PASSWORD": new}
+
+
+class _AdminEditsBeforeTheSecretWrite(DexActions):
+    """Plays an admin who, after the bot read the config and before its Secret write, moves
+    user@example.com to a fresh key and hands the old one (with a hash of its own) to carol."""
+
+    carol = bcrypt.hashpw(b"carol-own-password", bcrypt.gensalt(COST)).decode()
+    server: FakeApiServer
+
+    def _write_secret_key(self, key: str, bcrypt_hash: str, **kwargs: Any) -> bool:
+        if key == "DEX_USER_PASSWORD" and not kwargs.get("only_if_absent"):
+            cm = self.server.get("v1", "configmaps", "dex", "auth")
+            assert cm is not None
+            config = yaml.safe_load(cm["data"]["config.yaml"])
+            config["staticPasswords"][0]["hashFromEnv"] = "DEX_USER_PASSWORD_V2"
+            config["staticPasswords"].append({"email": "carol@example.com", "hashFromEnv": key,
+                                              "username": "carol", "userID": "carol-1"})
+            cm["data"]["config.yaml"] = yaml.safe_dump(config, sort_keys=False)
+            self.server.seed(cm)
+            secret = self.server.get("v1", "secrets", "dex-passwords", "auth")
+            assert secret is not None
+            secret["data"]["DEX_USER_PASSWORD_V2"] = secret["data"][key]
+            secret["data"][key] = base64.b64encode(self.carol.encode()).decode()
+            self.server.seed(secret)
+        return super()._write_secret_key(key, bcrypt_hash, **kwargs)
+
+
+def test_a_password_set_racing_an_admin_who_hands_the_key_to_another_login_writes_only_its_own(
+    apiserver: FakeApiServer, kube_api_client: client.ApiClient
+) -> None:
+    """The check that no other entry names the key is made again right before the Secret write:
+    carol keeps her own hash and the new password lands under the key user's entry names now."""
+    install_dex(apiserver, kube_api_client)
+    settings = DexSettings(mode="configmap", bcrypt_cost=COST)
+    clock = FakeClock()
+    actions = _AdminEditsBeforeTheSecretWrite(kube_api_client, settings, clock,
+                                              request_restart=Restarts(clock))
+    actions.server = apiserver
+    new = bcrypt.hashpw(b"new-password", bcrypt.gensalt(COST)).decode()
+
+    actions.set_password_hash("user@example.com", new)
+
+    data = secret_data(apiserver)
+    assert data["DEX_USER_PASSWORD"] == _AdminEditsBeforeTheSecretWrite.carol
+    assert data["DEX_USER_PASSWORD_V2"] == new

@@ -283,6 +283,31 @@ def test_setting_a_password_never_changes_another_login_sharing_its_secret_key(
         assert not bcrypt.checkpw(password.encode(), data[shared].replace("$2y$", "$2b$").encode())
 
 
+def test_setting_a_password_on_kubeflow_1_7_keeps_the_inline_hash_where_dex_reads_it(
+    sqlite_url: str, apiserver: FakeApiServer, world: AwsWorld
+) -> None:
+    """Kubeflow 1.7/1.8: inline hashes and a Dex Deployment that loads no Secret of ours. The
+    owner's "Set my password" writes the new hash inline in the owner's entry (an entry moved to
+    `hashFromEnv` would have no hash and Dex would not start); the password opens that login."""
+    with live_stack(sqlite_url, apiserver, world, dex_mode="configmap", env=RUNBOOK_ENV) as stack:
+        made = seed_runbook_workspace(apiserver, world, dex_mode="configmap", hash_from_env=False)
+        deployment = apiserver.get("apps/v1", "deployments", "dex", DEX_NAMESPACE)
+        assert deployment is not None
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            container.pop("envFrom", None)
+        apiserver.seed(deployment)
+        done = stack.apply(ADMIN, f"workspace adopt {made.namespace}", approver=ADMIN2)
+        assert done.state is RequestState.SUCCEEDED, done.error
+        secret_before = dex_secret_data(apiserver)
+
+        password = services.reveal_password(stack.core, Actor("ULEGACY", made.owner)).value
+
+        (entry,) = [e for e in dex_static_passwords(apiserver) if e["email"] == made.owner]
+        assert "hashFromEnv" not in entry
+        assert bcrypt.checkpw(password.encode(), entry["hash"].replace("$2y$", "$2b$").encode())
+        assert dex_secret_data(apiserver) == secret_before
+
+
 @pytest.mark.parametrize("runbook", ["configmap"], indirect=True)  # who may ask is not a Dex matter
 def test_only_admins_ask_and_only_for_logins_the_bot_made_or_adopted(runbook: Seeded) -> None:
     stack, made = runbook

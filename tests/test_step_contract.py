@@ -208,17 +208,17 @@ ADAPTER_DEFAULTS = {
     "kubeflow.adopt": {"resources"},
     "dex.adopt": {"resources"},
     "aws.adopt": {"resources"},
-    "aws.iam_resources.remove": {"statements", "statement_shapes"},
+    "aws.iam_resources.remove": {"statements", "statement_shapes", "statement_forms"},
     "dex.user.remove": {"adopted", "static_entry", "env_key", "except_namespace"},
 }
 """Fields no kind writes today: EKS's capacity type, Dex's user id derived from the email; fields
 written only when a setting asks for them (the runbook's nodegroup fields, per-workspace IAM), so
 plans made without those settings keep the params (and digests) they always had; and fields
 written only for some objects: ``adopted`` (an adopted nodegroup), ``resources`` (an IAM policy's
-entries), ``statements``/``statement_shapes``/``static_entry``/``env_key`` (the shapes an adoption
-recorded), ``namespace`` on a removal (the workspace an adopted bucket or nodegroup must still be for),
-``except_namespace`` (the workspace whose delete, transfer or unshare removes a login; a
-``login.remove`` or a drift clean-up names none)."""
+entries), ``statements``/``statement_shapes``/``statement_forms``/``static_entry``/``env_key`` (the
+shapes an adoption recorded), ``namespace`` on a removal (the workspace an adopted bucket or
+nodegroup must still be for), ``except_namespace`` (the workspace whose delete, transfer or unshare
+removes a login; a ``login.remove`` or a drift clean-up names none)."""
 
 
 def _sample_params() -> dict[str, dict[str, JSON]]:
