@@ -337,7 +337,7 @@ GOLDEN: dict[str, str] = {
     "create-external-dex": "9c934df93c4ce00900aea22fe324747f58e22094b56b95f4d1651233bb414f24",
     "create-gpu": "342585f58d3c89e9a38771bacff4da4430c20528eeaccf72c7055cdbe837e3f5",
     "create-gpu-configmap": "379e6a245c518249f60b8baaeab1725cc4a7846c2e30b476bb721948dd34abf2",
-    "delete-keep-data": "247eb7e9ff414769a19eb4091ff396159217a7c0bd9c1ec63e27e3fe3998298e",
+    "delete-keep-data": "10e041267c95a7d2f075002beab47fac8efaa0ef67cd476163271e9341600d78",
     "delete-purge-login-in-use": "145f3c6d1669c7ac632e6204e48cbbc2f3c8aacfca62871f3ee87715b21ef0d7",
     "pin": "577b316e4f2fe000bdf8a3241b427742496ef4ed6eb87d51ce55e801e5ae8727",
     "quota-raise-for-3d": "9b8d8030fab9452582b16b4155b6913899abb4edc7e8bfa4b43ffd8e258f3ed6",
@@ -364,7 +364,7 @@ GOLDEN: dict[str, str] = {
     "resize-instance-type": "e671976cb545ed94d1a7d0f50f8699737ddba7bd10ca3384d479f0fd1e4baabb",
     "resize-nodes": "7d796baa4196f84fc770ac1a43bb8a0b047134de2f8d40f897490c3257392028",
     # Offboarding (#12), computed by its first release.
-    "transfer-offboarded-owner": "5ad559d19bbd76b45dd158fb5ee70006429d2d409050676d58b8088d68701383",
+    "transfer-offboarded-owner": "48f0f0db052085634251cd79cf77b51c58ab4755db13160489440005bec1dc52",
     "transfer-to-contributor": "44a31a0fc150960b7c050102d055281d1c15a80b17702a7f529d08ea03743630",
     # Collaborator logins (#12), computed by their first release. A share that makes the grantee's
     # login adds a ``dex.user`` step after the grant; one whose grantee has a login keeps the
@@ -372,18 +372,18 @@ GOLDEN: dict[str, str] = {
     # so its digest is the empty plan's, like a hold's.
     "share-makes-login": "558f5955a866a99ab92429ab97f3b167111fece62e09f33d786e43e9c4fd5ef4",
     "share-makes-login-configmap": "aef080828bfcd165e0ee20c5fec6b97817546f2fec9d3af74012785ad59dc498",
-    "unshare-removes-login": "3b056694fa24af4bfec78e356c411b3f84fdcca06e5050e3f781c6f23c1a557b",
+    "unshare-removes-login": "e54688b9d09d45df22bf3475bc8ff91074ff12071a31d6ae5bcd17f48ffb09de",
     "password-reset": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
     "create-runbook-nodegroup": "e14c5257ad7ce9ef071396d77e1e9a3b8ecf51a93a24219c8121a2d53ff90d61",
     "create-disk-size-only": "c413034c0c9d73befb411f6829380dbc47ac4879937f3d14e58c6893bb37eed0",
     "create-per-workspace-iam": "bbe3c35a183836ec8c07bdd9a47c88ff96883eb41266c9734376f2fcb7278796",
-    "delete-per-workspace-iam": "459c15505ea1dd51136efae53cde3aa22d9f12262f5b7769330226577b3e1a11",
+    "delete-per-workspace-iam": "ed304d43d40d2613c07830b0a8a0acdc7bb6029b65ac38dc52ad0420a88f7b31",
     # Adoption (issue 12), computed by its first release.
     "adopt-runbook": "3d1e01c2a0b09d1739ca96cc5ba35b0112d5912af56d25f398306d61718baaa3",
     "adopt-owner-given": "daaf0b7164a121c128f2007c118fdbd20af792f7151fa8fdcb25405e0fb57adc",
     # The adopted bucket and nodegroup steps carry the namespace their tags are re-checked against
     # when they run (a hand-over to another team since): moved on purpose, see below.
-    "delete-adopted-named": "b6aa2e7154b12af11703db63359e11b6451888fc6ebc502d9d9cd5fd86287120",
+    "delete-adopted-named": "f4d3ca2f0dd1581a5493d5228efb04fcc8475a644ec8b43519d42ff2ba87b3d2",
     "gpu-down-adopted": "95389eddb2d9dd0348400f52af283c66b01e017cc42ed5546a567352ce963584",
     "drift-adopt-grant": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
     "drift-cleanup-bucket": "ab8580284c211aa52167f5b261a7e3bae92c5fa3fcccc00ef4eaafd26f2a8287",
@@ -391,7 +391,7 @@ GOLDEN: dict[str, str] = {
     "drift-cleanup-dex": "f6ed582cf629836dca3caf31aab8e3cdf26b8e48b4fcb0fddde00715adee0dbc",
     "drift-cleanup-nodegroup-purge": "8b1aaf7e665c5aeddc3932e7e62b8b3acd8136c6d2fbaec836071433d063ca92",
     "adopt-runbook-role-and-shapes": "a8c1afb6dd7adc5ef6ae07e52e32525c2754cee6c4ce466e33c3d090e382fa22",
-    "delete-adopted-role-and-shapes": "94a18ef3062596abe6344205f3e76a12763ac8a91152fca7465d3945a7790b1a",
+    "delete-adopted-role-and-shapes": "46a0af447d7df81d8fda47aea5359391ca3e18a5e1757ec8edc3f4b775db63a6",
     # login.remove (#12), computed by its first release. One waiting on the access offboarding
     # takes has no step yet: the empty plan's digest, so the re-plan at apply finds the removal.
     "login-remove-adopted": "c4103bcdc643f20861c77fd32e3514086ecfedb54543102064a58e1b156006e0",
@@ -402,7 +402,11 @@ release) and ``create-*``: issue 11 added the ``kfbot-notebook-activity`` Author
 to ``workspace.create`` on purpose, so a create approved before that upgrade and not yet applied
 goes back to pending once (the engine's digest check): its approver never saw the new policy, and
 must. Likewise ``delete-adopted-*``: a delete naming ``--delete-adopted`` approved before the
-hand-over re-check (the adopted bucket's and nodegroup's ``namespace``) is asked again once."""
+hand-over re-check (the adopted bucket's and nodegroup's ``namespace``) is asked again once; and
+every plan with a ``dex.user.remove`` step of a delete, unshare or transfer (``except_namespace``:
+the removal re-checks at apply that nobody uses the login, except through the workspace it
+leaves), and ``delete-adopted-*`` again for the recorded statements' forms (a statement reusing a
+recorded Sid is kept). Nothing of this release was deployed before these changes."""
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
