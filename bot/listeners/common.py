@@ -316,6 +316,12 @@ class Inbox:
                 continue  # queued or running here already: the claim only renewed our lease
             body: Mapping[str, object] = dict(item.payload)
             cid = log.new_correlation_id()
+            if not item.authentic:  # not written by an edge holding the audit key: never run or told
+                with log.bound(cid):
+                    logger.warning("dropped an inbox row without a valid MAC (not recorded by the edge)")
+                self.store.finish(item.key)
+                self._done(item.key)
+                continue
             if item.kind not in self._handlers:
                 logger.error("inbox row of unknown kind %s dropped", item.kind)
                 self.store.finish(item.key)
