@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -367,8 +368,9 @@ def test_a_recorded_row_carries_a_mac_that_names_its_key_kind_and_payload(databa
     now = datetime.now(UTC)
     payload = {"user_id": ALICE, "text": "workspace new team-a"}
     past, later = now - timedelta(seconds=1), now + timedelta(minutes=30)
-    assert inbox.record("command:1", "command", payload, owner="me", now=now, lease_until=past,
-                        expires_at=later)
+    assert inbox.record(
+        "command:1", "command", payload, owner="me", now=now, lease_until=past, expires_at=later
+    )
     [item] = inbox.claim("me", now, now + timedelta(minutes=1), 10)
     assert item.authentic
     mac = SqlInbox.mac_of("command:1", "command", payload, database.audit_key)
@@ -376,3 +378,70 @@ def test_a_recorded_row_carries_a_mac_that_names_its_key_kind_and_payload(databa
         ("command:2", "command", payload), ("command:1", "click:kf_approve", payload),
         ("command:1", "command", {**payload, "user_id": BOB})]}  # fmt: skip
     assert mac != SqlInbox.mac_of("command:1", "command", payload, database.audit_key + b"x")
+
+
+# -- a request the inbox cannot record is answered "try again" and not done (atk4 finding 2) --------
+
+
+def refuse_inserts(bot: Running, table: str) -> None:
+    """A real database failure on the edge's write: every insert into ``table`` fails (SQLite,
+    an operational error: not a duplicate key, which the edge reads as a redelivery)."""
+    trigger = f"before insert on {table} begin insert into no_such_table values (1); end"
+    with bot.backend.db.engine.begin() as conn:
+        conn.execute(sa.text(f"create trigger refuse_{table} {trigger}"))
+
+
+def allow_inserts(bot: Running, table: str) -> None:
+    with bot.backend.db.engine.begin() as conn:
+        conn.execute(sa.text(f"drop trigger refuse_{table}"))
+
+
+@pytest.mark.parametrize("table", ["slack_inbox", "slack_signatures"])
+def test_a_command_the_edge_cannot_record_is_answered_try_again_and_never_run(
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, table: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.handler.addFilter(SecretFilter())
+    url = fake_slack.response_url("unrecorded")
+    body = slash_command_body("workspace new team-unrecorded", user_id=ALICE, response_url=url,
+                              trigger_id="6.6.unrecorded")  # fmt: skip
+    refuse_inserts(bot, table)
+    try:
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    finally:
+        allow_inserts(bot, table)
+    assert status == 200
+    text = answer.decode()
+    assert "could not record this; try again" in text
+    [ref] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    cid = getattr(ref, "correlation_id", None)
+    assert "could not record" in ref.getMessage() and cid and f"(ref {cid})" in text
+    time.sleep(1)  # the sweep runs each second: nothing may have been left for it
+    assert requests_in_db(bot) == [] and inbox_keys(bot) == []
+    assert "unrecorded" not in fake_slack.responses
+    logged = caplog.text + "".join(str(r.exc_info) for r in caplog.records)
+    assert "team-unrecorded" not in logged and url not in logged and "Traceback" not in caplog.text
+
+
+def test_a_click_the_inbox_cannot_record_is_answered_empty_and_never_run(
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the command's work to be done")
+    [before] = [r.state for r in requests_in_db(bot)]
+    approve = button(card, blocks.APPROVE)
+    assert approve is not None
+    body = block_action_body(
+        blocks.APPROVE, approve["value"], user_id=BOB, channel_id=card["channel"], message_ts=card["ts"],
+        message_blocks=card.get("blocks"), response_url=fake_slack.response_url("lost-click"),
+    )  # fmt: skip
+    refuse_inserts(bot, "slack_inbox")
+    try:
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    finally:
+        allow_inserts(bot, "slack_inbox")
+    assert (status, answer) == (200, b"")
+    time.sleep(1)
+    assert [r.state for r in requests_in_db(bot)] == [before] and inbox_keys(bot) == []
+    assert "lost-click" not in fake_slack.responses

@@ -116,8 +116,9 @@ class Database:
         if not self.is_postgres:
             _create_private_file(self.url.database)
             # A normal (queue) pool of file connections, shared across threads.
-            engine = sa.create_engine(self.url, connect_args={"check_same_thread": False,
-                                                              "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
+            engine = sa.create_engine(self.url, hide_parameters=True,
+                                      connect_args={"check_same_thread": False,
+                                                    "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
@@ -125,7 +126,11 @@ class Database:
         # SQLAlchemy's default pool (5 + 10 overflow) made a burst's threads queue for a connection
         # (profiled: ~12 ms per checkout at 100 concurrent commands); connections open lazily, so
         # a larger ceiling costs nothing idle. Two replicas stay well under PostgreSQL's 100.
-        return sa.create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        # hide_parameters (both engines): an error names the statement, never its values (a
+        # command's text, a live response_url, a token's hash), so none reaches a log or a reply.
+        return sa.create_engine(
+            self.url, pool_pre_ping=True, pool_size=10, max_overflow=30, hide_parameters=True
+        )
 
     def dispose(self) -> None:
         with self._engine_lock:
