@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     import psycopg
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+EDGE_WRITE_TIMEOUT_MS = 2_000
+"""How long one of the Slack edge's own writes (a signature, an inbox row) may wait for a lock or
+run: Slack gives up on an answer after 3 s, so a write that has not finished by then must fail (the
+person is told to try again) rather than be carried out after Slack told them it failed."""
 _MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -170,6 +174,27 @@ class Database:
                            ("keepalives_count", 3)):
             cparams.setdefault(key, value)
         return psycopg.Connection.connect(*cargs, **cparams, autocommit=True)
+
+    @contextmanager
+    def edge_writer(self) -> Iterator[Connection]:
+        """A short write transaction that fails after ``EDGE_WRITE_TIMEOUT_MS`` waiting for a lock
+        or running (PostgreSQL: ``lock_timeout`` and ``statement_timeout``, local to it; SQLite:
+        its connection's busy timeout, for this transaction only), instead of outlasting Slack's
+        3 s."""
+        ms = EDGE_WRITE_TIMEOUT_MS
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            if not self.is_postgres:  # before BEGIN IMMEDIATE, which is what waits; raw: no autobegin
+                raw.execute(f"PRAGMA busy_timeout={ms}")
+            try:
+                with conn.begin():
+                    if self.is_postgres:
+                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+                        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                    yield conn
+            finally:
+                if not self.is_postgres:
+                    raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:

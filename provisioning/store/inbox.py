@@ -90,7 +90,7 @@ class SqlInbox:
         """Record an acked request, claimed by ``owner``; False when ``key`` is already there (a
         redelivery: the first copy's work stands)."""
         try:
-            with self._db.engine.begin() as conn:
+            with self._db.edge_writer() as conn:  # bounded: the edge answers Slack within 3 s
                 conn.execute(
                     sa.insert(slack_inbox).values(
                         key=key, kind=kind, payload=dict(payload), received_at=now, expires_at=expires_at,
