@@ -131,7 +131,17 @@ class SlackEndpoint:
                 logger.info("dropped a replayed Slack request (its signature was seen)")
                 start_response("200 OK", [("Content-Length", "0")])
                 return [b""]
-        response = self._app.dispatch(request)
+        try:
+            response = self._app.dispatch(request)
+        except Exception as exc:  # raised in Bolt, before any code of ours: one line, no payload
+            # Bolt reads a signed payload's shape (its first action, its view's type, a workflow
+            # step) while building arguments for middleware and listeners alike, so a shape Slack
+            # never sends raises before the catch-all listeners (``bot.listeners``) or even
+            # ``@app.error`` could take it: acknowledged and dropped, like any unhandled interaction.
+            with log.bound(log.new_correlation_id()):
+                logger.warning("dropped a signed Slack request Bolt could not read: %s", type(exc).__name__)
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
         wsgi = WsgiHttpResponse(status=response.status, headers=response.headers, body=response.body)
         start_response(wsgi.status, wsgi.get_headers())
         return wsgi.get_body()
