@@ -383,10 +383,11 @@ def test_a_recorded_row_carries_a_mac_that_names_its_key_kind_and_payload(databa
 # -- a request the inbox cannot record is answered "try again" and not done (atk4 finding 2) --------
 
 
-def refuse_inserts(bot: Running, table: str) -> None:
-    """A real database failure on the edge's write: every insert into ``table`` fails (SQLite,
-    an operational error: not a duplicate key, which the edge reads as a redelivery)."""
-    trigger = f"before insert on {table} begin insert into no_such_table values (1); end"
+def refuse_inserts(bot: Running, table: str, how: str = "operational") -> None:
+    """A real database failure on the edge's write: every insert into ``table`` fails (SQLite), as
+    an operational error or as an integrity error that is not the row's key already there."""
+    action = "insert into no_such_table values (1)" if how == "operational" else "select raise(abort, 'no')"
+    trigger = f"before insert on {table} begin {action}; end"
     with bot.backend.db.engine.begin() as conn:
         conn.execute(sa.text(f"create trigger refuse_{table} {trigger}"))
 
@@ -396,16 +397,17 @@ def allow_inserts(bot: Running, table: str) -> None:
         conn.execute(sa.text(f"drop trigger refuse_{table}"))
 
 
-@pytest.mark.parametrize("table", ["slack_inbox", "slack_signatures"])
+@pytest.mark.parametrize(("table", "how"), [("slack_inbox", "operational"), ("slack_inbox", "integrity"),
+                                           ("slack_signatures", "operational")])  # fmt: skip
 def test_a_command_the_edge_cannot_record_is_answered_try_again_and_never_run(
-    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, table: str
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, table: str, how: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     caplog.handler.addFilter(SecretFilter())
     url = fake_slack.response_url("unrecorded")
     body = slash_command_body("workspace new team-unrecorded", user_id=ALICE, response_url=url,
                               trigger_id="6.6.unrecorded")  # fmt: skip
-    refuse_inserts(bot, table)
+    refuse_inserts(bot, table, how)
     try:
         status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
     finally:

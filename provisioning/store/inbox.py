@@ -99,6 +99,12 @@ class SqlInbox:
                     )
                 )  # fmt: skip
         except IntegrityError:
+            # Only the key already there is a redelivery; any other refusal (a constraint, a
+            # trigger) means the row is not recorded, and the caller must not ack it as if it were.
+            with self._db.reader() as conn:
+                there = conn.execute(sa.select(slack_inbox.c.key).where(slack_inbox.c.key == key)).first()
+            if there is None:
+                raise
             return False
         return True
 
