@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -242,3 +243,45 @@ def test_a_command_behind_a_held_lock_is_answered_try_again_and_never_carried_ou
         settle(fake_slack)
         time.sleep(1.5)  # past an inbox sweep: nothing was left for it
         assert requests_in_db(bot) == [] and "locked" not in fake_slack.responses
+
+
+SQLITE_HOLD_SECONDS = 10
+
+
+def test_a_command_behind_a_held_sqlite_write_lock_is_answered_try_again_and_never_carried_out(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
+    """SQLite's side of the bound: another connection holds the database's write lock (BEGIN
+    IMMEDIATE) until the edge has answered, or for SQLITE_HOLD_SECONDS: between the edge's 2 s and
+    the 30 s every other writer waits, so an edge that waited as they do would get the lock once it
+    is let go and carry the command out."""
+    path = bot.backend.db.url.database
+    assert path is not None
+    locked, answered = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("begin immediate")
+            locked.set()
+            answered.wait(SQLITE_HOLD_SECONDS)
+            conn.execute("rollback")
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert locked.wait(WAIT)
+        url = fake_slack.response_url("busy-db")
+        body = slash_command_body(
+            "workspace new team-busy", user_id=ALICE, response_url=url, trigger_id="8.8.busy"
+        )
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    finally:
+        answered.set()
+        thread.join()
+    assert status == 200 and "could not record this; try again" in answer.decode()
+    settle(fake_slack)
+    time.sleep(1.5)  # past an inbox sweep
+    assert requests_in_db(bot) == [] and "busy-db" not in fake_slack.responses
