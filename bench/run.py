@@ -121,7 +121,7 @@ class Deployment:
 
 def fresh_schema(server: str) -> tuple[str, Callable[[], None]]:
     schema = f"kfbot_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(server, poolclass=NullPool)
+    admin = sa.create_engine(server, poolclass=NullPool, hide_parameters=True)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})

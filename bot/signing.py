@@ -33,6 +33,7 @@ from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
 from slack_bolt.request import BoltRequest
 
 import provisioning
+from bot import logging as log
 from bot.http import MAX_BODY_BYTES, json_response
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,18 @@ _CHUNK = 64 * 1024
 REPLAY_SKEW_SECONDS = 60
 """How far replicas' clocks may disagree: a signature is kept this long past the window, so a
 replica whose clock is behind cannot accept it again after another pruned it."""
+
+UNRECORDED_TEXT = "kf-chatops could not record this; try again (ref {ref})."
+"""The whole answer to a slash command the edge could not record (its signature or its inbox row:
+the database failed or held a lock too long): nothing was done, so asking again is safe. Other
+requests get an empty 200 (Slack would only retry an event, never a click or a submission)."""
+
+
+def unrecorded(body: object, cid: str) -> str:
+    """The answer to a request that could not be recorded: the try-again text for a slash command,
+    else nothing. Never a 5xx: Slack shows the person an opaque failure for one."""
+    return UNRECORDED_TEXT.format(ref=cid) if isinstance(body, dict) and body.get("command") else ""
+
 
 Seen = Callable[[str, int], bool]
 """(signature, its timestamp) -> True the first time, False for a replay."""
@@ -104,13 +117,31 @@ class SlackEndpoint:
             try:
                 first = self._seen(signature, timestamp)
             except Exception as exc:  # fail closed: unrecorded, it could be carried out twice
-                logger.warning("could not record a Slack request's signature: %s", type(exc).__name__)
-                return json_response(start_response, "503 Service Unavailable", {"error": "try again"})
+                with log.bound(log.new_correlation_id()) as cid:
+                    logger.warning(
+                        "could not record a Slack request's signature; answered try again, nothing done: %s",
+                        type(exc).__name__,
+                    )
+                answer = unrecorded(request.body, cid)
+                if answer:
+                    return json_response(start_response, "200 OK", {"text": answer})
+                start_response("200 OK", [("Content-Length", "0")])
+                return [b""]
             if not first:
                 logger.info("dropped a replayed Slack request (its signature was seen)")
                 start_response("200 OK", [("Content-Length", "0")])
                 return [b""]
-        response = self._app.dispatch(request)
+        try:
+            response = self._app.dispatch(request)
+        except Exception as exc:  # raised in Bolt, before any code of ours: one line, no payload
+            # Bolt reads a signed payload's shape (its first action, its view's type, a workflow
+            # step) while building arguments for middleware and listeners alike, so a shape Slack
+            # never sends raises before the catch-all listeners (``bot.listeners``) or even
+            # ``@app.error`` could take it: acknowledged and dropped, like any unhandled interaction.
+            with log.bound(log.new_correlation_id()):
+                logger.warning("dropped a signed Slack request Bolt could not read: %s", type(exc).__name__)
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
         wsgi = WsgiHttpResponse(status=response.status, headers=response.headers, body=response.body)
         start_response(wsgi.status, wsgi.get_headers())
         return wsgi.get_body()

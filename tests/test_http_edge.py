@@ -24,6 +24,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from tests.fakes.cli import env_for, free_port, kfbot, readyz
 from tests.fakes.figures import count
 from tests.fakes.slack import (
     BOT_TOKEN,
+    DEFAULT_TEAM_ID,
     SIGNING_SECRET,
     FakeSlack,
     block_action_body,
@@ -474,3 +476,35 @@ def test_hostile_requests_are_refused_and_change_nothing(
         headers["X-Slack-Signature"] = forge(sig_choice, timestamp or "", body)
     assert edge.post(body, headers, method=method) == (401 if method == "POST" else 405)
     edge.assert_untouched()
+
+
+MALFORMED_INTERACTIONS = {
+    "block_actions without actions": {"type": "block_actions", "actions": [], "response_url": MARKER},
+    "view_submission whose view has no type": {
+        "type": "view_submission", "view": {"id": "V1", "callback_id": MARKER, "state": {"values": {}}},
+    },
+    "workflow_step_edit without workflow_step": {"type": "workflow_step_edit", "callback_id": MARKER},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("payload", list(MALFORMED_INTERACTIONS.values()), ids=list(MALFORMED_INTERACTIONS))
+def test_a_signed_interaction_bolt_cannot_read_is_acked_and_dropped(
+    edge: Edge, payload: dict[str, Any]
+) -> None:
+    """Bolt reads an interaction's shape (its first action, its view's type) before any listener or
+    middleware of ours: one it cannot read is acknowledged and dropped with one warning line, never
+    a 500 and a traceback of the payload (atk4 finding 4)."""
+    base = {"team": {"id": DEFAULT_TEAM_ID}, "user": {"id": "U0ALICE01", "team_id": DEFAULT_TEAM_ID},
+            "api_app_id": "A111", "trigger_id": "1.2.malformed"}  # fmt: skip
+    body = urllib.parse.urlencode({"payload": json.dumps({**base, **payload})}).encode()
+    before = edge.logs().count("could not read")
+    ts = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature(ts, body),
+    }
+    # Signed, so Slack's own (if malformed): answered, not counted among the hostile requests.
+    assert edge.exchange(raw_request("POST", headers, body)) == 200
+    edge.assert_untouched()
+    assert edge.logs().count("could not read") == before + 1

@@ -9,9 +9,12 @@ import json
 import logging
 
 import bcrypt
+import pytest
+import sqlalchemy as sa
 from kubernetes import client
 
 from bot import logging as log
+from provisioning.store import Database
 
 
 def test_a_secret_body_never_reaches_the_log_at_debug(
@@ -40,3 +43,17 @@ def test_a_secret_body_never_reaches_the_log_at_debug(
 
 def test_the_scrubber_keeps_ordinary_metadata() -> None:
     assert log.scrub('metadata: {"name": "x"}') == 'metadata: {"name": "x"}'
+
+
+def test_a_failing_statements_parameters_never_reach_the_log_or_the_error(
+    database: Database, debug_log: io.StringIO
+) -> None:
+    """A database error names the statement, never its values (``hide_parameters``): the values
+    of the edge's writes are a command's text and a live ``response_url`` (atk4 finding 2)."""
+    secret = "https://hooks.slack.com/commands/T1/2/not-for-the-logs-0123"
+    with pytest.raises(sa.exc.DBAPIError) as failed, database.engine.begin() as conn:
+        conn.execute(sa.text("insert into no_such_table (url) values (:url)"), {"url": secret})
+    logging.getLogger("provisioning.store").error("insert failed", exc_info=failed.value)
+    assert "no_such_table" in debug_log.getvalue()  # the error itself is logged
+    assert secret not in debug_log.getvalue() and secret not in str(failed.value)
+    assert "not-for-the-logs" not in repr(failed.value)

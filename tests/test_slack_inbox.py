@@ -8,8 +8,10 @@ or that waited in the pool past it, keeps its lease and runs once.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,13 +30,21 @@ from handlers.model import Actor
 from provisioning import SqlInbox
 from provisioning.store import Database
 from provisioning.store.schema import slack_inbox
-from tests.fakes.slack import DEFAULT_TEAM_ID, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body
+from tests.fakes.slack import (
+    DEFAULT_TEAM_ID,
+    SIGNING_SECRET,
+    FakeSlack,
+    block_action_body,
+    post_signed,
+    slash_command_body,
+)
 from tests.fakes.slack_bot import running_bot
 from tests.fakes.slack_edge import (
     ALICE,
     BOB,
     WAIT,
     add_users,
+    button,
     card_for,
     click,
     new_workspace_request,
@@ -304,3 +314,136 @@ def test_a_row_is_taken_for_work_only_by_its_holder_or_once_its_lease_ran_out(da
     assert not inbox.take("command:6.6.take", "a", past, past + timedelta(minutes=2))
     inbox.finish("command:6.6.take")
     assert not inbox.take("command:6.6.take", "b", past, past + timedelta(minutes=2))  # done: nothing runs
+
+
+# -- a row is run only with the edge's MAC (atk4 finding 1) ----------------------------------------
+
+
+@pytest.mark.parametrize("forgery", ["no-mac", "payload-changed", "mac-of-another-row"])
+def test_a_row_written_without_the_edges_mac_is_dropped_unrun_and_untold(
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, forgery: str
+) -> None:
+    """Someone with write access to the database but not the audit key (docs/SECURITY.md) cannot
+    have the sweep run a click as an admin: a row whose MAC does not verify is dropped."""
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(SecretFilter())
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the command's work to be done")
+    [before_state] = [r.state for r in requests_in_db(bot)]
+    url = fake_slack.response_url("forged")
+    approve = button(card, blocks.APPROVE)
+    assert approve is not None
+    body = block_action_body(
+        blocks.APPROVE, approve["value"], user_id=BOB, channel_id=card["channel"], message_ts=card["ts"],
+        message_blocks=card.get("blocks"), response_url=url, trigger_id="5.5.forged",
+    )  # fmt: skip
+    payload = json.loads(dict(parse_qsl(body.decode()))["payload"])
+    payload.pop("token", None)
+    key, kind, now = f"click:{blocks.APPROVE}:5.5.forged", f"click:{blocks.APPROVE}", datetime.now(UTC)
+    row = {"key": key, "kind": kind, "payload": payload, "received_at": now,
+           "expires_at": now + timedelta(minutes=25), "claimed_by": None, "lease_until": None,
+           "attempts": 0}  # fmt: skip
+    audit_key = bot.backend.db.audit_key
+    macs = {
+        "no-mac": None,
+        "payload-changed": SqlInbox.mac_of(key, kind, {**payload, "user": {"id": ALICE}}, audit_key),
+        "mac-of-another-row": SqlInbox.mac_of(f"{kind}:0.0.real", kind, payload, audit_key),
+    }
+    before = len(fake_slack.calls)
+    with bot.backend.db.engine.begin() as conn:
+        conn.execute(sa.insert(slack_inbox).values(**row, mac=macs[forgery]))
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the sweep to drop the row")
+    assert [r.state for r in requests_in_db(bot)] == [before_state]  # not approved as BOB
+    assert "forged" not in fake_slack.responses
+    assert fake_slack.calls[before:] == [], [c.method for c in fake_slack.calls[before:]]
+    dropped = [r for r in caplog.records if "inbox row" in r.getMessage() and "MAC" in r.getMessage()]
+    assert [r.levelno for r in dropped] == [logging.WARNING]
+    assert getattr(dropped[0], "correlation_id", None)
+    assert not {BOB, approve["value"], url} & set(dropped[0].getMessage().split())
+
+
+def test_a_recorded_row_carries_a_mac_that_names_its_key_kind_and_payload(database: Database) -> None:
+    inbox = SqlInbox(database)
+    now = datetime.now(UTC)
+    payload = {"user_id": ALICE, "text": "workspace new team-a"}
+    past, later = now - timedelta(seconds=1), now + timedelta(minutes=30)
+    assert inbox.record(
+        "command:1", "command", payload, owner="me", now=now, lease_until=past, expires_at=later
+    )
+    [item] = inbox.claim("me", now, now + timedelta(minutes=1), 10)
+    assert item.authentic
+    mac = SqlInbox.mac_of("command:1", "command", payload, database.audit_key)
+    assert {mac} != {SqlInbox.mac_of(k, kd, p, database.audit_key) for k, kd, p in [
+        ("command:2", "command", payload), ("command:1", "click:kf_approve", payload),
+        ("command:1", "command", {**payload, "user_id": BOB})]}  # fmt: skip
+    assert mac != SqlInbox.mac_of("command:1", "command", payload, database.audit_key + b"x")
+
+
+# -- a request the inbox cannot record is answered "try again" and not done (atk4 finding 2) --------
+
+
+def refuse_inserts(bot: Running, table: str, how: str = "operational") -> None:
+    """A real database failure on the edge's write: every insert into ``table`` fails (SQLite), as
+    an operational error or as an integrity error that is not the row's key already there."""
+    action = "insert into no_such_table values (1)" if how == "operational" else "select raise(abort, 'no')"
+    trigger = f"before insert on {table} begin {action}; end"
+    with bot.backend.db.engine.begin() as conn:
+        conn.execute(sa.text(f"create trigger refuse_{table} {trigger}"))
+
+
+def allow_inserts(bot: Running, table: str) -> None:
+    with bot.backend.db.engine.begin() as conn:
+        conn.execute(sa.text(f"drop trigger refuse_{table}"))
+
+
+@pytest.mark.parametrize(("table", "how"), [("slack_inbox", "operational"), ("slack_inbox", "integrity"),
+                                           ("slack_signatures", "operational")])  # fmt: skip
+def test_a_command_the_edge_cannot_record_is_answered_try_again_and_never_run(
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, table: str, how: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.handler.addFilter(SecretFilter())
+    url = fake_slack.response_url("unrecorded")
+    body = slash_command_body("workspace new team-unrecorded", user_id=ALICE, response_url=url,
+                              trigger_id="6.6.unrecorded")  # fmt: skip
+    refuse_inserts(bot, table, how)
+    try:
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    finally:
+        allow_inserts(bot, table)
+    assert status == 200
+    text = answer.decode()
+    assert "could not record this; try again" in text
+    [ref] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    cid = getattr(ref, "correlation_id", None)
+    assert "could not record" in ref.getMessage() and cid and f"(ref {cid})" in text
+    time.sleep(1)  # the sweep runs each second: nothing may have been left for it
+    assert requests_in_db(bot) == [] and inbox_keys(bot) == []
+    assert "unrecorded" not in fake_slack.responses
+    logged = caplog.text + "".join(str(r.exc_info) for r in caplog.records)
+    assert "team-unrecorded" not in logged and url not in logged and "Traceback" not in caplog.text
+
+
+def test_a_click_the_inbox_cannot_record_is_answered_empty_and_never_run(
+    bot: Running, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    request_id = new_workspace_request(bot, fake_slack)
+    card = card_for(fake_slack, request_id)
+    fake_slack.wait_for(lambda: inbox_keys(bot) == [], WAIT, "the command's work to be done")
+    [before] = [r.state for r in requests_in_db(bot)]
+    approve = button(card, blocks.APPROVE)
+    assert approve is not None
+    body = block_action_body(
+        blocks.APPROVE, approve["value"], user_id=BOB, channel_id=card["channel"], message_ts=card["ts"],
+        message_blocks=card.get("blocks"), response_url=fake_slack.response_url("lost-click"),
+    )  # fmt: skip
+    refuse_inserts(bot, "slack_inbox")
+    try:
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    finally:
+        allow_inserts(bot, "slack_inbox")
+    assert (status, answer) == (200, b"")
+    time.sleep(1)
+    assert [r.state for r in requests_in_db(bot)] == [before] and inbox_keys(bot) == []
+    assert "lost-click" not in fake_slack.responses

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -200,3 +202,86 @@ def test_pruning_is_bounded_per_insert(database: Database) -> None:
     assert len(signatures(database)) == 7 - 3 + 1
     assert seen.first("v0=" + "e" * 64, T0 + timedelta(hours=1), now=T0 + timedelta(minutes=1))
     assert len(signatures(database)) == 7 - 6 + 2
+
+
+# -- the edge's own writes are bounded: a held lock is answered "try again" (atk4 finding 3) --------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("table", ["slack_signatures", "slack_inbox"])
+def test_a_command_behind_a_held_lock_is_answered_try_again_and_never_carried_out(
+    fake_slack: FakeSlack, tmp_path: Path, postgres_url: str, table: str
+) -> None:
+    """Slack gives up after 3 s and tells the person it failed: an edge that waited on a lock and
+    then did the work would act on a request its sender saw fail. The lock is held until the edge
+    has answered (or for WAIT), so an edge that waits for it answers only after it is released."""
+    add_users(fake_slack)
+    with running_bot(settings_for(fake_slack, tmp_path, KFBOT_DATABASE_URL=postgres_url)) as bot:
+        holder = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+        locked, answered = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with holder.begin() as conn:
+                conn.execute(sa.text(f"lock table {table} in access exclusive mode"))
+                locked.set()
+                answered.wait(WAIT)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        try:
+            assert locked.wait(WAIT)
+            url = fake_slack.response_url("locked")
+            body = slash_command_body("workspace new team-locked", user_id=ALICE, response_url=url,
+                                      trigger_id="7.7.locked")  # fmt: skip
+            status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+        finally:
+            answered.set()
+            thread.join()
+            holder.dispose()
+        assert status == 200
+        assert "could not record this; try again" in answer.decode()
+        settle(fake_slack)
+        time.sleep(1.5)  # past an inbox sweep: nothing was left for it
+        assert requests_in_db(bot) == [] and "locked" not in fake_slack.responses
+
+
+SQLITE_HOLD_SECONDS = 10
+
+
+def test_a_command_behind_a_held_sqlite_write_lock_is_answered_try_again_and_never_carried_out(
+    bot: Running, fake_slack: FakeSlack
+) -> None:
+    """SQLite's side of the bound: another connection holds the database's write lock (BEGIN
+    IMMEDIATE) until the edge has answered, or for SQLITE_HOLD_SECONDS: between the edge's 2 s and
+    the 30 s every other writer waits, so an edge that waited as they do would get the lock once it
+    is let go and carry the command out."""
+    path = bot.backend.db.url.database
+    assert path is not None
+    locked, answered = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("begin immediate")
+            locked.set()
+            answered.wait(SQLITE_HOLD_SECONDS)
+            conn.execute("rollback")
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert locked.wait(WAIT)
+        url = fake_slack.response_url("busy-db")
+        body = slash_command_body(
+            "workspace new team-busy", user_id=ALICE, response_url=url, trigger_id="8.8.busy"
+        )
+        status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
+    finally:
+        answered.set()
+        thread.join()
+    assert status == 200 and "could not record this; try again" in answer.decode()
+    settle(fake_slack)
+    time.sleep(1.5)  # past an inbox sweep
+    assert requests_in_db(bot) == [] and "busy-db" not in fake_slack.responses

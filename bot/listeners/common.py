@@ -31,6 +31,7 @@ from bot.identity import Identity
 from bot.offboard import OffboardBackend
 from bot.payloads import text_at
 from bot.settings import Settings
+from bot.signing import unrecorded
 from bot.team import ServedTeam, refusal
 from handlers import errors
 from handlers.plan import JSON
@@ -316,6 +317,12 @@ class Inbox:
                 continue  # queued or running here already: the claim only renewed our lease
             body: Mapping[str, object] = dict(item.payload)
             cid = log.new_correlation_id()
+            if not item.authentic:  # not written by an edge holding the audit key: never run or told
+                with log.bound(cid):
+                    logger.warning("dropped an inbox row without a valid MAC (not recorded by the edge)")
+                self.store.finish(item.key)
+                self._done(item.key)
+                continue
             if item.kind not in self._handlers:
                 logger.error("inbox row of unknown kind %s dropped", item.kind)
                 self.store.finish(item.key)
@@ -391,7 +398,20 @@ def durable(
 ) -> None:
     """Record, ack, run: the request is in the database before Slack hears 200, so a stop or a crash
     after the ack loses nothing."""
-    key, fresh = deps.inbox.record(kind, body)  # raises when the database cannot take it: no ack
+    try:
+        key, fresh = deps.inbox.record(kind, body)
+    except Exception as exc:  # unrecorded, so not done: a 5xx would tell the person nothing
+        cid = correlation(context)
+        with log.bound(cid):
+            logger.warning(
+                "could not record a Slack request; answered try again, nothing done: %s", type(exc).__name__
+            )
+        answer = unrecorded(dict(body), cid)
+        if answer:
+            ack(answer)
+        else:
+            ack()
+        return
     ack()
     # A redelivery (the first copy's row stands) still runs, from memory only and after the first,
     # so it is answered as before ("already recorded").

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     import psycopg
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+EDGE_WRITE_TIMEOUT_MS = 2_000
+"""How long one of the Slack edge's own writes (a signature, an inbox row) may wait for a lock or
+run: Slack gives up on an answer after 3 s, so a write that has not finished by then must fail (the
+person is told to try again) rather than be carried out after Slack told them it failed."""
 _MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -116,8 +120,9 @@ class Database:
         if not self.is_postgres:
             _create_private_file(self.url.database)
             # A normal (queue) pool of file connections, shared across threads.
-            engine = sa.create_engine(self.url, connect_args={"check_same_thread": False,
-                                                              "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
+            engine = sa.create_engine(self.url, hide_parameters=True,
+                                      connect_args={"check_same_thread": False,
+                                                    "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
@@ -125,7 +130,11 @@ class Database:
         # SQLAlchemy's default pool (5 + 10 overflow) made a burst's threads queue for a connection
         # (profiled: ~12 ms per checkout at 100 concurrent commands); connections open lazily, so
         # a larger ceiling costs nothing idle. Two replicas stay well under PostgreSQL's 100.
-        return sa.create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        # hide_parameters (both engines): an error names the statement, never its values (a
+        # command's text, a live response_url, a token's hash), so none reaches a log or a reply.
+        return sa.create_engine(
+            self.url, pool_pre_ping=True, pool_size=10, max_overflow=30, hide_parameters=True
+        )
 
     def dispose(self) -> None:
         with self._engine_lock:
@@ -165,6 +174,27 @@ class Database:
                            ("keepalives_count", 3)):
             cparams.setdefault(key, value)
         return psycopg.Connection.connect(*cargs, **cparams, autocommit=True)
+
+    @contextmanager
+    def edge_writer(self) -> Iterator[Connection]:
+        """A short write transaction that fails after ``EDGE_WRITE_TIMEOUT_MS`` waiting for a lock
+        or running (PostgreSQL: ``lock_timeout`` and ``statement_timeout``, local to it; SQLite:
+        its connection's busy timeout, for this transaction only), instead of outlasting Slack's
+        3 s."""
+        ms = EDGE_WRITE_TIMEOUT_MS
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            if not self.is_postgres:  # before BEGIN IMMEDIATE, which is what waits; raw: no autobegin
+                raw.execute(f"PRAGMA busy_timeout={ms}")
+            try:
+                with conn.begin():
+                    if self.is_postgres:
+                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+                        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                    yield conn
+            finally:
+                if not self.is_postgres:
+                    raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:

@@ -11,10 +11,19 @@ runs them through the same handlers. A worker runs a row only once it has ``take
 and ``renew``s the lease while the work runs (a heartbeat), so work slower than the lease is never
 claimed again and run a second time (not every command has an idempotency key of its own:
 ``/kf cancel``, ``pin --all``).
+
+Each row carries a MAC over its key, kind and payload (HMAC-SHA256 with ``inbox_key``, a subkey of
+the audit key, which lives outside the database), written by ``record``: someone with write access
+to the database but not the audit key cannot have the sweep run a request (a click as an admin) by
+writing a row; ``claim`` marks a row whose MAC does not verify (``InboxItem.authentic``) and the
+sweep drops it unrun.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +44,16 @@ class InboxItem:
     received_at: datetime
     expires_at: datetime
     attempts: int
+    authentic: bool = True
+    """False: the row's MAC is missing or wrong (not written by ``record``): never run it."""
+
+
+INBOX_KEY_LABEL = b"slack-inbox"
+
+
+def inbox_key(audit_key: bytes) -> bytes:
+    """The inbox's own subkey: a MAC made for an inbox row is never one for the audit chain."""
+    return hmac.new(audit_key, INBOX_KEY_LABEL, hashlib.sha256).digest()
 
 
 class SqlInbox:
@@ -43,6 +62,19 @@ class SqlInbox:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._key = inbox_key(db.audit_key)
+
+    @staticmethod
+    def mac_of(key: str, kind: str, payload: Mapping[str, JSON], audit_key: bytes) -> str:
+        # Canonical JSON: PostgreSQL's json column and SQLite give the payload back with the same
+        # values, and the MAC must not depend on key order or spacing.
+        body = json.dumps([key, kind, payload], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hmac.new(inbox_key(audit_key), body.encode(), hashlib.sha256).hexdigest()
+
+    def _authentic(self, key: str, kind: str, payload: Mapping[str, JSON], mac: str | None) -> bool:
+        if not mac:
+            return False
+        return hmac.compare_digest(self.mac_of(key, kind, payload, self._db.audit_key), mac)
 
     def record(
         self,
@@ -58,14 +90,21 @@ class SqlInbox:
         """Record an acked request, claimed by ``owner``; False when ``key`` is already there (a
         redelivery: the first copy's work stands)."""
         try:
-            with self._db.engine.begin() as conn:
+            with self._db.edge_writer() as conn:  # bounded: the edge answers Slack within 3 s
                 conn.execute(
                     sa.insert(slack_inbox).values(
                         key=key, kind=kind, payload=dict(payload), received_at=now, expires_at=expires_at,
                         claimed_by=owner, lease_until=lease_until, attempts=1,
+                        mac=self.mac_of(key, kind, payload, self._db.audit_key),
                     )
                 )  # fmt: skip
         except IntegrityError:
+            # Only the key already there is a redelivery; any other refusal (a constraint, a
+            # trigger) means the row is not recorded, and the caller must not ack it as if it were.
+            with self._db.reader() as conn:
+                there = conn.execute(sa.select(slack_inbox.c.key).where(slack_inbox.c.key == key)).first()
+            if there is None:
+                raise
             return False
         return True
 
@@ -136,7 +175,10 @@ class SqlInbox:
                 .values(claimed_by=owner, lease_until=lease_until, attempts=slack_inbox.c.attempts + 1)
             )
         return [
-            InboxItem(row.key, row.kind, row.payload, row.received_at, row.expires_at, row.attempts + 1)
+            InboxItem(
+                row.key, row.kind, row.payload, row.received_at, row.expires_at, row.attempts + 1,
+                self._authentic(row.key, row.kind, row.payload, row.mac),
+            )
             for row in rows
         ]
 

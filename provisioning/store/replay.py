@@ -39,10 +39,10 @@ class SeenSignatures:
             .limit(self._prune_batch)
             .scalar_subquery()
         )
-        with self._db.engine.begin() as conn:
+        with self._db.edge_writer() as conn:
             conn.execute(sa.delete(slack_signatures).where(slack_signatures.c.signature.in_(expired)))
         try:
-            with self._db.engine.begin() as conn:
+            with self._db.edge_writer() as conn:
                 conn.execute(sa.insert(slack_signatures).values(signature=signature, expires_at=expires_at))
         except IntegrityError:
             return False

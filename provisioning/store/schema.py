@@ -346,6 +346,9 @@ slack_inbox = sa.Table(
     sa.Column("claimed_by", sa.String(), nullable=True),
     sa.Column("lease_until", UtcDateTime(), nullable=True),
     sa.Column("attempts", sa.Integer(), nullable=False, default=0, server_default="0"),
+    # HMAC over key, kind and payload with a subkey of the audit key (migration 0011): a row
+    # written by anyone but the edge (database write access, no audit key) is dropped unrun.
+    sa.Column("mac", sa.String(), nullable=True),
     sa.Index("ix_slack_inbox_lease_until", "lease_until"),
 )
 
