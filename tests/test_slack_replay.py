@@ -38,6 +38,7 @@ from tests.fakes.slack_edge import (
     new_workspace_request,
     requests_in_db,
     settings_for,
+    wait_until,
 )
 from tests.fakes.slack_socket import event_payload
 
@@ -245,26 +246,25 @@ def test_a_command_behind_a_held_lock_is_answered_try_again_and_never_carried_ou
         assert requests_in_db(bot) == [] and "locked" not in fake_slack.responses
 
 
-SQLITE_HOLD_SECONDS = 10
+SQLITE_HOLD_SECONDS = 3
 
 
-def test_a_command_behind_a_held_sqlite_write_lock_is_answered_try_again_and_never_carried_out(
+def test_on_sqlite_a_command_behind_the_write_lock_waits_its_turn_and_is_carried_out_once(
     bot: Running, fake_slack: FakeSlack
 ) -> None:
-    """SQLite's side of the bound: another connection holds the database's write lock (BEGIN
-    IMMEDIATE) until the edge has answered, or for SQLITE_HOLD_SECONDS: between the edge's 2 s and
-    the 30 s every other writer waits, so an edge that waited as they do would get the lock once it
-    is let go and carry the command out."""
+    """SQLite's side: the write lock is only ever the one process's own short transactions, so a
+    command queued behind it (a burst) waits its turn as every writer does and is recorded, not
+    refused; here another connection holds the lock for a while and lets it go."""
     path = bot.backend.db.url.database
     assert path is not None
-    locked, answered = threading.Event(), threading.Event()
+    locked = threading.Event()
 
     def hold() -> None:
         conn = sqlite3.connect(path, isolation_level=None)
         try:
             conn.execute("begin immediate")
             locked.set()
-            answered.wait(SQLITE_HOLD_SECONDS)
+            time.sleep(SQLITE_HOLD_SECONDS)
             conn.execute("rollback")
         finally:
             conn.close()
@@ -279,9 +279,6 @@ def test_a_command_behind_a_held_sqlite_write_lock_is_answered_try_again_and_nev
         )
         status, _, answer = post_signed(bot.url, body, SIGNING_SECRET)
     finally:
-        answered.set()
         thread.join()
-    assert status == 200 and "could not record this; try again" in answer.decode()
-    settle(fake_slack)
-    time.sleep(1.5)  # past an inbox sweep
-    assert requests_in_db(bot) == [] and "busy-db" not in fake_slack.responses
+    assert status == 200 and "try again" not in answer.decode()
+    wait_until(lambda: len(requests_in_db(bot)) == 1, "the command to be recorded once")

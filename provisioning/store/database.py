@@ -177,24 +177,17 @@ class Database:
 
     @contextmanager
     def edge_writer(self) -> Iterator[Connection]:
-        """A short write transaction that fails after ``EDGE_WRITE_TIMEOUT_MS`` waiting for a lock
-        or running (PostgreSQL: ``lock_timeout`` and ``statement_timeout``, local to it; SQLite:
-        its connection's busy timeout, for this transaction only), instead of outlasting Slack's
-        3 s."""
-        ms = EDGE_WRITE_TIMEOUT_MS
-        with self.engine.connect() as conn:
-            raw: Any = conn.connection.dbapi_connection
-            if not self.is_postgres:  # before BEGIN IMMEDIATE, which is what waits; raw: no autobegin
-                raw.execute(f"PRAGMA busy_timeout={ms}")
-            try:
-                with conn.begin():
-                    if self.is_postgres:
-                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
-                        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
-                    yield conn
-            finally:
-                if not self.is_postgres:
-                    raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        """A short write transaction for the Slack edge. On PostgreSQL it fails after
+        ``EDGE_WRITE_TIMEOUT_MS`` waiting for a lock or running (``lock_timeout`` and
+        ``statement_timeout``, local to it), instead of outlasting Slack's 3 s behind a lock another
+        session holds. SQLite keeps its busy timeout: there the lock is only ever the one process's
+        own short transactions, and a burst of commands queueing for it is served, not refused."""
+        with self.engine.connect() as conn, conn.begin():
+            if self.is_postgres:
+                ms = EDGE_WRITE_TIMEOUT_MS
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+            yield conn
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:
