@@ -38,6 +38,7 @@ from tests.fakes.slack_edge import (
     new_workspace_request,
     requests_in_db,
     settings_for,
+    settle,
     wait_until,
 )
 from tests.fakes.slack_socket import event_payload
@@ -50,15 +51,6 @@ def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
     add_users(fake_slack)
     with running_bot(settings_for(fake_slack, tmp_path)) as running:
         yield running
-
-
-def settle(fake: FakeSlack) -> int:
-    """The number of Slack calls once none has come for a while (work after an ack runs on pools)."""
-    calls = -1
-    while calls != len(fake.calls):
-        calls = len(fake.calls)
-        time.sleep(0.4)
-    return calls
 
 
 def observed(bot: Running, fake: FakeSlack) -> tuple[int, int, int, list[str]]:

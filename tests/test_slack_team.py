@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -61,6 +60,7 @@ from tests.fakes.slack_edge import (
     new_workspace_request,
     requests_in_db,
     settings_for,
+    settle,
     wait_state,
 )
 from tests.fakes.slack_socket import FakeSocketMode, event_payload, interactive_payload, slash_payload
@@ -281,15 +281,6 @@ def bot(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Running]:
     add_users(fake_slack)
     with running_bot(settings_for(fake_slack, tmp_path)) as running:
         yield running
-
-
-def settle(fake: FakeSlack) -> int:
-    """The number of Slack calls once none has come for a while (work after an ack runs on pools)."""
-    calls = -1
-    while calls != len(fake.calls):
-        calls = len(fake.calls)
-        time.sleep(0.4)
-    return calls
 
 
 TABLES = (

@@ -175,3 +175,12 @@ def get(url: str) -> tuple[int, dict[str, Any]]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def settle(fake: FakeSlack) -> int:
+    """The number of Slack calls once none has come for a while (work after an ack runs on pools)."""
+    calls = -1
+    while calls != len(fake.calls):
+        calls = len(fake.calls)
+        time.sleep(0.4)
+    return calls
