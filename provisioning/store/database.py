@@ -185,8 +185,14 @@ class Database:
         with self.engine.connect() as conn, conn.begin():
             if self.is_postgres:
                 ms = EDGE_WRITE_TIMEOUT_MS
-                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                # SET LOCAL of both in one round trip (set_config(..., true) is transaction-local).
+                conn.execute(
+                    sa.text(
+                        "SELECT set_config('lock_timeout', :ms, true),"
+                        " set_config('statement_timeout', :ms, true)"
+                    ),
+                    {"ms": f"{ms}ms"},
+                )
             yield conn
 
     @contextmanager

@@ -6,8 +6,8 @@ be new work (a second reply, a second ``/kf retry``). The edge records each acce
 signature here *before* handing it on (``first``): the primary key makes the second copy lose,
 on whichever replica it arrives. A row is kept until ``expires_at`` (the request's timestamp plus
 the window plus clock skew between replicas); by then the signature check itself refuses the
-request. Expired rows go a bounded batch at a time, on insert, so no timer is needed and an insert
-never waits on a large delete.
+request. Expired rows go a bounded batch at a time, in the insert's transaction, so no timer is
+needed and an insert never waits on a large delete.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ class SeenSignatures:
             .limit(self._prune_batch)
             .scalar_subquery()
         )
-        with self._db.edge_writer() as conn:
-            conn.execute(sa.delete(slack_signatures).where(slack_signatures.c.signature.in_(expired)))
+        # One transaction for both: a request pays for one round of BEGIN/COMMIT, not two. A replay
+        # rolls its prune back with it, which only leaves that batch to the next insert.
         try:
             with self._db.edge_writer() as conn:
+                conn.execute(sa.delete(slack_signatures).where(slack_signatures.c.signature.in_(expired)))
                 conn.execute(sa.insert(slack_signatures).values(signature=signature, expires_at=expires_at))
         except IntegrityError:
             return False
