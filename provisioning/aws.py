@@ -1069,18 +1069,24 @@ class AwsActions:
             if not rewritten:  # IAM refuses a document without statements
                 rewritten = [{"Sid": BOT_SID, "Effect": "Allow", "Action": _GRANTS_NOTHING, "Resource": "*"}]
             text = json.dumps({**document, "Statement": rewritten}, separators=(",", ":"))
-            self._make_room_for_version(iam, policy_arn)
-            try:
-                iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=text, SetAsDefault=True)
-            except ClientError as e:
-                if _code(e) == "LimitExceeded":
-                    raise TemporaryError(
-                        f"IAM policy {name} was changed by someone else meanwhile; will retry."
-                    ) from e
-                raise
+            self._publish_version(iam, policy_arn, text)
         return StepOutcome(
             created=False, details={"removed": list(dict.fromkeys(removed)), "kept_statements": kept}
         )
+
+    def _publish_version(self, iam: IAMClient, policy_arn: str, text: str) -> None:
+        """``text`` as the policy's new default version, room made under IAM's five-version limit;
+        a limit hit anyway means another writer got in between: the step retries."""
+        self._make_room_for_version(iam, policy_arn)
+        try:
+            iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=text, SetAsDefault=True)
+        except ClientError as e:
+            if _code(e) == "LimitExceeded":
+                name = _policy_name(policy_arn)
+                raise TemporaryError(
+                    f"IAM policy {name} was changed by someone else meanwhile; will retry."
+                ) from e
+            raise
 
     def _edit_policy(
         self, policy_arn: str, add: Sequence[str], remove: Sequence[str]
@@ -1112,15 +1118,7 @@ class AwsActions:
                     f"IAM policy {name} would exceed the managed-policy size limit of "
                     f"{self._settings.max_policy_chars} characters; grant the bucket through another policy."
                 )
-            self._make_room_for_version(iam, policy_arn)
-            try:
-                iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=text, SetAsDefault=True)
-            except ClientError as e:
-                if _code(e) == "LimitExceeded":
-                    raise TemporaryError(
-                        f"IAM policy {name} was changed by someone else meanwhile; will retry."
-                    ) from e
-                raise
+            self._publish_version(iam, policy_arn, text)
         return added, removed
 
     @staticmethod
